@@ -1,0 +1,2 @@
+//! spgate binary.
+fn main() {}

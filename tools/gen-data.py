@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""Derive spgate's compiled-in data from Amazon's SP-API models.
+
+Reads ../shared/spapi-models (or the directory given as the first argument) and writes:
+  data/operations.tsv        one row per SP-API operation (the catalog)
+  data/sandbox-examples.json every static `x-amzn-api-sandbox` request/response pair
+
+The outputs are committed: the crate builds without the models. `tests/catalog.rs` checks the
+committed files against the models whenever they are present, so a stale copy fails CI.
+Run: python3 tools/gen-data.py [MODELS_DIR]
+"""
+import csv
+import glob
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+MODELS = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "..", "shared", "spapi-models")
+METHODS = ("get", "put", "post", "delete", "patch")
+
+# Operations that need a Restricted Data Token (pii-fields.md section 1, Tokens API use-case guide).
+RESTRICTED = {
+    "ordersV0": ["getOrders", "getOrder", "getOrderItems", "getOrderAddress", "getOrderBuyerInfo",
+                 "getOrderItemsBuyerInfo", "getOrderRegulatedInfo"],
+    "merchantFulfillmentV0": ["getShipment", "cancelShipment", "createShipment"],
+    "reports_2021-06-30": ["getReportDocument"],
+    "shipmentInvoicingV0": ["getShipmentDetails"],
+    "easyShip_2022-03-23": ["createScheduledPackageBulk"],
+    "vendorDirectFulfillmentOrdersV1": ["getOrders", "getOrder"],
+    "vendorDirectFulfillmentOrders_2021-12-28": ["getOrders", "getOrder"],
+    "vendorDirectFulfillmentShippingV1": ["getShippingLabel", "getShippingLabels", "getPackingSlip",
+                                          "getPackingSlips", "getCustomerInvoice", "getCustomerInvoices"],
+    "vendorDirectFulfillmentShipping_2021-12-28": ["getShippingLabel", "getShippingLabels",
+                                                   "createShippingLabels", "getPackingSlip",
+                                                   "getPackingSlips", "getCustomerInvoice",
+                                                   "getCustomerInvoices"],
+}
+
+# Operations whose responses carry buyer PII (pii-fields.md section 3). The PII map reference is
+# the operation key; the field map itself lives with the PII policy.
+PII_RESPONSES = {
+    "ordersV0": ["getOrders", "getOrder", "getOrderBuyerInfo", "getOrderAddress", "getOrderItems",
+                 "getOrderItemsBuyerInfo", "getOrderRegulatedInfo"],
+    "orders_2026-01-01": ["searchOrders", "getOrder"],
+    "merchantFulfillmentV0": ["getShipment", "createShipment", "cancelShipment"],
+    "shipmentInvoicingV0": ["getShipmentDetails"],
+    "fulfillmentOutbound_2020-07-01": ["getFulfillmentOrder", "listAllFulfillmentOrders",
+                                       "getPackageTrackingDetails"],
+    "fulfillmentOutbound_2026-07-04": ["getOrder", "listOrders", "createOrder"],
+    "vendorDirectFulfillmentOrdersV1": ["getOrders", "getOrder"],
+    "vendorDirectFulfillmentOrders_2021-12-28": ["getOrders", "getOrder"],
+    "vendorDirectFulfillmentShippingV1": ["getShippingLabel", "getShippingLabels", "getPackingSlip",
+                                          "getPackingSlips", "getCustomerInvoice", "getCustomerInvoices"],
+    "vendorDirectFulfillmentShipping_2021-12-28": ["getShippingLabel", "getShippingLabels",
+                                                   "createShippingLabels", "getPackingSlip",
+                                                   "getPackingSlips", "getCustomerInvoice",
+                                                   "getCustomerInvoices"],
+    "shipping": ["getShipment"],
+    "shippingV2": ["purchaseShipment", "directPurchaseShipment", "oneClickShipment",
+                   "getShipmentDocuments"],
+    "externalFulfillmentShipments_2024-09-11": ["getShipments", "getShipment", "generateInvoice",
+                                                "retrieveInvoice"],
+    "services": ["getServiceJobs", "getServiceJobByServiceJobId"],
+    "easyShip_2022-03-23": ["createScheduledPackageBulk"],
+    "reports_2021-06-30": ["getReportDocument"],
+}
+
+# Grantless operations and their LWA scope (FACTS.md (a)).
+GRANTLESS = {
+    ("notifications", "getDestinations"): "sellingpartnerapi::notifications",
+    ("notifications", "createDestination"): "sellingpartnerapi::notifications",
+    ("notifications", "getDestination"): "sellingpartnerapi::notifications",
+    ("notifications", "deleteDestination"): "sellingpartnerapi::notifications",
+    ("notifications", "getSubscriptionById"): "sellingpartnerapi::notifications",
+    ("notifications", "deleteSubscriptionById"): "sellingpartnerapi::notifications",
+    ("application_2023-11-30", "rotateApplicationClientSecret"): "sellingpartnerapi::client_credential:rotation",
+}
+
+
+def load_usage_plans():
+    plans = {}
+    with open(os.path.join(MODELS, "rate-limits.tsv"), newline="") as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            plans[(row["model_file"], row["operation_id"])] = (row["api"], row["rate_per_second"], row["burst"])
+    return plans
+
+
+def resolve_param(model, prm):
+    if "$ref" in prm:
+        return model.get("parameters", {}).get(prm["$ref"].split("/")[-1], {})
+    return prm
+
+
+def main():
+    plans = load_usage_plans()
+    ops, examples = [], []
+    for path in sorted(glob.glob(os.path.join(MODELS, "*", "*.json"))):
+        rel = os.path.relpath(path, MODELS)
+        model_name = os.path.splitext(os.path.basename(path))[0]
+        model = json.load(open(path))
+        for template, item in model.get("paths", {}).items():
+            shared_params = item.get("parameters", [])
+            for method in METHODS:
+                op = item.get(method)
+                if not isinstance(op, dict):
+                    continue
+                op_id = op["operationId"]
+                key = f"{model_name}.{op_id}"
+                api, rate, burst = plans[(rel, op_id)]
+                ops.append({
+                    "key": key, "api": api, "model": model_name, "operation_id": op_id,
+                    "method": method.upper(), "path": template, "rate": rate, "burst": burst,
+                    "restricted": "1" if op_id in RESTRICTED.get(model_name, []) else "0",
+                    "grantless_scope": GRANTLESS.get((model_name, op_id), ""),
+                    "pii_map": key if op_id in PII_RESPONSES.get(model_name, []) else "",
+                    "model_file": rel,
+                })
+                where = {}
+                for prm in shared_params + op.get("parameters", []):
+                    prm = resolve_param(model, prm)
+                    where[prm.get("name")] = prm.get("in")
+                for status, resp in op.get("responses", {}).items():
+                    for ex in resp.get("x-amzn-api-sandbox", {}).get("static", []):
+                        req = {"path": {}, "query": {}, "body": None, "headers": {}}
+                        for name, spec in ex.get("request", {}).get("parameters", {}).items():
+                            loc = where.get(name, "body")  # a few examples name the body "body"
+                            value = spec.get("value")
+                            if loc == "body":
+                                req["body"] = value
+                            elif loc == "header":
+                                req["headers"][name] = value
+                            else:
+                                req[loc][name] = value
+                        examples.append({"op": key, "status": int(status), "request": req,
+                                         "response": ex.get("response")})
+    # Amazon's models reuse an operationId for two methods in one place (shippingV2
+    # linkCarrierAccount: PUT and POST); such keys get the method appended so each stays unique.
+    counts = {}
+    for o in ops:
+        counts[o["key"]] = counts.get(o["key"], 0) + 1
+    renamed = {}
+    for o in ops:
+        if counts[o["key"]] > 1:
+            old = o["key"]
+            o["key"] = f'{old}.{o["method"]}'
+            if o["pii_map"]:
+                o["pii_map"] = o["key"]
+            renamed.setdefault(old, []).append(o["key"])
+    for e in examples:
+        if e["op"] in renamed:
+            sys.exit(f"sandbox example for ambiguous operation {e['op']}: disambiguate it")
+    for wanted in (RESTRICTED, PII_RESPONSES):
+        for model_name, names in wanted.items():
+            for n in names:
+                if not any(o["model"] == model_name and o["operation_id"] == n for o in ops):
+                    sys.exit(f"{model_name}.{n} named in gen-data.py is not in the models")
+    cols = ["key", "api", "model", "operation_id", "method", "path", "rate", "burst", "restricted",
+            "grantless_scope", "pii_map", "model_file"]
+    with open(os.path.join(ROOT, "data", "operations.tsv"), "w", newline="") as f:
+        f.write("# Generated by tools/gen-data.py from Amazon's SP-API models. Do not edit.\n")
+        f.write("\t".join(cols) + "\n")
+        for o in ops:
+            f.write("\t".join(o[c] for c in cols) + "\n")
+    with open(os.path.join(ROOT, "data", "sandbox-examples.json"), "w") as f:
+        f.write("[\n")
+        f.write(",\n".join(json.dumps(e, separators=(",", ":"), sort_keys=True) for e in examples))
+        f.write("\n]\n")
+    print(f"{len(ops)} operations, {len(examples)} sandbox examples")
+
+
+if __name__ == "__main__":
+    main()

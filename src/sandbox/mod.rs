@@ -1,0 +1,1 @@
+//! A fake SP-API and LWA token endpoint for `spgate demo` and the tests.

@@ -1,0 +1,331 @@
+//! The embedded backend: SQLite in WAL mode with `secure_delete`, under the data directory.
+//!
+//! Reads run on the calling task: a primary-key lookup on a warm page cache takes microseconds,
+//! less than handing it to a blocking thread would. Writes, which may wait for fsync, run on the
+//! blocking pool. WAL lets readers proceed while a write commits, so readers and the writer hold
+//! separate connections. Another process (the `spgate clients` CLI) may write the same file; its
+//! commits are visible to the next read.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{ClientRecord, SellerRecord, SellerStatus, Store, StoreError};
+
+/// The database file name inside the data directory.
+pub const DB_FILE: &str = "spgate.db";
+
+/// Number of reader connections; a reader is picked by trying each in turn.
+const READERS: usize = 4;
+
+/// SQLite-backed [`Store`].
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    /// The one writer connection. A std Mutex: it is never held across an await.
+    writer: Mutex<Connection>,
+    /// Reader connections.
+    readers: Vec<Mutex<Connection>>,
+}
+
+// === impl EmbeddedStore ===
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the store in `data_dir`, which is created with mode 0700.
+    pub fn open(data_dir: &Path) -> Result<EmbeddedStore, StoreError> {
+        create_private_dir(data_dir)?;
+        let path = data_dir.join(DB_FILE);
+        let writer = open_conn(&path)?;
+        migrate(&writer)?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            readers.push(Mutex::new(open_conn(&path)?));
+        }
+        Ok(EmbeddedStore {
+            inner: Arc::new(Inner {
+                path,
+                writer: Mutex::new(writer),
+                readers,
+            }),
+        })
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        for slot in &self.inner.readers {
+            if let Ok(conn) = slot.try_lock() {
+                return f(&conn);
+            }
+        }
+        let conn = self.inner.readers[0]
+            .lock()
+            .map_err(|_| StoreError::Task("reader lock poisoned".into()))?;
+        f(&conn)
+    }
+
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner
+                .writer
+                .lock()
+                .map_err(|_| StoreError::Task("writer lock poisoned".into()))?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn put_seller(&self, seller: &SellerRecord) -> Result<(), StoreError> {
+        let s = seller.clone();
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO sellers (selling_partner_id, region, marketplaces, refresh_token,
+                     authorized_at, reauthorize_by, status)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT(selling_partner_id) DO UPDATE SET region = excluded.region,
+                     marketplaces = excluded.marketplaces, refresh_token = excluded.refresh_token,
+                     authorized_at = excluded.authorized_at,
+                     reauthorize_by = excluded.reauthorize_by, status = excluded.status",
+                params![
+                    s.selling_partner_id,
+                    s.region.as_str(),
+                    s.marketplaces.join(","),
+                    s.refresh_token_sealed,
+                    s.authorized_at,
+                    s.reauthorize_by,
+                    s.status.as_str()
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn seller(&self, selling_partner_id: &str) -> Result<Option<SellerRecord>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT selling_partner_id, region, marketplaces, refresh_token, authorized_at,
+                        reauthorize_by, status FROM sellers WHERE selling_partner_id = ?1",
+            )?;
+            stmt.query_row([selling_partner_id], seller_row)
+                .optional()?
+                .transpose()
+        })
+    }
+
+    async fn sellers(&self) -> Result<Vec<SellerRecord>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT selling_partner_id, region, marketplaces, refresh_token, authorized_at,
+                        reauthorize_by, status FROM sellers ORDER BY selling_partner_id",
+            )?;
+            let rows = stmt.query_map([], seller_row)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(row??);
+            }
+            Ok(out)
+        })
+    }
+
+    async fn remove_seller(&self, selling_partner_id: &str) -> Result<bool, StoreError> {
+        let id = selling_partner_id.to_string();
+        self.write(move |c| {
+            Ok(c.execute("DELETE FROM sellers WHERE selling_partner_id = ?1", [id])? > 0)
+        })
+        .await
+    }
+
+    async fn set_seller_status(
+        &self,
+        selling_partner_id: &str,
+        status: SellerStatus,
+    ) -> Result<bool, StoreError> {
+        let id = selling_partner_id.to_string();
+        self.write(move |c| {
+            Ok(c.execute(
+                "UPDATE sellers SET status = ?2 WHERE selling_partner_id = ?1",
+                params![id, status.as_str()],
+            )? > 0)
+        })
+        .await
+    }
+
+    async fn insert_client(&self, client: &ClientRecord) -> Result<(), StoreError> {
+        let cl = client.clone();
+        self.write(move |c| {
+            let res = c.execute(
+                "INSERT INTO clients (id, tool, role, sellers, key_hash, key_prefix, created_at,
+                     revoked_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    cl.id,
+                    cl.tool,
+                    cl.role,
+                    cl.sellers.join(","),
+                    cl.key_hash,
+                    cl.key_prefix,
+                    cl.created_at,
+                    cl.revoked_at
+                ],
+            );
+            match res {
+                Ok(_) => Ok(()),
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    Err(StoreError::Conflict(format!("client {}", cl.id)))
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
+    }
+
+    async fn client_by_key_hash(&self, key_hash: &str) -> Result<Option<ClientRecord>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, tool, role, sellers, key_hash, key_prefix, created_at, revoked_at
+                 FROM clients WHERE key_hash = ?1",
+            )?;
+            Ok(stmt.query_row([key_hash], client_row).optional()?)
+        })
+    }
+
+    async fn clients(&self) -> Result<Vec<ClientRecord>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, tool, role, sellers, key_hash, key_prefix, created_at, revoked_at
+                 FROM clients ORDER BY created_at, id",
+            )?;
+            let rows = stmt.query_map([], client_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    async fn revoke_client(&self, id: &str, at: i64) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.write(move |c| {
+            Ok(c.execute(
+                "UPDATE clients SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id, at],
+            )? > 0)
+        })
+        .await
+    }
+}
+
+fn seller_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<SellerRecord, StoreError>> {
+    let region: String = row.get(1)?;
+    let status: String = row.get(6)?;
+    let marketplaces: String = row.get(2)?;
+    let corrupt = |detail: String| StoreError::Corrupt {
+        what: "seller",
+        detail,
+    };
+    Ok((|| {
+        Ok(SellerRecord {
+            selling_partner_id: row.get(0)?,
+            region: region.parse().map_err(corrupt)?,
+            marketplaces: split_list(&marketplaces),
+            refresh_token_sealed: row.get(3)?,
+            authorized_at: row.get(4)?,
+            reauthorize_by: row.get(5)?,
+            status: status.parse().map_err(corrupt)?,
+        })
+    })())
+}
+
+fn client_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ClientRecord> {
+    let sellers: String = row.get(3)?;
+    Ok(ClientRecord {
+        id: row.get(0)?,
+        tool: row.get(1)?,
+        role: row.get(2)?,
+        sellers: split_list(&sellers),
+        key_hash: row.get(4)?,
+        key_prefix: row.get(5)?,
+        created_at: row.get(6)?,
+        revoked_at: row.get(7)?,
+    })
+}
+
+fn split_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    let err = |source| StoreError::DataDir {
+        path: dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
+    Ok(())
+}
+
+fn open_conn(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // WAL: readers never block the writer. secure_delete: deleted rows are overwritten, not
+    // left in free pages. synchronous=FULL: a committed write survives power loss.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "secure_delete", "ON")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+/// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE sellers (
+        selling_partner_id TEXT PRIMARY KEY,
+        region TEXT NOT NULL,
+        marketplaces TEXT NOT NULL,
+        refresh_token TEXT NOT NULL,
+        authorized_at INTEGER NOT NULL,
+        reauthorize_by INTEGER NOT NULL,
+        status TEXT NOT NULL
+    );
+    CREATE TABLE clients (
+        id TEXT PRIMARY KEY,
+        tool TEXT NOT NULL,
+        role TEXT NOT NULL,
+        sellers TEXT NOT NULL,
+        key_hash TEXT NOT NULL UNIQUE,
+        key_prefix TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER
+    );
+"];
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        conn.execute_batch(&format!("BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;", i + 1))?;
+    }
+    Ok(())
+}

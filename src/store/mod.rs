@@ -1,0 +1,223 @@
+//! The storage trait: every piece of durable state goes through [`Store`].
+//!
+//! Two backends implement it: [`embedded`] (SQLite in WAL mode under a data directory, the
+//! default, for one machine) and, when state must be shared by several gateway instances, Redis.
+//! Secrets never reach a backend in clear: refresh tokens arrive sealed by
+//! [`crate::crypto::MasterKey`], API keys arrive as SHA-256 hashes.
+
+use std::fmt;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub mod embedded;
+
+/// Why a store operation failed. Messages never carry secrets or PII.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The embedded database failed.
+    #[error("embedded store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The data directory could not be created or opened.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A stored row holds a value this version does not understand.
+    #[error("stored {what} is corrupt: {detail}")]
+    Corrupt {
+        /// Which record kind.
+        what: &'static str,
+        /// What is wrong (never the value itself).
+        detail: String,
+    },
+    /// A record with the same identity already exists.
+    #[error("{0} already exists")]
+    Conflict(String),
+    /// A blocking task panicked or was cancelled.
+    #[error("store task failed: {0}")]
+    Task(String),
+}
+
+/// An SP-API region: each has its own endpoint and LWA-authorized sellers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Region {
+    /// North America (CA, US, MX, BR).
+    Na,
+    /// Europe, Middle East, India, Africa.
+    Eu,
+    /// Far East (SG, AU, JP).
+    Fe,
+}
+
+/// Whether a seller's authorization is usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SellerStatus {
+    /// The refresh token works.
+    Active,
+    /// LWA answered `invalid_grant`: ops must have the seller re-authorize.
+    Deauthorized,
+}
+
+/// A seller who authorized our application.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct SellerRecord {
+    /// Amazon's selling partner id, e.g. `A3EXAMPLE`.
+    pub selling_partner_id: String,
+    /// The region the authorization belongs to; decides the upstream endpoint.
+    pub region: Region,
+    /// Marketplace ids the seller sells in (informational).
+    pub marketplaces: Vec<String>,
+    /// The LWA refresh token, sealed by the master key with AAD `refresh_token:<id>`.
+    pub refresh_token_sealed: String,
+    /// When the seller authorized (unix seconds).
+    pub authorized_at: i64,
+    /// When the seller must re-authorize (unix seconds; Amazon: yearly).
+    pub reauthorize_by: i64,
+    /// Whether the authorization is usable.
+    pub status: SellerStatus,
+}
+
+/// A seller tool's API key and what it may do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientRecord {
+    /// Stable id, `cli_...`.
+    pub id: String,
+    /// The tool's name, e.g. `label-printer`.
+    pub tool: String,
+    /// The role that decides which operations and which PII it gets.
+    pub role: String,
+    /// Sellers it may act for; `*` means every onboarded seller.
+    pub sellers: Vec<String>,
+    /// SHA-256 (hex) of the API key. The key itself is never stored.
+    pub key_hash: String,
+    /// The key's first characters, to tell keys apart in listings.
+    pub key_prefix: String,
+    /// Creation time (unix seconds).
+    pub created_at: i64,
+    /// Revocation time (unix seconds), if revoked.
+    pub revoked_at: Option<i64>,
+}
+
+/// Durable state behind one interface, whatever the backend.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Inserts or replaces a seller.
+    async fn put_seller(&self, seller: &SellerRecord) -> Result<(), StoreError>;
+    /// A seller by selling partner id.
+    async fn seller(&self, selling_partner_id: &str) -> Result<Option<SellerRecord>, StoreError>;
+    /// All sellers, ordered by id.
+    async fn sellers(&self) -> Result<Vec<SellerRecord>, StoreError>;
+    /// Removes a seller; `false` if there was none.
+    async fn remove_seller(&self, selling_partner_id: &str) -> Result<bool, StoreError>;
+    /// Sets a seller's status; `false` if there was none.
+    async fn set_seller_status(
+        &self,
+        selling_partner_id: &str,
+        status: SellerStatus,
+    ) -> Result<bool, StoreError>;
+    /// Inserts a new client; fails with [`StoreError::Conflict`] if the id or key hash exists.
+    async fn insert_client(&self, client: &ClientRecord) -> Result<(), StoreError>;
+    /// The client whose key hashes to `key_hash`, revoked or not.
+    async fn client_by_key_hash(&self, key_hash: &str) -> Result<Option<ClientRecord>, StoreError>;
+    /// All clients, ordered by creation.
+    async fn clients(&self) -> Result<Vec<ClientRecord>, StoreError>;
+    /// Revokes a client by id; `false` if there was none or it was already revoked.
+    async fn revoke_client(&self, id: &str, at: i64) -> Result<bool, StoreError>;
+}
+
+// === impl Region ===
+
+impl Region {
+    /// Lowercase name as used in config and the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Region::Na => "na",
+            Region::Eu => "eu",
+            Region::Fe => "fe",
+        }
+    }
+}
+
+impl fmt::Display for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Region {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "na" => Ok(Region::Na),
+            "eu" => Ok(Region::Eu),
+            "fe" => Ok(Region::Fe),
+            other => Err(format!("unknown region {other:?} (expected na, eu or fe)")),
+        }
+    }
+}
+
+// === impl SellerStatus ===
+
+impl SellerStatus {
+    /// Lowercase name as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SellerStatus::Active => "active",
+            SellerStatus::Deauthorized => "deauthorized",
+        }
+    }
+}
+
+impl FromStr for SellerStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "active" => Ok(SellerStatus::Active),
+            "deauthorized" => Ok(SellerStatus::Deauthorized),
+            other => Err(format!("unknown seller status {other:?}")),
+        }
+    }
+}
+
+// === impl SellerRecord ===
+
+impl fmt::Debug for SellerRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The sealed token is ciphertext, but there is no reason to print it either.
+        f.debug_struct("SellerRecord")
+            .field("selling_partner_id", &self.selling_partner_id)
+            .field("region", &self.region)
+            .field("marketplaces", &self.marketplaces)
+            .field("refresh_token_sealed", &"**REDACTED**")
+            .field("authorized_at", &self.authorized_at)
+            .field("reauthorize_by", &self.reauthorize_by)
+            .field("status", &self.status)
+            .finish()
+    }
+}
+
+// === impl ClientRecord ===
+
+impl ClientRecord {
+    /// Whether this client may act for `selling_partner_id`.
+    pub fn allows_seller(&self, selling_partner_id: &str) -> bool {
+        self.sellers
+            .iter()
+            .any(|s| s == "*" || s == selling_partner_id)
+    }
+
+    /// Whether this client may act for every seller (needed for application-wide operations).
+    pub fn allows_all_sellers(&self) -> bool {
+        self.sellers.iter().any(|s| s == "*")
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,113 @@
+//! The store contract, run against every backend.
+
+use super::embedded::EmbeddedStore;
+use super::*;
+
+pub(crate) fn seller(id: &str) -> SellerRecord {
+    SellerRecord {
+        selling_partner_id: id.to_string(),
+        region: Region::Eu,
+        marketplaces: vec!["A1PA6795UKMFR9".into()],
+        refresh_token_sealed: "v1:k1:sealed".into(),
+        authorized_at: 1_700_000_000,
+        reauthorize_by: 1_731_536_000,
+        status: SellerStatus::Active,
+    }
+}
+
+pub(crate) fn client(id: &str, hash: &str) -> ClientRecord {
+    ClientRecord {
+        id: id.to_string(),
+        tool: format!("tool-{id}"),
+        role: "orders".into(),
+        sellers: vec!["A1".into(), "A2".into()],
+        key_hash: hash.to_string(),
+        key_prefix: "spg_abcd".into(),
+        created_at: 1_700_000_000,
+        revoked_at: None,
+    }
+}
+
+/// The behaviour every backend must have.
+pub(crate) async fn contract(store: &dyn Store) {
+    assert!(store.seller("A1").await.unwrap().is_none());
+    store.put_seller(&seller("A1")).await.unwrap();
+    store.put_seller(&seller("A0")).await.unwrap();
+    assert_eq!(store.seller("A1").await.unwrap(), Some(seller("A1")));
+    let ids: Vec<_> = store
+        .sellers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.selling_partner_id)
+        .collect();
+    assert_eq!(ids, ["A0", "A1"]);
+    let mut updated = seller("A1");
+    updated.region = Region::Na;
+    store.put_seller(&updated).await.unwrap();
+    assert_eq!(store.seller("A1").await.unwrap().unwrap().region, Region::Na);
+    assert!(store
+        .set_seller_status("A1", SellerStatus::Deauthorized)
+        .await
+        .unwrap());
+    assert_eq!(
+        store.seller("A1").await.unwrap().unwrap().status,
+        SellerStatus::Deauthorized
+    );
+    assert!(!store.set_seller_status("nope", SellerStatus::Active).await.unwrap());
+    assert!(store.remove_seller("A0").await.unwrap());
+    assert!(!store.remove_seller("A0").await.unwrap());
+
+    store.insert_client(&client("c1", "h1")).await.unwrap();
+    assert!(matches!(
+        store.insert_client(&client("c2", "h1")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store.insert_client(&client("c1", "h9")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let c = store.client_by_key_hash("h1").await.unwrap().unwrap();
+    assert_eq!(c, client("c1", "h1"));
+    assert!(c.allows_seller("A2") && !c.allows_seller("A3") && !c.allows_all_sellers());
+    assert!(store.client_by_key_hash("h2").await.unwrap().is_none());
+    assert!(store.revoke_client("c1", 1_800_000_000).await.unwrap());
+    assert!(!store.revoke_client("c1", 1_800_000_001).await.unwrap());
+    assert_eq!(
+        store.client_by_key_hash("h1").await.unwrap().unwrap().revoked_at,
+        Some(1_800_000_000)
+    );
+    assert_eq!(store.clients().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn the_embedded_store_keeps_the_store_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    contract(&store).await;
+}
+
+#[tokio::test]
+async fn the_embedded_store_survives_reopening_and_sees_other_processes_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = EmbeddedStore::open(dir.path()).unwrap();
+    let b = EmbeddedStore::open(dir.path()).unwrap();
+    a.insert_client(&client("c1", "h1")).await.unwrap();
+    assert!(b.client_by_key_hash("h1").await.unwrap().is_some());
+    b.revoke_client("c1", 5).await.unwrap();
+    assert_eq!(a.client_by_key_hash("h1").await.unwrap().unwrap().revoked_at, Some(5));
+    drop((a, b));
+    let c = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(c.clients().await.unwrap().len(), 1);
+    let mode: String = rusqlite::Connection::open(c.path())
+        .unwrap()
+        .pragma_query_value(None, "journal_mode", |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[test]
+fn a_seller_record_does_not_print_its_sealed_token() {
+    let printed = format!("{:?}", seller("A1"));
+    assert!(!printed.contains("v1:k1:sealed"), "{printed}");
+}

@@ -1,0 +1,672 @@
+//! Configuration: parse first ([`RawConfig`], every field optional, no I/O), then resolve
+//! ([`Config`], validated and typed, secrets wrapped in [`Secret`]).
+//!
+//! **Invariant:** this is the only module that reads environment variables or secret files, and it
+//! reads them only through [`Env`], so tests inject a map instead of mutating the process
+//! environment. Secrets never appear in the config file itself: a secret field is a reference,
+//! `{ env = "NAME" }` or `{ file = "/path" }`. Unknown keys are errors. [`check`] reports every
+//! problem it finds, each with its key path, instead of stopping at the first.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Uri;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::crypto::MasterKey;
+use crate::secret::Secret;
+use crate::store::Region;
+
+/// Where environment variables and secret files come from.
+pub trait Env {
+    /// An environment variable's value.
+    fn var(&self, name: &str) -> Option<String>;
+    /// A file's contents (for secrets stored in files).
+    fn read_file(&self, path: &Path) -> std::io::Result<String>;
+}
+
+/// The real process environment and file system.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+    fn read_file(&self, path: &Path) -> std::io::Result<String> {
+        std::fs::read_to_string(path)
+    }
+}
+
+/// An in-memory [`Env`] for tests and for `spgate demo`.
+#[derive(Default)]
+pub struct MapEnv {
+    /// Variables.
+    pub vars: BTreeMap<String, String>,
+    /// Files by path.
+    pub files: BTreeMap<PathBuf, String>,
+}
+
+impl Env for MapEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        self.vars.get(name).cloned()
+    }
+    fn read_file(&self, path: &Path) -> std::io::Result<String> {
+        self.files
+            .get(path)
+            .cloned()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"))
+    }
+}
+
+/// One problem in a config file, with the key path it concerns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigIssue {
+    /// Dotted key path, e.g. `upstream.connect_timeout_ms`; empty for the whole file.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Every problem found while loading a config.
+#[derive(Debug, thiserror::Error)]
+#[error("{} problem(s) in the configuration:\n{}", .0.len(), render(.0))]
+pub struct ConfigError(pub Vec<ConfigIssue>);
+
+fn render(issues: &[ConfigIssue]) -> String {
+    issues
+        .iter()
+        .map(|i| {
+            if i.path.is_empty() {
+                format!("  - {}", i.message)
+            } else {
+                format!("  - {}: {}", i.path, i.message)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw: exactly what the file says.
+
+/// A secret reference as written in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawSecret {
+    /// `{ env = "NAME" }` or `{ file = "/path" }`.
+    Ref(RawSecretRef),
+    /// A literal string: always rejected, secrets must not live in the config file.
+    Literal(String),
+}
+
+/// The reference form of a secret.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RawSecretRef {
+    /// Read from this environment variable.
+    pub env: Option<String>,
+    /// Read from this file (trailing newline trimmed).
+    pub file: Option<PathBuf>,
+}
+
+/// `[server]`: the proxy listener.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawServer {
+    /// Address to listen on.
+    pub listen: Option<String>,
+    /// Connections beyond this wait in the accept queue.
+    pub max_connections: Option<usize>,
+    /// Largest total of header names and values accepted (431 above).
+    pub max_header_bytes: Option<usize>,
+    /// Largest request body forwarded (413 above).
+    pub max_request_body_bytes: Option<u64>,
+    /// How long a client may take to send its request headers.
+    pub header_read_timeout_ms: Option<u64>,
+    /// How long in-flight requests may run after SIGTERM before the process exits.
+    pub drain_timeout_seconds: Option<u64>,
+}
+
+/// `[upstream]`: the connection to SP-API.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawUpstream {
+    /// Per-region SP-API endpoints.
+    pub endpoints: Option<RawEndpoints>,
+    /// TCP + TLS connect timeout.
+    pub connect_timeout_ms: Option<u64>,
+    /// Time until the upstream's response headers arrive.
+    pub header_timeout_ms: Option<u64>,
+    /// Time until the whole response body has been relayed.
+    pub total_timeout_ms: Option<u64>,
+    /// Idle pooled connections are closed after this long.
+    pub pool_idle_timeout_seconds: Option<u64>,
+    /// Idle pooled connections kept per upstream host.
+    pub pool_max_idle_per_host: Option<usize>,
+}
+
+/// `[upstream.endpoints]`.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawEndpoints {
+    /// North America.
+    pub na: Option<String>,
+    /// Europe.
+    pub eu: Option<String>,
+    /// Far East.
+    pub fe: Option<String>,
+}
+
+/// `[lwa]`: Login with Amazon.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawLwa {
+    /// LWA token endpoint.
+    pub token_url: Option<String>,
+    /// The application's LWA client id.
+    pub client_id: Option<String>,
+    /// The application's LWA client secret (a reference).
+    pub client_secret: Option<RawSecret>,
+    /// Access tokens are refreshed this long before they expire.
+    pub refresh_margin_seconds: Option<u64>,
+    /// Timeout for one call to the token endpoint.
+    pub timeout_ms: Option<u64>,
+}
+
+/// `[store]`.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawStore {
+    /// Backend: `embedded`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// Data directory of the embedded backend.
+    pub data_dir: Option<PathBuf>,
+}
+
+/// `[keys]`: the master key that seals secrets at rest.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawKeys {
+    /// Id of the current master key (recorded in every sealed value).
+    pub master_key_id: Option<String>,
+    /// The current master key: 32 bytes, base64 (a reference).
+    pub master_key: Option<RawSecret>,
+    /// Older keys still needed to open values sealed before a rotation.
+    pub previous: Option<Vec<RawPreviousKey>>,
+}
+
+/// `[[keys.previous]]`.
+#[derive(Debug, Deserialize)]
+pub struct RawPreviousKey {
+    /// Its id.
+    pub id: Option<String>,
+    /// The key (a reference).
+    pub key: Option<RawSecret>,
+}
+
+/// `[log]`: operational logs.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawLog {
+    /// `json` or `pretty`.
+    pub format: Option<String>,
+    /// A tracing filter, e.g. `info` or `spgate=debug,info`.
+    pub level: Option<String>,
+}
+
+/// The whole file, sections parsed independently so one bad section does not hide another.
+#[derive(Debug, Default)]
+pub struct RawConfig {
+    /// `[server]`.
+    pub server: RawServer,
+    /// `[upstream]`.
+    pub upstream: RawUpstream,
+    /// `[lwa]`.
+    pub lwa: RawLwa,
+    /// `[store]`.
+    pub store: RawStore,
+    /// `[keys]`.
+    pub keys: RawKeys,
+    /// `[log]`.
+    pub log: RawLog,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resolved: typed, validated.
+
+/// The validated configuration. Built only by [`Config::resolve`].
+#[derive(Debug)]
+pub struct Config {
+    /// The proxy listener.
+    pub server: ServerConfig,
+    /// The SP-API connection.
+    pub upstream: UpstreamConfig,
+    /// Login with Amazon.
+    pub lwa: LwaConfig,
+    /// Where state lives.
+    pub store: StoreConfig,
+    /// The master key.
+    pub master_key: MasterKey,
+    /// Operational logs.
+    pub log: LogConfig,
+}
+
+/// See [`RawServer`].
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Largest total header size.
+    pub max_header_bytes: usize,
+    /// Largest request body.
+    pub max_request_body_bytes: u64,
+    /// Request header read timeout.
+    pub header_read_timeout: Duration,
+    /// Drain bound on shutdown.
+    pub drain_timeout: Duration,
+}
+
+/// See [`RawUpstream`].
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Base URI per region (scheme + authority, no path).
+    pub endpoints: Endpoints,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Header timeout.
+    pub header_timeout: Duration,
+    /// Total timeout.
+    pub total_timeout: Duration,
+    /// Pool idle timeout.
+    pub pool_idle_timeout: Duration,
+    /// Pool size per host.
+    pub pool_max_idle_per_host: usize,
+}
+
+/// SP-API base URIs per region.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    /// North America.
+    pub na: Uri,
+    /// Europe.
+    pub eu: Uri,
+    /// Far East.
+    pub fe: Uri,
+}
+
+impl Endpoints {
+    /// The base URI for a region.
+    pub fn for_region(&self, region: Region) -> &Uri {
+        match region {
+            Region::Na => &self.na,
+            Region::Eu => &self.eu,
+            Region::Fe => &self.fe,
+        }
+    }
+}
+
+/// See [`RawLwa`].
+#[derive(Debug, Clone)]
+pub struct LwaConfig {
+    /// Token endpoint.
+    pub token_url: Uri,
+    /// Client id.
+    pub client_id: String,
+    /// Client secret.
+    pub client_secret: Secret<String>,
+    /// Refresh margin before expiry.
+    pub refresh_margin: Duration,
+    /// Timeout per token call.
+    pub timeout: Duration,
+}
+
+/// See [`RawStore`].
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// SQLite under a data directory.
+    Embedded {
+        /// The data directory.
+        data_dir: PathBuf,
+    },
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable.
+    Pretty,
+}
+
+/// See [`RawLog`].
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Output format.
+    pub format: LogFormat,
+    /// tracing filter directive.
+    pub level: String,
+}
+
+// === impl RawConfig ===
+
+impl RawConfig {
+    /// Parses TOML text. Reports syntax errors, unknown keys and type errors, each with its path.
+    pub fn parse(text: &str) -> Result<RawConfig, ConfigError> {
+        let (raw, issues) = RawConfig::parse_lenient(text)?;
+        if issues.is_empty() {
+            Ok(raw)
+        } else {
+            Err(ConfigError(issues))
+        }
+    }
+
+    /// Parses TOML text, keeping going past unknown keys and bad sections (left at their
+    /// defaults) so that resolution can report its own problems too. Fails only on bad syntax.
+    pub fn parse_lenient(text: &str) -> Result<(RawConfig, Vec<ConfigIssue>), ConfigError> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            ConfigError(vec![ConfigIssue {
+                path: String::new(),
+                message: format!("invalid TOML: {}", e.message()),
+            }])
+        })?;
+        let mut issues = Vec::new();
+        let mut raw = RawConfig::default();
+        for (key, value) in table {
+            match key.as_str() {
+                "server" => section(&key, value, &mut raw.server, &mut issues),
+                "upstream" => section(&key, value, &mut raw.upstream, &mut issues),
+                "lwa" => section(&key, value, &mut raw.lwa, &mut issues),
+                "store" => section(&key, value, &mut raw.store, &mut issues),
+                "keys" => section(&key, value, &mut raw.keys, &mut issues),
+                "log" => section(&key, value, &mut raw.log, &mut issues),
+                _ => issues.push(ConfigIssue {
+                    path: key.clone(),
+                    message: "unknown key".into(),
+                }),
+            }
+        }
+        Ok((raw, issues))
+    }
+}
+
+fn section<T: DeserializeOwned>(
+    name: &str,
+    value: toml::Value,
+    out: &mut T,
+    issues: &mut Vec<ConfigIssue>,
+) {
+    let mut unknown = Vec::new();
+    // serde_ignored writes `?` for each Option level; key paths in messages leave them out.
+    let mut on_unknown = |path: serde_ignored::Path<'_>| {
+        let p = path.to_string();
+        unknown.push(p.split('.').filter(|s| *s != "?").collect::<Vec<_>>().join("."));
+    };
+    let de = serde_ignored::Deserializer::new(value, &mut on_unknown);
+    match serde_path_to_error::deserialize::<_, T>(de) {
+        Ok(v) => *out = v,
+        Err(e) => {
+            let inner = e.path().to_string();
+            issues.push(ConfigIssue {
+                path: join_path(name, &inner),
+                message: e.into_inner().to_string(),
+            });
+        }
+    }
+    for p in unknown {
+        issues.push(ConfigIssue {
+            path: join_path(name, &p),
+            message: "unknown key".into(),
+        });
+    }
+}
+
+fn join_path(section: &str, inner: &str) -> String {
+    if inner.is_empty() || inner == "." {
+        section.to_string()
+    } else {
+        format!("{section}.{inner}")
+    }
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Reads and resolves a config file.
+    pub fn load(path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(vec![ConfigIssue {
+                path: String::new(),
+                message: format!("cannot read {}: {e}", path.display()),
+            }])
+        })?;
+        Config::from_toml(&text, env)
+    }
+
+    /// Parses and resolves TOML text, reporting the problems of both steps together.
+    pub fn from_toml(text: &str, env: &dyn Env) -> Result<Config, ConfigError> {
+        let (raw, mut issues) = RawConfig::parse_lenient(text)?;
+        match Config::resolve(raw, env) {
+            Ok(config) if issues.is_empty() => Ok(config),
+            Ok(_) => Err(ConfigError(issues)),
+            Err(ConfigError(more)) => {
+                issues.extend(more);
+                Err(ConfigError(issues))
+            }
+        }
+    }
+
+    /// Validates a parsed config and reads its secrets. Collects every problem.
+    pub fn resolve(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
+        let mut v = Validator {
+            issues: Vec::new(),
+            env,
+        };
+        let s = &raw.server;
+        let server = ServerConfig {
+            listen: v.addr("server.listen", s.listen.as_deref().unwrap_or("127.0.0.1:8080")),
+            max_connections: v.positive("server.max_connections", s.max_connections.unwrap_or(10_000)),
+            max_header_bytes: v.range("server.max_header_bytes", s.max_header_bytes.unwrap_or(32 * 1024), 1024, 1024 * 1024),
+            max_request_body_bytes: s.max_request_body_bytes.unwrap_or(10 * 1024 * 1024),
+            header_read_timeout: v.millis("server.header_read_timeout_ms", s.header_read_timeout_ms.unwrap_or(10_000)),
+            drain_timeout: Duration::from_secs(s.drain_timeout_seconds.unwrap_or(30)),
+        };
+        let u = &raw.upstream;
+        let ep = u.endpoints.as_ref();
+        let endpoints = Endpoints {
+            na: v.base_uri("upstream.endpoints.na", ep.and_then(|e| e.na.as_deref()).unwrap_or("https://sellingpartnerapi-na.amazon.com")),
+            eu: v.base_uri("upstream.endpoints.eu", ep.and_then(|e| e.eu.as_deref()).unwrap_or("https://sellingpartnerapi-eu.amazon.com")),
+            fe: v.base_uri("upstream.endpoints.fe", ep.and_then(|e| e.fe.as_deref()).unwrap_or("https://sellingpartnerapi-fe.amazon.com")),
+        };
+        let upstream = UpstreamConfig {
+            endpoints,
+            connect_timeout: v.millis("upstream.connect_timeout_ms", u.connect_timeout_ms.unwrap_or(3_000)),
+            header_timeout: v.millis("upstream.header_timeout_ms", u.header_timeout_ms.unwrap_or(30_000)),
+            total_timeout: v.millis("upstream.total_timeout_ms", u.total_timeout_ms.unwrap_or(120_000)),
+            pool_idle_timeout: Duration::from_secs(u.pool_idle_timeout_seconds.unwrap_or(90)),
+            pool_max_idle_per_host: u.pool_max_idle_per_host.unwrap_or(64),
+        };
+        if upstream.header_timeout > upstream.total_timeout {
+            v.issue("upstream.header_timeout_ms", "must not exceed upstream.total_timeout_ms");
+        }
+        let l = &raw.lwa;
+        let lwa = LwaConfig {
+            token_url: v.uri("lwa.token_url", l.token_url.as_deref().unwrap_or("https://api.amazon.com/auth/o2/token")),
+            client_id: match &l.client_id {
+                Some(id) if !id.trim().is_empty() => id.clone(),
+                _ => {
+                    v.issue("lwa.client_id", "required: the application's LWA client id");
+                    String::new()
+                }
+            },
+            client_secret: v.secret("lwa.client_secret", l.client_secret.as_ref()),
+            refresh_margin: Duration::from_secs(l.refresh_margin_seconds.unwrap_or(300)),
+            timeout: v.millis("lwa.timeout_ms", l.timeout_ms.unwrap_or(10_000)),
+        };
+        let store = match raw.store.kind.as_deref().unwrap_or("embedded") {
+            "embedded" => StoreConfig::Embedded {
+                data_dir: raw.store.data_dir.clone().unwrap_or_else(|| PathBuf::from("data")),
+            },
+            other => {
+                v.issue("store.type", &format!("unknown backend {other:?} (expected \"embedded\")"));
+                StoreConfig::Embedded { data_dir: PathBuf::new() }
+            }
+        };
+        let master_key = v.master_key(&raw.keys);
+        let log = LogConfig {
+            format: match raw.log.format.as_deref().unwrap_or("json") {
+                "json" => LogFormat::Json,
+                "pretty" => LogFormat::Pretty,
+                other => {
+                    v.issue("log.format", &format!("unknown format {other:?} (expected \"json\" or \"pretty\")"));
+                    LogFormat::Json
+                }
+            },
+            level: raw.log.level.clone().unwrap_or_else(|| "info".into()),
+        };
+        if tracing_subscriber::EnvFilter::try_new(&log.level).is_err() {
+            v.issue("log.level", "not a valid filter (e.g. \"info\" or \"spgate=debug,info\")");
+        }
+        match (v.issues.is_empty(), master_key) {
+            (true, Some(master_key)) => Ok(Config { server, upstream, lwa, store, master_key, log }),
+            _ => Err(ConfigError(v.issues)),
+        }
+    }
+}
+
+struct Validator<'e> {
+    issues: Vec<ConfigIssue>,
+    env: &'e dyn Env,
+}
+
+impl Validator<'_> {
+    fn issue(&mut self, path: &str, message: &str) {
+        self.issues.push(ConfigIssue {
+            path: path.to_string(),
+            message: message.to_string(),
+        });
+    }
+
+    fn addr(&mut self, path: &str, s: &str) -> SocketAddr {
+        s.parse().unwrap_or_else(|_| {
+            self.issue(path, &format!("{s:?} is not an address like 127.0.0.1:8080"));
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        })
+    }
+
+    fn positive(&mut self, path: &str, n: usize) -> usize {
+        if n == 0 {
+            self.issue(path, "must be at least 1");
+        }
+        n
+    }
+
+    fn range(&mut self, path: &str, n: usize, lo: usize, hi: usize) -> usize {
+        if n < lo || n > hi {
+            self.issue(path, &format!("must be between {lo} and {hi}"));
+        }
+        n
+    }
+
+    fn millis(&mut self, path: &str, ms: u64) -> Duration {
+        if ms == 0 {
+            self.issue(path, "must be at least 1 ms");
+        }
+        Duration::from_millis(ms)
+    }
+
+    fn uri(&mut self, path: &str, s: &str) -> Uri {
+        match s.parse::<Uri>() {
+            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() => u,
+            _ => {
+                self.issue(path, &format!("{s:?} is not an http(s) URL"));
+                Uri::from_static("http://invalid.invalid")
+            }
+        }
+    }
+
+    fn base_uri(&mut self, path: &str, s: &str) -> Uri {
+        let u = self.uri(path, s.trim_end_matches('/'));
+        if u.path() != "/" && !u.path().is_empty() {
+            self.issue(path, "must be scheme and host only, without a path");
+        }
+        u
+    }
+
+    fn secret(&mut self, path: &str, raw: Option<&RawSecret>) -> Secret<String> {
+        match raw {
+            None => {
+                self.issue(path, "required: { env = \"NAME\" } or { file = \"/path\" }");
+                Secret::new(String::new())
+            }
+            Some(RawSecret::Literal(_)) => {
+                self.issue(path, "secrets must not be written in the config file: use { env = \"NAME\" } or { file = \"/path\" }");
+                Secret::new(String::new())
+            }
+            Some(RawSecret::Ref(r)) => match (&r.env, &r.file) {
+                (Some(name), None) => match self.env.var(name) {
+                    Some(v) if !v.is_empty() => Secret::new(v),
+                    _ => {
+                        self.issue(path, &format!("environment variable {name} is not set"));
+                        Secret::new(String::new())
+                    }
+                },
+                (None, Some(file)) => match self.env.read_file(file) {
+                    Ok(v) => Secret::new(v.trim_end_matches(['\n', '\r']).to_string()),
+                    Err(e) => {
+                        self.issue(path, &format!("cannot read {}: {e}", file.display()));
+                        Secret::new(String::new())
+                    }
+                },
+                _ => {
+                    self.issue(path, "give exactly one of env or file");
+                    Secret::new(String::new())
+                }
+            },
+        }
+    }
+
+    fn master_key(&mut self, raw: &RawKeys) -> Option<MasterKey> {
+        let id = raw.master_key_id.clone().unwrap_or_else(|| "k1".into());
+        let secret = self.secret("keys.master_key", raw.master_key.as_ref());
+        if secret.expose().is_empty() {
+            return None;
+        }
+        let mut key = match MasterKey::from_base64(&id, &secret) {
+            Ok(k) => k,
+            Err(e) => {
+                self.issue("keys.master_key", &e.to_string());
+                return None;
+            }
+        };
+        for (i, prev) in raw.previous.iter().flatten().enumerate() {
+            let path = format!("keys.previous[{i}]");
+            let Some(pid) = prev.id.clone() else {
+                self.issue(&format!("{path}.id"), "required");
+                continue;
+            };
+            let secret = self.secret(&format!("{path}.key"), prev.key.as_ref());
+            if secret.expose().is_empty() {
+                continue;
+            }
+            key = match key.with_previous(&pid, &secret) {
+                Ok(k) => k,
+                Err(e) => {
+                    self.issue(&format!("{path}.key"), &e.to_string());
+                    return None;
+                }
+            };
+        }
+        Some(key)
+    }
+}
+
+/// Checks a config file and returns every problem (empty when it is valid).
+pub fn check(path: &Path, env: &dyn Env) -> Vec<ConfigIssue> {
+    match Config::load(path, env) {
+        Ok(_) => Vec::new(),
+        Err(ConfigError(issues)) => issues,
+    }
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

@@ -398,7 +398,12 @@ fn section<T: DeserializeOwned>(
     // serde_ignored writes `?` for each Option level; key paths in messages leave them out.
     let mut on_unknown = |path: serde_ignored::Path<'_>| {
         let p = path.to_string();
-        unknown.push(p.split('.').filter(|s| *s != "?").collect::<Vec<_>>().join("."));
+        unknown.push(
+            p.split('.')
+                .filter(|s| *s != "?")
+                .collect::<Vec<_>>()
+                .join("."),
+        );
     };
     let de = serde_ignored::Deserializer::new(value, &mut on_unknown);
     match serde_path_to_error::deserialize::<_, T>(de) {
@@ -462,34 +467,77 @@ impl Config {
         };
         let s = &raw.server;
         let server = ServerConfig {
-            listen: v.addr("server.listen", s.listen.as_deref().unwrap_or("127.0.0.1:8080")),
-            max_connections: v.positive("server.max_connections", s.max_connections.unwrap_or(10_000)),
-            max_header_bytes: v.range("server.max_header_bytes", s.max_header_bytes.unwrap_or(32 * 1024), 1024, 1024 * 1024),
+            listen: v.addr(
+                "server.listen",
+                s.listen.as_deref().unwrap_or("127.0.0.1:8080"),
+            ),
+            max_connections: v.positive(
+                "server.max_connections",
+                s.max_connections.unwrap_or(10_000),
+            ),
+            max_header_bytes: v.range(
+                "server.max_header_bytes",
+                s.max_header_bytes.unwrap_or(32 * 1024),
+                1024,
+                1024 * 1024,
+            ),
             max_request_body_bytes: s.max_request_body_bytes.unwrap_or(10 * 1024 * 1024),
-            header_read_timeout: v.millis("server.header_read_timeout_ms", s.header_read_timeout_ms.unwrap_or(10_000)),
+            header_read_timeout: v.millis(
+                "server.header_read_timeout_ms",
+                s.header_read_timeout_ms.unwrap_or(10_000),
+            ),
             drain_timeout: Duration::from_secs(s.drain_timeout_seconds.unwrap_or(30)),
         };
         let u = &raw.upstream;
         let ep = u.endpoints.as_ref();
         let endpoints = Endpoints {
-            na: v.base_uri("upstream.endpoints.na", ep.and_then(|e| e.na.as_deref()).unwrap_or("https://sellingpartnerapi-na.amazon.com")),
-            eu: v.base_uri("upstream.endpoints.eu", ep.and_then(|e| e.eu.as_deref()).unwrap_or("https://sellingpartnerapi-eu.amazon.com")),
-            fe: v.base_uri("upstream.endpoints.fe", ep.and_then(|e| e.fe.as_deref()).unwrap_or("https://sellingpartnerapi-fe.amazon.com")),
+            na: v.base_uri(
+                "upstream.endpoints.na",
+                ep.and_then(|e| e.na.as_deref())
+                    .unwrap_or("https://sellingpartnerapi-na.amazon.com"),
+            ),
+            eu: v.base_uri(
+                "upstream.endpoints.eu",
+                ep.and_then(|e| e.eu.as_deref())
+                    .unwrap_or("https://sellingpartnerapi-eu.amazon.com"),
+            ),
+            fe: v.base_uri(
+                "upstream.endpoints.fe",
+                ep.and_then(|e| e.fe.as_deref())
+                    .unwrap_or("https://sellingpartnerapi-fe.amazon.com"),
+            ),
         };
         let upstream = UpstreamConfig {
             endpoints,
-            connect_timeout: v.millis("upstream.connect_timeout_ms", u.connect_timeout_ms.unwrap_or(3_000)),
-            header_timeout: v.millis("upstream.header_timeout_ms", u.header_timeout_ms.unwrap_or(30_000)),
-            total_timeout: v.millis("upstream.total_timeout_ms", u.total_timeout_ms.unwrap_or(120_000)),
+            connect_timeout: v.millis(
+                "upstream.connect_timeout_ms",
+                u.connect_timeout_ms.unwrap_or(3_000),
+            ),
+            header_timeout: v.millis(
+                "upstream.header_timeout_ms",
+                u.header_timeout_ms.unwrap_or(30_000),
+            ),
+            total_timeout: v.millis(
+                "upstream.total_timeout_ms",
+                u.total_timeout_ms.unwrap_or(120_000),
+            ),
             pool_idle_timeout: Duration::from_secs(u.pool_idle_timeout_seconds.unwrap_or(90)),
             pool_max_idle_per_host: u.pool_max_idle_per_host.unwrap_or(64),
         };
         if upstream.header_timeout > upstream.total_timeout {
-            v.issue("upstream.header_timeout_ms", "must not exceed upstream.total_timeout_ms");
+            v.issue(
+                "upstream.header_timeout_ms",
+                "must not exceed upstream.total_timeout_ms",
+            );
         }
         let l = &raw.lwa;
         let lwa = LwaConfig {
-            token_url: v.uri("lwa.token_url", l.token_url.as_deref().unwrap_or("https://api.amazon.com/auth/o2/token")),
+            token_url: v.uri(
+                "lwa.token_url",
+                l.token_url
+                    .as_deref()
+                    .unwrap_or("https://api.amazon.com/auth/o2/token"),
+            ),
             client_id: match &l.client_id {
                 Some(id) if !id.trim().is_empty() => id.clone(),
                 _ => {
@@ -503,11 +551,20 @@ impl Config {
         };
         let store = match raw.store.kind.as_deref().unwrap_or("embedded") {
             "embedded" => StoreConfig::Embedded {
-                data_dir: raw.store.data_dir.clone().unwrap_or_else(|| PathBuf::from("data")),
+                data_dir: raw
+                    .store
+                    .data_dir
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("data")),
             },
             other => {
-                v.issue("store.type", &format!("unknown backend {other:?} (expected \"embedded\")"));
-                StoreConfig::Embedded { data_dir: PathBuf::new() }
+                v.issue(
+                    "store.type",
+                    &format!("unknown backend {other:?} (expected \"embedded\")"),
+                );
+                StoreConfig::Embedded {
+                    data_dir: PathBuf::new(),
+                }
             }
         };
         let master_key = v.master_key(&raw.keys);
@@ -516,17 +573,30 @@ impl Config {
                 "json" => LogFormat::Json,
                 "pretty" => LogFormat::Pretty,
                 other => {
-                    v.issue("log.format", &format!("unknown format {other:?} (expected \"json\" or \"pretty\")"));
+                    v.issue(
+                        "log.format",
+                        &format!("unknown format {other:?} (expected \"json\" or \"pretty\")"),
+                    );
                     LogFormat::Json
                 }
             },
             level: raw.log.level.clone().unwrap_or_else(|| "info".into()),
         };
         if tracing_subscriber::EnvFilter::try_new(&log.level).is_err() {
-            v.issue("log.level", "not a valid filter (e.g. \"info\" or \"spgate=debug,info\")");
+            v.issue(
+                "log.level",
+                "not a valid filter (e.g. \"info\" or \"spgate=debug,info\")",
+            );
         }
         match (v.issues.is_empty(), master_key) {
-            (true, Some(master_key)) => Ok(Config { server, upstream, lwa, store, master_key, log }),
+            (true, Some(master_key)) => Ok(Config {
+                server,
+                upstream,
+                lwa,
+                store,
+                master_key,
+                log,
+            }),
             _ => Err(ConfigError(v.issues)),
         }
     }
@@ -547,7 +617,10 @@ impl Validator<'_> {
 
     fn addr(&mut self, path: &str, s: &str) -> SocketAddr {
         s.parse().unwrap_or_else(|_| {
-            self.issue(path, &format!("{s:?} is not an address like 127.0.0.1:8080"));
+            self.issue(
+                path,
+                &format!("{s:?} is not an address like 127.0.0.1:8080"),
+            );
             SocketAddr::from(([127, 0, 0, 1], 0))
         })
     }
@@ -575,7 +648,11 @@ impl Validator<'_> {
 
     fn uri(&mut self, path: &str, s: &str) -> Uri {
         match s.parse::<Uri>() {
-            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() => u,
+            Ok(u)
+                if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() =>
+            {
+                u
+            }
             _ => {
                 self.issue(path, &format!("{s:?} is not an http(s) URL"));
                 Uri::from_static("http://invalid.invalid")

@@ -6,9 +6,11 @@ const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="; // 32 bytes, b
 
 fn env() -> MapEnv {
     let mut env = MapEnv::default();
-    env.vars.insert("LWA_SECRET".into(), "amzn1.oa2-cs.v1.synthetic".into());
+    env.vars
+        .insert("LWA_SECRET".into(), "amzn1.oa2-cs.v1.synthetic".into());
     env.vars.insert("MASTER".into(), KEY.into());
-    env.files.insert(PathBuf::from("/run/master"), format!("{KEY}\n"));
+    env.files
+        .insert(PathBuf::from("/run/master"), format!("{KEY}\n"));
     env
 }
 
@@ -29,7 +31,9 @@ fn check(toml: &str, expect: &[(&str, &str)]) {
     assert_eq!(issues.len(), expect.len(), "{issues:#?}");
     for (path, fragment) in expect {
         assert!(
-            issues.iter().any(|i| i.path == *path && i.message.contains(fragment)),
+            issues
+                .iter()
+                .any(|i| i.path == *path && i.message.contains(fragment)),
             "no issue {path}: {fragment} in {issues:#?}"
         );
     }
@@ -40,7 +44,10 @@ fn a_minimal_config_is_valid_and_takes_the_documented_defaults() {
     check(MINIMAL, &[]);
     let cfg = Config::resolve(RawConfig::parse(MINIMAL).unwrap(), &env()).unwrap();
     assert_eq!(cfg.server.listen.to_string(), "127.0.0.1:8080");
-    assert_eq!(cfg.upstream.endpoints.eu.to_string(), "https://sellingpartnerapi-eu.amazon.com/");
+    assert_eq!(
+        cfg.upstream.endpoints.eu.to_string(),
+        "https://sellingpartnerapi-eu.amazon.com/"
+    );
     assert_eq!(cfg.lwa.client_secret.expose(), "amzn1.oa2-cs.v1.synthetic");
     assert_eq!(cfg.master_key.current_id(), "k1");
 }
@@ -50,7 +57,11 @@ fn unknown_keys_are_errors_with_their_path() {
     let toml = format!("{MINIMAL}\n[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n[upstream.endpoints]\nxx = \"a\"\n[nope]\n");
     check(
         &toml,
-        &[("server.lisen", "unknown key"), ("upstream.endpoints.xx", "unknown key"), ("nope", "unknown key")],
+        &[
+            ("server.lisen", "unknown key"),
+            ("upstream.endpoints.xx", "unknown key"),
+            ("nope", "unknown key"),
+        ],
     );
 }
 
@@ -76,7 +87,10 @@ format = "xml"
             ("server.listen", "not an address"),
             ("server.max_connections", "at least 1"),
             ("lwa.client_id", "required"),
-            ("lwa.client_secret", "must not be written in the config file"),
+            (
+                "lwa.client_secret",
+                "must not be written in the config file",
+            ),
             ("keys.master_key", "UNSET_VAR is not set"),
             ("log.format", "unknown format"),
         ],
@@ -85,9 +99,15 @@ format = "xml"
 
 #[test]
 fn secrets_come_from_env_or_files_never_from_the_file_itself() {
-    let from_file = MINIMAL.replace(r#"master_key = { env = "MASTER" }"#, r#"master_key = { file = "/run/master" }"#);
+    let from_file = MINIMAL.replace(
+        r#"master_key = { env = "MASTER" }"#,
+        r#"master_key = { file = "/run/master" }"#,
+    );
     check(&from_file, &[]);
-    let both = MINIMAL.replace(r#"{ env = "MASTER" }"#, r#"{ env = "MASTER", file = "/run/master" }"#);
+    let both = MINIMAL.replace(
+        r#"{ env = "MASTER" }"#,
+        r#"{ env = "MASTER", file = "/run/master" }"#,
+    );
     check(&both, &[("keys.master_key", "exactly one")]);
     let missing_file = MINIMAL.replace(r#"{ env = "MASTER" }"#, r#"{ file = "/nope" }"#);
     check(&missing_file, &[("keys.master_key", "cannot read /nope")]);
@@ -97,11 +117,17 @@ fn secrets_come_from_env_or_files_never_from_the_file_itself() {
 
 #[test]
 fn endpoints_must_be_bare_http_urls() {
-    check(&format!("{MINIMAL}\n[server]\n[server]\n"), &[("", "invalid TOML")]);
+    check(
+        &format!("{MINIMAL}\n[server]\n[server]\n"),
+        &[("", "invalid TOML")],
+    );
     let toml = format!("{MINIMAL}\n[upstream.endpoints]\nna = \"ftp://x\"\neu = \"http://127.0.0.1:9/path\"\nfe = \"http://127.0.0.1:9/\"\n");
     check(
         &toml,
-        &[("upstream.endpoints.na", "not an http(s) URL"), ("upstream.endpoints.eu", "without a path")],
+        &[
+            ("upstream.endpoints.na", "not an http(s) URL"),
+            ("upstream.endpoints.eu", "without a path"),
+        ],
     );
 }
 
@@ -109,7 +135,8 @@ fn endpoints_must_be_bare_http_urls() {
 fn the_example_config_is_valid() {
     let text = include_str!("../config/spgate.example.toml");
     let mut env = env();
-    env.vars.insert("SPGATE_LWA_CLIENT_SECRET".into(), "synthetic".into());
+    env.vars
+        .insert("SPGATE_LWA_CLIENT_SECRET".into(), "synthetic".into());
     env.vars.insert("SPGATE_MASTER_KEY".into(), KEY.into());
     let raw = RawConfig::parse(text).unwrap_or_else(|e| panic!("{e}"));
     Config::resolve(raw, &env).unwrap_or_else(|e| panic!("{e}"));

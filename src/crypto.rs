@@ -91,8 +91,13 @@ impl MasterKey {
     }
 
     /// Adds an older key that may still open values sealed before a rotation.
-    pub fn with_previous(mut self, id: &str, encoded: &Secret<String>) -> Result<MasterKey, CryptoError> {
-        self.previous.push((check_key_id(id)?, decode_key(encoded)?));
+    pub fn with_previous(
+        mut self,
+        id: &str,
+        encoded: &Secret<String>,
+    ) -> Result<MasterKey, CryptoError> {
+        self.previous
+            .push((check_key_id(id)?, decode_key(encoded)?));
         Ok(self)
     }
 
@@ -136,7 +141,9 @@ impl MasterKey {
             .find(|(kid, _)| kid == id)
             .map(|(_, k)| k)
             .ok_or_else(|| CryptoError::UnknownKeyId(id.to_string()))?;
-        let raw = URL_SAFE_NO_PAD.decode(b64).map_err(|_| CryptoError::Malformed)?;
+        let raw = URL_SAFE_NO_PAD
+            .decode(b64)
+            .map_err(|_| CryptoError::Malformed)?;
         if raw.len() < NONCE_LEN + AES_256_GCM.tag_len() {
             return Err(CryptoError::Malformed);
         }
@@ -175,7 +182,9 @@ impl std::fmt::Debug for MasterKey {
 fn check_key_id(id: &str) -> Result<String, CryptoError> {
     let ok = !id.is_empty()
         && id.len() <= 32
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     ok.then(|| id.to_string()).ok_or(CryptoError::BadKeyId)
 }
 
@@ -188,7 +197,8 @@ fn decode_key(encoded: &Secret<String>) -> Result<LessSafeKey, CryptoError> {
     if bytes.len() != 32 {
         return Err(CryptoError::BadKeyLength(bytes.len()));
     }
-    let unbound = UnboundKey::new(&aead::AES_256_GCM, &bytes).map_err(|_| CryptoError::BadKeyLength(bytes.len()))?;
+    let unbound = UnboundKey::new(&aead::AES_256_GCM, &bytes)
+        .map_err(|_| CryptoError::BadKeyLength(bytes.len()))?;
     Ok(LessSafeKey::new(unbound))
 }
 
@@ -206,10 +216,19 @@ mod tests {
         let sealed = k.seal(b"Atzr|refresh", b"seller:A1").unwrap();
         assert!(sealed.starts_with("v1:k1:"));
         assert!(!sealed.contains("Atzr"));
-        assert_eq!(k.open(&sealed, b"seller:A1").unwrap().expose(), b"Atzr|refresh");
-        assert!(matches!(k.open(&sealed, b"seller:A2"), Err(CryptoError::Unauthentic)));
+        assert_eq!(
+            k.open(&sealed, b"seller:A1").unwrap().expose(),
+            b"Atzr|refresh"
+        );
+        assert!(matches!(
+            k.open(&sealed, b"seller:A2"),
+            Err(CryptoError::Unauthentic)
+        ));
         let other = key("k1");
-        assert!(matches!(other.open(&sealed, b"seller:A1"), Err(CryptoError::Unauthentic)));
+        assert!(matches!(
+            other.open(&sealed, b"seller:A1"),
+            Err(CryptoError::Unauthentic)
+        ));
         let mut tampered = sealed.clone();
         tampered.pop();
         tampered.push(if sealed.ends_with('A') { 'B' } else { 'A' });
@@ -227,13 +246,19 @@ mod tests {
             .unwrap();
         assert_eq!(new.open(&sealed, b"a").unwrap().expose(), b"x");
         assert!(new.seal(b"y", b"a").unwrap().starts_with("v1:new:"));
-        assert!(matches!(key("other").open(&sealed, b"a"), Err(CryptoError::UnknownKeyId(_))));
+        assert!(matches!(
+            key("other").open(&sealed, b"a"),
+            Err(CryptoError::UnknownKeyId(_))
+        ));
     }
 
     #[test]
     fn bad_master_keys_and_malformed_values_are_rejected() {
         let short = Secret::new(base64::engine::general_purpose::STANDARD.encode([0u8; 16]));
-        assert!(matches!(MasterKey::from_base64("k", &short), Err(CryptoError::BadKeyLength(16))));
+        assert!(matches!(
+            MasterKey::from_base64("k", &short),
+            Err(CryptoError::BadKeyLength(16))
+        ));
         assert!(MasterKey::from_base64("k", &Secret::new("!!".into())).is_err());
         assert!(MasterKey::from_base64("bad id", &MasterKey::generate_base64().unwrap()).is_err());
         let k = key("k1");

@@ -1,2 +1,374 @@
-//! spgate binary.
-fn main() {}
+//! The `spgate` binary: command line, config loading, logging, signals. Everything else is in the
+//! library; `anyhow` is used only here.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use spgate::auth::caller;
+use spgate::catalog::Catalog;
+use spgate::config::{self, Config, LogFormat, ProcessEnv};
+use spgate::secret::Secret;
+use spgate::store::{Region, SellerRecord, SellerStatus};
+
+#[derive(Parser)]
+#[command(
+    name = "spgate",
+    version,
+    about = "A gateway between seller tools and Amazon's Selling Partner API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the gateway against the built-in sandbox: no Amazon account, no config.
+    Demo(spgate::demo::DemoArgs),
+    /// Check a config file and report every problem with its key path.
+    Check {
+        /// Config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// List every SP-API operation the gateway knows.
+    Catalog {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage seller tools' API keys.
+    Clients {
+        /// Config file.
+        #[arg(long, short, global = true, default_value = "config/spgate.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: ClientsAction,
+    },
+    /// Manage onboarded sellers.
+    Sellers {
+        /// Config file.
+        #[arg(long, short, global = true, default_value = "config/spgate.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: SellersAction,
+    },
+    /// Run the fake SP-API + LWA on its own (open enrollment: any `Atzr|` refresh token works).
+    Sandbox(spgate::demo::SandboxArgs),
+}
+
+#[derive(Subcommand)]
+enum ClientsAction {
+    /// Create a tool's API key. The key is printed once and never stored.
+    Add {
+        /// The tool's name.
+        #[arg(long)]
+        tool: String,
+        /// Its role.
+        #[arg(long)]
+        role: String,
+        /// A seller it may act for (repeat; `*` for all).
+        #[arg(long = "seller", required = true)]
+        sellers: Vec<String>,
+    },
+    /// List tools and their keys' prefixes.
+    List,
+    /// Revoke a key at once.
+    Revoke {
+        /// The client id (`cli_...`).
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SellersAction {
+    /// Import a self-authorized seller from its refresh token.
+    Add {
+        /// Selling partner id.
+        #[arg(long)]
+        id: String,
+        /// Region: na, eu or fe.
+        #[arg(long)]
+        region: Region,
+        /// File holding the LWA refresh token (so it never appears in shell history).
+        #[arg(long)]
+        refresh_token_file: PathBuf,
+        /// Marketplace ids (repeat).
+        #[arg(long = "marketplace")]
+        marketplaces: Vec<String>,
+    },
+    /// List sellers.
+    List,
+    /// Remove a seller.
+    Remove {
+        /// Selling partner id.
+        id: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async_main(cli))
+}
+
+async fn async_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config } => {
+            let config = load(&config)?;
+            init_logs(config.log.format, &config.log.level);
+            let listener = tokio::net::TcpListener::bind(config.server.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+            tracing::info!(listen = %listener.local_addr()?, "spgate is serving.");
+            spgate::run(config, listener, shutdown_signal()).await?;
+            tracing::info!("spgate stopped.");
+            Ok(())
+        }
+        Command::Demo(args) => {
+            init_logs(LogFormat::Pretty, "warn");
+            spgate::demo::run_demo(args, shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Sandbox(args) => {
+            init_logs(LogFormat::Pretty, "info");
+            spgate::demo::run_sandbox(args, shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Check { config } => {
+            let issues = config::check(&config, &ProcessEnv);
+            if issues.is_empty() {
+                println!("{}: OK", config.display());
+                return Ok(());
+            }
+            for i in &issues {
+                if i.path.is_empty() {
+                    println!("{}: {}", config.display(), i.message);
+                } else {
+                    println!("{}: {}: {}", config.display(), i.path, i.message);
+                }
+            }
+            bail!("{} problem(s) found", issues.len())
+        }
+        Command::Catalog { json } => {
+            print_catalog(json)?;
+            Ok(())
+        }
+        Command::Clients { config, action } => clients(&load(&config)?, action).await,
+        Command::Sellers { config, action } => sellers(&load(&config)?, action).await,
+    }
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+    Config::load(path, &ProcessEnv).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+async fn clients(config: &Config, action: ClientsAction) -> anyhow::Result<()> {
+    let store = spgate::open_store(config)?;
+    match action {
+        ClientsAction::Add {
+            tool,
+            role,
+            sellers,
+        } => {
+            let new = caller::create_client(&*store, &tool, &role, sellers, now()).await?;
+            println!("client id: {}", new.client.id);
+            println!("tool:      {}", new.client.tool);
+            println!("role:      {}", new.client.role);
+            println!("sellers:   {}", new.client.sellers.join(","));
+            println!("api key:   {}", new.key.expose());
+            println!("(the key is shown once; only its hash is stored)");
+        }
+        ClientsAction::List => {
+            println!(
+                "{:<16} {:<20} {:<12} {:<12} {:<24} status",
+                "id", "tool", "role", "key", "sellers"
+            );
+            for c in store.clients().await? {
+                let status = if c.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{:<16} {:<20} {:<12} {:<12} {:<24} {status}",
+                    c.id,
+                    c.tool,
+                    c.role,
+                    format!("{}…", c.key_prefix),
+                    c.sellers.join(",")
+                );
+            }
+        }
+        ClientsAction::Revoke { id } => {
+            if !store.revoke_client(&id, now()).await? {
+                bail!("no active client {id}");
+            }
+            println!("revoked {id}");
+        }
+    }
+    Ok(())
+}
+
+async fn sellers(config: &Config, action: SellersAction) -> anyhow::Result<()> {
+    let store = spgate::open_store(config)?;
+    match action {
+        SellersAction::Add {
+            id,
+            region,
+            refresh_token_file,
+            marketplaces,
+        } => {
+            let token = std::fs::read_to_string(&refresh_token_file)
+                .with_context(|| format!("cannot read {}", refresh_token_file.display()))?;
+            let token = Secret::new(token.trim().to_string());
+            if !token.expose().starts_with("Atzr|") {
+                bail!(
+                    "{} does not hold an LWA refresh token (Atzr|...)",
+                    refresh_token_file.display()
+                );
+            }
+            let sealed = config
+                .master_key
+                .seal_str(&token, format!("refresh_token:{id}").as_bytes())?;
+            let now = now();
+            store
+                .put_seller(&SellerRecord {
+                    selling_partner_id: id.clone(),
+                    region,
+                    marketplaces,
+                    refresh_token_sealed: sealed,
+                    authorized_at: now,
+                    reauthorize_by: now + 365 * 86_400,
+                    status: SellerStatus::Active,
+                })
+                .await?;
+            println!("seller {id} added ({region})");
+        }
+        SellersAction::List => {
+            println!(
+                "{:<20} {:<6} {:<14} {:<12} marketplaces",
+                "seller", "region", "status", "reauth by"
+            );
+            for s in store.sellers().await? {
+                let due = time::OffsetDateTime::from_unix_timestamp(s.reauthorize_by)
+                    .map(|t| t.date().to_string())
+                    .unwrap_or_default();
+                println!(
+                    "{:<20} {:<6} {:<14} {:<12} {}",
+                    s.selling_partner_id,
+                    s.region,
+                    s.status.as_str(),
+                    due,
+                    s.marketplaces.join(",")
+                );
+            }
+        }
+        SellersAction::Remove { id } => {
+            if !store.remove_seller(&id).await? {
+                bail!("no seller {id}");
+            }
+            println!("removed {id}");
+        }
+    }
+    Ok(())
+}
+
+fn print_catalog(json: bool) -> anyhow::Result<()> {
+    let catalog = Catalog::builtin();
+    if json {
+        let rows: Vec<_> = catalog
+            .operations()
+            .iter()
+            .map(|op| {
+                serde_json::json!({
+                    "key": op.key, "api": op.api, "model": op.model, "operation_id": op.operation_id,
+                    "method": op.method.as_str(), "path": op.path,
+                    "rate_per_second": op.usage_plan.map(|p| p.rate_per_second),
+                    "burst": op.usage_plan.map(|p| p.burst),
+                    "restricted": op.restricted, "grantless_scope": op.grantless_scope,
+                    "pii_map": op.pii_map,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<58} {:<7} {:>8} {:>5}  flags  path",
+        "operation", "method", "rate/s", "burst"
+    );
+    for op in catalog.operations() {
+        let (rate, burst) = match op.usage_plan {
+            Some(p) => (format!("{}", p.rate_per_second), p.burst.to_string()),
+            None => ("-".into(), "-".into()),
+        };
+        let flags = format!(
+            "{}{}{}",
+            if op.restricted { "R" } else { "" },
+            if op.grantless_scope.is_some() {
+                "G"
+            } else {
+                ""
+            },
+            if op.pii_map.is_some() { "P" } else { "" }
+        );
+        println!(
+            "{:<58} {:<7} {:>8} {:>5}  {:<5}  {}",
+            op.key, op.method, rate, burst, flags, op.path
+        );
+    }
+    println!(
+        "\n{} operations. Flags: R restricted (RDT), G grantless, P buyer PII in responses.",
+        catalog.operations().len()
+    );
+    Ok(())
+}
+
+fn init_logs(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("Shutdown requested; draining.");
+}

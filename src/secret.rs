@@ -50,7 +50,12 @@ mod tests {
     fn a_secret_never_shows_its_value_in_debug_or_display() {
         let s = Secret::new("Atzr|very-secret-refresh-token".to_string());
         let nested = Some(vec![s.clone()]);
-        for printed in [format!("{s:?}"), format!("{s}"), format!("{nested:?}"), format!("{s:#?}")] {
+        for printed in [
+            format!("{s:?}"),
+            format!("{s}"),
+            format!("{nested:?}"),
+            format!("{s:#?}"),
+        ] {
             assert!(!printed.contains("very-secret"), "{printed}");
             assert!(printed.contains("REDACTED"), "{printed}");
         }

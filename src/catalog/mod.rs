@@ -242,13 +242,14 @@ fn parse_row(line: &'static str, line_no: usize) -> Result<Operation, CatalogErr
     else {
         return Err(bad(format!("expected 12 columns, found {}", cols.len())));
     };
-    let method = Method::from_bytes(method.as_bytes()).map_err(|_| bad(format!("bad method {method}")))?;
+    let method =
+        Method::from_bytes(method.as_bytes()).map_err(|_| bad(format!("bad method {method}")))?;
     let usage_plan = match (rate, burst) {
         ("", "") => None,
         (r, b) => {
             let rate_per_second: f64 = r.parse().map_err(|_| bad(format!("bad rate {r}")))?;
             let burst: u32 = b.parse().map_err(|_| bad(format!("bad burst {b}")))?;
-            if !(rate_per_second > 0.0) || burst == 0 {
+            if !rate_per_second.is_finite() || rate_per_second <= 0.0 || burst == 0 {
                 return Err(bad(format!("usage plan must be positive: {r}/{b}")));
             }
             Some(UsagePlan {

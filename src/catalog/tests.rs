@@ -29,7 +29,10 @@ fn every_operation_routes_to_itself_from_its_expanded_path() {
             .unwrap_or_else(|| panic!("{} {} does not route", op.method, path));
         assert_eq!(route.operation.key, op.key, "{path}");
         for (n, v) in &params {
-            assert!(route.params.contains(&(*n, (*v).to_string())), "{path}: {n}");
+            assert!(
+                route.params.contains(&(*n, (*v).to_string())),
+                "{path}: {n}"
+            );
         }
     }
 }
@@ -76,8 +79,13 @@ fn restricted_grantless_and_plans_are_carried() {
         })
     );
     assert_eq!(addr.pii_map, Some("ordersV0.getOrderAddress"));
-    let dest = catalog.by_key("notifications.getDestinations").expect("exists");
-    assert_eq!(dest.grantless_scope, Some("sellingpartnerapi::notifications"));
+    let dest = catalog
+        .by_key("notifications.getDestinations")
+        .expect("exists");
+    assert_eq!(
+        dest.grantless_scope,
+        Some("sellingpartnerapi::notifications")
+    );
     assert!(!dest.restricted);
     let no_plan = catalog.by_key("customerFeedback_2024-06-01.getItemReviewTopics");
     assert!(no_plan.map(|o| o.usage_plan.is_none()).unwrap_or(true));
@@ -88,10 +96,13 @@ fn bad_rows_are_rejected_with_their_line() {
     let cases: [(&'static str, &str); 3] = [
         ("h\na\tb\n", "line 2"),
         ("h\nk\ta\tm\to\tGET\t/x\tzz\t1\t0\t\t\tf\n", "bad rate"),
-        ("h\nk\ta\tm\to\tGET\tx\t1\t1\t0\t\t\tf\n", "must start with /"),
+        (
+            "h\nk\ta\tm\to\tGET\tx\t1\t1\t0\t\t\tf\n",
+            "must start with /",
+        ),
     ];
     for (tsv, want) in cases {
-        let err = Catalog::parse(tsv).err().expect("rejected").to_string();
+        let err = Catalog::parse(tsv).expect_err("rejected").to_string();
         assert!(err.contains(want), "{err}");
     }
 }

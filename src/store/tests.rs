@@ -45,7 +45,10 @@ pub(crate) async fn contract(store: &dyn Store) {
     let mut updated = seller("A1");
     updated.region = Region::Na;
     store.put_seller(&updated).await.unwrap();
-    assert_eq!(store.seller("A1").await.unwrap().unwrap().region, Region::Na);
+    assert_eq!(
+        store.seller("A1").await.unwrap().unwrap().region,
+        Region::Na
+    );
     assert!(store
         .set_seller_status("A1", SellerStatus::Deauthorized)
         .await
@@ -54,7 +57,10 @@ pub(crate) async fn contract(store: &dyn Store) {
         store.seller("A1").await.unwrap().unwrap().status,
         SellerStatus::Deauthorized
     );
-    assert!(!store.set_seller_status("nope", SellerStatus::Active).await.unwrap());
+    assert!(!store
+        .set_seller_status("nope", SellerStatus::Active)
+        .await
+        .unwrap());
     assert!(store.remove_seller("A0").await.unwrap());
     assert!(!store.remove_seller("A0").await.unwrap());
 
@@ -74,7 +80,12 @@ pub(crate) async fn contract(store: &dyn Store) {
     assert!(store.revoke_client("c1", 1_800_000_000).await.unwrap());
     assert!(!store.revoke_client("c1", 1_800_000_001).await.unwrap());
     assert_eq!(
-        store.client_by_key_hash("h1").await.unwrap().unwrap().revoked_at,
+        store
+            .client_by_key_hash("h1")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at,
         Some(1_800_000_000)
     );
     assert_eq!(store.clients().await.unwrap().len(), 1);
@@ -95,7 +106,14 @@ async fn the_embedded_store_survives_reopening_and_sees_other_processes_writes()
     a.insert_client(&client("c1", "h1")).await.unwrap();
     assert!(b.client_by_key_hash("h1").await.unwrap().is_some());
     b.revoke_client("c1", 5).await.unwrap();
-    assert_eq!(a.client_by_key_hash("h1").await.unwrap().unwrap().revoked_at, Some(5));
+    assert_eq!(
+        a.client_by_key_hash("h1")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at,
+        Some(5)
+    );
     drop((a, b));
     let c = EmbeddedStore::open(dir.path()).unwrap();
     assert_eq!(c.clients().await.unwrap().len(), 1);

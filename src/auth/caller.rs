@@ -1,0 +1,127 @@
+//! Who is calling us: seller tools authenticate with an API key (`Authorization: Bearer
+//! spg_...`) and name the seller they act for in `x-spgate-seller`.
+//!
+//! Keys are 256-bit random tokens. Only their SHA-256 is stored; a key is shown once, when it is
+//! created. (A slow password hash would add nothing: the keys have full entropy.)
+
+use http::HeaderMap;
+
+use crate::crypto::{self, CryptoError};
+use crate::proxy::headers::SELLER;
+use crate::secret::Secret;
+use crate::store::{ClientRecord, Store, StoreError};
+
+/// Prefix of every gateway API key.
+pub const KEY_PREFIX: &str = "spg_";
+
+/// Why a caller was turned away. Messages never carry the key.
+#[derive(Debug, thiserror::Error)]
+pub enum CallerError {
+    /// No `Authorization: Bearer` header.
+    #[error("missing API key")]
+    MissingKey,
+    /// The bearer value is not a gateway key.
+    #[error("malformed API key")]
+    MalformedKey,
+    /// No client has this key, or it was revoked.
+    #[error("unknown or revoked API key")]
+    UnknownKey,
+    /// The request names no seller.
+    #[error("missing x-spgate-seller header")]
+    MissingSeller,
+    /// The client may not act for this seller.
+    #[error("this tool may not act for that seller")]
+    SellerNotAllowed,
+    /// The operation acts for the whole application; only tools allowed every seller may call it.
+    #[error("this operation needs a tool allowed for all sellers")]
+    ApplicationWide,
+    /// The store could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A newly created key: shown to the operator once, never stored.
+pub struct NewKey {
+    /// The key itself.
+    pub key: Secret<String>,
+    /// The client record holding its hash.
+    pub client: ClientRecord,
+}
+
+/// Authenticates the API key in `headers`. Revoked keys are unknown keys.
+pub async fn authenticate(
+    store: &dyn Store,
+    headers: &HeaderMap,
+) -> Result<ClientRecord, CallerError> {
+    let value = headers
+        .get(http::header::AUTHORIZATION)
+        .ok_or(CallerError::MissingKey)?;
+    let value = value.to_str().map_err(|_| CallerError::MalformedKey)?;
+    let key = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or(CallerError::MalformedKey)?
+        .trim();
+    if !key.starts_with(KEY_PREFIX) || key.len() > 128 {
+        return Err(CallerError::MalformedKey);
+    }
+    let client = store
+        .client_by_key_hash(&crypto::sha256_hex(key.as_bytes()))
+        .await?
+        .ok_or(CallerError::UnknownKey)?;
+    if client.revoked_at.is_some() {
+        return Err(CallerError::UnknownKey);
+    }
+    Ok(client)
+}
+
+/// The seller a request names, checked against what the client may do.
+pub fn seller<'h>(client: &ClientRecord, headers: &'h HeaderMap) -> Result<&'h str, CallerError> {
+    let seller = headers
+        .get(SELLER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .ok_or(CallerError::MissingSeller)?;
+    if !client.allows_seller(seller) {
+        return Err(CallerError::SellerNotAllowed);
+    }
+    Ok(seller)
+}
+
+/// Creates a client with a fresh key and stores it. The key is returned once.
+pub async fn create_client(
+    store: &dyn Store,
+    tool: &str,
+    role: &str,
+    sellers: Vec<String>,
+    now: i64,
+) -> Result<NewKey, CreateClientError> {
+    let key = format!("{KEY_PREFIX}{}", crypto::random_token::<32>()?);
+    let client = ClientRecord {
+        id: format!("cli_{}", crypto::random_token::<9>()?),
+        tool: tool.to_string(),
+        role: role.to_string(),
+        sellers,
+        key_hash: crypto::sha256_hex(key.as_bytes()),
+        key_prefix: key[..KEY_PREFIX.len() + 6].to_string(),
+        created_at: now,
+        revoked_at: None,
+    };
+    store.insert_client(&client).await?;
+    Ok(NewKey {
+        key: Secret::new(key),
+        client,
+    })
+}
+
+/// Why a client could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateClientError {
+    /// No randomness.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// The store refused.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

@@ -1,0 +1,220 @@
+//! Login with Amazon: access tokens per seller (refresh_token grant) and per scope (grantless,
+//! client_credentials grant), cached until shortly before they expire and refreshed
+//! single-flight: however many requests find a subject's token missing at once, one LWA call is
+//! made and the rest wait for its result.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, StatusCode, Uri};
+use http_body_util::BodyExt;
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use crate::config::LwaConfig;
+use crate::proxy::body;
+use crate::proxy::upstream::{error_chain, HttpClient};
+use crate::secret::Secret;
+
+/// Whose token: a seller's, or the application's for a grantless scope.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Subject {
+    /// A seller, by selling partner id.
+    Seller(String),
+    /// The application itself, for a grantless scope.
+    Grantless(&'static str),
+}
+
+/// Why no token could be had. Messages never carry tokens or secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum LwaError {
+    /// LWA rejected the refresh token (`invalid_grant`): the seller must re-authorize.
+    #[error("LWA rejected the seller's refresh token (invalid_grant)")]
+    InvalidGrant,
+    /// LWA rejected our client credentials (`invalid_client`).
+    #[error("LWA rejected the application's client credentials (invalid_client)")]
+    InvalidClient,
+    /// LWA did not answer, answered 5xx, or timed out.
+    #[error("LWA is unavailable: {0}")]
+    Unavailable(String),
+    /// LWA answered something we do not understand.
+    #[error("LWA answered unexpectedly: {0}")]
+    Protocol(String),
+    /// The seller's refresh token could not be read from the store.
+    #[error("the seller's refresh token cannot be used: {0}")]
+    RefreshToken(String),
+}
+
+/// The credential to present for a subject's token.
+pub enum Grant {
+    /// `grant_type=refresh_token`.
+    RefreshToken(Secret<String>),
+    /// `grant_type=client_credentials` with this scope.
+    ClientCredentials(&'static str),
+}
+
+/// A cached access token.
+#[derive(Clone)]
+struct Cached {
+    token: Secret<String>,
+    refresh_at: Instant,
+}
+
+/// One subject's cache slot; the async mutex makes refreshes single-flight.
+type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
+
+/// LWA client with a token cache.
+pub struct Lwa {
+    client: HttpClient,
+    token_url: Uri,
+    client_id: String,
+    client_secret: Secret<String>,
+    margin: Duration,
+    timeout: Duration,
+    slots: Mutex<HashMap<Subject, Slot>>,
+    calls: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    expires_in: u64,
+}
+
+#[derive(Deserialize)]
+struct ErrorResponse {
+    error: String,
+}
+
+// === impl Lwa ===
+
+impl Lwa {
+    /// A client for the configured token endpoint.
+    pub fn new(client: HttpClient, cfg: &LwaConfig) -> Lwa {
+        Lwa {
+            client,
+            token_url: cfg.token_url.clone(),
+            client_id: cfg.client_id.clone(),
+            client_secret: cfg.client_secret.clone(),
+            margin: cfg.refresh_margin,
+            timeout: cfg.timeout,
+            slots: Mutex::new(HashMap::new()),
+            calls: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// How many calls this client has made to the token endpoint.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The subject's access token, from the cache or from LWA. `grant` is called only when LWA
+    /// must be asked, so the refresh token is unsealed only then.
+    pub async fn token(
+        &self,
+        subject: &Subject,
+        grant: impl FnOnce() -> Result<Grant, LwaError>,
+    ) -> Result<Secret<String>, LwaError> {
+        let slot = self.slot(subject);
+        let mut cached = slot.lock().await;
+        if let Some(c) = cached.as_ref() {
+            if Instant::now() < c.refresh_at {
+                return Ok(c.token.clone());
+            }
+        }
+        let fresh = self.fetch(grant()?).await?;
+        let token = fresh.token.clone();
+        *cached = Some(fresh);
+        Ok(token)
+    }
+
+    /// Forgets a subject's token if it is still `token` (after the upstream rejected it).
+    pub async fn invalidate(&self, subject: &Subject, token: &Secret<String>) {
+        let slot = self.slot(subject);
+        let mut cached = slot.lock().await;
+        if cached.as_ref().is_some_and(|c| c.token == *token) {
+            *cached = None;
+        }
+    }
+
+    fn slot(&self, subject: &Subject) -> Slot {
+        // A poisoned map only means another thread panicked mid-insert; the map is still valid.
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.entry(subject.clone()).or_default().clone()
+    }
+
+    /// The form body of a token request (holds the client secret: wrapped by the caller).
+    fn form(&self, grant: &Grant) -> String {
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        match grant {
+            Grant::RefreshToken(rt) => {
+                form.append_pair("grant_type", "refresh_token");
+                form.append_pair("refresh_token", rt.expose());
+            }
+            Grant::ClientCredentials(scope) => {
+                form.append_pair("grant_type", "client_credentials");
+                form.append_pair("scope", scope);
+            }
+        }
+        form.append_pair("client_id", &self.client_id);
+        form.append_pair("client_secret", self.client_secret.expose());
+        form.finish()
+    }
+
+    async fn fetch(&self, grant: Grant) -> Result<Cached, LwaError> {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let form = Secret::new(self.form(&grant));
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(self.token_url.clone())
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::ACCEPT, "application/json")
+            .body(body::full(Bytes::from(form.expose().clone())))
+            .map_err(|e| LwaError::Protocol(e.to_string()))?;
+        let started = Instant::now();
+        let exchange = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| LwaError::Unavailable(error_chain(&e)))?;
+            let status = resp.status();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| LwaError::Unavailable(error_chain(&e)))?
+                .to_bytes();
+            Ok::<_, LwaError>((status, bytes))
+        };
+        let (status, bytes) = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| LwaError::Unavailable(format!("no answer within {:?}", self.timeout)))??;
+        if status.is_success() {
+            let t: TokenResponse = serde_json::from_slice(&bytes)
+                .map_err(|e| LwaError::Protocol(format!("token response: {e}")))?;
+            let lifetime = Duration::from_secs(t.expires_in);
+            // Refresh `margin` before expiry; a token shorter-lived than twice the margin is
+            // refreshed at half its life instead, so it is still used at all.
+            let early = self.margin.min(lifetime / 2);
+            return Ok(Cached {
+                token: Secret::new(t.access_token),
+                refresh_at: started + lifetime - early,
+            });
+        }
+        let code = serde_json::from_slice::<ErrorResponse>(&bytes)
+            .map(|e| e.error)
+            .unwrap_or_default();
+        Err(match (status, code.as_str()) {
+            (_, "invalid_grant") => LwaError::InvalidGrant,
+            (_, "invalid_client") | (StatusCode::UNAUTHORIZED, _) => LwaError::InvalidClient,
+            (s, _) if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
+                LwaError::Unavailable(format!("token endpoint answered {s}"))
+            }
+            (s, c) => LwaError::Protocol(format!("token endpoint answered {s} {c}")),
+        })
+    }
+}

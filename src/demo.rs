@@ -1,0 +1,279 @@
+//! `spgate demo` and `spgate sandbox`: the gateway against the built-in sandbox, with no Amazon
+//! account, no Redis and no config file.
+//!
+//! The demo's config goes through the same parse-and-resolve path as a real one
+//! ([`Config::from_toml`]), with its secrets (a fresh master key, the sandbox's LWA client secret)
+//! handed over in memory through [`MapEnv`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::auth::caller;
+use crate::config::{Config, ConfigError, MapEnv};
+use crate::crypto::{self, CryptoError, MasterKey};
+use crate::sandbox::{QuotaMode, Sandbox, SandboxConfig};
+use crate::secret::Secret;
+use crate::store::{Region, SellerRecord, SellerStatus, StoreError};
+
+/// The LWA client id the demo sandbox accepts.
+pub const DEMO_CLIENT_ID: &str = "amzn1.application-oa2-client.spgate-demo";
+/// The LWA client secret the demo sandbox accepts (not a secret: the sandbox is fake).
+pub const DEMO_CLIENT_SECRET: &str = "spgate-demo-client-secret";
+/// The demo seller.
+pub const DEMO_SELLER: &str = "A1SPGATEDEMO01";
+
+/// Sandbox quota modes on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum QuotaArg {
+    /// Each operation's published usage plan.
+    Catalog,
+    /// Amazon's sandbox plan: 5 requests/s, burst 15, for every operation.
+    Sandbox,
+    /// No quotas (for benchmarks).
+    Off,
+}
+
+/// `spgate demo` arguments.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Address of the gateway (the URL seller tools use).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Address of the in-process sandbox (fake SP-API and LWA).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub sandbox_listen: SocketAddr,
+    /// Use a sandbox already running at this URL (`spgate sandbox`) instead of an in-process one.
+    #[arg(long)]
+    pub upstream: Option<String>,
+    /// Data directory (default: a fresh temporary directory, removed on exit).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Usage plans the in-process sandbox enforces.
+    #[arg(long, value_enum, default_value = "catalog")]
+    pub quotas: QuotaArg,
+}
+
+/// `spgate sandbox` arguments.
+#[derive(Debug, clap::Args)]
+pub struct SandboxArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8900")]
+    pub listen: SocketAddr,
+    /// Usage plans to enforce.
+    #[arg(long, value_enum, default_value = "catalog")]
+    pub quotas: QuotaArg,
+    /// Lifetime of issued access tokens, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub token_ttl_seconds: u64,
+    /// Demand Restricted Data Tokens for restricted operations, as Amazon does.
+    #[arg(long)]
+    pub require_rdt: bool,
+}
+
+/// Why the demo could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source} (choose another with --listen)")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The generated config was rejected (a bug, or a bad --upstream URL).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Key generation failed.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Creating the demo client failed.
+    #[error(transparent)]
+    Client(#[from] caller::CreateClientError),
+    /// Serving failed.
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<QuotaArg> for QuotaMode {
+    fn from(q: QuotaArg) -> QuotaMode {
+        match q {
+            QuotaArg::Catalog => QuotaMode::Catalog,
+            QuotaArg::Sandbox => QuotaMode::AmazonSandbox,
+            QuotaArg::Off => QuotaMode::Off,
+        }
+    }
+}
+
+/// Runs the sandbox alone until `shutdown`.
+pub async fn run_sandbox(
+    args: SandboxArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), DemoError> {
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| DemoError::Bind {
+            addr: args.listen,
+            source,
+        })?;
+    let sandbox = Sandbox::new(SandboxConfig {
+        lwa_clients: vec![(DEMO_CLIENT_ID.into(), DEMO_CLIENT_SECRET.into())],
+        access_token_ttl: Duration::from_secs(args.token_ttl_seconds),
+        quotas: args.quotas.into(),
+        require_rdt: args.require_rdt,
+        open_enrollment: true,
+    });
+    let url = format!("http://{}", listener.local_addr()?);
+    println!("sandbox SP-API:   {url}");
+    println!("sandbox LWA:      {url}/auth/o2/token");
+    println!("LWA client id:    {DEMO_CLIENT_ID}");
+    println!("LWA client secret: {DEMO_CLIENT_SECRET}");
+    println!("Any refresh token starting with Atzr| is accepted. Stats: {url}/_sandbox/stats");
+    sandbox.serve(listener, shutdown).await?;
+    Ok(())
+}
+
+/// Runs the gateway against the sandbox until `shutdown`, printing how to call it.
+pub async fn run_demo(
+    args: DemoArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), DemoError> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let refresh_token = Secret::new(format!(
+        "Atzr|spgate-demo-{}",
+        crypto::random_token::<24>()?
+    ));
+
+    let upstream_url = match &args.upstream {
+        Some(url) => url.trim_end_matches('/').to_string(),
+        None => {
+            let listener = TcpListener::bind(args.sandbox_listen)
+                .await
+                .map_err(|source| DemoError::Bind {
+                    addr: args.sandbox_listen,
+                    source,
+                })?;
+            let sandbox = Sandbox::new(SandboxConfig {
+                lwa_clients: vec![(DEMO_CLIENT_ID.into(), DEMO_CLIENT_SECRET.into())],
+                access_token_ttl: Duration::from_secs(3600),
+                quotas: args.quotas.into(),
+                require_rdt: false,
+                open_enrollment: false,
+            });
+            sandbox.add_seller(DEMO_SELLER, refresh_token.expose());
+            let url = format!("http://{}", listener.local_addr()?);
+            tokio::spawn(sandbox.serve(listener, stopped(stop_rx.clone())));
+            url
+        }
+    };
+
+    let (data_dir, temporary) = match &args.data_dir {
+        Some(d) => (d.clone(), false),
+        None => (
+            std::env::temp_dir().join(format!("spgate-demo-{}", crypto::random_token::<6>()?)),
+            true,
+        ),
+    };
+    let master = MasterKey::generate_base64()?;
+    let config = demo_config(args.listen, &upstream_url, &data_dir, &master)?;
+    let store = crate::open_store(&config)?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let sealed = config.master_key.seal_str(
+        &refresh_token,
+        format!("refresh_token:{DEMO_SELLER}").as_bytes(),
+    )?;
+    store
+        .put_seller(&SellerRecord {
+            selling_partner_id: DEMO_SELLER.into(),
+            region: Region::Na,
+            marketplaces: vec!["ATVPDKIKX0DER".into()],
+            refresh_token_sealed: sealed,
+            authorized_at: now,
+            reauthorize_by: now + 365 * 86_400,
+            status: SellerStatus::Active,
+        })
+        .await?;
+    let key =
+        caller::create_client(&*store, "demo-tool", "demo", vec![DEMO_SELLER.into()], now).await?;
+
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|source| DemoError::Bind {
+            addr: config.server.listen,
+            source,
+        })?;
+    let url = format!("http://{}", listener.local_addr()?);
+    print_instructions(&url, key.key.expose(), &upstream_url, &data_dir);
+
+    let (gateway, limits) = crate::build_gateway(config, store);
+    let result = crate::server::serve(listener, Arc::new(gateway), limits, shutdown).await;
+    let _ = stop_tx.send(true);
+    if temporary {
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
+    result?;
+    Ok(())
+}
+
+fn demo_config(
+    listen: SocketAddr,
+    upstream: &str,
+    data_dir: &std::path::Path,
+    master: &Secret<String>,
+) -> Result<Config, ConfigError> {
+    let toml = format!(
+        r#"
+[server]
+listen = "{listen}"
+drain_timeout_seconds = 5
+[upstream.endpoints]
+na = "{upstream}"
+eu = "{upstream}"
+fe = "{upstream}"
+[lwa]
+token_url = "{upstream}/auth/o2/token"
+client_id = "{DEMO_CLIENT_ID}"
+client_secret = {{ env = "DEMO_LWA_SECRET" }}
+[store]
+type = "embedded"
+data_dir = {data_dir:?}
+[keys]
+master_key_id = "demo"
+master_key = {{ env = "DEMO_MASTER_KEY" }}
+[log]
+format = "pretty"
+level = "warn"
+"#,
+        data_dir = data_dir.display().to_string(),
+    );
+    let mut env = MapEnv::default();
+    env.vars
+        .insert("DEMO_LWA_SECRET".into(), DEMO_CLIENT_SECRET.into());
+    env.vars
+        .insert("DEMO_MASTER_KEY".into(), master.expose().clone());
+    Config::from_toml(&toml, &env)
+}
+
+fn print_instructions(url: &str, key: &str, upstream: &str, data_dir: &std::path::Path) {
+    println!("spgate demo: the gateway at {url}, in front of the sandbox at {upstream}.");
+    println!("Data directory: {}\n", data_dir.display());
+    println!("export SPGATE_URL={url} SPGATE_KEY={key} SPGATE_SELLER={DEMO_SELLER}\n");
+    println!("# Orders for the demo seller (synthetic orders, synthetic buyers):");
+    println!("curl -s -H \"Authorization: Bearer $SPGATE_KEY\" -H \"x-spgate-seller: $SPGATE_SELLER\" \"$SPGATE_URL/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER&CreatedAfter=2026-01-01T00:00:00Z\"\n");
+    println!("# One order's shipping address (restricted data):");
+    println!("curl -s -H \"Authorization: Bearer $SPGATE_KEY\" -H \"x-spgate-seller: $SPGATE_SELLER\" \"$SPGATE_URL/orders/v0/orders/TEST_CASE_200/address\"\n");
+    println!("# The seller's marketplaces:");
+    println!("curl -s -H \"Authorization: Bearer $SPGATE_KEY\" -H \"x-spgate-seller: $SPGATE_SELLER\" \"$SPGATE_URL/sellers/v1/marketplaceParticipations\"\n");
+    println!("Serving until Ctrl-C.");
+}

@@ -1,0 +1,362 @@
+//! The request path, written once: every SP-API request goes through [`Gateway::handle`].
+//!
+//! Phases, in order (each is one line of [`Gateway::pipeline`]):
+//! 1. accept: header and body limits, unambiguous framing;
+//! 2. caller: the API key names the tool, its role and its sellers;
+//! 3. route: method + path -> the catalogued SP-API operation (404 otherwise);
+//! 4. authorize: the tool may act for the named seller, which is onboarded and authorized;
+//! 5. credentials: the seller's LWA access token (or a grantless token), cached;
+//! 6. upstream: the seller's region endpoint, streamed both ways, under timeouts;
+//! 7. respond: hop-by-hop headers removed, Amazon's request id and rate limit passed back.
+//!
+//! Errors from every phase meet in [`rescue::rescue`], the only error-to-response map.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use http::{header, HeaderValue, Request, Response, Uri};
+use http_body::Body as HttpBody;
+use http_body_util::BodyExt;
+
+use crate::auth::caller;
+use crate::auth::lwa::{Grant, Lwa, LwaError, Subject};
+use crate::catalog::{Catalog, Operation};
+use crate::config::Endpoints;
+use crate::crypto::MasterKey;
+use crate::secret::Secret;
+use crate::store::{ClientRecord, SellerRecord, SellerStatus, Store};
+
+pub mod body;
+pub mod headers;
+pub mod rescue;
+pub mod upstream;
+
+use body::{Body, BoxError, Limited};
+use rescue::ProxyError;
+use upstream::{Upstream, UpstreamError};
+
+/// Request limits applied in the accept phase.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest total of header names and values.
+    pub max_header_bytes: usize,
+    /// Largest request body.
+    pub max_request_body_bytes: u64,
+}
+
+/// Everything the pipeline needs, built once at startup.
+pub struct Gateway {
+    catalog: &'static Catalog,
+    store: Arc<dyn Store>,
+    master_key: Arc<MasterKey>,
+    lwa: Lwa,
+    upstream: Upstream,
+    endpoints: Endpoints,
+    limits: Limits,
+    request_ids: RequestIds,
+}
+
+/// The parts of a gateway, for [`Gateway::new`].
+pub struct GatewayParts {
+    /// Where clients and sellers live.
+    pub store: Arc<dyn Store>,
+    /// Opens sealed refresh tokens.
+    pub master_key: Arc<MasterKey>,
+    /// LWA token client.
+    pub lwa: Lwa,
+    /// SP-API client.
+    pub upstream: Upstream,
+    /// Endpoint per region.
+    pub endpoints: Endpoints,
+    /// Request limits.
+    pub limits: Limits,
+}
+
+/// Per-request facts gathered by the phases, for the response and (later) the audit record.
+struct Ctx {
+    operation: Option<&'static Operation>,
+}
+
+// === impl Gateway ===
+
+impl Gateway {
+    /// Builds the gateway.
+    pub fn new(parts: GatewayParts) -> Gateway {
+        Gateway {
+            catalog: Catalog::builtin(),
+            store: parts.store,
+            master_key: parts.master_key,
+            lwa: parts.lwa,
+            upstream: parts.upstream,
+            endpoints: parts.endpoints,
+            limits: parts.limits,
+            request_ids: RequestIds::new(),
+        }
+    }
+
+    /// The LWA client (its call counter is useful to tests and metrics).
+    pub fn lwa(&self) -> &Lwa {
+        &self.lwa
+    }
+
+    /// Handles one request from a seller tool. Never fails: errors become SP-API-shaped responses.
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<Body>
+    where
+        B: HttpBody<Data = bytes::Bytes> + Send + Sync + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let request_id = self.request_ids.next();
+        let span = tracing::info_span!("request", request_id = %request_id, method = %req.method(), operation = tracing::field::Empty);
+        let mut ctx = Ctx { operation: None };
+        let result =
+            tracing::Instrument::instrument(self.pipeline(req, &mut ctx), span.clone()).await;
+        if let Some(op) = ctx.operation {
+            span.record("operation", op.key);
+        }
+        let mut resp = match result {
+            Ok(resp) => resp,
+            Err(err) => span.in_scope(|| rescue::rescue(&err)),
+        };
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            resp.headers_mut().insert(headers::REQUEST_ID, v);
+        }
+        resp
+    }
+
+    async fn pipeline<B>(
+        &self,
+        req: Request<B>,
+        ctx: &mut Ctx,
+    ) -> Result<Response<Body>, ProxyError>
+    where
+        B: HttpBody<Data = bytes::Bytes> + Send + Sync + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let limit_tripped = self.accept(&req)?; // 1. limits and framing
+        let client = caller::authenticate(&*self.store, req.headers()).await?; // 2. caller
+        let op = self.route(&req)?; // 3. route
+        ctx.operation = Some(op);
+        let seller = self.authorize(&client, op, req.headers()).await?; // 4. authorize
+        let (subject, token) = self.credentials(op, seller.as_ref()).await?; // 5. credentials
+        let upstream_req =
+            self.upstream_request(req, seller.as_ref(), &token, limit_tripped.clone())?;
+        let resp = match self.upstream.send(upstream_req).await {
+            // 6. upstream
+            Ok(resp) => resp,
+            Err(UpstreamError::Transport(_)) if limit_tripped.load(Ordering::Relaxed) => {
+                return Err(ProxyError::BodyTooLarge {
+                    limit: self.limits.max_request_body_bytes,
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if resp.status() == http::StatusCode::UNAUTHORIZED
+            || resp.status() == http::StatusCode::FORBIDDEN
+        {
+            // The token may have been revoked early; the next request fetches a fresh one.
+            self.lwa.invalidate(&subject, &token).await;
+        }
+        Ok(self.respond(resp)) // 7. respond
+    }
+
+    /// Phase 1: header size, body size and framing.
+    fn accept<B: HttpBody>(&self, req: &Request<B>) -> Result<Arc<AtomicBool>, ProxyError> {
+        if req
+            .extensions()
+            .get::<crate::server::framing::Conflict>()
+            .is_some()
+        {
+            return Err(ProxyError::BadFraming(
+                "Content-Length with Transfer-Encoding",
+            ));
+        }
+        let h = req.headers();
+        if headers::total_size(h) > self.limits.max_header_bytes {
+            return Err(ProxyError::HeadersTooLarge {
+                limit: self.limits.max_header_bytes,
+            });
+        }
+        let lengths: Vec<_> = h.get_all(header::CONTENT_LENGTH).iter().collect();
+        if !lengths.is_empty() && h.contains_key(header::TRANSFER_ENCODING) {
+            return Err(ProxyError::BadFraming(
+                "Content-Length with Transfer-Encoding",
+            ));
+        }
+        if lengths.len() > 1 {
+            return Err(ProxyError::BadFraming("several Content-Length headers"));
+        }
+        if let Some(len) = lengths.first() {
+            let len: u64 = len
+                .to_str()
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or(ProxyError::BadFraming("Content-Length is not a number"))?;
+            if len > self.limits.max_request_body_bytes {
+                return Err(ProxyError::BodyTooLarge {
+                    limit: self.limits.max_request_body_bytes,
+                });
+            }
+        }
+        Ok(Arc::new(AtomicBool::new(false)))
+    }
+
+    /// Phase 3: the operation for this method and path.
+    fn route<B>(&self, req: &Request<B>) -> Result<&'static Operation, ProxyError> {
+        let catalog: &'static Catalog = self.catalog;
+        catalog
+            .route(req.method(), req.uri().path())
+            .map(|r| r.operation)
+            .ok_or(ProxyError::NotFound)
+    }
+
+    /// Phase 4: the seller this request acts for (none for grantless operations).
+    async fn authorize(
+        &self,
+        client: &ClientRecord,
+        op: &Operation,
+        headers: &http::HeaderMap,
+    ) -> Result<Option<SellerRecord>, ProxyError> {
+        if op.grantless_scope.is_some() {
+            if !client.allows_all_sellers() {
+                return Err(caller::CallerError::ApplicationWide.into());
+            }
+            return Ok(None);
+        }
+        let id = caller::seller(client, headers)?;
+        let seller = self
+            .store
+            .seller(id)
+            .await?
+            .ok_or(ProxyError::UnknownSeller)?;
+        if seller.status == SellerStatus::Deauthorized {
+            return Err(ProxyError::SellerDeauthorized);
+        }
+        Ok(Some(seller))
+    }
+
+    /// Phase 5: the token for `x-amz-access-token`.
+    async fn credentials(
+        &self,
+        op: &Operation,
+        seller: Option<&SellerRecord>,
+    ) -> Result<(Subject, Secret<String>), ProxyError> {
+        match (op.grantless_scope, seller) {
+            (Some(scope), _) => {
+                let subject = Subject::Grantless(scope);
+                let token = self
+                    .lwa
+                    .token(&subject, || Ok(Grant::ClientCredentials(scope)))
+                    .await?;
+                Ok((subject, token))
+            }
+            (None, Some(seller)) => {
+                let subject = Subject::Seller(seller.selling_partner_id.clone());
+                let result = self
+                    .lwa
+                    .token(&subject, || {
+                        let aad = format!("refresh_token:{}", seller.selling_partner_id);
+                        self.master_key
+                            .open_str(&seller.refresh_token_sealed, aad.as_bytes())
+                            .map(Grant::RefreshToken)
+                            .map_err(|e| LwaError::RefreshToken(e.to_string()))
+                    })
+                    .await;
+                match result {
+                    Ok(token) => Ok((subject, token)),
+                    Err(LwaError::InvalidGrant) => {
+                        self.store
+                            .set_seller_status(
+                                &seller.selling_partner_id,
+                                SellerStatus::Deauthorized,
+                            )
+                            .await?;
+                        tracing::warn!(seller = %seller.selling_partner_id, "Seller deauthorized: LWA answered invalid_grant.");
+                        Err(ProxyError::SellerDeauthorized)
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+            (None, None) => Err(ProxyError::UnknownSeller),
+        }
+    }
+
+    /// Phase 6 (preparation): the request as SP-API will see it.
+    fn upstream_request<B>(
+        &self,
+        req: Request<B>,
+        seller: Option<&SellerRecord>,
+        token: &Secret<String>,
+        limit_tripped: Arc<AtomicBool>,
+    ) -> Result<Request<Body>, ProxyError>
+    where
+        B: HttpBody<Data = bytes::Bytes> + Send + Sync + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (mut parts, body) = req.into_parts();
+        // The region comes from the seller's record, never from the Host header. Grantless calls
+        // use the North America endpoint unless the application is configured elsewhere.
+        let region = seller.map(|s| s.region).unwrap_or(crate::store::Region::Na);
+        let base = self.endpoints.for_region(region);
+        let mut uri = Uri::builder();
+        if let Some(scheme) = base.scheme() {
+            uri = uri.scheme(scheme.clone());
+        }
+        if let Some(authority) = base.authority() {
+            uri = uri.authority(authority.clone());
+        }
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or("/");
+        parts.uri = uri
+            .path_and_query(pq)
+            .build()
+            .map_err(|_| ProxyError::NotFound)?;
+        parts.version = http::Version::HTTP_11;
+        headers::for_upstream(&mut parts.headers);
+        let value = HeaderValue::from_str(token.expose()).map_err(|_| {
+            ProxyError::Credentials(LwaError::Protocol(
+                "token is not a valid header value".into(),
+            ))
+        })?;
+        let mut value = value;
+        value.set_sensitive(true);
+        parts.headers.insert(crate::spapi::ACCESS_TOKEN, value);
+        let body = Limited::new(body, self.limits.max_request_body_bytes, limit_tripped).boxed();
+        Ok(Request::from_parts(parts, body))
+    }
+
+    /// Phase 7: the response as the caller will see it.
+    fn respond(&self, resp: Response<Body>) -> Response<Body> {
+        let (mut parts, body) = resp.into_parts();
+        headers::for_caller(&mut parts.headers);
+        Response::from_parts(parts, body)
+    }
+}
+
+/// Request ids: a random per-process prefix and a counter, unique without a syscall per request.
+struct RequestIds {
+    prefix: String,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> RequestIds {
+        let prefix = crate::crypto::random_bytes::<6>()
+            .map(|b| crate::crypto::hex(&b))
+            .unwrap_or_else(|_| format!("{:012x}", std::process::id()));
+        RequestIds {
+            prefix,
+            next: AtomicU64::new(1),
+        }
+    }
+
+    fn next(&self) -> String {
+        format!(
+            "{}-{:010x}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}

@@ -1,0 +1,131 @@
+//! The only place that turns an error into an HTTP response.
+//!
+//! Every phase of the pipeline returns a [`ProxyError`]; [`rescue`] maps each variant to a status
+//! and an SP-API-shaped body. The match is exhaustive, so a new variant cannot be forgotten. The
+//! caller gets a generic message; the detail goes to the operational log (errors in this crate
+//! never carry PII, tokens or secrets).
+
+use http::{header, HeaderValue, Response, StatusCode};
+
+use super::body::{self, Body};
+use crate::auth::caller::CallerError;
+use crate::auth::lwa::LwaError;
+use crate::proxy::upstream::UpstreamError;
+use crate::spapi::ErrorBody;
+use crate::store::StoreError;
+
+/// Everything that can end a request early.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// Header names and values exceed `server.max_header_bytes`.
+    #[error("request headers exceed {limit} bytes")]
+    HeadersTooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// The body exceeds `server.max_request_body_bytes`.
+    #[error("request body exceeds {limit} bytes")]
+    BodyTooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// Both `Content-Length` and `Transfer-Encoding`, or a bad `Content-Length`: a smuggling risk.
+    #[error("ambiguous request framing: {0}")]
+    BadFraming(&'static str),
+    /// No SP-API operation has this method and path.
+    #[error("no SP-API operation matches this method and path")]
+    NotFound,
+    /// The caller could not be authenticated or authorized.
+    #[error(transparent)]
+    Caller(#[from] CallerError),
+    /// The named seller has not authorized the application.
+    #[error("the seller is not onboarded")]
+    UnknownSeller,
+    /// The seller's authorization was revoked (LWA `invalid_grant`).
+    #[error("the seller's authorization is revoked; it must re-authorize")]
+    SellerDeauthorized,
+    /// No LWA token could be had.
+    #[error(transparent)]
+    Credentials(#[from] LwaError),
+    /// SP-API could not be reached or did not answer in time.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Whose fault an error is, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The caller sent something wrong.
+    Caller,
+    /// Amazon (SP-API or LWA) failed.
+    Upstream,
+    /// The gateway itself failed.
+    Internal,
+}
+
+/// The response for an error, with the request id already set by the caller of `rescue`.
+pub fn rescue(err: &ProxyError) -> Response<Body> {
+    use ProxyError as E;
+    let (status, code, message, fault) = match err {
+        E::HeadersTooLarge { .. } => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "InvalidInput", "Request headers are too large.", Fault::Caller),
+        E::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "InvalidInput", "Request body is too large.", Fault::Caller),
+        E::BadFraming(_) => (StatusCode::BAD_REQUEST, "InvalidInput", "Request framing is ambiguous (Content-Length with Transfer-Encoding, or a bad Content-Length).", Fault::Caller),
+        E::NotFound => (StatusCode::NOT_FOUND, "NotFound", "The requested resource is not an SP-API operation.", Fault::Caller),
+        E::Caller(c) => match c {
+            CallerError::MissingKey => (StatusCode::UNAUTHORIZED, "Unauthorized", "Missing API key: send Authorization: Bearer <key>.", Fault::Caller),
+            CallerError::MalformedKey | CallerError::UnknownKey => (StatusCode::UNAUTHORIZED, "Unauthorized", "The API key is not valid.", Fault::Caller),
+            CallerError::MissingSeller => (StatusCode::BAD_REQUEST, "InvalidInput", "Name the seller in the x-spgate-seller header.", Fault::Caller),
+            CallerError::SellerNotAllowed => (StatusCode::FORBIDDEN, "Unauthorized", "This tool may not act for that seller.", Fault::Caller),
+            CallerError::ApplicationWide => (StatusCode::FORBIDDEN, "Unauthorized", "This operation acts for the whole application; only a tool allowed for all sellers may call it.", Fault::Caller),
+            CallerError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The gateway could not check the API key.", Fault::Internal),
+        },
+        E::UnknownSeller => (StatusCode::FORBIDDEN, "Unauthorized", "That seller has not authorized this application.", Fault::Caller),
+        E::SellerDeauthorized => (StatusCode::FORBIDDEN, "Unauthorized", "The seller's authorization was revoked; ops must have the seller re-authorize the application.", Fault::Upstream),
+        E::Credentials(l) => match l {
+            LwaError::InvalidGrant => (StatusCode::FORBIDDEN, "Unauthorized", "The seller's authorization was revoked; ops must have the seller re-authorize the application.", Fault::Upstream),
+            LwaError::InvalidClient => (StatusCode::BAD_GATEWAY, "InternalFailure", "Login with Amazon rejected the gateway's client credentials.", Fault::Internal),
+            LwaError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "Login with Amazon is unavailable; retry later.", Fault::Upstream),
+            LwaError::Protocol(_) => (StatusCode::BAD_GATEWAY, "InternalFailure", "Login with Amazon answered unexpectedly.", Fault::Upstream),
+            LwaError::RefreshToken(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The seller's stored credentials cannot be used.", Fault::Internal),
+        },
+        E::Upstream(u) => match u {
+            UpstreamError::Connect(_) => (StatusCode::BAD_GATEWAY, "ServiceUnavailable", "SP-API could not be reached.", Fault::Upstream),
+            UpstreamError::HeaderTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "RequestTimeout", "SP-API did not answer in time.", Fault::Upstream),
+            UpstreamError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "InvalidInput", "Request body is too large.", Fault::Caller),
+            UpstreamError::Transport(_) => (StatusCode::BAD_GATEWAY, "ServiceUnavailable", "The request to SP-API failed.", Fault::Upstream),
+        },
+        E::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The gateway's store failed.", Fault::Internal),
+    };
+    match fault {
+        Fault::Internal => {
+            tracing::error!(error = %err, status = status.as_u16(), "Request failed inside the gateway.")
+        }
+        Fault::Upstream => {
+            tracing::warn!(error = %err, status = status.as_u16(), "Request failed upstream.")
+        }
+        Fault::Caller => {
+            tracing::debug!(error = %err, status = status.as_u16(), "Request refused.")
+        }
+    }
+    let mut resp = Response::new(body::full(ErrorBody::one(code, message, "").to_bytes()));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
+    // After a framing error or an unread oversized body the connection cannot be reused safely.
+    if matches!(
+        err,
+        E::BadFraming(_) | E::BodyTooLarge { .. } | E::HeadersTooLarge { .. }
+    ) {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}

@@ -1,0 +1,298 @@
+//! The `spgate` binary: demo, SIGTERM drain, check, catalog, clients and sellers.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_spgate");
+const MASTER: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+
+fn spgate(args: &[&str], dir: &Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env("SPGATE_LWA_CLIENT_SECRET", "synthetic-secret")
+        .env("SPGATE_MASTER_KEY", MASTER)
+        .output()
+        .expect("spgate runs")
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn write_config(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("spgate.toml");
+    let text = include_str!("../config/spgate.example.toml").replace(
+        "data_dir = \"data\"",
+        &format!("data_dir = {:?}", dir.join("data").display().to_string()),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn catalog_lists_all_370_operations_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = spgate(&["catalog", "--json"], dir.path());
+    assert!(out.status.success());
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.len(), 370);
+    let addr = rows
+        .iter()
+        .find(|r| r["key"] == "ordersV0.getOrderAddress")
+        .unwrap();
+    assert_eq!(addr["restricted"], true);
+    assert_eq!(addr["burst"], 30);
+    let table = stdout(&spgate(&["catalog"], dir.path()));
+    assert!(table.contains("370 operations"));
+}
+
+#[test]
+fn check_accepts_the_example_and_names_every_bad_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write_config(dir.path());
+    let out = spgate(&["check", "--config", good.to_str().unwrap()], dir.path());
+    assert!(
+        out.status.success(),
+        "{}{}",
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[server]\nlisten = \"nowhere\"\nbogus = 1\n[lwa]\nclient_secret = \"inline\"\n",
+    )
+    .unwrap();
+    let out = spgate(&["check", "--config", bad.to_str().unwrap()], dir.path());
+    assert!(!out.status.success());
+    let text = stdout(&out);
+    for path in [
+        "server.listen",
+        "server.bogus",
+        "lwa.client_id",
+        "lwa.client_secret",
+        "keys.master_key",
+    ] {
+        assert!(
+            text.contains(&format!(": {path}: ")),
+            "{path} missing from:\n{text}"
+        );
+    }
+    assert!(
+        !text.contains("inline"),
+        "a secret written in the file is never echoed"
+    );
+}
+
+#[test]
+fn clients_add_shows_the_key_once_list_hides_it_and_revoke_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path());
+    let cfg = cfg.to_str().unwrap();
+    let out = spgate(
+        &[
+            "clients",
+            "--config",
+            cfg,
+            "add",
+            "--tool",
+            "label-printer",
+            "--role",
+            "labels",
+            "--seller",
+            "A1",
+        ],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = stdout(&out);
+    let key = text
+        .lines()
+        .find_map(|l| l.strip_prefix("api key:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("client id:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(key.starts_with("spg_") && key.len() > 40);
+    let list = stdout(&spgate(&["clients", "--config", cfg, "list"], dir.path()));
+    assert!(list.contains("label-printer") && list.contains(&id) && list.contains("active"));
+    assert!(!list.contains(&key), "the key is never shown again");
+    let db = std::fs::read(dir.path().join("data/spgate.db")).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&db).contains(&key),
+        "only the key's hash is stored"
+    );
+    assert!(
+        spgate(&["clients", "--config", cfg, "revoke", &id], dir.path())
+            .status
+            .success()
+    );
+    assert!(stdout(&spgate(&["clients", "--config", cfg, "list"], dir.path())).contains("revoked"));
+    assert!(
+        !spgate(&["clients", "--config", cfg, "revoke", &id], dir.path())
+            .status
+            .success()
+    );
+}
+
+#[test]
+fn sellers_add_seals_the_refresh_token_and_list_and_remove_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path());
+    let cfg = cfg.to_str().unwrap();
+    let token_file = dir.path().join("rt");
+    std::fs::write(&token_file, "Atzr|synthetic-refresh-token-for-tests\n").unwrap();
+    let out = spgate(
+        &[
+            "sellers",
+            "--config",
+            cfg,
+            "add",
+            "--id",
+            "A2SELLER",
+            "--region",
+            "eu",
+            "--refresh-token-file",
+            token_file.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = stdout(&spgate(&["sellers", "--config", cfg, "list"], dir.path()));
+    assert!(
+        list.contains("A2SELLER") && list.contains("eu") && list.contains("active"),
+        "{list}"
+    );
+    let db = std::fs::read(dir.path().join("data/spgate.db")).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&db).contains("synthetic-refresh-token"),
+        "the refresh token is sealed at rest"
+    );
+    std::fs::write(&token_file, "not-a-token").unwrap();
+    assert!(!spgate(
+        &[
+            "sellers",
+            "--config",
+            cfg,
+            "add",
+            "--id",
+            "A3",
+            "--region",
+            "eu",
+            "--refresh-token-file",
+            token_file.to_str().unwrap()
+        ],
+        dir.path()
+    )
+    .status
+    .success());
+    assert!(spgate(
+        &["sellers", "--config", cfg, "remove", "A2SELLER"],
+        dir.path()
+    )
+    .status
+    .success());
+    assert!(
+        !stdout(&spgate(&["sellers", "--config", cfg, "list"], dir.path())).contains("A2SELLER")
+    );
+}
+
+/// Reads the demo's stdout until it says it is serving; returns the printed lines.
+fn demo_lines(child: &mut std::process::Child) -> Vec<String> {
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            let done = line.contains("Serving until Ctrl-C");
+            lines.push(line);
+            if done {
+                return lines;
+            }
+        }
+    }
+    panic!("demo did not start: {lines:?}");
+}
+
+#[tokio::test]
+async fn the_demo_serves_its_printed_curl_commands_and_exits_0_on_sigterm() {
+    let mut child = Command::new(BIN)
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = demo_lines(&mut child);
+    let export = lines
+        .iter()
+        .find(|l| l.starts_with("export SPGATE_URL="))
+        .expect("export line");
+    let vars: std::collections::HashMap<&str, &str> = export
+        .trim_start_matches("export ")
+        .split(' ')
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    let (url, key, seller) = (
+        vars["SPGATE_URL"],
+        vars["SPGATE_KEY"],
+        vars["SPGATE_SELLER"],
+    );
+    let curls: Vec<&String> = lines.iter().filter(|l| l.starts_with("curl ")).collect();
+    assert_eq!(curls.len(), 3, "three ready-to-paste curl commands");
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    for curl in curls {
+        let target = curl
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .trim_matches('"')
+            .replace("$SPGATE_URL", url);
+        let req = http::Request::get(&target)
+            .header("authorization", format!("Bearer {key}"))
+            .header("x-spgate-seller", seller)
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), 200, "{target}");
+    }
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "demo did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,289 @@
+//! Test harness: a gateway on 127.0.0.1:0 in front of an in-process sandbox, on a fresh data
+//! directory, with one seller and one tool key.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+#![allow(unreachable_pub)] // a test helper module is private to each test crate by construction
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use spgate::auth::caller;
+use spgate::config::{Config, MapEnv};
+use spgate::crypto::MasterKey;
+use spgate::proxy::body::Body;
+use spgate::sandbox::{QuotaMode, Sandbox, SandboxConfig};
+use spgate::secret::Secret;
+use spgate::store::{Region, SellerRecord, SellerStatus, Store};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+pub const CLIENT_ID: &str = "amzn1.application-oa2-client.test";
+pub const CLIENT_SECRET: &str = "test-client-secret";
+pub const SELLER: &str = "A1TESTSELLER01";
+pub const REFRESH_TOKEN: &str = "Atzr|test-refresh-token-synthetic";
+
+/// Knobs for one test gateway.
+pub struct Options {
+    pub quotas: QuotaMode,
+    pub token_ttl: Duration,
+    pub require_rdt: bool,
+    /// Extra TOML appended to the generated config (sections must not repeat).
+    pub server_toml: String,
+    pub upstream_toml: String,
+    pub lwa_toml: String,
+    /// Sellers the tool key may act for.
+    pub key_sellers: Vec<String>,
+    /// Endpoint of the EU region (the test seller's) instead of the sandbox.
+    pub eu_endpoint: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            quotas: QuotaMode::Off,
+            token_ttl: Duration::from_secs(3600),
+            require_rdt: false,
+            server_toml: String::new(),
+            upstream_toml: String::new(),
+            lwa_toml: String::new(),
+            key_sellers: vec![SELLER.to_string()],
+            eu_endpoint: None,
+        }
+    }
+}
+
+pub struct TestGateway {
+    pub url: String,
+    pub sandbox: Sandbox,
+    pub sandbox_url: String,
+    pub store: Arc<dyn Store>,
+    pub key: String,
+    pub master_key_b64: Secret<String>,
+    pub client: Client<HttpConnector, Body>,
+    pub lwa_calls: Arc<dyn Fn() -> u64 + Send + Sync>,
+    shutdown: Option<oneshot::Sender<()>>,
+    sandbox_shutdown: Option<oneshot::Sender<()>>,
+    pub server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    pub dir: tempfile::TempDir,
+}
+
+pub async fn start_gateway(opts: Options) -> TestGateway {
+    let sandbox = Sandbox::new(SandboxConfig {
+        lwa_clients: vec![(CLIENT_ID.into(), CLIENT_SECRET.into())],
+        access_token_ttl: opts.token_ttl,
+        quotas: opts.quotas,
+        require_rdt: opts.require_rdt,
+        open_enrollment: false,
+    });
+    sandbox.add_seller(SELLER, REFRESH_TOKEN);
+    let sl = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sandbox_url = format!("http://{}", sl.local_addr().unwrap());
+    let (stx, srx) = oneshot::channel::<()>();
+    tokio::spawn(sandbox.clone().serve(sl, async {
+        let _ = srx.await;
+    }));
+
+    let dir = tempfile::tempdir().unwrap();
+    let master = MasterKey::generate_base64().unwrap();
+    let toml = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+drain_timeout_seconds = 5
+{server}
+[upstream]
+connect_timeout_ms = 1000
+{upstream}
+[upstream.endpoints]
+na = "{sandbox_url}"
+eu = "{eu}"
+fe = "{sandbox_url}"
+[lwa]
+token_url = "{sandbox_url}/auth/o2/token"
+client_id = "{CLIENT_ID}"
+client_secret = {{ env = "LWA_SECRET" }}
+timeout_ms = 2000
+{lwa}
+[store]
+type = "embedded"
+data_dir = {data_dir:?}
+[keys]
+master_key = {{ env = "MASTER" }}
+"#,
+        server = opts.server_toml,
+        upstream = opts.upstream_toml,
+        lwa = opts.lwa_toml,
+        eu = opts
+            .eu_endpoint
+            .clone()
+            .unwrap_or_else(|| sandbox_url.clone()),
+        data_dir = dir.path().join("data").display().to_string(),
+    );
+    let mut env = MapEnv::default();
+    env.vars.insert("LWA_SECRET".into(), CLIENT_SECRET.into());
+    env.vars.insert("MASTER".into(), master.expose().clone());
+    let config = Config::from_toml(&toml, &env).unwrap_or_else(|e| panic!("{e}"));
+    let store = spgate::open_store(&config).unwrap();
+    let sealed = config
+        .master_key
+        .seal_str(
+            &Secret::new(REFRESH_TOKEN.to_string()),
+            format!("refresh_token:{SELLER}").as_bytes(),
+        )
+        .unwrap();
+    store
+        .put_seller(&SellerRecord {
+            selling_partner_id: SELLER.into(),
+            region: Region::Eu,
+            marketplaces: vec!["A1PA6795UKMFR9".into()],
+            refresh_token_sealed: sealed,
+            authorized_at: 1_700_000_000,
+            reauthorize_by: 1_900_000_000,
+            status: SellerStatus::Active,
+        })
+        .await
+        .unwrap();
+    let key = caller::create_client(
+        &*store,
+        "test-tool",
+        "orders",
+        opts.key_sellers.clone(),
+        1_700_000_000,
+    )
+    .await
+    .unwrap();
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (gateway, limits) = spgate::build_gateway(config, store.clone());
+    let gateway = Arc::new(gateway);
+    let g = gateway.clone();
+    let lwa_calls: Arc<dyn Fn() -> u64 + Send + Sync> = Arc::new(move || g.lwa().calls());
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(spgate::server::serve(listener, gateway, limits, async {
+        let _ = rx.await;
+    }));
+    TestGateway {
+        url,
+        sandbox,
+        sandbox_url,
+        store,
+        key: key.key.expose().clone(),
+        master_key_b64: master,
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        lwa_calls,
+        shutdown: Some(tx),
+        sandbox_shutdown: Some(stx),
+        server: Some(server),
+        dir,
+    }
+}
+
+/// A buffered response.
+pub struct Reply {
+    pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The first SP-API error code, asserting the body has SP-API's error shape (Amazon's own
+    /// examples sometimes leave out `details`; the gateway's errors always carry it).
+    pub fn error_code(&self) -> String {
+        let v = self.json();
+        let first = &v["errors"][0];
+        assert!(
+            first["code"].is_string() && first["message"].is_string(),
+            "not SP-API's error shape: {v}"
+        );
+        assert!(
+            first.get("details").is_none_or(|d| d.is_string()),
+            "details must be a string: {v}"
+        );
+        if self.headers.get("x-amzn-requestid").is_none() {
+            assert!(
+                first["details"].is_string(),
+                "a gateway error carries details: {v}"
+            );
+        }
+        first["code"].as_str().unwrap().to_string()
+    }
+}
+
+impl TestGateway {
+    /// A request to the gateway with this test's key and seller.
+    pub fn request(&self, method: Method, path: &str) -> http::request::Builder {
+        Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.url, path))
+            .header("authorization", format!("Bearer {}", self.key))
+            .header("x-spgate-seller", SELLER)
+    }
+
+    pub async fn send(&self, req: Request<Body>) -> Response<hyper::body::Incoming> {
+        self.client.request(req).await.expect("gateway answers")
+    }
+
+    pub async fn call(&self, req: Request<Body>) -> Reply {
+        let resp = self.send(req).await;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.call(self.request(Method::GET, path).body(empty()).unwrap())
+            .await
+    }
+
+    /// Stops the gateway and waits for it to drain.
+    pub async fn stop(&mut self) -> std::io::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.server.take() {
+            Some(h) => h.await.expect("server task"),
+            None => Ok(()),
+        }
+    }
+
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(tx) = self.sandbox_shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn empty() -> Body {
+    spgate::proxy::body::empty()
+}
+
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}

@@ -214,7 +214,17 @@ pub async fn run_demo(
             source,
         })?;
     let url = format!("http://{}", listener.local_addr()?);
-    print_instructions(&url, key.key.expose(), &upstream_url, &data_dir);
+    // The sandbox knows the seller by the id it was registered under, or, for an external
+    // open-enrollment sandbox, by the id it derives from the refresh token.
+    let sandbox_seller = match args.upstream {
+        Some(_) => Sandbox::open_enrollment_seller(refresh_token.expose()),
+        None => DEMO_SELLER.to_string(),
+    };
+    let order = Sandbox::synthetic_order_ids(&sandbox_seller)
+        .into_iter()
+        .nth(8)
+        .unwrap_or_default();
+    print_instructions(&url, key.key.expose(), &upstream_url, &data_dir, &order);
 
     let (gateway, limits) = crate::build_gateway(config, store);
     let result = crate::server::serve(listener, Arc::new(gateway), limits, shutdown).await;
@@ -265,14 +275,14 @@ level = "warn"
     Config::from_toml(&toml, &env)
 }
 
-fn print_instructions(url: &str, key: &str, upstream: &str, data_dir: &std::path::Path) {
+fn print_instructions(url: &str, key: &str, upstream: &str, data_dir: &std::path::Path, order: &str) {
     println!("spgate demo: the gateway at {url}, in front of the sandbox at {upstream}.");
     println!("Data directory: {}\n", data_dir.display());
     println!("export SPGATE_URL={url} SPGATE_KEY={key} SPGATE_SELLER={DEMO_SELLER}\n");
     println!("# Orders for the demo seller (synthetic orders, synthetic buyers):");
     println!("curl -s -H \"Authorization: Bearer $SPGATE_KEY\" -H \"x-spgate-seller: $SPGATE_SELLER\" \"$SPGATE_URL/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER&CreatedAfter=2026-01-01T00:00:00Z\"\n");
-    println!("# One order's shipping address (restricted data):");
-    println!("curl -s -H \"Authorization: Bearer $SPGATE_KEY\" -H \"x-spgate-seller: $SPGATE_SELLER\" \"$SPGATE_URL/orders/v0/orders/TEST_CASE_200/address\"\n");
+    println!("# One order's shipping address (restricted data, synthetic buyer):");
+    println!("curl -s -H \"Authorization: Bearer $SPGATE_KEY\" -H \"x-spgate-seller: $SPGATE_SELLER\" \"$SPGATE_URL/orders/v0/orders/{order}/address\"\n");
     println!("# The seller's marketplaces:");
     println!("curl -s -H \"Authorization: Bearer $SPGATE_KEY\" -H \"x-spgate-seller: $SPGATE_SELLER\" \"$SPGATE_URL/sellers/v1/marketplaceParticipations\"\n");
     println!("Serving until Ctrl-C.");

@@ -257,6 +257,16 @@ impl Sandbox {
         }
     }
 
+    /// The ids of a seller's synthetic orders, newest first (the same for every sandbox).
+    pub fn synthetic_order_ids(selling_partner_id: &str) -> Vec<String> {
+        orders::order_ids(selling_partner_id)
+    }
+
+    /// The seller id open enrollment gives a refresh token (`A` + 12 hex digits of its SHA-256).
+    pub fn open_enrollment_seller(refresh_token: &str) -> String {
+        lwa::open_enrollment_seller(refresh_token)
+    }
+
     /// Registers a seller: the `refresh_token` grant with this refresh token yields access tokens
     /// for `selling_partner_id`. Re-adding a revoked refresh token makes it valid again.
     pub fn add_seller(&self, selling_partner_id: &str, refresh_token: &str) {

@@ -266,9 +266,19 @@ fn book(seller: &str, anchor: OffsetDateTime) -> Vec<Order> {
     (0..ORDER_COUNT).map(|i| order(seller, anchor, i)).collect()
 }
 
-fn order(seller: &str, anchor: OffsetDateTime, i: u32) -> Order {
+/// The id of the seller's `i`-th synthetic order.
+fn order_id(seller: &str, i: u32) -> String {
     let n = derive(seller, "order", i) % 100_000_000_000_000;
-    let id = format!("999-{:07}-{:07}", n / 10_000_000, n % 10_000_000);
+    format!("999-{:07}-{:07}", n / 10_000_000, n % 10_000_000)
+}
+
+/// The ids of every synthetic order of a seller, newest first.
+pub(super) fn order_ids(seller: &str) -> Vec<String> {
+    (0..ORDER_COUNT).map(|i| order_id(seller, i)).collect()
+}
+
+fn order(seller: &str, anchor: OffsetDateTime, i: u32) -> Order {
+    let id = order_id(seller, i);
     let purchased =
         anchor - Duration::hours(i64::from(i) * 36 + 6) + Duration::minutes(i64::from(i % 7) * 7);
     let status = if i < 3 {

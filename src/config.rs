@@ -165,6 +165,9 @@ pub struct RawLwa {
     pub client_id: Option<String>,
     /// The application's LWA client secret (a reference).
     pub client_secret: Option<RawSecret>,
+    /// The previous client secret during Amazon's 180-day rotation (a reference): used only
+    /// when LWA answers `invalid_client` to the current one.
+    pub previous_client_secret: Option<RawSecret>,
     /// Access tokens are refreshed this long before they expire.
     pub refresh_margin_seconds: Option<u64>,
     /// Timeout for one call to the token endpoint.
@@ -312,6 +315,8 @@ pub struct LwaConfig {
     pub client_id: String,
     /// Client secret.
     pub client_secret: Secret<String>,
+    /// Previous client secret, tried on `invalid_client`.
+    pub previous_client_secret: Option<Secret<String>>,
     /// Refresh margin before expiry.
     pub refresh_margin: Duration,
     /// Timeout per token call.
@@ -546,6 +551,10 @@ impl Config {
                 }
             },
             client_secret: v.secret("lwa.client_secret", l.client_secret.as_ref()),
+            previous_client_secret: l
+                .previous_client_secret
+                .as_ref()
+                .map(|raw| v.secret("lwa.previous_client_secret", Some(raw))),
             refresh_margin: Duration::from_secs(l.refresh_margin_seconds.unwrap_or(300)),
             timeout: v.millis("lwa.timeout_ms", l.timeout_ms.unwrap_or(10_000)),
         };

@@ -98,6 +98,9 @@ pub enum DemoError {
     /// Creating the demo client failed.
     #[error(transparent)]
     Client(#[from] caller::CreateClientError),
+    /// Creating the demo drop-in credentials failed.
+    #[error(transparent)]
+    DropIn(#[from] crate::auth::drop_in::TokenError),
     /// Serving failed.
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
@@ -206,6 +209,7 @@ pub async fn run_demo(
         .await?;
     let key =
         caller::create_client(&*store, "demo-tool", "demo", vec![DEMO_SELLER.into()], now).await?;
+    let drop_in = crate::auth::drop_in::create(&*store, &key.client.id, DEMO_SELLER).await?;
 
     let listener = TcpListener::bind(config.server.listen)
         .await
@@ -225,6 +229,17 @@ pub async fn run_demo(
         .nth(8)
         .unwrap_or_default();
     print_instructions(&url, key.key.expose(), &upstream_url, &data_dir, &order);
+    println!(
+        "# Drop-in mode for an unmodified SP-API SDK: LWA token URL $SPGATE_URL/auth/o2/token,"
+    );
+    println!("# SP-API endpoint $SPGATE_URL, and these LWA credentials (they stand for demo-tool + the demo seller):");
+    println!(
+        "export SPGATE_LWA_CLIENT_ID={} SPGATE_LWA_CLIENT_SECRET={} SPGATE_REFRESH_TOKEN={}\n",
+        drop_in.lwa_client_id,
+        drop_in.client_secret.expose(),
+        drop_in.refresh_token.expose()
+    );
+    println!("Serving until Ctrl-C.");
 
     let (gateway, limits) = crate::build_gateway(config, store);
     let result = crate::server::serve(listener, Arc::new(gateway), limits, shutdown).await;
@@ -275,7 +290,13 @@ level = "warn"
     Config::from_toml(&toml, &env)
 }
 
-fn print_instructions(url: &str, key: &str, upstream: &str, data_dir: &std::path::Path, order: &str) {
+fn print_instructions(
+    url: &str,
+    key: &str,
+    upstream: &str,
+    data_dir: &std::path::Path,
+    order: &str,
+) {
     println!("spgate demo: the gateway at {url}, in front of the sandbox at {upstream}.");
     println!("Data directory: {}\n", data_dir.display());
     println!("export SPGATE_URL={url} SPGATE_KEY={key} SPGATE_SELLER={DEMO_SELLER}\n");
@@ -285,5 +306,4 @@ fn print_instructions(url: &str, key: &str, upstream: &str, data_dir: &std::path
     println!("curl -s -H \"Authorization: Bearer $SPGATE_KEY\" -H \"x-spgate-seller: $SPGATE_SELLER\" \"$SPGATE_URL/orders/v0/orders/{order}/address\"\n");
     println!("# The seller's marketplaces:");
     println!("curl -s -H \"Authorization: Bearer $SPGATE_KEY\" -H \"x-spgate-seller: $SPGATE_SELLER\" \"$SPGATE_URL/sellers/v1/marketplaceParticipations\"\n");
-    println!("Serving until Ctrl-C.");
 }

@@ -77,6 +77,10 @@ enum ClientsAction {
         /// A seller it may act for (repeat; `*` for all).
         #[arg(long = "seller", required = true)]
         sellers: Vec<String>,
+        /// Also create drop-in LWA credentials (client id, secret, refresh token) for an
+        /// unmodified SP-API SDK; needs exactly one seller.
+        #[arg(long)]
+        drop_in: bool,
     },
     /// List tools and their keys' prefixes.
     List,
@@ -183,14 +187,32 @@ async fn clients(config: &Config, action: ClientsAction) -> anyhow::Result<()> {
             tool,
             role,
             sellers,
+            drop_in,
         } => {
-            let new = caller::create_client(&*store, &tool, &role, sellers, now()).await?;
+            if drop_in && (sellers.len() != 1 || sellers[0] == "*") {
+                bail!("--drop-in credentials stand for exactly one seller: give one --seller");
+            }
+            let new = caller::create_client(&*store, &tool, &role, sellers.clone(), now()).await?;
             println!("client id: {}", new.client.id);
             println!("tool:      {}", new.client.tool);
             println!("role:      {}", new.client.role);
             println!("sellers:   {}", new.client.sellers.join(","));
             println!("api key:   {}", new.key.expose());
-            println!("(the key is shown once; only its hash is stored)");
+            if drop_in {
+                let creds =
+                    spgate::auth::drop_in::create(&*store, &new.client.id, &sellers[0]).await?;
+                println!("drop-in LWA client id:     {}", creds.lwa_client_id);
+                println!(
+                    "drop-in LWA client secret: {}",
+                    creds.client_secret.expose()
+                );
+                println!(
+                    "drop-in refresh token:     {}",
+                    creds.refresh_token.expose()
+                );
+                println!("(point the SDK's LWA token URL at <gateway>/auth/o2/token and its endpoint at <gateway>)");
+            }
+            println!("(secrets are shown once; only their hashes are stored)");
         }
         ClientsAction::List => {
             println!(

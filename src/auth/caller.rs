@@ -1,5 +1,6 @@
 //! Who is calling us: seller tools authenticate with an API key (`Authorization: Bearer
-//! spg_...`) and name the seller they act for in `x-spgate-seller`.
+//! spg_...`) and name the seller they act for in `x-spgate-seller`; or, in drop-in mode, with a
+//! gateway access token in `x-amz-access-token` that already names its seller.
 //!
 //! Keys are 256-bit random tokens. Only their SHA-256 is stored; a key is shown once, when it is
 //! created. (A slow password hash would add nothing: the keys have full entropy.)
@@ -48,8 +49,75 @@ pub struct NewKey {
     pub client: ClientRecord,
 }
 
-/// Authenticates the API key in `headers`. Revoked keys are unknown keys.
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The tool.
+    pub client: ClientRecord,
+    /// The seller a drop-in token is bound to (`None` for API keys).
+    pub token_seller: Option<String>,
+    /// How the caller authenticated.
+    pub via: Via,
+}
+
+/// How a caller authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// `Authorization: Bearer spg_...`.
+    ApiKey,
+    /// A gateway access token in `x-amz-access-token` (drop-in mode).
+    DropInToken,
+}
+
+/// Authenticates the caller: an API key if `Authorization` carries one, else a drop-in gateway
+/// token in `x-amz-access-token` (SDKs may also send a stale SigV4 `Authorization`, ignored
+/// then). Revoked tools are unknown.
 pub async fn authenticate(
+    store: &dyn Store,
+    headers: &HeaderMap,
+    now: i64,
+) -> Result<Caller, CallerError> {
+    let auth = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let has_key = auth.is_some_and(|a| {
+        let a = a.trim_start();
+        (a.starts_with("Bearer ") || a.starts_with("bearer "))
+            && a[7..].trim_start().starts_with(KEY_PREFIX)
+    });
+    if !has_key {
+        if let Some(token) = headers.get(crate::spapi::ACCESS_TOKEN) {
+            let token = token
+                .to_str()
+                .map_err(|_| CallerError::MalformedKey)?
+                .trim();
+            let found = store
+                .gateway_token(&crypto::sha256_hex(token.as_bytes()), now)
+                .await?
+                .ok_or(CallerError::UnknownKey)?;
+            let client = store
+                .client(&found.client_id)
+                .await?
+                .ok_or(CallerError::UnknownKey)?;
+            if client.revoked_at.is_some() {
+                return Err(CallerError::UnknownKey);
+            }
+            return Ok(Caller {
+                client,
+                token_seller: Some(found.seller),
+                via: Via::DropInToken,
+            });
+        }
+    }
+    let client = authenticate_key(store, headers).await?;
+    Ok(Caller {
+        client,
+        token_seller: None,
+        via: Via::ApiKey,
+    })
+}
+
+async fn authenticate_key(
     store: &dyn Store,
     headers: &HeaderMap,
 ) -> Result<ClientRecord, CallerError> {
@@ -75,15 +143,21 @@ pub async fn authenticate(
     Ok(client)
 }
 
-/// The seller a request names, checked against what the client may do.
-pub fn seller<'h>(client: &ClientRecord, headers: &'h HeaderMap) -> Result<&'h str, CallerError> {
-    let seller = headers
+/// The seller a request acts for, checked against what the caller may do. A drop-in token names
+/// its seller; `x-spgate-seller`, if also sent, must agree.
+pub fn seller<'a>(caller: &'a Caller, headers: &'a HeaderMap) -> Result<&'a str, CallerError> {
+    let named = headers
         .get(SELLER)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .ok_or(CallerError::MissingSeller)?;
-    if !client.allows_seller(seller) {
+        .filter(|s| !s.is_empty());
+    let seller = match (&caller.token_seller, named) {
+        (Some(bound), Some(named)) if bound != named => return Err(CallerError::SellerNotAllowed),
+        (Some(bound), _) => bound.as_str(),
+        (None, Some(named)) => named,
+        (None, None) => return Err(CallerError::MissingSeller),
+    };
+    if !caller.client.allows_seller(seller) {
         return Err(CallerError::SellerNotAllowed);
     }
     Ok(seller)

@@ -71,6 +71,7 @@ pub struct Lwa {
     token_url: Uri,
     client_id: String,
     client_secret: Secret<String>,
+    previous_client_secret: Option<Secret<String>>,
     margin: Duration,
     timeout: Duration,
     slots: Mutex<HashMap<Subject, Slot>>,
@@ -98,6 +99,7 @@ impl Lwa {
             token_url: cfg.token_url.clone(),
             client_id: cfg.client_id.clone(),
             client_secret: cfg.client_secret.clone(),
+            previous_client_secret: cfg.previous_client_secret.clone(),
             margin: cfg.refresh_margin,
             timeout: cfg.timeout,
             slots: Mutex::new(HashMap::new()),
@@ -146,7 +148,7 @@ impl Lwa {
     }
 
     /// The form body of a token request (holds the client secret: wrapped by the caller).
-    fn form(&self, grant: &Grant) -> String {
+    fn form(&self, grant: &Grant, client_secret: &Secret<String>) -> String {
         let mut form = form_urlencoded::Serializer::new(String::new());
         match grant {
             Grant::RefreshToken(rt) => {
@@ -159,14 +161,36 @@ impl Lwa {
             }
         }
         form.append_pair("client_id", &self.client_id);
-        form.append_pair("client_secret", self.client_secret.expose());
+        form.append_pair("client_secret", client_secret.expose());
         form.finish()
     }
 
+    /// Asks LWA with the current client secret and, if LWA rejects it as `invalid_client` while
+    /// a previous secret is configured (Amazon's rotation window), with the previous one.
     async fn fetch(&self, grant: Grant) -> Result<Cached, LwaError> {
+        match self.fetch_with(&grant, &self.client_secret).await {
+            Err(LwaError::InvalidClient) => match &self.previous_client_secret {
+                Some(previous) => {
+                    let result = self.fetch_with(&grant, previous).await;
+                    if result.is_ok() {
+                        tracing::warn!("LWA rejected the current client secret and accepted the previous one; check the rotation.");
+                    }
+                    result
+                }
+                None => Err(LwaError::InvalidClient),
+            },
+            other => other,
+        }
+    }
+
+    async fn fetch_with(
+        &self,
+        grant: &Grant,
+        client_secret: &Secret<String>,
+    ) -> Result<Cached, LwaError> {
         self.calls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let form = Secret::new(self.form(&grant));
+        let form = Secret::new(self.form(grant, client_secret));
         let req = Request::builder()
             .method(Method::POST)
             .uri(self.token_url.clone())

@@ -4,4 +4,5 @@
 //! upstream `x-amz-access-token` header. Callers never see them.
 
 pub mod caller;
+pub mod drop_in;
 pub mod lwa;

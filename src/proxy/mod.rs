@@ -18,13 +18,14 @@ use http::{header, HeaderValue, Request, Response, Uri};
 use http_body::Body as HttpBody;
 use http_body_util::BodyExt;
 
-use crate::auth::caller;
+use crate::auth::caller::{self, Caller};
+use crate::auth::drop_in;
 use crate::auth::lwa::{Grant, Lwa, LwaError, Subject};
 use crate::catalog::{Catalog, Operation};
 use crate::config::Endpoints;
 use crate::crypto::MasterKey;
 use crate::secret::Secret;
-use crate::store::{ClientRecord, SellerRecord, SellerStatus, Store};
+use crate::store::{SellerRecord, SellerStatus, Store};
 
 pub mod body;
 pub mod headers;
@@ -133,10 +134,13 @@ impl Gateway {
         B::Error: Into<BoxError>,
     {
         let limit_tripped = self.accept(&req)?; // 1. limits and framing
-        let client = caller::authenticate(&*self.store, req.headers()).await?; // 2. caller
+        if req.uri().path() == drop_in::TOKEN_PATH {
+            return self.drop_in_token(req).await; // drop-in LWA endpoint, not an SP-API call
+        }
+        let caller = caller::authenticate(&*self.store, req.headers(), unix_now()).await?; // 2. caller
         let op = self.route(&req)?; // 3. route
         ctx.operation = Some(op);
-        let seller = self.authorize(&client, op, req.headers()).await?; // 4. authorize
+        let seller = self.authorize(&caller, op, req.headers()).await?; // 4. authorize
         let (subject, token) = self.credentials(op, seller.as_ref()).await?; // 5. credentials
         let upstream_req =
             self.upstream_request(req, seller.as_ref(), &token, limit_tripped.clone())?;
@@ -209,20 +213,57 @@ impl Gateway {
             .ok_or(ProxyError::NotFound)
     }
 
+    /// The drop-in token endpoint: LWA's refresh_token grant, answered with a gateway token.
+    async fn drop_in_token<B>(&self, req: Request<B>) -> Result<Response<Body>, ProxyError>
+    where
+        B: HttpBody<Data = bytes::Bytes> + Send + Sync + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        if req.method() != http::Method::POST {
+            return Err(ProxyError::NotFound);
+        }
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let limited =
+            http_body_util::Limited::new(req.into_body(), drop_in::MAX_TOKEN_REQUEST_BYTES);
+        let body = limited
+            .collect()
+            .await
+            .map_err(|_| ProxyError::BodyTooLarge {
+                limit: drop_in::MAX_TOKEN_REQUEST_BYTES as u64,
+            })?
+            .to_bytes();
+        let token =
+            drop_in::issue(&*self.store, content_type.as_deref(), &body, unix_now()).await?;
+        let json = serde_json::to_vec(&token)
+            .map_err(|_| drop_in::TokenError::InvalidRequest("unserializable"))?;
+        let mut resp = Response::new(body::full(json));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        Ok(resp)
+    }
+
     /// Phase 4: the seller this request acts for (none for grantless operations).
     async fn authorize(
         &self,
-        client: &ClientRecord,
+        caller: &Caller,
         op: &Operation,
         headers: &http::HeaderMap,
     ) -> Result<Option<SellerRecord>, ProxyError> {
         if op.grantless_scope.is_some() {
-            if !client.allows_all_sellers() {
+            if !caller.client.allows_all_sellers() {
                 return Err(caller::CallerError::ApplicationWide.into());
             }
             return Ok(None);
         }
-        let id = caller::seller(client, headers)?;
+        let id = caller::seller(caller, headers)?;
         let seller = self
             .store
             .seller(id)
@@ -333,6 +374,14 @@ impl Gateway {
         headers::for_caller(&mut parts.headers);
         Response::from_parts(parts, body)
     }
+}
+
+/// Wall-clock time in unix seconds (token expiry, records).
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// Request ids: a random per-process prefix and a counter, unique without a syscall per request.

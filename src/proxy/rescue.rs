@@ -9,6 +9,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 
 use super::body::{self, Body};
 use crate::auth::caller::CallerError;
+use crate::auth::drop_in::TokenError;
 use crate::auth::lwa::LwaError;
 use crate::proxy::upstream::UpstreamError;
 use crate::spapi::ErrorBody;
@@ -53,6 +54,9 @@ pub enum ProxyError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The drop-in token endpoint refused a request (answered in LWA's error shape).
+    #[error(transparent)]
+    Token(#[from] TokenError),
 }
 
 /// Whose fault an error is, for logs and metrics.
@@ -98,6 +102,7 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
             UpstreamError::Transport(_) => (StatusCode::BAD_GATEWAY, "ServiceUnavailable", "The request to SP-API failed.", Fault::Upstream),
         },
         E::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The gateway's store failed.", Fault::Internal),
+        E::Token(t) => return token_error(t),
     };
     match fault {
         Fault::Internal => {
@@ -127,5 +132,47 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
     ) {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    resp
+}
+
+/// Token endpoint errors, in LWA's shape `{"error","error_description"}`.
+fn token_error(err: &TokenError) -> Response<Body> {
+    let (status, code, description) = match err {
+        TokenError::InvalidRequest(why) => (StatusCode::BAD_REQUEST, "invalid_request", *why),
+        TokenError::UnsupportedGrantType => (
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "Only grant_type=refresh_token is supported.",
+        ),
+        TokenError::InvalidClient => (
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "Client authentication failed.",
+        ),
+        TokenError::InvalidGrant => (
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "The refresh token is invalid or revoked.",
+        ),
+        TokenError::Store(_) | TokenError::Crypto(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "The gateway failed to issue a token.",
+        ),
+    };
+    if status.is_server_error() {
+        tracing::error!(error = %err, "Token request failed inside the gateway.");
+    } else {
+        tracing::debug!(error = %err, "Token request refused.");
+    }
+    let body = serde_json::json!({ "error": code, "error_description": description });
+    let mut resp = Response::new(body::full(body.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }

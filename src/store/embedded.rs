@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{ClientRecord, SellerRecord, SellerStatus, Store, StoreError};
+use super::{
+    ClientRecord, DropInRecord, GatewayToken, SellerRecord, SellerStatus, Store, StoreError,
+};
 
 /// The database file name inside the data directory.
 pub const DB_FILE: &str = "spgate.db";
@@ -188,15 +190,8 @@ impl Store for EmbeddedStore {
                     cl.revoked_at
                 ],
             );
-            match res {
-                Ok(_) => Ok(()),
-                Err(rusqlite::Error::SqliteFailure(e, _))
-                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-                {
-                    Err(StoreError::Conflict(format!("client {}", cl.id)))
-                }
-                Err(e) => Err(e.into()),
-            }
+            res.map(|_| ())
+                .map_err(|e| conflict_or(e, &format!("client {}", cl.id)))
         })
         .await
     }
@@ -219,6 +214,95 @@ impl Store for EmbeddedStore {
             )?;
             let rows = stmt.query_map([], client_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    async fn client(&self, id: &str) -> Result<Option<ClientRecord>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, tool, role, sellers, key_hash, key_prefix, created_at, revoked_at
+                 FROM clients WHERE id = ?1",
+            )?;
+            Ok(stmt.query_row([id], client_row).optional()?)
+        })
+    }
+
+    async fn insert_drop_in(&self, record: &DropInRecord) -> Result<(), StoreError> {
+        let r = record.clone();
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO drop_in (lwa_client_id, secret_hash, refresh_hash, client_id, seller)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    r.lwa_client_id,
+                    r.secret_hash,
+                    r.refresh_hash,
+                    r.client_id,
+                    r.seller
+                ],
+            )
+            .map_err(|e| conflict_or(e, &format!("drop-in client {}", r.lwa_client_id)))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn drop_in(&self, lwa_client_id: &str) -> Result<Option<DropInRecord>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT lwa_client_id, secret_hash, refresh_hash, client_id, seller
+                 FROM drop_in WHERE lwa_client_id = ?1",
+            )?;
+            Ok(stmt
+                .query_row([lwa_client_id], |row| {
+                    Ok(DropInRecord {
+                        lwa_client_id: row.get(0)?,
+                        secret_hash: row.get(1)?,
+                        refresh_hash: row.get(2)?,
+                        client_id: row.get(3)?,
+                        seller: row.get(4)?,
+                    })
+                })
+                .optional()?)
+        })
+    }
+
+    async fn insert_gateway_token(&self, token: &GatewayToken, now: i64) -> Result<(), StoreError> {
+        let t = token.clone();
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            tx.execute("DELETE FROM gateway_tokens WHERE expires_at <= ?1", [now])?;
+            tx.execute(
+                "INSERT INTO gateway_tokens (token_hash, client_id, seller, expires_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![t.token_hash, t.client_id, t.seller, t.expires_at],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn gateway_token(
+        &self,
+        token_hash: &str,
+        now: i64,
+    ) -> Result<Option<GatewayToken>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT token_hash, client_id, seller, expires_at FROM gateway_tokens
+                 WHERE token_hash = ?1 AND expires_at > ?2",
+            )?;
+            Ok(stmt
+                .query_row(params![token_hash, now], |row| {
+                    Ok(GatewayToken {
+                        token_hash: row.get(0)?,
+                        client_id: row.get(1)?,
+                        seller: row.get(2)?,
+                        expires_at: row.get(3)?,
+                    })
+                })
+                .optional()?)
         })
     }
 
@@ -269,6 +353,18 @@ fn client_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ClientRecord> {
     })
 }
 
+/// A uniqueness violation becomes [`StoreError::Conflict`]; anything else stays a SQLite error.
+fn conflict_or(e: rusqlite::Error, what: &str) -> StoreError {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            StoreError::Conflict(what.to_string())
+        }
+        e => e.into(),
+    }
+}
+
 fn split_list(s: &str) -> Vec<String> {
     s.split(',')
         .filter(|p| !p.is_empty())
@@ -303,7 +399,8 @@ fn open_conn(path: &Path) -> Result<Connection, StoreError> {
 }
 
 /// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE sellers (
         selling_partner_id TEXT PRIMARY KEY,
         region TEXT NOT NULL,
@@ -323,7 +420,24 @@ const MIGRATIONS: &[&str] = &["
         created_at INTEGER NOT NULL,
         revoked_at INTEGER
     );
-"];
+",
+    "
+    CREATE TABLE drop_in (
+        lwa_client_id TEXT PRIMARY KEY,
+        secret_hash TEXT NOT NULL,
+        refresh_hash TEXT NOT NULL,
+        client_id TEXT NOT NULL REFERENCES clients(id),
+        seller TEXT NOT NULL
+    );
+    CREATE TABLE gateway_tokens (
+        token_hash TEXT PRIMARY KEY,
+        client_id TEXT NOT NULL,
+        seller TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    CREATE INDEX gateway_tokens_expiry ON gateway_tokens (expires_at);
+",
+];
 
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;

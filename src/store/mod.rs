@@ -105,6 +105,35 @@ pub struct ClientRecord {
     pub revoked_at: Option<i64>,
 }
 
+/// Drop-in LWA credentials: a gateway-issued client id, client secret and refresh token that
+/// stand for one (tool, seller), so an unmodified SP-API SDK can talk to the gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DropInRecord {
+    /// The gateway-issued LWA client id (public).
+    pub lwa_client_id: String,
+    /// SHA-256 (hex) of the gateway-issued client secret.
+    pub secret_hash: String,
+    /// SHA-256 (hex) of the gateway-issued refresh token.
+    pub refresh_hash: String,
+    /// The [`ClientRecord`] (tool) these credentials act as.
+    pub client_id: String,
+    /// The one seller they act for.
+    pub seller: String,
+}
+
+/// A gateway-issued access token (drop-in mode); only its hash is stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatewayToken {
+    /// SHA-256 (hex) of the token.
+    pub token_hash: String,
+    /// The [`ClientRecord`] (tool) it authenticates.
+    pub client_id: String,
+    /// The seller it acts for.
+    pub seller: String,
+    /// Expiry (unix seconds).
+    pub expires_at: i64,
+}
+
 /// Durable state behind one interface, whatever the backend.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -130,6 +159,20 @@ pub trait Store: Send + Sync + 'static {
     async fn clients(&self) -> Result<Vec<ClientRecord>, StoreError>;
     /// Revokes a client by id; `false` if there was none or it was already revoked.
     async fn revoke_client(&self, id: &str, at: i64) -> Result<bool, StoreError>;
+    /// A client by id.
+    async fn client(&self, id: &str) -> Result<Option<ClientRecord>, StoreError>;
+    /// Stores drop-in credentials.
+    async fn insert_drop_in(&self, record: &DropInRecord) -> Result<(), StoreError>;
+    /// Drop-in credentials by their LWA client id.
+    async fn drop_in(&self, lwa_client_id: &str) -> Result<Option<DropInRecord>, StoreError>;
+    /// Stores a gateway-issued access token and removes expired ones.
+    async fn insert_gateway_token(&self, token: &GatewayToken, now: i64) -> Result<(), StoreError>;
+    /// A gateway-issued access token by hash, if it has not expired at `now`.
+    async fn gateway_token(
+        &self,
+        token_hash: &str,
+        now: i64,
+    ) -> Result<Option<GatewayToken>, StoreError>;
 }
 
 // === impl Region ===

@@ -89,6 +89,53 @@ pub(crate) async fn contract(store: &dyn Store) {
         Some(1_800_000_000)
     );
     assert_eq!(store.clients().await.unwrap().len(), 1);
+    assert_eq!(store.client("c1").await.unwrap().unwrap().id, "c1");
+    assert!(store.client("nope").await.unwrap().is_none());
+
+    let drop_in = DropInRecord {
+        lwa_client_id: "spgate-dropin-1".into(),
+        secret_hash: "sh".into(),
+        refresh_hash: "rh".into(),
+        client_id: "c1".into(),
+        seller: "A1".into(),
+    };
+    store.insert_drop_in(&drop_in).await.unwrap();
+    assert!(matches!(
+        store.insert_drop_in(&drop_in).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        store.drop_in("spgate-dropin-1").await.unwrap(),
+        Some(drop_in)
+    );
+    assert!(store.drop_in("other").await.unwrap().is_none());
+
+    let token = |hash: &str, expires_at| GatewayToken {
+        token_hash: hash.into(),
+        client_id: "c1".into(),
+        seller: "A1".into(),
+        expires_at,
+    };
+    store
+        .insert_gateway_token(&token("t1", 100), 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.gateway_token("t1", 99).await.unwrap(),
+        Some(token("t1", 100))
+    );
+    assert!(
+        store.gateway_token("t1", 100).await.unwrap().is_none(),
+        "expired"
+    );
+    store
+        .insert_gateway_token(&token("t2", 300), 200)
+        .await
+        .unwrap();
+    assert!(
+        store.gateway_token("t1", 0).await.unwrap().is_none(),
+        "expired tokens are purged"
+    );
 }
 
 #[tokio::test]

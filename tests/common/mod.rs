@@ -41,6 +41,12 @@ pub struct Options {
     pub key_sellers: Vec<String>,
     /// Endpoint of the EU region (the test seller's) instead of the sandbox.
     pub eu_endpoint: Option<String>,
+    /// The LWA client secret the gateway uses (default: one the sandbox accepts).
+    pub gateway_lwa_secret: String,
+    /// The previous LWA client secret configured on the gateway.
+    pub gateway_previous_lwa_secret: Option<String>,
+    /// Client secrets the sandbox's LWA accepts.
+    pub sandbox_lwa_secrets: Vec<String>,
 }
 
 impl Default for Options {
@@ -54,6 +60,9 @@ impl Default for Options {
             lwa_toml: String::new(),
             key_sellers: vec![SELLER.to_string()],
             eu_endpoint: None,
+            gateway_lwa_secret: CLIENT_SECRET.into(),
+            gateway_previous_lwa_secret: None,
+            sandbox_lwa_secrets: vec![CLIENT_SECRET.into()],
         }
     }
 }
@@ -75,7 +84,11 @@ pub struct TestGateway {
 
 pub async fn start_gateway(opts: Options) -> TestGateway {
     let sandbox = Sandbox::new(SandboxConfig {
-        lwa_clients: vec![(CLIENT_ID.into(), CLIENT_SECRET.into())],
+        lwa_clients: opts
+            .sandbox_lwa_secrets
+            .iter()
+            .map(|s| (CLIENT_ID.to_string(), s.clone()))
+            .collect(),
         access_token_ttl: opts.token_ttl,
         quotas: opts.quotas,
         require_rdt: opts.require_rdt,
@@ -91,6 +104,10 @@ pub async fn start_gateway(opts: Options) -> TestGateway {
 
     let dir = tempfile::tempdir().unwrap();
     let master = MasterKey::generate_base64().unwrap();
+    let previous = match opts.gateway_previous_lwa_secret {
+        Some(_) => "previous_client_secret = { env = \"LWA_PREVIOUS_SECRET\" }",
+        None => "",
+    };
     let toml = format!(
         r#"
 [server]
@@ -109,6 +126,7 @@ token_url = "{sandbox_url}/auth/o2/token"
 client_id = "{CLIENT_ID}"
 client_secret = {{ env = "LWA_SECRET" }}
 timeout_ms = 2000
+{previous}
 {lwa}
 [store]
 type = "embedded"
@@ -126,7 +144,11 @@ master_key = {{ env = "MASTER" }}
         data_dir = dir.path().join("data").display().to_string(),
     );
     let mut env = MapEnv::default();
-    env.vars.insert("LWA_SECRET".into(), CLIENT_SECRET.into());
+    env.vars
+        .insert("LWA_SECRET".into(), opts.gateway_lwa_secret.clone());
+    if let Some(p) = &opts.gateway_previous_lwa_secret {
+        env.vars.insert("LWA_PREVIOUS_SECRET".into(), p.clone());
+    }
     env.vars.insert("MASTER".into(), master.expose().clone());
     let config = Config::from_toml(&toml, &env).unwrap_or_else(|e| panic!("{e}"));
     let store = spgate::open_store(&config).unwrap();

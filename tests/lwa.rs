@@ -1,0 +1,348 @@
+//! Login with Amazon handled by the gateway: token caching under load, client-secret rotation,
+//! and drop-in mode for unmodified SDKs.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use http::StatusCode;
+use spgate::auth::drop_in;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_requests_for_a_cold_seller_make_one_lwa_call() {
+    let gw = Arc::new(start_gateway(Options::default()).await);
+    let mut tasks = Vec::new();
+    for _ in 0..1000 {
+        let gw = gw.clone();
+        tasks.push(tokio::spawn(async move {
+            gw.get("/orders/v0/orders/TEST_CASE_200/address")
+                .await
+                .status
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!((gw.lwa_calls)(), 1);
+    assert_eq!(gw.sandbox.stats().lwa_refresh_grants, 1);
+}
+
+#[tokio::test]
+async fn the_new_client_secret_is_used_and_the_old_one_only_on_invalid_client() {
+    // Amazon has not activated the new secret yet: the old one still works.
+    let gw = start_gateway(Options {
+        gateway_lwa_secret: "new-secret".into(),
+        gateway_previous_lwa_secret: Some(CLIENT_SECRET.into()),
+        ..Options::default()
+    })
+    .await;
+    assert_eq!(
+        gw.get("/orders/v0/orders/TEST_CASE_200/address")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        (gw.lwa_calls)(),
+        2,
+        "one rejected call with the new secret, one with the old"
+    );
+    assert_eq!(gw.sandbox.stats().lwa_errors, 1);
+
+    // Both accepted: only the new one is ever sent.
+    let gw = start_gateway(Options {
+        gateway_lwa_secret: "new-secret".into(),
+        gateway_previous_lwa_secret: Some(CLIENT_SECRET.into()),
+        sandbox_lwa_secrets: vec![CLIENT_SECRET.into(), "new-secret".into()],
+        ..Options::default()
+    })
+    .await;
+    assert_eq!(
+        gw.get("/orders/v0/orders/TEST_CASE_200/address")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!((gw.lwa_calls)(), 1);
+
+    // Neither accepted: the caller gets a 502, never a hang or a leak.
+    let gw = start_gateway(Options {
+        gateway_lwa_secret: "wrong".into(),
+        ..Options::default()
+    })
+    .await;
+    let reply = gw.get("/orders/v0/orders/TEST_CASE_200/address").await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert!(!String::from_utf8_lossy(&reply.body).contains("wrong"));
+}
+
+struct DropIn {
+    gw: TestGateway,
+    creds: drop_in::DropInCredentials,
+}
+
+async fn drop_in_gateway() -> DropIn {
+    let gw = start_gateway(Options::default()).await;
+    let client = gw.store.clients().await.unwrap().remove(0);
+    let creds = drop_in::create(&*gw.store, &client.id, SELLER)
+        .await
+        .unwrap();
+    DropIn { gw, creds }
+}
+
+impl DropIn {
+    async fn token_request(&self, content_type: &str, body: String) -> Reply {
+        let req = http::Request::post(format!("{}/auth/o2/token", self.gw.url))
+            .header("content-type", content_type)
+            .body(full(body))
+            .unwrap();
+        self.gw.call(req).await
+    }
+
+    fn form(&self, client_id: &str, secret: &str, refresh: &str) -> String {
+        form_urlencoded::Serializer::new(String::new())
+            .append_pair("grant_type", "refresh_token")
+            .append_pair("refresh_token", refresh)
+            .append_pair("client_id", client_id)
+            .append_pair("client_secret", secret)
+            .finish()
+    }
+
+    async fn token(&self) -> String {
+        let body = self.form(
+            &self.creds.lwa_client_id,
+            self.creds.client_secret.expose(),
+            self.creds.refresh_token.expose(),
+        );
+        let reply = self
+            .token_request("application/x-www-form-urlencoded;charset=UTF-8", body)
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        reply.json()["access_token"].as_str().unwrap().to_string()
+    }
+
+    async fn sp_api(&self, token: &str, path: &str, extra: &[(&str, &str)]) -> Reply {
+        let mut req = http::Request::get(format!("{}{path}", self.gw.url))
+            .header("x-amz-access-token", token)
+            // SDKs send Amazon's host name or a mangled one; it is never trusted.
+            .header("host", "sellingpartnerapi-na.amazon.com");
+        for (k, v) in extra {
+            req = req.header(*k, *v);
+        }
+        self.gw.call(req.body(empty()).unwrap()).await
+    }
+}
+
+#[tokio::test]
+async fn an_sdk_gets_gateway_tokens_in_lwa_shape_from_form_and_json_requests() {
+    let d = drop_in_gateway().await;
+    let form = d.form(
+        &d.creds.lwa_client_id,
+        d.creds.client_secret.expose(),
+        d.creds.refresh_token.expose(),
+    );
+    let json = serde_json::json!({
+        "grant_type": "refresh_token",
+        "refresh_token": d.creds.refresh_token.expose(),
+        "client_id": d.creds.lwa_client_id,
+        "client_secret": d.creds.client_secret.expose(),
+    })
+    .to_string();
+    for (ct, body) in [
+        ("application/x-www-form-urlencoded", form),
+        ("application/json", json),
+    ] {
+        let reply = d.token_request(ct, body).await;
+        assert_eq!(reply.status, StatusCode::OK, "{ct}");
+        let v = reply.json();
+        assert!(v["access_token"].as_str().unwrap().starts_with("spgat_"));
+        assert_eq!(v["token_type"], "bearer");
+        assert!(v["expires_in"].as_i64().unwrap() >= 3600);
+        assert_eq!(v["refresh_token"], d.creds.refresh_token.expose().as_str());
+        assert_eq!(reply.headers["cache-control"], "no-store");
+    }
+    assert_eq!(
+        d.gw.sandbox.stats().lwa_refresh_grants,
+        0,
+        "issuing a gateway token asks Amazon nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_gateway_token_calls_sp_api_for_its_seller_and_amazon_tokens_never_leave() {
+    let d = drop_in_gateway().await;
+    let token = d.token().await;
+    let reply = d
+        .sp_api(&token, "/orders/v0/orders/TEST_CASE_200/address", &[])
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let got = d.gw.sandbox.received("ordersV0.getOrderAddress");
+    let upstream_token = got[0].headers["x-amz-access-token"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        upstream_token.starts_with("Atza|"),
+        "Amazon saw the seller's real token"
+    );
+    assert_ne!(
+        upstream_token, token,
+        "the gateway token never reaches Amazon"
+    );
+    assert_eq!(got[0].seller.as_deref(), Some(SELLER));
+    let everything = format!(
+        "{:?}{}",
+        reply.headers,
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert!(!everything.contains(&upstream_token) && !everything.contains("Atza|"));
+
+    // The token is bound to its seller: naming another one is refused.
+    let reply = d
+        .sp_api(
+            &token,
+            "/orders/v0/orders/TEST_CASE_200/address",
+            &[("x-spgate-seller", "A9OTHER")],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    // Naming the same seller is fine; a stale SigV4 Authorization header is ignored.
+    let reply = d
+        .sp_api(&token, "/orders/v0/orders/TEST_CASE_200/address", &[("x-spgate-seller", SELLER), ("authorization", "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20260101/us-east-1/execute-api/aws4_request")])
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    // An unknown token is a 401 in SP-API's shape.
+    let reply = d
+        .sp_api(
+            "spgat_not-a-real-token",
+            "/orders/v0/orders/TEST_CASE_200/address",
+            &[],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(reply.error_code(), "Unauthorized");
+}
+
+#[tokio::test]
+async fn bad_token_requests_get_lwa_errors_and_nothing_is_issued() {
+    let d = drop_in_gateway().await;
+    let id = d.creds.lwa_client_id.clone();
+    let secret = d.creds.client_secret.expose().clone();
+    let refresh = d.creds.refresh_token.expose().clone();
+    let form = "application/x-www-form-urlencoded";
+    let cases = [
+        (
+            d.form(&id, "wrong", &refresh),
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+        ),
+        (
+            d.form("spgate-dropin-unknown", &secret, &refresh),
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+        ),
+        (
+            d.form(&id, &secret, "spgrt_wrong"),
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+        ),
+        (
+            format!("grant_type=client_credentials&client_id={id}&client_secret={secret}&scope=x"),
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+        ),
+        (
+            format!("grant_type=refresh_token&client_id={id}"),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "{not json".to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let reply = d.token_request(form, body.clone()).await;
+        assert_eq!(reply.status, status, "{body}");
+        assert_eq!(reply.json()["error"], code, "{body}");
+        assert!(!String::from_utf8_lossy(&reply.body).contains(&secret));
+    }
+    let reply =
+        d.gw.call(
+            http::Request::get(format!("{}/auth/o2/token", d.gw.url))
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "only POST");
+    let big = "x".repeat(20_000);
+    assert_eq!(
+        d.token_request(form, big).await.status,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+}
+
+#[tokio::test]
+async fn revoking_the_tool_stops_its_drop_in_tokens_and_refreshes() {
+    let d = drop_in_gateway().await;
+    let token = d.token().await;
+    assert_eq!(
+        d.sp_api(&token, "/orders/v0/orders/TEST_CASE_200/address", &[])
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let client = d.gw.store.clients().await.unwrap().remove(0);
+    d.gw.store.revoke_client(&client.id, 1).await.unwrap();
+    assert_eq!(
+        d.sp_api(&token, "/orders/v0/orders/TEST_CASE_200/address", &[])
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    let body = d.form(
+        &d.creds.lwa_client_id,
+        d.creds.client_secret.expose(),
+        d.creds.refresh_token.expose(),
+    );
+    let reply = d
+        .token_request("application/x-www-form-urlencoded", body)
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.json()["error"], "invalid_grant");
+}
+
+#[tokio::test]
+async fn gateway_tokens_are_stored_only_as_hashes() {
+    let d = drop_in_gateway().await;
+    let token = d.token().await;
+    let db = std::fs::read(d.gw.dir.path().join("data/spgate.db")).unwrap();
+    let wal = std::fs::read(d.gw.dir.path().join("data/spgate.db-wal")).unwrap_or_default();
+    for secret in [
+        token.as_str(),
+        d.creds.client_secret.expose(),
+        d.creds.refresh_token.expose(),
+    ] {
+        let needle = secret.as_bytes();
+        assert!(
+            !db.windows(needle.len()).any(|w| w == needle),
+            "a secret is in the database file"
+        );
+        assert!(
+            !wal.windows(needle.len()).any(|w| w == needle),
+            "a secret is in the WAL"
+        );
+    }
+}

@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::crypto::MasterKey;
+use crate::pii::{Action, Category, Role, Roles};
 use crate::secret::Secret;
 use crate::store::Region;
 
@@ -213,6 +214,13 @@ pub struct RawLog {
     pub level: Option<String>,
 }
 
+/// `[roles.<name>]`: what a tool with this role receives of each buyer-PII category.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRole {
+    /// Category name -> action (`pass`, `mask`, `pseudonymize`, `encrypt`, `drop`).
+    pub pii: Option<BTreeMap<String, String>>,
+}
+
 /// The whole file, sections parsed independently so one bad section does not hide another.
 #[derive(Debug, Default)]
 pub struct RawConfig {
@@ -228,6 +236,8 @@ pub struct RawConfig {
     pub keys: RawKeys,
     /// `[log]`.
     pub log: RawLog,
+    /// `[roles.<name>]`.
+    pub roles: BTreeMap<String, RawRole>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -248,6 +258,8 @@ pub struct Config {
     pub master_key: MasterKey,
     /// Operational logs.
     pub log: LogConfig,
+    /// Roles: what each tool role receives of buyer PII.
+    pub roles: Roles,
 }
 
 /// See [`RawServer`].
@@ -383,6 +395,7 @@ impl RawConfig {
                 "store" => section(&key, value, &mut raw.store, &mut issues),
                 "keys" => section(&key, value, &mut raw.keys, &mut issues),
                 "log" => section(&key, value, &mut raw.log, &mut issues),
+                "roles" => section(&key, value, &mut raw.roles, &mut issues),
                 _ => issues.push(ConfigIssue {
                     path: key.clone(),
                     message: "unknown key".into(),
@@ -597,6 +610,7 @@ impl Config {
                 "not a valid filter (e.g. \"info\" or \"spgate=debug,info\")",
             );
         }
+        let roles = v.roles(&raw.roles);
         match (v.issues.is_empty(), master_key) {
             (true, Some(master_key)) => Ok(Config {
                 server,
@@ -605,6 +619,7 @@ impl Config {
                 store,
                 master_key,
                 log,
+                roles,
             }),
             _ => Err(ConfigError(v.issues)),
         }
@@ -708,6 +723,22 @@ impl Validator<'_> {
                 }
             },
         }
+    }
+
+    fn roles(&mut self, raw: &BTreeMap<String, RawRole>) -> Roles {
+        let mut roles = BTreeMap::new();
+        for (name, role) in raw {
+            let mut grants = Vec::new();
+            for (category, action) in role.pii.iter().flatten() {
+                let path = format!("roles.{name}.pii.{category}");
+                match (category.parse::<Category>(), action.parse::<Action>()) {
+                    (Ok(c), Ok(a)) => grants.push((c, a)),
+                    (Err(e), _) | (_, Err(e)) => self.issue(&path, &e),
+                }
+            }
+            roles.insert(name.clone(), Role::new(grants));
+        }
+        Roles::new(roles)
     }
 
     fn master_key(&mut self, raw: &RawKeys) -> Option<MasterKey> {

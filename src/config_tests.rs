@@ -1,6 +1,7 @@
 //! Config tests: one `check` helper, TOML in, the exact issues out.
 
 use super::*;
+use crate::pii::Category;
 
 const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="; // 32 bytes, base64
 
@@ -140,4 +141,22 @@ fn the_example_config_is_valid() {
     env.vars.insert("SPGATE_MASTER_KEY".into(), KEY.into());
     let raw = RawConfig::parse(text).unwrap_or_else(|e| panic!("{e}"));
     Config::resolve(raw, &env).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn roles_grant_categories_and_bad_names_are_reported_with_their_path() {
+    let toml = format!("{MINIMAL}\n[roles.labels.pii]\nname = \"pass\"\naddress = \"mask\"\n[roles.crm.pii]\nemail = \"pseudonymize\"\n");
+    let cfg = Config::from_toml(&toml, &env()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(cfg.roles.get("labels").receives(Category::Address));
+    assert!(!cfg.roles.get("labels").receives(Category::Email));
+    assert!(cfg.roles.get("crm").receives(Category::Email));
+    let bad = format!("{MINIMAL}\n[roles.labels.pii]\npostcode = \"pass\"\nname = \"show\"\n[roles.x]\nextra = 1\n");
+    check(
+        &bad,
+        &[
+            ("roles.labels.pii.postcode", "unknown PII category"),
+            ("roles.labels.pii.name", "unknown action"),
+            ("roles.x.extra", "unknown key"),
+        ],
+    );
 }

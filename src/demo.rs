@@ -279,6 +279,17 @@ master_key = {{ env = "DEMO_MASTER_KEY" }}
 [log]
 format = "pretty"
 level = "warn"
+[roles.demo.pii]
+name = "pass"
+email = "pass"
+phone = "pass"
+address = "pass"
+postal_code = "pass"
+coarse_location = "pass"
+company = "pass"
+gift_message = "pass"
+customization_url = "pass"
+delivery_instructions = "pass"
 "#,
         data_dir = data_dir.display().to_string(),
     );

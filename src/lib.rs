@@ -5,6 +5,7 @@
 //! - [`catalog`]: every SP-API operation (path template, usage plan, restricted?, PII map).
 //! - [`config`]: the config file: parse, validate, resolve secrets (the only env/file reader).
 //! - [`crypto`]: randomness, hashing and sealing secrets at rest (ring).
+//! - [`pii`]: buyer-PII categories, actions, roles.
 //! - [`proxy`]: the request pipeline, written once; `rescue` maps every error to a response.
 //! - [`sandbox`]: a fake SP-API + LWA (static examples, synthetic orders, quotas, token expiry).
 //! - [`secret`]: `Secret<T>`, which never prints its value.
@@ -15,6 +16,7 @@ pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod crypto;
+pub mod pii;
 pub mod proxy;
 pub mod sandbox;
 pub mod secret;
@@ -59,6 +61,7 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
 pub fn build_gateway(config: Config, store: Arc<dyn Store>) -> (Gateway, ServerLimits) {
     let client = build_client(&config.upstream);
     let lwa = Lwa::new(client.clone(), &config.lwa);
+    let rdts = crate::auth::rdt::Rdts::new(client.clone(), config.lwa.timeout);
     let upstream = Upstream::new(client, &config.upstream);
     let server_limits = ServerLimits {
         max_connections: config.server.max_connections,
@@ -76,6 +79,8 @@ pub fn build_gateway(config: Config, store: Arc<dyn Store>) -> (Gateway, ServerL
             max_header_bytes: config.server.max_header_bytes,
             max_request_body_bytes: config.server.max_request_body_bytes,
         },
+        roles: config.roles,
+        rdts,
     });
     (gateway, server_limits)
 }

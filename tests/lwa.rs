@@ -193,8 +193,8 @@ async fn a_gateway_token_calls_sp_api_for_its_seller_and_amazon_tokens_never_lea
         .unwrap()
         .to_string();
     assert!(
-        upstream_token.starts_with("Atza|"),
-        "Amazon saw the seller's real token"
+        upstream_token.starts_with("Atz.sprdt|"),
+        "Amazon saw an RDT for the seller (a restricted operation)"
     );
     assert_ne!(
         upstream_token, token,
@@ -206,7 +206,7 @@ async fn a_gateway_token_calls_sp_api_for_its_seller_and_amazon_tokens_never_lea
         reply.headers,
         String::from_utf8_lossy(&reply.body)
     );
-    assert!(!everything.contains(&upstream_token) && !everything.contains("Atza|"));
+    assert!(!everything.contains(&upstream_token) && !everything.contains("Atz"));
 
     // The token is bound to its seller: naming another one is refused.
     let reply = d
@@ -345,4 +345,166 @@ async fn gateway_tokens_are_stored_only_as_hashes() {
             "a secret is in the WAL"
         );
     }
+}
+
+fn rdt_options(role_toml: &str) -> Options {
+    Options {
+        require_rdt: true,
+        role: "r".into(),
+        roles_toml: role_toml.to_string(),
+        ..Options::default()
+    }
+}
+
+#[tokio::test]
+async fn restricted_calls_get_an_rdt_asking_only_for_what_the_role_may_receive() {
+    let gw = start_gateway(rdt_options(
+        "[roles.r.pii]\naddress = \"pass\"\npostal_code = \"pass\"\n",
+    ))
+    .await;
+    let id = spgate::sandbox::Sandbox::synthetic_order_ids(SELLER)[8].clone();
+    // getOrder: only shippingAddress is asked for, so Amazon sends no BuyerInfo.
+    let reply = gw.get(&format!("/orders/v0/orders/{id}")).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let order = &reply.json()["payload"];
+    assert!(
+        order["ShippingAddress"]["AddressLine1"].is_string(),
+        "{order}"
+    );
+    assert!(
+        order
+            .get("BuyerInfo")
+            .is_none_or(|b| b.get("BuyerEmail").is_none()),
+        "{order}"
+    );
+    assert_eq!(
+        gw.sandbox.received("ordersV0.getOrder")[0].token_kind,
+        spgate::sandbox::TokenKind::Rdt
+    );
+    // getOrderAddress: an RDT (no dataElements), cached for the next call.
+    for _ in 0..3 {
+        assert_eq!(
+            gw.get(&format!("/orders/v0/orders/{id}/address"))
+                .await
+                .status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        gw.sandbox.stats().rdts_issued,
+        2,
+        "one RDT per resource, then cached"
+    );
+    let rdt_calls = gw
+        .sandbox
+        .received("tokens_2021-03-01.createRestrictedDataToken");
+    assert_eq!(rdt_calls.len(), 2);
+}
+
+#[tokio::test]
+async fn a_role_without_restricted_data_uses_the_plain_token_or_is_refused() {
+    let gw = start_gateway(rdt_options("[roles.r.pii]\n")).await;
+    let id = spgate::sandbox::Sandbox::synthetic_order_ids(SELLER)[8].clone();
+    // getOrders takes dataElements: with none needed, the plain token gets orders without PII.
+    let reply = gw
+        .get("/orders/v0/orders?MarketplaceIds=A1PA6795UKMFR9&CreatedAfter=2020-01-01T00:00:00Z")
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let text = String::from_utf8_lossy(&reply.body);
+    assert!(
+        !text.contains("ShippingAddress") && !text.contains("BuyerEmail"),
+        "{text}"
+    );
+    assert_eq!(
+        gw.sandbox.received("ordersV0.getOrders")[0].token_kind,
+        spgate::sandbox::TokenKind::Access
+    );
+    // getOrderAddress returns nothing this role may have: refused before Amazon is asked.
+    let reply = gw.get(&format!("/orders/v0/orders/{id}/address")).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert_eq!(reply.error_code(), "Unauthorized");
+    assert!(gw.sandbox.received("ordersV0.getOrderAddress").is_empty());
+    assert_eq!(gw.sandbox.stats().rdts_issued, 0);
+}
+
+#[tokio::test]
+async fn no_rdt_means_no_restricted_call_fail_closed() {
+    let gw = start_gateway(Options {
+        require_rdt: true,
+        ..Options::default()
+    })
+    .await;
+    for (status, expect) in [
+        (StatusCode::FORBIDDEN, StatusCode::FORBIDDEN),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+    ] {
+        gw.sandbox.script(
+            "tokens_2021-03-01.createRestrictedDataToken",
+            spgate::sandbox::Script::json(status, serde_json::json!({"errors": [{"code": "Unauthorized", "message": "no", "details": ""}]})),
+        );
+        let reply = gw.get("/orders/v0/orders/1/address").await;
+        assert_eq!(reply.status, expect);
+        gw.sandbox.clear_scripts();
+    }
+    assert!(
+        gw.sandbox.received("ordersV0.getOrderAddress").is_empty(),
+        "never fetched with a plain token"
+    );
+}
+
+#[tokio::test]
+async fn orders_2026_ask_only_for_the_datasets_the_role_may_receive() {
+    let gw = start_gateway(rdt_options("[roles.r.pii]\naddress = \"pass\"\n")).await;
+    let reply = gw
+        .get("/orders/2026-01-01/orders?marketplaceIds=A1PA6795UKMFR9&createdAfter=2020-01-01T00:00:00Z&includedData=BUYER,RECIPIENT")
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let got = gw.sandbox.received("orders_2026-01-01.searchOrders");
+    assert!(
+        got[0].path_and_query.contains("includedData=RECIPIENT"),
+        "{}",
+        got[0].path_and_query
+    );
+    assert!(
+        !got[0].path_and_query.contains("BUYER"),
+        "{}",
+        got[0].path_and_query
+    );
+    assert!(!String::from_utf8_lossy(&reply.body).contains("buyerEmail"));
+}
+
+#[tokio::test]
+async fn a_token_rejected_upstream_is_replaced_and_the_request_retried_once() {
+    let gw = start_gateway(Options::default()).await;
+    assert_eq!(
+        gw.get("/sellers/v1/marketplaceParticipations").await.status,
+        StatusCode::OK
+    );
+    gw.sandbox.expire_access_tokens();
+    let reply = gw.get("/sellers/v1/marketplaceParticipations").await;
+    assert_eq!(reply.status, StatusCode::OK, "retried with a fresh token");
+    assert_eq!((gw.lwa_calls)(), 2);
+    assert_eq!(
+        gw.sandbox.stats().unauthorized_total,
+        1,
+        "exactly one rejected attempt"
+    );
 }

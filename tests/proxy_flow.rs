@@ -43,16 +43,24 @@ async fn every_catalogued_operation_reaches_the_upstream_as_itself() {
         );
     }
     let stats = gw.sandbox.stats();
+    // Every restricted operation first asked createRestrictedDataToken for its RDT.
+    let restricted = catalog.operations().iter().filter(|o| o.restricted).count() as u64;
+    let rdt_key = "tokens_2021-03-01.createRestrictedDataToken";
     for op in catalog.operations() {
+        let expected = if op.key == rdt_key { 1 + restricted } else { 1 };
         assert_eq!(
             stats.by_operation.get(op.key).copied(),
-            Some(1),
+            Some(expected),
             "{} reached the upstream {:?} times",
             op.key,
             stats.by_operation.get(op.key)
         );
     }
-    assert_eq!(stats.requests_total as usize, catalog.operations().len());
+    assert_eq!(
+        stats.requests_total,
+        catalog.operations().len() as u64 + restricted
+    );
+    assert_eq!(stats.rdts_issued, restricted);
 }
 
 #[tokio::test]
@@ -289,10 +297,13 @@ async fn headers_are_cleaned_both_ways_and_amazons_ids_pass_back() {
     assert!(!h.contains_key("x-spgate-seller") && !h.contains_key("x-spgate-priority"));
     assert!(!h.contains_key("proxy-authorization") && !h.contains_key("te"));
     assert_ne!(h["x-amz-access-token"], "caller-supplied-token");
-    assert!(h["x-amz-access-token"]
-        .to_str()
-        .unwrap()
-        .starts_with("Atza|"));
+    assert!(
+        h["x-amz-access-token"]
+            .to_str()
+            .unwrap()
+            .starts_with("Atz.sprdt|"),
+        "a restricted operation is called with an RDT"
+    );
     assert_eq!(h["user-agent"], "label-printer/2.1 (Language=Rust)");
     let host = h["host"].to_str().unwrap();
     assert!(
@@ -466,8 +477,11 @@ async fn an_unreachable_upstream_is_a_502() {
         ..Options::default()
     })
     .await;
-    let reply = gw.get("/orders/v0/orders/TEST_CASE_200/address").await;
+    let reply = gw.get("/sellers/v1/marketplaceParticipations").await;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    // A restricted operation cannot even get its RDT there: fail closed, retry later.
+    let reply = gw.get("/orders/v0/orders/TEST_CASE_200/address").await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(reply.error_code(), "ServiceUnavailable");
 }
 

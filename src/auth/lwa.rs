@@ -3,8 +3,6 @@
 //! single-flight: however many requests find a subject's token missing at once, one LWA call is
 //! made and the rest wait for its result.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,6 +11,7 @@ use http_body_util::BodyExt;
 use serde::Deserialize;
 use tokio::time::Instant;
 
+use super::slots::Slots;
 use crate::config::LwaConfig;
 use crate::proxy::body;
 use crate::proxy::upstream::{error_chain, HttpClient};
@@ -55,16 +54,6 @@ pub enum Grant {
     ClientCredentials(&'static str),
 }
 
-/// A cached access token.
-#[derive(Clone)]
-struct Cached {
-    token: Secret<String>,
-    refresh_at: Instant,
-}
-
-/// One subject's cache slot; the async mutex makes refreshes single-flight.
-type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
-
 /// LWA client with a token cache.
 pub struct Lwa {
     client: HttpClient,
@@ -74,7 +63,7 @@ pub struct Lwa {
     previous_client_secret: Option<Secret<String>>,
     margin: Duration,
     timeout: Duration,
-    slots: Mutex<HashMap<Subject, Slot>>,
+    tokens: Slots<Subject, Secret<String>>,
     calls: std::sync::atomic::AtomicU64,
 }
 
@@ -102,7 +91,7 @@ impl Lwa {
             previous_client_secret: cfg.previous_client_secret.clone(),
             margin: cfg.refresh_margin,
             timeout: cfg.timeout,
-            slots: Mutex::new(HashMap::new()),
+            tokens: Slots::new(),
             calls: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -119,32 +108,14 @@ impl Lwa {
         subject: &Subject,
         grant: impl FnOnce() -> Result<Grant, LwaError>,
     ) -> Result<Secret<String>, LwaError> {
-        let slot = self.slot(subject);
-        let mut cached = slot.lock().await;
-        if let Some(c) = cached.as_ref() {
-            if Instant::now() < c.refresh_at {
-                return Ok(c.token.clone());
-            }
-        }
-        let fresh = self.fetch(grant()?).await?;
-        let token = fresh.token.clone();
-        *cached = Some(fresh);
-        Ok(token)
+        self.tokens
+            .get_or_fetch(subject, || async { self.fetch(grant()?).await })
+            .await
     }
 
     /// Forgets a subject's token if it is still `token` (after the upstream rejected it).
     pub async fn invalidate(&self, subject: &Subject, token: &Secret<String>) {
-        let slot = self.slot(subject);
-        let mut cached = slot.lock().await;
-        if cached.as_ref().is_some_and(|c| c.token == *token) {
-            *cached = None;
-        }
-    }
-
-    fn slot(&self, subject: &Subject) -> Slot {
-        // A poisoned map only means another thread panicked mid-insert; the map is still valid.
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots.entry(subject.clone()).or_default().clone()
+        self.tokens.invalidate_if(subject, |t| t == token).await;
     }
 
     /// The form body of a token request (holds the client secret: wrapped by the caller).
@@ -167,7 +138,7 @@ impl Lwa {
 
     /// Asks LWA with the current client secret and, if LWA rejects it as `invalid_client` while
     /// a previous secret is configured (Amazon's rotation window), with the previous one.
-    async fn fetch(&self, grant: Grant) -> Result<Cached, LwaError> {
+    async fn fetch(&self, grant: Grant) -> Result<(Secret<String>, Instant), LwaError> {
         match self.fetch_with(&grant, &self.client_secret).await {
             Err(LwaError::InvalidClient) => match &self.previous_client_secret {
                 Some(previous) => {
@@ -187,7 +158,7 @@ impl Lwa {
         &self,
         grant: &Grant,
         client_secret: &Secret<String>,
-    ) -> Result<Cached, LwaError> {
+    ) -> Result<(Secret<String>, Instant), LwaError> {
         self.calls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let form = Secret::new(self.form(grant, client_secret));
@@ -224,10 +195,7 @@ impl Lwa {
             // Refresh `margin` before expiry; a token shorter-lived than twice the margin is
             // refreshed at half its life instead, so it is still used at all.
             let early = self.margin.min(lifetime / 2);
-            return Ok(Cached {
-                token: Secret::new(t.access_token),
-                refresh_at: started + lifetime - early,
-            });
+            return Ok((Secret::new(t.access_token), started + lifetime - early));
         }
         let code = serde_json::from_slice::<ErrorResponse>(&bytes)
             .map(|e| e.error)

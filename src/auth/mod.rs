@@ -6,3 +6,5 @@
 pub mod caller;
 pub mod drop_in;
 pub mod lwa;
+pub mod rdt;
+pub mod slots;

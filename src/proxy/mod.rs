@@ -21,9 +21,12 @@ use http_body_util::BodyExt;
 use crate::auth::caller::{self, Caller};
 use crate::auth::drop_in;
 use crate::auth::lwa::{Grant, Lwa, LwaError, Subject};
+use crate::auth::rdt::{self, Need, RdtError, RdtKey, Rdts};
 use crate::catalog::{Catalog, Operation};
 use crate::config::Endpoints;
 use crate::crypto::MasterKey;
+use crate::pii::Role;
+use crate::pii::Roles;
 use crate::secret::Secret;
 use crate::store::{SellerRecord, SellerStatus, Store};
 
@@ -47,6 +50,8 @@ pub struct Limits {
 
 /// Everything the pipeline needs, built once at startup.
 pub struct Gateway {
+    roles: Roles,
+    rdts: Rdts,
     catalog: &'static Catalog,
     store: Arc<dyn Store>,
     master_key: Arc<MasterKey>,
@@ -71,6 +76,27 @@ pub struct GatewayParts {
     pub endpoints: Endpoints,
     /// Request limits.
     pub limits: Limits,
+    /// Tool roles (what buyer PII each may receive).
+    pub roles: Roles,
+    /// Restricted Data Token client.
+    pub rdts: Rdts,
+}
+
+/// The token a request is sent upstream with, and where it came from (to forget it if Amazon
+/// rejects it).
+enum Credential {
+    /// An LWA access token (seller or grantless).
+    Access(Subject, Secret<String>),
+    /// A Restricted Data Token, and the access token it was obtained with.
+    Rdt(RdtKey, Secret<String>, Subject, Secret<String>),
+}
+
+impl Credential {
+    fn token(&self) -> &Secret<String> {
+        match self {
+            Credential::Access(_, t) | Credential::Rdt(_, t, _, _) => t,
+        }
+    }
 }
 
 /// Per-request facts gathered by the phases, for the response and (later) the audit record.
@@ -91,6 +117,8 @@ impl Gateway {
             upstream: parts.upstream,
             endpoints: parts.endpoints,
             limits: parts.limits,
+            roles: parts.roles,
+            rdts: parts.rdts,
             request_ids: RequestIds::new(),
         }
     }
@@ -98,6 +126,11 @@ impl Gateway {
     /// The LWA client (its call counter is useful to tests and metrics).
     pub fn lwa(&self) -> &Lwa {
         &self.lwa
+    }
+
+    /// The RDT client (its call counter is useful to tests and metrics).
+    pub fn rdts(&self) -> &Rdts {
+        &self.rdts
     }
 
     /// Handles one request from a seller tool. Never fails: errors become SP-API-shaped responses.
@@ -141,26 +174,61 @@ impl Gateway {
         let op = self.route(&req)?; // 3. route
         ctx.operation = Some(op);
         let seller = self.authorize(&caller, op, req.headers()).await?; // 4. authorize
-        let (subject, token) = self.credentials(op, seller.as_ref()).await?; // 5. credentials
+        let role = self.roles.get(&caller.client.role);
+        let replay = Replay::capture(&req);
+        let seller = seller.as_ref();
+        let path = req.uri().path().to_string();
+        let cred = self.credentials(op, seller, &role, &path).await?; // 5. credentials
         let upstream_req =
-            self.upstream_request(req, seller.as_ref(), &token, limit_tripped.clone())?;
-        let resp = match self.upstream.send(upstream_req).await {
-            // 6. upstream
-            Ok(resp) => resp,
+            self.upstream_request(req, op, seller, &role, &cred, limit_tripped.clone())?;
+        let mut resp = self.send(upstream_req, &limit_tripped).await?; // 6. upstream
+        if is_auth_failure(resp.status()) {
+            // A token revoked early or expired in flight: forget it, and retry once with fresh
+            // credentials when the request can be replayed (it had no body).
+            self.forget(&cred).await;
+            if let Some(replay) = replay {
+                let cred = self.credentials(op, seller, &role, &path).await?;
+                let again = self.upstream_request(
+                    replay.request(),
+                    op,
+                    seller,
+                    &role,
+                    &cred,
+                    limit_tripped.clone(),
+                )?;
+                resp = self.send(again, &limit_tripped).await?;
+                if is_auth_failure(resp.status()) {
+                    self.forget(&cred).await;
+                }
+            }
+        }
+        Ok(self.respond(resp)) // 7. respond
+    }
+
+    async fn send(
+        &self,
+        req: Request<Body>,
+        limit_tripped: &AtomicBool,
+    ) -> Result<Response<Body>, ProxyError> {
+        match self.upstream.send(req).await {
+            Ok(resp) => Ok(resp),
             Err(UpstreamError::Transport(_)) if limit_tripped.load(Ordering::Relaxed) => {
-                return Err(ProxyError::BodyTooLarge {
+                Err(ProxyError::BodyTooLarge {
                     limit: self.limits.max_request_body_bytes,
                 })
             }
-            Err(e) => return Err(e.into()),
-        };
-        if resp.status() == http::StatusCode::UNAUTHORIZED
-            || resp.status() == http::StatusCode::FORBIDDEN
-        {
-            // The token may have been revoked early; the next request fetches a fresh one.
-            self.lwa.invalidate(&subject, &token).await;
+            Err(e) => Err(e.into()),
         }
-        Ok(self.respond(resp)) // 7. respond
+    }
+
+    async fn forget(&self, cred: &Credential) {
+        match cred {
+            Credential::Access(subject, token) => self.lwa.invalidate(subject, token).await,
+            Credential::Rdt(key, token, subject, access) => {
+                self.rdts.invalidate(key, token).await;
+                self.lwa.invalidate(subject, access).await;
+            }
+        }
     }
 
     /// Phase 1: header size, body size and framing.
@@ -275,8 +343,43 @@ impl Gateway {
         Ok(Some(seller))
     }
 
-    /// Phase 5: the token for `x-amz-access-token`.
+    /// Phase 5: the token for `x-amz-access-token`: the seller's (or a grantless) access token,
+    /// or for restricted operations a Restricted Data Token asking only for what the role may
+    /// receive. Failing to get an RDT fails the request: restricted data is never fetched with
+    /// a plain token.
     async fn credentials(
+        &self,
+        op: &Operation,
+        seller: Option<&SellerRecord>,
+        role: &Role,
+        path: &str,
+    ) -> Result<Credential, ProxyError> {
+        let (subject, access) = self.access_token(op, seller).await?;
+        let (true, Some(seller)) = (op.restricted, seller) else {
+            return Ok(Credential::Access(subject, access));
+        };
+        match rdt::need(op, role) {
+            Need::Plain => Ok(Credential::Access(subject, access)),
+            Need::Refused => Err(ProxyError::RoleMayNotReceive),
+            Need::Rdt(elements) => {
+                let key = RdtKey::new(&seller.selling_partner_id, op, path, elements);
+                let endpoint = self.endpoints.for_region(seller.region);
+                match self.rdts.token(&key, endpoint, &access).await {
+                    Ok(token) => Ok(Credential::Rdt(key, token, subject, access)),
+                    Err(e) => {
+                        if matches!(e, RdtError::Refused(s) if s == http::StatusCode::UNAUTHORIZED || s == http::StatusCode::FORBIDDEN)
+                        {
+                            self.lwa.invalidate(&subject, &access).await;
+                        }
+                        Err(e.into())
+                    }
+                }
+            }
+        }
+    }
+
+    /// The LWA access token for the seller, or the grantless token for the operation's scope.
+    async fn access_token(
         &self,
         op: &Operation,
         seller: Option<&SellerRecord>,
@@ -325,8 +428,10 @@ impl Gateway {
     fn upstream_request<B>(
         &self,
         req: Request<B>,
+        op: &Operation,
         seller: Option<&SellerRecord>,
-        token: &Secret<String>,
+        role: &Role,
+        cred: &Credential,
         limit_tripped: Arc<AtomicBool>,
     ) -> Result<Request<Body>, ProxyError>
     where
@@ -350,13 +455,16 @@ impl Gateway {
             .path_and_query()
             .map(|pq| pq.as_str())
             .unwrap_or("/");
+        // Orders 2026-01-01: ask only for the datasets the role may receive.
+        let reduced = rdt::reduce_included_data(op, role, pq);
+        let pq = reduced.as_deref().unwrap_or(pq);
         parts.uri = uri
             .path_and_query(pq)
             .build()
             .map_err(|_| ProxyError::NotFound)?;
         parts.version = http::Version::HTTP_11;
         headers::for_upstream(&mut parts.headers);
-        let value = HeaderValue::from_str(token.expose()).map_err(|_| {
+        let value = HeaderValue::from_str(cred.token().expose()).map_err(|_| {
             ProxyError::Credentials(LwaError::Protocol(
                 "token is not a valid header value".into(),
             ))
@@ -373,6 +481,37 @@ impl Gateway {
         let (mut parts, body) = resp.into_parts();
         headers::for_caller(&mut parts.headers);
         Response::from_parts(parts, body)
+    }
+}
+
+/// Whether SP-API rejected the credentials.
+fn is_auth_failure(status: http::StatusCode) -> bool {
+    status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN
+}
+
+/// What is needed to send a bodiless request a second time.
+struct Replay {
+    method: http::Method,
+    uri: Uri,
+    headers: http::HeaderMap,
+}
+
+impl Replay {
+    /// Captures the request if it has no body (only those can be replayed).
+    fn capture<B: HttpBody>(req: &Request<B>) -> Option<Replay> {
+        req.body().is_end_stream().then(|| Replay {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+        })
+    }
+
+    fn request(self) -> Request<Body> {
+        let mut req = Request::new(body::empty());
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.headers_mut() = self.headers;
+        req
     }
 }
 

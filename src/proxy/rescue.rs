@@ -11,6 +11,7 @@ use super::body::{self, Body};
 use crate::auth::caller::CallerError;
 use crate::auth::drop_in::TokenError;
 use crate::auth::lwa::LwaError;
+use crate::auth::rdt::RdtError;
 use crate::proxy::upstream::UpstreamError;
 use crate::spapi::ErrorBody;
 use crate::store::StoreError;
@@ -54,6 +55,12 @@ pub enum ProxyError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The caller's role may receive nothing this restricted operation returns.
+    #[error("the role may not receive this operation's restricted data")]
+    RoleMayNotReceive,
+    /// No Restricted Data Token could be had: the request fails closed.
+    #[error(transparent)]
+    Restricted(#[from] RdtError),
     /// The drop-in token endpoint refused a request (answered in LWA's error shape).
     #[error(transparent)]
     Token(#[from] TokenError),
@@ -102,6 +109,12 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
             UpstreamError::Transport(_) => (StatusCode::BAD_GATEWAY, "ServiceUnavailable", "The request to SP-API failed.", Fault::Upstream),
         },
         E::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The gateway's store failed.", Fault::Internal),
+        E::RoleMayNotReceive => (StatusCode::FORBIDDEN, "Unauthorized", "This tool's role may not receive the restricted data this operation returns.", Fault::Caller),
+        E::Restricted(r) => match r {
+            RdtError::Refused(_) => (StatusCode::FORBIDDEN, "Unauthorized", "Amazon refused a Restricted Data Token for this operation; the application may lack the restricted role.", Fault::Upstream),
+            RdtError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "Restricted data is temporarily unavailable; retry later.", Fault::Upstream),
+            RdtError::Protocol(_) => (StatusCode::BAD_GATEWAY, "InternalFailure", "Amazon answered the Restricted Data Token request unexpectedly.", Fault::Upstream),
+        },
         E::Token(t) => return token_error(t),
     };
     match fault {

@@ -2305,3 +2305,32 @@ async fn an_example_with_an_empty_path_parameter_is_reachable_through_its_exact_
         Some(&1)
     );
 }
+
+#[tokio::test]
+async fn orders_that_take_data_elements_answer_a_plain_token_without_buyer_pii_even_when_rdts_are_required(
+) {
+    let mut config = config();
+    config.require_rdt = true;
+    let sandbox = sandbox_with(config);
+    let token = access_token(&sandbox).await;
+    let orders = order_ids(&sandbox, SELLER);
+    let order = get(
+        &sandbox,
+        &token,
+        &format!("/orders/v0/orders/{}", orders[8]),
+    )
+    .await;
+    assert_eq!(order.status, StatusCode::OK);
+    let text = order.json().to_string();
+    assert!(
+        !text.contains("ShippingAddress") && !text.contains("BuyerEmail"),
+        "{text}"
+    );
+    let address = get(
+        &sandbox,
+        &token,
+        &format!("/orders/v0/orders/{}/address", orders[8]),
+    )
+    .await;
+    assert_eq!(address.status, StatusCode::FORBIDDEN);
+}

@@ -47,6 +47,20 @@ pub struct Options {
     pub gateway_previous_lwa_secret: Option<String>,
     /// Client secrets the sandbox's LWA accepts.
     pub sandbox_lwa_secrets: Vec<String>,
+    /// The tool key's role.
+    pub role: String,
+    /// `[roles...]` tables appended to the config (the default role `orders` receives everything).
+    pub roles_toml: String,
+}
+
+/// A role that receives every PII category in clear.
+pub fn all_pass_role(name: &str) -> String {
+    let cats = spgate::pii::Category::ALL
+        .iter()
+        .map(|c| format!("{c} = \"pass\""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    format!("[roles.{name}.pii]\n{cats}\n")
 }
 
 impl Default for Options {
@@ -63,6 +77,8 @@ impl Default for Options {
             gateway_lwa_secret: CLIENT_SECRET.into(),
             gateway_previous_lwa_secret: None,
             sandbox_lwa_secrets: vec![CLIENT_SECRET.into()],
+            role: "orders".into(),
+            roles_toml: all_pass_role("orders"),
         }
     }
 }
@@ -133,7 +149,9 @@ type = "embedded"
 data_dir = {data_dir:?}
 [keys]
 master_key = {{ env = "MASTER" }}
+{roles}
 "#,
+        roles = opts.roles_toml,
         server = opts.server_toml,
         upstream = opts.upstream_toml,
         lwa = opts.lwa_toml,
@@ -174,7 +192,7 @@ master_key = {{ env = "MASTER" }}
     let key = caller::create_client(
         &*store,
         "test-tool",
-        "orders",
+        &opts.role,
         opts.key_sellers.clone(),
         1_700_000_000,
     )

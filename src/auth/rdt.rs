@@ -1,0 +1,507 @@
+//! Restricted Data Tokens, obtained by the gateway so callers never need to know they exist, and
+//! asking Amazon only for the restricted data the caller's role may receive.
+//!
+//! For a restricted operation the gateway decides, from the role, whether it needs an RDT at
+//! all ([`need`]): Orders v0 getOrders/getOrder/getOrderItems accept `dataElements`, so a role
+//! that may receive none of them is served with the plain access token (Amazon then returns no
+//! buyer PII); every other restricted operation needs an RDT, or is refused if the role may
+//! receive nothing it returns. RDTs are cached per (seller, method, path, elements) until
+//! `expiresIn` - 60 s, single-flight. getReportDocument needs the specific path; other operations
+//! use the generic template. Failing to get an RDT fails closed: restricted data is never
+//! fetched with a plain token. Orders 2026-01-01 needs no RDT; [`reduce_included_data`] drops
+//! the `includedData` sets the role may not receive.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, StatusCode, Uri};
+use http_body_util::BodyExt;
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use super::slots::Slots;
+use crate::catalog::Operation;
+use crate::pii::{Category, Role};
+use crate::proxy::body;
+use crate::proxy::upstream::{error_chain, HttpClient};
+use crate::secret::Secret;
+
+/// The createRestrictedDataToken path.
+pub const RDT_PATH: &str = "/tokens/2021-03-01/restrictedDataToken";
+/// An RDT is used until this long before it expires.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
+
+/// What a restricted call needs for this role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Need {
+    /// The plain access token: the role may receive none of the optional restricted data.
+    Plain,
+    /// An RDT, with these `dataElements` (empty for operations that take none).
+    Rdt(Vec<&'static str>),
+    /// The role may receive nothing this operation returns.
+    Refused,
+}
+
+/// Why no RDT could be had. Never carries a token.
+#[derive(Debug, thiserror::Error)]
+pub enum RdtError {
+    /// Amazon refused (e.g. the application lacks the restricted role).
+    #[error("Amazon refused a Restricted Data Token ({0})")]
+    Refused(StatusCode),
+    /// Amazon did not answer, answered 5xx or 429, or timed out.
+    #[error("createRestrictedDataToken is unavailable: {0}")]
+    Unavailable(String),
+    /// Amazon answered something we do not understand.
+    #[error("createRestrictedDataToken answered unexpectedly: {0}")]
+    Protocol(String),
+}
+
+/// The buyer-PII categories an operation's responses may carry (the field map's summary).
+pub fn categories(op: &Operation) -> &'static [Category] {
+    use Category::*;
+    const ADDRESS: &[Category] = &[
+        Name,
+        Address,
+        PostalCode,
+        CoarseLocation,
+        Phone,
+        Company,
+        DeliveryInstructions,
+    ];
+    const BUYER: &[Category] = &[Name, Email, Company, TaxId, CoarseLocation];
+    const ITEMS: &[Category] = &[GiftMessage, CustomizationUrl];
+    const ORDER: &[Category] = &[
+        Name,
+        Email,
+        Phone,
+        Address,
+        PostalCode,
+        CoarseLocation,
+        Company,
+        TaxId,
+    ];
+    const SHIPMENT: &[Category] = &[
+        Name,
+        Email,
+        Phone,
+        Address,
+        PostalCode,
+        CoarseLocation,
+        Document,
+    ];
+    const INVOICE: &[Category] = &[
+        Name,
+        Address,
+        PostalCode,
+        CoarseLocation,
+        Phone,
+        TaxId,
+        Company,
+    ];
+    const VENDOR_ORDER: &[Category] = &[
+        Name,
+        Address,
+        PostalCode,
+        CoarseLocation,
+        Phone,
+        TaxId,
+        Company,
+        GiftMessage,
+        CustomizationUrl,
+    ];
+    const DOCUMENT: &[Category] = &[Document];
+    match (op.model, op.operation_id) {
+        ("ordersV0", "getOrders" | "getOrder") => ORDER,
+        ("ordersV0", "getOrderItems" | "getOrderItemsBuyerInfo") => ITEMS,
+        ("ordersV0", "getOrderAddress") => ADDRESS,
+        ("ordersV0", "getOrderBuyerInfo") => BUYER,
+        ("ordersV0", "getOrderRegulatedInfo") => &[RegulatedInfo],
+        ("merchantFulfillmentV0", _) => SHIPMENT,
+        ("shipmentInvoicingV0", _) => INVOICE,
+        ("easyShip_2022-03-23", _) => DOCUMENT,
+        ("vendorDirectFulfillmentOrdersV1" | "vendorDirectFulfillmentOrders_2021-12-28", _) => {
+            VENDOR_ORDER
+        }
+        (m, _) if m.starts_with("vendorDirectFulfillmentShipping") => DOCUMENT,
+        // A report document may hold any buyer column, depending on the report type.
+        ("reports_2021-06-30", "getReportDocument") => &Category::ALL,
+        _ => &Category::ALL,
+    }
+}
+
+/// What a call to the restricted operation `op` needs for `role`.
+pub fn need(op: &Operation, role: &Role) -> Need {
+    use Category::*;
+    match (op.model, op.operation_id) {
+        ("ordersV0", "getOrders" | "getOrder") => {
+            let mut elements = Vec::new();
+            if role.receives_any(&[Name, Email, Company, TaxId]) {
+                elements.push("buyerInfo");
+            }
+            if role.receives_any(&[Name, Address, PostalCode, CoarseLocation, Phone]) {
+                elements.push("shippingAddress");
+            }
+            if role.receives_any(&[TaxId, Company]) {
+                elements.push("buyerTaxInformation");
+            }
+            if elements.is_empty() {
+                Need::Plain
+            } else {
+                Need::Rdt(elements)
+            }
+        }
+        ("ordersV0", "getOrderItems") => {
+            if role.receives_any(&[GiftMessage, CustomizationUrl]) {
+                Need::Rdt(vec!["buyerInfo"])
+            } else {
+                Need::Plain
+            }
+        }
+        _ if role.receives_any(categories(op)) => Need::Rdt(Vec::new()),
+        _ => Need::Refused,
+    }
+}
+
+/// Which `includedData` sets of Orders 2026-01-01 carry which categories.
+const INCLUDED_DATA: [(&str, &[Category]); 3] = [
+    (
+        "BUYER",
+        &[Category::Name, Category::Email, Category::Company],
+    ),
+    (
+        "RECIPIENT",
+        &[
+            Category::Name,
+            Category::Address,
+            Category::PostalCode,
+            Category::CoarseLocation,
+            Category::Phone,
+            Category::DeliveryInstructions,
+        ],
+    ),
+    ("TAX", &[Category::TaxId]),
+];
+
+/// For Orders 2026-01-01, removes the `includedData` values whose data the role may not receive.
+/// Returns the new path-and-query when something was removed.
+pub fn reduce_included_data(op: &Operation, role: &Role, path_and_query: &str) -> Option<String> {
+    if op.model != "orders_2026-01-01" {
+        return None;
+    }
+    let (path, query) = path_and_query.split_once('?')?;
+    let mut removed = false;
+    let mut out = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        if k != "includedData" {
+            out.append_pair(&k, &v);
+            continue;
+        }
+        let kept: Vec<&str> = v
+            .split(',')
+            .map(str::trim)
+            .filter(|set| {
+                let allowed = INCLUDED_DATA
+                    .iter()
+                    .find(|(name, _)| set.eq_ignore_ascii_case(name))
+                    .is_none_or(|(_, cats)| role.receives_any(cats));
+                removed |= !allowed;
+                allowed
+            })
+            .collect();
+        if !kept.is_empty() {
+            out.append_pair("includedData", &kept.join(","));
+        }
+    }
+    removed.then(|| {
+        let q = out.finish();
+        if q.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}?{q}")
+        }
+    })
+}
+
+/// Identifies one cached RDT.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RdtKey {
+    /// The seller.
+    pub seller: String,
+    /// HTTP method of the restricted call.
+    pub method: Method,
+    /// The resource path: the template, or the specific path where Amazon requires it.
+    pub path: String,
+    /// The data elements asked for.
+    pub elements: Vec<&'static str>,
+}
+
+impl RdtKey {
+    /// The key for a call to `op` at `request_path`.
+    pub fn new(
+        seller: &str,
+        op: &Operation,
+        request_path: &str,
+        elements: Vec<&'static str>,
+    ) -> RdtKey {
+        // getReportDocument's RDT must name the document; the others accept the template.
+        let path = if op.operation_id == "getReportDocument" {
+            request_path.to_string()
+        } else {
+            op.path.to_string()
+        };
+        RdtKey {
+            seller: seller.to_string(),
+            method: op.method.clone(),
+            path,
+            elements,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RdtResponse {
+    #[serde(rename = "restrictedDataToken")]
+    restricted_data_token: String,
+    #[serde(rename = "expiresIn")]
+    expires_in: u64,
+}
+
+/// Gets and caches RDTs.
+pub struct Rdts {
+    client: HttpClient,
+    timeout: Duration,
+    tokens: Slots<RdtKey, Secret<String>>,
+    calls: AtomicU64,
+}
+
+impl Rdts {
+    /// An RDT client using the shared HTTP client.
+    pub fn new(client: HttpClient, timeout: Duration) -> Rdts {
+        Rdts {
+            client,
+            timeout,
+            tokens: Slots::new(),
+            calls: AtomicU64::new(0),
+        }
+    }
+
+    /// How many createRestrictedDataToken calls were made.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// The RDT for `key`, from the cache or from `endpoint` using the seller's access token.
+    pub async fn token(
+        &self,
+        key: &RdtKey,
+        endpoint: &Uri,
+        access_token: &Secret<String>,
+    ) -> Result<Secret<String>, RdtError> {
+        self.tokens
+            .get_or_fetch(key, || self.fetch(key, endpoint, access_token))
+            .await
+    }
+
+    /// Forgets an RDT that Amazon rejected.
+    pub async fn invalidate(&self, key: &RdtKey, token: &Secret<String>) {
+        self.tokens.invalidate_if(key, |t| t == token).await;
+    }
+
+    async fn fetch(
+        &self,
+        key: &RdtKey,
+        endpoint: &Uri,
+        access_token: &Secret<String>,
+    ) -> Result<(Secret<String>, Instant), RdtError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let mut resource = serde_json::json!({ "method": key.method.as_str(), "path": key.path });
+        if !key.elements.is_empty() {
+            resource["dataElements"] = serde_json::json!(key.elements);
+        }
+        let body = serde_json::json!({ "restrictedResources": [resource] }).to_string();
+        let uri = Uri::builder()
+            .scheme(endpoint.scheme_str().unwrap_or("https"))
+            .authority(endpoint.authority().map(|a| a.as_str()).unwrap_or_default())
+            .path_and_query(RDT_PATH)
+            .build()
+            .map_err(|e| RdtError::Protocol(e.to_string()))?;
+        let mut token_header = http::HeaderValue::from_str(access_token.expose())
+            .map_err(|_| RdtError::Protocol("access token is not a header value".into()))?;
+        token_header.set_sensitive(true);
+        let req = Request::post(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(crate::spapi::ACCESS_TOKEN, token_header)
+            .body(body::full(Bytes::from(body)))
+            .map_err(|e| RdtError::Protocol(e.to_string()))?;
+        let started = Instant::now();
+        let exchange = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| RdtError::Unavailable(error_chain(&e)))?;
+            let status = resp.status();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| RdtError::Unavailable(error_chain(&e)))?
+                .to_bytes();
+            Ok::<_, RdtError>((status, bytes))
+        };
+        let (status, bytes) = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| RdtError::Unavailable(format!("no answer within {:?}", self.timeout)))??;
+        match status {
+            s if s.is_success() => {
+                let r: RdtResponse = serde_json::from_slice(&bytes)
+                    .map_err(|e| RdtError::Protocol(format!("response: {e}")))?;
+                let lifetime = Duration::from_secs(r.expires_in);
+                let margin = EXPIRY_MARGIN.min(lifetime / 2);
+                Ok((
+                    Secret::new(r.restricted_data_token),
+                    started + lifetime - margin,
+                ))
+            }
+            s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
+                Err(RdtError::Unavailable(format!("answered {s}")))
+            }
+            s => Err(RdtError::Refused(s)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Catalog;
+    use crate::pii::Action;
+
+    fn role(cats: &[Category]) -> Role {
+        Role::new(cats.iter().map(|c| (*c, Action::Pass)))
+    }
+
+    fn op(key: &str) -> &'static Operation {
+        Catalog::builtin().by_key(key).expect(key)
+    }
+
+    #[test]
+    fn rdts_ask_only_for_the_data_elements_the_role_may_receive() {
+        use Category::*;
+        let cases: &[(&str, &[Category], Need)] = &[
+            ("ordersV0.getOrder", &[], Need::Plain),
+            (
+                "ordersV0.getOrder",
+                &[Address],
+                Need::Rdt(vec!["shippingAddress"]),
+            ),
+            ("ordersV0.getOrders", &[Email], Need::Rdt(vec!["buyerInfo"])),
+            (
+                "ordersV0.getOrders",
+                &[TaxId],
+                Need::Rdt(vec!["buyerInfo", "buyerTaxInformation"]),
+            ),
+            (
+                "ordersV0.getOrder",
+                &[Name],
+                Need::Rdt(vec!["buyerInfo", "shippingAddress"]),
+            ),
+            ("ordersV0.getOrderItems", &[Address], Need::Plain),
+            (
+                "ordersV0.getOrderItems",
+                &[GiftMessage],
+                Need::Rdt(vec!["buyerInfo"]),
+            ),
+            ("ordersV0.getOrderAddress", &[Address], Need::Rdt(vec![])),
+            ("ordersV0.getOrderAddress", &[Email], Need::Refused),
+            (
+                "ordersV0.getOrderRegulatedInfo",
+                &[Name, Address],
+                Need::Refused,
+            ),
+            (
+                "ordersV0.getOrderRegulatedInfo",
+                &[RegulatedInfo],
+                Need::Rdt(vec![]),
+            ),
+            (
+                "reports_2021-06-30.getReportDocument",
+                &[Email],
+                Need::Rdt(vec![]),
+            ),
+            ("reports_2021-06-30.getReportDocument", &[], Need::Refused),
+            (
+                "vendorDirectFulfillmentShippingV1.getShippingLabel",
+                &[Address],
+                Need::Refused,
+            ),
+            (
+                "vendorDirectFulfillmentShippingV1.getShippingLabel",
+                &[Document],
+                Need::Rdt(vec![]),
+            ),
+        ];
+        for (key, cats, expect) in cases {
+            assert_eq!(&need(op(key), &role(cats)), expect, "{key} {cats:?}");
+        }
+    }
+
+    #[test]
+    fn report_documents_are_keyed_by_their_specific_path_and_others_by_template() {
+        let report = RdtKey::new(
+            "A1",
+            op("reports_2021-06-30.getReportDocument"),
+            "/reports/2021-06-30/documents/DOC-1",
+            vec![],
+        );
+        assert_eq!(report.path, "/reports/2021-06-30/documents/DOC-1");
+        let address = RdtKey::new(
+            "A1",
+            op("ordersV0.getOrderAddress"),
+            "/orders/v0/orders/1-2-3/address",
+            vec![],
+        );
+        assert_eq!(address.path, "/orders/v0/orders/{orderId}/address");
+    }
+
+    #[test]
+    fn included_data_keeps_only_what_the_role_may_receive() {
+        use Category::*;
+        let search = op("orders_2026-01-01.searchOrders");
+        let cases: &[(&[Category], &str, Option<&str>)] = &[
+            (
+                &[Address],
+                "/orders/2026-01-01/orders?includedData=BUYER,RECIPIENT,PROCEEDS&x=1",
+                Some("/orders/2026-01-01/orders?includedData=RECIPIENT%2CPROCEEDS&x=1"),
+            ),
+            (
+                &[],
+                "/orders/2026-01-01/orders?includedData=BUYER&includedData=TAX",
+                Some("/orders/2026-01-01/orders"),
+            ),
+            (
+                &[Email, TaxId],
+                "/orders/2026-01-01/orders?includedData=BUYER,TAX",
+                None,
+            ),
+            (&[], "/orders/2026-01-01/orders?includedData=PROCEEDS", None),
+            (&[], "/orders/2026-01-01/orders", None),
+        ];
+        for (cats, pq, expect) in cases {
+            assert_eq!(
+                reduce_included_data(search, &role(cats), pq).as_deref(),
+                *expect,
+                "{cats:?} {pq}"
+            );
+        }
+        assert_eq!(
+            reduce_included_data(
+                op("ordersV0.getOrders"),
+                &role(&[]),
+                "/orders/v0/orders?includedData=BUYER"
+            ),
+            None
+        );
+    }
+}

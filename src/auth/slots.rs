@@ -1,0 +1,133 @@
+//! A single-flight cache: one async mutex per key, so however many tasks find a key's value
+//! missing or stale at once, one of them fetches it and the others wait for its result.
+//!
+//! Used for LWA access tokens (per seller or grantless scope) and Restricted Data Tokens (per
+//! seller, resource and data elements).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+
+use tokio::time::Instant;
+
+type Slot<V> = Arc<tokio::sync::Mutex<Option<(V, Instant)>>>;
+
+/// Values that are fresh until their own deadline, fetched single-flight per key.
+pub struct Slots<K, V> {
+    map: Mutex<HashMap<K, Slot<V>>>,
+}
+
+impl<K: Eq + Hash + Clone, V: Clone> Slots<K, V> {
+    /// An empty cache.
+    pub fn new() -> Slots<K, V> {
+        Slots {
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The key's value if it is fresh; otherwise `fetch`es one (which returns the value and the
+    /// instant it stops being fresh) while other callers for the same key wait.
+    pub async fn get_or_fetch<E, F, Fut>(&self, key: &K, fetch: F) -> Result<V, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(V, Instant), E>>,
+    {
+        let slot = self.slot(key);
+        let mut cached = slot.lock().await;
+        if let Some((value, fresh_until)) = cached.as_ref() {
+            if Instant::now() < *fresh_until {
+                return Ok(value.clone());
+            }
+        }
+        let (value, fresh_until) = fetch().await?;
+        *cached = Some((value.clone(), fresh_until));
+        Ok(value)
+    }
+
+    /// Forgets the key's value if `stale` says so (e.g. it is the token Amazon just rejected).
+    pub async fn invalidate_if(&self, key: &K, stale: impl FnOnce(&V) -> bool) {
+        let slot = self.slot(key);
+        let mut cached = slot.lock().await;
+        if cached.as_ref().is_some_and(|(v, _)| stale(v)) {
+            *cached = None;
+        }
+    }
+
+    /// Number of keys ever seen (for metrics).
+    pub fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether no key was ever seen.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn slot(&self, key: &K) -> Slot<V> {
+        // A poisoned map only means another thread panicked mid-insert; the map is still valid.
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(key.clone()).or_default().clone()
+    }
+}
+
+impl<K: Eq + Hash + Clone, V: Clone> Default for Slots<K, V> {
+    fn default() -> Self {
+        Slots::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_misses_fetch_once_and_stale_values_are_refetched() {
+        let slots: Arc<Slots<&str, u32>> = Arc::new(Slots::new());
+        let fetches = Arc::new(AtomicU32::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..100 {
+            let (slots, fetches) = (slots.clone(), fetches.clone());
+            tasks.push(tokio::spawn(async move {
+                slots
+                    .get_or_fetch(&"k", || async {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        let n = fetches.fetch_add(1, Ordering::SeqCst) + 1;
+                        Ok::<_, ()>((n, Instant::now() + Duration::from_secs(60)))
+                    })
+                    .await
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), Ok(1));
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let v = slots
+            .get_or_fetch(&"k", || async {
+                Ok::<_, ()>((2, Instant::now() + Duration::from_secs(60)))
+            })
+            .await;
+        assert_eq!(v, Ok(2));
+        slots.invalidate_if(&"k", |v| *v == 1).await;
+        let v = slots
+            .get_or_fetch(&"k", || async { Ok::<_, ()>((3, Instant::now())) })
+            .await;
+        assert_eq!(v, Ok(2), "invalidation only removes the value it names");
+        slots.invalidate_if(&"k", |v| *v == 2).await;
+        let v = slots
+            .get_or_fetch(&"k", || async { Ok::<_, ()>((4, Instant::now())) })
+            .await;
+        assert_eq!(v, Ok(4));
+        let failed = slots
+            .get_or_fetch(&"k", || async { Err::<(u32, Instant), _>("down") })
+            .await;
+        assert_eq!(
+            failed,
+            Err("down"),
+            "a failed fetch is returned, not cached"
+        );
+    }
+}

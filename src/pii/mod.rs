@@ -1,0 +1,227 @@
+//! Buyer-PII categories, the actions a role may get for each, and roles.
+//!
+//! A role decides, category by category, what a seller tool receives: `pass` (in clear), `mask`,
+//! `pseudonymize`, `encrypt`, or `drop` (the default for anything not granted, and for unknown
+//! roles). Upstream of the response policy, the same grants decide which restricted data the
+//! gateway asks Amazon for at all: Restricted Data Token `dataElements` and Orders 2026-01-01
+//! `includedData` only name what the role may receive in some form.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+/// A kind of buyer PII (from the field map of Amazon's models).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Category {
+    /// Buyer or recipient name.
+    Name,
+    /// E-mail address.
+    Email,
+    /// Phone number.
+    Phone,
+    /// Street address lines.
+    Address,
+    /// Postal code.
+    PostalCode,
+    /// City, county, region, country.
+    CoarseLocation,
+    /// Company name.
+    Company,
+    /// Tax ids and tax addresses.
+    TaxId,
+    /// Gift message text.
+    GiftMessage,
+    /// Customization URL.
+    CustomizationUrl,
+    /// Delivery instructions, drop-off location.
+    DeliveryInstructions,
+    /// Regulated information (e.g. prescriptions).
+    RegulatedInfo,
+    /// Shipping labels, packing slips, invoices (documents showing the buyer's address).
+    Document,
+}
+
+/// What a role gets for a category.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// In clear.
+    Pass,
+    /// Shape-preserving mask (e.g. a postal code keeps its first two characters).
+    Mask,
+    /// Keyed HMAC, stable per seller.
+    Pseudonymize,
+    /// AES-256-GCM field envelope, revealable through the gateway.
+    Encrypt,
+    /// Removed.
+    Drop,
+}
+
+/// A role: an action per category; anything not listed is dropped.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Role {
+    actions: BTreeMap<Category, Action>,
+}
+
+/// Every configured role by name. Unknown roles get nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Roles {
+    roles: BTreeMap<String, Role>,
+}
+
+// === impl Category ===
+
+impl Category {
+    /// Every category.
+    pub const ALL: [Category; 13] = [
+        Category::Name,
+        Category::Email,
+        Category::Phone,
+        Category::Address,
+        Category::PostalCode,
+        Category::CoarseLocation,
+        Category::Company,
+        Category::TaxId,
+        Category::GiftMessage,
+        Category::CustomizationUrl,
+        Category::DeliveryInstructions,
+        Category::RegulatedInfo,
+        Category::Document,
+    ];
+
+    /// The name used in config and audit records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Name => "name",
+            Category::Email => "email",
+            Category::Phone => "phone",
+            Category::Address => "address",
+            Category::PostalCode => "postal_code",
+            Category::CoarseLocation => "coarse_location",
+            Category::Company => "company",
+            Category::TaxId => "tax_id",
+            Category::GiftMessage => "gift_message",
+            Category::CustomizationUrl => "customization_url",
+            Category::DeliveryInstructions => "delivery_instructions",
+            Category::RegulatedInfo => "regulated_info",
+            Category::Document => "document",
+        }
+    }
+}
+
+impl fmt::Display for Category {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Category {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Category::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Category::ALL.iter().map(|c| c.as_str()).collect();
+                format!(
+                    "unknown PII category {s:?} (expected one of {})",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
+// === impl Action ===
+
+impl FromStr for Action {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pass" => Ok(Action::Pass),
+            "mask" => Ok(Action::Mask),
+            "pseudonymize" => Ok(Action::Pseudonymize),
+            "encrypt" => Ok(Action::Encrypt),
+            "drop" => Ok(Action::Drop),
+            other => Err(format!(
+                "unknown action {other:?} (expected pass, mask, pseudonymize, encrypt or drop)"
+            )),
+        }
+    }
+}
+
+// === impl Role ===
+
+impl Role {
+    /// A role with these grants.
+    pub fn new(actions: impl IntoIterator<Item = (Category, Action)>) -> Role {
+        Role {
+            actions: actions.into_iter().collect(),
+        }
+    }
+
+    /// The action for a category (drop unless granted).
+    pub fn action(&self, category: Category) -> Action {
+        self.actions.get(&category).copied().unwrap_or(Action::Drop)
+    }
+
+    /// Whether the role receives the category in any form.
+    pub fn receives(&self, category: Category) -> bool {
+        self.action(category) != Action::Drop
+    }
+
+    /// Whether the role receives any of the categories in any form.
+    pub fn receives_any(&self, categories: &[Category]) -> bool {
+        categories.iter().any(|c| self.receives(*c))
+    }
+}
+
+// === impl Roles ===
+
+impl Roles {
+    /// Roles by name.
+    pub fn new(roles: BTreeMap<String, Role>) -> Roles {
+        Roles { roles }
+    }
+
+    /// The named role; an unknown role gets nothing (every category dropped).
+    pub fn get(&self, name: &str) -> Role {
+        self.roles.get(name).cloned().unwrap_or_default()
+    }
+
+    /// Whether a role of this name is configured.
+    pub fn contains(&self, name: &str) -> bool {
+        self.roles.contains_key(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_roles_and_ungranted_categories_get_nothing() {
+        let roles = Roles::new(BTreeMap::from([(
+            "labels".to_string(),
+            Role::new([
+                (Category::Address, Action::Pass),
+                (Category::Phone, Action::Drop),
+            ]),
+        )]));
+        let labels = roles.get("labels");
+        assert!(labels.receives(Category::Address));
+        assert!(!labels.receives(Category::Phone));
+        assert!(!labels.receives(Category::Email));
+        assert!(Category::ALL
+            .iter()
+            .all(|c| !roles.get("nobody").receives(*c)));
+    }
+
+    #[test]
+    fn categories_and_actions_parse_from_their_config_names() {
+        for c in Category::ALL {
+            assert_eq!(c.as_str().parse::<Category>(), Ok(c));
+        }
+        assert!("postcode".parse::<Category>().is_err());
+        assert_eq!("encrypt".parse::<Action>(), Ok(Action::Encrypt));
+        assert!("hide".parse::<Action>().is_err());
+    }
+}

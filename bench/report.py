@@ -1,0 +1,225 @@
+#!/usr/bin/env python3
+"""Turns oha's JSON output into bench/run.sh's table, ratios and results JSON.
+
+  report.py brief FILE.json                         one line about one oha run
+  report.py full RAW_DIR OUT.json STATS.json RATES  the whole report; metadata from BENCH_META_* env
+
+Exit status of `full`: 0 all valid and all targets met, 2 a measurement is invalid (a status
+other than 200, or a transport error), 3 valid but a target was missed.
+"""
+import json
+import os
+import sys
+import time
+
+PATHS = ["direct", "nginx", "spgate"]
+PCTS = [("p50", "p50"), ("p99", "p99"), ("p99.9", "p99.9")]
+TARGETS = {"p50": 0.3, "p99": 1.0}  # added ms, from the issue
+RATE_TOLERANCE = 0.95  # a fixed-rate point must reach 95% of its rate
+OTHER_CPU_LIMIT = 10.0  # % of the machine used by other processes during a point before warning
+
+
+def load(path):
+    with open(path) as f:
+        d = json.load(f)
+    summary = d.get("summary", {})
+    lat = d.get("latencyPercentiles", {})
+    codes = {str(k): int(v) for k, v in (d.get("statusCodeDistribution") or {}).items()}
+    errors = {str(k): int(v) for k, v in (d.get("errorDistribution") or {}).items()}
+    ms = lambda v: None if v is None else float(v) * 1000.0
+    cpu = {}
+    cpu_path = path[: -len(".json")] + ".cpu.json"
+    if os.path.exists(cpu_path):
+        with open(cpu_path) as f:
+            cpu = json.load(f)
+    n = sum(codes.values())
+    per_req = lambda v: None if v is None or not n else float(v) * 1e6 / n
+    other = None
+    if cpu.get("machine_busy_cpu_s") is not None and cpu.get("seconds") and cpu.get("cpus"):
+        used = sum(float(cpu.get(k) or 0) for k in ("proxy_cpu_s", "upstream_cpu_s", "oha_cpu_s"))
+        other = max(0.0, 100.0 * (float(cpu["machine_busy_cpu_s"]) - used) / (float(cpu["seconds"]) * float(cpu["cpus"])))
+    return {
+        "cpu": cpu,
+        "other_cpu_pct": other,
+        "proxy_cpu_us_per_req": per_req(cpu.get("proxy_cpu_s")),
+        "upstream_cpu_us_per_req": per_req(cpu.get("upstream_cpu_s")),
+        "requests": sum(codes.values()),
+        "rps": float(summary.get("requestsPerSec") or 0.0),
+        "success_rate": summary.get("successRate"),
+        "p50_ms": ms(lat.get("p50")),
+        "p99_ms": ms(lat.get("p99")),
+        "p99.9_ms": ms(lat.get("p99.9")),
+        "max_ms": ms(summary.get("slowest")),
+        "status_codes": codes,
+        "errors": errors,
+        "valid": set(codes) <= {"200"} and not errors and sum(codes.values()) > 0,
+    }
+
+
+def fmt(v, digits=3):
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def brief(path):
+    r = load(path)
+    name = os.path.basename(path)[: -len(".json")]
+    codes = " ".join(f"{k}x{v}" for k, v in sorted(r["status_codes"].items())) or "none"
+    errs = "; ".join(f"{k} x{v}" for k, v in r["errors"].items()) or "none"
+    print(
+        f"    {name:<16} {r['requests']:>8} req  {r['rps']:>9.0f} req/s  "
+        f"p50 {fmt(r['p50_ms'])} ms  p99 {fmt(r['p99_ms'])} ms  p99.9 {fmt(r['p99.9_ms'])} ms  "
+        f"cpu/req proxy {fmt(r['proxy_cpu_us_per_req'], 1)} us upstream {fmt(r['upstream_cpu_us_per_req'], 1)} us  "
+        f"other {fmt(r['other_cpu_pct'], 0)}%  "
+        f"status {codes}  errors {errs}" + ("" if r["valid"] else "  <-- INVALID")
+    )
+
+
+def full(raw_dir, out, stats_path, rates):
+    rates = [int(x) for x in rates.split()]
+    points = {}
+    for p in PATHS:
+        points[p] = {}
+        for s in [f"rate{r}" for r in rates] + ["max"]:
+            f = os.path.join(raw_dir, f"{p}-{s}.json")
+            if os.path.exists(f):
+                points[p][s] = load(f)
+    try:
+        with open(stats_path) as f:
+            stats = json.load(f)
+    except (OSError, ValueError):
+        stats = None
+
+    problems, warnings, missed = [], [], []
+    for p in PATHS:
+        for s, r in points[p].items():
+            if not r["valid"]:
+                problems.append(f"{p}/{s}: status codes {r['status_codes']}, errors {r['errors']}")
+            if r["other_cpu_pct"] is not None and r["other_cpu_pct"] > OTHER_CPU_LIMIT:
+                warnings.append(f"{p}/{s}: {r['other_cpu_pct']:.0f}% of the machine's CPU went to other processes "
+                                "during this point (a build or test?): noisy, rerun on a quiet machine")
+            if s.startswith("rate") and r["rps"] < RATE_TOLERANCE * int(s[4:]):
+                warnings.append(f"{p}/{s}: reached only {r['rps']:.0f} req/s (latencies include queueing)")
+
+    # Added latency: a path's percentile minus the direct path's percentile at the same rate.
+    added, ratios = {}, {}
+    for r in rates:
+        s = f"rate{r}"
+        d = points["direct"].get(s)
+        added[s], ratios[s] = {}, {}
+        for p in ("nginx", "spgate"):
+            x = points[p].get(s)
+            added[s][p] = {
+                f"{k}_ms": (None if not (x and d) or x[f"{k}_ms"] is None or d[f"{k}_ms"] is None
+                            else x[f"{k}_ms"] - d[f"{k}_ms"])
+                for k, _ in PCTS
+            }
+        for k, _ in PCTS:
+            a, b = added[s]["spgate"][f"{k}_ms"], added[s]["nginx"][f"{k}_ms"]
+            ratios[s][f"added_{k}_spgate_over_nginx"] = (a / b) if (a is not None and b and b > 0) else None
+    mx = {p: (points[p].get("max") or {}).get("rps") for p in PATHS}
+    throughput_ratio = (mx["spgate"] / mx["nginx"]) if mx["spgate"] and mx["nginx"] else None
+
+    targets = []
+    for r in rates:
+        s = f"rate{r}"
+        for k, limit in TARGETS.items():
+            v = added[s]["spgate"][f"{k}_ms"]
+            ok = v is not None and v <= limit
+            targets.append({"what": f"spgate added {k} at {r} req/s", "value_ms": v, "limit_ms": limit, "met": ok})
+    targets.append({"what": "spgate max throughput >= nginx max throughput", "value": throughput_ratio,
+                    "limit": 1.0, "met": throughput_ratio is not None and throughput_ratio >= 1.0})
+    missed = [t for t in targets if not t["met"]]
+
+    # ---- table ----
+    w = sys.stdout.write
+    w("\n== Latency at fixed request rates (ms; oha, latency-corrected, keep-alive) ==\n")
+    w(f"{'rate':>6}  {'path':<7} {'req/s':>8}  {'p50':>7} {'p99':>7} {'p99.9':>7}  "
+      f"{'+p50':>7} {'+p99':>7} {'+p99.9':>7}  {'cpu/req':>7} {'other%':>6}  status\n")
+    for r in rates:
+        s = f"rate{r}"
+        for p in PATHS:
+            x = points[p].get(s)
+            if not x:
+                continue
+            a = added[s].get(p, {})
+            codes = ",".join(f"{k}:{v}" for k, v in sorted(x["status_codes"].items()))
+            if x["errors"]:
+                codes += f" errors:{sum(x['errors'].values())}"
+            w(f"{r:>6}  {p:<7} {x['rps']:>8.0f}  {fmt(x['p50_ms']):>7} {fmt(x['p99_ms']):>7} {fmt(x['p99.9_ms']):>7}  "
+              f"{fmt(a.get('p50_ms')):>7} {fmt(a.get('p99_ms')):>7} {fmt(a.get('p99.9_ms')):>7}  "
+              f"{fmt(x['proxy_cpu_us_per_req'], 1):>7} {fmt(x['other_cpu_pct'], 0):>6}  {codes}\n")
+    w("  (+pXX = added latency: the path's percentile minus the direct path's percentile;\n"
+      "   cpu/req = CPU time of the proxy process(es) per request, in microseconds;\n"
+      "   other% = share of the machine's CPU used by other processes during the point)\n")
+
+    w("\n== Maximum throughput ==\n")
+    w(f"{'path':<7} {'req/s':>9}  {'p50':>7} {'p99':>7}  {'cpu/req':>7} {'upstr/req':>9} {'other%':>6}  status\n")
+    for p in PATHS:
+        x = points[p].get("max")
+        if not x:
+            continue
+        codes = ",".join(f"{k}:{v}" for k, v in sorted(x["status_codes"].items()))
+        if x["errors"]:
+            codes += f" errors:{sum(x['errors'].values())}"
+        w(f"{p:<7} {x['rps']:>9.0f}  {fmt(x['p50_ms']):>7} {fmt(x['p99_ms']):>7}  "
+          f"{fmt(x['proxy_cpu_us_per_req'], 1):>7} {fmt(x['upstream_cpu_us_per_req'], 1):>9} {fmt(x['other_cpu_pct'], 0):>6}  {codes}\n")
+
+    w("\n== Ratios (spgate / nginx) ==\n")
+    for r in rates:
+        s = f"rate{r}"
+        parts = []
+        for k, _ in PCTS:
+            v = ratios[s][f"added_{k}_spgate_over_nginx"]
+            parts.append(f"added {k}: " + (f"{v:.2f}x" if v is not None else "n/a (nginx added <= 0)"))
+        w(f"  {r:>6} req/s  " + "   ".join(parts) + "\n")
+    w(f"  max throughput: " + (f"{throughput_ratio:.2f}x" if throughput_ratio is not None else "n/a") + "\n")
+
+    w("\n== Targets (issue) ==\n")
+    for t in targets:
+        if "value_ms" in t:
+            w(f"  [{'PASS' if t['met'] else 'MISS'}] {t['what']}: {fmt(t['value_ms'])} ms (limit {t['limit_ms']} ms)\n")
+        else:
+            w(f"  [{'PASS' if t['met'] else 'MISS'}] {t['what']}: ratio {fmt(t['value'], 2)}\n")
+    for m in warnings:
+        w(f"  warning: {m}\n")
+    if problems:
+        w("\n!! INVALID RUN: responses other than 200, or transport errors:\n")
+        for m in problems:
+            w(f"  {m}\n")
+    if stats is not None:
+        w(f"\nsandbox stats: {json.dumps(stats, separators=(',', ':'))[:400]}\n")
+
+    meta = {k[len("BENCH_META_"):].lower(): v for k, v in os.environ.items() if k.startswith("BENCH_META_")}
+    result = {
+        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "meta": meta,
+        "valid": not problems,
+        "problems": problems,
+        "warnings": warnings,
+        "points": points,
+        "added_latency": added,
+        "ratios": {**ratios, "max_throughput_spgate_over_nginx": throughput_ratio},
+        "max_throughput_rps": mx,
+        "targets": targets,
+        "targets_met": not missed,
+        "sandbox_stats": stats,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    if problems:
+        return 2
+    if missed:
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 2 and sys.argv[1] == "brief":
+        brief(sys.argv[2])
+        sys.exit(0)
+    if len(sys.argv) == 6 and sys.argv[1] == "full":
+        sys.exit(full(*sys.argv[2:6]))
+    sys.stderr.write(__doc__)
+    sys.exit(64)

@@ -214,6 +214,21 @@ pub struct RawLog {
     pub level: Option<String>,
 }
 
+/// `[onboarding]`: the website authorization workflow for sellers.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawOnboarding {
+    /// The SP-API application id (`amzn1.sp.solution...`), sent to Seller Central.
+    pub application_id: Option<String>,
+    /// Whether the application is still a draft (adds `version=beta` to the consent URL).
+    pub draft: Option<bool>,
+    /// The gateway's public base URL; invites and the redirect URI are built from it.
+    pub public_url: Option<String>,
+    /// How long an invite link works.
+    pub invite_ttl_hours: Option<u64>,
+    /// Seller Central base URL per region (where sellers give consent).
+    pub consent_urls: Option<RawEndpoints>,
+}
+
 /// `[roles.<name>]`: what a tool with this role receives of each buyer-PII category.
 #[derive(Debug, Default, Deserialize)]
 pub struct RawRole {
@@ -238,6 +253,8 @@ pub struct RawConfig {
     pub log: RawLog,
     /// `[roles.<name>]`.
     pub roles: BTreeMap<String, RawRole>,
+    /// `[onboarding]`, absent when sellers are only imported.
+    pub onboarding: Option<RawOnboarding>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -260,6 +277,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Roles: what each tool role receives of buyer PII.
     pub roles: Roles,
+    /// The seller authorization workflow, if configured.
+    pub onboarding: Option<OnboardingConfig>,
 }
 
 /// See [`RawServer`].
@@ -335,6 +354,23 @@ pub struct LwaConfig {
     pub timeout: Duration,
 }
 
+/// See [`RawOnboarding`].
+#[derive(Debug, Clone)]
+pub struct OnboardingConfig {
+    /// The SP-API application id.
+    pub application_id: String,
+    /// Draft application: consent URLs carry `version=beta`.
+    pub draft: bool,
+    /// The gateway's public base URL, without a trailing slash.
+    pub public_url: String,
+    /// `<public_url>/oauth/callback`: must be the redirect URI registered for the application.
+    pub redirect_uri: String,
+    /// How long an invite works.
+    pub invite_ttl: Duration,
+    /// Seller Central base URL per region.
+    pub consent_urls: Endpoints,
+}
+
 /// See [`RawStore`].
 #[derive(Debug, Clone)]
 pub enum StoreConfig {
@@ -396,6 +432,7 @@ impl RawConfig {
                 "keys" => section(&key, value, &mut raw.keys, &mut issues),
                 "log" => section(&key, value, &mut raw.log, &mut issues),
                 "roles" => section(&key, value, &mut raw.roles, &mut issues),
+                "onboarding" => section(&key, value, &mut raw.onboarding, &mut issues),
                 _ => issues.push(ConfigIssue {
                     path: key.clone(),
                     message: "unknown key".into(),
@@ -611,6 +648,7 @@ impl Config {
             );
         }
         let roles = v.roles(&raw.roles);
+        let onboarding = raw.onboarding.as_ref().map(|o| v.onboarding(o));
         match (v.issues.is_empty(), master_key) {
             (true, Some(master_key)) => Ok(Config {
                 server,
@@ -620,6 +658,7 @@ impl Config {
                 master_key,
                 log,
                 roles,
+                onboarding,
             }),
             _ => Err(ConfigError(v.issues)),
         }
@@ -722,6 +761,56 @@ impl Validator<'_> {
                     Secret::new(String::new())
                 }
             },
+        }
+    }
+
+    fn onboarding(&mut self, raw: &RawOnboarding) -> OnboardingConfig {
+        let application_id = match &raw.application_id {
+            Some(id) if !id.trim().is_empty() => id.clone(),
+            _ => {
+                self.issue(
+                    "onboarding.application_id",
+                    "required: the SP-API application id",
+                );
+                String::new()
+            }
+        };
+        let public_url = match &raw.public_url {
+            Some(u) => self.base_uri("onboarding.public_url", u),
+            None => {
+                self.issue(
+                    "onboarding.public_url",
+                    "required: the gateway's public base URL",
+                );
+                Uri::from_static("http://invalid.invalid")
+            }
+        };
+        let c = raw.consent_urls.as_ref();
+        let consent_urls = Endpoints {
+            na: self.base_uri(
+                "onboarding.consent_urls.na",
+                c.and_then(|c| c.na.as_deref())
+                    .unwrap_or("https://sellercentral.amazon.com"),
+            ),
+            eu: self.base_uri(
+                "onboarding.consent_urls.eu",
+                c.and_then(|c| c.eu.as_deref())
+                    .unwrap_or("https://sellercentral-europe.amazon.com"),
+            ),
+            fe: self.base_uri(
+                "onboarding.consent_urls.fe",
+                c.and_then(|c| c.fe.as_deref())
+                    .unwrap_or("https://sellercentral.amazon.co.jp"),
+            ),
+        };
+        let base = public_url.to_string();
+        OnboardingConfig {
+            application_id,
+            draft: raw.draft.unwrap_or(false),
+            redirect_uri: format!("{}/oauth/callback", base.trim_end_matches('/')),
+            public_url: base.trim_end_matches('/').to_string(),
+            invite_ttl: Duration::from_secs(3600 * raw.invite_ttl_hours.unwrap_or(72)),
+            consent_urls,
         }
     }
 

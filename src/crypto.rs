@@ -77,6 +77,8 @@ pub fn hex(bytes: &[u8]) -> String {
 pub struct MasterKey {
     current: (String, LessSafeKey),
     previous: Vec<(String, LessSafeKey)>,
+    /// HMAC key derived from the current key (HKDF-SHA256), for signing links and tokens.
+    signing: ring::hmac::Key,
 }
 
 // === impl MasterKey ===
@@ -84,8 +86,10 @@ pub struct MasterKey {
 impl MasterKey {
     /// Builds a master key from its id and base64 (standard or url-safe) encoding of 32 bytes.
     pub fn from_base64(id: &str, encoded: &Secret<String>) -> Result<MasterKey, CryptoError> {
+        let bytes = decode_key(encoded)?;
         Ok(MasterKey {
-            current: (check_key_id(id)?, decode_key(encoded)?),
+            current: (check_key_id(id)?, aead_key(&bytes)?),
+            signing: signing_key(&bytes),
             previous: Vec::new(),
         })
     }
@@ -97,8 +101,34 @@ impl MasterKey {
         encoded: &Secret<String>,
     ) -> Result<MasterKey, CryptoError> {
         self.previous
-            .push((check_key_id(id)?, decode_key(encoded)?));
+            .push((check_key_id(id)?, aead_key(&decode_key(encoded)?)?));
         Ok(self)
+    }
+
+    /// An HMAC-SHA256 tag (base64url) over `data`, bound to `purpose` so a tag made for one use
+    /// is worthless for another.
+    pub fn sign(&self, purpose: &str, data: &[u8]) -> String {
+        URL_SAFE_NO_PAD.encode(self.tag(purpose, data).as_ref())
+    }
+
+    /// Checks a tag made by [`MasterKey::sign`] (constant time).
+    pub fn verify(&self, purpose: &str, data: &[u8], tag_b64: &str) -> bool {
+        let Ok(tag) = URL_SAFE_NO_PAD.decode(tag_b64) else {
+            return false;
+        };
+        let mut msg = Vec::with_capacity(purpose.len() + 1 + data.len());
+        msg.extend_from_slice(purpose.as_bytes());
+        msg.push(0);
+        msg.extend_from_slice(data);
+        ring::hmac::verify(&self.signing, &msg, &tag).is_ok()
+    }
+
+    fn tag(&self, purpose: &str, data: &[u8]) -> ring::hmac::Tag {
+        let mut ctx = ring::hmac::Context::with_key(&self.signing);
+        ctx.update(purpose.as_bytes());
+        ctx.update(&[0]);
+        ctx.update(data);
+        ctx.sign()
     }
 
     /// A fresh random key, base64-encoded (for `spgate demo` and key generation).
@@ -188,7 +218,7 @@ fn check_key_id(id: &str) -> Result<String, CryptoError> {
     ok.then(|| id.to_string()).ok_or(CryptoError::BadKeyId)
 }
 
-fn decode_key(encoded: &Secret<String>) -> Result<LessSafeKey, CryptoError> {
+fn decode_key(encoded: &Secret<String>) -> Result<Secret<Vec<u8>>, CryptoError> {
     let text = encoded.expose().trim();
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(text)
@@ -197,9 +227,25 @@ fn decode_key(encoded: &Secret<String>) -> Result<LessSafeKey, CryptoError> {
     if bytes.len() != 32 {
         return Err(CryptoError::BadKeyLength(bytes.len()));
     }
-    let unbound = UnboundKey::new(&aead::AES_256_GCM, &bytes)
+    Ok(Secret::new(bytes))
+}
+
+fn aead_key(bytes: &Secret<Vec<u8>>) -> Result<LessSafeKey, CryptoError> {
+    let bytes = bytes.expose();
+    let unbound = UnboundKey::new(&aead::AES_256_GCM, bytes)
         .map_err(|_| CryptoError::BadKeyLength(bytes.len()))?;
     Ok(LessSafeKey::new(unbound))
+}
+
+/// An HMAC-SHA256 key derived from the master key with HKDF, so signing never reuses the
+/// encryption key itself.
+fn signing_key(bytes: &Secret<Vec<u8>>) -> ring::hmac::Key {
+    let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"spgate-v1");
+    let prk = salt.extract(bytes.expose());
+    let okm = prk
+        .expand(&[b"signing"], ring::hmac::HMAC_SHA256)
+        .expect("HMAC_SHA256 output length is valid for HKDF-SHA256");
+    ring::hmac::Key::from(okm)
 }
 
 #[cfg(test)]
@@ -266,6 +312,17 @@ mod tests {
             assert!(k.open(bad, b"").is_err(), "{bad}");
         }
         assert!(format!("{k:?}").contains("REDACTED"), "{k:?}");
+    }
+
+    #[test]
+    fn signatures_verify_only_for_the_same_key_purpose_and_data() {
+        let k = key("k1");
+        let tag = k.sign("invite", b"abc");
+        assert!(k.verify("invite", b"abc", &tag));
+        assert!(!k.verify("state", b"abc", &tag), "bound to its purpose");
+        assert!(!k.verify("invite", b"abd", &tag));
+        assert!(!key("k1").verify("invite", b"abc", &tag), "another key");
+        assert!(!k.verify("invite", b"abc", "not base64!"));
     }
 
     #[test]

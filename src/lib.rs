@@ -81,6 +81,7 @@ pub fn build_gateway(config: Config, store: Arc<dyn Store>) -> (Gateway, ServerL
         },
         roles: config.roles,
         rdts,
+        onboarding: config.onboarding,
     });
     (gateway, server_limits)
 }

@@ -108,6 +108,12 @@ enum SellersAction {
         #[arg(long = "marketplace")]
         marketplaces: Vec<String>,
     },
+    /// Create a signed one-time link a seller opens to authorize the application.
+    Invite {
+        /// Region the seller authorizes in: na, eu or fe.
+        #[arg(long)]
+        region: Region,
+    },
     /// List sellers.
     List,
     /// Remove a seller.
@@ -279,6 +285,24 @@ async fn sellers(config: &Config, action: SellersAction) -> anyhow::Result<()> {
                 })
                 .await?;
             println!("seller {id} added ({region})");
+        }
+        SellersAction::Invite { region } => {
+            let Some(onboarding) = &config.onboarding else {
+                bail!("seller onboarding is not configured: add an [onboarding] section");
+            };
+            let link = spgate::auth::onboarding::create_invite(
+                &*store,
+                &config.master_key,
+                onboarding,
+                region,
+                now(),
+            )
+            .await?;
+            println!("{link}");
+            println!(
+                "(one use; valid {} hours)",
+                onboarding.invite_ttl.as_secs() / 3600
+            );
         }
         SellersAction::List => {
             println!(

@@ -52,6 +52,23 @@ pub enum Grant {
     RefreshToken(Secret<String>),
     /// `grant_type=client_credentials` with this scope.
     ClientCredentials(&'static str),
+    /// `grant_type=authorization_code`: the seller's `spapi_oauth_code` and our redirect URI.
+    AuthorizationCode {
+        /// The code from the callback.
+        code: Secret<String>,
+        /// The redirect URI registered for the application.
+        redirect_uri: String,
+    },
+}
+
+/// What LWA answered to a successful token request.
+pub struct Fetched {
+    /// The access token.
+    pub access_token: Secret<String>,
+    /// When to stop using it (expiry less the refresh margin).
+    pub refresh_at: Instant,
+    /// A refresh token, for the authorization_code grant.
+    pub refresh_token: Option<Secret<String>>,
 }
 
 /// LWA client with a token cache.
@@ -71,6 +88,7 @@ pub struct Lwa {
 struct TokenResponse {
     access_token: String,
     expires_in: u64,
+    refresh_token: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -109,8 +127,32 @@ impl Lwa {
         grant: impl FnOnce() -> Result<Grant, LwaError>,
     ) -> Result<Secret<String>, LwaError> {
         self.tokens
-            .get_or_fetch(subject, || async { self.fetch(grant()?).await })
+            .get_or_fetch(subject, || async {
+                let f = self.fetch(grant()?).await?;
+                Ok((f.access_token, f.refresh_at))
+            })
             .await
+    }
+
+    /// Exchanges a seller's `spapi_oauth_code` for its refresh token (and a first access token)
+    /// with the authorization_code grant. Nothing is cached: the caller stores the refresh token.
+    pub async fn exchange_code(
+        &self,
+        code: Secret<String>,
+        redirect_uri: &str,
+    ) -> Result<Fetched, LwaError> {
+        let fetched = self
+            .fetch(Grant::AuthorizationCode {
+                code,
+                redirect_uri: redirect_uri.to_string(),
+            })
+            .await?;
+        if fetched.refresh_token.is_none() {
+            return Err(LwaError::Protocol(
+                "no refresh_token in the authorization_code answer".into(),
+            ));
+        }
+        Ok(fetched)
     }
 
     /// Forgets a subject's token if it is still `token` (after the upstream rejected it).
@@ -130,6 +172,11 @@ impl Lwa {
                 form.append_pair("grant_type", "client_credentials");
                 form.append_pair("scope", scope);
             }
+            Grant::AuthorizationCode { code, redirect_uri } => {
+                form.append_pair("grant_type", "authorization_code");
+                form.append_pair("code", code.expose());
+                form.append_pair("redirect_uri", redirect_uri);
+            }
         }
         form.append_pair("client_id", &self.client_id);
         form.append_pair("client_secret", client_secret.expose());
@@ -138,7 +185,7 @@ impl Lwa {
 
     /// Asks LWA with the current client secret and, if LWA rejects it as `invalid_client` while
     /// a previous secret is configured (Amazon's rotation window), with the previous one.
-    async fn fetch(&self, grant: Grant) -> Result<(Secret<String>, Instant), LwaError> {
+    async fn fetch(&self, grant: Grant) -> Result<Fetched, LwaError> {
         match self.fetch_with(&grant, &self.client_secret).await {
             Err(LwaError::InvalidClient) => match &self.previous_client_secret {
                 Some(previous) => {
@@ -158,7 +205,7 @@ impl Lwa {
         &self,
         grant: &Grant,
         client_secret: &Secret<String>,
-    ) -> Result<(Secret<String>, Instant), LwaError> {
+    ) -> Result<Fetched, LwaError> {
         self.calls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let form = Secret::new(self.form(grant, client_secret));
@@ -195,7 +242,11 @@ impl Lwa {
             // Refresh `margin` before expiry; a token shorter-lived than twice the margin is
             // refreshed at half its life instead, so it is still used at all.
             let early = self.margin.min(lifetime / 2);
-            return Ok((Secret::new(t.access_token), started + lifetime - early));
+            return Ok(Fetched {
+                access_token: Secret::new(t.access_token),
+                refresh_at: started + lifetime - early,
+                refresh_token: t.refresh_token.map(Secret::new),
+            });
         }
         let code = serde_json::from_slice::<ErrorResponse>(&bytes)
             .map(|e| e.error)

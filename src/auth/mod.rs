@@ -6,5 +6,6 @@
 pub mod caller;
 pub mod drop_in;
 pub mod lwa;
+pub mod onboarding;
 pub mod rdt;
 pub mod slots;

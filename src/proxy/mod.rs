@@ -21,9 +21,11 @@ use http_body_util::BodyExt;
 use crate::auth::caller::{self, Caller};
 use crate::auth::drop_in;
 use crate::auth::lwa::{Grant, Lwa, LwaError, Subject};
+use crate::auth::onboarding::{self, Onboarding, OnboardingError};
 use crate::auth::rdt::{self, Need, RdtError, RdtKey, Rdts};
 use crate::catalog::{Catalog, Operation};
 use crate::config::Endpoints;
+use crate::config::OnboardingConfig;
 use crate::crypto::MasterKey;
 use crate::pii::Role;
 use crate::pii::Roles;
@@ -50,6 +52,7 @@ pub struct Limits {
 
 /// Everything the pipeline needs, built once at startup.
 pub struct Gateway {
+    onboarding: Option<OnboardingConfig>,
     roles: Roles,
     rdts: Rdts,
     catalog: &'static Catalog,
@@ -80,6 +83,8 @@ pub struct GatewayParts {
     pub roles: Roles,
     /// Restricted Data Token client.
     pub rdts: Rdts,
+    /// The seller authorization workflow, if configured.
+    pub onboarding: Option<OnboardingConfig>,
 }
 
 /// The token a request is sent upstream with, and where it came from (to forget it if Amazon
@@ -119,6 +124,7 @@ impl Gateway {
             limits: parts.limits,
             roles: parts.roles,
             rdts: parts.rdts,
+            onboarding: parts.onboarding,
             request_ids: RequestIds::new(),
         }
     }
@@ -167,8 +173,13 @@ impl Gateway {
         B::Error: Into<BoxError>,
     {
         let limit_tripped = self.accept(&req)?; // 1. limits and framing
-        if req.uri().path() == drop_in::TOKEN_PATH {
-            return self.drop_in_token(req).await; // drop-in LWA endpoint, not an SP-API call
+        match req.uri().path() {
+            // Not SP-API calls: the drop-in LWA endpoint and the seller authorization workflow.
+            drop_in::TOKEN_PATH => return self.drop_in_token(req).await,
+            onboarding::START_PATH | onboarding::CALLBACK_PATH => {
+                return self.onboarding(&req).await
+            }
+            _ => {}
         }
         let caller = caller::authenticate(&*self.store, req.headers(), unix_now()).await?; // 2. caller
         let op = self.route(&req)?; // 3. route
@@ -315,6 +326,31 @@ impl Gateway {
         );
         resp.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        Ok(resp)
+    }
+
+    /// `/oauth/start` and `/oauth/callback`: the website authorization workflow.
+    async fn onboarding<B>(&self, req: &Request<B>) -> Result<Response<Body>, ProxyError> {
+        let cfg = self
+            .onboarding
+            .as_ref()
+            .ok_or(OnboardingError::NotConfigured)?;
+        if req.method() != http::Method::GET {
+            return Err(ProxyError::NotFound);
+        }
+        let flow = Onboarding {
+            cfg,
+            store: &*self.store,
+            key: &self.master_key,
+            lwa: &self.lwa,
+            client: self.upstream.client(),
+            endpoints: &self.endpoints,
+        };
+        let query = req.uri().query();
+        let resp = match req.uri().path() {
+            onboarding::START_PATH => flow.start(query, unix_now()).await?,
+            _ => flow.callback(query, unix_now()).await?,
+        };
         Ok(resp)
     }
 

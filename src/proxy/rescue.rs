@@ -11,6 +11,7 @@ use super::body::{self, Body};
 use crate::auth::caller::CallerError;
 use crate::auth::drop_in::TokenError;
 use crate::auth::lwa::LwaError;
+use crate::auth::onboarding::{self, OnboardingError};
 use crate::auth::rdt::RdtError;
 use crate::proxy::upstream::UpstreamError;
 use crate::spapi::ErrorBody;
@@ -61,6 +62,9 @@ pub enum ProxyError {
     /// No Restricted Data Token could be had: the request fails closed.
     #[error(transparent)]
     Restricted(#[from] RdtError),
+    /// A step of the seller authorization workflow failed (answered with an HTML page).
+    #[error(transparent)]
+    Onboarding(#[from] OnboardingError),
     /// The drop-in token endpoint refused a request (answered in LWA's error shape).
     #[error(transparent)]
     Token(#[from] TokenError),
@@ -115,7 +119,8 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
             RdtError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "Restricted data is temporarily unavailable; retry later.", Fault::Upstream),
             RdtError::Protocol(_) => (StatusCode::BAD_GATEWAY, "InternalFailure", "Amazon answered the Restricted Data Token request unexpectedly.", Fault::Upstream),
         },
-        E::Token(t) => return token_error(t),
+                E::Token(t) => return token_error(t),
+        E::Onboarding(o) => return onboarding_error(o),
     };
     match fault {
         Fault::Internal => {
@@ -188,4 +193,54 @@ fn token_error(err: &TokenError) -> Response<Body> {
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+/// Seller-facing error pages of the authorization workflow. They never echo request values.
+fn onboarding_error(err: &OnboardingError) -> Response<Body> {
+    use OnboardingError as O;
+    let again = "Start again from your invitation link.";
+    let (status, message) = match err {
+        O::NotConfigured => (
+            StatusCode::NOT_FOUND,
+            "Seller onboarding is not enabled on this gateway.".to_string(),
+        ),
+        O::BadInvite => (
+            StatusCode::BAD_REQUEST,
+            "This invitation link is not valid. Ask for a new one.".to_string(),
+        ),
+        O::InviteUsed => (
+            StatusCode::BAD_REQUEST,
+            "This invitation link was already used.".to_string(),
+        ),
+        O::InviteExpired => (
+            StatusCode::BAD_REQUEST,
+            "This invitation link has expired. Ask for a new one.".to_string(),
+        ),
+        O::BadState => (
+            StatusCode::BAD_REQUEST,
+            format!("This authorization attempt is invalid, expired or already completed. {again}"),
+        ),
+        O::Denied => (
+            StatusCode::BAD_REQUEST,
+            format!("The authorization was not completed at Amazon. {again}"),
+        ),
+        O::MissingParameter(_) => (
+            StatusCode::BAD_REQUEST,
+            format!("Amazon's answer was incomplete. {again}"),
+        ),
+        O::Lwa(_) => (
+            StatusCode::BAD_GATEWAY,
+            format!("Amazon did not confirm the authorization. {again}"),
+        ),
+        O::Store(_) | O::Crypto(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Something went wrong on our side. Please try again later.".to_string(),
+        ),
+    };
+    if status.is_client_error() {
+        tracing::info!(error = %err, "Seller authorization step refused.");
+    } else {
+        tracing::error!(error = %err, "Seller authorization step failed.");
+    }
+    onboarding::page(status, &message)
 }

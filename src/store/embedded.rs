@@ -13,7 +13,8 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    ClientRecord, DropInRecord, GatewayToken, SellerRecord, SellerStatus, Store, StoreError,
+    ClientRecord, DropInRecord, GatewayToken, Invite, OAuthState, SellerRecord, SellerStatus,
+    Store, StoreError,
 };
 
 /// The database file name inside the data directory.
@@ -306,6 +307,110 @@ impl Store for EmbeddedStore {
         })
     }
 
+    async fn insert_invite(&self, invite: &Invite) -> Result<(), StoreError> {
+        let i = invite.clone();
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO invites (id, region, created_at, expires_at, used_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    i.id,
+                    i.region.as_str(),
+                    i.created_at,
+                    i.expires_at,
+                    i.used_at
+                ],
+            )
+            .map_err(|e| conflict_or(e, "invite"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn invite(&self, id: &str) -> Result<Option<Invite>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, region, created_at, expires_at, used_at FROM invites WHERE id = ?1",
+            )?;
+            let row = stmt
+                .query_row([id], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, i64>(2)?,
+                        row.get::<_, i64>(3)?,
+                        row.get::<_, Option<i64>>(4)?,
+                    ))
+                })
+                .optional()?;
+            row.map(|(id, region, created_at, expires_at, used_at)| {
+                Ok(Invite {
+                    id,
+                    region: region.parse().map_err(|detail| StoreError::Corrupt {
+                        what: "invite",
+                        detail,
+                    })?,
+                    created_at,
+                    expires_at,
+                    used_at,
+                })
+            })
+            .transpose()
+        })
+    }
+
+    async fn use_invite(&self, id: &str, at: i64) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.write(move |c| {
+            Ok(c.execute(
+                "UPDATE invites SET used_at = ?2 WHERE id = ?1 AND used_at IS NULL",
+                params![id, at],
+            )? > 0)
+        })
+        .await
+    }
+
+    async fn insert_oauth_state(&self, state: &OAuthState) -> Result<(), StoreError> {
+        let s = state.clone();
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO oauth_states (state_hash, invite_id, expires_at) VALUES (?1, ?2, ?3)",
+                params![s.state_hash, s.invite_id, s.expires_at],
+            )
+            .map_err(|e| conflict_or(e, "oauth state"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn take_oauth_state(
+        &self,
+        state_hash: &str,
+        now: i64,
+    ) -> Result<Option<OAuthState>, StoreError> {
+        let hash = state_hash.to_string();
+        self.write(move |c| {
+            // Deleting is the single use: a replay finds nothing.
+            let taken = c
+                .query_row(
+                    "DELETE FROM oauth_states WHERE state_hash = ?1
+                     RETURNING state_hash, invite_id, expires_at",
+                    [hash],
+                    |row| {
+                        Ok(OAuthState {
+                            state_hash: row.get(0)?,
+                            invite_id: row.get(1)?,
+                            expires_at: row.get(2)?,
+                        })
+                    },
+                )
+                .optional()?;
+            c.execute("DELETE FROM oauth_states WHERE expires_at <= ?1", [now])?;
+            Ok(taken.filter(|s| s.expires_at > now))
+        })
+        .await
+    }
+
     async fn revoke_client(&self, id: &str, at: i64) -> Result<bool, StoreError> {
         let id = id.to_string();
         self.write(move |c| {
@@ -435,7 +540,21 @@ const MIGRATIONS: &[&str] = &[
         seller TEXT NOT NULL,
         expires_at INTEGER NOT NULL
     );
-    CREATE INDEX gateway_tokens_expiry ON gateway_tokens (expires_at);
+        CREATE INDEX gateway_tokens_expiry ON gateway_tokens (expires_at);
+",
+    "
+    CREATE TABLE invites (
+        id TEXT PRIMARY KEY,
+        region TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        used_at INTEGER
+    );
+    CREATE TABLE oauth_states (
+        state_hash TEXT PRIMARY KEY,
+        invite_id TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
 ",
 ];
 

@@ -134,6 +134,32 @@ pub struct GatewayToken {
     pub expires_at: i64,
 }
 
+/// A one-time link inviting a seller to authorize the application (website workflow).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Invite {
+    /// Random id (the link carries it with a signature).
+    pub id: String,
+    /// The region the seller will authorize in.
+    pub region: Region,
+    /// Creation time (unix seconds).
+    pub created_at: i64,
+    /// The link stops working at this time (unix seconds).
+    pub expires_at: i64,
+    /// When a seller completed authorization with it; a used invite never works again.
+    pub used_at: Option<i64>,
+}
+
+/// The OAuth `state` of one authorization attempt; only its hash is stored, and it is single-use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OAuthState {
+    /// SHA-256 (hex) of the state value.
+    pub state_hash: String,
+    /// The invite the attempt belongs to.
+    pub invite_id: String,
+    /// Expiry (unix seconds).
+    pub expires_at: i64,
+}
+
 /// Durable state behind one interface, whatever the backend.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -167,6 +193,21 @@ pub trait Store: Send + Sync + 'static {
     async fn drop_in(&self, lwa_client_id: &str) -> Result<Option<DropInRecord>, StoreError>;
     /// Stores a gateway-issued access token and removes expired ones.
     async fn insert_gateway_token(&self, token: &GatewayToken, now: i64) -> Result<(), StoreError>;
+    /// Stores an invite.
+    async fn insert_invite(&self, invite: &Invite) -> Result<(), StoreError>;
+    /// An invite by id.
+    async fn invite(&self, id: &str) -> Result<Option<Invite>, StoreError>;
+    /// Marks an invite used; `false` if it was already used or does not exist.
+    async fn use_invite(&self, id: &str, at: i64) -> Result<bool, StoreError>;
+    /// Stores an OAuth state.
+    async fn insert_oauth_state(&self, state: &OAuthState) -> Result<(), StoreError>;
+    /// Takes a state: returns it once, if it exists and has not expired at `now`; it is gone
+    /// afterwards either way (single use, atomically).
+    async fn take_oauth_state(
+        &self,
+        state_hash: &str,
+        now: i64,
+    ) -> Result<Option<OAuthState>, StoreError>;
     /// A gateway-issued access token by hash, if it has not expired at `now`.
     async fn gateway_token(
         &self,

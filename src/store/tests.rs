@@ -128,6 +128,46 @@ pub(crate) async fn contract(store: &dyn Store) {
         store.gateway_token("t1", 100).await.unwrap().is_none(),
         "expired"
     );
+    let invite = Invite {
+        id: "inv1".into(),
+        region: Region::Fe,
+        created_at: 10,
+        expires_at: 1000,
+        used_at: None,
+    };
+    store.insert_invite(&invite).await.unwrap();
+    assert_eq!(store.invite("inv1").await.unwrap(), Some(invite));
+    assert!(store.invite("inv2").await.unwrap().is_none());
+    assert!(store.use_invite("inv1", 20).await.unwrap());
+    assert!(!store.use_invite("inv1", 21).await.unwrap(), "single use");
+    assert!(!store.use_invite("inv2", 21).await.unwrap());
+    assert_eq!(
+        store.invite("inv1").await.unwrap().unwrap().used_at,
+        Some(20)
+    );
+    let state = |hash: &str, expires_at| OAuthState {
+        state_hash: hash.into(),
+        invite_id: "inv1".into(),
+        expires_at,
+    };
+    store.insert_oauth_state(&state("s1", 600)).await.unwrap();
+    store.insert_oauth_state(&state("s2", 600)).await.unwrap();
+    assert_eq!(
+        store.take_oauth_state("s1", 100).await.unwrap(),
+        Some(state("s1", 600))
+    );
+    assert!(
+        store.take_oauth_state("s1", 100).await.unwrap().is_none(),
+        "a replayed state is gone"
+    );
+    assert!(
+        store.take_oauth_state("s2", 600).await.unwrap().is_none(),
+        "an expired state is refused"
+    );
+    assert!(
+        store.take_oauth_state("s2", 0).await.unwrap().is_none(),
+        "and gone"
+    );
     store
         .insert_gateway_token(&token("t2", 300), 200)
         .await

@@ -51,6 +51,8 @@ pub struct Options {
     pub role: String,
     /// `[roles...]` tables appended to the config (the default role `orders` receives everything).
     pub roles_toml: String,
+    /// Other sections appended to the config.
+    pub extra_toml: String,
 }
 
 /// A role that receives every PII category in clear.
@@ -79,6 +81,7 @@ impl Default for Options {
             sandbox_lwa_secrets: vec![CLIENT_SECRET.into()],
             role: "orders".into(),
             roles_toml: all_pass_role("orders"),
+            extra_toml: String::new(),
         }
     }
 }
@@ -150,8 +153,10 @@ data_dir = {data_dir:?}
 [keys]
 master_key = {{ env = "MASTER" }}
 {roles}
+{extra}
 "#,
         roles = opts.roles_toml,
+        extra = opts.extra_toml,
         server = opts.server_toml,
         upstream = opts.upstream_toml,
         lwa = opts.lwa_toml,

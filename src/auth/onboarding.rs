@@ -1,0 +1,300 @@
+//! Seller onboarding through Amazon's website authorization workflow.
+//!
+//! 1. Ops create a signed one-time invite (`spgate sellers invite --region eu`) and send the
+//!    link to the seller.
+//! 2. `GET /oauth/start?invite=<id>.<signature>` checks the invite and redirects the seller to
+//!    Seller Central's consent page with our application id, a fresh single-use `state` (256
+//!    random bits, stored only as a hash, bound to the invite, valid 10 minutes) and
+//!    `version=beta` for a draft application.
+//! 3. Amazon sends the seller back to `GET /oauth/callback?state=...&selling_partner_id=...&
+//!    spapi_oauth_code=...`. The state is taken (a replay finds nothing), the code is exchanged
+//!    for a refresh token (authorization_code grant with our redirect URI), and the seller is
+//!    recorded with its refresh token sealed, its region from the invite, its marketplaces and a
+//!    re-authorization date a year out. Any failure shows an error page and stores nothing.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+
+use super::lwa::{Lwa, LwaError};
+use crate::config::{Endpoints, OnboardingConfig};
+use crate::crypto::{self, CryptoError, MasterKey};
+use crate::proxy::body::{self, Body};
+use crate::proxy::upstream::HttpClient;
+use crate::secret::Secret;
+use crate::store::{Invite, OAuthState, Region, SellerRecord, SellerStatus, Store, StoreError};
+
+/// Path that starts an authorization.
+pub const START_PATH: &str = "/oauth/start";
+/// Path Amazon redirects back to.
+pub const CALLBACK_PATH: &str = "/oauth/callback";
+/// Lifetime of one authorization attempt's `state`.
+pub const STATE_TTL_SECONDS: i64 = 600;
+/// Sellers re-authorize yearly.
+pub const REAUTHORIZE_AFTER_SECONDS: i64 = 365 * 86_400;
+/// Signature purpose for invites.
+const INVITE_PURPOSE: &str = "seller-invite";
+
+/// Why an onboarding step failed. Rendered as an error page; never echoes request values.
+#[derive(Debug, thiserror::Error)]
+pub enum OnboardingError {
+    /// `[onboarding]` is not configured.
+    #[error("seller onboarding is not configured")]
+    NotConfigured,
+    /// The invite is missing, malformed, forged or unknown.
+    #[error("invalid invite link")]
+    BadInvite,
+    /// The invite was already used.
+    #[error("invite already used")]
+    InviteUsed,
+    /// The invite expired.
+    #[error("invite expired")]
+    InviteExpired,
+    /// A callback parameter is missing.
+    #[error("callback is missing {0}")]
+    MissingParameter(&'static str),
+    /// The state is missing, unknown, expired or replayed.
+    #[error("invalid, expired or replayed state")]
+    BadState,
+    /// Amazon reported an error instead of a code.
+    #[error("Amazon reported an authorization error")]
+    Denied,
+    /// Exchanging the code failed.
+    #[error(transparent)]
+    Lwa(#[from] LwaError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Sealing or randomness failed.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
+/// Creates an invite and returns its link.
+pub async fn create_invite(
+    store: &dyn Store,
+    key: &MasterKey,
+    cfg: &OnboardingConfig,
+    region: Region,
+    now: i64,
+) -> Result<String, OnboardingError> {
+    let id = crypto::random_token::<18>()?;
+    store
+        .insert_invite(&Invite {
+            id: id.clone(),
+            region,
+            created_at: now,
+            expires_at: now + cfg.invite_ttl.as_secs() as i64,
+            used_at: None,
+        })
+        .await?;
+    let sig = key.sign(INVITE_PURPOSE, id.as_bytes());
+    Ok(format!("{}{START_PATH}?invite={id}.{sig}", cfg.public_url))
+}
+
+/// The website authorization workflow's two endpoints.
+pub struct Onboarding<'a> {
+    /// Config.
+    pub cfg: &'a OnboardingConfig,
+    /// Where invites, states and sellers live.
+    pub store: &'a dyn Store,
+    /// Signs invites, seals refresh tokens.
+    pub key: &'a MasterKey,
+    /// Exchanges codes.
+    pub lwa: &'a Lwa,
+    /// For the marketplace lookup after authorization.
+    pub client: &'a HttpClient,
+    /// SP-API endpoints per region.
+    pub endpoints: &'a Endpoints,
+}
+
+impl Onboarding<'_> {
+    /// `GET /oauth/start?invite=...`: redirect to Seller Central's consent page.
+    pub async fn start(
+        &self,
+        query: Option<&str>,
+        now: i64,
+    ) -> Result<Response<Body>, OnboardingError> {
+        let invite = param(query, "invite").ok_or(OnboardingError::BadInvite)?;
+        let (id, sig) = invite.split_once('.').ok_or(OnboardingError::BadInvite)?;
+        if !self.key.verify(INVITE_PURPOSE, id.as_bytes(), sig) {
+            return Err(OnboardingError::BadInvite);
+        }
+        let invite = self.usable_invite(id, now).await?;
+        let state = crypto::random_token::<32>()?;
+        self.store
+            .insert_oauth_state(&OAuthState {
+                state_hash: crypto::sha256_hex(state.as_bytes()),
+                invite_id: invite.id,
+                expires_at: now + STATE_TTL_SECONDS,
+            })
+            .await?;
+        let mut consent = format!(
+            "{}/apps/authorize/consent?",
+            self.cfg
+                .consent_urls
+                .for_region(invite.region)
+                .to_string()
+                .trim_end_matches('/')
+        );
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        q.append_pair("application_id", &self.cfg.application_id);
+        q.append_pair("state", &state);
+        if self.cfg.draft {
+            q.append_pair("version", "beta");
+        }
+        consent.push_str(&q.finish());
+        let mut resp = page(StatusCode::FOUND, "Redirecting to Amazon Seller Central…");
+        let location = HeaderValue::from_str(&consent).map_err(|_| OnboardingError::BadInvite)?;
+        resp.headers_mut().insert(header::LOCATION, location);
+        Ok(resp)
+    }
+
+    /// `GET /oauth/callback?...`: exchange the code and record the seller.
+    pub async fn callback(
+        &self,
+        query: Option<&str>,
+        now: i64,
+    ) -> Result<Response<Body>, OnboardingError> {
+        if param(query, "error").is_some() {
+            return Err(OnboardingError::Denied);
+        }
+        let state = param(query, "state").ok_or(OnboardingError::BadState)?;
+        let taken = self
+            .store
+            .take_oauth_state(&crypto::sha256_hex(state.as_bytes()), now)
+            .await?
+            .ok_or(OnboardingError::BadState)?;
+        let seller = param(query, "selling_partner_id")
+            .ok_or(OnboardingError::MissingParameter("selling_partner_id"))?;
+        if seller.is_empty()
+            || seller.len() > 64
+            || !seller.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
+            return Err(OnboardingError::MissingParameter(
+                "a valid selling_partner_id",
+            ));
+        }
+        let code = Secret::new(
+            param(query, "spapi_oauth_code")
+                .ok_or(OnboardingError::MissingParameter("spapi_oauth_code"))?,
+        );
+        let invite = self.usable_invite(&taken.invite_id, now).await?;
+        let fetched = self.lwa.exchange_code(code, &self.cfg.redirect_uri).await?;
+        let refresh = fetched
+            .refresh_token
+            .ok_or_else(|| LwaError::Protocol("no refresh token".into()))?;
+        let marketplaces = self
+            .marketplaces(invite.region, &fetched.access_token)
+            .await;
+        let sealed = self
+            .key
+            .seal_str(&refresh, format!("refresh_token:{seller}").as_bytes())?;
+        if !self.store.use_invite(&invite.id, now).await? {
+            return Err(OnboardingError::InviteUsed);
+        }
+        self.store
+            .put_seller(&SellerRecord {
+                selling_partner_id: seller.clone(),
+                region: invite.region,
+                marketplaces,
+                refresh_token_sealed: sealed,
+                authorized_at: now,
+                reauthorize_by: now + REAUTHORIZE_AFTER_SECONDS,
+                status: SellerStatus::Active,
+            })
+            .await?;
+        tracing::info!(seller = %seller, region = %invite.region, "Seller authorized the application.");
+        Ok(page(
+            StatusCode::OK,
+            "Thank you: your Amazon seller account is now connected. You can close this page.",
+        ))
+    }
+
+    async fn usable_invite(&self, id: &str, now: i64) -> Result<Invite, OnboardingError> {
+        let invite = self
+            .store
+            .invite(id)
+            .await?
+            .ok_or(OnboardingError::BadInvite)?;
+        if invite.used_at.is_some() {
+            return Err(OnboardingError::InviteUsed);
+        }
+        if invite.expires_at <= now {
+            return Err(OnboardingError::InviteExpired);
+        }
+        Ok(invite)
+    }
+
+    /// The seller's marketplace ids (best effort: an empty list if Amazon does not answer).
+    async fn marketplaces(&self, region: Region, access_token: &Secret<String>) -> Vec<String> {
+        let base = self.endpoints.for_region(region).to_string();
+        let uri: Result<Uri, _> = format!(
+            "{}/sellers/v1/marketplaceParticipations",
+            base.trim_end_matches('/')
+        )
+        .parse();
+        let (Ok(uri), Ok(mut token)) = (uri, HeaderValue::from_str(access_token.expose())) else {
+            return Vec::new();
+        };
+        token.set_sensitive(true);
+        let Ok(req) = Request::get(uri)
+            .header(crate::spapi::ACCESS_TOKEN, token)
+            .body(body::empty())
+        else {
+            return Vec::new();
+        };
+        let fetch = async {
+            let resp = self.client.request(req).await.ok()?;
+            if !resp.status().is_success() {
+                return None;
+            }
+            let bytes = resp.into_body().collect().await.ok()?.to_bytes();
+            let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+            Some(
+                v["payload"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|p| p["marketplace"]["id"].as_str().map(str::to_string))
+                    .collect(),
+            )
+        };
+        match tokio::time::timeout(Duration::from_secs(10), fetch).await {
+            Ok(Some(ids)) => ids,
+            _ => {
+                tracing::warn!(
+                    "Could not list the new seller's marketplaces; recorded without them."
+                );
+                Vec::new()
+            }
+        }
+    }
+}
+
+fn param(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// A minimal HTML page. The message is ours, never a request value.
+pub fn page(status: StatusCode, message: &str) -> Response<Body> {
+    let html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>spgate</title></head><body><p>{message}</p></body></html>"
+    );
+    let mut resp = Response::new(body::full(Bytes::from(html)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    resp
+}

@@ -1,0 +1,238 @@
+//! Seller onboarding through the website authorization workflow, against the sandbox's LWA.
+
+mod common;
+
+use common::*;
+use http::StatusCode;
+use spgate::auth::onboarding;
+use spgate::store::{Region, SellerStatus};
+
+const NEW_SELLER: &str = "A2NEWSELLER77";
+
+async fn gateway(draft: bool) -> TestGateway {
+    start_gateway(Options {
+        extra_toml: format!(
+            "[onboarding]\napplication_id = \"amzn1.sp.solution.test\"\ndraft = {draft}\npublic_url = \"https://spgate.example.test\"\n[onboarding.consent_urls]\neu = \"https://sellercentral-europe.example.test\"\n"
+        ),
+        ..Options::default()
+    })
+    .await
+}
+
+/// Creates an invite through the library (as `spgate sellers invite` does) and returns the
+/// gateway-local start path.
+async fn invite(gw: &TestGateway, region: Region, now: i64) -> String {
+    let cfg = spgate::config::Config::from_toml(
+        "[lwa]\nclient_id = \"x\"\nclient_secret = { env = \"S\" }\n[keys]\nmaster_key = { env = \"M\" }\n[onboarding]\napplication_id = \"a\"\npublic_url = \"https://spgate.example.test\"\n",
+        &{
+            let mut env = spgate::config::MapEnv::default();
+            env.vars.insert("S".into(), "s".into());
+            env.vars.insert("M".into(), gw.master_key_b64.expose().clone());
+            env
+        },
+    )
+    .unwrap();
+    let link = onboarding::create_invite(
+        &*gw.store,
+        &cfg.master_key,
+        cfg.onboarding.as_ref().unwrap(),
+        region,
+        now,
+    )
+    .await
+    .unwrap();
+    link.strip_prefix("https://spgate.example.test")
+        .unwrap()
+        .to_string()
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Follows /oauth/start and returns the `state` from the consent redirect.
+async fn start(gw: &TestGateway, path: &str) -> (Reply, Option<String>) {
+    let reply = gw
+        .call(
+            http::Request::get(format!("{}{path}", gw.url))
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+    let state = reply.headers.get("location").and_then(|l| {
+        let url = l.to_str().ok()?;
+        let q = url.split_once('?')?.1;
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "state")
+            .map(|(_, v)| v.into_owned())
+    });
+    (reply, state)
+}
+
+async fn callback(gw: &TestGateway, state: &str, code: &str) -> Reply {
+    let q = form_urlencoded::Serializer::new(String::new())
+        .append_pair("state", state)
+        .append_pair("selling_partner_id", NEW_SELLER)
+        .append_pair("spapi_oauth_code", code)
+        .finish();
+    gw.call(
+        http::Request::get(format!("{}/oauth/callback?{q}", gw.url))
+            .body(empty())
+            .unwrap(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_seller_authorizes_through_the_invite_and_is_recorded_with_a_sealed_token() {
+    let gw = gateway(true).await;
+    let path = invite(&gw, Region::Eu, now()).await;
+    let (reply, state) = start(&gw, &path).await;
+    assert_eq!(reply.status, StatusCode::FOUND);
+    let location = reply.headers["location"].to_str().unwrap().to_string();
+    assert!(
+        location.starts_with("https://sellercentral-europe.example.test/apps/authorize/consent?"),
+        "{location}"
+    );
+    assert!(
+        location.contains("application_id=amzn1.sp.solution.test")
+            && location.contains("version=beta")
+    );
+    assert_eq!(reply.headers["referrer-policy"], "no-referrer");
+    let state = state.unwrap();
+    assert!(state.len() >= 22, "at least 128 bits of state");
+
+    gw.sandbox
+        .add_authorization_code("code-123", NEW_SELLER, "Atzr|new-seller-refresh-token");
+    let reply = callback(&gw, &state, "code-123").await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let seller = gw
+        .store
+        .seller(NEW_SELLER)
+        .await
+        .unwrap()
+        .expect("recorded");
+    assert_eq!(seller.region, Region::Eu);
+    assert_eq!(seller.status, SellerStatus::Active);
+    assert!(seller.reauthorize_by - seller.authorized_at >= 365 * 86_400);
+    assert!(!seller
+        .refresh_token_sealed
+        .contains("new-seller-refresh-token"));
+    assert!(
+        !seller.marketplaces.is_empty(),
+        "marketplaces looked up with the new token"
+    );
+    assert_eq!(gw.sandbox.stats().lwa_authorization_code_grants, 1);
+
+    // Replaying the callback, or reusing the invite, stores nothing more.
+    let reply = callback(&gw, &state, "code-123").await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    let (reply, _) = start(&gw, &path).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(gw.sandbox.stats().lwa_authorization_code_grants, 1);
+}
+
+#[tokio::test]
+async fn a_released_app_gets_no_beta_flag() {
+    let gw = gateway(false).await;
+    let path = invite(&gw, Region::Na, now()).await;
+    let (reply, _) = start(&gw, &path).await;
+    let location = reply.headers["location"].to_str().unwrap();
+    assert!(location.starts_with("https://sellercentral.amazon.com/apps/authorize/consent?"));
+    assert!(!location.contains("version=beta"));
+}
+
+#[tokio::test]
+async fn forged_expired_and_missing_invites_and_states_store_nothing() {
+    let gw = gateway(false).await;
+    let path = invite(&gw, Region::Eu, now()).await;
+    let forged = format!("{}x", &path[..path.len() - 1]);
+    let expired = invite(&gw, Region::Eu, now() - 100 * 3600).await;
+    for bad in [
+        forged.as_str(),
+        expired.as_str(),
+        "/oauth/start",
+        "/oauth/start?invite=abc",
+    ] {
+        let (reply, state) = start(&gw, bad).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(state.is_none());
+        assert!(reply.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"));
+    }
+    gw.sandbox
+        .add_authorization_code("code-1", NEW_SELLER, "Atzr|x");
+    let reply = callback(&gw, "never-issued-state", "code-1").await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(
+        !String::from_utf8_lossy(&reply.body).contains("never-issued-state"),
+        "request values are never echoed"
+    );
+    // Amazon reports an error instead of a code.
+    let (_, state) = start(&gw, &path).await;
+    let reply = gw
+        .call(
+            http::Request::get(format!(
+                "{}/oauth/callback?error=access_denied&state={}",
+                gw.url,
+                state.unwrap()
+            ))
+            .body(empty())
+            .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    // LWA refuses the code (unknown, or already used): an error page, nothing stored.
+    let (_, state) = start(&gw, &path).await;
+    let reply = callback(&gw, &state.unwrap(), "unknown-code").await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert!(gw.store.seller(NEW_SELLER).await.unwrap().is_none());
+    assert!(gw
+        .store
+        .invite(
+            path.split("invite=")
+                .nth(1)
+                .unwrap()
+                .split('.')
+                .next()
+                .unwrap()
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .used_at
+        .is_none());
+}
+
+#[tokio::test]
+async fn an_expired_state_is_refused() {
+    let gw = gateway(false).await;
+    let path = invite(&gw, Region::Eu, now()).await;
+    let (_, state) = start(&gw, &path).await;
+    let state = state.unwrap();
+    // Age the stored state past its 10 minutes.
+    let db = rusqlite::Connection::open(gw.dir.path().join("data/spgate.db")).unwrap();
+    db.execute("UPDATE oauth_states SET expires_at = expires_at - 601", [])
+        .unwrap();
+    gw.sandbox
+        .add_authorization_code("code-2", NEW_SELLER, "Atzr|y");
+    assert_eq!(
+        callback(&gw, &state, "code-2").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert!(gw.store.seller(NEW_SELLER).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn without_an_onboarding_section_the_oauth_paths_are_404() {
+    let gw = start_gateway(Options::default()).await;
+    let (reply, _) = start(&gw, "/oauth/start?invite=a.b").await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+}

@@ -144,6 +144,20 @@ pub struct RawUpstream {
     pub pool_idle_timeout_seconds: Option<u64>,
     /// Idle pooled connections kept per upstream host.
     pub pool_max_idle_per_host: Option<usize>,
+    /// Optional AWS SigV4 signing of upstream requests.
+    pub sigv4: Option<RawSigV4>,
+}
+
+/// `[upstream.sigv4]`: Amazon stopped requiring SigV4 in October 2023 and ignores signatures;
+/// kept for applications whose policies still want it.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawSigV4 {
+    /// Sign requests.
+    pub enabled: Option<bool>,
+    /// The IAM access key id (a reference).
+    pub access_key_id: Option<RawSecret>,
+    /// The IAM secret access key (a reference).
+    pub secret_access_key: Option<RawSecret>,
 }
 
 /// `[upstream.endpoints]`.
@@ -313,6 +327,17 @@ pub struct UpstreamConfig {
     pub pool_idle_timeout: Duration,
     /// Pool size per host.
     pub pool_max_idle_per_host: usize,
+    /// SigV4 credentials, when signing is enabled.
+    pub sigv4: Option<SigV4Config>,
+}
+
+/// AWS credentials for SigV4 signing.
+#[derive(Debug, Clone)]
+pub struct SigV4Config {
+    /// Access key id.
+    pub access_key_id: Secret<String>,
+    /// Secret access key.
+    pub secret_access_key: Secret<String>,
 }
 
 /// SP-API base URIs per region.
@@ -578,6 +603,17 @@ impl Config {
             ),
             pool_idle_timeout: Duration::from_secs(u.pool_idle_timeout_seconds.unwrap_or(90)),
             pool_max_idle_per_host: u.pool_max_idle_per_host.unwrap_or(64),
+            sigv4: match &u.sigv4 {
+                Some(s) if s.enabled.unwrap_or(false) => Some(SigV4Config {
+                    access_key_id: v
+                        .secret("upstream.sigv4.access_key_id", s.access_key_id.as_ref()),
+                    secret_access_key: v.secret(
+                        "upstream.sigv4.secret_access_key",
+                        s.secret_access_key.as_ref(),
+                    ),
+                }),
+                _ => None,
+            },
         };
         if upstream.header_timeout > upstream.total_timeout {
             v.issue(

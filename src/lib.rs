@@ -82,6 +82,7 @@ pub fn build_gateway(config: Config, store: Arc<dyn Store>) -> (Gateway, ServerL
         roles: config.roles,
         rdts,
         onboarding: config.onboarding,
+        sigv4: config.upstream.sigv4.clone(),
     });
     (gateway, server_limits)
 }

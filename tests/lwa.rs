@@ -508,3 +508,54 @@ async fn a_token_rejected_upstream_is_replaced_and_the_request_retried_once() {
         "exactly one rejected attempt"
     );
 }
+
+#[tokio::test]
+async fn sigv4_is_off_by_default_and_signs_token_and_host_when_enabled() {
+    let gw = start_gateway(Options::default()).await;
+    assert_eq!(
+        gw.get("/sellers/v1/marketplaceParticipations").await.status,
+        StatusCode::OK
+    );
+    let got = gw.sandbox.received("sellers.getMarketplaceParticipations");
+    assert!(
+        !got[0].headers.contains_key("authorization") && !got[0].headers.contains_key("x-amz-date")
+    );
+
+    let gw = start_gateway(Options {
+        upstream_toml: "[upstream.sigv4]\nenabled = true\naccess_key_id = { env = \"MASTER\" }\nsecret_access_key = { env = \"LWA_SECRET\" }\n".into(),
+        ..Options::default()
+    })
+    .await;
+    assert_eq!(
+        gw.get("/sellers/v1/marketplaceParticipations").await.status,
+        StatusCode::OK
+    );
+    let got = gw.sandbox.received("sellers.getMarketplaceParticipations");
+    let auth = got[0].headers["authorization"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(auth.starts_with("AWS4-HMAC-SHA256 Credential="), "{auth}");
+    assert!(
+        auth.contains("/eu-west-1/execute-api/aws4_request"),
+        "the EU seller's AWS region: {auth}"
+    );
+    let signed = auth
+        .split("SignedHeaders=")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap();
+    for h in ["host", "x-amz-access-token", "x-amz-date"] {
+        assert!(
+            signed.split(';').any(|s| s == h),
+            "{h} not signed: {signed}"
+        );
+    }
+    assert!(got[0].headers.contains_key("x-amz-date"));
+    assert!(
+        !auth.contains(CLIENT_SECRET),
+        "the secret key never travels"
+    );
+}

@@ -35,6 +35,7 @@ use crate::store::{SellerRecord, SellerStatus, Store};
 pub mod body;
 pub mod headers;
 pub mod rescue;
+pub mod sigv4;
 pub mod upstream;
 
 use body::{Body, BoxError, Limited};
@@ -52,6 +53,7 @@ pub struct Limits {
 
 /// Everything the pipeline needs, built once at startup.
 pub struct Gateway {
+    signer: Option<sigv4::Signer>,
     onboarding: Option<OnboardingConfig>,
     roles: Roles,
     rdts: Rdts,
@@ -85,6 +87,8 @@ pub struct GatewayParts {
     pub rdts: Rdts,
     /// The seller authorization workflow, if configured.
     pub onboarding: Option<OnboardingConfig>,
+    /// SigV4 credentials, when signing is enabled.
+    pub sigv4: Option<crate::config::SigV4Config>,
 }
 
 /// The token a request is sent upstream with, and where it came from (to forget it if Amazon
@@ -125,6 +129,7 @@ impl Gateway {
             roles: parts.roles,
             rdts: parts.rdts,
             onboarding: parts.onboarding,
+            signer: parts.sigv4.as_ref().map(sigv4::Signer::new),
             request_ids: RequestIds::new(),
         }
     }
@@ -508,6 +513,21 @@ impl Gateway {
         let mut value = value;
         value.set_sensitive(true);
         parts.headers.insert(crate::spapi::ACCESS_TOKEN, value);
+        if let Some(signer) = &self.signer {
+            // SigV4 signs the host; set it explicitly to the upstream's authority.
+            if let Some(host) = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                parts.headers.insert(header::HOST, host);
+            }
+            let mut bare = Request::from_parts(parts, ());
+            signer
+                .sign(&mut bare, region)
+                .map_err(|e| ProxyError::Credentials(LwaError::Protocol(e.to_string())))?;
+            parts = bare.into_parts().0;
+        }
         let body = Limited::new(body, self.limits.max_request_body_bytes, limit_tripped).boxed();
         Ok(Request::from_parts(parts, body))
     }

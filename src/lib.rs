@@ -50,11 +50,18 @@ pub enum RunError {
     Io(#[from] std::io::Error),
 }
 
-/// Opens the store the config names.
+/// How long per-request store lookups are cached (other processes' writes apply within it).
+pub const STORE_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Opens the store the config names, behind the per-request lookup cache.
 pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
-    match &config.store {
-        StoreConfig::Embedded { data_dir } => Ok(Arc::new(EmbeddedStore::open(data_dir)?)),
-    }
+    let inner: Arc<dyn Store> = match &config.store {
+        StoreConfig::Embedded { data_dir } => Arc::new(EmbeddedStore::open(data_dir)?),
+    };
+    Ok(Arc::new(crate::store::cache::CachedStore::new(
+        inner,
+        STORE_CACHE_TTL,
+    )))
 }
 
 /// Builds the gateway from a config and an opened store.

@@ -183,8 +183,11 @@ impl Roles {
     }
 
     /// The named role; an unknown role gets nothing (every category dropped).
-    pub fn get(&self, name: &str) -> Role {
-        self.roles.get(name).cloned().unwrap_or_default()
+    pub fn get(&self, name: &str) -> &Role {
+        static NOBODY: Role = Role {
+            actions: BTreeMap::new(),
+        };
+        self.roles.get(name).unwrap_or(&NOBODY)
     }
 
     /// Whether a role of this name is configured.

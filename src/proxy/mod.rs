@@ -194,21 +194,21 @@ impl Gateway {
         let replay = Replay::capture(&req);
         let seller = seller.as_ref();
         let path = req.uri().path().to_string();
-        let cred = self.credentials(op, seller, &role, &path).await?; // 5. credentials
+        let cred = self.credentials(op, seller, role, &path).await?; // 5. credentials
         let upstream_req =
-            self.upstream_request(req, op, seller, &role, &cred, limit_tripped.clone())?;
+            self.upstream_request(req, op, seller, role, &cred, limit_tripped.clone())?;
         let mut resp = self.send(upstream_req, &limit_tripped).await?; // 6. upstream
         if is_auth_failure(resp.status()) {
             // A token revoked early or expired in flight: forget it, and retry once with fresh
             // credentials when the request can be replayed (it had no body).
             self.forget(&cred).await;
             if let Some(replay) = replay {
-                let cred = self.credentials(op, seller, &role, &path).await?;
+                let cred = self.credentials(op, seller, role, &path).await?;
                 let again = self.upstream_request(
                     replay.request(),
                     op,
                     seller,
-                    &role,
+                    role,
                     &cred,
                     limit_tripped.clone(),
                 )?;

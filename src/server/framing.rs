@@ -252,8 +252,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Inspect<T> {
         let this = &mut *self;
         let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = poll {
-            let fresh = buf.filled()[before..].to_vec();
-            this.feed(&fresh);
+            this.feed(&buf.filled()[before..]);
         }
         poll
     }

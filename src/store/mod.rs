@@ -11,6 +11,7 @@ use std::str::FromStr;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub mod cache;
 pub mod embedded;
 
 /// Why a store operation failed. Messages never carry secrets or PII.

@@ -186,6 +186,59 @@ async fn the_embedded_store_keeps_the_store_contract() {
 }
 
 #[tokio::test]
+async fn the_cached_store_keeps_the_store_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let inner = std::sync::Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let store = super::cache::CachedStore::new(inner, std::time::Duration::from_secs(60));
+    contract(&store).await;
+}
+
+#[tokio::test]
+async fn the_cache_sees_its_own_writes_at_once_and_other_writers_after_its_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let inner = std::sync::Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let other = EmbeddedStore::open(dir.path()).unwrap();
+    let ttl = std::time::Duration::from_millis(300);
+    let store = super::cache::CachedStore::new(inner, ttl);
+    assert!(
+        store.client_by_key_hash("h1").await.unwrap().is_none(),
+        "cached as unknown"
+    );
+    store.insert_client(&client("c1", "h1")).await.unwrap();
+    assert!(
+        store.client_by_key_hash("h1").await.unwrap().is_some(),
+        "own insert seen at once"
+    );
+    store.revoke_client("c1", 5).await.unwrap();
+    assert_eq!(
+        store
+            .client_by_key_hash("h1")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at,
+        Some(5),
+        "own revocation at once"
+    );
+    store.put_seller(&seller("A1")).await.unwrap();
+    assert!(store.seller("A1").await.unwrap().is_some());
+    other
+        .set_seller_status("A1", SellerStatus::Deauthorized)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.seller("A1").await.unwrap().unwrap().status,
+        SellerStatus::Active,
+        "another writer is seen only after the ttl"
+    );
+    tokio::time::sleep(ttl).await;
+    assert_eq!(
+        store.seller("A1").await.unwrap().unwrap().status,
+        SellerStatus::Deauthorized
+    );
+}
+
+#[tokio::test]
 async fn the_embedded_store_survives_reopening_and_sees_other_processes_writes() {
     let dir = tempfile::tempdir().unwrap();
     let a = EmbeddedStore::open(dir.path()).unwrap();

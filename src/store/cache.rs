@@ -1,0 +1,231 @@
+//! A read-through cache in front of any [`Store`] for the lookups every request makes: the
+//! tool behind an API key, the tool by id, the seller, and drop-in tokens.
+//!
+//! Without it each request costs two to three database reads, and each SQLite read transaction
+//! takes file locks (system calls). Entries live `ttl` (1 s by default); every write through
+//! this handle drops the entries it affects at once, so revocations and deauthorizations made
+//! by the running gateway (or by anything holding this handle) apply to the next request.
+//! Writes made by another process (the `spgate clients revoke` CLI) apply within `ttl`.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+
+use super::{
+    ClientRecord, DropInRecord, GatewayToken, Invite, OAuthState, SellerRecord, SellerStatus,
+    Store, StoreError,
+};
+
+/// Entries kept per map; when full the map is cleared (a rare, cheap reset).
+const MAX_ENTRIES: usize = 100_000;
+
+struct TtlMap<K, V> {
+    ttl: Duration,
+    map: Mutex<HashMap<K, (Instant, V)>>,
+}
+
+impl<K: Eq + Hash, V: Clone> TtlMap<K, V> {
+    fn new(ttl: Duration) -> Self {
+        TtlMap {
+            ttl,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, (Instant, V)>> {
+        // A poisoned map only means another thread panicked mid-update; entries stay valid.
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Eq + Hash + ?Sized,
+    {
+        let map = self.lock();
+        map.get(key)
+            .filter(|(at, _)| at.elapsed() < self.ttl)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn put(&self, key: K, value: V) {
+        let mut map = self.lock();
+        if map.len() >= MAX_ENTRIES {
+            map.clear();
+        }
+        map.insert(key, (Instant::now(), value));
+    }
+
+    fn retain(&self, keep: impl FnMut(&K, &mut (Instant, V)) -> bool) {
+        self.lock().retain(keep);
+    }
+
+    fn clear(&self) {
+        self.lock().clear();
+    }
+}
+
+/// [`Store`] with cached per-request lookups.
+pub struct CachedStore {
+    inner: Arc<dyn Store>,
+    by_key: TtlMap<String, Option<ClientRecord>>,
+    by_id: TtlMap<String, Option<ClientRecord>>,
+    sellers: TtlMap<String, Option<SellerRecord>>,
+    tokens: TtlMap<String, Option<GatewayToken>>,
+}
+
+impl CachedStore {
+    /// Wraps a store.
+    pub fn new(inner: Arc<dyn Store>, ttl: Duration) -> CachedStore {
+        CachedStore {
+            inner,
+            by_key: TtlMap::new(ttl),
+            by_id: TtlMap::new(ttl),
+            sellers: TtlMap::new(ttl),
+            tokens: TtlMap::new(ttl),
+        }
+    }
+
+    fn forget_client(&self, id: &str) {
+        self.by_id.retain(|k, _| k != id);
+        self.by_key
+            .retain(|_, (_, c)| c.as_ref().is_none_or(|c| c.id != id));
+        self.tokens.clear();
+    }
+}
+
+#[async_trait]
+impl Store for CachedStore {
+    async fn put_seller(&self, seller: &SellerRecord) -> Result<(), StoreError> {
+        self.inner.put_seller(seller).await?;
+        self.sellers.retain(|k, _| *k != seller.selling_partner_id);
+        Ok(())
+    }
+
+    async fn seller(&self, selling_partner_id: &str) -> Result<Option<SellerRecord>, StoreError> {
+        if let Some(hit) = self.sellers.get(selling_partner_id) {
+            return Ok(hit);
+        }
+        let found = self.inner.seller(selling_partner_id).await?;
+        self.sellers
+            .put(selling_partner_id.to_string(), found.clone());
+        Ok(found)
+    }
+
+    async fn sellers(&self) -> Result<Vec<SellerRecord>, StoreError> {
+        self.inner.sellers().await
+    }
+
+    async fn remove_seller(&self, selling_partner_id: &str) -> Result<bool, StoreError> {
+        let removed = self.inner.remove_seller(selling_partner_id).await?;
+        self.sellers.retain(|k, _| k != selling_partner_id);
+        Ok(removed)
+    }
+
+    async fn set_seller_status(
+        &self,
+        selling_partner_id: &str,
+        status: SellerStatus,
+    ) -> Result<bool, StoreError> {
+        let changed = self
+            .inner
+            .set_seller_status(selling_partner_id, status)
+            .await?;
+        self.sellers.retain(|k, _| k != selling_partner_id);
+        Ok(changed)
+    }
+
+    async fn insert_client(&self, client: &ClientRecord) -> Result<(), StoreError> {
+        self.inner.insert_client(client).await?;
+        // A key that was unknown a moment ago may be cached as unknown.
+        self.by_key.retain(|k, _| *k != client.key_hash);
+        self.by_id.retain(|k, _| *k != client.id);
+        Ok(())
+    }
+
+    async fn client_by_key_hash(&self, key_hash: &str) -> Result<Option<ClientRecord>, StoreError> {
+        if let Some(hit) = self.by_key.get(key_hash) {
+            return Ok(hit);
+        }
+        let found = self.inner.client_by_key_hash(key_hash).await?;
+        self.by_key.put(key_hash.to_string(), found.clone());
+        Ok(found)
+    }
+
+    async fn clients(&self) -> Result<Vec<ClientRecord>, StoreError> {
+        self.inner.clients().await
+    }
+
+    async fn revoke_client(&self, id: &str, at: i64) -> Result<bool, StoreError> {
+        let revoked = self.inner.revoke_client(id, at).await?;
+        self.forget_client(id);
+        Ok(revoked)
+    }
+
+    async fn client(&self, id: &str) -> Result<Option<ClientRecord>, StoreError> {
+        if let Some(hit) = self.by_id.get(id) {
+            return Ok(hit);
+        }
+        let found = self.inner.client(id).await?;
+        self.by_id.put(id.to_string(), found.clone());
+        Ok(found)
+    }
+
+    async fn insert_drop_in(&self, record: &DropInRecord) -> Result<(), StoreError> {
+        self.inner.insert_drop_in(record).await
+    }
+
+    async fn drop_in(&self, lwa_client_id: &str) -> Result<Option<DropInRecord>, StoreError> {
+        self.inner.drop_in(lwa_client_id).await
+    }
+
+    async fn insert_gateway_token(&self, token: &GatewayToken, now: i64) -> Result<(), StoreError> {
+        self.inner.insert_gateway_token(token, now).await?;
+        // Mirror the backend: the insert purges tokens expired at `now`.
+        self.tokens.retain(|k, (_, cached)| {
+            *k != token.token_hash && cached.as_ref().is_none_or(|t| t.expires_at > now)
+        });
+        Ok(())
+    }
+
+    async fn gateway_token(
+        &self,
+        token_hash: &str,
+        now: i64,
+    ) -> Result<Option<GatewayToken>, StoreError> {
+        if let Some(hit) = self.tokens.get(token_hash) {
+            return Ok(hit.filter(|t| t.expires_at > now));
+        }
+        let found = self.inner.gateway_token(token_hash, now).await?;
+        self.tokens.put(token_hash.to_string(), found.clone());
+        Ok(found)
+    }
+
+    async fn insert_invite(&self, invite: &Invite) -> Result<(), StoreError> {
+        self.inner.insert_invite(invite).await
+    }
+
+    async fn invite(&self, id: &str) -> Result<Option<Invite>, StoreError> {
+        self.inner.invite(id).await
+    }
+
+    async fn use_invite(&self, id: &str, at: i64) -> Result<bool, StoreError> {
+        self.inner.use_invite(id, at).await
+    }
+
+    async fn insert_oauth_state(&self, state: &OAuthState) -> Result<(), StoreError> {
+        self.inner.insert_oauth_state(state).await
+    }
+
+    async fn take_oauth_state(
+        &self,
+        state_hash: &str,
+        now: i64,
+    ) -> Result<Option<OAuthState>, StoreError> {
+        self.inner.take_oauth_state(state_hash, now).await
+    }
+}

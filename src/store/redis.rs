@@ -1,7 +1,8 @@
 //! The Redis backend, for state shared by several gateway instances.
 //!
 //! Every key starts with the store's key prefix (e.g. `spgate:`), so one Redis can serve several
-//! deployments. The layout, with `P` the prefix:
+//! deployments. The layout, with `P` standing for the prefix (`P seller:A1` is the key
+//! `spgate:seller:A1` under the prefix `spgate:`):
 //!
 //! | key | type | holds |
 //! |-----|------|-------|
@@ -148,9 +149,10 @@ static UNLOCK: LazyLock<Script> = LazyLock::new(|| {
 // === impl RedisStore ===
 
 impl RedisStore {
-    /// Connects to Redis at `url` (`redis://[:password@]host[:port][/db]`, or `rediss://`) and
-    /// checks that it answers, within [`CONNECT_TIMEOUT`]. Every key the store touches starts
-    /// with `key_prefix`. The connection reconnects on its own after Redis restarts.
+    /// Connects to Redis at `url` (`redis://[[user]:password@]host[:port][/db]`) and checks
+    /// that it answers, within [`CONNECT_TIMEOUT`]. Every key the store touches starts with
+    /// `key_prefix`. The connection reconnects on its own after Redis restarts. TLS
+    /// (`rediss://`) is not compiled in and gives [`StoreError::RedisUrl`].
     pub async fn connect(url: &str, key_prefix: &str) -> Result<RedisStore, StoreError> {
         let client = redis::Client::open(url).map_err(|e| StoreError::RedisUrl(describe(&e)))?;
         let config = ConnectionManagerConfig::new()

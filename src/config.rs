@@ -197,6 +197,11 @@ pub struct RawStore {
     pub kind: Option<String>,
     /// Data directory of the embedded backend.
     pub data_dir: Option<PathBuf>,
+    /// Redis URL of the redis backend (`redis://[:password@]host:port/db`), a reference when it
+    /// holds a password, else a plain string.
+    pub url: Option<RawSecret>,
+    /// Prefix of every Redis key (several deployments may share one Redis).
+    pub key_prefix: Option<String>,
 }
 
 /// `[keys]`: the master key that seals secrets at rest.
@@ -403,6 +408,13 @@ pub enum StoreConfig {
     Embedded {
         /// The data directory.
         data_dir: PathBuf,
+    },
+    /// Redis, shared by several gateway instances.
+    Redis {
+        /// Connection URL (may hold a password).
+        url: Secret<String>,
+        /// Key prefix.
+        key_prefix: String,
     },
 }
 
@@ -652,10 +664,26 @@ impl Config {
                     .clone()
                     .unwrap_or_else(|| PathBuf::from("data")),
             },
+            "redis" => StoreConfig::Redis {
+                url: match &raw.store.url {
+                    // A URL without a password is not a secret and may be written inline.
+                    Some(RawSecret::Literal(u)) if !u.contains('@') => Secret::new(u.clone()),
+                    Some(RawSecret::Literal(_)) => {
+                        v.issue("store.url", "a URL with a password is a secret: use { env = \"NAME\" } or { file = \"/path\" }");
+                        Secret::new(String::new())
+                    }
+                    other => v.secret("store.url", other.as_ref()),
+                },
+                key_prefix: raw
+                    .store
+                    .key_prefix
+                    .clone()
+                    .unwrap_or_else(|| "spgate:".into()),
+            },
             other => {
                 v.issue(
                     "store.type",
-                    &format!("unknown backend {other:?} (expected \"embedded\")"),
+                    &format!("unknown backend {other:?} (expected \"embedded\" or \"redis\")"),
                 );
                 StoreConfig::Embedded {
                     data_dir: PathBuf::new(),

@@ -190,7 +190,8 @@ pub async fn run_demo(
     };
     let master = MasterKey::generate_base64()?;
     let config = demo_config(args.listen, &upstream_url, &data_dir, &master)?;
-    let store = crate::open_store(&config)?;
+    let opened = crate::open_store(&config).await?;
+    let store = opened.store.clone();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let sealed = config.master_key.seal_str(
         &refresh_token,
@@ -241,7 +242,7 @@ pub async fn run_demo(
     );
     println!("Serving until Ctrl-C.");
 
-    let (gateway, limits) = crate::build_gateway(config, store);
+    let (gateway, limits) = crate::build_gateway(config, opened);
     let result = crate::server::serve(listener, Arc::new(gateway), limits, shutdown).await;
     let _ = stop_tx.send(true);
     if temporary {

@@ -36,7 +36,10 @@ use crate::config::{Config, StoreConfig};
 use crate::proxy::upstream::{build_client, Upstream};
 use crate::proxy::{Gateway, GatewayParts, Limits};
 use crate::server::ServerLimits;
+use crate::store::cache::CachedStore;
 use crate::store::embedded::EmbeddedStore;
+use crate::store::redis::RedisStore;
+use crate::store::token_cache::SharedTokenCache;
 use crate::store::{Store, StoreError};
 
 /// Why the gateway could not start or stopped with an error.
@@ -53,21 +56,41 @@ pub enum RunError {
 /// How long per-request store lookups are cached (other processes' writes apply within it).
 pub const STORE_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Opens the store the config names, behind the per-request lookup cache.
-pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
-    let inner: Arc<dyn Store> = match &config.store {
-        StoreConfig::Embedded { data_dir } => Arc::new(EmbeddedStore::open(data_dir)?),
-    };
-    Ok(Arc::new(crate::store::cache::CachedStore::new(
-        inner,
-        STORE_CACHE_TTL,
-    )))
+/// An opened store: the backend behind the per-request lookup cache, and, for Redis, the
+/// access-token cache shared by every instance.
+pub struct OpenStore {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// The shared access-token cache (Redis only).
+    pub shared_tokens: Option<Arc<dyn SharedTokenCache>>,
+}
+
+/// Opens the store the config names.
+pub async fn open_store(config: &Config) -> Result<OpenStore, StoreError> {
+    let (inner, shared_tokens): (Arc<dyn Store>, Option<Arc<dyn SharedTokenCache>>) =
+        match &config.store {
+            StoreConfig::Embedded { data_dir } => (Arc::new(EmbeddedStore::open(data_dir)?), None),
+            StoreConfig::Redis { url, key_prefix } => {
+                let redis = Arc::new(RedisStore::connect(url.expose(), key_prefix).await?);
+                (redis.clone(), Some(redis))
+            }
+        };
+    Ok(OpenStore {
+        store: Arc::new(CachedStore::new(inner, STORE_CACHE_TTL)),
+        shared_tokens,
+    })
 }
 
 /// Builds the gateway from a config and an opened store.
-pub fn build_gateway(config: Config, store: Arc<dyn Store>) -> (Gateway, ServerLimits) {
+pub fn build_gateway(config: Config, opened: OpenStore) -> (Gateway, ServerLimits) {
+    let store = opened.store;
+    let master_key = Arc::new(config.master_key);
     let client = build_client(&config.upstream);
-    let lwa = Lwa::new(client.clone(), &config.lwa);
+    let shared = opened.shared_tokens.map(|cache| crate::auth::lwa::Shared {
+        cache,
+        key: master_key.clone(),
+    });
+    let lwa = Lwa::new(client.clone(), &config.lwa, shared);
     let rdts = crate::auth::rdt::Rdts::new(client.clone(), config.lwa.timeout);
     let upstream = Upstream::new(client, &config.upstream);
     let server_limits = ServerLimits {
@@ -78,7 +101,7 @@ pub fn build_gateway(config: Config, store: Arc<dyn Store>) -> (Gateway, ServerL
     };
     let gateway = Gateway::new(GatewayParts {
         store,
-        master_key: Arc::new(config.master_key),
+        master_key,
         lwa,
         upstream,
         endpoints: config.upstream.endpoints,
@@ -100,8 +123,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let store = open_store(&config)?;
-    let (gateway, limits) = build_gateway(config, store);
+    let opened = open_store(&config).await?;
+    let (gateway, limits) = build_gateway(config, opened);
     server::serve(listener, Arc::new(gateway), limits, shutdown).await?;
     Ok(())
 }

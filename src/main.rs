@@ -187,7 +187,7 @@ fn now() -> i64 {
 }
 
 async fn clients(config: &Config, action: ClientsAction) -> anyhow::Result<()> {
-    let store = spgate::open_store(config)?;
+    let store = spgate::open_store(config).await?.store;
     match action {
         ClientsAction::Add {
             tool,
@@ -252,7 +252,7 @@ async fn clients(config: &Config, action: ClientsAction) -> anyhow::Result<()> {
 }
 
 async fn sellers(config: &Config, action: SellersAction) -> anyhow::Result<()> {
-    let store = spgate::open_store(config)?;
+    let store = spgate::open_store(config).await?.store;
     match action {
         SellersAction::Add {
             id,

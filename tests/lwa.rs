@@ -559,3 +559,59 @@ async fn sigv4_is_off_by_default_and_signs_token_and_host_when_enabled() {
         "the secret key never travels"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_sharing_redis_make_one_lwa_call_for_a_cold_seller() {
+    let store = redis_store_toml();
+    let first = start_gateway(Options {
+        store_toml: Some(store.clone()),
+        ..Options::default()
+    })
+    .await;
+    let mut gateways = vec![Arc::new(first)];
+    for _ in 0..2 {
+        let g = start_gateway(Options {
+            store_toml: Some(store.clone()),
+            shared_sandbox: Some((gateways[0].sandbox.clone(), gateways[0].sandbox_url.clone())),
+            master_key: Some(gateways[0].master_key_b64.clone()),
+            ..Options::default()
+        })
+        .await;
+        gateways.push(Arc::new(g));
+    }
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let gw = gateways[i % 3].clone();
+        tasks.push(tokio::spawn(async move {
+            gw.get("/sellers/v1/marketplaceParticipations").await.status
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    let calls: u64 = gateways.iter().map(|g| (g.lwa_calls)()).sum();
+    assert_eq!(calls, 1, "one LWA call across three instances");
+    assert_eq!(gateways[0].sandbox.stats().lwa_refresh_grants, 1);
+    // A token Amazon rejects is dropped for every instance.
+    gateways[0].sandbox.expire_access_tokens();
+    assert_eq!(
+        gateways[1]
+            .get("/sellers/v1/marketplaceParticipations")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        gateways[2]
+            .get("/sellers/v1/marketplaceParticipations")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        gateways[0].sandbox.stats().lwa_refresh_grants,
+        2,
+        "the second instance reused the first's fresh token"
+    );
+    clean_redis(&store).await;
+}

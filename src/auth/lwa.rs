@@ -11,11 +11,15 @@ use http_body_util::BodyExt;
 use serde::Deserialize;
 use tokio::time::Instant;
 
+use std::sync::Arc;
+
 use super::slots::Slots;
 use crate::config::LwaConfig;
+use crate::crypto::MasterKey;
 use crate::proxy::body;
 use crate::proxy::upstream::{error_chain, HttpClient};
 use crate::secret::Secret;
+use crate::store::token_cache::SharedTokenCache;
 
 /// Whose token: a seller's, or the application's for a grantless scope.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -24,6 +28,16 @@ pub enum Subject {
     Seller(String),
     /// The application itself, for a grantless scope.
     Grantless(&'static str),
+}
+
+impl Subject {
+    /// The key of this subject in the shared cache.
+    pub fn cache_key(&self) -> String {
+        match self {
+            Subject::Seller(id) => format!("seller:{id}"),
+            Subject::Grantless(scope) => format!("grantless:{scope}"),
+        }
+    }
 }
 
 /// Why no token could be had. Messages never carry tokens or secrets.
@@ -82,6 +96,16 @@ pub struct Lwa {
     timeout: Duration,
     tokens: Slots<Subject, Secret<String>>,
     calls: std::sync::atomic::AtomicU64,
+    /// With the redis store: the cache and refresh lock shared by every gateway instance.
+    shared: Option<Shared>,
+}
+
+/// The shared second-level cache: tokens sealed under the master key, and a refresh lock.
+pub struct Shared {
+    /// Where sealed tokens and locks live.
+    pub cache: Arc<dyn SharedTokenCache>,
+    /// Seals tokens before they leave the process.
+    pub key: Arc<MasterKey>,
 }
 
 #[derive(Deserialize)]
@@ -100,8 +124,9 @@ struct ErrorResponse {
 
 impl Lwa {
     /// A client for the configured token endpoint.
-    pub fn new(client: HttpClient, cfg: &LwaConfig) -> Lwa {
+    pub fn new(client: HttpClient, cfg: &LwaConfig, shared: Option<Shared>) -> Lwa {
         Lwa {
+            shared,
             client,
             token_url: cfg.token_url.clone(),
             client_id: cfg.client_id.clone(),
@@ -128,10 +153,113 @@ impl Lwa {
     ) -> Result<Secret<String>, LwaError> {
         self.tokens
             .get_or_fetch(subject, || async {
-                let f = self.fetch(grant()?).await?;
-                Ok((f.access_token, f.refresh_at))
+                match &self.shared {
+                    Some(shared) => self.fetch_shared(shared, subject, grant).await,
+                    None => {
+                        let f = self.fetch(grant()?).await?;
+                        Ok((f.access_token, f.refresh_at))
+                    }
+                }
             })
             .await
+    }
+
+    /// Several instances: take another instance's token if there is one; else take the refresh
+    /// lock and ask LWA, or wait for the instance holding it. Any Redis trouble falls back to
+    /// asking LWA directly (correct, only less economical).
+    async fn fetch_shared(
+        &self,
+        shared: &Shared,
+        subject: &Subject,
+        grant: impl FnOnce() -> Result<Grant, LwaError>,
+    ) -> Result<(Secret<String>, Instant), LwaError> {
+        let key = subject.cache_key();
+        if let Some(found) = self.shared_get(shared, &key).await {
+            return Ok(found);
+        }
+        let lock_ttl = self.timeout * 2 + Duration::from_secs(1);
+        let direct = |grant: Grant| async move {
+            let f = self.fetch(grant).await?;
+            Ok((f.access_token, f.refresh_at))
+        };
+        match shared.cache.try_lock(&key, lock_ttl).await {
+            Ok(Some(lock)) => {
+                let result = match self.shared_get(shared, &key).await {
+                    Some(found) => Ok(found),
+                    None => match grant() {
+                        Ok(g) => direct(g).await,
+                        Err(e) => Err(e),
+                    },
+                };
+                if let Ok((token, refresh_at)) = &result {
+                    self.shared_put(shared, &key, token, *refresh_at).await;
+                }
+                if let Err(e) = shared.cache.unlock(&key, &lock).await {
+                    tracing::warn!(error = %e, "Could not release the shared token refresh lock; it expires on its own.");
+                }
+                result
+            }
+            Ok(None) => {
+                let deadline = Instant::now() + self.timeout;
+                while Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    if let Some(found) = self.shared_get(shared, &key).await {
+                        return Ok(found);
+                    }
+                }
+                direct(grant()?).await
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Shared token cache unavailable; asking LWA directly.");
+                direct(grant()?).await
+            }
+        }
+    }
+
+    async fn shared_get(&self, shared: &Shared, key: &str) -> Option<(Secret<String>, Instant)> {
+        let (sealed, remaining) = match shared.cache.get(key).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(error = %e, "Shared token cache unavailable.");
+                return None;
+            }
+        };
+        if remaining < Duration::from_secs(1) {
+            return None;
+        }
+        let aad = format!("lwa-token:{key}");
+        match shared.key.open_str(&sealed, aad.as_bytes()) {
+            Ok(token) => Some((token, Instant::now() + remaining)),
+            Err(e) => {
+                tracing::warn!(error = %e, "A shared token could not be opened; ignoring it.");
+                None
+            }
+        }
+    }
+
+    async fn shared_put(
+        &self,
+        shared: &Shared,
+        key: &str,
+        token: &Secret<String>,
+        refresh_at: Instant,
+    ) {
+        let ttl = refresh_at.saturating_duration_since(Instant::now());
+        if ttl.is_zero() {
+            return;
+        }
+        let aad = format!("lwa-token:{key}");
+        let sealed = match shared.key.seal_str(token, aad.as_bytes()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "Could not seal a token for the shared cache.");
+                return;
+            }
+        };
+        if let Err(e) = shared.cache.put(key, &sealed, ttl).await {
+            tracing::warn!(error = %e, "Could not share a token.");
+        }
     }
 
     /// Exchanges a seller's `spapi_oauth_code` for its refresh token (and a first access token)
@@ -158,6 +286,19 @@ impl Lwa {
     /// Forgets a subject's token if it is still `token` (after the upstream rejected it).
     pub async fn invalidate(&self, subject: &Subject, token: &Secret<String>) {
         self.tokens.invalidate_if(subject, |t| t == token).await;
+        if let Some(shared) = &self.shared {
+            let key = subject.cache_key();
+            if self
+                .shared_get(shared, &key)
+                .await
+                .is_some_and(|(t, _)| t == *token)
+            {
+                // A zero TTL deletes the shared entry.
+                if let Err(e) = shared.cache.put(&key, "", Duration::ZERO).await {
+                    tracing::warn!(error = %e, "Could not drop a rejected token from the shared cache.");
+                }
+            }
+        }
     }
 
     /// The form body of a token request (holds the client secret: wrapped by the caller).

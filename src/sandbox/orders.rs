@@ -330,7 +330,7 @@ fn order(seller: &str, anchor: OffsetDateTime, i: u32) -> Order {
         earliest_delivery: purchased + Duration::days(3),
         latest_delivery: purchased + Duration::days(10),
         business: i % 6 == 5,
-        prime: i % 2 == 0,
+        prime: i.is_multiple_of(2),
         items,
     }
 }
@@ -343,7 +343,7 @@ impl Order {
 
     fn buyer_email(&self) -> String {
         let (first, last) = BUYERS[self.index as usize % BUYERS.len()];
-        if self.index % 2 == 0 {
+        if self.index.is_multiple_of(2) {
             format!(
                 "{}.{}+{}@example.com",
                 first.to_ascii_lowercase(),

@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 
 pub mod cache;
 pub mod embedded;
+pub mod redis;
+pub mod token_cache;
 
 /// Why a store operation failed. Messages never carry secrets or PII.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,21 @@ pub enum StoreError {
     /// A blocking task panicked or was cancelled.
     #[error("store task failed: {0}")]
     Task(String),
+    /// Redis failed, timed out or could not be reached. The reason names the failure (an I/O
+    /// error, a server error code, a type error), never a key, a value or the URL.
+    #[error("redis store, {op}: {reason}")]
+    Redis {
+        /// The operation that failed, e.g. `connect` or `insert_client`.
+        op: &'static str,
+        /// What went wrong, without values.
+        reason: String,
+    },
+    /// The Redis URL could not be used. The URL itself is not repeated: it may hold a password.
+    #[error("the Redis URL is invalid: {0}")]
+    RedisUrl(String),
+    /// No random lock token could be generated for the shared token cache.
+    #[error("no lock token: {0}")]
+    LockToken(crate::crypto::CryptoError),
 }
 
 /// An SP-API region: each has its own endpoint and LWA-authorized sellers.

@@ -53,6 +53,23 @@ pub struct Options {
     pub roles_toml: String,
     /// Other sections appended to the config.
     pub extra_toml: String,
+    /// Use this running sandbox (and its URL) instead of starting one.
+    pub shared_sandbox: Option<(Sandbox, String)>,
+    /// The `[store]` section (default: embedded under the test's temporary directory).
+    pub store_toml: Option<String>,
+    /// The master key (instances sharing a Redis store must share it).
+    pub master_key: Option<Secret<String>>,
+}
+
+/// A `[store]` section for the shared Redis on 127.0.0.1:6379 under a fresh key prefix.
+pub fn redis_store_toml() -> String {
+    let prefix = format!(
+        "spgate-test-{}:",
+        spgate::crypto::random_token::<9>().unwrap()
+    );
+    format!(
+        "[store]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\nkey_prefix = \"{prefix}\"\n"
+    )
 }
 
 /// A role that receives every PII category in clear.
@@ -82,6 +99,9 @@ impl Default for Options {
             role: "orders".into(),
             roles_toml: all_pass_role("orders"),
             extra_toml: String::new(),
+            shared_sandbox: None,
+            store_toml: None,
+            master_key: None,
         }
     }
 }
@@ -102,27 +122,36 @@ pub struct TestGateway {
 }
 
 pub async fn start_gateway(opts: Options) -> TestGateway {
-    let sandbox = Sandbox::new(SandboxConfig {
-        lwa_clients: opts
-            .sandbox_lwa_secrets
-            .iter()
-            .map(|s| (CLIENT_ID.to_string(), s.clone()))
-            .collect(),
-        access_token_ttl: opts.token_ttl,
-        quotas: opts.quotas,
-        require_rdt: opts.require_rdt,
-        open_enrollment: false,
-    });
-    sandbox.add_seller(SELLER, REFRESH_TOKEN);
-    let sl = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sandbox_url = format!("http://{}", sl.local_addr().unwrap());
-    let (stx, srx) = oneshot::channel::<()>();
-    tokio::spawn(sandbox.clone().serve(sl, async {
-        let _ = srx.await;
-    }));
+    let (sandbox, sandbox_url, stx) = match opts.shared_sandbox.clone() {
+        Some((sandbox, url)) => (sandbox, url, None),
+        None => {
+            let sandbox = Sandbox::new(SandboxConfig {
+                lwa_clients: opts
+                    .sandbox_lwa_secrets
+                    .iter()
+                    .map(|s| (CLIENT_ID.to_string(), s.clone()))
+                    .collect(),
+                access_token_ttl: opts.token_ttl,
+                quotas: opts.quotas,
+                require_rdt: opts.require_rdt,
+                open_enrollment: false,
+            });
+            sandbox.add_seller(SELLER, REFRESH_TOKEN);
+            let sl = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", sl.local_addr().unwrap());
+            let (stx, srx) = oneshot::channel::<()>();
+            tokio::spawn(sandbox.clone().serve(sl, async {
+                let _ = srx.await;
+            }));
+            (sandbox, url, Some(stx))
+        }
+    };
 
     let dir = tempfile::tempdir().unwrap();
-    let master = MasterKey::generate_base64().unwrap();
+    let master = opts
+        .master_key
+        .clone()
+        .unwrap_or_else(|| MasterKey::generate_base64().unwrap());
     let previous = match opts.gateway_previous_lwa_secret {
         Some(_) => "previous_client_secret = { env = \"LWA_PREVIOUS_SECRET\" }",
         None => "",
@@ -147,15 +176,17 @@ client_secret = {{ env = "LWA_SECRET" }}
 timeout_ms = 2000
 {previous}
 {lwa}
-[store]
-type = "embedded"
-data_dir = {data_dir:?}
+{store}
 [keys]
 master_key = {{ env = "MASTER" }}
 {roles}
 {extra}
 "#,
         roles = opts.roles_toml,
+        store = opts.store_toml.clone().unwrap_or_else(|| format!(
+            "[store]\ntype = \"embedded\"\ndata_dir = {:?}\n",
+            dir.path().join("data").display().to_string()
+        )),
         extra = opts.extra_toml,
         server = opts.server_toml,
         upstream = opts.upstream_toml,
@@ -164,7 +195,6 @@ master_key = {{ env = "MASTER" }}
             .eu_endpoint
             .clone()
             .unwrap_or_else(|| sandbox_url.clone()),
-        data_dir = dir.path().join("data").display().to_string(),
     );
     let mut env = MapEnv::default();
     env.vars
@@ -174,7 +204,8 @@ master_key = {{ env = "MASTER" }}
     }
     env.vars.insert("MASTER".into(), master.expose().clone());
     let config = Config::from_toml(&toml, &env).unwrap_or_else(|e| panic!("{e}"));
-    let store = spgate::open_store(&config).unwrap();
+    let opened = spgate::open_store(&config).await.unwrap();
+    let store = opened.store.clone();
     let sealed = config
         .master_key
         .seal_str(
@@ -206,7 +237,7 @@ master_key = {{ env = "MASTER" }}
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let (gateway, limits) = spgate::build_gateway(config, store.clone());
+    let (gateway, limits) = spgate::build_gateway(config, opened);
     let gateway = Arc::new(gateway);
     let g = gateway.clone();
     let lwa_calls: Arc<dyn Fn() -> u64 + Send + Sync> = Arc::new(move || g.lwa().calls());
@@ -224,7 +255,7 @@ master_key = {{ env = "MASTER" }}
         client: Client::builder(TokioExecutor::new()).build_http(),
         lwa_calls,
         shutdown: Some(tx),
-        sandbox_shutdown: Some(stx),
+        sandbox_shutdown: stx,
         server: Some(server),
         dir,
     }
@@ -331,4 +362,27 @@ pub fn empty() -> Body {
 
 pub fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+/// Deletes every Redis key under a store section's prefix.
+pub async fn clean_redis(store_toml: &str) {
+    let prefix = store_toml
+        .split("key_prefix = \"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap();
+    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
 }

@@ -275,7 +275,13 @@ level = "warn"
     Config::from_toml(&toml, &env)
 }
 
-fn print_instructions(url: &str, key: &str, upstream: &str, data_dir: &std::path::Path, order: &str) {
+fn print_instructions(
+    url: &str,
+    key: &str,
+    upstream: &str,
+    data_dir: &std::path::Path,
+    order: &str,
+) {
     println!("spgate demo: the gateway at {url}, in front of the sandbox at {upstream}.");
     println!("Data directory: {}\n", data_dir.display());
     println!("export SPGATE_URL={url} SPGATE_KEY={key} SPGATE_SELLER={DEMO_SELLER}\n");

@@ -6,6 +6,7 @@
 //! - [`config`]: the config file: parse, validate, resolve secrets (the only env/file reader).
 //! - [`crypto`]: randomness, hashing and sealing secrets at rest (ring).
 //! - [`proxy`]: the request pipeline, written once; `rescue` maps every error to a response.
+//! - [`ratelimit`]: Amazon's token buckets per seller and operation (local or Redis), fair shares per tool.
 //! - [`sandbox`]: a fake SP-API + LWA (static examples, synthetic orders, quotas, token expiry).
 //! - [`secret`]: `Secret<T>`, which never prints its value.
 //! - [`server`]: accept loop, connection limit, graceful drain.
@@ -16,6 +17,7 @@ pub mod catalog;
 pub mod config;
 pub mod crypto;
 pub mod proxy;
+pub mod ratelimit;
 pub mod sandbox;
 pub mod secret;
 pub mod server;

@@ -48,6 +48,8 @@ pub(crate) struct Ask<'a> {
     pub(crate) weight: f64,
     /// A tool-side bucket (rate, burst), if the tool's plan has an absolute rule.
     pub(crate) tool_limit: Option<(f64, u32)>,
+    /// When the request arrived (an immediate grant is dated then).
+    pub(crate) arrived: Instant,
     /// Latest grant time.
     pub(crate) deadline: Instant,
 }
@@ -191,7 +193,7 @@ impl Bucket {
         inner: &Arc<Inner>,
         ask: &Ask<'_>,
     ) -> Result<Instant, RateLimitError> {
-        let mut now = Instant::now();
+        let mut now = ask.arrived;
         // Stage 1: the tool's own bucket, if its plan has one. Its slot is reserved (and given
         // back if Amazon's side refuses below).
         let tool_reserved = match ask.tool_limit {
@@ -276,6 +278,9 @@ impl Bucket {
                 "the rate limit store (Redis) is unreachable".into(),
             )),
             Mode::Local | Mode::Fallback => {
+                if mode == Mode::Fallback {
+                    inner.count_fallback();
+                }
                 if st.queue.is_empty() && st.local.try_take(now) {
                     st.admit(ask.tool);
                     return Step::Granted(now);
@@ -413,10 +418,15 @@ impl Bucket {
             st.redis_in_flight = false;
             match reply {
                 Some(r) if r.granted => {
-                    st.redis_busy_until = Some(now + r.wait);
+                    // The wait counts from the answer: never forward before the reserved slot.
+                    st.redis_busy_until = Some(now_after + r.wait);
                     st.redis_view = Some((r.tokens, now_after));
                     st.admit(ask.tool);
-                    Some(Ok(now + r.wait))
+                    Some(Ok(if r.wait.is_zero() {
+                        now
+                    } else {
+                        now_after + r.wait
+                    }))
                 }
                 Some(r) => {
                     st.redis_view = Some((r.tokens, now_after));
@@ -434,7 +444,7 @@ impl Bucket {
                 if at > now_after {
                     tokio::time::sleep_until(at).await;
                 }
-                Some(Ok(at.max(now_after)))
+                Some(Ok(at))
             }
             other => other,
         }
@@ -620,7 +630,7 @@ async fn dispatch(bucket: Arc<Bucket>, inner: Arc<Inner>) {
                     st.redis_in_flight = false;
                     match reply {
                         Some(r) if r.granted => {
-                            let at = now + r.wait;
+                            let at = now_after + r.wait;
                             st.redis_busy_until = Some(at);
                             st.redis_view = Some((r.tokens, now_after));
                             st.admit(&waiter.tool);

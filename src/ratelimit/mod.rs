@@ -225,8 +225,10 @@ pub struct MetricsSnapshot {
     pub rejected_unavailable: u64,
     /// 429 answers from Amazon reported through [`Limiter::observe_throttled`].
     pub upstream_throttled: u64,
-    /// Redis failures after which decisions went local (or closed).
+    /// Decisions taken by a local fallback bucket because Redis was unreachable.
     pub redis_fallbacks: u64,
+    /// Failed Redis calls (each starts a back-off during which Redis is not asked).
+    pub redis_errors: u64,
     /// Sum of the waits of admitted requests, in seconds.
     pub wait_seconds_sum: f64,
     /// Number of admitted requests in `wait_seconds_sum`.
@@ -242,6 +244,7 @@ struct Metrics {
     rejected_unavailable: AtomicU64,
     upstream_throttled: AtomicU64,
     redis_fallbacks: AtomicU64,
+    redis_errors: AtomicU64,
     wait_nanos_sum: AtomicU64,
     wait_count: AtomicU64,
 }
@@ -292,11 +295,15 @@ impl Inner {
     }
 
     pub(crate) fn redis_failed(&self, reason: &str) {
-        self.metrics.redis_fallbacks.fetch_add(1, Ordering::Relaxed);
+        self.metrics.redis_errors.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(error = %reason, "Rate limit decision without Redis.");
     }
 
     /// Amazon's plan (or the rate Amazon reported) times the safety factor.
+    pub(crate) fn count_fallback(&self) {
+        self.metrics.redis_fallbacks.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn effective(&self, plan: UsagePlan, observed: Option<f64>) -> Limits {
         let f = self.config.safety_factor;
         let rate = observed.unwrap_or(plan.rate_per_second) * f;
@@ -372,7 +379,16 @@ impl Limiter {
         redis: RedisSettings,
     ) -> Result<Limiter, RateLimitError> {
         let backend = RedisBackend::connect(redis).await?;
-        Ok(Limiter::with(config, Some(backend)))
+        let reachable = backend.available(Instant::now());
+        let limiter = Limiter::with(config, Some(backend));
+        if !reachable {
+            limiter
+                .inner
+                .metrics
+                .redis_errors
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(limiter)
     }
 
     fn with(mut config: LimiterConfig, redis: Option<RedisBackend>) -> Limiter {
@@ -426,6 +442,7 @@ impl Limiter {
                 }) => Some((rate_per_second, burst)),
                 _ => None,
             },
+            arrived,
             deadline: arrived + max_wait,
         };
         drop(plans);
@@ -546,6 +563,7 @@ impl Limiter {
             rejected_unavailable: get(&m.rejected_unavailable),
             upstream_throttled: get(&m.upstream_throttled),
             redis_fallbacks: get(&m.redis_fallbacks),
+            redis_errors: get(&m.redis_errors),
             wait_seconds_sum: get(&m.wait_nanos_sum) as f64 / 1e9,
             wait_count: get(&m.wait_count),
         }

@@ -150,6 +150,19 @@ impl Drop for Cancel<'_> {
     }
 }
 
+/// Clears the bucket's "Redis call in flight" mark when a direct call ends, even when the
+/// request is dropped mid-call, and wakes the dispatcher waiting for it.
+struct InFlight<'b> {
+    bucket: &'b Bucket,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.bucket.lock().redis_in_flight = false;
+        self.bucket.wake.notify_one();
+    }
+}
+
 impl Bucket {
     /// A full bucket for `plan` (the catalog's or the sandbox's).
     pub(crate) fn new(
@@ -411,6 +424,7 @@ impl Bucket {
                 st.amazon.rate_per_second,
             )
         };
+        let in_flight = InFlight { bucket: self };
         let reply = self.redis_take(inner, interval, burst, max_wait).await;
         let now_after = Instant::now();
         let outcome = {
@@ -438,7 +452,7 @@ impl Bucket {
                 None => None,
             }
         };
-        self.wake.notify_one();
+        drop(in_flight);
         match outcome {
             Some(Ok(at)) => {
                 if at > now_after {
@@ -511,8 +525,7 @@ impl Bucket {
         }
     }
 
-    /// The safety factor or instance count changed nothing; plans may have: nothing to do here
-    /// beyond what acquire reads. Reports the bucket's figures.
+    /// The bucket's figures for status: limits, tokens now, queue depth, per-tool use.
     pub(crate) fn figures(&self, inner: &Inner) -> Figures {
         let now = Instant::now();
         let st = self.lock();

@@ -1220,3 +1220,27 @@ async fn observe_throttled_empties_the_shared_bucket_in_redis() {
     let r = b.acquire(now_only(operation, "t")).await;
     assert!(matches!(r, Err(RateLimitError::Throttled { .. })), "{r:?}");
 }
+
+#[tokio::test]
+async fn a_request_dropped_during_its_redis_call_does_not_stall_the_bucket() {
+    let settings = redis_settings().await;
+    let limiter = Limiter::redis(LimiterConfig::default(), settings)
+        .await
+        .unwrap();
+    let operation = custom_op(10.0, 5);
+    for _ in 0..3 {
+        let pending = {
+            let limiter = limiter.clone();
+            tokio::spawn(async move { limiter.acquire(ask(operation, "gone", None)).await })
+        };
+        tokio::task::yield_now().await;
+        pending.abort();
+        let _ = pending.await;
+    }
+    let next = tokio::time::timeout(
+        Duration::from_secs(1),
+        limiter.acquire(ask(operation, "t", None)),
+    )
+    .await;
+    assert!(matches!(next, Ok(Ok(_))), "{next:?}");
+}

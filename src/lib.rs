@@ -7,6 +7,7 @@
 //! - [`crypto`]: randomness, hashing and sealing secrets at rest (ring).
 //! - [`pii`]: buyer-PII categories, actions, roles.
 //! - [`proxy`]: the request pipeline, written once; `rescue` maps every error to a response.
+//! - [`ratelimit`]: Amazon's token buckets per seller and operation (local or Redis), fair shares per tool.
 //! - [`sandbox`]: a fake SP-API + LWA (static examples, synthetic orders, quotas, token expiry).
 //! - [`secret`]: `Secret<T>`, which never prints its value.
 //! - [`server`]: accept loop, connection limit, graceful drain.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod crypto;
 pub mod pii;
 pub mod proxy;
+pub mod ratelimit;
 pub mod sandbox;
 pub mod secret;
 pub mod server;

@@ -1,0 +1,749 @@
+//! One Amazon bucket (application, seller, operation) and the queue of requests waiting for it.
+//!
+//! **Queue.** A request that cannot have a token at once waits in an ordered map whose order is
+//! the service order: priority lane first (high, normal, low), then a start-time fair queueing
+//! tag per tool (each request of a tool with weight `w` advances the tool's tag by `1/w`; a new
+//! request starts at the lane's virtual time or after the tool's previous one), then arrival.
+//! The n-th waiter (from 0) gets the n-th slot of the bucket: `next slot + n x interval`. Tools
+//! thus share scarce tokens in proportion to their weights, FIFO within a tool and lane, and a
+//! lone tool takes every token (work-conserving).
+//!
+//! **Deadlines.** Placing a request shifts everyone behind it by one interval. A newcomer that
+//! would push a queued request past its deadline is placed behind that request instead; if its
+//! own slot is then past its own deadline it is refused at once with the slot as retry-after.
+//! So an admitted waiter is granted by its deadline unless Amazon's capacity shrinks meanwhile
+//! (a 429, a lower reported rate); then the waiters that can no longer make it are refused at
+//! once ([`State::shed`]).
+//!
+//! **Dispatch.** One task per bucket, alive while the queue is non-empty, grants the head at
+//! each slot (local GCRA) or reserves the head's slot in Redis, one round trip per grant.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
+
+use super::gcra::Gcra;
+use super::redis::Reply;
+use super::{Inner, Mode, RateLimitError};
+use crate::catalog::{Operation, UsagePlan};
+
+/// Fixed-point scale of fair-queueing tags (one request of weight 1 = `TAG_SCALE`).
+const TAG_SCALE: f64 = 1_000_000.0;
+
+/// How long past its deadline a waiter keeps waiting for a grant already on its way (a Redis
+/// round trip); only reached if the dispatcher is late.
+const GRACE: Duration = Duration::from_secs(1);
+
+/// What one request asks of a bucket.
+#[derive(Debug, Clone)]
+pub(crate) struct Ask<'a> {
+    /// The calling tool.
+    pub(crate) tool: &'a str,
+    /// Priority lane: 0 high, 1 normal, 2 low.
+    pub(crate) lane: usize,
+    /// Fair-queueing weight (the tool's share).
+    pub(crate) weight: f64,
+    /// A tool-side bucket (rate, burst), if the tool's plan has an absolute rule.
+    pub(crate) tool_limit: Option<(f64, u32)>,
+    /// When the request arrived (an immediate grant is dated then).
+    pub(crate) arrived: Instant,
+    /// Latest grant time.
+    pub(crate) deadline: Instant,
+}
+
+/// Order of the queue: lane, fair tag, arrival; `after` places a request right behind another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Key {
+    lane: usize,
+    tag: u64,
+    seq: u64,
+    after: u64,
+}
+
+type Grant = Result<Instant, RateLimitError>;
+
+#[derive(Debug)]
+struct Waiter {
+    tool: Box<str>,
+    deadline: Instant,
+    tx: oneshot::Sender<Grant>,
+}
+
+/// Per-tool state in one bucket.
+#[derive(Debug, Default)]
+struct ToolState {
+    admitted: u64,
+    finish: [u64; 3],
+    bucket: Option<Gcra>,
+}
+
+/// Rate and burst after the safety factor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Limits {
+    pub(crate) rate_per_second: f64,
+    pub(crate) burst: u32,
+}
+
+#[derive(Debug)]
+struct State {
+    plan: UsagePlan,
+    observed: Option<f64>,
+    amazon: Limits,
+    /// The bucket as this instance enforces it: Amazon's (local mode) or the fallback share of
+    /// it (Redis mode, used only while Redis is unreachable).
+    local: Gcra,
+    queue: BTreeMap<Key, Waiter>,
+    virtual_time: [u64; 3],
+    tools: HashMap<Box<str>, ToolState>,
+    seq: u64,
+    dispatcher: bool,
+    redis_in_flight: bool,
+    redis_busy_until: Option<Instant>,
+    redis_view: Option<(f64, Instant)>,
+}
+
+/// Per-tool figures for [`super::BucketStatus`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct ToolFigures {
+    pub(crate) admitted: u64,
+    pub(crate) waiting: usize,
+}
+
+/// A bucket's figures for [`super::BucketStatus`].
+#[derive(Debug, Clone)]
+pub(crate) struct Figures {
+    pub(crate) limits: Limits,
+    pub(crate) tokens: f64,
+    pub(crate) queue_depth: usize,
+    pub(crate) tools: Vec<(String, ToolFigures)>,
+}
+
+/// One bucket.
+#[derive(Debug)]
+pub(crate) struct Bucket {
+    pub(crate) seller: Box<str>,
+    pub(crate) operation: &'static Operation,
+    redis_key: Option<String>,
+    state: Mutex<State>,
+    wake: Notify,
+}
+
+enum Step {
+    Granted(Instant),
+    Rejected(RateLimitError),
+    Wait(oneshot::Receiver<Grant>, Key),
+    AskRedis(Duration),
+}
+
+/// Removes a waiter from the queue when its request is dropped or done.
+struct Cancel<'b> {
+    bucket: &'b Bucket,
+    key: Key,
+}
+
+impl Drop for Cancel<'_> {
+    fn drop(&mut self) {
+        self.bucket.lock().queue.remove(&self.key);
+    }
+}
+
+/// Clears the bucket's "Redis call in flight" mark when a direct call ends, even when the
+/// request is dropped mid-call, and wakes the dispatcher waiting for it.
+struct InFlight<'b> {
+    bucket: &'b Bucket,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.bucket.lock().redis_in_flight = false;
+        self.bucket.wake.notify_one();
+    }
+}
+
+impl Bucket {
+    /// A full bucket for `plan` (the catalog's or the sandbox's).
+    pub(crate) fn new(
+        inner: &Inner,
+        seller: &str,
+        operation: &'static Operation,
+        plan: UsagePlan,
+        now: Instant,
+    ) -> Bucket {
+        let amazon = inner.effective(plan, None);
+        let local = inner.local_share(amazon);
+        Bucket {
+            seller: seller.into(),
+            operation,
+            redis_key: inner.redis.as_ref().map(|r| r.key(seller, operation.key)),
+            state: Mutex::new(State {
+                plan,
+                observed: None,
+                amazon,
+                local: Gcra::new(local.rate_per_second, local.burst, now),
+                queue: BTreeMap::new(),
+                virtual_time: [0; 3],
+                tools: HashMap::new(),
+                seq: 0,
+                dispatcher: false,
+                redis_in_flight: false,
+                redis_busy_until: None,
+                redis_view: None,
+            }),
+            wake: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a token (waiting up to the deadline); returns the instant it was granted.
+    pub(crate) async fn acquire(
+        self: &Arc<Bucket>,
+        inner: &Arc<Inner>,
+        ask: &Ask<'_>,
+    ) -> Result<Instant, RateLimitError> {
+        let mut now = ask.arrived;
+        // Stage 1: the tool's own bucket, if its plan has one. Its slot is reserved (and given
+        // back if Amazon's side refuses below).
+        let tool_reserved = match ask.tool_limit {
+            None => false,
+            Some((rate, burst)) => {
+                let slot = {
+                    let mut st = self.lock();
+                    let tool = st.tool(ask.tool);
+                    let g = tool
+                        .bucket
+                        .get_or_insert_with(|| Gcra::new(rate, burst, now));
+                    if !g.has(rate, burst) {
+                        g.reconfigure(rate, burst, now);
+                    }
+                    let slot = g.next_slot(now);
+                    if slot > ask.deadline {
+                        return Err(RateLimitError::Throttled {
+                            retry_after: slot - now,
+                            rate_per_second: g.rate_per_second(),
+                        });
+                    }
+                    g.reserve(now)
+                };
+                if slot > now {
+                    tokio::time::sleep_until(slot).await;
+                    now = Instant::now();
+                }
+                true
+            }
+        };
+        let result = self.acquire_amazon(inner, ask, now).await;
+        if result.is_err() && tool_reserved {
+            if let Some(g) = self
+                .lock()
+                .tools
+                .get_mut(ask.tool)
+                .and_then(|t| t.bucket.as_mut())
+            {
+                g.refund(Instant::now());
+            }
+        }
+        result
+    }
+
+    async fn acquire_amazon(
+        self: &Arc<Bucket>,
+        inner: &Arc<Inner>,
+        ask: &Ask<'_>,
+        mut now: Instant,
+    ) -> Result<Instant, RateLimitError> {
+        loop {
+            let mode = inner.mode(now);
+            let step = {
+                let mut st = self.lock();
+                self.decide(&mut st, inner, ask, mode, now)
+            };
+            match step {
+                Step::Granted(at) => return Ok(at),
+                Step::Rejected(err) => return Err(err),
+                Step::Wait(rx, key) => return self.wait(rx, key, ask).await,
+                Step::AskRedis(max_wait) => {
+                    match self.redis_direct(inner, ask, now, max_wait).await {
+                        Some(result) => return result,
+                        // Redis failed: decide again, now without it.
+                        None => now = Instant::now(),
+                    }
+                }
+            }
+        }
+    }
+
+    fn decide(
+        self: &Arc<Bucket>,
+        st: &mut State,
+        inner: &Arc<Inner>,
+        ask: &Ask<'_>,
+        mode: Mode,
+        now: Instant,
+    ) -> Step {
+        match mode {
+            Mode::Down => Step::Rejected(RateLimitError::Unavailable(
+                "the rate limit store (Redis) is unreachable".into(),
+            )),
+            Mode::Local | Mode::Fallback => {
+                if mode == Mode::Fallback {
+                    inner.count_fallback();
+                }
+                if st.queue.is_empty() && st.local.try_take(now) {
+                    st.admit(ask.tool);
+                    return Step::Granted(now);
+                }
+                let base = st.local.next_slot(now);
+                let (interval, rate) = (st.local.interval(), st.local.rate_per_second());
+                self.enqueue(st, inner, ask, now, base, interval, rate)
+            }
+            Mode::Redis => {
+                let busy = st.redis_busy_until.is_some_and(|u| u > now);
+                if st.queue.is_empty() && !st.redis_in_flight && !busy && !st.dispatcher {
+                    st.redis_in_flight = true;
+                    return Step::AskRedis(ask.deadline.saturating_duration_since(now));
+                }
+                let base = st.redis_busy_until.map_or(now, |u| u.max(now));
+                let interval = amazon_interval(st.amazon);
+                let rate = st.amazon.rate_per_second;
+                self.enqueue(st, inner, ask, now, base, interval, rate)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn enqueue(
+        self: &Arc<Bucket>,
+        st: &mut State,
+        inner: &Arc<Inner>,
+        ask: &Ask<'_>,
+        now: Instant,
+        base: Instant,
+        interval: Duration,
+        rate: f64,
+    ) -> Step {
+        if st.queue.len() >= inner.config.max_queue {
+            return Step::Rejected(RateLimitError::QueueFull {
+                retry_after: (base + interval).saturating_duration_since(now),
+                rate_per_second: rate,
+            });
+        }
+        let tool_finish = st.tools.get(ask.tool).map_or(0, |t| t.finish[ask.lane]);
+        let start = st.virtual_time[ask.lane].max(tool_finish);
+        let finish = start.saturating_add((TAG_SCALE / ask.weight).ceil() as u64);
+        st.seq += 1;
+        let seq = st.seq;
+        let natural = Key {
+            lane: ask.lane,
+            tag: start,
+            seq,
+            after: 0,
+        };
+        // Behind the last queued request it would otherwise push past its deadline.
+        let mut key = natural;
+        for (index, (k, w)) in st.queue.iter().enumerate() {
+            if *k > natural && slot(base, interval, index + 1) > w.deadline {
+                key = Key { after: seq, ..*k };
+            }
+        }
+        let position = st.queue.range(..key).count();
+        let own_slot = slot(base, interval, position);
+        if own_slot > ask.deadline {
+            return Step::Rejected(RateLimitError::Throttled {
+                retry_after: own_slot - now,
+                rate_per_second: rate,
+            });
+        }
+        let (tx, rx) = oneshot::channel();
+        st.queue.insert(
+            key,
+            Waiter {
+                tool: ask.tool.into(),
+                deadline: ask.deadline,
+                tx,
+            },
+        );
+        st.tool(ask.tool).finish[ask.lane] = finish;
+        if !st.dispatcher {
+            st.dispatcher = true;
+            tokio::spawn(dispatch(Arc::clone(self), Arc::clone(inner)));
+        }
+        Step::Wait(rx, key)
+    }
+
+    async fn wait(
+        &self,
+        mut rx: oneshot::Receiver<Grant>,
+        key: Key,
+        ask: &Ask<'_>,
+    ) -> Result<Instant, RateLimitError> {
+        let _cancel = Cancel { bucket: self, key };
+        match tokio::time::timeout_at(ask.deadline + GRACE, &mut rx).await {
+            Ok(Ok(grant)) => grant,
+            Ok(Err(_)) => Err(RateLimitError::Unavailable(
+                "the rate limiter stopped".into(),
+            )),
+            Err(_) => {
+                // The dispatcher is late (it should never be): give up, unless the grant arrived.
+                self.lock().queue.remove(&key);
+                match rx.try_recv() {
+                    Ok(grant) => grant,
+                    Err(_) => {
+                        tracing::error!(
+                            operation = self.operation.key,
+                            "Rate limit waiter passed its deadline without a decision."
+                        );
+                        Err(RateLimitError::Throttled {
+                            retry_after: Duration::from_secs(1),
+                            rate_per_second: self.lock().amazon.rate_per_second,
+                        })
+                    }
+                }
+            }
+        }
+    }
+
+    /// One Redis decision for a request that found no queue. `None`: Redis failed.
+    async fn redis_direct(
+        &self,
+        inner: &Arc<Inner>,
+        ask: &Ask<'_>,
+        now: Instant,
+        max_wait: Duration,
+    ) -> Option<Result<Instant, RateLimitError>> {
+        let (interval, burst, rate) = {
+            let st = self.lock();
+            (
+                amazon_interval(st.amazon),
+                st.amazon.burst,
+                st.amazon.rate_per_second,
+            )
+        };
+        let in_flight = InFlight { bucket: self };
+        let reply = self.redis_take(inner, interval, burst, max_wait).await;
+        let now_after = Instant::now();
+        let outcome = {
+            let mut st = self.lock();
+            st.redis_in_flight = false;
+            match reply {
+                Some(r) if r.granted => {
+                    // The wait counts from the answer: never forward before the reserved slot.
+                    st.redis_busy_until = Some(now_after + r.wait);
+                    st.redis_view = Some((r.tokens, now_after));
+                    st.admit(ask.tool);
+                    Some(Ok(if r.wait.is_zero() {
+                        now
+                    } else {
+                        now_after + r.wait
+                    }))
+                }
+                Some(r) => {
+                    st.redis_view = Some((r.tokens, now_after));
+                    Some(Err(RateLimitError::Throttled {
+                        retry_after: r.wait,
+                        rate_per_second: rate,
+                    }))
+                }
+                None => None,
+            }
+        };
+        drop(in_flight);
+        match outcome {
+            Some(Ok(at)) => {
+                if at > now_after {
+                    tokio::time::sleep_until(at).await;
+                }
+                Some(Ok(at))
+            }
+            other => other,
+        }
+    }
+
+    async fn redis_take(
+        &self,
+        inner: &Inner,
+        interval: Duration,
+        burst: u32,
+        max_wait: Duration,
+    ) -> Option<Reply> {
+        let (redis, key) = (inner.redis.as_ref()?, self.redis_key.as_deref()?);
+        match redis.take(key, interval, burst, max_wait).await {
+            Ok(reply) => Some(reply),
+            Err(e) => {
+                inner.redis_failed(&e);
+                None
+            }
+        }
+    }
+
+    /// Amazon reported the real rate: adopt it (times the safety factor).
+    pub(crate) fn observe_rate(&self, inner: &Inner, rate_per_second: f64) {
+        let now = Instant::now();
+        let mut st = self.lock();
+        if st.observed == Some(rate_per_second) {
+            return;
+        }
+        st.observed = Some(rate_per_second);
+        st.amazon = inner.effective(st.plan, st.observed);
+        let local = inner.local_share(st.amazon);
+        st.local
+            .reconfigure(local.rate_per_second, local.burst, now);
+        st.shed(now);
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// Amazon answered 429: empty the bucket (locally, and in Redis when shared).
+    pub(crate) fn observe_throttled(self: &Arc<Bucket>, inner: &Arc<Inner>) {
+        let now = Instant::now();
+        let (interval, burst) = {
+            let mut st = self.lock();
+            st.local.drain(now);
+            st.redis_view = Some((0.0, now));
+            st.shed(now);
+            (amazon_interval(st.amazon), st.amazon.burst)
+        };
+        self.wake.notify_one();
+        if let (Some(_), Some(key), Ok(handle)) = (
+            inner.redis.as_ref(),
+            self.redis_key.clone(),
+            tokio::runtime::Handle::try_current(),
+        ) {
+            let inner = Arc::clone(inner);
+            handle.spawn(async move {
+                if let Some(redis) = inner.redis.as_ref() {
+                    if let Err(e) = redis.drain(&key, interval, burst).await {
+                        inner.redis_failed(&e);
+                    }
+                }
+            });
+        }
+    }
+
+    /// The bucket's figures for status: limits, tokens now, queue depth, per-tool use.
+    pub(crate) fn figures(&self, inner: &Inner) -> Figures {
+        let now = Instant::now();
+        let st = self.lock();
+        let tokens = match (inner.mode(now), st.redis_view) {
+            (Mode::Redis, Some((tokens, at))) => {
+                let refill =
+                    now.saturating_duration_since(at).as_secs_f64() * st.amazon.rate_per_second;
+                (tokens + refill).clamp(0.0, f64::from(st.amazon.burst))
+            }
+            (Mode::Redis, None) => f64::from(st.amazon.burst),
+            _ => st.local.tokens(now),
+        };
+        let mut tools: Vec<(String, ToolFigures)> = st
+            .tools
+            .iter()
+            .map(|(name, t)| {
+                (
+                    name.to_string(),
+                    ToolFigures {
+                        admitted: t.admitted,
+                        waiting: st.queue.values().filter(|w| w.tool == *name).count(),
+                    },
+                )
+            })
+            .collect();
+        tools.sort_by(|a, b| a.0.cmp(&b.0));
+        Figures {
+            limits: st.amazon,
+            tokens,
+            queue_depth: st.queue.len(),
+            tools,
+        }
+    }
+}
+
+impl State {
+    fn tool(&mut self, tool: &str) -> &mut ToolState {
+        if !self.tools.contains_key(tool) {
+            self.tools.insert(tool.into(), ToolState::default());
+        }
+        self.tools.get_mut(tool).expect("inserted above")
+    }
+
+    fn admit(&mut self, tool: &str) {
+        self.tool(tool).admitted += 1;
+    }
+
+    /// After Amazon's capacity shrank: refuse at once the waiters that can no longer be served
+    /// by their deadline (local GCRA only; in Redis mode the head's reservation decides).
+    fn shed(&mut self, now: Instant) {
+        let base = self.local.next_slot(now);
+        let interval = self.local.interval();
+        let rate = self.local.rate_per_second();
+        let mut kept = 0;
+        let mut late = Vec::new();
+        for (key, w) in &self.queue {
+            let s = slot(base, interval, kept);
+            if s > w.deadline {
+                late.push((*key, s));
+            } else {
+                kept += 1;
+            }
+        }
+        for (key, s) in late {
+            if let Some(w) = self.queue.remove(&key) {
+                let _ = w.tx.send(Err(RateLimitError::Throttled {
+                    retry_after: s - now,
+                    rate_per_second: rate,
+                }));
+            }
+        }
+    }
+}
+
+fn slot(base: Instant, interval: Duration, index: usize) -> Instant {
+    base + interval * u32::try_from(index).unwrap_or(u32::MAX)
+}
+
+fn amazon_interval(limits: Limits) -> Duration {
+    super::gcra::interval(limits.rate_per_second)
+}
+
+enum Next {
+    Exit,
+    Sleep(Option<Instant>),
+    Redis(Key, Waiter, Duration, u32, f64),
+}
+
+/// Serves a bucket's queue until it is empty.
+async fn dispatch(bucket: Arc<Bucket>, inner: Arc<Inner>) {
+    loop {
+        let now = Instant::now();
+        let mode = inner.mode(now);
+        let next = {
+            let mut st = bucket.lock();
+            next_step(&mut st, mode, now)
+        };
+        match next {
+            Next::Exit => return,
+            Next::Sleep(until) => match until {
+                Some(at) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(at) => {}
+                        () = bucket.wake.notified() => {}
+                    }
+                }
+                None => bucket.wake.notified().await,
+            },
+            Next::Redis(key, waiter, interval, burst, rate) => {
+                let max_wait = waiter.deadline.saturating_duration_since(now);
+                let reply = bucket.redis_take(&inner, interval, burst, max_wait).await;
+                let now_after = Instant::now();
+                let grant = {
+                    let mut st = bucket.lock();
+                    st.redis_in_flight = false;
+                    match reply {
+                        Some(r) if r.granted => {
+                            let at = now_after + r.wait;
+                            st.redis_busy_until = Some(at);
+                            st.redis_view = Some((r.tokens, now_after));
+                            st.admit(&waiter.tool);
+                            Some(Ok(at))
+                        }
+                        Some(r) => {
+                            st.redis_view = Some((r.tokens, now_after));
+                            Some(Err(RateLimitError::Throttled {
+                                retry_after: r.wait,
+                                rate_per_second: rate,
+                            }))
+                        }
+                        // Redis failed: the waiter goes back to the head; the next round decides
+                        // without Redis (fallback bucket, or refusal when failing closed).
+                        None => None,
+                    }
+                };
+                match grant {
+                    Some(Ok(at)) => {
+                        if at > now_after {
+                            tokio::time::sleep_until(at).await;
+                        }
+                        let _ = waiter.tx.send(Ok(at.max(now_after)));
+                    }
+                    Some(Err(e)) => {
+                        let _ = waiter.tx.send(Err(e));
+                    }
+                    None => {
+                        bucket.lock().queue.insert(key, waiter);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn next_step(st: &mut State, mode: Mode, now: Instant) -> Next {
+    while let Some(entry) = st.queue.first_entry() {
+        if entry.get().tx.is_closed() {
+            entry.remove();
+        } else {
+            break;
+        }
+    }
+    if st.queue.is_empty() {
+        st.dispatcher = false;
+        return Next::Exit;
+    }
+    match mode {
+        Mode::Down => {
+            for (_, w) in std::mem::take(&mut st.queue) {
+                let _ = w.tx.send(Err(RateLimitError::Unavailable(
+                    "the rate limit store (Redis) is unreachable".into(),
+                )));
+            }
+            st.dispatcher = false;
+            Next::Exit
+        }
+        Mode::Local | Mode::Fallback => {
+            while let Some(entry) = st.queue.first_entry() {
+                if entry.get().tx.is_closed() {
+                    entry.remove();
+                    continue;
+                }
+                if !st.local.try_take(now) {
+                    break;
+                }
+                let (key, w) = entry.remove_entry();
+                st.virtual_time[key.lane] = st.virtual_time[key.lane].max(key.tag);
+                st.admit(&w.tool);
+                // A waiter that went away just now loses its token; that cannot exceed the plan.
+                let _ = w.tx.send(Ok(now));
+            }
+            if st.queue.is_empty() {
+                st.dispatcher = false;
+                Next::Exit
+            } else {
+                Next::Sleep(Some(st.local.next_slot(now)))
+            }
+        }
+        Mode::Redis => {
+            if st.redis_in_flight {
+                return Next::Sleep(None);
+            }
+            if let Some(until) = st.redis_busy_until.filter(|u| *u > now) {
+                return Next::Sleep(Some(until));
+            }
+            let Some((key, waiter)) = st.queue.pop_first() else {
+                st.dispatcher = false;
+                return Next::Exit;
+            };
+            st.virtual_time[key.lane] = st.virtual_time[key.lane].max(key.tag);
+            st.redis_in_flight = true;
+            Next::Redis(
+                key,
+                waiter,
+                amazon_interval(st.amazon),
+                st.amazon.burst,
+                st.amazon.rate_per_second,
+            )
+        }
+    }
+}

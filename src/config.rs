@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use crate::crypto::MasterKey;
 use crate::pii::{Action, Category, Role, Roles};
+use crate::ratelimit::config::{RateLimitSettings, RawRateLimit};
 use crate::secret::Secret;
 use crate::store::Region;
 
@@ -274,6 +275,39 @@ pub struct RawConfig {
     pub roles: BTreeMap<String, RawRole>,
     /// `[onboarding]`, absent when sellers are only imported.
     pub onboarding: Option<RawOnboarding>,
+    /// `[ratelimit]`.
+    pub ratelimit: RawRateLimit,
+    /// `[tools.<name>]`: per-tool settings (its rate plan).
+    pub tools: BTreeMap<String, RawTool>,
+    /// `[admin]`.
+    pub admin: Option<RawAdmin>,
+}
+
+/// `[tools.<name>]`: settings of one seller tool, by the tool name its API keys carry.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawTool {
+    /// The rate plan (`[ratelimit.plans.<plan>]`) the tool's requests use.
+    pub plan: Option<String>,
+}
+
+/// `[admin]`: the admin listener (health, metrics, rate-limit status, reload).
+#[derive(Debug, Default, Deserialize)]
+pub struct RawAdmin {
+    /// Address of the admin listener (separate from the proxy listener).
+    pub listen: Option<String>,
+    /// Bearer tokens for admin routes.
+    pub tokens: Option<Vec<RawAdminToken>>,
+}
+
+/// `[[admin.tokens]]`.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawAdminToken {
+    /// Who holds it (recorded with admin actions).
+    pub name: Option<String>,
+    /// `ops` or `security`.
+    pub role: Option<String>,
+    /// The token (a reference).
+    pub token: Option<RawSecret>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -298,6 +332,41 @@ pub struct Config {
     pub roles: Roles,
     /// The seller authorization workflow, if configured.
     pub onboarding: Option<OnboardingConfig>,
+    /// Rate limiting: Amazon's usage plans and the tools' rate plans.
+    pub ratelimit: RateLimitSettings,
+    /// Rate plan per tool name.
+    pub tool_plans: BTreeMap<String, String>,
+    /// The admin listener, if configured.
+    pub admin: Option<AdminConfig>,
+}
+
+/// See [`RawAdmin`].
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Accepted tokens.
+    pub tokens: Vec<AdminToken>,
+}
+
+/// One admin bearer token.
+#[derive(Debug, Clone)]
+pub struct AdminToken {
+    /// Holder.
+    pub name: String,
+    /// Role.
+    pub role: AdminRole,
+    /// The token.
+    pub token: Secret<String>,
+}
+
+/// What an admin token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminRole {
+    /// Sellers, clients, rate plans, reload.
+    Ops,
+    /// Audit, reveal approvals, vault export and erase.
+    Security,
 }
 
 /// See [`RawServer`].
@@ -470,6 +539,13 @@ impl RawConfig {
                 "log" => section(&key, value, &mut raw.log, &mut issues),
                 "roles" => section(&key, value, &mut raw.roles, &mut issues),
                 "onboarding" => section(&key, value, &mut raw.onboarding, &mut issues),
+                "tools" => section(&key, value, &mut raw.tools, &mut issues),
+                "admin" => section(&key, value, &mut raw.admin, &mut issues),
+                "ratelimit" => {
+                    let (parsed, more) = crate::ratelimit::config::parse_section(value);
+                    raw.ratelimit = parsed;
+                    issues.extend(more);
+                }
                 _ => issues.push(ConfigIssue {
                     path: key.clone(),
                     message: "unknown key".into(),
@@ -713,8 +789,31 @@ impl Config {
         }
         let roles = v.roles(&raw.roles);
         let onboarding = raw.onboarding.as_ref().map(|o| v.onboarding(o));
-        match (v.issues.is_empty(), master_key) {
-            (true, Some(master_key)) => Ok(Config {
+        let ratelimit = match raw.ratelimit.resolve(crate::catalog::Catalog::builtin()) {
+            Ok(settings) => Some(settings),
+            Err(issues) => {
+                v.issues.extend(issues);
+                None
+            }
+        };
+        let mut tool_plans = BTreeMap::new();
+        for (tool, settings) in &raw.tools {
+            if let Some(plan) = &settings.plan {
+                let known = ratelimit
+                    .as_ref()
+                    .is_some_and(|r| r.limiter.plans.plans.contains_key(plan));
+                if !known {
+                    v.issue(
+                        &format!("tools.{tool}.plan"),
+                        &format!("no rate plan {plan:?} in [ratelimit.plans]"),
+                    );
+                }
+                tool_plans.insert(tool.clone(), plan.clone());
+            }
+        }
+        let admin = raw.admin.as_ref().map(|a| v.admin(a));
+        match (v.issues.is_empty(), master_key, ratelimit) {
+            (true, Some(master_key), Some(ratelimit)) => Ok(Config {
                 server,
                 upstream,
                 lwa,
@@ -723,6 +822,9 @@ impl Config {
                 log,
                 roles,
                 onboarding,
+                ratelimit,
+                tool_plans,
+                admin,
             }),
             _ => Err(ConfigError(v.issues)),
         }
@@ -826,6 +928,35 @@ impl Validator<'_> {
                 }
             },
         }
+    }
+
+    fn admin(&mut self, raw: &RawAdmin) -> AdminConfig {
+        let listen = self.addr(
+            "admin.listen",
+            raw.listen.as_deref().unwrap_or("127.0.0.1:9090"),
+        );
+        let mut tokens = Vec::new();
+        for (i, t) in raw.tokens.iter().flatten().enumerate() {
+            let path = format!("admin.tokens[{i}]");
+            let role = match t.role.as_deref() {
+                Some("ops") => AdminRole::Ops,
+                Some("security") => AdminRole::Security,
+                _ => {
+                    self.issue(&format!("{path}.role"), "must be \"ops\" or \"security\"");
+                    AdminRole::Ops
+                }
+            };
+            let name = t.name.clone().unwrap_or_else(|| {
+                self.issue(&format!("{path}.name"), "required: who holds the token");
+                String::new()
+            });
+            let token = self.secret(&format!("{path}.token"), t.token.as_ref());
+            if !token.expose().is_empty() && token.expose().len() < 32 {
+                self.issue(&format!("{path}.token"), "must be at least 32 characters");
+            }
+            tokens.push(AdminToken { name, role, token });
+        }
+        AdminConfig { listen, tokens }
     }
 
     fn onboarding(&mut self, raw: &RawOnboarding) -> OnboardingConfig {

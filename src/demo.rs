@@ -101,6 +101,9 @@ pub enum DemoError {
     /// Creating the demo drop-in credentials failed.
     #[error(transparent)]
     DropIn(#[from] crate::auth::drop_in::TokenError),
+    /// The gateway could not be built.
+    #[error(transparent)]
+    Run(#[from] crate::RunError),
     /// Serving failed.
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
@@ -242,7 +245,7 @@ pub async fn run_demo(
     );
     println!("Serving until Ctrl-C.");
 
-    let (gateway, limits) = crate::build_gateway(config, opened);
+    let (gateway, limits) = crate::build_gateway(config, opened).await?;
     let result = crate::server::serve(listener, Arc::new(gateway), limits, shutdown).await;
     let _ = stop_tx.send(true);
     if temporary {

@@ -1,6 +1,7 @@
 //! spgate: a gateway between seller tools and Amazon's Selling Partner API.
 //!
 //! # Layout
+//! - [`admin`]: the admin listener: health, metrics, rate-limit status, reload (ops/security tokens).
 //! - [`auth`]: caller API keys, LWA access tokens (cached, single-flight).
 //! - [`catalog`]: every SP-API operation (path template, usage plan, restricted?, PII map).
 //! - [`config`]: the config file: parse, validate, resolve secrets (the only env/file reader).
@@ -13,6 +14,7 @@
 //! - [`server`]: accept loop, connection limit, graceful drain.
 //! - [`spapi`]: SP-API wire shapes shared by the gateway and the sandbox.
 //! - [`store`]: the storage trait and its embedded (SQLite) backend.
+pub mod admin;
 pub mod auth;
 pub mod catalog;
 pub mod config;
@@ -53,6 +55,9 @@ pub enum RunError {
     /// The listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    /// The rate limiter could not be set up.
+    #[error(transparent)]
+    RateLimit(#[from] crate::ratelimit::RateLimitError),
 }
 
 /// How long per-request store lookups are cached (other processes' writes apply within it).
@@ -84,7 +89,17 @@ pub async fn open_store(config: &Config) -> Result<OpenStore, StoreError> {
 }
 
 /// Builds the gateway from a config and an opened store.
-pub fn build_gateway(config: Config, opened: OpenStore) -> (Gateway, ServerLimits) {
+pub async fn build_gateway(
+    config: Config,
+    opened: OpenStore,
+) -> Result<(Gateway, ServerLimits), RunError> {
+    let limiter = match &config.ratelimit.redis {
+        None => crate::ratelimit::Limiter::local(config.ratelimit.limiter.clone()),
+        Some(redis) => {
+            crate::ratelimit::Limiter::redis(config.ratelimit.limiter.clone(), redis.clone())
+                .await?
+        }
+    };
     let store = opened.store;
     let master_key = Arc::new(config.master_key);
     let client = build_client(&config.upstream);
@@ -115,18 +130,87 @@ pub fn build_gateway(config: Config, opened: OpenStore) -> (Gateway, ServerLimit
         rdts,
         onboarding: config.onboarding,
         sigv4: config.upstream.sigv4.clone(),
+        limiter,
+        tool_plans: config.tool_plans,
+        retry: crate::proxy::RetryPolicy {
+            max_retries: 2,
+            base_delay: std::time::Duration::from_millis(200),
+            default_deadline: config.ratelimit.limiter.default_max_wait,
+            budget: crate::proxy::RetryBudget::new(),
+        },
     });
-    (gateway, server_limits)
+    Ok((gateway, server_limits))
 }
 
-/// Runs the gateway on `listener` until `shutdown` completes, then drains.
+/// The bound sockets the gateway serves.
+pub struct Listeners {
+    /// The proxy listener (SP-API paths, the drop-in token endpoint, seller authorization).
+    pub proxy: TcpListener,
+    /// The admin listener, when `[admin]` is configured.
+    pub admin: Option<TcpListener>,
+}
+
+/// Runs the gateway until `shutdown` completes, then drains. `config_path` is re-read on
+/// SIGHUP and `POST /admin/reload` (rate plans and their assignment to tools).
 pub async fn run(
     config: Config,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
+    config_path: Option<std::path::PathBuf>,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    let tokens = config
+        .admin
+        .as_ref()
+        .map(|a| a.tokens.clone())
+        .unwrap_or_default();
     let opened = open_store(&config).await?;
-    let (gateway, limits) = build_gateway(config, opened);
-    server::serve(listener, Arc::new(gateway), limits, shutdown).await?;
+    let (gateway, limits) = build_gateway(config, opened).await?;
+    let gateway = Arc::new(gateway);
+    let admin = Arc::new(admin::Admin::new(
+        gateway.clone(),
+        &tokens,
+        config_path,
+        Arc::new(config::ProcessEnv),
+    ));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    #[cfg(unix)]
+    {
+        let admin = admin.clone();
+        let stop = stopped();
+        tokio::spawn(async move {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = hup.recv() => match admin.reload() {
+                        Ok(()) => tracing::info!("Configuration reloaded on SIGHUP."),
+                        Err(e) => tracing::error!(error = %e, "Reload on SIGHUP refused; the running configuration stays."),
+                    },
+                    () = &mut stop => break,
+                }
+            }
+        });
+    }
+    let admin_task = listeners
+        .admin
+        .map(|l| tokio::spawn(server::serve(l, admin.clone(), limits, stopped())));
+    let proxy = server::serve(listeners.proxy, gateway, limits, async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    proxy.await?;
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
     Ok(())
 }

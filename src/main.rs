@@ -134,13 +134,26 @@ fn main() -> anyhow::Result<()> {
 async fn async_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => {
-            let config = load(&config)?;
+            let config_path = config;
+            let config = load(&config_path)?;
             init_logs(config.log.format, &config.log.level);
             let listener = tokio::net::TcpListener::bind(config.server.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-            tracing::info!(listen = %listener.local_addr()?, "spgate is serving.");
-            spgate::run(config, listener, shutdown_signal()).await?;
+            let admin = match &config.admin {
+                Some(a) => Some(
+                    tokio::net::TcpListener::bind(a.listen)
+                        .await
+                        .with_context(|| format!("cannot listen on {} (admin)", a.listen))?,
+                ),
+                None => None,
+            };
+            tracing::info!(listen = %listener.local_addr()?, admin = ?config.admin.as_ref().map(|a| a.listen), "spgate is serving.");
+            let listeners = spgate::Listeners {
+                proxy: listener,
+                admin,
+            };
+            spgate::run(config, Some(config_path), listeners, shutdown_signal()).await?;
             tracing::info!("spgate stopped.");
             Ok(())
         }

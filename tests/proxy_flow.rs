@@ -608,25 +608,42 @@ async fn shutdown_drains_in_flight_requests_then_stops() {
 }
 
 #[tokio::test]
-async fn sandbox_quotas_surface_as_429_quota_exceeded() {
+async fn against_amazons_sandbox_the_gateway_enforces_the_sandbox_plan_itself() {
     let gw = start_gateway(Options {
         quotas: QuotaMode::AmazonSandbox,
+        extra_toml: "[ratelimit]\nsandbox = true\n".into(),
         ..Options::default()
     })
     .await;
     let mut statuses = Vec::new();
     for _ in 0..20 {
-        statuses.push(
-            gw.get("/orders/v0/orders/TEST_CASE_200/address")
-                .await
-                .status,
-        );
+        let req = gw
+            .request(Method::GET, "/orders/v0/orders/TEST_CASE_200/address")
+            .header("x-spgate-max-wait-ms", "0")
+            .body(empty())
+            .unwrap();
+        statuses.push(gw.call(req).await);
     }
     assert_eq!(
-        statuses.iter().filter(|s| **s == StatusCode::OK).count(),
-        15
+        statuses
+            .iter()
+            .filter(|r| r.status == StatusCode::OK)
+            .count(),
+        15,
+        "the sandbox burst"
     );
-    let reply = gw.get("/orders/v0/orders/TEST_CASE_200/address").await;
-    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(reply.error_code(), "QuotaExceeded");
+    let refused = statuses
+        .iter()
+        .find(|r| r.status == StatusCode::TOO_MANY_REQUESTS)
+        .expect("refused");
+    assert_eq!(refused.error_code(), "QuotaExceeded");
+    assert!(
+        refused.headers.contains_key("retry-after"),
+        "the gateway's own 429"
+    );
+    assert_eq!(
+        gw.sandbox.stats().throttled_total,
+        0,
+        "Amazon's sandbox never had to refuse"
+    );
 }

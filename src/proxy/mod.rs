@@ -5,9 +5,15 @@
 //! 2. caller: the API key names the tool, its role and its sellers;
 //! 3. route: method + path -> the catalogued SP-API operation (404 otherwise);
 //! 4. authorize: the tool may act for the named seller, which is onboarded and authorized;
-//! 5. credentials: the seller's LWA access token (or a grantless token), cached;
-//! 6. upstream: the seller's region endpoint, streamed both ways, under timeouts;
-//! 7. respond: hop-by-hop headers removed, Amazon's request id and rate limit passed back.
+//! 5. credentials: the seller's LWA access token, a grantless token, or a Restricted Data
+//!    Token asking only for what the role may receive (cached, single-flight);
+//! 6. rate limit: a token of Amazon's bucket for (seller, operation) and of the tool's plan,
+//!    waiting up to the deadline, else 429 `QuotaExceeded` with `Retry-After`; taken last so
+//!    nothing slow sits between the decision and the arrival at Amazon;
+//! 7. upstream: the seller's region endpoint, streamed both ways, under timeouts; Amazon's
+//!    `x-amzn-RateLimit-Limit` and 429s feed back into the limiter; bodiless requests are
+//!    retried once after 401/403 and, if idempotent, after 429/5xx within the deadline;
+//! 8. respond: hop-by-hop headers removed, Amazon's request id and rate limit passed back.
 //!
 //! Errors from every phase meet in [`rescue::rescue`], the only error-to-response map.
 
@@ -29,8 +35,13 @@ use crate::config::OnboardingConfig;
 use crate::crypto::MasterKey;
 use crate::pii::Role;
 use crate::pii::Roles;
+use crate::ratelimit::config::Plans;
+use crate::ratelimit::{Acquire, Limiter, Priority};
 use crate::secret::Secret;
 use crate::store::{SellerRecord, SellerStatus, Store};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::time::Instant;
 
 pub mod body;
 pub mod headers;
@@ -53,6 +64,9 @@ pub struct Limits {
 
 /// Everything the pipeline needs, built once at startup.
 pub struct Gateway {
+    limiter: Limiter,
+    tool_plans: std::sync::RwLock<Arc<BTreeMap<String, String>>>,
+    retry: RetryPolicy,
     signer: Option<sigv4::Signer>,
     onboarding: Option<OnboardingConfig>,
     roles: Roles,
@@ -89,6 +103,12 @@ pub struct GatewayParts {
     pub onboarding: Option<OnboardingConfig>,
     /// SigV4 credentials, when signing is enabled.
     pub sigv4: Option<crate::config::SigV4Config>,
+    /// The rate limiter.
+    pub limiter: Limiter,
+    /// Rate plan per tool name.
+    pub tool_plans: BTreeMap<String, String>,
+    /// Retries of idempotent requests.
+    pub retry: RetryPolicy,
 }
 
 /// The token a request is sent upstream with, and where it came from (to forget it if Amazon
@@ -130,6 +150,9 @@ impl Gateway {
             rdts: parts.rdts,
             onboarding: parts.onboarding,
             signer: parts.sigv4.as_ref().map(sigv4::Signer::new),
+            limiter: parts.limiter,
+            tool_plans: std::sync::RwLock::new(Arc::new(parts.tool_plans)),
+            retry: parts.retry,
             request_ids: RequestIds::new(),
         }
     }
@@ -188,37 +211,130 @@ impl Gateway {
         }
         let caller = caller::authenticate(&*self.store, req.headers(), unix_now()).await?; // 2. caller
         let op = self.route(&req)?; // 3. route
+        self.retry.budget.earn();
         ctx.operation = Some(op);
         let seller = self.authorize(&caller, op, req.headers()).await?; // 4. authorize
         let role = self.roles.get(&caller.client.role);
         let replay = Replay::capture(&req);
         let seller = seller.as_ref();
         let path = req.uri().path().to_string();
-        let cred = self.credentials(op, seller, role, &path).await?; // 5. credentials
+        let bucket = seller.map_or(APPLICATION_BUCKET, |s| s.selling_partner_id.as_str());
+        let wants = Wants::from_headers(req.headers())?;
+        let deadline = Instant::now() + wants.max_wait.unwrap_or(self.retry.default_deadline);
+        let mut cred = self.credentials(op, seller, role, &path).await?; // 5. credentials
+                                                                         // Taken last, right before sending, so that a slow credential fetch (a cold LWA or RDT
+                                                                         // call) never sits between the limiter's decision and the arrival at Amazon.
+        self.admit(&caller, op, bucket, &wants).await?; // 6. rate limit
         let upstream_req =
             self.upstream_request(req, op, seller, role, &cred, limit_tripped.clone())?;
-        let mut resp = self.send(upstream_req, &limit_tripped).await?; // 6. upstream
-        if is_auth_failure(resp.status()) {
-            // A token revoked early or expired in flight: forget it, and retry once with fresh
-            // credentials when the request can be replayed (it had no body).
-            self.forget(&cred).await;
-            if let Some(replay) = replay {
-                let cred = self.credentials(op, seller, role, &path).await?;
-                let again = self.upstream_request(
-                    replay.request(),
-                    op,
-                    seller,
-                    role,
-                    &cred,
-                    limit_tripped.clone(),
-                )?;
-                resp = self.send(again, &limit_tripped).await?;
-                if is_auth_failure(resp.status()) {
-                    self.forget(&cred).await;
-                }
+        let mut resp = self.send(upstream_req, &limit_tripped).await?; // 7. upstream
+        self.observe(bucket, op, &resp);
+        // Retries, only for requests that can be replayed (no body): once with fresh credentials
+        // after 401/403 (a token revoked early or expired in flight), and for idempotent
+        // requests after 429/5xx with backoff and jitter, within the caller's deadline, the
+        // retry budget, and a fresh rate-limit token each time.
+        let mut attempt = 0u32;
+        while let Some(replay) = &replay {
+            let status = resp.status();
+            let pause = if is_auth_failure(status) && attempt == 0 {
+                self.forget(&cred).await;
+                Duration::ZERO
+            } else if (status == http::StatusCode::TOO_MANY_REQUESTS || status.is_server_error())
+                && replay.idempotent()
+                && attempt < self.retry.max_retries
+                && self.retry.budget.try_take()
+            {
+                backoff(attempt, self.retry.base_delay)
+            } else {
+                break;
+            };
+            if Instant::now() + pause >= deadline {
+                break;
             }
+            tokio::time::sleep(pause).await;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let again = Wants {
+                max_wait: Some(remaining),
+                ..wants
+            };
+            attempt += 1;
+            cred = self.credentials(op, seller, role, &path).await?;
+            if self.admit(&caller, op, bucket, &again).await.is_err() {
+                break; // no token in time: answer with what Amazon said
+            }
+            let req = self.upstream_request(
+                replay.request(),
+                op,
+                seller,
+                role,
+                &cred,
+                limit_tripped.clone(),
+            )?;
+            resp = self.send(req, &limit_tripped).await?;
+            self.observe(bucket, op, &resp);
         }
-        Ok(self.respond(resp)) // 7. respond
+        if is_auth_failure(resp.status()) {
+            self.forget(&cred).await;
+        }
+        Ok(self.respond(resp)) // 8. respond
+    }
+
+    /// Phase 5: a token from Amazon's bucket for (seller, operation) and from the tool's plan,
+    /// waiting up to the deadline; otherwise 429 with Retry-After.
+    async fn admit(
+        &self,
+        caller: &Caller,
+        op: &'static Operation,
+        bucket: &str,
+        wants: &Wants,
+    ) -> Result<(), ProxyError> {
+        let plans = self
+            .tool_plans
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let plan = plans.get(&caller.client.tool).map(String::as_str);
+        self.limiter
+            .acquire(Acquire {
+                seller: bucket,
+                operation: op,
+                tool: &caller.client.tool,
+                plan,
+                priority: wants.priority,
+                max_wait: wants.max_wait,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Feeds Amazon's answer back into the limiter: its stated rate, and its 429s.
+    fn observe(&self, bucket: &str, op: &Operation, resp: &Response<Body>) {
+        if resp.status() == http::StatusCode::TOO_MANY_REQUESTS {
+            self.limiter.observe_throttled(bucket, op);
+        } else if let Some(rate) = resp
+            .headers()
+            .get(crate::spapi::RATE_LIMIT_LIMIT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+        {
+            self.limiter.observe_rate(bucket, op, rate);
+        }
+    }
+
+    /// The store (readiness checks).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The limiter (status and metrics for the admin listener).
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
+    }
+
+    /// Replaces the tools' rate plans (reload): plans first, then who uses which.
+    pub fn reload_plans(&self, plans: Plans, tool_plans: BTreeMap<String, String>) {
+        self.limiter.reload_plans(plans);
+        *self.tool_plans.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tool_plans);
     }
 
     async fn send(
@@ -540,6 +656,96 @@ impl Gateway {
     }
 }
 
+/// The bucket grantless (application-wide) operations use instead of a seller's.
+const APPLICATION_BUCKET: &str = "application";
+
+/// What the caller asked of the limiter in its headers.
+#[derive(Debug, Clone, Copy)]
+struct Wants {
+    priority: Priority,
+    max_wait: Option<Duration>,
+}
+
+impl Wants {
+    /// Reads `x-spgate-priority` (high, normal, low) and `x-spgate-max-wait-ms`.
+    fn from_headers(headers: &http::HeaderMap) -> Result<Wants, ProxyError> {
+        let priority =
+            match headers.get("x-spgate-priority") {
+                None => Priority::Normal,
+                Some(v) => v.to_str().ok().and_then(|v| v.trim().parse().ok()).ok_or(
+                    ProxyError::BadHeader("x-spgate-priority must be high, normal or low"),
+                )?,
+            };
+        let max_wait = match headers.get("x-spgate-max-wait-ms") {
+            None => None,
+            Some(v) => Some(Duration::from_millis(
+                v.to_str().ok().and_then(|v| v.trim().parse().ok()).ok_or(
+                    ProxyError::BadHeader("x-spgate-max-wait-ms must be a number of milliseconds"),
+                )?,
+            )),
+        };
+        Ok(Wants { priority, max_wait })
+    }
+}
+
+/// Retry policy for idempotent requests answered 429 or 5xx.
+pub struct RetryPolicy {
+    /// Retries per request at most.
+    pub max_retries: u32,
+    /// First backoff; doubled per attempt, with full jitter.
+    pub base_delay: Duration,
+    /// Deadline when the caller names none.
+    pub default_deadline: Duration,
+    /// Shared budget: retries may add at most a fraction of the traffic.
+    pub budget: RetryBudget,
+}
+
+/// Retries allowed per request overall: a token bucket that earns 0.2 of a retry per request.
+pub struct RetryBudget {
+    tokens_milli: std::sync::atomic::AtomicI64,
+}
+
+impl RetryBudget {
+    /// A budget starting with 10 retries in hand.
+    pub fn new() -> RetryBudget {
+        RetryBudget {
+            tokens_milli: std::sync::atomic::AtomicI64::new(10_000),
+        }
+    }
+
+    /// Each request earns a fifth of a retry (capped at 100 in hand).
+    fn earn(&self) {
+        let _ = self
+            .tokens_milli
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                Some((t + 200).min(100_000))
+            });
+    }
+
+    fn try_take(&self) -> bool {
+        self.tokens_milli
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                (t >= 1000).then_some(t - 1000)
+            })
+            .is_ok()
+    }
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget::new()
+    }
+}
+
+/// Exponential backoff with full jitter: uniform in [0, base * 2^attempt].
+fn backoff(attempt: u32, base: Duration) -> Duration {
+    let cap = base.saturating_mul(1 << attempt.min(6));
+    let r = crate::crypto::random_bytes::<4>()
+        .map(u32::from_le_bytes)
+        .unwrap_or(u32::MAX / 2);
+    cap.mul_f64(f64::from(r) / f64::from(u32::MAX))
+}
+
 /// Whether SP-API rejected the credentials.
 fn is_auth_failure(status: http::StatusCode) -> bool {
     status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN
@@ -562,12 +768,20 @@ impl Replay {
         })
     }
 
-    fn request(self) -> Request<Body> {
+    fn request(&self) -> Request<Body> {
         let mut req = Request::new(body::empty());
-        *req.method_mut() = self.method;
-        *req.uri_mut() = self.uri;
-        *req.headers_mut() = self.headers;
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.clone();
         req
+    }
+
+    /// Whether sending it twice has the effect of sending it once.
+    fn idempotent(&self) -> bool {
+        matches!(
+            self.method,
+            http::Method::GET | http::Method::HEAD | http::Method::DELETE
+        )
     }
 }
 

@@ -14,6 +14,7 @@ use crate::auth::lwa::LwaError;
 use crate::auth::onboarding::{self, OnboardingError};
 use crate::auth::rdt::RdtError;
 use crate::proxy::upstream::UpstreamError;
+use crate::ratelimit::RateLimitError;
 use crate::spapi::ErrorBody;
 use crate::store::StoreError;
 
@@ -56,6 +57,13 @@ pub enum ProxyError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A gateway header has a bad value.
+    #[error("bad header: {0}")]
+    BadHeader(&'static str),
+    /// The usage plan has no token for this request within its deadline (or the limiter's
+    /// shared state is unavailable and fail_mode is closed).
+    #[error(transparent)]
+    RateLimited(#[from] RateLimitError),
     /// The caller's role may receive nothing this restricted operation returns.
     #[error("the role may not receive this operation's restricted data")]
     RoleMayNotReceive,
@@ -119,7 +127,15 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
             RdtError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "Restricted data is temporarily unavailable; retry later.", Fault::Upstream),
             RdtError::Protocol(_) => (StatusCode::BAD_GATEWAY, "InternalFailure", "Amazon answered the Restricted Data Token request unexpectedly.", Fault::Upstream),
         },
-                E::Token(t) => return token_error(t),
+                        E::BadHeader(why) => (StatusCode::BAD_REQUEST, "InvalidInput", *why, Fault::Caller),
+        E::RateLimited(r) => match r {
+            RateLimitError::Throttled { retry_after, rate_per_second } | RateLimitError::QueueFull { retry_after, rate_per_second } => {
+                return quota_exceeded(err, *retry_after, *rate_per_second);
+            }
+            RateLimitError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "Rate limiting is unavailable; retry later.", Fault::Internal),
+            RateLimitError::InvalidSettings(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The gateway's rate limiting is misconfigured.", Fault::Internal),
+        },
+        E::Token(t) => return token_error(t),
         E::Onboarding(o) => return onboarding_error(o),
     };
     match fault {
@@ -243,4 +259,79 @@ fn onboarding_error(err: &OnboardingError) -> Response<Body> {
         tracing::error!(error = %err, "Seller authorization step failed.");
     }
     onboarding::page(status, &message)
+}
+
+/// 429 in Amazon's shape, with when to retry and the bucket's rate, as Amazon would send.
+fn quota_exceeded(
+    err: &ProxyError,
+    retry_after: std::time::Duration,
+    rate_per_second: f64,
+) -> Response<Body> {
+    tracing::debug!(error = %err, "Request throttled by the gateway.");
+    let body = ErrorBody::one(
+        "QuotaExceeded",
+        "You exceeded your quota for the requested resource.",
+        "",
+    );
+    let mut resp = Response::new(body::full(body.to_bytes()));
+    *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    // Whole seconds, rounded up, at least 1 (Retry-After has no fractions).
+    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    // The rate the gateway enforces for this bucket, to four decimals (as Amazon prints rates).
+    let rate = format!("{rate_per_second:.4}");
+    let rate = rate.trim_end_matches('0').trim_end_matches('.');
+    if let Ok(v) = HeaderValue::from_str(rate) {
+        h.insert(crate::spapi::RATE_LIMIT_LIMIT, v);
+    }
+    resp
+}
+
+/// Admin listener errors, as JSON in SP-API's error shape.
+pub fn admin_error(err: &crate::admin::AdminError) -> Response<Body> {
+    use crate::admin::AdminError as A;
+    let (status, code, message) = match err {
+        A::NotFound => (
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "No such admin route.".to_string(),
+        ),
+        A::Unauthorized => (
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "Missing or unknown admin token.".to_string(),
+        ),
+        A::Forbidden(_) => (
+            StatusCode::FORBIDDEN,
+            "Unauthorized",
+            "This admin role may not do that.".to_string(),
+        ),
+        A::NoConfigFile => (
+            StatusCode::CONFLICT,
+            "InvalidInput",
+            "This gateway was not started from a config file.".to_string(),
+        ),
+        A::InvalidConfig(issues) => (
+            StatusCode::BAD_REQUEST,
+            "InvalidInput",
+            format!(
+                "The new configuration is invalid; nothing changed: {}",
+                issues
+                    .iter()
+                    .map(|i| format!("{}: {}", i.path, i.message))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        ),
+    };
+    tracing::info!(error = %err, status = status.as_u16(), "Admin request refused.");
+    crate::admin::json(
+        status,
+        &serde_json::json!({"errors": [{"code": code, "message": message, "details": ""}]}),
+    )
 }

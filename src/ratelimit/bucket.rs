@@ -309,9 +309,12 @@ impl Bucket {
                     return Step::AskRedis(ask.deadline.saturating_duration_since(now));
                 }
                 let base = st.redis_busy_until.map_or(now, |u| u.max(now));
-                let interval = amazon_interval(st.amazon);
+                // Only Redis knows how much burst is left (other instances spend it too), so
+                // the local queue must not assume one token per interval: that refused most
+                // of a concurrent burst. Every waiter is queued, and the dispatcher asks Redis
+                // for each, against that waiter's own deadline.
                 let rate = st.amazon.rate_per_second;
-                self.enqueue(st, inner, ask, now, base, interval, rate)
+                self.enqueue(st, inner, ask, now, base, Duration::ZERO, rate)
             }
         }
     }
@@ -493,7 +496,7 @@ impl Bucket {
         let local = inner.local_share(st.amazon);
         st.local
             .reconfigure(local.rate_per_second, local.burst, now);
-        st.shed(now);
+        st.shed(now, inner.mode(now));
         drop(st);
         self.wake.notify_one();
     }
@@ -505,7 +508,7 @@ impl Bucket {
             let mut st = self.lock();
             st.local.drain(now);
             st.redis_view = Some((0.0, now));
-            st.shed(now);
+            st.shed(now, inner.mode(now));
             (amazon_interval(st.amazon), st.amazon.burst)
         };
         self.wake.notify_one();
@@ -575,7 +578,12 @@ impl State {
 
     /// After Amazon's capacity shrank: refuse at once the waiters that can no longer be served
     /// by their deadline (local GCRA only; in Redis mode the head's reservation decides).
-    fn shed(&mut self, now: Instant) {
+    fn shed(&mut self, now: Instant, mode: Mode) {
+        // With Redis deciding, the local bucket is only the fallback: its slots say nothing
+        // about when Redis will grant, and shedding on them refused most of a shared burst.
+        if mode == Mode::Redis {
+            return;
+        }
         let base = self.local.next_slot(now);
         let interval = self.local.interval();
         let rate = self.local.rate_per_second();

@@ -52,6 +52,8 @@ pub struct RawRateLimit {
     pub max_queue: Option<usize>,
     /// Weight of a tool without a share rule for the operation.
     pub default_share: Option<f64>,
+    /// Extra spacing between Amazon-bucket tokens, as a fraction of the interval (max 20 ms).
+    pub spacing_allowance: Option<f64>,
     /// `[ratelimit.redis]`.
     pub redis: Option<RawRedis>,
     /// `[ratelimit.plans.<name>]`.
@@ -180,6 +182,11 @@ pub struct LimiterConfig {
     pub fail_mode: FailMode,
     /// Named plans.
     pub plans: Plans,
+    /// Extra spacing between tokens of Amazon's buckets, as a fraction of the interval (capped
+    /// at 20 ms): covers the jitter between the gateway's decision and the request's arrival
+    /// (a cold burst opens connections, a later request reuses one), so Amazon's own bucket
+    /// never sees requests closer together than its plan allows.
+    pub spacing_allowance: f64,
 }
 
 impl Default for LimiterConfig {
@@ -193,6 +200,7 @@ impl Default for LimiterConfig {
             expected_instances: 1,
             fail_mode: FailMode::Local,
             plans: Plans::default(),
+            spacing_allowance: 0.0,
         }
     }
 }
@@ -369,6 +377,13 @@ impl RawRateLimit {
             let plan = resolve_plan(raw, &path, catalog, &apis, &mut issues);
             plans.plans.insert(name.clone(), plan);
         }
+        let spacing_allowance = self.spacing_allowance.unwrap_or(0.02);
+        if !(spacing_allowance.is_finite() && (0.0..=0.5).contains(&spacing_allowance)) {
+            issues.push(issue(
+                "ratelimit.spacing_allowance",
+                "must be between 0 and 0.5",
+            ));
+        }
         if !issues.is_empty() {
             return Err(issues);
         }
@@ -382,6 +397,7 @@ impl RawRateLimit {
                 expected_instances,
                 fail_mode,
                 plans,
+                spacing_allowance,
             },
             redis,
         })

@@ -307,6 +307,10 @@ impl Inner {
     pub(crate) fn effective(&self, plan: UsagePlan, observed: Option<f64>) -> Limits {
         let f = self.config.safety_factor;
         let rate = observed.unwrap_or(plan.rate_per_second) * f;
+        // Spread tokens a little wider than the plan (see `LimiterConfig::spacing_allowance`).
+        let interval = 1.0 / rate;
+        let extra = (interval * self.config.spacing_allowance).min(0.020);
+        let rate = 1.0 / (interval + extra);
         let burst = (f64::from(plan.burst) * f).floor() as u32;
         Limits {
             rate_per_second: rate,

@@ -115,6 +115,7 @@ pub struct TestGateway {
     pub master_key_b64: Secret<String>,
     pub client: Client<HttpConnector, Body>,
     pub lwa_calls: Arc<dyn Fn() -> u64 + Send + Sync>,
+    pub gateway: Arc<spgate::proxy::Gateway>,
     shutdown: Option<oneshot::Sender<()>>,
     sandbox_shutdown: Option<oneshot::Sender<()>>,
     pub server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -237,8 +238,9 @@ master_key = {{ env = "MASTER" }}
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let (gateway, limits) = spgate::build_gateway(config, opened);
+    let (gateway, limits) = spgate::build_gateway(config, opened).await.unwrap();
     let gateway = Arc::new(gateway);
+    let gateway_handle = gateway.clone();
     let g = gateway.clone();
     let lwa_calls: Arc<dyn Fn() -> u64 + Send + Sync> = Arc::new(move || g.lwa().calls());
     let (tx, rx) = oneshot::channel::<()>();
@@ -254,6 +256,7 @@ master_key = {{ env = "MASTER" }}
         master_key_b64: master,
         client: Client::builder(TokioExecutor::new()).build_http(),
         lwa_calls,
+        gateway: gateway_handle,
         shutdown: Some(tx),
         sandbox_shutdown: stx,
         server: Some(server),

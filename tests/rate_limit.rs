@@ -1,0 +1,422 @@
+//! Amazon's usage plans enforced before Amazon has to: the sandbox enforces the same plans
+//! and counts what it receives, so any request the gateway lets through too early shows up as an
+//! upstream 429 or a burst above the plan.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use http::{Method, StatusCode};
+use spgate::sandbox::{QuotaMode, Script, ScriptBody};
+
+const ADDRESS: &str = "/orders/v0/orders/TEST_CASE_200/address";
+
+/// The plan of getOrderAddress: 0.5 requests/s, burst 30.
+const RATE: f64 = 0.5;
+const BURST: f64 = 30.0;
+
+fn limited(extra: &str) -> Options {
+    Options {
+        quotas: QuotaMode::Catalog,
+        extra_toml: format!("[ratelimit]\ndefault_max_wait_ms = 2500\n{extra}"),
+        ..Options::default()
+    }
+}
+
+/// Asserts that upstream arrivals never exceeded burst + rate x elapsed.
+fn assert_within_plan(gw: &TestGateway, op: &str) -> usize {
+    let mut got: Vec<_> = gw.sandbox.received(op).into_iter().map(|r| r.at).collect();
+    got.sort();
+    let first = got[0];
+    for (i, at) in got.iter().enumerate() {
+        let allowed = BURST + RATE * at.duration_since(first).as_secs_f64();
+        assert!(
+            (i + 1) as f64 <= allowed + 1e-9,
+            "arrival {} at {:?} exceeds the plan ({allowed})",
+            i + 1,
+            at.duration_since(first)
+        );
+    }
+    got.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_concurrent_calls_reach_amazon_within_the_usage_plan_and_never_get_429() {
+    let gw = Arc::new(start_gateway(limited("")).await);
+    let mut tasks = Vec::new();
+    for _ in 0..500 {
+        let gw = gw.clone();
+        tasks.push(tokio::spawn(async move { gw.get(ADDRESS).await }));
+    }
+    let (mut ok, mut throttled) = (0, 0);
+    for t in tasks {
+        let reply = t.await.unwrap();
+        match reply.status {
+            StatusCode::OK => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                throttled += 1;
+                if !reply.headers.contains_key("retry-after") {
+                    panic!(
+                        "429 without retry-after: {:?} {}",
+                        reply.headers,
+                        String::from_utf8_lossy(&reply.body)
+                    );
+                }
+                assert_eq!(reply.error_code(), "QuotaExceeded");
+                assert!(
+                    reply.headers["retry-after"]
+                        .to_str()
+                        .unwrap()
+                        .parse::<u64>()
+                        .unwrap()
+                        >= 1
+                );
+                let rate: f64 = reply.headers["x-amzn-ratelimit-limit"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!(
+                    (0.48..=0.5).contains(&rate),
+                    "the rate the gateway enforces: {rate}"
+                );
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(ok + throttled, 500);
+    assert!(ok >= 30, "the burst is used: {ok}");
+    assert_eq!(
+        gw.sandbox.stats().throttled_total,
+        0,
+        "Amazon never had to answer 429"
+    );
+    assert_eq!(assert_within_plan(&gw, "ordersV0.getOrderAddress"), ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_sharing_redis_stay_within_the_plan_together() {
+    let prefix = format!(
+        "spgate-rl-test-{}:",
+        spgate::crypto::random_token::<9>().unwrap()
+    );
+    let redis =
+        format!("[ratelimit.redis]\nurl = \"redis://127.0.0.1:6379\"\nkey_prefix = \"{prefix}\"\n");
+    let first = start_gateway(limited(&redis)).await;
+    let mut gateways = vec![Arc::new(first)];
+    for _ in 0..2 {
+        let mut opts = limited(&redis);
+        opts.shared_sandbox = Some((gateways[0].sandbox.clone(), gateways[0].sandbox_url.clone()));
+        gateways.push(Arc::new(start_gateway(opts).await));
+    }
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let gw = gateways[i % 3].clone();
+        tasks.push(tokio::spawn(async move { gw.get(ADDRESS).await.status }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        let status = t.await.unwrap();
+        assert!(
+            status == StatusCode::OK || status == StatusCode::TOO_MANY_REQUESTS,
+            "{status}"
+        );
+        ok += usize::from(status == StatusCode::OK);
+    }
+    let op = spgate::catalog::Catalog::builtin()
+        .by_key("ordersV0.getOrderAddress")
+        .unwrap();
+    let m: Vec<_> = gateways
+        .iter()
+        .map(|g| {
+            (
+                g.gateway.limiter().metrics(),
+                g.gateway.limiter().bucket_status(SELLER, op),
+            )
+        })
+        .collect();
+    assert!(ok >= 30, "{ok} {m:?}");
+    assert_eq!(gateways[0].sandbox.stats().throttled_total, 0);
+    assert_eq!(
+        assert_within_plan(&gateways[0], "ordersV0.getOrderAddress"),
+        ok
+    );
+    clean_redis(&format!("key_prefix = \"{prefix}\"")).await;
+}
+
+#[tokio::test]
+async fn an_upstream_429_empties_the_bucket_and_an_idempotent_call_is_retried_in_time() {
+    let gw = start_gateway(limited("")).await;
+    gw.sandbox.script(
+        "ordersV0.getOrderAddress",
+        Script {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            headers: vec![],
+            body: ScriptBody::Json(serde_json::json!({"errors": [{"code": "QuotaExceeded", "message": "x", "details": ""}]})),
+            header_delay: Duration::ZERO,
+            times: Some(1),
+        },
+    );
+    let reply = gw
+        .call(
+            gw.request(Method::GET, ADDRESS)
+                .header("x-spgate-max-wait-ms", "4000")
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "retried after the bucket refilled"
+    );
+    assert_eq!(gw.sandbox.received("ordersV0.getOrderAddress").len(), 2);
+    let metrics = gw.gateway.limiter().metrics();
+    assert_eq!(metrics.upstream_throttled, 1);
+    // The bucket was emptied: a caller who cannot wait is refused without reaching Amazon.
+    let reply = gw
+        .call(
+            gw.request(Method::GET, ADDRESS)
+                .header("x-spgate-max-wait-ms", "0")
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(gw.sandbox.received("ordersV0.getOrderAddress").len(), 2);
+}
+
+#[tokio::test]
+async fn a_failed_post_is_never_retried() {
+    let gw = start_gateway(limited("")).await;
+    gw.sandbox.script(
+        "ordersV0.confirmShipment",
+        Script {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            headers: vec![],
+            body: ScriptBody::Json(serde_json::json!({"errors": [{"code": "ServiceUnavailable", "message": "x", "details": ""}]})),
+            header_delay: Duration::ZERO,
+            times: Some(1),
+        },
+    );
+    let reply = gw
+        .call(
+            gw.request(Method::POST, "/orders/v0/orders/1/shipmentConfirmation")
+                .body(full("{}"))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(gw.sandbox.received("ordersV0.confirmShipment").len(), 1);
+}
+
+#[tokio::test]
+async fn amazons_stated_rate_updates_the_bucket_and_bad_limiter_headers_are_400() {
+    let gw = start_gateway(limited("")).await;
+    gw.sandbox.script(
+        "ordersV0.getOrderAddress",
+        Script {
+            status: StatusCode::OK,
+            headers: vec![(
+                "x-amzn-ratelimit-limit".parse().unwrap(),
+                "5".parse().unwrap(),
+            )],
+            body: ScriptBody::Json(serde_json::json!({"payload": {}})),
+            header_delay: Duration::ZERO,
+            times: None,
+        },
+    );
+    assert_eq!(gw.get(ADDRESS).await.status, StatusCode::OK);
+    let op = spgate::catalog::Catalog::builtin()
+        .by_key("ordersV0.getOrderAddress")
+        .unwrap();
+    let status = gw.gateway.limiter().bucket_status(SELLER, op).unwrap();
+    assert!(
+        (4.85..=5.0).contains(&status.rate_per_second),
+        "Amazon's 5/s, less the spacing allowance: {}",
+        status.rate_per_second
+    );
+    for (name, value) in [
+        ("x-spgate-priority", "urgent"),
+        ("x-spgate-max-wait-ms", "soon"),
+    ] {
+        let reply = gw
+            .call(
+                gw.request(Method::GET, ADDRESS)
+                    .header(name, value)
+                    .body(empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{name}");
+        assert_eq!(reply.error_code(), "InvalidInput");
+    }
+}
+
+#[tokio::test]
+async fn tool_plans_cap_a_tool_below_amazons_plan() {
+    let gw = start_gateway(limited(
+        "[ratelimit.plans.slow]\nmax_wait_ms = 100\noperations.\"ordersV0.getOrderAddress\" = { rate_per_second = 0.1, burst = 2 }\n[tools.test-tool]\nplan = \"slow\"\n",
+    ))
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(gw.get(ADDRESS).await.status);
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == StatusCode::OK).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert_eq!(gw.sandbox.received("ordersV0.getOrderAddress").len(), 2);
+}
+
+async fn admin_get(url: &str, path: &str, token: Option<&str>, method: Method) -> Reply {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<spgate::proxy::body::Body>();
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(format!("{url}{path}"));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = client.request(req.body(empty()).unwrap()).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+#[tokio::test]
+async fn the_admin_listener_shows_buckets_to_ops_reloads_plans_and_refuses_bad_files() {
+    let gw = start_gateway(limited("")).await;
+    let ops = "ops-token-0123456789abcdef0123456789";
+    let security = "sec-token-0123456789abcdef0123456789";
+    let tokens = [
+        spgate::config::AdminToken {
+            name: "ops".into(),
+            role: spgate::config::AdminRole::Ops,
+            token: spgate::secret::Secret::new(ops.into()),
+        },
+        spgate::config::AdminToken {
+            name: "sec".into(),
+            role: spgate::config::AdminRole::Security,
+            token: spgate::secret::Secret::new(security.into()),
+        },
+    ];
+    let cfg_path = gw.dir.path().join("spgate.toml");
+    let mut env = spgate::config::MapEnv::default();
+    env.vars
+        .insert("SPGATE_LWA_CLIENT_SECRET".into(), CLIENT_SECRET.into());
+    env.vars.insert(
+        "SPGATE_MASTER_KEY".into(),
+        gw.master_key_b64.expose().clone(),
+    );
+    let admin = Arc::new(spgate::admin::Admin::new(
+        gw.gateway.clone(),
+        &tokens,
+        Some(cfg_path.clone()),
+        Arc::new(env),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let limits = spgate::server::ServerLimits {
+        max_connections: 16,
+        max_header_bytes: 16 * 1024,
+        header_read_timeout: Duration::from_secs(5),
+        drain_timeout: Duration::from_secs(1),
+    };
+    tokio::spawn(spgate::server::serve(
+        listener,
+        admin,
+        limits,
+        std::future::pending(),
+    ));
+
+    assert_eq!(gw.get(ADDRESS).await.status, StatusCode::OK);
+    assert_eq!(
+        admin_get(&url, "/healthz", None, Method::GET).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        admin_get(&url, "/readyz", None, Method::GET).await.status,
+        StatusCode::OK
+    );
+    let metrics = admin_get(&url, "/metrics", None, Method::GET).await;
+    let text = String::from_utf8_lossy(&metrics.body).to_string();
+    assert!(
+        text.contains("spgate_ratelimit_decisions_total{outcome=\"immediate\"} 1"),
+        "{text}"
+    );
+    let path = format!("/admin/ratelimits?seller={SELLER}&operation=ordersV0.getOrderAddress");
+    assert_eq!(
+        admin_get(&url, &path, None, Method::GET).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        admin_get(&url, &path, Some(security), Method::GET)
+            .await
+            .status,
+        StatusCode::FORBIDDEN,
+        "security cannot do ops' work"
+    );
+    let status = admin_get(&url, &path, Some(ops), Method::GET).await;
+    assert_eq!(status.status, StatusCode::OK);
+    let v = status.json();
+    assert_eq!(v["buckets"][0]["burst"], 30);
+    assert_eq!(v["buckets"][0]["tools"][0]["tool"], "test-tool");
+
+    // An invalid file is refused and the running plans stay.
+    std::fs::write(&cfg_path, "[ratelimit.plans.x]\ndefault = { share = 7 }\n").unwrap();
+    let reply = admin_get(&url, "/admin/reload", Some(ops), Method::POST).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&reply.body).contains("ratelimit.plans.x.default"));
+    assert_eq!(
+        gw.get(ADDRESS).await.status,
+        StatusCode::OK,
+        "old plans still in force"
+    );
+    // A valid file takes effect without a restart: this tool is now capped at nothing left.
+    let valid = format!(
+        "{}\n[ratelimit.plans.none]\nmax_wait_ms = 0\noperations.\"ordersV0.getOrderAddress\" = {{ rate_per_second = 0.001, burst = 1 }}\n[tools.test-tool]\nplan = \"none\"\n",
+        include_str!("../config/spgate.example.toml").replace("[tools.label-printer]\nplan = \"labels\"\n", "")
+    );
+    std::fs::write(&cfg_path, valid).unwrap();
+    assert_eq!(
+        admin_get(&url, "/admin/reload", Some(security), Method::POST)
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    let reply = admin_get(&url, "/admin/reload", Some(ops), Method::POST).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(
+        gw.get(ADDRESS).await.status,
+        StatusCode::OK,
+        "the new plan's burst of 1"
+    );
+    assert_eq!(
+        gw.get(ADDRESS).await.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "then nothing"
+    );
+    // The proxy listener serves no admin route.
+    assert_eq!(
+        gw.get("/admin/ratelimits").await.status,
+        StatusCode::NOT_FOUND
+    );
+}

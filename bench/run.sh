@@ -27,7 +27,9 @@ BENCH_REF="${BENCH_REF:-}"                            # build this git ref inste
 BENCH_TARGET_DIR="${BENCH_TARGET_DIR:-${CARGO_TARGET_DIR:-$REPO/target}}"
 
 PATHS=(direct nginx spgate)
-REQUEST_PATH="/sellers/v1/marketplaceParticipations"
+# An operation Amazon publishes no usage plan for, so the gateway's limiter admits every request
+# (with a plan, the gateway would rightly answer 429 long before the load levels measured here).
+REQUEST_PATH="/supplySources/2020-07-01/supplySources"
 LWA_CLIENT_ID="amzn1.application-oa2-client.spgate-demo"
 LWA_CLIENT_SECRET="spgate-demo-client-secret"
 

@@ -183,12 +183,9 @@ pub async fn run(
     {
         let admin = admin.clone();
         let stop = stopped();
+        // Registered before the listeners serve: SIGHUP's default action would end the process.
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         tokio::spawn(async move {
-            let Ok(mut hup) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            else {
-                return;
-            };
             tokio::pin!(stop);
             loop {
                 tokio::select! {
@@ -201,9 +198,13 @@ pub async fn run(
             }
         });
     }
+    if let Some(admin) = listeners.admin.as_ref().and_then(|l| l.local_addr().ok()) {
+        tracing::info!(admin = %admin, "The admin listener is serving.");
+    }
     let admin_task = listeners
         .admin
         .map(|l| tokio::spawn(server::serve(l, admin.clone(), limits, stopped())));
+    tracing::info!(listen = %listeners.proxy.local_addr()?, "spgate is serving.");
     let proxy = server::serve(listeners.proxy, gateway, limits, async move {
         shutdown.await;
         let _ = stop_tx.send(true);

@@ -148,7 +148,6 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                 ),
                 None => None,
             };
-            tracing::info!(listen = %listener.local_addr()?, admin = ?config.admin.as_ref().map(|a| a.listen), "spgate is serving.");
             let listeners = spgate::Listeners {
                 proxy: listener,
                 admin,

@@ -296,3 +296,101 @@ async fn the_demo_serves_its_printed_curl_commands_and_exits_0_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn serve_reloads_plans_on_sighup_refuses_a_bad_file_and_exits_0_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path());
+    let (port, admin_port) = (free_port(), free_port());
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(
+            "listen = \"127.0.0.1:8080\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+        )
+        .replace(
+            "listen = \"127.0.0.1:9090\"",
+            &format!("listen = \"127.0.0.1:{admin_port}\""),
+        );
+    std::fs::write(&cfg, &text).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .env("SPGATE_LWA_CLIENT_SECRET", "synthetic-secret")
+        .env("SPGATE_MASTER_KEY", MASTER)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_for = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+                assert!(
+                    !line.contains("synthetic-secret"),
+                    "a secret reached the log: {line}"
+                );
+                if line.contains(needle) {
+                    return;
+                }
+            }
+        }
+        panic!("no log line containing {needle:?}");
+    };
+    wait_for("spgate is serving");
+    let pid = child.id().to_string();
+    let signal = |sig: &str| {
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success())
+    };
+
+    std::fs::write(
+        &cfg,
+        text.replace("default = { share = 0.3 }", "default = { share = 3 }"),
+    )
+    .unwrap();
+    signal("-HUP");
+    wait_for("Reload on SIGHUP refused");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "a bad file does not stop the gateway"
+    );
+    std::fs::write(&cfg, &text).unwrap();
+    signal("-HUP");
+    wait_for("Configuration reloaded on SIGHUP");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", admin_port)).is_ok(),
+        "the admin listener is up"
+    );
+
+    signal("-TERM");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -420,3 +420,115 @@ async fn the_admin_listener_shows_buckets_to_ops_reloads_plans_and_refuses_bad_f
         StatusCode::NOT_FOUND
     );
 }
+
+/// 80 requests/s, burst 100: fast enough to measure shares precisely in a few seconds.
+const FAST: &str = "/shipping/v2/shipments/additionalInputs/schema?rateId=r&requestToken=t";
+const FAST_RATE: f64 = 80.0;
+
+/// Runs `workers` loops per key for `run`, each sending FAST as soon as the last answer came,
+/// and returns, per key, the admitted (non-429) answers completed within `window` of the start.
+async fn contend(
+    gw: &Arc<TestGateway>,
+    keys: &[String],
+    workers: usize,
+    run: Duration,
+    window: (Duration, Duration),
+) -> Vec<usize> {
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::new();
+    for (k, key) in keys.iter().enumerate() {
+        for _ in 0..workers {
+            let (gw, key) = (gw.clone(), key.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut admitted = Vec::new();
+                while start.elapsed() < run {
+                    let req = http::Request::get(format!("{}{FAST}", gw.url))
+                        .header("authorization", format!("Bearer {key}"))
+                        .header("x-spgate-seller", SELLER)
+                        .body(empty())
+                        .unwrap();
+                    let reply = gw.call(req).await;
+                    if reply.status != StatusCode::TOO_MANY_REQUESTS {
+                        admitted.push(start.elapsed());
+                    }
+                }
+                (k, admitted)
+            }));
+        }
+    }
+    let mut counts = vec![0; keys.len()];
+    for t in tasks {
+        let (k, admitted) = t.await.unwrap();
+        counts[k] += admitted
+            .iter()
+            .filter(|at| **at >= window.0 && **at < window.1)
+            .count();
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tools_with_equal_shares_each_get_half_under_contention_and_a_lone_tool_gets_the_plan()
+{
+    let plans = "[ratelimit.plans.half]\nmax_wait_ms = 5000\ndefault = { share = 0.5 }\n[tools.test-tool]\nplan = \"half\"\n[tools.tool-b]\nplan = \"half\"\n";
+    let gw = Arc::new(start_gateway(limited(plans)).await);
+    let b =
+        spgate::auth::caller::create_client(&*gw.store, "tool-b", "orders", vec![SELLER.into()], 0)
+            .await
+            .unwrap();
+    let keys = vec![gw.key.clone(), b.key.expose().clone()];
+
+    // A lone tool: the whole plan (after the burst), within 5%.
+    let lone = contend(
+        &gw,
+        &keys[..1],
+        8,
+        Duration::from_millis(2600),
+        (Duration::from_millis(600), Duration::from_millis(2600)),
+    )
+    .await;
+    // The plan as the gateway enforces it: Amazon's rate less the spacing allowance.
+    let op = spgate::catalog::Catalog::builtin()
+        .by_key("shippingV2.getAdditionalInputs")
+        .unwrap();
+    let enforced = gw
+        .gateway
+        .limiter()
+        .bucket_status(SELLER, op)
+        .unwrap()
+        .rate_per_second;
+    assert!(
+        enforced > 0.8 * FAST_RATE && enforced <= FAST_RATE,
+        "{enforced}"
+    );
+    let plan = enforced * 2.0;
+    assert!(
+        lone[0] as f64 >= 0.95 * plan,
+        "a lone tool got {} of {plan}",
+        lone[0]
+    );
+
+    // Both tools, equal shares, both always waiting: half each, within 5 points.
+    let both = contend(
+        &gw,
+        &keys,
+        8,
+        Duration::from_millis(3600),
+        (Duration::from_millis(600), Duration::from_millis(3600)),
+    )
+    .await;
+    let total = (both[0] + both[1]) as f64;
+    for n in &both {
+        let share = *n as f64 / total;
+        assert!((0.45..=0.55).contains(&share), "shares {both:?}");
+    }
+    assert!(
+        total >= 0.95 * enforced * 3.0,
+        "together they use the plan: {total}"
+    );
+    assert_eq!(
+        gw.sandbox.stats().throttled_total,
+        0,
+        "Amazon never had to answer 429"
+    );
+}

@@ -52,7 +52,7 @@ pub struct RawRateLimit {
     pub max_queue: Option<usize>,
     /// Weight of a tool without a share rule for the operation.
     pub default_share: Option<f64>,
-    /// Extra spacing between Amazon-bucket tokens, as a fraction of the interval (max 20 ms).
+    /// Extra spacing between Amazon-bucket tokens, as a fraction of the interval (2 to 20 ms).
     pub spacing_allowance: Option<f64>,
     /// `[ratelimit.redis]`.
     pub redis: Option<RawRedis>,
@@ -182,8 +182,8 @@ pub struct LimiterConfig {
     pub fail_mode: FailMode,
     /// Named plans.
     pub plans: Plans,
-    /// Extra spacing between tokens of Amazon's buckets, as a fraction of the interval (capped
-    /// at 20 ms): covers the jitter between the gateway's decision and the request's arrival
+    /// Extra spacing between tokens of Amazon's buckets, as a fraction of the interval (at least
+    /// 2 ms, at most 20 ms): covers the jitter between the gateway's decision and the request's arrival
     /// (a cold burst opens connections, a later request reuses one), so Amazon's own bucket
     /// never sees requests closer together than its plan allows.
     pub spacing_allowance: f64,

@@ -309,7 +309,11 @@ impl Inner {
         let rate = observed.unwrap_or(plan.rate_per_second) * f;
         // Spread tokens a little wider than the plan (see `LimiterConfig::spacing_allowance`).
         let interval = 1.0 / rate;
-        let extra = (interval * self.config.spacing_allowance).min(0.020);
+        let extra = if self.config.spacing_allowance > 0.0 {
+            (interval * self.config.spacing_allowance).clamp(0.002, 0.020)
+        } else {
+            0.0
+        };
         let rate = 1.0 / (interval + extra);
         let burst = (f64::from(plan.burst) * f).floor() as u32;
         Limits {

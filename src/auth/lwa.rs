@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, StatusCode, Uri};
-use http_body_util::BodyExt;
 use serde::Deserialize;
 use tokio::time::Instant;
 
@@ -17,7 +16,7 @@ use super::slots::Slots;
 use crate::config::LwaConfig;
 use crate::crypto::MasterKey;
 use crate::proxy::body;
-use crate::proxy::upstream::{error_chain, HttpClient};
+use crate::proxy::upstream::{exchange, HttpClient};
 use crate::secret::Secret;
 use crate::store::token_cache::SharedTokenCache;
 
@@ -358,24 +357,9 @@ impl Lwa {
             .body(body::full(Bytes::from(form.expose().clone())))
             .map_err(|e| LwaError::Protocol(e.to_string()))?;
         let started = Instant::now();
-        let exchange = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| LwaError::Unavailable(error_chain(&e)))?;
-            let status = resp.status();
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| LwaError::Unavailable(error_chain(&e)))?
-                .to_bytes();
-            Ok::<_, LwaError>((status, bytes))
-        };
-        let (status, bytes) = tokio::time::timeout(self.timeout, exchange)
+        let (status, bytes) = exchange(&self.client, req, self.timeout)
             .await
-            .map_err(|_| LwaError::Unavailable(format!("no answer within {:?}", self.timeout)))??;
+            .map_err(LwaError::Unavailable)?;
         if status.is_success() {
             let t: TokenResponse = serde_json::from_slice(&bytes)
                 .map_err(|e| LwaError::Protocol(format!("token response: {e}")))?;

@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, StatusCode, Uri};
-use http_body_util::BodyExt;
 use serde::Deserialize;
 use tokio::time::Instant;
 
@@ -24,7 +23,7 @@ use super::slots::Slots;
 use crate::catalog::Operation;
 use crate::pii::{Category, Role};
 use crate::proxy::body;
-use crate::proxy::upstream::{error_chain, HttpClient};
+use crate::proxy::upstream::{exchange, HttpClient};
 use crate::secret::Secret;
 
 /// The createRestrictedDataToken path.
@@ -335,24 +334,9 @@ impl Rdts {
             .body(body::full(Bytes::from(body)))
             .map_err(|e| RdtError::Protocol(e.to_string()))?;
         let started = Instant::now();
-        let exchange = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| RdtError::Unavailable(error_chain(&e)))?;
-            let status = resp.status();
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| RdtError::Unavailable(error_chain(&e)))?
-                .to_bytes();
-            Ok::<_, RdtError>((status, bytes))
-        };
-        let (status, bytes) = tokio::time::timeout(self.timeout, exchange)
+        let (status, bytes) = exchange(&self.client, req, self.timeout)
             .await
-            .map_err(|_| RdtError::Unavailable(format!("no answer within {:?}", self.timeout)))??;
+            .map_err(RdtError::Unavailable)?;
         match status {
             s if s.is_success() => {
                 let r: RdtResponse = serde_json::from_slice(&bytes)

@@ -129,3 +129,26 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     }
     out
 }
+
+/// Sends a small request (to LWA or a token endpoint) and reads its whole small answer within
+/// `timeout`. The error is a transport description for logs (it never holds a token).
+pub async fn exchange(
+    client: &HttpClient,
+    req: Request<Body>,
+    timeout: Duration,
+) -> Result<(http::StatusCode, bytes::Bytes), String> {
+    let call = async {
+        let resp = client.request(req).await.map_err(|e| error_chain(&e))?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| error_chain(&e))?
+            .to_bytes();
+        Ok((status, bytes))
+    };
+    tokio::time::timeout(timeout, call)
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
+}

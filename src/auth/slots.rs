@@ -67,6 +67,10 @@ impl<K: Eq + Hash + Clone, V: Clone> Slots<K, V> {
     fn slot(&self, key: &K) -> Slot<V> {
         // A poisoned map only means another thread panicked mid-insert; the map is still valid.
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        // The key is cloned only when it is new, not on every hit.
+        if let Some(slot) = map.get(key) {
+            return slot.clone();
+        }
         map.entry(key.clone()).or_default().clone()
     }
 }

@@ -113,6 +113,10 @@ enum SellersAction {
         /// Region the seller authorizes in: na, eu or fe.
         #[arg(long)]
         region: Region,
+        /// Re-authorization of this existing seller (only this seller may use the link).
+        /// Without it, the link can only connect a seller that is not connected yet.
+        #[arg(long)]
+        seller: Option<String>,
     },
     /// List sellers.
     List,
@@ -298,7 +302,7 @@ async fn sellers(config: &Config, action: SellersAction) -> anyhow::Result<()> {
                 .await?;
             println!("seller {id} added ({region})");
         }
-        SellersAction::Invite { region } => {
+        SellersAction::Invite { region, seller } => {
             let Some(onboarding) = &config.onboarding else {
                 bail!("seller onboarding is not configured: add an [onboarding] section");
             };
@@ -307,6 +311,7 @@ async fn sellers(config: &Config, action: SellersAction) -> anyhow::Result<()> {
                 &config.master_key,
                 onboarding,
                 region,
+                seller.as_deref(),
                 now(),
             )
             .await?;

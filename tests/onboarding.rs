@@ -22,6 +22,10 @@ async fn gateway(draft: bool) -> TestGateway {
 /// Creates an invite through the library (as `spgate sellers invite` does) and returns the
 /// gateway-local start path.
 async fn invite(gw: &TestGateway, region: Region, now: i64) -> String {
+    invite_for(gw, region, None, now).await
+}
+
+async fn invite_for(gw: &TestGateway, region: Region, seller: Option<&str>, now: i64) -> String {
     let cfg = spgate::config::Config::from_toml(
         "[lwa]\nclient_id = \"x\"\nclient_secret = { env = \"S\" }\n[keys]\nmaster_key = { env = \"M\" }\n[onboarding]\napplication_id = \"a\"\npublic_url = \"https://spgate.example.test\"\n",
         &{
@@ -37,6 +41,7 @@ async fn invite(gw: &TestGateway, region: Region, now: i64) -> String {
         &cfg.master_key,
         cfg.onboarding.as_ref().unwrap(),
         region,
+        seller,
         now,
     )
     .await
@@ -235,4 +240,73 @@ async fn without_an_onboarding_section_the_oauth_paths_are_404() {
     let gw = start_gateway(Options::default()).await;
     let (reply, _) = start(&gw, "/oauth/start?invite=a.b").await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn an_invite_never_replaces_a_connected_seller_unless_it_was_made_for_that_seller() {
+    let gw = gateway(false).await;
+    // A new-seller invite, used by someone who claims the already connected test seller's id.
+    let path = invite(&gw, Region::Eu, now()).await;
+    let (_, state) = start(&gw, &path).await;
+    gw.sandbox
+        .add_authorization_code("code-x", SELLER, "Atzr|attacker-account-token");
+    let q = form_urlencoded::Serializer::new(String::new())
+        .append_pair("state", &state.unwrap())
+        .append_pair("selling_partner_id", SELLER)
+        .append_pair("spapi_oauth_code", "code-x")
+        .finish();
+    let reply = gw
+        .call(
+            http::Request::get(format!("{}/oauth/callback?{q}", gw.url))
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    let before = gw.store.seller(SELLER).await.unwrap().unwrap();
+    assert_eq!(
+        before.authorized_at, 1_700_000_000,
+        "the connected seller is untouched"
+    );
+
+    // A re-authorization invite is bound to its seller: another id is refused...
+    let reauth = invite_for(&gw, Region::Eu, Some(SELLER), now()).await;
+    let (_, state) = start(&gw, &reauth).await;
+    gw.sandbox
+        .add_authorization_code("code-y", NEW_SELLER, "Atzr|y");
+    assert_eq!(
+        callback(&gw, &state.unwrap(), "code-y").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    // ...and the right seller re-authorizes.
+    let (_, state) = start(&gw, &reauth).await;
+    gw.sandbox
+        .add_authorization_code("code-z", SELLER, "Atzr|renewed");
+    let q = form_urlencoded::Serializer::new(String::new())
+        .append_pair("state", &state.unwrap())
+        .append_pair("selling_partner_id", SELLER)
+        .append_pair("spapi_oauth_code", "code-z")
+        .finish();
+    let reply = gw
+        .call(
+            http::Request::get(format!("{}/oauth/callback?{q}", gw.url))
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert!(
+        gw.store
+            .seller(SELLER)
+            .await
+            .unwrap()
+            .unwrap()
+            .authorized_at
+            > before.authorized_at
+    );
 }

@@ -58,6 +58,12 @@ pub enum OnboardingError {
     /// The state is missing, unknown, expired or replayed.
     #[error("invalid, expired or replayed state")]
     BadState,
+    /// A re-authorization link came back with another seller's id.
+    #[error("the callback names another seller than the invite")]
+    WrongSeller,
+    /// A new-seller link came back with a seller that is already connected.
+    #[error("the seller is already connected")]
+    AlreadyConnected,
     /// Amazon reported an error instead of a code.
     #[error("Amazon reported an authorization error")]
     Denied,
@@ -78,6 +84,7 @@ pub async fn create_invite(
     key: &MasterKey,
     cfg: &OnboardingConfig,
     region: Region,
+    seller: Option<&str>,
     now: i64,
 ) -> Result<String, OnboardingError> {
     let id = crypto::random_token::<18>()?;
@@ -88,6 +95,7 @@ pub async fn create_invite(
             created_at: now,
             expires_at: now + cfg.invite_ttl.as_secs() as i64,
             used_at: None,
+            seller: seller.map(str::to_string),
         })
         .await?;
     let sig = key.sign(INVITE_PURPOSE, id.as_bytes());
@@ -182,6 +190,15 @@ impl Onboarding<'_> {
                 .ok_or(OnboardingError::MissingParameter("spapi_oauth_code"))?,
         );
         let invite = self.usable_invite(&taken.invite_id, now).await?;
+        // The seller id comes from the browser: it may only name the seller the invite was made
+        // for (re-authorization), or a seller not connected yet (checked atomically below).
+        if invite
+            .seller
+            .as_deref()
+            .is_some_and(|expected| expected != seller)
+        {
+            return Err(OnboardingError::WrongSeller);
+        }
         let fetched = self.lwa.exchange_code(code, &self.cfg.redirect_uri).await?;
         let refresh = fetched
             .refresh_token
@@ -195,17 +212,22 @@ impl Onboarding<'_> {
         if !self.store.use_invite(&invite.id, now).await? {
             return Err(OnboardingError::InviteUsed);
         }
-        self.store
-            .put_seller(&SellerRecord {
-                selling_partner_id: seller.clone(),
-                region: invite.region,
-                marketplaces,
-                refresh_token_sealed: sealed,
-                authorized_at: now,
-                reauthorize_by: now + REAUTHORIZE_AFTER_SECONDS,
-                status: SellerStatus::Active,
-            })
-            .await?;
+        let record = SellerRecord {
+            selling_partner_id: seller.clone(),
+            region: invite.region,
+            marketplaces,
+            refresh_token_sealed: sealed,
+            authorized_at: now,
+            reauthorize_by: now + REAUTHORIZE_AFTER_SECONDS,
+            status: SellerStatus::Active,
+        };
+        match invite.seller {
+            Some(_) => self.store.put_seller(&record).await?,
+            None => match self.store.insert_seller(&record).await {
+                Err(StoreError::Conflict(_)) => return Err(OnboardingError::AlreadyConnected),
+                other => other?,
+            },
+        }
         tracing::info!(seller = %seller, region = %invite.region, "Seller authorized the application.");
         Ok(page(
             StatusCode::OK,

@@ -236,9 +236,17 @@ fn onboarding_error(err: &OnboardingError) -> Response<Body> {
             StatusCode::BAD_REQUEST,
             format!("This authorization attempt is invalid, expired or already completed. {again}"),
         ),
-        O::Denied => (
+                O::Denied => (
             StatusCode::BAD_REQUEST,
             format!("The authorization was not completed at Amazon. {again}"),
+        ),
+        O::WrongSeller => (
+            StatusCode::BAD_REQUEST,
+            "This link re-authorizes a different seller account. Sign in with the account it was made for.".to_string(),
+        ),
+        O::AlreadyConnected => (
+            StatusCode::BAD_REQUEST,
+            "This seller account is already connected. Ask for a re-authorization link.".to_string(),
         ),
         O::MissingParameter(_) => (
             StatusCode::BAD_REQUEST,

@@ -106,6 +106,12 @@ impl Store for CachedStore {
         Ok(())
     }
 
+    async fn insert_seller(&self, seller: &SellerRecord) -> Result<(), StoreError> {
+        self.inner.insert_seller(seller).await?;
+        self.sellers.retain(|k, _| *k != seller.selling_partner_id);
+        Ok(())
+    }
+
     async fn seller(&self, selling_partner_id: &str) -> Result<Option<SellerRecord>, StoreError> {
         if let Some(hit) = self.sellers.get(selling_partner_id) {
             return Ok(hit);

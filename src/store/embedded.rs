@@ -124,6 +124,29 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn insert_seller(&self, seller: &SellerRecord) -> Result<(), StoreError> {
+        let s = seller.clone();
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO sellers (selling_partner_id, region, marketplaces, refresh_token,
+                     authorized_at, reauthorize_by, status)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    s.selling_partner_id,
+                    s.region.as_str(),
+                    s.marketplaces.join(","),
+                    s.refresh_token_sealed,
+                    s.authorized_at,
+                    s.reauthorize_by,
+                    s.status.as_str()
+                ],
+            )
+            .map_err(|e| conflict_or(e, &format!("seller {}", s.selling_partner_id)))?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn seller(&self, selling_partner_id: &str) -> Result<Option<SellerRecord>, StoreError> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(
@@ -311,14 +334,15 @@ impl Store for EmbeddedStore {
         let i = invite.clone();
         self.write(move |c| {
             c.execute(
-                "INSERT INTO invites (id, region, created_at, expires_at, used_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO invites (id, region, created_at, expires_at, used_at, seller)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
                     i.id,
                     i.region.as_str(),
                     i.created_at,
                     i.expires_at,
-                    i.used_at
+                    i.used_at,
+                    i.seller
                 ],
             )
             .map_err(|e| conflict_or(e, "invite"))?;
@@ -330,7 +354,7 @@ impl Store for EmbeddedStore {
     async fn invite(&self, id: &str) -> Result<Option<Invite>, StoreError> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT id, region, created_at, expires_at, used_at FROM invites WHERE id = ?1",
+                                "SELECT id, region, created_at, expires_at, used_at, seller FROM invites WHERE id = ?1",
             )?;
             let row = stmt
                 .query_row([id], |row| {
@@ -339,11 +363,12 @@ impl Store for EmbeddedStore {
                         row.get::<_, String>(1)?,
                         row.get::<_, i64>(2)?,
                         row.get::<_, i64>(3)?,
-                        row.get::<_, Option<i64>>(4)?,
+                                                row.get::<_, Option<i64>>(4)?,
+                        row.get::<_, Option<String>>(5)?,
                     ))
                 })
                 .optional()?;
-            row.map(|(id, region, created_at, expires_at, used_at)| {
+                        row.map(|(id, region, created_at, expires_at, used_at, seller)| {
                 Ok(Invite {
                     id,
                     region: region.parse().map_err(|detail| StoreError::Corrupt {
@@ -351,8 +376,9 @@ impl Store for EmbeddedStore {
                         detail,
                     })?,
                     created_at,
-                    expires_at,
+                                        expires_at,
                     used_at,
+                    seller,
                 })
             })
             .transpose()
@@ -550,11 +576,14 @@ const MIGRATIONS: &[&str] = &[
         expires_at INTEGER NOT NULL,
         used_at INTEGER
     );
-    CREATE TABLE oauth_states (
+        CREATE TABLE oauth_states (
         state_hash TEXT PRIMARY KEY,
         invite_id TEXT NOT NULL,
         expires_at INTEGER NOT NULL
     );
+",
+    "
+    ALTER TABLE invites ADD COLUMN seller TEXT;
 ",
 ];
 

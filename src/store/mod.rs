@@ -165,6 +165,9 @@ pub struct Invite {
     pub expires_at: i64,
     /// When a seller completed authorization with it; a used invite never works again.
     pub used_at: Option<i64>,
+    /// For a re-authorization: the seller who must come back. `None`: a new seller only.
+    #[serde(default)]
+    pub seller: Option<String>,
 }
 
 /// The OAuth `state` of one authorization attempt; only its hash is stored, and it is single-use.
@@ -183,6 +186,8 @@ pub struct OAuthState {
 pub trait Store: Send + Sync + 'static {
     /// Inserts or replaces a seller.
     async fn put_seller(&self, seller: &SellerRecord) -> Result<(), StoreError>;
+    /// Inserts a seller that does not exist yet; [`StoreError::Conflict`] if it does.
+    async fn insert_seller(&self, seller: &SellerRecord) -> Result<(), StoreError>;
     /// A seller by selling partner id.
     async fn seller(&self, selling_partner_id: &str) -> Result<Option<SellerRecord>, StoreError>;
     /// All sellers, ordered by id.

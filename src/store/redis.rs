@@ -111,6 +111,20 @@ static SET_SELLER_STATUS: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
+/// `KEYS`: seller, sellers index. `ARGV`: id, then field/value pairs. Inserts only a new
+/// seller: returns 1 when inserted, 0 if the seller exists.
+static INSERT_SELLER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+        local id = ARGV[1]
+        redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+        redis.call('ZADD', KEYS[2], 0, id)
+        return 1
+        ",
+    )
+});
+
 /// `KEYS`: invite. `ARGV`: used_at. Marks an unused invite used, keeping its TTL. Returns 1 if
 /// it did, 0 if the invite is unknown or already used.
 static USE_INVITE: LazyLock<Script> = LazyLock::new(|| {
@@ -285,6 +299,22 @@ impl Store for RedisStore {
             .exec_async(&mut self.conn())
             .await
             .map_err(failed("put_seller"))
+    }
+
+    async fn insert_seller(&self, seller: &SellerRecord) -> Result<(), StoreError> {
+        let id = &seller.selling_partner_id;
+        let inserted: i64 = INSERT_SELLER
+            .key(self.key("seller", id))
+            .key(self.index("sellers"))
+            .arg(id)
+            .arg(seller_fields(seller))
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(failed("insert_seller"))?;
+        match inserted {
+            1 => Ok(()),
+            _ => Err(StoreError::Conflict(format!("seller {id}"))),
+        }
     }
 
     async fn seller(&self, selling_partner_id: &str) -> Result<Option<SellerRecord>, StoreError> {

@@ -31,7 +31,14 @@ pub(crate) fn client(id: &str, hash: &str) -> ClientRecord {
 /// The behaviour every backend must have.
 pub(crate) async fn contract(store: &dyn Store) {
     assert!(store.seller("A1").await.unwrap().is_none());
-    store.put_seller(&seller("A1")).await.unwrap();
+    store.insert_seller(&seller("A1")).await.unwrap();
+    assert!(
+        matches!(
+            store.insert_seller(&seller("A1")).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "never replaces"
+    );
     store.put_seller(&seller("A0")).await.unwrap();
     assert_eq!(store.seller("A1").await.unwrap(), Some(seller("A1")));
     let ids: Vec<_> = store
@@ -134,6 +141,7 @@ pub(crate) async fn contract(store: &dyn Store) {
         created_at: 10,
         expires_at: 1000,
         used_at: None,
+        seller: Some("A1".into()),
     };
     store.insert_invite(&invite).await.unwrap();
     assert_eq!(store.invite("inv1").await.unwrap(), Some(invite));

@@ -458,6 +458,8 @@ async fn no_rdt_means_no_restricted_call_fail_closed() {
         let reply = gw.get("/orders/v0/orders/1/address").await;
         assert_eq!(reply.status, expect);
         gw.sandbox.clear_scripts();
+        // A failure is remembered for a moment, so the next case starts after it.
+        tokio::time::sleep(spgate::auth::slots::FAILURE_TTL).await;
     }
     assert!(
         gw.sandbox.received("ordersV0.getOrderAddress").is_empty(),
@@ -600,4 +602,34 @@ async fn three_instances_sharing_redis_make_one_lwa_call_for_a_cold_seller() {
         "the second instance reused the first's fresh token"
     );
     clean_redis(&store).await;
+}
+
+#[tokio::test]
+async fn a_drop_in_token_stands_for_one_seller_and_never_reaches_application_wide_operations() {
+    let gw = start_gateway(Options {
+        key_sellers: vec!["*".into()],
+        ..Options::default()
+    })
+    .await;
+    let client = gw.store.clients().await.unwrap().remove(0);
+    let creds = drop_in::create(&*gw.store, &client.id, SELLER)
+        .await
+        .unwrap();
+    let d = DropIn { gw, creds };
+    let token = d.token().await;
+    let reply = d
+        .sp_api(&token, "/notifications/v1/destinations", &[])
+        .await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert_eq!(reply.error_code(), "Unauthorized");
+    assert!(d
+        .gw
+        .sandbox
+        .received("notifications.getDestinations")
+        .is_empty());
+    // The same tool's API key may (it is allowed every seller).
+    assert_ne!(
+        d.gw.get("/notifications/v1/destinations").await.status,
+        StatusCode::FORBIDDEN
+    );
 }

@@ -378,6 +378,9 @@ async fn an_lwa_outage_is_a_503_with_retry_after_not_a_hang() {
     assert!(reply.headers.contains_key("retry-after"));
     assert!(started.elapsed() < Duration::from_secs(3));
     gw.sandbox.set_lwa_down(false);
+    // Requests queued behind a failed LWA call share its answer for a moment instead of each
+    // waiting out another timeout; after that, recovery is immediate.
+    tokio::time::sleep(spgate::auth::slots::FAILURE_TTL).await;
     assert_eq!(
         gw.get("/orders/v0/orders/TEST_CASE_200/address")
             .await

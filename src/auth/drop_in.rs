@@ -57,7 +57,7 @@ pub struct DropInCredentials {
 }
 
 /// LWA's success shape.
-#[derive(Debug, Serialize)]
+#[derive(Serialize)]
 pub struct TokenResponse {
     /// The gateway access token.
     pub access_token: String,
@@ -67,6 +67,17 @@ pub struct TokenResponse {
     pub expires_in: i64,
     /// The refresh token the caller presented.
     pub refresh_token: String,
+}
+
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("access_token", &"**REDACTED**")
+            .field("token_type", &self.token_type)
+            .field("expires_in", &self.expires_in)
+            .field("refresh_token", &"**REDACTED**")
+            .finish()
+    }
 }
 
 #[derive(Default, Deserialize)]

@@ -40,7 +40,7 @@ impl Subject {
 }
 
 /// Why no token could be had. Messages never carry tokens or secrets.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum LwaError {
     /// LWA rejected the refresh token (`invalid_grant`): the seller must re-authorize.
     #[error("LWA rejected the seller's refresh token (invalid_grant)")]
@@ -93,7 +93,7 @@ pub struct Lwa {
     previous_client_secret: Option<Secret<String>>,
     margin: Duration,
     timeout: Duration,
-    tokens: Slots<Subject, Secret<String>>,
+    tokens: Slots<Subject, Secret<String>, LwaError>,
     calls: std::sync::atomic::AtomicU64,
     /// With the redis store: the cache and refresh lock shared by every gateway instance.
     shared: Option<Shared>,

@@ -43,7 +43,7 @@ pub enum Need {
 }
 
 /// Why no RDT could be had. Never carries a token.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RdtError {
     /// Amazon refused (e.g. the application lacks the restricted role).
     #[error("Amazon refused a Restricted Data Token ({0})")]
@@ -270,7 +270,7 @@ struct RdtResponse {
 pub struct Rdts {
     client: HttpClient,
     timeout: Duration,
-    tokens: Slots<RdtKey, Secret<String>>,
+    tokens: Slots<RdtKey, Secret<String>, RdtError>,
     calls: AtomicU64,
 }
 

@@ -11,16 +11,26 @@ use std::sync::{Arc, Mutex};
 
 use tokio::time::Instant;
 
-type Slot<V> = Arc<tokio::sync::Mutex<Option<(V, Instant)>>>;
-
-/// Values that are fresh until their own deadline, fetched single-flight per key.
-pub struct Slots<K, V> {
-    map: Mutex<HashMap<K, Slot<V>>>,
+/// What a slot holds: a value fresh until an instant, or a recent failure.
+enum Entry<V, E> {
+    Value(V, Instant),
+    Failed(E, Instant),
 }
 
-impl<K: Eq + Hash + Clone, V: Clone> Slots<K, V> {
+type Slot<V, E> = Arc<tokio::sync::Mutex<Option<Entry<V, E>>>>;
+
+/// How long a failed fetch is answered from memory: callers queued behind it get its error
+/// at once instead of each repeating it (and each waiting out its timeout).
+pub const FAILURE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Values that are fresh until their own deadline, fetched single-flight per key.
+pub struct Slots<K, V, E> {
+    map: Mutex<HashMap<K, Slot<V, E>>>,
+}
+
+impl<K: Eq + Hash + Clone, V: Clone, E: Clone> Slots<K, V, E> {
     /// An empty cache.
-    pub fn new() -> Slots<K, V> {
+    pub fn new() -> Slots<K, V, E> {
         Slots {
             map: Mutex::new(HashMap::new()),
         }
@@ -28,28 +38,39 @@ impl<K: Eq + Hash + Clone, V: Clone> Slots<K, V> {
 
     /// The key's value if it is fresh; otherwise `fetch`es one (which returns the value and the
     /// instant it stops being fresh) while other callers for the same key wait.
-    pub async fn get_or_fetch<E, F, Fut>(&self, key: &K, fetch: F) -> Result<V, E>
+    pub async fn get_or_fetch<F, Fut>(&self, key: &K, fetch: F) -> Result<V, E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(V, Instant), E>>,
     {
         let slot = self.slot(key);
         let mut cached = slot.lock().await;
-        if let Some((value, fresh_until)) = cached.as_ref() {
-            if Instant::now() < *fresh_until {
-                return Ok(value.clone());
+        match cached.as_ref() {
+            Some(Entry::Value(value, fresh_until)) if Instant::now() < *fresh_until => {
+                return Ok(value.clone())
+            }
+            Some(Entry::Failed(error, until)) if Instant::now() < *until => {
+                return Err(error.clone())
+            }
+            _ => {}
+        }
+        match fetch().await {
+            Ok((value, fresh_until)) => {
+                *cached = Some(Entry::Value(value.clone(), fresh_until));
+                Ok(value)
+            }
+            Err(error) => {
+                *cached = Some(Entry::Failed(error.clone(), Instant::now() + FAILURE_TTL));
+                Err(error)
             }
         }
-        let (value, fresh_until) = fetch().await?;
-        *cached = Some((value.clone(), fresh_until));
-        Ok(value)
     }
 
     /// Forgets the key's value if `stale` says so (e.g. it is the token Amazon just rejected).
     pub async fn invalidate_if(&self, key: &K, stale: impl FnOnce(&V) -> bool) {
         let slot = self.slot(key);
         let mut cached = slot.lock().await;
-        if cached.as_ref().is_some_and(|(v, _)| stale(v)) {
+        if matches!(cached.as_ref(), Some(Entry::Value(v, _)) if stale(v)) {
             *cached = None;
         }
     }
@@ -64,7 +85,7 @@ impl<K: Eq + Hash + Clone, V: Clone> Slots<K, V> {
         self.len() == 0
     }
 
-    fn slot(&self, key: &K) -> Slot<V> {
+    fn slot(&self, key: &K) -> Slot<V, E> {
         // A poisoned map only means another thread panicked mid-insert; the map is still valid.
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         // The key is cloned only when it is new, not on every hit.
@@ -75,7 +96,7 @@ impl<K: Eq + Hash + Clone, V: Clone> Slots<K, V> {
     }
 }
 
-impl<K: Eq + Hash + Clone, V: Clone> Default for Slots<K, V> {
+impl<K: Eq + Hash + Clone, V: Clone, E: Clone> Default for Slots<K, V, E> {
     fn default() -> Self {
         Slots::new()
     }
@@ -89,7 +110,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn concurrent_misses_fetch_once_and_stale_values_are_refetched() {
-        let slots: Arc<Slots<&str, u32>> = Arc::new(Slots::new());
+        let slots: Arc<Slots<&str, u32, &str>> = Arc::new(Slots::new());
         let fetches = Arc::new(AtomicU32::new(0));
         let mut tasks = Vec::new();
         for _ in 0..100 {
@@ -99,7 +120,7 @@ mod tests {
                     .get_or_fetch(&"k", || async {
                         tokio::time::sleep(Duration::from_millis(10)).await;
                         let n = fetches.fetch_add(1, Ordering::SeqCst) + 1;
-                        Ok::<_, ()>((n, Instant::now() + Duration::from_secs(60)))
+                        Ok::<_, &str>((n, Instant::now() + Duration::from_secs(60)))
                     })
                     .await
             }));
@@ -111,18 +132,18 @@ mod tests {
         tokio::time::advance(Duration::from_secs(61)).await;
         let v = slots
             .get_or_fetch(&"k", || async {
-                Ok::<_, ()>((2, Instant::now() + Duration::from_secs(60)))
+                Ok::<_, &str>((2, Instant::now() + Duration::from_secs(60)))
             })
             .await;
         assert_eq!(v, Ok(2));
         slots.invalidate_if(&"k", |v| *v == 1).await;
         let v = slots
-            .get_or_fetch(&"k", || async { Ok::<_, ()>((3, Instant::now())) })
+            .get_or_fetch(&"k", || async { Ok::<_, &str>((3, Instant::now())) })
             .await;
         assert_eq!(v, Ok(2), "invalidation only removes the value it names");
         slots.invalidate_if(&"k", |v| *v == 2).await;
         let v = slots
-            .get_or_fetch(&"k", || async { Ok::<_, ()>((4, Instant::now())) })
+            .get_or_fetch(&"k", || async { Ok::<_, &str>((4, Instant::now())) })
             .await;
         assert_eq!(v, Ok(4));
         let failed = slots

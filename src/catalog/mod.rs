@@ -177,6 +177,11 @@ impl Catalog {
                 .decode_utf8()
                 .ok()?
                 .into_owned();
+            // A dot segment names no resource, and a normalising hop could turn it into
+            // another operation than the one authorized here.
+            if decoded == "." || decoded == ".." {
+                return None;
+            }
             // The template's own parameter name, so it outlives the request.
             let name = template_param(operation.path, name)?;
             params.push((name, decoded));

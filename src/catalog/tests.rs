@@ -48,6 +48,9 @@ fn unknown_paths_methods_and_empty_segments_do_not_route() {
         (Method::GET, "/orders/v0/orders//address"),
         (Method::GET, "/orders/v0/orders/123/address/"),
         (Method::GET, "/orders/v0/orders/%FF%FE/address"),
+        (Method::GET, "/orders/v0/orders/../address"),
+        (Method::GET, "/orders/v0/orders/%2e%2E/address"),
+        (Method::GET, "/orders/v0/orders/./address"),
     ];
     for (method, path) in cases {
         assert!(catalog.route(&method, path).is_none(), "{method} {path}");

@@ -483,7 +483,9 @@ impl Gateway {
         headers: &http::HeaderMap,
     ) -> Result<Option<SellerRecord>, ProxyError> {
         if op.grantless_scope.is_some() {
-            if !caller.client.allows_all_sellers() {
+            // Application-wide: only an API key of a tool allowed for every seller; a drop-in
+            // token stands for one seller and never reaches these.
+            if caller.token_seller.is_some() || !caller.client.allows_all_sellers() {
                 return Err(caller::CallerError::ApplicationWide.into());
             }
             return Ok(None);

@@ -633,3 +633,26 @@ async fn a_drop_in_token_stands_for_one_seller_and_never_reaches_application_wid
         StatusCode::FORBIDDEN
     );
 }
+
+#[tokio::test]
+async fn a_403_that_is_not_about_the_token_keeps_it_and_is_passed_back_unchanged() {
+    let gw = start_gateway(Options::default()).await;
+    let denied = serde_json::json!({"errors": [{"code": "Unauthorized", "message": "Access to requested resource is denied.", "details": ""}]});
+    gw.sandbox.script(
+        "sellers.getMarketplaceParticipations",
+        spgate::sandbox::Script::json(StatusCode::FORBIDDEN, denied.clone()),
+    );
+    for _ in 0..3 {
+        let reply = gw.get("/sellers/v1/marketplaceParticipations").await;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN);
+        assert_eq!(reply.json(), denied, "Amazon's answer, body intact");
+    }
+    assert_eq!((gw.lwa_calls)(), 1, "no LWA call per permission error");
+    assert_eq!(
+        gw.sandbox
+            .received("sellers.getMarketplaceParticipations")
+            .len(),
+        3,
+        "and no retries"
+    );
+}

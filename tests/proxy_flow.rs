@@ -315,7 +315,7 @@ async fn headers_are_cleaned_both_ways_and_amazons_ids_pass_back() {
 #[tokio::test]
 async fn access_tokens_are_cached_and_refreshed_after_expiry() {
     let gw = start_gateway(Options {
-        token_ttl: Duration::from_secs(2),
+        token_ttl: Duration::from_secs(6),
         ..Options::default()
     })
     .await;
@@ -329,8 +329,8 @@ async fn access_tokens_are_cached_and_refreshed_after_expiry() {
     }
     assert_eq!((gw.lwa_calls)(), 1, "one LWA call serves many requests");
     assert_eq!(gw.sandbox.stats().lwa_refresh_grants, 1);
-    // A 2 s token is refreshed at half its life (the margin is capped at half the lifetime).
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // A 6 s token is refreshed at half its life, 3 s (the margin is capped at half the lifetime).
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     assert_eq!(
         gw.get("/orders/v0/orders/TEST_CASE_200/address")
             .await
@@ -590,7 +590,15 @@ async fn shutdown_drains_in_flight_requests_then_stops() {
         .unwrap();
     let client = gw.client.clone();
     let in_flight = tokio::spawn(async move { client.request(req).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Shut down only once the request is in flight upstream (not after a guessed delay).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while gw.sandbox.received("ordersV0.getOrderAddress").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     gw.begin_shutdown();
     let resp = in_flight
         .await

@@ -236,7 +236,7 @@ impl Gateway {
         let mut attempt = 0u32;
         while let Some(replay) = &replay {
             let status = resp.status();
-            let pause = if is_auth_failure(status) && attempt == 0 {
+            let pause = if attempt == 0 && token_rejected(&mut resp).await {
                 self.forget(&cred).await;
                 Duration::ZERO
             } else if (status == http::StatusCode::TOO_MANY_REQUESTS || status.is_server_error())
@@ -273,7 +273,7 @@ impl Gateway {
             resp = self.send(req, &limit_tripped).await?;
             self.observe(bucket, op, &resp);
         }
-        if is_auth_failure(resp.status()) {
+        if token_rejected(&mut resp).await {
             self.forget(&cred).await;
         }
         Ok(self.respond(resp)) // 8. respond
@@ -526,7 +526,7 @@ impl Gateway {
                 match self.rdts.token(&key, endpoint, &access).await {
                     Ok(token) => Ok(Credential::Rdt(key, token, subject, access)),
                     Err(e) => {
-                        if matches!(e, RdtError::Refused(s) if s == http::StatusCode::UNAUTHORIZED || s == http::StatusCode::FORBIDDEN)
+                        if matches!(e, RdtError::Refused(s) if s == http::StatusCode::UNAUTHORIZED)
                         {
                             self.lwa.invalidate(&subject, &access).await;
                         }
@@ -748,9 +748,34 @@ fn backoff(attempt: u32, base: Duration) -> Duration {
     cap.mul_f64(f64::from(r) / f64::from(u32::MAX))
 }
 
-/// Whether SP-API rejected the credentials.
-fn is_auth_failure(status: http::StatusCode) -> bool {
-    status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN
+/// Whether SP-API rejected the token itself (so it should be forgotten and the call retried):
+/// any 401, or a 403 whose error body names the access token ("...has expired", "...is
+/// revoked, malformed or invalid"). Other 403s (the application lacks a role) keep the token:
+/// evicting it would cost an LWA and RDT call per such request. A 403 body is small; it is
+/// read (within the response's total deadline) and put back.
+async fn token_rejected(resp: &mut Response<Body>) -> bool {
+    match resp.status() {
+        http::StatusCode::UNAUTHORIZED => true,
+        http::StatusCode::FORBIDDEN => {
+            let taken = std::mem::replace(resp.body_mut(), body::empty());
+            match taken.collect().await {
+                Ok(collected) => {
+                    let bytes = collected.to_bytes();
+                    let hit = mentions_access_token(&bytes);
+                    *resp.body_mut() = body::full(bytes);
+                    hit
+                }
+                Err(_) => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+/// Whether an error body talks about the access token (case-insensitive).
+pub(crate) fn mentions_access_token(body: &[u8]) -> bool {
+    body.windows(12)
+        .any(|w| w.eq_ignore_ascii_case(b"access token"))
 }
 
 /// What is needed to send a bodiless request a second time.

@@ -790,7 +790,16 @@ impl Config {
         let roles = v.roles(&raw.roles);
         let onboarding = raw.onboarding.as_ref().map(|o| v.onboarding(o));
         let ratelimit = match raw.ratelimit.resolve(crate::catalog::Catalog::builtin()) {
-            Ok(settings) => Some(settings),
+            Ok(mut settings) => {
+                // The limiter's Redis URL given by reference is read here, like every secret.
+                let url_ref = raw.ratelimit.redis.as_ref().and_then(|r| r.url.as_ref());
+                if let (Some(redis), Some(raw_url @ RawSecret::Ref(_))) =
+                    (settings.redis.as_mut(), url_ref)
+                {
+                    redis.url = v.secret("ratelimit.redis.url", Some(raw_url));
+                }
+                Some(settings)
+            }
             Err(issues) => {
                 v.issues.extend(issues);
                 None

@@ -160,3 +160,26 @@ fn roles_grant_categories_and_bad_names_are_reported_with_their_path() {
         ],
     );
 }
+
+#[test]
+fn the_limiters_redis_url_holds_a_password_only_by_reference_and_never_prints() {
+    check(
+        &format!("{MINIMAL}\n[ratelimit.redis]\nurl = \"redis://:hunter2@127.0.0.1:6379\"\n"),
+        &[("ratelimit.redis.url", "a URL with a password is a secret")],
+    );
+    let mut env = env();
+    env.vars
+        .insert("RL_REDIS".into(), "redis://:hunter2@127.0.0.1:6379".into());
+    let cfg = Config::from_toml(
+        &format!("{MINIMAL}\n[ratelimit.redis]\nurl = {{ env = \"RL_REDIS\" }}\n"),
+        &env,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let redis = cfg.ratelimit.redis.expect("redis settings");
+    assert_eq!(redis.url.expose(), "redis://:hunter2@127.0.0.1:6379");
+    assert!(!format!("{redis:?}").contains("hunter2"));
+    check(
+        &format!("{MINIMAL}\n[ratelimit.redis]\nurl = \"redis://127.0.0.1:6379\"\n"),
+        &[],
+    );
+}

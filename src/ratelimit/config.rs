@@ -63,8 +63,8 @@ pub struct RawRateLimit {
 /// `[ratelimit.redis]` as written.
 #[derive(Debug, Default, Deserialize)]
 pub struct RawRedis {
-    /// `redis://host:port[/db]` or `rediss://...`.
-    pub url: Option<String>,
+    /// `redis://host:port[/db]`; a reference (`{ env }`/`{ file }`) when it holds a password.
+    pub url: Option<crate::config::RawSecret>,
     /// Prefix of every key the limiter writes.
     pub key_prefix: Option<String>,
     /// Longest wait for one Redis answer before the decision falls back.
@@ -208,8 +208,8 @@ impl Default for LimiterConfig {
 /// Where the shared buckets live.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    /// Connection URL.
-    pub url: String,
+    /// Connection URL (may hold a password, so it never prints).
+    pub url: crate::secret::Secret<String>,
     /// Prefix of every key (`<prefix>rl:{seller}:operation`).
     pub key_prefix: String,
     /// Longest wait for one answer.
@@ -222,7 +222,7 @@ impl RedisSettings {
     /// Settings for a URL with the defaults for everything else.
     pub fn new(url: impl Into<String>) -> RedisSettings {
         RedisSettings {
-            url: url.into(),
+            url: crate::secret::Secret::new(url.into()),
             key_prefix: "spgate:".into(),
             timeout: Duration::from_millis(100),
             retry_backoff: Duration::from_secs(1),
@@ -409,17 +409,26 @@ fn valid_share(s: f64) -> bool {
 }
 
 fn resolve_redis(raw: &RawRedis, issues: &mut Vec<ConfigIssue>) -> RedisSettings {
-    let mut settings = RedisSettings::new(raw.url.clone().unwrap_or_default());
-    match raw.url.as_deref() {
-        None => issues.push(issue("ratelimit.redis.url", "required")),
-        Some(url) => {
-            if let Err(e) = redis::Client::open(url) {
-                issues.push(issue(
-                    "ratelimit.redis.url",
-                    &format!("not a Redis URL: {e}"),
-                ));
+    use crate::config::RawSecret;
+    // A reference is read by `config` (the only module that reads env and files); a literal
+    // URL may be written here only when it holds no password.
+    let literal = match &raw.url {
+        Some(RawSecret::Literal(url)) => Some(url.clone()),
+        _ => None,
+    };
+    let mut settings = RedisSettings::new(literal.clone().unwrap_or_default());
+    match (&raw.url, literal.as_deref()) {
+        (None, _) => issues.push(issue("ratelimit.redis.url", "required")),
+        (Some(_), Some(url)) if url.contains('@') => issues.push(issue(
+            "ratelimit.redis.url",
+            "a URL with a password is a secret: use { env = \"NAME\" } or { file = \"/path\" }",
+        )),
+        (Some(_), Some(url)) => {
+            if redis::Client::open(url).is_err() {
+                issues.push(issue("ratelimit.redis.url", "not a Redis URL"));
             }
         }
+        (Some(_), None) => {}
     }
     if let Some(prefix) = &raw.key_prefix {
         if prefix.contains(['{', '}']) {

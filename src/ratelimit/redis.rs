@@ -89,8 +89,9 @@ impl RedisBackend {
     /// Prepares the connection (lazily: an unreachable server is a runtime condition, not a
     /// startup error) and loads the script when the server answers.
     pub(crate) async fn connect(settings: RedisSettings) -> Result<RedisBackend, RateLimitError> {
-        let client = redis::Client::open(settings.url.as_str())
-            .map_err(|e| RateLimitError::InvalidSettings(format!("redis url: {e}")))?;
+        // The error is not quoted: Redis errors may repeat the URL, password included.
+        let client = redis::Client::open(settings.url.expose().as_str())
+            .map_err(|_| RateLimitError::InvalidSettings("the Redis URL is not valid".into()))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.timeout))
             .set_response_timeout(Some(settings.timeout))

@@ -400,6 +400,15 @@ async fn restricted_calls_get_an_rdt_asking_only_for_what_the_role_may_receive()
         2,
         "one RDT per resource, then cached"
     );
+    let rdt_op = spgate::catalog::Catalog::builtin()
+        .by_key(spgate::auth::rdt::RDT_OPERATION)
+        .unwrap();
+    let bucket = gw
+        .gateway
+        .limiter()
+        .bucket_status(SELLER, rdt_op)
+        .expect("RDT fetches are rate limited");
+    assert_eq!(bucket.tools.iter().map(|t| t.admitted).sum::<u64>(), 2);
     let rdt_calls = gw
         .sandbox
         .received("tokens_2021-03-01.createRestrictedDataToken");

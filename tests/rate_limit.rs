@@ -353,8 +353,9 @@ async fn the_admin_listener_shows_buckets_to_ops_reloads_plans_and_refuses_bad_f
     );
     let metrics = admin_get(&url, "/metrics", None, Method::GET).await;
     let text = String::from_utf8_lossy(&metrics.body).to_string();
+    // Two admissions: the request's, and the createRestrictedDataToken call its RDT needed.
     assert!(
-        text.contains("spgate_ratelimit_decisions_total{outcome=\"immediate\"} 1"),
+        text.contains("spgate_ratelimit_decisions_total{outcome=\"immediate\"} 2"),
         "{text}"
     );
     let path = format!("/admin/ratelimits?seller={SELLER}&operation=ordersV0.getOrderAddress");

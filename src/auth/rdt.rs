@@ -28,6 +28,8 @@ use crate::secret::Secret;
 
 /// The createRestrictedDataToken path.
 pub const RDT_PATH: &str = "/tokens/2021-03-01/restrictedDataToken";
+/// The catalog key of createRestrictedDataToken (its usage plan limits RDT fetches).
+pub const RDT_OPERATION: &str = "tokens_2021-03-01.createRestrictedDataToken";
 /// An RDT is used until this long before it expires.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
 
@@ -291,14 +293,23 @@ impl Rdts {
     }
 
     /// The RDT for `key`, from the cache or from `endpoint` using the seller's access token.
-    pub async fn token(
+    /// `admit` runs only when Amazon must be asked: it takes a token of the
+    /// createRestrictedDataToken usage plan, so these calls are rate limited like any other.
+    pub async fn token<A>(
         &self,
         key: &RdtKey,
         endpoint: &Uri,
         access_token: &Secret<String>,
-    ) -> Result<Secret<String>, RdtError> {
+        admit: A,
+    ) -> Result<Secret<String>, RdtError>
+    where
+        A: std::future::Future<Output = Result<(), RdtError>>,
+    {
         self.tokens
-            .get_or_fetch(key, || self.fetch(key, endpoint, access_token))
+            .get_or_fetch(key, || async {
+                admit.await?;
+                self.fetch(key, endpoint, access_token).await
+            })
             .await
     }
 

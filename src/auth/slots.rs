@@ -23,6 +23,9 @@ type Slot<V, E> = Arc<tokio::sync::Mutex<Option<Entry<V, E>>>>;
 /// at once instead of each repeating it (and each waiting out its timeout).
 pub const FAILURE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Past this many keys, stale slots are dropped when a new key arrives.
+pub const PRUNE_AT: usize = 10_000;
+
 /// Values that are fresh until their own deadline, fetched single-flight per key.
 pub struct Slots<K, V, E> {
     map: Mutex<HashMap<K, Slot<V, E>>>,
@@ -92,6 +95,20 @@ impl<K: Eq + Hash + Clone, V: Clone, E: Clone> Slots<K, V, E> {
         if let Some(slot) = map.get(key) {
             return slot.clone();
         }
+        if map.len() >= PRUNE_AT {
+            // Keys can be unbounded (an RDT per report document): drop slots that nobody is
+            // using and that hold nothing fresh.
+            let now = Instant::now();
+            map.retain(|_, slot| {
+                Arc::strong_count(slot) > 1
+                    || match slot.try_lock() {
+                        Ok(entry) => {
+                            matches!(&*entry, Some(Entry::Value(_, until)) if *until > now)
+                        }
+                        Err(_) => true,
+                    }
+            });
+        }
         map.entry(key.clone()).or_default().clone()
     }
 }
@@ -154,5 +171,25 @@ mod tests {
             Err("down"),
             "a failed fetch is returned, not cached"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stale_slots_are_dropped_once_there_are_many_keys() {
+        let slots: Slots<u32, u32, ()> = Slots::new();
+        for k in 0..PRUNE_AT as u32 {
+            let _ = slots
+                .get_or_fetch(&k, || async {
+                    Ok((k, Instant::now() + Duration::from_secs(1)))
+                })
+                .await;
+        }
+        assert_eq!(slots.len(), PRUNE_AT);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let _ = slots
+            .get_or_fetch(&u32::MAX, || async {
+                Ok((0, Instant::now() + Duration::from_secs(60)))
+            })
+            .await;
+        assert_eq!(slots.len(), 1, "only the fresh key is left");
     }
 }

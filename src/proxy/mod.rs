@@ -221,9 +221,11 @@ impl Gateway {
         let bucket = seller.map_or(APPLICATION_BUCKET, |s| s.selling_partner_id.as_str());
         let wants = Wants::from_headers(req.headers())?;
         let deadline = Instant::now() + wants.max_wait.unwrap_or(self.retry.default_deadline);
-        let mut cred = self.credentials(op, seller, role, &path).await?; // 5. credentials
-                                                                         // Taken last, right before sending, so that a slow credential fetch (a cold LWA or RDT
-                                                                         // call) never sits between the limiter's decision and the arrival at Amazon.
+        let mut cred = self
+            .credentials(op, seller, role, &path, &caller.client.tool)
+            .await?; // 5. credentials
+                     // Taken last, right before sending, so that a slow credential fetch (a cold LWA or RDT
+                     // call) never sits between the limiter's decision and the arrival at Amazon.
         self.admit(&caller, op, bucket, &wants).await?; // 6. rate limit
         let upstream_req =
             self.upstream_request(req, op, seller, role, &cred, limit_tripped.clone())?;
@@ -258,7 +260,9 @@ impl Gateway {
                 ..wants
             };
             attempt += 1;
-            cred = self.credentials(op, seller, role, &path).await?;
+            cred = self
+                .credentials(op, seller, role, &path, &caller.client.tool)
+                .await?;
             if self.admit(&caller, op, bucket, &again).await.is_err() {
                 break; // no token in time: answer with what Amazon said
             }
@@ -305,6 +309,26 @@ impl Gateway {
             })
             .await?;
         Ok(())
+    }
+
+    /// A token of the seller's createRestrictedDataToken bucket (1/s, burst 10), taken only
+    /// when an RDT must be fetched; refused, the request fails closed with 503.
+    async fn admit_rdt(&self, seller: &str, tool: &str) -> Result<(), RdtError> {
+        let op = self.catalog.by_key(rdt::RDT_OPERATION).ok_or_else(|| {
+            RdtError::Protocol("createRestrictedDataToken is not catalogued".into())
+        })?;
+        self.limiter
+            .acquire(Acquire {
+                seller,
+                operation: op,
+                tool,
+                plan: None,
+                priority: Priority::Normal,
+                max_wait: Some(RDT_MAX_WAIT),
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| RdtError::Unavailable(format!("no createRestrictedDataToken quota: {e}")))
     }
 
     /// Feeds Amazon's answer back into the limiter: its stated rate, and its 429s.
@@ -512,6 +536,7 @@ impl Gateway {
         seller: Option<&SellerRecord>,
         role: &Role,
         path: &str,
+        tool: &str,
     ) -> Result<Credential, ProxyError> {
         let (subject, access) = self.access_token(op, seller).await?;
         let (true, Some(seller)) = (op.restricted, seller) else {
@@ -523,7 +548,8 @@ impl Gateway {
             Need::Rdt(elements) => {
                 let key = RdtKey::new(&seller.selling_partner_id, op, path, elements);
                 let endpoint = self.endpoints.for_region(seller.region);
-                match self.rdts.token(&key, endpoint, &access).await {
+                let admit = self.admit_rdt(&seller.selling_partner_id, tool);
+                match self.rdts.token(&key, endpoint, &access, admit).await {
                     Ok(token) => Ok(Credential::Rdt(key, token, subject, access)),
                     Err(e) => {
                         if matches!(e, RdtError::Refused(s) if s == http::StatusCode::UNAUTHORIZED)
@@ -657,6 +683,9 @@ impl Gateway {
         Response::from_parts(parts, body)
     }
 }
+
+/// Longest wait for a createRestrictedDataToken token.
+const RDT_MAX_WAIT: Duration = Duration::from_secs(5);
 
 /// The bucket grantless (application-wide) operations use instead of a seller's.
 const APPLICATION_BUCKET: &str = "application";

@@ -1,0 +1,250 @@
+//! Three `spgate serve` processes sharing one Redis (store and rate-limit buckets) in front of
+//! one `spgate sandbox` process that enforces Amazon's usage plans: together they never let
+//! more through than the plan allows, so the sandbox never answers 429.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_spgate");
+const MASTER: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills the child processes when the test ends, however it ends.
+struct Reaper(Vec<Child>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn spawn(args: &[&str], ready: &str) -> Child {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("SPGATE_LWA_CLIENT_SECRET", "spgate-demo-client-secret")
+        .env("SPGATE_MASTER_KEY", MASTER)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx2 = tx.clone();
+    std::thread::spawn(move || {
+        BufReader::new(out)
+            .lines()
+            .map_while(Result::ok)
+            .for_each(|l| drop(tx.send(l)))
+    });
+    std::thread::spawn(move || {
+        BufReader::new(err)
+            .lines()
+            .map_while(Result::ok)
+            .for_each(|l| drop(tx2.send(l)))
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+            if line.contains(ready) {
+                return child;
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("{args:?} did not start");
+}
+
+fn config(dir: &Path, port: u16, sandbox: &str, prefix: &str) -> std::path::PathBuf {
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+[upstream.endpoints]
+na = "{sandbox}"
+eu = "{sandbox}"
+fe = "{sandbox}"
+[lwa]
+token_url = "{sandbox}/auth/o2/token"
+client_id = "amzn1.application-oa2-client.spgate-demo"
+client_secret = {{ env = "SPGATE_LWA_CLIENT_SECRET" }}
+[store]
+type = "redis"
+url = "redis://127.0.0.1:6379"
+key_prefix = "{prefix}"
+[keys]
+master_key = {{ env = "SPGATE_MASTER_KEY" }}
+[ratelimit]
+default_max_wait_ms = 2500
+[ratelimit.redis]
+url = "redis://127.0.0.1:6379"
+key_prefix = "{prefix}"
+[roles.orders.pii]
+address = "pass"
+name = "pass"
+[log]
+format = "json"
+level = "info"
+"#
+    );
+    let path = dir.join(format!("spgate-{port}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_gateway_processes_sharing_redis_keep_the_usage_plan_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!(
+        "spgate-mp-{}:",
+        spgate::crypto::random_token::<9>().unwrap()
+    );
+    let sandbox_port = free_port();
+    let sandbox = format!("http://127.0.0.1:{sandbox_port}");
+    let mut reaper = Reaper(vec![spawn(
+        &[
+            "sandbox",
+            "--listen",
+            &format!("127.0.0.1:{sandbox_port}"),
+            "--quotas",
+            "catalog",
+        ],
+        "sandbox SP-API",
+    )]);
+
+    // One seller and one tool, recorded once in the shared Redis store.
+    let ports = [free_port(), free_port(), free_port()];
+    let configs: Vec<_> = ports
+        .iter()
+        .map(|p| config(dir.path(), *p, &sandbox, &prefix))
+        .collect();
+    let token_file = dir.path().join("rt");
+    std::fs::write(&token_file, "Atzr|multi-process-synthetic").unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .env("SPGATE_LWA_CLIENT_SECRET", "spgate-demo-client-secret")
+            .env("SPGATE_MASTER_KEY", MASTER)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let cfg0 = configs[0].to_str().unwrap();
+    run(&[
+        "sellers",
+        "--config",
+        cfg0,
+        "add",
+        "--id",
+        "A1MULTI",
+        "--region",
+        "na",
+        "--refresh-token-file",
+        token_file.to_str().unwrap(),
+    ]);
+    let added = run(&[
+        "clients", "--config", cfg0, "add", "--tool", "t", "--role", "orders", "--seller",
+        "A1MULTI",
+    ]);
+    let key = added
+        .lines()
+        .find_map(|l| l.strip_prefix("api key:"))
+        .unwrap()
+        .trim()
+        .to_string();
+
+    for cfg in &configs {
+        reaper.0.push(spawn(
+            &["serve", "--config", cfg.to_str().unwrap()],
+            "spgate is serving",
+        ));
+    }
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let (client, key) = (client.clone(), key.clone());
+        let url = format!(
+            "http://127.0.0.1:{}/orders/v0/orders/TEST_CASE_200/address",
+            ports[i % 3]
+        );
+        tasks.push(tokio::spawn(async move {
+            let req = http::Request::get(url)
+                .header("authorization", format!("Bearer {key}"))
+                .header("x-spgate-seller", "A1MULTI")
+                .body(http_body_util::Empty::new())
+                .unwrap();
+            client.request(req).await.unwrap().status()
+        }));
+    }
+    let started = Instant::now();
+    let mut ok = 0u64;
+    for t in tasks {
+        let status = t.await.unwrap();
+        assert!(status == 200 || status == 429, "{status}");
+        ok += u64::from(status == 200);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+
+    let stats: serde_json::Value = {
+        let req = http::Request::get(format!("{sandbox}/_sandbox/stats"))
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        serde_json::from_slice(&body).unwrap()
+    };
+    assert_eq!(
+        stats["throttled_total"], 0,
+        "the sandbox never had to refuse: {stats}"
+    );
+    let arrived = stats["by_operation"]["ordersV0.getOrderAddress"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        arrived, ok,
+        "every admitted request reached the sandbox once"
+    );
+    assert!(ok >= 30, "the burst is used: {ok}");
+    assert!(
+        arrived as f64 <= 30.0 + 0.5 * elapsed + 1.0,
+        "{arrived} arrivals in {elapsed:.1} s"
+    );
+
+    // Clean the shared Redis.
+    let redis = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}

@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`admin`]: the admin listener: health, metrics, rate-limit status, reload (ops/security tokens).
+//! - [`audit`]: the tamper-evident audit chain (HMAC-linked JSON Lines per instance).
 //! - [`auth`]: caller API keys, LWA access tokens (cached, single-flight).
 //! - [`catalog`]: every SP-API operation (path template, usage plan, restricted?, PII map).
 //! - [`config`]: the config file: parse, validate, resolve secrets (the only env/file reader).
@@ -15,6 +16,7 @@
 //! - [`spapi`]: SP-API wire shapes shared by the gateway and the sandbox.
 //! - [`store`]: the storage trait and its embedded (SQLite) backend.
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod config;

@@ -556,7 +556,9 @@ impl RawConfig {
     }
 }
 
-fn section<T: DeserializeOwned>(
+/// Parses one top-level section into `out`, reporting unknown keys and type errors with their
+/// key paths; on a type error `out` keeps its default so the rest can still be checked.
+pub(crate) fn section<T: DeserializeOwned>(
     name: &str,
     value: toml::Value,
     out: &mut T,

@@ -244,32 +244,9 @@ pub struct RateLimitSettings {
 /// Parses the value of the `[ratelimit]` table, keeping going past unknown keys (reported with
 /// their paths, e.g. `ratelimit.plans.x.foo`).
 pub fn parse_section(value: toml::Value) -> (RawRateLimit, Vec<ConfigIssue>) {
-    let mut unknown = Vec::new();
-    let mut on_unknown = |path: serde_ignored::Path<'_>| {
-        let p = path.to_string();
-        unknown.push(
-            p.split('.')
-                .filter(|s| *s != "?")
-                .collect::<Vec<_>>()
-                .join("."),
-        );
-    };
-    let de = serde_ignored::Deserializer::new(value, &mut on_unknown);
+    let mut raw = RawRateLimit::default();
     let mut issues = Vec::new();
-    let raw = match serde_path_to_error::deserialize::<_, RawRateLimit>(de) {
-        Ok(raw) => raw,
-        Err(e) => {
-            let inner = e.path().to_string();
-            issues.push(issue(
-                &join("ratelimit", &inner),
-                &e.into_inner().to_string(),
-            ));
-            RawRateLimit::default()
-        }
-    };
-    for p in unknown {
-        issues.push(issue(&join("ratelimit", &p), "unknown key"));
-    }
+    crate::config::section("ratelimit", value, &mut raw, &mut issues);
     (raw, issues)
 }
 
@@ -289,14 +266,6 @@ pub fn from_toml(text: &str, catalog: &Catalog) -> Result<RateLimitSettings, Con
             issues.extend(more);
             Err(ConfigError(issues))
         }
-    }
-}
-
-fn join(section: &str, inner: &str) -> String {
-    if inner.is_empty() || inner == "." {
-        section.to_string()
-    } else {
-        format!("{section}.{inner}")
     }
 }
 

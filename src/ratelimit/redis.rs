@@ -98,8 +98,9 @@ impl RedisBackend {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(settings.retry_backoff);
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| RateLimitError::InvalidSettings(format!("redis: {e}")))?;
+        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| {
+            RateLimitError::InvalidSettings(format!("redis: {}", crate::store::redis::describe(&e)))
+        })?;
         let backend = RedisBackend {
             conn,
             script: Script::new(SCRIPT),
@@ -114,7 +115,7 @@ impl RedisBackend {
         .await
         {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => backend.failed(&e.to_string()),
+            Ok(Err(e)) => backend.failed(&crate::store::redis::describe(&e)),
             Err(_) => backend.failed("timed out"),
         }
         Ok(backend)
@@ -191,7 +192,7 @@ impl RedisBackend {
         let call = invocation.invoke_async::<(i64, i64, i64)>(&mut conn);
         let result = match tokio::time::timeout(self.settings.timeout, call).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Err(e)) => Err(crate::store::redis::describe(&e)),
             Err(_) => Err(format!("no answer within {:?}", self.settings.timeout)),
         };
         match result {

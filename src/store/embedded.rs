@@ -100,51 +100,12 @@ impl EmbeddedStore {
 impl Store for EmbeddedStore {
     async fn put_seller(&self, seller: &SellerRecord) -> Result<(), StoreError> {
         let s = seller.clone();
-        self.write(move |c| {
-            c.execute(
-                "INSERT INTO sellers (selling_partner_id, region, marketplaces, refresh_token,
-                     authorized_at, reauthorize_by, status)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT(selling_partner_id) DO UPDATE SET region = excluded.region,
-                     marketplaces = excluded.marketplaces, refresh_token = excluded.refresh_token,
-                     authorized_at = excluded.authorized_at,
-                     reauthorize_by = excluded.reauthorize_by, status = excluded.status",
-                params![
-                    s.selling_partner_id,
-                    s.region.as_str(),
-                    s.marketplaces.join(","),
-                    s.refresh_token_sealed,
-                    s.authorized_at,
-                    s.reauthorize_by,
-                    s.status.as_str()
-                ],
-            )?;
-            Ok(())
-        })
-        .await
+        self.write(move |c| write_seller(c, &s, true)).await
     }
 
     async fn insert_seller(&self, seller: &SellerRecord) -> Result<(), StoreError> {
         let s = seller.clone();
-        self.write(move |c| {
-            c.execute(
-                "INSERT INTO sellers (selling_partner_id, region, marketplaces, refresh_token,
-                     authorized_at, reauthorize_by, status)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    s.selling_partner_id,
-                    s.region.as_str(),
-                    s.marketplaces.join(","),
-                    s.refresh_token_sealed,
-                    s.authorized_at,
-                    s.reauthorize_by,
-                    s.status.as_str()
-                ],
-            )
-            .map_err(|e| conflict_or(e, &format!("seller {}", s.selling_partner_id)))?;
-            Ok(())
-        })
-        .await
+        self.write(move |c| write_seller(c, &s, false)).await
     }
 
     async fn seller(&self, selling_partner_id: &str) -> Result<Option<SellerRecord>, StoreError> {
@@ -447,6 +408,36 @@ impl Store for EmbeddedStore {
         })
         .await
     }
+}
+
+/// Inserts a seller; `replace` upserts, otherwise an existing seller is a conflict.
+fn write_seller(c: &Connection, s: &SellerRecord, replace: bool) -> Result<(), StoreError> {
+    let upsert = if replace {
+        " ON CONFLICT(selling_partner_id) DO UPDATE SET region = excluded.region,
+             marketplaces = excluded.marketplaces, refresh_token = excluded.refresh_token,
+             authorized_at = excluded.authorized_at,
+             reauthorize_by = excluded.reauthorize_by, status = excluded.status"
+    } else {
+        ""
+    };
+    c.execute(
+        &format!(
+            "INSERT INTO sellers (selling_partner_id, region, marketplaces, refresh_token,
+                 authorized_at, reauthorize_by, status)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7){upsert}"
+        ),
+        params![
+            s.selling_partner_id,
+            s.region.as_str(),
+            s.marketplaces.join(","),
+            s.refresh_token_sealed,
+            s.authorized_at,
+            s.reauthorize_by,
+            s.status.as_str()
+        ],
+    )
+    .map_err(|e| conflict_or(e, &format!("seller {}", s.selling_partner_id)))?;
+    Ok(())
 }
 
 fn seller_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<SellerRecord, StoreError>> {

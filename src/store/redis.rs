@@ -788,7 +788,7 @@ fn unexpected(op: &'static str, outcome: i64) -> StoreError {
 
 /// What went wrong, without values: a type error's message quotes the response (which may be a
 /// sealed token), and a server error for an unknown command quotes its arguments.
-fn describe(e: &RedisError) -> String {
+pub(crate) fn describe(e: &RedisError) -> String {
     match e.kind() {
         // Refused, reset, timed out: the OS error text carries no values.
         ErrorKind::Io => e.to_string(),

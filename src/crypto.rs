@@ -209,6 +209,150 @@ impl std::fmt::Debug for MasterKey {
     }
 }
 
+/// A per-order data key: AES-256-GCM, 32 random bytes, identified by a random key id.
+///
+/// Each order's buyer PII (cached responses, `encrypt`ed fields handed to tools) is sealed under
+/// its own data key. The key is stored only wrapped by the master key; destroying it when the
+/// order's retention ends makes every copy unreadable (crypto-shredding).
+#[derive(Clone)]
+pub struct DataKey {
+    id: String,
+    bytes: Secret<[u8; 32]>,
+}
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataKey")
+            .field("id", &self.id)
+            .field("bytes", &"**REDACTED**")
+            .finish()
+    }
+}
+
+/// The prefix of a field encrypted by [`DataKey::seal_field`].
+pub const FIELD_PREFIX: &str = "spgate:v1:";
+
+impl DataKey {
+    /// A fresh random key with a fresh random id (`k` + 16 hex digits).
+    pub fn generate() -> Result<DataKey, CryptoError> {
+        Ok(DataKey {
+            id: format!("k{}", hex(&random_bytes::<8>()?)),
+            bytes: Secret::new(random_bytes::<32>()?),
+        })
+    }
+
+    /// A key from its id and raw bytes (after unwrapping).
+    pub fn from_parts(id: &str, bytes: &[u8]) -> Result<DataKey, CryptoError> {
+        let bytes: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| CryptoError::BadKeyLength(bytes.len()))?;
+        Ok(DataKey {
+            id: check_key_id(id)?,
+            bytes: Secret::new(bytes),
+        })
+    }
+
+    /// The key id (appears in envelopes; not secret).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The raw key, to be wrapped by the master key. Never log it.
+    pub fn expose_bytes(&self) -> &[u8; 32] {
+        self.bytes.expose()
+    }
+
+    /// The key wrapped by the master key, bound to its id.
+    pub fn wrap(&self, master: &MasterKey) -> Result<String, CryptoError> {
+        master.seal(
+            self.bytes.expose(),
+            format!("data_key:{}", self.id).as_bytes(),
+        )
+    }
+
+    /// Unwraps a key sealed by [`DataKey::wrap`].
+    pub fn unwrap(id: &str, wrapped: &str, master: &MasterKey) -> Result<DataKey, CryptoError> {
+        let bytes = master.open(wrapped, format!("data_key:{id}").as_bytes())?;
+        DataKey::from_parts(id, bytes.expose())
+    }
+
+    fn aead(&self) -> Result<LessSafeKey, CryptoError> {
+        UnboundKey::new(&AES_256_GCM, self.bytes.expose())
+            .map(LessSafeKey::new)
+            .map_err(|_| CryptoError::BadKeyLength(32))
+    }
+
+    /// Seals bytes bound to `aad` (e.g. the order id): base64url(nonce || ciphertext || tag).
+    pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let nonce_bytes = random_bytes::<NONCE_LEN>()?;
+        let mut buf = Vec::with_capacity(NONCE_LEN + plaintext.len() + AES_256_GCM.tag_len());
+        buf.extend_from_slice(&nonce_bytes);
+        buf.extend_from_slice(plaintext);
+        let tag = self
+            .aead()?
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce_bytes),
+                Aad::from(aad),
+                &mut buf[NONCE_LEN..],
+            )
+            .map_err(|_| CryptoError::Unauthentic)?;
+        buf.extend_from_slice(tag.as_ref());
+        Ok(buf)
+    }
+
+    /// Opens bytes sealed by [`DataKey::seal`] with the same `aad`.
+    pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Secret<Vec<u8>>, CryptoError> {
+        if sealed.len() < NONCE_LEN + AES_256_GCM.tag_len() {
+            return Err(CryptoError::Malformed);
+        }
+        let (nonce, ct) = sealed.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| CryptoError::Malformed)?;
+        let mut buf = ct.to_vec();
+        let plain = self
+            .aead()?
+            .open_in_place(nonce, Aad::from(aad), &mut buf)
+            .map_err(|_| CryptoError::Unauthentic)?;
+        Ok(Secret::new(plain.to_vec()))
+    }
+
+    /// A field envelope: `spgate:v1:<key id>:<base64url(nonce || ciphertext || tag)>`, bound
+    /// to the order id as associated data.
+    pub fn seal_field(&self, order_id: &str, plaintext: &str) -> Result<String, CryptoError> {
+        let sealed = self.seal(plaintext.as_bytes(), order_id.as_bytes())?;
+        Ok(format!(
+            "{FIELD_PREFIX}{}:{}",
+            self.id,
+            URL_SAFE_NO_PAD.encode(sealed)
+        ))
+    }
+
+    /// Opens a field envelope made by [`DataKey::seal_field`] for the same order.
+    pub fn open_field(
+        &self,
+        order_id: &str,
+        envelope: &str,
+    ) -> Result<Secret<String>, CryptoError> {
+        let (id, b64) = parse_field(envelope).ok_or(CryptoError::Malformed)?;
+        if id != self.id {
+            return Err(CryptoError::UnknownKeyId(id.to_string()));
+        }
+        let raw = URL_SAFE_NO_PAD
+            .decode(b64)
+            .map_err(|_| CryptoError::Malformed)?;
+        let plain = self.open(&raw, order_id.as_bytes())?;
+        String::from_utf8(plain.expose().clone())
+            .map(Secret::new)
+            .map_err(|_| CryptoError::Unauthentic)
+    }
+}
+
+/// The key id and payload of a field envelope, if `value` is one.
+pub fn parse_field(value: &str) -> Option<(&str, &str)> {
+    let rest = value.strip_prefix(FIELD_PREFIX)?;
+    let (id, b64) = rest.split_once(':')?;
+    (!id.is_empty() && !b64.is_empty()).then_some((id, b64))
+}
+
 fn check_key_id(id: &str) -> Result<String, CryptoError> {
     let ok = !id.is_empty()
         && id.len() <= 32
@@ -323,6 +467,34 @@ mod tests {
         assert!(!k.verify("invite", b"abd", &tag));
         assert!(!key("k1").verify("invite", b"abc", &tag), "another key");
         assert!(!k.verify("invite", b"abc", "not base64!"));
+    }
+
+    #[test]
+    fn field_envelopes_open_only_with_their_data_key_and_order() {
+        let k = DataKey::generate().unwrap();
+        let env = k.seal_field("902-0000000-0000001", "Jane Example").unwrap();
+        assert!(env.starts_with(&format!("spgate:v1:{}:", k.id())), "{env}");
+        assert!(!env.contains("Jane"));
+        assert_eq!(
+            k.open_field("902-0000000-0000001", &env).unwrap().expose(),
+            "Jane Example"
+        );
+        assert!(k.open_field("902-0000000-0000002", &env).is_err());
+        let other = DataKey::generate().unwrap();
+        assert!(other.open_field("902-0000000-0000001", &env).is_err());
+        let master = key("m1");
+        let wrapped = k.wrap(&master).unwrap();
+        let back = DataKey::unwrap(k.id(), &wrapped, &master).unwrap();
+        assert_eq!(
+            back.open_field("902-0000000-0000001", &env)
+                .unwrap()
+                .expose(),
+            "Jane Example"
+        );
+        assert!(DataKey::unwrap(other.id(), &wrapped, &master).is_err());
+        assert!(!format!("{k:?}").contains(&format!("{:?}", &k.expose_bytes()[..4])));
+        assert_eq!(parse_field("spgate:v1::x"), None);
+        assert_eq!(parse_field("plain"), None);
     }
 
     #[test]

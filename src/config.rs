@@ -256,6 +256,17 @@ pub struct RawRole {
     pub pii: Option<BTreeMap<String, String>>,
 }
 
+/// `[pii]`: how restricted responses are handled before any role's policy applies.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawPii {
+    /// Largest response of an operation with buyer PII that is buffered and transformed;
+    /// larger ones are refused (502), never passed through.
+    pub max_response_bytes: Option<usize>,
+    /// Action for e-mail addresses and phone numbers found outside the field map
+    /// (`drop`, the default, `mask`, `pseudonymize` or `encrypt`; never `pass`).
+    pub safety_net: Option<String>,
+}
+
 /// The whole file, sections parsed independently so one bad section does not hide another.
 #[derive(Debug, Default)]
 pub struct RawConfig {
@@ -281,6 +292,8 @@ pub struct RawConfig {
     pub tools: BTreeMap<String, RawTool>,
     /// `[admin]`.
     pub admin: Option<RawAdmin>,
+    /// `[pii]`.
+    pub pii: RawPii,
 }
 
 /// `[tools.<name>]`: settings of one seller tool, by the tool name its API keys carry.
@@ -338,6 +351,26 @@ pub struct Config {
     pub tool_plans: BTreeMap<String, String>,
     /// The admin listener, if configured.
     pub admin: Option<AdminConfig>,
+    /// Handling of responses with buyer PII.
+    pub pii: PiiSettings,
+}
+
+/// See [`RawPii`].
+#[derive(Debug, Clone, Copy)]
+pub struct PiiSettings {
+    /// Largest response with buyer PII the gateway transforms (larger: 502).
+    pub max_response_bytes: usize,
+    /// Action for e-mail addresses and phone numbers outside the field map.
+    pub safety_net: Action,
+}
+
+impl Default for PiiSettings {
+    fn default() -> Self {
+        PiiSettings {
+            max_response_bytes: 8 * 1024 * 1024,
+            safety_net: Action::Drop,
+        }
+    }
 }
 
 /// See [`RawAdmin`].
@@ -541,6 +574,7 @@ impl RawConfig {
                 "onboarding" => section(&key, value, &mut raw.onboarding, &mut issues),
                 "tools" => section(&key, value, &mut raw.tools, &mut issues),
                 "admin" => section(&key, value, &mut raw.admin, &mut issues),
+                "pii" => section(&key, value, &mut raw.pii, &mut issues),
                 "ratelimit" => {
                     let (parsed, more) = crate::ratelimit::config::parse_section(value);
                     raw.ratelimit = parsed;
@@ -823,6 +857,7 @@ impl Config {
             }
         }
         let admin = raw.admin.as_ref().map(|a| v.admin(a));
+        let pii = v.pii(&raw.pii);
         match (v.issues.is_empty(), master_key, ratelimit) {
             (true, Some(master_key), Some(ratelimit)) => Ok(Config {
                 server,
@@ -836,6 +871,7 @@ impl Config {
                 ratelimit,
                 tool_plans,
                 admin,
+                pii,
             }),
             _ => Err(ConfigError(v.issues)),
         }
@@ -1017,6 +1053,36 @@ impl Validator<'_> {
             public_url: base.trim_end_matches('/').to_string(),
             invite_ttl: Duration::from_secs(3600 * raw.invite_ttl_hours.unwrap_or(72)),
             consent_urls,
+        }
+    }
+
+    fn pii(&mut self, raw: &RawPii) -> PiiSettings {
+        let default = PiiSettings::default();
+        let max_response_bytes = raw.max_response_bytes.unwrap_or(default.max_response_bytes);
+        if !(1024..=256 * 1024 * 1024).contains(&max_response_bytes) {
+            self.issue(
+                "pii.max_response_bytes",
+                "must be between 1024 and 268435456",
+            );
+        }
+        let safety_net = match raw.safety_net.as_deref().map(str::parse::<Action>) {
+            None => default.safety_net,
+            Some(Ok(Action::Pass)) => {
+                self.issue(
+                    "pii.safety_net",
+                    "pass would let unmapped e-mail addresses and phone numbers through; use drop, mask, pseudonymize or encrypt",
+                );
+                default.safety_net
+            }
+            Some(Ok(a)) => a,
+            Some(Err(e)) => {
+                self.issue("pii.safety_net", &e);
+                default.safety_net
+            }
+        };
+        PiiSettings {
+            max_response_bytes,
+            safety_net,
         }
     }
 

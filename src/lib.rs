@@ -129,6 +129,7 @@ pub async fn build_gateway(
             max_request_body_bytes: config.server.max_request_body_bytes,
         },
         roles: config.roles,
+        pii: config.pii,
         rdts,
         onboarding: config.onboarding,
         sigv4: config.upstream.sigv4.clone(),

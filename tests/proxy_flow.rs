@@ -425,7 +425,7 @@ async fn a_stalled_response_body_is_cut_at_the_total_timeout() {
     })
     .await;
     gw.sandbox.script(
-        "ordersV0.getOrderAddress",
+        "catalogItems_2022-04-01.getCatalogItem",
         Script {
             status: StatusCode::OK,
             headers: vec![],
@@ -437,7 +437,7 @@ async fn a_stalled_response_body_is_cut_at_the_total_timeout() {
     let started = std::time::Instant::now();
     let resp = gw
         .send(
-            gw.request(Method::GET, "/orders/v0/orders/1/address")
+            gw.request(Method::GET, "/catalog/2022-04-01/items/B000000001")
                 .body(empty())
                 .unwrap(),
         )

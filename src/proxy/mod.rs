@@ -79,6 +79,7 @@ pub struct Gateway {
     endpoints: Endpoints,
     limits: Limits,
     request_ids: RequestIds,
+    pii: crate::config::PiiSettings,
 }
 
 /// The parts of a gateway, for [`Gateway::new`].
@@ -109,6 +110,8 @@ pub struct GatewayParts {
     pub tool_plans: BTreeMap<String, String>,
     /// Retries of idempotent requests.
     pub retry: RetryPolicy,
+    /// Handling of responses with buyer PII.
+    pub pii: crate::config::PiiSettings,
 }
 
 /// The token a request is sent upstream with, and where it came from (to forget it if Amazon
@@ -126,11 +129,46 @@ impl Credential {
             Credential::Access(_, t) | Credential::Rdt(_, t, _, _) => t,
         }
     }
+
+    fn kind(&self) -> TokenKind {
+        match self {
+            Credential::Access(Subject::Grantless(_), _) => TokenKind::Grantless,
+            Credential::Access(Subject::Seller(_), _) => TokenKind::Lwa,
+            Credential::Rdt(..) => TokenKind::Rdt,
+        }
+    }
 }
 
-/// Per-request facts gathered by the phases, for the response and (later) the audit record.
+/// A routed operation and its path parameters.
+type Route = (&'static Operation, Vec<(&'static str, String)>);
+
+/// Per-request facts gathered by the phases, for the response and the audit record. Holds
+/// names and ids only, never a PII value, token or secret.
+#[derive(Default)]
 struct Ctx {
     operation: Option<&'static Operation>,
+    /// The calling tool and its role.
+    tool: Option<String>,
+    role: Option<String>,
+    /// The seller acted for.
+    seller: Option<String>,
+    /// The limiter's decision for the (last) attempt.
+    admission: Option<crate::ratelimit::Admission>,
+    /// The kind of token the request went upstream with.
+    token: Option<TokenKind>,
+    /// Amazon's `x-amzn-RequestId`.
+    upstream_request_id: Option<String>,
+}
+
+/// The kind of token a request was sent upstream with (audited).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// The seller's LWA access token.
+    Lwa,
+    /// A Restricted Data Token.
+    Rdt,
+    /// An application (grantless) token.
+    Grantless,
 }
 
 // === impl Gateway ===
@@ -154,6 +192,7 @@ impl Gateway {
             tool_plans: std::sync::RwLock::new(Arc::new(parts.tool_plans)),
             retry: parts.retry,
             request_ids: RequestIds::new(),
+            pii: parts.pii,
         }
     }
 
@@ -175,7 +214,7 @@ impl Gateway {
     {
         let request_id = self.request_ids.next();
         let span = tracing::info_span!("request", request_id = %request_id, method = %req.method(), operation = tracing::field::Empty);
-        let mut ctx = Ctx { operation: None };
+        let mut ctx = Ctx::default();
         let result =
             tracing::Instrument::instrument(self.pipeline(req, &mut ctx), span.clone()).await;
         if let Some(op) = ctx.operation {
@@ -210,10 +249,13 @@ impl Gateway {
             _ => {}
         }
         let caller = caller::authenticate(&*self.store, req.headers(), unix_now()).await?; // 2. caller
-        let op = self.route(&req)?; // 3. route
+        ctx.tool = Some(caller.client.tool.clone());
+        ctx.role = Some(caller.client.role.clone());
+        let (op, params) = self.route(&req)?; // 3. route
         self.retry.budget.earn();
         ctx.operation = Some(op);
         let seller = self.authorize(&caller, op, req.headers()).await?; // 4. authorize
+        ctx.seller = seller.as_ref().map(|s| s.selling_partner_id.clone());
         let role = self.roles.get(&caller.client.role);
         let replay = Replay::capture(&req);
         let seller = seller.as_ref();
@@ -226,7 +268,8 @@ impl Gateway {
             .await?; // 5. credentials
                      // Taken last, right before sending, so that a slow credential fetch (a cold LWA or RDT
                      // call) never sits between the limiter's decision and the arrival at Amazon.
-        self.admit(&caller, op, bucket, &wants).await?; // 6. rate limit
+        ctx.admission = Some(self.admit(&caller, op, bucket, &wants).await?); // 6. rate limit
+        ctx.token = Some(cred.kind());
         let upstream_req =
             self.upstream_request(req, op, seller, role, &cred, limit_tripped.clone())?;
         let mut resp = self.send(upstream_req, &limit_tripped).await?; // 7. upstream
@@ -263,9 +306,11 @@ impl Gateway {
             cred = self
                 .credentials(op, seller, role, &path, &caller.client.tool)
                 .await?;
-            if self.admit(&caller, op, bucket, &again).await.is_err() {
-                break; // no token in time: answer with what Amazon said
+            match self.admit(&caller, op, bucket, &again).await {
+                Ok(admission) => ctx.admission = Some(admission),
+                Err(_) => break, // no token in time: answer with what Amazon said
             }
+            ctx.token = Some(cred.kind());
             let req = self.upstream_request(
                 replay.request(),
                 op,
@@ -280,7 +325,47 @@ impl Gateway {
         if token_rejected(&mut resp).await {
             self.forget(&cred).await;
         }
-        Ok(self.respond(resp)) // 8. respond
+        ctx.upstream_request_id = resp
+            .headers()
+            .get(crate::spapi::REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+            .map(str::to_string);
+        let resp = self.minimise(resp, op, &params).await?; // 8. respond: the PII policy
+        Ok(self.respond(resp))
+    }
+
+    /// Phase 8 (PII): a response of an operation that may carry buyer PII is buffered (up to
+    /// `pii.max_response_bytes`) and parsed before anything reaches the caller. A body that is
+    /// too large, cannot be read in full, is encoded, or is not JSON is refused with 502:
+    /// restricted data fails closed, never open. Error responses (non-2xx) carry no buyer data
+    /// and pass as they are.
+    async fn minimise(
+        &self,
+        resp: Response<Body>,
+        op: &'static Operation,
+        _params: &[(&'static str, String)],
+    ) -> Result<Response<Body>, ProxyError> {
+        if op.pii_map.is_none() || !resp.status().is_success() {
+            return Ok(resp);
+        }
+        let (mut parts, body) = resp.into_parts();
+        if parts
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .is_some_and(|v| v.as_bytes() != b"identity")
+        {
+            return Err(ProxyError::UnsafeResponse("encoded"));
+        }
+        let bytes = read_capped(body, self.pii.max_response_bytes).await?;
+        let _parsed: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|_| ProxyError::UnsafeResponse("not JSON"))?;
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.headers.insert(
+            header::CONTENT_LENGTH,
+            HeaderValue::from(bytes.len() as u64),
+        );
+        Ok(Response::from_parts(parts, body::full(bytes)))
     }
 
     /// Phase 5: a token from Amazon's bucket for (seller, operation) and from the tool's plan,
@@ -291,14 +376,15 @@ impl Gateway {
         op: &'static Operation,
         bucket: &str,
         wants: &Wants,
-    ) -> Result<(), ProxyError> {
+    ) -> Result<crate::ratelimit::Admission, ProxyError> {
         let plans = self
             .tool_plans
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let plan = plans.get(&caller.client.tool).map(String::as_str);
-        self.limiter
+        Ok(self
+            .limiter
             .acquire(Acquire {
                 seller: bucket,
                 operation: op,
@@ -307,8 +393,7 @@ impl Gateway {
                 priority: wants.priority,
                 max_wait: wants.max_wait,
             })
-            .await?;
-        Ok(())
+            .await?)
     }
 
     /// A token of the seller's createRestrictedDataToken bucket (1/s, burst 10), taken only
@@ -428,12 +513,12 @@ impl Gateway {
         Ok(Arc::new(AtomicBool::new(false)))
     }
 
-    /// Phase 3: the operation for this method and path.
-    fn route<B>(&self, req: &Request<B>) -> Result<&'static Operation, ProxyError> {
+    /// Phase 3: the operation for this method and path, and the path parameters.
+    fn route<B>(&self, req: &Request<B>) -> Result<Route, ProxyError> {
         let catalog: &'static Catalog = self.catalog;
         catalog
             .route(req.method(), req.uri().path())
-            .map(|r| r.operation)
+            .map(|r| (r.operation, r.params))
             .ok_or(ProxyError::NotFound)
     }
 
@@ -649,6 +734,10 @@ impl Gateway {
             .map_err(|_| ProxyError::NotFound)?;
         parts.version = http::Version::HTTP_11;
         headers::for_upstream(&mut parts.headers);
+        if op.pii_map.is_some() {
+            // The PII policy reads the body: ask for it unencoded.
+            parts.headers.remove(header::ACCEPT_ENCODING);
+        }
         let value = HeaderValue::from_str(cred.token().expose()).map_err(|_| {
             ProxyError::Credentials(LwaError::Protocol(
                 "token is not a valid header value".into(),
@@ -799,6 +888,21 @@ async fn token_rejected(resp: &mut Response<Body>) -> bool {
         }
         _ => false,
     }
+}
+
+/// Reads a whole body of at most `max` bytes; more, or a broken body, is an unsafe response.
+async fn read_capped(mut body: Body, max: usize) -> Result<bytes::Bytes, ProxyError> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| ProxyError::UnsafeResponse("unreadable"))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > max {
+                return Err(ProxyError::UnsafeResponse("too large"));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
 }
 
 /// Whether an error body talks about the access token (case-insensitive).

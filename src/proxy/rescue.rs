@@ -73,6 +73,10 @@ pub enum ProxyError {
     /// A step of the seller authorization workflow failed (answered with an HTML page).
     #[error(transparent)]
     Onboarding(#[from] OnboardingError),
+    /// A response that may carry buyer PII could not be put through the PII policy (too large,
+    /// unreadable, encoded, or not JSON): nothing from upstream reaches the caller.
+    #[error("a response with buyer PII was refused: {0}")]
+    UnsafeResponse(&'static str),
     /// The drop-in token endpoint refused a request (answered in LWA's error shape).
     #[error(transparent)]
     Token(#[from] TokenError),
@@ -135,6 +139,7 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
             RateLimitError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "Rate limiting is unavailable; retry later.", Fault::Internal),
             RateLimitError::InvalidSettings(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The gateway's rate limiting is misconfigured.", Fault::Internal),
         },
+        E::UnsafeResponse(_) => (StatusCode::BAD_GATEWAY, "InternalFailure", "SP-API's response could not be checked against the data protection policy, so it was withheld.", Fault::Upstream),
         E::Token(t) => return token_error(t),
         E::Onboarding(o) => return onboarding_error(o),
     };

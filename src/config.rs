@@ -254,6 +254,9 @@ pub struct RawOnboarding {
 pub struct RawRole {
     /// Category name -> action (`pass`, `mask`, `pseudonymize`, `encrypt`, `drop`).
     pub pii: Option<BTreeMap<String, String>>,
+    /// Categories whose `encrypt`ed values tools of this role may reveal
+    /// (`POST /v1/pii/reveal`), while the order's retention lasts.
+    pub reveal: Option<Vec<String>>,
 }
 
 /// `[pii]`: how restricted responses are handled before any role's policy applies.
@@ -1097,7 +1100,14 @@ impl Validator<'_> {
                     (Err(e), _) | (_, Err(e)) => self.issue(&path, &e),
                 }
             }
-            roles.insert(name.clone(), Role::new(grants));
+            let mut reveal = Vec::new();
+            for (i, category) in role.reveal.iter().flatten().enumerate() {
+                match category.parse::<Category>() {
+                    Ok(c) => reveal.push(c),
+                    Err(e) => self.issue(&format!("roles.{name}.reveal[{i}]"), &e),
+                }
+            }
+            roles.insert(name.clone(), Role::new(grants).with_reveal(reveal));
         }
         Roles::new(roles)
     }

@@ -145,18 +145,22 @@ fn the_example_config_is_valid() {
 
 #[test]
 fn roles_grant_categories_and_bad_names_are_reported_with_their_path() {
-    let toml = format!("{MINIMAL}\n[roles.labels.pii]\nname = \"pass\"\naddress = \"mask\"\n[roles.crm.pii]\nemail = \"pseudonymize\"\n");
+    let toml = format!("{MINIMAL}\n[roles.labels]\nreveal = [\"address\"]\n[roles.labels.pii]\nname = \"pass\"\naddress = \"mask\"\n[roles.crm.pii]\nemail = \"pseudonymize\"\n");
     let cfg = Config::from_toml(&toml, &env()).unwrap_or_else(|e| panic!("{e}"));
     assert!(cfg.roles.get("labels").receives(Category::Address));
     assert!(!cfg.roles.get("labels").receives(Category::Email));
     assert!(cfg.roles.get("crm").receives(Category::Email));
-    let bad = format!("{MINIMAL}\n[roles.labels.pii]\npostcode = \"pass\"\nname = \"show\"\n[roles.x]\nextra = 1\n");
+    assert!(cfg.roles.get("labels").may_reveal(Category::Address));
+    assert!(!cfg.roles.get("labels").may_reveal(Category::Name));
+    assert!(!cfg.roles.get("crm").may_reveal(Category::Email));
+    let bad = format!("{MINIMAL}\n[roles.labels.pii]\npostcode = \"pass\"\nname = \"show\"\n[roles.x]\nextra = 1\nreveal = [\"postcode\"]\n");
     check(
         &bad,
         &[
             ("roles.labels.pii.postcode", "unknown PII category"),
             ("roles.labels.pii.name", "unknown action"),
             ("roles.x.extra", "unknown key"),
+            ("roles.x.reveal[0]", "unknown PII category"),
         ],
     );
 }
@@ -181,5 +185,23 @@ fn the_limiters_redis_url_holds_a_password_only_by_reference_and_never_prints() 
     check(
         &format!("{MINIMAL}\n[ratelimit.redis]\nurl = \"redis://127.0.0.1:6379\"\n"),
         &[],
+    );
+}
+
+#[test]
+fn pii_settings_refuse_a_pass_safety_net_and_absurd_sizes() {
+    let cfg = Config::from_toml(MINIMAL, &env()).unwrap();
+    assert_eq!(cfg.pii.safety_net, crate::pii::Action::Drop);
+    assert_eq!(cfg.pii.max_response_bytes, 8 * 1024 * 1024);
+    let toml = format!("{MINIMAL}\n[pii]\nsafety_net = \"mask\"\nmax_response_bytes = 65536\n");
+    let cfg = Config::from_toml(&toml, &env()).unwrap();
+    assert_eq!(cfg.pii.safety_net, crate::pii::Action::Mask);
+    assert_eq!(cfg.pii.max_response_bytes, 65536);
+    check(
+        &format!("{MINIMAL}\n[pii]\nsafety_net = \"pass\"\nmax_response_bytes = 10\n"),
+        &[
+            ("pii.safety_net", "pass would let"),
+            ("pii.max_response_bytes", "between"),
+        ],
     );
 }

@@ -56,10 +56,12 @@ pub enum Action {
     Drop,
 }
 
-/// A role: an action per category; anything not listed is dropped.
+/// A role: an action per category; anything not listed is dropped. Separately, the categories
+/// whose `encrypt`ed values it may reveal through the gateway.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Role {
     actions: BTreeMap<Category, Action>,
+    reveal: std::collections::BTreeSet<Category>,
 }
 
 /// Every configured role by name. Unknown roles get nothing.
@@ -155,7 +157,19 @@ impl Role {
     pub fn new(actions: impl IntoIterator<Item = (Category, Action)>) -> Role {
         Role {
             actions: actions.into_iter().collect(),
+            reveal: Default::default(),
         }
+    }
+
+    /// The same role, allowed to reveal encrypted values of these categories.
+    pub fn with_reveal(mut self, categories: impl IntoIterator<Item = Category>) -> Role {
+        self.reveal.extend(categories);
+        self
+    }
+
+    /// Whether the role may reveal an encrypted value of this category.
+    pub fn may_reveal(&self, category: Category) -> bool {
+        self.reveal.contains(&category)
     }
 
     /// The action for a category (drop unless granted).
@@ -186,6 +200,7 @@ impl Roles {
     pub fn get(&self, name: &str) -> &Role {
         static NOBODY: Role = Role {
             actions: BTreeMap::new(),
+            reveal: std::collections::BTreeSet::new(),
         };
         self.roles.get(name).unwrap_or(&NOBODY)
     }

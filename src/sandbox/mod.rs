@@ -61,6 +61,8 @@ pub const RECEIVED_PER_OPERATION: usize = 10_000;
 const LWA_PATH: &str = "/auth/o2/token";
 /// The stats endpoint's path.
 const STATS_PATH: &str = "/_sandbox/stats";
+/// Where report documents download from (`<prefix><seller>`), standing in for S3.
+const DOCUMENTS_PATH: &str = "/_sandbox/documents/";
 /// How long [`Sandbox::serve`] waits for open connections after the shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// The usage plan Amazon's sandbox applies to every operation.
@@ -360,6 +362,10 @@ impl Sandbox {
             let stats = serde_json::to_vec(&self.stats()).unwrap_or_default();
             return json_response(StatusCode::OK, body::full(stats), None);
         }
+        if let (Some(seller), &Method::GET) = (path.strip_prefix(DOCUMENTS_PATH), &parts.method) {
+            // Like an S3 presigned URL: no SP-API token, the URL itself is the credential.
+            return self.inner.orders_document(seller);
+        }
         self.inner.spapi(&parts, read).await
     }
 
@@ -529,6 +535,30 @@ impl Inner {
 
         let reply = match op.key {
             rdt::OPERATION => Some(self.create_rdt(&caller, body_json.as_ref())),
+            "reports_2021-06-30.getReportDocument" => {
+                let id = params
+                    .iter()
+                    .find(|(k, _)| *k == "reportDocumentId")
+                    .map(|(_, v)| v.as_str());
+                match (
+                    id,
+                    caller.seller.as_deref(),
+                    parts.headers.get(http::header::HOST),
+                ) {
+                    (Some(orders::ORDERS_DOCUMENT_ID), Some(seller), Some(host)) => {
+                        let host = host.to_str().unwrap_or("localhost");
+                        Some(Reply::json(
+                            StatusCode::OK,
+                            &serde_json::json!({
+                                "reportDocumentId": orders::ORDERS_DOCUMENT_ID,
+                                "url": format!("http://{host}{DOCUMENTS_PATH}{seller}"),
+                                "compressionAlgorithm": "GZIP",
+                            }),
+                        ))
+                    }
+                    _ => None,
+                }
+            }
             _ => caller.seller.as_deref().and_then(|seller| {
                 orders::handle(
                     op.key,
@@ -671,6 +701,29 @@ impl Inner {
                 }
                 Some(out)
             }
+        }
+    }
+
+    /// The gzip-compressed synthetic orders flat file of a seller.
+    fn orders_document(&self, seller: &str) -> Response<BoxBody> {
+        use std::io::Write;
+        let text = orders::orders_document(seller, self.order_anchor);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let zipped = gz.write_all(text.as_bytes()).and_then(|_| gz.finish());
+        match zipped {
+            Ok(bytes) => {
+                let mut resp = Response::new(body::full(bytes));
+                resp.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+                resp
+            }
+            Err(_) => spapi_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalFailure",
+                "The sandbox could not compress the document.",
+            ),
         }
     }
 

@@ -396,6 +396,67 @@ fn insert(map: &mut Map<String, Value>, key: &str, value: Value) {
     map.insert(key.to_owned(), value);
 }
 
+// --- Report documents ---
+
+/// The report document id whose download is the seller's synthetic orders as a
+/// `GET_FLAT_FILE_ACTIONABLE_ORDER_DATA_SHIPPING`-style flat file (tab-separated, with buyer PII).
+pub(super) const ORDERS_DOCUMENT_ID: &str = "SPGATE-SANDBOX-ORDERS-SHIPPING";
+
+/// The header of the synthetic orders flat file.
+const ORDERS_DOCUMENT_COLUMNS: [&str; 18] = [
+    "order-id",
+    "order-item-id",
+    "purchase-date",
+    "buyer-email",
+    "buyer-name",
+    "buyer-phone-number",
+    "sku",
+    "product-name",
+    "quantity-purchased",
+    "recipient-name",
+    "ship-address-1",
+    "ship-address-2",
+    "ship-city",
+    "ship-state",
+    "ship-postal-code",
+    "ship-country",
+    "ship-phone-number",
+    "is-business-order",
+];
+
+/// The seller's synthetic orders as a flat file, one row per order item.
+pub(super) fn orders_document(seller: &str, anchor: OffsetDateTime) -> String {
+    let mut out = ORDERS_DOCUMENT_COLUMNS.join("\t");
+    out.push('\n');
+    for o in book(seller, anchor) {
+        for item in &o.items {
+            let row = [
+                o.id.clone(),
+                item.id.clone(),
+                ts(o.purchased),
+                o.buyer_email(),
+                o.buyer_name(),
+                o.phone(),
+                item.sku.to_string(),
+                item.title.to_string(),
+                item.quantity.to_string(),
+                o.buyer_name(),
+                "1 Synthetic Way".to_string(),
+                format!("Suite {}", 100 + o.index),
+                "Testville".to_string(),
+                o.market.state.to_string(),
+                o.market.postal_code.to_string(),
+                o.market.country.to_string(),
+                o.phone(),
+                o.business.to_string(),
+            ];
+            out.push_str(&row.join("\t"));
+            out.push('\n');
+        }
+    }
+    out
+}
+
 // --- Orders v0 ---
 
 fn v0_status(status: Status) -> &'static str {

@@ -2334,3 +2334,47 @@ async fn orders_that_take_data_elements_answer_a_plain_token_without_buyer_pii_e
     .await;
     assert_eq!(address.status, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn the_orders_report_document_downloads_as_a_gzipped_flat_file_with_synthetic_pii() {
+    use std::io::Read;
+    let sandbox = sandbox();
+    let token = access_token(&sandbox).await;
+    let path = format!(
+        "/reports/2021-06-30/documents/{}",
+        orders::ORDERS_DOCUMENT_ID
+    );
+    let rdt = rdt_for(&sandbox, &token, json!([{ "method": "GET", "path": path }])).await;
+    let request = Request::builder()
+        .uri(&path)
+        .header(spapi::ACCESS_TOKEN, rdt)
+        .header(http::header::HOST, "sandbox.test:1234")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let answer = send_request(&sandbox, request).await;
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+    let doc = answer.json();
+    assert_eq!(doc["compressionAlgorithm"], "GZIP");
+    let url = doc["url"].as_str().unwrap();
+    let expected = format!("http://sandbox.test:1234{DOCUMENTS_PATH}{SELLER}");
+    assert_eq!(url, expected);
+
+    let download = Request::builder()
+        .uri(&url["http://sandbox.test:1234".len()..])
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let answer = send_request(&sandbox, download).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&answer.body[..])
+        .read_to_string(&mut text)
+        .unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split('\t').collect();
+    assert_eq!(header[0], "order-id");
+    assert!(header.contains(&"buyer-email") && header.contains(&"ship-address-1"));
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split('\t').collect()).collect();
+    assert!(rows.len() >= order_ids(&sandbox, SELLER).len());
+    assert!(rows.iter().all(|r| r.len() == header.len()));
+    assert!(rows.iter().any(|r| r[3].ends_with("@example.com")));
+}

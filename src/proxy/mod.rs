@@ -46,6 +46,7 @@ use tokio::time::Instant;
 pub mod body;
 pub mod headers;
 pub mod rescue;
+pub mod reveal;
 pub mod sigv4;
 pub mod upstream;
 

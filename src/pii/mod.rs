@@ -5,6 +5,24 @@
 //! roles). Upstream of the response policy, the same grants decide which restricted data the
 //! gateway asks Amazon for at all: Restricted Data Token `dataElements` and Orders 2026-01-01
 //! `includedData` only name what the role may receive in some form.
+//!
+//! The response policy itself:
+//! - [`map`]: the buyer-PII field map (`data/pii-fields.tsv`): paths, categories, record roots.
+//! - [`transform`]: the pure function of (operation, role, JSON, keys) that applies it, with the
+//!   safety net ([`net`]) outside the map, masks ([`mask`]) and the keys ([`keys`]).
+
+pub mod keys;
+pub mod map;
+pub mod mask;
+pub mod net;
+pub mod transform;
+
+pub use keys::{Keys, NoOrderKeys, OrderKeys, PseudonymKey};
+pub use map::{FieldMap, FieldSpec, IdSource, OpMap, RecordSpec};
+pub use transform::{
+    apply, apply_bytes, apply_value, order_ids, orders, FieldOut, NetHits, OrderFacts, PiiError,
+    Policy, Report,
+};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -42,7 +60,7 @@ pub enum Category {
 }
 
 /// What a role gets for a category.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Action {
     /// In clear.
     Pass,
@@ -131,6 +149,25 @@ impl FromStr for Category {
 }
 
 // === impl Action ===
+
+impl Action {
+    /// The name used in config and audit records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Pass => "pass",
+            Action::Mask => "mask",
+            Action::Pseudonymize => "pseudonymize",
+            Action::Encrypt => "encrypt",
+            Action::Drop => "drop",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 impl FromStr for Action {
     type Err = String;
@@ -226,5 +263,14 @@ mod tests {
         assert!("postcode".parse::<Category>().is_err());
         assert_eq!("encrypt".parse::<Action>(), Ok(Action::Encrypt));
         assert!("hide".parse::<Action>().is_err());
+        for a in [
+            Action::Pass,
+            Action::Mask,
+            Action::Pseudonymize,
+            Action::Encrypt,
+            Action::Drop,
+        ] {
+            assert_eq!(a.as_str().parse::<Action>(), Ok(a));
+        }
     }
 }

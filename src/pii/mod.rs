@@ -234,43 +234,4 @@ impl Roles {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unknown_roles_and_ungranted_categories_get_nothing() {
-        let roles = Roles::new(BTreeMap::from([(
-            "labels".to_string(),
-            Role::new([
-                (Category::Address, Action::Pass),
-                (Category::Phone, Action::Drop),
-            ]),
-        )]));
-        let labels = roles.get("labels");
-        assert!(labels.receives(Category::Address));
-        assert!(!labels.receives(Category::Phone));
-        assert!(!labels.receives(Category::Email));
-        assert!(Category::ALL
-            .iter()
-            .all(|c| !roles.get("nobody").receives(*c)));
-    }
-
-    #[test]
-    fn categories_and_actions_parse_from_their_config_names() {
-        for c in Category::ALL {
-            assert_eq!(c.as_str().parse::<Category>(), Ok(c));
-        }
-        assert!("postcode".parse::<Category>().is_err());
-        assert_eq!("encrypt".parse::<Action>(), Ok(Action::Encrypt));
-        assert!("hide".parse::<Action>().is_err());
-        for a in [
-            Action::Pass,
-            Action::Mask,
-            Action::Pseudonymize,
-            Action::Encrypt,
-            Action::Drop,
-        ] {
-            assert_eq!(a.as_str().parse::<Action>(), Ok(a));
-        }
-    }
-}
+mod tests;

@@ -75,6 +75,7 @@ fn transform(c: &mut Criterion) {
     let policy = Policy::default();
     let mut group = c.benchmark_group("pii transform");
     for (name, op, params, body, orders) in &cases {
+        eprintln!("{name}: {} bytes", body.len());
         let ids = order_ids(op, &parse(body, &policy).expect("JSON"), params);
         assert_eq!(ids.len() as u64, *orders, "{name}");
         let data_keys: Vec<(String, DataKey)> = ids
@@ -86,6 +87,13 @@ fn transform(c: &mut Criterion) {
             orders: &data_keys,
         };
         group.throughput(Throughput::Elements(*orders));
+        // What serde_json alone costs: parse and serialize, no policy.
+        group.bench_function(format!("{name} / parse+serialize only"), |b| {
+            b.iter(|| {
+                let value = parse(black_box(body), &policy).expect("JSON");
+                spgate::pii::serialize(&value).expect("serialized")
+            })
+        });
         for (role_name, role) in roles() {
             group.bench_function(format!("{name} / {role_name}"), |b| {
                 b.iter(|| {
@@ -98,5 +106,25 @@ fn transform(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, transform);
+/// The building blocks: one field envelope, one pseudonym, one mask.
+fn per_field(c: &mut Criterion) {
+    let key = DataKey::generate().expect("a data key");
+    let pseudonym = PseudonymKey::from_bytes(&[7; 32]);
+    let mut group = c.benchmark_group("pii field");
+    group.bench_function("encrypt (DataKey::seal_field)", |b| {
+        b.iter(|| key.seal_field("902-1234567-1234567", black_box("123 Example Street")))
+    });
+    group.bench_function("pseudonymize", |b| {
+        b.iter(|| pseudonym.pseudonymize(Category::Email, black_box("jane@example.invalid")))
+    });
+    group.bench_function("mask", |b| {
+        b.iter(|| spgate::pii::mask::mask(Category::Name, black_box("Jane Example")))
+    });
+    group.bench_function("safety net scan", |b| {
+        b.iter(|| spgate::pii::net::scan(black_box("2024-01-02T03:04:05Z")))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, transform, per_field);
 criterion_main!(benches);

@@ -468,8 +468,24 @@ impl Planter<'_> {
     }
 }
 
+/// Replaces every field envelope (random nonces) by a placeholder.
+fn without_envelopes(mut value: Value) -> Value {
+    fn visit(v: &mut Value) {
+        match v {
+            Value::String(s) if s.starts_with("spgate:v1:") => *s = "<envelope>".into(),
+            Value::Array(items) => items.iter_mut().for_each(visit),
+            Value::Object(map) => map.values_mut().for_each(visit),
+            _ => {}
+        }
+    }
+    visit(&mut value);
+    value
+}
+
 fn junk_strategy() -> impl Strategy<Value = String> {
     prop_oneof![
+        Just("say \"hi\" \\ back\u{1}\ttab".to_string()),
+        Just("Zoë ☃ 😀 jane@example.invalid".to_string()),
         "[a-zA-Z0-9 @.+()_:-]{0,24}",
         Just("jane@example.invalid".to_string()),
         Just("+1 206 555 0100".to_string()),
@@ -566,9 +582,10 @@ proptest! {
             prop_assert_eq!(*action, role.action(*category));
         }
 
-        // The same holds when the value is transformed in place.
-        let mut again = input.clone();
-        let report2 = apply(op_key, &role, &mut again, &params, &keys, &policy).unwrap();
-        prop_assert_eq!(report2.fields, report.fields);
+        // The walk over a parsed Value gives the same JSON and the same report.
+        let mut walked = input.clone();
+        let walked_report = apply(op_key, &role, &mut walked, &params, &keys, &policy).unwrap();
+        prop_assert_eq!(without_envelopes(walked), without_envelopes(output));
+        prop_assert_eq!(walked_report, report);
     }
 }

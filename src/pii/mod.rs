@@ -15,13 +15,14 @@ pub mod keys;
 pub mod map;
 pub mod mask;
 pub mod net;
+pub mod stream;
 pub mod transform;
 
 pub use keys::{Keys, NoOrderKeys, OrderKeys, PseudonymKey};
 pub use map::{FieldMap, FieldSpec, IdSource, OpMap, RecordSpec};
 pub use transform::{
-    apply, apply_bytes, apply_value, order_ids, orders, FieldOut, NetHits, OrderFacts, PiiError,
-    Policy, Report,
+    apply, apply_bytes, apply_value, order_ids, orders, parse, serialize, FieldOut, NetHits,
+    OrderFacts, PiiError, Policy, Report,
 };
 
 use std::collections::BTreeMap;

@@ -431,7 +431,7 @@ fn fail_closed_on_bodies_that_are_not_json_or_too_large() {
         assert!(!err.to_string().contains("Jane"));
     }
     let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
-    assert!(matches!(
+    assert_eq!(
         apply_bytes(
             "ordersV0.getOrder",
             &r,
@@ -440,6 +440,10 @@ fn fail_closed_on_bodies_that_are_not_json_or_too_large() {
             &keys,
             &Policy::default()
         ),
+        Err(PiiError::TooDeep)
+    );
+    assert!(matches!(
+        parse(deep.as_bytes(), &Policy::default()),
         Err(PiiError::NotJson { .. })
     ));
     let (out, _) = apply_bytes(
@@ -559,4 +563,55 @@ fn apply_value_applies_one_action_to_one_string() {
     assert_eq!(key.open_field(ORDER, &envelope).unwrap().expose(), v);
     let shown = format!("{:?}", FieldOut::Replace("j***@e***".into()));
     assert!(!shown.contains("j***"), "{shown}");
+}
+
+#[test]
+fn escaped_pii_is_decoded_before_the_net_and_the_map_look_at_it() {
+    let pk = pseudonym_key();
+    let keys = Keys {
+        pseudonym: &pk,
+        orders: &NoOrderKeys,
+    };
+    // `\u0040` is `@`; the member name `Buyer\u0045mail` is `BuyerEmail`.
+    let body = br#"{"payload":{"AmazonOrderId":"1","Note":"jane\u0040example.invalid","Buyer\u0045mail":"jane@example.invalid","Ok":"a\"b"}}"#;
+    let (out, report) = apply_bytes(
+        "ordersV0.getOrderBuyerInfo",
+        &Role::default(),
+        body,
+        &[],
+        &keys,
+        &Policy::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        std::str::from_utf8(&out).unwrap(),
+        r#"{"payload":{"AmazonOrderId":"1","Note":"","Ok":"a\"b"}}"#
+    );
+    assert_eq!(report.net_hits.email, 1);
+    assert_eq!(report.returned.get(&Category::Email), Some(&Action::Drop));
+    // Invalid escapes, lone surrogates, bad numbers and trailing bytes are not JSON.
+    let bad: &[&[u8]] = &[
+        br#"{"a":"\ud800"}"#,
+        br#"{"a":"\x"}"#,
+        br#"{"a":01}"#,
+        br#"{"a":1e999}"#,
+        br#"{"a":1.}"#,
+        br#"{"a":"b"} x"#,
+        br#"{"a" "b"}"#,
+        br#"{"a":"b",}"#,
+        b"{\"a\":\"\x01\"}",
+        b"{\"a\":\"\xff\"}",
+    ];
+    for body in bad {
+        let got = apply_bytes(
+            "ordersV0.getOrder",
+            &Role::default(),
+            body,
+            &[],
+            &keys,
+            &Policy::default(),
+        );
+        assert!(matches!(got, Err(PiiError::NotJson { .. })), "{got:?}");
+        assert!(serde_json::from_slice::<Value>(body).is_err());
+    }
 }

@@ -18,11 +18,13 @@
 //!   required). Hits are counted in [`Report::net_hits`], never logged. A string where the map
 //!   expects an object or array holding PII (a shape the model does not allow) is emptied too.
 //!
-//! A response that is not JSON, is larger than [`Policy::max_bytes`] or nests deeper than
-//! [`MAX_DEPTH`] is an error: the caller must not pass anything of it on.
+//! A response that is not JSON, is larger than [`Policy::max_bytes`] or nests too deeply is an
+//! error: the caller must not pass anything of it on.
 //!
-//! Re-serialization writes object members in sorted order (serde_json's default map), and
-//! numbers beyond `u64`/`i64` as `f64`.
+//! Two entry points share these rules: [`apply_bytes`] streams over the raw body (member order,
+//! number formatting and untouched escapes preserved; the fast path for the proxy), [`apply`]
+//! walks a parsed `serde_json::Value` (re-serialization then sorts members and writes numbers
+//! beyond `u64`/`i64` as `f64`).
 
 use std::collections::BTreeMap;
 
@@ -31,6 +33,7 @@ use serde_json::Value;
 use super::keys::Keys;
 use super::map::{FieldMap, IdSource, Leaf, Node, OpMap, RecordSpec};
 use super::net::{self, Hit};
+use super::stream::apply_stream;
 use super::{mask, Action, Category, Role};
 
 /// How deep a response may nest (serde_json's parser stops at 128 already).
@@ -67,8 +70,9 @@ pub enum PiiError {
         /// The limit.
         limit: usize,
     },
-    /// The JSON nests deeper than [`MAX_DEPTH`].
-    #[error("restricted response nests deeper than {MAX_DEPTH} levels")]
+    /// The JSON nests deeper than the limit ([`super::stream::MAX_NESTING`] for bytes,
+    /// [`MAX_DEPTH`] for a `Value`).
+    #[error("restricted response nests too deeply")]
     TooDeep,
     /// The transformed JSON could not be written (cannot happen for a `serde_json::Value`).
     #[error("transformed response could not be serialized")]
@@ -174,8 +178,9 @@ pub fn serialize(value: &Value) -> Result<Vec<u8>, PiiError> {
     serde_json::to_vec(value).map_err(|_| PiiError::Serialize)
 }
 
-/// Parses the body (fail closed), applies the role to every mapped field and the safety net
-/// everywhere else, and re-serializes.
+/// Validates the body (fail closed), applies the role to every mapped field and the safety net
+/// everywhere else, in one pass over the bytes ([`super::stream`]): what the policy leaves alone
+/// is copied verbatim. Same result as [`parse`] + [`apply`] + [`serialize`], several times faster.
 pub fn apply_bytes(
     op_key: &str,
     role: &Role,
@@ -184,9 +189,14 @@ pub fn apply_bytes(
     keys: &Keys<'_>,
     policy: &Policy,
 ) -> Result<(Vec<u8>, Report), PiiError> {
-    let mut value = parse(body, policy)?;
-    let report = apply(op_key, role, &mut value, path_params, keys, policy)?;
-    Ok((serialize(&value)?, report))
+    apply_stream(
+        FieldMap::builtin().get(op_key),
+        role,
+        body,
+        path_params,
+        keys,
+        policy,
+    )
 }
 
 /// Applies the role to a parsed response in place (see the module docs).
@@ -275,7 +285,7 @@ pub fn apply_value(
 }
 
 /// [`apply_value`], also saying whether the action fell back to `drop`.
-fn apply_value_counted(
+pub(crate) fn apply_value_counted(
     category: Category,
     action: Action,
     value: &str,

@@ -41,7 +41,9 @@ fn transform(c: &mut Criterion) {
     let fixtures = pii_fixtures::sandbox_fixtures();
     let v0_one = pii_fixtures::first(&fixtures, "ordersV0.getOrder");
     let v2026_one = pii_fixtures::first(&fixtures, "orders_2026-01-01.getOrder");
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, Vec<u8>, u64)> = vec![
+    // (name, operation, path parameters, body, orders in it)
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u64);
+    let cases: Vec<Case<'_>> = vec![
         (
             "v0 getOrder",
             v0_one.op,

@@ -5,7 +5,8 @@
 //!
 //! Differences from the `Value` walk, all on the side of keeping the input as it was: member
 //! order, number formatting and string escapes of untouched values are preserved; duplicate keys
-//! are all transformed and all kept (the `Value` walk keeps the last). The grammar is RFC 8259
+//! are all transformed and all kept (the `Value` walk keeps the last), and a record's order id
+//! and facts come from the first of duplicate keys. The grammar is RFC 8259
 //! with serde_json's extra checks (no lone surrogates, no number outside `f64`); nesting deeper
 //! than [`MAX_NESTING`] is [`PiiError::TooDeep`].
 
@@ -79,12 +80,14 @@ struct Stream<'a> {
     report: Report,
 }
 
-/// A string token: content bounds (inside the quotes) and whether it has escapes.
+/// A string token: content bounds (inside the quotes), whether it has escapes, and the content
+/// when it has none (validated once).
 #[derive(Clone, Copy)]
-struct Str {
+struct Str<'a> {
     start: usize,
     end: usize,
     escaped: bool,
+    text: Option<&'a str>,
 }
 
 // === impl Stream ===
@@ -130,7 +133,7 @@ impl<'a> Stream<'a> {
     }
 
     /// Scans a string token (the cursor on its opening quote), validating escapes and UTF-8.
-    fn string(&mut self) -> Result<Str> {
+    fn string(&mut self) -> Result<Str<'a>> {
         self.expect(b'"')?;
         let start = self.pos;
         let mut escaped = false;
@@ -148,13 +151,17 @@ impl<'a> Stream<'a> {
                 b'"' => {
                     let end = self.pos;
                     self.pos += 1;
-                    if !escaped && std::str::from_utf8(&self.src[start..end]).is_err() {
-                        return Err(self.syntax());
-                    }
+                    let src: &'a [u8] = self.src;
+                    let text = if escaped {
+                        None
+                    } else {
+                        Some(std::str::from_utf8(&src[start..end]).map_err(|_| self.syntax())?)
+                    };
                     let token = Str {
                         start,
                         end,
                         escaped,
+                        text,
                     };
                     if escaped {
                         // Validates escapes, surrogates and UTF-8.
@@ -178,7 +185,10 @@ impl<'a> Stream<'a> {
     }
 
     /// The content of a string token.
-    fn decode(&self, token: Str) -> Result<Cow<'a, str>> {
+    fn decode(&self, token: Str<'a>) -> Result<Cow<'a, str>> {
+        if let Some(text) = token.text {
+            return Ok(Cow::Borrowed(text));
+        }
         let raw = &self.src[token.start..token.end];
         if !token.escaped {
             return std::str::from_utf8(raw)
@@ -656,7 +666,7 @@ impl<'a> Stream<'a> {
     }
 
     /// The safety net for a string outside the map (`start` is its opening quote).
-    fn net(&mut self, token: Str, start: usize, order: Option<&str>) -> Result<()> {
+    fn net(&mut self, token: Str<'a>, start: usize, order: Option<&str>) -> Result<()> {
         let value = self.decode(token)?;
         let hit = match net::scan(&value) {
             None => {
@@ -686,17 +696,53 @@ impl<'a> Stream<'a> {
         Ok(())
     }
 
-    /// A record's facts, read ahead from the object at `at` (read only; a malformed record
-    /// yields what could be read, and the main pass reports the syntax error).
+    /// A record's facts, read ahead from the object at `at` in one pass over its members (read
+    /// only, without validation: a malformed record yields what could be read, and the main
+    /// pass reports the syntax error).
     fn record_facts(&self, spec: &RecordSpec, at: usize) -> Option<OrderFacts> {
         if self.src.get(at) != Some(&b'{') {
             return None;
         }
+        let mut wanted: Vec<&str> = Vec::with_capacity(6);
+        let paths = spec
+            .id
+            .iter()
+            .filter_map(|s| match s {
+                IdSource::Field(p) => Some(*p),
+                IdSource::Param(_) => None,
+            })
+            .chain(spec.status)
+            .chain(spec.earliest_delivery)
+            .chain(spec.latest_delivery)
+            .chain(spec.delivered.map(|(p, _)| p));
+        for path in paths {
+            wanted.push(head_name(path));
+        }
+        wanted.sort_unstable();
+        wanted.dedup();
+        // Where each wanted member's value starts. The scan stops once all are found, so with
+        // duplicate keys the first wins here (serde_json keeps the last).
+        let mut tops: Vec<(&str, usize)> = Vec::with_capacity(wanted.len());
+        self.members(at, &mut |name, pos| {
+            if let Some(w) = wanted.iter().find(|w| **w == name) {
+                if !tops.iter().any(|(n, _)| n == w) {
+                    tops.push((w, pos));
+                }
+            }
+            tops.len() < wanted.len()
+        });
+        let each = |path: &str, f: &mut dyn FnMut(usize)| {
+            let (head, rest) = path.split_once('.').unwrap_or((path, ""));
+            let items = head.ends_with("[]");
+            if let Some((_, pos)) = tops.iter().find(|(n, _)| *n == head_name(head)) {
+                self.descend(*pos, items, rest, 0, f);
+            }
+        };
         let scalar = |path: &str| -> Option<String> {
             let mut found = None;
-            self.select(at, path, 0, &mut |s, pos| {
+            each(path, &mut |pos| {
                 if found.is_none() {
-                    found = s.scalar(pos);
+                    found = self.scalar(pos);
                 }
             });
             found
@@ -712,9 +758,9 @@ impl<'a> Stream<'a> {
         let delivered = spec.delivered.is_some_and(|(path, expected)| {
             let mut any = false;
             let mut all = true;
-            self.select(at, path, 0, &mut |s, pos| {
+            each(path, &mut |pos| {
                 any = true;
-                all &= s.string_at(pos).as_deref() == Some(expected);
+                all &= self.string_at(pos).as_deref() == Some(expected);
             });
             any && all
         });
@@ -725,6 +771,92 @@ impl<'a> Stream<'a> {
             latest_delivery: spec.latest_delivery.and_then(scalar),
             delivered,
         })
+    }
+
+    /// Calls `f(name, value position)` for the members of the object at `pos` (look-ahead),
+    /// until `f` returns false.
+    fn members(&self, pos: usize, f: &mut dyn FnMut(&str, usize) -> bool) {
+        let src = self.src;
+        let mut i = pos + 1;
+        loop {
+            i = skip_ws(src, i);
+            if src.get(i) != Some(&b'"') {
+                return;
+            }
+            let Some(key_end) = skip_fast(src, i) else {
+                return;
+            };
+            let key = Str {
+                start: i + 1,
+                end: key_end - 1,
+                escaped: src[i + 1..key_end - 1].contains(&b'\\'),
+                text: None,
+            };
+            i = skip_ws(src, key_end);
+            if src.get(i) != Some(&b':') {
+                return;
+            }
+            i = skip_ws(src, i + 1);
+            if let Ok(name) = self.decode(key) {
+                if !f(&name, i) {
+                    return;
+                }
+            }
+            let Some(end) = skip_fast(src, i) else {
+                return;
+            };
+            i = skip_ws(src, end);
+            if src.get(i) != Some(&b',') {
+                return;
+            }
+            i += 1;
+        }
+    }
+
+    /// Calls `f` with the position of every value at `rest` below the value at `pos` (whose
+    /// elements are meant when `items`).
+    fn descend(&self, pos: usize, items: bool, rest: &str, depth: usize, f: &mut dyn FnMut(usize)) {
+        if depth > MAX_NESTING {
+            return;
+        }
+        if items {
+            let src = self.src;
+            if src.get(pos) != Some(&b'[') {
+                return;
+            }
+            let mut i = skip_ws(src, pos + 1);
+            while i < src.len() && src[i] != b']' {
+                self.descend(i, false, rest, depth + 1, f);
+                let Some(end) = skip_fast(src, i) else {
+                    return;
+                };
+                i = skip_ws(src, end);
+                if src.get(i) != Some(&b',') {
+                    return;
+                }
+                i = skip_ws(src, i + 1);
+            }
+            return;
+        }
+        if rest.is_empty() {
+            f(pos);
+            return;
+        }
+        if self.src.get(pos) != Some(&b'{') {
+            return;
+        }
+        let (head, tail) = rest.split_once('.').unwrap_or((rest, ""));
+        let name = head_name(head);
+        let mut found = None;
+        self.members(pos, &mut |n, at| {
+            if n == name {
+                found = Some(at);
+            }
+            found.is_none()
+        });
+        if let Some(at) = found {
+            self.descend(at, head.ends_with("[]"), tail, depth + 1, f);
+        }
     }
 
     /// A reader positioned at `pos` (for look-ahead; shares no output).
@@ -771,76 +903,67 @@ impl<'a> Stream<'a> {
         let token = r.string().ok()?;
         r.decode(token).ok().map(Cow::into_owned)
     }
+}
 
-    /// Calls `f` with the position of every value at `path` below the value at `pos`.
-    fn select(&self, pos: usize, path: &str, depth: usize, f: &mut dyn FnMut(&Self, usize)) {
-        if depth > MAX_NESTING {
-            return;
-        }
-        if path.is_empty() {
-            f(self, pos);
-            return;
-        }
-        let (head, rest) = path.split_once('.').unwrap_or((path, ""));
-        let (name, items) = match head.strip_suffix("[]") {
-            Some(name) => (name, true),
-            None => (head, false),
-        };
-        let mut r = self.reader(pos);
-        if r.expect(b'{').is_err() {
-            return;
-        }
-        // The last member of that name wins, as in serde_json.
-        let mut found = None;
-        let _ = (|| -> Result<()> {
-            r.ws()?;
-            if r.peek() == Some(b'}') {
-                return Ok(());
+/// A path segment's member name (`name[]` -> `name`).
+fn head_name(path: &str) -> &str {
+    let head = path.split_once('.').map_or(path, |(h, _)| h);
+    head.strip_suffix("[]").unwrap_or(head)
+}
+
+fn skip_ws(src: &[u8], mut i: usize) -> usize {
+    while let Some(b' ' | b'\t' | b'\n' | b'\r') = src.get(i) {
+        i += 1;
+    }
+    i
+}
+
+/// The end of the value at `i`, found without validating it (look-ahead only).
+fn skip_fast(src: &[u8], mut i: usize) -> Option<usize> {
+    let string_end = |mut i: usize| -> Option<usize> {
+        // `i` is just after the opening quote.
+        loop {
+            let off = src
+                .get(i..)?
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\')?;
+            i += off;
+            if src[i] == b'\\' {
+                i += 2;
+            } else {
+                return Some(i + 1);
             }
+        }
+    };
+    match *src.get(i)? {
+        b'"' => string_end(i + 1),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
             loop {
-                r.ws()?;
-                let key = r.string()?;
-                r.ws()?;
-                r.expect(b':')?;
-                r.ws()?;
-                if r.decode(key)? == name {
-                    found = Some(r.pos);
+                match *src.get(i)? {
+                    b'"' => {
+                        i = string_end(i + 1)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
                 }
-                r.skip(depth + 1)?;
-                r.ws()?;
-                match r.peek() {
-                    Some(b',') => r.pos += 1,
-                    _ => return Ok(()),
-                }
+                i += 1;
             }
-        })();
-        let Some(at) = found else {
-            return;
-        };
-        if !items {
-            self.select(at, rest, depth + 1, f);
-            return;
         }
-        let mut r = self.reader(at);
-        if r.expect(b'[').is_err() {
-            return;
+        _ => {
+            let off = src[i..]
+                .iter()
+                .position(|&b| matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+                .unwrap_or(src.len() - i);
+            Some(i + off)
         }
-        let _ = (|| -> Result<()> {
-            r.ws()?;
-            if r.peek() == Some(b']') {
-                return Ok(());
-            }
-            loop {
-                r.ws()?;
-                self.select(r.pos, rest, depth + 1, f);
-                r.skip(depth + 1)?;
-                r.ws()?;
-                match r.peek() {
-                    Some(b',') => r.pos += 1,
-                    _ => return Ok(()),
-                }
-            }
-        })();
     }
 }
 

@@ -5,6 +5,25 @@
 //! roles). Upstream of the response policy, the same grants decide which restricted data the
 //! gateway asks Amazon for at all: Restricted Data Token `dataElements` and Orders 2026-01-01
 //! `includedData` only name what the role may receive in some form.
+//!
+//! The response policy itself:
+//! - [`map`]: the buyer-PII field map (`data/pii-fields.tsv`): paths, categories, record roots.
+//! - [`transform`]: the pure function of (operation, role, JSON, keys) that applies it, with the
+//!   safety net ([`net`]) outside the map, masks ([`mask`]) and the keys ([`keys`]).
+
+pub mod keys;
+pub mod map;
+pub mod mask;
+pub mod net;
+pub mod stream;
+pub mod transform;
+
+pub use keys::{Keys, NoOrderKeys, OrderKeys, PseudonymKey};
+pub use map::{FieldMap, FieldSpec, IdSource, OpMap, RecordSpec};
+pub use transform::{
+    apply, apply_bytes, apply_value, order_ids, orders, parse, serialize, FieldOut, NetHits,
+    OrderFacts, PiiError, Policy, Report,
+};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -42,7 +61,7 @@ pub enum Category {
 }
 
 /// What a role gets for a category.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Action {
     /// In clear.
     Pass,
@@ -134,6 +153,25 @@ impl FromStr for Category {
 
 // === impl Action ===
 
+impl Action {
+    /// The name used in config and audit records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Pass => "pass",
+            Action::Mask => "mask",
+            Action::Pseudonymize => "pseudonymize",
+            Action::Encrypt => "encrypt",
+            Action::Drop => "drop",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl FromStr for Action {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -212,34 +250,4 @@ impl Roles {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unknown_roles_and_ungranted_categories_get_nothing() {
-        let roles = Roles::new(BTreeMap::from([(
-            "labels".to_string(),
-            Role::new([
-                (Category::Address, Action::Pass),
-                (Category::Phone, Action::Drop),
-            ]),
-        )]));
-        let labels = roles.get("labels");
-        assert!(labels.receives(Category::Address));
-        assert!(!labels.receives(Category::Phone));
-        assert!(!labels.receives(Category::Email));
-        assert!(Category::ALL
-            .iter()
-            .all(|c| !roles.get("nobody").receives(*c)));
-    }
-
-    #[test]
-    fn categories_and_actions_parse_from_their_config_names() {
-        for c in Category::ALL {
-            assert_eq!(c.as_str().parse::<Category>(), Ok(c));
-        }
-        assert!("postcode".parse::<Category>().is_err());
-        assert_eq!("encrypt".parse::<Action>(), Ok(Action::Encrypt));
-        assert!("hide".parse::<Action>().is_err());
-    }
-}
+mod tests;

@@ -8,7 +8,7 @@
 //! - [`alerts`]: alert rules and the webhook.
 //! - [`query`]: reading chains back: time-ordered merge of every instance, filters, report.
 //! - [`cli`]: `spgate audit verify | query | report`.
-//! - [`config`]: `[audit]`.
+//! - [`config`]: the `audit` section of the config file.
 //!
 //! **Invariant:** records say who, what and when (tool, seller, operation, status, PII
 //! categories and the action applied), never a PII value, token, key or secret.

@@ -62,6 +62,11 @@ enum Command {
     },
     /// Run the fake SP-API + LWA on its own (open enrollment: any `Atzr|` refresh token works).
     Sandbox(spgate::demo::SandboxArgs),
+    /// Review the audit log: verify the chains, query records, report per tool.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
 }
 
 #[derive(Subcommand)]
@@ -191,6 +196,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Clients { config, action } => clients(&load(&config)?, action).await,
         Command::Sellers { config, action } => sellers(&load(&config)?, action).await,
+        Command::Audit { action } => audit(action),
     }
 }
 
@@ -434,4 +440,127 @@ async fn shutdown_signal() {
         () = term => {},
     }
     tracing::info!("Shutdown requested; draining.");
+}
+
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Check every instance's chain: exits non-zero naming the first edited, removed,
+    /// inserted or reordered record, or a cut tail. The key (base64) comes from --key-file or
+    /// SPGATE_AUDIT_KEY.
+    Verify {
+        /// The audit directory.
+        dir: PathBuf,
+        /// File holding the audit key (base64).
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
+    /// Records of every instance in time order (a table, or the stored JSON lines).
+    Query {
+        /// The audit directory.
+        dir: PathBuf,
+        /// Only this tool.
+        #[arg(long)]
+        tool: Option<String>,
+        /// Only this seller.
+        #[arg(long)]
+        seller: Option<String>,
+        /// Only this operation key, e.g. ordersV0.getOrder.
+        #[arg(long)]
+        operation: Option<String>,
+        /// Only this kind of record, e.g. request, reveal, key_revoked, alert.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only this status (403) or class (4xx).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only records where this PII category was returned (not dropped).
+        #[arg(long)]
+        pii: Option<String>,
+        /// From: YYYY-MM-DD, RFC 3339, or back from now (90m, 24h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Before: same forms as --since.
+        #[arg(long)]
+        until: Option<String>,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Per tool: requests, denials, 429s, PII categories received, reveals.
+    Report {
+        /// The audit directory.
+        dir: PathBuf,
+        /// From: YYYY-MM-DD, RFC 3339, or back from now (90m, 24h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Before: same forms as --since.
+        #[arg(long)]
+        until: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn audit(action: AuditAction) -> anyhow::Result<()> {
+    use spgate::audit::{cli, query};
+    use std::io::Write;
+    let now = time::OffsetDateTime::now_utc();
+    let when = |t: Option<String>| t.map(|t| query::parse_time(&t, now)).transpose();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    match action {
+        AuditAction::Verify { dir, key_file } => {
+            let key = match key_file {
+                Some(path) => std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+                None => std::env::var("SPGATE_AUDIT_KEY")
+                    .context("give --key-file or set SPGATE_AUDIT_KEY (the audit key, base64)")?,
+            };
+            let ok = cli::verify(&dir, &Secret::new(key), &mut out)?;
+            out.flush()?;
+            if !ok {
+                bail!("audit verification failed");
+            }
+        }
+        AuditAction::Query {
+            dir,
+            tool,
+            seller,
+            operation,
+            kind,
+            status,
+            pii,
+            since,
+            until,
+            json,
+        } => {
+            let kind = kind
+                .map(|k| serde_json::from_value(serde_json::Value::String(k.clone())))
+                .transpose()
+                .map_err(|_| anyhow::anyhow!("unknown record kind"))?;
+            let filters = query::Filters {
+                tool,
+                seller,
+                operation,
+                kind,
+                status: status.as_deref().map(query::parse_status).transpose()?,
+                pii: pii
+                    .as_deref()
+                    .map(str::parse)
+                    .transpose()
+                    .map_err(|e: String| anyhow::anyhow!(e))?,
+                since: when(since)?,
+                until: when(until)?,
+            };
+            cli::query(&dir, &filters, json, &mut out)?;
+        }
+        AuditAction::Report {
+            dir,
+            since,
+            until,
+            json,
+        } => cli::report(&dir, when(since)?, when(until)?, json, &mut out)?,
+    }
+    out.flush()?;
+    Ok(())
 }

@@ -1,28 +1,47 @@
 //! The hash chain behind the audit log.
 //!
 //! Each instance writes its own chain to `audit-<instance>-<YYYY-MM-DD>.jsonl` (a new file each
-//! UTC day; the chain continues across files). Every record carries its sequence number, the
-//! MAC of the record before it (`prev`) and its own MAC (`mac`): HMAC-SHA256 under the audit key
-//! over the record without `mac`. So an edited record fails its MAC, and a removed, inserted or
-//! reordered one breaks the sequence or the link. After each flush the writer records the last
-//! sequence number and MAC, itself MACed, in `audit-<instance>.head` (replaced atomically): a
-//! truncated tail, or a deleted last file, no longer matches it. [`verify`] checks all of this
-//! and names the first bad record.
+//! UTC day; the chain continues across files). A line is one JSON object:
+//!
+//! ```text
+//! {"seq":7,"time":"2026-11-20T23:58:00.123Z","instance":"gw1","prev":"<sha256 of line 6>",<event fields>,"mac":"<hmac>"}
+//! ```
+//!
+//! `prev` is the SHA-256 (hex) of the previous line's exact bytes (64 zeros for the first
+//! record), and `mac` is HMAC-SHA256 under the audit key over the line's bytes up to `,"mac"`
+//! (closed with `}`). So an edited record fails its MAC, a removed, inserted or reordered one
+//! breaks the sequence or the link, and without the key nobody can write a new valid chain.
+//!
+//! Three small MACed files sit beside the chain: `audit-<instance>.head` pins the last record
+//! written (a cut tail, or a deleted newest file, no longer matches it);
+//! `audit-<instance>.anchor` is written by retention before it deletes old files and names the
+//! last record deleted, so the oldest file kept may start mid-chain while a file removed from the
+//! middle is still detected; `audit-<instance>.lock` is held (an OS file lock) by the one
+//! process writing that chain. [`verify`] checks all of this and names the first bad record.
+//!
+//! A writer resumes from the head. Records written after the last head update (a crash between
+//! writing a batch and moving the head) are adopted if they link and verify; a torn last line (a
+//! crash in the middle of a write, never a complete record) is cut off.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use ring::hmac;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
-use time::OffsetDateTime;
+use time::{Date, OffsetDateTime};
 
 use crate::crypto;
 
 /// The `prev` of an instance's first record.
-const GENESIS: &str = "genesis";
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// How much of the newest file a resuming writer reads to find records newer than the head.
+const RECOVERY_WINDOW: u64 = 8 * 1024 * 1024;
+
+/// `,"mac":"` + 64 hex digits + `"}`: how every line ends.
+const MAC_SUFFIX_LEN: usize = 8 + 64 + 2;
 
 /// Why the chain could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -41,17 +60,47 @@ pub enum ChainError {
     /// The head file is unreadable or forged: the chain cannot be resumed safely.
     #[error("audit head {0} is corrupt or was not written with this key")]
     BadHead(String),
-    /// A record is not a JSON object.
+    /// Chain files exist but no head does: resuming would fork the chain.
+    #[error("audit chain {0} has files but no head file; run `spgate audit verify` and move the files away to start a new chain")]
+    MissingHead(String),
+    /// Another process holds the instance's lock.
+    #[error("audit instance {0} is being written by another process: give each process its own [audit] instance name")]
+    InUse(String),
+    /// A record did not serialize to a JSON object.
     #[error("an audit record must be a JSON object")]
     NotAnObject,
 }
 
-/// The last record of a chain, as remembered in the head file.
+/// One chain file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainFile {
+    /// The UTC day it holds.
+    pub day: Date,
+    /// Its full path.
+    pub path: PathBuf,
+    /// Its file name.
+    pub name: String,
+}
+
+/// What one retention pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expired {
+    /// Files deleted.
+    pub files: usize,
+    /// The last record deleted (its sequence number), if any.
+    pub through_seq: Option<u64>,
+}
+
+/// The last record of a chain, as remembered in the head file; or, in the anchor file, the last
+/// record retention deleted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Head {
+struct Pin {
+    /// Anchor only: files of days before this one are expired and ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    day: Option<String>,
     seq: u64,
+    hash: String,
     mac: String,
-    head_mac: String,
 }
 
 /// Appends records to one instance's chain.
@@ -61,8 +110,13 @@ pub struct ChainWriter {
     key: hmac::Key,
     seq: u64,
     prev: String,
-    day: String,
+    day: Option<Date>,
+    last_at: OffsetDateTime,
     out: Option<BufWriter<File>>,
+    path: PathBuf,
+    line: Vec<u8>,
+    recovered: u64,
+    _lock: File,
 }
 
 impl std::fmt::Debug for ChainWriter {
@@ -74,6 +128,56 @@ impl std::fmt::Debug for ChainWriter {
             .finish_non_exhaustive()
     }
 }
+
+/// The first record that does not verify.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BadRecord {
+    /// File name.
+    pub file: String,
+    /// 1-based line in that file (0: the problem is not one line, e.g. a missing tail).
+    pub line: usize,
+    /// The record's sequence number when it could be read.
+    pub seq: Option<u64>,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// One instance's verification.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InstanceReport {
+    /// The instance.
+    pub instance: String,
+    /// Records verified.
+    pub records: u64,
+    /// Files read.
+    pub files: usize,
+    /// Sequence number of the first record verified (after the retention anchor).
+    pub first_seq: Option<u64>,
+    /// Sequence number of the last record verified.
+    pub last_seq: Option<u64>,
+    /// Time of the first record verified.
+    pub first_time: Option<String>,
+    /// Time of the last record verified.
+    pub last_time: Option<String>,
+    /// Days before this one were deleted by retention (from the anchor).
+    pub expired_before: Option<String>,
+    /// The first bad record, if any.
+    pub first_bad: Option<BadRecord>,
+}
+
+/// The fields of a line that verification and readers need.
+#[derive(Deserialize)]
+struct Link<'a> {
+    seq: u64,
+    #[serde(borrow)]
+    time: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    instance: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    prev: std::borrow::Cow<'a, str>,
+}
+
+// === helpers ===
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ChainError + '_ {
     move |source| ChainError::Io {
@@ -90,265 +194,626 @@ fn head_path(dir: &Path, instance: &str) -> PathBuf {
     dir.join(format!("audit-{instance}.head"))
 }
 
-fn head_mac(key: &hmac::Key, instance: &str, seq: u64, mac: &str) -> String {
-    mac_hex(key, format!("head\0{instance}\0{seq}\0{mac}").as_bytes())
+fn anchor_path(dir: &Path, instance: &str) -> PathBuf {
+    dir.join(format!("audit-{instance}.anchor"))
 }
 
-/// The MAC of a record: over its canonical JSON without the `mac` field.
-fn record_mac(key: &hmac::Key, record: &Map<String, Value>) -> String {
-    let mut without = record.clone();
-    without.remove("mac");
-    // serde_json's Map keeps keys sorted (no preserve_order feature): canonical.
-    let bytes = serde_json::to_vec(&Value::Object(without)).unwrap_or_default();
-    mac_hex(key, &bytes)
+fn lock_path(dir: &Path, instance: &str) -> PathBuf {
+    dir.join(format!("audit-{instance}.lock"))
+}
+
+fn file_name(instance: &str, day: Date) -> String {
+    format!("audit-{instance}-{day}.jsonl")
+}
+
+fn pin_mac(key: &hmac::Key, what: &str, instance: &str, pin: &Pin) -> String {
+    let day = pin.day.as_deref().unwrap_or("");
+    mac_hex(
+        key,
+        format!("{what}\0{instance}\0{day}\0{}\0{}", pin.seq, pin.hash).as_bytes(),
+    )
+}
+
+fn write_pin(
+    key: &hmac::Key,
+    path: &Path,
+    what: &str,
+    instance: &str,
+    mut pin: Pin,
+    sync: bool,
+) -> Result<(), ChainError> {
+    pin.mac = pin_mac(key, what, instance, &pin);
+    let tmp = path.with_extension(format!("{what}.tmp"));
+    let mut f = File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(&serde_json::to_vec(&pin).unwrap_or_default())
+        .map_err(io(&tmp))?;
+    if sync {
+        f.sync_data().map_err(io(&tmp))?;
+    }
+    fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// Reads a head or anchor file: `Ok(None)` when absent, `Err(())` when corrupt or forged.
+fn read_pin(
+    key: &hmac::Key,
+    path: &Path,
+    what: &str,
+    instance: &str,
+) -> Result<Option<Pin>, Result<(), ChainError>> {
+    match fs::read_to_string(path) {
+        Ok(text) => match serde_json::from_str::<Pin>(&text) {
+            Ok(pin) if pin.mac == pin_mac(key, what, instance, &pin) => Ok(Some(pin)),
+            _ => Err(Ok(())),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Err(io(path)(e))),
+    }
 }
 
 fn check_instance(instance: &str) -> Result<(), ChainError> {
-    let ok = !instance.is_empty()
+    valid_instance(instance)
+        .then_some(())
+        .ok_or(ChainError::BadInstance)
+}
+
+/// Whether `instance` is a valid instance name: 1-64 characters of `[A-Za-z0-9_-]`.
+pub fn valid_instance(instance: &str) -> bool {
+    !instance.is_empty()
         && instance.len() <= 64
         && instance
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    ok.then_some(()).ok_or(ChainError::BadInstance)
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// Splits `audit-<instance>-<YYYY-MM-DD>.jsonl` into instance and day.
+fn parse_file_name(name: &str) -> Option<(String, Date)> {
+    let rest = name.strip_prefix("audit-")?.strip_suffix(".jsonl")?;
+    if rest.len() < 12 || rest.as_bytes()[rest.len() - 11] != b'-' {
+        return None;
+    }
+    let (instance, day) = (&rest[..rest.len() - 11], &rest[rest.len() - 10..]);
+    let day = Date::parse(
+        day,
+        &time::macros::format_description!("[year]-[month]-[day]"),
+    )
+    .ok()?;
+    valid_instance(instance).then(|| (instance.to_string(), day))
+}
+
+/// The chain files in `dir`, by instance, oldest first. Instances that only have a head or an
+/// anchor file are listed with no files.
+pub fn list_chains(dir: &Path) -> Result<BTreeMap<String, Vec<ChainFile>>, ChainError> {
+    let mut out: BTreeMap<String, Vec<ChainFile>> = BTreeMap::new();
+    for entry in fs::read_dir(dir).map_err(io(dir))? {
+        let entry = entry.map_err(io(dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some((instance, day)) = parse_file_name(&name) {
+            out.entry(instance).or_default().push(ChainFile {
+                day,
+                path: entry.path(),
+                name,
+            });
+        } else if let Some(instance) = name
+            .strip_prefix("audit-")
+            .and_then(|n| {
+                n.strip_suffix(".head")
+                    .or_else(|| n.strip_suffix(".anchor"))
+            })
+            .filter(|i| valid_instance(i))
+        {
+            out.entry(instance.to_string()).or_default();
+        }
+    }
+    for files in out.values_mut() {
+        files.sort_by_key(|f| f.day);
+    }
+    Ok(out)
+}
+
+fn time_text(at: OffsetDateTime) -> String {
+    at.to_offset(time::UtcOffset::UTC)
+        .format(&time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+        ))
+        .unwrap_or_default()
+}
+
+/// Checks a line's MAC: `Some(true)` valid, `Some(false)` wrong, `None` no MAC suffix.
+fn line_mac_ok(key: &hmac::Key, line: &[u8]) -> Option<bool> {
+    if line.len() < MAC_SUFFIX_LEN + 2 || !line.ends_with(b"\"}") {
+        return None;
+    }
+    let start = line.len() - MAC_SUFFIX_LEN;
+    if &line[start..start + 8] != b",\"mac\":\"" {
+        return None;
+    }
+    let tag = decode_hex(&line[start + 8..line.len() - 2])?;
+    let mut data = Vec::with_capacity(start + 1);
+    data.extend_from_slice(&line[..start]);
+    data.push(b'}');
+    Some(hmac::verify(key, &data, &tag).is_ok())
+}
+
+fn decode_hex(hex: &[u8]) -> Option<Vec<u8>> {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        }
+    }
+    hex.chunks(2)
+        .map(|p| Some(nibble(p[0])? << 4 | nibble(*p.get(1)?)?))
+        .collect()
+}
+
+// === impl ChainWriter ===
+
 impl ChainWriter {
-    /// Opens (or resumes, from its head file) an instance's chain in `dir`.
+    /// Opens (or resumes, from its head file) an instance's chain in `dir`, taking the
+    /// instance's lock: a second writer of the same instance gets [`ChainError::InUse`].
     pub fn open(dir: &Path, instance: &str, key_bytes: &[u8]) -> Result<ChainWriter, ChainError> {
         check_instance(instance)?;
         fs::create_dir_all(dir).map_err(io(dir))?;
+        let lock_file = lock_path(dir, instance);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_file)
+            .map_err(io(&lock_file))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(ChainError::InUse(instance.to_string()))
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io(&lock_file)(e)),
+        }
         let key = hmac::Key::new(hmac::HMAC_SHA256, key_bytes);
         let head_file = head_path(dir, instance);
-        let (seq, prev) = match fs::read_to_string(&head_file) {
-            Ok(text) => {
-                let head: Head = serde_json::from_str(&text)
-                    .map_err(|_| ChainError::BadHead(head_file.display().to_string()))?;
-                if head.head_mac != head_mac(&key, instance, head.seq, &head.mac) {
-                    return Err(ChainError::BadHead(head_file.display().to_string()));
-                }
-                (head.seq, head.mac)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, GENESIS.to_string()),
-            Err(e) => return Err(io(&head_file)(e)),
+        let files = list_chains(dir)?.remove(instance).unwrap_or_default();
+        let (seq, prev) = match read_pin(&key, &head_file, "head", instance) {
+            Ok(Some(head)) => (head.seq, head.hash),
+            Ok(None) if files.is_empty() => (0, GENESIS.to_string()),
+            Ok(None) => return Err(ChainError::MissingHead(instance.to_string())),
+            Err(Ok(())) => return Err(ChainError::BadHead(head_file.display().to_string())),
+            Err(Err(e)) => return Err(e),
         };
-        Ok(ChainWriter {
+        let mut w = ChainWriter {
             dir: dir.to_path_buf(),
             instance: instance.to_string(),
             key,
             seq,
             prev,
-            day: String::new(),
+            day: files.last().map(|f| f.day),
+            last_at: OffsetDateTime::UNIX_EPOCH,
             out: None,
-        })
+            path: PathBuf::new(),
+            line: Vec::with_capacity(1024),
+            recovered: 0,
+            _lock: lock,
+        };
+        if let Some(newest) = files.last() {
+            w.recover(&newest.path)?;
+        }
+        Ok(w)
     }
 
-    /// Appends one record (a JSON object of event fields) stamped with `at`. Buffered: call
-    /// [`ChainWriter::flush`] to make it durable and move the head.
-    pub fn append(&mut self, at: OffsetDateTime, event: &Value) -> Result<(), ChainError> {
-        let Value::Object(fields) = event else {
-            return Err(ChainError::NotAnObject);
+    /// Adopts valid records written after the head, and cuts a torn last line.
+    fn recover(&mut self, path: &Path) -> Result<(), ChainError> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io(path))?;
+        let len = file.metadata().map_err(io(path))?.len();
+        let start = len.saturating_sub(RECOVERY_WINDOW);
+        file.seek(SeekFrom::Start(start)).map_err(io(path))?;
+        let mut tail = Vec::new();
+        file.read_to_end(&mut tail).map_err(io(path))?;
+        let complete = tail.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        if complete < tail.len() && (start == 0 || complete > 0) {
+            tracing::warn!(
+                instance = %self.instance,
+                bytes = tail.len() - complete,
+                "Cutting a torn last line from the audit chain (a write interrupted by a crash)."
+            );
+            file.set_len(start + complete as u64).map_err(io(path))?;
+        }
+        let mut lines: Vec<&[u8]> = tail[..complete]
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        if start > 0 && !lines.is_empty() {
+            lines.remove(0); // Possibly a partial line at the window's start.
+        }
+        // Records after the head start either at the head's own line, or (the head being in an
+        // older file, or the chain new) at the file's first line.
+        let links_from_head = |line: &[u8]| {
+            serde_json::from_slice::<Link<'_>>(line)
+                .is_ok_and(|l| l.seq == self.seq + 1 && l.prev == self.prev)
         };
-        let day = at.date().to_string();
-        if self.out.is_none() || day != self.day {
+        let begin = if start == 0 && lines.first().is_some_and(|l| links_from_head(l)) {
+            Some(0)
+        } else {
+            lines
+                .iter()
+                .position(|l| crypto::sha256_hex(l) == self.prev)
+                .map(|i| i + 1)
+        };
+        for line in lines.iter().skip(begin.unwrap_or(usize::MAX)) {
+            let link: Link<'_> = match serde_json::from_slice(line) {
+                Ok(l) => l,
+                Err(_) => break,
+            };
+            if link.seq != self.seq + 1
+                || link.prev != self.prev
+                || link.instance != self.instance
+                || line_mac_ok(&self.key, line) != Some(true)
+            {
+                break;
+            }
+            self.seq = link.seq;
+            self.prev = crypto::sha256_hex(line);
+            self.recovered += 1;
+        }
+        if self.recovered > 0 {
+            tracing::warn!(
+                instance = %self.instance,
+                records = self.recovered,
+                "Adopted audit records written after the last head update (the previous process stopped abruptly)."
+            );
+            self.write_head(true)?;
+        }
+        Ok(())
+    }
+
+    /// The instance this writer writes.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The sequence number of the last record appended.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// How many records written after the head were adopted when the chain was resumed.
+    pub fn recovered(&self) -> u64 {
+        self.recovered
+    }
+
+    /// Appends one record (anything that serializes to a JSON object, without the reserved
+    /// fields `seq`, `time`, `instance`, `prev` and `mac`) stamped with `at`; returns its
+    /// sequence number. Time never goes backwards within a writer (an earlier `at` is raised
+    /// to the last one), so files and records stay in order. Buffered: call
+    /// [`ChainWriter::flush`] or [`ChainWriter::sync`] to write it through and move the head.
+    pub fn append<T: Serialize + ?Sized>(
+        &mut self,
+        at: OffsetDateTime,
+        event: &T,
+    ) -> Result<u64, ChainError> {
+        let body = serde_json::to_vec(event).map_err(|_| ChainError::NotAnObject)?;
+        if body.first() != Some(&b'{') || body.last() != Some(&b'}') {
+            return Err(ChainError::NotAnObject);
+        }
+        let at = at.max(self.last_at);
+        let day = at.to_offset(time::UtcOffset::UTC).date();
+        let day = self.day.map_or(day, |d| d.max(day));
+        if self.out.is_none() || Some(day) != self.day {
             self.flush()?;
-            let path = self
-                .dir
-                .join(format!("audit-{}-{day}.jsonl", self.instance));
+            let path = self.dir.join(file_name(&self.instance, day));
             let file = OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&path)
                 .map_err(io(&path))?;
-            self.out = Some(BufWriter::new(file));
-            self.day = day;
+            self.out = Some(BufWriter::with_capacity(256 * 1024, file));
+            self.day = Some(day);
+            self.path = path;
         }
-        let mut record = fields.clone();
-        self.seq += 1;
-        record.insert("seq".into(), Value::from(self.seq));
-        record.insert("instance".into(), Value::from(self.instance.clone()));
-        record.insert(
-            "time".into(),
-            Value::from(
-                at.format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default(),
-            ),
+        self.last_at = at;
+        let seq = self.seq + 1;
+        let line = &mut self.line;
+        line.clear();
+        let _ = write!(
+            line,
+            "{{\"seq\":{seq},\"time\":\"{}\",\"instance\":\"{}\",\"prev\":\"{}\"",
+            time_text(at),
+            self.instance,
+            self.prev
         );
-        record.insert("prev".into(), Value::from(self.prev.clone()));
-        let mac = record_mac(&self.key, &record);
-        record.insert("mac".into(), Value::from(mac.clone()));
-        let mut line = serde_json::to_vec(&Value::Object(record)).unwrap_or_default();
-        line.push(b'\n');
-        let path = self
-            .dir
-            .join(format!("audit-{}-{}.jsonl", self.instance, self.day));
-        if let Some(out) = self.out.as_mut() {
-            out.write_all(&line).map_err(io(&path))?;
+        if body.len() > 2 {
+            line.push(b',');
+            line.extend_from_slice(&body[1..body.len() - 1]);
         }
-        self.prev = mac;
+        line.push(b'}');
+        let mac = mac_hex(&self.key, line);
+        line.pop();
+        let _ = write!(line, ",\"mac\":\"{mac}\"}}");
+        let hash = crypto::sha256_hex(line);
+        line.push(b'\n');
+        if let Some(out) = self.out.as_mut() {
+            out.write_all(line).map_err(io(&self.path))?;
+        }
+        self.seq = seq;
+        self.prev = hash;
+        Ok(seq)
+    }
+
+    /// Writes buffered records through to the OS and records the new head (atomically, by
+    /// rename). Not durable against a power loss: see [`ChainWriter::sync`].
+    pub fn flush(&mut self) -> Result<(), ChainError> {
+        self.flush_inner(false)
+    }
+
+    /// Like [`ChainWriter::flush`], and makes the records and the head durable (fsync) before
+    /// the head moves.
+    pub fn sync(&mut self) -> Result<(), ChainError> {
+        self.flush_inner(true)
+    }
+
+    fn flush_inner(&mut self, sync: bool) -> Result<(), ChainError> {
+        if let Some(out) = self.out.as_mut() {
+            out.flush().map_err(io(&self.path))?;
+            if sync {
+                out.get_ref().sync_data().map_err(io(&self.path))?;
+            }
+        }
+        if self.seq > 0 {
+            self.write_head(sync)?;
+        }
         Ok(())
     }
 
-    /// Writes buffered records through and records the new head (atomically, by rename).
-    pub fn flush(&mut self) -> Result<(), ChainError> {
-        if let Some(out) = self.out.as_mut() {
-            out.flush().map_err(io(&self.dir))?;
-        }
-        let head = Head {
+    fn write_head(&self, sync: bool) -> Result<(), ChainError> {
+        let pin = Pin {
+            day: None,
             seq: self.seq,
-            mac: self.prev.clone(),
-            head_mac: head_mac(&self.key, &self.instance, self.seq, &self.prev),
+            hash: self.prev.clone(),
+            mac: String::new(),
         };
         let path = head_path(&self.dir, &self.instance);
-        let tmp = path.with_extension("head.tmp");
-        fs::write(&tmp, serde_json::to_vec(&head).unwrap_or_default()).map_err(io(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io(&path))?;
-        Ok(())
+        write_pin(&self.key, &path, "head", &self.instance, pin, sync)
+    }
+
+    /// Retention: deletes this instance's files of days before `today - retain_days` (never
+    /// the file being written). First it records, in the MACed anchor file, the last record of
+    /// the newest file deleted, so that [`verify`] accepts a chain whose oldest kept file starts
+    /// mid-chain.
+    pub fn expire(&mut self, today: Date, retain_days: u32) -> Result<Expired, ChainError> {
+        let cutoff = today - time::Duration::days(i64::from(retain_days.max(1)));
+        let files = list_chains(&self.dir)?
+            .remove(&self.instance)
+            .unwrap_or_default();
+        let old: Vec<&ChainFile> = files
+            .iter()
+            .filter(|f| f.day < cutoff && Some(f.day) != self.day)
+            .collect();
+        let Some(newest_old) = old.last() else {
+            return Ok(Expired::default());
+        };
+        let anchor_file = anchor_path(&self.dir, &self.instance);
+        let previous = read_pin(&self.key, &anchor_file, "anchor", &self.instance)
+            .ok()
+            .flatten();
+        let (seq, hash) = last_record(&newest_old.path)?;
+        // The anchor never moves back (an old file left behind by a crashed pass is below it).
+        if previous.as_ref().is_none_or(|p| p.seq < seq) {
+            let first_kept = files
+                .iter()
+                .find(|f| f.day > newest_old.day)
+                .map_or(cutoff, |f| f.day);
+            let pin = Pin {
+                day: Some(first_kept.to_string()),
+                seq,
+                hash,
+                mac: String::new(),
+            };
+            write_pin(&self.key, &anchor_file, "anchor", &self.instance, pin, true)?;
+        }
+        for f in &old {
+            fs::remove_file(&f.path).map_err(io(&f.path))?;
+        }
+        Ok(Expired {
+            files: old.len(),
+            through_seq: Some(seq),
+        })
     }
 }
 
-/// The first record that does not verify.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct BadRecord {
-    /// File name.
-    pub file: String,
-    /// 1-based line in that file (0: the problem is a missing tail).
-    pub line: usize,
-    /// What is wrong.
-    pub reason: String,
+/// The sequence number and hash of a file's last complete record.
+fn last_record(path: &Path) -> Result<(u64, String), ChainError> {
+    let mut file = File::open(path).map_err(io(path))?;
+    let len = file.metadata().map_err(io(path))?.len();
+    let mut window = 64 * 1024u64;
+    loop {
+        let start = len.saturating_sub(window);
+        file.seek(SeekFrom::Start(start)).map_err(io(path))?;
+        let mut tail = Vec::new();
+        file.read_to_end(&mut tail).map_err(io(path))?;
+        let mut lines: Vec<&[u8]> = tail.split(|b| *b == b'\n').collect();
+        if start > 0 {
+            lines.remove(0);
+        }
+        if let Some((line, link)) = lines
+            .iter()
+            .rev()
+            .find_map(|l| serde_json::from_slice::<Link<'_>>(l).ok().map(|k| (*l, k)))
+        {
+            return Ok((link.seq, crypto::sha256_hex(line)));
+        }
+        if start == 0 {
+            return Err(io(path)(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "no complete audit record to anchor retention on",
+            )));
+        }
+        window *= 4;
+    }
 }
 
-/// One instance's verification.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct InstanceReport {
-    /// The instance.
-    pub instance: String,
-    /// Records read.
-    pub records: u64,
-    /// The first bad record, if any.
-    pub first_bad: Option<BadRecord>,
-}
+// === verify ===
 
 /// Verifies every instance's chain in `dir`.
 pub fn verify(dir: &Path, key_bytes: &[u8]) -> Result<Vec<InstanceReport>, ChainError> {
     let key = hmac::Key::new(hmac::HMAC_SHA256, key_bytes);
-    let mut files: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut heads: Vec<String> = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io(dir))? {
-        let name = entry
-            .map_err(io(dir))?
-            .file_name()
-            .to_string_lossy()
-            .into_owned();
-        if let Some(rest) = name
-            .strip_prefix("audit-")
-            .and_then(|n| n.strip_suffix(".jsonl"))
-        {
-            // audit-<instance>-<YYYY-MM-DD>.jsonl: the date is the last 10 characters.
-            if rest.len() > 11 {
-                let instance = rest[..rest.len() - 11].to_string();
-                files.entry(instance).or_default().push(name);
-            }
-        } else if let Some(instance) = name
-            .strip_prefix("audit-")
-            .and_then(|n| n.strip_suffix(".head"))
-        {
-            heads.push(instance.to_string());
-        }
-    }
-    for instance in heads {
-        files.entry(instance).or_default();
-    }
-    let mut reports = Vec::new();
-    for (instance, mut names) in files {
-        names.sort();
-        reports.push(verify_instance(dir, &key, &instance, &names)?);
-    }
-    Ok(reports)
+    list_chains(dir)?
+        .into_iter()
+        .map(|(instance, files)| verify_instance(dir, &key, &instance, &files))
+        .collect()
 }
 
 fn verify_instance(
     dir: &Path,
     key: &hmac::Key,
     instance: &str,
-    names: &[String],
+    files: &[ChainFile],
 ) -> Result<InstanceReport, ChainError> {
-    let mut seq = 0u64;
-    let mut prev = GENESIS.to_string();
-    let bad = |file: &str, line: usize, reason: String, records: u64| InstanceReport {
+    let mut report = InstanceReport {
         instance: instance.to_string(),
-        records,
-        first_bad: Some(BadRecord {
+        records: 0,
+        files: 0,
+        first_seq: None,
+        last_seq: None,
+        first_time: None,
+        last_time: None,
+        expired_before: None,
+        first_bad: None,
+    };
+    let bad = |mut report: InstanceReport, file: &str, line, seq, reason: String| {
+        report.first_bad = Some(BadRecord {
             file: file.to_string(),
             line,
+            seq,
             reason,
-        }),
+        });
+        Ok(report)
     };
-    for name in names {
-        let path = dir.join(name);
-        let reader = BufReader::new(File::open(&path).map_err(io(&path))?);
-        for (i, line) in reader.lines().enumerate() {
-            let line = line.map_err(io(&path))?;
-            let record: Map<String, Value> = match serde_json::from_str(&line) {
-                Ok(Value::Object(m)) => m,
-                _ => return Ok(bad(name, i + 1, "not a JSON object".into(), seq)),
+    let first_name = files.first().map_or("-", |f| f.name.as_str());
+    let (mut seq, mut prev, from_day) =
+        match read_pin(key, &anchor_path(dir, instance), "anchor", instance) {
+            Ok(None) => (0, GENESIS.to_string(), None),
+            Ok(Some(a)) => {
+                let day = a.day.as_deref().and_then(|d| {
+                    Date::parse(
+                        d,
+                        &time::macros::format_description!("[year]-[month]-[day]"),
+                    )
+                    .ok()
+                });
+                report.expired_before = a.day.clone();
+                (a.seq, a.hash, day)
+            }
+            Err(Ok(())) => {
+                return bad(
+                    report,
+                    first_name,
+                    0,
+                    None,
+                    "the retention anchor file is corrupt or forged".into(),
+                )
+            }
+            Err(Err(e)) => return Err(e),
+        };
+    let mut last_name = first_name;
+    for file in files {
+        if from_day.is_some_and(|d| file.day < d) {
+            continue; // Expired by retention; deletion was interrupted.
+        }
+        report.files += 1;
+        last_name = &file.name;
+        let reader = BufReader::new(File::open(&file.path).map_err(io(&file.path))?);
+        for (i, line) in reader.split(b'\n').enumerate() {
+            let line = line.map_err(io(&file.path))?;
+            let n = i + 1;
+            let Ok(link) = serde_json::from_slice::<Link<'_>>(&line) else {
+                return bad(
+                    report,
+                    &file.name,
+                    n,
+                    None,
+                    "not an audit record (a torn or garbled line)".into(),
+                );
             };
-            let got_seq = record.get("seq").and_then(Value::as_u64);
-            if got_seq != Some(seq + 1) {
-                return Ok(bad(name, i + 1, format!("sequence {got_seq:?}, expected {}: a record was removed, inserted or moved", seq + 1), seq));
+            let at = Some(link.seq);
+            if link.seq != seq + 1 {
+                return bad(
+                    report,
+                    &file.name,
+                    n,
+                    at,
+                    format!(
+                        "sequence {}, expected {}: a record was removed, inserted or moved",
+                        link.seq,
+                        seq + 1
+                    ),
+                );
             }
-            if record.get("prev").and_then(Value::as_str) != Some(prev.as_str()) {
-                return Ok(bad(
-                    name,
-                    i + 1,
-                    "does not link to the record before it".into(),
-                    seq,
-                ));
+            if link.prev != prev {
+                return bad(
+                    report,
+                    &file.name,
+                    n,
+                    at,
+                    "does not link to the record before it (prev is not its SHA-256)".into(),
+                );
             }
-            let mac = record
-                .get("mac")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            if mac != record_mac(key, &record) {
-                return Ok(bad(
-                    name,
-                    i + 1,
+            if link.instance != instance {
+                return bad(
+                    report,
+                    &file.name,
+                    n,
+                    at,
+                    "belongs to another instance's chain".into(),
+                );
+            }
+            if line_mac_ok(key, &line) != Some(true) {
+                return bad(
+                    report,
+                    &file.name,
+                    n,
+                    at,
                     "MAC mismatch: the record was edited (or another key wrote it)".into(),
-                    seq,
-                ));
+                );
             }
-            seq += 1;
-            prev = mac;
+            seq = link.seq;
+            prev = crypto::sha256_hex(&line);
+            report.records += 1;
+            report.first_seq.get_or_insert(link.seq);
+            report.last_seq = Some(link.seq);
+            if report.first_time.is_none() {
+                report.first_time = Some(link.time.to_string());
+            }
+            report.last_time = Some(link.time.into_owned());
         }
     }
-    let head_file = head_path(dir, instance);
-    let last = names.last().map(String::as_str).unwrap_or("-");
-    match fs::read_to_string(&head_file) {
-        Ok(text) => {
-            let head: Option<Head> = serde_json::from_str(&text).ok();
-            match head {
-                Some(h) if h.head_mac == head_mac(key, instance, h.seq, &h.mac) => {
-                    if h.seq != seq || h.mac != prev {
-                        return Ok(bad(last, 0, format!("the chain ends at record {seq} but its head names record {}: records were cut from the end", h.seq), seq));
-                    }
-                }
-                _ => {
-                    return Ok(bad(
-                        last,
-                        0,
-                        "the head file is corrupt or forged".into(),
-                        seq,
-                    ))
-                }
-            }
-        }
-        Err(_) => return Ok(bad(last, 0, "the head file is missing".into(), seq)),
+    match read_pin(key, &head_path(dir, instance), "head", instance) {
+        Ok(Some(h)) if h.seq == seq && h.hash == prev => Ok(report),
+        Ok(Some(h)) if h.seq > seq => bad(
+            report,
+            last_name,
+            0,
+            None,
+            format!("the chain ends at record {seq} but its head names record {}: records were cut from the end", h.seq),
+        ),
+        Ok(Some(h)) => bad(
+            report,
+            last_name,
+            0,
+            None,
+            format!("the chain ends at record {seq} but its head names record {}: the head does not match the last record", h.seq),
+        ),
+        Ok(None) => bad(report, last_name, 0, None, "the head file is missing".into()),
+        Err(Ok(())) => bad(
+            report,
+            last_name,
+            0,
+            None,
+            "the head file is corrupt or forged".into(),
+        ),
+        Err(Err(e)) => Err(e),
     }
-    Ok(InstanceReport {
-        instance: instance.to_string(),
-        records: seq,
-        first_bad: None,
-    })
 }
 
 #[cfg(test)]

@@ -1,10 +1,26 @@
 //! The audit log: one record per proxied request and per admin or security action, written as
-//! JSON Lines in a tamper-evident chain.
+//! JSON Lines in a tamper-evident chain, one chain per instance.
+//!
+//! - [`record`]: [`Record`], whose fields cannot hold a PII value, token, key or secret.
+//! - [`writer`]: [`Auditor`], the cheap handle the request path records through, and the
+//!   writer thread (batching, fsync policy, daily retention, alerts).
+//! - [`chain`]: the HMAC-keyed SHA-256 chain, daily files, the retention anchor, `verify`.
+//! - [`alerts`]: alert rules and the webhook.
+//! - [`query`]: reading chains back: time-ordered merge of every instance, filters, report.
+//! - [`cli`]: `spgate audit verify | query | report`.
+//! - [`config`]: the `audit` section of the config file.
 //!
 //! **Invariant:** records say who, what and when (tool, seller, operation, status, PII
 //! categories and the action applied), never a PII value, token, key or secret.
-//!
-//! Status: the chain (writing, rotation, verification) is here; emitting records from the
-//! pipeline and the admin listener, queries, reports and alerts come with issue 7.
 
+pub mod alerts;
 pub mod chain;
+pub mod cli;
+pub mod config;
+pub mod query;
+pub mod record;
+pub mod writer;
+
+pub use config::{AlertRules, AuditConfig, FsyncPolicy, RawAudit};
+pub use record::{Decision, Kind, Limiter, PiiUse, Reason, Record, TokenKind};
+pub use writer::{AuditError, AuditMetrics, Auditor, Clock, ManualClock, SystemClock};

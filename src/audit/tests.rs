@@ -185,6 +185,8 @@ fn a_reopened_writer_continues_the_chain_and_refuses_a_forged_head() {
     )
     .unwrap();
     w.flush().unwrap();
+    w.flush().unwrap();
+    drop(w);
     let reports = verify(dir.path(), KEY).unwrap();
     assert_eq!(
         (reports[0].records, reports[0].first_bad.clone()),
@@ -229,4 +231,185 @@ fn each_instance_has_its_own_chain() {
         .unwrap()
         .append(time::macros::datetime!(2026-11-21 09:00 UTC), &json!([1]))
         .is_err());
+}
+
+/// Writes one record a day for `days` days from 2026-01-01 and returns the file names.
+fn write_days(dir: &std::path::Path, days: i64) -> Vec<String> {
+    let mut w = ChainWriter::open(dir, "gw1", KEY).unwrap();
+    for d in 0..days {
+        let at = datetime!(2026-01-01 12:00 UTC) + time::Duration::days(d);
+        w.append(at, &json!({"kind": "request", "day": d})).unwrap();
+        w.append(at, &json!({"kind": "request", "day": d})).unwrap();
+    }
+    w.flush().unwrap();
+    let mut names: Vec<_> = list_chains(dir).unwrap()["gw1"]
+        .iter()
+        .map(|f| f.name.clone())
+        .collect();
+    names.sort();
+    names
+}
+
+fn first_bad(dir: &std::path::Path) -> Option<BadRecord> {
+    let reports = verify(dir, KEY).unwrap();
+    assert_eq!(reports.len(), 1);
+    reports[0].first_bad.clone()
+}
+
+#[test]
+fn prev_is_the_sha256_of_the_previous_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = write_chain(dir.path());
+    let l = lines(&dir.path().join(&names[0]));
+    let second: serde_json::Value = serde_json::from_str(&l[1]).unwrap();
+    assert_eq!(
+        second["prev"],
+        crate::crypto::sha256_hex(l[0].as_bytes()).as_str()
+    );
+    let first: serde_json::Value = serde_json::from_str(&l[0]).unwrap();
+    assert_eq!(first["prev"], GENESIS);
+    assert_eq!(first["time"], "2026-11-20T23:58:00.000Z");
+    assert!(l[0].ends_with("\"}"), "the MAC closes the line");
+}
+
+#[test]
+fn retention_deletes_old_files_behind_an_anchor_and_verify_still_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = write_days(dir.path(), 10);
+    assert_eq!(names.len(), 10);
+    let mut w = ChainWriter::open(dir.path(), "gw1", KEY).unwrap();
+    // Today 2026-01-10, keep 5 days: days before 2026-01-05 go (4 files, 8 records).
+    let expired = w.expire(time::macros::date!(2026 - 01 - 10), 5).unwrap();
+    assert_eq!(
+        expired,
+        Expired {
+            files: 4,
+            through_seq: Some(8)
+        }
+    );
+    assert!(!dir.path().join(&names[3]).exists());
+    assert!(dir.path().join(&names[4]).exists());
+    w.append(datetime!(2026-01-10 13:00 UTC), &json!({"kind": "reload"}))
+        .unwrap();
+    w.flush().unwrap();
+    // Nothing more to delete on a second pass the same day.
+    assert_eq!(
+        w.expire(time::macros::date!(2026 - 01 - 10), 5).unwrap(),
+        Expired::default()
+    );
+    drop(w);
+    let reports = verify(dir.path(), KEY).unwrap();
+    assert_eq!(reports[0].first_bad, None, "{reports:?}");
+    assert_eq!(
+        (
+            reports[0].records,
+            reports[0].first_seq,
+            reports[0].last_seq
+        ),
+        (13, Some(9), Some(21))
+    );
+    assert_eq!(reports[0].expired_before.as_deref(), Some("2026-01-05"));
+}
+
+#[test]
+fn removing_a_kept_file_or_the_anchor_is_still_detected_after_retention() {
+    let setup = || {
+        let dir = tempfile::tempdir().unwrap();
+        let names = write_days(dir.path(), 6);
+        let mut w = ChainWriter::open(dir.path(), "gw1", KEY).unwrap();
+        w.expire(time::macros::date!(2026 - 01 - 06), 3).unwrap();
+        (dir, names)
+    };
+    // The oldest kept file removed: the next one does not continue from the anchor.
+    let (dir, names) = setup();
+    std::fs::remove_file(dir.path().join(&names[2])).unwrap();
+    let bad = first_bad(dir.path()).unwrap();
+    assert_eq!((bad.file.as_str(), bad.line), (names[3].as_str(), 1));
+    assert!(bad.reason.contains("sequence 7, expected 5"), "{bad:?}");
+    // A middle file removed.
+    let (dir, names) = setup();
+    std::fs::remove_file(dir.path().join(&names[3])).unwrap();
+    let bad = first_bad(dir.path()).unwrap();
+    assert_eq!((bad.file.as_str(), bad.line), (names[4].as_str(), 1));
+    // The newest file removed.
+    let (dir, names) = setup();
+    std::fs::remove_file(dir.path().join(&names[5])).unwrap();
+    let bad = first_bad(dir.path()).unwrap();
+    assert_eq!((bad.file.as_str(), bad.line), (names[4].as_str(), 0));
+    assert!(bad.reason.contains("cut from the end"), "{bad:?}");
+    // The anchor removed: the oldest kept record no longer starts the chain.
+    let (dir, names) = setup();
+    std::fs::remove_file(dir.path().join("audit-gw1.anchor")).unwrap();
+    let bad = first_bad(dir.path()).unwrap();
+    assert_eq!((bad.file.as_str(), bad.line), (names[2].as_str(), 1));
+    // The anchor forged to hide the removal of the oldest kept file.
+    let (dir, names) = setup();
+    std::fs::remove_file(dir.path().join(&names[2])).unwrap();
+    let anchor = std::fs::read_to_string(dir.path().join("audit-gw1.anchor")).unwrap();
+    std::fs::write(
+        dir.path().join("audit-gw1.anchor"),
+        anchor
+            .replace("\"seq\":4", "\"seq\":6")
+            .replace("2026-01-03", "2026-01-04"),
+    )
+    .unwrap();
+    let bad = first_bad(dir.path()).unwrap();
+    assert!(bad.reason.contains("anchor"), "{bad:?}");
+    assert_eq!(bad.file, names[3]);
+}
+
+#[test]
+fn a_second_writer_of_the_same_instance_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _w = ChainWriter::open(dir.path(), "gw1", KEY).unwrap();
+    assert!(matches!(
+        ChainWriter::open(dir.path(), "gw1", KEY),
+        Err(ChainError::InUse(_))
+    ));
+    assert!(ChainWriter::open(dir.path(), "gw2", KEY).is_ok());
+}
+
+#[test]
+fn records_written_after_the_last_head_are_adopted_and_a_torn_line_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = write_chain(dir.path());
+    let head = std::fs::read(dir.path().join("audit-gw1.head")).unwrap();
+    // Two more records reach the file but the process dies before the head moves, in the
+    // middle of writing a third.
+    let mut w = ChainWriter::open(dir.path(), "gw1", KEY).unwrap();
+    for _ in 0..2 {
+        w.append(datetime!(2026-11-21 00:03 UTC), &json!({"kind": "reload"}))
+            .unwrap();
+    }
+    w.flush().unwrap();
+    drop(w);
+    std::fs::write(dir.path().join("audit-gw1.head"), head).unwrap();
+    let newest = dir.path().join(&names[1]);
+    let mut text = std::fs::read_to_string(&newest).unwrap();
+    text.push_str("{\"seq\":8,\"time\":\"2026-11-");
+    std::fs::write(&newest, text).unwrap();
+    assert!(first_bad(dir.path()).is_some());
+
+    let mut w = ChainWriter::open(dir.path(), "gw1", KEY).unwrap();
+    assert_eq!((w.recovered(), w.seq()), (2, 7));
+    w.append(datetime!(2026-11-21 00:04 UTC), &json!({"kind": "reload"}))
+        .unwrap();
+    w.flush().unwrap();
+    drop(w);
+    let reports = verify(dir.path(), KEY).unwrap();
+    assert_eq!(
+        (reports[0].records, reports[0].first_bad.clone()),
+        (8, None)
+    );
+}
+
+#[test]
+fn a_missing_head_with_files_present_refuses_to_fork_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    write_chain(dir.path());
+    std::fs::remove_file(dir.path().join("audit-gw1.head")).unwrap();
+    assert!(matches!(
+        ChainWriter::open(dir.path(), "gw1", KEY),
+        Err(ChainError::MissingHead(_))
+    ));
 }

@@ -1,0 +1,211 @@
+//! The writer: everything recorded is written by shutdown, files rotate and expire on the
+//! writer's clock, alerts reach the chain, the counters and a webhook.
+
+use std::path::Path;
+use std::time::Duration;
+
+use time::macros::datetime;
+
+use super::*;
+use crate::audit::chain;
+use crate::audit::config::{AlertRules, DenialBurst};
+use crate::secret::Secret;
+
+const KEY: &[u8] = b"synthetic-audit-key-0123456789abcdef";
+
+fn config(dir: &Path) -> AuditConfig {
+    AuditConfig {
+        dir: dir.to_path_buf(),
+        instance: "gw1".into(),
+        key: Secret::new(KEY.to_vec()),
+        retain_days: 365,
+        fsync: FsyncPolicy::Interval(Duration::from_secs(1)),
+        queue_capacity: 1024,
+        alerts: AlertRules::default(),
+    }
+}
+
+fn kinds(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for files in chain::list_chains(dir).unwrap().into_values() {
+        for f in files {
+            for line in std::fs::read_to_string(&f.path).unwrap().lines() {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                out.push(v["kind"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    out
+}
+
+fn verified(dir: &Path) -> u64 {
+    let reports = chain::verify(dir, KEY).unwrap();
+    assert!(reports.iter().all(|r| r.first_bad.is_none()), "{reports:?}");
+    reports.iter().map(|r| r.records).sum()
+}
+
+#[tokio::test]
+async fn shutdown_writes_every_queued_record_and_the_chain_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let auditor = Auditor::start(&config(dir.path())).unwrap();
+    for i in 0..500 {
+        auditor.record(Record::request(&format!("req-{i}")).with_tool("labels"));
+    }
+    auditor.shutdown().await;
+    let k = kinds(dir.path());
+    assert_eq!(k.len(), 502);
+    assert_eq!(
+        (k[0].as_str(), k[501].as_str()),
+        ("audit_started", "audit_stopped")
+    );
+    assert_eq!(verified(dir.path()), 502);
+    let m = auditor.metrics();
+    assert_eq!((m.written, m.lost), (502, 0));
+    // After shutdown nothing is written, and the loss is counted.
+    auditor.record(Record::request("late"));
+    assert_eq!(auditor.metrics().lost, 1);
+    assert!(!auditor.healthy());
+    // A restart continues the same chain.
+    let again = Auditor::start(&config(dir.path())).unwrap();
+    again.shutdown().await;
+    assert_eq!(verified(dir.path()), 504);
+}
+
+#[tokio::test]
+async fn files_rotate_daily_and_expire_after_retention_on_the_writers_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(datetime!(2026-01-01 10:00 UTC));
+    let mut cfg = config(dir.path());
+    cfg.retain_days = 3;
+    let auditor = Auditor::start_with_clock(&cfg, Arc::new(clock.clone())).unwrap();
+    for _ in 0..5 {
+        auditor.record(Record::new(Kind::Reload).with_actor("ops-alice"));
+        auditor.flush().await;
+        clock.advance(time::Duration::days(1));
+    }
+    // Days 1-5 written; on day 6 (the flush after the last advance) days before 01-03 expire,
+    // and the retention record itself opens the day-6 file.
+    auditor.flush().await;
+    let days: Vec<String> = chain::list_chains(dir.path()).unwrap()["gw1"]
+        .iter()
+        .map(|f| f.day.to_string())
+        .collect();
+    assert_eq!(
+        days,
+        ["2026-01-03", "2026-01-04", "2026-01-05", "2026-01-06"]
+    );
+    assert_eq!(auditor.metrics().files_expired, 2);
+    auditor.shutdown().await;
+    assert!(kinds(dir.path()).contains(&"audit_retention".to_string()));
+    let reports = chain::verify(dir.path(), KEY).unwrap();
+    assert_eq!(reports[0].first_bad, None, "{reports:?}");
+    assert_eq!(reports[0].expired_before.as_deref(), Some("2026-01-03"));
+}
+
+/// A one-connection-at-a-time HTTP server that hands each request body to the test.
+async fn webhook_sink() -> (String, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let tx = tx.clone();
+                        async move {
+                            assert_eq!(req.method(), http::Method::POST);
+                            assert_eq!(req.uri().path(), "/hook");
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let _ = tx.send(body.to_vec());
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Empty::<bytes::Bytes>::new(),
+                            ))
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (url, rx)
+}
+
+#[tokio::test]
+async fn alerts_reach_the_chain_the_counters_and_the_webhook() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, mut bodies) = webhook_sink().await;
+    let mut cfg = config(dir.path());
+    cfg.alerts = AlertRules {
+        reveals_per_tool_per_hour: None,
+        seller_denials: true,
+        denial_burst: Some(DenialBurst {
+            count: 2,
+            window: Duration::from_secs(60),
+        }),
+        new_pii_category: false,
+        cooldown: Duration::from_secs(600),
+        webhook: Some(Secret::new(url)),
+        webhook_timeout: Duration::from_secs(5),
+    };
+    let auditor = Auditor::start(&cfg).unwrap();
+    for i in 0..2 {
+        auditor.record(
+            Record::request(&format!("r{i}"))
+                .with_tool("repricer")
+                .with_seller("A2OTHERSELLER")
+                .with_status(403)
+                .with_reason(Reason::SELLER_NOT_ALLOWED),
+        );
+    }
+    auditor.flush().await;
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let body = bodies.recv().await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        got.push((
+            v["rule"].as_str().unwrap().to_string(),
+            v["tool"].clone(),
+            v["instance"].clone(),
+        ));
+    }
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(got[0].0, "denial_burst");
+    assert_eq!(got[1].0, "seller_denials");
+    assert_eq!(got[1].1, "repricer");
+    assert_eq!(got[1].2, "gw1");
+    let m = auditor.metrics();
+    assert_eq!(m.alerts, [0, 1, 1, 0]);
+    let mut text = String::new();
+    auditor.render_metrics(&mut text);
+    assert!(text.contains("spgate_audit_alerts_total{rule=\"seller_denials\"} 1"));
+    assert!(
+        text.contains("spgate_audit_records_written_total 5"),
+        "{text}"
+    );
+    auditor.shutdown().await;
+    assert_eq!(
+        kinds(dir.path())
+            .iter()
+            .filter(|k| k.as_str() == "alert")
+            .count(),
+        2
+    );
+    assert_eq!(auditor.metrics().webhook_failures, 0);
+}
+
+#[tokio::test]
+async fn a_disabled_auditor_records_nothing_and_stays_healthy() {
+    let a = Auditor::disabled();
+    a.record(Record::request("r"));
+    a.flush().await;
+    a.shutdown().await;
+    assert!(a.healthy() && !a.enabled());
+    assert_eq!(a.metrics(), AuditMetrics::default());
+}

@@ -15,6 +15,7 @@
 //! - [`server`]: accept loop, connection limit, graceful drain.
 //! - [`spapi`]: SP-API wire shapes shared by the gateway and the sandbox.
 //! - [`store`]: the storage trait and its embedded (SQLite) backend.
+//! - [`vault`]: per-order data keys, retention records, the PII cache, the deletion scheduler.
 pub mod admin;
 pub mod audit;
 pub mod auth;
@@ -29,6 +30,7 @@ pub mod secret;
 pub mod server;
 pub mod spapi;
 pub mod store;
+pub mod vault;
 
 pub mod demo;
 

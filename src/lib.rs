@@ -168,14 +168,27 @@ pub async fn run(
         .map(|a| a.tokens.clone())
         .unwrap_or_default();
     let opened = open_store(&config).await?;
+    // The vault and its deletion scheduler. Retention settings: the defaults until config.rs
+    // carries a `[retention]` section (vault::RawRetention). Events go to the log until the
+    // audit log takes them.
+    let vault = vault::Vault::new(
+        opened.store.clone(),
+        Arc::new(config.master_key.clone()),
+        vault::RetentionConfig::defaults(),
+        Arc::new(vault::SystemClock),
+        vault::log_sink(),
+    );
     let (gateway, limits) = build_gateway(config, opened).await?;
     let gateway = Arc::new(gateway);
-    let admin = Arc::new(admin::Admin::new(
-        gateway.clone(),
-        &tokens,
-        config_path,
-        Arc::new(config::ProcessEnv),
-    ));
+    let admin = Arc::new(
+        admin::Admin::new(
+            gateway.clone(),
+            &tokens,
+            config_path,
+            Arc::new(config::ProcessEnv),
+        )
+        .with_vault(vault.clone()),
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -202,6 +215,8 @@ pub async fn run(
             }
         });
     }
+    // Runs a pass at once (catching up on what fell due while the gateway was down).
+    let scheduler = vault::spawn_scheduler(vault, stopped());
     if let Some(admin) = listeners.admin.as_ref().and_then(|l| l.local_addr().ok()) {
         tracing::info!(admin = %admin, "The admin listener is serving.");
     }
@@ -217,5 +232,6 @@ pub async fn run(
     if let Some(task) = admin_task {
         let _ = task.await;
     }
+    let _ = scheduler.await;
     Ok(())
 }

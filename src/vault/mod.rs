@@ -399,6 +399,15 @@ impl Vault {
         Err(VaultError::Contention)
     }
 
+    /// The retention record of (seller, order), deleted ones included.
+    pub async fn record(
+        &self,
+        seller: &str,
+        order_id: &str,
+    ) -> Result<Option<RetentionRecord>, VaultError> {
+        Ok(self.store().retention(seller, order_id).await?)
+    }
+
     /// A data key by id with its order, for reveal; `None` once the order is shredded.
     pub async fn key_by_id(&self, key_id: &str) -> Result<Option<(OrderRef, DataKey)>, VaultError> {
         let Some(k) = self.store().order_key_by_id(key_id).await? else {

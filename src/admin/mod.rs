@@ -368,8 +368,13 @@ where
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(serde_json::Map::new());
     }
-    serde_json::from_slice(&bytes)
-        .map_err(|_| OrderRouteError::BadRequest("the body must be a JSON object"))
+    match serde_json::from_slice(&bytes) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        Ok(serde_json::Value::Null) => Ok(serde_json::Map::new()),
+        _ => Err(OrderRouteError::BadRequest(
+            "the body must be a JSON object",
+        )),
+    }
 }
 
 /// The JSON error answer of an order route (same shape as every other error).

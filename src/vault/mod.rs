@@ -664,8 +664,9 @@ impl Vault {
     }
 
     /// Erases an order's PII now (data key, cached responses, pseudonym links), for one seller
-    /// or every seller holding that order id. Refused while a legal hold runs. Already deleted
-    /// orders are skipped; an order the gateway never held is [`VaultError::UnknownOrder`].
+    /// or every seller holding that order id. Refused, erasing nothing, while a legal hold
+    /// runs. Already deleted orders are skipped; an order the gateway never held is
+    /// [`VaultError::UnknownOrder`].
     pub async fn erase(
         &self,
         seller: Option<&str>,
@@ -681,6 +682,27 @@ impl Vault {
                 .collect(),
             None => self.store().retention_by_order(order_id).await?,
         };
+        self.erase_records(records, reason).await
+    }
+
+    /// Erases every order linked to a buyer e-mail pseudonym (nothing if one is under hold).
+    pub async fn erase_pseudonym(
+        &self,
+        pseudonym: &str,
+        reason: EraseReason,
+    ) -> Result<Vec<Erased>, VaultError> {
+        let mut records = Vec::new();
+        for (seller, order_id) in self.store().orders_by_pseudonym(pseudonym).await? {
+            records.extend(self.store().retention(&seller, &order_id).await?);
+        }
+        self.erase_records(records, reason).await
+    }
+
+    async fn erase_records(
+        &self,
+        records: Vec<RetentionRecord>,
+        reason: EraseReason,
+    ) -> Result<Vec<Erased>, VaultError> {
         if records.is_empty() {
             return Err(VaultError::UnknownOrder);
         }
@@ -708,23 +730,6 @@ impl Vault {
             }
         }
         self.compact().await?;
-        Ok(out)
-    }
-
-    /// Erases every order linked to a buyer e-mail pseudonym.
-    pub async fn erase_pseudonym(
-        &self,
-        pseudonym: &str,
-        reason: EraseReason,
-    ) -> Result<Vec<Erased>, VaultError> {
-        let orders = self.store().orders_by_pseudonym(pseudonym).await?;
-        if orders.is_empty() {
-            return Err(VaultError::UnknownOrder);
-        }
-        let mut out = Vec::new();
-        for (seller, order_id) in orders {
-            out.extend(self.erase(Some(&seller), &order_id, reason).await?);
-        }
         Ok(out)
     }
 

@@ -250,9 +250,9 @@ async fn a_gateway_killed_with_sigkill_before_the_due_date_deletes_on_its_next_s
     assert_eq!(answer["legal_hold"]["by"], "dpo");
     let bad = serde_json::json!({"seller": "A1", "reason": "", "until": rfc3339(now + DAY)});
     assert_eq!(admin(admin_port, "POST", &hold, SEC, bad).await.0, 400);
-    let unknown = format!("/admin/orders/902-0000000-9999999/hold");
+    let unknown = "/admin/orders/902-0000000-9999999/hold";
     let body = serde_json::json!({"seller": "A1", "reason": "x", "until": rfc3339(now + DAY)});
-    assert_eq!(admin(admin_port, "POST", &unknown, SEC, body).await.0, 404);
+    assert_eq!(admin(admin_port, "POST", unknown, SEC, body).await.0, 404);
     let (status, answer) = admin(
         admin_port,
         "DELETE",

@@ -729,7 +729,7 @@ impl Vault {
                 out.push(erased);
             }
         }
-        self.compact().await?;
+        self.compact().await;
         Ok(out)
     }
 
@@ -814,7 +814,7 @@ impl Vault {
         }
         let purged = self.store().purge_expired_cache(ts).await?;
         if !out.is_empty() || purged > 0 || self.inner.compact_pending.load(Ordering::Relaxed) {
-            self.compact().await?;
+            self.compact().await;
         }
         Ok(out)
     }
@@ -834,15 +834,14 @@ impl Vault {
         self.inner.wake.notified().await;
     }
 
-    async fn compact(&self) -> Result<(), VaultError> {
+    /// Makes deletions physical. A failure (a reader of another process held the WAL for
+    /// seconds) is logged and retried at the next pass: the deletion itself is committed.
+    async fn compact(&self) {
         match self.store().compact().await {
-            Ok(()) => {
-                self.inner.compact_pending.store(false, Ordering::Relaxed);
-                Ok(())
-            }
+            Ok(()) => self.inner.compact_pending.store(false, Ordering::Relaxed),
             Err(e) => {
                 self.inner.compact_pending.store(true, Ordering::Relaxed);
-                Err(e.into())
+                tracing::warn!(error = %e, "Compacting the store after a deletion failed; retrying at the next pass.");
             }
         }
     }

@@ -73,7 +73,8 @@ pub fn hex(bytes: &[u8]) -> String {
 /// The master key: AES-256-GCM, with an id so it can be rotated.
 ///
 /// Old keys stay configured (read-only) during rotation; new values are always sealed under the
-/// current key.
+/// current key. Cloning shares no state (the vault holds its own handle).
+#[derive(Clone)]
 pub struct MasterKey {
     current: (String, LessSafeKey),
     previous: Vec<(String, LessSafeKey)>,

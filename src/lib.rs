@@ -15,6 +15,7 @@
 //! - [`server`]: accept loop, connection limit, graceful drain.
 //! - [`spapi`]: SP-API wire shapes shared by the gateway and the sandbox.
 //! - [`store`]: the storage trait and its embedded (SQLite) backend.
+//! - [`vault`]: per-order data keys, retention records, the PII cache, the deletion scheduler.
 pub mod admin;
 pub mod audit;
 pub mod auth;
@@ -29,6 +30,7 @@ pub mod secret;
 pub mod server;
 pub mod spapi;
 pub mod store;
+pub mod vault;
 
 pub mod demo;
 
@@ -167,14 +169,27 @@ pub async fn run(
         .map(|a| a.tokens.clone())
         .unwrap_or_default();
     let opened = open_store(&config).await?;
+    // The vault and its deletion scheduler. Retention settings: the defaults until config.rs
+    // carries a `[retention]` section (vault::RawRetention). Events go to the log until the
+    // audit log takes them.
+    let vault = vault::Vault::new(
+        opened.store.clone(),
+        Arc::new(config.master_key.clone()),
+        vault::RetentionConfig::defaults(),
+        Arc::new(vault::SystemClock),
+        vault::log_sink(),
+    );
     let (gateway, limits) = build_gateway(config, opened).await?;
     let gateway = Arc::new(gateway);
-    let admin = Arc::new(admin::Admin::new(
-        gateway.clone(),
-        &tokens,
-        config_path,
-        Arc::new(config::ProcessEnv),
-    ));
+    let admin = Arc::new(
+        admin::Admin::new(
+            gateway.clone(),
+            &tokens,
+            config_path,
+            Arc::new(config::ProcessEnv),
+        )
+        .with_vault(vault.clone()),
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -201,6 +216,8 @@ pub async fn run(
             }
         });
     }
+    // Runs a pass at once (catching up on what fell due while the gateway was down).
+    let scheduler = vault::spawn_scheduler(vault, stopped());
     if let Some(admin) = listeners.admin.as_ref().and_then(|l| l.local_addr().ok()) {
         tracing::info!(admin = %admin, "The admin listener is serving.");
     }
@@ -216,5 +233,6 @@ pub async fn run(
     if let Some(task) = admin_task {
         let _ = task.await;
     }
+    let _ = scheduler.await;
     Ok(())
 }

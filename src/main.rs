@@ -67,6 +67,60 @@ enum Command {
         #[command(subcommand)]
         action: AuditAction,
     },
+    /// Buyer PII the gateway holds: data-subject requests and retention evidence.
+    Vault {
+        /// Config file.
+        #[arg(long, short, global = true, default_value = "config/spgate.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: VaultAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum VaultAction {
+    /// Export what the gateway holds on a buyer, decrypted, for the controller (audited).
+    Export {
+        /// An order id (every seller holding it).
+        #[arg(
+            long,
+            required_unless_present = "pseudonym",
+            conflicts_with = "pseudonym"
+        )]
+        order: Option<String>,
+        /// A buyer e-mail pseudonym (`psn_...`): every order linked to it.
+        #[arg(long)]
+        pseudonym: Option<String>,
+        /// Write the JSON here (created with mode 0600) instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Erase what the gateway holds on a buyer now: cached PII and the order's data key
+    /// (audited; refused while a legal hold runs).
+    Erase {
+        /// An order id.
+        #[arg(
+            long,
+            required_unless_present = "pseudonym",
+            conflicts_with = "pseudonym"
+        )]
+        order: Option<String>,
+        /// Only this seller's record of the order (default: every seller).
+        #[arg(long, requires = "order")]
+        seller: Option<String>,
+        /// A buyer e-mail pseudonym (`psn_...`): every order linked to it.
+        #[arg(long)]
+        pseudonym: Option<String>,
+        /// An operator's decision rather than a data-subject request.
+        #[arg(long)]
+        operator: bool,
+    },
+    /// Retention evidence: counts by state, the next deletions, and how many are overdue.
+    Report {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -197,6 +251,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
         Command::Clients { config, action } => clients(&load(&config)?, action).await,
         Command::Sellers { config, action } => sellers(&load(&config)?, action).await,
         Command::Audit { action } => audit(action),
+        Command::Vault { config, action } => vault(load(&config)?, action).await,
     }
 }
 
@@ -353,6 +408,101 @@ async fn sellers(config: &Config, action: SellersAction) -> anyhow::Result<()> {
             println!("removed {id}");
         }
     }
+    Ok(())
+}
+
+async fn vault(config: Config, action: VaultAction) -> anyhow::Result<()> {
+    use spgate::vault::{EraseReason, Vault};
+    init_logs(config.log.format, &config.log.level);
+    let store = spgate::open_store(&config).await?.store;
+    // Retention settings: the defaults until config.rs carries `[retention]`.
+    let vault = Vault::new(
+        store,
+        std::sync::Arc::new(config.master_key),
+        spgate::vault::RetentionConfig::defaults(),
+        std::sync::Arc::new(spgate::vault::SystemClock),
+        spgate::vault::log_sink(),
+    );
+    match action {
+        VaultAction::Export {
+            order,
+            pseudonym,
+            out,
+        } => {
+            let export = match (order, pseudonym) {
+                (Some(order), _) => vault.export(&order).await?,
+                (None, Some(psn)) => vault.export_pseudonym(&psn).await?,
+                (None, None) => bail!("give --order or --pseudonym"),
+            };
+            let text = serde_json::to_string_pretty(&export)?;
+            match out {
+                Some(path) => {
+                    write_private(&path, text.as_bytes())?;
+                    eprintln!(
+                        "exported {} order record(s) to {}",
+                        export.orders.len(),
+                        path.display()
+                    );
+                }
+                None => println!("{text}"),
+            }
+        }
+        VaultAction::Erase {
+            order,
+            seller,
+            pseudonym,
+            operator,
+        } => {
+            let reason = if operator {
+                EraseReason::Operator
+            } else {
+                EraseReason::DataSubjectRequest
+            };
+            let erased = match (order, pseudonym) {
+                (Some(order), _) => vault.erase(seller.as_deref(), &order, reason).await?,
+                (None, Some(psn)) => vault.erase_pseudonym(&psn, reason).await?,
+                (None, None) => bail!("give --order or --pseudonym"),
+            };
+            for e in &erased {
+                println!(
+                    "erased {} {} (key {}, {} cached response(s))",
+                    e.seller,
+                    e.order_id,
+                    e.key_id.as_deref().unwrap_or("-"),
+                    e.cache_entries
+                );
+            }
+            if erased.is_empty() {
+                println!("nothing left to erase (already deleted)");
+            }
+        }
+        VaultAction::Report { json } => {
+            let report = vault.report().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes a file only its owner can read (it holds buyer PII).
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
     Ok(())
 }
 

@@ -6,6 +6,13 @@
 //! `GET /metrics` (Prometheus text), and for the `ops` role `GET /admin/ratelimits?seller=&
 //! operation=` (tokens, rate, queue depth, per-tool use) and `POST /admin/reload` (re-reads the
 //! config file; an invalid file is refused and the running plans stay).
+//!
+//! Orders (the vault, when attached with [`Admin::with_vault`]): `POST
+//! /admin/orders/{orderId}/delivered` (ops; `{"seller", "delivered_at"?, "source"?}`, records the
+//! delivery so the order's PII is due 30 days later), `POST /admin/orders/{orderId}/hold`
+//! (security; `{"seller", "reason", "until"}`, a legal hold) and `DELETE
+//! /admin/orders/{orderId}/hold?seller=` (security; releases it). Each answers JSON; the vault
+//! audits them.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -17,6 +24,10 @@ use crate::config::{AdminRole, AdminToken, Config, ConfigIssue, Env};
 use crate::crypto;
 use crate::proxy::body::{self, Body};
 use crate::proxy::Gateway;
+use crate::vault::{self, Vault, VaultError};
+
+/// Largest JSON body an order route reads.
+const MAX_ORDER_BODY: usize = 64 * 1024;
 
 /// Why an admin request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +56,8 @@ pub struct Admin {
     tokens: Vec<(String, String, AdminRole)>,
     config_path: Option<PathBuf>,
     env: Arc<dyn Env + Send + Sync>,
+    /// The vault behind the order routes (none: they answer 404).
+    vault: Option<Vault>,
 }
 
 impl Admin {
@@ -69,11 +82,29 @@ impl Admin {
                 .collect(),
             config_path,
             env,
+            vault: None,
         }
     }
 
+    /// Serves the order routes (delivery events, legal holds) with this vault.
+    pub fn with_vault(mut self, vault: Vault) -> Admin {
+        self.vault = Some(vault);
+        self
+    }
+
     /// Answers one admin request.
-    pub async fn handle<B>(&self, req: Request<B>) -> Response<Body> {
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<Body>
+    where
+        B: http_body::Body,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if req.uri().path().starts_with("/admin/orders/") {
+            return match self.orders(req).await {
+                Ok(resp) => resp,
+                Err(OrderRouteError::Admin(e)) => crate::proxy::rescue::admin_error(&e),
+                Err(e) => order_error(&e),
+            };
+        }
         match self.route(&req).await {
             Ok(resp) => resp,
             Err(e) => crate::proxy::rescue::admin_error(&e),
@@ -128,6 +159,90 @@ impl Admin {
         self.gateway
             .reload_plans(config.ratelimit.limiter.plans, config.tool_plans);
         Ok(())
+    }
+
+    /// `/admin/orders/{orderId}/delivered` and `/admin/orders/{orderId}/hold`.
+    async fn orders<B>(&self, req: Request<B>) -> Result<Response<Body>, OrderRouteError>
+    where
+        B: http_body::Body,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let path = req.uri().path().to_string();
+        let rest = path.trim_start_matches("/admin/orders/");
+        let (raw_id, action) = rest.split_once('/').ok_or(AdminError::NotFound)?;
+        let order_id = percent_encoding::percent_decode_str(raw_id)
+            .decode_utf8()
+            .map_err(|_| AdminError::NotFound)?
+            .into_owned();
+        if order_id.is_empty() {
+            return Err(AdminError::NotFound.into());
+        }
+        let method = req.method().clone();
+        let role = match (&method, action) {
+            (&Method::POST, "delivered") => AdminRole::Ops,
+            (&Method::POST | &Method::DELETE, "hold") => AdminRole::Security,
+            _ => return Err(AdminError::NotFound.into()),
+        };
+        let who = self.authorize(&req, role)?;
+        let vault = self.vault.as_ref().ok_or(AdminError::NotFound)?;
+        let query_seller = req.uri().query().and_then(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "seller")
+                .map(|(_, v)| v.into_owned())
+        });
+        let body = read_json(req.into_body()).await?;
+        let field = |name: &str| body.get(name).and_then(|v| v.as_str()).map(str::to_string);
+        let seller = field("seller")
+            .or(query_seller)
+            .filter(|s| !s.is_empty())
+            .ok_or(OrderRouteError::BadRequest("seller is required"))?;
+        let time = |name: &'static str| -> Result<Option<time::OffsetDateTime>, OrderRouteError> {
+            match field(name) {
+                None => Ok(None),
+                Some(s) => vault::parse_rfc3339(&s)
+                    .map(Some)
+                    .ok_or(OrderRouteError::BadRequest("dates must be RFC 3339")),
+            }
+        };
+        let record = match (&method, action) {
+            (&Method::POST, "delivered") => {
+                let at = time("delivered_at")?.unwrap_or_else(|| vault.now());
+                let source = match field("source") {
+                    None => crate::store::DeliverySource::Event,
+                    Some(s) => s.parse().map_err(|_| {
+                        OrderRouteError::BadRequest("source must be event, order_data or ops")
+                    })?,
+                };
+                vault.delivered(&seller, &order_id, at, source).await?;
+                tracing::info!(admin = %who, %seller, %order_id, "Delivery recorded through the admin listener.");
+                vault.record(&seller, &order_id).await?
+            }
+            (&Method::POST, _) => {
+                let reason = field("reason").unwrap_or_default();
+                let until =
+                    time("until")?.ok_or(OrderRouteError::BadRequest("until is required"))?;
+                Some(vault.hold(&seller, &order_id, &reason, until, &who).await?)
+            }
+            _ => Some(vault.release(&seller, &order_id, &who).await?),
+        };
+        let record = record.ok_or(VaultError::UnknownOrder)?;
+        Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "order_id": record.order_id,
+                "seller": record.seller,
+                "state": record.state,
+                "delivered_at": record.delivered_at.map(vault::rfc3339),
+                "delivery_source": record.delivery_source,
+                "due": vault::rfc3339(record.due_at),
+                "purge_at": vault::rfc3339(record.purge_at()),
+                "legal_hold": record.hold.as_ref().map(|h| serde_json::json!({
+                    "reason": h.reason,
+                    "until": vault::rfc3339(h.until),
+                    "by": h.by,
+                })),
+            }),
+        ))
     }
 
     fn authorize<B>(&self, req: &Request<B>, role: AdminRole) -> Result<String, AdminError> {
@@ -220,6 +335,91 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     resp
+}
+
+/// Why an order route failed (besides the admin errors `rescue` maps).
+#[derive(Debug, thiserror::Error)]
+enum OrderRouteError {
+    /// Routing or authorization.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    /// The request body or query is unusable.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// The vault refused or failed.
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+}
+
+/// Reads a small JSON object body; an empty body is an empty object.
+async fn read_json<B>(
+    body: B,
+) -> Result<serde_json::Map<String, serde_json::Value>, OrderRouteError>
+where
+    B: http_body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::BodyExt;
+    let bytes = http_body_util::Limited::new(body, MAX_ORDER_BODY)
+        .collect()
+        .await
+        .map_err(|_| OrderRouteError::BadRequest("the body is unreadable or larger than 64 KiB"))?
+        .to_bytes();
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Map::new());
+    }
+    match serde_json::from_slice(&bytes) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        Ok(serde_json::Value::Null) => Ok(serde_json::Map::new()),
+        _ => Err(OrderRouteError::BadRequest(
+            "the body must be a JSON object",
+        )),
+    }
+}
+
+/// The JSON error answer of an order route (same shape as every other error).
+fn order_error(err: &OrderRouteError) -> Response<Body> {
+    let (status, code, message) = match err {
+        OrderRouteError::Admin(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalFailure",
+            "Unexpected.",
+        ),
+        OrderRouteError::BadRequest(m) => (StatusCode::BAD_REQUEST, "InvalidInput", *m),
+        OrderRouteError::Vault(e) => match e {
+            VaultError::UnknownOrder => (
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "The gateway holds no record of this order for this seller.",
+            ),
+            VaultError::AlreadyDeleted => (
+                StatusCode::CONFLICT,
+                "Conflict",
+                "The order's PII is already deleted.",
+            ),
+            VaultError::Held => (
+                StatusCode::CONFLICT,
+                "Conflict",
+                "The order is under legal hold.",
+            ),
+            VaultError::InvalidHold(m) => (StatusCode::BAD_REQUEST, "InvalidInput", *m),
+            VaultError::Contention => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "The record is busy; try again.",
+            ),
+            VaultError::Store(_) | VaultError::Crypto(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalFailure",
+                "The vault failed.",
+            ),
+        },
+    };
+    tracing::info!(error = %err, status = status.as_u16(), "Admin order request refused.");
+    json(
+        status,
+        &serde_json::json!({"errors": [{"code": code, "message": message, "details": ""}]}),
+    )
 }
 
 /// A JSON response (also used by `rescue` for admin errors).

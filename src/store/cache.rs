@@ -6,6 +6,10 @@
 //! this handle drops the entries it affects at once, so revocations and deauthorizations made
 //! by the running gateway (or by anything holding this handle) apply to the next request.
 //! Writes made by another process (the `spgate clients revoke` CLI) apply within `ttl`.
+//!
+//! The vault's methods (data keys, retention records, the PII cache) are never cached: a
+//! destroyed key must be gone for the next reveal, on every instance. They pass straight
+//! through.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -16,8 +20,9 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::{
-    ClientRecord, DropInRecord, GatewayToken, Invite, OAuthState, SellerRecord, SellerStatus,
-    Store, StoreError,
+    CacheEntry, ClientRecord, DropInRecord, GatewayToken, Invite, KeyCreation, OAuthState,
+    OrderKey, RetentionRecord, RetentionStats, SellerRecord, SellerStatus, Shredded, Store,
+    StoreError,
 };
 
 /// Entries kept per map; when full the map is cleared (a rare, cheap reset).
@@ -233,5 +238,104 @@ impl Store for CachedStore {
         now: i64,
     ) -> Result<Option<OAuthState>, StoreError> {
         self.inner.take_oauth_state(state_hash, now).await
+    }
+    async fn order_key(
+        &self,
+        seller: &str,
+        order_id: &str,
+    ) -> Result<Option<OrderKey>, StoreError> {
+        self.inner.order_key(seller, order_id).await
+    }
+
+    async fn order_key_by_id(&self, key_id: &str) -> Result<Option<OrderKey>, StoreError> {
+        self.inner.order_key_by_id(key_id).await
+    }
+
+    async fn create_order_key(
+        &self,
+        key: &OrderKey,
+        record: &RetentionRecord,
+    ) -> Result<KeyCreation, StoreError> {
+        self.inner.create_order_key(key, record).await
+    }
+
+    async fn retention(
+        &self,
+        seller: &str,
+        order_id: &str,
+    ) -> Result<Option<RetentionRecord>, StoreError> {
+        self.inner.retention(seller, order_id).await
+    }
+
+    async fn retention_by_order(&self, order_id: &str) -> Result<Vec<RetentionRecord>, StoreError> {
+        self.inner.retention_by_order(order_id).await
+    }
+
+    async fn put_retention(&self, record: &RetentionRecord) -> Result<bool, StoreError> {
+        self.inner.put_retention(record).await
+    }
+
+    async fn due(&self, now: i64, limit: usize) -> Result<Vec<RetentionRecord>, StoreError> {
+        self.inner.due(now, limit).await
+    }
+
+    async fn shred_order(
+        &self,
+        tombstone: &RetentionRecord,
+    ) -> Result<Option<Shredded>, StoreError> {
+        self.inner.shred_order(tombstone).await
+    }
+
+    async fn retention_stats(&self, now: i64, next: usize) -> Result<RetentionStats, StoreError> {
+        self.inner.retention_stats(now, next).await
+    }
+
+    async fn put_cached(&self, entry: &CacheEntry) -> Result<bool, StoreError> {
+        self.inner.put_cached(entry).await
+    }
+
+    async fn cached(
+        &self,
+        seller: &str,
+        cache_id: &str,
+        now: i64,
+    ) -> Result<Option<CacheEntry>, StoreError> {
+        self.inner.cached(seller, cache_id, now).await
+    }
+
+    async fn cached_by_order(
+        &self,
+        seller: &str,
+        order_id: &str,
+    ) -> Result<Vec<CacheEntry>, StoreError> {
+        self.inner.cached_by_order(seller, order_id).await
+    }
+
+    async fn purge_expired_cache(&self, now: i64) -> Result<u64, StoreError> {
+        self.inner.purge_expired_cache(now).await
+    }
+
+    async fn link_pseudonym(
+        &self,
+        seller: &str,
+        order_id: &str,
+        pseudonym: &str,
+    ) -> Result<bool, StoreError> {
+        self.inner.link_pseudonym(seller, order_id, pseudonym).await
+    }
+
+    async fn orders_by_pseudonym(
+        &self,
+        pseudonym: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        self.inner.orders_by_pseudonym(pseudonym).await
+    }
+
+    async fn pseudonyms_of(&self, seller: &str, order_id: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.pseudonyms_of(seller, order_id).await
+    }
+
+    async fn compact(&self) -> Result<(), StoreError> {
+        self.inner.compact().await
     }
 }

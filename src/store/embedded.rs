@@ -13,9 +13,13 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    ClientRecord, DropInRecord, GatewayToken, Invite, OAuthState, SellerRecord, SellerStatus,
-    Store, StoreError,
+    CacheEntry, ClientRecord, DropInRecord, GatewayToken, Invite, KeyCreation, OAuthState,
+    OrderKey, RetentionRecord, RetentionStats, SellerRecord, SellerStatus, Shredded, Store,
+    StoreError,
 };
+
+#[path = "embedded_retention.rs"]
+mod retention;
 
 /// The database file name inside the data directory.
 pub const DB_FILE: &str = "spgate.db";
@@ -408,6 +412,118 @@ impl Store for EmbeddedStore {
         })
         .await
     }
+
+    async fn order_key(
+        &self,
+        seller: &str,
+        order_id: &str,
+    ) -> Result<Option<OrderKey>, StoreError> {
+        self.read(|c| retention::order_key(c, seller, order_id))
+    }
+
+    async fn order_key_by_id(&self, key_id: &str) -> Result<Option<OrderKey>, StoreError> {
+        self.read(|c| retention::order_key_by_id(c, key_id))
+    }
+
+    async fn create_order_key(
+        &self,
+        key: &OrderKey,
+        record: &RetentionRecord,
+    ) -> Result<KeyCreation, StoreError> {
+        let (k, r) = (key.clone(), record.clone());
+        self.write(move |c| retention::create_order_key(c, &k, &r))
+            .await
+    }
+
+    async fn retention(
+        &self,
+        seller: &str,
+        order_id: &str,
+    ) -> Result<Option<RetentionRecord>, StoreError> {
+        self.read(|c| retention::retention(c, seller, order_id))
+    }
+
+    async fn retention_by_order(&self, order_id: &str) -> Result<Vec<RetentionRecord>, StoreError> {
+        self.read(|c| retention::retention_by_order(c, order_id))
+    }
+
+    async fn put_retention(&self, record: &RetentionRecord) -> Result<bool, StoreError> {
+        let r = record.clone();
+        self.write(move |c| retention::put_retention(c, &r)).await
+    }
+
+    async fn due(&self, now: i64, limit: usize) -> Result<Vec<RetentionRecord>, StoreError> {
+        self.read(|c| retention::due(c, now, limit))
+    }
+
+    async fn shred_order(
+        &self,
+        tombstone: &RetentionRecord,
+    ) -> Result<Option<Shredded>, StoreError> {
+        let t = tombstone.clone();
+        self.write(move |c| retention::shred_order(c, &t)).await
+    }
+
+    async fn retention_stats(&self, now: i64, next: usize) -> Result<RetentionStats, StoreError> {
+        self.read(|c| retention::retention_stats(c, now, next))
+    }
+
+    async fn put_cached(&self, entry: &CacheEntry) -> Result<bool, StoreError> {
+        let e = entry.clone();
+        self.write(move |c| retention::put_cached(c, &e)).await
+    }
+
+    async fn cached(
+        &self,
+        seller: &str,
+        cache_id: &str,
+        now: i64,
+    ) -> Result<Option<CacheEntry>, StoreError> {
+        self.read(|c| retention::cached(c, seller, cache_id, now))
+    }
+
+    async fn cached_by_order(
+        &self,
+        seller: &str,
+        order_id: &str,
+    ) -> Result<Vec<CacheEntry>, StoreError> {
+        self.read(|c| retention::cached_by_order(c, seller, order_id))
+    }
+
+    async fn purge_expired_cache(&self, now: i64) -> Result<u64, StoreError> {
+        self.write(move |c| retention::purge_expired_cache(c, now))
+            .await
+    }
+
+    async fn link_pseudonym(
+        &self,
+        seller: &str,
+        order_id: &str,
+        pseudonym: &str,
+    ) -> Result<bool, StoreError> {
+        let (s, o, p) = (
+            seller.to_string(),
+            order_id.to_string(),
+            pseudonym.to_string(),
+        );
+        self.write(move |c| retention::link_pseudonym(c, &s, &o, &p))
+            .await
+    }
+
+    async fn orders_by_pseudonym(
+        &self,
+        pseudonym: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        self.read(|c| retention::orders_by_pseudonym(c, pseudonym))
+    }
+
+    async fn pseudonyms_of(&self, seller: &str, order_id: &str) -> Result<Vec<String>, StoreError> {
+        self.read(|c| retention::pseudonyms_of(c, seller, order_id))
+    }
+
+    async fn compact(&self) -> Result<(), StoreError> {
+        self.write(retention::compact).await
+    }
 }
 
 /// Inserts a seller; `replace` upserts, otherwise an existing seller is a conflict.
@@ -576,6 +692,7 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE invites ADD COLUMN seller TEXT;
 ",
+    retention::MIGRATION,
 ];
 
 fn migrate(conn: &Connection) -> Result<(), StoreError> {

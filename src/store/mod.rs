@@ -14,7 +14,13 @@ use serde::{Deserialize, Serialize};
 pub mod cache;
 pub mod embedded;
 pub mod redis;
+pub mod retention;
 pub mod token_cache;
+
+pub use retention::{
+    CacheEntry, DeletionReason, DeliverySource, KeyCreation, LegalHold, OrderKey, RetentionRecord,
+    RetentionState, RetentionStats, Shredded,
+};
 
 /// Why a store operation failed. Messages never carry secrets or PII.
 #[derive(Debug, thiserror::Error)]
@@ -237,6 +243,91 @@ pub trait Store: Send + Sync + 'static {
         token_hash: &str,
         now: i64,
     ) -> Result<Option<GatewayToken>, StoreError>;
+
+    // --- The vault: per-order data keys, retention records, the PII cache. ---
+    //
+    // Concurrency: no lease. Every write that could race another instance is one atomic,
+    // conditional operation (a SQLite transaction or a Redis Lua script): records carry a
+    // version, a write names the version it read and changes nothing if the record moved on.
+    // Deletion (`shred_order`) is such a write too, so N instances may run the scheduler at
+    // once: each order is shredded by exactly one of them, the others see a stale version.
+
+    /// The data key of (seller, order), if it exists (it is gone once the order is shredded).
+    async fn order_key(&self, seller: &str, order_id: &str)
+        -> Result<Option<OrderKey>, StoreError>;
+    /// A data key by its id.
+    async fn order_key_by_id(&self, key_id: &str) -> Result<Option<OrderKey>, StoreError>;
+    /// Atomically creates the order's data key and writes its retention record (whose
+    /// `version` is the version read, 0 for none; it is stored bumped), unless the order
+    /// already has a key ([`KeyCreation::Exists`], the winner of a race) or the record moved
+    /// on ([`KeyCreation::Conflict`]).
+    async fn create_order_key(
+        &self,
+        key: &OrderKey,
+        record: &RetentionRecord,
+    ) -> Result<KeyCreation, StoreError>;
+    /// The retention record of (seller, order), deleted ones included.
+    async fn retention(
+        &self,
+        seller: &str,
+        order_id: &str,
+    ) -> Result<Option<RetentionRecord>, StoreError>;
+    /// The retention records of an order id, for every seller, ordered by seller.
+    async fn retention_by_order(&self, order_id: &str) -> Result<Vec<RetentionRecord>, StoreError>;
+    /// Writes a record whose `version` is the version read (0: none yet) and bumps it; `false`
+    /// (nothing written) if the stored version differs. The state must not be `Deleted`: only
+    /// [`Store::shred_order`] deletes.
+    async fn put_retention(&self, record: &RetentionRecord) -> Result<bool, StoreError>;
+    /// Records not deleted whose [`RetentionRecord::purge_at`] is at or before `now`,
+    /// earliest first, at most `limit` (an index range scan in both backends).
+    async fn due(&self, now: i64, limit: usize) -> Result<Vec<RetentionRecord>, StoreError>;
+    /// Deletes the order's data key, cached responses and pseudonym links, and writes
+    /// `tombstone` (state `Deleted`; its `version` is the version read), all atomically and
+    /// only if the stored version is still that version: `None` otherwise (another writer or
+    /// instance got there first, or the record changed: read again).
+    async fn shred_order(
+        &self,
+        tombstone: &RetentionRecord,
+    ) -> Result<Option<Shredded>, StoreError>;
+    /// Counts by state, overdue at `now`, live keys, and the `next` records due earliest.
+    async fn retention_stats(&self, now: i64, next: usize) -> Result<RetentionStats, StoreError>;
+    /// Caches a sealed response, replacing one with the same (seller, cache id); `false`
+    /// (nothing stored) if the order's data key is no longer `entry.key_id` (shredded).
+    async fn put_cached(&self, entry: &CacheEntry) -> Result<bool, StoreError>;
+    /// A cached response, if present and not expired at `now`.
+    async fn cached(
+        &self,
+        seller: &str,
+        cache_id: &str,
+        now: i64,
+    ) -> Result<Option<CacheEntry>, StoreError>;
+    /// Every cached response of (seller, order), expired or not.
+    async fn cached_by_order(
+        &self,
+        seller: &str,
+        order_id: &str,
+    ) -> Result<Vec<CacheEntry>, StoreError>;
+    /// Deletes cached responses expired at `now` (Redis expires them by TTL: returns 0).
+    async fn purge_expired_cache(&self, now: i64) -> Result<u64, StoreError>;
+    /// Links a buyer e-mail pseudonym to (seller, order), for data-subject requests; `false`
+    /// (nothing linked) if the order has no live data key (never cached, or shredded): a link
+    /// is deleted with the order's key, so it must not outlive it.
+    async fn link_pseudonym(
+        &self,
+        seller: &str,
+        order_id: &str,
+        pseudonym: &str,
+    ) -> Result<bool, StoreError>;
+    /// The (seller, order id) pairs linked to a pseudonym, ordered.
+    async fn orders_by_pseudonym(
+        &self,
+        pseudonym: &str,
+    ) -> Result<Vec<(String, String)>, StoreError>;
+    /// The pseudonyms linked to (seller, order), ordered.
+    async fn pseudonyms_of(&self, seller: &str, order_id: &str) -> Result<Vec<String>, StoreError>;
+    /// Makes deletions physical: SQLite checkpoints and truncates its WAL (old page images
+    /// would otherwise keep deleted bytes); Redis has nothing to do.
+    async fn compact(&self) -> Result<(), StoreError>;
 }
 
 // === impl Region ===

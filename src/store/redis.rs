@@ -17,6 +17,9 @@
 //! | `P lwa:token:<subject>` | string, with a TTL | a sealed LWA access token |
 //! | `P lwa:lock:<subject>` | string, with a TTL | the random token of a refresh lock holder |
 //!
+//! The vault's keys (data keys, retention records, the PII cache, pseudonyms) live under
+//! `P vault:`; see `redis_retention.rs`.
+//!
 //! Writes that touch several keys or must not overwrite run as Lua scripts, which Redis executes
 //! atomically: two instances inserting the same client id at once get one success and one
 //! [`StoreError::Conflict`], never a half-written record. The scripts build a few key names from
@@ -37,9 +40,13 @@ use redis::{ErrorKind, RedisError, Script};
 
 use super::token_cache::SharedTokenCache;
 use super::{
-    ClientRecord, DropInRecord, GatewayToken, Invite, OAuthState, SellerRecord, SellerStatus,
-    Store, StoreError,
+    CacheEntry, ClientRecord, DropInRecord, GatewayToken, Invite, KeyCreation, OAuthState,
+    OrderKey, RetentionRecord, RetentionStats, SellerRecord, SellerStatus, Shredded, Store,
+    StoreError,
 };
+
+#[path = "redis_retention.rs"]
+mod retention;
 
 /// Wall-clock unix seconds (for TTLs of records that carry absolute expiry times).
 fn unix_now() -> i64 {
@@ -600,6 +607,108 @@ impl Store for RedisStore {
             expires_at: integer(&fields, "gateway token", "expires_at")?,
         };
         Ok((token.expires_at > now).then_some(token))
+    }
+
+    async fn order_key(
+        &self,
+        seller: &str,
+        order_id: &str,
+    ) -> Result<Option<OrderKey>, StoreError> {
+        self.v_order_key(seller, order_id).await
+    }
+
+    async fn order_key_by_id(&self, key_id: &str) -> Result<Option<OrderKey>, StoreError> {
+        self.v_order_key_by_id(key_id).await
+    }
+
+    async fn create_order_key(
+        &self,
+        key: &OrderKey,
+        record: &RetentionRecord,
+    ) -> Result<KeyCreation, StoreError> {
+        self.v_create_order_key(key, record).await
+    }
+
+    async fn retention(
+        &self,
+        seller: &str,
+        order_id: &str,
+    ) -> Result<Option<RetentionRecord>, StoreError> {
+        self.v_retention(seller, order_id).await
+    }
+
+    async fn retention_by_order(&self, order_id: &str) -> Result<Vec<RetentionRecord>, StoreError> {
+        self.v_retention_by_order(order_id).await
+    }
+
+    async fn put_retention(&self, record: &RetentionRecord) -> Result<bool, StoreError> {
+        self.v_put_retention(record).await
+    }
+
+    async fn due(&self, now: i64, limit: usize) -> Result<Vec<RetentionRecord>, StoreError> {
+        self.v_due(now, limit).await
+    }
+
+    async fn shred_order(
+        &self,
+        tombstone: &RetentionRecord,
+    ) -> Result<Option<Shredded>, StoreError> {
+        self.v_shred_order(tombstone).await
+    }
+
+    async fn retention_stats(&self, now: i64, next: usize) -> Result<RetentionStats, StoreError> {
+        self.v_retention_stats(now, next).await
+    }
+
+    async fn put_cached(&self, entry: &CacheEntry) -> Result<bool, StoreError> {
+        self.v_put_cached(entry).await
+    }
+
+    async fn cached(
+        &self,
+        seller: &str,
+        cache_id: &str,
+        now: i64,
+    ) -> Result<Option<CacheEntry>, StoreError> {
+        self.v_cached(seller, cache_id, now).await
+    }
+
+    async fn cached_by_order(
+        &self,
+        seller: &str,
+        order_id: &str,
+    ) -> Result<Vec<CacheEntry>, StoreError> {
+        self.v_cached_by_order(seller, order_id).await
+    }
+
+    async fn purge_expired_cache(&self, _now: i64) -> Result<u64, StoreError> {
+        // Entries carry a TTL: Redis removes them itself.
+        Ok(0)
+    }
+
+    async fn link_pseudonym(
+        &self,
+        seller: &str,
+        order_id: &str,
+        pseudonym: &str,
+    ) -> Result<bool, StoreError> {
+        self.v_link_pseudonym(seller, order_id, pseudonym).await
+    }
+
+    async fn orders_by_pseudonym(
+        &self,
+        pseudonym: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        self.v_orders_by_pseudonym(pseudonym).await
+    }
+
+    async fn pseudonyms_of(&self, seller: &str, order_id: &str) -> Result<Vec<String>, StoreError> {
+        self.v_pseudonyms_of(seller, order_id).await
+    }
+
+    async fn compact(&self) -> Result<(), StoreError> {
+        // DEL removes values from the keyspace at once; nothing else to do.
+        Ok(())
     }
 }
 

@@ -184,6 +184,277 @@ pub(crate) async fn contract(store: &dyn Store) {
         store.gateway_token("t1", 0).await.unwrap().is_none(),
         "expired tokens are purged"
     );
+    retention_contract(store).await;
+}
+
+pub(crate) fn record(seller: &str, order: &str, due_at: i64) -> RetentionRecord {
+    RetentionRecord {
+        seller: seller.into(),
+        order_id: order.into(),
+        version: 0,
+        state: RetentionState::Active,
+        key_id: None,
+        first_seen: 1_000,
+        status: Some("Shipped".into()),
+        latest_delivery: Some(2_000),
+        delivered_at: None,
+        delivery_source: None,
+        cancelled_at: None,
+        due_at,
+        hold: None,
+        deleted_at: None,
+        deletion_reason: None,
+    }
+}
+
+fn key(seller: &str, order: &str, id: &str) -> OrderKey {
+    OrderKey {
+        key_id: id.into(),
+        seller: seller.into(),
+        order_id: order.into(),
+        wrapped: format!("v1:k1:wrapped-{id}"),
+        created_at: 1_000,
+    }
+}
+
+fn entry(seller: &str, order: &str, cache_id: &str, key_id: &str, expires_at: i64) -> CacheEntry {
+    CacheEntry {
+        seller: seller.into(),
+        cache_id: cache_id.into(),
+        order_id: order.into(),
+        key_id: key_id.into(),
+        sealed: vec![0, 159, 146, 150, 255, 1],
+        stored_at: 1_000,
+        expires_at,
+    }
+}
+
+/// The vault's part of the contract: keys created once, versioned records, the due index,
+/// the cache bound to a live key, and shredding that removes everything of one order.
+pub(crate) async fn retention_contract(store: &dyn Store) {
+    const O1: &str = "902-0000000-0000001";
+    const O2: &str = "902-0000000-0000002";
+    assert!(store.order_key("A1", O1).await.unwrap().is_none());
+    let mut rec = record("A1", O1, 5_000);
+    rec.key_id = Some("k1".into());
+    assert_eq!(
+        store
+            .create_order_key(&key("A1", O1, "k1"), &rec)
+            .await
+            .unwrap(),
+        KeyCreation::Created
+    );
+    // A racing creator with a stale view loses and learns the winner's key.
+    assert_eq!(
+        store
+            .create_order_key(&key("A1", O1, "k2"), &rec)
+            .await
+            .unwrap(),
+        KeyCreation::Exists(key("A1", O1, "k1"))
+    );
+    assert!(store.order_key_by_id("k2").await.unwrap().is_none());
+    assert_eq!(
+        store.order_key_by_id("k1").await.unwrap(),
+        Some(key("A1", O1, "k1"))
+    );
+    let stored = store.retention("A1", O1).await.unwrap().unwrap();
+    assert_eq!(stored.version, 1);
+    assert_eq!(stored.key_id.as_deref(), Some("k1"));
+
+    // Versioned writes: a stale version changes nothing.
+    let mut newer = stored.clone();
+    newer.due_at = 4_000;
+    assert!(store.put_retention(&newer).await.unwrap());
+    assert!(!store.put_retention(&newer).await.unwrap(), "stale version");
+    assert_eq!(
+        store.retention("A1", O1).await.unwrap().unwrap().due_at,
+        4_000
+    );
+    assert!(store.put_retention(&record("A1", O2, 9_000)).await.unwrap());
+    assert!(
+        !store.put_retention(&record("A1", O2, 9_000)).await.unwrap(),
+        "exists"
+    );
+    assert!(store
+        .put_retention(&record("A9", O1, 100_000))
+        .await
+        .unwrap());
+    let sellers: Vec<_> = store
+        .retention_by_order(O1)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.seller)
+        .collect();
+    assert_eq!(sellers, ["A1", "A9"]);
+
+    // The due index: purge_at <= now, earliest first; a hold pushes purge_at to its end.
+    assert!(store.due(3_999, 10).await.unwrap().is_empty());
+    let due: Vec<_> = store
+        .due(9_000, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.order_id)
+        .collect();
+    assert_eq!(due, [O1, O2]);
+    assert_eq!(store.due(9_000, 1).await.unwrap().len(), 1);
+    let mut held = store.retention("A1", O2).await.unwrap().unwrap();
+    held.state = RetentionState::Held;
+    held.hold = Some(LegalHold {
+        reason: "litigation".into(),
+        until: 20_000,
+        by: "sec".into(),
+        at: 1_000,
+    });
+    assert!(store.put_retention(&held).await.unwrap());
+    let due: Vec<_> = store
+        .due(19_999, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.order_id)
+        .collect();
+    assert_eq!(due, [O1]);
+
+    // The cache: bound to the order's live key, expiring on the caller's clock.
+    assert!(
+        !store
+            .put_cached(&entry("A1", O1, "c1", "k2", 2_000))
+            .await
+            .unwrap(),
+        "wrong key"
+    );
+    assert!(
+        !store
+            .put_cached(&entry("A1", O2, "c1", "k1", 2_000))
+            .await
+            .unwrap(),
+        "no key"
+    );
+    assert!(store
+        .put_cached(&entry("A1", O1, "c1", "k1", 2_000))
+        .await
+        .unwrap());
+    assert!(store
+        .put_cached(&entry("A1", O1, "c2", "k1", 2_000))
+        .await
+        .unwrap());
+    assert_eq!(
+        store.cached("A1", "c1", 1_999).await.unwrap(),
+        Some(entry("A1", O1, "c1", "k1", 2_000))
+    );
+    assert!(
+        store.cached("A1", "c1", 2_000).await.unwrap().is_none(),
+        "expired"
+    );
+    assert!(
+        store.cached("A2", "c1", 1_000).await.unwrap().is_none(),
+        "per seller"
+    );
+    assert_eq!(store.cached_by_order("A1", O1).await.unwrap().len(), 2);
+
+    // Pseudonyms link only orders with a live key.
+    assert!(store.link_pseudonym("A1", O1, "psn_a").await.unwrap());
+    assert!(
+        store.link_pseudonym("A1", O1, "psn_a").await.unwrap(),
+        "idempotent"
+    );
+    assert!(!store.link_pseudonym("A1", O2, "psn_a").await.unwrap());
+    assert_eq!(
+        store.orders_by_pseudonym("psn_a").await.unwrap(),
+        [("A1".to_string(), O1.to_string())]
+    );
+    assert_eq!(store.pseudonyms_of("A1", O1).await.unwrap(), ["psn_a"]);
+
+    let stats = store.retention_stats(5_000, 10).await.unwrap();
+    assert_eq!(
+        (
+            stats.active,
+            stats.held,
+            stats.deleted,
+            stats.overdue,
+            stats.keys
+        ),
+        (2, 1, 0, 1, 1)
+    );
+    assert_eq!(stats.next.first().map(|r| r.order_id.as_str()), Some(O1));
+
+    // Shredding: only from the version read; removes the key, cache and links at once.
+    let current = store.retention("A1", O1).await.unwrap().unwrap();
+    let mut tomb = current.clone();
+    tomb.version -= 1;
+    tomb.deleted_at = Some(5_000);
+    tomb.deletion_reason = Some(DeletionReason::RetentionDue);
+    assert_eq!(
+        store.shred_order(&tomb).await.unwrap(),
+        None,
+        "stale version"
+    );
+    tomb.version = current.version;
+    assert_eq!(
+        store.shred_order(&tomb).await.unwrap(),
+        Some(Shredded {
+            key_id: Some("k1".into()),
+            cache_entries: 2,
+            pseudonyms: 1
+        })
+    );
+    assert_eq!(store.shred_order(&tomb).await.unwrap(), None, "once only");
+    assert!(store.order_key("A1", O1).await.unwrap().is_none());
+    assert!(store.order_key_by_id("k1").await.unwrap().is_none());
+    assert!(store.cached("A1", "c1", 0).await.unwrap().is_none());
+    assert!(store.cached_by_order("A1", O1).await.unwrap().is_empty());
+    assert!(store.orders_by_pseudonym("psn_a").await.unwrap().is_empty());
+    assert!(store.pseudonyms_of("A1", O1).await.unwrap().is_empty());
+    assert!(!store
+        .put_cached(&entry("A1", O1, "c1", "k1", 9_000))
+        .await
+        .unwrap());
+    let gone = store.retention("A1", O1).await.unwrap().unwrap();
+    assert_eq!(gone.state, RetentionState::Deleted);
+    assert_eq!(gone.deleted_at, Some(5_000));
+    assert_eq!(
+        gone.key_id.as_deref(),
+        Some("k1"),
+        "evidence of which key died"
+    );
+    assert!(store
+        .due(i64::MAX / 2, 10)
+        .await
+        .unwrap()
+        .iter()
+        .all(|r| r.order_id != O1 || r.seller != "A1"));
+    let mut revived = gone.clone();
+    revived.state = RetentionState::Deleted;
+    assert!(
+        store.put_retention(&revived).await.is_err(),
+        "only shred deletes"
+    );
+    // A deleted order seen again gets a fresh key.
+    revived.state = RetentionState::Active;
+    revived.key_id = Some("k3".into());
+    assert_eq!(
+        store
+            .create_order_key(&key("A1", O1, "k3"), &revived)
+            .await
+            .unwrap(),
+        KeyCreation::Created
+    );
+    let stats = store.retention_stats(5_000, 0).await.unwrap();
+    assert_eq!(
+        (stats.active, stats.held, stats.deleted, stats.keys),
+        (2, 1, 0, 1)
+    );
+    assert!(stats.next.is_empty());
+    // An expired entry is purged (embedded) or expires by itself (Redis).
+    assert!(store
+        .put_cached(&entry("A1", O1, "c3", "k3", 1_500))
+        .await
+        .unwrap());
+    assert!(store.purge_expired_cache(1_500).await.unwrap() <= 1);
+    assert!(store.cached("A1", "c3", 1_500).await.unwrap().is_none());
+    store.compact().await.unwrap();
 }
 
 #[tokio::test]

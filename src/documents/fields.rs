@@ -59,8 +59,41 @@ pub fn classify(name: &str, ancestors: &[&str]) -> Option<Field> {
 /// Memoised [`classify`] for the tokenizers, which see the same few names again and again.
 #[derive(Default)]
 pub(crate) struct Cache {
-    map: std::collections::HashMap<String, Option<Field>>,
+    map: std::collections::HashMap<String, (std::sync::Arc<str>, Option<Field>), Fnv>,
     key: String,
+}
+
+/// A fast word-at-a-time hash (as rustc's FxHash): the keys are short names from the
+/// document, and the table is bounded, so flooding it costs an attacker nothing but time.
+type Fnv = std::hash::BuildHasherDefault<FxHasher>;
+
+/// The word-at-a-time hasher.
+#[derive(Default)]
+pub(crate) struct FxHasher(u64);
+
+impl FxHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl std::hash::Hasher for FxHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(w);
+            self.add(u64::from_le_bytes(a));
+        }
+        let rest = words.remainder();
+        let mut a = [0u8; 8];
+        a[..rest.len()].copy_from_slice(rest);
+        self.add(u64::from_le_bytes(a) ^ ((rest.len() as u64) << 56));
+    }
 }
 
 // === impl Cache ===
@@ -70,21 +103,32 @@ impl Cache {
     const MAX_ENTRIES: usize = 4096;
 
     pub(crate) fn classify(&mut self, name: &str, ancestors: &[&str]) -> Option<Field> {
+        self.classify_shared(name, ancestors).1
+    }
+
+    /// Like [`Cache::classify`], also handing out a shared copy of `name` (names repeat, so
+    /// the tokenizers keep them without allocating each time).
+    pub(crate) fn classify_shared(
+        &mut self,
+        name: &str,
+        ancestors: &[&str],
+    ) -> (std::sync::Arc<str>, Option<Field>) {
         self.key.clear();
         self.key.push_str(name);
         for a in ancestors.iter().take(2) {
             self.key.push('\0');
             self.key.push_str(a);
         }
-        if let Some(field) = self.map.get(&self.key) {
-            return *field;
+        if let Some((shared, field)) = self.map.get(&self.key) {
+            return (shared.clone(), *field);
         }
         let field = classify(name, ancestors);
         if self.map.len() >= Self::MAX_ENTRIES {
             self.map.clear();
         }
-        self.map.insert(self.key.clone(), field);
-        field
+        let shared: std::sync::Arc<str> = name.into();
+        self.map.insert(self.key.clone(), (shared.clone(), field));
+        (shared, field)
     }
 }
 

@@ -1,6 +1,9 @@
 //! JSON documents (and JSON Lines): a streaming tokenizer that copies everything but the values
 //! of PII keys.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use memchr::memchr2;
 
 use super::fields::{Cache, Field};
@@ -23,9 +26,9 @@ pub(crate) struct Json {
 struct Frame {
     array: bool,
     /// The key this container sits under (array elements inherit the array's).
-    name: Option<String>,
+    name: Option<Arc<str>>,
     /// The current key (objects).
-    key: Option<String>,
+    key: Option<Arc<str>>,
     /// The field of the value being read: the current key's (objects) or every element's
     /// (arrays).
     field: Option<Field>,
@@ -309,7 +312,7 @@ impl Json {
     }
 
     /// The key of the value about to start, when its container is an object.
-    fn current_key(&self) -> Option<String> {
+    fn current_key(&self) -> Option<Arc<str>> {
         self.stack
             .last()
             .filter(|f| !f.array)
@@ -325,22 +328,24 @@ impl Json {
 
     fn end_key(&mut self) -> Result<(), DocumentError> {
         let key = unescape(&self.buf).ok_or_else(|| malformed("invalid escape in a key"))?;
-        let key = decode_text(&key).into_owned();
-        let mut ancestors: Vec<&str> = Vec::with_capacity(2);
+        let key = decode_text(&key);
+        let mut ancestors: [&str; 2] = ["", ""];
+        let mut n = 0;
         for frame in self.stack.iter().rev() {
             if let Some(name) = frame.name.as_deref() {
-                if ancestors.last() != Some(&name) {
-                    ancestors.push(name);
+                if n == 0 || ancestors[n - 1] != name {
+                    ancestors[n] = name;
+                    n += 1;
                 }
             }
-            if ancestors.len() == 2 {
+            if n == 2 {
                 break;
             }
         }
-        let field = self.cache.classify(&key, &ancestors);
+        let (name, field) = self.cache.classify_shared(&key, &ancestors[..n]);
         if let Some(top) = self.stack.last_mut() {
             top.field = field;
-            top.key = Some(key);
+            top.key = Some(name);
         }
         self.state = St::Colon;
         Ok(())
@@ -361,30 +366,37 @@ impl Json {
             out.push(b'"');
             return Ok(());
         }
-        let value = unescape(&self.buf).ok_or_else(|| malformed("invalid escape in a string"))?;
-        let value = decode_text(&value).into_owned();
+        let buf = std::mem::take(&mut self.buf);
+        let result = self.emit_collected_string(&buf, policy, out);
+        self.buf = buf;
+        result
+    }
+
+    fn emit_collected_string(
+        &mut self,
+        raw: &[u8],
+        policy: &Policy,
+        out: &mut Vec<u8>,
+    ) -> Result<(), DocumentError> {
+        let original = |out: &mut Vec<u8>| {
+            out.push(b'"');
+            out.extend_from_slice(raw);
+            out.push(b'"');
+        };
+        let value = unescape(raw).ok_or_else(|| malformed("invalid escape in a string"))?;
+        let value = decode_text(&value);
         match self.value_field {
             Some(Field::OrderId) => {
-                out.push(b'"');
-                out.extend_from_slice(&self.buf);
-                out.push(b'"');
-                self.set_order_id(value);
+                original(out);
+                self.set_order_id(value.into_owned());
             }
             Some(Field::Pii(category)) => {
                 match policy.apply_str(category, &value, self.order_id()) {
-                    Redacted::Keep => {
-                        out.push(b'"');
-                        out.extend_from_slice(&self.buf);
-                        out.push(b'"');
-                    }
+                    Redacted::Keep => original(out),
                     Redacted::Text(t) => write_string(&t, out),
                 }
             }
-            None => {
-                out.push(b'"');
-                out.extend_from_slice(&self.buf);
-                out.push(b'"');
-            }
+            None => original(out),
         }
         Ok(())
     }
@@ -432,9 +444,9 @@ fn too_long(limits: &Limits) -> DocumentError {
 }
 
 /// The bytes a JSON string's raw content stands for; `None` for a bad escape.
-fn unescape(raw: &[u8]) -> Option<Vec<u8>> {
+fn unescape(raw: &[u8]) -> Option<Cow<'_, [u8]>> {
     if memchr::memchr(b'\\', raw).is_none() {
-        return Some(raw.to_vec());
+        return Some(Cow::Borrowed(raw));
     }
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
@@ -478,7 +490,7 @@ fn unescape(raw: &[u8]) -> Option<Vec<u8>> {
         let mut tmp = [0u8; 4];
         out.extend_from_slice(c.encode_utf8(&mut tmp).as_bytes());
     }
-    Some(out)
+    Some(Cow::Owned(out))
 }
 
 fn hex4(digits: &[u8]) -> Option<u32> {
@@ -489,6 +501,11 @@ fn hex4(digits: &[u8]) -> Option<u32> {
 /// Writes `s` as a JSON string literal.
 fn write_string(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.extend_from_slice(b"\\\""),

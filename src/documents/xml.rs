@@ -26,7 +26,7 @@ pub(crate) struct Xml {
 
 /// One open element.
 struct Elem {
-    name: String,
+    name: std::sync::Arc<str>,
     field: Option<Field>,
     /// The record's order id, once one of its children gave it.
     order_id: Option<String>,
@@ -202,14 +202,23 @@ impl Xml {
             return Ok(m.len() >= 4 && m.ends_with(b"?>"));
         }
         // A tag or declaration: complete at a `>` outside quotes.
-        for &b in &m[self.scanned..m.len() - 1] {
-            match (self.quote, b) {
-                (None, b'"' | b'\'') => self.quote = Some(b),
-                (Some(q), b) if b == q => self.quote = None,
-                _ => {}
-            }
+        let end = m.len() - 1;
+        let mut pos = self.scanned;
+        while pos < end {
+            let found = match self.quote {
+                None => memchr::memchr2(b'"', b'\'', &m[pos..end]),
+                Some(q) => memchr(q, &m[pos..end]),
+            };
+            let Some(j) = found else {
+                break;
+            };
+            self.quote = match self.quote {
+                None => Some(m[pos + j]),
+                Some(_) => None,
+            };
+            pos += j + 1;
         }
-        self.scanned = m.len() - 1;
+        self.scanned = end;
         if self.quote.is_some() {
             return Ok(false);
         }
@@ -267,19 +276,25 @@ impl Xml {
         if name_bytes.is_empty() {
             return Err(malformed("a tag has no name"));
         }
-        let name = String::from_utf8_lossy(name_bytes).into_owned();
         let self_closing = m.ends_with(b"/>");
-        let parent = self.stack.last().map(|e| e.name.as_str());
+        let parent = self.stack.last().map(|e| e.name.clone());
         let grandparent = self
             .stack
             .len()
             .checked_sub(2)
-            .map(|i| self.stack[i].name.as_str());
-        let ancestors: Vec<&str> = parent.into_iter().chain(grandparent).collect();
-        let field = self.cache.classify(&name, &ancestors);
+            .map(|i| self.stack[i].name.clone());
+        let ancestors: [&str; 2] = [
+            parent.as_deref().unwrap_or(""),
+            grandparent.as_deref().unwrap_or(""),
+        ];
+        let depth = usize::from(parent.is_some()) + usize::from(grandparent.is_some());
+        let (name, field) = self
+            .cache
+            .classify_shared(&String::from_utf8_lossy(name_bytes), &ancestors[..depth]);
 
         // Attributes: name="value" pairs after the element name.
-        let attr_ancestors: Vec<&str> = std::iter::once(name.as_str()).chain(parent).collect();
+        let attr_ancestors: [&str; 2] = [&name, parent.as_deref().unwrap_or("")];
+        let attr_depth = 1 + usize::from(parent.is_some());
         let body_end = m.len() - if self_closing { 2 } else { 1 };
         let mut i = 1 + name_bytes.len();
         let mut copied = 0;
@@ -315,7 +330,9 @@ impl Xml {
                 .ok_or_else(|| malformed("an attribute value is not closed"))?;
             i = value_end + 1;
             let attr_name = String::from_utf8_lossy(attr);
-            let Some(Field::Pii(category)) = self.cache.classify(&attr_name, &attr_ancestors)
+            let Some(Field::Pii(category)) = self
+                .cache
+                .classify(&attr_name, &attr_ancestors[..attr_depth])
             else {
                 continue;
             };

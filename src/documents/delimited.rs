@@ -7,6 +7,9 @@ use super::{decode_text, DocumentError, Limits, Plan, Policy, Redacted};
 
 const FORMAT: &str = "flat file";
 
+/// Most one-field lines looked past for the header row.
+const MAX_PREAMBLE_LINES: usize = 16;
+
 /// A delimited document being redacted row by row.
 pub(crate) struct Delimited {
     mode: Mode,
@@ -21,6 +24,8 @@ pub(crate) struct Delimited {
     plans: Vec<Option<Plan>>,
     order_col: Option<usize>,
     line_no: u64,
+    /// Lines before the header row passed so far (report titles, blank lines).
+    preamble: usize,
     /// Field boundaries of the current row (reused).
     bounds: Vec<(usize, usize)>,
 }
@@ -49,6 +54,7 @@ impl Delimited {
             plans: Vec::new(),
             order_col: None,
             line_no: 0,
+            preamble: 0,
             bounds: Vec::new(),
         }
     }
@@ -210,6 +216,16 @@ impl Delimited {
         self.in_quotes = false;
         let mut bounds = Vec::new();
         split_fields(body, self.delim, self.quoted, &mut bounds);
+        // A line of one field that names nothing is a title or blank line before the header
+        // (Amazon's date range reports start with a few); a PII header may come after it.
+        let single = bounds.len() < 2
+            && classify_header(&decode_text(&unquote(body, self.quoted).0)).is_none();
+        if single && self.preamble < MAX_PREAMBLE_LINES {
+            self.preamble += 1;
+            (self.delim, self.quoted) = (b'\t', false);
+            out.extend_from_slice(line);
+            return Ok(());
+        }
         self.plans.clear();
         self.order_col = None;
         for (col, &(s, e)) in bounds.iter().enumerate() {

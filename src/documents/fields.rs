@@ -259,7 +259,9 @@ fn classify_tokens(own: &[String], context: &[Vec<String>]) -> Option<Field> {
     if has_any(NOT_BUYER) || seller_container {
         return None;
     }
-    let buyer_context = has_any(BUYER_CONTEXT) || ctx_any(BUYER_CONTEXT);
+    // "order city" (date range reports) is the buyer's; an `<OrderReport>` ancestor says
+    // nothing.
+    let buyer_context = has_any(BUYER_CONTEXT) || has("order") || ctx_any(BUYER_CONTEXT);
     let pii = |c| Some(Field::Pii(c));
 
     if has("email") || has("emails") || (has("e") && has("mail")) {
@@ -401,6 +403,9 @@ mod tests {
             ("Ship To City", pii(Category::CoarseLocation)),
             ("ARRIVAL_POST_CODE", pii(Category::PostalCode)),
             ("ARRIVAL_CITY", pii(Category::CoarseLocation)),
+            // Date range reports.
+            ("order city", pii(Category::CoarseLocation)),
+            ("order postal", pii(Category::PostalCode)),
         ];
         for (header, want) in cases {
             assert_eq!(classify_header(header), want, "{header}");

@@ -34,6 +34,9 @@ struct Frame {
     field: Option<Field>,
     /// The record's order id, once seen (objects).
     order_id: Option<String>,
+    /// The PII category of the key this container sits under (or of an enclosing one): keys
+    /// inside that name nothing themselves inherit it (`"BuyerName": {"first": ...}`).
+    inherit: Option<Field>,
 }
 
 /// Where a string scan stopped.
@@ -281,7 +284,12 @@ impl Json {
                     .and_then(|f| f.name.clone().filter(|_| f.array));
                 let name = name.or_else(|| self.current_key());
                 let array = b == b'[';
+                let inherit = match field {
+                    Some(Field::Pii(_)) => field,
+                    _ => self.stack.last().and_then(|f| f.inherit),
+                };
                 self.stack.push(Frame {
+                    inherit,
                     array,
                     name,
                     // An array's elements are classified like the array's key.
@@ -344,7 +352,7 @@ impl Json {
         }
         let (name, field) = self.cache.classify_shared(&key, &ancestors[..n]);
         if let Some(top) = self.stack.last_mut() {
-            top.field = field;
+            top.field = field.or(top.inherit);
             top.key = Some(name);
         }
         self.state = St::Colon;

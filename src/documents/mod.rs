@@ -18,7 +18,9 @@
 //!      signature, UTF-16): **opaque**;
 //!    - anything else: a **delimited** flat file whose first line is the header row.
 //! 3. **Redact**, format by format, with the names of [`fields`]:
-//!    - delimited: the header row decides. Tab-separated when the header holds a tab (Amazon's
+//!    - delimited: the header row decides: the first line with two or more fields, or one field
+//!      that names PII (up to 16 one-field title or blank lines before it pass unchanged, as
+//!      Amazon's date range reports have). Tab-separated when the header holds a tab (Amazon's
 //!      flat files; no quoting), else comma- or semicolon-separated with RFC 4180 quoting. When
 //!      no header names buyer PII, or the role passes every PII column it has, the bytes pass
 //!      through unchanged. Otherwise every row is split and each PII column goes through the
@@ -26,9 +28,12 @@
 //!      with more fields than the header is an error (its extra fields have no name).
 //!    - JSON: a streaming tokenizer copies the document and replaces the string (or number)
 //!      value of each PII key, classified with the names of its two enclosing objects (so
-//!      `Name` counts inside `ShippingAddress`). Literals (`true`, `null`) stay.
+//!      `Name` counts inside `ShippingAddress`). Literals (`true`, `null`) stay. A key that
+//!      names nothing inside an object or array under a PII key inherits that key's category
+//!      (`"BuyerName": {"first": ..}`; `ShippingAddress.AddressType` is redacted as an address).
 //!    - XML: a streaming tokenizer copies the document and replaces the text (and CDATA) of
-//!      each PII element and the value of each PII attribute. A DOCTYPE with an internal subset
+//!      each PII element and the value of each PII attribute; elements that name nothing inside
+//!      a PII element inherit its category, as in JSON. A DOCTYPE with an internal subset
 //!      and entities other than the five predefined and numeric ones in PII text are errors.
 //!    - opaque: passes unchanged only when the role gets [`Category::Document`] as
 //!      [`Action::Pass`] (a PDF invoice or label shows the buyer's address and cannot be

@@ -205,6 +205,32 @@ fn csv_values_with_delimiters_are_quoted_on_output() {
 }
 
 #[test]
+fn a_header_after_title_and_blank_lines_still_decides() {
+    let doc = b"\"Includes Amazon Marketplace, Fulfillment by Amazon (FBA), and Amazon Webstore transactions\"\r\n\r\n\"date/time\",\"order id\",\"order city\",\"order postal\",\"buyer name\"\r\n\"Jan 1, 2026\",\"111-1\",\"Seattle\",\"98101\",\"Jane Example\"\r\n";
+    let role = TestRedactor::new(&[(Category::Name, Action::Mask)]);
+    let out = run(doc, role).expect("redacts");
+    let want = "\"Includes Amazon Marketplace, Fulfillment by Amazon (FBA), and Amazon Webstore transactions\"\r\n\r\n\"date/time\",\"order id\",\"order city\",\"order postal\",\"buyer name\"\r\n\"Jan 1, 2026\",\"111-1\",\"\",\"\",\"m12\"\r\n";
+    assert_eq!(text(&out), want);
+    // A one-column file whose header names PII is redacted too.
+    let out = run(b"buyer-email\njane@example.invalid\n", mixed_role()).expect("redacts");
+    assert_eq!(out, b"buyer-email\n\n");
+}
+
+#[test]
+fn values_nested_under_a_pii_name_inherit_its_category() {
+    let json = br#"{"BuyerName": {"first": "Jane", "last": "Example"}, "note": "kept"}"#;
+    assert_eq!(
+        text(&run(json, mixed_role()).expect("redacts")),
+        r#"{"BuyerName": {"first": "m4", "last": "m7"}, "note": "kept"}"#
+    );
+    let xml = b"<r><BuyerName><First>Jane</First></BuyerName><Note>kept</Note></r>";
+    assert_eq!(
+        text(&run(xml, mixed_role()).expect("redacts")),
+        "<r><BuyerName><First>m4</First></BuyerName><Note>kept</Note></r>"
+    );
+}
+
+#[test]
 fn a_row_with_more_fields_than_the_header_fails() {
     let doc = b"order-id\tbuyer-name\n1\tJane Example\textra\n";
     let err = run(doc, mixed_role()).expect_err("ragged");
@@ -316,13 +342,15 @@ const JSON_DOC: &str = r#"{"payload": {"Orders": [
 
 const JSON_REDACTED: &str = r#"{"payload": {"Orders": [
   {"AmazonOrderId": "111-1", "BuyerInfo": {"BuyerEmail": "", "BuyerName": "m16"},
-   "ShippingAddress": {"Name": "m12", "AddressLine1": "e-111-1", "City": "Seattle", "PostalCode": "98101", "Phone": "p-phone", "AddressType": "Residential"},
+   "ShippingAddress": {"Name": "m12", "AddressLine1": "e-111-1", "City": "Seattle", "PostalCode": "98101", "Phone": "p-phone", "AddressType": "e-111-1"},
    "NotificationEmails": ["", ""], "IsPrime": true, "Items": [{"Title": "Blue Mug", "Name": "not a person"}]},
   {"AmazonOrderId": "111-2", "ShippingAddress": {"AddressLine1": "e-111-2", "Name": null}}
 ]}}
 {"jsonl": "second top-level value", "buyerName": "m11"}
 "#;
 
+/// (`AddressType` names no PII itself but sits in `ShippingAddress`, so it is redacted as an
+/// address: fail closed.)
 #[test]
 fn json_pii_fields_follow_the_role_and_everything_else_stays() {
     let role = mixed_role();

@@ -291,6 +291,14 @@ impl Xml {
         let (name, field) = self
             .cache
             .classify_shared(&String::from_utf8_lossy(name_bytes), &ancestors[..depth]);
+        // An element that names nothing itself inside a PII element is PII of the same kind
+        // (`<BuyerName><First>...`).
+        let field = field.or_else(|| {
+            self.stack
+                .last()
+                .and_then(|e| e.field)
+                .filter(|f| matches!(f, Field::Pii(_)))
+        });
 
         // Attributes: name="value" pairs after the element name.
         let attr_ancestors: [&str; 2] = [&name, parent.as_deref().unwrap_or("")];

@@ -102,6 +102,10 @@ impl Cache {
     /// Most distinct (name, ancestors) combinations kept; the cache starts over when full.
     const MAX_ENTRIES: usize = 4096;
 
+    /// Longest name cached and kept as an ancestor name; longer ones are cut (the cache then
+    /// holds at most `MAX_ENTRIES` keys of three such names).
+    const MAX_NAME_BYTES: usize = 256;
+
     pub(crate) fn classify(&mut self, name: &str, ancestors: &[&str]) -> Option<Field> {
         self.classify_shared(name, ancestors).1
     }
@@ -113,6 +117,16 @@ impl Cache {
         name: &str,
         ancestors: &[&str],
     ) -> (std::sync::Arc<str>, Option<Field>) {
+        if name.len() > Self::MAX_NAME_BYTES {
+            // Not a real field name: classified, but neither cached nor kept whole (a deep
+            // document of huge keys would otherwise hold them all).
+            let field = classify(name, ancestors);
+            let mut cut = Self::MAX_NAME_BYTES;
+            while !name.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            return (name[..cut].into(), field);
+        }
         self.key.clear();
         self.key.push_str(name);
         for a in ancestors.iter().take(2) {

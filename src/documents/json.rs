@@ -431,6 +431,9 @@ impl Json {
     }
 
     fn set_order_id(&mut self, id: String) {
+        if id.len() > super::MAX_ORDER_ID_BYTES {
+            return;
+        }
         if let Some(top) = self.stack.last_mut().filter(|f| !f.array) {
             top.order_id = Some(id);
         }

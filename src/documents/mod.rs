@@ -66,7 +66,10 @@
 //!
 //! Input is processed in slices of at most [`Limits::chunk_bytes`], and the output of each slice
 //! is yielded before the next is read, so memory is bounded by the chunk size, one record
-//! (`max_record_bytes`), the gzip window and the nesting depth, whatever the document's size.
+//! (`max_record_bytes`), the gzip window, and for JSON and XML the nesting depth times a
+//! 256-byte name and a 64-byte order id per level plus a name cache of at most 4096 entries,
+//! whatever the document's size. Compressed input is inflated 4 KiB at a time, so a slice's
+//! output stays bounded even for extreme compression ratios.
 
 pub mod fields;
 pub mod link;
@@ -372,6 +375,10 @@ impl Redaction {
         self.body.push(data, &self.policy, &self.limits, out)
     }
 }
+
+/// Longest order id kept for a JSON object or XML element (Amazon's are 19 characters);
+/// a longer value is not an order id, and keeping it at every level would cost memory.
+pub(crate) const MAX_ORDER_ID_BYTES: usize = 64;
 
 /// How much of the document the format sniffer looks at.
 const SNIFF_BYTES: usize = 1024;

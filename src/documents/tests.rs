@@ -662,3 +662,48 @@ fn rewrite_replaces_the_url_and_drops_the_compression() {
         ));
     }
 }
+
+#[test]
+fn mutated_and_randomly_chunked_documents_never_panic() {
+    // xorshift64*: deterministic, no dependency.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    let fixtures: Vec<Vec<u8>> = vec![
+        TSV.to_vec(),
+        gzip(TSV),
+        JSON_DOC.as_bytes().to_vec(),
+        XML_DOC.as_bytes().to_vec(),
+        b"\"a\",\"buyer name\"\n\"1\",\"x\"\"y\"\n".to_vec(),
+    ];
+    let limits = Limits {
+        max_record_bytes: 256,
+        max_depth: 8,
+        chunk_bytes: 64,
+    };
+    for fixture in &fixtures {
+        for _ in 0..300 {
+            let mut doc = fixture.clone();
+            for _ in 0..(next() % 4) {
+                let at = (next() % doc.len() as u64) as usize;
+                doc[at] = next() as u8;
+            }
+            let keep = doc.len() - (next() % 8) as usize;
+            doc.truncate(keep);
+            let mut chunks = Vec::new();
+            let mut rest = &doc[..];
+            while !rest.is_empty() {
+                let n = 1 + (next() % 40) as usize;
+                let (a, b) = rest.split_at(n.min(rest.len()));
+                chunks.push(a);
+                rest = b;
+            }
+            // Ok or Err, never a panic.
+            let _ = run_chunks(&chunks, mixed_role(), limits);
+        }
+    }
+}

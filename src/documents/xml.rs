@@ -171,7 +171,7 @@ impl Xml {
             Some(Field::OrderId) => {
                 original(out);
                 let len = self.stack.len();
-                if len >= 2 {
+                if len >= 2 && value.trim().len() <= super::MAX_ORDER_ID_BYTES {
                     self.stack[len - 2].order_id = Some(value.trim().to_string());
                 }
             }

@@ -570,7 +570,8 @@ fn cp1252(b: u8) -> char {
 /// Rewrites a `getReportDocument` response: `url` becomes `link_base` + the token
 /// `token_for(url, compressionAlgorithm)` returns, `compressionAlgorithm` is removed (the
 /// gateway serves the document decompressed), every other field stays. Anything but a JSON
-/// object with a string `url` is an error (fail closed).
+/// object with a string `url` is an error (fail closed). The output's keys are in sorted order
+/// (serde_json's map), which JSON readers ignore.
 pub fn rewrite_report_document(
     body: &[u8],
     link_base: &str,

@@ -22,6 +22,7 @@ pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod crypto;
+pub mod documents;
 pub mod pii;
 pub mod proxy;
 pub mod ratelimit;

@@ -297,6 +297,10 @@ pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     /// `[pii]`.
     pub pii: RawPii,
+    /// `[audit]`, absent when no audit log is kept (a warning at startup).
+    pub audit: Option<crate::audit::RawAudit>,
+    /// `[retention]`.
+    pub retention: crate::vault::RawRetention,
 }
 
 /// `[tools.<name>]`: settings of one seller tool, by the tool name its API keys carry.
@@ -356,6 +360,10 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// Handling of responses with buyer PII.
     pub pii: PiiSettings,
+    /// The audit log, if configured.
+    pub audit: Option<crate::audit::AuditConfig>,
+    /// Retention of buyer PII (the vault).
+    pub retention: crate::vault::RetentionConfig,
 }
 
 /// See [`RawPii`].
@@ -583,6 +591,12 @@ impl RawConfig {
                     raw.ratelimit = parsed;
                     issues.extend(more);
                 }
+                "audit" => {
+                    let (parsed, more) = crate::audit::config::parse_section(value);
+                    raw.audit = Some(parsed);
+                    issues.extend(more);
+                }
+                "retention" => section(&key, value, &mut raw.retention, &mut issues),
                 _ => issues.push(ConfigIssue {
                     path: key.clone(),
                     message: "unknown key".into(),
@@ -861,6 +875,28 @@ impl Config {
         }
         let admin = raw.admin.as_ref().map(|a| v.admin(a));
         let pii = v.pii(&raw.pii);
+        let audit = raw.audit.as_ref().and_then(|a| {
+            let key = v.secret("audit.key", a.key.as_ref());
+            let webhook = a
+                .alerts
+                .as_ref()
+                .and_then(|al| al.webhook.as_ref())
+                .map(|w| v.secret("audit.alerts.webhook", Some(w)));
+            match a.resolve(&key, webhook, v.env) {
+                Ok(c) => Some(c),
+                Err(issues) => {
+                    v.issues.extend(issues);
+                    None
+                }
+            }
+        });
+        let retention = match raw.retention.resolve() {
+            Ok(r) => r,
+            Err(issues) => {
+                v.issues.extend(issues);
+                crate::vault::RetentionConfig::defaults()
+            }
+        };
         match (v.issues.is_empty(), master_key, ratelimit) {
             (true, Some(master_key), Some(ratelimit)) => Ok(Config {
                 server,
@@ -875,6 +911,8 @@ impl Config {
                 tool_plans,
                 admin,
                 pii,
+                audit,
+                retention,
             }),
             _ => Err(ConfigError(v.issues)),
         }

@@ -63,6 +63,9 @@ pub enum RunError {
     /// The rate limiter could not be set up.
     #[error(transparent)]
     RateLimit(#[from] crate::ratelimit::RateLimitError),
+    /// The audit log could not be opened.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 /// How long per-request store lookups are cached (other processes' writes apply within it).
@@ -107,6 +110,23 @@ pub async fn build_gateway(
     };
     let store = opened.store;
     let master_key = Arc::new(config.master_key);
+    let auditor = match &config.audit {
+        Some(cfg) => crate::audit::Auditor::start(cfg)?,
+        None => {
+            tracing::warn!("No [audit] section: no audit log is kept. Configure one in production (Amazon's DPP requires access logs).");
+            crate::audit::Auditor::disabled()
+        }
+    };
+    let sink_auditor = auditor.clone();
+    let vault = vault::Vault::new(
+        store.clone(),
+        master_key.clone(),
+        config.retention.clone(),
+        Arc::new(vault::SystemClock),
+        Arc::new(move |event: vault::VaultEvent| {
+            sink_auditor.record(crate::audit::events::vault_record(&event));
+        }),
+    );
     let client = build_client(&config.upstream);
     let shared = opened.shared_tokens.map(|cache| crate::auth::lwa::Shared {
         cache,
@@ -133,6 +153,8 @@ pub async fn build_gateway(
         },
         roles: config.roles,
         pii: config.pii,
+        vault,
+        auditor,
         rdts,
         onboarding: config.onboarding,
         sigv4: config.upstream.sigv4.clone(),
@@ -170,18 +192,10 @@ pub async fn run(
         .map(|a| a.tokens.clone())
         .unwrap_or_default();
     let opened = open_store(&config).await?;
-    // The vault and its deletion scheduler. Retention settings: the defaults until config.rs
-    // carries a `[retention]` section (vault::RawRetention). Events go to the log until the
-    // audit log takes them.
-    let vault = vault::Vault::new(
-        opened.store.clone(),
-        Arc::new(config.master_key.clone()),
-        vault::RetentionConfig::defaults(),
-        Arc::new(vault::SystemClock),
-        vault::log_sink(),
-    );
     let (gateway, limits) = build_gateway(config, opened).await?;
     let gateway = Arc::new(gateway);
+    // The vault (per-order keys, PII cache, retention) and its deletion scheduler.
+    let vault = gateway.vault().clone();
     let admin = Arc::new(
         admin::Admin::new(
             gateway.clone(),
@@ -226,6 +240,7 @@ pub async fn run(
         .admin
         .map(|l| tokio::spawn(server::serve(l, admin.clone(), limits, stopped())));
     tracing::info!(listen = %listeners.proxy.local_addr()?, "spgate is serving.");
+    let auditor = gateway.auditor().clone();
     let proxy = server::serve(listeners.proxy, gateway, limits, async move {
         shutdown.await;
         let _ = stop_tx.send(true);
@@ -235,5 +250,6 @@ pub async fn run(
         let _ = task.await;
     }
     let _ = scheduler.await;
+    auditor.shutdown().await;
     Ok(())
 }

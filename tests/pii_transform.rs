@@ -188,7 +188,13 @@ fn drop_and_encrypt_leave_no_sandbox_pii_in_clear() {
                 let key = &data_keys[0].1;
                 if ids.len() == 1 {
                     for ((_, clear), (_, sealed)) in before.iter().zip(&after) {
-                        assert_eq!(key.open_field(id, sealed).unwrap().expose(), clear);
+                        assert_eq!(
+                            spgate::pii::keys::open_value(key, id, sealed)
+                                .unwrap()
+                                .1
+                                .expose(),
+                            clear
+                        );
                     }
                 }
             }

@@ -17,6 +17,7 @@ pub mod alerts;
 pub mod chain;
 pub mod cli;
 pub mod config;
+pub mod events;
 pub mod query;
 pub mod record;
 pub mod writer;

@@ -19,6 +19,32 @@ const PSEUDONYM_BYTES: usize = 16;
 /// The prefix of a pseudonym.
 pub const PSEUDONYM_PREFIX: &str = "psn_";
 
+/// Encrypts one PII value for an order: a `spgate:v1` envelope (AAD: the order id) whose
+/// plaintext starts with the category (`<category>:<value>`), so a reveal knows what it opens.
+pub fn seal_value(
+    key: &DataKey,
+    order_id: &str,
+    category: Category,
+    value: &str,
+) -> Result<String, crate::crypto::CryptoError> {
+    key.seal_field(order_id, &format!("{}:{value}", category.as_str()))
+}
+
+/// Opens an envelope made by [`seal_value`]: its category and value.
+pub fn open_value(
+    key: &DataKey,
+    order_id: &str,
+    envelope: &str,
+) -> Result<(Category, crate::secret::Secret<String>), crate::crypto::CryptoError> {
+    let plain = key.open_field(order_id, envelope)?;
+    let (category, value) = plain
+        .expose()
+        .split_once(':')
+        .and_then(|(c, v)| Some((c.parse::<Category>().ok()?, v)))
+        .ok_or(crate::crypto::CryptoError::Malformed)?;
+    Ok((category, crate::secret::Secret::new(value.to_string())))
+}
+
 /// The keys one transform uses.
 #[derive(Clone, Copy)]
 pub struct Keys<'a> {

@@ -304,7 +304,7 @@ pub(crate) fn apply_value_counted(
         Action::Encrypt => {
             let sealed = order_id.and_then(|id| {
                 let key = keys.orders.key(id)?;
-                key.seal_field(id, value).ok()
+                super::keys::seal_value(key, id, category, value).ok()
             });
             match sealed {
                 Some(envelope) => (FieldOut::Replace(envelope), false),

@@ -81,6 +81,8 @@ pub struct Gateway {
     limits: Limits,
     request_ids: RequestIds,
     pii: crate::config::PiiSettings,
+    vault: crate::vault::Vault,
+    auditor: crate::audit::Auditor,
 }
 
 /// The parts of a gateway, for [`Gateway::new`].
@@ -113,6 +115,10 @@ pub struct GatewayParts {
     pub retry: RetryPolicy,
     /// Handling of responses with buyer PII.
     pub pii: crate::config::PiiSettings,
+    /// Per-order data keys, PII cache and retention.
+    pub vault: crate::vault::Vault,
+    /// The audit log.
+    pub auditor: crate::audit::Auditor,
 }
 
 /// The token a request is sent upstream with, and where it came from (to forget it if Amazon
@@ -159,6 +165,8 @@ struct Ctx {
     token: Option<TokenKind>,
     /// Amazon's `x-amzn-RequestId`.
     upstream_request_id: Option<String>,
+    /// What the PII policy did (categories returned and their actions, safety-net hits).
+    pii: Option<crate::pii::transform::Report>,
 }
 
 /// The kind of token a request was sent upstream with (audited).
@@ -194,7 +202,19 @@ impl Gateway {
             retry: parts.retry,
             request_ids: RequestIds::new(),
             pii: parts.pii,
+            vault: parts.vault,
+            auditor: parts.auditor,
         }
+    }
+
+    /// The vault (per-order keys, PII cache, retention).
+    pub fn vault(&self) -> &crate::vault::Vault {
+        &self.vault
+    }
+
+    /// The audit log.
+    pub fn auditor(&self) -> &crate::audit::Auditor {
+        &self.auditor
     }
 
     /// The LWA client (its call counter is useful to tests and metrics).
@@ -214,21 +234,109 @@ impl Gateway {
         B::Error: Into<BoxError>,
     {
         let request_id = self.request_ids.next();
+        let started = std::time::Instant::now();
+        let method = req.method().clone();
         let span = tracing::info_span!("request", request_id = %request_id, method = %req.method(), operation = tracing::field::Empty);
         let mut ctx = Ctx::default();
         let result =
             tracing::Instrument::instrument(self.pipeline(req, &mut ctx), span.clone()).await;
+        let ctx = &ctx;
         if let Some(op) = ctx.operation {
             span.record("operation", op.key);
         }
+        if let Some(report) = &ctx.pii {
+            let hits = report.net_hits.email + report.net_hits.phone;
+            if hits > 0 {
+                // Counted, never with the value.
+                span.in_scope(|| {
+                    tracing::info!(
+                        email = report.net_hits.email,
+                        phone = report.net_hits.phone,
+                        "PII safety net: values outside the field map were withheld."
+                    )
+                });
+            }
+        }
+        let reason = result.as_ref().err().map(audit_reason);
         let mut resp = match result {
             Ok(resp) => resp,
             Err(err) => span.in_scope(|| rescue::rescue(&err)),
         };
+        self.audit_request(&request_id, &method, ctx, reason, resp.status(), started);
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             resp.headers_mut().insert(headers::REQUEST_ID, v);
         }
         resp
+    }
+
+    /// The audit record of one proxied request: who, for which seller, what, the outcome, and
+    /// which PII categories left with which action. Ids and names only, never a value.
+    fn audit_request(
+        &self,
+        request_id: &str,
+        method: &http::Method,
+        ctx: &Ctx,
+        reason: Option<crate::audit::Reason>,
+        status: http::StatusCode,
+        started: std::time::Instant,
+    ) {
+        use crate::audit::record::{self as ar, Id, Name, Record};
+        if !self.auditor.enabled() {
+            return;
+        }
+        let mut r = Record::request(request_id);
+        if let Some(op) = ctx.operation {
+            r = r.with_operation(op);
+        } else {
+            r.method = Some(Name::lossy(method.as_str()));
+        }
+        if let Some(tool) = &ctx.tool {
+            r = r.with_tool(tool);
+        }
+        if let Some(role) = &ctx.role {
+            r = r.with_role(role);
+        }
+        if let Some(seller) = &ctx.seller {
+            r = r.with_seller(seller);
+        }
+        r = r.with_status(status.as_u16());
+        r.latency_us = Some(started.elapsed().as_micros() as u64);
+        r.reason = reason;
+        r.limiter = match (&ctx.admission, status) {
+            (Some(a), _) => Some(ar::Limiter {
+                decision: match a.decision {
+                    crate::ratelimit::Decision::Immediate => ar::Decision::Admitted,
+                    crate::ratelimit::Decision::Waited => ar::Decision::Waited,
+                },
+                wait_ms: a.waited.as_millis() as u64,
+            }),
+            (None, http::StatusCode::TOO_MANY_REQUESTS) => Some(ar::Limiter {
+                decision: ar::Decision::Rejected,
+                wait_ms: 0,
+            }),
+            _ => None,
+        };
+        r.token = ctx.token.map(|t| match t {
+            TokenKind::Lwa => ar::TokenKind::Lwa,
+            TokenKind::Rdt => ar::TokenKind::Rdt,
+            TokenKind::Grantless => ar::TokenKind::Grantless,
+        });
+        if let Some(report) = &ctx.pii {
+            r.pii = report
+                .returned
+                .iter()
+                .map(|(c, a)| ar::PiiUse {
+                    category: *c,
+                    action: *a,
+                })
+                .collect();
+            let hits = report.net_hits.email + report.net_hits.phone;
+            if hits > 0 {
+                r.safety_net_hits = Some(hits as u32);
+            }
+        }
+        r.upstream_request_id = ctx.upstream_request_id.as_deref().map(Id::lossy);
+        self.auditor.record(r);
     }
 
     async fn pipeline<B>(
@@ -244,6 +352,7 @@ impl Gateway {
         match req.uri().path() {
             // Not SP-API calls: the drop-in LWA endpoint and the seller authorization workflow.
             drop_in::TOKEN_PATH => return self.drop_in_token(req).await,
+            reveal::PATH => return self.reveal(req, ctx).await,
             onboarding::START_PATH | onboarding::CALLBACK_PATH => {
                 return self.onboarding(&req).await
             }
@@ -332,7 +441,7 @@ impl Gateway {
             .and_then(|v| v.to_str().ok())
             .filter(|v| v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
             .map(str::to_string);
-        let resp = self.minimise(resp, op, &params).await?; // 8. respond: the PII policy
+        let resp = self.minimise(resp, op, role, seller, &params, ctx).await?; // 8. respond: the PII policy
         Ok(self.respond(resp))
     }
 
@@ -345,7 +454,10 @@ impl Gateway {
         &self,
         resp: Response<Body>,
         op: &'static Operation,
-        _params: &[(&'static str, String)],
+        role: &Role,
+        seller: Option<&SellerRecord>,
+        params: &[(&'static str, String)],
+        ctx: &mut Ctx,
     ) -> Result<Response<Body>, ProxyError> {
         if op.pii_map.is_none() || !resp.status().is_success() {
             return Ok(resp);
@@ -366,7 +478,69 @@ impl Gateway {
             header::CONTENT_LENGTH,
             HeaderValue::from(bytes.len() as u64),
         );
-        Ok(Response::from_parts(parts, body::full(bytes)))
+        let out = self
+            .apply_policy(&bytes, op, role, seller, params, ctx)
+            .await?;
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len() as u64));
+        Ok(Response::from_parts(parts, body::full(out)))
+    }
+
+    /// The role's PII policy over a whole response: the orders it holds get their data keys
+    /// (for `encrypt`) and retention facts first (I/O), then the pure transform runs.
+    async fn apply_policy(
+        &self,
+        bytes: &[u8],
+        op: &'static Operation,
+        role: &Role,
+        seller: Option<&SellerRecord>,
+        params: &[(&'static str, String)],
+        ctx: &mut Ctx,
+    ) -> Result<Vec<u8>, ProxyError> {
+        use crate::pii::{keys, transform};
+        let policy = transform::Policy {
+            max_bytes: self.pii.max_response_bytes,
+            safety_net: self.pii.safety_net,
+        };
+        let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let value =
+            transform::parse(bytes, &policy).map_err(|_| ProxyError::UnsafeResponse("not JSON"))?;
+        let seller_id = seller.map_or(APPLICATION_BUCKET, |s| s.selling_partner_id.as_str());
+        let mut order_keys: Vec<(String, crate::crypto::DataKey)> = Vec::new();
+        let encrypts = crate::pii::Category::ALL
+            .iter()
+            .any(|c| role.action(*c) == crate::pii::Action::Encrypt);
+        if encrypts && seller.is_some() {
+            for id in transform::order_ids(op.key, &value, &params) {
+                let key = self.vault.order_key(seller_id, &id).await?;
+                order_keys.push((id, key));
+            }
+        }
+        if seller.is_some() {
+            for facts in transform::orders(op.key, &value, &params) {
+                let facts = crate::vault::OrderFacts {
+                    latest_delivery: facts
+                        .latest_delivery
+                        .as_deref()
+                        .and_then(crate::vault::parse_rfc3339),
+                    delivered_at: facts.delivered.then(|| self.vault.now()),
+                    status: facts.status,
+                    order_id: facts.order_id,
+                };
+                self.vault.observe(seller_id, &facts).await?;
+            }
+        }
+        let pseudonym = keys::PseudonymKey::derive(&self.master_key, seller_id);
+        let keys = keys::Keys {
+            pseudonym: &pseudonym,
+            orders: &order_keys,
+        };
+        let (out, report) = transform::apply_bytes(op.key, role, bytes, &params, &keys, &policy)
+            .map_err(|_| ProxyError::UnsafeResponse("not JSON"))?;
+        ctx.pii = Some(report);
+        Ok(out)
     }
 
     /// Phase 5: a token from Amazon's bucket for (seller, operation) and from the tool's plan,
@@ -550,6 +724,64 @@ impl Gateway {
             drop_in::issue(&*self.store, content_type.as_deref(), &body, unix_now()).await?;
         let json = serde_json::to_vec(&token)
             .map_err(|_| drop_in::TokenError::InvalidRequest("unserializable"))?;
+        let mut resp = Response::new(body::full(json));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        Ok(resp)
+    }
+
+    /// `POST /v1/pii/reveal`: decrypts envelopes for a role allowed to, while the order's key
+    /// lives; every value asked about is audited (outcome, category, order; never the value).
+    async fn reveal<B>(&self, req: Request<B>, ctx: &mut Ctx) -> Result<Response<Body>, ProxyError>
+    where
+        B: HttpBody<Data = bytes::Bytes> + Send + Sync + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        use crate::audit::record::{Id, Kind, PiiUse, Reason, Record};
+        if req.method() != http::Method::POST {
+            return Err(ProxyError::NotFound);
+        }
+        let caller = caller::authenticate(&*self.store, req.headers(), unix_now()).await?;
+        ctx.tool = Some(caller.client.tool.clone());
+        ctx.role = Some(caller.client.role.clone());
+        let limited = http_body_util::Limited::new(req.into_body(), reveal::MAX_BODY_BYTES);
+        let body = limited
+            .collect()
+            .await
+            .map_err(|_| ProxyError::BodyTooLarge {
+                limit: reveal::MAX_BODY_BYTES as u64,
+            })?
+            .to_bytes();
+        let role = self.roles.get(&caller.client.role);
+        let answers = reveal::reveal(&body, &caller, role, &self.vault).await?;
+        for a in &answers {
+            let mut r = Record::new(Kind::Reveal)
+                .with_tool(&caller.client.tool)
+                .with_role(&caller.client.role)
+                .with_reason(match a.outcome {
+                    reveal::Outcome::Revealed => Reason::from_static("revealed"),
+                    reveal::Outcome::Forbidden => Reason::from_static("forbidden"),
+                    reveal::Outcome::Expired => Reason::from_static("expired"),
+                    reveal::Outcome::Invalid => Reason::from_static("invalid"),
+                });
+            if let Some(seller) = &a.seller {
+                r = r.with_seller(seller);
+            }
+            r.order_id = a.order_id.as_deref().map(Id::lossy);
+            if let Some(category) = a.category {
+                r.pii = vec![PiiUse {
+                    category,
+                    action: crate::pii::Action::Pass,
+                }];
+            }
+            self.auditor.record(r);
+        }
+        let json = serde_json::to_vec(&reveal::response_body(&answers))
+            .map_err(|_| ProxyError::UnsafeResponse("unserializable"))?;
         let mut resp = Response::new(body::full(json));
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -888,6 +1120,32 @@ async fn token_rejected(resp: &mut Response<Body>) -> bool {
             }
         }
         _ => false,
+    }
+}
+
+/// The audit reason code for an error (a fixed code, never the error's text).
+fn audit_reason(err: &ProxyError) -> crate::audit::Reason {
+    use crate::audit::Reason;
+    use caller::CallerError as C;
+    match err {
+        ProxyError::Caller(C::SellerNotAllowed) | ProxyError::Caller(C::ApplicationWide) => {
+            Reason::SELLER_NOT_ALLOWED
+        }
+        ProxyError::Caller(C::MissingKey | C::MalformedKey | C::UnknownKey) => {
+            Reason::UNAUTHENTICATED
+        }
+        ProxyError::RoleMayNotReceive => Reason::OPERATION_NOT_ALLOWED,
+        ProxyError::RateLimited(_) => Reason::RATE_LIMITED,
+        ProxyError::NotFound => Reason::UNKNOWN_OPERATION,
+        ProxyError::Upstream(_) => Reason::UPSTREAM_ERROR,
+        ProxyError::UnsafeResponse(_) => Reason::from_static("response_withheld"),
+        ProxyError::UnknownSeller | ProxyError::SellerDeauthorized => {
+            Reason::from_static("seller_not_authorized")
+        }
+        ProxyError::Restricted(_) => Reason::from_static("restricted_data_unavailable"),
+        ProxyError::Credentials(_) => Reason::from_static("credentials_unavailable"),
+        ProxyError::Token(_) => Reason::UNAUTHENTICATED,
+        _ => Reason::from_static("refused"),
     }
 }
 

@@ -77,6 +77,12 @@ pub enum ProxyError {
     /// unreadable, encoded, or not JSON): nothing from upstream reaches the caller.
     #[error("a response with buyer PII was refused: {0}")]
     UnsafeResponse(&'static str),
+    /// The vault (per-order keys, retention) failed: a response needing it is withheld.
+    #[error(transparent)]
+    Vault(#[from] crate::vault::VaultError),
+    /// A reveal request was refused as a whole.
+    #[error(transparent)]
+    Reveal(#[from] super::reveal::RevealError),
     /// The drop-in token endpoint refused a request (answered in LWA's error shape).
     #[error(transparent)]
     Token(#[from] TokenError),
@@ -140,6 +146,11 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
             RateLimitError::InvalidSettings(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The gateway's rate limiting is misconfigured.", Fault::Internal),
         },
         E::UnsafeResponse(_) => (StatusCode::BAD_GATEWAY, "InternalFailure", "SP-API's response could not be checked against the data protection policy, so it was withheld.", Fault::Upstream),
+        E::Vault(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The gateway's data vault failed, so the response was withheld.", Fault::Internal),
+        E::Reveal(r) => match r {
+            super::reveal::RevealError::BadRequest(why) => (StatusCode::BAD_REQUEST, "InvalidInput", *why, Fault::Caller),
+            super::reveal::RevealError::Lookup(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The gateway's data vault failed.", Fault::Internal),
+        },
         E::Token(t) => return token_error(t),
         E::Onboarding(o) => return onboarding_error(o),
     };

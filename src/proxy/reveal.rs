@@ -29,6 +29,20 @@ pub trait KeyLookup: Send + Sync {
     async fn key_by_id(&self, key_id: &str) -> Result<Option<OrderKey>, LookupError>;
 }
 
+#[async_trait::async_trait]
+impl KeyLookup for crate::vault::Vault {
+    async fn key_by_id(&self, key_id: &str) -> Result<Option<OrderKey>, LookupError> {
+        match crate::vault::Vault::key_by_id(self, key_id).await {
+            Ok(found) => Ok(found.map(|(order, key)| OrderKey {
+                seller: order.seller,
+                order_id: order.order_id,
+                key,
+            })),
+            Err(e) => Err(LookupError(e.to_string())),
+        }
+    }
+}
+
 /// An order's data key and what it belongs to.
 pub struct OrderKey {
     /// The seller whose order it is.
@@ -100,11 +114,6 @@ pub struct Answer {
     pub value: Option<Secret<String>>,
 }
 
-/// Encodes a value for [`DataKey::seal_field`]: the category first, so reveal knows it.
-pub fn envelope_plaintext(category: Category, value: &str) -> String {
-    format!("{}:{value}", category.as_str())
-}
-
 /// Answers a reveal request body for this caller and role.
 pub async fn reveal(
     body: &[u8],
@@ -156,13 +165,7 @@ async fn one(
         answer.outcome = Outcome::Forbidden;
         return Ok(answer);
     }
-    let Ok(plain) = found.key.open_field(&found.order_id, envelope) else {
-        return Ok(answer);
-    };
-    let Some((category, value)) = plain
-        .expose()
-        .split_once(':')
-        .and_then(|(c, v)| Some((c.parse::<Category>().ok()?, v)))
+    let Ok((category, value)) = crate::pii::keys::open_value(&found.key, &found.order_id, envelope)
     else {
         return Ok(answer);
     };
@@ -172,7 +175,7 @@ async fn one(
         return Ok(answer);
     }
     answer.outcome = Outcome::Revealed;
-    answer.value = Some(Secret::new(value.to_string()));
+    answer.value = Some(value);
     Ok(answer)
 }
 
@@ -243,19 +246,11 @@ mod tests {
     async fn values_are_revealed_only_for_granted_categories_sellers_and_live_keys() {
         let key = DataKey::generate().unwrap();
         let order = "902-0000000-0000001";
-        let name = key
-            .seal_field(order, &envelope_plaintext(Category::Name, "Jane Example"))
-            .unwrap();
-        let phone = key
-            .seal_field(
-                order,
-                &envelope_plaintext(Category::Phone, "+1 206 555 0100"),
-            )
-            .unwrap();
-        let gone = DataKey::generate()
-            .unwrap()
-            .seal_field(order, &envelope_plaintext(Category::Name, "Jane Example"))
-            .unwrap();
+        let seal = crate::pii::keys::seal_value;
+        let name = seal(&key, order, Category::Name, "Jane Example").unwrap();
+        let phone = seal(&key, order, Category::Phone, "+1 206 555 0100").unwrap();
+        let other = DataKey::generate().unwrap();
+        let gone = seal(&other, order, Category::Name, "Jane Example").unwrap();
         let keys = Keys(HashMap::from([(
             key.id().to_string(),
             ("A1SELLER".to_string(), order.to_string(), key.clone()),

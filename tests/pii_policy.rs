@@ -110,3 +110,197 @@ async fn a_restricted_response_cut_by_the_total_timeout_is_withheld() {
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
     assert_eq!(reply.error_code(), "InternalFailure");
 }
+
+const MIXED: &str = r#"
+[roles.orders]
+reveal = ["address"]
+[roles.orders.pii]
+name = "mask"
+email = "pseudonymize"
+phone = "drop"
+address = "encrypt"
+postal_code = "mask"
+coarse_location = "pass"
+company = "drop"
+tax_id = "drop"
+delivery_instructions = "drop"
+"#;
+
+async fn get_as(gw: &TestGateway, key: &str, path: &str) -> Reply {
+    gw.call(
+        http::Request::get(format!("{}{}", gw.url, path))
+            .header("authorization", format!("Bearer {key}"))
+            .header("x-spgate-seller", SELLER)
+            .body(empty())
+            .unwrap(),
+    )
+    .await
+}
+
+async fn reveal(gw: &TestGateway, values: &[&str]) -> serde_json::Value {
+    let reply = gw
+        .call(
+            gw.request(http::Method::POST, "/v1/pii/reveal")
+                .header("content-type", "application/json")
+                .body(full(
+                    serde_json::to_vec(&serde_json::json!({ "values": values })).unwrap(),
+                ))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    reply.json()
+}
+
+/// Every file under `dir`, concatenated.
+fn read_tree(dir: &std::path::Path) -> String {
+    let mut out = String::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.push_str(&read_tree(&path));
+        } else {
+            out.push_str(&String::from_utf8_lossy(&std::fs::read(&path).unwrap()));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn each_role_gets_what_it_is_granted_encrypted_values_reveal_until_erased_and_the_audit_log_holds_no_pii(
+) {
+    let audit_dir = tempfile::tempdir().unwrap();
+    let logs = audit_dir.path().join("log");
+    let gw = start_gateway(Options {
+        roles_toml: format!("{MIXED}\n{}", all_pass_role("clear")),
+        extra_toml: format!(
+            "[audit]\ndir = {:?}\ninstance = \"test\"\nkey = {{ env = \"AUDIT_KEY\" }}\n",
+            logs.display().to_string(),
+        ),
+        ..Options::default()
+    })
+    .await;
+    let clear = spgate::auth::caller::create_client(
+        &*gw.store,
+        "clear-tool",
+        "clear",
+        vec![SELLER.into()],
+        1_700_000_000,
+    )
+    .await
+    .unwrap();
+    let clear_key = clear.key.expose().clone();
+    let order = spgate::sandbox::Sandbox::synthetic_order_ids(SELLER)[0].clone();
+    let path = format!("/orders/v0/orders/{order}/address");
+
+    // The clear role sees the synthetic buyer as the sandbox made it.
+    let plain = get_as(&gw, &clear_key, &path).await;
+    assert_eq!(plain.status, StatusCode::OK);
+    let addr = plain.json()["payload"]["ShippingAddress"].clone();
+    let (name, line1, phone, postal) = (
+        addr["Name"].as_str().unwrap().to_string(),
+        addr["AddressLine1"].as_str().unwrap().to_string(),
+        addr["Phone"].as_str().unwrap().to_string(),
+        addr["PostalCode"].as_str().unwrap().to_string(),
+    );
+
+    // The mixed role: masked name and postal code, encrypted address, no phone, clear city.
+    let mixed = gw.get(&path).await;
+    assert_eq!(mixed.status, StatusCode::OK, "{:?}", mixed.body);
+    let text = String::from_utf8_lossy(&mixed.body).to_string();
+    for planted in [&name, &line1, &phone] {
+        assert!(!text.contains(planted.as_str()), "{planted} leaked: {text}");
+    }
+    let got = mixed.json()["payload"]["ShippingAddress"].clone();
+    assert_ne!(got["Name"], addr["Name"]);
+    assert!(got["Name"].as_str().unwrap().contains('*'), "{got}");
+    assert!(got.get("Phone").is_none(), "{got}");
+    assert_eq!(got["City"], addr["City"]);
+    assert_eq!(got["PostalCode"].as_str().unwrap()[..2], postal[..2]);
+    assert_ne!(got["PostalCode"], addr["PostalCode"]);
+    let envelope = got["AddressLine1"].as_str().unwrap().to_string();
+    assert!(envelope.starts_with("spgate:v1:"), "{envelope}");
+
+    // Pseudonyms are stable per seller.
+    let buyer = format!("/orders/v0/orders/{order}/buyerInfo");
+    let a = gw.get(&buyer).await.json()["payload"]["BuyerEmail"].clone();
+    let b = gw.get(&buyer).await.json()["payload"]["BuyerEmail"].clone();
+    assert!(a.as_str().unwrap().starts_with("psn_"), "{a}");
+    assert_eq!(a, b);
+
+    // Reveal: the address (granted), while the order's key lives; the clear tool may not.
+    let revealed = reveal(&gw, &[&envelope]).await;
+    assert_eq!(revealed["values"][0]["value"], line1.as_str());
+    assert_eq!(revealed["values"][0]["category"], "address");
+    let forbidden = gw
+        .call(
+            http::Request::post(format!("{}/v1/pii/reveal", gw.url))
+                .header("authorization", format!("Bearer {clear_key}"))
+                .body(full(
+                    serde_json::to_vec(&serde_json::json!({ "values": [envelope] })).unwrap(),
+                ))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(forbidden.json()["values"][0]["error"]["code"], "Forbidden");
+
+    // Erasing the order destroys its key: the envelope the tool holds is dead.
+    let erased = gw
+        .gateway
+        .vault()
+        .erase(
+            Some(SELLER),
+            &order,
+            spgate::vault::EraseReason::DataSubjectRequest,
+        )
+        .await
+        .unwrap();
+    assert_eq!(erased.len(), 1);
+    let after = reveal(&gw, &[&envelope]).await;
+    assert_eq!(after["values"][0]["error"]["code"], "Expired");
+
+    // The audit log: one record per request with the categories and actions, reveals and the
+    // erasure; no PII value, key or token anywhere in it.
+    gw.gateway.auditor().flush().await;
+    let log = read_tree(&logs);
+    for secret in [&name, &line1, &phone, &envelope, &clear_key, &gw.key] {
+        assert!(!log.contains(secret.as_str()), "audit log holds a value");
+    }
+    assert!(!log.contains(REFRESH_TOKEN));
+    let records: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let requests: Vec<_> = records
+        .iter()
+        .filter(|r| r["kind"] == "request" && r["operation"] == "ordersV0.getOrderAddress")
+        .collect();
+    assert_eq!(requests.len(), 2, "{log}");
+    let mixed_rec = requests.iter().find(|r| r["tool"] == "test-tool").unwrap();
+    let pii = mixed_rec["pii"].to_string();
+    assert!(
+        pii.contains("\"address\"") && pii.contains("encrypt"),
+        "{pii}"
+    );
+    assert_eq!(mixed_rec["seller"], SELLER);
+    assert_eq!(mixed_rec["status"], 200);
+    assert_eq!(
+        records.iter().filter(|r| r["kind"] == "reveal").count(),
+        3,
+        "{log}"
+    );
+    assert!(records.iter().any(|r| r["kind"] == "erase"), "{log}");
+    // The chain verifies with its key.
+    let key = AUDIT_KEY.to_string();
+    let reports = spgate::audit::chain::verify(
+        &logs,
+        &spgate::audit::config::decode_key(&spgate::secret::Secret::new(key))
+            .unwrap()
+            .expose()
+            .clone(),
+    );
+    let reports = reports.unwrap();
+    assert_eq!(reports.len(), 1);
+    assert!(reports[0].first_bad.is_none());
+    assert!(reports[0].records >= 6, "{:?}", reports[0].records);
+}

@@ -26,6 +26,8 @@ use tokio::sync::oneshot;
 pub const CLIENT_ID: &str = "amzn1.application-oa2-client.test";
 pub const CLIENT_SECRET: &str = "test-client-secret";
 pub const SELLER: &str = "A1TESTSELLER01";
+/// The audit key tests may use (`key = { env = "AUDIT_KEY" }`): base64 of 36 bytes.
+pub const AUDIT_KEY: &str = "a2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tr";
 pub const REFRESH_TOKEN: &str = "Atzr|test-refresh-token-synthetic";
 
 /// Knobs for one test gateway.
@@ -204,6 +206,8 @@ master_key = {{ env = "MASTER" }}
         env.vars.insert("LWA_PREVIOUS_SECRET".into(), p.clone());
     }
     env.vars.insert("MASTER".into(), master.expose().clone());
+    // For tests that configure `[audit] key = { env = "AUDIT_KEY" }`.
+    env.vars.insert("AUDIT_KEY".into(), AUDIT_KEY.into());
     let config = Config::from_toml(&toml, &env).unwrap_or_else(|e| panic!("{e}"));
     let opened = spgate::open_store(&config).await.unwrap();
     let store = opened.store.clone();

@@ -304,3 +304,61 @@ async fn each_role_gets_what_it_is_granted_encrypted_values_reveal_until_erased_
     assert!(reports[0].first_bad.is_none());
     assert!(reports[0].records >= 6, "{:?}", reports[0].records);
 }
+
+#[tokio::test]
+async fn report_documents_stream_through_the_gateways_signed_link_with_the_roles_policy() {
+    let gw = start_gateway(Options {
+        roles_toml: format!("{MIXED}\n{}", all_pass_role("clear")),
+        ..Options::default()
+    })
+    .await;
+    let doc_path = "/reports/2021-06-30/documents/SPGATE-SANDBOX-ORDERS-SHIPPING";
+    let reply = gw.get(doc_path).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let doc = reply.json();
+    let url = doc["url"].as_str().unwrap().to_string();
+    assert!(
+        url.starts_with(&format!("{}/v1/documents/", gw.url)),
+        "{url}"
+    );
+    assert!(
+        !url.contains("_sandbox"),
+        "the upstream URL is sealed: {url}"
+    );
+    assert!(doc.get("compressionAlgorithm").is_none(), "{doc}");
+
+    let path = &url[gw.url.len()..];
+    let got = gw.get(path).await;
+    assert_eq!(got.status, StatusCode::OK);
+    let text = String::from_utf8(got.body.to_vec()).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split('\t').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split('\t').collect()).collect();
+    assert!(rows.len() > 10);
+    let ids = spgate::sandbox::Sandbox::synthetic_order_ids(SELLER);
+    for row in &rows {
+        assert!(ids.contains(&row[col("order-id")].to_string()), "{row:?}");
+        assert!(row[col("buyer-email")].starts_with("psn_"), "{row:?}");
+        assert_eq!(row[col("buyer-phone-number")], "");
+        assert_eq!(row[col("ship-address-1")], "", "encrypt drops in documents");
+        assert!(row[col("buyer-name")].contains('*'), "{row:?}");
+        assert_eq!(row[col("ship-city")], "Testville");
+        assert!(!text.contains("@example.com") && !text.contains("Synthetic Way"));
+    }
+
+    // The link is the tool's own: another tool (even for the same seller) is refused.
+    let other = spgate::auth::caller::create_client(
+        &*gw.store,
+        "clear-tool",
+        "clear",
+        vec![SELLER.into()],
+        1_700_000_000,
+    )
+    .await
+    .unwrap();
+    let refused = get_as(&gw, other.key.expose(), path).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    let tampered = format!("{}x", &path[..path.len() - 1]);
+    assert_eq!(gw.get(&tampered).await.status, StatusCode::FORBIDDEN);
+}

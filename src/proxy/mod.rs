@@ -44,6 +44,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub mod body;
+pub mod documents;
 pub mod headers;
 pub mod rescue;
 pub mod reveal;
@@ -165,6 +166,8 @@ struct Ctx {
     token: Option<TokenKind>,
     /// Amazon's `x-amzn-RequestId`.
     upstream_request_id: Option<String>,
+    /// The gateway's own base URL as the caller reached it (for links it hands out).
+    public_base: Option<String>,
     /// What the PII policy did (categories returned and their actions, safety-net hits).
     pii: Option<crate::pii::transform::Report>,
 }
@@ -349,10 +352,12 @@ impl Gateway {
         B::Error: Into<BoxError>,
     {
         let limit_tripped = self.accept(&req)?; // 1. limits and framing
+        ctx.public_base = public_base(req.headers());
         match req.uri().path() {
             // Not SP-API calls: the drop-in LWA endpoint and the seller authorization workflow.
             drop_in::TOKEN_PATH => return self.drop_in_token(req).await,
             reveal::PATH => return self.reveal(req, ctx).await,
+            p if p.starts_with(documents::PREFIX) => return self.document(req, ctx).await,
             onboarding::START_PATH | onboarding::CALLBACK_PATH => {
                 return self.onboarding(&req).await
             }
@@ -540,6 +545,38 @@ impl Gateway {
         let (out, report) = transform::apply_bytes(op.key, role, bytes, &params, &keys, &policy)
             .map_err(|_| ProxyError::UnsafeResponse("not JSON"))?;
         ctx.pii = Some(report);
+        if op.key == documents::OPERATION {
+            // The document itself goes through the gateway's signed link, and the policy.
+            let base = ctx.public_base.clone().ok_or(ProxyError::BadHeader(
+                "a Host header is needed to hand out a document link",
+            ))?;
+            let now = unix_now();
+            let document_id = params
+                .iter()
+                .find(|(k, _)| *k == "reportDocumentId")
+                .map(|(_, v)| v.to_string())
+                .unwrap_or_default();
+            let (tool, role_name) = (
+                ctx.tool.clone().unwrap_or_default(),
+                ctx.role.clone().unwrap_or_default(),
+            );
+            return documents::rewrite(
+                &out,
+                &base,
+                &self.master_key,
+                |url, compression| crate::documents::link::LinkClaims {
+                    url,
+                    compression,
+                    seller_id: seller_id.to_string(),
+                    tool,
+                    role: role_name,
+                    document_id,
+                    expires_at: now + crate::documents::link::DEFAULT_TTL_SECONDS,
+                },
+                now,
+            )
+            .map_err(|_| ProxyError::UnsafeResponse("not a report document"));
+        }
         Ok(out)
     }
 
@@ -790,6 +827,78 @@ impl Gateway {
         resp.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         Ok(resp)
+    }
+
+    /// `GET /v1/documents/{token}`: the report document behind a link this gateway issued,
+    /// downloaded and streamed through the caller's role policy.
+    async fn document<B>(
+        &self,
+        req: Request<B>,
+        ctx: &mut Ctx,
+    ) -> Result<Response<Body>, ProxyError>
+    where
+        B: HttpBody<Data = bytes::Bytes> + Send + Sync + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        use futures_util::StreamExt;
+        if req.method() != http::Method::GET {
+            return Err(ProxyError::NotFound);
+        }
+        let caller = caller::authenticate(&*self.store, req.headers(), unix_now()).await?;
+        ctx.tool = Some(caller.client.tool.clone());
+        ctx.role = Some(caller.client.role.clone());
+        let token = &req.uri().path()[documents::PREFIX.len()..];
+        let claims = crate::documents::link::open(&self.master_key, token, unix_now())?;
+        ctx.seller = Some(claims.seller_id.clone());
+        let same_tool = claims.tool == caller.client.tool;
+        let seller_ok = caller.client.allows_seller(&claims.seller_id)
+            && caller
+                .token_seller
+                .as_deref()
+                .is_none_or(|s| s == claims.seller_id);
+        if !same_tool || !seller_ok {
+            return Err(caller::CallerError::SellerNotAllowed.into());
+        }
+        let uri: Uri = claims
+            .url
+            .parse()
+            .map_err(|_| crate::documents::DocumentError::Upstream)?;
+        let download = Request::get(uri)
+            .body(body::empty())
+            .map_err(|_| crate::documents::DocumentError::Upstream)?;
+        let resp = self
+            .upstream
+            .client()
+            .request(download)
+            .await
+            .map_err(|_| {
+                UpstreamError::Connect("the report document could not be fetched".into())
+            })?;
+        if !resp.status().is_success() {
+            return Err(crate::documents::DocumentError::Upstream.into());
+        }
+        let role = self.roles.get(&caller.client.role).clone();
+        let policy = documents::RolePolicy::new(role, &self.master_key, &claims.seller_id);
+        let input = resp.into_body().into_data_stream();
+        let redacted = crate::documents::redact(
+            input,
+            claims.compression.is_some(),
+            policy,
+            crate::documents::Limits::default(),
+        )
+        .map(|chunk| {
+            chunk
+                .map(http_body::Frame::data)
+                .map_err(|e| Box::new(e) as BoxError)
+        });
+        let mut out = Response::new(BodyExt::boxed(http_body_util::StreamBody::new(redacted)));
+        out.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        out.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        Ok(out)
     }
 
     /// `/oauth/start` and `/oauth/callback`: the website authorization workflow.
@@ -1121,6 +1230,23 @@ async fn token_rejected(resp: &mut Response<Body>) -> bool {
         }
         _ => false,
     }
+}
+
+/// The gateway's base URL as the caller reached it: `Host`, and `https` when a TLS-terminating
+/// proxy in front says so (`X-Forwarded-Proto`).
+fn public_base(headers: &http::HeaderMap) -> Option<String> {
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    if host.is_empty()
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+    {
+        return None;
+    }
+    let https = headers
+        .get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    Some(format!("{}://{host}", if https { "https" } else { "http" }))
 }
 
 /// The audit reason code for an error (a fixed code, never the error's text).

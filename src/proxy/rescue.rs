@@ -80,6 +80,9 @@ pub enum ProxyError {
     /// The vault (per-order keys, retention) failed: a response needing it is withheld.
     #[error(transparent)]
     Vault(#[from] crate::vault::VaultError),
+    /// A report document link or download failed.
+    #[error(transparent)]
+    Document(#[from] crate::documents::DocumentError),
     /// A reveal request was refused as a whole.
     #[error(transparent)]
     Reveal(#[from] super::reveal::RevealError),
@@ -146,6 +149,10 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
             RateLimitError::InvalidSettings(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The gateway's rate limiting is misconfigured.", Fault::Internal),
         },
         E::UnsafeResponse(_) => (StatusCode::BAD_GATEWAY, "InternalFailure", "SP-API's response could not be checked against the data protection policy, so it was withheld.", Fault::Upstream),
+        E::Document(d) => match d {
+            crate::documents::DocumentError::LinkExpired | crate::documents::DocumentError::LinkInvalid => (StatusCode::FORBIDDEN, "Unauthorized", "The document link is invalid or has expired; call getReportDocument again.", Fault::Caller),
+            _ => (StatusCode::BAD_GATEWAY, "InternalFailure", "The report document could not be fetched or checked against the data protection policy.", Fault::Upstream),
+        },
         E::Vault(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The gateway's data vault failed, so the response was withheld.", Fault::Internal),
         E::Reveal(r) => match r {
             super::reveal::RevealError::BadRequest(why) => (StatusCode::BAD_REQUEST, "InvalidInput", *why, Fault::Caller),

@@ -362,3 +362,53 @@ async fn report_documents_stream_through_the_gateways_signed_link_with_the_roles
     let tampered = format!("{}x", &path[..path.len() - 1]);
     assert_eq!(gw.get(&tampered).await.status, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn a_repeat_read_of_an_orders_pii_comes_from_the_encrypted_cache_under_each_roles_policy() {
+    let gw = start_gateway(Options {
+        roles_toml: format!("{MIXED}\n{}", all_pass_role("clear")),
+        ..Options::default()
+    })
+    .await;
+    let clear = spgate::auth::caller::create_client(
+        &*gw.store,
+        "clear-tool",
+        "clear",
+        vec![SELLER.into()],
+        1_700_000_000,
+    )
+    .await
+    .unwrap();
+    let order = spgate::sandbox::Sandbox::synthetic_order_ids(SELLER)[1].clone();
+    let path = format!("/orders/v0/orders/{order}/address");
+    let first = gw.get(&path).await;
+    assert_eq!(first.headers["x-spgate-cache"], "miss");
+    let second = gw.get(&path).await;
+    assert_eq!(second.headers["x-spgate-cache"], "hit");
+    assert_eq!(gw.sandbox.received("ordersV0.getOrderAddress").len(), 1);
+    // The policy applies on the hit: the same masked name, a fresh envelope for the address.
+    let (a, b) = (first.json(), second.json());
+    let (a, b) = (
+        &a["payload"]["ShippingAddress"],
+        &b["payload"]["ShippingAddress"],
+    );
+    assert_eq!(a["Name"], b["Name"]);
+    assert!(b["AddressLine1"]
+        .as_str()
+        .unwrap()
+        .starts_with("spgate:v1:"));
+    assert!(b.get("Phone").is_none());
+    // Another role has its own entry (it may have been sent more by Amazon).
+    let c1 = get_as(&gw, clear.key.expose(), &path).await;
+    assert_eq!(c1.headers["x-spgate-cache"], "miss");
+    assert!(c1.json()["payload"]["ShippingAddress"]["Phone"].is_string());
+    assert_eq!(gw.sandbox.received("ordersV0.getOrderAddress").len(), 2);
+    // Erasure empties the cache.
+    gw.gateway
+        .vault()
+        .erase(Some(SELLER), &order, spgate::vault::EraseReason::Operator)
+        .await
+        .unwrap();
+    assert_eq!(gw.get(&path).await.headers["x-spgate-cache"], "miss");
+    assert_eq!(gw.sandbox.received("ordersV0.getOrderAddress").len(), 3);
+}

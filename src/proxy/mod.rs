@@ -166,6 +166,8 @@ struct Ctx {
     token: Option<TokenKind>,
     /// Amazon's `x-amzn-RequestId`.
     upstream_request_id: Option<String>,
+    /// The PII cache entry this response belongs to: (order id, cache key).
+    cache: Option<(String, String)>,
     /// The gateway's own base URL as the caller reached it (for links it hands out).
     public_base: Option<String>,
     /// What the PII policy did (categories returned and their actions, safety-net hits).
@@ -378,6 +380,28 @@ impl Gateway {
         let bucket = seller.map_or(APPLICATION_BUCKET, |s| s.selling_partner_id.as_str());
         let wants = Wants::from_headers(req.headers())?;
         let deadline = Instant::now() + wants.max_wait.unwrap_or(self.retry.default_deadline);
+        // The PII cache: a repeat read of one order's restricted data within the TTL spends no
+        // Amazon quota; the role's policy still applies to the cached response.
+        if let (Some(seller), Some(key)) = (seller, self.cache_key(op, role, &req, &params)) {
+            if let Some(cached) = self
+                .vault
+                .cache_get(&seller.selling_partner_id, &key.1)
+                .await?
+            {
+                let out = self
+                    .apply_policy(&cached, op, role, Some(seller), &params, ctx)
+                    .await?;
+                let mut resp = Response::new(body::full(out));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                resp.headers_mut()
+                    .insert(CACHE_HEADER, HeaderValue::from_static("hit"));
+                return Ok(resp);
+            }
+            ctx.cache = Some(key);
+        }
         let mut cred = self
             .credentials(op, seller, role, &path, &caller.client.tool)
             .await?; // 5. credentials
@@ -446,7 +470,11 @@ impl Gateway {
             .and_then(|v| v.to_str().ok())
             .filter(|v| v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
             .map(str::to_string);
-        let resp = self.minimise(resp, op, role, seller, &params, ctx).await?; // 8. respond: the PII policy
+        let mut resp = self.minimise(resp, op, role, seller, &params, ctx).await?; // 8. respond: the PII policy
+        if ctx.cache.is_some() {
+            resp.headers_mut()
+                .insert(CACHE_HEADER, HeaderValue::from_static("miss"));
+        }
         Ok(self.respond(resp))
     }
 
@@ -476,6 +504,16 @@ impl Gateway {
             return Err(ProxyError::UnsafeResponse("encoded"));
         }
         let bytes = read_capped(body, self.pii.max_response_bytes).await?;
+        if let (Some((order_id, key)), Some(seller)) = (&ctx.cache, seller) {
+            // Only a response the policy can read is cached (sealed under the order's key).
+            if crate::pii::transform::parse(&bytes, &crate::pii::transform::Policy::default())
+                .is_ok()
+            {
+                self.vault
+                    .cache_put(&seller.selling_partner_id, order_id, key, &bytes)
+                    .await?;
+            }
+        }
         let _parsed: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|_| ProxyError::UnsafeResponse("not JSON"))?;
         parts.headers.remove(header::CONTENT_LENGTH);
@@ -578,6 +616,35 @@ impl Gateway {
             .map_err(|_| ProxyError::UnsafeResponse("not a report document"));
         }
         Ok(out)
+    }
+
+    /// The PII cache key of a request, when its response may be cached: a GET of one order's
+    /// restricted data (an `orderId` path parameter), while the cache is on. The key names the
+    /// operation, the path and query, and the categories the role receives (which decide the
+    /// Restricted Data Token, hence what Amazon answered).
+    fn cache_key<B>(
+        &self,
+        op: &Operation,
+        role: &Role,
+        req: &Request<B>,
+        params: &[(&'static str, String)],
+    ) -> Option<(String, String)> {
+        if !self.vault.config().cache_enabled
+            || op.pii_map.is_none()
+            || op.method != http::Method::GET
+            || op.key == documents::OPERATION
+            || !role.receives_any(rdt::categories(op))
+        {
+            return None;
+        }
+        let order_id = params.iter().find(|(k, _)| *k == "orderId")?.1.clone();
+        let receives: Vec<&str> = crate::pii::Category::ALL
+            .iter()
+            .filter(|c| role.receives(**c))
+            .map(|c| c.as_str())
+            .collect();
+        let pq = req.uri().path_and_query().map_or("", |pq| pq.as_str());
+        Some((order_id, format!("{}|{pq}|{}", op.key, receives.join(","))))
     }
 
     /// Phase 5: a token from Amazon's bucket for (seller, operation) and from the tool's plan,
@@ -1114,6 +1181,9 @@ impl Gateway {
         Response::from_parts(parts, body)
     }
 }
+
+/// `hit` when a response came from the PII cache, `miss` when it could have and did not.
+pub const CACHE_HEADER: &str = "x-spgate-cache";
 
 /// Longest wait for a createRestrictedDataToken token.
 const RDT_MAX_WAIT: Duration = Duration::from_secs(5);

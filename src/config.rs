@@ -877,6 +877,7 @@ impl Config {
         let pii = v.pii(&raw.pii);
         let audit = raw.audit.as_ref().and_then(|a| {
             let key = v.secret("audit.key", a.key.as_ref());
+            a.key.as_ref()?; // a missing key is reported once, as required
             let webhook = a
                 .alerts
                 .as_ref()

@@ -139,8 +139,15 @@ fn the_example_config_is_valid() {
     env.vars
         .insert("SPGATE_LWA_CLIENT_SECRET".into(), "synthetic".into());
     env.vars.insert("SPGATE_MASTER_KEY".into(), KEY.into());
+    env.vars.insert("SPGATE_AUDIT_KEY".into(), KEY.into());
     let raw = RawConfig::parse(text).unwrap_or_else(|e| panic!("{e}"));
-    Config::resolve(raw, &env).unwrap_or_else(|e| panic!("{e}"));
+    let cfg = Config::resolve(raw, &env).unwrap_or_else(|e| panic!("{e}"));
+    assert!(cfg.audit.is_some());
+    assert_eq!(cfg.retention.max_days, 30);
+    assert!(cfg
+        .roles
+        .get("crm")
+        .may_reveal(crate::pii::Category::Address));
 }
 
 #[test]
@@ -203,5 +210,16 @@ fn pii_settings_refuse_a_pass_safety_net_and_absurd_sizes() {
             ("pii.safety_net", "pass would let"),
             ("pii.max_response_bytes", "between"),
         ],
+    );
+}
+
+#[test]
+fn retention_may_be_shorter_than_30_days_never_longer_and_the_audit_key_is_required() {
+    let cfg =
+        Config::from_toml(&format!("{MINIMAL}\n[retention]\nmax_days = 7\n"), &env()).unwrap();
+    assert_eq!(cfg.retention.max_days, 7);
+    check(
+        &format!("{MINIMAL}\n[retention]\nmax_days = 31\n[audit]\ndir = \"/tmp/a\"\n"),
+        &[("retention.max_days", ""), ("audit.key", "required")],
     );
 }

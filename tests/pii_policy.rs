@@ -366,6 +366,7 @@ async fn report_documents_stream_through_the_gateways_signed_link_with_the_roles
 #[tokio::test]
 async fn a_repeat_read_of_an_orders_pii_comes_from_the_encrypted_cache_under_each_roles_policy() {
     let gw = start_gateway(Options {
+        pii_cache: true,
         roles_toml: format!("{MIXED}\n{}", all_pass_role("clear")),
         ..Options::default()
     })

@@ -170,9 +170,15 @@ fn drop_and_encrypt_leave_no_sandbox_pii_in_clear() {
             )
             .unwrap();
             let text = String::from_utf8(out).unwrap();
+            // Envelopes are random base64: a short value could appear in one by chance.
+            let outside: String = text
+                .split('"')
+                .filter(|part| !part.starts_with("spgate:v1:"))
+                .collect::<Vec<_>>()
+                .join("\"");
             for secret in &secrets {
                 assert!(
-                    !text.contains(secret),
+                    !outside.contains(secret),
                     "{} {action}: a PII value is in clear",
                     fixture.op
                 );

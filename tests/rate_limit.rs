@@ -317,6 +317,7 @@ async fn the_admin_listener_shows_buckets_to_ops_reloads_plans_and_refuses_bad_f
     let mut env = spgate::config::MapEnv::default();
     env.vars
         .insert("SPGATE_LWA_CLIENT_SECRET".into(), CLIENT_SECRET.into());
+    env.vars.insert("SPGATE_AUDIT_KEY".into(), AUDIT_KEY.into());
     env.vars.insert(
         "SPGATE_MASTER_KEY".into(),
         gw.master_key_b64.expose().clone(),

@@ -116,8 +116,11 @@ impl Admin {
             (&Method::GET, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),
             (&Method::GET, "/readyz") => {
                 Ok(match self.gateway.store().seller("readyz-probe").await {
-                    Ok(_) => text(StatusCode::OK, "ready\n"),
                     Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n"),
+                    Ok(_) if !self.gateway.auditor().healthy() => {
+                        text(StatusCode::SERVICE_UNAVAILABLE, "audit log unavailable\n")
+                    }
+                    Ok(_) => text(StatusCode::OK, "ready\n"),
                 })
             }
             (&Method::GET, "/metrics") => Ok(self.metrics()),
@@ -155,7 +158,15 @@ impl Admin {
     /// Re-reads the config file and applies its rate plans; an invalid file changes nothing.
     pub fn reload(&self) -> Result<(), AdminError> {
         let path = self.config_path.as_ref().ok_or(AdminError::NoConfigFile)?;
-        let config = Config::load(path, &*self.env).map_err(|e| AdminError::InvalidConfig(e.0))?;
+        let loaded = Config::load(path, &*self.env);
+        let mut record = crate::audit::Record::new(crate::audit::Kind::Reload);
+        record.reason = Some(crate::audit::Reason::from_static(if loaded.is_ok() {
+            "applied"
+        } else {
+            "refused_invalid"
+        }));
+        self.gateway.auditor().record(record);
+        let config = loaded.map_err(|e| AdminError::InvalidConfig(e.0))?;
         self.gateway
             .reload_plans(config.ratelimit.limiter.plans, config.tool_plans);
         Ok(())
@@ -314,6 +325,7 @@ impl Admin {
             "# HELP spgate_ratelimit_wait_seconds Time admitted requests waited for a token.\n# TYPE spgate_ratelimit_wait_seconds summary\nspgate_ratelimit_wait_seconds_sum {}\nspgate_ratelimit_wait_seconds_count {}",
             m.wait_seconds_sum, m.wait_count
         );
+        self.gateway.auditor().render_metrics(&mut out);
         let mut resp = Response::new(body::full(out));
         resp.headers_mut().insert(
             header::CONTENT_TYPE,

@@ -51,6 +51,8 @@ pub struct Options {
     pub sandbox_lwa_secrets: Vec<String>,
     /// The tool key's role.
     pub role: String,
+    /// Turn the PII cache on (off by default: most tests count upstream calls).
+    pub pii_cache: bool,
     /// `[roles...]` tables appended to the config (the default role `orders` receives everything).
     pub roles_toml: String,
     /// Other sections appended to the config.
@@ -99,6 +101,7 @@ impl Default for Options {
             gateway_previous_lwa_secret: None,
             sandbox_lwa_secrets: vec![CLIENT_SECRET.into()],
             role: "orders".into(),
+            pii_cache: false,
             roles_toml: all_pass_role("orders"),
             extra_toml: String::new(),
             shared_sandbox: None,
@@ -183,8 +186,11 @@ timeout_ms = 2000
 [keys]
 master_key = {{ env = "MASTER" }}
 {roles}
+[retention]
+cache = {cache}
 {extra}
 "#,
+        cache = opts.pii_cache,
         roles = opts.roles_toml,
         store = opts.store_toml.clone().unwrap_or_else(|| format!(
             "[store]\ntype = \"embedded\"\ndata_dir = {:?}\n",

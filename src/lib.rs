@@ -2,12 +2,13 @@
 //!
 //! # Layout
 //! - [`admin`]: the admin listener: health, metrics, rate-limit status, reload (ops/security tokens).
-//! - [`audit`]: the tamper-evident audit chain (HMAC-linked JSON Lines per instance).
+//! - [`audit`]: the audit log: records, the hash-chained writer, alerts, verify/query/report.
 //! - [`auth`]: caller API keys, LWA access tokens (cached, single-flight).
 //! - [`catalog`]: every SP-API operation (path template, usage plan, restricted?, PII map).
 //! - [`config`]: the config file: parse, validate, resolve secrets (the only env/file reader).
-//! - [`crypto`]: randomness, hashing and sealing secrets at rest (ring).
-//! - [`pii`]: buyer-PII categories, actions, roles.
+//! - [`crypto`]: randomness, hashing and sealing secrets at rest (ring); per-order data keys.
+//! - [`documents`]: report documents redacted while streaming, and their signed links.
+//! - [`pii`]: buyer-PII categories, roles, the field map and the response transform.
 //! - [`proxy`]: the request pipeline, written once; `rescue` maps every error to a response.
 //! - [`ratelimit`]: Amazon's token buckets per seller and operation (local or Redis), fair shares per tool.
 //! - [`sandbox`]: a fake SP-API + LWA (static examples, synthetic orders, quotas, token expiry).

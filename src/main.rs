@@ -263,6 +263,28 @@ fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
+/// The audit log of command-line actions: its own chain (`cli-<instance>`) beside the
+/// gateway's, when `[audit]` is configured.
+fn cli_auditor(config: &Config) -> anyhow::Result<spgate::audit::Auditor> {
+    Ok(match &config.audit {
+        Some(cfg) => {
+            let mut cfg = cfg.clone();
+            cfg.instance = format!("cli-{}", cfg.instance);
+            spgate::audit::Auditor::start(&cfg)
+                .context("cannot open the audit log for command-line actions")?
+        }
+        None => spgate::audit::Auditor::disabled(),
+    })
+}
+
+/// Records one command-line action and makes it durable.
+async fn audit_cli(config: &Config, record: spgate::audit::Record) -> anyhow::Result<()> {
+    let auditor = cli_auditor(config)?;
+    auditor.record(record.with_actor("cli"));
+    auditor.shutdown().await;
+    Ok(())
+}
+
 async fn clients(config: &Config, action: ClientsAction) -> anyhow::Result<()> {
     let store = spgate::open_store(config).await?.store;
     match action {
@@ -276,6 +298,11 @@ async fn clients(config: &Config, action: ClientsAction) -> anyhow::Result<()> {
                 bail!("--drop-in credentials stand for exactly one seller: give one --seller");
             }
             let new = caller::create_client(&*store, &tool, &role, sellers.clone(), now()).await?;
+            let mut record = spgate::audit::Record::new(spgate::audit::Kind::KeyCreated)
+                .with_tool(&tool)
+                .with_role(&role);
+            record.client_id = Some(spgate::audit::record::Id::lossy(&new.client.id));
+            audit_cli(config, record).await?;
             println!("client id: {}", new.client.id);
             println!("tool:      {}", new.client.tool);
             println!("role:      {}", new.client.role);
@@ -322,6 +349,9 @@ async fn clients(config: &Config, action: ClientsAction) -> anyhow::Result<()> {
             if !store.revoke_client(&id, now()).await? {
                 bail!("no active client {id}");
             }
+            let mut record = spgate::audit::Record::new(spgate::audit::Kind::KeyRevoked);
+            record.client_id = Some(spgate::audit::record::Id::lossy(&id));
+            audit_cli(config, record).await?;
             println!("revoked {id}");
         }
     }
@@ -361,6 +391,11 @@ async fn sellers(config: &Config, action: SellersAction) -> anyhow::Result<()> {
                     status: SellerStatus::Active,
                 })
                 .await?;
+            audit_cli(
+                config,
+                spgate::audit::Record::new(spgate::audit::Kind::SellerAuthorized).with_seller(&id),
+            )
+            .await?;
             println!("seller {id} added ({region})");
         }
         SellersAction::Invite { region, seller } => {
@@ -405,6 +440,13 @@ async fn sellers(config: &Config, action: SellersAction) -> anyhow::Result<()> {
             if !store.remove_seller(&id).await? {
                 bail!("no seller {id}");
             }
+            audit_cli(
+                config,
+                spgate::audit::Record::new(spgate::audit::Kind::SellerDeauthorized)
+                    .with_seller(&id)
+                    .with_reason(spgate::audit::Reason::from_static("removed_by_operator")),
+            )
+            .await?;
             println!("removed {id}");
         }
     }
@@ -415,13 +457,16 @@ async fn vault(config: Config, action: VaultAction) -> anyhow::Result<()> {
     use spgate::vault::{EraseReason, Vault};
     init_logs(config.log.format, &config.log.level);
     let store = spgate::open_store(&config).await?.store;
-    // Retention settings: the defaults until config.rs carries `[retention]`.
+    let auditor = cli_auditor(&config)?;
+    let sink_auditor = auditor.clone();
     let vault = Vault::new(
         store,
         std::sync::Arc::new(config.master_key),
-        spgate::vault::RetentionConfig::defaults(),
+        config.retention.clone(),
         std::sync::Arc::new(spgate::vault::SystemClock),
-        spgate::vault::log_sink(),
+        std::sync::Arc::new(move |event: spgate::vault::VaultEvent| {
+            sink_auditor.record(spgate::audit::events::vault_record(&event).with_actor("cli"));
+        }),
     );
     match action {
         VaultAction::Export {
@@ -485,6 +530,7 @@ async fn vault(config: Config, action: VaultAction) -> anyhow::Result<()> {
             }
         }
     }
+    auditor.shutdown().await;
     Ok(())
 }
 

@@ -323,6 +323,18 @@ level = "debug"
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    // The chains verify (the gateway's and the command line's), and hold the CLI's actions.
+    let audit_s = audit_dir.to_str().unwrap();
+    let verified = command(&["audit", "verify", audit_s]).output().unwrap();
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stdout)
+    );
+    let all = run(&["audit", "query", audit_s, "--json"]);
+    assert_eq!(all.matches("\"kind\":\"key_created\"").count(), 2, "{all}");
+    assert_eq!(all.matches("\"kind\":\"seller_authorized\"").count(), 1);
+    assert!(all.matches("\"kind\":\"request\"").count() >= 6);
     let logs = [
         std::fs::read_to_string(&serve_log).unwrap(),
         read_all(&audit_dir),

@@ -413,3 +413,59 @@ async fn a_repeat_read_of_an_orders_pii_comes_from_the_encrypted_cache_under_eac
     assert_eq!(gw.get(&path).await.headers["x-spgate-cache"], "miss");
     assert_eq!(gw.sandbox.received("ordersV0.getOrderAddress").len(), 3);
 }
+
+#[tokio::test]
+async fn order_data_seen_through_the_gateway_sets_each_orders_deletion_date() {
+    let gw = start_gateway(Options {
+        roles_toml: MIXED.into(),
+        ..Options::default()
+    })
+    .await;
+    let ids = spgate::sandbox::Sandbox::synthetic_order_ids(SELLER);
+    // The order list: every order the encrypting role receives gets a key and a record.
+    let reply = gw
+        .get("/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER,A2EUQ1WTGCTBG2&CreatedAfter=2020-01-01T00:00:00Z")
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let orders = reply.json()["payload"]["Orders"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(!orders.is_empty());
+    let vault = gw.gateway.vault();
+    let mut checked = 0;
+    for o in &orders {
+        let id = o["AmazonOrderId"].as_str().unwrap();
+        assert!(ids.contains(&id.to_string()));
+        let record = vault.record(SELLER, id).await.unwrap().expect("a record");
+        let status = o["OrderStatus"].as_str().unwrap();
+        if status == "Canceled" {
+            assert!(
+                record.due_at <= vault.now().unix_timestamp() + 1,
+                "cancelled: due now"
+            );
+        } else if let Some(latest) = o["LatestDeliveryDate"].as_str() {
+            let latest = spgate::vault::parse_rfc3339(latest)
+                .unwrap()
+                .unix_timestamp();
+            assert!(
+                record.due_at <= latest.max(record.first_seen) + 30 * 86_400,
+                "{id}: due {} after latest delivery {latest} + 30 days",
+                record.due_at
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 0);
+    // Ops report a delivery: due = delivered + 30 days.
+    let at = vault.now() - time::Duration::days(3);
+    vault
+        .delivered(SELLER, &ids[0], at, spgate::store::DeliverySource::Ops)
+        .await
+        .unwrap();
+    let record = vault.record(SELLER, &ids[0]).await.unwrap().unwrap();
+    assert_eq!(
+        record.due_at,
+        (at + time::Duration::days(30)).unix_timestamp()
+    );
+}

@@ -457,6 +457,21 @@ async fn order_data_seen_through_the_gateway_sets_each_orders_deletion_date() {
         }
     }
     assert!(checked > 0);
+    // The buyer's e-mail pseudonym finds the order again (data-subject requests).
+    let with_email = orders
+        .iter()
+        .find(|o| o["BuyerInfo"]["BuyerEmail"].is_string())
+        .expect("an order with a buyer e-mail");
+    let psn = with_email["BuyerInfo"]["BuyerEmail"].as_str().unwrap();
+    assert!(psn.starts_with("psn_"), "{psn}");
+    let export = vault.export_pseudonym(psn).await.unwrap();
+    assert!(
+        export
+            .orders
+            .iter()
+            .any(|e| e.order_id == with_email["AmazonOrderId"].as_str().unwrap()),
+        "the pseudonym leads to its order"
+    );
     // Ops report a delivery: due = delivered + 30 days.
     let at = vault.now() - time::Duration::days(3);
     vault

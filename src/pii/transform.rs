@@ -351,6 +351,54 @@ fn select<'v>(value: &'v Value, path: &str, f: &mut dyn FnMut(&'v Value)) {
     }
 }
 
+/// The buyer e-mail addresses of each record with an order id: `(order id, e-mail)` pairs, for
+/// the vault's pseudonym index (data-subject requests by e-mail pseudonym). Read only.
+pub fn order_emails(
+    op_key: &str,
+    body: &Value,
+    path_params: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let Some(op) = FieldMap::builtin().get(op_key) else {
+        return out;
+    };
+    for spec in &op.records {
+        let prefix = if spec.root == "." {
+            String::new()
+        } else {
+            format!("{}.", spec.root)
+        };
+        let emails: Vec<&str> = op
+            .fields
+            .iter()
+            .filter(|f| f.category == Category::Email)
+            .filter_map(|f| {
+                if prefix.is_empty() {
+                    Some(f.path)
+                } else {
+                    f.path.strip_prefix(prefix.as_str())
+                }
+            })
+            .collect();
+        if emails.is_empty() {
+            continue;
+        }
+        select(body, spec.root, &mut |record| {
+            let Some(facts) = record_facts(spec, record, path_params) else {
+                return;
+            };
+            for path in &emails {
+                select(record, path, &mut |v| {
+                    if let Some(email) = v.as_str().filter(|e| e.contains('@')) {
+                        out.push((facts.order_id.clone(), email.to_string()));
+                    }
+                });
+            }
+        });
+    }
+    out
+}
+
 /// The first string (or number) at `path` below `value`, if non-empty.
 fn scalar_at(value: &Value, path: &str) -> Option<String> {
     let mut found = None;

@@ -576,6 +576,16 @@ impl Gateway {
             }
         }
         let pseudonym = keys::PseudonymKey::derive(&self.master_key, seller_id);
+        if seller.is_some() && (encrypts || ctx.cache.is_some()) {
+            // Orders the vault holds PII of are found again by the buyer's e-mail pseudonym
+            // (data-subject requests).
+            for (order_id, email) in transform::order_emails(op.key, &value, &params) {
+                let psn = pseudonym.pseudonymize(crate::pii::Category::Email, &email);
+                self.vault
+                    .link_pseudonym(seller_id, &order_id, &psn)
+                    .await?;
+            }
+        }
         let keys = keys::Keys {
             pseudonym: &pseudonym,
             orders: &order_keys,

@@ -14,6 +14,10 @@ fn spgate(args: &[&str], dir: &Path) -> std::process::Output {
         .current_dir(dir)
         .env("SPGATE_LWA_CLIENT_SECRET", "synthetic-secret")
         .env("SPGATE_MASTER_KEY", MASTER)
+        .env(
+            "SPGATE_AUDIT_KEY",
+            "a2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tr",
+        )
         .output()
         .expect("spgate runs")
 }
@@ -24,10 +28,15 @@ fn stdout(o: &std::process::Output) -> String {
 
 fn write_config(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("spgate.toml");
-    let text = include_str!("../config/spgate.example.toml").replace(
-        "data_dir = \"data\"",
-        &format!("data_dir = {:?}", dir.join("data").display().to_string()),
-    );
+    let text = include_str!("../config/spgate.example.toml")
+        .replace(
+            "data_dir = \"data\"",
+            &format!("data_dir = {:?}", dir.join("data").display().to_string()),
+        )
+        .replace(
+            "dir = \"data/audit\"",
+            &format!("dir = {:?}", dir.join("audit").display().to_string()),
+        );
     std::fs::write(&path, text).unwrap();
     path
 }
@@ -325,6 +334,10 @@ fn serve_reloads_plans_on_sighup_refuses_a_bad_file_and_exits_0_on_sigterm() {
         .args(["serve", "--config", cfg.to_str().unwrap()])
         .env("SPGATE_LWA_CLIENT_SECRET", "synthetic-secret")
         .env("SPGATE_MASTER_KEY", MASTER)
+        .env(
+            "SPGATE_AUDIT_KEY",
+            "a2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tr",
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -43,6 +43,10 @@ fn write_config(dir: &Path) -> (PathBuf, u16) {
             &format!("data_dir = {:?}", dir.join("data").display().to_string()),
         )
         .replace(
+            "dir = \"data/audit\"",
+            &format!("dir = {:?}", dir.join("audit").display().to_string()),
+        )
+        .replace(
             "listen = \"127.0.0.1:8080\"",
             &format!("listen = \"127.0.0.1:{}\"", free_port()),
         )
@@ -62,6 +66,10 @@ fn command(args: &[&str]) -> Command {
     c.args(args)
         .env("SPGATE_LWA_CLIENT_SECRET", "synthetic-secret")
         .env("SPGATE_MASTER_KEY", MASTER)
+        .env(
+            "SPGATE_AUDIT_KEY",
+            "a2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tr",
+        )
         .env("SPGATE_TEST_OPS", OPS)
         .env("SPGATE_TEST_SEC", SEC);
     c
@@ -415,9 +423,14 @@ async fn vault_export_and_erase_answer_data_subject_requests_by_order_and_pseudo
     );
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(printed.contains(&format!("erased A1 {O1}")), "{printed}");
+    // Audited in the command line's own chain.
+    let audit_dir = dir.path().join("audit");
+    let log = spgate(&["audit", "query", audit_dir.to_str().unwrap(), "--json"]);
+    let log = String::from_utf8_lossy(&log.stdout);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("order erased on request"),
-        "audited"
+        log.lines()
+            .any(|l| l.contains("\"kind\":\"erase\"") && l.contains(O1)),
+        "audited: {log}"
     );
     assert_eq!(on_disk(dir.path(), wrapped.as_bytes()), 0);
     let out = spgate(&["vault", "--config", cfg_s, "export", "--order", O1]);

@@ -280,6 +280,10 @@ data_dir = {data_dir:?}
 [keys]
 master_key_id = "demo"
 master_key = {{ env = "DEMO_MASTER_KEY" }}
+[audit]
+dir = {audit_dir:?}
+instance = "demo"
+key = {{ env = "DEMO_AUDIT_KEY" }}
 [log]
 format = "pretty"
 level = "warn"
@@ -296,8 +300,19 @@ customization_url = "pass"
 delivery_instructions = "pass"
 "#,
         data_dir = data_dir.display().to_string(),
+        audit_dir = data_dir.join("audit").display().to_string(),
     );
     let mut env = MapEnv::default();
+    // Derived from the demo's master key, so a kept data directory reopens its audit chain.
+    let audit_key = {
+        use base64::Engine;
+        let digest = ring::digest::digest(
+            &ring::digest::SHA256,
+            format!("spgate-demo-audit:{}", master.expose()).as_bytes(),
+        );
+        base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+    };
+    env.vars.insert("DEMO_AUDIT_KEY".into(), audit_key);
     env.vars
         .insert("DEMO_LWA_SECRET".into(), DEMO_CLIENT_SECRET.into());
     env.vars

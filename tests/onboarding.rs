@@ -10,9 +10,19 @@ use spgate::store::{Region, SellerStatus};
 const NEW_SELLER: &str = "A2NEWSELLER77";
 
 async fn gateway(draft: bool) -> TestGateway {
+    gateway_audited(draft, None).await
+}
+
+async fn gateway_audited(draft: bool, audit: Option<&std::path::Path>) -> TestGateway {
+    let audit = audit.map_or(String::new(), |dir| {
+        format!(
+            "[audit]\ndir = {:?}\ninstance = \"onb\"\nkey = {{ env = \"AUDIT_KEY\" }}\n",
+            dir.display().to_string()
+        )
+    });
     start_gateway(Options {
         extra_toml: format!(
-            "[onboarding]\napplication_id = \"amzn1.sp.solution.test\"\ndraft = {draft}\npublic_url = \"https://spgate.example.test\"\n[onboarding.consent_urls]\neu = \"https://sellercentral-europe.example.test\"\n"
+            "[onboarding]\napplication_id = \"amzn1.sp.solution.test\"\ndraft = {draft}\npublic_url = \"https://spgate.example.test\"\n[onboarding.consent_urls]\neu = \"https://sellercentral-europe.example.test\"\n{audit}"
         ),
         ..Options::default()
     })
@@ -90,7 +100,8 @@ async fn callback(gw: &TestGateway, state: &str, code: &str) -> Reply {
 
 #[tokio::test]
 async fn a_seller_authorizes_through_the_invite_and_is_recorded_with_a_sealed_token() {
-    let gw = gateway(true).await;
+    let audit = tempfile::tempdir().unwrap();
+    let gw = gateway_audited(true, Some(audit.path())).await;
     let path = invite(&gw, Region::Eu, now()).await;
     let (reply, state) = start(&gw, &path).await;
     assert_eq!(reply.status, StatusCode::FOUND);
@@ -133,6 +144,19 @@ async fn a_seller_authorizes_through_the_invite_and_is_recorded_with_a_sealed_to
         "marketplaces looked up with the new token"
     );
     assert_eq!(gw.sandbox.stats().lwa_authorization_code_grants, 1);
+
+    // The authorization is in the audit log.
+    gw.gateway.auditor().flush().await;
+    let mut log = String::new();
+    for e in std::fs::read_dir(audit.path()).unwrap() {
+        log.push_str(&std::fs::read_to_string(e.unwrap().path()).unwrap_or_default());
+    }
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"kind\":\"seller_authorized\"") && l.contains(NEW_SELLER)),
+        "{log}"
+    );
+    assert!(!log.contains("new-seller-refresh-token"));
 
     // Replaying the callback, or reusing the invite, stores nothing more.
     let reply = callback(&gw, &state, "code-123").await;

@@ -30,6 +30,10 @@ use crate::store::{Invite, OAuthState, Region, SellerRecord, SellerStatus, Store
 pub const START_PATH: &str = "/oauth/start";
 /// Path Amazon redirects back to.
 pub const CALLBACK_PATH: &str = "/oauth/callback";
+
+/// Set on the callback's response when a seller was connected (the pipeline audits it).
+#[derive(Debug, Clone)]
+pub struct Authorized(pub String);
 /// Lifetime of one authorization attempt's `state`.
 pub const STATE_TTL_SECONDS: i64 = 600;
 /// Sellers re-authorize yearly.
@@ -229,10 +233,12 @@ impl Onboarding<'_> {
             },
         }
         tracing::info!(seller = %seller, region = %invite.region, "Seller authorized the application.");
-        Ok(page(
+        let mut resp = page(
             StatusCode::OK,
             "Thank you: your Amazon seller account is now connected. You can close this page.",
-        ))
+        );
+        resp.extensions_mut().insert(Authorized(seller));
+        Ok(resp)
     }
 
     async fn usable_invite(&self, id: &str, now: i64) -> Result<Invite, OnboardingError> {

@@ -1000,6 +1000,13 @@ impl Gateway {
             onboarding::START_PATH => flow.start(query, unix_now()).await?,
             _ => flow.callback(query, unix_now()).await?,
         };
+        if let Some(onboarding::Authorized(seller)) = resp.extensions().get() {
+            self.auditor.record(
+                crate::audit::Record::new(crate::audit::Kind::SellerAuthorized)
+                    .with_seller(seller)
+                    .with_reason(crate::audit::Reason::from_static("website_authorization")),
+            );
+        }
         Ok(resp)
     }
 

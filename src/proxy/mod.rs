@@ -371,6 +371,11 @@ impl Gateway {
         let (op, params) = self.route(&req)?; // 3. route
         self.retry.budget.earn();
         ctx.operation = Some(op);
+        if GATEWAY_OWN.contains(&op.key) {
+            // A tool holding an RDT would read restricted data past the policy, the limiter and
+            // the audit log; rotating the client secret would lock the gateway out.
+            return Err(ProxyError::GatewayOwned);
+        }
         let seller = self.authorize(&caller, op, req.headers()).await?; // 4. authorize
         ctx.seller = seller.as_ref().map(|s| s.selling_partner_id.clone());
         let role = self.roles.get(&caller.client.role);
@@ -1206,6 +1211,12 @@ impl Gateway {
     }
 }
 
+/// Operations only the gateway itself calls; tools are refused.
+pub const GATEWAY_OWN: [&str; 2] = [
+    rdt::RDT_OPERATION,
+    "application_2023-11-30.rotateApplicationClientSecret",
+];
+
 /// `hit` when a response came from the PII cache, `miss` when it could have and did not.
 pub const CACHE_HEADER: &str = "x-spgate-cache";
 
@@ -1354,7 +1365,7 @@ fn audit_reason(err: &ProxyError) -> crate::audit::Reason {
         ProxyError::Caller(C::MissingKey | C::MalformedKey | C::UnknownKey) => {
             Reason::UNAUTHENTICATED
         }
-        ProxyError::RoleMayNotReceive => Reason::OPERATION_NOT_ALLOWED,
+        ProxyError::RoleMayNotReceive | ProxyError::GatewayOwned => Reason::OPERATION_NOT_ALLOWED,
         ProxyError::RateLimited(_) => Reason::RATE_LIMITED,
         ProxyError::NotFound => Reason::UNKNOWN_OPERATION,
         ProxyError::Upstream(_) => Reason::UPSTREAM_ERROR,

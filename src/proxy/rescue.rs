@@ -80,6 +80,9 @@ pub enum ProxyError {
     /// The vault (per-order keys, retention) failed: a response needing it is withheld.
     #[error(transparent)]
     Vault(#[from] crate::vault::VaultError),
+    /// The operation is the gateway's own (Restricted Data Tokens, the LWA client secret).
+    #[error("the operation is reserved to the gateway")]
+    GatewayOwned,
     /// A report document link or download failed.
     #[error(transparent)]
     Document(#[from] crate::documents::DocumentError),
@@ -149,6 +152,7 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
             RateLimitError::InvalidSettings(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The gateway's rate limiting is misconfigured.", Fault::Internal),
         },
         E::UnsafeResponse(_) => (StatusCode::BAD_GATEWAY, "InternalFailure", "SP-API's response could not be checked against the data protection policy, so it was withheld.", Fault::Upstream),
+        E::GatewayOwned => (StatusCode::FORBIDDEN, "Unauthorized", "The gateway obtains Restricted Data Tokens and manages the application's credentials itself; tools may not call this operation.", Fault::Caller),
         E::Document(d) => match d {
             crate::documents::DocumentError::LinkExpired | crate::documents::DocumentError::LinkInvalid => (StatusCode::FORBIDDEN, "Unauthorized", "The document link is invalid or has expired; call getReportDocument again.", Fault::Caller),
             _ => (StatusCode::BAD_GATEWAY, "InternalFailure", "The report document could not be fetched or checked against the data protection policy.", Fault::Upstream),

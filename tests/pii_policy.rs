@@ -85,6 +85,30 @@ async fn restricted_responses_the_policy_cannot_read_are_withheld_with_502() {
     let reply = gw.get(path).await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
     assert_eq!(reply.error_code(), "NotFound");
+    // An error that echoes buyer data goes through the safety net too; a non-JSON one is withheld.
+    gw.sandbox.script(
+        "ordersV0.getOrderAddress",
+        bytes_script(
+            StatusCode::BAD_REQUEST,
+            vec![],
+            r#"{"errors":[{"code":"InvalidInput","message":"Bad address","details":"ship to jane.planted@example.invalid"}]}"#,
+        ),
+    );
+    let reply = gw.get(path).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.error_code(), "InvalidInput");
+    assert!(!String::from_utf8_lossy(&reply.body).contains("planted"));
+    gw.sandbox.script(
+        "ordersV0.getOrderAddress",
+        bytes_script(
+            StatusCode::BAD_REQUEST,
+            vec![],
+            "<html>Jane Planted-Example</html>",
+        ),
+    );
+    let reply = gw.get(path).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert!(!String::from_utf8_lossy(&reply.body).contains("Planted"));
 }
 
 #[tokio::test]

@@ -166,6 +166,8 @@ struct Ctx {
     token: Option<TokenKind>,
     /// Amazon's `x-amzn-RequestId`.
     upstream_request_id: Option<String>,
+    /// Whether the response came from the PII cache.
+    cache_hit: bool,
     /// The PII cache entry this response belongs to: (order id, cache key).
     cache: Option<(String, String)>,
     /// The gateway's own base URL as the caller reached it (for links it hands out).
@@ -393,6 +395,7 @@ impl Gateway {
                 .cache_get(&seller.selling_partner_id, &key.1)
                 .await?
             {
+                ctx.cache_hit = true;
                 let out = self
                     .apply_policy(&cached, op, role, Some(seller), &params, ctx)
                     .await?;
@@ -497,8 +500,11 @@ impl Gateway {
         params: &[(&'static str, String)],
         ctx: &mut Ctx,
     ) -> Result<Response<Body>, ProxyError> {
-        if op.pii_map.is_none() || !resp.status().is_success() {
+        if op.pii_map.is_none() {
             return Ok(resp);
+        }
+        if !resp.status().is_success() {
+            return self.minimise_error(resp, op, role).await;
         }
         let (mut parts, body) = resp.into_parts();
         if parts
@@ -536,6 +542,39 @@ impl Gateway {
         Ok(Response::from_parts(parts, body::full(out)))
     }
 
+    /// An error answer of an operation with buyer PII: Amazon's errors may echo what was sent
+    /// or found, so the body goes through the role's policy and the safety net like a success
+    /// (no keys: nothing is encrypted), and is withheld (502) when it is not JSON.
+    async fn minimise_error(
+        &self,
+        resp: Response<Body>,
+        op: &'static Operation,
+        role: &Role,
+    ) -> Result<Response<Body>, ProxyError> {
+        use crate::pii::{keys, transform};
+        let (mut parts, body) = resp.into_parts();
+        let bytes = read_capped(body, self.pii.max_response_bytes).await?;
+        if bytes.is_empty() {
+            return Ok(Response::from_parts(parts, body::empty()));
+        }
+        let policy = transform::Policy {
+            max_bytes: self.pii.max_response_bytes,
+            safety_net: self.pii.safety_net,
+        };
+        let pseudonym = keys::PseudonymKey::derive(&self.master_key, "error-bodies");
+        let keys = keys::Keys {
+            pseudonym: &pseudonym,
+            orders: &keys::NoOrderKeys,
+        };
+        let (out, _) = transform::apply_bytes(op.key, role, &bytes, &[], &keys, &policy)
+            .map_err(|_| ProxyError::UnsafeResponse("error body not JSON"))?;
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len() as u64));
+        Ok(Response::from_parts(parts, body::full(out)))
+    }
+
     /// The role's PII policy over a whole response: the orders it holds get their data keys
     /// (for `encrypt`) and retention facts first (I/O), then the pure transform runs.
     async fn apply_policy(
@@ -566,7 +605,9 @@ impl Gateway {
                 order_keys.push((id, key));
             }
         }
-        if seller.is_some() {
+        // Facts and pseudonyms of a cached response were recorded when it was fetched.
+        let fresh = !ctx.cache_hit;
+        if seller.is_some() && fresh {
             for facts in transform::orders(op.key, &value, &params) {
                 let facts = crate::vault::OrderFacts {
                     latest_delivery: facts
@@ -581,7 +622,7 @@ impl Gateway {
             }
         }
         let pseudonym = keys::PseudonymKey::derive(&self.master_key, seller_id);
-        if seller.is_some() && (encrypts || ctx.cache.is_some()) {
+        if seller.is_some() && fresh && (encrypts || ctx.cache.is_some()) {
             // Orders the vault holds PII of are found again by the buyer's e-mail pseudonym
             // (data-subject requests).
             for (order_id, email) in transform::order_emails(op.key, &value, &params) {
@@ -891,7 +932,7 @@ impl Gateway {
                 r = r.with_seller(seller);
             }
             r.order_id = a.order_id.as_deref().map(Id::lossy);
-            if let Some(category) = a.category {
+            if let (Some(category), reveal::Outcome::Revealed) = (a.category, a.outcome) {
                 r.pii = vec![PiiUse {
                     category,
                     action: crate::pii::Action::Pass,
@@ -948,14 +989,13 @@ impl Gateway {
         let download = Request::get(uri)
             .body(body::empty())
             .map_err(|_| crate::documents::DocumentError::Upstream)?;
-        let resp = self
-            .upstream
-            .client()
-            .request(download)
-            .await
-            .map_err(|_| {
-                UpstreamError::Connect("the report document could not be fetched".into())
-            })?;
+        let resp = tokio::time::timeout(
+            DOCUMENT_HEADER_TIMEOUT,
+            self.upstream.client().request(download),
+        )
+        .await
+        .map_err(|_| UpstreamError::HeaderTimeout(DOCUMENT_HEADER_TIMEOUT))?
+        .map_err(|_| UpstreamError::Connect("the report document could not be fetched".into()))?;
         if !resp.status().is_success() {
             return Err(crate::documents::DocumentError::Upstream.into());
         }
@@ -1210,6 +1250,9 @@ impl Gateway {
         Response::from_parts(parts, body)
     }
 }
+
+/// Longest wait for a report document's response headers.
+const DOCUMENT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Operations only the gateway itself calls; tools are refused.
 pub const GATEWAY_OWN: [&str; 2] = [

@@ -277,15 +277,20 @@ fn cli_auditor(config: &Config) -> anyhow::Result<spgate::audit::Auditor> {
     })
 }
 
-/// Records one command-line action and makes it durable.
-async fn audit_cli(config: &Config, record: spgate::audit::Record) -> anyhow::Result<()> {
+async fn clients(config: &Config, action: ClientsAction) -> anyhow::Result<()> {
+    // Opened before anything changes, so no change goes unaudited; shut down (flushed) however
+    // the command ends.
     let auditor = cli_auditor(config)?;
-    auditor.record(record.with_actor("cli"));
+    let result = clients_audited(config, action, &auditor).await;
     auditor.shutdown().await;
-    Ok(())
+    result
 }
 
-async fn clients(config: &Config, action: ClientsAction) -> anyhow::Result<()> {
+async fn clients_audited(
+    config: &Config,
+    action: ClientsAction,
+    auditor: &spgate::audit::Auditor,
+) -> anyhow::Result<()> {
     let store = spgate::open_store(config).await?.store;
     match action {
         ClientsAction::Add {
@@ -302,7 +307,7 @@ async fn clients(config: &Config, action: ClientsAction) -> anyhow::Result<()> {
                 .with_tool(&tool)
                 .with_role(&role);
             record.client_id = Some(spgate::audit::record::Id::lossy(&new.client.id));
-            audit_cli(config, record).await?;
+            auditor.record(record.with_actor("cli"));
             println!("client id: {}", new.client.id);
             println!("tool:      {}", new.client.tool);
             println!("role:      {}", new.client.role);
@@ -351,7 +356,7 @@ async fn clients(config: &Config, action: ClientsAction) -> anyhow::Result<()> {
             }
             let mut record = spgate::audit::Record::new(spgate::audit::Kind::KeyRevoked);
             record.client_id = Some(spgate::audit::record::Id::lossy(&id));
-            audit_cli(config, record).await?;
+            auditor.record(record.with_actor("cli"));
             println!("revoked {id}");
         }
     }
@@ -359,6 +364,17 @@ async fn clients(config: &Config, action: ClientsAction) -> anyhow::Result<()> {
 }
 
 async fn sellers(config: &Config, action: SellersAction) -> anyhow::Result<()> {
+    let auditor = cli_auditor(config)?;
+    let result = sellers_audited(config, action, &auditor).await;
+    auditor.shutdown().await;
+    result
+}
+
+async fn sellers_audited(
+    config: &Config,
+    action: SellersAction,
+    auditor: &spgate::audit::Auditor,
+) -> anyhow::Result<()> {
     let store = spgate::open_store(config).await?.store;
     match action {
         SellersAction::Add {
@@ -391,11 +407,11 @@ async fn sellers(config: &Config, action: SellersAction) -> anyhow::Result<()> {
                     status: SellerStatus::Active,
                 })
                 .await?;
-            audit_cli(
-                config,
-                spgate::audit::Record::new(spgate::audit::Kind::SellerAuthorized).with_seller(&id),
-            )
-            .await?;
+            auditor.record(
+                spgate::audit::Record::new(spgate::audit::Kind::SellerAuthorized)
+                    .with_seller(&id)
+                    .with_actor("cli"),
+            );
             println!("seller {id} added ({region})");
         }
         SellersAction::Invite { region, seller } => {
@@ -440,13 +456,12 @@ async fn sellers(config: &Config, action: SellersAction) -> anyhow::Result<()> {
             if !store.remove_seller(&id).await? {
                 bail!("no seller {id}");
             }
-            audit_cli(
-                config,
+            auditor.record(
                 spgate::audit::Record::new(spgate::audit::Kind::SellerDeauthorized)
                     .with_seller(&id)
-                    .with_reason(spgate::audit::Reason::from_static("removed_by_operator")),
-            )
-            .await?;
+                    .with_reason(spgate::audit::Reason::from_static("removed_by_operator"))
+                    .with_actor("cli"),
+            );
             println!("removed {id}");
         }
     }
@@ -468,70 +483,74 @@ async fn vault(config: Config, action: VaultAction) -> anyhow::Result<()> {
             sink_auditor.record(spgate::audit::events::vault_record(&event).with_actor("cli"));
         }),
     );
-    match action {
-        VaultAction::Export {
-            order,
-            pseudonym,
-            out,
-        } => {
-            let export = match (order, pseudonym) {
-                (Some(order), _) => vault.export(&order).await?,
-                (None, Some(psn)) => vault.export_pseudonym(&psn).await?,
-                (None, None) => bail!("give --order or --pseudonym"),
-            };
-            let text = serde_json::to_string_pretty(&export)?;
-            match out {
-                Some(path) => {
-                    write_private(&path, text.as_bytes())?;
-                    eprintln!(
-                        "exported {} order record(s) to {}",
-                        export.orders.len(),
-                        path.display()
+    let result: anyhow::Result<()> = async {
+        match action {
+            VaultAction::Export {
+                order,
+                pseudonym,
+                out,
+            } => {
+                let export = match (order, pseudonym) {
+                    (Some(order), _) => vault.export(&order).await?,
+                    (None, Some(psn)) => vault.export_pseudonym(&psn).await?,
+                    (None, None) => bail!("give --order or --pseudonym"),
+                };
+                let text = serde_json::to_string_pretty(&export)?;
+                match out {
+                    Some(path) => {
+                        write_private(&path, text.as_bytes())?;
+                        eprintln!(
+                            "exported {} order record(s) to {}",
+                            export.orders.len(),
+                            path.display()
+                        );
+                    }
+                    None => println!("{text}"),
+                }
+            }
+            VaultAction::Erase {
+                order,
+                seller,
+                pseudonym,
+                operator,
+            } => {
+                let reason = if operator {
+                    EraseReason::Operator
+                } else {
+                    EraseReason::DataSubjectRequest
+                };
+                let erased = match (order, pseudonym) {
+                    (Some(order), _) => vault.erase(seller.as_deref(), &order, reason).await?,
+                    (None, Some(psn)) => vault.erase_pseudonym(&psn, reason).await?,
+                    (None, None) => bail!("give --order or --pseudonym"),
+                };
+                for e in &erased {
+                    println!(
+                        "erased {} {} (key {}, {} cached response(s))",
+                        e.seller,
+                        e.order_id,
+                        e.key_id.as_deref().unwrap_or("-"),
+                        e.cache_entries
                     );
                 }
-                None => println!("{text}"),
+                if erased.is_empty() {
+                    println!("nothing left to erase (already deleted)");
+                }
+            }
+            VaultAction::Report { json } => {
+                let report = vault.report().await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    print!("{}", report.render());
+                }
             }
         }
-        VaultAction::Erase {
-            order,
-            seller,
-            pseudonym,
-            operator,
-        } => {
-            let reason = if operator {
-                EraseReason::Operator
-            } else {
-                EraseReason::DataSubjectRequest
-            };
-            let erased = match (order, pseudonym) {
-                (Some(order), _) => vault.erase(seller.as_deref(), &order, reason).await?,
-                (None, Some(psn)) => vault.erase_pseudonym(&psn, reason).await?,
-                (None, None) => bail!("give --order or --pseudonym"),
-            };
-            for e in &erased {
-                println!(
-                    "erased {} {} (key {}, {} cached response(s))",
-                    e.seller,
-                    e.order_id,
-                    e.key_id.as_deref().unwrap_or("-"),
-                    e.cache_entries
-                );
-            }
-            if erased.is_empty() {
-                println!("nothing left to erase (already deleted)");
-            }
-        }
-        VaultAction::Report { json } => {
-            let report = vault.report().await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.render());
-            }
-        }
+        Ok(())
     }
+    .await;
     auditor.shutdown().await;
-    Ok(())
+    result
 }
 
 /// Writes a file only its owner can read (it holds buyer PII).

@@ -917,7 +917,21 @@ impl Gateway {
             })?
             .to_bytes();
         let role = self.roles.get(&caller.client.role);
-        let answers = reveal::reveal(&body, &caller, role, &self.vault).await?;
+        let mut answers = reveal::reveal(&body, &caller, role, &self.vault).await?;
+        // Only for sellers still connected: a removed or deauthorized seller's data stays sealed.
+        for a in answers.iter_mut() {
+            if let (reveal::Outcome::Revealed, Some(seller)) = (a.outcome, &a.seller) {
+                let active = self
+                    .store
+                    .seller(seller)
+                    .await?
+                    .is_some_and(|s| s.status != SellerStatus::Deauthorized);
+                if !active {
+                    a.outcome = reveal::Outcome::Forbidden;
+                    a.value = None;
+                }
+            }
+        }
         for a in &answers {
             let mut r = Record::new(Kind::Reveal)
                 .with_tool(&caller.client.tool)
@@ -981,6 +995,13 @@ impl Gateway {
                 .is_none_or(|s| s == claims.seller_id);
         if !same_tool || !seller_ok {
             return Err(caller::CallerError::SellerNotAllowed.into());
+        }
+        match self.store.seller(&claims.seller_id).await? {
+            None => return Err(ProxyError::UnknownSeller),
+            Some(s) if s.status == SellerStatus::Deauthorized => {
+                return Err(ProxyError::SellerDeauthorized)
+            }
+            Some(_) => {}
         }
         let uri: Uri = claims
             .url

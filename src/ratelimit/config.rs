@@ -52,7 +52,7 @@ pub struct RawRateLimit {
     pub max_queue: Option<usize>,
     /// Weight of a tool without a share rule for the operation.
     pub default_share: Option<f64>,
-    /// Extra spacing between Amazon-bucket tokens, as a fraction of the interval (2 to 20 ms).
+    /// Extra spacing between Amazon-bucket tokens, as a fraction of the interval (2 to 50 ms).
     pub spacing_allowance: Option<f64>,
     /// `[ratelimit.redis]`.
     pub redis: Option<RawRedis>,
@@ -183,7 +183,7 @@ pub struct LimiterConfig {
     /// Named plans.
     pub plans: Plans,
     /// Extra spacing between tokens of Amazon's buckets, as a fraction of the interval (at least
-    /// 2 ms, at most 20 ms): covers the jitter between the gateway's decision and the request's arrival
+    /// 2 ms, at most 50 ms): covers the jitter between the gateway's decision and the request's arrival
     /// (a cold burst opens connections, a later request reuses one), so Amazon's own bucket
     /// never sees requests closer together than its plan allows.
     pub spacing_allowance: f64,
@@ -346,7 +346,7 @@ impl RawRateLimit {
             let plan = resolve_plan(raw, &path, catalog, &apis, &mut issues);
             plans.plans.insert(name.clone(), plan);
         }
-        let spacing_allowance = self.spacing_allowance.unwrap_or(0.02);
+        let spacing_allowance = self.spacing_allowance.unwrap_or(0.03);
         if !(spacing_allowance.is_finite() && (0.0..=0.5).contains(&spacing_allowance)) {
             issues.push(issue(
                 "ratelimit.spacing_allowance",

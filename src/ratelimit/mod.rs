@@ -310,7 +310,7 @@ impl Inner {
         // Spread tokens a little wider than the plan (see `LimiterConfig::spacing_allowance`).
         let interval = 1.0 / rate;
         let extra = if self.config.spacing_allowance > 0.0 {
-            (interval * self.config.spacing_allowance).clamp(0.002, 0.020)
+            (interval * self.config.spacing_allowance).clamp(0.002, 0.050)
         } else {
             0.0
         };

@@ -506,7 +506,7 @@ impl Gateway {
         if !resp.status().is_success() {
             return self.minimise_error(resp, op, role).await;
         }
-        let (mut parts, body) = resp.into_parts();
+        let (parts, body) = resp.into_parts();
         if parts
             .headers
             .get(header::CONTENT_ENCODING)
@@ -515,31 +515,16 @@ impl Gateway {
             return Err(ProxyError::UnsafeResponse("encoded"));
         }
         let bytes = read_capped(body, self.pii.max_response_bytes).await?;
-        if let (Some((order_id, key)), Some(seller)) = (&ctx.cache, seller) {
-            // Only a response the policy can read is cached (sealed under the order's key).
-            if crate::pii::transform::parse(&bytes, &crate::pii::transform::Policy::default())
-                .is_ok()
-            {
-                self.vault
-                    .cache_put(&seller.selling_partner_id, order_id, key, &bytes)
-                    .await?;
-            }
-        }
-        let _parsed: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|_| ProxyError::UnsafeResponse("not JSON"))?;
-        parts.headers.remove(header::CONTENT_LENGTH);
-        parts.headers.insert(
-            header::CONTENT_LENGTH,
-            HeaderValue::from(bytes.len() as u64),
-        );
         let out = self
             .apply_policy(&bytes, op, role, seller, params, ctx)
             .await?;
-        parts.headers.remove(header::CONTENT_LENGTH);
-        parts
-            .headers
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len() as u64));
-        Ok(Response::from_parts(parts, body::full(out)))
+        if let (Some((order_id, key)), Some(seller)) = (&ctx.cache, seller) {
+            // Only a response the policy could read is cached (sealed under the order's key).
+            self.vault
+                .cache_put(&seller.selling_partner_id, order_id, key, &bytes)
+                .await?;
+        }
+        Ok(with_body(parts, out))
     }
 
     /// An error answer of an operation with buyer PII: Amazon's errors may echo what was sent
@@ -552,27 +537,27 @@ impl Gateway {
         role: &Role,
     ) -> Result<Response<Body>, ProxyError> {
         use crate::pii::{keys, transform};
-        let (mut parts, body) = resp.into_parts();
+        let (parts, body) = resp.into_parts();
         let bytes = read_capped(body, self.pii.max_response_bytes).await?;
         if bytes.is_empty() {
             return Ok(Response::from_parts(parts, body::empty()));
         }
-        let policy = transform::Policy {
-            max_bytes: self.pii.max_response_bytes,
-            safety_net: self.pii.safety_net,
-        };
         let pseudonym = keys::PseudonymKey::derive(&self.master_key, "error-bodies");
         let keys = keys::Keys {
             pseudonym: &pseudonym,
             orders: &keys::NoOrderKeys,
         };
-        let (out, _) = transform::apply_bytes(op.key, role, &bytes, &[], &keys, &policy)
+        let (out, _) = transform::apply_bytes(op.key, role, &bytes, &[], &keys, &self.pii_policy())
             .map_err(|_| ProxyError::UnsafeResponse("error body not JSON"))?;
-        parts.headers.remove(header::CONTENT_LENGTH);
-        parts
-            .headers
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len() as u64));
-        Ok(Response::from_parts(parts, body::full(out)))
+        Ok(with_body(parts, out))
+    }
+
+    /// The transform's limits and safety-net action, from `[pii]`.
+    fn pii_policy(&self) -> crate::pii::transform::Policy {
+        crate::pii::transform::Policy {
+            max_bytes: self.pii.max_response_bytes,
+            safety_net: self.pii.safety_net,
+        }
     }
 
     /// The role's PII policy over a whole response: the orders it holds get their data keys
@@ -587,26 +572,28 @@ impl Gateway {
         ctx: &mut Ctx,
     ) -> Result<Vec<u8>, ProxyError> {
         use crate::pii::{keys, transform};
-        let policy = transform::Policy {
-            max_bytes: self.pii.max_response_bytes,
-            safety_net: self.pii.safety_net,
-        };
+        let policy = self.pii_policy();
         let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let value =
-            transform::parse(bytes, &policy).map_err(|_| ProxyError::UnsafeResponse("not JSON"))?;
         let seller_id = seller.map_or(APPLICATION_BUCKET, |s| s.selling_partner_id.as_str());
-        let mut order_keys: Vec<(String, crate::crypto::DataKey)> = Vec::new();
         let encrypts = crate::pii::Category::ALL
             .iter()
             .any(|c| role.action(*c) == crate::pii::Action::Encrypt);
+        // Facts and pseudonyms of a cached response were recorded when it was fetched.
+        let fresh = !ctx.cache_hit;
+        // The parsed tree is only needed for the vault's work (order keys, facts, pseudonyms);
+        // the transform itself runs over the bytes.
+        let value = if seller.is_some() && (encrypts || fresh) {
+            transform::parse(bytes, &policy).map_err(|_| ProxyError::UnsafeResponse("not JSON"))?
+        } else {
+            serde_json::Value::Null
+        };
+        let mut order_keys: Vec<(String, crate::crypto::DataKey)> = Vec::new();
         if encrypts && seller.is_some() {
             for id in transform::order_ids(op.key, &value, &params) {
                 let key = self.vault.order_key(seller_id, &id).await?;
                 order_keys.push((id, key));
             }
         }
-        // Facts and pseudonyms of a cached response were recorded when it was fetched.
-        let fresh = !ctx.cache_hit;
         if seller.is_some() && fresh {
             for facts in transform::orders(op.key, &value, &params) {
                 let facts = crate::vault::OrderFacts {
@@ -1442,6 +1429,14 @@ fn audit_reason(err: &ProxyError) -> crate::audit::Reason {
         ProxyError::Token(_) => Reason::UNAUTHENTICATED,
         _ => Reason::from_static("refused"),
     }
+}
+
+/// The response with a new, complete body (and its length).
+fn with_body(mut parts: http::response::Parts, out: Vec<u8>) -> Response<Body> {
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len() as u64));
+    Response::from_parts(parts, body::full(out))
 }
 
 /// Reads a whole body of at most `max` bytes; more, or a broken body, is an unsafe response.

@@ -1152,68 +1152,6 @@ impl Report {
     }
 }
 
-/// An [`AuditSink`] that writes events to the operational log (until the audit log takes
-/// them). Events carry no PII.
-pub fn log_sink() -> AuditSink {
-    Arc::new(|event: VaultEvent| match event {
-        VaultEvent::Deleted {
-            seller,
-            order_id,
-            key_id,
-            reason,
-            due,
-            cache_entries,
-        } => tracing::info!(
-            %seller, %order_id, key_id = key_id.as_deref().unwrap_or(""), reason = reason.as_str(),
-            due = %rfc3339(due.unix_timestamp()), cache_entries,
-            "Retention: deleted an order's cached PII and destroyed its data key."
-        ),
-        VaultEvent::Held {
-            seller,
-            order_id,
-            reason,
-            until,
-            by,
-        } => {
-            tracing::info!(%seller, %order_id, %reason, until = %rfc3339(until.unix_timestamp()), %by,
-            "Retention: legal hold set.")
-        }
-        VaultEvent::Released {
-            seller,
-            order_id,
-            by,
-        } => tracing::info!(%seller, %order_id, %by, "Retention: legal hold released."),
-        VaultEvent::Erased {
-            seller,
-            order_id,
-            key_id,
-            reason,
-            cache_entries,
-        } => tracing::info!(
-            %seller, %order_id, key_id = key_id.as_deref().unwrap_or(""), reason = ?reason,
-            cache_entries, "Retention: order erased on request."
-        ),
-        VaultEvent::Exported {
-            orders,
-            by_pseudonym,
-        } => tracing::info!(
-            orders = orders.len(),
-            by_pseudonym,
-            "Retention: buyer data exported."
-        ),
-        VaultEvent::Delivered {
-            seller,
-            order_id,
-            at,
-            source,
-            due,
-        } => tracing::info!(
-            %seller, %order_id, at = %rfc3339(at.unix_timestamp()), source = source.as_str(),
-            due = %rfc3339(due.unix_timestamp()), "Retention: delivery recorded."
-        ),
-    })
-}
-
 /// The opaque id a cache key is stored under: request URLs may carry PII (a buyer e-mail
 /// filter), so only their hash reaches the store.
 fn cache_id(cache_key: &str) -> String {

@@ -46,6 +46,7 @@ use tokio::time::Instant;
 pub mod body;
 pub mod documents;
 pub mod headers;
+pub mod outbound;
 pub mod rescue;
 pub mod reveal;
 pub mod sigv4;
@@ -84,6 +85,8 @@ pub struct Gateway {
     pii: crate::config::PiiSettings,
     vault: crate::vault::Vault,
     auditor: crate::audit::Auditor,
+    outbound: outbound::Fetcher,
+    header_drops: headers::Dropped,
 }
 
 /// The parts of a gateway, for [`Gateway::new`].
@@ -120,6 +123,8 @@ pub struct GatewayParts {
     pub vault: crate::vault::Vault,
     /// The audit log.
     pub auditor: crate::audit::Auditor,
+    /// Document downloads under the outbound policy.
+    pub outbound: outbound::Fetcher,
 }
 
 /// The token a request is sent upstream with, and where it came from (to forget it if Amazon
@@ -211,7 +216,19 @@ impl Gateway {
             pii: parts.pii,
             vault: parts.vault,
             auditor: parts.auditor,
+            outbound: parts.outbound,
+            header_drops: headers::Dropped::default(),
         }
+    }
+
+    /// Document downloads (refusal counters for metrics).
+    pub fn outbound(&self) -> &outbound::Fetcher {
+        &self.outbound
+    }
+
+    /// Headers dropped by the allowlists, per direction (metrics).
+    pub fn header_drops(&self) -> &headers::Dropped {
+        &self.header_drops
     }
 
     /// The vault (per-order keys, PII cache, retention).
@@ -478,12 +495,14 @@ impl Gateway {
             .and_then(|v| v.to_str().ok())
             .filter(|v| v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
             .map(str::to_string);
-        let mut resp = self.minimise(resp, op, role, seller, &params, ctx).await?; // 8. respond: the PII policy
+        let resp = self.minimise(resp, op, role, seller, &params, ctx).await?; // 8. respond: the PII policy
+                                                                               // The header allowlist first: the gateway's own headers come after it.
+        let mut resp = self.respond(resp);
         if ctx.cache.is_some() {
             resp.headers_mut()
                 .insert(CACHE_HEADER, HeaderValue::from_static("miss"));
         }
-        Ok(self.respond(resp))
+        Ok(resp)
     }
 
     /// Phase 8 (PII): a response of an operation that may carry buyer PII is buffered (up to
@@ -990,23 +1009,11 @@ impl Gateway {
             }
             Some(_) => {}
         }
-        let uri: Uri = claims
-            .url
-            .parse()
-            .map_err(|_| crate::documents::DocumentError::Upstream)?;
-        let download = Request::get(uri)
-            .body(body::empty())
-            .map_err(|_| crate::documents::DocumentError::Upstream)?;
-        let resp = tokio::time::timeout(
-            DOCUMENT_HEADER_TIMEOUT,
-            self.upstream.client().request(download),
-        )
-        .await
-        .map_err(|_| UpstreamError::HeaderTimeout(DOCUMENT_HEADER_TIMEOUT))?
-        .map_err(|_| UpstreamError::Connect("the report document could not be fetched".into()))?;
-        if !resp.status().is_success() {
-            return Err(crate::documents::DocumentError::Upstream.into());
-        }
+        // Only https to Amazon's document hosts, public addresses, no redirects.
+        let resp = self
+            .outbound
+            .get(&claims.url, DOCUMENT_HEADER_TIMEOUT)
+            .await?;
         let role = self.roles.get(&caller.client.role).clone();
         let policy = documents::RolePolicy::new(role, &self.master_key, &claims.seller_id);
         let input = resp.into_body().into_data_stream();
@@ -1219,7 +1226,7 @@ impl Gateway {
             .build()
             .map_err(|_| ProxyError::NotFound)?;
         parts.version = http::Version::HTTP_11;
-        headers::for_upstream(&mut parts.headers);
+        headers::for_upstream(&mut parts.headers, &self.header_drops);
         if op.pii_map.is_some() {
             // The PII policy reads the body: ask for it unencoded.
             parts.headers.remove(header::ACCEPT_ENCODING);
@@ -1254,7 +1261,7 @@ impl Gateway {
     /// Phase 7: the response as the caller will see it.
     fn respond(&self, resp: Response<Body>) -> Response<Body> {
         let (mut parts, body) = resp.into_parts();
-        headers::for_caller(&mut parts.headers);
+        headers::for_caller(&mut parts.headers, parts.status, &self.header_drops);
         Response::from_parts(parts, body)
     }
 }
@@ -1427,6 +1434,7 @@ fn audit_reason(err: &ProxyError) -> crate::audit::Reason {
         ProxyError::Restricted(_) => Reason::from_static("restricted_data_unavailable"),
         ProxyError::Credentials(_) => Reason::from_static("credentials_unavailable"),
         ProxyError::Token(_) => Reason::UNAUTHENTICATED,
+        ProxyError::Outbound(e) => e.reason(),
         _ => Reason::from_static("refused"),
     }
 }

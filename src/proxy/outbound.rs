@@ -224,8 +224,8 @@ impl OutboundConfig {
 // === impl HostPattern ===
 
 impl HostPattern {
-    /// Parses a pattern: DNS labels of `[a-z0-9-]`, each optionally with one `*`; the last two
-    /// labels are literal (no `*.com`).
+    /// Parses a pattern: DNS labels of `[a-z0-9-]`, each optionally with one `*`; in a pattern
+    /// with a `*`, the last two labels are literal (no `*.com`).
     pub fn parse(s: &str) -> Option<HostPattern> {
         let s = s.trim().to_ascii_lowercase();
         let labels: Vec<&str> = s.split('.').collect();
@@ -235,8 +235,8 @@ impl HostPattern {
                 && l.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'*')
         };
-        let literal_tail =
-            labels.len() >= 2 && labels[labels.len() - 2..].iter().all(|l| !l.contains('*'));
+        let literal_tail = !s.contains('*')
+            || (labels.len() >= 2 && labels[labels.len() - 2..].iter().all(|l| !l.contains('*')));
         (labels.iter().all(|l| ok_label(l)) && literal_tail).then_some(HostPattern(s))
     }
 

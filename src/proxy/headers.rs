@@ -1,6 +1,7 @@
 //! Header hygiene between the caller, the gateway and SP-API.
 //!
-//! Both directions are allowlists: up to Amazon only [`TO_UPSTREAM`], back to tools only
+//! Both directions are allowlists: up to Amazon only [`TO_UPSTREAM`] and
+//! [`SP_API_REQUEST_HEADERS`], back to tools only
 //! [`TO_CALLER`] (plus `Retry-After` on 429 and 503, and the gateway's own headers, added after
 //! the filter). Everything else is dropped and counted ([`Dropped`], on `/metrics`). Hop-by-hop
 //! headers (RFC 9110 section 7.6.1) and those the `Connection` header names are never
@@ -46,25 +47,29 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// What a tool may send up to Amazon: content negotiation, the user agent, body framing
-/// (`Content-Length`; chunking is hop-by-hop and hyper's), and exactly the request headers
-/// Amazon's models document as operation parameters (`tests/headers.rs` compares this list with
-/// every model). `Authorization`, `Host`, cookies, `Forwarded`, `X-Forwarded-*`, SigV4 headers,
-/// any other `x-amz*` header and the gateway's own `x-spgate-*` headers never reach Amazon.
-pub const TO_UPSTREAM: [&str; 13] = [
+/// What a tool may send up to Amazon besides [`SP_API_REQUEST_HEADERS`]: content negotiation,
+/// the user agent and body framing (`Content-Length`; chunking is hop-by-hop and hyper's).
+/// `Authorization`, `Host`, cookies, `Forwarded`, `X-Forwarded-*`, SigV4 headers, any other
+/// `x-amz*` header and the gateway's own `x-spgate-*` headers never reach Amazon.
+pub const TO_UPSTREAM: [&str; 6] = [
     "content-type",
     "content-length",
     "accept",
     "accept-encoding",
     "accept-language",
     "user-agent",
-    // Documented header parameters of SP-API operations:
+];
+
+/// Exactly the header parameters Amazon's models document for SP-API operations
+/// (`tests/headers.rs` compares this list with every model).
+pub const SP_API_REQUEST_HEADERS: [&str; 8] = [
     "x-amzn-shipping-business-id",
     "x-amzn-fulfillment-service-id",
     "x-amzn-idempotencykey",
     "x-amzn-idempotency-token",
     "destaccountdigitalsignature",
     "amountdigitalsignature",
+    "accept-language",
     "locale",
 ];
 
@@ -85,10 +90,13 @@ pub struct Dropped {
     to_caller: AtomicU64,
 }
 
-/// Keeps a caller's headers that [`TO_UPSTREAM`] allows; drops and counts the rest.
+/// Keeps a caller's headers that [`TO_UPSTREAM`] or [`SP_API_REQUEST_HEADERS`] allow; drops
+/// and counts the rest.
 pub fn for_upstream(headers: &mut HeaderMap, dropped: &Dropped) {
     strip_hop_by_hop(headers);
-    let n = retain(headers, |name| TO_UPSTREAM.contains(&name.as_str()));
+    let n = retain(headers, |name| {
+        TO_UPSTREAM.contains(&name.as_str()) || SP_API_REQUEST_HEADERS.contains(&name.as_str())
+    });
     dropped.to_upstream.fetch_add(n, Ordering::Relaxed);
 }
 

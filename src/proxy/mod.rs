@@ -45,6 +45,7 @@ use tokio::time::Instant;
 
 pub mod body;
 pub mod documents;
+pub mod error_body;
 pub mod headers;
 pub mod outbound;
 pub mod rescue;
@@ -547,8 +548,10 @@ impl Gateway {
     }
 
     /// An error answer of an operation with buyer PII: Amazon's errors may echo what was sent
-    /// or found, so the body goes through the role's policy and the safety net like a success
-    /// (no keys: nothing is encrypted), and is withheld (502) when it is not JSON.
+    /// or found. Each error's `code` passes; `message` and `details` only for a role that passes
+    /// every category of the operation, and then through the role's policy and the safety net
+    /// like a success (no keys: nothing is encrypted). Other roles get a generic message for
+    /// the code and no details ([`error_body::generic`]). Not JSON: withheld (502).
     async fn minimise_error(
         &self,
         resp: Response<Body>,
@@ -560,6 +563,18 @@ impl Gateway {
         let bytes = read_capped(body, self.pii.max_response_bytes).await?;
         if bytes.is_empty() {
             return Ok(Response::from_parts(parts, body::empty()));
+        }
+        let passes_all = crate::pii::map::FieldMap::builtin()
+            .get(op.key)
+            .is_some_and(|map| {
+                map.categories()
+                    .iter()
+                    .all(|c| role.action(*c) == crate::pii::Action::Pass)
+            });
+        if !passes_all {
+            let out = error_body::generic(parts.status, &bytes)
+                .ok_or(ProxyError::UnsafeResponse("error body not JSON"))?;
+            return Ok(with_body(parts, out));
         }
         let pseudonym = keys::PseudonymKey::derive(&self.master_key, "error-bodies");
         let keys = keys::Keys {

@@ -200,6 +200,8 @@ async fn urls_to_loopback_private_and_link_local_addresses_or_over_http_are_refu
         "spgate_outbound_refused_total{reason=\"port_not_allowed\"} 1",
         "spgate_outbound_refused_total{reason=\"url_invalid\"} 1",
         "spgate_outbound_refused_total{reason=\"address_not_public\"} 1",
+        // The header allowlist's counter sits beside it (each test request's `Host` is dropped).
+        "spgate_headers_dropped_total{direction=\"to_upstream\"} ",
     ] {
         assert!(text.contains(line), "{line} in:\n{text}");
     }

@@ -84,6 +84,7 @@ pub const TO_CALLER: [&str; 5] = [
 ];
 
 /// Headers dropped by the allowlists, per direction (Prometheus `spgate_headers_dropped_total`).
+/// Hop-by-hop headers are connection framing every proxy removes, and are not counted.
 #[derive(Debug, Default)]
 pub struct Dropped {
     to_upstream: AtomicU64,

@@ -18,7 +18,8 @@
 //! in the demo and the tests) that may be fetched over plain http. Nothing else on loopback is.
 //!
 //! A refusal is an [`OutboundError`] (a 502 in SP-API's error shape from `rescue`), an audit
-//! reason code ([`OutboundError::reason`]) and a metric (`spgate_outbound_refused_total`).
+//! reason code ([`OutboundError::reason`]) and a metric (`spgate_outbound_refused_total`; a
+//! document host that fails counts in `spgate_outbound_failed_total`).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -121,7 +122,8 @@ pub enum OutboundError {
 pub struct Fetcher {
     client: Client<HttpsConnector<HttpConnector<CheckedResolver>>, Body>,
     config: Arc<OutboundConfig>,
-    counters: Arc<Mutex<BTreeMap<&'static str, u64>>>,
+    /// (refused by the policy?, reason label) -> count.
+    counters: Arc<Mutex<BTreeMap<(bool, &'static str), u64>>>,
 }
 
 /// A DNS resolver that refuses every name with a non-public address among its answers.
@@ -336,7 +338,7 @@ impl Fetcher {
         let result = self.fetch(url, timeout).await;
         if let Err(e) = &result {
             let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-            *counters.entry(label(e)).or_default() += 1;
+            *counters.entry((e.is_refusal(), label(e))).or_default() += 1;
         }
         result
     }
@@ -375,12 +377,24 @@ impl Fetcher {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let _ = writeln!(out, "# HELP spgate_outbound_refused_total Document fetches refused by the outbound policy or failed, by reason.\n# TYPE spgate_outbound_refused_total counter");
-        for (reason, n) in counters {
-            let _ = writeln!(
-                out,
-                "spgate_outbound_refused_total{{reason=\"{reason}\"}} {n}"
-            );
+        for (name, help, refusals) in [
+            (
+                "spgate_outbound_refused_total",
+                "Document fetches the outbound policy refused, by reason.",
+                true,
+            ),
+            (
+                "spgate_outbound_failed_total",
+                "Document fetches that failed at the document host, by reason.",
+                false,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for ((refusal, reason), n) in &counters {
+                if *refusal == refusals {
+                    let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {n}");
+                }
+            }
         }
     }
 
@@ -389,9 +403,10 @@ impl Fetcher {
         self.counters
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(reason)
-            .copied()
-            .unwrap_or(0)
+            .iter()
+            .filter(|((_, r), _)| *r == reason)
+            .map(|(_, n)| *n)
+            .sum()
     }
 }
 

@@ -236,8 +236,9 @@ async fn the_sandboxs_documents_download_only_when_the_config_opts_its_loopback_
     assert_eq!(gw.gateway.outbound().refused("host_not_allowed"), 1);
 }
 
-/// A document host on loopback (opted in) that answers every request with a redirect.
-async fn redirecting_host(to: &str) -> std::net::SocketAddr {
+/// A document host on loopback (opted in) that answers every request with `status` and a
+/// `Location` header.
+async fn answering_host(status: StatusCode, to: &str) -> std::net::SocketAddr {
     use hyper::service::service_fn;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -253,7 +254,7 @@ async fn redirecting_host(to: &str) -> std::net::SocketAddr {
                     let to = to.clone();
                     async move {
                         http::Response::builder()
-                            .status(StatusCode::FOUND)
+                            .status(status)
                             .header("location", to)
                             .body(http_body_util::Full::new(bytes::Bytes::new()))
                     }
@@ -271,7 +272,7 @@ async fn redirecting_host(to: &str) -> std::net::SocketAddr {
 async fn a_redirect_from_a_document_host_is_refused_not_followed() {
     let dir = tempfile::tempdir().unwrap();
     let gw_admin_target = "http://127.0.0.1:9/metrics";
-    let host = redirecting_host(gw_admin_target).await;
+    let host = answering_host(StatusCode::FOUND, gw_admin_target).await;
     let gw = start_gateway(Options {
         sandbox_documents: false,
         ..audited(
@@ -288,4 +289,32 @@ async fn a_redirect_from_a_document_host_is_refused_not_followed() {
         ["document_redirect_refused"]
     );
     assert_eq!(gw.gateway.outbound().refused("redirect_refused"), 1);
+}
+
+#[tokio::test]
+async fn a_document_host_that_fails_is_a_clear_error_counted_apart_from_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = answering_host(StatusCode::INTERNAL_SERVER_ERROR, "/").await;
+    let gw = start_gateway(Options {
+        sandbox_documents: false,
+        ..audited(
+            &format!("[outbound]\nallow_loopback = [\"{host}\"]\n"),
+            dir.path(),
+        )
+    })
+    .await;
+    let reply = follow(&gw, &format!("http://{host}/report")).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(reply.error_code(), "ServiceUnavailable");
+    assert_eq!(
+        download_reasons(&gw, dir.path()).await,
+        ["document_upstream_status"]
+    );
+    let mut text = String::new();
+    gw.gateway.outbound().render_metrics(&mut text);
+    assert!(
+        text.contains("spgate_outbound_failed_total{reason=\"upstream_status\"} 1"),
+        "{text}"
+    );
+    assert!(!text.contains("spgate_outbound_refused_total{"), "{text}");
 }

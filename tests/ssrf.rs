@@ -268,20 +268,24 @@ async fn answering_host(status: StatusCode, to: &str) -> std::net::SocketAddr {
     addr
 }
 
+/// A gateway that may fetch from `host` only (audited in `dir`), and its answer to a document
+/// link that points there.
+async fn via_loopback_host(host: std::net::SocketAddr, dir: &Path) -> (TestGateway, Reply) {
+    let gw = start_gateway(Options {
+        sandbox_documents: false,
+        ..audited(&format!("[outbound]\nallow_loopback = [\"{host}\"]\n"), dir)
+    })
+    .await;
+    let reply = follow(&gw, &format!("http://{host}/report")).await;
+    (gw, reply)
+}
+
 #[tokio::test]
 async fn a_redirect_from_a_document_host_is_refused_not_followed() {
     let dir = tempfile::tempdir().unwrap();
     let gw_admin_target = "http://127.0.0.1:9/metrics";
     let host = answering_host(StatusCode::FOUND, gw_admin_target).await;
-    let gw = start_gateway(Options {
-        sandbox_documents: false,
-        ..audited(
-            &format!("[outbound]\nallow_loopback = [\"{host}\"]\n"),
-            dir.path(),
-        )
-    })
-    .await;
-    let reply = follow(&gw, &format!("http://{host}/report")).await;
+    let (gw, reply) = via_loopback_host(host, dir.path()).await;
     assert_refused(&reply, "redirect");
     assert!(reply.headers.get("location").is_none());
     assert_eq!(
@@ -295,15 +299,7 @@ async fn a_redirect_from_a_document_host_is_refused_not_followed() {
 async fn a_document_host_that_fails_is_a_clear_error_counted_apart_from_refusals() {
     let dir = tempfile::tempdir().unwrap();
     let host = answering_host(StatusCode::INTERNAL_SERVER_ERROR, "/").await;
-    let gw = start_gateway(Options {
-        sandbox_documents: false,
-        ..audited(
-            &format!("[outbound]\nallow_loopback = [\"{host}\"]\n"),
-            dir.path(),
-        )
-    })
-    .await;
-    let reply = follow(&gw, &format!("http://{host}/report")).await;
+    let (gw, reply) = via_loopback_host(host, dir.path()).await;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
     assert_eq!(reply.error_code(), "ServiceUnavailable");
     assert_eq!(

@@ -13,7 +13,8 @@
 //! 7. upstream: the seller's region endpoint, streamed both ways, under timeouts; Amazon's
 //!    `x-amzn-RateLimit-Limit` and 429s feed back into the limiter; bodiless requests are
 //!    retried once after 401/403 and, if idempotent, after 429/5xx within the deadline;
-//! 8. respond: hop-by-hop headers removed, Amazon's request id and rate limit passed back.
+//! 8. respond: the PII policy, then the header allowlist (Amazon's request id and rate limit
+//!    pass back, see [`headers`]); the gateway's own headers are added after it.
 //!
 //! Errors from every phase meet in [`rescue::rescue`], the only error-to-response map.
 
@@ -497,8 +498,7 @@ impl Gateway {
             .filter(|v| v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
             .map(str::to_string);
         let resp = self.minimise(resp, op, role, seller, &params, ctx).await?; // 8. respond: the PII policy
-                                                                               // The header allowlist first: the gateway's own headers come after it.
-        let mut resp = self.respond(resp);
+        let mut resp = self.respond(resp); // the header allowlist, before the gateway's own headers
         if ctx.cache.is_some() {
             resp.headers_mut()
                 .insert(CACHE_HEADER, HeaderValue::from_static("miss"));

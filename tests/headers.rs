@@ -103,12 +103,13 @@ async fn cookies_forwarding_headers_and_tool_chosen_amazon_headers_never_reach_a
         ("x-amz-security-token", "tool-token"),
         ("origin", "https://tool.example"),
         ("x-custom", "1"),
+        // Documented, but for Shipping v2 only.
+        ("x-amzn-idempotencykey", "idem-1"),
     ];
     let wanted = [
         ("accept", "application/json"),
         ("user-agent", "label-printer/2.1 (Language=Rust)"),
         ("accept-language", "de-DE"),
-        ("x-amzn-idempotencykey", "idem-1"),
     ];
     let order = spgate::sandbox::Sandbox::synthetic_order_ids(SELLER)[0].clone();
     let address = format!("/orders/v0/orders/{order}/address");
@@ -141,8 +142,8 @@ async fn cookies_forwarding_headers_and_tool_chosen_amazon_headers_never_reach_a
     }
 }
 
-/// Every `in: header` parameter of every operation in a model (lower case).
-fn header_params(model: &serde_json::Value, out: &mut BTreeSet<String>) {
+/// Every `in: header` parameter of every operation in a model (lower case), with the model.
+fn header_params(stem: &str, model: &serde_json::Value, out: &mut BTreeSet<(String, String)>) {
     let resolve = |p: &serde_json::Value| -> serde_json::Value {
         match p["$ref"].as_str() {
             Some(r) => {
@@ -163,7 +164,8 @@ fn header_params(model: &serde_json::Value, out: &mut BTreeSet<String>) {
             let own = op["parameters"].as_array().cloned().unwrap_or_default();
             for p in shared.iter().chain(&own).map(resolve) {
                 if p["in"] == "header" {
-                    out.insert(p["name"].as_str().unwrap().to_ascii_lowercase());
+                    let name = p["name"].as_str().unwrap().to_ascii_lowercase();
+                    out.insert((name, stem.to_string()));
                 }
             }
         }
@@ -171,7 +173,7 @@ fn header_params(model: &serde_json::Value, out: &mut BTreeSet<String>) {
 }
 
 #[test]
-fn the_sp_api_request_headers_allowed_up_are_exactly_those_the_models_document() {
+fn the_sp_api_request_headers_allowed_up_are_exactly_those_the_models_document_per_api() {
     let Some(dir) = models_dir() else { return };
     let mut documented = BTreeSet::new();
     for api in std::fs::read_dir(&dir).unwrap() {
@@ -184,16 +186,36 @@ fn the_sp_api_request_headers_allowed_up_are_exactly_those_the_models_document()
             if f.extension().is_some_and(|e| e == "json") {
                 let model: serde_json::Value =
                     serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
-                header_params(&model, &mut documented);
+                let stem = f.file_stem().unwrap().to_str().unwrap();
+                header_params(stem, &model, &mut documented);
             }
         }
     }
-    let allowed: BTreeSet<String> = SP_API_REQUEST_HEADERS
+    let allowed: BTreeSet<(String, String)> = SP_API_REQUEST_HEADERS
         .iter()
-        .map(|h| h.to_string())
+        .map(|(h, m)| (h.to_string(), m.to_string()))
         .collect();
     assert_eq!(
         allowed, documented,
-        "headers::SP_API_REQUEST_HEADERS must list exactly the header parameters of Amazon's models"
+        "headers::SP_API_REQUEST_HEADERS must list exactly the header parameters of Amazon's models, each with its model"
     );
+}
+
+#[tokio::test]
+async fn a_documented_sp_api_header_reaches_the_api_that_documents_it() {
+    let gw = start_gateway(Options::default()).await;
+    let req = gw
+        .request(
+            Method::GET,
+            "/shipping/v2/tracking?trackingId=1Z999&carrierId=AMZN_US",
+        )
+        .header("x-amzn-shipping-business-id", "AmazonShipping_US")
+        .header("x-amzn-fulfillment-service-id", "for-fba-outbound-only")
+        .body(empty())
+        .unwrap();
+    let _ = gw.call(req).await;
+    let got = gw.sandbox.received("shippingV2.getTracking");
+    let h = &got.last().expect("the sandbox received the call").headers;
+    assert_eq!(h["x-amzn-shipping-business-id"], "AmazonShipping_US");
+    assert!(!h.contains_key("x-amzn-fulfillment-service-id"));
 }

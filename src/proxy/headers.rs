@@ -60,17 +60,21 @@ pub const TO_UPSTREAM: [&str; 6] = [
     "user-agent",
 ];
 
-/// Exactly the header parameters Amazon's models document for SP-API operations
-/// (`tests/headers.rs` compares this list with every model).
-pub const SP_API_REQUEST_HEADERS: [&str; 8] = [
-    "x-amzn-shipping-business-id",
-    "x-amzn-fulfillment-service-id",
-    "x-amzn-idempotencykey",
-    "x-amzn-idempotency-token",
-    "destaccountdigitalsignature",
-    "amountdigitalsignature",
-    "accept-language",
-    "locale",
+/// Exactly the header parameters Amazon's models document, each with the model (catalog
+/// `Operation::model`) whose operations take it: sent to another API, it is dropped.
+/// `tests/headers.rs` compares this list with every model.
+pub const SP_API_REQUEST_HEADERS: [(&str, &str); 8] = [
+    ("x-amzn-shipping-business-id", "shippingV2"),
+    ("x-amzn-idempotencykey", "shippingV2"),
+    ("locale", "shippingV2"),
+    (
+        "x-amzn-fulfillment-service-id",
+        "fulfillmentOutbound_2026-07-04",
+    ),
+    ("x-amzn-idempotency-token", "fbaInventory"),
+    ("destaccountdigitalsignature", "sellerWallet_2024-03-01"),
+    ("amountdigitalsignature", "sellerWallet_2024-03-01"),
+    ("accept-language", "tracking_2026-01-30"),
 ];
 
 /// What comes back to a tool of Amazon's response headers. `Retry-After` only on 429 and 503.
@@ -91,12 +95,13 @@ pub struct Dropped {
     to_caller: AtomicU64,
 }
 
-/// Keeps a caller's headers that [`TO_UPSTREAM`] or [`SP_API_REQUEST_HEADERS`] allow; drops
-/// and counts the rest.
-pub fn for_upstream(headers: &mut HeaderMap, dropped: &Dropped) {
+/// Keeps a caller's headers that [`TO_UPSTREAM`] allows, or [`SP_API_REQUEST_HEADERS`] for
+/// the operation's `model`; drops and counts the rest.
+pub fn for_upstream(headers: &mut HeaderMap, model: &str, dropped: &Dropped) {
     strip_hop_by_hop(headers);
     let n = retain(headers, |name| {
-        TO_UPSTREAM.contains(&name.as_str()) || SP_API_REQUEST_HEADERS.contains(&name.as_str())
+        TO_UPSTREAM.contains(&name.as_str())
+            || SP_API_REQUEST_HEADERS.contains(&(name.as_str(), model))
     });
     dropped.to_upstream.fetch_add(n, Ordering::Relaxed);
 }
@@ -203,15 +208,16 @@ mod tests {
             ("x-amzn-idempotencykey", "k-1"),
         ]);
         let dropped = Dropped::default();
-        for_upstream(&mut h, &dropped);
+        let mut shipping = h.clone();
+        for_upstream(&mut h, "ordersV0", &dropped);
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
-        assert_eq!(
-            left,
-            ["content-type", "user-agent", "x-amzn-idempotencykey"]
-        );
-        // Hop-by-hop headers are connection framing, not counted; the other 11 are.
-        assert_eq!(dropped.to_upstream(), 11);
+        assert_eq!(left, ["content-type", "user-agent"]);
+        // Hop-by-hop headers are connection framing, not counted; the other 12 are.
+        assert_eq!(dropped.to_upstream(), 12);
+        // Shipping v2 documents the idempotency key header.
+        for_upstream(&mut shipping, "shippingV2", &dropped);
+        assert!(shipping.contains_key("x-amzn-idempotencykey"));
     }
 
     #[test]

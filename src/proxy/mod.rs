@@ -1241,7 +1241,7 @@ impl Gateway {
             .build()
             .map_err(|_| ProxyError::NotFound)?;
         parts.version = http::Version::HTTP_11;
-        headers::for_upstream(&mut parts.headers, &self.header_drops);
+        headers::for_upstream(&mut parts.headers, op.model, &self.header_drops);
         if op.pii_map.is_some() {
             // The PII policy reads the body: ask for it unencoded.
             parts.headers.remove(header::ACCEPT_ENCODING);

@@ -301,6 +301,8 @@ pub struct RawConfig {
     pub audit: Option<crate::audit::RawAudit>,
     /// `[retention]`.
     pub retention: crate::vault::RawRetention,
+    /// `[outbound]`: where document downloads may go.
+    pub outbound: crate::proxy::outbound::RawOutbound,
 }
 
 /// `[tools.<name>]`: settings of one seller tool, by the tool name its API keys carry.
@@ -364,6 +366,8 @@ pub struct Config {
     pub audit: Option<crate::audit::AuditConfig>,
     /// Retention of buyer PII (the vault).
     pub retention: crate::vault::RetentionConfig,
+    /// Where document downloads may go.
+    pub outbound: crate::proxy::outbound::OutboundConfig,
 }
 
 /// See [`RawPii`].
@@ -597,6 +601,7 @@ impl RawConfig {
                     issues.extend(more);
                 }
                 "retention" => section(&key, value, &mut raw.retention, &mut issues),
+                "outbound" => section(&key, value, &mut raw.outbound, &mut issues),
                 _ => issues.push(ConfigIssue {
                     path: key.clone(),
                     message: "unknown key".into(),
@@ -898,6 +903,13 @@ impl Config {
                 crate::vault::RetentionConfig::defaults()
             }
         };
+        let outbound = match raw.outbound.resolve() {
+            Ok(o) => o,
+            Err(issues) => {
+                v.issues.extend(issues);
+                crate::proxy::outbound::OutboundConfig::defaults()
+            }
+        };
         match (v.issues.is_empty(), master_key, ratelimit) {
             (true, Some(master_key), Some(ratelimit)) => Ok(Config {
                 server,
@@ -914,6 +926,7 @@ impl Config {
                 pii,
                 audit,
                 retention,
+                outbound,
             }),
             _ => Err(ConfigError(v.issues)),
         }

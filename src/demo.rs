@@ -284,6 +284,7 @@ master_key = {{ env = "DEMO_MASTER_KEY" }}
 dir = {audit_dir:?}
 instance = "demo"
 key = {{ env = "DEMO_AUDIT_KEY" }}
+{outbound}
 [log]
 format = "pretty"
 level = "warn"
@@ -300,6 +301,7 @@ customization_url = "pass"
 delivery_instructions = "pass"
 "#,
         data_dir = data_dir.display().to_string(),
+        outbound = sandbox_outbound(upstream),
         audit_dir = data_dir.join("audit").display().to_string(),
     );
     let mut env = MapEnv::default();
@@ -318,6 +320,21 @@ delivery_instructions = "pass"
     env.vars
         .insert("DEMO_MASTER_KEY".into(), master.expose().clone());
     Config::from_toml(&toml, &env)
+}
+
+/// The `[outbound]` opt-in for a sandbox on loopback: its report documents download from its
+/// own address over http, which the gateway otherwise refuses.
+fn sandbox_outbound(upstream: &str) -> String {
+    let authority = upstream
+        .strip_prefix("http://")
+        .unwrap_or(upstream)
+        .trim_end_matches('/');
+    match authority.parse::<SocketAddr>() {
+        Ok(addr) if addr.ip().is_loopback() => {
+            format!("[outbound]\nallow_loopback = [\"{addr}\"]")
+        }
+        _ => String::new(),
+    }
 }
 
 fn print_instructions(

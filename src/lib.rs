@@ -136,6 +136,7 @@ pub async fn build_gateway(
     let lwa = Lwa::new(client.clone(), &config.lwa, shared);
     let rdts = crate::auth::rdt::Rdts::new(client.clone(), config.lwa.timeout);
     let upstream = Upstream::new(client, &config.upstream);
+    let outbound = crate::proxy::outbound::Fetcher::new(config.outbound, &config.upstream);
     let server_limits = ServerLimits {
         max_connections: config.server.max_connections,
         max_header_bytes: config.server.max_header_bytes,
@@ -156,6 +157,7 @@ pub async fn build_gateway(
         pii: config.pii,
         vault,
         auditor,
+        outbound,
         rdts,
         onboarding: config.onboarding,
         sigv4: config.upstream.sigv4.clone(),

@@ -123,6 +123,8 @@ type = "embedded"
 data_dir = {data:?}
 [keys]
 master_key = {{ env = "SPGATE_MASTER_KEY" }}
+[outbound]
+allow_loopback = ["127.0.0.1:{sandbox_port}"]
 [audit]
 dir = {audit:?}
 instance = "logtest"

@@ -326,6 +326,8 @@ impl Admin {
             m.wait_seconds_sum, m.wait_count
         );
         self.gateway.auditor().render_metrics(&mut out);
+        self.gateway.outbound().render_metrics(&mut out);
+        self.gateway.header_drops().render_metrics(&mut out);
         let mut resp = Response::new(body::full(out));
         resp.headers_mut().insert(
             header::CONTENT_TYPE,

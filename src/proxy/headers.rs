@@ -1,9 +1,14 @@
 //! Header hygiene between the caller, the gateway and SP-API.
 //!
-//! Hop-by-hop headers (RFC 9110 section 7.6.1) belong to one connection and are never forwarded
-//! in either direction, nor are headers the `Connection` header names. Caller credentials
-//! (`Authorization`, a drop-in `x-amz-access-token`) and the gateway's own `x-spgate-*` headers
-//! never reach Amazon.
+//! Both directions are allowlists: up to Amazon only [`TO_UPSTREAM`] and
+//! [`SP_API_REQUEST_HEADERS`], back to tools only
+//! [`TO_CALLER`] (plus `Retry-After` on 429 and 503, and the gateway's own headers, added after
+//! the filter). Everything else is dropped and counted ([`Dropped`], on `/metrics`). Hop-by-hop
+//! headers (RFC 9110 section 7.6.1) and those the `Connection` header names are never
+//! forwarded. Caller credentials (`Authorization`, a drop-in `x-amz-access-token`) never reach
+//! Amazon: the gateway sets the token header itself after the filter.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::header::{self, HeaderMap, HeaderName};
 
@@ -42,31 +47,115 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Prepares a caller's headers for SP-API: hop-by-hop, caller credentials, `Host` and the
-/// gateway's own headers are removed. The caller's `Content-Length`, `Content-Type`,
-/// `User-Agent` and other end-to-end headers are kept.
-pub fn for_upstream(headers: &mut HeaderMap) {
-    strip_hop_by_hop(headers);
-    headers.remove(header::AUTHORIZATION);
-    headers.remove(header::HOST);
-    headers.remove(crate::spapi::ACCESS_TOKEN);
-    // SigV4 headers from a caller are meaningless once the credentials change.
-    headers.remove("x-amz-date");
-    headers.remove("x-amz-security-token");
-    let ours: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with(SPGATE_PREFIX))
-        .cloned()
-        .collect();
-    for name in ours {
-        headers.remove(name);
-    }
+/// What a tool may send up to Amazon besides [`SP_API_REQUEST_HEADERS`]: content negotiation,
+/// the user agent and body framing (`Content-Length`; chunking is hop-by-hop and hyper's).
+/// `Authorization`, `Host`, cookies, `Forwarded`, `X-Forwarded-*`, SigV4 headers, any other
+/// `x-amz*` header and the gateway's own `x-spgate-*` headers never reach Amazon.
+pub const TO_UPSTREAM: [&str; 6] = [
+    "content-type",
+    "content-length",
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "user-agent",
+];
+
+/// Exactly the header parameters Amazon's models document, each with the model (catalog
+/// `Operation::model`) whose operations take it: sent to another API, it is dropped.
+/// `tests/headers.rs` compares this list with every model.
+pub const SP_API_REQUEST_HEADERS: [(&str, &str); 8] = [
+    ("x-amzn-shipping-business-id", "shippingV2"),
+    ("x-amzn-idempotencykey", "shippingV2"),
+    ("locale", "shippingV2"),
+    (
+        "x-amzn-fulfillment-service-id",
+        "fulfillmentOutbound_2026-07-04",
+    ),
+    ("x-amzn-idempotency-token", "fbaInventory"),
+    ("destaccountdigitalsignature", "sellerWallet_2024-03-01"),
+    ("amountdigitalsignature", "sellerWallet_2024-03-01"),
+    ("accept-language", "tracking_2026-01-30"),
+];
+
+/// What comes back to a tool of Amazon's response headers. `Retry-After` only on 429 and 503.
+/// The gateway adds its own (`x-spgate-*`) after this filter, so Amazon cannot set them.
+pub const TO_CALLER: [&str; 5] = [
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "x-amzn-requestid",
+    "x-amzn-ratelimit-limit",
+];
+
+/// Headers dropped by the allowlists, per direction (Prometheus `spgate_headers_dropped_total`).
+/// Hop-by-hop headers are connection framing every proxy removes, and are not counted.
+#[derive(Debug, Default)]
+pub struct Dropped {
+    to_upstream: AtomicU64,
+    to_caller: AtomicU64,
 }
 
-/// Prepares SP-API's response headers for the caller: hop-by-hop headers are removed; Amazon's
-/// `x-amzn-RequestId`, `x-amzn-RateLimit-Limit` and other end-to-end headers pass.
-pub fn for_caller(headers: &mut HeaderMap) {
+/// Keeps a caller's headers that [`TO_UPSTREAM`] allows, or [`SP_API_REQUEST_HEADERS`] for
+/// the operation's `model`; drops and counts the rest.
+pub fn for_upstream(headers: &mut HeaderMap, model: &str, dropped: &Dropped) {
     strip_hop_by_hop(headers);
+    let n = retain(headers, |name| {
+        TO_UPSTREAM.contains(&name.as_str())
+            || SP_API_REQUEST_HEADERS.contains(&(name.as_str(), model))
+    });
+    dropped.to_upstream.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Keeps Amazon's response headers that [`TO_CALLER`] allows (and `Retry-After` on 429 and
+/// 503); drops and counts the rest.
+pub fn for_caller(headers: &mut HeaderMap, status: http::StatusCode, dropped: &Dropped) {
+    strip_hop_by_hop(headers);
+    let retry_after = matches!(status.as_u16(), 429 | 503);
+    let n = retain(headers, |name| {
+        TO_CALLER.contains(&name.as_str()) || (retry_after && name == header::RETRY_AFTER)
+    });
+    dropped.to_caller.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Removes every header `keep` refuses; returns how many values were removed.
+fn retain(headers: &mut HeaderMap, keep: impl Fn(&HeaderName) -> bool) -> u64 {
+    let refused: Vec<HeaderName> = headers.keys().filter(|k| !keep(k)).cloned().collect();
+    let mut n = 0;
+    for name in &refused {
+        n += headers.get_all(name).iter().count() as u64;
+        headers.remove(name);
+    }
+    if !refused.is_empty() {
+        // Names only (never values), for whoever wonders where a header went.
+        let names: Vec<&str> = refused.iter().map(HeaderName::as_str).collect();
+        tracing::debug!(headers = ?names, "Headers outside the allowlist were dropped.");
+    }
+    n
+}
+
+// === impl Dropped ===
+
+impl Dropped {
+    /// Header values dropped on the way to Amazon.
+    pub fn to_upstream(&self) -> u64 {
+        self.to_upstream.load(Ordering::Relaxed)
+    }
+
+    /// Header values dropped on the way back to tools.
+    pub fn to_caller(&self) -> u64 {
+        self.to_caller.load(Ordering::Relaxed)
+    }
+
+    /// The counters in Prometheus text.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let _ = writeln!(
+            out,
+            "# HELP spgate_headers_dropped_total Header values outside the allowlists, dropped, by direction.\n# TYPE spgate_headers_dropped_total counter\nspgate_headers_dropped_total{{direction=\"to_upstream\"}} {}\nspgate_headers_dropped_total{{direction=\"to_caller\"}} {}",
+            self.to_upstream(),
+            self.to_caller()
+        );
+    }
 }
 
 /// Total size of header names and values, as limited by `server.max_header_bytes`.
@@ -94,7 +183,7 @@ mod tests {
     }
 
     #[test]
-    fn caller_credentials_and_hop_by_hop_headers_never_reach_amazon() {
+    fn only_allowlisted_headers_reach_amazon() {
         let mut h = map(&[
             ("authorization", "Bearer spg_secret"),
             ("x-amz-access-token", "gw-token"),
@@ -108,29 +197,57 @@ mod tests {
             ("upgrade", "h2c"),
             ("proxy-authorization", "Basic x"),
             ("host", "sellingpartnerapi-na.amazon.com"),
+            ("cookie", "session=1"),
+            ("forwarded", "for=10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-amzn-requestid", "chosen-by-tool"),
+            ("x-amz-security-token", "x"),
             ("content-type", "application/json"),
             ("user-agent", "my-tool/1.0"),
             ("x-amz-date", "20260101T000000Z"),
+            ("x-amzn-idempotencykey", "k-1"),
         ]);
-        for_upstream(&mut h);
-        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        let dropped = Dropped::default();
+        let mut shipping = h.clone();
+        for_upstream(&mut h, "ordersV0", &dropped);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
         assert_eq!(left, ["content-type", "user-agent"]);
+        // Hop-by-hop headers are connection framing, not counted; the other 12 are.
+        assert_eq!(dropped.to_upstream(), 12);
+        // Shipping v2 documents the idempotency key header.
+        for_upstream(&mut shipping, "shippingV2", &dropped);
+        assert!(shipping.contains_key("x-amzn-idempotencykey"));
     }
 
     #[test]
-    fn amazons_response_headers_pass_but_hop_by_hop_ones_do_not() {
-        let mut h = map(&[
+    fn only_allowlisted_headers_come_back_from_amazon() {
+        let headers = [
             ("x-amzn-requestid", "r-1"),
             ("x-amzn-ratelimit-limit", "0.5"),
             ("connection", "close"),
             ("transfer-encoding", "chunked"),
             ("content-type", "application/json"),
-        ]);
-        for_caller(&mut h);
-        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+            ("set-cookie", "a=1"),
+            ("set-cookie", "b=2"),
+            ("location", "https://evil.example/"),
+            ("x-amzn-other", "1"),
+            ("x-spgate-cache", "hit"),
+            ("retry-after", "3"),
+        ];
+        let dropped = Dropped::default();
+        let mut h = map(&headers);
+        for_caller(&mut h, http::StatusCode::OK, &dropped);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
         assert_eq!(
             left,
-            ["x-amzn-requestid", "x-amzn-ratelimit-limit", "content-type"]
+            ["content-type", "x-amzn-ratelimit-limit", "x-amzn-requestid"]
         );
+        assert_eq!(dropped.to_caller(), 6);
+        let mut h = map(&headers);
+        for_caller(&mut h, http::StatusCode::TOO_MANY_REQUESTS, &dropped);
+        assert_eq!(h["retry-after"], "3");
+        assert_eq!(dropped.to_caller(), 11);
     }
 }

@@ -13,7 +13,8 @@
 //! 7. upstream: the seller's region endpoint, streamed both ways, under timeouts; Amazon's
 //!    `x-amzn-RateLimit-Limit` and 429s feed back into the limiter; bodiless requests are
 //!    retried once after 401/403 and, if idempotent, after 429/5xx within the deadline;
-//! 8. respond: hop-by-hop headers removed, Amazon's request id and rate limit passed back.
+//! 8. respond: the PII policy, then the header allowlist (Amazon's request id and rate limit
+//!    pass back, see [`headers`]); the gateway's own headers are added after it.
 //!
 //! Errors from every phase meet in [`rescue::rescue`], the only error-to-response map.
 
@@ -45,7 +46,9 @@ use tokio::time::Instant;
 
 pub mod body;
 pub mod documents;
+pub mod error_body;
 pub mod headers;
+pub mod outbound;
 pub mod rescue;
 pub mod reveal;
 pub mod sigv4;
@@ -84,6 +87,8 @@ pub struct Gateway {
     pii: crate::config::PiiSettings,
     vault: crate::vault::Vault,
     auditor: crate::audit::Auditor,
+    outbound: outbound::Fetcher,
+    header_drops: headers::Dropped,
 }
 
 /// The parts of a gateway, for [`Gateway::new`].
@@ -120,6 +125,8 @@ pub struct GatewayParts {
     pub vault: crate::vault::Vault,
     /// The audit log.
     pub auditor: crate::audit::Auditor,
+    /// Document downloads under the outbound policy.
+    pub outbound: outbound::Fetcher,
 }
 
 /// The token a request is sent upstream with, and where it came from (to forget it if Amazon
@@ -211,7 +218,19 @@ impl Gateway {
             pii: parts.pii,
             vault: parts.vault,
             auditor: parts.auditor,
+            outbound: parts.outbound,
+            header_drops: headers::Dropped::default(),
         }
+    }
+
+    /// Document downloads (refusal counters for metrics).
+    pub fn outbound(&self) -> &outbound::Fetcher {
+        &self.outbound
+    }
+
+    /// Headers dropped by the allowlists, per direction (metrics).
+    pub fn header_drops(&self) -> &headers::Dropped {
+        &self.header_drops
     }
 
     /// The vault (per-order keys, PII cache, retention).
@@ -478,12 +497,13 @@ impl Gateway {
             .and_then(|v| v.to_str().ok())
             .filter(|v| v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
             .map(str::to_string);
-        let mut resp = self.minimise(resp, op, role, seller, &params, ctx).await?; // 8. respond: the PII policy
+        let resp = self.minimise(resp, op, role, seller, &params, ctx).await?; // 8. respond: the PII policy
+        let mut resp = self.respond(resp); // the header allowlist, before the gateway's own headers
         if ctx.cache.is_some() {
             resp.headers_mut()
                 .insert(CACHE_HEADER, HeaderValue::from_static("miss"));
         }
-        Ok(self.respond(resp))
+        Ok(resp)
     }
 
     /// Phase 8 (PII): a response of an operation that may carry buyer PII is buffered (up to
@@ -528,8 +548,10 @@ impl Gateway {
     }
 
     /// An error answer of an operation with buyer PII: Amazon's errors may echo what was sent
-    /// or found, so the body goes through the role's policy and the safety net like a success
-    /// (no keys: nothing is encrypted), and is withheld (502) when it is not JSON.
+    /// or found. Each error's `code` passes; `message` and `details` only for a role that passes
+    /// every category of the operation, and then through the role's policy and the safety net
+    /// like a success (no keys: nothing is encrypted). Other roles get a generic message for
+    /// the code and no details ([`error_body::generic`]). Not JSON: withheld (502).
     async fn minimise_error(
         &self,
         resp: Response<Body>,
@@ -541,6 +563,18 @@ impl Gateway {
         let bytes = read_capped(body, self.pii.max_response_bytes).await?;
         if bytes.is_empty() {
             return Ok(Response::from_parts(parts, body::empty()));
+        }
+        let passes_all = crate::pii::map::FieldMap::builtin()
+            .get(op.key)
+            .is_some_and(|map| {
+                map.categories()
+                    .iter()
+                    .all(|c| role.action(*c) == crate::pii::Action::Pass)
+            });
+        if !passes_all {
+            let out = error_body::generic(parts.status, &bytes)
+                .ok_or(ProxyError::UnsafeResponse("error body not JSON"))?;
+            return Ok(with_body(parts, out));
         }
         let pseudonym = keys::PseudonymKey::derive(&self.master_key, "error-bodies");
         let keys = keys::Keys {
@@ -990,23 +1024,11 @@ impl Gateway {
             }
             Some(_) => {}
         }
-        let uri: Uri = claims
-            .url
-            .parse()
-            .map_err(|_| crate::documents::DocumentError::Upstream)?;
-        let download = Request::get(uri)
-            .body(body::empty())
-            .map_err(|_| crate::documents::DocumentError::Upstream)?;
-        let resp = tokio::time::timeout(
-            DOCUMENT_HEADER_TIMEOUT,
-            self.upstream.client().request(download),
-        )
-        .await
-        .map_err(|_| UpstreamError::HeaderTimeout(DOCUMENT_HEADER_TIMEOUT))?
-        .map_err(|_| UpstreamError::Connect("the report document could not be fetched".into()))?;
-        if !resp.status().is_success() {
-            return Err(crate::documents::DocumentError::Upstream.into());
-        }
+        // Only https to Amazon's document hosts, public addresses, no redirects.
+        let resp = self
+            .outbound
+            .get(&claims.url, DOCUMENT_HEADER_TIMEOUT)
+            .await?;
         let role = self.roles.get(&caller.client.role).clone();
         let policy = documents::RolePolicy::new(role, &self.master_key, &claims.seller_id);
         let input = resp.into_body().into_data_stream();
@@ -1219,7 +1241,7 @@ impl Gateway {
             .build()
             .map_err(|_| ProxyError::NotFound)?;
         parts.version = http::Version::HTTP_11;
-        headers::for_upstream(&mut parts.headers);
+        headers::for_upstream(&mut parts.headers, op.model, &self.header_drops);
         if op.pii_map.is_some() {
             // The PII policy reads the body: ask for it unencoded.
             parts.headers.remove(header::ACCEPT_ENCODING);
@@ -1254,7 +1276,7 @@ impl Gateway {
     /// Phase 7: the response as the caller will see it.
     fn respond(&self, resp: Response<Body>) -> Response<Body> {
         let (mut parts, body) = resp.into_parts();
-        headers::for_caller(&mut parts.headers);
+        headers::for_caller(&mut parts.headers, parts.status, &self.header_drops);
         Response::from_parts(parts, body)
     }
 }
@@ -1427,6 +1449,7 @@ fn audit_reason(err: &ProxyError) -> crate::audit::Reason {
         ProxyError::Restricted(_) => Reason::from_static("restricted_data_unavailable"),
         ProxyError::Credentials(_) => Reason::from_static("credentials_unavailable"),
         ProxyError::Token(_) => Reason::UNAUTHENTICATED,
+        ProxyError::Outbound(e) => e.reason(),
         _ => Reason::from_static("refused"),
     }
 }

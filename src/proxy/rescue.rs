@@ -92,6 +92,9 @@ pub enum ProxyError {
     /// The drop-in token endpoint refused a request (answered in LWA's error shape).
     #[error(transparent)]
     Token(#[from] TokenError),
+    /// A document download was refused by the outbound policy, or failed.
+    #[error(transparent)]
+    Outbound(#[from] super::outbound::OutboundError),
 }
 
 /// Whose fault an error is, for logs and metrics.
@@ -162,6 +165,15 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
             super::reveal::RevealError::BadRequest(why) => (StatusCode::BAD_REQUEST, "InvalidInput", *why, Fault::Caller),
             super::reveal::RevealError::Lookup(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The gateway's data vault failed.", Fault::Internal),
         },
+        E::Outbound(o) => {
+            use super::outbound::OutboundError as O;
+            match o {
+                O::Invalid | O::Scheme | O::Host(_) | O::Port(_) | O::Address { .. } => (StatusCode::BAD_GATEWAY, "InternalFailure", "The document's download location was refused: the gateway fetches documents only over https from Amazon's document hosts, never from private addresses.", Fault::Upstream),
+                O::Redirect(_) => (StatusCode::BAD_GATEWAY, "InternalFailure", "The document host answered with a redirect, which the gateway does not follow.", Fault::Upstream),
+                O::Status(_) | O::Transport(_) => (StatusCode::BAD_GATEWAY, "ServiceUnavailable", "The document could not be downloaded from Amazon's document host.", Fault::Upstream),
+                O::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "RequestTimeout", "Amazon's document host did not answer in time.", Fault::Upstream),
+            }
+        }
         E::Token(t) => return token_error(t),
         E::Onboarding(o) => return onboarding_error(o),
     };

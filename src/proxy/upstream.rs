@@ -41,16 +41,8 @@ pub fn build_client(cfg: &UpstreamConfig) -> HttpClient {
     http.set_connect_timeout(Some(cfg.connect_timeout));
     http.set_nodelay(true);
     http.enforce_http(false);
-    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-    .expect("ring supports TLS 1.2 and 1.3")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
+        .with_tls_config(tls_config())
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
@@ -60,6 +52,16 @@ pub fn build_client(cfg: &UpstreamConfig) -> HttpClient {
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .build(https)
+}
+
+/// TLS 1.2 and 1.3 with webpki roots and the ring provider (SP-API, LWA and document hosts).
+pub fn tls_config() -> rustls::ClientConfig {
+    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("ring supports TLS 1.2 and 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
 }
 
 /// Sends requests upstream under the configured timeouts.

@@ -63,6 +63,8 @@ pub struct Options {
     pub store_toml: Option<String>,
     /// The master key (instances sharing a Redis store must share it).
     pub master_key: Option<Secret<String>>,
+    /// Opt the sandbox's address in to document downloads over loopback (`[outbound]`).
+    pub sandbox_documents: bool,
 }
 
 /// A `[store]` section for the shared Redis on 127.0.0.1:6379 under a fresh key prefix.
@@ -107,6 +109,7 @@ impl Default for Options {
             shared_sandbox: None,
             store_toml: None,
             master_key: None,
+            sandbox_documents: true,
         }
     }
 }
@@ -188,6 +191,7 @@ master_key = {{ env = "MASTER" }}
 {roles}
 [retention]
 cache = {cache}
+{outbound}
 {extra}
 "#,
         cache = opts.pii_cache,
@@ -197,6 +201,14 @@ cache = {cache}
             dir.path().join("data").display().to_string()
         )),
         extra = opts.extra_toml,
+        outbound = if opts.sandbox_documents {
+            format!(
+                "[outbound]\nallow_loopback = [\"{}\"]\n",
+                sandbox_url.trim_start_matches("http://")
+            )
+        } else {
+            String::new()
+        },
         server = opts.server_toml,
         upstream = opts.upstream_toml,
         lwa = opts.lwa_toml,
@@ -272,6 +284,21 @@ cache = {cache}
         server: Some(server),
         dir,
     }
+}
+
+/// Amazon's models in `../shared/spapi-models` beside the repository; without them a developer
+/// gets a skip notice (`None`), and CI (`CI` set) fails.
+pub fn models_dir() -> Option<std::path::PathBuf> {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/spapi-models");
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must have ../shared/spapi-models beside the repository"
+    );
+    eprintln!("skipping: {} not found", dir.display());
+    None
 }
 
 /// A buffered response.

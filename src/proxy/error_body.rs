@@ -1,0 +1,142 @@
+//! Error answers of operations with buyer PII, for roles that do not pass every category of the
+//! operation: Amazon's error messages and details are free text that may echo a buyer's name or
+//! address, so only each error's `code` passes, with a generic message for the code and no
+//! details ([`generic`]).
+//!
+//! A code is passed only when it looks like one (`[A-Za-z0-9_.:-]`, at most 64 characters);
+//! otherwise, and when the body has no `errors` array, the code comes from the HTTP status.
+
+use http::StatusCode;
+
+use crate::spapi::{ErrorBody, ErrorItem};
+
+/// The message for a code not in [`MESSAGES`].
+pub const FALLBACK_MESSAGE: &str = "The request could not be completed.";
+
+/// Generic messages by SP-API error code (the codes Amazon's models and docs name most).
+const MESSAGES: [(&str, &str); 10] = [
+    (
+        "InvalidInput",
+        "The request has missing or invalid parameters and cannot be parsed.",
+    ),
+    ("InvalidRequest", "The request is not valid."),
+    (
+        "Unauthorized",
+        "Access to the requested resource is denied.",
+    ),
+    (
+        "Forbidden",
+        "Access to the requested resource is forbidden.",
+    ),
+    ("NotFound", "The requested resource does not exist."),
+    (
+        "QuotaExceeded",
+        "You exceeded your quota for the requested resource.",
+    ),
+    (
+        "Conflict",
+        "The request conflicts with the resource's state.",
+    ),
+    (
+        "InternalFailure",
+        "An unexpected condition prevented Amazon from fulfilling the request.",
+    ),
+    (
+        "ServiceUnavailable",
+        "The service is temporarily overloaded or in maintenance.",
+    ),
+    (
+        "RequestTimeout",
+        "Amazon did not complete the request in time.",
+    ),
+];
+
+/// The error body a role that does not pass every category of the operation receives: each
+/// error's code, its generic message, empty details. `None` when the body is not JSON.
+pub fn generic(status: StatusCode, body: &[u8]) -> Option<Vec<u8>> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let codes: Vec<String> = match value.get("errors").and_then(|e| e.as_array()) {
+        Some(errors) if !errors.is_empty() => errors
+            .iter()
+            .map(|e| match e.get("code").and_then(|c| c.as_str()) {
+                Some(code) if is_code(code) => code.to_string(),
+                _ => code_for(status).to_string(),
+            })
+            .collect(),
+        _ => vec![code_for(status).to_string()],
+    };
+    let out = ErrorBody {
+        errors: codes
+            .into_iter()
+            .map(|code| ErrorItem {
+                message: message_for(&code).to_string(),
+                code,
+                details: String::new(),
+            })
+            .collect(),
+    };
+    Some(out.to_bytes().to_vec())
+}
+
+/// The generic message for a code.
+pub fn message_for(code: &str) -> &'static str {
+    MESSAGES
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map_or(FALLBACK_MESSAGE, |(_, m)| m)
+}
+
+/// Whether a string is shaped like an error code (and so cannot carry free text).
+fn is_code(code: &str) -> bool {
+    (1..=64).contains(&code.len())
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+}
+
+/// The code for a status when the body names none.
+fn code_for(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 | 403 => "Unauthorized",
+        404 => "NotFound",
+        429 => "QuotaExceeded",
+        503 => "ServiceUnavailable",
+        504 => "RequestTimeout",
+        s if s >= 500 => "InternalFailure",
+        _ => "InvalidInput",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(status: u16, input: &str, expect: serde_json::Value) {
+        let out = generic(StatusCode::from_u16(status).unwrap(), input.as_bytes());
+        let out: serde_json::Value = serde_json::from_slice(&out.unwrap()).unwrap();
+        assert_eq!(out, expect, "{input}");
+    }
+
+    #[test]
+    fn only_codes_pass_with_generic_messages_and_no_details() {
+        check(
+            400,
+            r#"{"errors":[{"code":"InvalidInput","message":"Jane Example at 1 Synthetic Way","details":"Jane"},{"code":"Custom.Code","message":"x"}],"payload":{"Name":"Jane"}}"#,
+            serde_json::json!({"errors":[
+                {"code":"InvalidInput","message":"The request has missing or invalid parameters and cannot be parsed.","details":""},
+                {"code":"Custom.Code","message":FALLBACK_MESSAGE,"details":""}
+            ]}),
+        );
+        check(
+            404,
+            r#"{"errors":[{"code":"Jane Example, 1 Synthetic Way","message":"m"}]}"#,
+            serde_json::json!({"errors":[{"code":"NotFound","message":"The requested resource does not exist.","details":""}]}),
+        );
+        check(
+            503,
+            r#"{"message":"Jane Example"}"#,
+            serde_json::json!({"errors":[{"code":"ServiceUnavailable","message":"The service is temporarily overloaded or in maintenance.","details":""}]}),
+        );
+        assert!(generic(StatusCode::BAD_REQUEST, b"Jane Example").is_none());
+    }
+}

@@ -1,0 +1,713 @@
+//! Outbound fetches to URLs that upstream answers name (report, invoice and label document
+//! downloads): only over https to Amazon's document hosts, never to a private address.
+//!
+//! A URL an upstream answer names is not trusted: the gateway would otherwise fetch whatever
+//! it is told to, including its own admin listener or a cloud metadata service (SSRF). A fetch
+//! goes ahead only when
+//! - the scheme is `https`, the port the default one, there is no user info, and the host
+//!   matches one of `[outbound] document_hosts` (patterns like `*.s3.amazonaws.com`, where `*`
+//!   stands for one DNS label or part of one, never a dot);
+//! - every address the host resolves to is public (no loopback, private, link-local, shared,
+//!   multicast, unspecified, documentation or reserved address, nor an IPv6 address embedding
+//!   one). The check runs inside the connector's resolver ([`CheckedResolver`]), and the
+//!   connection goes to exactly the addresses checked, so a DNS answer cannot change between
+//!   check and connect (DNS rebinding);
+//! - the answer is not a redirect (redirects are never followed).
+//!
+//! The one exception is `[outbound] allow_loopback`: loopback socket addresses (the sandbox's,
+//! in the demo and the tests) that may be fetched over plain http. Nothing else on loopback is.
+//!
+//! A refusal is an [`OutboundError`] (a 502 in SP-API's error shape from `rescue`), an audit
+//! reason code ([`OutboundError::reason`]) and a metric (`spgate_outbound_refused_total`; a
+//! document host that fails counts in `spgate_outbound_failed_total`).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response, Uri};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::dns::Name;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use serde::Deserialize;
+
+use super::body::{self, Body};
+use crate::config::{ConfigIssue, UpstreamConfig};
+
+/// Amazon's hosts for documents named in SP-API answers, from the models' examples:
+/// presigned S3 URLs (reports, invoices, labels, service job attachments, in every S3 host
+/// form), Amazon's report CDN (reports, feeds, Data Kiosk) and amazon.com hosts (Easy Ship
+/// documents, customization data).
+pub const DEFAULT_DOCUMENT_HOSTS: [&str; 8] = [
+    "s3.amazonaws.com",
+    "*.s3.amazonaws.com",
+    "s3.*.amazonaws.com",
+    "*.s3.*.amazonaws.com",
+    "s3-*.amazonaws.com",
+    "*.s3-*.amazonaws.com",
+    "d34o8swod1owfl.cloudfront.net",
+    "*.amazon.com",
+];
+
+/// `[outbound]`: where document downloads may go.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawOutbound {
+    /// Host patterns documents may be downloaded from over https (default: Amazon's S3 hosts,
+    /// its report CDN and `*.amazon.com`). `*` stands for one DNS label or part of one.
+    pub document_hosts: Option<Vec<String>>,
+    /// Loopback socket addresses (`127.0.0.1:8900`) that may be fetched over http: only for
+    /// the sandbox (demo and tests). Empty by default.
+    pub allow_loopback: Option<Vec<String>>,
+}
+
+/// The validated `[outbound]` section.
+#[derive(Debug, Clone)]
+pub struct OutboundConfig {
+    /// Host patterns, lower case.
+    pub document_hosts: Vec<HostPattern>,
+    /// Loopback socket addresses the sandbox serves documents from.
+    pub allow_loopback: Vec<SocketAddr>,
+}
+
+/// A host pattern: labels that are literal, `*`, or literal text around one `*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPattern(String);
+
+/// Why an outbound fetch was refused or failed. Never holds the URL (a presigned URL is a
+/// credential): only its host, an address or a status.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboundError {
+    /// The URL could not be parsed, has user info, or has no host.
+    #[error("the document URL is not a plain absolute URL")]
+    Invalid,
+    /// Not https (plain http only to an opted-in loopback address).
+    #[error("the document URL's scheme is not https")]
+    Scheme,
+    /// The host is not one of `[outbound] document_hosts`.
+    #[error("the document host {0} is not allowed")]
+    Host(String),
+    /// An explicit port other than 443.
+    #[error("the document URL names port {0}; only the default https port is allowed")]
+    Port(u16),
+    /// The host resolved to an address that is not public.
+    #[error("the document host {host} resolved to {ip}, which is not a public address")]
+    Address {
+        /// The host name.
+        host: String,
+        /// The refused address.
+        ip: IpAddr,
+    },
+    /// The document host answered with a redirect, which is never followed.
+    #[error("the document host answered with a redirect ({0}), which is not followed")]
+    Redirect(u16),
+    /// The document host answered with an error status.
+    #[error("the document host answered {0}")]
+    Status(u16),
+    /// No answer within the timeout.
+    #[error("the document host did not answer within {0:?}")]
+    Timeout(Duration),
+    /// DNS, TCP or TLS failed (a transport description, no URL).
+    #[error("the document could not be fetched: {0}")]
+    Transport(String),
+}
+
+/// Downloads documents under the policy. Cheap to clone.
+#[derive(Clone)]
+pub struct Fetcher {
+    client: Client<HttpsConnector<HttpConnector<CheckedResolver>>, Body>,
+    config: Arc<OutboundConfig>,
+    /// (refused by the policy?, reason label) -> count.
+    counters: Arc<Mutex<BTreeMap<(bool, &'static str), u64>>>,
+}
+
+/// A DNS resolver that refuses every name with a non-public address among its answers.
+#[derive(Clone, Debug, Default)]
+pub struct CheckedResolver;
+
+// === impl RawOutbound ===
+
+impl RawOutbound {
+    /// Validates the section; every problem comes with its key path.
+    pub fn resolve(&self) -> Result<OutboundConfig, Vec<ConfigIssue>> {
+        let mut issues = Vec::new();
+        let mut document_hosts = Vec::new();
+        let defaults = DEFAULT_DOCUMENT_HOSTS.map(String::from);
+        let hosts = self.document_hosts.as_deref().unwrap_or(&defaults);
+        for (i, h) in hosts.iter().enumerate() {
+            match HostPattern::parse(h) {
+                Some(p) => document_hosts.push(p),
+                None => issues.push(ConfigIssue {
+                    path: format!("outbound.document_hosts[{i}]"),
+                    message: format!("{h:?} is not a host pattern (DNS labels, each literal or with one `*`, at least two labels after the last `*`)"),
+                }),
+            }
+        }
+        let mut allow_loopback = Vec::new();
+        for (i, a) in self.allow_loopback.iter().flatten().enumerate() {
+            match a.parse::<SocketAddr>() {
+                Ok(addr) if addr.ip().is_loopback() => allow_loopback.push(addr),
+                _ => issues.push(ConfigIssue {
+                    path: format!("outbound.allow_loopback[{i}]"),
+                    message: format!(
+                        "{a:?} is not a loopback address with a port, like 127.0.0.1:8900"
+                    ),
+                }),
+            }
+        }
+        if issues.is_empty() {
+            Ok(OutboundConfig {
+                document_hosts,
+                allow_loopback,
+            })
+        } else {
+            Err(issues)
+        }
+    }
+}
+
+// === impl OutboundConfig ===
+
+impl OutboundConfig {
+    /// The defaults: Amazon's document hosts, no loopback.
+    pub fn defaults() -> OutboundConfig {
+        OutboundConfig {
+            document_hosts: DEFAULT_DOCUMENT_HOSTS
+                .iter()
+                .filter_map(|h| HostPattern::parse(h))
+                .collect(),
+            allow_loopback: Vec::new(),
+        }
+    }
+
+    /// Checks a URL before anything is sent: scheme, user info, port and host (addresses are
+    /// checked when the host is resolved).
+    pub fn check_url(&self, url: &str) -> Result<Uri, OutboundError> {
+        let uri: Uri = url.parse().map_err(|_| OutboundError::Invalid)?;
+        let authority = uri.authority().ok_or(OutboundError::Invalid)?;
+        if authority.as_str().contains('@') {
+            return Err(OutboundError::Invalid);
+        }
+        let host = authority.host().to_ascii_lowercase();
+        let literal = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>();
+        if let Ok(ip) = literal {
+            // Amazon's document URLs name hosts; an address is only ever the sandbox's.
+            let https = uri.scheme_str() == Some("https");
+            let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+            let addr = SocketAddr::new(ip, port);
+            if self.allow_loopback.contains(&addr)
+                && matches!(uri.scheme_str(), Some("http" | "https"))
+            {
+                return Ok(uri);
+            }
+            return Err(OutboundError::Host(host));
+        }
+        if uri.scheme_str() != Some("https") {
+            return Err(OutboundError::Scheme);
+        }
+        if let Some(port) = uri.port_u16().filter(|p| *p != 443) {
+            return Err(OutboundError::Port(port));
+        }
+        if !self.document_hosts.iter().any(|p| p.matches(&host)) {
+            return Err(OutboundError::Host(host));
+        }
+        Ok(uri)
+    }
+}
+
+// === impl HostPattern ===
+
+impl HostPattern {
+    /// Parses a pattern: DNS labels of `[a-z0-9-]`, each optionally with one `*`; in a pattern
+    /// with a `*`, the last two labels are literal (no `*.com`).
+    pub fn parse(s: &str) -> Option<HostPattern> {
+        let s = s.trim().to_ascii_lowercase();
+        let labels: Vec<&str> = s.split('.').collect();
+        let ok_label = |l: &str| {
+            !l.is_empty()
+                && l.matches('*').count() <= 1
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'*')
+        };
+        let literal_tail = !s.contains('*')
+            || (labels.len() >= 2 && labels[labels.len() - 2..].iter().all(|l| !l.contains('*')));
+        (labels.iter().all(|l| ok_label(l)) && literal_tail).then_some(HostPattern(s))
+    }
+
+    /// Whether a (lower-case) host matches, label by label.
+    pub fn matches(&self, host: &str) -> bool {
+        let pattern: Vec<&str> = self.0.split('.').collect();
+        let labels: Vec<&str> = host.split('.').collect();
+        pattern.len() == labels.len()
+            && pattern
+                .iter()
+                .zip(&labels)
+                .all(|(p, l)| match p.split_once('*') {
+                    None => p == l,
+                    Some((pre, post)) => {
+                        !l.is_empty()
+                            && l.len() > pre.len() + post.len()
+                            && l.starts_with(pre)
+                            && l.ends_with(post)
+                    }
+                })
+    }
+
+    /// The pattern as written (lower case).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+// === impl OutboundError ===
+
+impl OutboundError {
+    /// The audit reason code and metric label (fixed codes, never the error's text).
+    pub fn reason(&self) -> crate::audit::Reason {
+        crate::audit::Reason::from_static(match self {
+            OutboundError::Invalid => "document_url_invalid",
+            OutboundError::Scheme => "document_url_not_https",
+            OutboundError::Host(_) => "document_host_not_allowed",
+            OutboundError::Port(_) => "document_port_not_allowed",
+            OutboundError::Address { .. } => "document_address_not_public",
+            OutboundError::Redirect(_) => "document_redirect_refused",
+            OutboundError::Status(_) => "document_upstream_status",
+            OutboundError::Timeout(_) => "document_upstream_timeout",
+            OutboundError::Transport(_) => "document_upstream_unreachable",
+        })
+    }
+
+    /// Whether the policy refused the fetch (as opposed to the document host failing).
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            OutboundError::Invalid
+            | OutboundError::Scheme
+            | OutboundError::Host(_)
+            | OutboundError::Port(_)
+            | OutboundError::Address { .. }
+            | OutboundError::Redirect(_) => true,
+            OutboundError::Status(_) | OutboundError::Timeout(_) | OutboundError::Transport(_) => {
+                false
+            }
+        }
+    }
+}
+
+// === impl Fetcher ===
+
+impl Fetcher {
+    /// A client of its own (TLS 1.2+, webpki roots, the checked resolver), with the upstream
+    /// connect timeout.
+    pub fn new(config: OutboundConfig, upstream: &UpstreamConfig) -> Fetcher {
+        let mut http = HttpConnector::new_with_resolver(CheckedResolver);
+        http.set_connect_timeout(Some(upstream.connect_timeout));
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(super::upstream::tls_config())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(upstream.pool_idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(https);
+        Fetcher {
+            client,
+            config: Arc::new(config),
+            counters: Arc::new(Mutex::new(BTreeMap::new())),
+        }
+    }
+
+    /// GETs `url` if the policy allows it, waiting up to `timeout` for the response head. A
+    /// redirect or error status is an error; the body streams.
+    pub async fn get(
+        &self,
+        url: &str,
+        timeout: Duration,
+    ) -> Result<Response<hyper::body::Incoming>, OutboundError> {
+        let result = self.fetch(url, timeout).await;
+        if let Err(e) = &result {
+            let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+            *counters.entry((e.is_refusal(), label(e))).or_default() += 1;
+        }
+        result
+    }
+
+    async fn fetch(
+        &self,
+        url: &str,
+        timeout: Duration,
+    ) -> Result<Response<hyper::body::Incoming>, OutboundError> {
+        let uri = self.config.check_url(url)?;
+        let req = Request::get(uri)
+            .body(body::empty())
+            .map_err(|_| OutboundError::Invalid)?;
+        let resp = tokio::time::timeout(timeout, self.client.request(req))
+            .await
+            .map_err(|_| OutboundError::Timeout(timeout))?
+            .map_err(|e| match refusal_in(&e) {
+                Some(refused) => refused,
+                None => OutboundError::Transport(super::upstream::error_chain(&e)),
+            })?;
+        let status = resp.status();
+        if status.is_redirection() {
+            return Err(OutboundError::Redirect(status.as_u16()));
+        }
+        if !status.is_success() {
+            return Err(OutboundError::Status(status.as_u16()));
+        }
+        Ok(resp)
+    }
+
+    /// Counts of refused and failed fetches, by reason, in Prometheus text.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let counters = self
+            .counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for (name, help, refusals) in [
+            (
+                "spgate_outbound_refused_total",
+                "Document fetches the outbound policy refused, by reason.",
+                true,
+            ),
+            (
+                "spgate_outbound_failed_total",
+                "Document fetches that failed at the document host, by reason.",
+                false,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for ((refusal, reason), n) in &counters {
+                if *refusal == refusals {
+                    let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {n}");
+                }
+            }
+        }
+    }
+
+    /// The number of refused or failed fetches with this reason label.
+    pub fn refused(&self, reason: &str) -> u64 {
+        self.counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|((_, r), _)| *r == reason)
+            .map(|(_, n)| *n)
+            .sum()
+    }
+}
+
+/// The metric label of an error (the audit reason code without its `document_` prefix).
+fn label(e: &OutboundError) -> &'static str {
+    match e {
+        OutboundError::Invalid => "url_invalid",
+        OutboundError::Scheme => "url_not_https",
+        OutboundError::Host(_) => "host_not_allowed",
+        OutboundError::Port(_) => "port_not_allowed",
+        OutboundError::Address { .. } => "address_not_public",
+        OutboundError::Redirect(_) => "redirect_refused",
+        OutboundError::Status(_) => "upstream_status",
+        OutboundError::Timeout(_) => "upstream_timeout",
+        OutboundError::Transport(_) => "upstream_unreachable",
+    }
+}
+
+/// The resolver's refusal inside a client error, if that is what failed.
+fn refusal_in(err: &(dyn std::error::Error + 'static)) -> Option<OutboundError> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(OutboundError::Address { host, ip }) = e.downcast_ref::<OutboundError>() {
+            return Some(OutboundError::Address {
+                host: host.clone(),
+                ip: *ip,
+            });
+        }
+        source = e.source();
+    }
+    None
+}
+
+// === impl CheckedResolver ===
+
+impl tower_service::Service<Name> for CheckedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = OutboundError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, OutboundError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), OutboundError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await
+                .map_err(|e| OutboundError::Transport(format!("cannot resolve {host}: {e}")))?
+                .collect();
+            if let Some(bad) = addrs.iter().find(|a| !is_public(a.ip())) {
+                return Err(OutboundError::Address { host, ip: bad.ip() });
+            }
+            if addrs.is_empty() {
+                return Err(OutboundError::Transport(format!("{host} has no address")));
+            }
+            Ok(addrs.into_iter())
+        })
+    }
+}
+
+/// Whether an address is globally reachable unicast: not loopback, private (10/8, 172.16/12,
+/// 192.168/16, fc00::/7), link-local (169.254/16, fe80::/10), shared (100.64/10), multicast,
+/// unspecified, broadcast, documentation, benchmarking, reserved (0/8, 240/4, 192.0.0/24) or
+/// site-local; IPv6 forms that embed an IPv4 address (mapped, compatible, NAT64, 6to4) are
+/// judged by that address.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => is_public_v6(v6),
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    !(ip.is_private()
+        || ip.is_loopback()
+        || ip.is_link_local()
+        || ip.is_multicast()
+        || ip.is_unspecified()
+        || ip.is_broadcast()
+        || ip.is_documentation()
+        || a == 0
+        || a >= 240
+        || (a == 100 && (64..128).contains(&b))
+        || (a == 192 && b == 0 && c == 0)
+        || (a == 198 && (18..20).contains(&b)))
+}
+
+fn is_public_v6(ip: Ipv6Addr) -> bool {
+    let seg = ip.segments();
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return is_public_v4(v4);
+    }
+    let embedded = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    // IPv4-compatible (::a.b.c.d, deprecated) and NAT64 (64:ff9b::/96).
+    if seg[..6] == [0; 6] && !(ip.is_unspecified() || ip.is_loopback()) {
+        return is_public_v4(embedded(seg[6], seg[7]));
+    }
+    if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return is_public_v4(embedded(seg[6], seg[7]));
+    }
+    // 6to4 (2002::/16) carries the IPv4 address in the next 32 bits.
+    if seg[0] == 0x2002 {
+        return is_public_v4(embedded(seg[1], seg[2]));
+    }
+    !(ip.is_loopback()
+        || ip.is_unspecified()
+        || ip.is_multicast()
+        || ip.is_unique_local()
+        || ip.is_unicast_link_local()
+        || (seg[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
+        || (seg[0] == 0x2001 && seg[1] == 0x0db8) // documentation
+        || (seg[0] == 0x0100 && seg[1..4] == [0, 0, 0])) // discard-only 100::/64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(ip: &str, public: bool) {
+        let parsed: IpAddr = ip.parse().unwrap();
+        assert_eq!(is_public(parsed), public, "{ip}");
+    }
+
+    #[test]
+    fn loopback_private_link_local_and_reserved_addresses_are_not_public() {
+        for ip in [
+            "127.0.0.1",
+            "127.255.0.9",
+            "10.0.0.1",
+            "10.255.255.255",
+            "172.16.0.1",
+            "172.31.255.254",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "0.1.2.3",
+            "224.0.0.1",
+            "255.255.255.255",
+            "240.0.0.1",
+            "192.0.0.8",
+            "192.0.2.1",
+            "198.18.0.1",
+            "::1",
+            "::",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "fec0::1",
+            "ff02::1",
+            "2001:db8::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.1.2.3",
+            "::ffff:169.254.169.254",
+            "::127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:7f00:1::1",
+            "2002:c0a8:101::1",
+        ] {
+            check(ip, false);
+        }
+    }
+
+    #[test]
+    fn public_addresses_pass() {
+        for ip in [
+            "52.216.1.1",
+            "172.15.255.255",
+            "172.32.0.1",
+            "100.128.0.1",
+            "8.8.8.8",
+            "2600:1f18::1",
+            "::ffff:52.216.1.1",
+            "64:ff9b::3434:1010",
+            "2002:3434:1010::1",
+        ] {
+            check(ip, true);
+        }
+    }
+
+    fn config(loopback: &[&str]) -> OutboundConfig {
+        RawOutbound {
+            document_hosts: None,
+            allow_loopback: Some(loopback.iter().map(|s| s.to_string()).collect()),
+        }
+        .resolve()
+        .unwrap()
+    }
+
+    #[test]
+    fn only_https_urls_to_amazons_document_hosts_pass_the_url_check() {
+        let c = config(&[]);
+        for ok in [
+            "https://tortuga-prod-na.s3-external-1.amazonaws.com/%2FNinetyDays/amzn1.tortuga.4?X-Amz-Signature=abc",
+            "https://invoicesdocumentbucket.s3.eu-east-1.amazonaws.com/x.xml?X-Amz-Expires=300",
+            "https://s3.amazonaws.com/bucket/key",
+            "https://d34o8swod1owfl.cloudfront.net/Report_47700.txt",
+            "https://www.amazon.com/documents.zip",
+            "https://ZME-CAPS.amazon.com:443/t/x",
+        ] {
+            assert!(c.check_url(ok).is_ok(), "{ok}");
+        }
+        let refused = |url: &str| c.check_url(url).unwrap_err();
+        assert!(matches!(
+            refused("http://s3.amazonaws.com/bucket/key"),
+            OutboundError::Scheme
+        ));
+        assert!(matches!(
+            refused("https://evil.example.com/x"),
+            OutboundError::Host(_)
+        ));
+        assert!(matches!(
+            refused("https://amazon.com.evil.example/x"),
+            OutboundError::Host(_)
+        ));
+        assert!(matches!(
+            refused("https://a.b.amazon.com/x"),
+            OutboundError::Host(_)
+        ));
+        assert!(matches!(
+            refused("https://s3.amazonaws.com:8443/x"),
+            OutboundError::Port(8443)
+        ));
+        assert!(matches!(
+            refused("https://user:pw@s3.amazonaws.com/x"),
+            OutboundError::Invalid
+        ));
+        assert!(matches!(refused("/relative/path"), OutboundError::Invalid));
+        for literal in [
+            "http://127.0.0.1:9090/metrics",
+            "https://127.0.0.1/",
+            "https://10.0.0.1/",
+            "https://[::1]/",
+            "https://[::ffff:169.254.169.254]/",
+            "http://169.254.169.254/latest/meta-data/",
+            "https://52.216.1.1/",
+        ] {
+            assert!(
+                matches!(refused(literal), OutboundError::Host(_)),
+                "{literal}"
+            );
+        }
+    }
+
+    #[test]
+    fn loopback_is_allowed_only_for_the_opted_in_socket_addresses() {
+        let c = config(&["127.0.0.1:8900"]);
+        assert!(c
+            .check_url("http://127.0.0.1:8900/_sandbox/documents/A1")
+            .is_ok());
+        for url in [
+            "http://127.0.0.1:9090/metrics",
+            "http://127.0.0.2:8900/",
+            "http://[::1]:8900/",
+            "http://127.0.0.1/",
+        ] {
+            assert!(
+                matches!(c.check_url(url), Err(OutboundError::Host(_))),
+                "{url}"
+            );
+        }
+        let bad = RawOutbound {
+            document_hosts: Some(vec!["*.com".into(), "ok.example.com".into()]),
+            allow_loopback: Some(vec!["10.0.0.1:80".into(), "localhost:8900".into()]),
+        }
+        .resolve()
+        .unwrap_err();
+        let paths: Vec<&str> = bad.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "outbound.document_hosts[0]",
+                "outbound.allow_loopback[0]",
+                "outbound.allow_loopback[1]"
+            ]
+        );
+    }
+
+    #[test]
+    fn host_patterns_match_whole_labels() {
+        let p = HostPattern::parse("*.s3-*.amazonaws.com").unwrap();
+        assert!(p.matches("tortuga-devo.s3-us-west-2.amazonaws.com"));
+        assert!(!p.matches("s3-us-west-2.amazonaws.com"));
+        assert!(!p.matches("a.b.s3-us-west-2.amazonaws.com"));
+        assert!(!p.matches("x.s3-.amazonaws.com"));
+        assert!(HostPattern::parse("*.*").is_none());
+        assert!(HostPattern::parse("a..b.com").is_none());
+        assert!(HostPattern::parse("**.amazon.com").is_none());
+    }
+
+    #[tokio::test]
+    async fn the_resolver_refuses_a_name_that_resolves_to_loopback() {
+        use tower_service::Service;
+        let name: Name = "localhost".parse().unwrap();
+        let err = CheckedResolver.call(name).await.unwrap_err();
+        assert!(
+            matches!(err, OutboundError::Address { ref host, ip } if host == "localhost" && ip.is_loopback()),
+            "{err}"
+        );
+    }
+}

@@ -83,6 +83,10 @@ pub enum ProxyError {
     /// The operation is the gateway's own (Restricted Data Tokens, the LWA client secret).
     #[error("the operation is reserved to the gateway")]
     GatewayOwned,
+    /// The operation has no buyer-PII classification (neither mapped nor declared to carry
+    /// none): the gateway does not know what it returns, so it is refused before sending.
+    #[error("the operation has no buyer-PII classification")]
+    Unclassified,
     /// A report document link or download failed.
     #[error(transparent)]
     Document(#[from] crate::documents::DocumentError),
@@ -153,6 +157,7 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
         },
         E::UnsafeResponse(_) => (StatusCode::BAD_GATEWAY, "InternalFailure", "SP-API's response could not be checked against the data protection policy, so it was withheld.", Fault::Upstream),
         E::GatewayOwned => (StatusCode::FORBIDDEN, "Unauthorized", "The gateway obtains Restricted Data Tokens and manages the application's credentials itself; tools may not call this operation.", Fault::Caller),
+        E::Unclassified => (StatusCode::FORBIDDEN, "Unauthorized", "The gateway does not know which buyer data this operation returns, so it refuses it.", Fault::Internal),
         E::Document(d) => match d {
             crate::documents::DocumentError::LinkExpired | crate::documents::DocumentError::LinkInvalid => (StatusCode::FORBIDDEN, "Unauthorized", "The document link is invalid or has expired; call getReportDocument again.", Fault::Caller),
             _ => (StatusCode::BAD_GATEWAY, "InternalFailure", "The report document could not be fetched or checked against the data protection policy.", Fault::Upstream),

@@ -461,6 +461,34 @@ mod tests {
     }
 
     #[test]
+    fn a_name_phone_or_email_has_its_own_category_wherever_it_sits() {
+        // Tax registration addresses included: only their address lines are the tax address.
+        let mut wrong = Vec::new();
+        for key in FieldMap::builtin().keys() {
+            for field in &FieldMap::builtin().get(key).unwrap().fields {
+                let last = field.path.rsplit('.').next().unwrap().trim_end_matches("[]");
+                let last = last.to_ascii_lowercase();
+                let expected = if last.contains("phone") {
+                    Some(Category::Phone)
+                } else if last.contains("email") {
+                    Some(Category::Email)
+                } else if ["name", "buyername", "attention", "receivedby", "signedforby"]
+                    .contains(&last.as_str())
+                    && !field.path.contains("TaxClassifications[]")
+                {
+                    Some(Category::Name)
+                } else {
+                    None
+                };
+                if expected.is_some_and(|c| c != field.category) {
+                    wrong.push(format!("{key} {} {}", field.path, field.category));
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    #[test]
     fn paths_parse_into_members_and_items() {
         assert_eq!(parse_path("."), Some(vec![]));
         assert_eq!(

@@ -250,3 +250,95 @@ async fn an_operation_without_buyer_pii_still_goes_through_the_safety_net() {
     assert!(!text.contains("jane.canary@"), "{text}");
     assert!(text.contains("A1PA6795UKMFR9"), "{text}");
 }
+
+/// GET `path` with another tool's key.
+async fn get_with(gw: &TestGateway, key: &str, path: &str) -> Reply {
+    let mut req = gw.request(Method::GET, path);
+    req.headers_mut().unwrap().insert(
+        http::header::AUTHORIZATION,
+        format!("Bearer {key}").parse().unwrap(),
+    );
+    gw.call(req.body(empty()).unwrap()).await
+}
+
+#[tokio::test]
+async fn buyer_document_links_stream_through_the_roles_policy() {
+    let gw = start_gateway(Options {
+        role: "pass_all".into(),
+        roles_toml: roles_toml(),
+        ..Options::default()
+    })
+    .await;
+    let dropper = spgate::auth::caller::create_client(
+        &*gw.store,
+        "tool-drop",
+        "drop_all",
+        vec![SELLER.to_string()],
+        1_700_000_000,
+    )
+    .await
+    .unwrap();
+    let dropper = dropper.key.expose().clone();
+    // An FBA delivery photo (opaque): only a role passing `document` gets the file.
+    let label_url = format!("{}{}", gw.sandbox_url, spgate::sandbox::LABEL_PATH);
+    let mut order = json!({});
+    plant(&mut order, "order.orderId", json!("FBA-ORDER-1"));
+    plant(
+        &mut order,
+        "order.shipments[].packages[].tracking.proofOfDelivery.deliveryPhotoUrl",
+        json!(label_url),
+    );
+    gw.sandbox.script(
+        "fulfillmentOutbound_2026-07-04.getOrder",
+        Script::json(StatusCode::OK, order),
+    );
+    let order_path = "/fulfillment/outbound/2026-07-04/orders/FBA-ORDER-1";
+    for (key, passes) in [(gw.key.clone(), true), (dropper.clone(), false)] {
+        let reply = get_with(&gw, &key, order_path).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        let link = reply.json()["order"]["shipments"][0]["packages"][0]["tracking"]
+            ["proofOfDelivery"]["deliveryPhotoUrl"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            link.starts_with(&format!("{}/v1/documents/", gw.url)),
+            "{link}"
+        );
+        assert!(!link.contains("_sandbox"), "{link}");
+        let file = get_with(&gw, &key, &link[gw.url.len()..]).await;
+        let expected = if passes {
+            StatusCode::OK
+        } else {
+            StatusCode::FORBIDDEN
+        };
+        assert_eq!(file.status, expected);
+        let text = String::from_utf8_lossy(&file.body);
+        assert_eq!(
+            text.contains(spgate::sandbox::LABEL_BUYER),
+            passes,
+            "{}: {text}",
+            file.status
+        );
+    }
+    // A Data Kiosk document (structured, gzip): every role gets it, field by field.
+    let doc_url = format!("{}/_sandbox/documents/{SELLER}", gw.sandbox_url);
+    gw.sandbox.script(
+        "dataKiosk_2023-11-15.getDocument",
+        Script::json(
+            StatusCode::OK,
+            json!({"documentId": "DOC-1", "documentUrl": doc_url}),
+        ),
+    );
+    let reply = get_with(&gw, &dropper, "/dataKiosk/2023-11-15/documents/DOC-1").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let link = reply.json()["documentUrl"].as_str().unwrap().to_string();
+    let file = get_with(&gw, &dropper, &link[gw.url.len()..]).await;
+    assert_eq!(file.status, StatusCode::OK);
+    let text = String::from_utf8(file.body.to_vec()).unwrap();
+    assert!(text.starts_with("order-id\t"), "{text}");
+    assert!(
+        !text.contains("@example.com") && !text.contains("Synthetic Way"),
+        "{text}"
+    );
+}

@@ -9,7 +9,7 @@
 //! ```text
 //! <operation key>  record  <root path>  id=<alt>|<alt> [status=<rel>] [earliest=<rel>] [latest=<rel>] [delivered=<rel>:<value>]
 //! <operation key>  field   <path>       <category>  <required 0|1>
-//! <operation key>  link    <path>       [compression=<sibling member>]
+//! <operation key>  link    <path>       [opaque] [compression=<sibling member>]
 //! <operation key>  none    .
 //! ```
 //!
@@ -23,7 +23,9 @@
 //! `link` marks a URL to a document (a report, label, invoice, delivery photo...): for every
 //! role it is replaced by the gateway's own signed link, whose download streams through the
 //! role's policy (see `proxy::documents`); the optional `compression` member beside it names the
-//! document's compression and is removed. `none` keeps an operation in the map with no paths.
+//! document's compression and is removed. `opaque` marks a document that cannot be redacted
+//! field by field whatever it looks like (a label, invoice, photo or web page showing the buyer's
+//! address): it is served only to roles that pass `document`. `none` keeps an operation in the map with no paths.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::LazyLock;
@@ -92,6 +94,9 @@ pub struct LinkSpec {
     /// The member beside the URL that names the document's compression (e.g.
     /// `compressionAlgorithm`), removed from the response: the gateway serves it decompressed.
     pub compression: Option<&'static str>,
+    /// Whether the document is opaque (served only to roles passing `document`) rather than a
+    /// structured file redacted field by field.
+    pub opaque: bool,
 }
 
 /// A record root (one order, purchase order, shipment or service job) and where its id is.
@@ -248,13 +253,24 @@ impl FieldMap {
                     {
                         return Err(bad(format!("duplicate path {path}")));
                     }
-                    let attrs = cols.get(3).copied().unwrap_or("");
-                    let compression = match attrs.strip_prefix("compression=") {
-                        Some(member) if !member.is_empty() && !member.contains('.') => Some(member),
-                        None if attrs.is_empty() => None,
-                        _ => return Err(bad(format!("bad link attributes {attrs:?}"))),
+                    let mut spec = LinkSpec {
+                        path,
+                        compression: None,
+                        opaque: false,
                     };
-                    op.links.push(LinkSpec { path, compression });
+                    for attr in cols.get(3).copied().unwrap_or("").split(' ') {
+                        match attr.split_once('=') {
+                            None if attr.is_empty() => {}
+                            None if attr == "opaque" => spec.opaque = true,
+                            Some(("compression", member))
+                                if !member.is_empty() && !member.contains('.') =>
+                            {
+                                spec.compression = Some(member)
+                            }
+                            _ => return Err(bad(format!("bad link attribute {attr:?}"))),
+                        }
+                    }
+                    op.links.push(spec);
                 }
                 "none" => {}
                 other => return Err(bad(format!("unknown kind {other:?}"))),
@@ -454,7 +470,8 @@ mod tests {
             report.links,
             vec![LinkSpec {
                 path: "url",
-                compression: Some("compressionAlgorithm")
+                compression: Some("compressionAlgorithm"),
+                opaque: false,
             }]
         );
         assert!(map.get("sellers.getMarketplaceParticipations").is_none());
@@ -466,14 +483,25 @@ mod tests {
         let mut wrong = Vec::new();
         for key in FieldMap::builtin().keys() {
             for field in &FieldMap::builtin().get(key).unwrap().fields {
-                let last = field.path.rsplit('.').next().unwrap().trim_end_matches("[]");
+                let last = field
+                    .path
+                    .rsplit('.')
+                    .next()
+                    .unwrap()
+                    .trim_end_matches("[]");
                 let last = last.to_ascii_lowercase();
                 let expected = if last.contains("phone") {
                     Some(Category::Phone)
                 } else if last.contains("email") {
                     Some(Category::Email)
-                } else if ["name", "buyername", "attention", "receivedby", "signedforby"]
-                    .contains(&last.as_str())
+                } else if [
+                    "name",
+                    "buyername",
+                    "attention",
+                    "receivedby",
+                    "signedforby",
+                ]
+                .contains(&last.as_str())
                     && !field.path.contains("TaxClassifications[]")
                 {
                     Some(Category::Name)
@@ -522,6 +550,7 @@ mod tests {
             "op\tlink\t.\t",
             "op\tlink\ta\tcompression=",
             "op\tlink\ta\tzip=b",
+            "op\tlink\ta\topaque=1",
             "op\tfield\ta\tdocument\t0\nop\tlink\ta\t",
             "op\tfield\ta\tdocument\t0\nop\tlink\ta.url\t",
         ];

@@ -62,15 +62,21 @@ impl Redactor for RolePolicy {
     }
 }
 
+/// Whether a role may receive an opaque buyer document (a label, invoice or photo cannot be
+/// redacted field by field): only when it passes `document` in clear.
+pub fn passes_opaque(role: &Role) -> bool {
+    role.action(Category::Document) == Action::Pass
+}
+
 /// Rewrites every document URL at `links` in a JSON response to `base` + `/v1/documents/` + the
-/// token `token_for(url, compression)` returns; each link's compression member is removed (the
+/// token `token_for(url, compression, opaque)` returns; each link's compression member is removed (the
 /// gateway serves documents decompressed). Absent or null URLs stay as they are; a URL that is
 /// not a string, or a body that is not JSON, is an error (fail closed).
 pub fn rewrite_links(
     body: &[u8],
     links: &[LinkSpec],
     base: &str,
-    mut token_for: impl FnMut(&str, Option<&str>) -> Result<String, DocumentError>,
+    mut token_for: impl FnMut(&str, Option<&str>, bool) -> Result<String, DocumentError>,
 ) -> Result<Vec<u8>, DocumentError> {
     let mut doc: serde_json::Value =
         serde_json::from_slice(body).map_err(|_| DocumentError::NotAReportDocument)?;
@@ -94,7 +100,7 @@ pub fn rewrite_links(
             match object.get_mut(name) {
                 None | Some(serde_json::Value::Null) => {}
                 Some(serde_json::Value::String(url)) => {
-                    let token = token_for(url, compression.as_deref())?;
+                    let token = token_for(url, compression.as_deref(), link.opaque)?;
                     *url = format!("{link_base}{token}");
                 }
                 Some(_) => return Err(DocumentError::NotAReportDocument),
@@ -146,6 +152,7 @@ mod tests {
             .map(|(path, compression)| LinkSpec {
                 path,
                 compression: *compression,
+                opaque: false,
             })
             .collect()
     }
@@ -163,7 +170,7 @@ mod tests {
                 ("missing.u", None),
             ]),
             "https://gw.example/",
-            |url, compression| {
+            |url, compression, _| {
                 seen.push((url.to_string(), compression.map(str::to_string)));
                 Ok(format!("T{}", seen.len()))
             },
@@ -193,7 +200,7 @@ mod tests {
             br#"{"a":["https://s3.example/1"]}"#,
             b"not json",
         ] {
-            let out = rewrite_links(bad, &spec, "https://gw", |_, _| Ok("T".into()));
+            let out = rewrite_links(bad, &spec, "https://gw", |_, _, _| Ok("T".into()));
             assert!(out.is_err(), "{}", String::from_utf8_lossy(bad));
         }
     }

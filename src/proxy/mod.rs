@@ -689,8 +689,9 @@ impl Gateway {
             ctx.tool.clone().unwrap_or_default(),
             ctx.role.clone().unwrap_or_default(),
         );
-        documents::rewrite_links(bytes, &op_map.links, &base, |url, compression| {
+        documents::rewrite_links(bytes, &op_map.links, &base, |url, compression, opaque| {
             let claims = crate::documents::link::LinkClaims {
+                opaque,
                 url: url.to_string(),
                 compression: compression.map(str::to_string),
                 seller_id: seller_id.to_string(),
@@ -1036,6 +1037,9 @@ impl Gateway {
                 return Err(ProxyError::SellerDeauthorized)
             }
             Some(_) => {}
+        }
+        if claims.opaque && !documents::passes_opaque(self.roles.get(&caller.client.role)) {
+            return Err(ProxyError::DocumentNotForRole);
         }
         let uri: Uri = claims
             .url
@@ -1465,6 +1469,7 @@ fn audit_reason(err: &ProxyError) -> crate::audit::Reason {
         }
         ProxyError::RoleMayNotReceive | ProxyError::GatewayOwned => Reason::OPERATION_NOT_ALLOWED,
         ProxyError::Unclassified => Reason::from_static("operation_unclassified"),
+        ProxyError::DocumentNotForRole => Reason::from_static("document_not_for_role"),
         ProxyError::RateLimited(_) => Reason::RATE_LIMITED,
         ProxyError::NotFound => Reason::UNKNOWN_OPERATION,
         ProxyError::Upstream(_) => Reason::UPSTREAM_ERROR,

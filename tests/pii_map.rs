@@ -178,6 +178,15 @@ fn every_mapped_path_exists_in_the_model_with_the_same_required_flag() {
                 Err(e) => problems.push(format!("{key}: {e}")),
             }
         }
+        for link in &op_map.links {
+            checked += 1;
+            match model.walk(response, link.path) {
+                Ok((schema, _)) if schema.get("type").and_then(Value::as_str) == Some("string") => {
+                }
+                Ok(_) => problems.push(format!("{key} {}: a link is not a string", link.path)),
+                Err(e) => problems.push(format!("{key}: {e}")),
+            }
+        }
         for record in &op_map.records {
             let mut rel = Vec::new();
             for id in &record.id {
@@ -245,7 +254,7 @@ fn the_map_covers_exactly_the_catalogs_pii_operations() {
         })
         .collect();
     assert_eq!(map, catalog);
-    assert_eq!(map.len(), 49);
+    assert_eq!(map.len(), 63);
 }
 
 /// The operations `pii-fields.md` section 3 names, as catalog keys.

@@ -82,7 +82,11 @@ async fn a_100_mb_body_streams_through_both_ways_with_flat_memory() {
         "catalogItems_2022-04-01.getCatalogItem",
         Script {
             status: StatusCode::OK,
-            headers: vec![],
+            // Not JSON: passes as a stream (JSON answers are read whole by the safety net).
+            headers: vec![(
+                "content-type".parse().unwrap(),
+                "application/octet-stream".parse().unwrap(),
+            )],
             body: ScriptBody::Stream {
                 total_bytes: 100 * MB,
                 chunk_bytes: 64 * 1024,

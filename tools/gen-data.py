@@ -38,34 +38,18 @@ RESTRICTED = {
                                                    "getCustomerInvoices"],
 }
 
-# Operations whose responses carry buyer PII (pii-fields.md section 3). The PII map reference is
-# the operation key; the field map itself lives with the PII policy.
-PII_RESPONSES = {
-    "ordersV0": ["getOrders", "getOrder", "getOrderBuyerInfo", "getOrderAddress", "getOrderItems",
-                 "getOrderItemsBuyerInfo", "getOrderRegulatedInfo"],
-    "orders_2026-01-01": ["searchOrders", "getOrder"],
-    "merchantFulfillmentV0": ["getShipment", "createShipment", "cancelShipment"],
-    "shipmentInvoicingV0": ["getShipmentDetails"],
-    "fulfillmentOutbound_2020-07-01": ["getFulfillmentOrder", "listAllFulfillmentOrders",
-                                       "getPackageTrackingDetails"],
-    "fulfillmentOutbound_2026-07-04": ["getOrder", "listOrders", "createOrder"],
-    "vendorDirectFulfillmentOrdersV1": ["getOrders", "getOrder"],
-    "vendorDirectFulfillmentOrders_2021-12-28": ["getOrders", "getOrder"],
-    "vendorDirectFulfillmentShippingV1": ["getShippingLabel", "getShippingLabels", "getPackingSlip",
-                                          "getPackingSlips", "getCustomerInvoice", "getCustomerInvoices"],
-    "vendorDirectFulfillmentShipping_2021-12-28": ["getShippingLabel", "getShippingLabels",
-                                                   "createShippingLabels", "getPackingSlip",
-                                                   "getPackingSlips", "getCustomerInvoice",
-                                                   "getCustomerInvoices"],
-    "shipping": ["getShipment"],
-    "shippingV2": ["purchaseShipment", "directPurchaseShipment", "oneClickShipment",
-                   "getShipmentDocuments"],
-    "externalFulfillmentShipments_2024-09-11": ["getShipments", "getShipment", "generateInvoice",
-                                                "retrieveInvoice"],
-    "services": ["getServiceJobs", "getServiceJobByServiceJobId"],
-    "easyShip_2022-03-23": ["createScheduledPackageBulk"],
-    "reports_2021-06-30": ["getReportDocument"],
-}
+# Operations whose responses carry buyer PII: the operations of the field map itself
+# (data/pii-fields.tsv), so the catalog's PII map reference always agrees with it.
+PII_RESPONSES = {}
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data",
+                       "pii-fields.tsv")) as _f:
+    for _line in _f:
+        if _line.startswith("#") or _line.startswith("operation\t") or not _line.strip():
+            continue
+        _model, _op = _line.split("\t", 1)[0].split(".", 1)
+        PII_RESPONSES.setdefault(_model, [])
+        if _op not in PII_RESPONSES[_model]:
+            PII_RESPONSES[_model].append(_op)
 
 # Grantless operations and their LWA scope (FACTS.md (a)).
 GRANTLESS = {

@@ -185,7 +185,10 @@ const INCLUDED_DATA: [(&str, &[Category]); 3] = [
 ];
 
 /// For Orders 2026-01-01, removes the `includedData` values whose data the role may not receive.
-/// Returns the new path-and-query when something was removed.
+/// The key is matched as Amazon matches it: case-insensitively, repeated, and in the bracketed
+/// forms `includedData[]` and `includedData[0]`; values are comma lists, case-insensitive.
+/// Every form is sent up as plain `includedData`. Returns the new path-and-query when something
+/// was removed or rewritten.
 pub fn reduce_included_data(op: &Operation, role: &Role, path_and_query: &str) -> Option<String> {
     if op.model != "orders_2026-01-01" {
         return None;
@@ -194,10 +197,11 @@ pub fn reduce_included_data(op: &Operation, role: &Role, path_and_query: &str) -
     let mut removed = false;
     let mut out = form_urlencoded::Serializer::new(String::new());
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-        if k != "includedData" {
+        if !is_included_data_key(&k) {
             out.append_pair(&k, &v);
             continue;
         }
+        removed |= k != "includedData";
         let kept: Vec<&str> = v
             .split(',')
             .map(str::trim)
@@ -222,6 +226,23 @@ pub fn reduce_included_data(op: &Operation, role: &Role, path_and_query: &str) -
             format!("{path}?{q}")
         }
     })
+}
+
+/// Whether a query key names `includedData` in any form Amazon accepts.
+fn is_included_data_key(key: &str) -> bool {
+    if !key
+        .get(..12)
+        .is_some_and(|k| k.eq_ignore_ascii_case("includedData"))
+    {
+        return false;
+    }
+    match &key[12..] {
+        "" | "[]" => true,
+        bracket => bracket
+            .strip_prefix('[')
+            .and_then(|b| b.strip_suffix(']'))
+            .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit())),
+    }
 }
 
 /// Identifies one cached RDT.
@@ -487,6 +508,28 @@ mod tests {
             ),
             (&[], "/orders/2026-01-01/orders?includedData=PROCEEDS", None),
             (&[], "/orders/2026-01-01/orders", None),
+            // Amazon's other spellings of the key are reduced the same way.
+            (
+                &[],
+                "/orders/2026-01-01/orders?IncludedData=buyer&x=1",
+                Some("/orders/2026-01-01/orders?x=1"),
+            ),
+            (
+                &[Address],
+                "/orders/2026-01-01/orders?includedData%5B%5D=BUYER&includedData[]=Recipient&INCLUDEDDATA[0]=tax",
+                Some("/orders/2026-01-01/orders?includedData=Recipient"),
+            ),
+            (
+                &[Email, TaxId],
+                "/orders/2026-01-01/orders?includeddata=BUYER%2C%20TAX",
+                Some("/orders/2026-01-01/orders?includedData=BUYER%2CTAX"),
+            ),
+            // Not the key: passes as it is.
+            (
+                &[],
+                "/orders/2026-01-01/orders?includedDataX=BUYER",
+                None,
+            ),
         ];
         for (cats, pq, expect) in cases {
             assert_eq!(

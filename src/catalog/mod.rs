@@ -201,6 +201,12 @@ impl fmt::Debug for Catalog {
 // === impl Operation ===
 
 impl Operation {
+    /// What the gateway knows about this operation's buyer PII: mapped, declared to carry none
+    /// (with the reason), or unclassified (refused before sending).
+    pub fn pii_class(&self) -> crate::pii::Classification<'static> {
+        crate::pii::Classifier::builtin().classify(self.key)
+    }
+
     /// Builds the concrete path for this operation from parameter values (percent-encoded).
     pub fn expand_path(&self, params: &[(&str, &str)]) -> String {
         let mut out = String::with_capacity(self.path.len() + 16);

@@ -34,8 +34,12 @@ pub struct LinkClaims {
     pub tool: String,
     /// The role whose policy redacts the document.
     pub role: String,
-    /// The report document id.
+    /// The document's id (the report document id, or the request's path parameters).
     pub document_id: String,
+    /// An opaque buyer document (label, invoice, photo, web page): served only to roles that
+    /// pass `document`, never sniffed and redacted field by field.
+    #[serde(default)]
+    pub opaque: bool,
     /// Expiry, unix seconds.
     pub expires_at: i64,
 }
@@ -49,6 +53,7 @@ impl std::fmt::Debug for LinkClaims {
             .field("tool", &self.tool)
             .field("role", &self.role)
             .field("document_id", &self.document_id)
+            .field("opaque", &self.opaque)
             .field("expires_at", &self.expires_at)
             .finish()
     }

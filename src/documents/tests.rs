@@ -558,6 +558,7 @@ fn claims(now: i64) -> link::LinkClaims {
         tool: "crm".to_string(),
         role: "support".to_string(),
         document_id: "amzn1.spdoc.1".to_string(),
+        opaque: false,
         expires_at: now + link::DEFAULT_TTL_SECONDS,
     }
 }

@@ -9,6 +9,7 @@
 //! ```text
 //! <operation key>  record  <root path>  id=<alt>|<alt> [status=<rel>] [earliest=<rel>] [latest=<rel>] [delivered=<rel>:<value>]
 //! <operation key>  field   <path>       <category>  <required 0|1>
+//! <operation key>  link    <path>       [opaque] [compression=<sibling member>]
 //! <operation key>  none    .
 //! ```
 //!
@@ -19,8 +20,12 @@
 //! `{param}` for a path parameter of the request, tried in order. The optional facts feed the
 //! retention scheduler: order status, the earliest and latest promised delivery dates, and
 //! `delivered` (true when every value at that path equals the given value).
-//! `none` keeps an operation in the map with no paths (e.g. `getReportDocument`, whose `url` is
-//! rewritten elsewhere).
+//! `link` marks a URL to a document (a report, label, invoice, delivery photo...): for every
+//! role it is replaced by the gateway's own signed link, whose download streams through the
+//! role's policy (see `proxy::documents`); the optional `compression` member beside it names the
+//! document's compression and is removed. `opaque` marks a document that cannot be redacted
+//! field by field whatever it looks like (a label, invoice, photo or web page showing the buyer's
+//! address): it is served only to roles that pass `document`. `none` keeps an operation in the map with no paths.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::LazyLock;
@@ -63,6 +68,8 @@ pub struct OpMap {
     pub records: Vec<RecordSpec>,
     /// Buyer-PII paths, in file order.
     pub fields: Vec<FieldSpec>,
+    /// Document URLs the gateway replaces with its own signed links, in file order.
+    pub links: Vec<LinkSpec>,
     /// The paths as a tree, for one walk over a response.
     pub(crate) tree: Node,
 }
@@ -77,6 +84,19 @@ pub struct FieldSpec {
     /// Whether the model marks the field required in its parent object (a dropped required field
     /// keeps its key with an empty value, so SDKs still deserialize the response).
     pub required: bool,
+}
+
+/// A URL to a buyer document, rewritten to the gateway's signed link.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkSpec {
+    /// The path of the URL string from the response root, e.g. `invoicesDocument.invoicesDocumentUrl`.
+    pub path: &'static str,
+    /// The member beside the URL that names the document's compression (e.g.
+    /// `compressionAlgorithm`), removed from the response: the gateway serves it decompressed.
+    pub compression: Option<&'static str>,
+    /// Whether the document is opaque (served only to roles passing `document`) rather than a
+    /// structured file redacted field by field.
+    pub opaque: bool,
 }
 
 /// A record root (one order, purchase order, shipment or service job) and where its id is.
@@ -179,6 +199,7 @@ impl FieldMap {
                 key,
                 records: Vec::new(),
                 fields: Vec::new(),
+                links: Vec::new(),
                 tree: Node::default(),
             });
             match kind {
@@ -196,7 +217,9 @@ impl FieldMap {
                     if segments.is_empty() {
                         return Err(bad("the response root cannot be a PII field".into()));
                     }
-                    if op.fields.iter().any(|f| f.path == path) {
+                    if op.fields.iter().any(|f| f.path == path)
+                        || op.links.iter().any(|l| l.path == path)
+                    {
                         return Err(bad(format!("duplicate path {path}")));
                     }
                     let node = op.tree.descend(&segments);
@@ -221,11 +244,52 @@ impl FieldMap {
                     node.record = Some(index);
                     op.records.push(spec);
                 }
+                "link" => {
+                    if segments.is_empty() {
+                        return Err(bad("the response root cannot be a link".into()));
+                    }
+                    if op.links.iter().any(|l| l.path == path)
+                        || op.fields.iter().any(|f| f.path == path)
+                    {
+                        return Err(bad(format!("duplicate path {path}")));
+                    }
+                    let mut spec = LinkSpec {
+                        path,
+                        compression: None,
+                        opaque: false,
+                    };
+                    for attr in cols.get(3).copied().unwrap_or("").split(' ') {
+                        match attr.split_once('=') {
+                            None if attr.is_empty() => {}
+                            None if attr == "opaque" => spec.opaque = true,
+                            Some(("compression", member))
+                                if !member.is_empty() && !member.contains('.') =>
+                            {
+                                spec.compression = Some(member)
+                            }
+                            _ => return Err(bad(format!("bad link attribute {attr:?}"))),
+                        }
+                    }
+                    op.links.push(spec);
+                }
                 "none" => {}
                 other => return Err(bad(format!("unknown kind {other:?}"))),
             }
         }
         for op in ops.values_mut() {
+            // A link is rewritten, never transformed: no PII path may hold it.
+            if let Some(link) = op.links.iter().find(|l| {
+                op.fields.iter().any(|f| {
+                    l.path
+                        .strip_prefix(f.path)
+                        .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+                })
+            }) {
+                return Err(MapError::BadLine {
+                    line: 0,
+                    reason: format!("{}: the link {} lies below a PII path", op.key, link.path),
+                });
+            }
             op.tree.mark_pii_below();
             // A leaf may not sit above a record root or another leaf.
             if !op.tree.leaves_are_terminal() {
@@ -402,7 +466,54 @@ mod tests {
         assert_eq!(leaf.category, Category::Email);
         let report = map.get("reports_2021-06-30.getReportDocument").unwrap();
         assert!(report.fields.is_empty() && report.records.is_empty());
+        assert_eq!(
+            report.links,
+            vec![LinkSpec {
+                path: "url",
+                compression: Some("compressionAlgorithm"),
+                opaque: false,
+            }]
+        );
         assert!(map.get("sellers.getMarketplaceParticipations").is_none());
+    }
+
+    #[test]
+    fn a_name_phone_or_email_has_its_own_category_wherever_it_sits() {
+        // Tax registration addresses included: only their address lines are the tax address.
+        let mut wrong = Vec::new();
+        for key in FieldMap::builtin().keys() {
+            for field in &FieldMap::builtin().get(key).unwrap().fields {
+                let last = field
+                    .path
+                    .rsplit('.')
+                    .next()
+                    .unwrap()
+                    .trim_end_matches("[]");
+                let last = last.to_ascii_lowercase();
+                let expected = if last.contains("phone") {
+                    Some(Category::Phone)
+                } else if last.contains("email") {
+                    Some(Category::Email)
+                } else if [
+                    "name",
+                    "buyername",
+                    "attention",
+                    "receivedby",
+                    "signedforby",
+                ]
+                .contains(&last.as_str())
+                    && !field.path.contains("TaxClassifications[]")
+                {
+                    Some(Category::Name)
+                } else {
+                    None
+                };
+                if expected.is_some_and(|c| c != field.category) {
+                    wrong.push(format!("{key} {} {}", field.path, field.category));
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     }
 
     #[test]
@@ -436,6 +547,12 @@ mod tests {
             "op\tfield\ta.b\tname\t0\nop\tfield\ta\tname\t0",
             "op\tfield\ta\tname\t0\nop\trecord\ta.b\tid=X",
             "op\tsomething\ta\t",
+            "op\tlink\t.\t",
+            "op\tlink\ta\tcompression=",
+            "op\tlink\ta\tzip=b",
+            "op\tlink\ta\topaque=1",
+            "op\tfield\ta\tdocument\t0\nop\tlink\ta\t",
+            "op\tfield\ta\tdocument\t0\nop\tlink\ta.url\t",
         ];
         for tsv in cases {
             assert!(FieldMap::parse(tsv).is_err(), "{tsv}");

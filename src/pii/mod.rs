@@ -11,6 +11,7 @@
 //! - [`transform`]: the pure function of (operation, role, JSON, keys) that applies it, with the
 //!   safety net ([`net`]) outside the map, masks ([`mask`]) and the keys ([`keys`]).
 
+pub mod classify;
 pub mod keys;
 pub mod map;
 pub mod mask;
@@ -18,8 +19,9 @@ pub mod net;
 pub mod stream;
 pub mod transform;
 
+pub use classify::{Classification, Classifier};
 pub use keys::{Keys, NoOrderKeys, OrderKeys, PseudonymKey};
-pub use map::{FieldMap, FieldSpec, IdSource, OpMap, RecordSpec};
+pub use map::{FieldMap, FieldSpec, IdSource, LinkSpec, OpMap, RecordSpec};
 pub use transform::{
     apply, apply_bytes, apply_value, order_ids, orders, parse, serialize, FieldOut, NetHits,
     OrderFacts, PiiError, Policy, Report,

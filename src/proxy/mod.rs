@@ -49,6 +49,7 @@ pub mod documents;
 pub mod error_body;
 pub mod headers;
 pub mod outbound;
+pub mod pii_gate;
 pub mod rescue;
 pub mod reveal;
 pub mod sigv4;
@@ -397,6 +398,7 @@ impl Gateway {
             // the audit log; rotating the client secret would lock the gateway out.
             return Err(ProxyError::GatewayOwned);
         }
+        pii_gate::refuse_unclassified(op.pii_class())?; // what the gateway does not know, it refuses
         let seller = self.authorize(&caller, op, req.headers()).await?; // 4. authorize
         ctx.seller = seller.as_ref().map(|s| s.selling_partner_id.clone());
         let role = self.roles.get(&caller.client.role);
@@ -509,8 +511,10 @@ impl Gateway {
     /// Phase 8 (PII): a response of an operation that may carry buyer PII is buffered (up to
     /// `pii.max_response_bytes`) and parsed before anything reaches the caller. A body that is
     /// too large, cannot be read in full, is encoded, or is not JSON is refused with 502:
-    /// restricted data fails closed, never open. Error responses (non-2xx) carry no buyer data
-    /// and pass as they are.
+    /// restricted data fails closed, never open. Every other JSON response (success or error)
+    /// goes through the safety net the same way; only non-JSON answers (and empty bodies) of
+    /// operations declared to carry no buyer PII pass untouched. Error answers of PII
+    /// operations go through the role's policy ([`Self::minimise_error`]).
     async fn minimise(
         &self,
         resp: Response<Body>,
@@ -520,7 +524,12 @@ impl Gateway {
         params: &[(&'static str, String)],
         ctx: &mut Ctx,
     ) -> Result<Response<Body>, ProxyError> {
-        if op.pii_map.is_none() {
+        let mapped = match op.pii_class() {
+            crate::pii::Classification::Mapped(_) => true,
+            crate::pii::Classification::NoPii(_) => false,
+            crate::pii::Classification::Unclassified => return Err(ProxyError::Unclassified),
+        };
+        if !mapped && !declares_json(resp.headers()) {
             return Ok(resp);
         }
         if !resp.status().is_success() {
@@ -535,6 +544,9 @@ impl Gateway {
             return Err(ProxyError::UnsafeResponse("encoded"));
         }
         let bytes = read_capped(body, self.pii.max_response_bytes).await?;
+        if !mapped && bytes.is_empty() {
+            return Ok(Response::from_parts(parts, body::empty()));
+        }
         let out = self
             .apply_policy(&bytes, op, role, seller, params, ctx)
             .await?;
@@ -547,8 +559,8 @@ impl Gateway {
         Ok(with_body(parts, out))
     }
 
-    /// An error answer of an operation with buyer PII: Amazon's errors may echo what was sent
-    /// or found. Each error's `code` passes; `message` and `details` only for a role that passes
+    /// A JSON error answer (any operation) or an error answer of an operation with buyer PII:
+    /// Amazon's errors may echo what was sent or found. Each error's `code` passes; `message` and `details` only for a role that passes
     /// every category of the operation, and then through the role's policy and the safety net
     /// like a success (no keys: nothing is encrypted). Other roles get a generic message for
     /// the code and no details ([`error_body::generic`]). Not JSON: withheld (502).
@@ -564,13 +576,16 @@ impl Gateway {
         if bytes.is_empty() {
             return Ok(Response::from_parts(parts, body::empty()));
         }
-        let passes_all = crate::pii::map::FieldMap::builtin()
-            .get(op.key)
-            .is_some_and(|map| {
-                map.categories()
-                    .iter()
-                    .all(|c| role.action(*c) == crate::pii::Action::Pass)
-            });
+        // An operation declared free of buyer PII has no category to withhold: its messages
+        // pass (through the safety net below); an unclassified one never gets here.
+        let passes_all = match op.pii_class() {
+            crate::pii::Classification::Mapped(map) => map
+                .categories()
+                .iter()
+                .all(|c| role.action(*c) == crate::pii::Action::Pass),
+            crate::pii::Classification::NoPii(_) => true,
+            crate::pii::Classification::Unclassified => false,
+        };
         if !passes_all {
             let out = error_body::generic(parts.status, &bytes)
                 .ok_or(ProxyError::UnsafeResponse("error body not JSON"))?;
@@ -607,8 +622,33 @@ impl Gateway {
     ) -> Result<Vec<u8>, ProxyError> {
         use crate::pii::{keys, transform};
         let policy = self.pii_policy();
-        let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let seller_id = seller.map_or(APPLICATION_BUCKET, |s| s.selling_partner_id.as_str());
+        let pseudonym = keys::PseudonymKey::derive(&self.master_key, seller_id);
+        let op_map = match op.pii_class() {
+            crate::pii::Classification::Mapped(map) => map,
+            // No buyer PII by declaration: only the safety net runs.
+            _ => {
+                let keys = keys::Keys {
+                    pseudonym: &pseudonym,
+                    orders: &keys::NoOrderKeys,
+                };
+                let (out, report) =
+                    transform::apply_bytes(op.key, role, bytes, &[], &keys, &policy)
+                        .map_err(|_| ProxyError::UnsafeResponse("not JSON"))?;
+                ctx.pii = Some(report);
+                return Ok(out);
+            }
+        };
+        // Document URLs become the gateway's signed links first, so the presigned URLs (bearer
+        // credentials) never meet the transform and never leave.
+        let linked;
+        let bytes = if op_map.links.is_empty() {
+            bytes
+        } else {
+            linked = self.link_documents(bytes, op_map, seller_id, params, ctx)?;
+            &linked[..]
+        };
+        let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let encrypts = crate::pii::Category::ALL
             .iter()
             .any(|c| role.action(*c) == crate::pii::Action::Encrypt);
@@ -616,7 +656,7 @@ impl Gateway {
         let fresh = !ctx.cache_hit;
         // The parsed tree is only needed for the vault's work (order keys, facts, pseudonyms);
         // the transform itself runs over the bytes.
-        let value = if seller.is_some() && (encrypts || fresh) {
+        let value = if seller.is_some() && (encrypts || fresh) && !op_map.records.is_empty() {
             transform::parse(bytes, &policy).map_err(|_| ProxyError::UnsafeResponse("not JSON"))?
         } else {
             serde_json::Value::Null
@@ -642,7 +682,6 @@ impl Gateway {
                 self.vault.observe(seller_id, &facts).await?;
             }
         }
-        let pseudonym = keys::PseudonymKey::derive(&self.master_key, seller_id);
         if seller.is_some() && fresh && (encrypts || ctx.cache.is_some()) {
             // Orders the vault holds PII of are found again by the buyer's e-mail pseudonym
             // (data-subject requests).
@@ -660,39 +699,47 @@ impl Gateway {
         let (out, report) = transform::apply_bytes(op.key, role, bytes, &params, &keys, &policy)
             .map_err(|_| ProxyError::UnsafeResponse("not JSON"))?;
         ctx.pii = Some(report);
-        if op.key == documents::OPERATION {
-            // The document itself goes through the gateway's signed link, and the policy.
-            let base = ctx.public_base.clone().ok_or(ProxyError::BadHeader(
-                "a Host header is needed to hand out a document link",
-            ))?;
-            let now = unix_now();
-            let document_id = params
-                .iter()
-                .find(|(k, _)| *k == "reportDocumentId")
-                .map(|(_, v)| v.to_string())
-                .unwrap_or_default();
-            let (tool, role_name) = (
-                ctx.tool.clone().unwrap_or_default(),
-                ctx.role.clone().unwrap_or_default(),
-            );
-            return documents::rewrite(
-                &out,
-                &base,
-                &self.master_key,
-                |url, compression| crate::documents::link::LinkClaims {
-                    url,
-                    compression,
-                    seller_id: seller_id.to_string(),
-                    tool,
-                    role: role_name,
-                    document_id,
-                    expires_at: now + crate::documents::link::DEFAULT_TTL_SECONDS,
-                },
-                now,
-            )
-            .map_err(|_| ProxyError::UnsafeResponse("not a report document"));
-        }
         Ok(out)
+    }
+
+    /// The document URLs of a response (the map's `link`s) replaced by the gateway's signed
+    /// links, each good for this tool, seller and role for 5 minutes.
+    fn link_documents(
+        &self,
+        bytes: &[u8],
+        op_map: &crate::pii::OpMap,
+        seller_id: &str,
+        params: &[(&'static str, String)],
+        ctx: &Ctx,
+    ) -> Result<Vec<u8>, ProxyError> {
+        let base = ctx.public_base.clone().ok_or(ProxyError::BadHeader(
+            "a Host header is needed to hand out a document link",
+        ))?;
+        let now = unix_now();
+        // The document's id: the request's path parameters (e.g. the report document id).
+        let document_id = params
+            .iter()
+            .map(|(_, v)| v.as_str())
+            .collect::<Vec<_>>()
+            .join("/");
+        let (tool, role_name) = (
+            ctx.tool.clone().unwrap_or_default(),
+            ctx.role.clone().unwrap_or_default(),
+        );
+        documents::rewrite_links(bytes, &op_map.links, &base, |url, compression, opaque| {
+            let claims = crate::documents::link::LinkClaims {
+                opaque,
+                url: url.to_string(),
+                compression: compression.map(str::to_string),
+                seller_id: seller_id.to_string(),
+                tool: tool.clone(),
+                role: role_name.clone(),
+                document_id: document_id.clone(),
+                expires_at: now + crate::documents::link::DEFAULT_TTL_SECONDS,
+            };
+            crate::documents::link::issue(&self.master_key, &claims, now)
+        })
+        .map_err(|_| ProxyError::UnsafeResponse("document links not in the model's shape"))
     }
 
     /// The PII cache key of a request, when its response may be cached: a GET of one order's
@@ -706,10 +753,14 @@ impl Gateway {
         req: &Request<B>,
         params: &[(&'static str, String)],
     ) -> Option<(String, String)> {
+        let links = match op.pii_class() {
+            crate::pii::Classification::Mapped(map) => !map.links.is_empty(),
+            _ => return None,
+        };
+        // A response with document links is never cached: its links expire in minutes.
         if !self.vault.config().cache_enabled
-            || op.pii_map.is_none()
+            || links
             || op.method != http::Method::GET
-            || op.key == documents::OPERATION
             || !role.receives_any(rdt::categories(op))
         {
             return None;
@@ -1023,6 +1074,9 @@ impl Gateway {
                 return Err(ProxyError::SellerDeauthorized)
             }
             Some(_) => {}
+        }
+        if claims.opaque && !documents::passes_opaque(self.roles.get(&caller.client.role)) {
+            return Err(ProxyError::DocumentNotForRole);
         }
         // Only https to Amazon's document hosts, public addresses, no redirects.
         let resp = self
@@ -1439,6 +1493,8 @@ fn audit_reason(err: &ProxyError) -> crate::audit::Reason {
             Reason::UNAUTHENTICATED
         }
         ProxyError::RoleMayNotReceive | ProxyError::GatewayOwned => Reason::OPERATION_NOT_ALLOWED,
+        ProxyError::Unclassified => Reason::from_static("operation_unclassified"),
+        ProxyError::DocumentNotForRole => Reason::from_static("document_not_for_role"),
         ProxyError::RateLimited(_) => Reason::RATE_LIMITED,
         ProxyError::NotFound => Reason::UNKNOWN_OPERATION,
         ProxyError::Upstream(_) => Reason::UPSTREAM_ERROR,
@@ -1451,6 +1507,19 @@ fn audit_reason(err: &ProxyError) -> crate::audit::Reason {
         ProxyError::Token(_) => Reason::UNAUTHENTICATED,
         ProxyError::Outbound(e) => e.reason(),
         _ => Reason::from_static("refused"),
+    }
+}
+
+/// Whether a response says it is JSON (or says nothing, so it is checked as JSON): the safety
+/// net reads every such body.
+fn declares_json(headers: &http::HeaderMap) -> bool {
+    match headers.get(header::CONTENT_TYPE) {
+        None => true,
+        Some(v) => {
+            let v = v.to_str().unwrap_or("json").to_ascii_lowercase();
+            let essence = v.split(';').next().unwrap_or("").trim();
+            essence.ends_with("/json") || essence.ends_with("+json")
+        }
     }
 }
 

@@ -83,6 +83,14 @@ pub enum ProxyError {
     /// The operation is the gateway's own (Restricted Data Tokens, the LWA client secret).
     #[error("the operation is reserved to the gateway")]
     GatewayOwned,
+    /// The operation has no buyer-PII classification (neither mapped nor declared to carry
+    /// none): the gateway does not know what it returns, so it is refused before sending.
+    #[error("the operation has no buyer-PII classification")]
+    Unclassified,
+    /// An opaque buyer document (label, invoice, photo) for a role that does not pass
+    /// `document`: refused before it is fetched.
+    #[error("the role may not receive this document")]
+    DocumentNotForRole,
     /// A report document link or download failed.
     #[error(transparent)]
     Document(#[from] crate::documents::DocumentError),
@@ -156,6 +164,8 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
         },
         E::UnsafeResponse(_) => (StatusCode::BAD_GATEWAY, "InternalFailure", "SP-API's response could not be checked against the data protection policy, so it was withheld.", Fault::Upstream),
         E::GatewayOwned => (StatusCode::FORBIDDEN, "Unauthorized", "The gateway obtains Restricted Data Tokens and manages the application's credentials itself; tools may not call this operation.", Fault::Caller),
+        E::Unclassified => (StatusCode::FORBIDDEN, "Unauthorized", "The gateway does not know which buyer data this operation returns, so it refuses it.", Fault::Internal),
+        E::DocumentNotForRole => (StatusCode::FORBIDDEN, "Unauthorized", "This tool's role may not receive this document.", Fault::Caller),
         E::Document(d) => match d {
             crate::documents::DocumentError::LinkExpired | crate::documents::DocumentError::LinkInvalid => (StatusCode::FORBIDDEN, "Unauthorized", "The document link is invalid or has expired; call getReportDocument again.", Fault::Caller),
             _ => (StatusCode::BAD_GATEWAY, "InternalFailure", "The report document could not be fetched or checked against the data protection policy.", Fault::Upstream),

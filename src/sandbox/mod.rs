@@ -63,6 +63,11 @@ const LWA_PATH: &str = "/auth/o2/token";
 const STATS_PATH: &str = "/_sandbox/stats";
 /// Where report documents download from (`<prefix><seller>`), standing in for S3.
 const DOCUMENTS_PATH: &str = "/_sandbox/documents/";
+/// A synthetic shipping label (an opaque PDF with a synthetic buyer's address), served like a
+/// presigned URL: for tests of buyer-document links.
+pub const LABEL_PATH: &str = "/_sandbox/files/label.pdf";
+/// The synthetic buyer name printed on [`LABEL_PATH`]'s label.
+pub const LABEL_BUYER: &str = "Jane Label-Synthetic";
 /// How long [`Sandbox::serve`] waits for open connections after the shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// The usage plan Amazon's sandbox applies to every operation.
@@ -361,6 +366,13 @@ impl Sandbox {
         if path == STATS_PATH && parts.method == Method::GET {
             let stats = serde_json::to_vec(&self.stats()).unwrap_or_default();
             return json_response(StatusCode::OK, body::full(stats), None);
+        }
+        if path == LABEL_PATH && parts.method == Method::GET {
+            let pdf = format!("%PDF-1.7\n% Ship to: {LABEL_BUYER}, 1 Synthetic Way\n%%EOF\n");
+            let mut resp = Response::new(body::full(pdf));
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/pdf"));
+            return resp;
         }
         if let (Some(seller), &Method::GET) = (path.strip_prefix(DOCUMENTS_PATH), &parts.method) {
             // Like an S3 presigned URL: no SP-API token, the URL itself is the credential.

@@ -151,3 +151,42 @@ async fn error_messages_and_details_reach_only_roles_that_pass_every_category_of
         assert!(!String::from_utf8_lossy(&reply.body).contains("Planted"));
     }
 }
+
+#[tokio::test]
+async fn error_messages_of_operations_without_buyer_pii_pass_through_the_safety_net() {
+    let gw = start_gateway(Options {
+        roles_toml: format!("{}\n{ALL_BUT_ADDRESS}", all_pass_role("orders")),
+        ..Options::default()
+    })
+    .await;
+    let mixed = spgate::auth::caller::create_client(
+        &*gw.store,
+        "mixed-tool",
+        "mixed",
+        vec![SELLER.into()],
+        1_700_000_000,
+    )
+    .await
+    .unwrap();
+    let key = mixed.key.expose().clone();
+    let body = r#"{"errors":[{"code":"InvalidInput","message":"Invalid asin B0SYNTH001","details":"includedData"},{"code":"InvalidInput","message":"contact planted.buyer@example.com"}]}"#;
+    gw.sandbox.script(
+        "catalogItems_2022-04-01.getCatalogItem",
+        error_script(StatusCode::BAD_REQUEST, body.to_string()),
+    );
+    let reply = get_as(
+        &gw,
+        &key,
+        "/catalog/2022-04-01/items/B0SYNTH001?marketplaceIds=ATVPDKIKX0DER",
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    let errors = reply.json()["errors"].clone();
+    // Amazon's own words reach the tool (an SDK shows them), the details too...
+    assert_eq!(errors[0]["code"], "InvalidInput");
+    assert_eq!(errors[0]["message"], "Invalid asin B0SYNTH001");
+    assert_eq!(errors[0]["details"], "includedData");
+    // ...but a value holding an e-mail address is withheld by the safety net.
+    assert_eq!(errors[1]["code"], "InvalidInput");
+    assert!(!errors.to_string().contains("planted.buyer"), "{errors}");
+}

@@ -383,6 +383,26 @@ pub(crate) const MAX_ORDER_ID_BYTES: usize = 64;
 /// How much of the document the format sniffer looks at.
 const SNIFF_BYTES: usize = 1024;
 
+/// Starts of text documents that are page or label descriptions, not data.
+const OPAQUE_TEXT: [&[u8]; 5] = [b"%PDF-", b"%!PS", b"^XA", b"\x10CT~~CD", b"\nN\n"];
+
+/// The first line of a document (up to what the sniffer saw).
+fn header_row(text: &[u8]) -> &[u8] {
+    let end = memchr::memchr(b'\n', text).unwrap_or(text.len());
+    &text[..end]
+}
+
+/// Whether a first line names columns: split by tabs or commas, or one short column name.
+fn looks_like_header(row: &[u8]) -> bool {
+    let row = row.strip_suffix(b"\r").unwrap_or(row);
+    row.iter().any(|b| matches!(b, b'\t' | b','))
+        || (!row.is_empty()
+            && row.len() <= 64
+            && row
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b" _-/().\"".contains(b)))
+}
+
 /// The document's format, once known.
 enum Body {
     Sniff(Vec<u8>),
@@ -400,17 +420,27 @@ impl Body {
         let binary = text
             .iter()
             .any(|&b| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r' | 0x0c));
-        if binary {
-            return if policy.action(Category::Document) == Action::Pass {
+        let opaque = || {
+            if policy.action(Category::Document) == Action::Pass {
                 Ok(Body::Opaque)
             } else {
                 Err(DocumentError::Unrecognized)
-            };
+            }
+        };
+        // Text formats that cannot be redacted field by field (PDF, PostScript, ZPL and EPL
+        // labels) are as opaque as images.
+        if binary || OPAQUE_TEXT.iter().any(|magic| text.starts_with(magic)) {
+            return opaque();
         }
         match text.iter().find(|b| !b.is_ascii_whitespace()) {
             Some(b'{' | b'[') => Ok(Body::Json(json::Json::new())),
             Some(b'<') => Ok(Body::Xml(xml::Xml::new())),
-            _ => Ok(Body::Delimited(delimited::Delimited::new())),
+            // A flat file names its columns in a header row split by tabs or commas; text
+            // without one is nothing the gateway knows how to redact.
+            _ if looks_like_header(header_row(text)) => {
+                Ok(Body::Delimited(delimited::Delimited::new()))
+            }
+            _ => opaque(),
         }
     }
 

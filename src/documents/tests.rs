@@ -708,3 +708,24 @@ fn mutated_and_randomly_chunked_documents_never_panic() {
         }
     }
 }
+
+#[test]
+fn page_and_label_descriptions_and_unknown_text_are_opaque() {
+    let docs: [&[u8]; 4] = [
+        b"%PDF-1.7\n1 0 obj << /Title (Jane Example, 12 Synthetic Way) >>\n",
+        b"^XA^FO50,50^FDJane Example^FS^FO50,100^FD12 Synthetic Way^FS^XZ\n",
+        b"%!PS-Adobe-3.0\n(Jane Example) show\n",
+        b"Dear Jane Example; your parcel to 12 Synthetic Way is on its way.\nThanks!\n",
+    ];
+    for doc in docs {
+        // Not redactable field by field: refused for a role that does not pass documents...
+        assert!(
+            matches!(run(doc, mixed_role()), Err(DocumentError::Unrecognized)),
+            "{}",
+            String::from_utf8_lossy(doc)
+        );
+        // ...and passed whole to one that does.
+        let role = TestRedactor::new(&[(Category::Document, Action::Pass)]);
+        assert_eq!(run(doc, role).expect("passes"), doc);
+    }
+}

@@ -57,6 +57,96 @@ pub enum LwaError {
     /// The seller's refresh token could not be read from the store.
     #[error("the seller's refresh token cannot be used: {0}")]
     RefreshToken(String),
+    /// LWA failed [`CIRCUIT_THRESHOLD`] times in a row: token requests fail fast until the
+    /// circuit closes again.
+    #[error("LWA circuit open after repeated failures; retry in {retry_after_seconds} s")]
+    CircuitOpen {
+        /// Seconds until LWA is tried again (at least 1).
+        retry_after_seconds: u64,
+    },
+}
+
+/// Consecutive LWA failures (no answer, 5xx, 429) that open the circuit.
+pub const CIRCUIT_THRESHOLD: u32 = 5;
+
+/// How long an open circuit refuses token requests before LWA is tried again.
+pub const CIRCUIT_OPEN_FOR: Duration = Duration::from_secs(10);
+
+/// A circuit breaker in front of the token endpoint. While LWA is down, thousands of requests
+/// would each wait `timeout` for it; with the circuit open they fail at once with 503 and
+/// `Retry-After`, and readiness reports it. After [`CIRCUIT_OPEN_FOR`] one call is let through
+/// (half-open): success closes the circuit, failure opens it again.
+#[derive(Default)]
+pub struct Circuit {
+    state: std::sync::Mutex<CircuitState>,
+    opened: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Default)]
+struct CircuitState {
+    failures: u32,
+    open_until: Option<Instant>,
+}
+
+// === impl Circuit ===
+
+impl Circuit {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CircuitState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `Err` while the circuit is open.
+    fn check(&self) -> Result<(), LwaError> {
+        let state = self.lock();
+        match state.open_until {
+            Some(until) if Instant::now() < until => {
+                let left = until.saturating_duration_since(Instant::now());
+                Err(LwaError::CircuitOpen {
+                    retry_after_seconds: (left.as_secs() + u64::from(left.subsec_nanos() > 0))
+                        .max(1),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// LWA answered (a token or a definite refusal): the circuit closes.
+    fn answered(&self) {
+        let mut state = self.lock();
+        if state.open_until.take().is_some() {
+            tracing::info!("Login with Amazon answers again; its circuit is closed.");
+        }
+        state.failures = 0;
+    }
+
+    /// LWA did not answer usefully; the circuit opens at the threshold.
+    fn failed(&self, error: &LwaError) {
+        let mut state = self.lock();
+        state.failures = state.failures.saturating_add(1);
+        if state.failures >= CIRCUIT_THRESHOLD {
+            if state.open_until.is_none() {
+                self.opened
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(
+                    error = %error,
+                    failures = state.failures,
+                    open_seconds = CIRCUIT_OPEN_FOR.as_secs(),
+                    "Login with Amazon failed repeatedly; its circuit is open and token requests fail fast."
+                );
+            }
+            state.open_until = Some(Instant::now() + CIRCUIT_OPEN_FOR);
+        }
+    }
+
+    /// Whether token requests fail fast right now.
+    pub fn is_open(&self) -> bool {
+        self.check().is_err()
+    }
+
+    /// How many times the circuit has opened since start.
+    pub fn opened(&self) -> u64 {
+        self.opened.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// The credential to present for a subject's token.
@@ -95,6 +185,8 @@ pub struct Lwa {
     timeout: Duration,
     tokens: Slots<Subject, Secret<String>, LwaError>,
     calls: std::sync::atomic::AtomicU64,
+    /// Fails token requests fast while LWA is down.
+    circuit: Circuit,
     /// With the redis store: the cache and refresh lock shared by every gateway instance.
     shared: Option<Shared>,
 }
@@ -135,12 +227,18 @@ impl Lwa {
             timeout: cfg.timeout,
             tokens: Slots::new(),
             calls: std::sync::atomic::AtomicU64::new(0),
+            circuit: Circuit::default(),
         }
     }
 
     /// How many calls this client has made to the token endpoint.
     pub fn calls(&self) -> u64 {
         self.calls.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The circuit breaker in front of the token endpoint (readiness and metrics read it).
+    pub fn circuit(&self) -> &Circuit {
+        &self.circuit
     }
 
     /// The subject's access token, from the cache or from LWA. `grant` is called only when LWA
@@ -342,6 +440,27 @@ impl Lwa {
     }
 
     async fn fetch_with(
+        &self,
+        grant: &Grant,
+        client_secret: &Secret<String>,
+    ) -> Result<Fetched, LwaError> {
+        self.circuit.check()?;
+        let result = self.fetch_once(grant, client_secret).await;
+        match &result {
+            Err(e @ LwaError::Unavailable(_)) => self.circuit.failed(e),
+            Ok(_)
+            | Err(
+                LwaError::InvalidGrant
+                | LwaError::InvalidClient
+                | LwaError::Protocol(_)
+                | LwaError::RefreshToken(_)
+                | LwaError::CircuitOpen { .. },
+            ) => self.circuit.answered(),
+        }
+        result
+    }
+
+    async fn fetch_once(
         &self,
         grant: &Grant,
         client_secret: &Secret<String>,

@@ -18,6 +18,8 @@ use crate::ratelimit::RateLimitError;
 use crate::spapi::ErrorBody;
 use crate::store::StoreError;
 
+pub mod log_limit;
+
 /// Everything that can end a request early.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -94,6 +96,9 @@ pub enum ProxyError {
     Token(#[from] TokenError),
 }
 
+/// `Retry-After` of a 503 for a dependency outage (store, limiter Redis, LWA), in seconds.
+pub const RETRY_AFTER_SECONDS: u64 = 5;
+
 /// Whose fault an error is, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -119,6 +124,7 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
             CallerError::MissingSeller => (StatusCode::BAD_REQUEST, "InvalidInput", "Name the seller in the x-spgate-seller header.", Fault::Caller),
             CallerError::SellerNotAllowed => (StatusCode::FORBIDDEN, "Unauthorized", "This tool may not act for that seller.", Fault::Caller),
             CallerError::ApplicationWide => (StatusCode::FORBIDDEN, "Unauthorized", "This operation acts for the whole application; only a tool allowed for all sellers may call it.", Fault::Caller),
+            CallerError::Store(s) if s.is_unavailable() => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "The gateway's store is unavailable, so the API key could not be checked; retry later.", Fault::Internal),
             CallerError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The gateway could not check the API key.", Fault::Internal),
         },
         E::UnknownSeller => (StatusCode::FORBIDDEN, "Unauthorized", "That seller has not authorized this application.", Fault::Caller),
@@ -129,6 +135,7 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
             LwaError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "Login with Amazon is unavailable; retry later.", Fault::Upstream),
             LwaError::Protocol(_) => (StatusCode::BAD_GATEWAY, "InternalFailure", "Login with Amazon answered unexpectedly.", Fault::Upstream),
             LwaError::RefreshToken(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The seller's stored credentials cannot be used.", Fault::Internal),
+            LwaError::CircuitOpen { .. } => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "Login with Amazon is failing; the gateway stopped asking it for a while. Retry later.", Fault::Upstream),
         },
         E::Upstream(u) => match u {
             UpstreamError::Connect(_) => (StatusCode::BAD_GATEWAY, "ServiceUnavailable", "SP-API could not be reached.", Fault::Upstream),
@@ -136,6 +143,7 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
             UpstreamError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "InvalidInput", "Request body is too large.", Fault::Caller),
             UpstreamError::Transport(_) => (StatusCode::BAD_GATEWAY, "ServiceUnavailable", "The request to SP-API failed.", Fault::Upstream),
         },
+        E::Store(s) if s.is_unavailable() => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "The gateway's store is unavailable; retry later.", Fault::Internal),
         E::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The gateway's store failed.", Fault::Internal),
         E::RoleMayNotReceive => (StatusCode::FORBIDDEN, "Unauthorized", "This tool's role may not receive the restricted data this operation returns.", Fault::Caller),
         E::Restricted(r) => match r {
@@ -157,6 +165,7 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
             crate::documents::DocumentError::LinkExpired | crate::documents::DocumentError::LinkInvalid => (StatusCode::FORBIDDEN, "Unauthorized", "The document link is invalid or has expired; call getReportDocument again.", Fault::Caller),
             _ => (StatusCode::BAD_GATEWAY, "InternalFailure", "The report document could not be fetched or checked against the data protection policy.", Fault::Upstream),
         },
+        E::Vault(crate::vault::VaultError::Store(s)) if s.is_unavailable() => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "The gateway's store is unavailable, so the response was withheld; retry later.", Fault::Internal),
         E::Vault(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The gateway's data vault failed, so the response was withheld.", Fault::Internal),
         E::Reveal(r) => match r {
             super::reveal::RevealError::BadRequest(why) => (StatusCode::BAD_REQUEST, "InvalidInput", *why, Fault::Caller),
@@ -167,10 +176,14 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
     };
     match fault {
         Fault::Internal => {
-            tracing::error!(error = %err, status = status.as_u16(), "Request failed inside the gateway.")
+            if let Some(repeats) = log_limit::admit(message) {
+                tracing::error!(error = %err, status = status.as_u16(), repeats, "Request failed inside the gateway.")
+            }
         }
         Fault::Upstream => {
-            tracing::warn!(error = %err, status = status.as_u16(), "Request failed upstream.")
+            if let Some(repeats) = log_limit::admit(message) {
+                tracing::warn!(error = %err, status = status.as_u16(), repeats, "Request failed upstream.")
+            }
         }
         Fault::Caller => {
             tracing::debug!(error = %err, status = status.as_u16(), "Request refused.")
@@ -184,7 +197,13 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
         HeaderValue::from_static("application/json"),
     );
     if status == StatusCode::SERVICE_UNAVAILABLE {
-        h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        let secs = match err {
+            E::Credentials(LwaError::CircuitOpen {
+                retry_after_seconds,
+            }) => *retry_after_seconds,
+            _ => RETRY_AFTER_SECONDS,
+        };
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     // After a framing error or an unread oversized body the connection cannot be reused safely.
     if matches!(
@@ -215,6 +234,11 @@ fn token_error(err: &TokenError) -> Response<Body> {
             "invalid_grant",
             "The refresh token is invalid or revoked.",
         ),
+        TokenError::Store(s) if s.is_unavailable() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "The gateway's store is unavailable; retry later.",
+        ),
         TokenError::Store(_) | TokenError::Crypto(_) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             "server_error",
@@ -222,7 +246,9 @@ fn token_error(err: &TokenError) -> Response<Body> {
         ),
     };
     if status.is_server_error() {
-        tracing::error!(error = %err, "Token request failed inside the gateway.");
+        if let Some(repeats) = log_limit::admit(description) {
+            tracing::error!(error = %err, repeats, "Token request failed inside the gateway.");
+        }
     } else {
         tracing::debug!(error = %err, "Token request refused.");
     }
@@ -235,6 +261,10 @@ fn token_error(err: &TokenError) -> Response<Body> {
     );
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+    }
     resp
 }
 

@@ -521,6 +521,14 @@ impl Store for EmbeddedStore {
         self.read(|c| retention::pseudonyms_of(c, seller, order_id))
     }
 
+    async fn access_version(&self) -> Result<u64, StoreError> {
+        self.read(|c| {
+            Ok(c.query_row("SELECT value FROM access_version", [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64)
+        })
+    }
+
     async fn compact(&self) -> Result<(), StoreError> {
         self.write(retention::compact).await
     }
@@ -693,6 +701,27 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE invites ADD COLUMN seller TEXT;
 ",
     retention::MIGRATION,
+    // Every change to tools or sellers counts, whoever writes it (the gateway, the CLI, another
+    // instance on the same file): caches compare this number before serving an entry.
+    "
+    CREATE TABLE access_version (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        value INTEGER NOT NULL
+    );
+    INSERT INTO access_version (id, value) VALUES (1, 0);
+    CREATE TRIGGER clients_insert_version AFTER INSERT ON clients
+        BEGIN UPDATE access_version SET value = value + 1; END;
+    CREATE TRIGGER clients_update_version AFTER UPDATE ON clients
+        BEGIN UPDATE access_version SET value = value + 1; END;
+    CREATE TRIGGER clients_delete_version AFTER DELETE ON clients
+        BEGIN UPDATE access_version SET value = value + 1; END;
+    CREATE TRIGGER sellers_insert_version AFTER INSERT ON sellers
+        BEGIN UPDATE access_version SET value = value + 1; END;
+    CREATE TRIGGER sellers_update_version AFTER UPDATE ON sellers
+        BEGIN UPDATE access_version SET value = value + 1; END;
+    CREATE TRIGGER sellers_delete_version AFTER DELETE ON sellers
+        BEGIN UPDATE access_version SET value = value + 1; END;
+",
 ];
 
 fn migrate(conn: &Connection) -> Result<(), StoreError> {

@@ -141,6 +141,7 @@ pub async fn build_gateway(
         max_header_bytes: config.server.max_header_bytes,
         header_read_timeout: config.server.header_read_timeout,
         drain_timeout: config.server.drain_timeout,
+        peers: config.server.peers,
     };
     let gateway = Gateway::new(GatewayParts {
         store,
@@ -151,6 +152,7 @@ pub async fn build_gateway(
         limits: Limits {
             max_header_bytes: config.server.max_header_bytes,
             max_request_body_bytes: config.server.max_request_body_bytes,
+            body_read_timeout: config.server.body_read_timeout,
         },
         roles: config.roles,
         pii: config.pii,

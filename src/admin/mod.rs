@@ -228,7 +228,7 @@ impl Admin {
                 .find(|(k, _)| k == "seller")
                 .map(|(_, v)| v.into_owned())
         });
-        let body = read_json(req.into_body()).await?;
+        let body = read_json(req.into_body(), self.gateway.body_read_timeout()).await?;
         let field = |name: &str| body.get(name).and_then(|v| v.as_str()).map(str::to_string);
         let seller = field("seller")
             .or(query_seller)
@@ -362,6 +362,7 @@ impl Admin {
             "# HELP spgate_lwa_circuit_open Whether LWA's circuit is open now.\n# TYPE spgate_lwa_circuit_open gauge\nspgate_lwa_circuit_open {}",
             u8::from(self.gateway.lwa().circuit().is_open())
         );
+        crate::server::peers::render_metrics(&mut out);
         self.gateway.auditor().render_metrics(&mut out);
         let mut resp = Response::new(body::full(out));
         resp.headers_mut().insert(
@@ -403,17 +404,22 @@ enum OrderRouteError {
 /// Reads a small JSON object body; an empty body is an empty object.
 async fn read_json<B>(
     body: B,
+    deadline: std::time::Duration,
 ) -> Result<serde_json::Map<String, serde_json::Value>, OrderRouteError>
 where
     B: http_body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    use http_body_util::BodyExt;
-    let bytes = http_body_util::Limited::new(body, MAX_ORDER_BODY)
-        .collect()
+    let bytes = crate::server::peers::read_body(body, MAX_ORDER_BODY, deadline)
         .await
-        .map_err(|_| OrderRouteError::BadRequest("the body is unreadable or larger than 64 KiB"))?
-        .to_bytes();
+        .map_err(|e| match e {
+            crate::server::peers::BodyReadError::TooLarge { .. } => {
+                OrderRouteError::BadRequest("the body is unreadable or larger than 64 KiB")
+            }
+            crate::server::peers::BodyReadError::Timeout(_) => {
+                OrderRouteError::BadRequest("the body did not arrive in time")
+            }
+        })?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(serde_json::Map::new());
     }

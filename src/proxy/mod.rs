@@ -62,6 +62,8 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Largest request body.
     pub max_request_body_bytes: u64,
+    /// Deadline for a body the gateway reads itself (token, reveal, admin routes).
+    pub body_read_timeout: std::time::Duration,
 }
 
 /// Everything the pipeline needs, built once at startup.
@@ -227,6 +229,11 @@ impl Gateway {
     /// The LWA client (its call counter is useful to tests and metrics).
     pub fn lwa(&self) -> &Lwa {
         &self.lwa
+    }
+
+    /// The deadline for a body the gateway reads itself (`server.body_read_timeout_ms`).
+    pub fn body_read_timeout(&self) -> Duration {
+        self.limits.body_read_timeout
     }
 
     /// The RDT client (its call counter is useful to tests and metrics).
@@ -858,15 +865,12 @@ impl Gateway {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let limited =
-            http_body_util::Limited::new(req.into_body(), drop_in::MAX_TOKEN_REQUEST_BYTES);
-        let body = limited
-            .collect()
-            .await
-            .map_err(|_| ProxyError::BodyTooLarge {
-                limit: drop_in::MAX_TOKEN_REQUEST_BYTES as u64,
-            })?
-            .to_bytes();
+        let body = crate::server::peers::read_body(
+            req.into_body(),
+            drop_in::MAX_TOKEN_REQUEST_BYTES,
+            self.limits.body_read_timeout,
+        )
+        .await?;
         let token =
             drop_in::issue(&*self.store, content_type.as_deref(), &body, unix_now()).await?;
         let json = serde_json::to_vec(&token)
@@ -895,14 +899,12 @@ impl Gateway {
         let caller = caller::authenticate(&*self.store, req.headers(), unix_now()).await?;
         ctx.tool = Some(caller.client.tool.clone());
         ctx.role = Some(caller.client.role.clone());
-        let limited = http_body_util::Limited::new(req.into_body(), reveal::MAX_BODY_BYTES);
-        let body = limited
-            .collect()
-            .await
-            .map_err(|_| ProxyError::BodyTooLarge {
-                limit: reveal::MAX_BODY_BYTES as u64,
-            })?
-            .to_bytes();
+        let body = crate::server::peers::read_body(
+            req.into_body(),
+            reveal::MAX_BODY_BYTES,
+            self.limits.body_read_timeout,
+        )
+        .await?;
         let role = self.roles.get(&caller.client.role);
         let mut answers = reveal::reveal(&body, &caller, role, &self.vault).await?;
         // Only for sellers still connected: a removed or deauthorized seller's data stays sealed.

@@ -15,6 +15,7 @@ use crate::auth::onboarding::{self, OnboardingError};
 use crate::auth::rdt::RdtError;
 use crate::proxy::upstream::UpstreamError;
 use crate::ratelimit::RateLimitError;
+use crate::server::peers::{BodyReadError, PeerError};
 use crate::spapi::ErrorBody;
 use crate::store::StoreError;
 
@@ -35,6 +36,9 @@ pub enum ProxyError {
         /// The limit.
         limit: u64,
     },
+    /// A body the gateway reads itself was too large or too slow.
+    #[error(transparent)]
+    BodyRead(#[from] crate::server::peers::BodyReadError),
     /// Both `Content-Length` and `Transfer-Encoding`, or a bad `Content-Length`: a smuggling risk.
     #[error("ambiguous request framing: {0}")]
     BadFraming(&'static str),
@@ -116,6 +120,8 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
     let (status, code, message, fault) = match err {
         E::HeadersTooLarge { .. } => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "InvalidInput", "Request headers are too large.", Fault::Caller),
         E::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "InvalidInput", "Request body is too large.", Fault::Caller),
+        E::BodyRead(BodyReadError::TooLarge { .. }) => (StatusCode::PAYLOAD_TOO_LARGE, "InvalidInput", "Request body is too large.", Fault::Caller),
+        E::BodyRead(BodyReadError::Timeout(_)) => (StatusCode::REQUEST_TIMEOUT, "RequestTimeout", "The request body did not arrive in time.", Fault::Caller),
         E::BadFraming(_) => (StatusCode::BAD_REQUEST, "InvalidInput", "Request framing is ambiguous (Content-Length with Transfer-Encoding, or a bad Content-Length).", Fault::Caller),
         E::NotFound => (StatusCode::NOT_FOUND, "NotFound", "The requested resource is not an SP-API operation.", Fault::Caller),
         E::Caller(c) => match c {
@@ -208,7 +214,7 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
     // After a framing error or an unread oversized body the connection cannot be reused safely.
     if matches!(
         err,
-        E::BadFraming(_) | E::BodyTooLarge { .. } | E::HeadersTooLarge { .. }
+        E::BadFraming(_) | E::BodyTooLarge { .. } | E::HeadersTooLarge { .. } | E::BodyRead(_)
     ) {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -333,11 +339,43 @@ fn quota_exceeded(
     rate_per_second: f64,
 ) -> Response<Body> {
     tracing::debug!(error = %err, "Request throttled by the gateway.");
-    let body = ErrorBody::one(
-        "QuotaExceeded",
+    let mut resp = too_many_requests(
         "You exceeded your quota for the requested resource.",
-        "",
+        retry_after,
     );
+    // The rate the gateway enforces for this bucket, to four decimals (as Amazon prints rates).
+    let rate = format!("{rate_per_second:.4}");
+    let rate = rate.trim_end_matches('0').trim_end_matches('.');
+    if let Ok(v) = HeaderValue::from_str(rate) {
+        resp.headers_mut().insert(crate::spapi::RATE_LIMIT_LIMIT, v);
+    }
+    resp
+}
+
+/// A request refused before it reached the handler: its address exceeded its rate of
+/// unauthenticated or failed requests. 429 in SP-API's shape with `Retry-After`; the connection
+/// is closed.
+pub fn peer_refused(err: &PeerError) -> Response<Body> {
+    let retry_after = match err {
+        PeerError::TooManyRequests { retry_after } => *retry_after,
+        PeerError::TooManyConnections { .. } => std::time::Duration::from_secs(1),
+    };
+    if let Some(repeats) = log_limit::admit("peer refused") {
+        tracing::warn!(error = %err, repeats, "Requests from one address refused before authentication.");
+    }
+    let mut resp = too_many_requests(
+        "Too many unauthenticated or failed requests from this address.",
+        retry_after,
+    );
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// 429 `QuotaExceeded` with `Retry-After` in whole seconds, rounded up, at least 1 (the header
+/// has no fractions).
+fn too_many_requests(message: &'static str, retry_after: std::time::Duration) -> Response<Body> {
+    let body = ErrorBody::one("QuotaExceeded", message, "");
     let mut resp = Response::new(body::full(body.to_bytes()));
     *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
     let h = resp.headers_mut();
@@ -345,15 +383,8 @@ fn quota_exceeded(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    // Whole seconds, rounded up, at least 1 (Retry-After has no fractions).
     let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
     h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-    // The rate the gateway enforces for this bucket, to four decimals (as Amazon prints rates).
-    let rate = format!("{rate_per_second:.4}");
-    let rate = rate.trim_end_matches('0').trim_end_matches('.');
-    if let Ok(v) = HeaderValue::from_str(rate) {
-        h.insert(crate::spapi::RATE_LIMIT_LIMIT, v);
-    }
     resp
 }
 

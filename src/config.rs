@@ -132,11 +132,11 @@ pub struct RawServer {
     /// drop-in token endpoint, reveal, admin routes); 408 after it. Default 10 s.
     pub body_read_timeout_ms: Option<u64>,
     /// Connections one client address may hold at once; further ones are closed at accept, so
-    /// one address cannot take all of `max_connections`. Default 64.
+    /// one address cannot take all of `max_connections`. Default 1024.
     pub max_connections_per_address: Option<usize>,
     /// Requests a second one address may make without credentials (no `Authorization` or
-    /// `x-amz-access-token`) or that fail authentication or framing (400, 401, 403, 408, 413,
-    /// 431). Past it, the address gets 429 for every request until it slows down. Default 20.
+    /// `x-amz-access-token`) or that the gateway refuses (401 bad key, 408 slow body, 413, 431).
+    /// Past it, the address gets 429 for every request until it slows down. Default 20.
     pub unauthenticated_rate_per_second: Option<u32>,
     /// How many such requests one address may make in a burst. Default 100.
     pub unauthenticated_burst: Option<u32>,
@@ -731,7 +731,7 @@ impl Config {
             peers: crate::server::peers::PeerLimits {
                 max_connections_per_address: v.positive(
                     "server.max_connections_per_address",
-                    s.max_connections_per_address.unwrap_or(64),
+                    s.max_connections_per_address.unwrap_or(1024),
                 ),
                 unauthenticated_rate_per_second: v.positive(
                     "server.unauthenticated_rate_per_second",

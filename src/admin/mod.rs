@@ -348,6 +348,11 @@ impl Admin {
             &[("", self.gateway.lwa().circuit().opened())],
         );
         counter(
+            "spgate_onboarding_refused_total",
+            "Seller authorizations refused because Amazon did not confirm the seller id (spoofing or rebinding attempts).",
+            &[("", crate::auth::onboarding::refused_total())],
+        );
+        counter(
             "spgate_rdt_requests_total",
             "createRestrictedDataToken calls.",
             &[("", self.gateway.rdts().calls())],

@@ -1053,7 +1053,27 @@ impl Gateway {
         let query = req.uri().query();
         let resp = match req.uri().path() {
             onboarding::START_PATH => flow.start(query, unix_now()).await?,
-            _ => flow.callback(query, unix_now()).await?,
+            _ => match flow.callback(query, unix_now()).await {
+                // An attempt to squat or rebind a seller id: alerted in the audit log too.
+                Err(e @ OnboardingError::SellerNotConfirmed { .. }) => {
+                    if let OnboardingError::SellerNotConfirmed {
+                        claimed, rebind, ..
+                    } = &e
+                    {
+                        self.auditor.record(
+                            crate::audit::Record::new(crate::audit::Kind::Alert)
+                                .with_seller(claimed)
+                                .with_reason(crate::audit::Reason::from_static(if *rebind {
+                                    "onboarding_rebind_refused"
+                                } else {
+                                    "onboarding_seller_not_confirmed"
+                                })),
+                        );
+                    }
+                    return Err(e.into());
+                }
+                other => other?,
+            },
         };
         if let Some(onboarding::Authorized(seller)) = resp.extensions().get() {
             self.auditor.record(

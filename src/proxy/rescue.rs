@@ -307,6 +307,14 @@ fn onboarding_error(err: &OnboardingError) -> Response<Body> {
             StatusCode::BAD_REQUEST,
             "This link re-authorizes a different seller account. Sign in with the account it was made for.".to_string(),
         ),
+        O::SellerNotConfirmed { .. } => (
+            StatusCode::FORBIDDEN,
+            "Amazon did not confirm that the account you signed in with is the seller this authorization names. Sign in with the right seller account, from your invitation link.".to_string(),
+        ),
+        O::ConfirmationUnavailable(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("Amazon could not be reached to confirm the authorization. Please try again later. {again}"),
+        ),
         O::AlreadyConnected => (
             StatusCode::BAD_REQUEST,
             "This seller account is already connected. Ask for a re-authorization link.".to_string(),

@@ -5,7 +5,7 @@
 //!   `server.max_connections_per_address` are closed at accept, so one address holding
 //!   connections open (slowloris) cannot take all of `server.max_connections`.
 //! - A per-address rate limit ([`Peers::admit`], governor's keyed GCRA) on requests without
-//!   credentials and on requests that failed authentication or framing: past it the address gets
+//!   credentials and on requests the gateway refused (401, 408, 413, 431): past it the address gets
 //!   429 with `Retry-After` for every request until it slows down.
 //! - Body-read deadlines ([`read_body`]) for the endpoints the gateway answers itself.
 //!
@@ -215,11 +215,11 @@ impl Peers {
 
     /// Counts a failed request against its address.
     pub fn answered(&self, ip: IpAddr, status: StatusCode) {
+        // Only the gateway's own refusals of a caller: a bad or missing key (401), a slow or
+        // oversized request. Amazon's 400s and 403s for a tool's valid requests do not count.
         let failed = matches!(
             status,
-            StatusCode::BAD_REQUEST
-                | StatusCode::UNAUTHORIZED
-                | StatusCode::FORBIDDEN
+            StatusCode::UNAUTHORIZED
                 | StatusCode::REQUEST_TIMEOUT
                 | StatusCode::PAYLOAD_TOO_LARGE
                 | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE

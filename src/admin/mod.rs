@@ -153,7 +153,7 @@ impl Admin {
     async fn readiness(&self) -> Response<Body> {
         let mut down = Vec::new();
         // Always reaches the backend, past the cache.
-        if let Err(e) = self.gateway.store().access_version().await {
+        if let Err(e) = self.gateway.store().ping().await {
             if let Some(repeats) = crate::proxy::rescue::log_limit::admit("readyz store") {
                 tracing::warn!(error = %e, repeats, "Not ready: the store does not answer.");
             }

@@ -391,4 +391,8 @@ impl Store for CachedStore {
     async fn access_version(&self) -> Result<u64, StoreError> {
         self.inner.access_version().await
     }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
 }

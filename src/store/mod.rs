@@ -357,8 +357,10 @@ pub trait Store: Send + Sync + 'static {
     async fn compact(&self) -> Result<(), StoreError>;
     /// A number that changes with every write to tools or sellers, by any process or
     /// instance. Caches compare it before serving an entry, so a revocation applies at the next
-    /// request everywhere. Also the readiness probe: it always reaches the backend.
+    /// request everywhere.
     async fn access_version(&self) -> Result<u64, StoreError>;
+    /// Asks the backend whether it answers (readiness); never served from a cache.
+    async fn ping(&self) -> Result<(), StoreError>;
 }
 
 // === impl Region ===

@@ -726,6 +726,13 @@ impl Store for RedisStore {
         self.v_pseudonyms_of(seller, order_id).await
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        redis::cmd("PING")
+            .exec_async(&mut self.conn())
+            .await
+            .map_err(failed("ping"))
+    }
+
     async fn access_version(&self) -> Result<u64, StoreError> {
         let v: Option<u64> = redis::cmd("GET")
             .arg(self.index("access-version"))

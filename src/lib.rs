@@ -61,6 +61,9 @@ pub enum RunError {
     /// The listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    /// The LWA client could not be set up.
+    #[error(transparent)]
+    Lwa(#[from] crate::auth::lwa::LwaError),
     /// The rate limiter could not be set up.
     #[error(transparent)]
     RateLimit(#[from] crate::ratelimit::RateLimitError),
@@ -133,7 +136,7 @@ pub async fn build_gateway(
         cache,
         key: master_key.clone(),
     });
-    let lwa = Lwa::new(client.clone(), &config.lwa, shared);
+    let lwa = Lwa::new(&config.lwa, shared)?;
     let rdts = crate::auth::rdt::Rdts::new(client.clone(), config.lwa.timeout);
     let upstream = Upstream::new(client, &config.upstream);
     let server_limits = ServerLimits {

@@ -64,6 +64,9 @@ pub enum RunError {
     /// The LWA client could not be set up.
     #[error(transparent)]
     Lwa(#[from] crate::auth::lwa::LwaError),
+    /// The RDT client could not be set up.
+    #[error(transparent)]
+    Rdt(#[from] crate::auth::rdt::RdtError),
     /// The rate limiter could not be set up.
     #[error(transparent)]
     RateLimit(#[from] crate::ratelimit::RateLimitError),
@@ -137,7 +140,7 @@ pub async fn build_gateway(
         key: master_key.clone(),
     });
     let lwa = Lwa::new(&config.lwa, shared)?;
-    let rdts = crate::auth::rdt::Rdts::new(client.clone(), config.lwa.timeout);
+    let rdts = crate::auth::rdt::Rdts::new(config.lwa.timeout)?;
     let upstream = Upstream::new(client, &config.upstream);
     let server_limits = ServerLimits {
         max_connections: config.server.max_connections,

@@ -259,8 +259,8 @@ fn push_window(
 
 // === webhook ===
 
-/// POSTs alerts to a URL (http or https), at most 8 at a time, each within a timeout, with
-/// reqwest (rustls with ring, TLS 1.2+, no redirects: the alert goes only where configured).
+/// POSTs alerts to a URL (http or https), at most 8 at a time, each within a timeout, with the
+/// control-plane client (no redirects: an alert goes only where configured).
 pub(crate) struct Webhook {
     client: reqwest::Client,
     url: reqwest::Url,
@@ -279,14 +279,7 @@ impl Webhook {
         failures: Arc<AtomicU64>,
     ) -> Option<Webhook> {
         let url = reqwest::Url::parse(url.expose()).ok()?;
-        let client = reqwest::Client::builder()
-            .use_rustls_tls()
-            .min_tls_version(reqwest::tls::Version::TLS_1_2)
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(timeout)
-            .timeout(timeout)
-            .build()
-            .ok()?;
+        let client = crate::auth::control_plane::client(timeout).ok()?;
         Some(Webhook {
             client,
             url,

@@ -172,8 +172,7 @@ pub struct Fetched {
 
 /// LWA client with a token cache.
 pub struct Lwa {
-    /// Control-plane HTTP client (reqwest, rustls with ring; no redirects: a token request is
-    /// never sent anywhere but the configured endpoint).
+    /// The control-plane HTTP client.
     http: reqwest::Client,
     token_url: oauth2::TokenUrl,
     client_id: String,
@@ -203,23 +202,6 @@ pub struct Shared {
 #[error("{0}")]
 pub struct LwaHttpError(String);
 
-/// A reqwest error without its URL (errors name failures, not addresses).
-fn describe(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "could not connect"
-    } else if e.is_body() || e.is_decode() {
-        "answer unreadable"
-    } else {
-        "request failed"
-    };
-    match std::error::Error::source(e) {
-        Some(source) => format!("{kind}: {source}"),
-        None => kind.to_string(),
-    }
-}
-
 // === impl Lwa ===
 
 impl Lwa {
@@ -227,13 +209,8 @@ impl Lwa {
     pub fn new(cfg: &LwaConfig, shared: Option<Shared>) -> Result<Lwa, LwaError> {
         let token_url = oauth2::TokenUrl::new(cfg.token_url.to_string())
             .map_err(|_| LwaError::Protocol("the token URL is not a URL".into()))?;
-        let http = reqwest::Client::builder()
-            .use_rustls_tls()
-            .min_tls_version(reqwest::tls::Version::TLS_1_2)
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(cfg.timeout)
-            .build()
-            .map_err(|e| LwaError::Protocol(format!("HTTP client: {}", describe(&e))))?;
+        let http = super::control_plane::client(cfg.timeout)
+            .map_err(|e| LwaError::Protocol(format!("HTTP client: {e}")))?;
         Ok(Lwa {
             shared,
             http,
@@ -554,17 +531,21 @@ async fn send(
     req: oauth2::HttpRequest,
     status: Arc<std::sync::Mutex<Option<StatusCode>>>,
 ) -> Result<oauth2::HttpResponse, LwaHttpError> {
-    let req = reqwest::Request::try_from(req).map_err(|e| LwaHttpError(describe(&e)))?;
+    let req = reqwest::Request::try_from(req)
+        .map_err(|e| LwaHttpError(super::control_plane::describe(&e)))?;
     let resp = http
         .execute(req)
         .await
-        .map_err(|e| LwaHttpError(describe(&e)))?;
+        .map_err(|e| LwaHttpError(super::control_plane::describe(&e)))?;
     *status.lock().unwrap_or_else(|p| p.into_inner()) = Some(resp.status());
     let mut out = http::Response::builder().status(resp.status());
     for (name, value) in resp.headers() {
         out = out.header(name, value);
     }
-    let body = resp.bytes().await.map_err(|e| LwaHttpError(describe(&e)))?;
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| LwaHttpError(super::control_plane::describe(&e)))?;
     out.body(body.to_vec())
         .map_err(|e| LwaHttpError(e.to_string()))
 }

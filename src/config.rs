@@ -128,6 +128,18 @@ pub struct RawServer {
     pub header_read_timeout_ms: Option<u64>,
     /// How long in-flight requests may run after SIGTERM before the process exits.
     pub drain_timeout_seconds: Option<u64>,
+    /// How long a client may take to send the body of a request the gateway reads itself (the
+    /// drop-in token endpoint, reveal, admin routes); 408 after it. Default 10 s.
+    pub body_read_timeout_ms: Option<u64>,
+    /// Connections one client address may hold at once; further ones are closed at accept, so
+    /// one address cannot take all of `max_connections`. Default 1024.
+    pub max_connections_per_address: Option<usize>,
+    /// Requests a second one address may make without credentials (no `Authorization` or
+    /// `x-amz-access-token`) or that the gateway refuses (401 bad key, 408 slow body, 413, 431).
+    /// Past it, the address gets 429 for every request until it slows down. Default 20.
+    pub unauthenticated_rate_per_second: Option<u32>,
+    /// How many such requests one address may make in a burst. Default 100.
+    pub unauthenticated_burst: Option<u32>,
 }
 
 /// `[upstream]`: the connection to SP-API.
@@ -432,6 +444,10 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// Drain bound on shutdown.
     pub drain_timeout: Duration,
+    /// Body read deadline of the endpoints the gateway answers itself.
+    pub body_read_timeout: Duration,
+    /// Per-address connection cap and unauthenticated rate limit.
+    pub peers: crate::server::peers::PeerLimits,
 }
 
 /// See [`RawUpstream`].
@@ -713,6 +729,24 @@ impl Config {
                 s.header_read_timeout_ms.unwrap_or(10_000),
             ),
             drain_timeout: Duration::from_secs(s.drain_timeout_seconds.unwrap_or(30)),
+            body_read_timeout: v.millis(
+                "server.body_read_timeout_ms",
+                s.body_read_timeout_ms.unwrap_or(10_000),
+            ),
+            peers: crate::server::peers::PeerLimits {
+                max_connections_per_address: v.positive(
+                    "server.max_connections_per_address",
+                    s.max_connections_per_address.unwrap_or(1024),
+                ),
+                unauthenticated_rate_per_second: v.positive(
+                    "server.unauthenticated_rate_per_second",
+                    s.unauthenticated_rate_per_second.unwrap_or(20) as usize,
+                ) as u32,
+                unauthenticated_burst: v.positive(
+                    "server.unauthenticated_burst",
+                    s.unauthenticated_burst.unwrap_or(100) as usize,
+                ) as u32,
+            },
         };
         let u = &raw.upstream;
         let ep = u.endpoints.as_ref();

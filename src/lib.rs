@@ -61,6 +61,12 @@ pub enum RunError {
     /// The listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    /// The LWA client could not be set up.
+    #[error(transparent)]
+    Lwa(#[from] crate::auth::lwa::LwaError),
+    /// The RDT client could not be set up.
+    #[error(transparent)]
+    Rdt(#[from] crate::auth::rdt::RdtError),
     /// The rate limiter could not be set up.
     #[error(transparent)]
     RateLimit(#[from] crate::ratelimit::RateLimitError),
@@ -133,8 +139,8 @@ pub async fn build_gateway(
         cache,
         key: master_key.clone(),
     });
-    let lwa = Lwa::new(client.clone(), &config.lwa, shared);
-    let rdts = crate::auth::rdt::Rdts::new(client.clone(), config.lwa.timeout);
+    let lwa = Lwa::new(&config.lwa, shared)?;
+    let rdts = crate::auth::rdt::Rdts::new(config.lwa.timeout)?;
     let upstream = Upstream::new(client, &config.upstream);
     let outbound = crate::proxy::outbound::Fetcher::new(config.outbound, &config.upstream);
     let server_limits = ServerLimits {
@@ -142,6 +148,7 @@ pub async fn build_gateway(
         max_header_bytes: config.server.max_header_bytes,
         header_read_timeout: config.server.header_read_timeout,
         drain_timeout: config.server.drain_timeout,
+        peers: config.server.peers,
     };
     let gateway = Gateway::new(GatewayParts {
         store,
@@ -152,6 +159,7 @@ pub async fn build_gateway(
         limits: Limits {
             max_header_bytes: config.server.max_header_bytes,
             max_request_body_bytes: config.server.max_request_body_bytes,
+            body_read_timeout: config.server.body_read_timeout,
         },
         roles: config.roles,
         pii: config.pii,

@@ -85,17 +85,7 @@ async fn start(gw: &TestGateway, path: &str) -> (Reply, Option<String>) {
 }
 
 async fn callback(gw: &TestGateway, state: &str, code: &str) -> Reply {
-    let q = form_urlencoded::Serializer::new(String::new())
-        .append_pair("state", state)
-        .append_pair("selling_partner_id", NEW_SELLER)
-        .append_pair("spapi_oauth_code", code)
-        .finish();
-    gw.call(
-        http::Request::get(format!("{}/oauth/callback?{q}", gw.url))
-            .body(empty())
-            .unwrap(),
-    )
-    .await
+    callback_claiming(gw, state, NEW_SELLER, code).await
 }
 
 #[tokio::test]
@@ -274,18 +264,7 @@ async fn an_invite_never_replaces_a_connected_seller_unless_it_was_made_for_that
     let (_, state) = start(&gw, &path).await;
     gw.sandbox
         .add_authorization_code("code-x", SELLER, "Atzr|attacker-account-token");
-    let q = form_urlencoded::Serializer::new(String::new())
-        .append_pair("state", &state.unwrap())
-        .append_pair("selling_partner_id", SELLER)
-        .append_pair("spapi_oauth_code", "code-x")
-        .finish();
-    let reply = gw
-        .call(
-            http::Request::get(format!("{}/oauth/callback?{q}", gw.url))
-                .body(empty())
-                .unwrap(),
-        )
-        .await;
+    let reply = callback_claiming(&gw, &state.unwrap(), SELLER, "code-x").await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     let before = gw.store.seller(SELLER).await.unwrap().unwrap();
     assert_eq!(
@@ -306,18 +285,7 @@ async fn an_invite_never_replaces_a_connected_seller_unless_it_was_made_for_that
     let (_, state) = start(&gw, &reauth).await;
     gw.sandbox
         .add_authorization_code("code-z", SELLER, "Atzr|renewed");
-    let q = form_urlencoded::Serializer::new(String::new())
-        .append_pair("state", &state.unwrap())
-        .append_pair("selling_partner_id", SELLER)
-        .append_pair("spapi_oauth_code", "code-z")
-        .finish();
-    let reply = gw
-        .call(
-            http::Request::get(format!("{}/oauth/callback?{q}", gw.url))
-                .body(empty())
-                .unwrap(),
-        )
-        .await;
+    let reply = callback_claiming(&gw, &state.unwrap(), SELLER, "code-z").await;
     assert_eq!(
         reply.status,
         StatusCode::OK,
@@ -332,5 +300,94 @@ async fn an_invite_never_replaces_a_connected_seller_unless_it_was_made_for_that
             .unwrap()
             .authorized_at
             > before.authorized_at
+    );
+}
+
+/// Completes a callback naming `claimed` with a code Amazon issued to another account.
+async fn callback_claiming(gw: &TestGateway, state: &str, claimed: &str, code: &str) -> Reply {
+    let q = form_urlencoded::Serializer::new(String::new())
+        .append_pair("state", state)
+        .append_pair("selling_partner_id", claimed)
+        .append_pair("spapi_oauth_code", code)
+        .finish();
+    gw.call(
+        http::Request::get(format!("{}/oauth/callback?{q}", gw.url))
+            .body(empty())
+            .unwrap(),
+    )
+    .await
+}
+
+/// The audit log of a gateway started with `gateway_audited`.
+async fn audit_log(gw: &TestGateway, dir: &std::path::Path) -> String {
+    gw.gateway.auditor().flush().await;
+    let mut log = String::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        log.push_str(&std::fs::read_to_string(e.unwrap().path()).unwrap_or_default());
+    }
+    log
+}
+
+const ATTACKER: &str = "A3ATTACKER0001";
+const VICTIM: &str = "A4UNCONNECTED01";
+
+#[tokio::test]
+async fn a_spoofed_seller_id_is_refused_stores_nothing_and_is_alerted() {
+    let audit = tempfile::tempdir().unwrap();
+    let gw = gateway_audited(false, Some(audit.path())).await;
+    // The victim has an Amazon account but has not connected it to this gateway.
+    gw.sandbox.add_seller(VICTIM, "Atzr|victim-own-token");
+    let path = invite(&gw, Region::Eu, now()).await;
+    let (_, state) = start(&gw, &path).await;
+    // The invite holder signs in with their own account and edits the callback's seller id.
+    gw.sandbox
+        .add_authorization_code("code-spoof", ATTACKER, "Atzr|attacker-own-token");
+    let refused = onboarding::refused_total();
+    let reply = callback_claiming(&gw, &state.unwrap(), VICTIM, "code-spoof").await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert!(gw.store.seller(VICTIM).await.unwrap().is_none());
+    assert!(gw.store.seller(ATTACKER).await.unwrap().is_none());
+    assert!(onboarding::refused_total() > refused);
+    let log = audit_log(&gw, audit.path()).await;
+    assert!(
+        log.lines()
+            .any(|l| l.contains("onboarding_seller_not_confirmed") && l.contains(VICTIM)),
+        "{log}"
+    );
+    // The invite was not spent: the real owner of the link can still use it.
+    let (reply, _) = start(&gw, &path).await;
+    assert_eq!(reply.status, StatusCode::FOUND);
+}
+
+#[tokio::test]
+async fn a_reauthorization_into_another_account_is_refused_and_the_seller_keeps_its_token() {
+    let audit = tempfile::tempdir().unwrap();
+    let gw = gateway_audited(false, Some(audit.path())).await;
+    let before = gw.store.seller(SELLER).await.unwrap().unwrap();
+    let reauth = invite_for(&gw, Region::Eu, Some(SELLER), now()).await;
+    let (_, state) = start(&gw, &reauth).await;
+    // Someone with the re-authorization link signs in with another account and keeps the
+    // seller id the link was made for.
+    gw.sandbox
+        .add_authorization_code("code-rebind", ATTACKER, "Atzr|attacker-own-token");
+    let refused = onboarding::refused_total();
+    let reply = callback_claiming(&gw, &state.unwrap(), SELLER, "code-rebind").await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    let after = gw.store.seller(SELLER).await.unwrap().unwrap();
+    assert_eq!(after.refresh_token_sealed, before.refresh_token_sealed);
+    assert_eq!(after.authorized_at, before.authorized_at);
+    assert!(onboarding::refused_total() > refused);
+    let log = audit_log(&gw, audit.path()).await;
+    assert!(
+        log.lines()
+            .any(|l| l.contains("onboarding_rebind_refused") && l.contains(SELLER)),
+        "{log}"
+    );
+    // Tools keep working for the seller with its own token.
+    assert_eq!(
+        gw.get("/orders/v0/orders/TEST_CASE_200/address")
+            .await
+            .status,
+        StatusCode::OK
     );
 }

@@ -114,15 +114,7 @@ impl Admin {
     async fn route<B>(&self, req: &Request<B>) -> Result<Response<Body>, AdminError> {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),
-            (&Method::GET, "/readyz") => {
-                Ok(match self.gateway.store().seller("readyz-probe").await {
-                    Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n"),
-                    Ok(_) if !self.gateway.auditor().healthy() => {
-                        text(StatusCode::SERVICE_UNAVAILABLE, "audit log unavailable\n")
-                    }
-                    Ok(_) => text(StatusCode::OK, "ready\n"),
-                })
-            }
+            (&Method::GET, "/readyz") => Ok(self.readiness().await),
             (&Method::GET, "/metrics") => Ok(self.metrics()),
             (&Method::GET, "/admin/ratelimits") => {
                 self.authorize(req, AdminRole::Ops)?;
@@ -153,6 +145,41 @@ impl Admin {
             }
             _ => Err(AdminError::NotFound),
         }
+    }
+
+    /// `/readyz`: 503 whenever requests would fail for a dependency, naming each one down (one
+    /// per line): the store does not answer, the limiter's Redis does not answer while
+    /// `fail_mode = "closed"`, the audit log cannot be written, or LWA's circuit is open.
+    async fn readiness(&self) -> Response<Body> {
+        let mut down = Vec::new();
+        // Always reaches the backend, past the cache.
+        if let Err(e) = self.gateway.store().ping().await {
+            if let Some(repeats) = crate::proxy::rescue::log_limit::admit("readyz store") {
+                tracing::warn!(error = %e, repeats, "Not ready: the store does not answer.");
+            }
+            down.push("store unavailable");
+        }
+        if !self.gateway.limiter().ready().await {
+            down.push("rate limit store (redis, fail_mode closed) unavailable");
+        }
+        if !self.gateway.auditor().healthy() {
+            down.push("audit log unavailable");
+        }
+        if self.gateway.lwa().circuit().is_open() {
+            down.push("login with amazon circuit open");
+        }
+        if down.is_empty() {
+            return text(StatusCode::OK, "ready\n");
+        }
+        let mut resp = text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{}\n", down.join("\n")),
+        );
+        resp.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(crate::proxy::rescue::RETRY_AFTER_SECONDS),
+        );
+        resp
     }
 
     /// Re-reads the config file and applies its rate plans; an invalid file changes nothing.
@@ -201,7 +228,7 @@ impl Admin {
                 .find(|(k, _)| k == "seller")
                 .map(|(_, v)| v.into_owned())
         });
-        let body = read_json(req.into_body()).await?;
+        let body = read_json(req.into_body(), self.gateway.body_read_timeout()).await?;
         let field = |name: &str| body.get(name).and_then(|v| v.as_str()).map(str::to_string);
         let seller = field("seller")
             .or(query_seller)
@@ -316,6 +343,16 @@ impl Admin {
             &[("", self.gateway.lwa().calls())],
         );
         counter(
+            "spgate_lwa_circuit_opened_total",
+            "Times the LWA circuit opened after repeated failures (token requests then fail fast).",
+            &[("", self.gateway.lwa().circuit().opened())],
+        );
+        counter(
+            "spgate_onboarding_refused_total",
+            "Seller authorizations refused because Amazon did not confirm the seller id (spoofing or rebinding attempts).",
+            &[("", crate::auth::onboarding::refused_total())],
+        );
+        counter(
             "spgate_rdt_requests_total",
             "createRestrictedDataToken calls.",
             &[("", self.gateway.rdts().calls())],
@@ -325,6 +362,12 @@ impl Admin {
             "# HELP spgate_ratelimit_wait_seconds Time admitted requests waited for a token.\n# TYPE spgate_ratelimit_wait_seconds summary\nspgate_ratelimit_wait_seconds_sum {}\nspgate_ratelimit_wait_seconds_count {}",
             m.wait_seconds_sum, m.wait_count
         );
+        let _ = writeln!(
+            out,
+            "# HELP spgate_lwa_circuit_open Whether LWA's circuit is open now.\n# TYPE spgate_lwa_circuit_open gauge\nspgate_lwa_circuit_open {}",
+            u8::from(self.gateway.lwa().circuit().is_open())
+        );
+        crate::server::peers::render_metrics(&mut out);
         self.gateway.auditor().render_metrics(&mut out);
         self.gateway.outbound().render_metrics(&mut out);
         self.gateway.header_drops().render_metrics(&mut out);
@@ -343,7 +386,7 @@ impl crate::server::Handler for Admin {
     }
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
     let mut resp = Response::new(body::full(body));
     *resp.status_mut() = status;
     resp.headers_mut()
@@ -368,17 +411,22 @@ enum OrderRouteError {
 /// Reads a small JSON object body; an empty body is an empty object.
 async fn read_json<B>(
     body: B,
+    deadline: std::time::Duration,
 ) -> Result<serde_json::Map<String, serde_json::Value>, OrderRouteError>
 where
     B: http_body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    use http_body_util::BodyExt;
-    let bytes = http_body_util::Limited::new(body, MAX_ORDER_BODY)
-        .collect()
+    let bytes = crate::server::peers::read_body(body, MAX_ORDER_BODY, deadline)
         .await
-        .map_err(|_| OrderRouteError::BadRequest("the body is unreadable or larger than 64 KiB"))?
-        .to_bytes();
+        .map_err(|e| match e {
+            crate::server::peers::BodyReadError::TooLarge { .. } => {
+                OrderRouteError::BadRequest("the body is unreadable or larger than 64 KiB")
+            }
+            crate::server::peers::BodyReadError::Timeout(_) => {
+                OrderRouteError::BadRequest("the body did not arrive in time")
+            }
+        })?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(serde_json::Map::new());
     }

@@ -18,12 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use ring::hmac;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -265,12 +259,11 @@ fn push_window(
 
 // === webhook ===
 
-type WebhookClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
-
-/// POSTs alerts to a URL (http or https), at most 8 at a time, each within a timeout.
+/// POSTs alerts to a URL (http or https), at most 8 at a time, each within a timeout, with the
+/// control-plane client (no redirects: an alert goes only where configured).
 pub(crate) struct Webhook {
-    client: WebhookClient,
-    url: http::Uri,
+    client: reqwest::Client,
+    url: reqwest::Url,
     timeout: Duration,
     permits: Arc<tokio::sync::Semaphore>,
     runtime: tokio::runtime::Handle,
@@ -285,25 +278,8 @@ impl Webhook {
         runtime: tokio::runtime::Handle,
         failures: Arc<AtomicU64>,
     ) -> Option<Webhook> {
-        let url = url.expose().parse::<http::Uri>().ok()?;
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(timeout));
-        http.enforce_http(false);
-        let roots =
-            rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .ok()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new()).build(https);
+        let url = reqwest::Url::parse(url.expose()).ok()?;
+        let client = crate::auth::control_plane::client(timeout).ok()?;
         Some(Webhook {
             client,
             url,
@@ -321,25 +297,24 @@ impl Webhook {
             tracing::warn!("Audit alert webhook skipped: too many posts in flight.");
             return;
         };
-        let request = http::Request::post(self.url.clone())
+        let request = self
+            .client
+            .post(self.url.clone())
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(http::header::USER_AGENT, "spgate-audit-alerts")
-            .body(Full::new(Bytes::from(body)));
-        let Ok(request) = request else {
-            self.failures.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        let client = self.client.clone();
+            .body(body);
         let timeout = self.timeout;
         let failures = self.failures.clone();
         self.runtime.spawn(async move {
             let _permit = permit;
-            let outcome = tokio::time::timeout(timeout, client.request(request)).await;
+            // The client's own timeout covers the exchange; this bounds the task regardless.
+            let outcome = tokio::time::timeout(timeout, request.send()).await;
             let ok = matches!(&outcome, Ok(Ok(resp)) if resp.status().is_success());
             if !ok {
                 failures.fetch_add(1, Ordering::Relaxed);
                 let status = match &outcome {
                     Ok(Ok(resp)) => resp.status().as_u16().to_string(),
+                    Ok(Err(e)) if e.is_timeout() => "timed out".into(),
                     Ok(Err(_)) => "connection failed".into(),
                     Err(_) => "timed out".into(),
                 };

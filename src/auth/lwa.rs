@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{header, Method, Request, StatusCode, Uri};
-use serde::Deserialize;
+use http::StatusCode;
 use tokio::time::Instant;
 
 use std::sync::Arc;
@@ -15,8 +13,6 @@ use std::sync::Arc;
 use super::slots::Slots;
 use crate::config::LwaConfig;
 use crate::crypto::MasterKey;
-use crate::proxy::body;
-use crate::proxy::upstream::{exchange, HttpClient};
 use crate::secret::Secret;
 use crate::store::token_cache::SharedTokenCache;
 
@@ -57,6 +53,96 @@ pub enum LwaError {
     /// The seller's refresh token could not be read from the store.
     #[error("the seller's refresh token cannot be used: {0}")]
     RefreshToken(String),
+    /// LWA failed [`CIRCUIT_THRESHOLD`] times in a row: token requests fail fast until the
+    /// circuit closes again.
+    #[error("LWA circuit open after repeated failures; retry in {retry_after_seconds} s")]
+    CircuitOpen {
+        /// Seconds until LWA is tried again (at least 1).
+        retry_after_seconds: u64,
+    },
+}
+
+/// Consecutive LWA failures (no answer, 5xx, 429) that open the circuit.
+pub const CIRCUIT_THRESHOLD: u32 = 5;
+
+/// How long an open circuit refuses token requests before LWA is tried again.
+pub const CIRCUIT_OPEN_FOR: Duration = Duration::from_secs(10);
+
+/// A circuit breaker in front of the token endpoint. While LWA is down, thousands of requests
+/// would each wait `timeout` for it; with the circuit open they fail at once with 503 and
+/// `Retry-After`, and readiness reports it. After [`CIRCUIT_OPEN_FOR`] one call is let through
+/// (half-open): success closes the circuit, failure opens it again.
+#[derive(Default)]
+pub struct Circuit {
+    state: std::sync::Mutex<CircuitState>,
+    opened: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Default)]
+struct CircuitState {
+    failures: u32,
+    open_until: Option<Instant>,
+}
+
+// === impl Circuit ===
+
+impl Circuit {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CircuitState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `Err` while the circuit is open.
+    fn check(&self) -> Result<(), LwaError> {
+        let state = self.lock();
+        match state.open_until {
+            Some(until) if Instant::now() < until => {
+                let left = until.saturating_duration_since(Instant::now());
+                Err(LwaError::CircuitOpen {
+                    retry_after_seconds: (left.as_secs() + u64::from(left.subsec_nanos() > 0))
+                        .max(1),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// LWA answered (a token or a definite refusal): the circuit closes.
+    fn answered(&self) {
+        let mut state = self.lock();
+        if state.open_until.take().is_some() {
+            tracing::info!("Login with Amazon answers again; its circuit is closed.");
+        }
+        state.failures = 0;
+    }
+
+    /// LWA did not answer usefully; the circuit opens at the threshold.
+    fn failed(&self, error: &LwaError) {
+        let mut state = self.lock();
+        state.failures = state.failures.saturating_add(1);
+        if state.failures >= CIRCUIT_THRESHOLD {
+            if state.open_until.is_none() {
+                self.opened
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(
+                    error = %error,
+                    failures = state.failures,
+                    open_seconds = CIRCUIT_OPEN_FOR.as_secs(),
+                    "Login with Amazon failed repeatedly; its circuit is open and token requests fail fast."
+                );
+            }
+            state.open_until = Some(Instant::now() + CIRCUIT_OPEN_FOR);
+        }
+    }
+
+    /// Whether token requests fail fast right now.
+    pub fn is_open(&self) -> bool {
+        self.check().is_err()
+    }
+
+    /// How many times the circuit has opened since start.
+    pub fn opened(&self) -> u64 {
+        self.opened.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// The credential to present for a subject's token.
@@ -86,8 +172,9 @@ pub struct Fetched {
 
 /// LWA client with a token cache.
 pub struct Lwa {
-    client: HttpClient,
-    token_url: Uri,
+    /// The control-plane HTTP client.
+    http: reqwest::Client,
+    token_url: oauth2::TokenUrl,
     client_id: String,
     client_secret: Secret<String>,
     previous_client_secret: Option<Secret<String>>,
@@ -95,6 +182,8 @@ pub struct Lwa {
     timeout: Duration,
     tokens: Slots<Subject, Secret<String>, LwaError>,
     calls: std::sync::atomic::AtomicU64,
+    /// Fails token requests fast while LWA is down.
+    circuit: Circuit,
     /// With the redis store: the cache and refresh lock shared by every gateway instance.
     shared: Option<Shared>,
 }
@@ -107,27 +196,25 @@ pub struct Shared {
     pub key: Arc<MasterKey>,
 }
 
-#[derive(Deserialize)]
-struct TokenResponse {
-    access_token: String,
-    expires_in: u64,
-    refresh_token: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ErrorResponse {
-    error: String,
-}
+/// A transport failure of a token request (no answer, timeout, TLS). The text names the
+/// failure, never the URL or a body.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LwaHttpError(String);
 
 // === impl Lwa ===
 
 impl Lwa {
     /// A client for the configured token endpoint.
-    pub fn new(client: HttpClient, cfg: &LwaConfig, shared: Option<Shared>) -> Lwa {
-        Lwa {
+    pub fn new(cfg: &LwaConfig, shared: Option<Shared>) -> Result<Lwa, LwaError> {
+        let token_url = oauth2::TokenUrl::new(cfg.token_url.to_string())
+            .map_err(|_| LwaError::Protocol("the token URL is not a URL".into()))?;
+        let http = super::control_plane::client(cfg.timeout)
+            .map_err(|e| LwaError::Protocol(format!("HTTP client: {e}")))?;
+        Ok(Lwa {
             shared,
-            client,
-            token_url: cfg.token_url.clone(),
+            http,
+            token_url,
             client_id: cfg.client_id.clone(),
             client_secret: cfg.client_secret.clone(),
             previous_client_secret: cfg.previous_client_secret.clone(),
@@ -135,12 +222,18 @@ impl Lwa {
             timeout: cfg.timeout,
             tokens: Slots::new(),
             calls: std::sync::atomic::AtomicU64::new(0),
-        }
+            circuit: Circuit::default(),
+        })
     }
 
     /// How many calls this client has made to the token endpoint.
     pub fn calls(&self) -> u64 {
         self.calls.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The circuit breaker in front of the token endpoint (readiness and metrics read it).
+    pub fn circuit(&self) -> &Circuit {
+        &self.circuit
     }
 
     /// The subject's access token, from the cache or from LWA. `grant` is called only when LWA
@@ -300,29 +393,6 @@ impl Lwa {
         }
     }
 
-    /// The form body of a token request (holds the client secret: wrapped by the caller).
-    fn form(&self, grant: &Grant, client_secret: &Secret<String>) -> String {
-        let mut form = form_urlencoded::Serializer::new(String::new());
-        match grant {
-            Grant::RefreshToken(rt) => {
-                form.append_pair("grant_type", "refresh_token");
-                form.append_pair("refresh_token", rt.expose());
-            }
-            Grant::ClientCredentials(scope) => {
-                form.append_pair("grant_type", "client_credentials");
-                form.append_pair("scope", scope);
-            }
-            Grant::AuthorizationCode { code, redirect_uri } => {
-                form.append_pair("grant_type", "authorization_code");
-                form.append_pair("code", code.expose());
-                form.append_pair("redirect_uri", redirect_uri);
-            }
-        }
-        form.append_pair("client_id", &self.client_id);
-        form.append_pair("client_secret", client_secret.expose());
-        form.finish()
-    }
-
     /// Asks LWA with the current client secret and, if LWA rejects it as `invalid_client` while
     /// a previous secret is configured (Amazon's rotation window), with the previous one.
     async fn fetch(&self, grant: Grant) -> Result<Fetched, LwaError> {
@@ -346,43 +416,168 @@ impl Lwa {
         grant: &Grant,
         client_secret: &Secret<String>,
     ) -> Result<Fetched, LwaError> {
+        self.circuit.check()?;
+        let result = self.fetch_once(grant, client_secret).await;
+        match &result {
+            Err(e @ LwaError::Unavailable(_)) => self.circuit.failed(e),
+            Ok(_)
+            | Err(
+                LwaError::InvalidGrant
+                | LwaError::InvalidClient
+                | LwaError::Protocol(_)
+                | LwaError::RefreshToken(_)
+                | LwaError::CircuitOpen { .. },
+            ) => self.circuit.answered(),
+        }
+        result
+    }
+
+    async fn fetch_once(
+        &self,
+        grant: &Grant,
+        client_secret: &Secret<String>,
+    ) -> Result<Fetched, LwaError> {
+        use oauth2::basic::BasicErrorResponseType as E;
+        use oauth2::{RequestTokenError, TokenResponse};
         self.calls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let form = Secret::new(self.form(grant, client_secret));
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri(self.token_url.clone())
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(header::ACCEPT, "application/json")
-            .body(body::full(Bytes::from(form.expose().clone())))
-            .map_err(|e| LwaError::Protocol(e.to_string()))?;
+        let client = oauth2::basic::BasicClient::new(oauth2::ClientId::new(self.client_id.clone()))
+            .set_client_secret(oauth2::ClientSecret::new(client_secret.expose().clone()))
+            .set_token_uri(self.token_url.clone())
+            // LWA takes the client credentials in the form body.
+            .set_auth_type(oauth2::AuthType::RequestBody);
+        // The status of LWA's answer: oauth2 reports only the parsed error body, and a 5xx or 429
+        // (retry later) must not be mistaken for a refusal.
+        let status = Arc::new(std::sync::Mutex::new(None));
+        let http = {
+            let (client, status) = (self.http.clone(), status.clone());
+            move |req: oauth2::HttpRequest| send(client.clone(), req, status.clone())
+        };
         let started = Instant::now();
-        let (status, bytes) = exchange(&self.client, req, self.timeout)
-            .await
-            .map_err(LwaError::Unavailable)?;
-        if status.is_success() {
-            let t: TokenResponse = serde_json::from_slice(&bytes)
-                .map_err(|e| LwaError::Protocol(format!("token response: {e}")))?;
-            let lifetime = Duration::from_secs(t.expires_in);
-            // Refresh `margin` before expiry; a token shorter-lived than twice the margin is
-            // refreshed at half its life instead, so it is still used at all.
-            let early = self.margin.min(lifetime / 2);
-            return Ok(Fetched {
-                access_token: Secret::new(t.access_token),
-                refresh_at: started + lifetime - early,
-                refresh_token: t.refresh_token.map(Secret::new),
-            });
-        }
-        let code = serde_json::from_slice::<ErrorResponse>(&bytes)
-            .map(|e| e.error)
-            .unwrap_or_default();
-        Err(match (status, code.as_str()) {
-            (_, "invalid_grant") => LwaError::InvalidGrant,
-            (_, "invalid_client") | (StatusCode::UNAUTHORIZED, _) => LwaError::InvalidClient,
-            (s, _) if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
-                LwaError::Unavailable(format!("token endpoint answered {s}"))
+        let result = match grant {
+            Grant::RefreshToken(rt) => {
+                client
+                    .exchange_refresh_token(&oauth2::RefreshToken::new(rt.expose().clone()))
+                    .request_async(&http)
+                    .await
             }
-            (s, c) => LwaError::Protocol(format!("token endpoint answered {s} {c}")),
-        })
+            Grant::ClientCredentials(scope) => {
+                client
+                    .exchange_client_credentials()
+                    .add_scope(oauth2::Scope::new((*scope).to_string()))
+                    .request_async(&http)
+                    .await
+            }
+            Grant::AuthorizationCode { code, redirect_uri } => {
+                let redirect = oauth2::RedirectUrl::new(redirect_uri.clone())
+                    .map_err(|_| LwaError::Protocol("the redirect URI is not a URL".into()))?;
+                client
+                    .set_redirect_uri(redirect)
+                    .exchange_code(oauth2::AuthorizationCode::new(code.expose().clone()))
+                    .request_async(&http)
+                    .await
+            }
+        };
+        let status = status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or(StatusCode::OK);
+        let retry_later = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
+        match result {
+            Ok(t) => {
+                let lifetime = t
+                    .expires_in()
+                    .ok_or_else(|| LwaError::Protocol("token response: no expires_in".into()))?;
+                // Refresh `margin` before expiry; a token shorter-lived than twice the margin is
+                // refreshed at half its life instead, so it is still used at all.
+                let early = self.margin.min(lifetime / 2);
+                Ok(Fetched {
+                    access_token: Secret::new(t.access_token().secret().clone()),
+                    refresh_at: started + lifetime - early,
+                    refresh_token: t.refresh_token().map(|r| Secret::new(r.secret().clone())),
+                })
+            }
+            Err(RequestTokenError::ServerResponse(e)) => Err(match e.error() {
+                E::InvalidGrant => LwaError::InvalidGrant,
+                E::InvalidClient => LwaError::InvalidClient,
+                _ if retry_later => {
+                    LwaError::Unavailable(format!("token endpoint answered {status}"))
+                }
+                _ if status == StatusCode::UNAUTHORIZED => LwaError::InvalidClient,
+                other => LwaError::Protocol(format!("token endpoint answered {status} {other}")),
+            }),
+            Err(RequestTokenError::Request(e)) => Err(LwaError::Unavailable(e.to_string())),
+            Err(RequestTokenError::Parse(..) | RequestTokenError::Other(_)) if retry_later => Err(
+                LwaError::Unavailable(format!("token endpoint answered {status}")),
+            ),
+            Err(RequestTokenError::Parse(..) | RequestTokenError::Other(_))
+                if status == StatusCode::UNAUTHORIZED =>
+            {
+                Err(LwaError::InvalidClient)
+            }
+            Err(RequestTokenError::Parse(e, _)) => Err(LwaError::Protocol(format!(
+                "token response ({status}): {e}"
+            ))),
+            Err(RequestTokenError::Other(e)) => Err(LwaError::Protocol(format!(
+                "token response ({status}): {e}"
+            ))),
+        }
+    }
+}
+
+/// Sends one token request with reqwest (its timeout set at build), noting the answer's status.
+async fn send(
+    http: reqwest::Client,
+    req: oauth2::HttpRequest,
+    status: Arc<std::sync::Mutex<Option<StatusCode>>>,
+) -> Result<oauth2::HttpResponse, LwaHttpError> {
+    let req = reqwest::Request::try_from(req)
+        .map_err(|e| LwaHttpError(super::control_plane::describe(&e)))?;
+    let resp = http
+        .execute(req)
+        .await
+        .map_err(|e| LwaHttpError(super::control_plane::describe(&e)))?;
+    *status.lock().unwrap_or_else(|p| p.into_inner()) = Some(resp.status());
+    let mut out = http::Response::builder().status(resp.status());
+    for (name, value) in resp.headers() {
+        out = out.header(name, value);
+    }
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| LwaHttpError(super::control_plane::describe(&e)))?;
+    out.body(body.to_vec())
+        .map_err(|e| LwaHttpError(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_circuit_opens_after_consecutive_failures_and_an_answer_closes_it() {
+        let circuit = Circuit::default();
+        let down = LwaError::Unavailable("token endpoint answered 503".into());
+        for _ in 1..CIRCUIT_THRESHOLD {
+            circuit.failed(&down);
+        }
+        assert!(
+            !circuit.is_open(),
+            "below the threshold requests still go to LWA"
+        );
+        circuit.failed(&down);
+        assert!(circuit.is_open());
+        assert_eq!(circuit.opened(), 1);
+        match circuit.check() {
+            Err(LwaError::CircuitOpen {
+                retry_after_seconds,
+            }) => assert!((1..=CIRCUIT_OPEN_FOR.as_secs()).contains(&retry_after_seconds)),
+            other => panic!("expected an open circuit, got {other:?}"),
+        }
+        circuit.answered();
+        assert!(!circuit.is_open());
+        // A single failure after recovery does not reopen it.
+        circuit.failed(&down);
+        assert!(!circuit.is_open());
     }
 }

@@ -4,6 +4,7 @@
 //! upstream `x-amz-access-token` header. Callers never see them.
 
 pub mod caller;
+pub mod control_plane;
 pub mod drop_in;
 pub mod lwa;
 pub mod onboarding;

@@ -11,6 +11,15 @@
 //!    for a refresh token (authorization_code grant with our redirect URI), and the seller is
 //!    recorded with its refresh token sealed, its region from the invite, its marketplaces and a
 //!    re-authorization date a year out. Any failure shows an error page and stores nothing.
+//!
+//! The `selling_partner_id` comes from the browser, so it is not trusted: before anything is
+//! stored, Amazon must confirm that the new token belongs to that seller, with an SP-API call
+//! keyed by the seller id (`searchListingsItems` for `/listings/2021-08-01/items/{sellerId}`,
+//! which Amazon answers only for the token's own seller). An invite made by ops for a seller id
+//! (a re-authorization link) additionally admits only that id. A callback Amazon does not
+//! confirm is refused and alerted (error log, audit record, `spgate_onboarding_refused_total`):
+//! it is someone squatting a seller id with their own account, or a re-authorization that would
+//! move a connected seller to another account.
 
 use std::time::Duration;
 
@@ -38,6 +47,17 @@ pub struct Authorized(pub String);
 pub const STATE_TTL_SECONDS: i64 = 600;
 /// Sellers re-authorize yearly.
 pub const REAUTHORIZE_AFTER_SECONDS: i64 = 365 * 86_400;
+/// How long the confirming SP-API call may take.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+/// Callbacks refused because Amazon did not confirm the seller id.
+static REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Callbacks refused since start because Amazon did not confirm the seller id (spoofed ids and
+/// re-authorizations into another account), for `spgate_onboarding_refused_total`.
+pub fn refused_total() -> u64 {
+    REFUSED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Signature purpose for invites.
 const INVITE_PURPOSE: &str = "seller-invite";
 
@@ -68,6 +88,20 @@ pub enum OnboardingError {
     /// A new-seller link came back with a seller that is already connected.
     #[error("the seller is already connected")]
     AlreadyConnected,
+    /// Amazon did not confirm that the new refresh token belongs to the seller id the browser
+    /// sent: a spoofed seller id, or a re-authorization into another account.
+    #[error("Amazon did not confirm seller {claimed} for the new token (answered {status})")]
+    SellerNotConfirmed {
+        /// The seller id the callback named (an id, not personal data).
+        claimed: String,
+        /// Whether the seller is already connected (the attempt would have rebound it).
+        rebind: bool,
+        /// Amazon's status for the confirming call.
+        status: u16,
+    },
+    /// Amazon could not be asked to confirm the seller (no answer, 5xx, no marketplace).
+    #[error("the seller could not be confirmed with Amazon: {0}")]
+    ConfirmationUnavailable(String),
     /// Amazon reported an error instead of a code.
     #[error("Amazon reported an authorization error")]
     Denied,
@@ -210,6 +244,8 @@ impl Onboarding<'_> {
         let marketplaces = self
             .marketplaces(invite.region, &fetched.access_token)
             .await;
+        self.confirm_seller(invite.region, &seller, &fetched.access_token, &marketplaces)
+            .await?;
         let sealed = self
             .key
             .seal_str(&refresh, format!("refresh_token:{seller}").as_bytes())?;
@@ -254,6 +290,60 @@ impl Onboarding<'_> {
             return Err(OnboardingError::InviteExpired);
         }
         Ok(invite)
+    }
+
+    /// Asks Amazon whether the token belongs to `seller`: `searchListingsItems` for that seller
+    /// id (one result at most) answers 2xx only for the token's own seller. Any other answer
+    /// refuses the callback; no answer refuses it too (nothing is stored unconfirmed).
+    async fn confirm_seller(
+        &self,
+        region: Region,
+        seller: &str,
+        access_token: &Secret<String>,
+        marketplaces: &[String],
+    ) -> Result<(), OnboardingError> {
+        let unavailable = |why: &str| OnboardingError::ConfirmationUnavailable(why.to_string());
+        let marketplace = marketplaces
+            .first()
+            .ok_or_else(|| unavailable("no marketplace to ask in"))?;
+        let base = self.endpoints.for_region(region).to_string();
+        let query = form_urlencoded::Serializer::new(String::new())
+            .append_pair("marketplaceIds", marketplace)
+            .append_pair("pageSize", "1")
+            .finish();
+        let uri: Uri = format!(
+            "{}/listings/2021-08-01/items/{seller}?{query}",
+            base.trim_end_matches('/')
+        )
+        .parse()
+        .map_err(|_| unavailable("bad endpoint"))?;
+        let mut token = HeaderValue::from_str(access_token.expose())
+            .map_err(|_| unavailable("unusable access token"))?;
+        token.set_sensitive(true);
+        let req = Request::get(uri)
+            .header(crate::spapi::ACCESS_TOKEN, token)
+            .body(body::empty())
+            .map_err(|_| unavailable("bad request"))?;
+        let status = match tokio::time::timeout(CONFIRM_TIMEOUT, self.client.request(req)).await {
+            Ok(Ok(resp)) => resp.status(),
+            Ok(Err(e)) => return Err(unavailable(&format!("SP-API unreachable: {e}"))),
+            Err(_) => return Err(unavailable("SP-API did not answer in time")),
+        };
+        if status.is_success() {
+            return Ok(());
+        }
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            return Err(unavailable(&format!("SP-API answered {status}")));
+        }
+        let rebind = self.store.seller(seller).await?.is_some();
+        REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let err = OnboardingError::SellerNotConfirmed {
+            claimed: seller.to_string(),
+            rebind,
+            status: status.as_u16(),
+        };
+        tracing::error!(error = %err, seller = %seller, rebind, "Seller authorization refused: Amazon does not confirm the seller id the browser sent.");
+        Err(err)
     }
 
     /// The seller's marketplace ids (best effort: an empty list if Amazon does not answer).

@@ -14,16 +14,13 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{header, Method, Request, StatusCode, Uri};
+use http::{header, Method, StatusCode, Uri};
 use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::slots::Slots;
 use crate::catalog::Operation;
 use crate::pii::{Category, Role};
-use crate::proxy::body;
-use crate::proxy::upstream::{exchange, HttpClient};
 use crate::secret::Secret;
 
 /// The createRestrictedDataToken path.
@@ -291,21 +288,22 @@ struct RdtResponse {
 
 /// Gets and caches RDTs.
 pub struct Rdts {
-    client: HttpClient,
-    timeout: Duration,
+    /// The control-plane HTTP client.
+    http: reqwest::Client,
     tokens: Slots<RdtKey, Secret<String>, RdtError>,
     calls: AtomicU64,
 }
 
 impl Rdts {
-    /// An RDT client using the shared HTTP client.
-    pub fn new(client: HttpClient, timeout: Duration) -> Rdts {
-        Rdts {
-            client,
-            timeout,
+    /// An RDT client whose calls end within `timeout`.
+    pub fn new(timeout: Duration) -> Result<Rdts, RdtError> {
+        let http = super::control_plane::client(timeout)
+            .map_err(|e| RdtError::Protocol(format!("HTTP client: {e}")))?;
+        Ok(Rdts {
+            http,
             tokens: Slots::new(),
             calls: AtomicU64::new(0),
-        }
+        })
     }
 
     /// How many createRestrictedDataToken calls were made.
@@ -360,15 +358,21 @@ impl Rdts {
         let mut token_header = http::HeaderValue::from_str(access_token.expose())
             .map_err(|_| RdtError::Protocol("access token is not a header value".into()))?;
         token_header.set_sensitive(true);
-        let req = Request::post(uri)
+        let req = self
+            .http
+            .post(uri.to_string())
             .header(header::CONTENT_TYPE, "application/json")
             .header(crate::spapi::ACCESS_TOKEN, token_header)
-            .body(body::full(Bytes::from(body)))
-            .map_err(|e| RdtError::Protocol(e.to_string()))?;
+            .body(body);
         let started = Instant::now();
-        let (status, bytes) = exchange(&self.client, req, self.timeout)
+        let exchange = async {
+            let resp = req.send().await?;
+            let status = resp.status();
+            Ok::<_, reqwest::Error>((status, resp.bytes().await?))
+        };
+        let (status, bytes) = exchange
             .await
-            .map_err(RdtError::Unavailable)?;
+            .map_err(|e| RdtError::Unavailable(super::control_plane::describe(&e)))?;
         match status {
             s if s.is_success() => {
                 let r: RdtResponse = serde_json::from_slice(&bytes)

@@ -66,6 +66,8 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Largest request body.
     pub max_request_body_bytes: u64,
+    /// Deadline for a body the gateway reads itself (token, reveal, admin routes).
+    pub body_read_timeout: std::time::Duration,
 }
 
 /// Everything the pipeline needs, built once at startup.
@@ -247,6 +249,11 @@ impl Gateway {
     /// The LWA client (its call counter is useful to tests and metrics).
     pub fn lwa(&self) -> &Lwa {
         &self.lwa
+    }
+
+    /// The deadline for a body the gateway reads itself (`server.body_read_timeout_ms`).
+    pub fn body_read_timeout(&self) -> Duration {
+        self.limits.body_read_timeout
     }
 
     /// The RDT client (its call counter is useful to tests and metrics).
@@ -943,15 +950,12 @@ impl Gateway {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let limited =
-            http_body_util::Limited::new(req.into_body(), drop_in::MAX_TOKEN_REQUEST_BYTES);
-        let body = limited
-            .collect()
-            .await
-            .map_err(|_| ProxyError::BodyTooLarge {
-                limit: drop_in::MAX_TOKEN_REQUEST_BYTES as u64,
-            })?
-            .to_bytes();
+        let body = crate::server::peers::read_body(
+            req.into_body(),
+            drop_in::MAX_TOKEN_REQUEST_BYTES,
+            self.limits.body_read_timeout,
+        )
+        .await?;
         let token =
             drop_in::issue(&*self.store, content_type.as_deref(), &body, unix_now()).await?;
         let json = serde_json::to_vec(&token)
@@ -980,14 +984,12 @@ impl Gateway {
         let caller = caller::authenticate(&*self.store, req.headers(), unix_now()).await?;
         ctx.tool = Some(caller.client.tool.clone());
         ctx.role = Some(caller.client.role.clone());
-        let limited = http_body_util::Limited::new(req.into_body(), reveal::MAX_BODY_BYTES);
-        let body = limited
-            .collect()
-            .await
-            .map_err(|_| ProxyError::BodyTooLarge {
-                limit: reveal::MAX_BODY_BYTES as u64,
-            })?
-            .to_bytes();
+        let body = crate::server::peers::read_body(
+            req.into_body(),
+            reveal::MAX_BODY_BYTES,
+            self.limits.body_read_timeout,
+        )
+        .await?;
         let role = self.roles.get(&caller.client.role);
         let mut answers = reveal::reveal(&body, &caller, role, &self.vault).await?;
         // Only for sellers still connected: a removed or deauthorized seller's data stays sealed.
@@ -1127,7 +1129,27 @@ impl Gateway {
         let query = req.uri().query();
         let resp = match req.uri().path() {
             onboarding::START_PATH => flow.start(query, unix_now()).await?,
-            _ => flow.callback(query, unix_now()).await?,
+            _ => match flow.callback(query, unix_now()).await {
+                // An attempt to squat or rebind a seller id: alerted in the audit log too.
+                Err(e @ OnboardingError::SellerNotConfirmed { .. }) => {
+                    if let OnboardingError::SellerNotConfirmed {
+                        claimed, rebind, ..
+                    } = &e
+                    {
+                        self.auditor.record(
+                            crate::audit::Record::new(crate::audit::Kind::Alert)
+                                .with_seller(claimed)
+                                .with_reason(crate::audit::Reason::from_static(if *rebind {
+                                    "onboarding_rebind_refused"
+                                } else {
+                                    "onboarding_seller_not_confirmed"
+                                })),
+                        );
+                    }
+                    return Err(e.into());
+                }
+                other => other?,
+            },
         };
         if let Some(onboarding::Authorized(seller)) = resp.extensions().get() {
             self.auditor.record(

@@ -15,8 +15,11 @@ use crate::auth::onboarding::{self, OnboardingError};
 use crate::auth::rdt::RdtError;
 use crate::proxy::upstream::UpstreamError;
 use crate::ratelimit::RateLimitError;
+use crate::server::peers::{BodyReadError, PeerError};
 use crate::spapi::ErrorBody;
 use crate::store::StoreError;
+
+pub mod log_limit;
 
 /// Everything that can end a request early.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +36,9 @@ pub enum ProxyError {
         /// The limit.
         limit: u64,
     },
+    /// A body the gateway reads itself was too large or too slow.
+    #[error(transparent)]
+    BodyRead(#[from] crate::server::peers::BodyReadError),
     /// Both `Content-Length` and `Transfer-Encoding`, or a bad `Content-Length`: a smuggling risk.
     #[error("ambiguous request framing: {0}")]
     BadFraming(&'static str),
@@ -105,6 +111,9 @@ pub enum ProxyError {
     Outbound(#[from] super::outbound::OutboundError),
 }
 
+/// `Retry-After` of a 503 for a dependency outage (store, limiter Redis, LWA), in seconds.
+pub const RETRY_AFTER_SECONDS: u64 = 5;
+
 /// Whose fault an error is, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -122,6 +131,8 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
     let (status, code, message, fault) = match err {
         E::HeadersTooLarge { .. } => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "InvalidInput", "Request headers are too large.", Fault::Caller),
         E::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "InvalidInput", "Request body is too large.", Fault::Caller),
+        E::BodyRead(BodyReadError::TooLarge { .. }) => (StatusCode::PAYLOAD_TOO_LARGE, "InvalidInput", "Request body is too large.", Fault::Caller),
+        E::BodyRead(BodyReadError::Timeout(_)) => (StatusCode::REQUEST_TIMEOUT, "RequestTimeout", "The request body did not arrive in time.", Fault::Caller),
         E::BadFraming(_) => (StatusCode::BAD_REQUEST, "InvalidInput", "Request framing is ambiguous (Content-Length with Transfer-Encoding, or a bad Content-Length).", Fault::Caller),
         E::NotFound => (StatusCode::NOT_FOUND, "NotFound", "The requested resource is not an SP-API operation.", Fault::Caller),
         E::Caller(c) => match c {
@@ -130,6 +141,7 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
             CallerError::MissingSeller => (StatusCode::BAD_REQUEST, "InvalidInput", "Name the seller in the x-spgate-seller header.", Fault::Caller),
             CallerError::SellerNotAllowed => (StatusCode::FORBIDDEN, "Unauthorized", "This tool may not act for that seller.", Fault::Caller),
             CallerError::ApplicationWide => (StatusCode::FORBIDDEN, "Unauthorized", "This operation acts for the whole application; only a tool allowed for all sellers may call it.", Fault::Caller),
+            CallerError::Store(s) if s.is_unavailable() => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "The gateway's store is unavailable, so the API key could not be checked; retry later.", Fault::Internal),
             CallerError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The gateway could not check the API key.", Fault::Internal),
         },
         E::UnknownSeller => (StatusCode::FORBIDDEN, "Unauthorized", "That seller has not authorized this application.", Fault::Caller),
@@ -140,6 +152,7 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
             LwaError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "Login with Amazon is unavailable; retry later.", Fault::Upstream),
             LwaError::Protocol(_) => (StatusCode::BAD_GATEWAY, "InternalFailure", "Login with Amazon answered unexpectedly.", Fault::Upstream),
             LwaError::RefreshToken(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The seller's stored credentials cannot be used.", Fault::Internal),
+            LwaError::CircuitOpen { .. } => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "Login with Amazon is failing; the gateway stopped asking it for a while. Retry later.", Fault::Upstream),
         },
         E::Upstream(u) => match u {
             UpstreamError::Connect(_) => (StatusCode::BAD_GATEWAY, "ServiceUnavailable", "SP-API could not be reached.", Fault::Upstream),
@@ -147,6 +160,7 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
             UpstreamError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "InvalidInput", "Request body is too large.", Fault::Caller),
             UpstreamError::Transport(_) => (StatusCode::BAD_GATEWAY, "ServiceUnavailable", "The request to SP-API failed.", Fault::Upstream),
         },
+        E::Store(s) if s.is_unavailable() => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "The gateway's store is unavailable; retry later.", Fault::Internal),
         E::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The gateway's store failed.", Fault::Internal),
         E::RoleMayNotReceive => (StatusCode::FORBIDDEN, "Unauthorized", "This tool's role may not receive the restricted data this operation returns.", Fault::Caller),
         E::Restricted(r) => match r {
@@ -170,6 +184,7 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
             crate::documents::DocumentError::LinkExpired | crate::documents::DocumentError::LinkInvalid => (StatusCode::FORBIDDEN, "Unauthorized", "The document link is invalid or has expired; call getReportDocument again.", Fault::Caller),
             _ => (StatusCode::BAD_GATEWAY, "InternalFailure", "The report document could not be fetched or checked against the data protection policy.", Fault::Upstream),
         },
+        E::Vault(crate::vault::VaultError::Store(s)) if s.is_unavailable() => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "The gateway's store is unavailable, so the response was withheld; retry later.", Fault::Internal),
         E::Vault(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The gateway's data vault failed, so the response was withheld.", Fault::Internal),
         E::Reveal(r) => match r {
             super::reveal::RevealError::BadRequest(why) => (StatusCode::BAD_REQUEST, "InvalidInput", *why, Fault::Caller),
@@ -189,10 +204,14 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
     };
     match fault {
         Fault::Internal => {
-            tracing::error!(error = %err, status = status.as_u16(), "Request failed inside the gateway.")
+            if let Some(repeats) = log_limit::admit(message) {
+                tracing::error!(error = %err, status = status.as_u16(), repeats, "Request failed inside the gateway.")
+            }
         }
         Fault::Upstream => {
-            tracing::warn!(error = %err, status = status.as_u16(), "Request failed upstream.")
+            if let Some(repeats) = log_limit::admit(message) {
+                tracing::warn!(error = %err, status = status.as_u16(), repeats, "Request failed upstream.")
+            }
         }
         Fault::Caller => {
             tracing::debug!(error = %err, status = status.as_u16(), "Request refused.")
@@ -206,12 +225,18 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
         HeaderValue::from_static("application/json"),
     );
     if status == StatusCode::SERVICE_UNAVAILABLE {
-        h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        let secs = match err {
+            E::Credentials(LwaError::CircuitOpen {
+                retry_after_seconds,
+            }) => *retry_after_seconds,
+            _ => RETRY_AFTER_SECONDS,
+        };
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     // After a framing error or an unread oversized body the connection cannot be reused safely.
     if matches!(
         err,
-        E::BadFraming(_) | E::BodyTooLarge { .. } | E::HeadersTooLarge { .. }
+        E::BadFraming(_) | E::BodyTooLarge { .. } | E::HeadersTooLarge { .. } | E::BodyRead(_)
     ) {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -237,6 +262,11 @@ fn token_error(err: &TokenError) -> Response<Body> {
             "invalid_grant",
             "The refresh token is invalid or revoked.",
         ),
+        TokenError::Store(s) if s.is_unavailable() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "The gateway's store is unavailable; retry later.",
+        ),
         TokenError::Store(_) | TokenError::Crypto(_) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             "server_error",
@@ -244,7 +274,9 @@ fn token_error(err: &TokenError) -> Response<Body> {
         ),
     };
     if status.is_server_error() {
-        tracing::error!(error = %err, "Token request failed inside the gateway.");
+        if let Some(repeats) = log_limit::admit(description) {
+            tracing::error!(error = %err, repeats, "Token request failed inside the gateway.");
+        }
     } else {
         tracing::debug!(error = %err, "Token request refused.");
     }
@@ -257,6 +289,10 @@ fn token_error(err: &TokenError) -> Response<Body> {
     );
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+    }
     resp
 }
 
@@ -293,6 +329,14 @@ fn onboarding_error(err: &OnboardingError) -> Response<Body> {
             StatusCode::BAD_REQUEST,
             "This link re-authorizes a different seller account. Sign in with the account it was made for.".to_string(),
         ),
+        O::SellerNotConfirmed { .. } => (
+            StatusCode::FORBIDDEN,
+            "Amazon did not confirm that the account you signed in with is the seller this authorization names. Sign in with the right seller account, from your invitation link.".to_string(),
+        ),
+        O::ConfirmationUnavailable(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("Amazon could not be reached to confirm the authorization. Please try again later. {again}"),
+        ),
         O::AlreadyConnected => (
             StatusCode::BAD_REQUEST,
             "This seller account is already connected. Ask for a re-authorization link.".to_string(),
@@ -325,11 +369,43 @@ fn quota_exceeded(
     rate_per_second: f64,
 ) -> Response<Body> {
     tracing::debug!(error = %err, "Request throttled by the gateway.");
-    let body = ErrorBody::one(
-        "QuotaExceeded",
+    let mut resp = too_many_requests(
         "You exceeded your quota for the requested resource.",
-        "",
+        retry_after,
     );
+    // The rate the gateway enforces for this bucket, to four decimals (as Amazon prints rates).
+    let rate = format!("{rate_per_second:.4}");
+    let rate = rate.trim_end_matches('0').trim_end_matches('.');
+    if let Ok(v) = HeaderValue::from_str(rate) {
+        resp.headers_mut().insert(crate::spapi::RATE_LIMIT_LIMIT, v);
+    }
+    resp
+}
+
+/// A request refused before it reached the handler: its address exceeded its rate of
+/// unauthenticated or failed requests. 429 in SP-API's shape with `Retry-After`; the connection
+/// is closed.
+pub fn peer_refused(err: &PeerError) -> Response<Body> {
+    let retry_after = match err {
+        PeerError::TooManyRequests { retry_after } => *retry_after,
+        PeerError::TooManyConnections { .. } => std::time::Duration::from_secs(1),
+    };
+    if let Some(repeats) = log_limit::admit("peer refused") {
+        tracing::warn!(error = %err, repeats, "Requests from one address refused before authentication.");
+    }
+    let mut resp = too_many_requests(
+        "Too many unauthenticated or failed requests from this address.",
+        retry_after,
+    );
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// 429 `QuotaExceeded` with `Retry-After` in whole seconds, rounded up, at least 1 (the header
+/// has no fractions).
+fn too_many_requests(message: &'static str, retry_after: std::time::Duration) -> Response<Body> {
+    let body = ErrorBody::one("QuotaExceeded", message, "");
     let mut resp = Response::new(body::full(body.to_bytes()));
     *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
     let h = resp.headers_mut();
@@ -337,15 +413,8 @@ fn quota_exceeded(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    // Whole seconds, rounded up, at least 1 (Retry-After has no fractions).
     let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
     h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-    // The rate the gateway enforces for this bucket, to four decimals (as Amazon prints rates).
-    let rate = format!("{rate_per_second:.4}");
-    let rate = rate.trim_end_matches('0').trim_end_matches('.');
-    if let Ok(v) = HeaderValue::from_str(rate) {
-        h.insert(crate::spapi::RATE_LIMIT_LIMIT, v);
-    }
     resp
 }
 

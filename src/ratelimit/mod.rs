@@ -559,6 +559,15 @@ impl Limiter {
         self.status(Some(seller), Some(operation.key)).pop()
     }
 
+    /// Whether requests can get a decision: false only when Redis is configured with
+    /// `fail_mode = "closed"` and does not answer a PING (every request would be refused).
+    pub async fn ready(&self) -> bool {
+        match (&self.inner.redis, self.inner.config.fail_mode) {
+            (Some(redis), FailMode::Closed) => redis.ping().await,
+            (None, _) | (Some(_), FailMode::Local) => true,
+        }
+    }
+
     /// Counters since start.
     pub fn metrics(&self) -> MetricsSnapshot {
         let m = &self.inner.metrics;

@@ -143,6 +143,27 @@ impl RedisBackend {
         }
     }
 
+    /// Asks Redis whether it answers (readiness); records the outcome like a decision would.
+    pub(crate) async fn ping(&self) -> bool {
+        let mut conn = self.conn.clone();
+        let ping = redis::cmd("PING");
+        let call = ping.query_async::<String>(&mut conn);
+        match tokio::time::timeout(self.settings.timeout, call).await {
+            Ok(Ok(_)) => {
+                self.recovered();
+                true
+            }
+            Ok(Err(e)) => {
+                self.failed(&crate::store::redis::describe(&e));
+                false
+            }
+            Err(_) => {
+                self.failed("timed out");
+                false
+            }
+        }
+    }
+
     /// The key of a seller's bucket for an operation.
     pub(crate) fn key(&self, seller: &str, operation: &str) -> String {
         format!("{}rl:{{{seller}}}:{operation}", self.settings.key_prefix)

@@ -23,6 +23,7 @@ mod orders;
 mod quota;
 mod rdt;
 mod script;
+mod seller_scope;
 mod tokens;
 
 #[cfg(test)]
@@ -507,6 +508,9 @@ impl Inner {
             }
         };
         self.record(op, parts, &read, &caller);
+        if let Some(resp) = seller_scope::answer(self, op, &params, caller.seller.as_deref()) {
+            return resp;
+        }
 
         if !self.take_quota(op, &caller) {
             self.stat(|s| s.throttled_total += 1);

@@ -4,6 +4,7 @@
 //! server whenever they like (mini-redis `server::run`).
 
 pub mod framing;
+pub mod peers;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -30,6 +31,8 @@ pub struct ServerLimits {
     pub header_read_timeout: Duration,
     /// How long in-flight requests may finish after shutdown begins.
     pub drain_timeout: Duration,
+    /// Per-address connection cap and unauthenticated rate limit.
+    pub peers: peers::PeerLimits,
 }
 
 /// Something that answers requests: the gateway, the sandbox, the admin router.
@@ -56,6 +59,7 @@ pub async fn serve<H: Handler>(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let peers = peers::Peers::new(limits.peers);
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -75,7 +79,7 @@ pub async fn serve<H: Handler>(
         };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, addr)) => (stream, addr.ip()),
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(error = %e, "Accept failed.");
@@ -85,22 +89,28 @@ pub async fn serve<H: Handler>(
             },
             () = &mut shutdown => break,
         };
+        let (stream, ip) = stream;
+        // Past the address's share the connection is closed at once, freeing its permit.
+        let Ok(slot) = peers.connect(ip) else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let (stream, conflict) = framing::Inspect::new(stream);
         let h = handler.clone();
+        let p = peers.clone();
         let svc = service_fn(move |mut req: http::Request<Incoming>| {
             if conflict.next_request_conflicts() {
                 req.extensions_mut().insert(framing::Conflict);
             }
-            let h = h.clone();
-            async move { Ok::<_, Infallible>(h.call(req).await) }
+            let (h, p) = (h.clone(), p.clone());
+            async move { Ok::<_, Infallible>(peers::call(&p, ip, h, req).await) }
         });
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "Connection ended with an error.");
             }
-            drop(permit);
+            drop((slot, permit));
         });
     }
     drop(listener);

@@ -1,11 +1,12 @@
 //! A read-through cache in front of any [`Store`] for the lookups every request makes: the
 //! tool behind an API key, the tool by id, the seller, and drop-in tokens.
 //!
-//! Without it each request costs two to three database reads, and each SQLite read transaction
-//! takes file locks (system calls). Entries live `ttl` (1 s by default); every write through
-//! this handle drops the entries it affects at once, so revocations and deauthorizations made
-//! by the running gateway (or by anything holding this handle) apply to the next request.
-//! Writes made by another process (the `spgate clients revoke` CLI) apply within `ttl`.
+//! Without it each request costs two to three database reads (a tool or a token and its tool, a
+//! seller). Entries live `ttl` (1 s by default); every write through this handle drops the
+//! entries it affects at once. Writes made elsewhere (the `spgate clients revoke` CLI, another
+//! instance) change the store's [`Store::access_version`]; a cache hit is served only after
+//! that number is read and found unchanged (one small read), else every entry is dropped. So a
+//! revocation or deauthorization applies at the next request on every instance.
 //!
 //! The vault's methods (data keys, retention records, the PII cache) are never cached: a
 //! destroyed key must be gone for the next reveal, on every instance. They pass straight
@@ -13,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -81,6 +83,8 @@ pub struct CachedStore {
     by_id: TtlMap<String, Option<ClientRecord>>,
     sellers: TtlMap<String, Option<SellerRecord>>,
     tokens: TtlMap<String, Option<GatewayToken>>,
+    /// The store's access version the entries were read under (`u64::MAX`: none yet).
+    version: AtomicU64,
 }
 
 impl CachedStore {
@@ -92,7 +96,28 @@ impl CachedStore {
             by_id: TtlMap::new(ttl),
             sellers: TtlMap::new(ttl),
             tokens: TtlMap::new(ttl),
+            version: AtomicU64::new(u64::MAX),
         }
+    }
+
+    /// Whether no other lookup saw a new access version while a backend read was under way:
+    /// a value read before a revocation must not be cached after the cache was emptied for it.
+    /// (A revocation the cache has not noticed yet empties it at the next hit anyway.)
+    fn unchanged_since(&self, read_under: u64) -> bool {
+        self.version.load(Ordering::Acquire) == read_under
+    }
+
+    /// Drops every entry when tools or sellers changed anywhere since they were read. Called
+    /// before a hit is served; misses read the backend anyway.
+    async fn fresh(&self) -> Result<(), StoreError> {
+        let now = self.inner.access_version().await?;
+        if self.version.swap(now, Ordering::AcqRel) != now {
+            self.by_key.clear();
+            self.by_id.clear();
+            self.sellers.clear();
+            self.tokens.clear();
+        }
+        Ok(())
     }
 
     fn forget_client(&self, id: &str) {
@@ -118,12 +143,18 @@ impl Store for CachedStore {
     }
 
     async fn seller(&self, selling_partner_id: &str) -> Result<Option<SellerRecord>, StoreError> {
-        if let Some(hit) = self.sellers.get(selling_partner_id) {
-            return Ok(hit);
+        if self.sellers.get(selling_partner_id).is_some() {
+            self.fresh().await?;
+            if let Some(hit) = self.sellers.get(selling_partner_id) {
+                return Ok(hit);
+            }
         }
+        let read_under = self.version.load(Ordering::Acquire);
         let found = self.inner.seller(selling_partner_id).await?;
-        self.sellers
-            .put(selling_partner_id.to_string(), found.clone());
+        if self.unchanged_since(read_under) {
+            self.sellers
+                .put(selling_partner_id.to_string(), found.clone());
+        }
         Ok(found)
     }
 
@@ -159,11 +190,17 @@ impl Store for CachedStore {
     }
 
     async fn client_by_key_hash(&self, key_hash: &str) -> Result<Option<ClientRecord>, StoreError> {
-        if let Some(hit) = self.by_key.get(key_hash) {
-            return Ok(hit);
+        if self.by_key.get(key_hash).is_some() {
+            self.fresh().await?;
+            if let Some(hit) = self.by_key.get(key_hash) {
+                return Ok(hit);
+            }
         }
+        let read_under = self.version.load(Ordering::Acquire);
         let found = self.inner.client_by_key_hash(key_hash).await?;
-        self.by_key.put(key_hash.to_string(), found.clone());
+        if self.unchanged_since(read_under) {
+            self.by_key.put(key_hash.to_string(), found.clone());
+        }
         Ok(found)
     }
 
@@ -178,11 +215,17 @@ impl Store for CachedStore {
     }
 
     async fn client(&self, id: &str) -> Result<Option<ClientRecord>, StoreError> {
-        if let Some(hit) = self.by_id.get(id) {
-            return Ok(hit);
+        if self.by_id.get(id).is_some() {
+            self.fresh().await?;
+            if let Some(hit) = self.by_id.get(id) {
+                return Ok(hit);
+            }
         }
+        let read_under = self.version.load(Ordering::Acquire);
         let found = self.inner.client(id).await?;
-        self.by_id.put(id.to_string(), found.clone());
+        if self.unchanged_since(read_under) {
+            self.by_id.put(id.to_string(), found.clone());
+        }
         Ok(found)
     }
 
@@ -208,11 +251,17 @@ impl Store for CachedStore {
         token_hash: &str,
         now: i64,
     ) -> Result<Option<GatewayToken>, StoreError> {
-        if let Some(hit) = self.tokens.get(token_hash) {
-            return Ok(hit.filter(|t| t.expires_at > now));
+        if self.tokens.get(token_hash).is_some() {
+            self.fresh().await?;
+            if let Some(hit) = self.tokens.get(token_hash) {
+                return Ok(hit.filter(|t| t.expires_at > now));
+            }
         }
+        let read_under = self.version.load(Ordering::Acquire);
         let found = self.inner.gateway_token(token_hash, now).await?;
-        self.tokens.put(token_hash.to_string(), found.clone());
+        if self.unchanged_since(read_under) {
+            self.tokens.put(token_hash.to_string(), found.clone());
+        }
         Ok(found)
     }
 
@@ -337,5 +386,13 @@ impl Store for CachedStore {
 
     async fn compact(&self) -> Result<(), StoreError> {
         self.inner.compact().await
+    }
+
+    async fn access_version(&self) -> Result<u64, StoreError> {
+        self.inner.access_version().await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
     }
 }

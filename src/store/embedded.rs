@@ -35,6 +35,11 @@ pub struct EmbeddedStore {
 
 struct Inner {
     path: PathBuf,
+    /// The write-ahead log: every commit, by any connection or process, changes its size or
+    /// modification time.
+    wal: PathBuf,
+    /// The last access version read, and the WAL's (size, mtime) when it was read.
+    version: Mutex<Option<(WalStamp, u64)>>,
     /// The one writer connection. A std Mutex: it is never held across an await.
     writer: Mutex<Connection>,
     /// Reader connections.
@@ -56,6 +61,8 @@ impl EmbeddedStore {
         }
         Ok(EmbeddedStore {
             inner: Arc::new(Inner {
+                wal: data_dir.join(format!("{DB_FILE}-wal")),
+                version: Mutex::new(None),
                 path,
                 writer: Mutex::new(writer),
                 readers,
@@ -521,6 +528,32 @@ impl Store for EmbeddedStore {
         self.read(|c| retention::pseudonyms_of(c, seller, order_id))
     }
 
+    async fn access_version(&self) -> Result<u64, StoreError> {
+        // Every cache hit asks, so the common case is one stat of the WAL and no SQLite lock:
+        // the table is read only when something was committed since the last read.
+        let stamp = wal_stamp(&self.inner.wal);
+        if let (Some(stamp), Ok(last)) = (stamp, self.inner.version.lock()) {
+            if let Some((seen, version)) = *last {
+                if seen == stamp {
+                    return Ok(version);
+                }
+            }
+        }
+        let version = self.read(|c| {
+            let mut stmt = c.prepare_cached("SELECT value FROM access_version")?;
+            Ok(stmt.query_row([], |r| r.get::<_, i64>(0))? as u64)
+        })?;
+        if let (Some(stamp), Ok(mut last)) = (stamp, self.inner.version.lock()) {
+            // Stamped before the read: a commit in between changes the stamp again.
+            *last = Some((stamp, version));
+        }
+        Ok(version)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|c| Ok(c.query_row("SELECT count(*) FROM access_version", [], |_| Ok(()))?))
+    }
+
     async fn compact(&self) -> Result<(), StoreError> {
         self.write(retention::compact).await
     }
@@ -636,6 +669,15 @@ fn open_conn(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// The WAL's size and modification time (none when it cannot be read: then the version is read
+/// from the table every time).
+type WalStamp = (u64, std::time::SystemTime);
+
+fn wal_stamp(wal: &Path) -> Option<WalStamp> {
+    let meta = std::fs::metadata(wal).ok()?;
+    Some((meta.len(), meta.modified().ok()?))
+}
+
 /// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
     "
@@ -693,6 +735,27 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE invites ADD COLUMN seller TEXT;
 ",
     retention::MIGRATION,
+    // Every change to tools or sellers counts, whoever writes it (the gateway, the CLI, another
+    // instance on the same file): caches compare this number before serving an entry.
+    "
+    CREATE TABLE access_version (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        value INTEGER NOT NULL
+    );
+    INSERT INTO access_version (id, value) VALUES (1, 0);
+    CREATE TRIGGER clients_insert_version AFTER INSERT ON clients
+        BEGIN UPDATE access_version SET value = value + 1; END;
+    CREATE TRIGGER clients_update_version AFTER UPDATE ON clients
+        BEGIN UPDATE access_version SET value = value + 1; END;
+    CREATE TRIGGER clients_delete_version AFTER DELETE ON clients
+        BEGIN UPDATE access_version SET value = value + 1; END;
+    CREATE TRIGGER sellers_insert_version AFTER INSERT ON sellers
+        BEGIN UPDATE access_version SET value = value + 1; END;
+    CREATE TRIGGER sellers_update_version AFTER UPDATE ON sellers
+        BEGIN UPDATE access_version SET value = value + 1; END;
+    CREATE TRIGGER sellers_delete_version AFTER DELETE ON sellers
+        BEGIN UPDATE access_version SET value = value + 1; END;
+",
 ];
 
 fn migrate(conn: &Connection) -> Result<(), StoreError> {

@@ -67,6 +67,33 @@ pub enum StoreError {
     LockToken(crate::crypto::CryptoError),
 }
 
+impl StoreError {
+    /// Whether the store is unreachable or overloaded right now (Redis down or timing out, the
+    /// SQLite file busy, locked or unreadable), as opposed to a defect or bad data. The first
+    /// kind is answered 503 with `Retry-After` and makes the gateway unready; the second is a 500.
+    pub fn is_unavailable(&self) -> bool {
+        use rusqlite::ErrorCode as C;
+        match self {
+            StoreError::Redis { .. } | StoreError::DataDir { .. } | StoreError::Task(_) => true,
+            StoreError::Sqlite(e) => matches!(
+                e.sqlite_error_code(),
+                Some(
+                    C::DatabaseBusy
+                        | C::DatabaseLocked
+                        | C::CannotOpen
+                        | C::SystemIoFailure
+                        | C::DiskFull
+                        | C::ReadOnly
+                )
+            ),
+            StoreError::Corrupt { .. }
+            | StoreError::Conflict(_)
+            | StoreError::RedisUrl(_)
+            | StoreError::LockToken(_) => false,
+        }
+    }
+}
+
 /// An SP-API region: each has its own endpoint and LWA-authorized sellers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -328,6 +355,12 @@ pub trait Store: Send + Sync + 'static {
     /// Makes deletions physical: SQLite checkpoints and truncates its WAL (old page images
     /// would otherwise keep deleted bytes); Redis has nothing to do.
     async fn compact(&self) -> Result<(), StoreError>;
+    /// A number that changes with every write to tools or sellers, by any process or
+    /// instance. Caches compare it before serving an entry, so a revocation applies at the next
+    /// request everywhere.
+    async fn access_version(&self) -> Result<u64, StoreError>;
+    /// Asks the backend whether it answers (readiness); never served from a cache.
+    async fn ping(&self) -> Result<(), StoreError>;
 }
 
 // === impl Region ===

@@ -224,6 +224,16 @@ impl RedisStore {
         })
     }
 
+    /// Counts a write that changes who may do what (tools, sellers), after it is done, so every
+    /// instance's cache drops what it holds at its next lookup ([`Store::access_version`]).
+    async fn bump_access_version(&self, op: &'static str) -> Result<(), StoreError> {
+        redis::cmd("INCR")
+            .arg(self.index("access-version"))
+            .exec_async(&mut self.conn())
+            .await
+            .map_err(failed(op))
+    }
+
     /// The prefix of every key this store touches.
     pub fn key_prefix(&self) -> &str {
         &self.prefix
@@ -305,7 +315,8 @@ impl Store for RedisStore {
             .ignore()
             .exec_async(&mut self.conn())
             .await
-            .map_err(failed("put_seller"))
+            .map_err(failed("put_seller"))?;
+        self.bump_access_version("put_seller").await
     }
 
     async fn insert_seller(&self, seller: &SellerRecord) -> Result<(), StoreError> {
@@ -319,7 +330,7 @@ impl Store for RedisStore {
             .await
             .map_err(failed("insert_seller"))?;
         match inserted {
-            1 => Ok(()),
+            1 => self.bump_access_version("insert_seller").await,
             _ => Err(StoreError::Conflict(format!("seller {id}"))),
         }
     }
@@ -361,6 +372,9 @@ impl Store for RedisStore {
             .query_async(&mut self.conn())
             .await
             .map_err(failed("remove_seller"))?;
+        if deleted > 0 {
+            self.bump_access_version("remove_seller").await?;
+        }
         Ok(deleted > 0)
     }
 
@@ -375,6 +389,9 @@ impl Store for RedisStore {
             .invoke_async(&mut self.conn())
             .await
             .map_err(failed("set_seller_status"))?;
+        if set == 1 {
+            self.bump_access_version("set_seller_status").await?;
+        }
         Ok(set == 1)
     }
 
@@ -390,7 +407,7 @@ impl Store for RedisStore {
             .await
             .map_err(failed("insert_client"))?;
         match outcome {
-            0 => Ok(()),
+            0 => self.bump_access_version("insert_client").await,
             1 => Err(StoreError::Conflict(format!("client {}", client.id))),
             2 => Err(StoreError::Conflict("a client with this key hash".into())),
             n => Err(unexpected("insert_client", n)),
@@ -431,6 +448,9 @@ impl Store for RedisStore {
             .invoke_async(&mut self.conn())
             .await
             .map_err(failed("revoke_client"))?;
+        if revoked == 1 {
+            self.bump_access_version("revoke_client").await?;
+        }
         Ok(revoked == 1)
     }
 
@@ -704,6 +724,22 @@ impl Store for RedisStore {
 
     async fn pseudonyms_of(&self, seller: &str, order_id: &str) -> Result<Vec<String>, StoreError> {
         self.v_pseudonyms_of(seller, order_id).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        redis::cmd("PING")
+            .exec_async(&mut self.conn())
+            .await
+            .map_err(failed("ping"))
+    }
+
+    async fn access_version(&self) -> Result<u64, StoreError> {
+        let v: Option<u64> = redis::cmd("GET")
+            .arg(self.index("access-version"))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(failed("access_version"))?;
+        Ok(v.unwrap_or(0))
     }
 
     async fn compact(&self) -> Result<(), StoreError> {

@@ -473,11 +473,13 @@ async fn the_cached_store_keeps_the_store_contract() {
 }
 
 #[tokio::test]
-async fn the_cache_sees_its_own_writes_at_once_and_other_writers_after_its_ttl() {
+async fn the_cache_sees_its_own_writes_and_other_writers_at_the_next_lookup() {
     let dir = tempfile::tempdir().unwrap();
     let inner = std::sync::Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    // Another process on the same file (the CLI).
     let other = EmbeddedStore::open(dir.path()).unwrap();
-    let ttl = std::time::Duration::from_millis(300);
+    // Far longer than the test: only the access version can make the cache see `other`.
+    let ttl = std::time::Duration::from_secs(3600);
     let store = super::cache::CachedStore::new(inner, ttl);
     assert!(
         store.client_by_key_hash("h1").await.unwrap().is_none(),
@@ -507,13 +509,21 @@ async fn the_cache_sees_its_own_writes_at_once_and_other_writers_after_its_ttl()
         .unwrap();
     assert_eq!(
         store.seller("A1").await.unwrap().unwrap().status,
-        SellerStatus::Active,
-        "another writer is seen only after the ttl"
+        SellerStatus::Deauthorized,
+        "another writer's deauthorization is seen at the next lookup"
     );
-    tokio::time::sleep(ttl).await;
+    store.insert_client(&client("c2", "h2")).await.unwrap();
+    assert!(store.client_by_key_hash("h2").await.unwrap().is_some());
+    other.revoke_client("c2", 7).await.unwrap();
     assert_eq!(
-        store.seller("A1").await.unwrap().unwrap().status,
-        SellerStatus::Deauthorized
+        store
+            .client_by_key_hash("h2")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at,
+        Some(7),
+        "another writer's revocation is seen at the next lookup"
     );
 }
 

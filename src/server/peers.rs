@@ -1,0 +1,339 @@
+//! Bounded work before authentication: what one client address may cost the gateway before it
+//! has shown a credential.
+//!
+//! - A per-address connection cap ([`Peers::connect`]): connections past
+//!   `server.max_connections_per_address` are closed at accept, so one address holding
+//!   connections open (slowloris) cannot take all of `server.max_connections`.
+//! - A per-address rate limit ([`Peers::admit`], governor's keyed GCRA) on requests without
+//!   credentials and on requests the gateway refused (401, 408, 413, 431): past it the address gets
+//!   429 with `Retry-After` for every request until it slows down.
+//! - Body-read deadlines ([`read_body`]) for the endpoints the gateway answers itself.
+//!
+//! Each refusal is counted ([`render_metrics`]) and logged at most once per interval.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use http::{HeaderMap, StatusCode};
+use http_body_util::BodyExt;
+
+use super::Handler;
+use crate::proxy::body::Body;
+
+/// The `[server]` keys of this module.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerLimits {
+    /// Connections one address may hold at once.
+    pub max_connections_per_address: usize,
+    /// Unauthenticated or failed requests a second one address may make.
+    pub unauthenticated_rate_per_second: u32,
+    /// The burst of such requests.
+    pub unauthenticated_burst: u32,
+}
+
+/// Why a connection or a request was refused before it reached the handler.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PeerError {
+    /// The address already holds its share of connections.
+    #[error("too many connections from one address (limit {limit})")]
+    TooManyConnections {
+        /// `server.max_connections_per_address`.
+        limit: usize,
+    },
+    /// The address sends too many unauthenticated or failing requests.
+    #[error("too many unauthenticated or failed requests from one address")]
+    TooManyRequests {
+        /// When the address may send again.
+        retry_after: Duration,
+    },
+}
+
+/// Why a body could not be read within its bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BodyReadError {
+    /// Larger than allowed, or the connection failed mid-body.
+    #[error("the body is larger than {limit} bytes or unreadable")]
+    TooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// Not received within the deadline.
+    #[error("the body did not arrive within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Per-address state of one listener.
+pub struct Peers {
+    limits: PeerLimits,
+    /// Open connections per address (absent: none).
+    open: Mutex<HashMap<IpAddr, usize>>,
+    /// One cell per unauthenticated or failed request.
+    strikes: DefaultKeyedRateLimiter<IpAddr>,
+    /// Addresses over their rate, until when.
+    blocked: Mutex<HashMap<IpAddr, Instant>>,
+    /// Requests since the last sweep of idle addresses.
+    since_sweep: AtomicU64,
+}
+
+/// One admitted connection; dropping it frees the address's slot.
+pub struct PeerConnection {
+    peers: Arc<Peers>,
+    ip: IpAddr,
+}
+
+/// Process-wide counters (one Prometheus series each).
+static CONNECTIONS_REFUSED: AtomicU64 = AtomicU64::new(0);
+static REQUESTS_REFUSED: AtomicU64 = AtomicU64::new(0);
+static BODY_READ_TIMEOUTS: AtomicU64 = AtomicU64::new(0);
+
+/// Requests between sweeps of addresses that no longer hold state.
+const SWEEP_EVERY: u64 = 4096;
+
+/// Reads a whole body of at most `limit` bytes within `deadline`.
+pub async fn read_body<B>(body: B, limit: usize, deadline: Duration) -> Result<Bytes, BodyReadError>
+where
+    B: http_body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let read = http_body_util::Limited::new(body, limit).collect();
+    match tokio::time::timeout(deadline, read).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(_)) => Err(BodyReadError::TooLarge { limit }),
+        Err(_) => {
+            BODY_READ_TIMEOUTS.fetch_add(1, Ordering::Relaxed);
+            Err(BodyReadError::Timeout(deadline))
+        }
+    }
+}
+
+/// Answers one request for an address: refused at once when the address is over its rate,
+/// else handled, and counted against the address when it failed.
+pub async fn call<H: Handler>(
+    peers: &Peers,
+    ip: IpAddr,
+    handler: Arc<H>,
+    req: http::Request<hyper::body::Incoming>,
+) -> http::Response<Body> {
+    if let Err(e) = peers.admit(ip, req.headers()) {
+        return crate::proxy::rescue::peer_refused(&e);
+    }
+    let resp = handler.call(req).await;
+    peers.answered(ip, resp.status());
+    resp
+}
+
+/// Appends this module's counters in Prometheus text format.
+pub fn render_metrics(out: &mut String) {
+    for (name, help, v) in [
+        (
+            "spgate_peer_connections_refused_total",
+            "Connections closed at accept: the address held server.max_connections_per_address.",
+            &CONNECTIONS_REFUSED,
+        ),
+        (
+            "spgate_peer_requests_refused_total",
+            "Requests answered 429: the address exceeded its rate of unauthenticated or failed requests.",
+            &REQUESTS_REFUSED,
+        ),
+        (
+            "spgate_body_read_timeouts_total",
+            "Request bodies not received within server.body_read_timeout_ms.",
+            &BODY_READ_TIMEOUTS,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            v.load(Ordering::Relaxed)
+        );
+    }
+}
+
+// === impl Peers ===
+
+impl Peers {
+    /// The state of one listener.
+    pub fn new(limits: PeerLimits) -> Arc<Peers> {
+        let rate =
+            NonZeroU32::new(limits.unauthenticated_rate_per_second).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(limits.unauthenticated_burst).unwrap_or(NonZeroU32::MIN);
+        Arc::new(Peers {
+            limits,
+            open: Mutex::new(HashMap::new()),
+            strikes: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
+            blocked: Mutex::new(HashMap::new()),
+            since_sweep: AtomicU64::new(0),
+        })
+    }
+
+    /// Takes one of the address's connection slots.
+    pub fn connect(self: &Arc<Self>, ip: IpAddr) -> Result<PeerConnection, PeerError> {
+        let limit = self.limits.max_connections_per_address;
+        let mut open = lock(&self.open);
+        let n = open.entry(ip).or_insert(0);
+        if *n >= limit {
+            drop(open);
+            CONNECTIONS_REFUSED.fetch_add(1, Ordering::Relaxed);
+            let err = PeerError::TooManyConnections { limit };
+            if let Some(repeats) = crate::proxy::rescue::log_limit::admit("peer connections") {
+                tracing::warn!(error = %err, repeats, "Connection refused at accept.");
+            }
+            return Err(err);
+        }
+        *n += 1;
+        Ok(PeerConnection {
+            peers: Arc::clone(self),
+            ip,
+        })
+    }
+
+    /// Whether a request may be handled: not when the address is over its rate, and a request
+    /// without credentials spends one cell of it.
+    pub fn admit(&self, ip: IpAddr, headers: &HeaderMap) -> Result<(), PeerError> {
+        self.sweep();
+        let now = Instant::now();
+        if let Some(until) = lock(&self.blocked).get(&ip).copied() {
+            if now < until {
+                return Err(self.refused(until - now));
+            }
+        }
+        let credentialed = headers.contains_key(http::header::AUTHORIZATION)
+            || headers.contains_key(crate::spapi::ACCESS_TOKEN);
+        if credentialed {
+            return Ok(());
+        }
+        self.strike(ip).map_err(|wait| self.refused(wait))
+    }
+
+    /// Counts a failed request against its address.
+    pub fn answered(&self, ip: IpAddr, status: StatusCode) {
+        // Only the gateway's own refusals of a caller: a bad or missing key (401), a slow or
+        // oversized request. Amazon's 400s and 403s for a tool's valid requests do not count.
+        let failed = matches!(
+            status,
+            StatusCode::UNAUTHORIZED
+                | StatusCode::REQUEST_TIMEOUT
+                | StatusCode::PAYLOAD_TOO_LARGE
+                | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+        if failed {
+            // Over the rate: the address is refused from its next request on.
+            let _ = self.strike(ip);
+        }
+    }
+
+    /// Spends one cell; `Err(wait)` when none is left (the address is then blocked for `wait`).
+    fn strike(&self, ip: IpAddr) -> Result<(), Duration> {
+        match self.strikes.check_key(&ip) {
+            Ok(()) => Ok(()),
+            Err(not_until) => {
+                let wait = not_until
+                    .wait_time_from(DefaultClock::default().now())
+                    .max(Duration::from_millis(1));
+                lock(&self.blocked).insert(ip, Instant::now() + wait);
+                Err(wait)
+            }
+        }
+    }
+
+    fn refused(&self, retry_after: Duration) -> PeerError {
+        REQUESTS_REFUSED.fetch_add(1, Ordering::Relaxed);
+        PeerError::TooManyRequests { retry_after }
+    }
+
+    /// Forgets addresses whose limits have fully recovered, now and then.
+    fn sweep(&self) {
+        if self.since_sweep.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY != SWEEP_EVERY - 1 {
+            return;
+        }
+        self.strikes.retain_recent();
+        let now = Instant::now();
+        lock(&self.blocked).retain(|_, until| *until > now);
+    }
+}
+
+// === impl PeerConnection ===
+
+impl Drop for PeerConnection {
+    fn drop(&mut self) {
+        let mut open = lock(&self.peers.open);
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned map only means a panic mid-update; the counts stay usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> PeerLimits {
+        PeerLimits {
+            max_connections_per_address: 2,
+            unauthenticated_rate_per_second: 1,
+            unauthenticated_burst: 3,
+        }
+    }
+
+    #[test]
+    fn an_address_gets_its_connection_cap_and_others_are_unaffected() {
+        let peers = Peers::new(limits());
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let first = peers.connect(a).unwrap();
+        let _second = peers.connect(a).unwrap();
+        assert!(matches!(
+            peers.connect(a),
+            Err(PeerError::TooManyConnections { limit: 2 })
+        ));
+        assert!(peers.connect(b).is_ok());
+        drop(first);
+        assert!(
+            peers.connect(a).is_ok(),
+            "a closed connection frees its slot"
+        );
+    }
+
+    #[test]
+    fn unauthenticated_and_failed_requests_are_limited_per_address_and_credentials_are_not() {
+        let peers = Peers::new(limits());
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let none = HeaderMap::new();
+        let mut keyed = HeaderMap::new();
+        keyed.insert(http::header::AUTHORIZATION, "Bearer spg_x".parse().unwrap());
+        for _ in 0..3 {
+            peers.admit(a, &keyed).unwrap();
+            peers.answered(a, StatusCode::OK);
+        }
+        peers.admit(a, &none).unwrap();
+        peers.admit(a, &none).unwrap();
+        peers.answered(a, StatusCode::UNAUTHORIZED);
+        peers.answered(a, StatusCode::UNAUTHORIZED);
+        // The burst of 3 is spent: even a request with credentials is refused now.
+        assert!(matches!(
+            peers.admit(a, &keyed),
+            Err(PeerError::TooManyRequests { .. })
+        ));
+        assert!(
+            peers.admit(b, &none).is_ok(),
+            "another address is unaffected"
+        );
+    }
+}

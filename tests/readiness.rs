@@ -1,0 +1,166 @@
+//! Readiness and errors tell the truth during a dependency outage: with the store and the
+//! limiter (`fail_mode = "closed"`) on a Redis of the test's own, killing that Redis makes
+//! `/readyz` answer 503, requests answer 503 `ServiceUnavailable` with `Retry-After` (never
+//! 500), the log holds a line per interval rather than one ERROR line per refused request, and
+//! everything recovers when Redis comes back.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+
+const ADDRESS: &str = "/orders/v0/orders/TEST_CASE_200/address";
+
+/// A redis-server of this test's own. Its append-only file (in `dir`) keeps the seller and the
+/// tool across a kill, as a managed Redis keeps its data across a failover.
+struct OwnRedis {
+    child: Child,
+}
+
+impl OwnRedis {
+    fn start(port: u16, dir: &std::path::Path) -> OwnRedis {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        OwnRedis { child }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The operational log of this test's thread, as text.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+async fn readyz(admin: &spgate::admin::Admin) -> (StatusCode, String) {
+    let req = Request::get("/readyz")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = admin.handle(req).await;
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn a_redis_outage_is_unready_and_answered_503_with_retry_after_then_recovers() {
+    let log = Captured::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let redis_dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut redis = OwnRedis::start(port, redis_dir.path());
+    let url = format!("redis://127.0.0.1:{port}");
+    let gw = start_gateway(Options {
+        store_toml: Some(format!(
+            "[store]\ntype = \"redis\"\nurl = \"{url}\"\nkey_prefix = \"readiness:\"\n"
+        )),
+        extra_toml: format!(
+            "[ratelimit]\nfail_mode = \"closed\"\n[ratelimit.redis]\nurl = \"{url}\"\nkey_prefix = \"readiness-rl:\"\n"
+        ),
+        ..Options::default()
+    })
+    .await;
+    let admin = spgate::admin::Admin::new(
+        gw.gateway.clone(),
+        &[],
+        None,
+        Arc::new(spgate::config::MapEnv::default()),
+    );
+    assert_eq!(readyz(&admin).await, (StatusCode::OK, "ready\n".into()));
+    assert_eq!(gw.get(ADDRESS).await.status, StatusCode::OK);
+
+    redis.kill();
+    let (status, body) = readyz(&admin).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("store unavailable"), "{body}");
+    assert!(body.contains("rate limit store"), "{body}");
+
+    let before = log.text().matches(" ERROR ").count();
+    const REFUSED: usize = 12;
+    for _ in 0..REFUSED {
+        let reply = gw.get(ADDRESS).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{:?}",
+            reply.body
+        );
+        assert_eq!(reply.error_code(), "ServiceUnavailable");
+        let retry: u64 = reply.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(retry >= 1);
+    }
+    // One line per kind of failure per interval, not one per refused request.
+    let errors = log.text().matches(" ERROR ").count() - before;
+    assert!(
+        errors <= 2,
+        "{errors} ERROR lines for {REFUSED} refusals:\n{}",
+        log.text()
+    );
+
+    let _redis = OwnRedis::start(port, redis_dir.path());
+    // The connections reconnect on their own; the first probes may still see the old ones fail.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = readyz(&admin).await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still not ready: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(gw.get(ADDRESS).await.status, StatusCode::OK);
+}

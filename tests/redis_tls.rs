@@ -11,7 +11,7 @@ use std::time::Duration;
 use pki::Ca;
 use spgate::config::{Config, MapEnv, StoreConfig};
 use spgate::ratelimit::{Acquire, Limiter, Priority};
-use spgate::store::{ClientRecord, Store};
+use spgate::store::ClientRecord;
 
 /// A `redis-server` owned by the test; killed when dropped.
 struct Server {
@@ -73,11 +73,15 @@ fn start(dir: &Path, args: &[String]) -> Server {
         .args(args.iter().map(|a| a.replace("{port}", &port.to_string())))
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let child = cmd.spawn().expect("redis-server runs");
+    // Owned at once, so it is killed and reaped however the test ends.
+    let server = Server {
+        child: cmd.spawn().expect("redis-server runs"),
+        port,
+    };
     // Wait (bounded) until the port accepts connections.
     for _ in 0..200 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Server { child, port };
+            return server;
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -469,3 +469,185 @@ fn tls_settings_are_checked_with_their_key_paths() {
         vec!["server.tls.require_client_cert"]
     );
 }
+
+const BIN: &str = env!("CARGO_BIN_EXE_spgate");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `spgate serve` as deployed: `[server.tls]` and `[admin.tls]` from the config file, the
+/// certificates re-read on SIGHUP, the process killed when the test ends.
+struct Serve(std::process::Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The leaf certificate a fresh handshake on `port` sees.
+async fn leaf_on(ca: &Ca, port: u16) -> Option<rustls::pki_types::CertificateDer<'static>> {
+    let config = client_config(ca, &[b"http/1.1"], None);
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let stream = connector.connect(name, tcp).await.ok()?;
+    Some(stream.get_ref().1.peer_certificates()?[0].clone())
+}
+
+#[tokio::test]
+async fn spgate_serve_speaks_tls_on_both_listeners_and_reloads_certificates_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let server = ca.server(dir.path(), "server");
+    let (proxy_port, admin_port) = (free_port(), free_port());
+    let config = dir.path().join("spgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[server]
+listen = "127.0.0.1:{proxy_port}"
+[server.tls]
+cert_file = {cert:?}
+key_file = {key:?}
+reload_interval_seconds = 3600
+[lwa]
+client_id = "amzn1.application-oa2-client.test"
+client_secret = {{ env = "SPGATE_LWA_CLIENT_SECRET" }}
+[store]
+type = "embedded"
+data_dir = {data:?}
+[keys]
+master_key = {{ env = "SPGATE_MASTER_KEY" }}
+[admin]
+listen = "127.0.0.1:{admin_port}"
+[admin.tls]
+cert_file = {cert:?}
+key_file = {key:?}
+"#,
+            cert = server.cert_file,
+            key = server.key_file,
+            data = dir.path().join("data"),
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new(BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .env("SPGATE_LWA_CLIENT_SECRET", "lwa-secret-synthetic")
+        .env(
+            "SPGATE_MASTER_KEY",
+            spgate::crypto::MasterKey::generate_base64()
+                .unwrap()
+                .expose(),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let serve = Serve(child);
+    // Bounded wait for the listener.
+    let mut tries = 0;
+    while leaf_on(&ca, proxy_port).await.is_none() {
+        tries += 1;
+        assert!(tries < 300, "spgate serve did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let client = https_client(client_config(&ca, &[b"h2", b"http/1.1"], None), true);
+    // The admin listener over TLS (HTTP/2 too).
+    let resp = client
+        .get(
+            format!("https://localhost:{admin_port}/healthz")
+                .parse()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (resp.status(), resp.version()),
+        (StatusCode::OK, Version::HTTP_2)
+    );
+    // The proxy listener over TLS: no key, 401 in SP-API's shape.
+    let resp = client
+        .get(
+            format!("https://localhost:{proxy_port}{PATH}")
+                .parse()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+
+    // Rotate the files, then SIGHUP: both listeners serve the new certificate.
+    let next = ca.server(dir.path(), "server-next");
+    std::fs::write(&server.key_file, &next.key_pem).unwrap();
+    std::fs::write(&server.cert_file, &next.cert_pem).unwrap();
+    assert_eq!(
+        leaf_on(&ca, proxy_port).await.unwrap(),
+        server.der,
+        "reloaded before SIGHUP"
+    );
+    let pid = serve.0.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut tries = 0;
+    while leaf_on(&ca, proxy_port).await.unwrap() != next.der
+        || leaf_on(&ca, admin_port).await.unwrap() != next.der
+    {
+        tries += 1;
+        assert!(tries < 200, "SIGHUP did not reload the certificates");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A one-request HTTP server answering `status`; returns its port.
+async fn answer_once(status: &'static str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = s.read(&mut buf).await;
+        let reply =
+            format!("HTTP/1.1 {status}\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n");
+        s.write_all(reply.as_bytes()).await.unwrap();
+    });
+    port
+}
+
+#[tokio::test]
+async fn spgate_health_exits_0_only_on_a_200() {
+    let run = |port: u16| {
+        tokio::process::Command::new(BIN)
+            .args([
+                "health",
+                "--url",
+                &format!("http://127.0.0.1:{port}/healthz"),
+            ])
+            .output()
+    };
+    assert!(run(answer_once("200 OK").await)
+        .await
+        .unwrap()
+        .status
+        .success());
+    assert!(!run(answer_once("503 Service Unavailable").await)
+        .await
+        .unwrap()
+        .status
+        .success());
+    assert!(!run(free_port()).await.unwrap().status.success());
+}

@@ -651,3 +651,30 @@ async fn spgate_health_exits_0_only_on_a_200() {
         .success());
     assert!(!run(free_port()).await.unwrap().status.success());
 }
+
+#[test]
+fn the_openssl_recipe_in_the_example_config_gives_the_gateways_pin() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let tool = ca.client(dir.path(), "tool");
+    let recipe = format!(
+        "openssl x509 -in {:?} -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64",
+        tool.cert_file
+    );
+    let Ok(out) = std::process::Command::new("sh")
+        .args(["-c", &recipe])
+        .output()
+    else {
+        eprintln!("notice: no shell; skipping");
+        return;
+    };
+    if !out.status.success() {
+        eprintln!("notice: openssl is not installed; skipping");
+        return;
+    }
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        spgate::server::tls::parse_pin(printed.trim()),
+        Some(tool.pin())
+    );
+}

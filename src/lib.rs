@@ -208,7 +208,9 @@ pub async fn run(
     // The vault (per-order keys, PII cache, retention) and its deletion scheduler.
     let vault = gateway.vault().clone();
     let admin = Arc::new(
-        admin::Admin::new(gateway.clone(), &tokens, config_path, env).with_vault(vault.clone()),
+        admin::Admin::new(gateway.clone(), &tokens, config_path, env)
+            .with_vault(vault.clone())
+            .with_tls(tls.iter().flatten().cloned().collect()),
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {

@@ -610,6 +610,25 @@ key_file = {key:?}
         assert!(tries < 200, "SIGHUP did not reload the certificates");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The reloads are counted per listener in the admin metrics.
+    let resp = client
+        .get(
+            format!("https://localhost:{admin_port}/metrics")
+                .parse()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    for listener in ["proxy", "admin"] {
+        assert!(
+            text.contains(&format!(
+                "spgate_tls_reloads_total{{listener=\"{listener}\"}} 1"
+            )),
+            "{text}"
+        );
+    }
 }
 
 /// A one-request HTTP server answering `status`; returns its port.

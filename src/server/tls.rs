@@ -238,6 +238,39 @@ impl TlsListener {
     }
 }
 
+/// Appends the listeners' counters in Prometheus' text format (the admin `/metrics`).
+pub fn render_metrics(listeners: &[Arc<TlsListener>], out: &mut String) {
+    use std::fmt::Write;
+    if listeners.is_empty() {
+        return;
+    }
+    for (name, help, pick) in [
+        (
+            "spgate_tls_reloads_total",
+            "TLS certificates loaded after start (SIGHUP or changed files).",
+            0,
+        ),
+        (
+            "spgate_tls_reload_failures_total",
+            "TLS certificate reloads refused (the running certificate stayed).",
+            1,
+        ),
+        (
+            "spgate_tls_handshake_failures_total",
+            "TLS handshakes that failed or timed out.",
+            2,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for l in listeners {
+            let s = &l.stats;
+            let v = [&s.reloads, &s.reload_failures, &s.handshake_failures][pick]
+                .load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}{{listener=\"{}\"}} {v}", l.name);
+        }
+    }
+}
+
 /// SHA-256 of a certificate's SubjectPublicKeyInfo (`None` if it cannot be parsed).
 pub fn spki_sha256(cert: &CertificateDer<'_>) -> Option<SpkiPin> {
     let parsed = webpki::EndEntityCert::try_from(cert).ok()?;

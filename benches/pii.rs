@@ -3,7 +3,7 @@
 //! responses, for three roles: every category passed, every category dropped, and a mixed role
 //! (mask, pseudonymize, encrypt). Target: under 20 µs per order.
 
-#[path = "../tests/pii_fixtures/mod.rs"]
+#[path = "../fixtures/pii_fixtures.rs"]
 mod pii_fixtures;
 
 use std::hint::black_box;

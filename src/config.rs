@@ -140,6 +140,24 @@ pub struct RawServer {
     pub unauthenticated_rate_per_second: Option<u32>,
     /// How many such requests one address may make in a burst. Default 100.
     pub unauthenticated_burst: Option<u32>,
+    /// `[server.tls]`: serve HTTPS (HTTP/2 and HTTP/1.1 over ALPN) instead of plain HTTP.
+    pub tls: Option<RawTls>,
+}
+
+/// `[server.tls]` / `[admin.tls]`: the listener's certificate, reloaded when the files change.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawTls {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (readable by the gateway only).
+    pub key_file: Option<PathBuf>,
+    /// PEM CA certificates client certificates must chain to (enables mTLS).
+    pub client_ca_file: Option<PathBuf>,
+    /// With `client_ca_file`: refuse connections without a client certificate (default false:
+    /// tools' `client_cert_spki_sha256` pins decide per tool).
+    pub require_client_cert: Option<bool>,
+    /// How often the files are checked for new contents (SIGHUP reloads at once too).
+    pub reload_interval_seconds: Option<u64>,
 }
 
 /// `[upstream]`: the connection to SP-API.
@@ -215,6 +233,13 @@ pub struct RawStore {
     pub url: Option<RawSecret>,
     /// Prefix of every Redis key (several deployments may share one Redis).
     pub key_prefix: Option<String>,
+    /// PEM CA certificate(s) a `rediss://` server's certificate must chain to (default: the
+    /// system's roots).
+    pub ca_file: Option<PathBuf>,
+    /// ACL user (a reference or a plain name).
+    pub username: Option<RawSecret>,
+    /// ACL password (a reference).
+    pub password: Option<RawSecret>,
 }
 
 /// `[keys]`: the master key that seals secrets at rest.
@@ -322,6 +347,9 @@ pub struct RawConfig {
 pub struct RawTool {
     /// The rate plan (`[ratelimit.plans.<plan>]`) the tool's requests use.
     pub plan: Option<String>,
+    /// Client certificates the tool must present besides its API key: base64 SHA-256 of each
+    /// certificate's SubjectPublicKeyInfo (needs `[server.tls] client_ca_file`).
+    pub client_cert_spki_sha256: Option<Vec<String>>,
 }
 
 /// `[admin]`: the admin listener (health, metrics, rate-limit status, reload).
@@ -331,6 +359,8 @@ pub struct RawAdmin {
     pub listen: Option<String>,
     /// Bearer tokens for admin routes.
     pub tokens: Option<Vec<RawAdminToken>>,
+    /// `[admin.tls]`: HTTPS on the admin listener.
+    pub tls: Option<RawTls>,
 }
 
 /// `[[admin.tokens]]`.
@@ -370,6 +400,8 @@ pub struct Config {
     pub ratelimit: RateLimitSettings,
     /// Rate plan per tool name.
     pub tool_plans: BTreeMap<String, String>,
+    /// Client-certificate pins per tool name (checked on the TLS proxy listener).
+    pub tool_client_certs: crate::server::tls::ClientPins,
     /// The admin listener, if configured.
     pub admin: Option<AdminConfig>,
     /// Handling of responses with buyer PII.
@@ -407,6 +439,8 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Accepted tokens.
     pub tokens: Vec<AdminToken>,
+    /// HTTPS, when configured.
+    pub tls: Option<crate::server::tls::TlsConfig>,
 }
 
 /// One admin bearer token.
@@ -448,6 +482,8 @@ pub struct ServerConfig {
     pub body_read_timeout: Duration,
     /// Per-address connection cap and unauthenticated rate limit.
     pub peers: crate::server::peers::PeerLimits,
+    /// HTTPS, when configured.
+    pub tls: Option<crate::server::tls::TlsConfig>,
 }
 
 /// See [`RawUpstream`].
@@ -548,7 +584,49 @@ pub enum StoreConfig {
         url: Secret<String>,
         /// Key prefix.
         key_prefix: String,
+        /// TLS roots and ACL credentials.
+        access: RedisAccess,
     },
+}
+
+/// How to reach a Redis server beyond its URL: the CA for `rediss://` and the ACL user. Used by
+/// the store (`[store]`) and the limiter (`[ratelimit.redis]`).
+#[derive(Debug, Clone, Default)]
+pub struct RedisAccess {
+    /// PEM CA certificate(s) the server's certificate must chain to (`None`: system roots).
+    pub ca_pem: Option<String>,
+    /// ACL user name (`None`: the URL's, else `default`).
+    pub username: Option<Secret<String>>,
+    /// ACL password (`None`: the URL's, if any).
+    pub password: Option<Secret<String>>,
+}
+
+// === impl RedisAccess ===
+
+impl RedisAccess {
+    /// A client for `url` with these settings. A CA makes sense only with `rediss://`.
+    pub fn client(&self, url: &str) -> redis::RedisResult<redis::Client> {
+        use redis::IntoConnectionInfo;
+        let mut info = url.into_connection_info()?;
+        let mut settings = info.redis_settings().clone();
+        if let Some(user) = &self.username {
+            settings = settings.set_username(user.expose());
+        }
+        if let Some(password) = &self.password {
+            settings = settings.set_password(password.expose());
+        }
+        info = info.set_redis_settings(settings);
+        match &self.ca_pem {
+            None => redis::Client::open(info),
+            Some(ca) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone().into_bytes()),
+                },
+            ),
+        }
+    }
 }
 
 /// Log output format.
@@ -747,6 +825,7 @@ impl Config {
                     s.unauthenticated_burst.unwrap_or(100) as usize,
                 ) as u32,
             },
+            tls: s.tls.as_ref().and_then(|t| v.tls("server.tls", t)),
         };
         let u = &raw.upstream;
         let ep = u.endpoints.as_ref();
@@ -847,6 +926,12 @@ impl Config {
                     .key_prefix
                     .clone()
                     .unwrap_or_else(|| "spgate:".into()),
+                access: v.redis_access(
+                    "store",
+                    raw.store.ca_file.as_deref(),
+                    raw.store.username.as_ref(),
+                    raw.store.password.as_ref(),
+                ),
             },
             other => {
                 v.issue(
@@ -890,6 +975,14 @@ impl Config {
                 {
                     redis.url = v.secret("ratelimit.redis.url", Some(raw_url));
                 }
+                if let (Some(redis), Some(r)) = (settings.redis.as_mut(), &raw.ratelimit.redis) {
+                    redis.access = v.redis_access(
+                        "ratelimit.redis",
+                        r.ca_file.as_deref(),
+                        r.username.as_ref(),
+                        r.password.as_ref(),
+                    );
+                }
                 Some(settings)
             }
             Err(issues) => {
@@ -898,7 +991,29 @@ impl Config {
             }
         };
         let mut tool_plans = BTreeMap::new();
+        let mut tool_client_certs = BTreeMap::new();
         for (tool, settings) in &raw.tools {
+            if let Some(pins) = &settings.client_cert_spki_sha256 {
+                let path = format!("tools.{tool}.client_cert_spki_sha256");
+                if server
+                    .tls
+                    .as_ref()
+                    .is_none_or(|t| t.client_ca_file.is_none())
+                {
+                    v.issue(&path, "needs [server.tls] client_ca_file (client certificates are verified there)");
+                }
+                if pins.is_empty() {
+                    v.issue(&path, "give at least one pin, or leave the key out");
+                }
+                let mut parsed = Vec::new();
+                for (i, pin) in pins.iter().enumerate() {
+                    match crate::server::tls::parse_pin(pin) {
+                        Some(p) => parsed.push(p),
+                        None => v.issue(&format!("{path}[{i}]"), "not a base64 SHA-256 (44 characters, e.g. from `openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64`)"),
+                    }
+                }
+                tool_client_certs.insert(tool.clone(), parsed);
+            }
             if let Some(plan) = &settings.plan {
                 let known = ratelimit
                     .as_ref()
@@ -956,6 +1071,7 @@ impl Config {
                 onboarding,
                 ratelimit,
                 tool_plans,
+                tool_client_certs,
                 admin,
                 pii,
                 audit,
@@ -1066,6 +1182,72 @@ impl Validator<'_> {
         }
     }
 
+    fn tls(&mut self, path: &str, raw: &RawTls) -> Option<crate::server::tls::TlsConfig> {
+        let (Some(cert_file), Some(key_file)) = (&raw.cert_file, &raw.key_file) else {
+            for (key, given) in [("cert_file", &raw.cert_file), ("key_file", &raw.key_file)] {
+                if given.is_none() {
+                    self.issue(&format!("{path}.{key}"), "required: a PEM file");
+                }
+            }
+            return None;
+        };
+        if raw.require_client_cert == Some(true) && raw.client_ca_file.is_none() {
+            self.issue(
+                &format!("{path}.require_client_cert"),
+                "needs client_ca_file (the CA client certificates must chain to)",
+            );
+        }
+        let config = crate::server::tls::TlsConfig {
+            cert_file: cert_file.clone(),
+            key_file: key_file.clone(),
+            client_ca_file: raw.client_ca_file.clone(),
+            require_client_cert: raw.require_client_cert.unwrap_or(false),
+            reload_interval: Duration::from_secs(raw.reload_interval_seconds.unwrap_or(5).max(1)),
+        };
+        if let Err(e) = crate::server::tls::check(&config, self.env) {
+            self.issue(path, &e.to_string());
+            return None;
+        }
+        Some(config)
+    }
+
+    fn redis_access(
+        &mut self,
+        path: &str,
+        ca_file: Option<&Path>,
+        username: Option<&RawSecret>,
+        password: Option<&RawSecret>,
+    ) -> RedisAccess {
+        let ca_pem = ca_file.and_then(|file| match self.env.read_file(file) {
+            Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(pem),
+            Ok(_) => {
+                self.issue(
+                    &format!("{path}.ca_file"),
+                    &format!("{}: no PEM certificate", file.display()),
+                );
+                None
+            }
+            Err(e) => {
+                self.issue(
+                    &format!("{path}.ca_file"),
+                    &format!("cannot read {}: {e}", file.display()),
+                );
+                None
+            }
+        });
+        let username = username.map(|u| match u {
+            // A user name alone opens nothing; it may be written inline.
+            RawSecret::Literal(name) => Secret::new(name.clone()),
+            r @ RawSecret::Ref(_) => self.secret(&format!("{path}.username"), Some(r)),
+        });
+        let password = password.map(|p| self.secret(&format!("{path}.password"), Some(p)));
+        RedisAccess {
+            ca_pem,
+            username,
+            password,
+        }
+    }
+
     fn admin(&mut self, raw: &RawAdmin) -> AdminConfig {
         let listen = self.addr(
             "admin.listen",
@@ -1092,7 +1274,12 @@ impl Validator<'_> {
             }
             tokens.push(AdminToken { name, role, token });
         }
-        AdminConfig { listen, tokens }
+        let tls = raw.tls.as_ref().and_then(|t| self.tls("admin.tls", t));
+        AdminConfig {
+            listen,
+            tokens,
+            tls,
+        }
     }
 
     fn onboarding(&mut self, raw: &RawOnboarding) -> OnboardingConfig {

@@ -73,6 +73,9 @@ pub enum RunError {
     /// The audit log could not be opened.
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
+    /// A listener's certificate could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::server::tls::TlsError),
 }
 
 /// How long per-request store lookups are cached (other processes' writes apply within it).
@@ -89,14 +92,19 @@ pub struct OpenStore {
 
 /// Opens the store the config names.
 pub async fn open_store(config: &Config) -> Result<OpenStore, StoreError> {
-    let (inner, shared_tokens): (Arc<dyn Store>, Option<Arc<dyn SharedTokenCache>>) =
-        match &config.store {
-            StoreConfig::Embedded { data_dir } => (Arc::new(EmbeddedStore::open(data_dir)?), None),
-            StoreConfig::Redis { url, key_prefix } => {
-                let redis = Arc::new(RedisStore::connect(url.expose(), key_prefix).await?);
-                (redis.clone(), Some(redis))
-            }
-        };
+    let (inner, shared_tokens): (Arc<dyn Store>, Option<Arc<dyn SharedTokenCache>>) = match &config
+        .store
+    {
+        StoreConfig::Embedded { data_dir } => (Arc::new(EmbeddedStore::open(data_dir)?), None),
+        StoreConfig::Redis {
+            url,
+            key_prefix,
+            access,
+        } => {
+            let redis = Arc::new(RedisStore::connect_with(url.expose(), access, key_prefix).await?);
+            (redis.clone(), Some(redis))
+        }
+    };
     Ok(OpenStore {
         store: Arc::new(CachedStore::new(inner, STORE_CACHE_TTL)),
         shared_tokens,
@@ -202,19 +210,17 @@ pub async fn run(
         .as_ref()
         .map(|a| a.tokens.clone())
         .unwrap_or_default();
+    let env: Arc<dyn config::Env + Send + Sync> = Arc::new(config::ProcessEnv);
+    let tls = listener_tls(&config, &env)?;
     let opened = open_store(&config).await?;
     let (gateway, limits) = build_gateway(config, opened).await?;
     let gateway = Arc::new(gateway);
     // The vault (per-order keys, PII cache, retention) and its deletion scheduler.
     let vault = gateway.vault().clone();
     let admin = Arc::new(
-        admin::Admin::new(
-            gateway.clone(),
-            &tokens,
-            config_path,
-            Arc::new(config::ProcessEnv),
-        )
-        .with_vault(vault.clone()),
+        admin::Admin::new(gateway.clone(), &tokens, config_path, env)
+            .with_vault(vault.clone())
+            .with_tls(tls.iter().flatten().cloned().collect()),
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -223,9 +229,13 @@ pub async fn run(
             let _ = rx.wait_for(|s| *s).await;
         }
     };
+    for listener in tls.iter().flatten() {
+        drop(listener.spawn_watcher(stopped()));
+    }
     #[cfg(unix)]
     {
         let admin = admin.clone();
+        let tls = tls.clone();
         let stop = stopped();
         // Registered before the listeners serve: SIGHUP's default action would end the process.
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -233,9 +243,14 @@ pub async fn run(
             tokio::pin!(stop);
             loop {
                 tokio::select! {
-                    _ = hup.recv() => match admin.reload() {
-                        Ok(()) => tracing::info!("Configuration reloaded on SIGHUP."),
-                        Err(e) => tracing::error!(error = %e, "Reload on SIGHUP refused; the running configuration stays."),
+                    _ = hup.recv() => {
+                        match admin.reload() {
+                            Ok(()) => tracing::info!("Configuration reloaded on SIGHUP."),
+                            Err(e) => tracing::error!(error = %e, "Reload on SIGHUP refused; the running configuration stays."),
+                        }
+                        for listener in tls.iter().flatten() {
+                            listener.reload_logged("SIGHUP");
+                        }
                     },
                     () = &mut stop => break,
                 }
@@ -247,12 +262,19 @@ pub async fn run(
     if let Some(admin) = listeners.admin.as_ref().and_then(|l| l.local_addr().ok()) {
         tracing::info!(admin = %admin, "The admin listener is serving.");
     }
-    let admin_task = listeners
-        .admin
-        .map(|l| tokio::spawn(server::serve(l, admin.clone(), limits, stopped())));
+    let [proxy_tls, admin_tls] = tls;
+    let admin_task = listeners.admin.map(|l| {
+        tokio::spawn(server::serve_with_tls(
+            l,
+            admin.clone(),
+            limits,
+            admin_tls,
+            stopped(),
+        ))
+    });
     tracing::info!(listen = %listeners.proxy.local_addr()?, "spgate is serving.");
     let auditor = gateway.auditor().clone();
-    let proxy = server::serve(listeners.proxy, gateway, limits, async move {
+    let proxy = server::serve_with_tls(listeners.proxy, gateway, limits, proxy_tls, async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
@@ -263,4 +285,30 @@ pub async fn run(
     let _ = scheduler.await;
     auditor.shutdown().await;
     Ok(())
+}
+
+/// Loads the proxy and admin listeners' certificates, when `[server.tls]` / `[admin.tls]` are set.
+fn listener_tls(
+    config: &Config,
+    env: &Arc<dyn config::Env + Send + Sync>,
+) -> Result<[Option<Arc<server::tls::TlsListener>>; 2], RunError> {
+    let proxy = match &config.server.tls {
+        Some(tls) => Some(server::tls::TlsListener::load(
+            "proxy",
+            tls.clone(),
+            config.tool_client_certs.clone(),
+            env.clone(),
+        )?),
+        None => None,
+    };
+    let admin = match config.admin.as_ref().and_then(|a| a.tls.as_ref()) {
+        Some(tls) => Some(server::tls::TlsListener::load(
+            "admin",
+            tls.clone(),
+            server::tls::ClientPins::new(),
+            env.clone(),
+        )?),
+        None => None,
+    };
+    Ok([proxy, admin])
 }

@@ -38,6 +38,12 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Exit 0 when the admin listener answers `/healthz` with 200 (the image's HEALTHCHECK).
+    Health {
+        /// The admin listener's health URL (plain HTTP).
+        #[arg(long, default_value = "http://127.0.0.1:9090/healthz")]
+        url: String,
+    },
     /// List every SP-API operation the gateway knows.
     Catalog {
         /// Print JSON instead of a table.
@@ -244,6 +250,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             }
             bail!("{} problem(s) found", issues.len())
         }
+        Command::Health { url } => health(&url).await,
         Command::Catalog { json } => {
             print_catalog(json)?;
             Ok(())
@@ -777,5 +784,27 @@ fn audit(action: AuditAction) -> anyhow::Result<()> {
         } => cli::report(&dir, when(since)?, when(until)?, json, &mut out)?,
     }
     out.flush()?;
+    Ok(())
+}
+
+/// `spgate health`: one GET within 5 s; any answer but 200 is a failure.
+async fn health(url: &str) -> anyhow::Result<()> {
+    use http_body_util::BodyExt;
+    let uri: http::Uri = url.parse().context("--url is not a URL")?;
+    if uri.scheme_str() != Some("http") {
+        bail!("--url must be a plain http:// URL (the admin listener inside the container)");
+    }
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(5), client.get(uri))
+        .await
+        .context("no answer within 5 s")?
+        .context("the admin listener did not answer")?;
+    let status = resp.status();
+    let _ = resp.into_body().collect().await;
+    if status != http::StatusCode::OK {
+        bail!("{url} answered {status}");
+    }
+    println!("{url}: {status}");
     Ok(())
 }

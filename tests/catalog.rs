@@ -74,7 +74,7 @@ fn the_catalog_has_exactly_the_operations_in_amazons_models() {
     assert_eq!(from_models.len(), 370);
     assert_eq!(ours, from_models);
     let examples: Vec<serde_json::Value> =
-        serde_json::from_str(include_str!("../data/sandbox-examples.json")).unwrap();
+        serde_json::from_str(include_str!("../fixtures/sandbox-examples.json")).unwrap();
     assert_eq!(examples.len(), static_examples);
     assert_eq!(examples.len(), 913);
 }

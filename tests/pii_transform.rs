@@ -2,6 +2,7 @@
 //! JSON trees with planted PII for every mapped operation and every role, and the fuzz target's
 //! checks over a corpus of mutated sandbox responses.
 
+#[path = "../fixtures/pii_fixtures.rs"]
 mod pii_fixtures;
 // The fuzz crate's module; its `pub` items are for the fuzz target.
 #[allow(unreachable_pub)]

@@ -3,7 +3,7 @@
 
 Reads ../shared/spapi-models (or the directory given as the first argument) and writes:
   data/operations.tsv        one row per SP-API operation (the catalog)
-  data/sandbox-examples.json every static `x-amzn-api-sandbox` request/response pair
+  fixtures/sandbox-examples.json every static `x-amzn-api-sandbox` request/response pair
 
 The outputs are committed: the crate builds without the models. `tests/catalog.rs` checks the
 committed files against the models whenever they are present, so a stale copy fails CI.
@@ -147,7 +147,7 @@ def main():
         f.write("\t".join(cols) + "\n")
         for o in ops:
             f.write("\t".join(o[c] for c in cols) + "\n")
-    with open(os.path.join(ROOT, "data", "sandbox-examples.json"), "w") as f:
+    with open(os.path.join(ROOT, "fixtures", "sandbox-examples.json"), "w") as f:
         f.write("[\n")
         f.write(",\n".join(json.dumps(e, separators=(",", ":"), sort_keys=True) for e in examples))
         f.write("\n]\n")

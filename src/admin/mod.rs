@@ -58,6 +58,8 @@ pub struct Admin {
     env: Arc<dyn Env + Send + Sync>,
     /// The vault behind the order routes (none: they answer 404).
     vault: Option<Vault>,
+    /// TLS listeners whose counters `/metrics` shows.
+    tls: Vec<Arc<crate::server::tls::TlsListener>>,
 }
 
 impl Admin {
@@ -83,12 +85,19 @@ impl Admin {
             config_path,
             env,
             vault: None,
+            tls: Vec::new(),
         }
     }
 
     /// Serves the order routes (delivery events, legal holds) with this vault.
     pub fn with_vault(mut self, vault: Vault) -> Admin {
         self.vault = Some(vault);
+        self
+    }
+
+    /// Shows these TLS listeners' reloads and handshake failures in `/metrics`.
+    pub fn with_tls(mut self, tls: Vec<Arc<crate::server::tls::TlsListener>>) -> Admin {
+        self.tls = tls;
         self
     }
 
@@ -371,6 +380,7 @@ impl Admin {
         self.gateway.auditor().render_metrics(&mut out);
         self.gateway.outbound().render_metrics(&mut out);
         self.gateway.header_drops().render_metrics(&mut out);
+        crate::server::tls::render_metrics(&self.tls, &mut out);
         let mut resp = Response::new(body::full(out));
         resp.headers_mut().insert(
             header::CONTENT_TYPE,

@@ -10,6 +10,7 @@ use http::HeaderMap;
 use crate::crypto::{self, CryptoError};
 use crate::proxy::headers::SELLER;
 use crate::secret::Secret;
+use crate::server::tls::PeerCert;
 use crate::store::{ClientRecord, Store, StoreError};
 
 /// Prefix of every gateway API key.
@@ -36,6 +37,9 @@ pub enum CallerError {
     /// The operation acts for the whole application; only tools allowed every seller may call it.
     #[error("this operation needs a tool allowed for all sellers")]
     ApplicationWide,
+    /// The tool must present one of its pinned client certificates, and this connection did not.
+    #[error("the tool's client certificate is missing or not the pinned one")]
+    ClientCertificate,
     /// The store could not be read.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -115,6 +119,32 @@ pub async fn authenticate(
         token_seller: None,
         via: Via::ApiKey,
     })
+}
+
+/// [`authenticate`], then the second factor: a tool with pinned client certificates
+/// (`[tools.<name>] client_cert_spki_sha256`) must have presented one of them on this TLS
+/// connection ([`PeerCert`], attached by the listener).
+pub async fn authenticate_request<B>(
+    store: &dyn Store,
+    req: &http::Request<B>,
+    now: i64,
+) -> Result<Caller, CallerError> {
+    let caller = authenticate(store, req.headers(), now).await?;
+    check_client_cert(&caller, req.extensions().get::<PeerCert>())?;
+    Ok(caller)
+}
+
+/// Whether the connection's client certificate satisfies the tool's pins. Without a
+/// [`PeerCert`] the listener is plain HTTP, where the config allows no pins.
+pub fn check_client_cert(caller: &Caller, peer: Option<&PeerCert>) -> Result<(), CallerError> {
+    let Some(peer) = peer else {
+        return Ok(());
+    };
+    match peer.pins.get(&caller.client.tool) {
+        None => Ok(()),
+        Some(pins) if peer.spki_sha256.is_some_and(|spki| pins.contains(&spki)) => Ok(()),
+        Some(_) => Err(CallerError::ClientCertificate),
+    }
 }
 
 async fn authenticate_key(

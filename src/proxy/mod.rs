@@ -394,7 +394,7 @@ impl Gateway {
             }
             _ => {}
         }
-        let caller = caller::authenticate(&*self.store, req.headers(), unix_now()).await?; // 2. caller
+        let caller = caller::authenticate_request(&*self.store, &req, unix_now()).await?; // 2. caller
         ctx.tool = Some(caller.client.tool.clone());
         ctx.role = Some(caller.client.role.clone());
         let (op, params) = self.route(&req)?; // 3. route
@@ -981,7 +981,7 @@ impl Gateway {
         if req.method() != http::Method::POST {
             return Err(ProxyError::NotFound);
         }
-        let caller = caller::authenticate(&*self.store, req.headers(), unix_now()).await?;
+        let caller = caller::authenticate_request(&*self.store, &req, unix_now()).await?;
         ctx.tool = Some(caller.client.tool.clone());
         ctx.role = Some(caller.client.role.clone());
         let body = crate::server::peers::read_body(
@@ -1055,7 +1055,7 @@ impl Gateway {
         if req.method() != http::Method::GET {
             return Err(ProxyError::NotFound);
         }
-        let caller = caller::authenticate(&*self.store, req.headers(), unix_now()).await?;
+        let caller = caller::authenticate_request(&*self.store, &req, unix_now()).await?;
         ctx.tool = Some(caller.client.tool.clone());
         ctx.role = Some(caller.client.role.clone());
         let token = &req.uri().path()[documents::PREFIX.len()..];

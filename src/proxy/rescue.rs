@@ -142,6 +142,7 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
             CallerError::SellerNotAllowed => (StatusCode::FORBIDDEN, "Unauthorized", "This tool may not act for that seller.", Fault::Caller),
             CallerError::ApplicationWide => (StatusCode::FORBIDDEN, "Unauthorized", "This operation acts for the whole application; only a tool allowed for all sellers may call it.", Fault::Caller),
             CallerError::Store(s) if s.is_unavailable() => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "The gateway's store is unavailable, so the API key could not be checked; retry later.", Fault::Internal),
+            CallerError::ClientCertificate => (StatusCode::FORBIDDEN, "Unauthorized", "This tool must connect with its registered client certificate.", Fault::Caller),
             CallerError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The gateway could not check the API key.", Fault::Internal),
         },
         E::UnknownSeller => (StatusCode::FORBIDDEN, "Unauthorized", "That seller has not authorized this application.", Fault::Caller),

@@ -71,6 +71,12 @@ pub struct RawRedis {
     pub timeout_ms: Option<u64>,
     /// After a Redis failure, how long decisions stay local before Redis is tried again.
     pub retry_backoff_ms: Option<u64>,
+    /// PEM CA for a `rediss://` server (read by `config`).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// ACL user (a reference or a plain name; read by `config`).
+    pub username: Option<crate::config::RawSecret>,
+    /// ACL password (a reference; read by `config`).
+    pub password: Option<crate::config::RawSecret>,
 }
 
 /// `[ratelimit.plans.<name>]` as written.
@@ -216,6 +222,8 @@ pub struct RedisSettings {
     pub timeout: Duration,
     /// How long decisions stay local after a failure before Redis is tried again.
     pub retry_backoff: Duration,
+    /// TLS roots and ACL credentials.
+    pub access: crate::config::RedisAccess,
 }
 
 impl RedisSettings {
@@ -226,6 +234,7 @@ impl RedisSettings {
             key_prefix: "spgate:".into(),
             timeout: Duration::from_millis(100),
             retry_backoff: Duration::from_secs(1),
+            access: crate::config::RedisAccess::default(),
         }
     }
 }

@@ -90,7 +90,8 @@ impl RedisBackend {
     /// startup error) and loads the script when the server answers.
     pub(crate) async fn connect(settings: RedisSettings) -> Result<RedisBackend, RateLimitError> {
         // The error is not quoted: Redis errors may repeat the URL, password included.
-        let client = redis::Client::open(settings.url.expose().as_str())
+        let client = (settings.access)
+            .client(settings.url.expose())
             .map_err(|_| RateLimitError::InvalidSettings("the Redis URL is not valid".into()))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.timeout))

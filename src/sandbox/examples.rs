@@ -1,6 +1,6 @@
 //! The static `x-amzn-api-sandbox` examples from Amazon's models, and matching requests to them.
 //!
-//! `data/sandbox-examples.json` holds 913 request/response pairs. An example matches a request
+//! `fixtures/sandbox-examples.json` holds 913 request/response pairs. An example matches a request
 //! when each path parameter, query parameter and body it names matches; parameters it does not
 //! name are ignored. Scalars compare as strings (numbers also numerically, so `500` matches
 //! `500.0`); array query values match a comma-separated value or repeated keys, in order. A body
@@ -22,13 +22,13 @@ use serde_json::{Map, Value};
 use crate::catalog::{Catalog, Operation};
 
 /// The examples as compiled into the binary.
-static EXAMPLES_JSON: &str = include_str!("../../data/sandbox-examples.json");
+static EXAMPLES_JSON: &str = include_str!("../../fixtures/sandbox-examples.json");
 
 static EXAMPLES: LazyLock<Examples> = LazyLock::new(|| {
     // The data is fixed at compile time and the tests prove it parses, so this cannot fail in a
     // binary whose tests passed.
     let examples = Examples::parse(EXAMPLES_JSON)
-        .expect("data/sandbox-examples.json is valid (checked by tests)");
+        .expect("fixtures/sandbox-examples.json is valid (checked by tests)");
     tracing::debug!(
         loaded = examples.len,
         skipped = examples.unknown_ops,

@@ -7,7 +7,7 @@
 //! - Every other path is routed with [`Catalog::builtin`]. Calls need an access token, grantless
 //!   token or Restricted Data Token the sandbox issued, and are throttled per usage plan.
 //! - Responses come from, in order: a [`Script`] set by a test, the static `x-amzn-api-sandbox`
-//!   examples from Amazon's models (`data/sandbox-examples.json`), the dynamic handlers
+//!   examples from Amazon's models (`fixtures/sandbox-examples.json`), the dynamic handlers
 //!   (`createRestrictedDataToken` and a synthetic order book per seller), else `400 InvalidInput`.
 //! - `GET /_sandbox/stats` returns [`Stats`] as JSON for out-of-process users.
 //!

@@ -1,10 +1,12 @@
-//! The accept loop: connection limit, HTTP/1.1 with header limits, graceful drain on shutdown.
+//! The accept loop: connection limit, HTTP/1.1 with header limits, graceful drain on shutdown;
+//! with [`tls::TlsListener`], TLS first and HTTP/2 when the client picks it over ALPN.
 //!
 //! [`serve`] takes a bound listener and a shutdown future, so tests bind port 0 and stop the
 //! server whenever they like (mini-redis `server::run`).
 
 pub mod framing;
 pub mod peers;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -13,7 +15,7 @@ use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -58,6 +60,18 @@ pub async fn serve<H: Handler>(
     limits: ServerLimits,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    serve_with_tls(listener, handler, limits, None, shutdown).await
+}
+
+/// [`serve`], with TLS when `tls` is given: each connection's handshake runs in its own task
+/// (bounded by the header read timeout) with the certificate current at that moment.
+pub async fn serve_with_tls<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    limits: ServerLimits,
+    tls: Option<Arc<tls::TlsListener>>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let peers = peers::Peers::new(limits.peers);
     let graceful = GracefulShutdown::new();
@@ -95,20 +109,36 @@ pub async fn serve<H: Handler>(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (stream, conflict) = framing::Inspect::new(stream);
-        let h = handler.clone();
-        let p = peers.clone();
-        let svc = service_fn(move |mut req: http::Request<Incoming>| {
-            if conflict.next_request_conflicts() {
-                req.extensions_mut().insert(framing::Conflict);
-            }
-            let (h, p) = (h.clone(), p.clone());
-            async move { Ok::<_, Infallible>(peers::call(&p, ip, h, req).await) }
-        });
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
+        let client = Client {
+            handler: handler.clone(),
+            peers: peers.clone(),
+            ip,
+        };
+        let Some(tls) = tls.clone() else {
+            let conn = graceful.watch(serve_http1(&http, stream, client, None));
+            tokio::spawn(async move {
+                log_end(conn.await);
+                drop((slot, permit));
+            });
+            continue;
+        };
+        let (http, watcher) = (http.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "Connection ended with an error.");
+            match tls.accept(stream, limits.header_read_timeout).await {
+                Ok(a) if a.h2 => {
+                    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                    h2.timer(TokioTimer::new())
+                        .max_header_list_size((limits.max_header_bytes * 2) as u32);
+                    let svc = service(client, None, Some(a.peer));
+                    let conn = h2.serve_connection(TokioIo::new(a.stream), svc);
+                    log_end(watcher.watch(conn).await);
+                }
+                Ok(a) => log_end(
+                    watcher
+                        .watch(serve_http1(&http, a.stream, client, Some(a.peer)))
+                        .await,
+                ),
+                Err(e) => tracing::debug!(error = %e, "TLS handshake failed."),
             }
             drop((slot, permit));
         });
@@ -121,4 +151,58 @@ pub async fn serve<H: Handler>(
         }
     }
     Ok(())
+}
+
+fn log_end(result: Result<(), hyper::Error>) {
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "Connection ended with an error.");
+    }
+}
+
+/// One HTTP/1.1 connection, its request heads watched for ambiguous framing.
+fn serve_http1<H: Handler, S>(
+    http: &hyper::server::conn::http1::Builder,
+    stream: S,
+    client: Client<H>,
+    peer: Option<tls::PeerCert>,
+) -> impl hyper_util::server::graceful::GracefulConnection<Output = Result<(), hyper::Error>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (stream, conflict) = framing::Inspect::new(stream);
+    http.serve_connection(TokioIo::new(stream), service(client, Some(conflict), peer))
+}
+
+/// Who a connection serves: the handler, and the client address its requests are counted
+/// against (per-address limits).
+struct Client<H> {
+    handler: Arc<H>,
+    peers: Arc<peers::Peers>,
+    ip: std::net::IpAddr,
+}
+
+/// The per-connection service: tags each request with what the connection knows.
+fn service<H: Handler>(
+    client: Client<H>,
+    conflict: Option<Arc<framing::ConflictAt>>,
+    peer: Option<tls::PeerCert>,
+) -> impl hyper::service::Service<
+    http::Request<Incoming>,
+    Response = http::Response<Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<http::Response<Body>, Infallible>> + Send,
+> + Clone {
+    service_fn(move |mut req: http::Request<Incoming>| {
+        if conflict
+            .as_ref()
+            .is_some_and(|c| c.next_request_conflicts())
+        {
+            req.extensions_mut().insert(framing::Conflict);
+        }
+        if let Some(peer) = &peer {
+            req.extensions_mut().insert(peer.clone());
+        }
+        let (h, p, ip) = (client.handler.clone(), client.peers.clone(), client.ip);
+        async move { Ok::<_, Infallible>(peers::call(&p, ip, h, req).await) }
+    })
 }

@@ -197,10 +197,20 @@ static UNLOCK: LazyLock<Script> = LazyLock::new(|| {
 impl RedisStore {
     /// Connects to Redis at `url` (`redis://[[user]:password@]host[:port][/db]`) and checks
     /// that it answers, within [`CONNECT_TIMEOUT`]. Every key the store touches starts with
-    /// `key_prefix`. The connection reconnects on its own after Redis restarts. TLS
-    /// (`rediss://`) is not compiled in and gives [`StoreError::RedisUrl`].
+    /// `key_prefix`. The connection reconnects on its own after Redis restarts.
     pub async fn connect(url: &str, key_prefix: &str) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| StoreError::RedisUrl(describe(&e)))?;
+        Self::connect_with(url, &crate::config::RedisAccess::default(), key_prefix).await
+    }
+
+    /// [`RedisStore::connect`] with TLS roots (`rediss://`) and an ACL user from `access`.
+    pub async fn connect_with(
+        url: &str,
+        access: &crate::config::RedisAccess,
+        key_prefix: &str,
+    ) -> Result<RedisStore, StoreError> {
+        let client = access
+            .client(url)
+            .map_err(|e| StoreError::RedisUrl(describe(&e)))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))

@@ -584,10 +584,11 @@ async fn errors_never_repeat_the_url_or_its_password() {
         .unwrap_err();
     assert!(matches!(err, StoreError::RedisUrl(_)), "{err}");
     assert!(!err.to_string().contains("hunter2"), "{err}");
+    // TLS is compiled in: a `rediss://` URL is a connection attempt like any other.
     let err = RedisStore::connect("rediss://:hunter2@127.0.0.1:1/", "spgate-test:")
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::RedisUrl(_)), "{err}");
+    assert!(matches!(err, StoreError::Redis { .. }), "{err}");
     assert!(!err.to_string().contains("hunter2"), "{err}");
 }
 

@@ -384,7 +384,7 @@ pub(crate) const MAX_ORDER_ID_BYTES: usize = 64;
 const SNIFF_BYTES: usize = 1024;
 
 /// Starts of text documents that are page or label descriptions, not data.
-const OPAQUE_TEXT: [&[u8]; 5] = [b"%PDF-", b"%!PS", b"^XA", b"\x10CT~~CD", b"\nN\n"];
+const OPAQUE_TEXT: [&[u8]; 3] = [b"%PDF-", b"%!PS", b"\x10CT~~CD"];
 
 /// The first line of a document (up to what the sniffer saw).
 fn header_row(text: &[u8]) -> &[u8] {
@@ -428,8 +428,16 @@ impl Body {
             }
         };
         // Text formats that cannot be redacted field by field (PDF, PostScript, ZPL and EPL
-        // labels) are as opaque as images.
-        if binary || OPAQUE_TEXT.iter().any(|magic| text.starts_with(magic)) {
+        // labels: ZPL commands start with `^` or `~`, an EPL label with `N` on its own line)
+        // are as opaque as images.
+        let start = text
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .map_or(&text[text.len()..], |i| &text[i..]);
+        let label = matches!(start.first(), Some(b'^' | b'~'))
+            || start.starts_with(b"N\r\n")
+            || start.starts_with(b"N\n");
+        if binary || label || OPAQUE_TEXT.iter().any(|magic| start.starts_with(magic)) {
             return opaque();
         }
         match text.iter().find(|b| !b.is_ascii_whitespace()) {

@@ -711,8 +711,11 @@ fn mutated_and_randomly_chunked_documents_never_panic() {
 
 #[test]
 fn page_and_label_descriptions_and_unknown_text_are_opaque() {
-    let docs: [&[u8]; 4] = [
+    let docs: [&[u8]; 7] = [
         b"%PDF-1.7\n1 0 obj << /Title (Jane Example, 12 Synthetic Way) >>\n",
+        b"\r\n  ~CT~~CD,~CC^~CT~\n^XA^FDJane Example, 12 Synthetic Way^FS^XZ\n",
+        b"^FXcomment, with a comma\n^XA^FDJane Example^FS^XZ\n",
+        b"N\r\nA50,0,0,1,1,1,N,\"Jane Example\"\r\nP1\r\n",
         b"^XA^FO50,50^FDJane Example^FS^FO50,100^FD12 Synthetic Way^FS^XZ\n",
         b"%!PS-Adobe-3.0\n(Jane Example) show\n",
         b"Dear Jane Example; your parcel to 12 Synthetic Way is on its way.\nThanks!\n",

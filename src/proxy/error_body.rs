@@ -79,6 +79,27 @@ pub fn generic(status: StatusCode, body: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// The generic message for a code.
+/// The top-level `errors` array of a successful answer, for a role that may not read Amazon's
+/// free text: each error keeps its code (or `InvalidInput`), its message becomes the generic one
+/// for the code and its details are emptied; everything else in the body is left as it is.
+/// `None` when the body is not JSON or has no `errors` array (nothing to do).
+pub fn generic_errors_in(body: &[u8]) -> Option<Vec<u8>> {
+    let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let errors = value.get_mut("errors")?.as_array_mut()?;
+    for e in errors.iter_mut() {
+        let code = match e.get("code").and_then(|c| c.as_str()) {
+            Some(code) if is_code(code) => code.to_string(),
+            _ => "InvalidInput".to_string(),
+        };
+        *e = serde_json::json!({
+            "code": code,
+            "message": message_for(&code),
+            "details": "",
+        });
+    }
+    serde_json::to_vec(&value).ok()
+}
+
 pub fn message_for(code: &str) -> &'static str {
     MESSAGES
         .iter()
@@ -115,6 +136,22 @@ mod tests {
         let out = generic(StatusCode::from_u16(status).unwrap(), input.as_bytes());
         let out: serde_json::Value = serde_json::from_slice(&out.unwrap()).unwrap();
         assert_eq!(out, expect, "{input}");
+    }
+
+    #[test]
+    fn errors_in_a_successful_answer_keep_their_codes_only() {
+        let body = br#"{"payload":{"AmazonOrderId":"111-1"},"errors":[{"code":"Partial","message":"Cannot ship to Jane Example, 1 Synthetic Way","details":"Jane"},{"message":"x"}]}"#;
+        let out: serde_json::Value =
+            serde_json::from_slice(&generic_errors_in(body).unwrap()).unwrap();
+        assert_eq!(
+            out,
+            serde_json::json!({"payload":{"AmazonOrderId":"111-1"},"errors":[
+                {"code":"Partial","message":FALLBACK_MESSAGE,"details":""},
+                {"code":"InvalidInput","message":message_for("InvalidInput"),"details":""}
+            ]})
+        );
+        assert!(generic_errors_in(br#"{"payload":{}}"#).is_none());
+        assert!(generic_errors_in(b"not json").is_none());
     }
 
     #[test]

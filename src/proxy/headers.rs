@@ -49,13 +49,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// What a tool may send up to Amazon besides [`SP_API_REQUEST_HEADERS`]: content negotiation,
 /// the user agent and body framing (`Content-Length`; chunking is hop-by-hop and hyper's).
+/// Not `Accept-Encoding`: every JSON answer meets the PII policy or its safety net, which read
+/// the body, so answers come unencoded (an encoded one is refused).
 /// `Authorization`, `Host`, cookies, `Forwarded`, `X-Forwarded-*`, SigV4 headers, any other
 /// `x-amz*` header and the gateway's own `x-spgate-*` headers never reach Amazon.
-pub const TO_UPSTREAM: [&str; 6] = [
+pub const TO_UPSTREAM: [&str; 5] = [
     "content-type",
     "content-length",
     "accept",
-    "accept-encoding",
     "accept-language",
     "user-agent",
 ];

@@ -554,9 +554,19 @@ impl Gateway {
         if !mapped && bytes.is_empty() {
             return Ok(Response::from_parts(parts, body::empty()));
         }
-        let out = self
+        let mut out = self
             .apply_policy(&bytes, op, role, seller, params, ctx)
             .await?;
+        // Errors inside a successful answer (partial results) are free text like an error
+        // answer's: their codes pass, their words only to a role that passes everything.
+        if mapped
+            && !passes_every_category(op, role)
+            && memchr::memmem::find(&out, b"\"errors\"").is_some()
+        {
+            if let Some(generic) = error_body::generic_errors_in(&out) {
+                out = generic;
+            }
+        }
         if let (Some((order_id, key)), Some(seller)) = (&ctx.cache, seller) {
             // Only a response the policy could read is cached (sealed under the order's key).
             self.vault
@@ -583,17 +593,7 @@ impl Gateway {
         if bytes.is_empty() {
             return Ok(Response::from_parts(parts, body::empty()));
         }
-        // An operation declared free of buyer PII has no category to withhold: its messages
-        // pass (through the safety net below); an unclassified one never gets here.
-        let passes_all = match op.pii_class() {
-            crate::pii::Classification::Mapped(map) => map
-                .categories()
-                .iter()
-                .all(|c| role.action(*c) == crate::pii::Action::Pass),
-            crate::pii::Classification::NoPii(_) => true,
-            crate::pii::Classification::Unclassified => false,
-        };
-        if !passes_all {
+        if !passes_every_category(op, role) {
             let out = error_body::generic(parts.status, &bytes)
                 .ok_or(ProxyError::UnsafeResponse("error body not JSON"))?;
             return Ok(with_body(parts, out));
@@ -1318,10 +1318,6 @@ impl Gateway {
             .map_err(|_| ProxyError::NotFound)?;
         parts.version = http::Version::HTTP_11;
         headers::for_upstream(&mut parts.headers, op.model, &self.header_drops);
-        if op.pii_map.is_some() {
-            // The PII policy reads the body: ask for it unencoded.
-            parts.headers.remove(header::ACCEPT_ENCODING);
-        }
         let value = HeaderValue::from_str(cred.token().expose()).map_err(|_| {
             ProxyError::Credentials(LwaError::Protocol(
                 "token is not a valid header value".into(),
@@ -1538,10 +1534,30 @@ fn declares_json(headers: &http::HeaderMap) -> bool {
     match headers.get(header::CONTENT_TYPE) {
         None => true,
         Some(v) => {
-            let v = v.to_str().unwrap_or("json").to_ascii_lowercase();
+            // A type that is not even text is treated as JSON: the safety net decides.
+            let Ok(v) = v.to_str() else { return true };
+            let v = v.to_ascii_lowercase();
             let essence = v.split(';').next().unwrap_or("").trim();
             essence.ends_with("/json") || essence.ends_with("+json")
         }
+    }
+}
+
+/// Whether a role passes every category an operation's answers may carry: only such a role
+/// reads Amazon's free text (error messages and details) about it. An operation declared free
+/// of buyer PII has no category to withhold (its text still meets the safety net); one with
+/// document links carries `document`; an unclassified one never passes.
+fn passes_every_category(op: &Operation, role: &Role) -> bool {
+    use crate::pii::{Action, Category, Classification};
+    match op.pii_class() {
+        Classification::Mapped(map) => {
+            map.categories()
+                .iter()
+                .all(|c| role.action(*c) == Action::Pass)
+                && (map.links.is_empty() || role.action(Category::Document) == Action::Pass)
+        }
+        Classification::NoPii(_) => true,
+        Classification::Unclassified => false,
     }
 }
 

@@ -55,6 +55,7 @@ fn record(c: &mut Criterion) {
         retain_days: 365,
         fsync: FsyncPolicy::Interval(Duration::from_secs(1)),
         queue_capacity: 65_536,
+        on_failure: spgate::audit::config::OnFailure::Refuse,
         alerts: AlertRules::default(),
     };
     let auditor = rt

@@ -64,6 +64,10 @@ pub enum RunError {
     /// The rate limiter could not be set up.
     #[error(transparent)]
     RateLimit(#[from] crate::ratelimit::RateLimitError),
+    /// Audit records were lost and no gap record says so (the log could not be written at
+    /// shutdown).
+    #[error("{0} audit record(s) could not be written before exit")]
+    AuditIncomplete(u64),
     /// The audit log could not be opened.
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
@@ -242,15 +246,26 @@ pub async fn run(
         .map(|l| tokio::spawn(server::serve(l, admin.clone(), limits, stopped())));
     tracing::info!(listen = %listeners.proxy.local_addr()?, "spgate is serving.");
     let auditor = gateway.auditor().clone();
-    let proxy = server::serve(listeners.proxy, gateway, limits, async move {
+    let proxy = server::serve(listeners.proxy, gateway.clone(), limits, async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
     proxy.await?;
+    // Requests the drain did not finish are cut and recorded (`shutdown`) before the log closes.
+    let uncut = gateway
+        .cut_in_flight(std::time::Duration::from_secs(2))
+        .await;
     if let Some(task) = admin_task {
         let _ = task.await;
     }
     let _ = scheduler.await;
-    auditor.shutdown().await;
+    let unrecorded = auditor.shutdown().await + uncut as u64;
+    if unrecorded > 0 {
+        tracing::error!(
+            records = unrecorded,
+            "Audit records could not be written before exit."
+        );
+        return Err(RunError::AuditIncomplete(unrecorded));
+    }
     Ok(())
 }

@@ -668,6 +668,10 @@ enum AuditAction {
         /// File holding the audit key (base64).
         #[arg(long)]
         key_file: Option<PathBuf>,
+        /// Exit 0 even if a chain reports gaps (records lost, each reported with its count and
+        /// span).
+        #[arg(long)]
+        allow_gaps: bool,
     },
     /// Records of every instance in time order (a table, or the stored JSON lines).
     Query {
@@ -724,14 +728,18 @@ fn audit(action: AuditAction) -> anyhow::Result<()> {
     let when = |t: Option<String>| t.map(|t| query::parse_time(&t, now)).transpose();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     match action {
-        AuditAction::Verify { dir, key_file } => {
+        AuditAction::Verify {
+            dir,
+            key_file,
+            allow_gaps,
+        } => {
             let key = match key_file {
                 Some(path) => std::fs::read_to_string(&path)
                     .with_context(|| format!("cannot read {}", path.display()))?,
                 None => std::env::var("SPGATE_AUDIT_KEY")
                     .context("give --key-file or set SPGATE_AUDIT_KEY (the audit key, base64)")?,
             };
-            let ok = cli::verify(&dir, &Secret::new(key), &mut out)?;
+            let ok = cli::verify(&dir, &Secret::new(key), allow_gaps, &mut out)?;
             out.flush()?;
             if !ok {
                 bail!("audit verification failed");

@@ -92,6 +92,13 @@ pub enum ProxyError {
     /// The drop-in token endpoint refused a request (answered in LWA's error shape).
     #[error(transparent)]
     Token(#[from] TokenError),
+    /// The audit log cannot be written: the request is refused (`audit.on_failure`), or its
+    /// response (carrying buyer PII) is withheld because its record could not be written.
+    #[error("the audit log cannot be written")]
+    AuditUnavailable,
+    /// The shutdown drain ended before the request did.
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
 }
 
 /// Whose fault an error is, for logs and metrics.
@@ -162,6 +169,8 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
             super::reveal::RevealError::BadRequest(why) => (StatusCode::BAD_REQUEST, "InvalidInput", *why, Fault::Caller),
             super::reveal::RevealError::Lookup(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The gateway's data vault failed.", Fault::Internal),
         },
+        E::AuditUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "The gateway cannot write its access log right now, so it does not serve this request; retry later.", Fault::Internal),
+        E::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "The gateway is shutting down; retry on another instance.", Fault::Internal),
         E::Token(t) => return token_error(t),
         E::Onboarding(o) => return onboarding_error(o),
     };

@@ -221,6 +221,14 @@ pub async fn run(
     {
         let admin = admin.clone();
         let stop = stopped();
+        // A file size limit (RLIMIT_FSIZE) makes a write fail with EFBIG instead of ending the
+        // process: the audit writer reports it, refuses by audit.on_failure and recovers.
+        let mut xfsz = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(25))?;
+        tokio::spawn(async move {
+            while xfsz.recv().await.is_some() {
+                tracing::warn!("File size limit reached (SIGXFSZ): the write failed.");
+            }
+        });
         // Registered before the listeners serve: SIGHUP's default action would end the process.
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         tokio::spawn(async move {

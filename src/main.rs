@@ -264,13 +264,14 @@ fn now() -> i64 {
 }
 
 /// The audit log of command-line actions: its own chain (`cli-<instance>`) beside the
-/// gateway's, when `[audit]` is configured.
+/// gateway's, when `[audit]` is configured. Parallel commands take turns: each waits for the
+/// chain's lock, so every one is recorded.
 fn cli_auditor(config: &Config) -> anyhow::Result<spgate::audit::Auditor> {
     Ok(match &config.audit {
         Some(cfg) => {
             let mut cfg = cfg.clone();
             cfg.instance = format!("cli-{}", cfg.instance);
-            spgate::audit::Auditor::start(&cfg)
+            spgate::audit::Auditor::start_waiting(&cfg)
                 .context("cannot open the audit log for command-line actions")?
         }
         None => spgate::audit::Auditor::disabled(),

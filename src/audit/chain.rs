@@ -410,6 +410,25 @@ impl ChainWriter {
     /// Opens (or resumes, from its head file) an instance's chain in `dir`, taking the
     /// instance's lock: a second writer of the same instance gets [`ChainError::InUse`].
     pub fn open(dir: &Path, instance: &str, key_bytes: &[u8]) -> Result<ChainWriter, ChainError> {
+        ChainWriter::open_with(dir, instance, key_bytes, false)
+    }
+
+    /// Like [`ChainWriter::open`], but waits for the instance's lock while another process
+    /// holds it.
+    pub fn open_waiting(
+        dir: &Path,
+        instance: &str,
+        key_bytes: &[u8],
+    ) -> Result<ChainWriter, ChainError> {
+        ChainWriter::open_with(dir, instance, key_bytes, true)
+    }
+
+    fn open_with(
+        dir: &Path,
+        instance: &str,
+        key_bytes: &[u8],
+        wait: bool,
+    ) -> Result<ChainWriter, ChainError> {
         check_instance(instance)?;
         private_dir(dir).map_err(io(dir))?;
         let lock_file = lock_path(dir, instance);
@@ -419,6 +438,9 @@ impl ChainWriter {
             .write(true)
             .open(&lock_file)
             .map_err(io(&lock_file))?;
+        if wait {
+            lock.lock().map_err(io(&lock_file))?;
+        }
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {

@@ -127,7 +127,7 @@ type Ack = tokio::sync::oneshot::Sender<bool>;
 
 enum Msg {
     Record(Box<Record>, Option<Ack>),
-    Flush(tokio::sync::oneshot::Sender<()>),
+    Flush(Ack),
     Shutdown(tokio::sync::oneshot::Sender<()>),
 }
 
@@ -179,12 +179,27 @@ impl Auditor {
         Auditor::start_with_clock(config, Arc::new(SystemClock))
     }
 
+    /// Like [`Auditor::start`], but waits while another process writes the chain (command-line
+    /// actions: parallel commands take turns on one chain instead of failing).
+    pub fn start_waiting(config: &AuditConfig) -> Result<Auditor, AuditError> {
+        let chain = ChainWriter::open_waiting(&config.dir, &config.instance, config.key.expose())?;
+        Auditor::start_chain(config, chain, Arc::new(SystemClock))
+    }
+
     /// Like [`Auditor::start`], with the writer's clock injected.
     pub fn start_with_clock(
         config: &AuditConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Auditor, AuditError> {
         let chain = ChainWriter::open(&config.dir, &config.instance, config.key.expose())?;
+        Auditor::start_chain(config, chain, clock)
+    }
+
+    fn start_chain(
+        config: &AuditConfig,
+        chain: ChainWriter,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Auditor, AuditError> {
         let counters = Arc::new(Counters::default());
         let webhook = config.alerts.webhook.as_ref().and_then(|url| {
             let runtime = tokio::runtime::Handle::try_current().ok();
@@ -341,7 +356,23 @@ impl Auditor {
     /// Waits until every record queued before this call is written through to the OS, and
     /// runs the writer's daily duties (retention) if the day changed.
     pub async fn flush(&self) {
-        self.ask(Msg::Flush).await;
+        let _ = self.flushed().await;
+    }
+
+    /// Like [`Auditor::flush`], and says whether every record queued before the call was
+    /// written (`Err` when a write failed since and no gap record has reported it yet). An
+    /// admin or security action answers only after this (a disabled auditor always succeeds).
+    pub async fn flushed(&self) -> Result<(), Unrecorded> {
+        let Some(tx) = self.inner.tx.clone() else {
+            return Ok(());
+        };
+        let (ack, done) = tokio::sync::oneshot::channel();
+        // `send` may block while the queue is full: not on a runtime worker.
+        let sent = tokio::task::spawn_blocking(move || tx.send(Msg::Flush(ack)).is_ok()).await;
+        match (sent, done.await) {
+            (Ok(true), Ok(true)) => Ok(()),
+            _ => Err(Unrecorded),
+        }
     }
 
     /// Writes an `audit_stopped` record, writes and fsyncs everything queued, and stops the
@@ -564,7 +595,7 @@ impl Writer {
             }
             if let Some(done) = shutdown {
                 for w in waiting {
-                    let _ = w.send(());
+                    let _ = w.send(self.gap.is_none());
                 }
                 self.stop();
                 // The chain (and its lock) is released before the caller hears back.
@@ -575,7 +606,7 @@ impl Writer {
             self.housekeeping();
             self.end_batch();
             for w in waiting {
-                let _ = w.send(());
+                let _ = w.send(self.gap.is_none());
             }
         }
     }
@@ -586,7 +617,10 @@ impl Writer {
         while let Ok(msg) = self.rx.try_recv() {
             match msg {
                 Msg::Record(r, ack) => self.take(&r, ack),
-                Msg::Flush(w) | Msg::Shutdown(w) => {
+                Msg::Flush(w) => {
+                    let _ = w.send(false);
+                }
+                Msg::Shutdown(w) => {
                     let _ = w.send(());
                 }
             }

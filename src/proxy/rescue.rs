@@ -372,10 +372,20 @@ pub fn admin_error(err: &crate::admin::AdminError) -> Response<Body> {
                     .join("; ")
             ),
         ),
+        A::AuditUnavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "The gateway cannot write its audit log right now; the action is not confirmed. Retry later.".to_string(),
+        ),
     };
     tracing::info!(error = %err, status = status.as_u16(), "Admin request refused.");
-    crate::admin::json(
+    let mut resp = crate::admin::json(
         status,
         &serde_json::json!({"errors": [{"code": code, "message": message, "details": ""}]}),
-    )
+    );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
+    resp
 }

@@ -18,6 +18,7 @@ pub mod chain;
 pub mod cli;
 pub mod config;
 pub mod events;
+pub mod noise;
 pub mod query;
 pub mod record;
 pub mod writer;

@@ -151,6 +151,7 @@ struct Counters {
 
 struct Inner {
     tx: Option<SyncSender<Msg>>,
+    noise: Arc<super::noise::Noise>,
     instance: String,
     on_failure: OnFailure,
     counters: Arc<Counters>,
@@ -219,6 +220,7 @@ impl Auditor {
             Some((seen_file, config.key.expose().as_slice())),
         );
         let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
+        let noise = Arc::new(super::noise::Noise::new());
         let mut writer = Writer {
             chain,
             rx,
@@ -233,6 +235,8 @@ impl Auditor {
             retention_day: None,
             gap: None,
             acks: Vec::new(),
+            noise: noise.clone(),
+            last_sweep: Instant::now(),
             instance: config.instance.clone(),
         };
         writer.started();
@@ -243,6 +247,7 @@ impl Auditor {
         Ok(Auditor {
             inner: Arc::new(Inner {
                 tx: Some(tx),
+                noise,
                 instance: config.instance.clone(),
                 on_failure: config.on_failure,
                 counters,
@@ -255,6 +260,7 @@ impl Auditor {
         Auditor {
             inner: Arc::new(Inner {
                 tx: None,
+                noise: Arc::new(super::noise::Noise::new()),
                 instance: String::new(),
                 on_failure: OnFailure::Refuse,
                 counters: Arc::new(Counters::default()),
@@ -316,6 +322,12 @@ impl Auditor {
             tracing::error!("An audit record was lost: the audit writer has stopped.");
         }
         !lost
+    }
+
+    /// Requests refused before authentication: aggregated per address and minute (see
+    /// [`super::noise`]).
+    pub fn noise(&self) -> &super::noise::Noise {
+        &self.inner.noise
     }
 
     /// Whether records can be written right now (false while writes fail, or after
@@ -489,6 +501,9 @@ const LINGER: Duration = Duration::from_millis(1);
 /// How often the writer retries while writes fail.
 const RETRY: Duration = Duration::from_millis(100);
 
+/// How often aggregated unauthenticated requests are looked at (written after a minute).
+const SWEEP: Duration = Duration::from_secs(10);
+
 /// How often the head moves at most without an fsync.
 const HEAD_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -512,6 +527,8 @@ struct Writer {
     unsynced: bool,
     retention_day: Option<time::Date>,
     gap: Option<PendingGap>,
+    noise: Arc<super::noise::Noise>,
+    last_sweep: Instant,
     /// Durable callers of the batch being written.
     acks: Vec<Ack>,
     instance: String,
@@ -559,7 +576,7 @@ impl Writer {
                         i.saturating_sub(self.last_sync.elapsed())
                     }
                     _ if self.unsynced => HEAD_INTERVAL,
-                    _ => Duration::from_secs(60),
+                    _ => SWEEP,
                 }
             };
             let first = match self.rx.recv_timeout(timeout) {
@@ -604,6 +621,12 @@ impl Writer {
                 return;
             }
             self.housekeeping();
+            if self.last_sweep.elapsed() >= SWEEP {
+                self.last_sweep = Instant::now();
+                for r in self.noise.take(false) {
+                    self.write_record(&r);
+                }
+            }
             self.end_batch();
             for w in waiting {
                 let _ = w.send(self.gap.is_none());
@@ -624,6 +647,9 @@ impl Writer {
                     let _ = w.send(());
                 }
             }
+        }
+        for r in self.noise.take(true) {
+            self.write_record(&r);
         }
         self.append(&Record::new(Kind::AuditStopped));
         self.end_batch();

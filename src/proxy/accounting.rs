@@ -81,6 +81,11 @@ impl<'a> Call<'a> {
     pub(crate) fn recorded(&mut self) {
         self.recorded = true;
     }
+
+    /// Whether it is.
+    pub(crate) fn is_recorded(&self) -> bool {
+        self.recorded
+    }
 }
 
 impl Drop for Call<'_> {

@@ -267,7 +267,16 @@ impl Gateway {
         let mut call = accounting::Call::new(self, self.request_ids.next(), req.method().clone());
         let span = tracing::info_span!("request", request_id = %call.request_id, method = %req.method(), operation = tracing::field::Empty);
         let pii_path = self.may_carry_pii(&req);
-        let result = if self.audit_refuses(pii_path) {
+        let peer = req
+            .extensions()
+            .get::<crate::server::PeerAddr>()
+            .map(|p| p.0.ip())
+            .filter(|_| self.auditor.enabled());
+        let result = if peer.is_some_and(|ip| self.auditor.noise().refuse(ip)) {
+            // An address that keeps failing authentication: refused in front, aggregated.
+            call.recorded();
+            Err(ProxyError::TooManyFailures)
+        } else if self.audit_refuses(pii_path) {
             Err(ProxyError::AuditUnavailable)
         } else {
             tokio::select! {
@@ -293,6 +302,14 @@ impl Gateway {
             }
         }
         let reason = result.as_ref().err().map(audit_reason);
+        if let (Some(ip), Some(r), None) = (peer, &reason, &ctx.tool) {
+            if *r == crate::audit::Reason::UNAUTHENTICATED {
+                // Aggregated per address and minute instead of one record each.
+                self.auditor.noise().count(ip, "unauthenticated");
+                call.recorded();
+            }
+        }
+        let ctx = &call.ctx;
         let outcome = match &result {
             Err(ProxyError::ShuttingDown) => crate::audit::Outcome::Shutdown,
             Err(ProxyError::Upstream(UpstreamError::HeaderTimeout(_))) => {
@@ -304,15 +321,19 @@ impl Gateway {
             Ok(resp) => resp,
             Err(err) => span.in_scope(|| rescue::rescue(&err)),
         };
-        let record = self.audit_request(
-            &call.request_id,
-            &call.method,
-            ctx,
-            reason,
-            Some(resp.status()),
-            call.started,
-            outcome,
-        );
+        let record = if call.is_recorded() {
+            None
+        } else {
+            self.audit_request(
+                &call.request_id,
+                &call.method,
+                ctx,
+                reason,
+                Some(resp.status()),
+                call.started,
+                outcome,
+            )
+        };
         let served = resp.status().is_success();
         let durable = served && (pii_path || carries_pii(&call.ctx));
         // From here the record is in hand: dropping the future no longer loses it.

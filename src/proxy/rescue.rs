@@ -99,6 +99,9 @@ pub enum ProxyError {
     /// The shutdown drain ended before the request did.
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    /// The caller's address keeps failing authentication and is past its limit.
+    #[error("too many unauthenticated requests from this address")]
+    TooManyFailures,
 }
 
 /// Whose fault an error is, for logs and metrics.
@@ -171,6 +174,7 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
         },
         E::AuditUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "The gateway cannot write its access log right now, so it does not serve this request; retry later.", Fault::Internal),
         E::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "The gateway is shutting down; retry on another instance.", Fault::Internal),
+        E::TooManyFailures => (StatusCode::TOO_MANY_REQUESTS, "QuotaExceeded", "Too many requests without a valid API key from this address; retry later.", Fault::Caller),
         E::Token(t) => return token_error(t),
         E::Onboarding(o) => return onboarding_error(o),
     };
@@ -194,6 +198,9 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
     );
     if status == StatusCode::SERVICE_UNAVAILABLE {
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
+    if matches!(err, E::TooManyFailures) {
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     // After a framing error or an unread oversized body the connection cannot be reused safely.
     if matches!(

@@ -47,6 +47,10 @@ impl Handler for crate::proxy::Gateway {
     }
 }
 
+/// The client's address, in each request's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
 /// Serves `handler` on `listener` until `shutdown` completes, then drains in-flight requests for
 /// at most `limits.drain_timeout`.
 pub async fn serve<H: Handler>(
@@ -86,11 +90,15 @@ pub async fn serve<H: Handler>(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let peer = stream.peer_addr().ok().map(PeerAddr);
         let (stream, conflict) = framing::Inspect::new(stream);
         let h = handler.clone();
         let svc = service_fn(move |mut req: http::Request<Incoming>| {
             if conflict.next_request_conflicts() {
                 req.extensions_mut().insert(framing::Conflict);
+            }
+            if let Some(peer) = peer {
+                req.extensions_mut().insert(peer);
             }
             let h = h.clone();
             async move { Ok::<_, Infallible>(h.call(req).await) }

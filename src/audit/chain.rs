@@ -594,6 +594,11 @@ impl ChainWriter {
         self.seq - self.committed.0
     }
 
+    /// Bytes of the records appended but not yet written through.
+    pub fn unwritten_bytes(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Appends one record (anything that serializes to a JSON object, without the reserved
     /// fields `seq`, `time`, `instance`, `prev` and `mac`) stamped with `at`; returns its
     /// sequence number. Time never goes backwards within a writer (an earlier `at` is raised

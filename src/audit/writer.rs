@@ -498,6 +498,13 @@ const BATCH: usize = 4096;
 /// How long the writer lingers after a batch's first record for others to join it.
 const LINGER: Duration = Duration::from_millis(1);
 
+/// How long a non-durable record may wait for others before it is written (SIGKILL loses at
+/// most this much of them, reported as an `abrupt_stop` gap on restart).
+const ASYNC_DELAY: Duration = Duration::from_millis(10);
+
+/// Unwritten bytes that start a write at once.
+const ASYNC_BYTES: usize = 256 * 1024;
+
 /// How often the writer retries while writes fail.
 const RETRY: Duration = Duration::from_millis(100);
 
@@ -567,31 +574,44 @@ impl Writer {
     }
 
     fn run(mut self) {
+        // When the first record not yet written arrived (non-durable records wait up to
+        // ASYNC_DELAY so that one write carries many of them).
+        let mut oldest: Option<Instant> = None;
         loop {
-            let timeout = if self.gap.is_some() {
-                RETRY
-            } else {
-                match self.fsync {
-                    FsyncPolicy::Interval(i) if self.unsynced => {
-                        i.saturating_sub(self.last_sync.elapsed())
-                    }
-                    _ if self.unsynced => HEAD_INTERVAL,
-                    _ => SWEEP,
-                }
-            };
-            let first = match self.rx.recv_timeout(timeout) {
-                Ok(m) => Some(m),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => {
-                    // Every handle dropped without shutdown: write through what we have.
-                    self.stop();
-                    return;
-                }
-            };
-            if matches!(first, Some(Msg::Record(..))) {
-                // Group commit: let the batch fill for a moment (one write for all of it).
+            let polling = oldest.is_some();
+            let first = if polling {
+                // Records are waiting: poll instead of blocking, so that senders never have to
+                // wake the writer (a futex wake per record would cost more than the record).
                 std::thread::sleep(LINGER);
-            }
+                self.rx.try_recv().ok()
+            } else {
+                let timeout = if self.gap.is_some() {
+                    RETRY
+                } else {
+                    match self.fsync {
+                        FsyncPolicy::Interval(i) if self.unsynced => {
+                            i.saturating_sub(self.last_sync.elapsed())
+                        }
+                        _ if self.unsynced => HEAD_INTERVAL,
+                        _ => SWEEP,
+                    }
+                };
+                match self.rx.recv_timeout(timeout) {
+                    Ok(m) => {
+                        if matches!(m, Msg::Record(..)) {
+                            // Group commit: let the batch fill for a moment.
+                            std::thread::sleep(LINGER);
+                        }
+                        Some(m)
+                    }
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        // Every handle dropped without shutdown: write through what we have.
+                        self.stop();
+                        return;
+                    }
+                }
+            };
             let mut waiting = Vec::new();
             let mut shutdown = None;
             let mut next = first;
@@ -627,7 +647,18 @@ impl Writer {
                     self.write_record(&r);
                 }
             }
-            self.end_batch();
+            if self.chain.unwritten() > 0 {
+                oldest.get_or_insert_with(Instant::now);
+            }
+            let due = !self.acks.is_empty()
+                || !waiting.is_empty()
+                || self.chain.unwritten_bytes() >= ASYNC_BYTES
+                || oldest.is_some_and(|t| t.elapsed() >= ASYNC_DELAY)
+                || (!polling && taken == 0);
+            if due {
+                self.end_batch();
+                oldest = None;
+            }
             for w in waiting {
                 let _ = w.send(self.gap.is_none());
             }

@@ -624,3 +624,75 @@ async fn twenty_thousand_unauthenticated_requests_make_a_handful_of_records() {
     let (ok, out) = world.verify(false);
     assert!(ok, "{out}");
 }
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_exits_non_zero_when_records_could_not_be_written_at_shutdown() {
+    let world = World::new().await;
+    let mut gw = world.serve(5);
+    let client = client();
+    assert_eq!(get(&client, &gw.url(PII_PATH), &world.key).await.0, 200);
+    let ok = Command::new("prlimit")
+        .args(["--pid", &gw.child.id().to_string(), "--fsize=0:"])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "prlimit");
+    for _ in 0..5 {
+        assert_eq!(get(&client, &gw.url(PII_PATH), &world.key).await.0, 503);
+    }
+    gw.signal("-TERM");
+    let code = gw.wait_exit(Duration::from_secs(15));
+    assert!(matches!(code, Some(c) if c != 0), "exit {code:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_cli_commands_are_all_recorded_in_private_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let world = World::new().await;
+    let cfg = world.config(free_port(), free_port(), 5);
+    let cfg = cfg.to_str().unwrap().to_string();
+    let children: Vec<Child> = (0..6)
+        .map(|i| {
+            command(&[
+                "clients",
+                "--config",
+                &cfg,
+                "add",
+                "--tool",
+                &format!("parallel-{i}"),
+                "--role",
+                "orders",
+                "--seller",
+                SELLER,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let created = world
+        .records()
+        .iter()
+        .filter(|r| r["kind"] == "key_created")
+        .count();
+    // One by World::new, six in parallel.
+    assert_eq!(created, 7);
+    let (ok, out) = world.verify(false);
+    assert!(ok, "{out}");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&world.audit_dir()), 0o700);
+    for e in std::fs::read_dir(world.audit_dir()).unwrap() {
+        let p = e.unwrap().path();
+        assert_eq!(mode(&p), 0o600, "{}", p.display());
+    }
+}

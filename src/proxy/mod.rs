@@ -266,7 +266,7 @@ impl Gateway {
     {
         let mut call = accounting::Call::new(self, self.request_ids.next(), req.method().clone());
         let span = tracing::info_span!("request", request_id = %call.request_id, method = %req.method(), operation = tracing::field::Empty);
-        let pii_path = self.may_carry_pii(&req);
+        let reveal_path = req.uri().path() == reveal::PATH;
         let peer = req
             .extensions()
             .get::<crate::server::PeerAddr>()
@@ -276,7 +276,7 @@ impl Gateway {
             // An address that keeps failing authentication: refused in front, aggregated.
             call.recorded();
             Err(ProxyError::TooManyFailures)
-        } else if self.audit_refuses(pii_path) {
+        } else if self.audit_refuses(&req) {
             Err(ProxyError::AuditUnavailable)
         } else {
             tokio::select! {
@@ -335,7 +335,7 @@ impl Gateway {
             )
         };
         let served = resp.status().is_success();
-        let durable = served && (pii_path || carries_pii(&call.ctx));
+        let durable = served && (reveal_path || carries_pii(&call.ctx));
         // From here the record is in hand: dropping the future no longer loses it.
         call.recorded();
         match record {
@@ -379,13 +379,13 @@ impl Gateway {
     }
 
     /// Whether the request is refused because the audit log cannot be written.
-    fn audit_refuses(&self, pii_path: bool) -> bool {
+    fn audit_refuses<B>(&self, req: &Request<B>) -> bool {
         if !self.auditor.enabled() || self.auditor.available() {
             return false;
         }
         match self.auditor.on_failure() {
             crate::audit::OnFailure::Refuse => true,
-            crate::audit::OnFailure::ServeNonPii => pii_path,
+            crate::audit::OnFailure::ServeNonPii => self.may_carry_pii(req),
         }
     }
 

@@ -196,8 +196,18 @@ level = "info"
     }
 
     fn serve(&self, drain_secs: u64) -> Gw {
+        self.serve_with(drain_secs, "")
+    }
+
+    /// Serves with extra `[audit]` keys.
+    fn serve_with(&self, drain_secs: u64, audit_keys: &str) -> Gw {
         let (port, admin) = (free_port(), free_port());
         let cfg = self.config(port, admin, drain_secs);
+        let text = std::fs::read_to_string(&cfg).unwrap().replace(
+            "instance = \"gw\"\n",
+            &format!("instance = \"gw\"\n{audit_keys}\n"),
+        );
+        std::fs::write(&cfg, text).unwrap();
         let child = spawn(
             &["serve", "--config", cfg.to_str().unwrap()],
             "spgate is serving",
@@ -695,4 +705,54 @@ async fn parallel_cli_commands_are_all_recorded_in_private_files() {
         let p = e.unwrap().path();
         assert_eq!(mode(&p), 0o600, "{}", p.display());
     }
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_non_pii_keeps_serving_operations_without_pii_while_the_log_is_failing() {
+    let world = World::new().await;
+    let mut gw = world.serve_with(5, "on_failure = \"serve_non_pii\"");
+    let client = client();
+    let plain = "/supplySources/2020-07-01/supplySources";
+    assert_eq!(get(&client, &gw.url(plain), &world.key).await.0, 200);
+    assert_eq!(get(&client, &gw.url(PII_PATH), &world.key).await.0, 200);
+    let pid = gw.child.id().to_string();
+    let limit = |value: &str| {
+        let ok = Command::new("prlimit")
+            .args(["--pid", &pid, &format!("--fsize={value}:")])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "prlimit");
+    };
+    limit("0");
+    // The first PII response finds the log failing and is withheld; so is every one after it.
+    for _ in 0..3 {
+        assert_eq!(get(&client, &gw.url(PII_PATH), &world.key).await.0, 503);
+    }
+    for _ in 0..3 {
+        assert_eq!(get(&client, &gw.url(plain), &world.key).await.0, 200);
+    }
+    limit("unlimited");
+    let until = Instant::now() + Duration::from_secs(10);
+    while get(&client, &gw.url(PII_PATH), &world.key).await.0 != 200 {
+        assert!(Instant::now() < until, "no recovery");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    gw.signal("-TERM");
+    assert_eq!(gw.wait_exit(Duration::from_secs(15)), Some(0));
+    let records = world.records();
+    let gaps: Vec<u64> = records
+        .iter()
+        .filter(|r| r["kind"] == "gap")
+        .map(|r| r["count"].as_u64().unwrap())
+        .collect();
+    // The withheld PII response is in the gap; the records queued while the log was failing
+    // are either written once it recovered or counted in the gap too: none is silent.
+    assert_eq!(gaps.len(), 1);
+    let refused = records.iter().filter(|r| r["status"] == 503).count() as u64;
+    assert!(
+        gaps[0] >= 1 && refused + gaps[0] >= 4,
+        "{gaps:?}, {refused} refusals recorded"
+    );
 }

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,8 @@ struct Aggregate {
 /// The aggregates and the limiter.
 pub struct Noise {
     open: Mutex<HashMap<(IpAddr, &'static str), Aggregate>>,
+    /// Whether any aggregate is open (the common case, none, costs no lock).
+    any: AtomicBool,
     limiter: DefaultKeyedRateLimiter<IpAddr>,
 }
 
@@ -61,6 +64,7 @@ impl Noise {
         let burst = NonZeroU32::new(LIMIT_BURST).unwrap_or(NonZeroU32::MIN);
         Noise {
             open: Mutex::new(HashMap::new()),
+            any: AtomicBool::new(false),
             limiter: RateLimiter::hashmap(Quota::per_second(per_second).allow_burst(burst)),
         }
     }
@@ -72,7 +76,14 @@ impl Noise {
     /// Whether a request from `ip` is refused in front (the address failed authentication
     /// this minute and is past its limit). A refusal is counted.
     pub fn refuse(&self, ip: IpAddr) -> bool {
-        let failed = self.lock().keys().any(|(a, _)| *a == ip);
+        if !self.any.load(Ordering::Relaxed) {
+            return false;
+        }
+        let failed = {
+            let open = self.lock();
+            open.contains_key(&(ip, "unauthenticated"))
+                || open.contains_key(&(ip, "unauthenticated_limited"))
+        };
         if !failed || self.limiter.check_key(&ip).is_ok() {
             return false;
         }
@@ -84,6 +95,7 @@ impl Noise {
     pub fn count(&self, ip: IpAddr, reason: &'static str) {
         let now = OffsetDateTime::now_utc();
         let mut open = self.lock();
+        self.any.store(true, Ordering::Relaxed);
         let a = open.entry((ip, reason)).or_insert(Aggregate {
             count: 0,
             first: now,
@@ -115,6 +127,7 @@ impl Noise {
             }
         }
         if open.is_empty() {
+            self.any.store(false, Ordering::Relaxed);
             self.limiter.retain_recent();
         }
         out

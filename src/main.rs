@@ -661,7 +661,8 @@ async fn shutdown_signal() {
 #[derive(Subcommand)]
 enum AuditAction {
     /// Check every instance's chain: exits non-zero naming the first edited, removed,
-    /// inserted or reordered record, or a cut tail. The key (base64) comes from --key-file or
+    /// inserted or reordered record, or a cut tail, and on gap records (lost records, with
+    /// count and span) unless --allow-gaps. The key (base64) comes from --key-file or
     /// SPGATE_AUDIT_KEY.
     Verify {
         /// The audit directory.

@@ -442,8 +442,10 @@ async fn twenty_sigkills_lose_no_answered_pii_response_and_the_gaps_are_reported
     for round in 0..20 {
         let mut gw = world.serve(5);
         let mut tasks = Vec::new();
+        let got = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for _ in 0..40 {
             let (client, url, key) = (client.clone(), gw.url(PII_PATH), world.key.clone());
+            let got = got.clone();
             tasks.push(tokio::spawn(async move {
                 let req = http::Request::get(url)
                     .header("authorization", format!("Bearer {key}"))
@@ -460,10 +462,19 @@ async fn twenty_sigkills_lose_no_answered_pii_response_and_the_gaps_are_reported
                     .to_string();
                 let body = resp.into_body().collect().await.ok()?.to_bytes();
                 // An answer is a complete PII response.
-                (status == 200 && body.starts_with(b"{")).then_some(id)
+                let answered = status == 200 && body.starts_with(b"{");
+                if answered {
+                    got.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                answered.then_some(id)
             }));
         }
-        tokio::time::sleep(Duration::from_millis(40 + 15 * round)).await;
+        // Killed mid-traffic: once the first answers are out, at a point that varies by round.
+        let until = Instant::now() + Duration::from_secs(10);
+        while got.load(std::sync::atomic::Ordering::SeqCst) < 3 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(3 * round)).await;
         gw.signal("-KILL");
         gw.wait_exit(Duration::from_secs(10));
         for t in tasks {

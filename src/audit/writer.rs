@@ -151,6 +151,8 @@ struct Counters {
 
 struct Inner {
     tx: Option<SyncSender<Msg>>,
+    /// The writer thread: woken by durable records while it polls.
+    writer: Option<std::thread::Thread>,
     noise: Arc<super::noise::Noise>,
     instance: String,
     on_failure: OnFailure,
@@ -240,13 +242,14 @@ impl Auditor {
             instance: config.instance.clone(),
         };
         writer.started();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(format!("audit-{}", config.instance))
             .spawn(move || writer.run())
             .map_err(AuditError::Thread)?;
         Ok(Auditor {
             inner: Arc::new(Inner {
                 tx: Some(tx),
+                writer: Some(thread.thread().clone()),
                 noise,
                 instance: config.instance.clone(),
                 on_failure: config.on_failure,
@@ -260,6 +263,7 @@ impl Auditor {
         Auditor {
             inner: Arc::new(Inner {
                 tx: None,
+                writer: None,
                 noise: Arc::new(super::noise::Noise::new()),
                 instance: String::new(),
                 on_failure: OnFailure::Refuse,
@@ -293,6 +297,10 @@ impl Auditor {
         let (ack, done) = tokio::sync::oneshot::channel();
         if !self.enqueue(record, Some(ack)) {
             return Err(Unrecorded);
+        }
+        if let Some(writer) = &self.inner.writer {
+            // While records wait, the writer sleeps up to ASYNC_DELAY: this one is waited for.
+            writer.unpark();
         }
         match done.await {
             Ok(true) => Ok(()),
@@ -579,10 +587,18 @@ impl Writer {
         let mut oldest: Option<Instant> = None;
         loop {
             let polling = oldest.is_some();
-            let first = if polling {
-                // Records are waiting: poll instead of blocking, so that senders never have to
-                // wake the writer (a futex wake per record would cost more than the record).
-                std::thread::sleep(LINGER);
+            let first = if let Some(since) = oldest {
+                // Records are waiting: poll instead of blocking, so that senders of non-durable
+                // records never wake the writer (a wake per record would cost more than the
+                // record). A durable record wakes it (unpark); then the batch fills for LINGER.
+                let until = since + ASYNC_DELAY;
+                let now = Instant::now();
+                if now < until {
+                    std::thread::park_timeout(until - now);
+                    if Instant::now() < until {
+                        std::thread::sleep(LINGER);
+                    }
+                }
                 self.rx.try_recv().ok()
             } else {
                 let timeout = if self.gap.is_some() {

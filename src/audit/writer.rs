@@ -585,9 +585,12 @@ impl Writer {
         // When the first record not yet written arrived (non-durable records wait up to
         // ASYNC_DELAY so that one write carries many of them).
         let mut oldest: Option<Instant> = None;
+        // Whether the last round took records (the writer keeps polling while they flow).
+        let mut active = false;
         loop {
-            let polling = oldest.is_some();
-            let first = if let Some(since) = oldest {
+            let polling = oldest.is_some() || active;
+            let first = if polling {
+                let since = oldest.unwrap_or_else(Instant::now);
                 // Records are waiting: poll instead of blocking, so that senders of non-durable
                 // records never wake the writer (a wake per record would cost more than the
                 // record). A durable record wakes it (unpark); then the batch fills for LINGER.
@@ -663,6 +666,7 @@ impl Writer {
                     self.write_record(&r);
                 }
             }
+            active = taken > 0;
             if self.chain.unwritten() > 0 {
                 oldest.get_or_insert_with(Instant::now);
             }

@@ -505,6 +505,7 @@ async fn twenty_sigkills_lose_no_answered_pii_response_and_the_gaps_are_reported
     );
     // The chain verifies; the abrupt stops are reported, never silent.
     let mut gw = world.serve(5);
+    assert_eq!(get(&client, &gw.url(PII_PATH), &world.key).await.0, 200);
     gw.signal("-TERM");
     assert_eq!(gw.wait_exit(Duration::from_secs(15)), Some(0));
     let (ok, out) = world.verify(true);

@@ -6,10 +6,11 @@
 //! until the record has been handed to the kernel (for responses carrying buyer PII and for
 //! admin and security actions): a SIGKILL after the answer cannot lose it.
 //!
-//! A dedicated thread takes records off the queue in batches (group commit: it lingers ~1 ms
-//! after the first record so that one `write(2)` carries every record of the batch), stamps
-//! them with its clock, appends them to the chain, evaluates the alert rules, and writes the
-//! batch to the OS. The head file moves lazily (with each fsync, at most once a second, and at
+//! A dedicated thread takes records off the queue in batches, stamps them with its clock,
+//! appends them to the chain, evaluates the alert rules, and writes the batch to the OS in one
+//! `write(2)`. While records flow it polls every 10 ms (senders of ordinary records never wake
+//! it) and writes them within about 20 ms; a durable record wakes it, and the batch (group
+//! commit) is written ~1 ms later with every record that joined it. The head file moves lazily (with each fsync, at most once a second, and at
 //! shutdown), never per batch.
 //!
 //! **When the queue is full** the caller blocks until the writer makes room (counted in

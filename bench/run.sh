@@ -22,6 +22,7 @@ BENCH_PAUSE_SECONDS="${BENCH_PAUSE_SECONDS:-1}"       # idle gap between points
 BENCH_OUT="${BENCH_OUT:-$BENCH_DIR/results/latest.json}"
 BENCH_KEEP_WORKDIR="${BENCH_KEEP_WORKDIR:-0}"         # 1: keep the temp dir (logs, configs)
 BENCH_ENFORCE_TARGETS="${BENCH_ENFORCE_TARGETS:-0}"   # 1: exit non-zero when a target is missed
+BENCH_AUDIT="${BENCH_AUDIT:-1}"                       # 0: spgate keeps no audit log (its cost)
 SPGATE_BIN="${SPGATE_BIN:-}"                          # prebuilt spgate; default: cargo build --release
 BENCH_REF="${BENCH_REF:-}"                            # build this git ref instead of the work tree
 BENCH_TARGET_DIR="${BENCH_TARGET_DIR:-${CARGO_TARGET_DIR:-$REPO/target}}"
@@ -203,8 +204,10 @@ TOKEN_JSON="$(curl -sS --max-time 10 -X POST "$SANDBOX_URL/auth/o2/token" \
 ACCESS_TOKEN="$(python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])' <<<"$TOKEN_JSON")" \
     || die "LWA answered without an access_token: $TOKEN_JSON"
 
-log "starting spgate: spgate demo --upstream $SANDBOX_URL"
-"$SPGATE_BIN" demo --listen 127.0.0.1:0 --upstream "$SANDBOX_URL" --data-dir "$WORK/spgate-data" \
+AUDIT_ARGS=()
+[[ "$BENCH_AUDIT" == 0 ]] && AUDIT_ARGS=(--no-audit)
+log "starting spgate: spgate demo --upstream $SANDBOX_URL ${AUDIT_ARGS[*]}"
+"$SPGATE_BIN" demo --listen 127.0.0.1:0 --upstream "$SANDBOX_URL" --data-dir "$WORK/spgate-data" "${AUDIT_ARGS[@]}" \
     >"$WORK/spgate.out" 2>"$WORK/spgate.err" &
 SPGATE_PID=$!
 PIDS+=("$SPGATE_PID")
@@ -404,6 +407,7 @@ built_from="work tree $REPO"
 BENCH_META_SECONDS_PER_POINT="$BENCH_SECONDS" \
 BENCH_META_WARMUP_SECONDS="$BENCH_WARMUP_SECONDS" \
 BENCH_META_RATES="$BENCH_RATES" \
+BENCH_META_AUDIT="$BENCH_AUDIT" \
 BENCH_META_CONNECTIONS_FIXED_RATE="$BENCH_CONNECTIONS" \
 BENCH_META_CONNECTIONS_MAX="$BENCH_MAX_CONNECTIONS" \
 BENCH_META_NGINX_WORKER_PROCESSES="$BENCH_NGINX_WORKERS" \

@@ -56,6 +56,9 @@ pub struct DemoArgs {
     /// Usage plans the in-process sandbox enforces.
     #[arg(long, value_enum, default_value = "catalog")]
     pub quotas: QuotaArg,
+    /// Keep no audit log (to measure what the audit log costs; never in production).
+    #[arg(long)]
+    pub no_audit: bool,
 }
 
 /// `spgate sandbox` arguments.
@@ -192,7 +195,10 @@ pub async fn run_demo(
         ),
     };
     let master = MasterKey::generate_base64()?;
-    let config = demo_config(args.listen, &upstream_url, &data_dir, &master)?;
+    let mut config = demo_config(args.listen, &upstream_url, &data_dir, &master)?;
+    if args.no_audit {
+        config.audit = None;
+    }
     let opened = crate::open_store(&config).await?;
     let store = opened.store.clone();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();

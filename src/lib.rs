@@ -70,6 +70,10 @@ pub enum RunError {
     /// The rate limiter could not be set up.
     #[error(transparent)]
     RateLimit(#[from] crate::ratelimit::RateLimitError),
+    /// Audit records were lost and no gap record says so (the log could not be written at
+    /// shutdown).
+    #[error("{0} audit record(s) could not be written before exit")]
+    AuditIncomplete(u64),
     /// The audit log could not be opened.
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
@@ -237,6 +241,14 @@ pub async fn run(
         let admin = admin.clone();
         let tls = tls.clone();
         let stop = stopped();
+        // A file size limit (RLIMIT_FSIZE) makes a write fail with EFBIG instead of ending the
+        // process: the audit writer reports it, refuses by audit.on_failure and recovers.
+        let mut xfsz = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(25))?;
+        tokio::spawn(async move {
+            while xfsz.recv().await.is_some() {
+                tracing::warn!("File size limit reached (SIGXFSZ): the write failed.");
+            }
+        });
         // Registered before the listeners serve: SIGHUP's default action would end the process.
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         tokio::spawn(async move {
@@ -274,16 +286,33 @@ pub async fn run(
     });
     tracing::info!(listen = %listeners.proxy.local_addr()?, "spgate is serving.");
     let auditor = gateway.auditor().clone();
-    let proxy = server::serve_with_tls(listeners.proxy, gateway, limits, proxy_tls, async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
+    let proxy = server::serve_with_tls(
+        listeners.proxy,
+        gateway.clone(),
+        limits,
+        proxy_tls,
+        async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        },
+    );
     proxy.await?;
+    // Requests the drain did not finish are cut and recorded (`shutdown`) before the log closes.
+    let uncut = gateway
+        .cut_in_flight(std::time::Duration::from_secs(2))
+        .await;
     if let Some(task) = admin_task {
         let _ = task.await;
     }
     let _ = scheduler.await;
-    auditor.shutdown().await;
+    let unrecorded = auditor.shutdown().await + uncut as u64;
+    if unrecorded > 0 {
+        tracing::error!(
+            records = unrecorded,
+            "Audit records could not be written before exit."
+        );
+        return Err(RunError::AuditIncomplete(unrecorded));
+    }
     Ok(())
 }
 

@@ -271,13 +271,14 @@ fn now() -> i64 {
 }
 
 /// The audit log of command-line actions: its own chain (`cli-<instance>`) beside the
-/// gateway's, when `[audit]` is configured.
+/// gateway's, when `[audit]` is configured. Parallel commands take turns: each waits for the
+/// chain's lock, so every one is recorded.
 fn cli_auditor(config: &Config) -> anyhow::Result<spgate::audit::Auditor> {
     Ok(match &config.audit {
         Some(cfg) => {
             let mut cfg = cfg.clone();
             cfg.instance = format!("cli-{}", cfg.instance);
-            spgate::audit::Auditor::start(&cfg)
+            spgate::audit::Auditor::start_waiting(&cfg)
                 .context("cannot open the audit log for command-line actions")?
         }
         None => spgate::audit::Auditor::disabled(),
@@ -667,7 +668,8 @@ async fn shutdown_signal() {
 #[derive(Subcommand)]
 enum AuditAction {
     /// Check every instance's chain: exits non-zero naming the first edited, removed,
-    /// inserted or reordered record, or a cut tail. The key (base64) comes from --key-file or
+    /// inserted or reordered record, or a cut tail, and on gap records (lost records, with
+    /// count and span) unless --allow-gaps. The key (base64) comes from --key-file or
     /// SPGATE_AUDIT_KEY.
     Verify {
         /// The audit directory.
@@ -675,6 +677,10 @@ enum AuditAction {
         /// File holding the audit key (base64).
         #[arg(long)]
         key_file: Option<PathBuf>,
+        /// Exit 0 even if a chain reports gaps (records lost, each reported with its count and
+        /// span).
+        #[arg(long)]
+        allow_gaps: bool,
     },
     /// Records of every instance in time order (a table, or the stored JSON lines).
     Query {
@@ -731,14 +737,18 @@ fn audit(action: AuditAction) -> anyhow::Result<()> {
     let when = |t: Option<String>| t.map(|t| query::parse_time(&t, now)).transpose();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     match action {
-        AuditAction::Verify { dir, key_file } => {
+        AuditAction::Verify {
+            dir,
+            key_file,
+            allow_gaps,
+        } => {
             let key = match key_file {
                 Some(path) => std::fs::read_to_string(&path)
                     .with_context(|| format!("cannot read {}", path.display()))?,
                 None => std::env::var("SPGATE_AUDIT_KEY")
                     .context("give --key-file or set SPGATE_AUDIT_KEY (the audit key, base64)")?,
             };
-            let ok = cli::verify(&dir, &Secret::new(key), &mut out)?;
+            let ok = cli::verify(&dir, &Secret::new(key), allow_gaps, &mut out)?;
             out.flush()?;
             if !ok {
                 bail!("audit verification failed");

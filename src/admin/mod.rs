@@ -47,6 +47,10 @@ pub enum AdminError {
     /// The new config is invalid; nothing changed.
     #[error("the new configuration is invalid")]
     InvalidConfig(Vec<ConfigIssue>),
+    /// The audit log cannot be written: admin and security actions are refused (or, done,
+    /// not confirmed) until it can.
+    #[error("the audit log cannot be written")]
+    AuditUnavailable,
 }
 
 /// The admin service.
@@ -109,12 +113,21 @@ impl Admin {
     {
         if req.uri().path().starts_with("/admin/orders/") {
             return match self.orders(req).await {
+                // An action is confirmed only once its records are written.
+                Ok(_) if self.gateway.auditor().flushed().await.is_err() => {
+                    crate::proxy::rescue::admin_error(&AdminError::AuditUnavailable)
+                }
                 Ok(resp) => resp,
                 Err(OrderRouteError::Admin(e)) => crate::proxy::rescue::admin_error(&e),
                 Err(e) => order_error(&e),
             };
         }
+        let action = req.method() != Method::GET;
         match self.route(&req).await {
+            // An action is confirmed only once its records are written.
+            Ok(_) if action && self.gateway.auditor().flushed().await.is_err() => {
+                crate::proxy::rescue::admin_error(&AdminError::AuditUnavailable)
+            }
             Ok(resp) => resp,
             Err(e) => crate::proxy::rescue::admin_error(&e),
         }
@@ -307,6 +320,9 @@ impl Admin {
             .ok_or(AdminError::Unauthorized)?;
         if *has != role {
             return Err(AdminError::Forbidden(*has));
+        }
+        if !self.gateway.auditor().available() {
+            return Err(AdminError::AuditUnavailable);
         }
         Ok(name.clone())
     }

@@ -162,7 +162,14 @@ impl Alerts {
             roles: self.seen.clone(),
         };
         let tmp = path.with_extension("seen.tmp");
-        let written = std::fs::write(&tmp, serde_json::to_vec(&file).unwrap_or_default())
+        let written = super::chain::private_file()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .and_then(|mut f| {
+                std::io::Write::write_all(&mut f, &serde_json::to_vec(&file).unwrap_or_default())
+            })
             .and_then(|()| std::fs::rename(&tmp, path));
         if let Err(e) = written {
             tracing::error!(error = %e, "Could not save the audit alert state.");

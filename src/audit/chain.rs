@@ -25,7 +25,9 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+#[cfg(unix)]
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use ring::hmac;
@@ -112,10 +114,19 @@ pub struct ChainWriter {
     prev: String,
     day: Option<Date>,
     last_at: OffsetDateTime,
-    out: Option<BufWriter<File>>,
+    out: Option<File>,
     path: PathBuf,
     line: Vec<u8>,
+    /// Records appended since the last write-through, as the bytes of one write.
+    pending: Vec<u8>,
+    /// The state after the last successful write-through: (seq, prev, file length).
+    committed: (u64, String, u64),
+    /// The last head written: (seq).
+    head_seq: u64,
+    rolled_back: u64,
     recovered: u64,
+    /// The time of the last record of a previous process that did not stop cleanly.
+    abrupt: Option<String>,
     _lock: File,
 }
 
@@ -163,6 +174,30 @@ pub struct InstanceReport {
     pub expired_before: Option<String>,
     /// The first bad record, if any.
     pub first_bad: Option<BadRecord>,
+    /// `gap` records: spans where records were lost (the writer could not write them, or a
+    /// previous process stopped abruptly with records queued).
+    pub gaps: Vec<Gap>,
+    /// Verified records after the head file's record (a live writer moves its head lazily).
+    pub beyond_head: u64,
+    /// Bytes of an incomplete last line (a write in progress, or cut by a crash): not a record
+    /// yet, not tampering.
+    pub unflushed_tail: u64,
+}
+
+/// A `gap` record as `verify` reports it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Gap {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Records lost, when known.
+    pub count: Option<u64>,
+    /// The span: first and last lost record (or the last record before an abrupt stop, and
+    /// the restart).
+    pub from: Option<String>,
+    /// See `from`.
+    pub to: Option<String>,
+    /// Why.
+    pub reason: Option<String>,
 }
 
 /// The fields of a line that verification and readers need.
@@ -214,6 +249,23 @@ fn pin_mac(key: &hmac::Key, what: &str, instance: &str, pin: &Pin) -> String {
     )
 }
 
+/// Opens a file for writing with owner-only permissions (0600) when it is created.
+pub fn private_file() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    #[cfg(unix)]
+    o.mode(0o600);
+    o
+}
+
+/// Creates a directory (and its parents) owner-only (0700) when it is created.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    b.mode(0o700);
+    b.create(dir)
+}
+
 fn write_pin(
     key: &hmac::Key,
     path: &Path,
@@ -224,7 +276,12 @@ fn write_pin(
 ) -> Result<(), ChainError> {
     pin.mac = pin_mac(key, what, instance, &pin);
     let tmp = path.with_extension(format!("{what}.tmp"));
-    let mut f = File::create(&tmp).map_err(io(&tmp))?;
+    let mut f = private_file()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
     f.write_all(&serde_json::to_vec(&pin).unwrap_or_default())
         .map_err(io(&tmp))?;
     if sync {
@@ -353,15 +410,37 @@ impl ChainWriter {
     /// Opens (or resumes, from its head file) an instance's chain in `dir`, taking the
     /// instance's lock: a second writer of the same instance gets [`ChainError::InUse`].
     pub fn open(dir: &Path, instance: &str, key_bytes: &[u8]) -> Result<ChainWriter, ChainError> {
+        ChainWriter::open_with(dir, instance, key_bytes, false)
+    }
+
+    /// Like [`ChainWriter::open`], but waits for the instance's lock while another process
+    /// holds it.
+    pub fn open_waiting(
+        dir: &Path,
+        instance: &str,
+        key_bytes: &[u8],
+    ) -> Result<ChainWriter, ChainError> {
+        ChainWriter::open_with(dir, instance, key_bytes, true)
+    }
+
+    fn open_with(
+        dir: &Path,
+        instance: &str,
+        key_bytes: &[u8],
+        wait: bool,
+    ) -> Result<ChainWriter, ChainError> {
         check_instance(instance)?;
-        fs::create_dir_all(dir).map_err(io(dir))?;
+        private_dir(dir).map_err(io(dir))?;
         let lock_file = lock_path(dir, instance);
-        let lock = OpenOptions::new()
+        let lock = private_file()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&lock_file)
             .map_err(io(&lock_file))?;
+        if wait {
+            lock.lock().map_err(io(&lock_file))?;
+        }
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
@@ -390,12 +469,18 @@ impl ChainWriter {
             out: None,
             path: PathBuf::new(),
             line: Vec::with_capacity(1024),
+            pending: Vec::with_capacity(64 * 1024),
+            committed: (seq, String::new(), 0),
+            head_seq: seq,
+            rolled_back: 0,
             recovered: 0,
+            abrupt: None,
             _lock: lock,
         };
         if let Some(newest) = files.last() {
             w.recover(&newest.path)?;
         }
+        w.committed = (w.seq, w.prev.clone(), 0);
         Ok(w)
     }
 
@@ -457,6 +542,20 @@ impl ChainWriter {
             self.prev = crypto::sha256_hex(line);
             self.recovered += 1;
         }
+        if let Some(last) = lines.last() {
+            #[derive(Deserialize)]
+            struct Last<'a> {
+                #[serde(borrow)]
+                kind: std::borrow::Cow<'a, str>,
+                #[serde(borrow)]
+                time: std::borrow::Cow<'a, str>,
+            }
+            if let Ok(l) = serde_json::from_slice::<Last<'_>>(last) {
+                if l.kind != "audit_stopped" {
+                    self.abrupt = Some(l.time.into_owned());
+                }
+            }
+        }
         if self.recovered > 0 {
             tracing::warn!(
                 instance = %self.instance,
@@ -483,6 +582,23 @@ impl ChainWriter {
         self.recovered
     }
 
+    /// When the chain was resumed after a process that did not stop cleanly (its last record
+    /// is not `audit_stopped`): the time of that last record. Records it had queued but not
+    /// written are unknown: the writer reports the span as a gap.
+    pub fn abrupt_stop(&self) -> Option<&str> {
+        self.abrupt.as_deref()
+    }
+
+    /// Records appended but not yet written through.
+    pub fn unwritten(&self) -> u64 {
+        self.seq - self.committed.0
+    }
+
+    /// Bytes of the records appended but not yet written through.
+    pub fn unwritten_bytes(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Appends one record (anything that serializes to a JSON object, without the reserved
     /// fields `seq`, `time`, `instance`, `prev` and `mac`) stamped with `at`; returns its
     /// sequence number. Time never goes backwards within a writer (an earlier `at` is raised
@@ -501,16 +617,18 @@ impl ChainWriter {
         let day = at.to_offset(time::UtcOffset::UTC).date();
         let day = self.day.map_or(day, |d| d.max(day));
         if self.out.is_none() || Some(day) != self.day {
-            self.flush()?;
+            self.write_through()?;
             let path = self.dir.join(file_name(&self.instance, day));
-            let file = OpenOptions::new()
+            let file = private_file()
                 .create(true)
                 .append(true)
                 .open(&path)
                 .map_err(io(&path))?;
-            self.out = Some(BufWriter::with_capacity(256 * 1024, file));
+            let len = file.metadata().map_err(io(&path))?.len();
+            self.out = Some(file);
             self.day = Some(day);
             self.path = path;
+            self.committed = (self.seq, self.prev.clone(), len);
         }
         self.last_at = at;
         let seq = self.seq + 1;
@@ -533,9 +651,7 @@ impl ChainWriter {
         let _ = write!(line, ",\"mac\":\"{mac}\"}}");
         let hash = crypto::sha256_hex(line);
         line.push(b'\n');
-        if let Some(out) = self.out.as_mut() {
-            out.write_all(line).map_err(io(&self.path))?;
-        }
+        self.pending.extend_from_slice(line);
         self.seq = seq;
         self.prev = hash;
         Ok(seq)
@@ -554,16 +670,101 @@ impl ChainWriter {
     }
 
     fn flush_inner(&mut self, sync: bool) -> Result<(), ChainError> {
-        if let Some(out) = self.out.as_mut() {
-            out.flush().map_err(io(&self.path))?;
-            if sync {
-                out.get_ref().sync_data().map_err(io(&self.path))?;
+        self.write_through()?;
+        if sync {
+            if let Some(out) = self.out.as_ref() {
+                out.sync_data().map_err(io(&self.path))?;
             }
         }
         if self.seq > 0 {
             self.write_head(sync)?;
+            self.head_seq = self.seq;
         }
         Ok(())
+    }
+
+    /// Hands every record appended since the last call to the kernel in one `write(2)`, without
+    /// moving the head (the hot path: a reader accepts verified records past the head). On
+    /// failure the records are rolled back: the file is cut back to its last good length and
+    /// the chain continues from the last record written, so the caller can report the lost
+    /// records as a gap. Returns how many records were written.
+    pub fn write_through(&mut self) -> Result<u64, ChainError> {
+        if self.pending.is_empty() {
+            return Ok(0);
+        }
+        let written = match self.out.as_mut() {
+            Some(out) => out.write_all(&self.pending),
+            None => Err(std::io::Error::other("no open chain file")),
+        };
+        match written {
+            Ok(()) => {
+                let n = self.seq - self.committed.0;
+                self.committed = (
+                    self.seq,
+                    self.prev.clone(),
+                    self.committed.2 + self.pending.len() as u64,
+                );
+                self.pending.clear();
+                Ok(n)
+            }
+            Err(e) => {
+                self.rolled_back = self.roll_back();
+                Err(io(&self.path)(e))
+            }
+        }
+    }
+
+    /// How many records the last failed write-through rolled back.
+    pub fn roll_back_count(&self) -> u64 {
+        self.rolled_back
+    }
+
+    /// Forgets the records appended since the last write-through (they could not be written).
+    /// Returns how many.
+    pub fn roll_back(&mut self) -> u64 {
+        let n = self.seq - self.committed.0;
+        self.pending.clear();
+        if n > 0 {
+            self.seq = self.committed.0;
+            if !self.committed.1.is_empty() {
+                self.prev = self.committed.1.clone();
+            }
+        }
+        // A partial write leaves a torn line: cut it, or at least reopen before writing again
+        // (a reader treats a torn last line as an unflushed tail, and resuming cuts it).
+        let cut = self
+            .out
+            .as_ref()
+            .is_some_and(|f| f.set_len(self.committed.2).is_ok());
+        if !cut {
+            self.out = None;
+        }
+        n
+    }
+
+    /// Moves the head to the last record written through (not durable unless `sync`).
+    pub fn move_head(&mut self, sync: bool) -> Result<(), ChainError> {
+        if self.committed.0 == self.head_seq || self.committed.0 == 0 {
+            return Ok(());
+        }
+        let pin = Pin {
+            day: None,
+            seq: self.committed.0,
+            hash: self.committed.1.clone(),
+            mac: String::new(),
+        };
+        let path = head_path(&self.dir, &self.instance);
+        write_pin(&self.key, &path, "head", &self.instance, pin, sync)?;
+        self.head_seq = self.committed.0;
+        Ok(())
+    }
+
+    /// Makes what was written through durable (fsync) and moves the head.
+    pub fn sync_written(&mut self) -> Result<(), ChainError> {
+        if let Some(out) = self.out.as_ref() {
+            out.sync_data().map_err(io(&self.path))?;
+        }
+        self.move_head(true)
     }
 
     fn write_head(&self, sync: bool) -> Result<(), ChainError> {
@@ -680,6 +881,9 @@ fn verify_instance(
         last_time: None,
         expired_before: None,
         first_bad: None,
+        gaps: Vec::new(),
+        beyond_head: 0,
+        unflushed_tail: 0,
     };
     let bad = |mut report: InstanceReport, file: &str, line, seq, reason: String| {
         report.first_bad = Some(BadRecord {
@@ -716,6 +920,13 @@ fn verify_instance(
             }
             Err(Err(e)) => return Err(e),
         };
+    let head = read_pin(key, &head_path(dir, instance), "head", instance);
+    let head_pin = match &head {
+        Ok(Some(h)) => Some((h.seq, h.hash.clone())),
+        _ => None,
+    };
+    let mut head_seen = false;
+    let newest = files.last().map(|f| f.name.clone());
     let mut last_name = first_name;
     for file in files {
         if from_day.is_some_and(|d| file.day < d) {
@@ -723,10 +934,28 @@ fn verify_instance(
         }
         report.files += 1;
         last_name = &file.name;
-        let reader = BufReader::new(File::open(&file.path).map_err(io(&file.path))?);
-        for (i, line) in reader.split(b'\n').enumerate() {
-            let line = line.map_err(io(&file.path))?;
-            let n = i + 1;
+        let mut reader = BufReader::new(File::open(&file.path).map_err(io(&file.path))?);
+        let mut n = 0;
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let read = reader
+                .read_until(b'\n', &mut line)
+                .map_err(io(&file.path))?;
+            if read == 0 {
+                break;
+            }
+            n += 1;
+            if line.last() != Some(&b'\n') {
+                // The newest file's incomplete last line: a write in progress or cut by a
+                // crash (a resuming writer cuts it). Anywhere else it is damage.
+                if Some(&file.name) == newest.as_ref() {
+                    report.unflushed_tail = line.len() as u64;
+                    break;
+                }
+            } else {
+                line.pop();
+            }
             let Ok(link) = serde_json::from_slice::<Link<'_>>(&line) else {
                 return bad(
                     report,
@@ -779,6 +1008,17 @@ fn verify_instance(
             }
             seq = link.seq;
             prev = crypto::sha256_hex(&line);
+            if head_seen {
+                report.beyond_head += 1;
+            }
+            if let Some((hs, hh)) = &head_pin {
+                if *hs == seq && *hh == prev {
+                    head_seen = true;
+                }
+            }
+            if let Some(gap) = gap_of(&line, seq) {
+                report.gaps.push(gap);
+            }
             report.records += 1;
             report.first_seq.get_or_insert(link.seq);
             report.last_seq = Some(link.seq);
@@ -788,8 +1028,10 @@ fn verify_instance(
             report.last_time = Some(link.time.into_owned());
         }
     }
-    match read_pin(key, &head_path(dir, instance), "head", instance) {
+    match head {
         Ok(Some(h)) if h.seq == seq && h.hash == prev => Ok(report),
+        // A live writer moves its head lazily: verified records past it are not a cut tail.
+        Ok(Some(_)) if head_seen => Ok(report),
         Ok(Some(h)) if h.seq > seq => bad(
             report,
             last_name,
@@ -814,6 +1056,28 @@ fn verify_instance(
         ),
         Err(Err(e)) => Err(e),
     }
+}
+
+/// A `gap` record's fields, if the line is one.
+fn gap_of(line: &[u8], seq: u64) -> Option<Gap> {
+    #[derive(Deserialize)]
+    struct G {
+        kind: String,
+        count: Option<u64>,
+        gap_from: Option<String>,
+        gap_to: Option<String>,
+        reason: Option<String>,
+    }
+    // Cheap test first: most lines are not gaps.
+    memchr::memmem::find(line, b"\"kind\":\"gap\"")?;
+    let g: G = serde_json::from_slice(line).ok()?;
+    (g.kind == "gap").then_some(Gap {
+        seq,
+        count: g.count,
+        from: g.gap_from,
+        to: g.gap_to,
+        reason: g.reason,
+    })
 }
 
 #[cfg(test)]

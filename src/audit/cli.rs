@@ -25,10 +25,16 @@ pub enum CliError {
     Output(#[from] std::io::Error),
 }
 
-/// Verifies every chain in `dir` with the base64 audit key; prints one line per instance and
-/// the first bad record. Returns whether everything verified (false also when no chain is
-/// found: an empty directory proves nothing).
-pub fn verify(dir: &Path, key_b64: &Secret<String>, out: &mut dyn Write) -> Result<bool, CliError> {
+/// Verifies every chain in `dir` with the base64 audit key; prints one line per instance, the
+/// first bad record and every gap (records lost, with count and span). Returns whether
+/// everything verified: false also when no chain is found (an empty directory proves nothing)
+/// and, unless `allow_gaps`, when a chain reports a gap.
+pub fn verify(
+    dir: &Path,
+    key_b64: &Secret<String>,
+    allow_gaps: bool,
+    out: &mut dyn Write,
+) -> Result<bool, CliError> {
     let key = super::config::decode_key(key_b64).map_err(CliError::Key)?;
     let reports = chain::verify(dir, key.expose())?;
     if reports.is_empty() {
@@ -50,6 +56,30 @@ pub fn verify(dir: &Path, key_b64: &Secret<String>, out: &mut dyn Write) -> Resu
             .as_ref()
             .map(|d| format!(", days before {d} expired by retention"))
             .unwrap_or_default();
+        for g in &r.gaps {
+            let count = g
+                .count
+                .map_or("an unknown number of".to_string(), |c| c.to_string());
+            writeln!(
+                out,
+                "{}: GAP at record {}: {count} record(s) lost between {} and {} ({})",
+                r.instance,
+                g.seq,
+                g.from.as_deref().unwrap_or("?"),
+                g.to.as_deref().unwrap_or("?"),
+                g.reason.as_deref().unwrap_or("unknown"),
+            )?;
+        }
+        if !r.gaps.is_empty() && !allow_gaps {
+            ok = false;
+        }
+        if r.unflushed_tail > 0 || r.beyond_head > 0 {
+            writeln!(
+                out,
+                "{}: note: {} verified record(s) past the head file and {} byte(s) of an unfinished last line (a live or crashed writer; not tampering)",
+                r.instance, r.beyond_head, r.unflushed_tail
+            )?;
+        }
         match &r.first_bad {
             None => writeln!(
                 out,

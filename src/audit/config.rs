@@ -10,6 +10,7 @@
 //! fsync = "interval"                    # never | interval | always
 //! fsync_interval_ms = 1000
 //! queue_capacity = 65536
+//! on_failure = "refuse"                 # refuse | serve_non_pii, while the log cannot be written
 //!
 //! [audit.alerts]
 //! reveals_per_tool_per_hour = 20
@@ -56,6 +57,9 @@ pub struct RawAudit {
     pub fsync_interval_ms: Option<u64>,
     /// Records waiting for the writer before `record` blocks.
     pub queue_capacity: Option<usize>,
+    /// `refuse` (default) or `serve_non_pii`: what the gateway does while the log cannot be
+    /// written.
+    pub on_failure: Option<String>,
     /// `[audit.alerts]`.
     pub alerts: Option<RawAlerts>,
 }
@@ -105,8 +109,21 @@ pub struct AuditConfig {
     pub fsync: FsyncPolicy,
     /// Records waiting for the writer before `record` blocks.
     pub queue_capacity: usize,
+    /// What the gateway does while the log cannot be written.
+    pub on_failure: OnFailure,
     /// Alert rules.
     pub alerts: AlertRules,
+}
+
+/// What the gateway does while the audit log cannot be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnFailure {
+    /// Proxied requests and admin or security actions get 503 until the log writes again.
+    #[default]
+    Refuse,
+    /// Operations that may carry buyer PII get 503; the others are served (their records are
+    /// counted in a gap record once the log writes again).
+    ServeNonPii,
 }
 
 /// When written records are fsynced. Records are always written through to the OS after each
@@ -267,6 +284,17 @@ impl RawAudit {
                 "must be between 16 and 16777216".into(),
             );
         }
+        let on_failure = match self.on_failure.as_deref().unwrap_or("refuse") {
+            "refuse" => OnFailure::Refuse,
+            "serve_non_pii" => OnFailure::ServeNonPii,
+            _ => {
+                issue(
+                    "audit.on_failure",
+                    "must be \"refuse\" or \"serve_non_pii\"".into(),
+                );
+                OnFailure::Refuse
+            }
+        };
         let a = self.alerts.as_ref();
         let denial_burst = a.and_then(|a| a.denial_burst.as_ref()).map(|b| {
             let count = b.count.unwrap_or(0);
@@ -314,6 +342,7 @@ impl RawAudit {
             retain_days,
             fsync,
             queue_capacity,
+            on_failure,
             alerts,
         })
     }

@@ -18,10 +18,11 @@ pub mod chain;
 pub mod cli;
 pub mod config;
 pub mod events;
+pub mod noise;
 pub mod query;
 pub mod record;
 pub mod writer;
 
-pub use config::{AlertRules, AuditConfig, FsyncPolicy, RawAudit};
-pub use record::{Decision, Kind, Limiter, PiiUse, Reason, Record, TokenKind};
+pub use config::{AlertRules, AuditConfig, FsyncPolicy, OnFailure, RawAudit};
+pub use record::{Decision, Kind, Limiter, Outcome, PiiUse, Reason, Record, TokenKind};
 pub use writer::{AuditError, AuditMetrics, Auditor, Clock, ManualClock, SystemClock};

@@ -140,6 +140,32 @@ ident!(
     |b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'/' | b'{' | b'}' | b'-')
 );
 
+ident!(
+    /// A time written by the gateway itself, e.g. `2026-11-20T23:58:00.123Z`.
+    /// `[0-9TZ:.-]`, 1-40 characters.
+    Stamp,
+    "time",
+    "an RFC 3339 UTC time",
+    40,
+    |b| b.is_ascii_digit() || matches!(b, b'T' | b'Z' | b':' | b'.' | b'-')
+);
+
+/// How a proxied request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// A response was produced (its status says which).
+    Answered,
+    /// The client went away before the response was complete.
+    ClientClosed,
+    /// The shutdown drain cut the request.
+    Shutdown,
+    /// The request ran out of time.
+    Timeout,
+    /// The handler panicked.
+    Panic,
+}
+
 /// A reason or detail code, e.g. `seller_not_allowed`. Made only from a `&'static str` in the
 /// code ([`Reason::from_static`] or the constants), so no runtime text reaches it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -182,6 +208,11 @@ pub enum Kind {
     AuditStopped,
     /// Audit files past their retention were deleted.
     AuditRetention,
+    /// Records were lost (could not be written, or queued by a process that stopped
+    /// abruptly): how many when known, and the span.
+    Gap,
+    /// Refused-before-authentication requests from one address, aggregated per minute.
+    Unauthenticated,
 }
 
 /// How the rate limiter decided.
@@ -294,6 +325,30 @@ pub struct Record {
     /// An alert's window, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window_secs: Option<u64>,
+    /// How a request ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+    /// Whether the request was sent to Amazon (or the document host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_called: Option<bool>,
+    /// A report document's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document_id: Option<Id>,
+    /// Bytes sent to the caller (document downloads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// Whether a streamed response was sent to its end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed: Option<bool>,
+    /// The caller's address (aggregated unauthenticated requests only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<std::net::IpAddr>,
+    /// A gap's (or an aggregate's) first moment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap_from: Option<Stamp>,
+    /// A gap's (or an aggregate's) last moment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap_to: Option<Stamp>,
 }
 
 // === impl Reason ===
@@ -378,6 +433,8 @@ impl Kind {
             Kind::AuditStarted => "audit_started",
             Kind::AuditStopped => "audit_stopped",
             Kind::AuditRetention => "audit_retention",
+            Kind::Gap => "gap",
+            Kind::Unauthenticated => "unauthenticated",
         }
     }
 }
@@ -474,6 +531,14 @@ impl Record {
             client_id: None,
             count: None,
             window_secs: None,
+            outcome: None,
+            upstream_called: None,
+            document_id: None,
+            bytes: None,
+            completed: None,
+            source: None,
+            gap_from: None,
+            gap_to: None,
         }
     }
 

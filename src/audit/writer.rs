@@ -2,17 +2,25 @@
 //! writer thread behind it.
 //!
 //! `record` only boxes the record and puts it on a bounded queue (no I/O, no serialization, no
-//! lock shared with other callers beyond the queue's). A dedicated thread takes records off the
-//! queue in batches, stamps them with its clock, appends them to the chain, evaluates the alert
-//! rules, writes each batch through to the OS and moves the head, fsyncs by policy, and once a
-//! day (and at start) deletes chain files past their retention.
+//! lock shared with other callers beyond the queue's). `record_durable` does the same and waits
+//! until the record has been handed to the kernel (for responses carrying buyer PII and for
+//! admin and security actions): a SIGKILL after the answer cannot lose it.
 //!
-//! **When the queue is full** the caller blocks until the writer makes room: an audit log that
-//! cannot keep up slows the gateway down rather than losing records (counted in
-//! `spgate_audit_records_blocked_total`). Records are lost only if the writer has stopped (after
-//! `shutdown`, or a panic): counted in `spgate_audit_records_lost_total` and logged. A write
-//! error (disk full) is counted and logged, and makes [`Auditor::healthy`] false until a write
-//! succeeds again.
+//! A dedicated thread takes records off the queue in batches, stamps them with its clock,
+//! appends them to the chain, evaluates the alert rules, and writes the batch to the OS in one
+//! `write(2)`. While records flow it polls every 10 ms (senders of ordinary records never wake
+//! it) and writes them within about 20 ms; a durable record wakes it, and the batch (group
+//! commit) is written ~1 ms later with every record that joined it. The head file moves lazily (with each fsync, at most once a second, and at
+//! shutdown), never per batch.
+//!
+//! **When the queue is full** the caller blocks until the writer makes room (counted in
+//! `spgate_audit_records_blocked_total`). **When a write fails** (disk full, read-only) the
+//! batch is rolled back, its durable callers are told (their responses become 503), the
+//! auditor turns unavailable (readiness 503, `spgate_audit_unavailable` 1, an error log and a
+//! webhook alert), and the lost records are counted. The writer retries every 100 ms; the first
+//! write that succeeds starts with a `gap` record (count and time span of what was lost), and
+//! the auditor is available again. A process that stopped abruptly leaves a `gap` record too
+//! (`abrupt_stop`, count unknown), written when the chain is resumed.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,8 +32,8 @@ use time::OffsetDateTime;
 
 use super::alerts::{Alerts, Webhook};
 use super::chain::{ChainError, ChainWriter};
-use super::config::{AuditConfig, FsyncPolicy};
-use super::record::{Kind, Reason, Record};
+use super::config::{AuditConfig, FsyncPolicy, OnFailure};
+use super::record::{Kind, Reason, Record, Stamp};
 
 /// Where the writer's time comes from (tests inject a manual clock to rotate and expire files
 /// without waiting).
@@ -95,7 +103,17 @@ pub struct AuditMetrics {
     pub webhook_failures: u64,
     /// Audit files deleted by retention.
     pub files_expired: u64,
+    /// `gap` records written.
+    pub gaps: u64,
+    /// Whether the log cannot be written right now.
+    pub unavailable: bool,
 }
+
+/// A record could not be written (the log is failing or stopped): the caller must not answer
+/// as if it had been.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the audit log cannot be written")]
+pub struct Unrecorded;
 
 /// The rule names, in the order of [`AuditMetrics::alerts`].
 pub const ALERT_RULES: [&str; 4] = [
@@ -105,9 +123,12 @@ pub const ALERT_RULES: [&str; 4] = [
     "new_pii_category",
 ];
 
+/// Told to a durable caller: whether its record was handed to the kernel.
+type Ack = tokio::sync::oneshot::Sender<bool>;
+
 enum Msg {
-    Record(Box<Record>),
-    Flush(tokio::sync::oneshot::Sender<()>),
+    Record(Box<Record>, Option<Ack>),
+    Flush(Ack),
     Shutdown(tokio::sync::oneshot::Sender<()>),
 }
 
@@ -120,13 +141,22 @@ struct Counters {
     alerts: [AtomicU64; 4],
     webhook_failures: Arc<AtomicU64>,
     files_expired: AtomicU64,
+    gaps: AtomicU64,
+    /// Lost records not yet covered by a written `gap` record.
+    unrecorded: AtomicU64,
     failing: AtomicBool,
     stopped: AtomicBool,
+    /// The shutdown drain is cutting requests (their records say `shutdown`).
+    draining: AtomicBool,
 }
 
 struct Inner {
     tx: Option<SyncSender<Msg>>,
+    /// The writer thread: woken by durable records while it polls.
+    writer: Option<std::thread::Thread>,
+    noise: Arc<super::noise::Noise>,
     instance: String,
+    on_failure: OnFailure,
     counters: Arc<Counters>,
 }
 
@@ -153,12 +183,27 @@ impl Auditor {
         Auditor::start_with_clock(config, Arc::new(SystemClock))
     }
 
+    /// Like [`Auditor::start`], but waits while another process writes the chain (command-line
+    /// actions: parallel commands take turns on one chain instead of failing).
+    pub fn start_waiting(config: &AuditConfig) -> Result<Auditor, AuditError> {
+        let chain = ChainWriter::open_waiting(&config.dir, &config.instance, config.key.expose())?;
+        Auditor::start_chain(config, chain, Arc::new(SystemClock))
+    }
+
     /// Like [`Auditor::start`], with the writer's clock injected.
     pub fn start_with_clock(
         config: &AuditConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Auditor, AuditError> {
         let chain = ChainWriter::open(&config.dir, &config.instance, config.key.expose())?;
+        Auditor::start_chain(config, chain, clock)
+    }
+
+    fn start_chain(
+        config: &AuditConfig,
+        chain: ChainWriter,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Auditor, AuditError> {
         let counters = Arc::new(Counters::default());
         let webhook = config.alerts.webhook.as_ref().and_then(|url| {
             let runtime = tokio::runtime::Handle::try_current().ok();
@@ -178,6 +223,7 @@ impl Auditor {
             Some((seen_file, config.key.expose().as_slice())),
         );
         let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
+        let noise = Arc::new(super::noise::Noise::new());
         let mut writer = Writer {
             chain,
             rx,
@@ -190,16 +236,24 @@ impl Auditor {
             last_sync: Instant::now(),
             unsynced: false,
             retention_day: None,
+            gap: None,
+            acks: Vec::new(),
+            noise: noise.clone(),
+            last_sweep: Instant::now(),
+            instance: config.instance.clone(),
         };
         writer.started();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(format!("audit-{}", config.instance))
             .spawn(move || writer.run())
             .map_err(AuditError::Thread)?;
         Ok(Auditor {
             inner: Arc::new(Inner {
                 tx: Some(tx),
+                writer: Some(thread.thread().clone()),
+                noise,
                 instance: config.instance.clone(),
+                on_failure: config.on_failure,
                 counters,
             }),
         })
@@ -210,7 +264,10 @@ impl Auditor {
         Auditor {
             inner: Arc::new(Inner {
                 tx: None,
+                writer: None,
+                noise: Arc::new(super::noise::Noise::new()),
                 instance: String::new(),
+                on_failure: OnFailure::Refuse,
                 counters: Arc::new(Counters::default()),
             }),
         }
@@ -228,11 +285,37 @@ impl Auditor {
 
     /// Queues a record. Blocks only while the queue is full (see the module docs).
     pub fn record(&self, record: Record) {
+        self.enqueue(record, None);
+    }
+
+    /// Queues a record and waits until it has been handed to the kernel (group commit with the
+    /// other records of a ~1 ms batch). `Err` when it could not be written: the caller must not
+    /// answer as if it had been (a disabled auditor always succeeds).
+    pub async fn record_durable(&self, record: Record) -> Result<(), Unrecorded> {
+        if self.inner.tx.is_none() {
+            return Ok(());
+        }
+        let (ack, done) = tokio::sync::oneshot::channel();
+        if !self.enqueue(record, Some(ack)) {
+            return Err(Unrecorded);
+        }
+        if let Some(writer) = &self.inner.writer {
+            // While records wait, the writer sleeps up to ASYNC_DELAY: this one is waited for.
+            writer.unpark();
+        }
+        match done.await {
+            Ok(true) => Ok(()),
+            _ => Err(Unrecorded),
+        }
+    }
+
+    /// Returns false if the record was lost (writer stopped).
+    fn enqueue(&self, record: Record, ack: Option<Ack>) -> bool {
         let Some(tx) = &self.inner.tx else {
-            return;
+            return true;
         };
         let c = &self.inner.counters;
-        let msg = Msg::Record(Box::new(record));
+        let msg = Msg::Record(Box::new(record), ack);
         let lost = c.stopped.load(Ordering::Relaxed)
             || match tx.try_send(msg) {
                 Ok(()) => false,
@@ -244,8 +327,38 @@ impl Auditor {
             };
         if lost {
             c.lost.fetch_add(1, Ordering::Relaxed);
+            c.unrecorded.fetch_add(1, Ordering::Relaxed);
             tracing::error!("An audit record was lost: the audit writer has stopped.");
         }
+        !lost
+    }
+
+    /// Requests refused before authentication: aggregated per address and minute (see
+    /// [`super::noise`]).
+    pub fn noise(&self) -> &super::noise::Noise {
+        &self.inner.noise
+    }
+
+    /// Whether records can be written right now (false while writes fail, or after
+    /// shutdown). The request path refuses by [`Auditor::on_failure`] while this is false.
+    pub fn available(&self) -> bool {
+        self.healthy()
+    }
+
+    /// What the gateway does while the log cannot be written.
+    pub fn on_failure(&self) -> OnFailure {
+        self.inner.on_failure
+    }
+
+    /// Marks the shutdown drain as cutting requests: records of requests ended from now on
+    /// say `shutdown`.
+    pub fn begin_drain_cut(&self) {
+        self.inner.counters.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the shutdown drain is cutting requests.
+    pub fn draining(&self) -> bool {
+        self.inner.counters.draining.load(Ordering::Relaxed)
     }
 
     async fn ask(&self, make: impl FnOnce(tokio::sync::oneshot::Sender<()>) -> Msg) {
@@ -264,16 +377,34 @@ impl Auditor {
     /// Waits until every record queued before this call is written through to the OS, and
     /// runs the writer's daily duties (retention) if the day changed.
     pub async fn flush(&self) {
-        self.ask(Msg::Flush).await;
+        let _ = self.flushed().await;
+    }
+
+    /// Like [`Auditor::flush`], and says whether every record queued before the call was
+    /// written (`Err` when a write failed since and no gap record has reported it yet). An
+    /// admin or security action answers only after this (a disabled auditor always succeeds).
+    pub async fn flushed(&self) -> Result<(), Unrecorded> {
+        let Some(tx) = self.inner.tx.clone() else {
+            return Ok(());
+        };
+        let (ack, done) = tokio::sync::oneshot::channel();
+        // `send` may block while the queue is full: not on a runtime worker.
+        let sent = tokio::task::spawn_blocking(move || tx.send(Msg::Flush(ack)).is_ok()).await;
+        match (sent, done.await) {
+            (Ok(true), Ok(true)) => Ok(()),
+            _ => Err(Unrecorded),
+        }
     }
 
     /// Writes an `audit_stopped` record, writes and fsyncs everything queued, and stops the
     /// writer (records after this are counted as lost). Call on SIGTERM after draining.
-    pub async fn shutdown(&self) {
-        if self.inner.counters.stopped.load(Ordering::Relaxed) {
-            return;
+    /// Returns how many records were lost without a `gap` record to say so (0: the log is
+    /// complete); `serve` exits non-zero when it is not.
+    pub async fn shutdown(&self) -> u64 {
+        if !self.inner.counters.stopped.load(Ordering::Relaxed) {
+            self.ask(Msg::Shutdown).await;
         }
-        self.ask(Msg::Shutdown).await;
+        self.inner.counters.unrecorded.load(Ordering::Relaxed)
     }
 
     /// Whether the writer is running and its last write succeeded (for readiness).
@@ -300,6 +431,8 @@ impl Auditor {
             ],
             webhook_failures: get(&c.webhook_failures),
             files_expired: get(&c.files_expired),
+            gaps: get(&c.gaps),
+            unavailable: self.inner.tx.is_some() && !self.healthy(),
         }
     }
 
@@ -353,13 +486,49 @@ impl Auditor {
             "Audit chain files deleted after their retention.",
             &one(m.files_expired),
         );
+        counter(
+            "spgate_audit_gaps_total",
+            "Gap records written (records lost, with count and span).",
+            &one(m.gaps),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP spgate_audit_unavailable 1 while the audit log cannot be written (requests refused by audit.on_failure).\n# TYPE spgate_audit_unavailable gauge\nspgate_audit_unavailable {}",
+            u8::from(m.unavailable)
+        );
     }
 }
 
 // === the writer thread ===
 
-/// Records taken off the queue per batch (one write-through and head move per batch).
+/// Records taken off the queue per batch (one write-through per batch).
 const BATCH: usize = 4096;
+
+/// How long the writer lingers after a batch's first record for others to join it.
+const LINGER: Duration = Duration::from_millis(1);
+
+/// How long a non-durable record may wait for others before it is written (SIGKILL loses at
+/// most this much of them, reported as an `abrupt_stop` gap on restart).
+const ASYNC_DELAY: Duration = Duration::from_millis(10);
+
+/// Unwritten bytes that start a write at once.
+const ASYNC_BYTES: usize = 256 * 1024;
+
+/// How often the writer retries while writes fail.
+const RETRY: Duration = Duration::from_millis(100);
+
+/// How often aggregated unauthenticated requests are looked at (written after a minute).
+const SWEEP: Duration = Duration::from_secs(10);
+
+/// How often the head moves at most without an fsync.
+const HEAD_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Records lost and not yet reported in the chain.
+struct PendingGap {
+    count: u64,
+    from: OffsetDateTime,
+    to: OffsetDateTime,
+}
 
 struct Writer {
     chain: ChainWriter,
@@ -373,6 +542,16 @@ struct Writer {
     last_sync: Instant,
     unsynced: bool,
     retention_day: Option<time::Date>,
+    gap: Option<PendingGap>,
+    noise: Arc<super::noise::Noise>,
+    last_sweep: Instant,
+    /// Durable callers of the batch being written.
+    acks: Vec<Ack>,
+    instance: String,
+}
+
+fn stamp(at: OffsetDateTime) -> Stamp {
+    Stamp::lossy(&super::query::record_time(at))
 }
 
 impl Writer {
@@ -382,26 +561,75 @@ impl Writer {
             r.reason = Some(Reason::RECOVERED);
             r.count = Some(self.chain.recovered());
         }
-        self.write(&r);
+        if let Some(last) = self.chain.abrupt_stop().map(str::to_string) {
+            // Records the previous process had queued but not written are unknown: say so.
+            let mut g = Record::new(Kind::Gap).with_reason(Reason::from_static("abrupt_stop"));
+            g.gap_from = Some(Stamp::lossy(&last));
+            g.gap_to = Some(stamp(self.clock.now()));
+            tracing::warn!(
+                since = %last,
+                "The previous process stopped without closing its audit chain: a gap record marks the span."
+            );
+            self.append(&g);
+            self.counters.gaps.fetch_add(1, Ordering::Relaxed);
+        }
+        self.append(&r);
         self.housekeeping();
         self.end_batch();
+        // A head from the start: a chain with files and no head cannot be resumed.
+        if let Err(e) = self.chain.move_head(true) {
+            self.failed(&e);
+        }
     }
 
     fn run(mut self) {
+        // When the first record not yet written arrived (non-durable records wait up to
+        // ASYNC_DELAY so that one write carries many of them).
+        let mut oldest: Option<Instant> = None;
+        // Whether the last round took records (the writer keeps polling while they flow).
+        let mut active = false;
         loop {
-            let timeout = match self.fsync {
-                FsyncPolicy::Interval(i) if self.unsynced => {
-                    i.saturating_sub(self.last_sync.elapsed())
+            let polling = oldest.is_some() || active;
+            let first = if polling {
+                let since = oldest.unwrap_or_else(Instant::now);
+                // Records are waiting: poll instead of blocking, so that senders of non-durable
+                // records never wake the writer (a wake per record would cost more than the
+                // record). A durable record wakes it (unpark); then the batch fills for LINGER.
+                let until = since + ASYNC_DELAY;
+                let now = Instant::now();
+                if now < until {
+                    std::thread::park_timeout(until - now);
+                    if Instant::now() < until {
+                        std::thread::sleep(LINGER);
+                    }
                 }
-                _ => Duration::from_secs(60),
-            };
-            let first = match self.rx.recv_timeout(timeout) {
-                Ok(m) => Some(m),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => {
-                    // Every handle dropped without shutdown: write through what we have.
-                    self.stop(None);
-                    return;
+                self.rx.try_recv().ok()
+            } else {
+                let timeout = if self.gap.is_some() {
+                    RETRY
+                } else {
+                    match self.fsync {
+                        FsyncPolicy::Interval(i) if self.unsynced => {
+                            i.saturating_sub(self.last_sync.elapsed())
+                        }
+                        _ if self.unsynced => HEAD_INTERVAL,
+                        _ => SWEEP,
+                    }
+                };
+                match self.rx.recv_timeout(timeout) {
+                    Ok(m) => {
+                        if matches!(m, Msg::Record(..)) {
+                            // Group commit: let the batch fill for a moment.
+                            std::thread::sleep(LINGER);
+                        }
+                        Some(m)
+                    }
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        // Every handle dropped without shutdown: write through what we have.
+                        self.stop();
+                        return;
+                    }
                 }
             };
             let mut waiting = Vec::new();
@@ -410,7 +638,7 @@ impl Writer {
             let mut taken = 0;
             while let Some(msg) = next.take() {
                 match msg {
-                    Msg::Record(r) => self.write_record(&r),
+                    Msg::Record(r, ack) => self.take(&r, ack),
                     Msg::Flush(done) => waiting.push(done),
                     Msg::Shutdown(done) => {
                         shutdown = Some(done);
@@ -424,63 +652,154 @@ impl Writer {
             }
             if let Some(done) = shutdown {
                 for w in waiting {
-                    let _ = w.send(());
+                    let _ = w.send(self.gap.is_none());
                 }
-                self.stop(Some(done));
+                self.stop();
+                // The chain (and its lock) is released before the caller hears back.
+                drop(self);
+                let _ = done.send(());
                 return;
             }
             self.housekeeping();
-            self.end_batch();
+            if self.last_sweep.elapsed() >= SWEEP {
+                self.last_sweep = Instant::now();
+                for r in self.noise.take(false) {
+                    self.write_record(&r);
+                }
+            }
+            active = taken > 0;
+            if self.chain.unwritten() > 0 {
+                oldest.get_or_insert_with(Instant::now);
+            }
+            let due = !self.acks.is_empty()
+                || !waiting.is_empty()
+                || self.chain.unwritten_bytes() >= ASYNC_BYTES
+                || oldest.is_some_and(|t| t.elapsed() >= ASYNC_DELAY)
+                || (!polling && taken == 0);
+            if due {
+                self.end_batch();
+                oldest = None;
+            }
             for w in waiting {
-                let _ = w.send(());
+                let _ = w.send(self.gap.is_none());
             }
         }
     }
 
-    fn stop(&mut self, done: Option<tokio::sync::oneshot::Sender<()>>) {
+    fn stop(&mut self) {
         self.counters.stopped.store(true, Ordering::Relaxed);
         // Records queued behind the shutdown request are still written.
         while let Ok(msg) = self.rx.try_recv() {
             match msg {
-                Msg::Record(r) => self.write_record(&r),
-                Msg::Flush(w) | Msg::Shutdown(w) => {
+                Msg::Record(r, ack) => self.take(&r, ack),
+                Msg::Flush(w) => {
+                    let _ = w.send(false);
+                }
+                Msg::Shutdown(w) => {
                     let _ = w.send(());
                 }
             }
         }
-        self.write(&Record::new(Kind::AuditStopped));
-        if let Err(e) = self.chain.sync() {
-            self.failed(&e);
+        for r in self.noise.take(true) {
+            self.write_record(&r);
         }
-        if let Some(done) = done {
-            let _ = done.send(());
+        self.append(&Record::new(Kind::AuditStopped));
+        self.end_batch();
+        if self.gap.is_none() {
+            if let Err(e) = self.chain.sync() {
+                self.failed(&e);
+            }
         }
     }
 
     fn failed(&self, e: &ChainError) {
         self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
-        self.counters.failing.store(true, Ordering::Relaxed);
+        let was = self.counters.failing.swap(true, Ordering::Relaxed);
         tracing::error!(error = %e, "Audit log write failed.");
+        if !was {
+            tracing::error!(
+                instance = %self.instance,
+                "The audit log cannot be written: requests are refused (audit.on_failure) until it can."
+            );
+            if let Some(w) = &self.webhook {
+                let body = serde_json::json!({
+                    "rule": "audit_unavailable",
+                    "instance": self.instance,
+                    "time": super::query::record_time(self.clock.now()),
+                });
+                w.send(serde_json::to_vec(&body).unwrap_or_default());
+            }
+        }
     }
 
-    /// Appends one record; false if it could not be written.
-    fn write(&mut self, r: &Record) -> bool {
+    /// Appends one record to the batch being built (no I/O, except when the day changes and
+    /// the batch so far is written to the previous day's file). False if it was lost.
+    fn append(&mut self, r: &Record) -> bool {
         match self.chain.append(self.clock.now(), r) {
-            Ok(_) => {
-                self.counters.written.fetch_add(1, Ordering::Relaxed);
-                self.unsynced = true;
-                true
+            Ok(_) => true,
+            Err(e @ ChainError::NotAnObject) => {
+                self.lose(1, &e);
+                false
             }
             Err(e) => {
-                self.counters.lost.fetch_add(1, Ordering::Relaxed);
-                self.failed(&e);
+                // The batch so far could not be written to the previous day's file.
+                let rolled = self.chain.roll_back_count();
+                self.lose(rolled + 1, &e);
                 false
             }
         }
     }
 
-    fn write_record(&mut self, r: &Record) {
-        self.write(r);
+    /// Counts records as lost (reported by the next `gap` record) and fails the waiting
+    /// durable callers.
+    fn lose(&mut self, lost: u64, e: &ChainError) {
+        let now = self.clock.now();
+        let gap = self.gap.get_or_insert(PendingGap {
+            count: 0,
+            from: now,
+            to: now,
+        });
+        gap.count += lost;
+        gap.to = now;
+        self.counters.lost.fetch_add(lost, Ordering::Relaxed);
+        self.counters.unrecorded.fetch_add(lost, Ordering::Relaxed);
+        for ack in self.acks.drain(..) {
+            let _ = ack.send(false);
+        }
+        self.failed(e);
+    }
+
+    /// One record off the queue, with its durable caller.
+    fn take(&mut self, r: &Record, ack: Option<Ack>) {
+        let appended = self.write_record(r);
+        match ack {
+            Some(ack) if appended => self.acks.push(ack),
+            Some(ack) => {
+                let _ = ack.send(false);
+            }
+            None => {}
+        }
+    }
+
+    fn gap_record(&self) -> Option<Record> {
+        let gap = self.gap.as_ref()?;
+        let mut g = Record::new(Kind::Gap).with_reason(Reason::from_static("write_failed"));
+        g.count = Some(gap.count);
+        g.gap_from = Some(stamp(gap.from));
+        g.gap_to = Some(stamp(gap.to));
+        Some(g)
+    }
+
+    fn write_record(&mut self, r: &Record) -> bool {
+        if self.chain.unwritten() == 0 {
+            // The batch starts with the report of what was lost before it.
+            if let Some(g) = self.gap_record() {
+                self.chain.append(self.clock.now(), &g).ok();
+            }
+        }
+        if !self.append(r) {
+            return false;
+        }
         let now = self.clock.now();
         for alert in self.alerts.observe(r, now) {
             let i = ALERT_RULES
@@ -489,32 +808,67 @@ impl Writer {
                 .unwrap_or(0);
             self.counters.alerts[i].fetch_add(1, Ordering::Relaxed);
             alert.emit();
-            self.write(&alert.to_record());
+            self.append(&alert.to_record());
             if let Some(w) = &self.webhook {
                 w.send(alert.webhook_body(self.chain.instance(), now));
             }
         }
+        true
     }
 
-    /// Writes the batch through, moves the head, and fsyncs by policy.
+    /// Writes the batch through in one write, tells its durable callers, fsyncs by policy and
+    /// moves the head lazily. On failure the batch becomes (part of) a gap.
     fn end_batch(&mut self) {
+        if self.chain.unwritten() == 0 {
+            // Nothing else to write: probe with the gap record alone.
+            if let Some(g) = self.gap_record() {
+                self.chain.append(self.clock.now(), &g).ok();
+            }
+        }
+        let had_gap = self.gap.is_some();
+        match self.chain.write_through() {
+            Ok(n) => {
+                self.counters.written.fetch_add(n, Ordering::Relaxed);
+                if let Some(gap) = self.gap.take() {
+                    self.counters.gaps.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .unrecorded
+                        .fetch_sub(gap.count, Ordering::Relaxed);
+                    tracing::warn!(
+                        lost = gap.count,
+                        "The audit log writes again; a gap record reports the records lost."
+                    );
+                }
+                if self.counters.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("The audit log is writable again.");
+                }
+                for ack in self.acks.drain(..) {
+                    let _ = ack.send(true);
+                }
+                self.unsynced |= n > 0;
+            }
+            Err(e) => {
+                let rolled = self.chain.roll_back_count();
+                self.lose(rolled.saturating_sub(u64::from(had_gap)), &e);
+                return;
+            }
+        }
         let sync = match self.fsync {
             FsyncPolicy::Never => false,
             FsyncPolicy::Always => self.unsynced,
             FsyncPolicy::Interval(i) => self.unsynced && self.last_sync.elapsed() >= i,
         };
         let result = if sync {
-            self.chain.sync()
+            self.chain.sync_written()
+        } else if self.unsynced && self.last_sync.elapsed() >= HEAD_INTERVAL {
+            self.chain.move_head(false)
         } else {
-            self.chain.flush()
+            return;
         };
         match result {
             Ok(()) => {
-                self.counters.failing.store(false, Ordering::Relaxed);
-                if sync || self.fsync == FsyncPolicy::Never {
-                    self.unsynced = false;
-                    self.last_sync = Instant::now();
-                }
+                self.unsynced = false;
+                self.last_sync = Instant::now();
             }
             Err(e) => self.failed(&e),
         }
@@ -535,7 +889,7 @@ impl Writer {
                 tracing::info!(files = e.files, "Audit files past their retention deleted.");
                 let mut r = Record::new(Kind::AuditRetention);
                 r.count = Some(e.files as u64);
-                self.write(&r);
+                self.append(&r);
             }
             Ok(_) => {}
             Err(e) => self.failed(&e),

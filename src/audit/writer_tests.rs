@@ -21,6 +21,7 @@ fn config(dir: &Path) -> AuditConfig {
         retain_days: 365,
         fsync: FsyncPolicy::Interval(Duration::from_secs(1)),
         queue_capacity: 1024,
+        on_failure: crate::audit::config::OnFailure::Refuse,
         alerts: AlertRules::default(),
     }
 }
@@ -208,4 +209,100 @@ async fn a_disabled_auditor_records_nothing_and_stays_healthy() {
     a.shutdown().await;
     assert!(a.healthy() && !a.enabled());
     assert_eq!(a.metrics(), AuditMetrics::default());
+}
+
+#[tokio::test]
+async fn a_durable_record_is_in_the_file_when_the_call_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let auditor = Auditor::start(&config(dir.path())).unwrap();
+    for i in 0..20 {
+        let id = format!("durable-{i}");
+        auditor
+            .record_durable(Record::request(&id).with_tool("labels"))
+            .await
+            .unwrap();
+        // Handed to the kernel: another reader sees it now, with no flush or shutdown.
+        let files = chain::list_chains(dir.path()).unwrap();
+        let text = std::fs::read_to_string(&files["gw1"][0].path).unwrap();
+        assert!(text.contains(&format!("\"request_id\":\"{id}\"")), "{i}");
+    }
+    // The head moved lazily, yet the chain verifies with the records past it.
+    let reports = chain::verify(dir.path(), KEY).unwrap();
+    assert_eq!(reports[0].first_bad, None, "{reports:?}");
+    assert_eq!(reports[0].records, 21);
+    assert_eq!(auditor.shutdown().await, 0);
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_failing_disk_refuses_durable_records_then_a_gap_record_reports_the_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(datetime!(2026-01-01 10:00 UTC));
+    let auditor = Auditor::start_with_clock(&config(dir.path()), Arc::new(clock.clone())).unwrap();
+    auditor
+        .record_durable(Record::new(Kind::Reload).with_actor("ops-alice"))
+        .await
+        .unwrap();
+    // The next day's file is a device that answers every write with ENOSPC (a full disk).
+    let next = dir.path().join("audit-gw1-2026-01-02.jsonl");
+    std::os::unix::fs::symlink("/dev/full", &next).unwrap();
+    clock.advance(time::Duration::days(1));
+    let refused = auditor
+        .record_durable(Record::new(Kind::Reveal).with_tool("labels"))
+        .await;
+    assert_eq!(refused, Err(Unrecorded));
+    assert!(!auditor.available());
+    assert!(auditor.metrics().unavailable);
+    for i in 0..3 {
+        auditor.record(Record::request(&format!("lost-{i}")));
+    }
+    auditor.flush().await;
+    assert!(!auditor.available());
+    assert_eq!(auditor.metrics().lost, 4);
+    // Space again: the writer's retry writes the gap record and the log is available.
+    std::fs::remove_file(&next).unwrap();
+    let mut waited = 0;
+    while !auditor.available() && waited < 100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += 1;
+    }
+    assert!(auditor.available());
+    assert_eq!(auditor.shutdown().await, 0);
+    let reports = chain::verify(dir.path(), KEY).unwrap();
+    assert_eq!(reports[0].first_bad, None, "{reports:?}");
+    assert_eq!(reports[0].gaps.len(), 1, "{reports:?}");
+    assert_eq!(reports[0].gaps[0].count, Some(4));
+    assert!(reports[0].gaps[0].from.is_some() && reports[0].gaps[0].to.is_some());
+    let k = kinds(dir.path());
+    assert!(!k.contains(&"reveal".to_string()), "{k:?}");
+    assert_eq!(auditor.metrics().gaps, 1);
+}
+
+#[tokio::test]
+async fn a_process_that_stopped_abruptly_leaves_a_gap_record() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // A writer that never writes audit_stopped (SIGKILL).
+        let mut w = chain::ChainWriter::open(dir.path(), "gw1", KEY).unwrap();
+        w.append(
+            datetime!(2026-01-01 10:00 UTC),
+            &Record::new(Kind::AuditStarted),
+        )
+        .unwrap();
+        w.flush().unwrap();
+    }
+    let auditor = Auditor::start(&config(dir.path())).unwrap();
+    auditor.shutdown().await;
+    let reports = chain::verify(dir.path(), KEY).unwrap();
+    assert_eq!(reports[0].first_bad, None, "{reports:?}");
+    assert_eq!(reports[0].gaps.len(), 1);
+    let gap = &reports[0].gaps[0];
+    assert_eq!(
+        (gap.count, gap.reason.as_deref(), gap.from.as_deref()),
+        (None, Some("abrupt_stop"), Some("2026-01-01T10:00:00.000Z"))
+    );
+    // A clean stop leaves none.
+    let again = Auditor::start(&config(dir.path())).unwrap();
+    again.shutdown().await;
+    assert_eq!(chain::verify(dir.path(), KEY).unwrap()[0].gaps.len(), 1);
 }

@@ -44,6 +44,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::time::Instant;
 
+mod accounting;
 pub mod body;
 pub mod documents;
 pub mod error_body;
@@ -92,6 +93,7 @@ pub struct Gateway {
     auditor: crate::audit::Auditor,
     outbound: outbound::Fetcher,
     header_drops: headers::Dropped,
+    drain: accounting::Drain,
 }
 
 /// The parts of a gateway, for [`Gateway::new`].
@@ -184,6 +186,10 @@ struct Ctx {
     public_base: Option<String>,
     /// What the PII policy did (categories returned and their actions, safety-net hits).
     pii: Option<crate::pii::transform::Report>,
+    /// Whether the request was sent upstream (besides `token`, set right before SP-API calls).
+    upstream_called: bool,
+    /// A report document being streamed: its id and what the redactor emits.
+    document: Option<(String, Arc<accounting::Emitted>)>,
 }
 
 /// The kind of token a request was sent upstream with (audited).
@@ -223,6 +229,7 @@ impl Gateway {
             auditor: parts.auditor,
             outbound: parts.outbound,
             header_drops: headers::Dropped::default(),
+            drain: accounting::Drain::new(),
         }
     }
 
@@ -234,6 +241,19 @@ impl Gateway {
     /// Headers dropped by the allowlists, per direction (metrics).
     pub fn header_drops(&self) -> &headers::Dropped {
         &self.header_drops
+    }
+
+    /// Cuts the requests still in flight when the shutdown drain times out and waits (up to
+    /// `wait`) until each has been recorded (outcome `shutdown`): call before shutting the
+    /// audit log down. Returns how many were still unrecorded after `wait`.
+    pub async fn cut_in_flight(&self, wait: Duration) -> usize {
+        self.auditor.begin_drain_cut();
+        self.drain.cut();
+        let until = Instant::now() + wait;
+        while self.drain.in_flight() > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.drain.in_flight()
     }
 
     /// The vault (per-order keys, PII cache, retention).
@@ -262,19 +282,36 @@ impl Gateway {
     }
 
     /// Handles one request from a seller tool. Never fails: errors become SP-API-shaped responses.
+    ///
+    /// Every request is recorded, however it ends (see [`accounting`]). While the audit log
+    /// cannot be written, requests are refused by `audit.on_failure`; a response that carries
+    /// buyer PII (and a reveal) is sent only once its record has been handed to the kernel.
     pub async fn handle<B>(&self, req: Request<B>) -> Response<Body>
     where
         B: HttpBody<Data = bytes::Bytes> + Send + Sync + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        let request_id = self.request_ids.next();
-        let started = std::time::Instant::now();
-        let method = req.method().clone();
-        let span = tracing::info_span!("request", request_id = %request_id, method = %req.method(), operation = tracing::field::Empty);
-        let mut ctx = Ctx::default();
-        let result =
-            tracing::Instrument::instrument(self.pipeline(req, &mut ctx), span.clone()).await;
-        let ctx = &ctx;
+        let mut call = accounting::Call::new(self, self.request_ids.next(), req.method().clone());
+        let span = tracing::info_span!("request", request_id = %call.request_id, method = %req.method(), operation = tracing::field::Empty);
+        let reveal_path = req.uri().path() == reveal::PATH;
+        let peer = req
+            .extensions()
+            .get::<crate::server::PeerAddr>()
+            .map(|p| p.0.ip())
+            .filter(|_| self.auditor.enabled());
+        let result = if peer.is_some_and(|ip| self.auditor.noise().refuse(ip)) {
+            // An address that keeps failing authentication: refused in front, aggregated.
+            call.recorded();
+            Err(ProxyError::TooManyFailures)
+        } else if self.audit_refuses(&req) {
+            Err(ProxyError::AuditUnavailable)
+        } else {
+            tokio::select! {
+                r = tracing::Instrument::instrument(self.pipeline(req, &mut call.ctx), span.clone()) => r,
+                () = self.drain.cut_signal() => Err(ProxyError::ShuttingDown),
+            }
+        };
+        let ctx = &call.ctx;
         if let Some(op) = ctx.operation {
             span.record("operation", op.key);
         }
@@ -292,35 +329,119 @@ impl Gateway {
             }
         }
         let reason = result.as_ref().err().map(audit_reason);
+        if let (Some(ip), Some(r), None) = (peer, &reason, &ctx.tool) {
+            if *r == crate::audit::Reason::UNAUTHENTICATED {
+                // Aggregated per address and minute instead of one record each.
+                self.auditor.noise().count(ip, "unauthenticated");
+                call.recorded();
+            }
+        }
+        let ctx = &call.ctx;
+        let outcome = match &result {
+            Err(ProxyError::ShuttingDown) => crate::audit::Outcome::Shutdown,
+            Err(ProxyError::Upstream(UpstreamError::HeaderTimeout(_))) => {
+                crate::audit::Outcome::Timeout
+            }
+            _ => crate::audit::Outcome::Answered,
+        };
         let mut resp = match result {
             Ok(resp) => resp,
             Err(err) => span.in_scope(|| rescue::rescue(&err)),
         };
-        self.audit_request(&request_id, &method, ctx, reason, resp.status(), started);
-        if let Ok(v) = HeaderValue::from_str(&request_id) {
+        let record = if call.is_recorded() {
+            None
+        } else {
+            self.audit_request(
+                &call.request_id,
+                &call.method,
+                ctx,
+                reason,
+                Some(resp.status()),
+                call.started,
+                outcome,
+            )
+        };
+        let served = resp.status().is_success();
+        let durable = served && (reveal_path || carries_pii(&call.ctx));
+        // From here the record is in hand: dropping the future no longer loses it.
+        call.recorded();
+        match record {
+            None => {}
+            Some(r) if served && call.ctx.document.is_some() => {
+                // Recorded when the stream ends: bytes, completion, categories emitted.
+                if let Some((_, emitted)) = call.ctx.document.take() {
+                    resp = resp.map(|b| {
+                        BodyExt::boxed(accounting::DocumentBody::new(
+                            b,
+                            r,
+                            emitted,
+                            self.auditor.clone(),
+                        ))
+                    });
+                }
+            }
+            // Not sent without its record.
+            Some(r) if durable => match self.auditor.record_durable(r).await {
+                Ok(()) => {}
+                Err(_) => resp = span.in_scope(|| rescue::rescue(&ProxyError::AuditUnavailable)),
+            },
+            Some(r) => self.auditor.record(r),
+        }
+        if let Ok(v) = HeaderValue::from_str(&call.request_id) {
             resp.headers_mut().insert(headers::REQUEST_ID, v);
         }
         resp
     }
 
+    /// Whether the request may return buyer PII: a catalogued operation with a PII map, a
+    /// reveal or a document download (routing only, no authentication).
+    fn may_carry_pii<B>(&self, req: &Request<B>) -> bool {
+        let path = req.uri().path();
+        path == reveal::PATH
+            || path.starts_with(documents::PREFIX)
+            || self
+                .catalog
+                .route(req.method(), path)
+                .is_some_and(|r| r.operation.pii_map.is_some())
+    }
+
+    /// Whether the request is refused because the audit log cannot be written.
+    fn audit_refuses<B>(&self, req: &Request<B>) -> bool {
+        if !self.auditor.enabled() || self.auditor.available() {
+            return false;
+        }
+        match self.auditor.on_failure() {
+            crate::audit::OnFailure::Refuse => true,
+            crate::audit::OnFailure::ServeNonPii => self.may_carry_pii(req),
+        }
+    }
+
     /// The audit record of one proxied request: who, for which seller, what, the outcome, and
-    /// which PII categories left with which action. Ids and names only, never a value.
+    /// which PII categories left with which action. Ids and names only, never a value. `None`
+    /// when the audit log is off.
+    #[allow(clippy::too_many_arguments)]
     fn audit_request(
         &self,
         request_id: &str,
         method: &http::Method,
         ctx: &Ctx,
         reason: Option<crate::audit::Reason>,
-        status: http::StatusCode,
+        status: Option<http::StatusCode>,
         started: std::time::Instant,
-    ) {
-        use crate::audit::record::{self as ar, Id, Name, Record};
+        outcome: crate::audit::Outcome,
+    ) -> Option<crate::audit::Record> {
+        use crate::audit::record::{self as ar, Id, Name, Record, Template};
         if !self.auditor.enabled() {
-            return;
+            return None;
         }
         let mut r = Record::request(request_id);
         if let Some(op) = ctx.operation {
             r = r.with_operation(op);
+        } else if let Some((id, _)) = &ctx.document {
+            r.operation = Some(Id::lossy("documents.download"));
+            r.method = Some(Name::lossy(method.as_str()));
+            r.path = Some(Template::lossy("/v1/documents/{token}"));
+            r.document_id = Some(Id::lossy(id));
         } else {
             r.method = Some(Name::lossy(method.as_str()));
         }
@@ -333,7 +454,9 @@ impl Gateway {
         if let Some(seller) = &ctx.seller {
             r = r.with_seller(seller);
         }
-        r = r.with_status(status.as_u16());
+        r.status = status.map(|s| s.as_u16());
+        r.outcome = Some(outcome);
+        r.upstream_called = Some(ctx.upstream_called || ctx.token.is_some());
         r.latency_us = Some(started.elapsed().as_micros() as u64);
         r.reason = reason;
         r.limiter = match (&ctx.admission, status) {
@@ -344,7 +467,7 @@ impl Gateway {
                 },
                 wait_ms: a.waited.as_millis() as u64,
             }),
-            (None, http::StatusCode::TOO_MANY_REQUESTS) => Some(ar::Limiter {
+            (None, Some(http::StatusCode::TOO_MANY_REQUESTS)) => Some(ar::Limiter {
                 decision: ar::Decision::Rejected,
                 wait_ms: 0,
             }),
@@ -370,7 +493,7 @@ impl Gateway {
             }
         }
         r.upstream_request_id = ctx.upstream_request_id.as_deref().map(Id::lossy);
-        self.auditor.record(r);
+        Some(r)
     }
 
     async fn pipeline<B>(
@@ -1087,6 +1210,10 @@ impl Gateway {
             .await?;
         let role = self.roles.get(&caller.client.role).clone();
         let policy = documents::RolePolicy::new(role, &self.master_key, &claims.seller_id);
+        // Audited by `handle` when the stream ends: the categories the redactor emitted.
+        let (policy, emitted) = accounting::Noting::new(policy);
+        ctx.upstream_called = true;
+        ctx.document = Some((claims.document_id.clone(), emitted));
         let input = resp.into_body().into_data_stream();
         let redacted = crate::documents::redact(
             input,
@@ -1497,6 +1624,15 @@ fn public_base(headers: &http::HeaderMap) -> Option<String> {
         .get("x-forwarded-proto")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
     Some(format!("{}://{host}", if https { "https" } else { "http" }))
+}
+
+/// Whether the response carries buyer PII the caller receives (any category not dropped).
+fn carries_pii(ctx: &Ctx) -> bool {
+    ctx.pii.as_ref().is_some_and(|r| {
+        r.returned
+            .iter()
+            .any(|(_, a)| *a != crate::pii::Action::Drop)
+    })
 }
 
 /// The audit reason code for an error (a fixed code, never the error's text).

@@ -109,6 +109,16 @@ pub enum ProxyError {
     /// A document download was refused by the outbound policy, or failed.
     #[error(transparent)]
     Outbound(#[from] super::outbound::OutboundError),
+    /// The audit log cannot be written: the request is refused (`audit.on_failure`), or its
+    /// response (carrying buyer PII) is withheld because its record could not be written.
+    #[error("the audit log cannot be written")]
+    AuditUnavailable,
+    /// The shutdown drain ended before the request did.
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+    /// The caller's address keeps failing authentication and is past its limit.
+    #[error("too many unauthenticated requests from this address")]
+    TooManyFailures,
 }
 
 /// `Retry-After` of a 503 for a dependency outage (store, limiter Redis, LWA), in seconds.
@@ -200,6 +210,9 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
                 O::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "RequestTimeout", "Amazon's document host did not answer in time.", Fault::Upstream),
             }
         }
+        E::AuditUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "The gateway cannot write its access log right now, so it does not serve this request; retry later.", Fault::Internal),
+        E::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "The gateway is shutting down; retry on another instance.", Fault::Internal),
+        E::TooManyFailures => (StatusCode::TOO_MANY_REQUESTS, "QuotaExceeded", "Too many requests without a valid API key from this address; retry later.", Fault::Caller),
         E::Token(t) => return token_error(t),
         E::Onboarding(o) => return onboarding_error(o),
     };
@@ -233,6 +246,9 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
             _ => RETRY_AFTER_SECONDS,
         };
         h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if matches!(err, E::TooManyFailures) {
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     // After a framing error or an unread oversized body the connection cannot be reused safely.
     if matches!(
@@ -455,10 +471,20 @@ pub fn admin_error(err: &crate::admin::AdminError) -> Response<Body> {
                     .join("; ")
             ),
         ),
+        A::AuditUnavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "The gateway cannot write its audit log right now; the action is not confirmed. Retry later.".to_string(),
+        ),
     };
     tracing::info!(error = %err, status = status.as_u16(), "Admin request refused.");
-    crate::admin::json(
+    let mut resp = crate::admin::json(
         status,
         &serde_json::json!({"errors": [{"code": code, "message": message, "details": ""}]}),
-    )
+    );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
+    resp
 }

@@ -52,6 +52,10 @@ impl Handler for crate::proxy::Gateway {
     }
 }
 
+/// The client's address, in each request's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
 /// Serves `handler` on `listener` until `shutdown` completes, then drains in-flight requests for
 /// at most `limits.drain_timeout`.
 pub async fn serve<H: Handler>(
@@ -93,7 +97,7 @@ pub async fn serve_with_tls<H: Handler>(
         };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, addr)) => (stream, addr.ip()),
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(error = %e, "Accept failed.");
@@ -103,16 +107,16 @@ pub async fn serve_with_tls<H: Handler>(
             },
             () = &mut shutdown => break,
         };
-        let (stream, ip) = stream;
+        let (stream, addr) = stream;
         // Past the address's share the connection is closed at once, freeing its permit.
-        let Ok(slot) = peers.connect(ip) else {
+        let Ok(slot) = peers.connect(addr.ip()) else {
             continue;
         };
         let _ = stream.set_nodelay(true);
         let client = Client {
             handler: handler.clone(),
             peers: peers.clone(),
-            ip,
+            addr,
         };
         let Some(tls) = tls.clone() else {
             let conn = graceful.watch(serve_http1(&http, stream, client, None));
@@ -178,7 +182,7 @@ where
 struct Client<H> {
     handler: Arc<H>,
     peers: Arc<peers::Peers>,
-    ip: std::net::IpAddr,
+    addr: std::net::SocketAddr,
 }
 
 /// The per-connection service: tags each request with what the connection knows.
@@ -202,7 +206,12 @@ fn service<H: Handler>(
         if let Some(peer) = &peer {
             req.extensions_mut().insert(peer.clone());
         }
-        let (h, p, ip) = (client.handler.clone(), client.peers.clone(), client.ip);
+        req.extensions_mut().insert(PeerAddr(client.addr));
+        let (h, p, ip) = (
+            client.handler.clone(),
+            client.peers.clone(),
+            client.addr.ip(),
+        );
         async move { Ok::<_, Infallible>(peers::call(&p, ip, h, req).await) }
     })
 }

@@ -1,0 +1,261 @@
+//! Every request in the audit log, however it ends.
+//!
+//! - [`Call`]: the request's context and a drop guard. `Gateway::handle` records the request
+//!   when it produces a response; if the future is dropped first (the client went away, the
+//!   shutdown drain cut it) or unwinds (a panic), the guard records it on drop with the outcome
+//!   `client_closed`, `shutdown` or `panic`, and whether the upstream was called.
+//! - [`Drain`]: the requests in flight, and the signal that cuts them when the shutdown drain
+//!   times out (each answers 503 and is recorded as `shutdown` before the audit log closes).
+//! - [`DocumentBody`]: a report document's response body, recorded as `documents.download`
+//!   when the stream ends or is dropped: document id, the PII categories the redactor emitted
+//!   with the action applied, bytes sent and whether the stream completed.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use http_body::{Body as HttpBody, Frame, SizeHint};
+
+use super::body::{Body, BoxError};
+use super::{Ctx, Gateway};
+use crate::audit::record::{self as ar, Outcome, Record};
+use crate::audit::Auditor;
+use crate::pii::{Action, Category};
+
+/// The requests in flight and the drain's cut signal.
+pub(crate) struct Drain {
+    cut: tokio::sync::watch::Sender<bool>,
+    in_flight: AtomicUsize,
+}
+
+impl Drain {
+    pub(crate) fn new() -> Drain {
+        Drain {
+            cut: tokio::sync::watch::channel(false).0,
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    /// Completes when the drain cuts requests in flight.
+    pub(crate) async fn cut_signal(&self) {
+        let mut rx = self.cut.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
+    }
+
+    /// Cuts every request in flight (they answer 503 and are recorded as `shutdown`).
+    pub(crate) fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    /// Requests in flight (handled, not yet recorded).
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+}
+
+/// One request's context, recorded on drop if `handle` did not record it.
+pub(crate) struct Call<'a> {
+    gateway: &'a Gateway,
+    pub(crate) request_id: String,
+    pub(crate) method: http::Method,
+    pub(crate) started: std::time::Instant,
+    pub(crate) ctx: Ctx,
+    recorded: bool,
+}
+
+impl<'a> Call<'a> {
+    pub(crate) fn new(gateway: &'a Gateway, request_id: String, method: http::Method) -> Call<'a> {
+        gateway.drain.in_flight.fetch_add(1, Ordering::AcqRel);
+        Call {
+            gateway,
+            request_id,
+            method,
+            started: std::time::Instant::now(),
+            ctx: Ctx::default(),
+            recorded: false,
+        }
+    }
+
+    /// The request's record is in the auditor's hands (or deliberately replaced).
+    pub(crate) fn recorded(&mut self) {
+        self.recorded = true;
+    }
+
+    /// Whether it is.
+    pub(crate) fn is_recorded(&self) -> bool {
+        self.recorded
+    }
+}
+
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        if !self.recorded {
+            let auditor = self.gateway.auditor();
+            let outcome = if std::thread::panicking() {
+                Outcome::Panic
+            } else if auditor.draining() {
+                Outcome::Shutdown
+            } else {
+                Outcome::ClientClosed
+            };
+            if let Some(r) = self.gateway.audit_request(
+                &self.request_id,
+                &self.method,
+                &self.ctx,
+                None,
+                None,
+                self.started,
+                outcome,
+            ) {
+                auditor.record(r);
+            }
+        }
+        self.gateway.drain.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What a document download emitted, shared between the redactor and the body.
+#[derive(Default)]
+pub(crate) struct Emitted {
+    categories: Mutex<Vec<(Category, Action)>>,
+}
+
+impl Emitted {
+    fn note(&self, category: Category, action: Action) {
+        let mut c = self.categories.lock().unwrap_or_else(|p| p.into_inner());
+        if !c.iter().any(|(k, _)| *k == category) {
+            c.push((category, action));
+        }
+    }
+}
+
+/// A redactor that notes which categories it emitted. Categories the role passes are routed
+/// through `redact` too (which keeps them as they are), so they are noted as well.
+pub(crate) struct Noting {
+    inner: Arc<dyn crate::documents::Redactor>,
+    emitted: Arc<Emitted>,
+}
+
+impl Noting {
+    pub(crate) fn new(inner: Arc<dyn crate::documents::Redactor>) -> (Arc<Noting>, Arc<Emitted>) {
+        let emitted = Arc::new(Emitted::default());
+        (
+            Arc::new(Noting {
+                inner,
+                emitted: emitted.clone(),
+            }),
+            emitted,
+        )
+    }
+}
+
+impl crate::documents::Redactor for Noting {
+    fn redact(&self, category: Category, value: &str, order_id: Option<&str>) -> Option<String> {
+        let out = self.inner.redact(category, value, order_id);
+        if out.is_some() {
+            self.emitted.note(category, self.inner.action(category));
+        }
+        out
+    }
+
+    fn action(&self, category: Category) -> Action {
+        match self.inner.action(category) {
+            // Routed through `redact` (which keeps the value) so that it is noted.
+            Action::Pass => Action::Mask,
+            a => a,
+        }
+    }
+}
+
+/// A document's response body that records the download when it ends or is dropped.
+pub(crate) struct DocumentBody {
+    inner: Body,
+    bytes: u64,
+    record: Option<Record>,
+    emitted: Arc<Emitted>,
+    auditor: Auditor,
+}
+
+impl DocumentBody {
+    /// Wraps `inner`; `record` is the request's record (status, tool, seller, document id).
+    pub(crate) fn new(
+        inner: Body,
+        record: Record,
+        emitted: Arc<Emitted>,
+        auditor: Auditor,
+    ) -> DocumentBody {
+        DocumentBody {
+            inner,
+            bytes: 0,
+            record: Some(record),
+            emitted,
+            auditor,
+        }
+    }
+
+    fn finish(&mut self, completed: bool) {
+        let Some(mut r) = self.record.take() else {
+            return;
+        };
+        r.bytes = Some(self.bytes);
+        r.completed = Some(completed);
+        if !completed && r.outcome == Some(Outcome::Answered) {
+            r.outcome = Some(if self.auditor.draining() {
+                Outcome::Shutdown
+            } else {
+                Outcome::ClientClosed
+            });
+        }
+        r.pii = self
+            .emitted
+            .categories
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(category, action)| ar::PiiUse {
+                category: *category,
+                action: *action,
+            })
+            .collect();
+        self.auditor.record(r);
+    }
+}
+
+impl HttpBody for DocumentBody {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    self.bytes += n;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.finish(false),
+            Poll::Ready(None) => self.finish(true),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for DocumentBody {
+    fn drop(&mut self) {
+        self.finish(false);
+    }
+}

@@ -160,10 +160,16 @@ impl crate::documents::Redactor for Noting {
     }
 
     fn action(&self, category: Category) -> Action {
-        match self.inner.action(category) {
+        match (category, self.inner.action(category)) {
+            // Asked only when the document is opaque (a label, an image, a PDF): it passes
+            // whole, and that is what the record notes.
+            (Category::Document, Action::Pass) => {
+                self.emitted.note(Category::Document, Action::Pass);
+                Action::Pass
+            }
             // Routed through `redact` (which keeps the value) so that it is noted.
-            Action::Pass => Action::Mask,
-            a => a,
+            (_, Action::Pass) => Action::Mask,
+            (_, a) => a,
         }
     }
 }

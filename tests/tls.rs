@@ -48,6 +48,15 @@ impl Drop for TlsGateway {
 
 /// `pinned`: client certificates to issue and pin for the test tool (needs `client_ca`).
 async fn tls_gateway(client_ca: bool, pinned: &[&str]) -> TlsGateway {
+    tls_gateway_with(client_ca, pinned, Duration::from_secs(10)).await
+}
+
+/// [`tls_gateway`] with the given header read timeout.
+async fn tls_gateway_with(
+    client_ca: bool,
+    pinned: &[&str],
+    header_read_timeout: Duration,
+) -> TlsGateway {
     let gw = start_gateway(Options::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new(dir.path(), "ca");
@@ -70,7 +79,7 @@ async fn tls_gateway(client_ca: bool, pinned: &[&str]) -> TlsGateway {
     let limits = spgate::server::ServerLimits {
         max_connections: 1000,
         max_header_bytes: 32 * 1024,
-        header_read_timeout: Duration::from_secs(10),
+        header_read_timeout,
         drain_timeout: Duration::from_secs(5),
         peers: spgate::server::peers::PeerLimits {
             max_connections_per_address: 1000,
@@ -160,14 +169,19 @@ impl TlsGateway {
 
     /// The leaf certificate a fresh handshake sees.
     async fn served_cert(&self) -> rustls::pki_types::CertificateDer<'static> {
-        let config = client_config(&self.ca, &[b"http/1.1"], None);
+        let stream = self.connect(b"http/1.1").await;
+        stream.get_ref().1.peer_certificates().unwrap()[0].clone()
+    }
+
+    /// A fresh TLS connection offering `alpn`.
+    async fn connect(&self, alpn: &[u8]) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let config = client_config(&self.ca, &[alpn], None);
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
             .await
             .unwrap();
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let stream = connector.connect(name, tcp).await.unwrap();
-        stream.get_ref().1.peer_certificates().unwrap()[0].clone()
+        connector.connect(name, tcp).await.unwrap()
     }
 }
 
@@ -700,5 +714,62 @@ fn the_openssl_recipe_in_the_example_config_gives_the_gateways_pin() {
     assert_eq!(
         spgate::server::tls::parse_pin(printed.trim()),
         Some(tool.pin())
+    );
+}
+
+/// Opens a TLS connection choosing HTTP/2 over ALPN and sends the client preface, an empty
+/// SETTINGS frame and `then`; returns once the server closes the connection.
+async fn h2_connection_closed_by_server(t: &TlsGateway, then: &[u8]) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = t.connect(b"h2").await;
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    // SETTINGS, no payload: length 0, type 4, flags 0, stream 0.
+    stream
+        .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+        .await
+        .unwrap();
+    stream.write_all(then).await.unwrap();
+    stream.flush().await.unwrap();
+    // Read (SETTINGS, ACKs, GOAWAY) until the server closes; a safety bound only.
+    let mut buf = [0u8; 4096];
+    let read_to_end = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), read_to_end)
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn an_http2_connection_that_sends_no_request_is_closed_after_the_header_read_timeout() {
+    let t = tls_gateway_with(false, &[], Duration::from_millis(500)).await;
+    assert!(
+        h2_connection_closed_by_server(&t, &[]).await,
+        "an idle HTTP/2 connection stayed open"
+    );
+    // The gateway still serves HTTP/2 afterwards.
+    let h2 = https_client(client_config(&t.ca, &[b"h2"], None), true);
+    let (status, version, _) = t.get(&h2).await.unwrap();
+    assert_eq!((status, version), (StatusCode::OK, Version::HTTP_2));
+}
+
+#[tokio::test]
+async fn an_http2_header_block_that_never_ends_does_not_hold_the_connection() {
+    let t = tls_gateway_with(false, &[], Duration::from_millis(500)).await;
+    // HEADERS on stream 1 with END_STREAM but not END_HEADERS: ":method: GET" (static index 2),
+    // and no CONTINUATION ever follows.
+    let headers = [0, 0, 1, 1, 0x1, 0, 0, 0, 1, 0x82];
+    assert!(
+        h2_connection_closed_by_server(&t, &headers).await,
+        "an unfinished header block held the connection"
     );
 }

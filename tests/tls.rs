@@ -773,3 +773,27 @@ async fn an_http2_header_block_that_never_ends_does_not_hold_the_connection() {
         "an unfinished header block held the connection"
     );
 }
+
+#[tokio::test]
+async fn document_links_over_the_tls_listener_are_https_on_the_authority_over_http1_and_http2() {
+    const DOC: &str = "/reports/2021-06-30/documents/SPGATE-SANDBOX-ORDERS-SHIPPING";
+    let t = tls_gateway(false, &[]).await;
+    for alpn in [&b"http/1.1"[..], &b"h2"[..]] {
+        let client = https_client(client_config(&t.ca, &[alpn], None), false);
+        let (status, version, body) = t.get_path(&client, DOC).await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{version:?}: {body}");
+        let want = if alpn == b"h2" {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        assert_eq!(version, want);
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let url = json["url"].as_str().unwrap();
+        let prefix = format!("{}/", t.url);
+        assert!(url.starts_with(&prefix), "{version:?}: {url}");
+        let (status, _, doc) = t.get_path(&client, &url[t.url.len()..]).await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{version:?}");
+        assert!(doc.len() > 1000, "{version:?}: {doc}");
+    }
+}

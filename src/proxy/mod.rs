@@ -506,7 +506,7 @@ impl Gateway {
         B::Error: Into<BoxError>,
     {
         let limit_tripped = self.accept(&req)?; // 1. limits and framing
-        ctx.public_base = public_base(req.headers());
+        ctx.public_base = public_base(&req);
         match req.uri().path() {
             // Not SP-API calls: the drop-in LWA endpoint and the seller authorization workflow.
             drop_in::TOKEN_PATH => return self.drop_in_token(req).await,
@@ -1609,10 +1609,16 @@ async fn token_rejected(resp: &mut Response<Body>) -> bool {
     }
 }
 
-/// The gateway's base URL as the caller reached it: `Host`, and `https` when a TLS-terminating
-/// proxy in front says so (`X-Forwarded-Proto`).
-fn public_base(headers: &http::HeaderMap) -> Option<String> {
-    let host = headers.get(header::HOST)?.to_str().ok()?;
+/// The gateway's base URL as the caller reached it: `Host` (or, over HTTP/2, the request's
+/// `:authority`), and `https` when the request came over the gateway's own TLS listener (every
+/// TLS connection attaches a [`crate::server::tls::PeerCert`]) or a TLS-terminating proxy in
+/// front says so (`X-Forwarded-Proto`).
+fn public_base<B>(req: &http::Request<B>) -> Option<String> {
+    let headers = req.headers();
+    let host = match headers.get(header::HOST) {
+        Some(h) => h.to_str().ok()?,
+        None => req.uri().authority()?.as_str(),
+    };
     if host.is_empty()
         || !host
             .bytes()
@@ -1620,9 +1626,13 @@ fn public_base(headers: &http::HeaderMap) -> Option<String> {
     {
         return None;
     }
-    let https = headers
-        .get("x-forwarded-proto")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    let https = req
+        .extensions()
+        .get::<crate::server::tls::PeerCert>()
+        .is_some()
+        || headers
+            .get("x-forwarded-proto")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
     Some(format!("{}://{host}", if https { "https" } else { "http" }))
 }
 

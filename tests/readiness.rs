@@ -164,3 +164,56 @@ async fn a_redis_outage_is_unready_and_answered_503_with_retry_after_then_recove
     }
     assert_eq!(gw.get(ADDRESS).await.status, StatusCode::OK);
 }
+
+/// Runs `redis-cli` against the test's Redis.
+fn redis_cli(port: u16, args: &[&str]) {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli is installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.trim() == "OK",
+        "{args:?}: {text}"
+    );
+}
+
+#[tokio::test]
+async fn a_redis_that_answers_but_refuses_writes_is_unready_and_a_failed_probe_refuses_nothing() {
+    let redis_dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _redis = OwnRedis::start(port, redis_dir.path());
+    let url = format!("redis://127.0.0.1:{port}");
+    let gw = start_gateway(Options {
+        store_toml: Some(format!(
+            "[store]\ntype = \"redis\"\nurl = \"{url}\"\nkey_prefix = \"readonly:\"\n"
+        )),
+        extra_toml: format!(
+            "[ratelimit]\nfail_mode = \"closed\"\n[ratelimit.redis]\nurl = \"{url}\"\nkey_prefix = \"readonly-rl:\"\n"
+        ),
+        ..Options::default()
+    })
+    .await;
+    let admin = spgate::admin::Admin::new(
+        gw.gateway.clone(),
+        &[],
+        None,
+        Arc::new(spgate::config::MapEnv::default()),
+    );
+    assert_eq!(readyz(&admin).await, (StatusCode::OK, "ready\n".into()));
+
+    // Reads still work, every write is refused (NOREPLICAS), as on a READONLY replica.
+    redis_cli(port, &["CONFIG", "SET", "min-replicas-to-write", "1"]);
+    let (status, body) = readyz(&admin).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("store unavailable"), "{body}");
+    assert!(body.contains("rate limit store"), "{body}");
+
+    // The failed probes did not put the limiter into its back-off: once writes work again the
+    // next request is served.
+    redis_cli(port, &["CONFIG", "SET", "min-replicas-to-write", "0"]);
+    let reply = gw.get(ADDRESS).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(readyz(&admin).await, (StatusCode::OK, "ready\n".into()));
+}

@@ -551,7 +551,14 @@ impl Store for EmbeddedStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.read(|c| Ok(c.query_row("SELECT count(*) FROM access_version", [], |_| Ok(()))?))
+        self.read(|c| Ok(c.query_row("SELECT count(*) FROM access_version", [], |_| Ok(()))?))?;
+        // The write lock too: a database that reads but cannot be written (read-only file,
+        // locked by another writer) is unready.
+        self.write(|c| {
+            c.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")?;
+            Ok(())
+        })
+        .await
     }
 
     async fn compact(&self) -> Result<(), StoreError> {

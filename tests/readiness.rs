@@ -85,6 +85,29 @@ async fn readyz(admin: &spgate::admin::Admin) -> (StatusCode, String) {
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// A gateway whose store and limiter (`fail_mode = "closed"`) use the Redis on `port`, under
+/// key prefixes starting with `prefix`, and its admin router.
+async fn redis_gateway(port: u16, prefix: &str) -> (TestGateway, spgate::admin::Admin) {
+    let url = format!("redis://127.0.0.1:{port}");
+    let gw = start_gateway(Options {
+        store_toml: Some(format!(
+            "[store]\ntype = \"redis\"\nurl = \"{url}\"\nkey_prefix = \"{prefix}:\"\n"
+        )),
+        extra_toml: format!(
+            "[ratelimit]\nfail_mode = \"closed\"\n[ratelimit.redis]\nurl = \"{url}\"\nkey_prefix = \"{prefix}-rl:\"\n"
+        ),
+        ..Options::default()
+    })
+    .await;
+    let admin = spgate::admin::Admin::new(
+        gw.gateway.clone(),
+        &[],
+        None,
+        Arc::new(spgate::config::MapEnv::default()),
+    );
+    (gw, admin)
+}
+
 #[tokio::test]
 async fn a_redis_outage_is_unready_and_answered_503_with_retry_after_then_recovers() {
     let log = Captured::default();
@@ -99,23 +122,7 @@ async fn a_redis_outage_is_unready_and_answered_503_with_retry_after_then_recove
     let redis_dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut redis = OwnRedis::start(port, redis_dir.path());
-    let url = format!("redis://127.0.0.1:{port}");
-    let gw = start_gateway(Options {
-        store_toml: Some(format!(
-            "[store]\ntype = \"redis\"\nurl = \"{url}\"\nkey_prefix = \"readiness:\"\n"
-        )),
-        extra_toml: format!(
-            "[ratelimit]\nfail_mode = \"closed\"\n[ratelimit.redis]\nurl = \"{url}\"\nkey_prefix = \"readiness-rl:\"\n"
-        ),
-        ..Options::default()
-    })
-    .await;
-    let admin = spgate::admin::Admin::new(
-        gw.gateway.clone(),
-        &[],
-        None,
-        Arc::new(spgate::config::MapEnv::default()),
-    );
+    let (gw, admin) = redis_gateway(port, "readiness").await;
     assert_eq!(readyz(&admin).await, (StatusCode::OK, "ready\n".into()));
     assert_eq!(gw.get(ADDRESS).await.status, StatusCode::OK);
 
@@ -184,23 +191,7 @@ async fn a_redis_that_answers_but_refuses_writes_is_unready_and_a_failed_probe_r
     let redis_dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let _redis = OwnRedis::start(port, redis_dir.path());
-    let url = format!("redis://127.0.0.1:{port}");
-    let gw = start_gateway(Options {
-        store_toml: Some(format!(
-            "[store]\ntype = \"redis\"\nurl = \"{url}\"\nkey_prefix = \"readonly:\"\n"
-        )),
-        extra_toml: format!(
-            "[ratelimit]\nfail_mode = \"closed\"\n[ratelimit.redis]\nurl = \"{url}\"\nkey_prefix = \"readonly-rl:\"\n"
-        ),
-        ..Options::default()
-    })
-    .await;
-    let admin = spgate::admin::Admin::new(
-        gw.gateway.clone(),
-        &[],
-        None,
-        Arc::new(spgate::config::MapEnv::default()),
-    );
+    let (gw, admin) = redis_gateway(port, "readonly").await;
     assert_eq!(readyz(&admin).await, (StatusCode::OK, "ready\n".into()));
 
     // Reads still work, every write is refused (NOREPLICAS), as on a READONLY replica.

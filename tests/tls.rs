@@ -66,6 +66,8 @@ async fn tls_gateway_with(
     if !pinned.is_empty() {
         pins.insert("test-tool".into(), pinned.iter().map(Issued::pin).collect());
     }
+    // As `spgate serve` does from `[tools.<name>] client_cert_spki_sha256`.
+    gw.gateway.set_client_pins(pins.clone());
     let config = TlsConfig {
         cert_file: server.cert_file.clone(),
         key_file: server.key_file.clone(),
@@ -401,10 +403,21 @@ async fn a_tool_with_a_pinned_client_certificate_needs_it_besides_its_key() {
     let with_foreign = https_client(client_config(&t.ca, &[b"h2"], Some(&foreign)), false);
     assert!(t.get(&with_foreign).await.is_err());
 
-    // The plain-HTTP path of the same gateway has no client certificates; such pins are
-    // refused by the config check (see config tests), so nothing is served there unchecked.
+    // The plain-HTTP path of the same gateway has no client certificate to check: the pinned
+    // tool is refused there (the config check also refuses pins without `[server.tls]`).
     let plain = t.gw.get(PATH).await;
-    assert_eq!(plain.status, StatusCode::OK);
+    assert_eq!(plain.status, StatusCode::FORBIDDEN, "{:?}", plain.body);
+    assert_eq!(plain.error_code(), "Unauthorized");
+
+    // Pins replaced (a reload): the listener and the gateway use the new set at once.
+    t.tls.set_pins(ClientPins::new());
+    t.gw.gateway.set_client_pins(ClientPins::new());
+    assert_eq!(t.gw.get(PATH).await.status, StatusCode::OK);
+    let (status, _, body) = t
+        .get(&https_client(client_config(&t.ca, &[b"h2"], None), false))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 /// The config side: `[server.tls]`, `[admin.tls]` and the tools' pins are validated, with paths.

@@ -75,6 +75,7 @@ pub struct Limits {
 pub struct Gateway {
     limiter: Limiter,
     tool_plans: std::sync::RwLock<Arc<BTreeMap<String, String>>>,
+    client_pins: std::sync::RwLock<Arc<crate::server::tls::ClientPins>>,
     retry: RetryPolicy,
     signer: Option<sigv4::Signer>,
     onboarding: Option<OnboardingConfig>,
@@ -122,6 +123,8 @@ pub struct GatewayParts {
     pub limiter: Limiter,
     /// Rate plan per tool name.
     pub tool_plans: BTreeMap<String, String>,
+    /// Client-certificate pins per tool (`client_cert_spki_sha256`).
+    pub client_pins: crate::server::tls::ClientPins,
     /// Retries of idempotent requests.
     pub retry: RetryPolicy,
     /// Handling of responses with buyer PII.
@@ -222,6 +225,7 @@ impl Gateway {
             signer: parts.sigv4.as_ref().map(sigv4::Signer::new),
             limiter: parts.limiter,
             tool_plans: std::sync::RwLock::new(Arc::new(parts.tool_plans)),
+            client_pins: std::sync::RwLock::new(Arc::new(parts.client_pins)),
             retry: parts.retry,
             request_ids: RequestIds::new(),
             pii: parts.pii,
@@ -517,7 +521,9 @@ impl Gateway {
             }
             _ => {}
         }
-        let caller = caller::authenticate_request(&*self.store, &req, unix_now()).await?; // 2. caller
+        let caller =
+            caller::authenticate_request(&*self.store, &self.client_pins(), &req, unix_now())
+                .await?; // 2. caller
         ctx.tool = Some(caller.client.tool.clone());
         ctx.role = Some(caller.client.role.clone());
         let (op, params) = self.route(&req)?; // 3. route
@@ -983,6 +989,20 @@ impl Gateway {
         *self.tool_plans.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tool_plans);
     }
 
+    /// The tools' client-certificate pins: a pinned tool is served only on a TLS connection
+    /// that presented one of them.
+    pub fn client_pins(&self) -> Arc<crate::server::tls::ClientPins> {
+        self.client_pins
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the tools' client-certificate pins (reload).
+    pub fn set_client_pins(&self, pins: crate::server::tls::ClientPins) {
+        *self.client_pins.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(pins);
+    }
+
     async fn send(
         &self,
         req: Request<Body>,
@@ -1104,7 +1124,9 @@ impl Gateway {
         if req.method() != http::Method::POST {
             return Err(ProxyError::NotFound);
         }
-        let caller = caller::authenticate_request(&*self.store, &req, unix_now()).await?;
+        let caller =
+            caller::authenticate_request(&*self.store, &self.client_pins(), &req, unix_now())
+                .await?;
         ctx.tool = Some(caller.client.tool.clone());
         ctx.role = Some(caller.client.role.clone());
         let body = crate::server::peers::read_body(
@@ -1178,7 +1200,9 @@ impl Gateway {
         if req.method() != http::Method::GET {
             return Err(ProxyError::NotFound);
         }
-        let caller = caller::authenticate_request(&*self.store, &req, unix_now()).await?;
+        let caller =
+            caller::authenticate_request(&*self.store, &self.client_pins(), &req, unix_now())
+                .await?;
         ctx.tool = Some(caller.client.tool.clone());
         ctx.role = Some(caller.client.role.clone());
         let token = &req.uri().path()[documents::PREFIX.len()..];

@@ -142,7 +142,10 @@ pub async fn serve_with_tls<H: Handler>(
                         .watch(serve_http1(&http, a.stream, client, Some(a.peer)))
                         .await,
                 ),
-                Err(e) => tracing::debug!(error = %e, "TLS handshake failed."),
+                Err(e) => {
+                    client.peers.handshake_failed(client.addr.ip());
+                    tracing::debug!(error = %e, "TLS handshake failed.");
+                }
             }
             drop((slot, permit));
         });

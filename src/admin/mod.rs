@@ -380,7 +380,7 @@ impl Admin {
         );
         counter(
             "spgate_onboarding_refused_total",
-            "Seller authorizations refused because Amazon did not confirm the seller id (spoofing or rebinding attempts).",
+            "Seller authorizations refused because Amazon did not confirm the seller id or a re-authorization link named another seller (spoofing or rebinding attempts).",
             &[("", crate::auth::onboarding::refused_total())],
         );
         counter(

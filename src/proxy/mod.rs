@@ -1299,6 +1299,19 @@ impl Gateway {
                     }
                     return Err(e.into());
                 }
+                // A re-authorization link answered with another seller's id.
+                Err(e @ OnboardingError::WrongSeller { .. }) => {
+                    if let OnboardingError::WrongSeller { expected } = &e {
+                        self.auditor.record(
+                            crate::audit::Record::new(crate::audit::Kind::Alert)
+                                .with_seller(expected)
+                                .with_reason(crate::audit::Reason::from_static(
+                                    "onboarding_wrong_seller",
+                                )),
+                        );
+                    }
+                    return Err(e.into());
+                }
                 other => other?,
             },
         };

@@ -343,7 +343,7 @@ fn onboarding_error(err: &OnboardingError) -> Response<Body> {
             StatusCode::BAD_REQUEST,
             format!("The authorization was not completed at Amazon. {again}"),
         ),
-        O::WrongSeller => (
+        O::WrongSeller { .. } => (
             StatusCode::BAD_REQUEST,
             "This link re-authorizes a different seller account. Sign in with the account it was made for.".to_string(),
         ),

@@ -152,8 +152,9 @@ async fn a_redis_outage_is_unready_and_answered_503_with_retry_after_then_recove
     }
     // One line per kind of failure per interval, not one per refused request.
     let errors = log.text().matches(" ERROR ").count() - before;
+    // At least one: the outage is said, not silent.
     assert!(
-        errors <= 2,
+        (1..=2).contains(&errors),
         "{errors} ERROR lines for {REFUSED} refusals:\n{}",
         log.text()
     );

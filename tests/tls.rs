@@ -21,6 +21,13 @@ use spgate::proxy::body::Body;
 use spgate::server::tls::{ClientPins, TlsConfig, TlsListener};
 use tokio::net::TcpListener;
 
+/// A tool a test needs is missing: a notice here, a failure under CI (the `CI` variable),
+/// where every check must run.
+fn tool_missing(notice: &str) {
+    assert!(std::env::var_os("CI").is_none(), "under CI: {notice}");
+    eprintln!("notice: {notice}");
+}
+
 const PATH: &str = "/orders/v0/orders/TEST_CASE_200/address";
 
 /// A gateway served over TLS by `serve_with_tls`, as `spgate serve` does with `[server.tls]`.
@@ -211,7 +218,7 @@ async fn curl_with_the_ca_trusted_succeeds_over_http2() {
         .output()
         .is_err()
     {
-        eprintln!("notice: curl is not installed; skipping the curl check");
+        tool_missing("curl is not installed; skipping the curl check");
         return;
     }
     let t = tls_gateway(false, &[]).await;
@@ -261,9 +268,7 @@ async fn tls_1_0_and_1_1_are_refused_and_1_2_and_1_3_accepted() {
     // SECLEVEL=0 makes openssl itself willing to offer the old versions, so a refusal is the
     // gateway's.
     let Some((ok, text)) = s_client(t.port, &["-tls1_2"]).await else {
-        eprintln!(
-            "notice: openssl is not installed; the versions are asserted by the unit tests only"
-        );
+        tool_missing("openssl is not installed; the versions are asserted by the unit tests only");
         return;
     };
     assert!(ok && text.contains("TLSv1.2"), "{text}");
@@ -716,7 +721,7 @@ fn the_openssl_recipe_in_the_example_config_gives_the_gateways_pin() {
         .args(["-c", &recipe])
         .output()
     else {
-        eprintln!("notice: no shell; skipping");
+        tool_missing("no shell; skipping");
         return;
     };
     if !out.status.success() {

@@ -8,6 +8,7 @@
 # (SPGATE_SECRETS_DIR=DIR writes elsewhere: tools/check-deploy.sh uses a temporary directory.)
 set -euo pipefail
 cd "$(dirname "$0")"
+deploy=$(pwd)
 : "${SPGATE_LWA_CLIENT_SECRET:?set SPGATE_LWA_CLIENT_SECRET to your LWA client secret}"
 host=${1:-localhost}
 out=${SPGATE_SECRETS_DIR:-gateway/secrets}
@@ -26,9 +27,13 @@ issue() { # name, subjectAltName
 issue gateway "DNS:$host,DNS:gateway-a,DNS:gateway-b,IP:127.0.0.1"
 issue redis "DNS:redis"
 # The containers run as their own users (spgate 10001, redis 999) and read these through a
-# read-only mount; the CA key stays here.
-chmod 0644 gateway.key redis.key
+# read-only mount as members of this user's group (compose's group_add, SPGATE_SECRETS_GID in
+# deploy/.env): the keys are never world-readable. The CA key stays here.
+chmod 0640 gateway.key redis.key
 chmod 0600 ca.key
+if [ -z "${SPGATE_SECRETS_DIR:-}" ]; then
+  printf 'SPGATE_SECRETS_GID=%s\n' "$(id -g)" > "$deploy/.env"
+fi
 
 password=$(head -c 32 /dev/urandom | base64 | tr -d '/+=')
 hash=$(printf '%s' "$password" | sha256sum | cut -d' ' -f1)
@@ -36,7 +41,7 @@ cat > users.acl <<ACL
 user default off
 user spgate on #$hash ~spgate:* &* +@all
 ACL
-chmod 0644 users.acl
+chmod 0640 users.acl
 
 umask 077
 cat > env <<ENV

@@ -964,6 +964,10 @@ impl Config {
                 "not a valid filter (e.g. \"info\" or \"spgate=debug,info\")",
             );
         }
+        if let StoreConfig::Redis { url, .. } = &store {
+            let secured = raw.store.ca_file.is_some() || raw.store.password.is_some();
+            v.redis_tls_required("store", url, secured);
+        }
         let roles = v.roles(&raw.roles);
         let onboarding = raw.onboarding.as_ref().map(|o| v.onboarding(o));
         let ratelimit = match raw.ratelimit.resolve(crate::catalog::Catalog::builtin()) {
@@ -982,6 +986,8 @@ impl Config {
                         r.username.as_ref(),
                         r.password.as_ref(),
                     );
+                    let secured = r.ca_file.is_some() || r.password.is_some();
+                    v.redis_tls_required("ratelimit.redis", &redis.url, secured);
                 }
                 Some(settings)
             }
@@ -1209,6 +1215,18 @@ impl Validator<'_> {
             return None;
         }
         Some(config)
+    }
+
+    /// A password or a CA (`secured`) needs a `rediss://` URL: over `redis://` the password
+    /// would cross the network in clear text and the CA would check nothing.
+    fn redis_tls_required(&mut self, path: &str, url: &Secret<String>, secured: bool) {
+        let url = url.expose();
+        if secured && !url.is_empty() && !url.starts_with("rediss://") {
+            self.issue(
+                &format!("{path}.url"),
+                "password and ca_file need a rediss:// URL (TLS); over redis:// the password travels in clear text",
+            );
+        }
     }
 
     fn redis_access(

@@ -183,6 +183,7 @@ pub async fn build_gateway(
         sigv4: config.upstream.sigv4.clone(),
         limiter,
         tool_plans: config.tool_plans,
+        client_pins: config.tool_client_certs.clone(),
         retry: crate::proxy::RetryPolicy {
             max_retries: 2,
             base_delay: std::time::Duration::from_millis(200),

@@ -391,3 +391,27 @@ async fn a_reauthorization_into_another_account_is_refused_and_the_seller_keeps_
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn a_reauthorization_link_answered_with_another_seller_id_is_refused_and_alerted() {
+    let audit = tempfile::tempdir().unwrap();
+    let gw = gateway_audited(false, Some(audit.path())).await;
+    let before = gw.store.seller(SELLER).await.unwrap().unwrap();
+    let reauth = invite_for(&gw, Region::Eu, Some(SELLER), now()).await;
+    let (_, state) = start(&gw, &reauth).await;
+    gw.sandbox
+        .add_authorization_code("code-wrong", ATTACKER, "Atzr|attacker-own-token");
+    let refused = onboarding::refused_total();
+    let reply = callback_claiming(&gw, &state.unwrap(), ATTACKER, "code-wrong").await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(onboarding::refused_total() > refused);
+    assert!(gw.store.seller(ATTACKER).await.unwrap().is_none());
+    let after = gw.store.seller(SELLER).await.unwrap().unwrap();
+    assert_eq!(after.refresh_token_sealed, before.refresh_token_sealed);
+    let log = audit_log(&gw, audit.path()).await;
+    assert!(
+        log.lines()
+            .any(|l| l.contains("onboarding_wrong_seller") && l.contains(SELLER)),
+        "{log}"
+    );
+}

@@ -160,32 +160,43 @@ async fn store_and_limiter_work(config: Config) {
     assert_eq!(limiter.metrics().redis_errors, 0, "the limiter fell back");
 }
 
+/// A TLS-only redis-server with a certificate from a CA made in `dir`, and `extra` arguments;
+/// `None` (a notice) where redis-server lacks TLS, except under CI, where that is a failure.
+fn start_tls(dir: &Path, extra: &[String]) -> Option<(Server, Ca)> {
+    if !redis_server_has_tls(dir) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "redis-server lacks TLS support, and CI must run this test (.ci/run installs Debian's)"
+        );
+        eprintln!("notice: redis-server lacks TLS support here; .ci/run installs Debian's, which has it. Skipping.");
+        return None;
+    }
+    let ca = Ca::new(dir, "ca");
+    let cert = ca.server(dir, "redis");
+    let mut args: Vec<String> = vec![
+        "--port".into(),
+        "0".into(),
+        "--tls-port".into(),
+        "{port}".into(),
+        "--tls-cert-file".into(),
+        cert.cert_file.display().to_string(),
+        "--tls-key-file".into(),
+        cert.key_file.display().to_string(),
+        "--tls-ca-cert-file".into(),
+        ca.cert_file.display().to_string(),
+        "--tls-auth-clients".into(),
+        "no".into(),
+    ];
+    args.extend_from_slice(extra);
+    Some((start(dir, &args), ca))
+}
+
 #[tokio::test]
 async fn the_store_and_the_limiter_speak_tls_to_redis_with_the_configured_ca() {
     let dir = tempfile::tempdir().unwrap();
-    if !redis_server_has_tls(dir.path()) {
-        eprintln!("notice: redis-server lacks TLS support here; .ci/run installs Debian's, which has it. Skipping.");
+    let Some((server, ca)) = start_tls(dir.path(), &[]) else {
         return;
-    }
-    let ca = Ca::new(dir.path(), "ca");
-    let cert = ca.server(dir.path(), "redis");
-    let server = start(
-        dir.path(),
-        &[
-            "--port".into(),
-            "0".into(),
-            "--tls-port".into(),
-            "{port}".into(),
-            "--tls-cert-file".into(),
-            cert.cert_file.display().to_string(),
-            "--tls-key-file".into(),
-            cert.key_file.display().to_string(),
-            "--tls-ca-cert-file".into(),
-            ca.cert_file.display().to_string(),
-            "--tls-auth-clients".into(),
-            "no".into(),
-        ],
-    );
+    };
     let port = server.port;
     let env = env_with(&[&ca.cert_file], &[]);
     let toml = format!(
@@ -208,35 +219,29 @@ async fn the_store_and_the_limiter_speak_tls_to_redis_with_the_configured_ca() {
 #[tokio::test]
 async fn an_acl_user_with_a_password_from_the_environment_is_used_by_store_and_limiter() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path(), &["--port".into(), "{port}".into()]);
-    let port = server.port;
     let password = "acl-password-synthetic-7f3a";
-    {
-        let admin = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
-        let mut conn = admin.get_multiplexed_async_connection().await.unwrap();
-        let _: () = redis::cmd("ACL")
-            .arg(&[
-                "SETUSER",
-                "spgate",
-                "on",
-                &format!(">{password}"),
-                "~*",
-                "&*",
-                "+@all",
-            ])
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        let _: () = redis::cmd("ACL")
-            .arg(&["SETUSER", "default", "off"])
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-    }
-    let env = env_with(&[], &[("REDIS_PASSWORD", password)]);
+    // A password only over TLS (the config refuses one with redis://).
+    let users = [
+        "--user".to_string(),
+        "spgate".into(),
+        "on".into(),
+        format!(">{password}"),
+        "~*".into(),
+        "&*".into(),
+        "+@all".into(),
+        "--user".into(),
+        "default".into(),
+        "off".into(),
+    ];
+    let Some((server, ca)) = start_tls(dir.path(), &users) else {
+        return;
+    };
+    let port = server.port;
+    let env = env_with(&[&ca.cert_file], &[("REDIS_PASSWORD", password)]);
     let section = |prefix: &str| {
         format!(
-            "url = \"redis://127.0.0.1:{port}\"\nkey_prefix = \"{prefix}\"\nusername = \"spgate\"\npassword = {{ env = \"REDIS_PASSWORD\" }}\n"
+            "url = \"rediss://localhost:{port}\"\nkey_prefix = \"{prefix}\"\nca_file = {ca:?}\nusername = \"spgate\"\npassword = {{ env = \"REDIS_PASSWORD\" }}\n",
+            ca = ca.cert_file
         )
     };
     let toml = format!(
@@ -253,11 +258,16 @@ async fn an_acl_user_with_a_password_from_the_environment_is_used_by_store_and_l
 
     // Without the user (the `default` user is off) or with a wrong password: refused, and the
     // error names neither password.
-    let url = format!("redis://127.0.0.1:{port}");
-    assert!(spgate::store::redis::RedisStore::connect(&url, "t2:")
-        .await
-        .is_err());
-    let wrong = env_with(&[], &[("REDIS_PASSWORD", "wrong-password-synthetic")]);
+    let no_user = format!(
+        "[store]\ntype = \"redis\"\nurl = \"rediss://localhost:{port}\"\nkey_prefix = \"t2:\"\nca_file = {ca:?}\n",
+        ca = ca.cert_file
+    );
+    let anonymous = self::config(&no_user, &env);
+    assert!(spgate::open_store(&anonymous).await.is_err());
+    let wrong = env_with(
+        &[&ca.cert_file],
+        &[("REDIS_PASSWORD", "wrong-password-synthetic")],
+    );
     let config = self::config(&toml, &wrong);
     let err = spgate::open_store(&config).await.err().expect("refused");
     let text = format!("{err} {err:?}");
@@ -265,4 +275,47 @@ async fn an_acl_user_with_a_password_from_the_environment_is_used_by_store_and_l
         !text.contains("wrong-password-synthetic") && !text.contains(password),
         "{text}"
     );
+}
+
+#[test]
+fn a_password_or_a_ca_file_with_a_plain_redis_url_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let env = env_with(&[&ca.cert_file], &[("REDIS_PASSWORD", "pw-synthetic")]);
+    for (section, setting) in [
+        (
+            "store",
+            "password = { env = \"REDIS_PASSWORD\" }".to_string(),
+        ),
+        ("store", format!("ca_file = {:?}", ca.cert_file)),
+        (
+            "ratelimit.redis",
+            "password = { env = \"REDIS_PASSWORD\" }".to_string(),
+        ),
+        ("ratelimit.redis", format!("ca_file = {:?}", ca.cert_file)),
+    ] {
+        let kind = if section == "store" {
+            "type = \"redis\"\n"
+        } else {
+            ""
+        };
+        let toml = format!(
+            "[lwa]\nclient_id = \"x\"\nclient_secret = {{ env = \"S\" }}\n[keys]\nmaster_key = {{ env = \"M\" }}\n[{section}]\n{kind}url = \"redis://127.0.0.1:6379\"\n{setting}\n"
+        );
+        let Err(err) = Config::from_toml(&toml, &env) else {
+            panic!("{section} {setting}: accepted with redis://");
+        };
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("{section}.url")) && text.contains("rediss://"),
+            "{section} {setting}: {text}"
+        );
+        assert!(!text.contains("pw-synthetic"), "{text}");
+        // The same over rediss:// is accepted.
+        let toml = toml.replace("redis://", "rediss://");
+        assert!(
+            Config::from_toml(&toml, &env).is_ok(),
+            "{section} {setting}"
+        );
+    }
 }

@@ -21,6 +21,13 @@ use spgate::proxy::body::Body;
 use spgate::server::tls::{ClientPins, TlsConfig, TlsListener};
 use tokio::net::TcpListener;
 
+/// A tool a test needs is missing: a notice here, a failure under CI (the `CI` variable),
+/// where every check must run.
+fn tool_missing(notice: &str) {
+    assert!(std::env::var_os("CI").is_none(), "under CI: {notice}");
+    eprintln!("notice: {notice}");
+}
+
 const PATH: &str = "/orders/v0/orders/TEST_CASE_200/address";
 
 /// A gateway served over TLS by `serve_with_tls`, as `spgate serve` does with `[server.tls]`.
@@ -48,6 +55,15 @@ impl Drop for TlsGateway {
 
 /// `pinned`: client certificates to issue and pin for the test tool (needs `client_ca`).
 async fn tls_gateway(client_ca: bool, pinned: &[&str]) -> TlsGateway {
+    tls_gateway_with(client_ca, pinned, Duration::from_secs(10)).await
+}
+
+/// [`tls_gateway`] with the given header read timeout.
+async fn tls_gateway_with(
+    client_ca: bool,
+    pinned: &[&str],
+    header_read_timeout: Duration,
+) -> TlsGateway {
     let gw = start_gateway(Options::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new(dir.path(), "ca");
@@ -57,6 +73,8 @@ async fn tls_gateway(client_ca: bool, pinned: &[&str]) -> TlsGateway {
     if !pinned.is_empty() {
         pins.insert("test-tool".into(), pinned.iter().map(Issued::pin).collect());
     }
+    // As `spgate serve` does from `[tools.<name>] client_cert_spki_sha256`.
+    gw.gateway.set_client_pins(pins.clone());
     let config = TlsConfig {
         cert_file: server.cert_file.clone(),
         key_file: server.key_file.clone(),
@@ -70,7 +88,7 @@ async fn tls_gateway(client_ca: bool, pinned: &[&str]) -> TlsGateway {
     let limits = spgate::server::ServerLimits {
         max_connections: 1000,
         max_header_bytes: 32 * 1024,
-        header_read_timeout: Duration::from_secs(10),
+        header_read_timeout,
         drain_timeout: Duration::from_secs(5),
         peers: spgate::server::peers::PeerLimits {
             max_connections_per_address: 1000,
@@ -160,14 +178,19 @@ impl TlsGateway {
 
     /// The leaf certificate a fresh handshake sees.
     async fn served_cert(&self) -> rustls::pki_types::CertificateDer<'static> {
-        let config = client_config(&self.ca, &[b"http/1.1"], None);
+        let stream = self.connect(b"http/1.1").await;
+        stream.get_ref().1.peer_certificates().unwrap()[0].clone()
+    }
+
+    /// A fresh TLS connection offering `alpn`.
+    async fn connect(&self, alpn: &[u8]) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let config = client_config(&self.ca, &[alpn], None);
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
             .await
             .unwrap();
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let stream = connector.connect(name, tcp).await.unwrap();
-        stream.get_ref().1.peer_certificates().unwrap()[0].clone()
+        connector.connect(name, tcp).await.unwrap()
     }
 }
 
@@ -195,7 +218,7 @@ async fn curl_with_the_ca_trusted_succeeds_over_http2() {
         .output()
         .is_err()
     {
-        eprintln!("notice: curl is not installed; skipping the curl check");
+        tool_missing("curl is not installed; skipping the curl check");
         return;
     }
     let t = tls_gateway(false, &[]).await;
@@ -245,9 +268,7 @@ async fn tls_1_0_and_1_1_are_refused_and_1_2_and_1_3_accepted() {
     // SECLEVEL=0 makes openssl itself willing to offer the old versions, so a refusal is the
     // gateway's.
     let Some((ok, text)) = s_client(t.port, &["-tls1_2"]).await else {
-        eprintln!(
-            "notice: openssl is not installed; the versions are asserted by the unit tests only"
-        );
+        tool_missing("openssl is not installed; the versions are asserted by the unit tests only");
         return;
     };
     assert!(ok && text.contains("TLSv1.2"), "{text}");
@@ -387,10 +408,21 @@ async fn a_tool_with_a_pinned_client_certificate_needs_it_besides_its_key() {
     let with_foreign = https_client(client_config(&t.ca, &[b"h2"], Some(&foreign)), false);
     assert!(t.get(&with_foreign).await.is_err());
 
-    // The plain-HTTP path of the same gateway has no client certificates; such pins are
-    // refused by the config check (see config tests), so nothing is served there unchecked.
+    // The plain-HTTP path of the same gateway has no client certificate to check: the pinned
+    // tool is refused there (the config check also refuses pins without `[server.tls]`).
     let plain = t.gw.get(PATH).await;
-    assert_eq!(plain.status, StatusCode::OK);
+    assert_eq!(plain.status, StatusCode::FORBIDDEN, "{:?}", plain.body);
+    assert_eq!(plain.error_code(), "Unauthorized");
+
+    // Pins replaced (a reload): the listener and the gateway use the new set at once.
+    t.tls.set_pins(ClientPins::new());
+    t.gw.gateway.set_client_pins(ClientPins::new());
+    assert_eq!(t.gw.get(PATH).await.status, StatusCode::OK);
+    let (status, _, body) = t
+        .get(&https_client(client_config(&t.ca, &[b"h2"], None), false))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 /// The config side: `[server.tls]`, `[admin.tls]` and the tools' pins are validated, with paths.
@@ -689,7 +721,7 @@ fn the_openssl_recipe_in_the_example_config_gives_the_gateways_pin() {
         .args(["-c", &recipe])
         .output()
     else {
-        eprintln!("notice: no shell; skipping");
+        tool_missing("no shell; skipping");
         return;
     };
     if !out.status.success() {
@@ -701,4 +733,85 @@ fn the_openssl_recipe_in_the_example_config_gives_the_gateways_pin() {
         spgate::server::tls::parse_pin(printed.trim()),
         Some(tool.pin())
     );
+}
+
+/// Opens a TLS connection choosing HTTP/2 over ALPN and sends the client preface, an empty
+/// SETTINGS frame and `then`; returns once the server closes the connection.
+async fn h2_connection_closed_by_server(t: &TlsGateway, then: &[u8]) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = t.connect(b"h2").await;
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    // SETTINGS, no payload: length 0, type 4, flags 0, stream 0.
+    stream
+        .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+        .await
+        .unwrap();
+    stream.write_all(then).await.unwrap();
+    stream.flush().await.unwrap();
+    // Read (SETTINGS, ACKs, GOAWAY) until the server closes; a safety bound only.
+    let mut buf = [0u8; 4096];
+    let read_to_end = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), read_to_end)
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn an_http2_connection_that_sends_no_request_is_closed_after_the_header_read_timeout() {
+    let t = tls_gateway_with(false, &[], Duration::from_millis(500)).await;
+    assert!(
+        h2_connection_closed_by_server(&t, &[]).await,
+        "an idle HTTP/2 connection stayed open"
+    );
+    // The gateway still serves HTTP/2 afterwards.
+    let h2 = https_client(client_config(&t.ca, &[b"h2"], None), true);
+    let (status, version, _) = t.get(&h2).await.unwrap();
+    assert_eq!((status, version), (StatusCode::OK, Version::HTTP_2));
+}
+
+#[tokio::test]
+async fn an_http2_header_block_that_never_ends_does_not_hold_the_connection() {
+    let t = tls_gateway_with(false, &[], Duration::from_millis(500)).await;
+    // HEADERS on stream 1 with END_STREAM but not END_HEADERS: ":method: GET" (static index 2),
+    // and no CONTINUATION ever follows.
+    let headers = [0, 0, 1, 1, 0x1, 0, 0, 0, 1, 0x82];
+    assert!(
+        h2_connection_closed_by_server(&t, &headers).await,
+        "an unfinished header block held the connection"
+    );
+}
+
+#[tokio::test]
+async fn document_links_over_the_tls_listener_are_https_on_the_authority_over_http1_and_http2() {
+    const DOC: &str = "/reports/2021-06-30/documents/SPGATE-SANDBOX-ORDERS-SHIPPING";
+    let t = tls_gateway(false, &[]).await;
+    for alpn in [&b"http/1.1"[..], &b"h2"[..]] {
+        let client = https_client(client_config(&t.ca, &[alpn], None), false);
+        let (status, version, body) = t.get_path(&client, DOC).await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{version:?}: {body}");
+        let want = if alpn == b"h2" {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        assert_eq!(version, want);
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let url = json["url"].as_str().unwrap();
+        let prefix = format!("{}/", t.url);
+        assert!(url.starts_with(&prefix), "{version:?}: {url}");
+        let (status, _, doc) = t.get_path(&client, &url[t.url.len()..]).await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{version:?}");
+        assert!(doc.len() > 1000, "{version:?}: {doc}");
+    }
 }

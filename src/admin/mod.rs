@@ -204,7 +204,8 @@ impl Admin {
         resp
     }
 
-    /// Re-reads the config file and applies its rate plans; an invalid file changes nothing.
+    /// Re-reads the config file and applies its rate plans and the tools' client-certificate
+    /// pins; an invalid file changes nothing.
     pub fn reload(&self) -> Result<(), AdminError> {
         let path = self.config_path.as_ref().ok_or(AdminError::NoConfigFile)?;
         let loaded = Config::load(path, &*self.env);
@@ -218,6 +219,11 @@ impl Admin {
         let config = loaded.map_err(|e| AdminError::InvalidConfig(e.0))?;
         self.gateway
             .reload_plans(config.ratelimit.limiter.plans, config.tool_plans);
+        // Client-certificate pins apply to connections and requests from now on.
+        for listener in self.tls.iter().filter(|l| l.name() == "proxy") {
+            listener.set_pins(config.tool_client_certs.clone());
+        }
+        self.gateway.set_client_pins(config.tool_client_certs);
         Ok(())
     }
 
@@ -374,7 +380,7 @@ impl Admin {
         );
         counter(
             "spgate_onboarding_refused_total",
-            "Seller authorizations refused because Amazon did not confirm the seller id (spoofing or rebinding attempts).",
+            "Seller authorizations refused because Amazon did not confirm the seller id or a re-authorization link named another seller (spoofing or rebinding attempts).",
             &[("", crate::auth::onboarding::refused_total())],
         );
         counter(

@@ -10,7 +10,7 @@ use http::HeaderMap;
 use crate::crypto::{self, CryptoError};
 use crate::proxy::headers::SELLER;
 use crate::secret::Secret;
-use crate::server::tls::PeerCert;
+use crate::server::tls::{ClientPins, PeerCert};
 use crate::store::{ClientRecord, Store, StoreError};
 
 /// Prefix of every gateway API key.
@@ -122,28 +122,40 @@ pub async fn authenticate(
 }
 
 /// [`authenticate`], then the second factor: a tool with pinned client certificates
-/// (`[tools.<name>] client_cert_spki_sha256`) must have presented one of them on this TLS
-/// connection ([`PeerCert`], attached by the listener).
+/// (`[tools.<name>] client_cert_spki_sha256`, the gateway's `pins`) must have presented one of
+/// them on this TLS connection ([`PeerCert`], attached by the listener).
 pub async fn authenticate_request<B>(
     store: &dyn Store,
+    pins: &ClientPins,
     req: &http::Request<B>,
     now: i64,
 ) -> Result<Caller, CallerError> {
     let caller = authenticate(store, req.headers(), now).await?;
-    check_client_cert(&caller, req.extensions().get::<PeerCert>())?;
+    check_client_cert(&caller, pins, req.extensions().get::<PeerCert>())?;
     Ok(caller)
 }
 
-/// Whether the connection's client certificate satisfies the tool's pins. Without a
-/// [`PeerCert`] the listener is plain HTTP, where the config allows no pins.
-pub fn check_client_cert(caller: &Caller, peer: Option<&PeerCert>) -> Result<(), CallerError> {
-    let Some(peer) = peer else {
+/// Whether the connection's client certificate satisfies the tool's pins: those of the
+/// gateway and those of the listener the connection came in on. A pinned tool on a connection
+/// without a [`PeerCert`] (plain HTTP) is refused: what cannot be checked is not served.
+pub fn check_client_cert(
+    caller: &Caller,
+    pins: &ClientPins,
+    peer: Option<&PeerCert>,
+) -> Result<(), CallerError> {
+    let tool = &caller.client.tool;
+    let listener_pins = peer.and_then(|p| p.pins.get(tool));
+    if pins.get(tool).is_none() && listener_pins.is_none() {
         return Ok(());
+    }
+    let spki = peer.and_then(|p| p.spki_sha256);
+    let matches = |set: Option<&Vec<crate::server::tls::SpkiPin>>| {
+        set.is_none_or(|set| spki.is_some_and(|s| set.contains(&s)))
     };
-    match peer.pins.get(&caller.client.tool) {
-        None => Ok(()),
-        Some(pins) if peer.spki_sha256.is_some_and(|spki| pins.contains(&spki)) => Ok(()),
-        Some(_) => Err(CallerError::ClientCertificate),
+    if spki.is_some() && matches(pins.get(tool)) && matches(listener_pins) {
+        Ok(())
+    } else {
+        Err(CallerError::ClientCertificate)
     }
 }
 

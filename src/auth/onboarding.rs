@@ -49,11 +49,13 @@ pub const STATE_TTL_SECONDS: i64 = 600;
 pub const REAUTHORIZE_AFTER_SECONDS: i64 = 365 * 86_400;
 /// How long the confirming SP-API call may take.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
-/// Callbacks refused because Amazon did not confirm the seller id.
+/// Callbacks refused because Amazon did not confirm the seller id, or because a
+/// re-authorization link came back naming another seller.
 static REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Callbacks refused since start because Amazon did not confirm the seller id (spoofed ids and
-/// re-authorizations into another account), for `spgate_onboarding_refused_total`.
+/// re-authorizations into another account) or a re-authorization link named another seller,
+/// for `spgate_onboarding_refused_total`.
 pub fn refused_total() -> u64 {
     REFUSED.load(std::sync::atomic::Ordering::Relaxed)
 }
@@ -83,8 +85,11 @@ pub enum OnboardingError {
     #[error("invalid, expired or replayed state")]
     BadState,
     /// A re-authorization link came back with another seller's id.
-    #[error("the callback names another seller than the invite")]
-    WrongSeller,
+    #[error("the callback names another seller than the invite for seller {expected}")]
+    WrongSeller {
+        /// The seller the re-authorization link was made for (an id, not personal data).
+        expected: String,
+    },
     /// A new-seller link came back with a seller that is already connected.
     #[error("the seller is already connected")]
     AlreadyConnected,
@@ -230,12 +235,13 @@ impl Onboarding<'_> {
         let invite = self.usable_invite(&taken.invite_id, now).await?;
         // The seller id comes from the browser: it may only name the seller the invite was made
         // for (re-authorization), or a seller not connected yet (checked atomically below).
-        if invite
-            .seller
-            .as_deref()
-            .is_some_and(|expected| expected != seller)
-        {
-            return Err(OnboardingError::WrongSeller);
+        if let Some(expected) = invite.seller.as_deref().filter(|e| *e != seller) {
+            REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let err = OnboardingError::WrongSeller {
+                expected: expected.to_string(),
+            };
+            tracing::error!(error = %err, seller = %expected, "Seller re-authorization refused: the callback names another seller than the link was made for.");
+            return Err(err);
         }
         let fetched = self.lwa.exchange_code(code, &self.cfg.redirect_uri).await?;
         let refresh = fetched

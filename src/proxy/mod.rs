@@ -75,6 +75,7 @@ pub struct Limits {
 pub struct Gateway {
     limiter: Limiter,
     tool_plans: std::sync::RwLock<Arc<BTreeMap<String, String>>>,
+    client_pins: std::sync::RwLock<Arc<crate::server::tls::ClientPins>>,
     retry: RetryPolicy,
     signer: Option<sigv4::Signer>,
     onboarding: Option<OnboardingConfig>,
@@ -122,6 +123,8 @@ pub struct GatewayParts {
     pub limiter: Limiter,
     /// Rate plan per tool name.
     pub tool_plans: BTreeMap<String, String>,
+    /// Client-certificate pins per tool (`client_cert_spki_sha256`).
+    pub client_pins: crate::server::tls::ClientPins,
     /// Retries of idempotent requests.
     pub retry: RetryPolicy,
     /// Handling of responses with buyer PII.
@@ -222,6 +225,7 @@ impl Gateway {
             signer: parts.sigv4.as_ref().map(sigv4::Signer::new),
             limiter: parts.limiter,
             tool_plans: std::sync::RwLock::new(Arc::new(parts.tool_plans)),
+            client_pins: std::sync::RwLock::new(Arc::new(parts.client_pins)),
             retry: parts.retry,
             request_ids: RequestIds::new(),
             pii: parts.pii,
@@ -506,7 +510,7 @@ impl Gateway {
         B::Error: Into<BoxError>,
     {
         let limit_tripped = self.accept(&req)?; // 1. limits and framing
-        ctx.public_base = public_base(req.headers());
+        ctx.public_base = public_base(&req);
         match req.uri().path() {
             // Not SP-API calls: the drop-in LWA endpoint and the seller authorization workflow.
             drop_in::TOKEN_PATH => return self.drop_in_token(req).await,
@@ -517,7 +521,9 @@ impl Gateway {
             }
             _ => {}
         }
-        let caller = caller::authenticate_request(&*self.store, &req, unix_now()).await?; // 2. caller
+        let caller =
+            caller::authenticate_request(&*self.store, &self.client_pins(), &req, unix_now())
+                .await?; // 2. caller
         ctx.tool = Some(caller.client.tool.clone());
         ctx.role = Some(caller.client.role.clone());
         let (op, params) = self.route(&req)?; // 3. route
@@ -983,6 +989,20 @@ impl Gateway {
         *self.tool_plans.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tool_plans);
     }
 
+    /// The tools' client-certificate pins: a pinned tool is served only on a TLS connection
+    /// that presented one of them.
+    pub fn client_pins(&self) -> Arc<crate::server::tls::ClientPins> {
+        self.client_pins
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the tools' client-certificate pins (reload).
+    pub fn set_client_pins(&self, pins: crate::server::tls::ClientPins) {
+        *self.client_pins.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(pins);
+    }
+
     async fn send(
         &self,
         req: Request<Body>,
@@ -1104,7 +1124,9 @@ impl Gateway {
         if req.method() != http::Method::POST {
             return Err(ProxyError::NotFound);
         }
-        let caller = caller::authenticate_request(&*self.store, &req, unix_now()).await?;
+        let caller =
+            caller::authenticate_request(&*self.store, &self.client_pins(), &req, unix_now())
+                .await?;
         ctx.tool = Some(caller.client.tool.clone());
         ctx.role = Some(caller.client.role.clone());
         let body = crate::server::peers::read_body(
@@ -1178,7 +1200,9 @@ impl Gateway {
         if req.method() != http::Method::GET {
             return Err(ProxyError::NotFound);
         }
-        let caller = caller::authenticate_request(&*self.store, &req, unix_now()).await?;
+        let caller =
+            caller::authenticate_request(&*self.store, &self.client_pins(), &req, unix_now())
+                .await?;
         ctx.tool = Some(caller.client.tool.clone());
         ctx.role = Some(caller.client.role.clone());
         let token = &req.uri().path()[documents::PREFIX.len()..];
@@ -1271,6 +1295,19 @@ impl Gateway {
                                 } else {
                                     "onboarding_seller_not_confirmed"
                                 })),
+                        );
+                    }
+                    return Err(e.into());
+                }
+                // A re-authorization link answered with another seller's id.
+                Err(e @ OnboardingError::WrongSeller { .. }) => {
+                    if let OnboardingError::WrongSeller { expected } = &e {
+                        self.auditor.record(
+                            crate::audit::Record::new(crate::audit::Kind::Alert)
+                                .with_seller(expected)
+                                .with_reason(crate::audit::Reason::from_static(
+                                    "onboarding_wrong_seller",
+                                )),
                         );
                     }
                     return Err(e.into());
@@ -1609,10 +1646,16 @@ async fn token_rejected(resp: &mut Response<Body>) -> bool {
     }
 }
 
-/// The gateway's base URL as the caller reached it: `Host`, and `https` when a TLS-terminating
-/// proxy in front says so (`X-Forwarded-Proto`).
-fn public_base(headers: &http::HeaderMap) -> Option<String> {
-    let host = headers.get(header::HOST)?.to_str().ok()?;
+/// The gateway's base URL as the caller reached it: `Host` (or, over HTTP/2, the request's
+/// `:authority`), and `https` when the request came over the gateway's own TLS listener (every
+/// TLS connection attaches a [`crate::server::tls::PeerCert`]) or a TLS-terminating proxy in
+/// front says so (`X-Forwarded-Proto`).
+fn public_base<B>(req: &http::Request<B>) -> Option<String> {
+    let headers = req.headers();
+    let host = match headers.get(header::HOST) {
+        Some(h) => h.to_str().ok()?,
+        None => req.uri().authority()?.as_str(),
+    };
     if host.is_empty()
         || !host
             .bytes()
@@ -1620,9 +1663,13 @@ fn public_base(headers: &http::HeaderMap) -> Option<String> {
     {
         return None;
     }
-    let https = headers
-        .get("x-forwarded-proto")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    let https = req
+        .extensions()
+        .get::<crate::server::tls::PeerCert>()
+        .is_some()
+        || headers
+            .get("x-forwarded-proto")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
     Some(format!("{}://{host}", if https { "https" } else { "http" }))
 }
 

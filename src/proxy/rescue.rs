@@ -199,6 +199,7 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
         E::Vault(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The gateway's data vault failed, so the response was withheld.", Fault::Internal),
         E::Reveal(r) => match r {
             super::reveal::RevealError::BadRequest(why) => (StatusCode::BAD_REQUEST, "InvalidInput", *why, Fault::Caller),
+            super::reveal::RevealError::Lookup(l) if l.unavailable => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "The gateway's data vault is unavailable; retry later.", Fault::Internal),
             super::reveal::RevealError::Lookup(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The gateway's data vault failed.", Fault::Internal),
         },
         E::Outbound(o) => {
@@ -342,7 +343,7 @@ fn onboarding_error(err: &OnboardingError) -> Response<Body> {
             StatusCode::BAD_REQUEST,
             format!("The authorization was not completed at Amazon. {again}"),
         ),
-        O::WrongSeller => (
+        O::WrongSeller { .. } => (
             StatusCode::BAD_REQUEST,
             "This link re-authorizes a different seller account. Sign in with the account it was made for.".to_string(),
         ),
@@ -362,6 +363,14 @@ fn onboarding_error(err: &OnboardingError) -> Response<Body> {
             StatusCode::BAD_REQUEST,
             format!("Amazon's answer was incomplete. {again}"),
         ),
+        O::Lwa(LwaError::Unavailable(_) | LwaError::CircuitOpen { .. }) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("Login with Amazon is unavailable right now. Please try again later. {again}"),
+        ),
+        O::Store(s) if s.is_unavailable() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Our service is temporarily unavailable. Please try again later.".to_string(),
+        ),
         O::Lwa(_) => (
             StatusCode::BAD_GATEWAY,
             format!("Amazon did not confirm the authorization. {again}"),
@@ -376,7 +385,18 @@ fn onboarding_error(err: &OnboardingError) -> Response<Body> {
     } else {
         tracing::error!(error = %err, "Seller authorization step failed.");
     }
-    onboarding::page(status, &message)
+    let mut resp = onboarding::page(status, &message);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        let secs = match err {
+            O::Lwa(LwaError::CircuitOpen {
+                retry_after_seconds,
+            }) => *retry_after_seconds,
+            _ => RETRY_AFTER_SECONDS,
+        };
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
 }
 
 /// 429 in Amazon's shape, with when to retry and the bucket's rate, as Amazon would send.
@@ -487,4 +507,71 @@ pub fn admin_error(err: &crate::admin::AdminError) -> Response<Body> {
             .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::reveal::{LookupError, RevealError};
+
+    fn unavailable_store() -> StoreError {
+        StoreError::Redis {
+            op: "get",
+            reason: "connection refused".into(),
+        }
+    }
+
+    fn retry_after(resp: &Response<Body>) -> Option<u64> {
+        resp.headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().parse().unwrap())
+    }
+
+    #[test]
+    fn an_unavailable_vault_during_a_reveal_is_503_with_retry_after() {
+        let err = ProxyError::Reveal(RevealError::Lookup(LookupError {
+            unavailable: true,
+            message: "redis store, get: connection refused".into(),
+        }));
+        let resp = rescue(&err);
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(retry_after(&resp).is_some_and(|s| s >= 1));
+        // A defect stays a 500.
+        let err = ProxyError::Reveal(RevealError::Lookup(LookupError {
+            unavailable: false,
+            message: "stored key is corrupt".into(),
+        }));
+        assert_eq!(rescue(&err).status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn onboarding_store_and_lwa_outages_are_503_with_retry_after() {
+        for (err, secs) in [
+            (
+                OnboardingError::Store(unavailable_store()),
+                RETRY_AFTER_SECONDS,
+            ),
+            (
+                OnboardingError::Lwa(LwaError::Unavailable("timed out".into())),
+                RETRY_AFTER_SECONDS,
+            ),
+            (
+                OnboardingError::Lwa(LwaError::CircuitOpen {
+                    retry_after_seconds: 7,
+                }),
+                7,
+            ),
+        ] {
+            let resp = onboarding_error(&err);
+            assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE, "{err}");
+            assert_eq!(retry_after(&resp), Some(secs), "{err}");
+        }
+        let corrupt = StoreError::Corrupt {
+            what: "invite",
+            detail: "bad json".into(),
+        };
+        let resp = onboarding_error(&OnboardingError::Store(corrupt));
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(retry_after(&resp), None);
+    }
 }

@@ -38,7 +38,10 @@ impl KeyLookup for crate::vault::Vault {
                 order_id: order.order_id,
                 key,
             })),
-            Err(e) => Err(LookupError(e.to_string())),
+            Err(e) => Err(LookupError {
+                unavailable: matches!(&e, crate::vault::VaultError::Store(s) if s.is_unavailable()),
+                message: e.to_string(),
+            }),
         }
     }
 }
@@ -55,8 +58,14 @@ pub struct OrderKey {
 
 /// The key store failed (message without values).
 #[derive(Debug, thiserror::Error)]
-#[error("the key store failed: {0}")]
-pub struct LookupError(pub String);
+#[error("the key store failed: {message}")]
+pub struct LookupError {
+    /// The store is unreachable or overloaded right now (answered 503 with `Retry-After`), as
+    /// opposed to a defect or bad data (500).
+    pub unavailable: bool,
+    /// What failed.
+    pub message: String,
+}
 
 /// Why a reveal request was refused as a whole.
 #[derive(Debug, thiserror::Error)]

@@ -144,22 +144,27 @@ impl RedisBackend {
         }
     }
 
-    /// Asks Redis whether it answers (readiness); records the outcome like a decision would.
+    /// Asks Redis whether it takes a write (readiness). A success ends a back-off early; a
+    /// failure does not start one: only decisions do, so a slow probe never refuses requests.
     pub(crate) async fn ping(&self) -> bool {
         let mut conn = self.conn.clone();
-        let ping = redis::cmd("PING");
-        let call = ping.query_async::<String>(&mut conn);
+        let mut set = redis::cmd("SET");
+        set.arg(format!("{}readyz", self.settings.key_prefix))
+            .arg(1)
+            .arg("PX")
+            .arg(10_000);
+        let call = set.exec_async(&mut conn);
         match tokio::time::timeout(self.settings.timeout, call).await {
-            Ok(Ok(_)) => {
+            Ok(Ok(())) => {
                 self.recovered();
                 true
             }
             Ok(Err(e)) => {
-                self.failed(&crate::store::redis::describe(&e));
+                tracing::debug!(error = %crate::store::redis::describe(&e), "Rate limit store (Redis) readiness probe failed.");
                 false
             }
             Err(_) => {
-                self.failed("timed out");
+                tracing::debug!("Rate limit store (Redis) readiness probe timed out.");
                 false
             }
         }

@@ -5,6 +5,7 @@
 //! server whenever they like (mini-redis `server::run`).
 
 pub mod framing;
+pub mod h2;
 pub mod peers;
 pub mod tls;
 
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -79,6 +80,8 @@ pub async fn serve_with_tls<H: Handler>(
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let peers = peers::Peers::new(limits.peers);
     let graceful = GracefulShutdown::new();
+    // HTTP/2 connections close themselves when idle, so they watch this instead of `graceful`.
+    let (stop_h2, h2_stop) = tokio::sync::watch::channel(());
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
@@ -126,30 +129,34 @@ pub async fn serve_with_tls<H: Handler>(
             });
             continue;
         };
-        let (http, watcher) = (http.clone(), graceful.watcher());
+        let (http, watcher, h2_stop) = (http.clone(), graceful.watcher(), h2_stop.clone());
         tokio::spawn(async move {
             match tls.accept(stream, limits.header_read_timeout).await {
                 Ok(a) if a.h2 => {
-                    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-                    h2.timer(TokioTimer::new())
-                        .max_header_list_size((limits.max_header_bytes * 2) as u32);
                     let svc = service(client, None, Some(a.peer));
-                    let conn = h2.serve_connection(TokioIo::new(a.stream), svc);
-                    log_end(watcher.watch(conn).await);
+                    log_end(h2::serve(a.stream, svc, limits, h2_stop).await);
+                    drop(watcher);
                 }
                 Ok(a) => log_end(
                     watcher
                         .watch(serve_http1(&http, a.stream, client, Some(a.peer)))
                         .await,
                 ),
-                Err(e) => tracing::debug!(error = %e, "TLS handshake failed."),
+                Err(e) => {
+                    client.peers.handshake_failed(client.addr.ip());
+                    tracing::debug!(error = %e, "TLS handshake failed.");
+                }
             }
             drop((slot, permit));
         });
     }
-    drop(listener);
+    drop((listener, h2_stop));
+    let _ = stop_h2.send(());
+    let drained = async {
+        tokio::join!(graceful.shutdown(), stop_h2.closed());
+    };
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("All connections drained."),
+        () = drained => tracing::info!("All connections drained."),
         () = tokio::time::sleep(limits.drain_timeout) => {
             tracing::warn!(timeout = ?limits.drain_timeout, "Drain timed out; closing remaining connections.");
         }

@@ -5,8 +5,10 @@
 //!   `server.max_connections_per_address` are closed at accept, so one address holding
 //!   connections open (slowloris) cannot take all of `server.max_connections`.
 //! - A per-address rate limit ([`Peers::admit`], governor's keyed GCRA) on requests without
-//!   credentials and on requests the gateway refused (401, 408, 413, 431): past it the address gets
-//!   429 with `Retry-After` for every request until it slows down.
+//!   credentials, on requests the gateway refused (401, 408, 413, 431; any 4xx of the token
+//!   endpoint, onboarding and admin routes, where an `Authorization` header is no credential
+//!   or is checked by the gateway itself) and on failed TLS handshakes: past it the address
+//!   gets 429 with `Retry-After` for every request until it slows down.
 //! - Body-read deadlines ([`read_body`]) for the endpoints the gateway answers itself.
 //!
 //! Each refusal is counted ([`render_metrics`]) and logged at most once per interval.
@@ -122,12 +124,34 @@ pub async fn call<H: Handler>(
     handler: Arc<H>,
     req: http::Request<hyper::body::Incoming>,
 ) -> http::Response<Body> {
-    if let Err(e) = peers.admit(ip, req.headers()) {
+    let path = req.uri().path().to_owned();
+    if let Err(e) = peers.admit(ip, &path, req.headers()) {
         return crate::proxy::rescue::peer_refused(&e);
     }
     let resp = handler.call(req).await;
-    peers.answered(ip, resp.status());
+    peers.answered(ip, &path, resp.status());
     resp
+}
+
+/// Paths answered without looking at `Authorization` or `x-amz-access-token` (the token
+/// endpoint authenticates with the body, onboarding with its invite and state, the probes not
+/// at all): there such a header is no credential, and any 4xx is a strike.
+fn header_is_no_credential(path: &str) -> bool {
+    matches!(
+        path,
+        crate::auth::drop_in::TOKEN_PATH
+            | crate::auth::onboarding::START_PATH
+            | crate::auth::onboarding::CALLBACK_PATH
+            | "/readyz"
+            | "/healthz"
+            | "/metrics"
+    )
+}
+
+/// Whether every 4xx on `path` counts against the address: the paths above and the admin
+/// routes (a wrong ops or security token is a 401 or 403).
+fn every_4xx_strikes(path: &str) -> bool {
+    header_is_no_credential(path) || path.starts_with("/admin/")
 }
 
 /// Appends this module's counters in Prometheus text format.
@@ -196,8 +220,8 @@ impl Peers {
     }
 
     /// Whether a request may be handled: not when the address is over its rate, and a request
-    /// without credentials spends one cell of it.
-    pub fn admit(&self, ip: IpAddr, headers: &HeaderMap) -> Result<(), PeerError> {
+    /// without credentials (or with a header that is no credential on `path`) spends one cell.
+    pub fn admit(&self, ip: IpAddr, path: &str, headers: &HeaderMap) -> Result<(), PeerError> {
         self.sweep();
         let now = Instant::now();
         if let Some(until) = lock(&self.blocked).get(&ip).copied() {
@@ -205,8 +229,9 @@ impl Peers {
                 return Err(self.refused(until - now));
             }
         }
-        let credentialed = headers.contains_key(http::header::AUTHORIZATION)
-            || headers.contains_key(crate::spapi::ACCESS_TOKEN);
+        let credentialed = !header_is_no_credential(path)
+            && (headers.contains_key(http::header::AUTHORIZATION)
+                || headers.contains_key(crate::spapi::ACCESS_TOKEN));
         if credentialed {
             return Ok(());
         }
@@ -214,20 +239,27 @@ impl Peers {
     }
 
     /// Counts a failed request against its address.
-    pub fn answered(&self, ip: IpAddr, status: StatusCode) {
-        // Only the gateway's own refusals of a caller: a bad or missing key (401), a slow or
-        // oversized request. Amazon's 400s and 403s for a tool's valid requests do not count.
+    pub fn answered(&self, ip: IpAddr, path: &str, status: StatusCode) {
+        // The gateway's own refusals of a caller: a bad or missing key (401), a slow or
+        // oversized request, and any 4xx where the gateway authenticates by itself (token
+        // endpoint, onboarding, admin). Amazon's 400s and 403s for a tool's valid requests
+        // do not count.
         let failed = matches!(
             status,
             StatusCode::UNAUTHORIZED
                 | StatusCode::REQUEST_TIMEOUT
                 | StatusCode::PAYLOAD_TOO_LARGE
                 | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
-        );
+        ) || (status.is_client_error() && every_4xx_strikes(path));
         if failed {
             // Over the rate: the address is refused from its next request on.
             let _ = self.strike(ip);
         }
+    }
+
+    /// Counts a failed or timed-out TLS handshake against its address.
+    pub fn handshake_failed(&self, ip: IpAddr) {
+        let _ = self.strike(ip);
     }
 
     /// Spends one cell; `Err(wait)` when none is left (the address is then blocked for `wait`).
@@ -319,21 +351,80 @@ mod tests {
         let mut keyed = HeaderMap::new();
         keyed.insert(http::header::AUTHORIZATION, "Bearer spg_x".parse().unwrap());
         for _ in 0..3 {
-            peers.admit(a, &keyed).unwrap();
-            peers.answered(a, StatusCode::OK);
+            peers.admit(a, PATH, &keyed).unwrap();
+            peers.answered(a, PATH, StatusCode::OK);
         }
-        peers.admit(a, &none).unwrap();
-        peers.admit(a, &none).unwrap();
-        peers.answered(a, StatusCode::UNAUTHORIZED);
-        peers.answered(a, StatusCode::UNAUTHORIZED);
+        peers.admit(a, PATH, &none).unwrap();
+        peers.admit(a, PATH, &none).unwrap();
+        peers.answered(a, PATH, StatusCode::UNAUTHORIZED);
+        peers.answered(a, PATH, StatusCode::UNAUTHORIZED);
         // The burst of 3 is spent: even a request with credentials is refused now.
         assert!(matches!(
-            peers.admit(a, &keyed),
+            peers.admit(a, PATH, &keyed),
             Err(PeerError::TooManyRequests { .. })
         ));
         assert!(
-            peers.admit(b, &none).is_ok(),
+            peers.admit(b, PATH, &none).is_ok(),
             "another address is unaffected"
         );
+    }
+
+    const PATH: &str = "/orders/v0/orders/1/address";
+
+    /// Refused after `n` admitted requests to `path` answered `status`.
+    fn refused_after(path: &str, headers: &HeaderMap, status: StatusCode) -> usize {
+        let peers = Peers::new(limits());
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        for n in 0..10 {
+            if peers.admit(a, path, headers).is_err() {
+                return n;
+            }
+            peers.answered(a, path, status);
+        }
+        10
+    }
+
+    #[test]
+    fn an_authorization_header_is_no_credential_where_the_gateway_does_not_read_it() {
+        let mut keyed = HeaderMap::new();
+        keyed.insert(
+            http::header::AUTHORIZATION,
+            "Bearer anything".parse().unwrap(),
+        );
+        for path in [
+            crate::auth::drop_in::TOKEN_PATH,
+            crate::auth::onboarding::START_PATH,
+            crate::auth::onboarding::CALLBACK_PATH,
+            "/readyz",
+        ] {
+            // Each request spends a cell (burst 3); a 4xx answer spends another.
+            assert_eq!(refused_after(path, &keyed, StatusCode::OK), 3, "{path}");
+            assert_eq!(
+                refused_after(path, &keyed, StatusCode::BAD_REQUEST),
+                2,
+                "{path}"
+            );
+        }
+        // Where the header authenticates, a served request costs nothing, and a 4xx of the
+        // admin routes (wrong token) is a strike: the fourth blocks the address.
+        assert_eq!(refused_after(PATH, &keyed, StatusCode::OK), 10);
+        assert_eq!(refused_after(PATH, &keyed, StatusCode::BAD_REQUEST), 10);
+        assert_eq!(
+            refused_after("/admin/reload", &keyed, StatusCode::FORBIDDEN),
+            4
+        );
+    }
+
+    #[test]
+    fn failed_tls_handshakes_are_strikes() {
+        let peers = Peers::new(limits());
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        for _ in 0..4 {
+            peers.handshake_failed(a);
+        }
+        assert!(matches!(
+            peers.admit(a, PATH, &HeaderMap::new()),
+            Err(PeerError::TooManyRequests { .. })
+        ));
     }
 }

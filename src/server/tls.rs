@@ -108,7 +108,7 @@ pub struct TlsListener {
     /// SHA-256 over the files' contents last loaded (or last refused, so a bad file is
     /// reported once, not on every poll).
     seen: Mutex<[u8; 32]>,
-    pins: Arc<ClientPins>,
+    pins: RwLock<Arc<ClientPins>>,
     /// Counters.
     pub stats: TlsStats,
 }
@@ -141,9 +141,24 @@ impl TlsListener {
             env,
             current: RwLock::new(Arc::new(server)),
             seen: Mutex::new(files.fingerprint()),
-            pins: Arc::new(pins),
+            pins: RwLock::new(Arc::new(pins)),
             stats: TlsStats::default(),
         }))
+    }
+
+    /// The listener's name (`proxy`, `admin`).
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The tools' client-certificate pins new connections are checked against.
+    pub fn pins(&self) -> Arc<ClientPins> {
+        self.pins.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the pins (config reload); connections opened from now on use them.
+    pub fn set_pins(&self, pins: ClientPins) {
+        *self.pins.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(pins);
     }
 
     /// Re-reads the files; when their contents changed, new handshakes use them. Returns
@@ -232,7 +247,7 @@ impl TlsListener {
             h2,
             peer: PeerCert {
                 spki_sha256,
-                pins: self.pins.clone(),
+                pins: self.pins(),
             },
         })
     }

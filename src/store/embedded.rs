@@ -35,11 +35,10 @@ pub struct EmbeddedStore {
 
 struct Inner {
     path: PathBuf,
-    /// The write-ahead log: every commit, by any connection or process, changes its size or
-    /// modification time.
-    wal: PathBuf,
-    /// The last access version read, and the WAL's (size, mtime) when it was read.
-    version: Mutex<Option<(WalStamp, u64)>>,
+    /// A connection that never writes, for `PRAGMA data_version` (it changes with every
+    /// commit of any other connection or process), and the last access version it read with
+    /// the data version at that moment.
+    watcher: Mutex<(Connection, Option<(i64, u64)>)>,
     /// The one writer connection. A std Mutex: it is never held across an await.
     writer: Mutex<Connection>,
     /// Reader connections.
@@ -59,10 +58,10 @@ impl EmbeddedStore {
         for _ in 0..READERS {
             readers.push(Mutex::new(open_conn(&path)?));
         }
+        let watcher = open_conn(&path)?;
         Ok(EmbeddedStore {
             inner: Arc::new(Inner {
-                wal: data_dir.join(format!("{DB_FILE}-wal")),
-                version: Mutex::new(None),
+                watcher: Mutex::new((watcher, None)),
                 path,
                 writer: Mutex::new(writer),
                 readers,
@@ -529,29 +528,37 @@ impl Store for EmbeddedStore {
     }
 
     async fn access_version(&self) -> Result<u64, StoreError> {
-        // Every cache hit asks, so the common case is one stat of the WAL and no SQLite lock:
-        // the table is read only when something was committed since the last read.
-        let stamp = wal_stamp(&self.inner.wal);
-        if let (Some(stamp), Ok(last)) = (stamp, self.inner.version.lock()) {
-            if let Some((seen, version)) = *last {
-                if seen == stamp {
-                    return Ok(version);
-                }
+        // Every cache hit asks, so the common case is one `PRAGMA data_version` (no table
+        // read): the table is read only when something was committed since the last read.
+        let mut watcher = self
+            .inner
+            .watcher
+            .lock()
+            .map_err(|_| StoreError::Task("version watcher lock poisoned".into()))?;
+        let (conn, last) = &mut *watcher;
+        let data_version: i64 = conn.pragma_query_value(None, "data_version", |r| r.get(0))?;
+        if let Some((seen, version)) = *last {
+            if seen == data_version {
+                return Ok(version);
             }
         }
-        let version = self.read(|c| {
-            let mut stmt = c.prepare_cached("SELECT value FROM access_version")?;
-            Ok(stmt.query_row([], |r| r.get::<_, i64>(0))? as u64)
-        })?;
-        if let (Some(stamp), Ok(mut last)) = (stamp, self.inner.version.lock()) {
-            // Stamped before the read: a commit in between changes the stamp again.
-            *last = Some((stamp, version));
-        }
+        let version = conn
+            .prepare_cached("SELECT value FROM access_version")?
+            .query_row([], |r| r.get::<_, i64>(0))? as u64;
+        // Taken before the read: a commit in between changes the data version again.
+        *last = Some((data_version, version));
         Ok(version)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.read(|c| Ok(c.query_row("SELECT count(*) FROM access_version", [], |_| Ok(()))?))
+        self.read(|c| Ok(c.query_row("SELECT count(*) FROM access_version", [], |_| Ok(()))?))?;
+        // The write lock too: a database that reads but cannot be written (read-only file,
+        // locked by another writer) is unready.
+        self.write(|c| {
+            c.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")?;
+            Ok(())
+        })
+        .await
     }
 
     async fn compact(&self) -> Result<(), StoreError> {
@@ -669,15 +676,6 @@ fn open_conn(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// The WAL's size and modification time (none when it cannot be read: then the version is read
-/// from the table every time).
-type WalStamp = (u64, std::time::SystemTime);
-
-fn wal_stamp(wal: &Path) -> Option<WalStamp> {
-    let meta = std::fs::metadata(wal).ok()?;
-    Some((meta.len(), meta.modified().ok()?))
-}
-
 /// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
     "
@@ -767,4 +765,40 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         ))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::*;
+
+    /// Another process bumps the access version (a revocation) and leaves the WAL exactly as
+    /// it found it: same size (checkpointed and truncated) and same modification time, as two
+    /// commits in one mtime tick can. The next check still sees the change.
+    #[tokio::test]
+    async fn a_commit_that_leaves_the_wal_size_and_mtime_unchanged_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let other = Connection::open(store.path()).unwrap();
+        let wal = dir.path().join(format!("{DB_FILE}-wal"));
+        let bump_and_truncate = || {
+            other
+                .execute_batch(
+                    "UPDATE access_version SET value = value + 1;
+                     PRAGMA wal_checkpoint(TRUNCATE);",
+                )
+                .unwrap();
+        };
+        bump_and_truncate();
+        let before = store.access_version().await.unwrap();
+        let mtime = std::fs::metadata(&wal).unwrap().modified().unwrap();
+        bump_and_truncate();
+        std::fs::File::options()
+            .write(true)
+            .open(&wal)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
+        assert_eq!(store.access_version().await.unwrap(), before + 1);
+    }
 }

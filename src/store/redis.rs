@@ -737,7 +737,13 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        redis::cmd("PING")
+        // A write, so a Redis that answers but refuses writes (READONLY replica, OOM, an ACL
+        // user without write permission) is unready too.
+        redis::cmd("SET")
+            .arg(self.index("readyz"))
+            .arg(1)
+            .arg("PX")
+            .arg(10_000)
             .exec_async(&mut self.conn())
             .await
             .map_err(failed("ping"))

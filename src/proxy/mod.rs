@@ -1451,7 +1451,7 @@ impl Gateway {
             .map(|pq| pq.as_str())
             .unwrap_or("/");
         // Orders 2026-01-01: ask only for the datasets the role may receive.
-        let reduced = rdt::reduce_included_data(op, role, pq);
+        let reduced = rdt::reduce_included_data(op, role, pq)?;
         let pq = reduced.as_deref().unwrap_or(pq);
         parts.uri = uri
             .path_and_query(pq)

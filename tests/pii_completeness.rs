@@ -3,9 +3,10 @@
 //!
 //! The walk covers every 2xx response schema of every catalog operation, resolving `$ref`,
 //! `allOf`/`oneOf`/`anyOf`, entering arrays at `[]` and `additionalProperties` maps at `{}`.
-//! A property whose name or description suggests personal data ([`suspect`]) must be covered by
-//! the field map (the path itself, or a mapped path above it) or listed in
-//! `data/pii-exceptions.tsv` with the reason it is not buyer PII. A new model version with a new
+//! A property whose name or description suggests personal data ([`suspect`]; any name containing
+//! "name") must be covered by the field map (the path itself, or a mapped path above it) or listed
+//! in `data/pii-exceptions.tsv` with the reason it is not buyer PII. A suspect container is
+//! decided by every leaf under it: one mapped member does not cover the rest. A new model version with a new
 //! personal field fails here until someone decides.
 //!
 //! The models live in `../shared/spapi-models` beside the repository. A developer without them
@@ -47,6 +48,8 @@ struct Walker<'m> {
     /// url and content field is suspect too).
     pii_api: bool,
     hits: BTreeSet<Hit>,
+    /// Every path the walk entered (to find the leaves under a suspect container).
+    paths: BTreeSet<String>,
     /// `$ref`s on the current path (recursive schemas are walked once per path).
     stack: Vec<&'m str>,
 }
@@ -71,6 +74,9 @@ impl<'m> Walker<'m> {
             if self.stack.contains(&reference) {
                 return;
             }
+        }
+        if !path.is_empty() {
+            self.paths.insert(path.to_string());
         }
         let (schema, pushed) = self.resolve(schema);
         for key in ["allOf", "oneOf", "anyOf"] {
@@ -121,6 +127,34 @@ impl<'m> Walker<'m> {
         }
     }
 
+    /// The paths to decide: each suspect leaf, and every leaf under a suspect container (a
+    /// container is decided by its leaves, not by one mapped member), with why it is suspect
+    /// and the suspect path it lies in.
+    fn leaves_to_decide(&self) -> BTreeSet<(String, &'static str, String)> {
+        let mut out = BTreeSet::new();
+        for hit in &self.hits {
+            let under: Vec<&String> = self.descendants(&hit.path).collect();
+            if under.is_empty() {
+                out.insert((hit.path.clone(), hit.why, hit.path.clone()));
+            }
+            for leaf in under
+                .into_iter()
+                .filter(|d| self.descendants(d).next().is_none())
+            {
+                out.insert((leaf.clone(), hit.why, hit.path.clone()));
+            }
+        }
+        out
+    }
+
+    /// The walked paths strictly below `path`.
+    fn descendants<'a>(&'a self, path: &'a str) -> impl Iterator<Item = &'a String> + 'a {
+        self.paths
+            .range::<str, _>((std::ops::Bound::Excluded(path), std::ops::Bound::Unbounded))
+            .take_while(move |p| p.starts_with(path))
+            .filter(move |p| is_below(p, path))
+    }
+
     /// A property's description, or its referenced schema's.
     fn description(&self, prop: &'m Value) -> String {
         let mut schema = prop;
@@ -138,6 +172,12 @@ impl<'m> Walker<'m> {
         }
         String::new()
     }
+}
+
+/// Whether `a` lies strictly below `b` (`b.x`, `b[]`).
+fn is_below(a: &str, b: &str) -> bool {
+    a.strip_prefix(b)
+        .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
 }
 
 /// Why a property looks like personal data, if it does.
@@ -183,7 +223,7 @@ fn suspect(name: &str, description: &str, pii_api: bool) -> Option<&'static str>
     const DOCUMENT_PARTS: &[&str] = &[
         "label", "document", "file", "url", "content", "stream", "base64", "photo", "image",
     ];
-    if PERSON_NAMES.contains(&n.as_str()) {
+    if PERSON_NAMES.contains(&n.as_str()) || n.contains("name") {
         return Some("name");
     }
     if let Some((_, why)) = NAME_PARTS.iter().find(|(part, _)| n.contains(part)) {
@@ -231,8 +271,7 @@ fn response_schemas<'m>(model: &'m Value, method: &str, path: &str) -> Vec<&'m V
     out
 }
 
-/// Whether `path` is a mapped field or link, lies below one, or holds one (a container whose
-/// personal members are mapped: each member is checked on its own).
+/// Whether `path` is a mapped field or link, or lies below one (a mapped record).
 fn covered(op_key: &str, path: &str) -> bool {
     let Some(op) = FieldMap::builtin().get(op_key) else {
         return false;
@@ -241,13 +280,7 @@ fn covered(op_key: &str, path: &str) -> bool {
         .iter()
         .map(|f| f.path)
         .chain(op.links.iter().map(|l| l.path))
-        .any(|p| {
-            let below = |a: &str, b: &str| {
-                a.strip_prefix(b)
-                    .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
-            };
-            path == p || below(path, p) || below(p, path)
-        })
+        .any(|p| path == p || is_below(path, p))
 }
 
 /// Every suspect path of every operation that neither the map nor an exception covers.
@@ -273,17 +306,19 @@ fn undecided(dir: &Path) -> (Vec<String>, usize) {
             root: model,
             pii_api: pii_apis.contains(op.api),
             hits: BTreeSet::new(),
+            paths: BTreeSet::new(),
             stack: Vec::new(),
         };
         for schema in response_schemas(model, op.method.as_str(), op.path) {
             walker.walk(schema, "", 0);
         }
-        for hit in walker.hits {
+        for (leaf, why, container) in walker.leaves_to_decide() {
             hits_seen += 1;
-            if covered(op.key, &hit.path) || exceptions.reason(op, &hit.path).is_some() {
+            let excepted = |p: &str| exceptions.reason(op, p).is_some();
+            if covered(op.key, &leaf) || excepted(&leaf) || excepted(&container) {
                 continue;
             }
-            out.push(format!("{}\t{}\t{}", op.key, hit.path, hit.why));
+            out.push(format!("{}\t{}\t{}\t(in {})", op.key, leaf, why, container));
         }
     }
     (out, hits_seen)
@@ -313,7 +348,10 @@ fn the_walk_finds_a_new_personal_field_and_an_unmapped_one_in_a_known_schema() {
                 "buyerNickname": {"type": "string"},
                 "pickup": {"$ref": "#/definitions/Place"},
                 "extra": {"type": "object", "additionalProperties": {"$ref": "#/definitions/Place"}},
-                "next": {"$ref": "#/definitions/Thing"}
+                "next": {"$ref": "#/definitions/Thing"},
+                "recipient": {"type": "object", "properties": {
+                    "deliveryHours": {"type": "array", "items": {"type": "string"}}
+                }}
             }},
             "Place": {"allOf": [{"type": "object", "properties": {
                 "note": {"type": "string", "description": "The customer's note."},
@@ -326,6 +364,7 @@ fn the_walk_finds_a_new_personal_field_and_an_unmapped_one_in_a_known_schema() {
         root: &model,
         pii_api: true,
         hits: BTreeSet::new(),
+        paths: BTreeSet::new(),
         stack: Vec::new(),
     };
     walker.walk(&start, "", 0);
@@ -341,6 +380,30 @@ fn the_walk_finds_a_new_personal_field_and_an_unmapped_one_in_a_known_schema() {
     assert!(!paths.contains("sku"));
     // A recursive schema is walked once per path, its members found at their first occurrence.
     assert!(!paths.contains("next.buyerNickname"));
+    // Every leaf under a suspect container is decided on its own, suspect or not.
+    let leaves: BTreeSet<String> = walker
+        .leaves_to_decide()
+        .into_iter()
+        .map(|(leaf, _, _)| leaf)
+        .collect();
+    for expected in ["recipient.deliveryHours[]", "pickup.note", "buyerNickname"] {
+        assert!(leaves.contains(expected), "{expected} not in {leaves:?}");
+    }
+    assert!(
+        !leaves.contains("recipient"),
+        "a container is decided by its leaves"
+    );
+    // Any property whose name contains "name" is suspect.
+    for name in [
+        "customerName",
+        "shipToName",
+        "legalName",
+        "accountHolderName",
+    ] {
+        assert_eq!(suspect(name, "", false), Some("name"), "{name}");
+    }
+    // A container is not covered by one mapped member.
+    assert!(!covered("ordersV0.getOrder", "payload"));
     // Without a PII-bearing API, a URL alone is not suspect.
     assert_eq!(suspect("labelUrl", "", false), None);
     assert_eq!(suspect("labelUrl", "", true), Some("document"));

@@ -2,7 +2,10 @@
 //! upstream answer shaped like the map (a synthetic canary at every mapped path, a fake presigned
 //! URL at every document link) goes through one real gateway for six roles (pass-all, drop-all,
 //! mask, pseudonymize, encrypt, `tax_id` only). No canary may reach a role that does not pass its
-//! category, no presigned URL may reach anyone, and the response keeps its shape.
+//! category, no presigned URL may reach anyone, and the response keeps its shape. Each canary has
+//! the type Amazon's model gives its path: an object or array field (`templateAttributes`,
+//! `taxRegistrationAttributes`, `copyEmails`, `geocodes`) gets an object or array with canaries
+//! inside, so rewriting inside containers is tested.
 
 mod common;
 
@@ -92,6 +95,113 @@ fn parent(path: &str) -> Option<&str> {
 
 const ORDER_ID: &str = "902-0000000-0000001";
 
+/// The schema Amazon's model gives `path` in `op`'s 2xx responses (`$ref`, `allOf`/`oneOf`/
+/// `anyOf` resolved), if the model is at hand and names it.
+fn schema_at<'m>(
+    model: &'m Value,
+    op: &spgate::catalog::Operation,
+    path: &str,
+) -> Option<&'m Value> {
+    let responses =
+        model["paths"][op.path][op.method.as_str().to_lowercase()]["responses"].as_object()?;
+    let segments = parse_path(path)?;
+    responses
+        .iter()
+        .filter(|(code, _)| code.starts_with('2'))
+        .filter_map(|(_, r)| {
+            let r = resolve(model, r);
+            r.get("schema")
+                .or_else(|| r.pointer("/content/application~1json/schema"))
+        })
+        .find_map(|schema| {
+            segments
+                .iter()
+                .try_fold(schema, |node, segment| match segment {
+                    Segment::Member(name) => member(model, node, name),
+                    Segment::Items => resolve(model, node).get("items"),
+                })
+        })
+        .map(|s| resolve(model, s))
+}
+
+fn resolve<'m>(model: &'m Value, mut schema: &'m Value) -> &'m Value {
+    while let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        match model.pointer(r.trim_start_matches('#')) {
+            Some(s) => schema = s,
+            None => break,
+        }
+    }
+    schema
+}
+
+/// The schema of property `name` of `schema`, looking into `allOf`/`oneOf`/`anyOf` parts.
+fn member<'m>(model: &'m Value, schema: &'m Value, name: &str) -> Option<&'m Value> {
+    let schema = resolve(model, schema);
+    if let Some(p) = schema.get("properties").and_then(|p| p.get(name)) {
+        return Some(p);
+    }
+    ["allOf", "oneOf", "anyOf"]
+        .iter()
+        .filter_map(|k| schema.get(*k).and_then(Value::as_array))
+        .flatten()
+        .find_map(|part| member(model, part, name))
+}
+
+/// A value of `schema`'s type with the canary in every string (and `number` in every number)
+/// inside it.
+fn typed_canary(model: &Value, schema: &Value, canary: &str, number: u64, depth: usize) -> Value {
+    let schema = resolve(model, schema);
+    if depth > 4 {
+        return json!(canary);
+    }
+    if let Some(items) = schema.get("items") {
+        return json!([typed_canary(model, items, canary, number, depth + 1)]);
+    }
+    let mut props = serde_json::Map::new();
+    collect_properties(model, schema, &mut props, canary, number, depth);
+    if !props.is_empty() {
+        return Value::Object(props);
+    }
+    if let Some(values) = schema.get("additionalProperties").filter(|v| v.is_object()) {
+        return json!({ "k": typed_canary(model, values, canary, number, depth + 1) });
+    }
+    match schema.get("type").and_then(Value::as_str) {
+        Some("integer") | Some("number") => json!(number),
+        Some("boolean") => json!(true),
+        Some("object") => json!({ "k": canary }),
+        _ => json!(canary),
+    }
+}
+
+fn collect_properties(
+    model: &Value,
+    schema: &Value,
+    out: &mut serde_json::Map<String, Value>,
+    canary: &str,
+    number: u64,
+    depth: usize,
+) {
+    let schema = resolve(model, schema);
+    for (name, prop) in schema
+        .get("properties")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        out.insert(
+            name.clone(),
+            typed_canary(model, prop, canary, number, depth + 1),
+        );
+    }
+    for part in ["allOf", "oneOf", "anyOf"]
+        .iter()
+        .filter_map(|k| schema.get(*k).and_then(Value::as_array))
+        .flatten()
+    {
+        collect_properties(model, part, out, canary, number, depth);
+    }
+}
+
 #[tokio::test]
 async fn no_role_receives_a_canary_of_a_category_it_does_not_pass_and_shapes_are_kept() {
     let gw = start_gateway(Options {
@@ -118,6 +228,10 @@ async fn no_role_receives_a_canary_of_a_category_it_does_not_pass_and_shapes_are
     let mut problems = Vec::new();
     let mut checked_ops = 0;
     let mut canaries_seen = 0;
+    let mut containers_planted = 0;
+    let mut planted = 0;
+    let models = models_dir();
+    let mut loaded: std::collections::HashMap<&str, Value> = std::collections::HashMap::new();
     for key in map.keys() {
         let op_map = map.get(key).unwrap();
         let op = catalog.by_key(key).unwrap();
@@ -133,12 +247,41 @@ async fn no_role_receives_a_canary_of_a_category_it_does_not_pass_and_shapes_are
                 }
             }
         }
+        let model = models.as_ref().map(|dir| {
+            loaded.entry(op.model_file).or_insert_with(|| {
+                serde_json::from_slice(&std::fs::read(dir.join(op.model_file)).unwrap()).unwrap()
+            })
+        });
         let mut canaries = Vec::new();
-        for (n, field) in op_map.fields.iter().enumerate() {
+        // Containers first, so that a mapped path inside one keeps its own canary.
+        let mut fields: Vec<_> = op_map.fields.iter().enumerate().collect();
+        fields.sort_by_key(|(_, f)| f.path.len());
+        for (n, field) in fields {
             let canary = format!("Zq{n:03}Canary{}", key.len());
-            plant(&mut doc, field.path, json!(canary));
-            canaries.push((field, canary));
+            let number = 7_700_000_000 + (n as u64) * 1000 + key.len() as u64;
+            let value = match model
+                .as_deref()
+                .and_then(|m| Some((m, schema_at(m, op, field.path)?)))
+            {
+                Some((m, schema)) => typed_canary(m, schema, &canary, number, 0),
+                None => json!(canary),
+            };
+            if !value.is_string() {
+                containers_planted += 1;
+            }
+            // What shows the value passed: its text canary, or its number when it holds none.
+            let token = if value.to_string().contains(&canary) {
+                canary
+            } else {
+                number.to_string()
+            };
+            plant(&mut doc, field.path, value);
+            canaries.push((field, token));
         }
+        planted += canaries.len();
+        // A container planted over by a mapped path inside it may hold no canary of its own.
+        let planted_text = doc.to_string();
+        canaries.retain(|(_, token)| planted_text.contains(token.as_str()));
         for (n, link) in op_map.links.iter().enumerate() {
             plant(
                 &mut doc,
@@ -220,12 +363,13 @@ async fn no_role_receives_a_canary_of_a_category_it_does_not_pass_and_shapes_are
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     assert!(checked_ops >= 60, "{checked_ops}");
+    if models.is_some() {
+        assert!(
+            containers_planted >= 20,
+            "only {containers_planted} typed containers"
+        );
+    }
     // Every canary reached the pass-all role at least: the planting itself worked.
-    let planted: usize = map
-        .keys()
-        .iter()
-        .map(|k| map.get(k).unwrap().fields.len())
-        .sum();
     assert!(canaries_seen >= planted, "{canaries_seen} < {planted}");
 }
 

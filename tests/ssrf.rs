@@ -49,20 +49,12 @@ async fn follow(gw: &TestGateway, url: &str) -> Reply {
 
 /// The audit reasons of the document downloads (requests without an operation).
 async fn download_reasons(gw: &TestGateway, dir: &Path) -> Vec<String> {
-    gw.gateway.auditor().flush().await;
-    let mut reasons = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "jsonl") {
-            for line in std::fs::read_to_string(&path).unwrap().lines() {
-                let r: serde_json::Value = serde_json::from_str(line).unwrap();
-                if r["kind"] == "request" && r.get("operation").is_none_or(|o| o.is_null()) {
-                    reasons.push(r["reason"].as_str().unwrap_or("").to_string());
-                }
-            }
-        }
-    }
-    reasons
+    audit_records(gw, dir)
+        .await
+        .into_iter()
+        .filter(|r| r["kind"] == "request" && r.get("operation").is_none_or(|o| o.is_null()))
+        .map(|r| r["reason"].as_str().unwrap_or("").to_string())
+        .collect()
 }
 
 /// The admin listener of `gw` on 127.0.0.1:0 (its `/metrics` is what an SSRF would read).

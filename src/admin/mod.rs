@@ -402,6 +402,7 @@ impl Admin {
         self.gateway.auditor().render_metrics(&mut out);
         self.gateway.outbound().render_metrics(&mut out);
         self.gateway.header_drops().render_metrics(&mut out);
+        self.gateway.pii_gate().render_metrics(&mut out);
         crate::server::tls::render_metrics(&self.tls, &mut out);
         let mut resp = Response::new(body::full(out));
         resp.headers_mut().insert(

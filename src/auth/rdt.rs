@@ -53,6 +53,10 @@ pub enum RdtError {
     /// Amazon answered something we do not understand.
     #[error("createRestrictedDataToken answered unexpectedly: {0}")]
     Protocol(String),
+    /// An `includedData` value names no dataset of Orders 2026-01-01 (refused with 400: the
+    /// gateway does not send up what it does not know).
+    #[error("includedData names an unknown dataset")]
+    UnknownIncludedData,
 }
 
 /// The buyer-PII categories an operation's responses may carry (the field map's summary).
@@ -181,16 +185,39 @@ const INCLUDED_DATA: [(&str, &[Category]); 3] = [
     ("TAX", &[Category::TaxId]),
 ];
 
+/// Every dataset `includedData` of Orders 2026-01-01 `searchOrders` and `getOrder` names in
+/// Amazon's model.
+pub const KNOWN_INCLUDED_DATA: [&str; 11] = [
+    "BUYER",
+    "RECIPIENT",
+    "PROCEEDS",
+    "EXPENSE",
+    "PROMOTION",
+    "CANCELLATION",
+    "FULFILLMENT",
+    "PACKAGES",
+    "TAX",
+    "PAYMENT",
+    "FULFILLMENT_ORDERS",
+];
+
 /// For Orders 2026-01-01, removes the `includedData` values whose data the role may not receive.
 /// The key is matched as Amazon matches it: case-insensitively, repeated, and in the bracketed
 /// forms `includedData[]` and `includedData[0]`; values are comma lists, case-insensitive.
 /// Every form is sent up as plain `includedData`. Returns the new path-and-query when something
-/// was removed or rewritten.
-pub fn reduce_included_data(op: &Operation, role: &Role, path_and_query: &str) -> Option<String> {
+/// was removed or rewritten; a value that is not one of Amazon's datasets is
+/// [`RdtError::UnknownIncludedData`].
+pub fn reduce_included_data(
+    op: &Operation,
+    role: &Role,
+    path_and_query: &str,
+) -> Result<Option<String>, RdtError> {
     if op.model != "orders_2026-01-01" {
-        return None;
+        return Ok(None);
     }
-    let (path, query) = path_and_query.split_once('?')?;
+    let Some((path, query)) = path_and_query.split_once('?') else {
+        return Ok(None);
+    };
     let mut removed = false;
     let mut out = form_urlencoded::Serializer::new(String::new());
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
@@ -199,9 +226,16 @@ pub fn reduce_included_data(op: &Operation, role: &Role, path_and_query: &str) -
             continue;
         }
         removed |= k != "includedData";
-        let kept: Vec<&str> = v
-            .split(',')
-            .map(str::trim)
+        let sets: Vec<&str> = v.split(',').map(str::trim).collect();
+        if !sets.iter().all(|set| {
+            KNOWN_INCLUDED_DATA
+                .iter()
+                .any(|k| set.eq_ignore_ascii_case(k))
+        }) {
+            return Err(RdtError::UnknownIncludedData);
+        }
+        let kept: Vec<&str> = sets
+            .into_iter()
             .filter(|set| {
                 let allowed = INCLUDED_DATA
                     .iter()
@@ -215,14 +249,14 @@ pub fn reduce_included_data(op: &Operation, role: &Role, path_and_query: &str) -
             out.append_pair("includedData", &kept.join(","));
         }
     }
-    removed.then(|| {
+    Ok(removed.then(|| {
         let q = out.finish();
         if q.is_empty() {
             path.to_string()
         } else {
             format!("{path}?{q}")
         }
-    })
+    }))
 }
 
 /// Whether a query key names `includedData` in any form Amazon accepts.
@@ -537,7 +571,9 @@ mod tests {
         ];
         for (cats, pq, expect) in cases {
             assert_eq!(
-                reduce_included_data(search, &role(cats), pq).as_deref(),
+                reduce_included_data(search, &role(cats), pq)
+                    .unwrap()
+                    .as_deref(),
                 *expect,
                 "{cats:?} {pq}"
             );
@@ -547,8 +583,65 @@ mod tests {
                 op("ordersV0.getOrders"),
                 &role(&[]),
                 "/orders/v0/orders?includedData=BUYER"
-            ),
+            )
+            .unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn an_unknown_included_data_value_is_refused() {
+        use Category::*;
+        for pq in [
+            "/orders/2026-01-01/orders?includedData=BUYER,SECRETS",
+            "/orders/2026-01-01/orders?includedData=buyerx",
+            "/orders/2026-01-01/orders?includedData[]=RECIPIENT&IncludedData=PROCEEDS,",
+            "/orders/2026-01-01/orders/1?includedData=",
+        ] {
+            for cats in [&[][..], &[Name, Email, Company, TaxId, Address][..]] {
+                assert!(
+                    matches!(
+                        reduce_included_data(op("orders_2026-01-01.searchOrders"), &role(cats), pq),
+                        Err(RdtError::UnknownIncludedData)
+                    ),
+                    "{pq}"
+                );
+            }
+        }
+        // Every dataset of the model is known, in any case.
+        let all = KNOWN_INCLUDED_DATA.join(",").to_lowercase();
+        let pq = format!("/orders/2026-01-01/orders?includedData={all}");
+        assert!(reduce_included_data(op("orders_2026-01-01.getOrder"), &role(&[]), &pq).is_ok());
+    }
+
+    #[test]
+    fn the_known_datasets_are_the_models() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/spapi-models");
+        let Some(file) = crate::catalog::Catalog::builtin()
+            .by_key("orders_2026-01-01.searchOrders")
+            .map(|o| dir.join(o.model_file))
+            .filter(|f| f.is_file())
+        else {
+            assert!(std::env::var_os("CI").is_none(), "CI must have the models");
+            return;
+        };
+        let model: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+        for path in [
+            "/orders/2026-01-01/orders",
+            "/orders/2026-01-01/orders/{orderId}",
+        ] {
+            let params = model["paths"][path]["get"]["parameters"]
+                .as_array()
+                .unwrap();
+            let included = params.iter().find(|p| p["name"] == "includedData").unwrap();
+            let datasets: Vec<&str> = included["items"]["enum"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+            assert_eq!(datasets, KNOWN_INCLUDED_DATA, "{path}");
+        }
     }
 }

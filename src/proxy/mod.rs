@@ -95,6 +95,7 @@ pub struct Gateway {
     outbound: outbound::Fetcher,
     header_drops: headers::Dropped,
     drain: accounting::Drain,
+    pii_gate: pii_gate::Gate,
 }
 
 /// The parts of a gateway, for [`Gateway::new`].
@@ -234,7 +235,20 @@ impl Gateway {
             outbound: parts.outbound,
             header_drops: headers::Dropped::default(),
             drain: accounting::Drain::new(),
+            pii_gate: pii_gate::Gate::new(crate::pii::Classifier::builtin()),
         }
+    }
+
+    /// The gateway refusing by `classifier` instead of the built-in lists (tests plant a
+    /// catalog/data mismatch this way).
+    pub fn with_classifier(mut self, classifier: &'static crate::pii::Classifier) -> Gateway {
+        self.pii_gate = pii_gate::Gate::new(classifier);
+        self
+    }
+
+    /// The refusal of unclassified operations (its counter, for metrics).
+    pub fn pii_gate(&self) -> &pii_gate::Gate {
+        &self.pii_gate
     }
 
     /// Document downloads (refusal counters for metrics).
@@ -534,7 +548,7 @@ impl Gateway {
             // the audit log; rotating the client secret would lock the gateway out.
             return Err(ProxyError::GatewayOwned);
         }
-        pii_gate::refuse_unclassified(op.pii_class())?; // what the gateway does not know, it refuses
+        self.pii_gate.check(op)?; // what the gateway does not know, it refuses
         let seller = self.authorize(&caller, op, req.headers()).await?; // 4. authorize
         ctx.seller = seller.as_ref().map(|s| s.selling_partner_id.clone());
         let role = self.roles.get(&caller.client.role);
@@ -1474,7 +1488,7 @@ impl Gateway {
             .map(|pq| pq.as_str())
             .unwrap_or("/");
         // Orders 2026-01-01: ask only for the datasets the role may receive.
-        let reduced = rdt::reduce_included_data(op, role, pq);
+        let reduced = rdt::reduce_included_data(op, role, pq)?;
         let pq = reduced.as_deref().unwrap_or(pq);
         parts.uri = uri
             .path_and_query(pq)

@@ -64,7 +64,12 @@ pub struct RawOutbound {
     /// Loopback socket addresses (`127.0.0.1:8900`) that may be fetched over http: only for
     /// the sandbox (demo and tests). Empty by default.
     pub allow_loopback: Option<Vec<String>>,
+    /// Total deadline for a document download, head and body, in seconds (default 600).
+    pub document_timeout_seconds: Option<u64>,
 }
+
+/// How long a document download may take in all, unless `[outbound]` says otherwise.
+pub const DEFAULT_DOCUMENT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The validated `[outbound]` section.
 #[derive(Debug, Clone)]
@@ -73,6 +78,8 @@ pub struct OutboundConfig {
     pub document_hosts: Vec<HostPattern>,
     /// Loopback socket addresses the sandbox serves documents from.
     pub allow_loopback: Vec<SocketAddr>,
+    /// Total deadline of a download, body included: the stream fails cleanly when it passes.
+    pub document_timeout: Duration,
 }
 
 /// A host pattern: labels that are literal, `*`, or literal text around one `*`.
@@ -126,6 +133,48 @@ pub struct Fetcher {
     counters: Arc<Mutex<BTreeMap<(bool, &'static str), u64>>>,
 }
 
+/// A document's body under the download's total deadline: past it, the stream ends with an
+/// error (and the failure is counted), never silently.
+pub struct DocumentBody {
+    inner: body::Deadline<hyper::body::Incoming>,
+    counters: Arc<Mutex<BTreeMap<(bool, &'static str), u64>>>,
+}
+
+impl http_body::Body for DocumentBody {
+    type Data = bytes::Bytes;
+    type Error = body::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, body::BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(e))) = &polled {
+            if e.is::<body::TotalTimeout>() {
+                bump(&self.counters, false, "body_timeout");
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn bump(
+    counters: &Mutex<BTreeMap<(bool, &'static str), u64>>,
+    refusal: bool,
+    reason: &'static str,
+) {
+    let mut counters = counters.lock().unwrap_or_else(|p| p.into_inner());
+    *counters.entry((refusal, reason)).or_default() += 1;
+}
+
 /// A DNS resolver that refuses every name with a non-public address among its answers.
 #[derive(Clone, Debug, Default)]
 pub struct CheckedResolver;
@@ -160,10 +209,22 @@ impl RawOutbound {
                 }),
             }
         }
+        let document_timeout = match self.document_timeout_seconds {
+            None => DEFAULT_DOCUMENT_TIMEOUT,
+            Some(0) => {
+                issues.push(ConfigIssue {
+                    path: "outbound.document_timeout_seconds".into(),
+                    message: "must be at least 1 second".into(),
+                });
+                DEFAULT_DOCUMENT_TIMEOUT
+            }
+            Some(n) => Duration::from_secs(n),
+        };
         if issues.is_empty() {
             Ok(OutboundConfig {
                 document_hosts,
                 allow_loopback,
+                document_timeout,
             })
         } else {
             Err(issues)
@@ -182,6 +243,7 @@ impl OutboundConfig {
                 .filter_map(|h| HostPattern::parse(h))
                 .collect(),
             allow_loopback: Vec::new(),
+            document_timeout: DEFAULT_DOCUMENT_TIMEOUT,
         }
     }
 
@@ -307,8 +369,12 @@ impl Fetcher {
     /// A client of its own (TLS 1.2+, webpki roots, the checked resolver), with the upstream
     /// connect timeout.
     pub fn new(config: OutboundConfig, upstream: &UpstreamConfig) -> Fetcher {
+        Fetcher::with_timeouts(config, upstream.connect_timeout, upstream.pool_idle_timeout)
+    }
+
+    fn with_timeouts(config: OutboundConfig, connect: Duration, pool_idle: Duration) -> Fetcher {
         let mut http = HttpConnector::new_with_resolver(CheckedResolver);
-        http.set_connect_timeout(Some(upstream.connect_timeout));
+        http.set_connect_timeout(Some(connect));
         http.set_nodelay(true);
         http.enforce_http(false);
         let https = hyper_rustls::HttpsConnectorBuilder::new()
@@ -317,7 +383,7 @@ impl Fetcher {
             .enable_http1()
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(upstream.pool_idle_timeout)
+            .pool_idle_timeout(pool_idle)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(https);
@@ -329,18 +395,30 @@ impl Fetcher {
     }
 
     /// GETs `url` if the policy allows it, waiting up to `timeout` for the response head. A
-    /// redirect or error status is an error; the body streams.
+    /// redirect or error status is an error; the body streams until `[outbound]
+    /// document_timeout_seconds` after the request started, then fails (counted as
+    /// `body_timeout` in `spgate_outbound_failed_total`).
     pub async fn get(
         &self,
         url: &str,
         timeout: Duration,
-    ) -> Result<Response<hyper::body::Incoming>, OutboundError> {
+    ) -> Result<Response<DocumentBody>, OutboundError> {
+        let deadline = tokio::time::Instant::now() + self.config.document_timeout;
         let result = self.fetch(url, timeout).await;
-        if let Err(e) = &result {
-            let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-            *counters.entry((e.is_refusal(), label(e))).or_default() += 1;
+        match result {
+            Ok(resp) => Ok(resp.map(|inner| DocumentBody {
+                inner: body::Deadline::new(inner, deadline),
+                counters: self.counters.clone(),
+            })),
+            Err(e) => {
+                self.count(e.is_refusal(), label(&e));
+                Err(e)
+            }
         }
-        result
+    }
+
+    fn count(&self, refusal: bool, reason: &'static str) {
+        bump(&self.counters, refusal, reason);
     }
 
     async fn fetch(
@@ -514,6 +592,15 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
     if seg[0] == 0x2002 {
         return is_public_v4(embedded(seg[1], seg[2]));
     }
+    // Teredo (2001::/32) hides its IPv4 server and client addresses: never public here.
+    // Local-use NAT64 (64:ff9b:1::/48) translates to private networks; 2001:2::/48 is for
+    // benchmarking.
+    if (seg[0] == 0x2001 && seg[1] == 0)
+        || seg[..3] == [0x64, 0xff9b, 1]
+        || seg[..3] == [0x2001, 2, 0]
+    {
+        return false;
+    }
     !(ip.is_loopback()
         || ip.is_unspecified()
         || ip.is_multicast()
@@ -594,9 +681,79 @@ mod tests {
         RawOutbound {
             document_hosts: None,
             allow_loopback: Some(loopback.iter().map(|s| s.to_string()).collect()),
+            document_timeout_seconds: None,
         }
         .resolve()
         .unwrap()
+    }
+
+    #[test]
+    fn teredo_local_nat64_and_benchmarking_v6_are_not_public() {
+        for ip in [
+            "2001::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "64:ff9b:1::a00:1",
+            "64:ff9b:1:ffff::1",
+            "2001:2::1",
+            "2001:2:0:ffff::1",
+        ] {
+            check(ip, false);
+        }
+        // Their neighbours stay public.
+        for ip in ["2001:1::1", "2001:3::1", "2001:2:1::1", "64:ff9b:2::1"] {
+            check(ip, true);
+        }
+    }
+
+    #[test]
+    fn the_document_timeout_defaults_to_ten_minutes_and_is_configurable() {
+        assert_eq!(config(&[]).document_timeout, DEFAULT_DOCUMENT_TIMEOUT);
+        let raw = |n| RawOutbound {
+            document_timeout_seconds: Some(n),
+            ..RawOutbound::default()
+        };
+        assert_eq!(
+            raw(30).resolve().unwrap().document_timeout,
+            Duration::from_secs(30)
+        );
+        let issues = raw(0).resolve().unwrap_err();
+        assert_eq!(issues[0].path, "outbound.document_timeout_seconds");
+    }
+
+    #[tokio::test]
+    async fn a_document_body_past_the_total_deadline_fails_and_is_counted() {
+        use http_body_util::BodyExt;
+        // A document host on loopback that sends the head and one chunk, then stalls.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = sock.read(&mut buf).await.unwrap();
+            sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nfirst")
+                .await
+                .unwrap();
+            // Hold the connection open, never finishing the body.
+            let _ = sock.read(&mut buf).await;
+        });
+        let mut cfg = config(&[&addr.to_string()]);
+        cfg.document_timeout = Duration::from_millis(300);
+        let fetcher = Fetcher::with_timeouts(cfg, Duration::from_secs(5), Duration::from_secs(5));
+        let resp = fetcher
+            .get(&format!("http://{addr}/doc"), Duration::from_secs(30))
+            .await
+            .unwrap();
+        let err = resp.into_body().collect().await.unwrap_err();
+        assert!(err.is::<body::TotalTimeout>(), "{err}");
+        assert_eq!(fetcher.refused("body_timeout"), 1);
+        let mut metrics = String::new();
+        fetcher.render_metrics(&mut metrics);
+        assert!(
+            metrics.contains("spgate_outbound_failed_total{reason=\"body_timeout\"} 1"),
+            "{metrics}"
+        );
+        server.abort();
     }
 
     #[test]
@@ -674,6 +831,7 @@ mod tests {
         let bad = RawOutbound {
             document_hosts: Some(vec!["*.com".into(), "ok.example.com".into()]),
             allow_loopback: Some(vec!["10.0.0.1:80".into(), "localhost:8900".into()]),
+            document_timeout_seconds: None,
         }
         .resolve()
         .unwrap_err();

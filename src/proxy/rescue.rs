@@ -178,6 +178,7 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
             RdtError::Refused(_) => (StatusCode::FORBIDDEN, "Unauthorized", "Amazon refused a Restricted Data Token for this operation; the application may lack the restricted role.", Fault::Upstream),
             RdtError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "Restricted data is temporarily unavailable; retry later.", Fault::Upstream),
             RdtError::Protocol(_) => (StatusCode::BAD_GATEWAY, "InternalFailure", "Amazon answered the Restricted Data Token request unexpectedly.", Fault::Upstream),
+            RdtError::UnknownIncludedData => (StatusCode::BAD_REQUEST, "InvalidInput", "includedData names a dataset Amazon does not define for this operation.", Fault::Caller),
         },
                         E::BadHeader(why) => (StatusCode::BAD_REQUEST, "InvalidInput", *why, Fault::Caller),
         E::RateLimited(r) => match r {

@@ -842,20 +842,8 @@ fn v0_filter(req: &OrdersRequest<'_>) -> Result<Filter, Reply> {
 
 // --- Orders 2026-01-01 ---
 
-/// The `includedData` values the model allows.
-const INCLUDED_DATA: [&str; 11] = [
-    "BUYER",
-    "RECIPIENT",
-    "PROCEEDS",
-    "EXPENSE",
-    "PROMOTION",
-    "CANCELLATION",
-    "FULFILLMENT",
-    "PACKAGES",
-    "TAX",
-    "PAYMENT",
-    "FULFILLMENT_ORDERS",
-];
+/// The `includedData` values the model allows (the gateway refuses any other).
+use crate::auth::rdt::KNOWN_INCLUDED_DATA as INCLUDED_DATA;
 
 /// Which optional blocks a 2026 response includes.
 #[derive(Debug, Clone, Copy, Default)]

@@ -65,6 +65,8 @@ pub struct Options {
     pub master_key: Option<Secret<String>>,
     /// Opt the sandbox's address in to document downloads over loopback (`[outbound]`).
     pub sandbox_documents: bool,
+    /// Classify operations by these lists instead of the built-in ones (a catalog/data mismatch).
+    pub classifier: Option<&'static spgate::pii::Classifier>,
 }
 
 /// A `[store]` section for the shared Redis on 127.0.0.1:6379 under a fresh key prefix.
@@ -110,6 +112,7 @@ impl Default for Options {
             store_toml: None,
             master_key: None,
             sandbox_documents: true,
+            classifier: None,
         }
     }
 }
@@ -261,6 +264,10 @@ cache = {cache}
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (gateway, limits) = spgate::build_gateway(config, opened).await.unwrap();
+    let gateway = match opts.classifier {
+        Some(classifier) => gateway.with_classifier(classifier),
+        None => gateway,
+    };
     let gateway = Arc::new(gateway);
     let gateway_handle = gateway.clone();
     let g = gateway.clone();
@@ -434,4 +441,19 @@ pub async fn clean_redis(store_toml: &str) {
             .await
             .unwrap();
     }
+}
+
+/// Every audit record the gateway wrote under `dir` (after a flush), in file order.
+pub async fn audit_records(gw: &TestGateway, dir: &std::path::Path) -> Vec<serde_json::Value> {
+    gw.gateway.auditor().flush().await;
+    let mut records = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "jsonl") {
+            for line in std::fs::read_to_string(&path).unwrap().lines() {
+                records.push(serde_json::from_str(line).unwrap());
+            }
+        }
+    }
+    records
 }

@@ -642,27 +642,53 @@ fn init_logs(format: LogFormat, level: &str) {
     }
 }
 
-/// Completes on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+/// Completes on SIGTERM or Ctrl-C. The handlers are installed when this is called (before
+/// the listeners serve), not on the future's first poll: a SIGTERM that arrives early must
+/// drain, never take the default action (exit by signal).
+#[cfg(unix)]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    if let Err(e) = &term {
+        tracing::error!(error = %e, "Cannot install the SIGTERM handler.");
     }
-    tracing::info!("Shutdown requested; draining.");
+    if let Err(e) = &int {
+        tracing::error!(error = %e, "Cannot install the SIGINT handler.");
+    }
+    async move {
+        let term = async {
+            match term {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        let int = async {
+            match int {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = term => {},
+            () = int => {},
+        }
+        tracing::info!("Shutdown requested; draining.");
+    }
+}
+
+/// Completes on Ctrl-C (installed when called).
+#[cfg(not(unix))]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    let ctrl_c = tokio::signal::ctrl_c();
+    async move {
+        let _ = ctrl_c.await;
+        tracing::info!("Shutdown requested; draining.");
+    }
 }
 
 #[derive(Subcommand)]

@@ -376,6 +376,7 @@ impl Gateway {
                             r,
                             emitted,
                             self.auditor.clone(),
+                            &self.drain,
                         ))
                     });
                 }

@@ -50,9 +50,28 @@ async fn a_document_download_is_recorded_with_categories_bytes_and_completion() 
         .collect();
     let downloads: Vec<&serde_json::Value> = records
         .iter()
-        .filter(|r| r["operation"] == "documents.download")
+        .filter(|r| r["operation"] == "documents.download" && r["completed"].is_boolean())
         .collect();
     assert_eq!(downloads.len(), 1, "{records:#?}");
+    // Made durable before the first byte went out (a start record, without categories yet).
+    let all = std::process::Command::new(env!("CARGO_BIN_EXE_spgate"))
+        .args(["audit", "query"])
+        .arg(audit.path())
+        .args(["--operation", "documents.download", "--json"])
+        .output()
+        .unwrap();
+    let all: Vec<serde_json::Value> = String::from_utf8(all.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let started: Vec<&serde_json::Value> = all
+        .iter()
+        .filter(|r| r["operation"] == "documents.download" && r["reason"] == "download_started")
+        .collect();
+    assert_eq!(started.len(), 1, "{all:#?}");
+    assert_eq!(started[0]["document_id"], "SPGATE-SANDBOX-ORDERS-SHIPPING");
+    assert!(started[0]["seq"].as_u64() < downloads[0]["seq"].as_u64());
     let d = downloads[0];
     assert_eq!(d["document_id"], "SPGATE-SANDBOX-ORDERS-SHIPPING", "{d}");
     assert_eq!(d["bytes"].as_u64(), Some(got.body.len() as u64), "{d}");
@@ -158,7 +177,8 @@ async fn the_drain_cut_ends_a_slow_download_and_records_it_as_shutdown() {
     let records: Vec<serde_json::Value> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["completed"].is_boolean())
         .collect();
     assert_eq!(records.len(), 1, "{records:#?}");
     let d = &records[0];

@@ -368,7 +368,15 @@ impl Gateway {
         match record {
             None => {}
             Some(r) if served && call.ctx.document.is_some() => {
-                // Recorded when the stream ends: bytes, completion, categories emitted.
+                // Durable before the first byte goes out (a start record), and recorded
+                // again when the stream ends: bytes, completion, categories emitted.
+                let start = r
+                    .clone()
+                    .with_reason(crate::audit::Reason::from_static("download_started"));
+                if self.auditor.record_durable(start).await.is_err() {
+                    call.ctx.document = None;
+                    return span.in_scope(|| rescue::rescue(&ProxyError::AuditUnavailable));
+                }
                 if let Some((_, emitted)) = call.ctx.document.take() {
                     resp = resp.map(|b| {
                         BodyExt::boxed(accounting::DocumentBody::new(
@@ -1204,17 +1212,18 @@ impl Gateway {
         if claims.opaque && !documents::passes_opaque(self.roles.get(&caller.client.role)) {
             return Err(ProxyError::DocumentNotForRole);
         }
+        let role = self.roles.get(&caller.client.role).clone();
+        let policy = documents::RolePolicy::new(role, &self.master_key, &claims.seller_id);
+        // Audited by `handle` when the stream ends: the categories the redactor emitted. Set
+        // before the fetch, so that a record of a download cut short names it too.
+        let (policy, emitted) = accounting::Noting::new(policy);
+        ctx.upstream_called = true;
+        ctx.document = Some((claims.document_id.clone(), emitted));
         // Only https to Amazon's document hosts, public addresses, no redirects.
         let resp = self
             .outbound
             .get(&claims.url, DOCUMENT_HEADER_TIMEOUT)
             .await?;
-        let role = self.roles.get(&caller.client.role).clone();
-        let policy = documents::RolePolicy::new(role, &self.master_key, &claims.seller_id);
-        // Audited by `handle` when the stream ends: the categories the redactor emitted.
-        let (policy, emitted) = accounting::Noting::new(policy);
-        ctx.upstream_called = true;
-        ctx.document = Some((claims.document_id.clone(), emitted));
         let input = resp.into_body().into_data_stream();
         let redacted = crate::documents::redact(
             input,

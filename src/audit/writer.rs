@@ -132,6 +132,19 @@ enum Msg {
     Shutdown(tokio::sync::oneshot::Sender<()>),
 }
 
+impl Counters {
+    /// The writer thread is gone (it panicked): the log is stopped and failing, so readiness
+    /// is 503 and requests are refused by `on_failure`.
+    fn writer_died(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+        if !self.failing.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                "The audit writer thread died: nothing more can be recorded; the gateway refuses."
+            );
+        }
+    }
+}
+
 #[derive(Default)]
 struct Counters {
     written: AtomicU64,
@@ -245,7 +258,16 @@ impl Auditor {
         writer.started();
         let thread = std::thread::Builder::new()
             .name(format!("audit-{}", config.instance))
-            .spawn(move || writer.run())
+            .spawn({
+                let counters = counters.clone();
+                move || {
+                    // A writer that dies must not leave the gateway serving without a log.
+                    let run = std::panic::AssertUnwindSafe(move || writer.run());
+                    if std::panic::catch_unwind(run).is_err() {
+                        counters.writer_died();
+                    }
+                }
+            })
             .map_err(AuditError::Thread)?;
         Ok(Auditor {
             inner: Arc::new(Inner {
@@ -321,9 +343,16 @@ impl Auditor {
                 Ok(()) => false,
                 Err(TrySendError::Full(msg)) => {
                     c.blocked.fetch_add(1, Ordering::Relaxed);
-                    tx.send(msg).is_err()
+                    let gone = tx.send(msg).is_err();
+                    if gone {
+                        c.writer_died();
+                    }
+                    gone
                 }
-                Err(TrySendError::Disconnected(_)) => true,
+                Err(TrySendError::Disconnected(_)) => {
+                    c.writer_died();
+                    true
+                }
             };
         if lost {
             c.lost.fetch_add(1, Ordering::Relaxed);

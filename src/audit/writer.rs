@@ -250,6 +250,7 @@ impl Auditor {
             unsynced: false,
             retention_day: None,
             gap: None,
+            gap_in_batch: false,
             acks: Vec::new(),
             noise: noise.clone(),
             last_sweep: Instant::now(),
@@ -572,6 +573,8 @@ struct Writer {
     unsynced: bool,
     retention_day: Option<time::Date>,
     gap: Option<PendingGap>,
+    /// Whether the pending gap's record is in the batch being built.
+    gap_in_batch: bool,
     noise: Arc<super::noise::Noise>,
     last_sweep: Instant,
     /// Durable callers of the batch being written.
@@ -764,6 +767,8 @@ impl Writer {
     /// Appends one record to the batch being built (no I/O, except when the day changes and
     /// the batch so far is written to the previous day's file). False if it was lost.
     fn append(&mut self, r: &Record) -> bool {
+        // A pending gap is reported in the batch that reports anything after it.
+        self.append_gap();
         match self.chain.append(self.clock.now(), r) {
             Ok(_) => true,
             Err(e @ ChainError::NotAnObject) => {
@@ -772,6 +777,7 @@ impl Writer {
             }
             Err(e) => {
                 // The batch so far could not be written to the previous day's file.
+                self.gap_in_batch = false;
                 let rolled = self.chain.roll_back_count();
                 self.lose(rolled + 1, &e);
                 false
@@ -819,13 +825,17 @@ impl Writer {
         Some(g)
     }
 
-    fn write_record(&mut self, r: &Record) -> bool {
-        if self.chain.unwritten() == 0 {
-            // The batch starts with the report of what was lost before it.
-            if let Some(g) = self.gap_record() {
-                self.chain.append(self.clock.now(), &g).ok();
-            }
+    /// Appends the pending gap's record to the batch unless it is already in it.
+    fn append_gap(&mut self) {
+        if self.gap_in_batch {
+            return;
         }
+        if let Some(g) = self.gap_record() {
+            self.gap_in_batch = self.chain.append(self.clock.now(), &g).is_ok();
+        }
+    }
+
+    fn write_record(&mut self, r: &Record) -> bool {
         if !self.append(r) {
             return false;
         }
@@ -848,13 +858,9 @@ impl Writer {
     /// Writes the batch through in one write, tells its durable callers, fsyncs by policy and
     /// moves the head lazily. On failure the batch becomes (part of) a gap.
     fn end_batch(&mut self) {
-        if self.chain.unwritten() == 0 {
-            // Nothing else to write: probe with the gap record alone.
-            if let Some(g) = self.gap_record() {
-                self.chain.append(self.clock.now(), &g).ok();
-            }
-        }
-        let had_gap = self.gap.is_some();
+        // Nothing else to write: probe with the gap record alone.
+        self.append_gap();
+        let had_gap = std::mem::take(&mut self.gap_in_batch);
         match self.chain.write_through() {
             Ok(n) => {
                 self.counters.written.fetch_add(n, Ordering::Relaxed);

@@ -283,6 +283,28 @@ fn cli_auditor(config: &Config) -> anyhow::Result<spgate::audit::Auditor> {
         }
         None => spgate::audit::Auditor::disabled(),
     })
+    .and_then(|auditor| {
+        if auditor.available() {
+            Ok(auditor)
+        } else {
+            // What cannot be recorded is not done.
+            bail!("the audit log cannot be written: no change is made")
+        }
+    })
+}
+
+/// Shuts the command's audit log down (flushed); the command fails if any of its records
+/// could not be written.
+async fn close_cli_auditor(
+    auditor: &spgate::audit::Auditor,
+    result: anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let unwritten = auditor.shutdown().await;
+    result?;
+    if unwritten > 0 {
+        bail!("{unwritten} audit record(s) of this command could not be written");
+    }
+    Ok(())
 }
 
 async fn clients(config: &Config, action: ClientsAction) -> anyhow::Result<()> {
@@ -290,8 +312,7 @@ async fn clients(config: &Config, action: ClientsAction) -> anyhow::Result<()> {
     // the command ends.
     let auditor = cli_auditor(config)?;
     let result = clients_audited(config, action, &auditor).await;
-    auditor.shutdown().await;
-    result
+    close_cli_auditor(&auditor, result).await
 }
 
 async fn clients_audited(
@@ -374,8 +395,7 @@ async fn clients_audited(
 async fn sellers(config: &Config, action: SellersAction) -> anyhow::Result<()> {
     let auditor = cli_auditor(config)?;
     let result = sellers_audited(config, action, &auditor).await;
-    auditor.shutdown().await;
-    result
+    close_cli_auditor(&auditor, result).await
 }
 
 async fn sellers_audited(
@@ -557,8 +577,7 @@ async fn vault(config: Config, action: VaultAction) -> anyhow::Result<()> {
         Ok(())
     }
     .await;
-    auditor.shutdown().await;
-    result
+    close_cli_auditor(&auditor, result).await
 }
 
 /// Writes a file only its owner can read (it holds buyer PII).

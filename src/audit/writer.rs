@@ -426,6 +426,23 @@ impl Auditor {
         }
     }
 
+    /// A mark of the records lost so far, for [`Auditor::flushed_since`].
+    pub fn lost_mark(&self) -> u64 {
+        self.inner.counters.lost.load(Ordering::Relaxed)
+    }
+
+    /// Like [`Auditor::flushed`], and `Err` as well when any record was lost since `mark`
+    /// (taken before the action recorded anything), even if a gap record has reported it
+    /// since: an admin or security action is confirmed only when its own records are written.
+    pub async fn flushed_since(&self, mark: u64) -> Result<(), Unrecorded> {
+        self.flushed().await?;
+        if self.lost_mark() == mark {
+            Ok(())
+        } else {
+            Err(Unrecorded)
+        }
+    }
+
     /// Writes an `audit_stopped` record, writes and fsyncs everything queued, and stops the
     /// writer (records after this are counted as lost). Call on SIGTERM after draining.
     /// Returns how many records were lost without a `gap` record to say so (0: the log is

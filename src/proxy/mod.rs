@@ -1138,6 +1138,7 @@ impl Gateway {
                 }
             }
         }
+        let mut records = Vec::with_capacity(answers.len());
         for a in &answers {
             let mut r = Record::new(Kind::Reveal)
                 .with_tool(&caller.client.tool)
@@ -1158,7 +1159,15 @@ impl Gateway {
                     action: crate::pii::Action::Pass,
                 }];
             }
-            self.auditor.record(r);
+            records.push(self.auditor.record_durable(r));
+        }
+        // No value goes out before every record of the reveal is written (one group commit).
+        if futures_util::future::join_all(records)
+            .await
+            .iter()
+            .any(Result::is_err)
+        {
+            return Err(ProxyError::AuditUnavailable);
         }
         let json = serde_json::to_vec(&reveal::response_body(&answers))
             .map_err(|_| ProxyError::UnsafeResponse("unserializable"))?;
@@ -1289,11 +1298,15 @@ impl Gateway {
             },
         };
         if let Some(onboarding::Authorized(seller)) = resp.extensions().get() {
-            self.auditor.record(
-                crate::audit::Record::new(crate::audit::Kind::SellerAuthorized)
-                    .with_seller(seller)
-                    .with_reason(crate::audit::Reason::from_static("website_authorization")),
-            );
+            // A security action: not confirmed before its record is written.
+            self.auditor
+                .record_durable(
+                    crate::audit::Record::new(crate::audit::Kind::SellerAuthorized)
+                        .with_seller(seller)
+                        .with_reason(crate::audit::Reason::from_static("website_authorization")),
+                )
+                .await
+                .map_err(|_| ProxyError::AuditUnavailable)?;
         }
         Ok(resp)
     }

@@ -251,6 +251,7 @@ impl Auditor {
             retention_day: None,
             gap: None,
             gap_in_batch: false,
+            since_head: 0,
             acks: Vec::new(),
             noise: noise.clone(),
             last_sweep: Instant::now(),
@@ -570,6 +571,10 @@ const SWEEP: Duration = Duration::from_secs(10);
 /// How often the head moves at most without an fsync.
 const HEAD_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The head moves at the latest after this many bytes written, whatever the time, so that
+/// recovery's window (8 MiB from the end of the file) always reaches it.
+const HEAD_BYTES: usize = 1024 * 1024;
+
 /// Records lost and not yet reported in the chain.
 struct PendingGap {
     count: u64,
@@ -592,6 +597,8 @@ struct Writer {
     gap: Option<PendingGap>,
     /// Whether the pending gap's record is in the batch being built.
     gap_in_batch: bool,
+    /// Bytes written since the head last moved.
+    since_head: usize,
     noise: Arc<super::noise::Noise>,
     last_sweep: Instant,
     /// Durable callers of the batch being written.
@@ -878,8 +885,10 @@ impl Writer {
         // Nothing else to write: probe with the gap record alone.
         self.append_gap();
         let had_gap = std::mem::take(&mut self.gap_in_batch);
+        let batch_bytes = self.chain.unwritten_bytes();
         match self.chain.write_through() {
             Ok(n) => {
+                self.since_head += batch_bytes;
                 self.counters.written.fetch_add(n, Ordering::Relaxed);
                 if let Some(gap) = self.gap.take() {
                     self.counters.gaps.fetch_add(1, Ordering::Relaxed);
@@ -912,7 +921,9 @@ impl Writer {
         };
         let result = if sync {
             self.chain.sync_written()
-        } else if self.unsynced && self.last_sync.elapsed() >= HEAD_INTERVAL {
+        } else if self.unsynced
+            && (self.last_sync.elapsed() >= HEAD_INTERVAL || self.since_head >= HEAD_BYTES)
+        {
             self.chain.move_head(false)
         } else {
             return;
@@ -921,6 +932,7 @@ impl Writer {
             Ok(()) => {
                 self.unsynced = false;
                 self.last_sync = Instant::now();
+                self.since_head = 0;
             }
             Err(e) => self.failed(&e),
         }

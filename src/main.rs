@@ -283,6 +283,28 @@ fn cli_auditor(config: &Config) -> anyhow::Result<spgate::audit::Auditor> {
         }
         None => spgate::audit::Auditor::disabled(),
     })
+    .and_then(|auditor| {
+        if auditor.available() {
+            Ok(auditor)
+        } else {
+            // What cannot be recorded is not done.
+            bail!("the audit log cannot be written: no change is made")
+        }
+    })
+}
+
+/// Shuts the command's audit log down (flushed); the command fails if any of its records
+/// could not be written.
+async fn close_cli_auditor(
+    auditor: &spgate::audit::Auditor,
+    result: anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let unwritten = auditor.shutdown().await;
+    result?;
+    if unwritten > 0 {
+        bail!("{unwritten} audit record(s) of this command could not be written");
+    }
+    Ok(())
 }
 
 async fn clients(config: &Config, action: ClientsAction) -> anyhow::Result<()> {
@@ -290,8 +312,7 @@ async fn clients(config: &Config, action: ClientsAction) -> anyhow::Result<()> {
     // the command ends.
     let auditor = cli_auditor(config)?;
     let result = clients_audited(config, action, &auditor).await;
-    auditor.shutdown().await;
-    result
+    close_cli_auditor(&auditor, result).await
 }
 
 async fn clients_audited(
@@ -374,8 +395,7 @@ async fn clients_audited(
 async fn sellers(config: &Config, action: SellersAction) -> anyhow::Result<()> {
     let auditor = cli_auditor(config)?;
     let result = sellers_audited(config, action, &auditor).await;
-    auditor.shutdown().await;
-    result
+    close_cli_auditor(&auditor, result).await
 }
 
 async fn sellers_audited(
@@ -557,8 +577,7 @@ async fn vault(config: Config, action: VaultAction) -> anyhow::Result<()> {
         Ok(())
     }
     .await;
-    auditor.shutdown().await;
-    result
+    close_cli_auditor(&auditor, result).await
 }
 
 /// Writes a file only its owner can read (it holds buyer PII).
@@ -642,27 +661,53 @@ fn init_logs(format: LogFormat, level: &str) {
     }
 }
 
-/// Completes on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+/// Completes on SIGTERM or Ctrl-C. The handlers are installed when this is called (before
+/// the listeners serve), not on the future's first poll: a SIGTERM that arrives early must
+/// drain, never take the default action (exit by signal).
+#[cfg(unix)]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    if let Err(e) = &term {
+        tracing::error!(error = %e, "Cannot install the SIGTERM handler.");
     }
-    tracing::info!("Shutdown requested; draining.");
+    if let Err(e) = &int {
+        tracing::error!(error = %e, "Cannot install the SIGINT handler.");
+    }
+    async move {
+        let term = async {
+            match term {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        let int = async {
+            match int {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = term => {},
+            () = int => {},
+        }
+        tracing::info!("Shutdown requested; draining.");
+    }
+}
+
+/// Completes on Ctrl-C (installed when called).
+#[cfg(not(unix))]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    let ctrl_c = tokio::signal::ctrl_c();
+    async move {
+        let _ = ctrl_c.await;
+        tracing::info!("Shutdown requested; draining.");
+    }
 }
 
 #[derive(Subcommand)]

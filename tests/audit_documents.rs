@@ -5,7 +5,11 @@
 mod common;
 
 use common::*;
+use std::time::Duration;
+
+use bytes::Bytes;
 use http::StatusCode;
+use http_body_util::BodyExt;
 
 const DOC_PATH: &str = "/reports/2021-06-30/documents/SPGATE-SANDBOX-ORDERS-SHIPPING";
 
@@ -46,9 +50,28 @@ async fn a_document_download_is_recorded_with_categories_bytes_and_completion() 
         .collect();
     let downloads: Vec<&serde_json::Value> = records
         .iter()
-        .filter(|r| r["operation"] == "documents.download")
+        .filter(|r| r["operation"] == "documents.download" && r["completed"].is_boolean())
         .collect();
     assert_eq!(downloads.len(), 1, "{records:#?}");
+    // Made durable before the first byte went out (a start record, without categories yet).
+    let all = std::process::Command::new(env!("CARGO_BIN_EXE_spgate"))
+        .args(["audit", "query"])
+        .arg(audit.path())
+        .args(["--operation", "documents.download", "--json"])
+        .output()
+        .unwrap();
+    let all: Vec<serde_json::Value> = String::from_utf8(all.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let started: Vec<&serde_json::Value> = all
+        .iter()
+        .filter(|r| r["operation"] == "documents.download" && r["reason"] == "download_started")
+        .collect();
+    assert_eq!(started.len(), 1, "{all:#?}");
+    assert_eq!(started[0]["document_id"], "SPGATE-SANDBOX-ORDERS-SHIPPING");
+    assert!(started[0]["seq"].as_u64() < downloads[0]["seq"].as_u64());
     let d = downloads[0];
     assert_eq!(d["document_id"], "SPGATE-SANDBOX-ORDERS-SHIPPING", "{d}");
     assert_eq!(d["bytes"].as_u64(), Some(got.body.len() as u64), "{d}");
@@ -71,4 +94,97 @@ async fn a_document_download_is_recorded_with_categories_bytes_and_completion() 
     assert!(records
         .iter()
         .all(|r| r["operation"].is_string() || r["kind"] != "request"));
+}
+
+/// A document host that sends a head and the first rows, then never sends more (a slow
+/// download).
+async fn stalling_document_host() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fetched = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = fetched.clone();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let rows = "amazon-order-id\tbuyer-name\nTEST-1\tJane Synthetic\n";
+            let head =
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n";
+            let chunk = format!("{:x}\r\n{rows}\r\n", rows.len());
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(chunk.as_bytes()).await;
+            held.push(s);
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    (addr, fetched, task)
+}
+
+#[tokio::test]
+async fn the_drain_cut_ends_a_slow_download_and_records_it_as_shutdown() {
+    let audit = tempfile::tempdir().unwrap();
+    let (host, fetched, _host_task) = stalling_document_host().await;
+    let gw = start_gateway(Options {
+        sandbox_documents: false,
+        extra_toml: format!(
+            "[audit]\ndir = {:?}\ninstance = \"docs\"\nkey = {{ env = \"AUDIT_KEY\" }}\n\
+             [outbound]\nallow_loopback = [\"{host}\"]\n",
+            audit.path().display().to_string()
+        ),
+        ..Options::default()
+    })
+    .await;
+    gw.sandbox.script(
+        "reports_2021-06-30.getReportDocument",
+        spgate::sandbox::Script::json(
+            StatusCode::OK,
+            serde_json::json!({
+                "reportDocumentId": "SPGATE-SANDBOX-ORDERS-SHIPPING",
+                "url": format!("http://{host}/doc"),
+            }),
+        ),
+    );
+    let reply = gw.get(DOC_PATH).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let url = reply.json()["url"].as_str().unwrap().to_string();
+    let resp = gw
+        .send(
+            gw.request(http::Method::GET, &url[gw.url.len()..])
+                .body(full(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(fetched.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let reading = tokio::spawn(async move { resp.into_body().collect().await.is_ok() });
+
+    // The download counts as in flight until the cut ends it and it is recorded.
+    assert_eq!(gw.gateway.cut_in_flight(Duration::from_secs(10)).await, 0);
+    gw.gateway.auditor().flush().await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spgate"))
+        .args(["audit", "query"])
+        .arg(audit.path())
+        .args(["--operation", "documents.download", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let records: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["completed"].is_boolean())
+        .collect();
+    assert_eq!(records.len(), 1, "{records:#?}");
+    let d = &records[0];
+    assert_eq!(d["document_id"], "SPGATE-SANDBOX-ORDERS-SHIPPING", "{d}");
+    assert_eq!(d["outcome"], "shutdown", "{d}");
+    assert_eq!(d["completed"], false, "{d}");
+    // The client sees an aborted transfer, never a complete-looking document.
+    assert!(!reading.await.unwrap());
 }

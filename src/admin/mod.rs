@@ -111,10 +111,12 @@ impl Admin {
         B: http_body::Body,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        // Records lost from here on (even if a gap has reported them) fail the action.
+        let lost = self.gateway.auditor().lost_mark();
         if req.uri().path().starts_with("/admin/orders/") {
             return match self.orders(req).await {
                 // An action is confirmed only once its records are written.
-                Ok(_) if self.gateway.auditor().flushed().await.is_err() => {
+                Ok(_) if self.gateway.auditor().flushed_since(lost).await.is_err() => {
                     crate::proxy::rescue::admin_error(&AdminError::AuditUnavailable)
                 }
                 Ok(resp) => resp,
@@ -125,7 +127,7 @@ impl Admin {
         let action = req.method() != Method::GET;
         match self.route(&req).await {
             // An action is confirmed only once its records are written.
-            Ok(_) if action && self.gateway.auditor().flushed().await.is_err() => {
+            Ok(_) if action && self.gateway.auditor().flushed_since(lost).await.is_err() => {
                 crate::proxy::rescue::admin_error(&AdminError::AuditUnavailable)
             }
             Ok(resp) => resp,

@@ -257,13 +257,33 @@ pub fn private_file() -> OpenOptions {
     o
 }
 
-/// Creates a directory (and its parents) owner-only (0700) when it is created.
+/// Creates a directory (and its parents) owner-only (0700) when it is created, and makes an
+/// existing one owner-only too (a directory created by an earlier version).
 pub fn private_dir(dir: &Path) -> std::io::Result<()> {
     let mut b = fs::DirBuilder::new();
     b.recursive(true);
     #[cfg(unix)]
     b.mode(0o700);
-    b.create(dir)
+    b.create(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Makes an opened file owner-only (0600) whatever it was created with (files created by an
+/// earlier version).
+fn make_private(file: &File) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    }
+    #[cfg(not(unix))]
+    let _ = file;
+    Ok(())
 }
 
 fn write_pin(
@@ -438,6 +458,7 @@ impl ChainWriter {
             .write(true)
             .open(&lock_file)
             .map_err(io(&lock_file))?;
+        make_private(&lock).map_err(io(&lock_file))?;
         if wait {
             lock.lock().map_err(io(&lock_file))?;
         }
@@ -624,6 +645,7 @@ impl ChainWriter {
                 .append(true)
                 .open(&path)
                 .map_err(io(&path))?;
+            make_private(&file).map_err(io(&path))?;
             let len = file.metadata().map_err(io(&path))?.len();
             self.out = Some(file);
             self.day = Some(day);

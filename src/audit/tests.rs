@@ -417,3 +417,17 @@ fn a_missing_head_with_files_present_refuses_to_fork_the_chain() {
         Err(ChainError::MissingHead(_))
     ));
 }
+
+/// An audit directory made by an earlier version (0755) is made owner-only when opened.
+#[cfg(unix)]
+#[test]
+fn an_existing_directory_is_made_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    crate::audit::chain::private_dir(&dir).unwrap();
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+}

@@ -132,6 +132,19 @@ enum Msg {
     Shutdown(tokio::sync::oneshot::Sender<()>),
 }
 
+impl Counters {
+    /// The writer thread is gone (it panicked): the log is stopped and failing, so readiness
+    /// is 503 and requests are refused by `on_failure`.
+    fn writer_died(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+        if !self.failing.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                "The audit writer thread died: nothing more can be recorded; the gateway refuses."
+            );
+        }
+    }
+}
+
 #[derive(Default)]
 struct Counters {
     written: AtomicU64,
@@ -237,6 +250,8 @@ impl Auditor {
             unsynced: false,
             retention_day: None,
             gap: None,
+            gap_in_batch: false,
+            since_head: 0,
             acks: Vec::new(),
             noise: noise.clone(),
             last_sweep: Instant::now(),
@@ -245,7 +260,16 @@ impl Auditor {
         writer.started();
         let thread = std::thread::Builder::new()
             .name(format!("audit-{}", config.instance))
-            .spawn(move || writer.run())
+            .spawn({
+                let counters = counters.clone();
+                move || {
+                    // A writer that dies must not leave the gateway serving without a log.
+                    let run = std::panic::AssertUnwindSafe(move || writer.run());
+                    if std::panic::catch_unwind(run).is_err() {
+                        counters.writer_died();
+                    }
+                }
+            })
             .map_err(AuditError::Thread)?;
         Ok(Auditor {
             inner: Arc::new(Inner {
@@ -321,9 +345,16 @@ impl Auditor {
                 Ok(()) => false,
                 Err(TrySendError::Full(msg)) => {
                     c.blocked.fetch_add(1, Ordering::Relaxed);
-                    tx.send(msg).is_err()
+                    let gone = tx.send(msg).is_err();
+                    if gone {
+                        c.writer_died();
+                    }
+                    gone
                 }
-                Err(TrySendError::Disconnected(_)) => true,
+                Err(TrySendError::Disconnected(_)) => {
+                    c.writer_died();
+                    true
+                }
             };
         if lost {
             c.lost.fetch_add(1, Ordering::Relaxed);
@@ -393,6 +424,23 @@ impl Auditor {
         match (sent, done.await) {
             (Ok(true), Ok(true)) => Ok(()),
             _ => Err(Unrecorded),
+        }
+    }
+
+    /// A mark of the records lost so far, for [`Auditor::flushed_since`].
+    pub fn lost_mark(&self) -> u64 {
+        self.inner.counters.lost.load(Ordering::Relaxed)
+    }
+
+    /// Like [`Auditor::flushed`], and `Err` as well when any record was lost since `mark`
+    /// (taken before the action recorded anything), even if a gap record has reported it
+    /// since: an admin or security action is confirmed only when its own records are written.
+    pub async fn flushed_since(&self, mark: u64) -> Result<(), Unrecorded> {
+        self.flushed().await?;
+        if self.lost_mark() == mark {
+            Ok(())
+        } else {
+            Err(Unrecorded)
         }
     }
 
@@ -523,6 +571,10 @@ const SWEEP: Duration = Duration::from_secs(10);
 /// How often the head moves at most without an fsync.
 const HEAD_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The head moves at the latest after this many bytes written, whatever the time, so that
+/// recovery's window (8 MiB from the end of the file) always reaches it.
+const HEAD_BYTES: usize = 1024 * 1024;
+
 /// Records lost and not yet reported in the chain.
 struct PendingGap {
     count: u64,
@@ -543,6 +595,10 @@ struct Writer {
     unsynced: bool,
     retention_day: Option<time::Date>,
     gap: Option<PendingGap>,
+    /// Whether the pending gap's record is in the batch being built.
+    gap_in_batch: bool,
+    /// Bytes written since the head last moved.
+    since_head: usize,
     noise: Arc<super::noise::Noise>,
     last_sweep: Instant,
     /// Durable callers of the batch being written.
@@ -735,6 +791,8 @@ impl Writer {
     /// Appends one record to the batch being built (no I/O, except when the day changes and
     /// the batch so far is written to the previous day's file). False if it was lost.
     fn append(&mut self, r: &Record) -> bool {
+        // A pending gap is reported in the batch that reports anything after it.
+        self.append_gap();
         match self.chain.append(self.clock.now(), r) {
             Ok(_) => true,
             Err(e @ ChainError::NotAnObject) => {
@@ -743,6 +801,7 @@ impl Writer {
             }
             Err(e) => {
                 // The batch so far could not be written to the previous day's file.
+                self.gap_in_batch = false;
                 let rolled = self.chain.roll_back_count();
                 self.lose(rolled + 1, &e);
                 false
@@ -790,13 +849,17 @@ impl Writer {
         Some(g)
     }
 
-    fn write_record(&mut self, r: &Record) -> bool {
-        if self.chain.unwritten() == 0 {
-            // The batch starts with the report of what was lost before it.
-            if let Some(g) = self.gap_record() {
-                self.chain.append(self.clock.now(), &g).ok();
-            }
+    /// Appends the pending gap's record to the batch unless it is already in it.
+    fn append_gap(&mut self) {
+        if self.gap_in_batch {
+            return;
         }
+        if let Some(g) = self.gap_record() {
+            self.gap_in_batch = self.chain.append(self.clock.now(), &g).is_ok();
+        }
+    }
+
+    fn write_record(&mut self, r: &Record) -> bool {
         if !self.append(r) {
             return false;
         }
@@ -819,15 +882,13 @@ impl Writer {
     /// Writes the batch through in one write, tells its durable callers, fsyncs by policy and
     /// moves the head lazily. On failure the batch becomes (part of) a gap.
     fn end_batch(&mut self) {
-        if self.chain.unwritten() == 0 {
-            // Nothing else to write: probe with the gap record alone.
-            if let Some(g) = self.gap_record() {
-                self.chain.append(self.clock.now(), &g).ok();
-            }
-        }
-        let had_gap = self.gap.is_some();
+        // Nothing else to write: probe with the gap record alone.
+        self.append_gap();
+        let had_gap = std::mem::take(&mut self.gap_in_batch);
+        let batch_bytes = self.chain.unwritten_bytes();
         match self.chain.write_through() {
             Ok(n) => {
+                self.since_head += batch_bytes;
                 self.counters.written.fetch_add(n, Ordering::Relaxed);
                 if let Some(gap) = self.gap.take() {
                     self.counters.gaps.fetch_add(1, Ordering::Relaxed);
@@ -860,7 +921,9 @@ impl Writer {
         };
         let result = if sync {
             self.chain.sync_written()
-        } else if self.unsynced && self.last_sync.elapsed() >= HEAD_INTERVAL {
+        } else if self.unsynced
+            && (self.last_sync.elapsed() >= HEAD_INTERVAL || self.since_head >= HEAD_BYTES)
+        {
             self.chain.move_head(false)
         } else {
             return;
@@ -869,6 +932,7 @@ impl Writer {
             Ok(()) => {
                 self.unsynced = false;
                 self.last_sync = Instant::now();
+                self.since_head = 0;
             }
             Err(e) => self.failed(&e),
         }

@@ -306,3 +306,30 @@ async fn a_process_that_stopped_abruptly_leaves_a_gap_record() {
     again.shutdown().await;
     assert_eq!(chain::verify(dir.path(), KEY).unwrap()[0].gaps.len(), 1);
 }
+
+/// A writer that is gone (its thread panicked, dropping the queue's receiver) leaves the log
+/// stopped and failing: readiness says 503 and durable records are refused, never dropped
+/// while the gateway keeps serving.
+#[tokio::test]
+async fn a_dead_writer_fails_closed() {
+    let (tx, rx) = mpsc::sync_channel(4);
+    drop(rx);
+    let auditor = Auditor {
+        inner: Arc::new(Inner {
+            tx: Some(tx),
+            writer: None,
+            noise: Arc::new(crate::audit::noise::Noise::new()),
+            instance: "dead".into(),
+            on_failure: OnFailure::Refuse,
+            counters: Arc::new(Counters::default()),
+        }),
+    };
+    assert!(auditor.healthy());
+    assert!(auditor
+        .record_durable(Record::new(Kind::AuditStopped))
+        .await
+        .is_err());
+    assert!(!auditor.healthy());
+    assert!(!auditor.available());
+    assert_eq!(auditor.metrics().lost, 1);
+}

@@ -8,8 +8,11 @@
 //!   times out (each answers 503 and is recorded as `shutdown` before the audit log closes).
 //! - [`DocumentBody`]: a report document's response body, recorded as `documents.download`
 //!   when the stream ends or is dropped: document id, the PII categories the redactor emitted
-//!   with the action applied, bytes sent and whether the stream completed.
+//!   with the action applied, bytes sent and whether the stream completed. It counts as in
+//!   flight until then, and the drain's cut ends it (outcome `shutdown`), so its record is
+//!   written before the audit log closes.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,14 +29,14 @@ use crate::pii::{Action, Category};
 /// The requests in flight and the drain's cut signal.
 pub(crate) struct Drain {
     cut: tokio::sync::watch::Sender<bool>,
-    in_flight: AtomicUsize,
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl Drain {
     pub(crate) fn new() -> Drain {
         Drain {
             cut: tokio::sync::watch::channel(false).0,
-            in_flight: AtomicUsize::new(0),
+            in_flight: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -48,11 +51,40 @@ impl Drain {
         self.cut.send_replace(true);
     }
 
-    /// Requests in flight (handled, not yet recorded).
+    /// Requests in flight (handled, not yet recorded), document streams included.
     pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)
     }
+
+    /// Counts one more in flight until the guard drops.
+    fn enter(&self) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.in_flight.clone())
+    }
+
+    /// A future that completes when the drain cuts (owned, for bodies that outlive `handle`).
+    fn cut_future(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let mut rx = self.cut.subscribe();
+        Box::pin(async move {
+            let _ = rx.wait_for(|c| *c).await;
+        })
+    }
 }
+
+/// One unit in flight; released on drop.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The error a document stream ends with when the drain cuts it (the client sees an
+/// aborted transfer, never a complete-looking truncated document).
+#[derive(Debug, thiserror::Error)]
+#[error("the gateway is shutting down; the document stream was cut")]
+pub(crate) struct StreamCut;
 
 /// One request's context, recorded on drop if `handle` did not record it.
 pub(crate) struct Call<'a> {
@@ -174,13 +206,17 @@ impl crate::documents::Redactor for Noting {
     }
 }
 
-/// A document's response body that records the download when it ends or is dropped.
+/// A document's response body that records the download when it ends, is cut by the drain
+/// or is dropped; in flight until then.
 pub(crate) struct DocumentBody {
     inner: Body,
     bytes: u64,
     record: Option<Record>,
     emitted: Arc<Emitted>,
     auditor: Auditor,
+    /// The drain's cut (in a mutex only to be `Sync`; polled through `get_mut`).
+    cut: Mutex<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    in_flight: Option<InFlight>,
 }
 
 impl DocumentBody {
@@ -190,6 +226,7 @@ impl DocumentBody {
         record: Record,
         emitted: Arc<Emitted>,
         auditor: Auditor,
+        drain: &Drain,
     ) -> DocumentBody {
         DocumentBody {
             inner,
@@ -197,17 +234,19 @@ impl DocumentBody {
             record: Some(record),
             emitted,
             auditor,
+            cut: Mutex::new(drain.cut_future()),
+            in_flight: Some(drain.enter()),
         }
     }
 
-    fn finish(&mut self, completed: bool) {
+    fn finish(&mut self, completed: bool, cut: bool) {
         let Some(mut r) = self.record.take() else {
             return;
         };
         r.bytes = Some(self.bytes);
         r.completed = Some(completed);
         if !completed && r.outcome == Some(Outcome::Answered) {
-            r.outcome = Some(if self.auditor.draining() {
+            r.outcome = Some(if cut || self.auditor.draining() {
                 Outcome::Shutdown
             } else {
                 Outcome::ClientClosed
@@ -225,6 +264,8 @@ impl DocumentBody {
             })
             .collect();
         self.auditor.record(r);
+        // Recorded: no longer holds the drain.
+        self.in_flight = None;
     }
 }
 
@@ -236,6 +277,18 @@ impl HttpBody for DocumentBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        if self.record.is_some() {
+            let cut = self
+                .cut
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_mut()
+                .poll(cx);
+            if cut.is_ready() {
+                self.finish(false, true);
+                return Poll::Ready(Some(Err(Box::new(StreamCut))));
+            }
+        }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -244,8 +297,8 @@ impl HttpBody for DocumentBody {
                     self.bytes += n;
                 }
             }
-            Poll::Ready(Some(Err(_))) => self.finish(false),
-            Poll::Ready(None) => self.finish(true),
+            Poll::Ready(Some(Err(_))) => self.finish(false, false),
+            Poll::Ready(None) => self.finish(true, false),
             Poll::Pending => {}
         }
         polled
@@ -262,6 +315,6 @@ impl HttpBody for DocumentBody {
 
 impl Drop for DocumentBody {
     fn drop(&mut self) {
-        self.finish(false);
+        self.finish(false, false);
     }
 }

@@ -386,7 +386,15 @@ impl Gateway {
         match record {
             None => {}
             Some(r) if served && call.ctx.document.is_some() => {
-                // Recorded when the stream ends: bytes, completion, categories emitted.
+                // Durable before the first byte goes out (a start record), and recorded
+                // again when the stream ends: bytes, completion, categories emitted.
+                let start = r
+                    .clone()
+                    .with_reason(crate::audit::Reason::from_static("download_started"));
+                if self.auditor.record_durable(start).await.is_err() {
+                    call.ctx.document = None;
+                    return span.in_scope(|| rescue::rescue(&ProxyError::AuditUnavailable));
+                }
                 if let Some((_, emitted)) = call.ctx.document.take() {
                     resp = resp.map(|b| {
                         BodyExt::boxed(accounting::DocumentBody::new(
@@ -394,6 +402,7 @@ impl Gateway {
                             r,
                             emitted,
                             self.auditor.clone(),
+                            &self.drain,
                         ))
                     });
                 }
@@ -1165,6 +1174,7 @@ impl Gateway {
                 }
             }
         }
+        let mut records = Vec::with_capacity(answers.len());
         for a in &answers {
             let mut r = Record::new(Kind::Reveal)
                 .with_tool(&caller.client.tool)
@@ -1185,7 +1195,15 @@ impl Gateway {
                     action: crate::pii::Action::Pass,
                 }];
             }
-            self.auditor.record(r);
+            records.push(self.auditor.record_durable(r));
+        }
+        // No value goes out before every record of the reveal is written (one group commit).
+        if futures_util::future::join_all(records)
+            .await
+            .iter()
+            .any(Result::is_err)
+        {
+            return Err(ProxyError::AuditUnavailable);
         }
         let json = serde_json::to_vec(&reveal::response_body(&answers))
             .map_err(|_| ProxyError::UnsafeResponse("unserializable"))?;
@@ -1241,17 +1259,18 @@ impl Gateway {
         if claims.opaque && !documents::passes_opaque(self.roles.get(&caller.client.role)) {
             return Err(ProxyError::DocumentNotForRole);
         }
+        let role = self.roles.get(&caller.client.role).clone();
+        let policy = documents::RolePolicy::new(role, &self.master_key, &claims.seller_id);
+        // Audited by `handle` when the stream ends: the categories the redactor emitted. Set
+        // before the fetch, so that a record of a download cut short names it too.
+        let (policy, emitted) = accounting::Noting::new(policy);
+        ctx.upstream_called = true;
+        ctx.document = Some((claims.document_id.clone(), emitted));
         // Only https to Amazon's document hosts, public addresses, no redirects.
         let resp = self
             .outbound
             .get(&claims.url, DOCUMENT_HEADER_TIMEOUT)
             .await?;
-        let role = self.roles.get(&caller.client.role).clone();
-        let policy = documents::RolePolicy::new(role, &self.master_key, &claims.seller_id);
-        // Audited by `handle` when the stream ends: the categories the redactor emitted.
-        let (policy, emitted) = accounting::Noting::new(policy);
-        ctx.upstream_called = true;
-        ctx.document = Some((claims.document_id.clone(), emitted));
         let input = resp.into_body().into_data_stream();
         let redacted = crate::documents::redact(
             input,
@@ -1330,11 +1349,15 @@ impl Gateway {
             },
         };
         if let Some(onboarding::Authorized(seller)) = resp.extensions().get() {
-            self.auditor.record(
-                crate::audit::Record::new(crate::audit::Kind::SellerAuthorized)
-                    .with_seller(seller)
-                    .with_reason(crate::audit::Reason::from_static("website_authorization")),
-            );
+            // A security action: not confirmed before its record is written.
+            self.auditor
+                .record_durable(
+                    crate::audit::Record::new(crate::audit::Kind::SellerAuthorized)
+                        .with_seller(seller)
+                        .with_reason(crate::audit::Reason::from_static("website_authorization")),
+                )
+                .await
+                .map_err(|_| ProxyError::AuditUnavailable)?;
         }
         Ok(resp)
     }

@@ -1,31 +1,34 @@
 //! Requests refused before authentication, aggregated: one `unauthenticated` record per source
-//! address and reason per minute (with the count and the span), instead of one per request; and
-//! a per-address limit in front for addresses that keep failing.
-//!
-//! An address that failed authentication within the current minute is held to
-//! [`LIMIT_PER_SECOND`] requests a second (burst [`LIMIT_BURST`]) by a `governor` keyed limiter
-//! before anything else is done for it; past that it gets 429 at once (counted in the same
-//! aggregate, reason `unauthenticated_limited`). Addresses that never failed never meet the
-//! limiter. The aggregates are written by the audit writer at least once a minute and at
-//! shutdown.
+//! address and reason per minute (with the count and the span), instead of one per request.
+//! Reasons: `unauthenticated` (no or a bad credential) and `address_limited` (the address was
+//! past its per-address limit, `server::peers`, and got 429 before anything else was done; such
+//! a request never reaches Amazon). The aggregates are written by the audit writer at least once
+//! a minute and at shutdown.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use time::OffsetDateTime;
 
 use super::record::{Kind, Reason, Record, Stamp};
 
-/// Requests a second an address that failed authentication may still make.
-pub const LIMIT_PER_SECOND: u32 = 20;
+/// Open aggregates kept before new sources are folded into one.
+pub const MAX_SOURCES: usize = 10_000;
 
-/// Their burst.
-pub const LIMIT_BURST: u32 = 40;
+/// The source an address is counted under: itself, or its /64 for IPv6.
+fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    }
+}
 
 /// How long an aggregate collects before it is written.
 pub const WINDOW: Duration = Duration::from_secs(60);
@@ -37,12 +40,11 @@ struct Aggregate {
     opened: Instant,
 }
 
-/// The aggregates and the limiter.
+/// The aggregates.
 pub struct Noise {
     open: Mutex<HashMap<(IpAddr, &'static str), Aggregate>>,
     /// Whether any aggregate is open (the common case, none, costs no lock).
     any: AtomicBool,
-    limiter: DefaultKeyedRateLimiter<IpAddr>,
 }
 
 impl std::fmt::Debug for Noise {
@@ -60,12 +62,9 @@ impl Default for Noise {
 impl Noise {
     /// Empty.
     pub fn new() -> Noise {
-        let per_second = NonZeroU32::new(LIMIT_PER_SECOND).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(LIMIT_BURST).unwrap_or(NonZeroU32::MIN);
         Noise {
             open: Mutex::new(HashMap::new()),
             any: AtomicBool::new(false),
-            limiter: RateLimiter::hashmap(Quota::per_second(per_second).allow_burst(burst)),
         }
     }
 
@@ -73,28 +72,17 @@ impl Noise {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether a request from `ip` is refused in front (the address failed authentication
-    /// this minute and is past its limit). A refusal is counted.
-    pub fn refuse(&self, ip: IpAddr) -> bool {
-        if !self.any.load(Ordering::Relaxed) {
-            return false;
-        }
-        let failed = {
-            let open = self.lock();
-            open.contains_key(&(ip, "unauthenticated"))
-                || open.contains_key(&(ip, "unauthenticated_limited"))
-        };
-        if !failed || self.limiter.check_key(&ip).is_ok() {
-            return false;
-        }
-        self.count(ip, "unauthenticated_limited");
-        true
-    }
-
     /// Counts one request from `ip` refused before authentication for `reason`.
+    /// IPv6 addresses count per /64 (one host's range); past [`MAX_SOURCES`] open aggregates,
+    /// new sources are folded into one under the unspecified address, so memory and records
+    /// stay bounded whatever the noise.
     pub fn count(&self, ip: IpAddr, reason: &'static str) {
         let now = OffsetDateTime::now_utc();
+        let mut ip = source(ip);
         let mut open = self.lock();
+        if open.len() >= MAX_SOURCES && !open.contains_key(&(ip, reason)) {
+            ip = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+        }
         self.any.store(true, Ordering::Relaxed);
         let a = open.entry((ip, reason)).or_insert(Aggregate {
             count: 0,
@@ -128,7 +116,6 @@ impl Noise {
         }
         if open.is_empty() {
             self.any.store(false, Ordering::Relaxed);
-            self.limiter.retain_recent();
         }
         out
     }
@@ -139,24 +126,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_record_per_address_and_reason_and_a_limit_in_front() {
+    fn one_record_per_address_and_reason_bounded_whatever_the_noise() {
         let noise = Noise::new();
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
-        assert!(
-            !noise.refuse(a),
-            "an address that never failed is not limited"
-        );
         for _ in 0..1000 {
-            if !noise.refuse(a) {
-                noise.count(a, "unauthenticated");
-            }
+            noise.count(a, "unauthenticated");
         }
+        noise.count(a, "address_limited");
         noise.count(b, "unauthenticated");
+        // Two hosts of one IPv6 /64 are one source.
+        noise.count("2001:db8::1".parse().unwrap(), "unauthenticated");
+        noise.count("2001:db8::2".parse().unwrap(), "unauthenticated");
         assert!(noise.take(false).is_empty(), "a minute has not passed");
-        let mut records = noise.take(true);
-        records.sort_by_key(|r| (r.source, r.reason.clone()));
-        let summary: Vec<(String, String, u64)> = records
+        let mut summary: Vec<(String, String, u64)> = noise
+            .take(true)
             .iter()
             .map(|r| {
                 (
@@ -166,23 +150,29 @@ mod tests {
                 )
             })
             .collect();
-        // The burst (plus the first) got through to authentication; the rest was refused.
-        let through = summary
-            .iter()
-            .find(|s| s.0 == "192.0.2.1" && s.1 == "unauthenticated")
-            .unwrap()
-            .2;
-        let limited = summary
-            .iter()
-            .find(|s| s.1 == "unauthenticated_limited")
-            .unwrap()
-            .2;
-        assert_eq!(through + limited, 1000);
-        assert!(
-            through <= u64::from(LIMIT_BURST) + 5,
-            "{through} went through"
+        summary.sort();
+        let s = |ip: &str, reason: &str, n| (ip.to_string(), reason.to_string(), n);
+        assert_eq!(
+            summary,
+            vec![
+                s("192.0.2.1", "address_limited", 1),
+                s("192.0.2.1", "unauthenticated", 1000),
+                s("192.0.2.2", "unauthenticated", 1),
+                s("2001:db8::", "unauthenticated", 2),
+            ]
         );
-        assert_eq!(summary.len(), 3, "{summary:?}");
         assert!(noise.take(true).is_empty());
+
+        // Rotating sources: bounded, and every request still counted.
+        for i in 0..(MAX_SOURCES as u32 + 500) {
+            noise.count(
+                IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)),
+                "unauthenticated",
+            );
+        }
+        let records = noise.take(true);
+        assert_eq!(records.len(), MAX_SOURCES + 1);
+        let total: u64 = records.iter().map(|r| r.count.unwrap()).sum();
+        assert_eq!(total, MAX_SOURCES as u64 + 500);
     }
 }

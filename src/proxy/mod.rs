@@ -317,11 +317,7 @@ impl Gateway {
             .get::<crate::server::PeerAddr>()
             .map(|p| p.0.ip())
             .filter(|_| self.auditor.enabled());
-        let result = if peer.is_some_and(|ip| self.auditor.noise().refuse(ip)) {
-            // An address that keeps failing authentication: refused in front, aggregated.
-            call.recorded();
-            Err(ProxyError::TooManyFailures)
-        } else if self.audit_refuses(&req) {
+        let result = if self.audit_refuses(&req) {
             Err(ProxyError::AuditUnavailable)
         } else {
             tokio::select! {

@@ -116,9 +116,6 @@ pub enum ProxyError {
     /// The shutdown drain ended before the request did.
     #[error("the gateway is shutting down")]
     ShuttingDown,
-    /// The caller's address keeps failing authentication and is past its limit.
-    #[error("too many unauthenticated requests from this address")]
-    TooManyFailures,
 }
 
 /// `Retry-After` of a 503 for a dependency outage (store, limiter Redis, LWA), in seconds.
@@ -214,7 +211,6 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
         }
         E::AuditUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "The gateway cannot write its access log right now, so it does not serve this request; retry later.", Fault::Internal),
         E::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "The gateway is shutting down; retry on another instance.", Fault::Internal),
-        E::TooManyFailures => (StatusCode::TOO_MANY_REQUESTS, "QuotaExceeded", "Too many requests without a valid API key from this address; retry later.", Fault::Caller),
         E::Token(t) => return token_error(t),
         E::Onboarding(o) => return onboarding_error(o),
     };
@@ -248,9 +244,6 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
             _ => RETRY_AFTER_SECONDS,
         };
         h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    }
-    if matches!(err, E::TooManyFailures) {
-        h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     // After a framing error or an unread oversized body the connection cannot be reused safely.
     if matches!(

@@ -45,11 +45,24 @@ pub trait Handler: Send + Sync + 'static {
         self: Arc<Self>,
         req: http::Request<Incoming>,
     ) -> impl Future<Output = http::Response<Body>> + Send;
+
+    /// Answers a request the per-address limits refused before it was handled (the gateway
+    /// counts it in its audit log's aggregates).
+    fn refused(&self, _ip: std::net::IpAddr, err: &peers::PeerError) -> http::Response<Body> {
+        crate::proxy::rescue::peer_refused(err)
+    }
 }
 
 impl Handler for crate::proxy::Gateway {
     async fn call(self: Arc<Self>, req: http::Request<Incoming>) -> http::Response<Body> {
         self.handle(req).await
+    }
+
+    fn refused(&self, ip: std::net::IpAddr, err: &peers::PeerError) -> http::Response<Body> {
+        if self.auditor().enabled() {
+            self.auditor().noise().count(ip, "address_limited");
+        }
+        crate::proxy::rescue::peer_refused(err)
     }
 }
 

@@ -126,7 +126,7 @@ pub async fn call<H: Handler>(
 ) -> http::Response<Body> {
     let path = req.uri().path().to_owned();
     if let Err(e) = peers.admit(ip, &path, req.headers()) {
-        return crate::proxy::rescue::peer_refused(&e);
+        return handler.refused(ip, &e);
     }
     let resp = handler.call(req).await;
     peers.answered(ip, &path, resp.status());

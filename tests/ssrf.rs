@@ -52,7 +52,7 @@ async fn download_reasons(gw: &TestGateway, dir: &Path) -> Vec<String> {
     audit_records(gw, dir)
         .await
         .into_iter()
-        .filter(|r| r["kind"] == "request" && r.get("operation").is_none_or(|o| o.is_null()))
+        .filter(|r| r["kind"] == "request" && r["operation"] == "documents.download")
         .map(|r| r["reason"].as_str().unwrap_or("").to_string())
         .collect()
 }

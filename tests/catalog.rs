@@ -3,23 +3,14 @@
 //! The models live in `../shared/spapi-models` beside the repository (CI always has them). A
 //! developer without them gets a skip notice; under CI (`CI` set) their absence is a failure.
 
+mod common;
+
+use common::models_dir;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use spgate::catalog::Catalog;
-
-fn models_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/spapi-models");
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI must have ../shared/spapi-models beside the repository"
-    );
-    eprintln!("skipping: {} not found", dir.display());
-    None
-}
 
 fn model_files(dir: &PathBuf) -> Vec<PathBuf> {
     let mut files = Vec::new();

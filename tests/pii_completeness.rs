@@ -13,26 +13,17 @@
 //! gets a skip notice; under CI (`CI` set) their absence is a failure. The classification checks
 //! that need no models always run.
 
+mod common;
+
+use common::models_dir;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::Value;
 use spgate::catalog::Catalog;
 use spgate::pii::classify::{Classification, Classifier, Exceptions};
 use spgate::pii::map::FieldMap;
-
-fn models_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/spapi-models");
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI must have ../shared/spapi-models beside the repository"
-    );
-    eprintln!("skipping: {} not found", dir.display());
-    None
-}
 
 /// One suspect property found by the walk.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

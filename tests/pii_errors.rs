@@ -46,8 +46,8 @@ async fn get_as(gw: &TestGateway, key: &str, path: &str) -> Reply {
     gw.call(req).await
 }
 
-#[tokio::test]
-async fn error_messages_and_details_reach_only_roles_that_pass_every_category_of_the_operation() {
+/// A gateway whose own key passes everything, and the key of a tool with the mixed role.
+async fn gateway_with_mixed_tool() -> (TestGateway, String) {
     let gw = start_gateway(Options {
         roles_toml: format!("{}\n{ALL_BUT_ADDRESS}", all_pass_role("orders")),
         ..Options::default()
@@ -62,7 +62,13 @@ async fn error_messages_and_details_reach_only_roles_that_pass_every_category_of
     )
     .await
     .unwrap();
-    let mixed_key = mixed.key.expose().clone();
+    let key = mixed.key.expose().clone();
+    (gw, key)
+}
+
+#[tokio::test]
+async fn error_messages_and_details_reach_only_roles_that_pass_every_category_of_the_operation() {
+    let (gw, mixed_key) = gateway_with_mixed_tool().await;
     let order = spgate::sandbox::Sandbox::synthetic_order_ids(SELLER)[0].clone();
     let path = format!("/orders/v0/orders/{order}/address");
 
@@ -154,21 +160,7 @@ async fn error_messages_and_details_reach_only_roles_that_pass_every_category_of
 
 #[tokio::test]
 async fn error_messages_of_operations_without_buyer_pii_pass_through_the_safety_net() {
-    let gw = start_gateway(Options {
-        roles_toml: format!("{}\n{ALL_BUT_ADDRESS}", all_pass_role("orders")),
-        ..Options::default()
-    })
-    .await;
-    let mixed = spgate::auth::caller::create_client(
-        &*gw.store,
-        "mixed-tool",
-        "mixed",
-        vec![SELLER.into()],
-        1_700_000_000,
-    )
-    .await
-    .unwrap();
-    let key = mixed.key.expose().clone();
+    let (gw, key) = gateway_with_mixed_tool().await;
     let body = r#"{"errors":[{"code":"InvalidInput","message":"Invalid asin B0SYNTH001","details":"includedData"},{"code":"InvalidInput","message":"contact planted.buyer@example.com"}]}"#;
     gw.sandbox.script(
         "catalogItems_2022-04-01.getCatalogItem",

@@ -8,25 +8,16 @@
 //! The models live in `../shared/spapi-models` beside the repository. A developer without them
 //! gets a skip notice; under CI (`CI` set) their absence is a failure.
 
+mod common;
+
+use common::models_dir;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::Value;
 use spgate::catalog::Catalog;
 use spgate::pii::map::{parse_path, FieldMap, IdSource, Segment};
-
-fn models_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/spapi-models");
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI must have ../shared/spapi-models beside the repository"
-    );
-    eprintln!("skipping: {} not found", dir.display());
-    None
-}
 
 /// One model file, with `$ref` resolution.
 struct Model {

@@ -723,3 +723,27 @@ fn an_answer_without_the_models_shape_is_refused() {
     assert_eq!(v["payload"]["OrderItems"][0]["ASIN"], "B0");
     assert_eq!(v["payload"]["OrderItems"][0]["IsGift"], "false");
 }
+
+#[tokio::test]
+async fn translation_errors_are_answered_in_v0s_error_shape_naming_only_the_parameter() {
+    use crate::proxy::rescue::{rescue, ProxyError};
+    use http_body_util::BodyExt;
+    for (err, status, code, details) in [
+        (CompatError::Untranslatable("BuyerEmail"), 400, "InvalidInput", "BuyerEmail"),
+        (CompatError::BadParameter("an unknown query parameter"), 400, "InvalidInput", "an unknown query parameter"),
+        (CompatError::TokenInvalid, 400, "InvalidInput", ""),
+        (CompatError::TokenExpired, 400, "InvalidInput", ""),
+        (CompatError::UpstreamShape("not JSON"), 502, "InternalFailure", ""),
+        (CompatError::TokenSeal, 500, "InternalFailure", ""),
+    ] {
+        let resp = rescue(&ProxyError::Compat(err));
+        assert_eq!(resp.status().as_u16(), status);
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let v: Value = serde_json::from_slice(&body).expect("JSON");
+        let errors = v["errors"].as_array().expect("v0 ErrorList");
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0]["code"], code);
+        assert_eq!(errors[0]["details"], details);
+        assert!(errors[0]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+}

@@ -116,6 +116,10 @@ pub enum ProxyError {
     /// The shutdown drain ended before the request did.
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    /// An Orders v0 call could not be translated to Orders 2026-01-01 (answered in v0's error
+    /// shape, the parameter's name in `details`).
+    #[error(transparent)]
+    Compat(#[from] crate::compat::CompatError),
 }
 
 /// `Retry-After` of a 503 for a dependency outage (store, limiter Redis, LWA), in seconds.
@@ -211,6 +215,17 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
         }
         E::AuditUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "The gateway cannot write its access log right now, so it does not serve this request; retry later.", Fault::Internal),
         E::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "The gateway is shutting down; retry on another instance.", Fault::Internal),
+        E::Compat(c) => {
+            use crate::compat::CompatError as C;
+            match c {
+                C::Untranslatable(_) => (StatusCode::BAD_REQUEST, "InvalidInput", "This Orders v0 parameter has no Orders 2026-01-01 counterpart, so the gateway, which answers Orders v0 from Orders 2026-01-01, cannot apply it.", Fault::Caller),
+                C::BadParameter(_) => (StatusCode::BAD_REQUEST, "InvalidInput", "An Orders v0 parameter is missing, unknown, or has a value Orders v0 does not define.", Fault::Caller),
+                C::TokenInvalid => (StatusCode::BAD_REQUEST, "InvalidInput", "Invalid NextToken: it was not issued by the gateway for this tool and seller.", Fault::Caller),
+                C::TokenExpired => (StatusCode::BAD_REQUEST, "InvalidInput", "The NextToken has expired; start the search again.", Fault::Caller),
+                C::TokenSeal | C::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The gateway failed to translate the Orders v0 call.", Fault::Internal),
+                C::UpstreamShape(_) => (StatusCode::BAD_GATEWAY, "InternalFailure", "Orders 2026-01-01 answered in a shape the gateway cannot translate to Orders v0.", Fault::Upstream),
+            }
+        }
         E::Token(t) => return token_error(t),
         E::Onboarding(o) => return onboarding_error(o),
     };
@@ -229,7 +244,15 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
             tracing::debug!(error = %err, status = status.as_u16(), "Request refused.")
         }
     }
-    let mut resp = Response::new(body::full(ErrorBody::one(code, message, "").to_bytes()));
+    // Only a fixed parameter name, never a value the caller sent.
+    let details = match err {
+        E::Compat(
+            crate::compat::CompatError::Untranslatable(p)
+            | crate::compat::CompatError::BadParameter(p),
+        ) => *p,
+        _ => "",
+    };
+    let mut resp = Response::new(body::full(ErrorBody::one(code, message, details).to_bytes()));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(

@@ -84,6 +84,9 @@ pub enum RunError {
     /// A listener's certificate could not be loaded.
     #[error("TLS: {0}")]
     Tls(#[from] crate::server::tls::TlsError),
+    /// The Orders v0 translator could not be set up (its field map).
+    #[error(transparent)]
+    Compat(#[from] crate::compat::CompatError),
 }
 
 /// How long per-request store lookups are cached (other processes' writes apply within it).
@@ -166,6 +169,7 @@ pub async fn build_gateway(
         drain_timeout: config.server.drain_timeout,
         peers: config.server.peers,
     };
+    let compat = std::sync::Arc::new(crate::compat::Compat::new(config.compat.clone())?);
     let gateway = Gateway::new(GatewayParts {
         store,
         master_key,
@@ -194,6 +198,7 @@ pub async fn build_gateway(
             default_deadline: config.ratelimit.limiter.default_max_wait,
             budget: crate::proxy::RetryBudget::new(),
         },
+        compat,
     });
     Ok((gateway, server_limits))
 }

@@ -367,6 +367,7 @@ impl Gateway {
         let mut r = Record::request(request_id);
         if let Some(op) = ctx.operation {
             r = r.with_operation(op);
+            r.translated_to = ctx.translated_to.map(|t| Id::lossy(t.key));
         } else if let Some((id, _)) = &ctx.document {
             r.operation = Some(Id::lossy("documents.download"));
             r.method = Some(Name::lossy(method.as_str()));

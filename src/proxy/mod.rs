@@ -44,6 +44,7 @@ use crate::store::{SellerRecord, SellerStatus, Store};
 
 mod accounting;
 mod cache;
+mod compat;
 mod credentials;
 pub mod endpoints;
 pub mod error_body;
@@ -106,6 +107,7 @@ pub struct Gateway {
     header_drops: headers::Dropped,
     drain: accounting::Drain,
     pii_gate: pii_gate::Gate,
+    compat: Arc<crate::compat::Compat>,
 }
 
 /// The parts of a gateway, for [`Gateway::new`].
@@ -146,6 +148,8 @@ pub struct GatewayParts {
     pub auditor: crate::audit::Auditor,
     /// Document downloads under the outbound policy.
     pub outbound: outbound::Fetcher,
+    /// Orders v0 answered from Orders 2026-01-01 (`[compat]`).
+    pub compat: Arc<crate::compat::Compat>,
 }
 
 /// A routed operation and its path parameters.
@@ -179,6 +183,8 @@ struct Ctx {
     upstream_called: bool,
     /// A report document being streamed: its id and what the redactor emits.
     document: Option<(String, Arc<accounting::Emitted>)>,
+    /// The Orders 2026-01-01 operation a v0 call was translated to (compat).
+    translated_to: Option<&'static Operation>,
 }
 
 /// The kind of token a request was sent upstream with (audited).
@@ -221,6 +227,7 @@ impl Gateway {
             header_drops: headers::Dropped::default(),
             drain: accounting::Drain::new(),
             pii_gate: pii_gate::Gate::new(crate::pii::Classifier::builtin()),
+            compat: parts.compat,
         }
     }
 
@@ -439,6 +446,11 @@ impl Gateway {
         let seller = self.authorize(&caller, op, req.headers()).await?; // 4. authorize
         ctx.seller = seller.as_ref().map(|s| s.selling_partner_id.clone());
         let role = self.roles.get(&caller.client.role);
+        // Compat: a v0 Orders call the tool's mode translates goes out as its 2026-01-01 call;
+        // `wire` is the operation sent (credentials, rate limit, upstream), `op` the one answered.
+        let (req, translation) =
+            self.translate(req, (op, &params), &caller, seller.as_ref(), role, ctx)?;
+        let wire = translation.as_ref().map_or(op, |t| t.target);
         let replay = Replay::capture(&req);
         let seller = seller.as_ref();
         let path = req.uri().path().to_string();
@@ -451,20 +463,20 @@ impl Gateway {
             return Ok(resp);
         }
         let cred = self
-            .credentials(op, seller, role, &path, &caller.client.tool)
+            .credentials(wire, seller, role, &path, &caller.client.tool)
             .await?; // 5. credentials
                      // Taken last, right before sending, so that a slow credential fetch (a cold LWA or RDT
                      // call) never sits between the limiter's decision and the arrival at Amazon.
-        ctx.admission = Some(self.admit(&caller, op, bucket, &wants).await?); // 6. rate limit
+        ctx.admission = Some(self.admit(&caller, wire, bucket, &wants).await?); // 6. rate limit
         ctx.token = Some(cred.kind());
         let upstream_req =
-            self.upstream_request(req, op, seller, role, &cred, limit_tripped.clone())?;
+            self.upstream_request(req, wire, seller, role, &cred, limit_tripped.clone())?;
         let resp = self.send(upstream_req, &limit_tripped).await?; // 7. upstream
-        self.observe(bucket, op, &resp);
+        self.observe(bucket, wire, &resp);
         // Retries, only for requests that can be replayed (no body), within the caller's deadline.
         let resend = send::Resend {
             replay,
-            op,
+            op: wire,
             seller,
             role,
             path: &path,
@@ -481,6 +493,9 @@ impl Gateway {
             .and_then(|v| v.to_str().ok())
             .filter(|v| v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
             .map(str::to_string);
+        let resp = self
+            .translated_answer(resp, op, translation.as_ref(), &caller, seller, role)
+            .await?; // compat: the 2026 answer in v0's shape
         let resp = self.minimise(resp, op, role, seller, &params, ctx).await?; // 8. respond: the PII policy
         let mut resp = self.respond(resp); // the header allowlist, before the gateway's own headers
         if ctx.cache.is_some() {

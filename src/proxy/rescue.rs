@@ -252,7 +252,9 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
         ) => *p,
         _ => "",
     };
-    let mut resp = Response::new(body::full(ErrorBody::one(code, message, details).to_bytes()));
+    let mut resp = Response::new(body::full(
+        ErrorBody::one(code, message, details).to_bytes(),
+    ));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(

@@ -457,3 +457,58 @@ pub async fn audit_records(gw: &TestGateway, dir: &std::path::Path) -> Vec<serde
     }
     records
 }
+
+/// The interpreter with python-amazon-sp-api (`SPGATE_SDK_PYTHON`, else `python3`). Without
+/// the SDK a developer gets a skip notice (`None`); under CI it is a failure.
+pub fn sdk_python() -> Option<String> {
+    let python = std::env::var("SPGATE_SDK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = std::process::Command::new(&python)
+        .args(["-c", "import sp_api"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if ok {
+        return Some(python);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must provide python-amazon-sp-api (SPGATE_SDK_PYTHON)"
+    );
+    eprintln!("skipping: python-amazon-sp-api is not installed for {python}");
+    None
+}
+
+/// Runs `tests/sdk/<script>` with `python` against `gw` in drop-in mode (fresh drop-in
+/// credentials for the test tool); fails the test unless it succeeds, and returns its output.
+pub async fn run_sdk_script(gw: &TestGateway, python: String, script: &str) -> String {
+    let client = gw.store.clients().await.unwrap().remove(0);
+    let creds = spgate::auth::drop_in::create(&*gw.store, &client.id, SELLER)
+        .await
+        .unwrap();
+    let script = format!("{}/tests/sdk/{script}", env!("CARGO_MANIFEST_DIR"));
+    let (url, id, secret, refresh) = (
+        gw.url.clone(),
+        creds.lwa_client_id.clone(),
+        creds.client_secret.expose().clone(),
+        creds.refresh_token.expose().clone(),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .env("SPGATE_URL", url)
+            .env("SPGATE_LWA_CLIENT_ID", id)
+            .env("SPGATE_LWA_CLIENT_SECRET", secret)
+            .env("SPGATE_REFRESH_TOKEN", refresh)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "SDK failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}

@@ -132,9 +132,20 @@ pub enum Fault {
     Internal,
 }
 
+/// Amazon's details for an expired access token.
+pub const TOKEN_EXPIRED: &str = "The access token you provided has expired.";
+/// Amazon's details for an unknown, revoked or malformed access token.
+pub const TOKEN_INVALID: &str = "The access token you provided is revoked, malformed or invalid.";
+
 /// The response for an error, with the request id already set by the caller of `rescue`.
 pub fn rescue(err: &ProxyError) -> Response<Body> {
     use ProxyError as E;
+    // Amazon's own answer to a bad access token, word for word (SDKs refresh on it).
+    let details = match err {
+        E::Caller(CallerError::TokenExpired) => TOKEN_EXPIRED,
+        E::Caller(CallerError::TokenInvalid) => TOKEN_INVALID,
+        _ => "",
+    };
     let (status, code, message, fault) = match err {
         E::HeadersTooLarge { .. } => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "InvalidInput", "Request headers are too large.", Fault::Caller),
         E::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "InvalidInput", "Request body is too large.", Fault::Caller),
@@ -145,6 +156,7 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
         E::Caller(c) => match c {
             CallerError::MissingKey => (StatusCode::UNAUTHORIZED, "Unauthorized", "Missing API key: send Authorization: Bearer <key>.", Fault::Caller),
             CallerError::MalformedKey | CallerError::UnknownKey => (StatusCode::UNAUTHORIZED, "Unauthorized", "The API key is not valid.", Fault::Caller),
+            CallerError::TokenExpired | CallerError::TokenInvalid => (StatusCode::FORBIDDEN, "Unauthorized", "Access to requested resource is denied.", Fault::Caller),
             CallerError::MissingSeller => (StatusCode::BAD_REQUEST, "InvalidInput", "Name the seller in the x-spgate-seller header.", Fault::Caller),
             CallerError::SellerNotAllowed => (StatusCode::FORBIDDEN, "Unauthorized", "This tool may not act for that seller.", Fault::Caller),
             CallerError::ApplicationWide => (StatusCode::FORBIDDEN, "Unauthorized", "This operation acts for the whole application; only a tool allowed for all sellers may call it.", Fault::Caller),
@@ -229,7 +241,9 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
             tracing::debug!(error = %err, status = status.as_u16(), "Request refused.")
         }
     }
-    let mut resp = Response::new(body::full(ErrorBody::one(code, message, "").to_bytes()));
+    let mut resp = Response::new(body::full(
+        ErrorBody::one(code, message, details).to_bytes(),
+    ));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(

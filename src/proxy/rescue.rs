@@ -266,6 +266,11 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
     ) {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    if !details.is_empty() {
+        // Amazon's 403 for a bad access token: a failed authentication all the same.
+        resp.extensions_mut()
+            .insert(crate::server::peers::CredentialRefused);
+    }
     resp
 }
 

@@ -21,7 +21,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::proxy::body::Body;
+use crate::net::body::Body;
 
 /// Connection-level settings.
 #[derive(Debug, Clone, Copy)]

@@ -192,10 +192,10 @@ where
     let action = req.method() == Method::POST;
     let mut resp = match serve(admin, req).await {
         Ok(_) if action && admin.gateway.auditor().flushed_since(lost).await.is_err() => {
-            crate::proxy::rescue::console_error(&ConsoleError::Admin(AdminError::AuditUnavailable))
+            error_response(&ConsoleError::Admin(AdminError::AuditUnavailable))
         }
         Ok(resp) => resp,
-        Err(e) => crate::proxy::rescue::console_error(&e),
+        Err(e) => error_response(&e),
     };
     secure_headers(&mut resp);
     resp
@@ -420,9 +420,113 @@ pub(crate) fn logout(admin: &Admin, id: &str, secure: bool) -> Response<Body> {
     resp
 }
 
-/// The answer for a console error (called by `rescue`, the one place errors become responses).
-pub fn error_page(status: StatusCode, title: &str, message: &str) -> Response<Body> {
+/// An error page.
+fn error_page(status: StatusCode, title: &str, message: &str) -> Response<Body> {
     let mut resp = html(status, pages::error(title, message));
     secure_headers(&mut resp);
+    resp
+}
+
+/// The answer for a console error: an HTML page (a missing session: a redirect to the sign-in
+/// page). The one place console errors become responses, as `admin::error_response` is for
+/// the admin API.
+pub fn error_response(err: &ConsoleError) -> Response<Body> {
+    use crate::vault::VaultError as V;
+    use ConsoleError as C;
+    let (status, title, message): (StatusCode, &str, String) = match err {
+        C::SignedOut => return redirect("/console/login"),
+        C::NotFound | C::Admin(crate::admin::AdminError::NotFound) => (
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "No such console page.".into(),
+        ),
+        C::BadToken | C::Admin(crate::admin::AdminError::Unauthorized) => (
+            StatusCode::UNAUTHORIZED,
+            "Sign-in refused",
+            "That is not an admin token.".into(),
+        ),
+        C::Forbidden(_) | C::Admin(crate::admin::AdminError::Forbidden(_)) => (
+            StatusCode::FORBIDDEN,
+            "Not allowed",
+            "Your admin role may not see or do this.".into(),
+        ),
+        C::CrossOrigin => (
+            StatusCode::FORBIDDEN,
+            "Refused",
+            "The form was not sent from this console (cross-origin request).".into(),
+        ),
+        C::Csrf => (
+            StatusCode::FORBIDDEN,
+            "Refused",
+            "The form's CSRF token is missing or stale: reload the page and try again.".into(),
+        ),
+        C::BadInput(m) => (StatusCode::BAD_REQUEST, "Invalid input", format!("{m}.")),
+        C::Admin(crate::admin::AdminError::InvalidConfig(_))
+        | C::Admin(crate::admin::AdminError::NoConfigFile) => (
+            StatusCode::CONFLICT,
+            "Not reloaded",
+            "The configuration could not be reloaded; nothing changed.".into(),
+        ),
+        C::Admin(crate::admin::AdminError::AuditUnavailable) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Audit log unavailable",
+            "The gateway cannot write its audit log right now; the action is not confirmed. Retry later.".into(),
+        ),
+        C::Session(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Sign-in unavailable",
+            "No console session can be started right now. Retry later.".into(),
+        ),
+        C::Vault(V::UnknownOrder) => (
+            StatusCode::NOT_FOUND,
+            "Unknown order",
+            "The gateway holds no record of this order for this seller.".into(),
+        ),
+        C::Vault(V::AlreadyDeleted) => (
+            StatusCode::CONFLICT,
+            "Already deleted",
+            "The order's PII is already deleted.".into(),
+        ),
+        C::Vault(V::Held) => (
+            StatusCode::CONFLICT,
+            "Under legal hold",
+            "The order is under legal hold.".into(),
+        ),
+        C::Vault(V::InvalidHold(m)) => (StatusCode::BAD_REQUEST, "Invalid hold", format!("{m}.")),
+        C::Vault(V::Contention) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Busy",
+            "The record is busy; try again.".into(),
+        ),
+        C::Store(e) if e.is_unavailable() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Store unavailable",
+            "The store does not answer. Retry later.".into(),
+        ),
+        C::NoAuditLog => (
+            StatusCode::NOT_FOUND,
+            "No audit log",
+            "This gateway keeps no audit log (no [audit] section).".into(),
+        ),
+        C::Vault(V::Store(_) | V::Crypto(_))
+        | C::Store(_)
+        | C::CreateClient(_)
+        | C::AuditRead(_)
+        | C::AuditVerify(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Failed",
+            "The gateway failed; the operational log has the detail.".into(),
+        ),
+    };
+    if status.is_server_error() {
+        tracing::error!(error = %err, status = status.as_u16(), "Console request failed.");
+    } else {
+        tracing::info!(error = %err, status = status.as_u16(), "Console request refused.");
+    }
+    let mut resp = error_page(status, title, &message);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
     resp
 }

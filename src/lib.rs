@@ -220,6 +220,12 @@ pub async fn run(
     let env: Arc<dyn config::Env + Send + Sync> = Arc::new(config::ProcessEnv);
     let tls = listener_tls(&config, &env)?;
     let opened = open_store(&config).await?;
+    // What the console shows of the audit log and the plans in force.
+    let (audit, plans, tool_plans) = (
+        config.audit.clone(),
+        config.ratelimit.limiter.plans.clone(),
+        config.tool_plans.clone(),
+    );
     let (gateway, limits) = build_gateway(config, opened).await?;
     let gateway = Arc::new(gateway);
     // The vault (per-order keys, PII cache, retention) and its deletion scheduler.
@@ -227,7 +233,9 @@ pub async fn run(
     let admin = Arc::new(
         admin::Admin::new(gateway.clone(), &tokens, config_path, env)
             .with_vault(vault.clone())
-            .with_tls(tls.iter().flatten().cloned().collect()),
+            .with_tls(tls.iter().flatten().cloned().collect())
+            .with_audit(audit)
+            .with_plans(&plans, &tool_plans),
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {

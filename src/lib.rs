@@ -8,6 +8,7 @@
 //! - [`config`]: the config file: parse, validate, resolve secrets (the only env/file reader).
 //! - [`crypto`]: randomness, hashing and sealing secrets at rest (ring); per-order data keys.
 //! - [`documents`]: report documents redacted while streaming, and their signed links.
+//! - [`net`]: the SP-API HTTP client and streaming body wrappers (below `proxy` and `auth`).
 //! - [`pii`]: buyer-PII categories, roles, the field map and the response transform.
 //! - [`proxy`]: the request pipeline, written once; `rescue` maps every error to a response.
 //! - [`ratelimit`]: Amazon's token buckets per seller and operation (local or Redis), fair shares per tool.
@@ -24,6 +25,7 @@ pub mod catalog;
 pub mod config;
 pub mod crypto;
 pub mod documents;
+pub mod net;
 pub mod pii;
 pub mod proxy;
 pub mod ratelimit;
@@ -43,7 +45,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::lwa::Lwa;
 use crate::config::{Config, StoreConfig};
-use crate::proxy::upstream::{build_client, Upstream};
+use crate::net::upstream::{build_client, Upstream};
 use crate::proxy::{Gateway, GatewayParts, Limits};
 use crate::server::ServerLimits;
 use crate::store::cache::CachedStore;

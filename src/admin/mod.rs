@@ -22,7 +22,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 
 use crate::config::{AdminRole, AdminToken, Config, ConfigIssue, Env};
 use crate::crypto;
-use crate::proxy::body::{self, Body};
+use crate::net::body::{self, Body};
 use crate::proxy::Gateway;
 use crate::vault::{self, Vault, VaultError};
 
@@ -117,10 +117,10 @@ impl Admin {
             return match self.orders(req).await {
                 // An action is confirmed only once its records are written.
                 Ok(_) if self.gateway.auditor().flushed_since(lost).await.is_err() => {
-                    crate::proxy::rescue::admin_error(&AdminError::AuditUnavailable)
+                    error_response(&AdminError::AuditUnavailable)
                 }
                 Ok(resp) => resp,
-                Err(OrderRouteError::Admin(e)) => crate::proxy::rescue::admin_error(&e),
+                Err(OrderRouteError::Admin(e)) => error_response(&e),
                 Err(e) => order_error(&e),
             };
         }
@@ -128,10 +128,10 @@ impl Admin {
         match self.route(&req).await {
             // An action is confirmed only once its records are written.
             Ok(_) if action && self.gateway.auditor().flushed_since(lost).await.is_err() => {
-                crate::proxy::rescue::admin_error(&AdminError::AuditUnavailable)
+                error_response(&AdminError::AuditUnavailable)
             }
             Ok(resp) => resp,
-            Err(e) => crate::proxy::rescue::admin_error(&e),
+            Err(e) => error_response(&e),
         }
     }
 
@@ -528,5 +528,60 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    resp
+}
+
+/// Admin listener errors, as JSON in SP-API's error shape (the admin listener maps its own
+/// errors; `proxy::rescue` maps the proxy's).
+pub fn error_response(err: &AdminError) -> Response<Body> {
+    use AdminError as A;
+    let (status, code, message) = match err {
+        A::NotFound => (
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "No such admin route.".to_string(),
+        ),
+        A::Unauthorized => (
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "Missing or unknown admin token.".to_string(),
+        ),
+        A::Forbidden(_) => (
+            StatusCode::FORBIDDEN,
+            "Unauthorized",
+            "This admin role may not do that.".to_string(),
+        ),
+        A::NoConfigFile => (
+            StatusCode::CONFLICT,
+            "InvalidInput",
+            "This gateway was not started from a config file.".to_string(),
+        ),
+        A::InvalidConfig(issues) => (
+            StatusCode::BAD_REQUEST,
+            "InvalidInput",
+            format!(
+                "The new configuration is invalid; nothing changed: {}",
+                issues
+                    .iter()
+                    .map(|i| format!("{}: {}", i.path, i.message))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        ),
+        A::AuditUnavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "The gateway cannot write its audit log right now; the action is not confirmed. Retry later.".to_string(),
+        ),
+    };
+    tracing::info!(error = %err, status = status.as_u16(), "Admin request refused.");
+    let mut resp = json(
+        status,
+        &serde_json::json!({"errors": [{"code": code, "message": message, "details": ""}]}),
+    );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
     resp
 }

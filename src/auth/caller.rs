@@ -5,13 +5,15 @@
 //! Keys are 256-bit random tokens. Only their SHA-256 is stored; a key is shown once, when it is
 //! created. (A slow password hash would add nothing: the keys have full entropy.)
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
 use crate::crypto::{self, CryptoError};
-use crate::proxy::headers::SELLER;
 use crate::secret::Secret;
 use crate::server::tls::{ClientPins, PeerCert};
 use crate::store::{ClientRecord, Store, StoreError};
+
+/// The header naming the seller a request acts for.
+pub const SELLER: HeaderName = HeaderName::from_static("x-spgate-seller");
 
 /// Prefix of every gateway API key.
 pub const KEY_PREFIX: &str = "spg_";

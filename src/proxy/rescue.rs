@@ -472,60 +472,6 @@ fn too_many_requests(message: &'static str, retry_after: std::time::Duration) ->
     resp
 }
 
-/// Admin listener errors, as JSON in SP-API's error shape.
-pub fn admin_error(err: &crate::admin::AdminError) -> Response<Body> {
-    use crate::admin::AdminError as A;
-    let (status, code, message) = match err {
-        A::NotFound => (
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "No such admin route.".to_string(),
-        ),
-        A::Unauthorized => (
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "Missing or unknown admin token.".to_string(),
-        ),
-        A::Forbidden(_) => (
-            StatusCode::FORBIDDEN,
-            "Unauthorized",
-            "This admin role may not do that.".to_string(),
-        ),
-        A::NoConfigFile => (
-            StatusCode::CONFLICT,
-            "InvalidInput",
-            "This gateway was not started from a config file.".to_string(),
-        ),
-        A::InvalidConfig(issues) => (
-            StatusCode::BAD_REQUEST,
-            "InvalidInput",
-            format!(
-                "The new configuration is invalid; nothing changed: {}",
-                issues
-                    .iter()
-                    .map(|i| format!("{}: {}", i.path, i.message))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ),
-        ),
-        A::AuditUnavailable => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ServiceUnavailable",
-            "The gateway cannot write its audit log right now; the action is not confirmed. Retry later.".to_string(),
-        ),
-    };
-    tracing::info!(error = %err, status = status.as_u16(), "Admin request refused.");
-    let mut resp = crate::admin::json(
-        status,
-        &serde_json::json!({"errors": [{"code": code, "message": message, "details": ""}]}),
-    );
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-    }
-    resp
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::proxy::body::Body;
+use crate::net::body::Body;
 
 /// Connection-level settings.
 #[derive(Debug, Clone, Copy)]

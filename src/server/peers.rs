@@ -28,7 +28,7 @@ use http::{HeaderMap, StatusCode};
 use http_body_util::BodyExt;
 
 use super::Handler;
-use crate::proxy::body::Body;
+use crate::net::body::Body;
 
 /// The `[server]` keys of this module.
 #[derive(Debug, Clone, Copy)]

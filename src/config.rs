@@ -340,6 +340,8 @@ pub struct RawConfig {
     pub retention: crate::vault::RawRetention,
     /// `[outbound]`: where document downloads may go.
     pub outbound: crate::proxy::outbound::RawOutbound,
+    /// `[forward_proxy]`: CONNECT to Amazon's hosts answered by the gateway.
+    pub forward_proxy: crate::server::forward::RawForwardProxy,
 }
 
 /// `[tools.<name>]`: settings of one seller tool, by the tool name its API keys carry.
@@ -412,6 +414,8 @@ pub struct Config {
     pub retention: crate::vault::RetentionConfig,
     /// Where document downloads may go.
     pub outbound: crate::proxy::outbound::OutboundConfig,
+    /// Forward-proxy mode, when enabled.
+    pub forward_proxy: Option<crate::server::forward::ForwardProxyConfig>,
 }
 
 /// See [`RawPii`].
@@ -696,6 +700,7 @@ impl RawConfig {
                 }
                 "retention" => section(&key, value, &mut raw.retention, &mut issues),
                 "outbound" => section(&key, value, &mut raw.outbound, &mut issues),
+                "forward_proxy" => section(&key, value, &mut raw.forward_proxy, &mut issues),
                 _ => issues.push(ConfigIssue {
                     path: key.clone(),
                     message: "unknown key".into(),
@@ -1065,6 +1070,13 @@ impl Config {
                 crate::proxy::outbound::OutboundConfig::defaults()
             }
         };
+        let forward_proxy = match raw.forward_proxy.resolve(v.env) {
+            Ok(f) => f,
+            Err(issues) => {
+                v.issues.extend(issues);
+                None
+            }
+        };
         match (v.issues.is_empty(), master_key, ratelimit) {
             (true, Some(master_key), Some(ratelimit)) => Ok(Config {
                 server,
@@ -1083,6 +1095,7 @@ impl Config {
                 audit,
                 retention,
                 outbound,
+                forward_proxy,
             }),
             _ => Err(ConfigError(v.issues)),
         }

@@ -452,6 +452,29 @@ pub fn peer_refused(err: &PeerError) -> Response<Body> {
     resp
 }
 
+/// A CONNECT the forward proxy does not serve (`server::forward`): 403 `Unauthorized` in
+/// SP-API's shape (500 `InternalFailure` when no certificate could be minted); the connection
+/// is closed, nothing is tunnelled.
+pub fn forward_refused(err: &crate::server::forward::ForwardError) -> Response<Body> {
+    use crate::server::forward::ForwardError as F;
+    let (status, code, message) = match err {
+        F::Disabled => (StatusCode::FORBIDDEN, "Unauthorized", "The gateway is not a forward proxy here: set [forward_proxy] enabled = true, or call the gateway's URL directly.".to_string()),
+        F::Malformed => (StatusCode::BAD_REQUEST, "InvalidInput", "CONNECT needs host:port.".to_string()),
+        F::HostNotAllowed { host } => (StatusCode::FORBIDDEN, "Unauthorized", format!("CONNECT to {host} refused: the gateway answers only for Amazon's SP-API and Login with Amazon hosts ([forward_proxy] allowed_hosts) and never tunnels.")),
+        F::PortNotAllowed { port } => (StatusCode::FORBIDDEN, "Unauthorized", format!("CONNECT to port {port} refused: only port 443.")),
+        F::Mint(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The gateway could not make a certificate for this host.".to_string()),
+    };
+    let mut resp = Response::new(body::full(ErrorBody::one(code, &message, "").to_bytes()));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
 /// 429 `QuotaExceeded` with `Retry-After` in whole seconds, rounded up, at least 1 (the header
 /// has no fractions).
 fn too_many_requests(message: &'static str, retry_after: std::time::Duration) -> Response<Body> {

@@ -5,6 +5,7 @@
 //! - [`audit`]: the audit log: records, the hash-chained writer, alerts, verify/query/report.
 //! - [`auth`]: caller API keys, LWA access tokens (cached, single-flight).
 //! - [`catalog`]: every SP-API operation (path template, usage plan, restricted?, PII map).
+//! - [`compat`]: Orders v0 calls answered from Orders 2026-01-01 (issue 18): request and field map.
 //! - [`config`]: the config file: parse, validate, resolve secrets (the only env/file reader).
 //! - [`crypto`]: randomness, hashing and sealing secrets at rest (ring); per-order data keys.
 //! - [`documents`]: report documents redacted while streaming, and their signed links.
@@ -22,6 +23,7 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod catalog;
+pub mod compat;
 pub mod config;
 pub mod crypto;
 pub mod documents;

@@ -181,13 +181,12 @@ impl Admin {
                         .map(|(_, v)| v.into_owned())
                 };
                 let (seller, operation) = (param("seller"), param("operation"));
-                let status = self
-                    .gateway
-                    .limiter()
-                    .status(seller.as_deref(), operation.as_deref());
+                let limiter = self.gateway.limiter();
+                let status = limiter.status(seller.as_deref(), operation.as_deref());
+                let application = limiter.app_status(operation.as_deref());
                 Ok(json(
                     StatusCode::OK,
-                    &serde_json::json!({ "buckets": status }),
+                    &serde_json::json!({ "buckets": status, "application": application }),
                 ))
             }
             (&Method::POST, "/admin/reload") => {
@@ -435,6 +434,11 @@ impl Admin {
             "spgate_ratelimit_redis_fallbacks_total",
             "Decisions taken locally because Redis was unreachable.",
             &[("", m.redis_fallbacks)],
+        );
+        counter(
+            "spgate_ratelimit_app_limited_total",
+            "Decisions where an application-wide bucket (all sellers) had no token.",
+            &[("", m.app_limited)],
         );
         counter(
             "spgate_ratelimit_redis_errors_total",

@@ -340,6 +340,8 @@ pub struct RawConfig {
     pub retention: crate::vault::RawRetention,
     /// `[outbound]`: where document downloads may go.
     pub outbound: crate::proxy::outbound::RawOutbound,
+    /// `[forward_proxy]`: CONNECT to Amazon's hosts answered by the gateway.
+    pub forward_proxy: crate::server::forward::RawForwardProxy,
     /// `[compat]`: Orders v0 translated to Orders 2026-01-01.
     pub compat: crate::compat::RawCompat,
 }
@@ -416,6 +418,8 @@ pub struct Config {
     pub retention: crate::vault::RetentionConfig,
     /// Where document downloads may go.
     pub outbound: crate::proxy::outbound::OutboundConfig,
+    /// Forward-proxy mode, when enabled.
+    pub forward_proxy: Option<crate::server::forward::ForwardProxyConfig>,
     /// Orders v0 handling per tool.
     pub compat: crate::compat::CompatConfig,
 }
@@ -702,6 +706,7 @@ impl RawConfig {
                 }
                 "retention" => section(&key, value, &mut raw.retention, &mut issues),
                 "outbound" => section(&key, value, &mut raw.outbound, &mut issues),
+                "forward_proxy" => section(&key, value, &mut raw.forward_proxy, &mut issues),
                 "compat" => section(&key, value, &mut raw.compat, &mut issues),
                 _ => issues.push(ConfigIssue {
                     path: key.clone(),
@@ -1072,6 +1077,13 @@ impl Config {
                 crate::proxy::outbound::OutboundConfig::defaults()
             }
         };
+        let forward_proxy = match raw.forward_proxy.resolve(v.env) {
+            Ok(f) => f,
+            Err(issues) => {
+                v.issues.extend(issues);
+                None
+            }
+        };
         let compat = match raw
             .compat
             .resolve(raw.tools.iter().map(|(t, s)| (t, s.orders_v0.as_ref())))
@@ -1100,6 +1112,7 @@ impl Config {
                 audit,
                 retention,
                 outbound,
+                forward_proxy,
                 compat,
             }),
             _ => Err(ConfigError(v.issues)),

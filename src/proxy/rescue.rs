@@ -136,9 +136,20 @@ pub enum Fault {
     Internal,
 }
 
+/// Amazon's details for an expired access token.
+pub const TOKEN_EXPIRED: &str = "The access token you provided has expired.";
+/// Amazon's details for an unknown, revoked or malformed access token.
+pub const TOKEN_INVALID: &str = "The access token you provided is revoked, malformed or invalid.";
+
 /// The response for an error, with the request id already set by the caller of `rescue`.
 pub fn rescue(err: &ProxyError) -> Response<Body> {
     use ProxyError as E;
+    // Amazon's own answer to a bad access token, word for word (SDKs refresh on it).
+    let token_details = match err {
+        E::Caller(CallerError::TokenExpired) => TOKEN_EXPIRED,
+        E::Caller(CallerError::TokenInvalid) => TOKEN_INVALID,
+        _ => "",
+    };
     let (status, code, message, fault) = match err {
         E::HeadersTooLarge { .. } => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "InvalidInput", "Request headers are too large.", Fault::Caller),
         E::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "InvalidInput", "Request body is too large.", Fault::Caller),
@@ -149,6 +160,7 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
         E::Caller(c) => match c {
             CallerError::MissingKey => (StatusCode::UNAUTHORIZED, "Unauthorized", "Missing API key: send Authorization: Bearer <key>.", Fault::Caller),
             CallerError::MalformedKey | CallerError::UnknownKey => (StatusCode::UNAUTHORIZED, "Unauthorized", "The API key is not valid.", Fault::Caller),
+            CallerError::TokenExpired | CallerError::TokenInvalid => (StatusCode::FORBIDDEN, "Unauthorized", "Access to requested resource is denied.", Fault::Caller),
             CallerError::MissingSeller => (StatusCode::BAD_REQUEST, "InvalidInput", "Name the seller in the x-spgate-seller header.", Fault::Caller),
             CallerError::SellerNotAllowed => (StatusCode::FORBIDDEN, "Unauthorized", "This tool may not act for that seller.", Fault::Caller),
             CallerError::ApplicationWide => (StatusCode::FORBIDDEN, "Unauthorized", "This operation acts for the whole application; only a tool allowed for all sellers may call it.", Fault::Caller),
@@ -250,7 +262,7 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
             crate::compat::CompatError::Untranslatable(p)
             | crate::compat::CompatError::BadParameter(p),
         ) => *p,
-        _ => "",
+        _ => token_details,
     };
     let mut resp = Response::new(body::full(
         ErrorBody::one(code, message, details).to_bytes(),
@@ -276,6 +288,11 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
         E::BadFraming(_) | E::BodyTooLarge { .. } | E::HeadersTooLarge { .. } | E::BodyRead(_)
     ) {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if !token_details.is_empty() {
+        // Amazon's 403 for a bad access token: a failed authentication all the same.
+        resp.extensions_mut()
+            .insert(crate::server::peers::CredentialRefused);
     }
     resp
 }
@@ -455,6 +472,29 @@ pub fn peer_refused(err: &PeerError) -> Response<Body> {
     );
     resp.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// A CONNECT the forward proxy does not serve (`server::forward`): 403 `Unauthorized` in
+/// SP-API's shape (500 `InternalFailure` when no certificate could be minted); the connection
+/// is closed, nothing is tunnelled.
+pub fn forward_refused(err: &crate::server::forward::ForwardError) -> Response<Body> {
+    use crate::server::forward::ForwardError as F;
+    let (status, code, message) = match err {
+        F::Disabled => (StatusCode::FORBIDDEN, "Unauthorized", "The gateway is not a forward proxy here: set [forward_proxy] enabled = true, or call the gateway's URL directly.".to_string()),
+        F::Malformed => (StatusCode::BAD_REQUEST, "InvalidInput", "CONNECT needs host:port.".to_string()),
+        F::HostNotAllowed { host } => (StatusCode::FORBIDDEN, "Unauthorized", format!("CONNECT to {host} refused: the gateway answers only for Amazon's SP-API and Login with Amazon hosts ([forward_proxy] allowed_hosts) and never tunnels.")),
+        F::PortNotAllowed { port } => (StatusCode::FORBIDDEN, "Unauthorized", format!("CONNECT to port {port} refused: only port 443.")),
+        F::Mint(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The gateway could not make a certificate for this host.".to_string()),
+    };
+    let mut resp = Response::new(body::full(ErrorBody::one(code, &message, "").to_bytes()));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     resp
 }
 

@@ -261,8 +261,8 @@ impl Admin {
         self.vault.as_ref().ok_or(AdminError::NotFound)
     }
 
-    /// Re-reads the config file and applies its rate plans and the tools' client-certificate
-    /// pins; an invalid file changes nothing.
+    /// Re-reads the config file and applies its rate plans, the tools' client-certificate
+    /// pins and Orders v0 modes; an invalid file changes nothing.
     pub fn reload(&self) -> Result<(), AdminError> {
         let path = self.config_path.as_ref().ok_or(AdminError::NoConfigFile)?;
         let loaded = Config::load(path, &*self.env);
@@ -283,6 +283,7 @@ impl Admin {
             listener.set_pins(config.tool_client_certs.clone());
         }
         self.gateway.set_client_pins(config.tool_client_certs);
+        self.gateway.compat().reload(config.compat); // Orders v0 modes per tool
         Ok(())
     }
 
@@ -481,6 +482,7 @@ impl Admin {
         self.gateway.outbound().render_metrics(&mut out);
         self.gateway.header_drops().render_metrics(&mut out);
         self.gateway.pii_gate().render_metrics(&mut out);
+        self.gateway.compat().render_metrics(&mut out);
         crate::server::tls::render_metrics(&self.tls, &mut out);
         let mut resp = Response::new(body::full(out));
         resp.headers_mut().insert(

@@ -98,6 +98,9 @@ pub enum ConsoleError {
     /// The audit log is not configured (no `[audit]` section).
     #[error("no audit log is configured")]
     NoAuditLog,
+    /// The thread reading the audit log ended without an answer.
+    #[error("the audit log reader stopped")]
+    ReaderStopped,
 }
 
 /// The console's state inside [`Admin`].
@@ -512,7 +515,8 @@ pub fn error_response(err: &ConsoleError) -> Response<Body> {
         | C::Store(_)
         | C::CreateClient(_)
         | C::AuditRead(_)
-        | C::AuditVerify(_) => (
+        | C::AuditVerify(_)
+        | C::ReaderStopped => (
             StatusCode::INTERNAL_SERVER_ERROR,
             "Failed",
             "The gateway failed; the operational log has the detail.".into(),
@@ -529,4 +533,108 @@ pub fn error_response(err: &ConsoleError) -> Response<Body> {
             .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn post(headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::post("/console/tools/create");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap_or_default()
+    }
+
+    #[test]
+    fn posts_from_another_origin_are_refused() {
+        let host = ("host", "127.0.0.1:9090");
+        let same = [
+            host,
+            ("origin", "http://127.0.0.1:9090"),
+            ("sec-fetch-site", "same-origin"),
+        ];
+        assert!(same_origin(&post(&same)).is_ok());
+        // No browser headers at all (curl): the CSRF token alone decides.
+        assert!(same_origin(&post(&[host])).is_ok());
+        for bad in [
+            vec![host, ("origin", "http://evil.example")],
+            vec![host, ("origin", "null")],
+            vec![host, ("origin", "http://127.0.0.1:9091")],
+            vec![host, ("origin", "http://127.0.0.1:9090.evil.example")],
+            vec![host, ("sec-fetch-site", "cross-site")],
+            vec![host, ("sec-fetch-site", "same-site")],
+            vec![("origin", "http://127.0.0.1:9090")],
+        ] {
+            assert!(
+                matches!(same_origin(&post(&bad)), Err(ConsoleError::CrossOrigin)),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn cookies_are_read_by_exact_name() {
+        let req = post(&[(
+            "cookie",
+            "other=1; spgate_console_login=pre; spgate_console=abc",
+        )]);
+        assert_eq!(cookie_value(&req, COOKIE).as_deref(), Some("abc"));
+        assert_eq!(cookie_value(&req, LOGIN_COOKIE).as_deref(), Some("pre"));
+        let empty = post(&[("cookie", "spgate_console=")]);
+        assert_eq!(cookie_value(&empty, COOKIE), None);
+    }
+
+    #[test]
+    fn the_session_cookie_is_strict_and_secure_under_tls() {
+        let mut resp = redirect("/console");
+        set_cookie(&mut resp, COOKIE, "id", None, true);
+        let c = resp
+            .headers()
+            .get(header::SET_COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(
+            c,
+            "spgate_console=id; Path=/console; HttpOnly; SameSite=Strict; Secure"
+        );
+        let mut plain = redirect("/console");
+        set_cookie(&mut plain, COOKIE, "id", None, false);
+        let c = plain.headers().get(header::SET_COOKIE);
+        assert!(c.is_some_and(|v| !v.as_bytes().ends_with(b"Secure")));
+    }
+
+    #[test]
+    fn every_error_page_carries_the_policy() {
+        for err in [
+            ConsoleError::NotFound,
+            ConsoleError::Csrf,
+            ConsoleError::CrossOrigin,
+            ConsoleError::Forbidden(AdminRole::Ops),
+            ConsoleError::BadInput("x"),
+        ] {
+            let resp = error_response(&err);
+            assert!(resp.status().is_client_error(), "{err}");
+            assert_eq!(
+                resp.headers().get(header::CONTENT_SECURITY_POLICY),
+                Some(&HeaderValue::from_static(CSP))
+            );
+        }
+        assert_eq!(
+            error_response(&ConsoleError::SignedOut)
+                .headers()
+                .get(header::LOCATION),
+            Some(&HeaderValue::from_static("/console/login"))
+        );
+    }
+
+    #[test]
+    fn text_is_escaped() {
+        assert_eq!(
+            pages::esc("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+    }
 }

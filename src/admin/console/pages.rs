@@ -201,7 +201,18 @@ pub(super) async fn route(
             };
             page("Sellers and tools", sellers(admin, s, Some(shown)).await?)
         }
-        (&Method::GET, "/console/audit") => page("Audit", audit(admin, s, &r.query)?),
+        (&Method::GET, "/console/audit") => {
+            let cfg = admin
+                .console
+                .audit
+                .clone()
+                .ok_or(ConsoleError::NoAuditLog)?;
+            let q = r.query.clone();
+            let body = tokio::task::spawn_blocking(move || audit(&cfg, &q))
+                .await
+                .map_err(|_| ConsoleError::ReaderStopped)??;
+            page("Audit", body)
+        }
         (&Method::GET, "/console/retention") => page("Retention", retention(admin, s, None).await?),
         (&Method::POST, "/console/retention/hold") => {
             let seller = r.required("seller", "the seller is required")?;
@@ -783,17 +794,12 @@ async fn sellers(
 
 // === audit ===
 
+/// The audit page: reads the chain files (on a blocking thread: a large log must not hold a
+/// runtime worker).
 fn audit(
-    admin: &Admin,
-    s: &Session,
+    cfg: &crate::audit::AuditConfig,
     q: &std::collections::HashMap<String, String>,
 ) -> Result<String, ConsoleError> {
-    let _ = s;
-    let cfg = admin
-        .console
-        .audit
-        .as_ref()
-        .ok_or(ConsoleError::NoAuditLog)?;
     let now = time::OffsetDateTime::now_utc();
     let get = |k: &str| {
         q.get(k)

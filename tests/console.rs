@@ -130,6 +130,9 @@ token = {{ env = "CONSOLE_OPS_TOKEN" }}
 name = "console-security"
 role = "security"
 token = {{ env = "CONSOLE_SECURITY_TOKEN" }}
+[onboarding]
+application_id = "amzn1.sp.solution.console-test"
+public_url = "https://spgate.example.test"
 [roles.orders.pii]
 name = "pass"
 address = "encrypt"

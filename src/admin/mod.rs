@@ -122,6 +122,16 @@ impl Admin {
         self
     }
 
+    /// Lets the console's ops create seller invite links (when `[onboarding]` is configured).
+    pub fn with_onboarding(
+        mut self,
+        master_key: Arc<crypto::MasterKey>,
+        onboarding: Option<crate::config::OnboardingConfig>,
+    ) -> Admin {
+        self.console.set_onboarding(master_key, onboarding);
+        self
+    }
+
     /// The console's live request statistics.
     pub fn console_stats(&self) -> &console::stats::Stats {
         self.console.stats()

@@ -98,6 +98,9 @@ pub enum ConsoleError {
     /// The audit log is not configured (no `[audit]` section).
     #[error("no audit log is configured")]
     NoAuditLog,
+    /// An invite link could not be made.
+    #[error(transparent)]
+    Onboarding(#[from] crate::auth::onboarding::OnboardingError),
     /// The thread reading the audit log ended without an answer.
     #[error("the audit log reader stopped")]
     ReaderStopped,
@@ -111,6 +114,11 @@ pub struct Console {
     audit: Option<AuditConfig>,
     /// The rate plans and tool assignment in force (set at start and by each reload).
     plans: std::sync::RwLock<pages::PlansView>,
+    /// What invite links are made with (none: seller onboarding is not configured).
+    invites: Option<(
+        Arc<crate::crypto::MasterKey>,
+        crate::config::OnboardingConfig,
+    )>,
 }
 
 impl Console {
@@ -128,7 +136,17 @@ impl Console {
             stats,
             audit: None,
             plans: std::sync::RwLock::new(pages::PlansView::default()),
+            invites: None,
         }
+    }
+
+    /// Lets ops create seller invite links (`[onboarding]`).
+    pub fn set_onboarding(
+        &mut self,
+        master_key: Arc<crate::crypto::MasterKey>,
+        onboarding: Option<crate::config::OnboardingConfig>,
+    ) {
+        self.invites = onboarding.map(|cfg| (master_key, cfg));
     }
 
     /// Gives the console the audit log's directory and key.
@@ -516,6 +534,7 @@ pub fn error_response(err: &ConsoleError) -> Response<Body> {
         | C::CreateClient(_)
         | C::AuditRead(_)
         | C::AuditVerify(_)
+        | C::Onboarding(_)
         | C::ReaderStopped => (
             StatusCode::INTERNAL_SERVER_ERROR,
             "Failed",

@@ -54,6 +54,17 @@ fn catalog_lists_all_370_operations_as_json() {
         .unwrap();
     assert_eq!(addr["restricted"], true);
     assert_eq!(addr["burst"], 30);
+    assert!(addr["application"].is_null());
+    let patch = rows
+        .iter()
+        .find(|r| r["key"] == "listingsItems_2021-08-01.patchListingsItem")
+        .unwrap();
+    assert_eq!(patch["rate_per_second"], 5.0);
+    assert_eq!(patch["application"]["rate_per_second"], 500.0);
+    assert_eq!(
+        patch["application"]["sub_limits"]["validation_preview"]["rate_per_second"],
+        20.0
+    );
     let table = stdout(&spgate(&["catalog"], dir.path()));
     assert!(table.contains("370 operations"));
 }

@@ -191,13 +191,12 @@ impl Admin {
                         .map(|(_, v)| v.into_owned())
                 };
                 let (seller, operation) = (param("seller"), param("operation"));
-                let status = self
-                    .gateway
-                    .limiter()
-                    .status(seller.as_deref(), operation.as_deref());
+                let limiter = self.gateway.limiter();
+                let status = limiter.status(seller.as_deref(), operation.as_deref());
+                let application = limiter.app_status(operation.as_deref());
                 Ok(json(
                     StatusCode::OK,
-                    &serde_json::json!({ "buckets": status }),
+                    &serde_json::json!({ "buckets": status, "application": application }),
                 ))
             }
             (&Method::POST, "/admin/reload") => {
@@ -447,6 +446,11 @@ impl Admin {
             &[("", m.redis_fallbacks)],
         );
         counter(
+            "spgate_ratelimit_app_limited_total",
+            "Decisions where an application-wide bucket (all sellers) had no token.",
+            &[("", m.app_limited)],
+        );
+        counter(
             "spgate_ratelimit_redis_errors_total",
             "Failed Redis calls of the limiter.",
             &[("", m.redis_errors)],
@@ -482,6 +486,7 @@ impl Admin {
             u8::from(self.gateway.lwa().circuit().is_open())
         );
         crate::server::peers::render_metrics(&mut out);
+        crate::server::forward::render_metrics(&mut out);
         self.gateway.auditor().render_metrics(&mut out);
         self.gateway.outbound().render_metrics(&mut out);
         self.gateway.header_drops().render_metrics(&mut out);

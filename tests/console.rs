@@ -293,6 +293,33 @@ async fn the_console_in_chromium_serves_both_roles_and_refuses_what_they_may_not
         );
     }
 
+    // The refusals are counted in /metrics.
+    let metrics = client
+        .get(format!("http://127.0.0.1:{admin_port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (reason, at_least) in [
+        ("bad_token", 1),
+        ("forbidden", 6),
+        ("csrf", 3),
+        ("cross_origin", 2),
+    ] {
+        let count: u64 = metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "spgate_console_refused_total{{reason=\"{reason}\"}} "
+                ))
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        assert!(count >= at_least, "{reason}: {count} in {metrics}");
+    }
+
     // Every console action is in the audit log, with the admin's name.
     let mut actions = Vec::new();
     spgate::audit::query::query(

@@ -486,6 +486,7 @@ impl Admin {
             u8::from(self.gateway.lwa().circuit().is_open())
         );
         crate::server::peers::render_metrics(&mut out);
+        console::render_metrics(&mut out);
         crate::server::forward::render_metrics(&mut out);
         self.gateway.auditor().render_metrics(&mut out);
         self.gateway.outbound().render_metrics(&mut out);

@@ -26,6 +26,7 @@ pub mod session;
 pub mod stats;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -216,10 +217,66 @@ where
             error_response(&ConsoleError::Admin(AdminError::AuditUnavailable))
         }
         Ok(resp) => resp,
-        Err(e) => error_response(&e),
+        Err(e) => {
+            REFUSED.count(&e);
+            error_response(&e)
+        }
     };
     secure_headers(&mut resp);
     resp
+}
+
+/// Console requests refused, by reason (`/metrics`: `spgate_console_refused_total`).
+static REFUSED: Refusals = Refusals::new();
+
+struct Refusals {
+    bad_token: AtomicU64,
+    forbidden: AtomicU64,
+    cross_origin: AtomicU64,
+    csrf: AtomicU64,
+}
+
+impl Refusals {
+    const fn new() -> Refusals {
+        Refusals {
+            bad_token: AtomicU64::new(0),
+            forbidden: AtomicU64::new(0),
+            cross_origin: AtomicU64::new(0),
+            csrf: AtomicU64::new(0),
+        }
+    }
+
+    fn count(&self, e: &ConsoleError) {
+        let counter = match e {
+            ConsoleError::BadToken => &self.bad_token,
+            ConsoleError::Forbidden(_) => &self.forbidden,
+            ConsoleError::CrossOrigin => &self.cross_origin,
+            ConsoleError::Csrf => &self.csrf,
+            _ => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Appends the console's counters in Prometheus text format.
+pub fn render_metrics(out: &mut String) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "# HELP spgate_console_refused_total Console requests refused: unknown sign-in token, role not allowed, cross-origin post, missing or wrong CSRF token.\n# TYPE spgate_console_refused_total counter"
+    );
+    for (reason, c) in [
+        ("bad_token", &REFUSED.bad_token),
+        ("forbidden", &REFUSED.forbidden),
+        ("cross_origin", &REFUSED.cross_origin),
+        ("csrf", &REFUSED.csrf),
+    ] {
+        let _ = writeln!(
+            out,
+            "spgate_console_refused_total{{reason=\"{reason}\"}} {}",
+            c.load(Ordering::Relaxed)
+        );
+    }
 }
 
 /// The headers every console answer carries.
@@ -647,6 +704,19 @@ mod tests {
                 .get(header::LOCATION),
             Some(&HeaderValue::from_static("/console/login"))
         );
+    }
+
+    #[test]
+    fn refusals_are_counted() {
+        let before = REFUSED.csrf.load(Ordering::Relaxed);
+        REFUSED.count(&ConsoleError::Csrf);
+        REFUSED.count(&ConsoleError::NotFound);
+        let mut out = String::new();
+        render_metrics(&mut out);
+        assert!(out.contains(&format!(
+            "spgate_console_refused_total{{reason=\"csrf\"}} {}",
+            before + 1
+        )));
     }
 
     #[test]

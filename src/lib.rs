@@ -240,6 +240,10 @@ pub async fn run(
         config.ratelimit.limiter.plans.clone(),
         config.tool_plans.clone(),
     );
+    let (invite_key, onboarding) = (
+        Arc::new(config.master_key.clone()),
+        config.onboarding.clone(),
+    );
     let (gateway, limits) = build_gateway(config, opened).await?;
     let gateway = Arc::new(gateway);
     // The vault (per-order keys, PII cache, retention) and its deletion scheduler.
@@ -249,7 +253,8 @@ pub async fn run(
             .with_vault(vault.clone())
             .with_tls(tls.iter().flatten().cloned().collect())
             .with_audit(audit)
-            .with_plans(&plans, &tool_plans),
+            .with_plans(&plans, &tool_plans)
+            .with_onboarding(invite_key, onboarding),
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {

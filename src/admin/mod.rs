@@ -122,6 +122,16 @@ impl Admin {
         self
     }
 
+    /// Lets the console's ops create seller invite links (when `[onboarding]` is configured).
+    pub fn with_onboarding(
+        mut self,
+        master_key: Arc<crypto::MasterKey>,
+        onboarding: Option<crate::config::OnboardingConfig>,
+    ) -> Admin {
+        self.console.set_onboarding(master_key, onboarding);
+        self
+    }
+
     /// The console's live request statistics.
     pub fn console_stats(&self) -> &console::stats::Stats {
         self.console.stats()
@@ -477,6 +487,7 @@ impl Admin {
             u8::from(self.gateway.lwa().circuit().is_open())
         );
         crate::server::peers::render_metrics(&mut out);
+        console::render_metrics(&mut out);
         crate::server::forward::render_metrics(&mut out);
         self.gateway.auditor().render_metrics(&mut out);
         self.gateway.outbound().render_metrics(&mut out);

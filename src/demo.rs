@@ -59,6 +59,10 @@ pub struct DemoArgs {
     /// Keep no audit log (to measure what the audit log costs; never in production).
     #[arg(long)]
     pub no_audit: bool,
+    /// Answer CONNECT for Amazon's hosts (forward-proxy mode) with the CA in this directory,
+    /// made there by `spgate ca init` if it holds none yet.
+    #[arg(long, value_name = "DIR")]
+    pub forward_proxy_ca: Option<PathBuf>,
 }
 
 /// `spgate sandbox` arguments.
@@ -107,6 +111,9 @@ pub enum DemoError {
     /// The gateway could not be built.
     #[error(transparent)]
     Run(#[from] crate::RunError),
+    /// The forward proxy's CA could not be made or loaded.
+    #[error("forward proxy: {0}")]
+    Forward(#[from] crate::server::mint::MintError),
     /// Serving failed.
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
@@ -199,6 +206,10 @@ pub async fn run_demo(
     if args.no_audit {
         config.audit = None;
     }
+    let forward = match &args.forward_proxy_ca {
+        Some(dir) => Some(demo_forward_proxy(dir, &mut config)?),
+        None => None,
+    };
     let opened = crate::open_store(&config).await?;
     let store = opened.store.clone();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -249,10 +260,23 @@ pub async fn run_demo(
         drop_in.client_secret.expose(),
         drop_in.refresh_token.expose()
     );
+    if let Some((_, cert)) = &forward {
+        println!("# Forward-proxy mode, for SDKs that hard-code Amazon's hosts (same credentials; region na):");
+        println!(
+            "export HTTPS_PROXY={url} NODE_EXTRA_CA_CERTS={} REQUESTS_CA_BUNDLE={}\n",
+            cert.display(),
+            cert.display()
+        );
+    }
     println!("Serving until Ctrl-C.");
 
     let (gateway, limits) = crate::build_gateway(config, opened).await?;
-    let result = crate::server::serve(listener, Arc::new(gateway), limits, shutdown).await;
+    let extras = crate::server::Extras {
+        tls: None,
+        forward: forward.map(|(f, _)| f),
+    };
+    let result =
+        crate::server::serve_with(listener, Arc::new(gateway), limits, extras, shutdown).await;
     let _ = stop_tx.send(true);
     if temporary {
         let _ = std::fs::remove_dir_all(&data_dir);
@@ -326,6 +350,35 @@ delivery_instructions = "pass"
     env.vars
         .insert("DEMO_MASTER_KEY".into(), master.expose().clone());
     Config::from_toml(&toml, &env)
+}
+
+/// `--forward-proxy-ca DIR`: the CA in `dir` (made now when absent), as `[forward_proxy]` with
+/// the default hosts. Returns the loaded proxy and the CA certificate's path.
+fn demo_forward_proxy(
+    dir: &std::path::Path,
+    config: &mut Config,
+) -> Result<(Arc<crate::server::forward::Forward>, PathBuf), DemoError> {
+    use crate::server::{forward, mint};
+    let (cert, key) = (dir.join(mint::CA_CERT_FILE), dir.join(mint::CA_KEY_FILE));
+    if !cert.exists() && !key.exists() {
+        mint::ca_init(dir)?;
+    }
+    let raw = forward::RawForwardProxy {
+        enabled: Some(true),
+        ca_cert_file: Some(cert.clone()),
+        ca_key_file: Some(key),
+        ..forward::RawForwardProxy::default()
+    };
+    let env = crate::config::ProcessEnv;
+    let resolved = raw.resolve(&env).map_err(ConfigError)?.ok_or_else(|| {
+        ConfigError(vec![crate::config::ConfigIssue {
+            path: "forward_proxy.enabled".into(),
+            message: "the demo's forward proxy did not resolve".into(),
+        }])
+    })?;
+    let loaded = Arc::new(forward::Forward::load(&resolved, &env)?);
+    config.forward_proxy = Some(resolved);
+    Ok((loaded, cert))
 }
 
 /// The `[outbound]` opt-in for a sandbox on loopback: its report documents download from its

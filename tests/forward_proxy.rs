@@ -281,3 +281,47 @@ async fn a_tunnel_holds_its_connections_slot_and_the_gateway_authenticates_insid
     .await;
     assert_eq!(status, 401, "{body}");
 }
+
+#[test]
+fn spgate_ca_init_writes_the_key_0600_and_the_certificate_0644_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ca");
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_spgate"))
+            .args(["ca", "init", "--out"])
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        first.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(
+        stdout.contains("[forward_proxy]"),
+        "prints how to enable it: {stdout}"
+    );
+    assert!(stdout.contains("NODE_EXTRA_CA_CERTS="), "{stdout}");
+    let (cert, key) = (
+        out.join("spgate-forward-ca.pem"),
+        out.join("spgate-forward-ca.key"),
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&key), 0o600);
+        assert_eq!(mode(&cert), 0o644);
+    }
+    let before = std::fs::read(&key).unwrap();
+    let again = run();
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("refusing to overwrite"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(std::fs::read(&key).unwrap(), before);
+}

@@ -5,6 +5,7 @@
 //! - [`audit`]: the audit log: records, the hash-chained writer, alerts, verify/query/report.
 //! - [`auth`]: caller API keys, LWA access tokens (cached, single-flight).
 //! - [`catalog`]: every SP-API operation (path template, usage plan, restricted?, PII map).
+//! - [`compat`]: Orders v0 calls answered from Orders 2026-01-01 (issue 18): request and field map.
 //! - [`config`]: the config file: parse, validate, resolve secrets (the only env/file reader).
 //! - [`crypto`]: randomness, hashing and sealing secrets at rest (ring); per-order data keys.
 //! - [`documents`]: report documents redacted while streaming, and their signed links.
@@ -22,6 +23,7 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod catalog;
+pub mod compat;
 pub mod config;
 pub mod crypto;
 pub mod documents;
@@ -227,6 +229,12 @@ pub async fn run(
         None => None,
     };
     let opened = open_store(&config).await?;
+    // What the console shows of the audit log and the plans in force.
+    let (audit, plans, tool_plans) = (
+        config.audit.clone(),
+        config.ratelimit.limiter.plans.clone(),
+        config.tool_plans.clone(),
+    );
     let (gateway, limits) = build_gateway(config, opened).await?;
     let gateway = Arc::new(gateway);
     // The vault (per-order keys, PII cache, retention) and its deletion scheduler.
@@ -234,7 +242,9 @@ pub async fn run(
     let admin = Arc::new(
         admin::Admin::new(gateway.clone(), &tokens, config_path, env)
             .with_vault(vault.clone())
-            .with_tls(tls.iter().flatten().cloned().collect()),
+            .with_tls(tls.iter().flatten().cloned().collect())
+            .with_audit(audit)
+            .with_plans(&plans, &tool_plans),
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {

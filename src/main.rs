@@ -647,6 +647,12 @@ fn print_catalog(json: bool) -> anyhow::Result<()> {
                     "method": op.method.as_str(), "path": op.path,
                     "rate_per_second": op.usage_plan.map(|p| p.rate_per_second),
                     "burst": op.usage_plan.map(|p| p.burst),
+                    "application": op.app_plan.map(|p| serde_json::json!({
+                        "rate_per_second": p.rate_per_second, "burst": p.burst,
+                        "sub_limits": op.app_sub_limits.iter().map(|(kind, p)| (kind.to_string(),
+                            serde_json::json!({"rate_per_second": p.rate_per_second, "burst": p.burst})))
+                            .collect::<serde_json::Map<_, _>>(),
+                    })),
                     "restricted": op.restricted, "grantless_scope": op.grantless_scope,
                     "pii_map": op.pii_map,
                 })

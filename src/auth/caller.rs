@@ -30,6 +30,13 @@ pub enum CallerError {
     /// No client has this key, or it was revoked.
     #[error("unknown or revoked API key")]
     UnknownKey,
+    /// A drop-in gateway token (`x-amz-access-token`) that has expired: answered as Amazon
+    /// answers an expired access token, so SDKs refresh.
+    #[error("the gateway access token has expired")]
+    TokenExpired,
+    /// A drop-in gateway token that is unknown, malformed, or whose tool was revoked.
+    #[error("the gateway access token is revoked, malformed or invalid")]
+    TokenInvalid,
     /// The request names no seller.
     #[error("missing x-spgate-seller header")]
     MissingSeller,
@@ -95,18 +102,25 @@ pub async fn authenticate(
         if let Some(token) = headers.get(crate::spapi::ACCESS_TOKEN) {
             let token = token
                 .to_str()
-                .map_err(|_| CallerError::MalformedKey)?
+                .map_err(|_| CallerError::TokenInvalid)?
                 .trim();
-            let found = store
+            let Some(found) = store
                 .gateway_token(&crypto::sha256_hex(token.as_bytes()), now)
                 .await?
-                .ok_or(CallerError::UnknownKey)?;
+            else {
+                // Expired tokens are purged from the store; the expiry the token names tells
+                // the two answers apart (a forged one only chooses which refusal it gets).
+                return Err(match crate::auth::drop_in::token_expiry(token) {
+                    Some(expires_at) if expires_at <= now => CallerError::TokenExpired,
+                    _ => CallerError::TokenInvalid,
+                });
+            };
             let client = store
                 .client(&found.client_id)
                 .await?
-                .ok_or(CallerError::UnknownKey)?;
+                .ok_or(CallerError::TokenInvalid)?;
             if client.revoked_at.is_some() {
-                return Err(CallerError::UnknownKey);
+                return Err(CallerError::TokenInvalid);
             }
             return Ok(Caller {
                 client,

@@ -444,9 +444,9 @@ pub(super) fn audit_reason(err: &ProxyError) -> crate::audit::Reason {
         ProxyError::Caller(C::SellerNotAllowed) | ProxyError::Caller(C::ApplicationWide) => {
             Reason::SELLER_NOT_ALLOWED
         }
-        ProxyError::Caller(C::MissingKey | C::MalformedKey | C::UnknownKey) => {
-            Reason::UNAUTHENTICATED
-        }
+        ProxyError::Caller(
+            C::MissingKey | C::MalformedKey | C::UnknownKey | C::TokenExpired | C::TokenInvalid,
+        ) => Reason::UNAUTHENTICATED,
         ProxyError::RoleMayNotReceive | ProxyError::GatewayOwned => Reason::OPERATION_NOT_ALLOWED,
         ProxyError::Unclassified => Reason::from_static("operation_unclassified"),
         ProxyError::DocumentNotForRole => Reason::from_static("document_not_for_role"),

@@ -396,6 +396,13 @@ impl Gateway {
             Some(r) => self.auditor.record(r),
         }
         if let Ok(v) = HeaderValue::from_str(&call.request_id) {
+            // Amazon's id passes back on what Amazon answered; what the gateway answers itself
+            // (refusals, 429s, the token endpoint, documents) carries the gateway's, so SDKs
+            // report a request id either way.
+            if !resp.headers().contains_key(crate::spapi::REQUEST_ID) {
+                resp.headers_mut()
+                    .insert(crate::spapi::REQUEST_ID, v.clone());
+            }
             resp.headers_mut().insert(headers::REQUEST_ID, v);
         }
         resp

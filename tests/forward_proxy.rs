@@ -325,3 +325,32 @@ fn spgate_ca_init_writes_the_key_0600_and_the_certificate_0644_and_never_overwri
     );
     assert_eq!(std::fs::read(&key).unwrap(), before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_tunnel_is_closed_by_the_drain_on_shutdown() {
+    let (mut gw, _dir, ca) = forward_gateway("", "").await;
+    let mut sp = tunnel(&gw, "sellingpartnerapi-na.amazon.com", &ca).await;
+    let (status, _) = answer(
+        &mut sp,
+        Request::get(ORDERS)
+            .header("host", "sellingpartnerapi-na.amazon.com")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 401);
+    // The tunnel is idle and kept alive: the drain closes it instead of waiting out its timeout
+    // (the test gateway's drain_timeout_seconds is 5).
+    let started = std::time::Instant::now();
+    tokio::time::timeout(std::time::Duration::from_secs(4), gw.stop())
+        .await
+        .expect("the server stopped without waiting for the tunnel")
+        .unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(4));
+    let req = Request::get(ORDERS).body(Full::default()).unwrap();
+    let sent = tokio::time::timeout(std::time::Duration::from_secs(2), sp.send_request(req)).await;
+    assert!(
+        matches!(sent, Ok(Err(_))),
+        "the tunnel's connection was closed: {sent:?}"
+    );
+}

@@ -15,7 +15,7 @@
 //! - [`ratelimit`]: Amazon's token buckets per seller and operation (local or Redis), fair shares per tool.
 //! - [`sandbox`]: a fake SP-API + LWA (static examples, synthetic orders, quotas, token expiry).
 //! - [`secret`]: `Secret<T>`, which never prints its value.
-//! - [`server`]: accept loop, connection limit, graceful drain.
+//! - [`server`]: accept loop, connection limit, graceful drain; TLS; the forward proxy (CONNECT to Amazon's hosts answered with minted certificates).
 //! - [`spapi`]: SP-API wire shapes shared by the gateway and the sandbox.
 //! - [`store`]: the storage trait and its embedded (SQLite) backend.
 //! - [`vault`]: per-order data keys, retention records, the PII cache, the deletion scheduler.

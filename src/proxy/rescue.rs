@@ -495,6 +495,13 @@ pub fn forward_refused(err: &crate::server::forward::ForwardError) -> Response<B
         HeaderValue::from_static("application/json"),
     );
     h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    // Answered before any handler: an id of its own, as every gateway answer carries one.
+    if let Some(id) = crate::crypto::random_bytes::<8>()
+        .ok()
+        .and_then(|b| HeaderValue::from_str(&crate::crypto::hex(&b)).ok())
+    {
+        h.insert(crate::spapi::REQUEST_ID, id);
+    }
     resp
 }
 

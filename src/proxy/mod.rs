@@ -64,7 +64,6 @@ pub use send::{RetryBudget, RetryPolicy};
 
 use accounting::{audit_reason, carries_pii, RequestIds};
 use body::{Body, BoxError};
-use endpoints::documents::public_base;
 use limit::Wants;
 use rescue::ProxyError;
 use send::Replay;
@@ -106,6 +105,7 @@ pub struct Gateway {
     header_drops: headers::Dropped,
     drain: accounting::Drain,
     pii_gate: pii_gate::Gate,
+    public_url: Option<String>,
 }
 
 /// The parts of a gateway, for [`Gateway::new`].
@@ -146,6 +146,8 @@ pub struct GatewayParts {
     pub auditor: crate::audit::Auditor,
     /// Document downloads under the outbound policy.
     pub outbound: outbound::Fetcher,
+    /// `server.public_url`: the base of the document links the gateway hands out.
+    pub public_url: Option<String>,
 }
 
 /// A routed operation and its path parameters.
@@ -156,7 +158,8 @@ type Route = (&'static Operation, Vec<(&'static str, String)>);
 #[derive(Default)]
 struct Ctx {
     operation: Option<&'static Operation>,
-    /// The calling tool and its role.
+    /// The calling tool (its client id and name) and its role.
+    client_id: Option<String>,
     tool: Option<String>,
     role: Option<String>,
     /// The seller acted for.
@@ -171,12 +174,12 @@ struct Ctx {
     cache_hit: bool,
     /// The PII cache entry this response belongs to: (order id, cache key).
     cache: Option<(String, String)>,
-    /// The gateway's own base URL as the caller reached it (for links it hands out).
-    public_base: Option<String>,
     /// What the PII policy did (categories returned and their actions, safety-net hits).
     pii: Option<crate::pii::transform::Report>,
     /// Whether the request was sent upstream (besides `token`, set right before SP-API calls).
     upstream_called: bool,
+    /// A document link was presented (`/v1/documents/{token}`), valid or not.
+    document_link: bool,
     /// A report document being streamed: its id and what the redactor emits.
     document: Option<(String, Arc<accounting::Emitted>)>,
 }
@@ -221,6 +224,7 @@ impl Gateway {
             header_drops: headers::Dropped::default(),
             drain: accounting::Drain::new(),
             pii_gate: pii_gate::Gate::new(crate::pii::Classifier::builtin()),
+            public_url: parts.public_url,
         }
     }
 
@@ -418,7 +422,6 @@ impl Gateway {
         B::Error: Into<BoxError>,
     {
         let limit_tripped = self.accept(&req)?; // 1. limits and framing
-        ctx.public_base = public_base(&req);
         match req.uri().path() {
             // Not SP-API calls: the drop-in LWA endpoint and the seller authorization workflow.
             drop_in::TOKEN_PATH => return self.drop_in_token(req).await,
@@ -432,6 +435,7 @@ impl Gateway {
         let caller =
             caller::authenticate_request(&*self.store, &self.client_pins(), &req, unix_now())
                 .await?; // 2. caller
+        ctx.client_id = Some(caller.client.id.clone());
         ctx.tool = Some(caller.client.tool.clone());
         ctx.role = Some(caller.client.role.clone());
         let (op, params) = self.route(&req)?; // 3. route

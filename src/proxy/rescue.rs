@@ -119,6 +119,10 @@ pub enum ProxyError {
     /// The shutdown drain ended before the request did.
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    /// An Orders v0 call could not be translated to Orders 2026-01-01 (answered in v0's error
+    /// shape, the parameter's name in `details`).
+    #[error(transparent)]
+    Compat(#[from] crate::compat::CompatError),
 }
 
 /// `Retry-After` of a 503 for a dependency outage (store, limiter Redis, LWA), in seconds.
@@ -144,7 +148,7 @@ pub const TOKEN_INVALID: &str = "The access token you provided is revoked, malfo
 pub fn rescue(err: &ProxyError) -> Response<Body> {
     use ProxyError as E;
     // Amazon's own answer to a bad access token, word for word (SDKs refresh on it).
-    let details = match err {
+    let token_details = match err {
         E::Caller(CallerError::TokenExpired) => TOKEN_EXPIRED,
         E::Caller(CallerError::TokenInvalid) => TOKEN_INVALID,
         _ => "",
@@ -227,6 +231,17 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
         }
         E::AuditUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "The gateway cannot write its access log right now, so it does not serve this request; retry later.", Fault::Internal),
         E::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "The gateway is shutting down; retry on another instance.", Fault::Internal),
+        E::Compat(c) => {
+            use crate::compat::CompatError as C;
+            match c {
+                C::Untranslatable(_) => (StatusCode::BAD_REQUEST, "InvalidInput", "This Orders v0 parameter has no Orders 2026-01-01 counterpart, so the gateway, which answers Orders v0 from Orders 2026-01-01, cannot apply it.", Fault::Caller),
+                C::BadParameter(_) => (StatusCode::BAD_REQUEST, "InvalidInput", "An Orders v0 parameter is missing, unknown, or has a value Orders v0 does not define.", Fault::Caller),
+                C::TokenInvalid => (StatusCode::BAD_REQUEST, "InvalidInput", "Invalid NextToken: it was not issued by the gateway for this tool and seller.", Fault::Caller),
+                C::TokenExpired => (StatusCode::BAD_REQUEST, "InvalidInput", "The NextToken has expired; start the search again.", Fault::Caller),
+                C::TokenSeal | C::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The gateway failed to translate the Orders v0 call.", Fault::Internal),
+                C::UpstreamShape(_) => (StatusCode::BAD_GATEWAY, "InternalFailure", "Orders 2026-01-01 answered in a shape the gateway cannot translate to Orders v0.", Fault::Upstream),
+            }
+        }
         E::Token(t) => return token_error(t),
         E::Onboarding(o) => return onboarding_error(o),
     };
@@ -245,6 +260,14 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
             tracing::debug!(error = %err, status = status.as_u16(), "Request refused.")
         }
     }
+    // Only a fixed parameter name, never a value the caller sent.
+    let details = match err {
+        E::Compat(
+            crate::compat::CompatError::Untranslatable(p)
+            | crate::compat::CompatError::BadParameter(p),
+        ) => *p,
+        _ => token_details,
+    };
     let mut resp = Response::new(body::full(
         ErrorBody::one(code, message, details).to_bytes(),
     ));
@@ -270,7 +293,7 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
     ) {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    if !details.is_empty() {
+    if !token_details.is_empty() {
         // Amazon's 403 for a bad access token: a failed authentication all the same.
         resp.extensions_mut()
             .insert(crate::server::peers::CredentialRefused);
@@ -453,6 +476,29 @@ pub fn peer_refused(err: &PeerError) -> Response<Body> {
     );
     resp.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// A CONNECT the forward proxy does not serve (`server::forward`): 403 `Unauthorized` in
+/// SP-API's shape (500 `InternalFailure` when no certificate could be minted); the connection
+/// is closed, nothing is tunnelled.
+pub fn forward_refused(err: &crate::server::forward::ForwardError) -> Response<Body> {
+    use crate::server::forward::ForwardError as F;
+    let (status, code, message) = match err {
+        F::Disabled => (StatusCode::FORBIDDEN, "Unauthorized", "The gateway is not a forward proxy here: set [forward_proxy] enabled = true, or call the gateway's URL directly.".to_string()),
+        F::Malformed => (StatusCode::BAD_REQUEST, "InvalidInput", "CONNECT needs host:port.".to_string()),
+        F::HostNotAllowed { host } => (StatusCode::FORBIDDEN, "Unauthorized", format!("CONNECT to {host} refused: the gateway answers only for Amazon's SP-API and Login with Amazon hosts ([forward_proxy] allowed_hosts) and never tunnels.")),
+        F::PortNotAllowed { port } => (StatusCode::FORBIDDEN, "Unauthorized", format!("CONNECT to port {port} refused: only port 443.")),
+        F::Mint(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The gateway could not make a certificate for this host.".to_string()),
+    };
+    let mut resp = Response::new(body::full(ErrorBody::one(code, &message, "").to_bytes()));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     resp
 }
 

@@ -256,6 +256,8 @@ pub async fn run_demo(
 
     let listener = bind(config.server.listen).await?;
     let url = format!("http://{}", listener.local_addr()?);
+    // Document links point at the demo's own address (`server.public_url`).
+    config.server.public_url = Some(url.clone());
     // The sandbox knows the seller by the id it was registered under, or, for an external
     // open-enrollment sandbox, by the id it derives from the refresh token.
     let sandbox_seller = match args.upstream {

@@ -179,6 +179,7 @@ pub async fn build_gateway(
         lwa,
         upstream,
         endpoints: config.upstream.endpoints,
+        public_url: config.server.public_url.clone(),
         limits: Limits {
             max_header_bytes: config.server.max_header_bytes,
             max_request_body_bytes: config.server.max_request_body_bytes,

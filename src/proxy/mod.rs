@@ -65,7 +65,6 @@ pub use send::{RetryBudget, RetryPolicy};
 
 use accounting::{audit_reason, carries_pii, RequestIds};
 use body::{Body, BoxError};
-use endpoints::documents::public_base;
 use limit::Wants;
 use rescue::ProxyError;
 use send::Replay;
@@ -108,6 +107,7 @@ pub struct Gateway {
     drain: accounting::Drain,
     pii_gate: pii_gate::Gate,
     compat: Arc<crate::compat::Compat>,
+    public_url: Option<String>,
 }
 
 /// The parts of a gateway, for [`Gateway::new`].
@@ -150,6 +150,8 @@ pub struct GatewayParts {
     pub outbound: outbound::Fetcher,
     /// Orders v0 answered from Orders 2026-01-01 (`[compat]`).
     pub compat: Arc<crate::compat::Compat>,
+    /// `server.public_url`: the base of the document links the gateway hands out.
+    pub public_url: Option<String>,
 }
 
 /// A routed operation and its path parameters.
@@ -160,7 +162,8 @@ type Route = (&'static Operation, Vec<(&'static str, String)>);
 #[derive(Default)]
 struct Ctx {
     operation: Option<&'static Operation>,
-    /// The calling tool and its role.
+    /// The calling tool (its client id and name) and its role.
+    client_id: Option<String>,
     tool: Option<String>,
     role: Option<String>,
     /// The seller acted for.
@@ -175,12 +178,12 @@ struct Ctx {
     cache_hit: bool,
     /// The PII cache entry this response belongs to: (order id, cache key).
     cache: Option<(String, String)>,
-    /// The gateway's own base URL as the caller reached it (for links it hands out).
-    public_base: Option<String>,
     /// What the PII policy did (categories returned and their actions, safety-net hits).
     pii: Option<crate::pii::transform::Report>,
     /// Whether the request was sent upstream (besides `token`, set right before SP-API calls).
     upstream_called: bool,
+    /// A document link was presented (`/v1/documents/{token}`), valid or not.
+    document_link: bool,
     /// A report document being streamed: its id and what the redactor emits.
     document: Option<(String, Arc<accounting::Emitted>)>,
     /// The Orders 2026-01-01 operation a v0 call was translated to (compat).
@@ -228,6 +231,7 @@ impl Gateway {
             drain: accounting::Drain::new(),
             pii_gate: pii_gate::Gate::new(crate::pii::Classifier::builtin()),
             compat: parts.compat,
+            public_url: parts.public_url,
         }
     }
 
@@ -425,7 +429,6 @@ impl Gateway {
         B::Error: Into<BoxError>,
     {
         let limit_tripped = self.accept(&req)?; // 1. limits and framing
-        ctx.public_base = public_base(&req);
         match req.uri().path() {
             // Not SP-API calls: the drop-in LWA endpoint and the seller authorization workflow.
             drop_in::TOKEN_PATH => return self.drop_in_token(req).await,
@@ -439,6 +442,7 @@ impl Gateway {
         let caller =
             caller::authenticate_request(&*self.store, &self.client_pins(), &req, unix_now())
                 .await?; // 2. caller
+        ctx.client_id = Some(caller.client.id.clone());
         ctx.tool = Some(caller.client.tool.clone());
         ctx.role = Some(caller.client.role.clone());
         let (op, params) = self.route(&req)?; // 3. route

@@ -67,6 +67,8 @@ pub struct Options {
     pub sandbox_documents: bool,
     /// Classify operations by these lists instead of the built-in ones (a catalog/data mismatch).
     pub classifier: Option<&'static spgate::pii::Classifier>,
+    /// Leave `server.public_url` unset (by default it is the test gateway's own URL).
+    pub no_public_url: bool,
     /// Files the config names (e.g. `[forward_proxy]`'s CA), read into the gateway's `MapEnv`.
     pub files: Vec<std::path::PathBuf>,
 }
@@ -115,6 +117,7 @@ impl Default for Options {
             master_key: None,
             sandbox_documents: true,
             classifier: None,
+            no_public_url: false,
             files: Vec::new(),
         }
     }
@@ -171,11 +174,20 @@ pub async fn start_gateway(opts: Options) -> TestGateway {
         Some(_) => "previous_client_secret = { env = \"LWA_PREVIOUS_SECRET\" }",
         None => "",
     };
+    // Bound first: document links are built on the gateway's URL (`server.public_url`).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let public_url = if opts.no_public_url {
+        String::new()
+    } else {
+        format!("public_url = \"{url}\"")
+    };
     let toml = format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
 drain_timeout_seconds = 5
+{public_url}
 {server}
 [upstream]
 connect_timeout_ms = 1000
@@ -273,8 +285,6 @@ cache = {cache}
     .await
     .unwrap();
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
     let (gateway, limits) = spgate::build_gateway(config, opened).await.unwrap();
     let gateway = match opts.classifier {
         Some(classifier) => gateway.with_classifier(classifier),

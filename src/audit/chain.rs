@@ -182,6 +182,26 @@ pub struct InstanceReport {
     /// Bytes of an incomplete last line (a write in progress, or cut by a crash): not a record
     /// yet, not tampering.
     pub unflushed_tail: u64,
+    /// Whether a live process holds the instance's lock (its writer is running): records past
+    /// the head and an unfinished last line are then its unflushed tail.
+    pub writer_live: bool,
+    /// No live writer, and the chain does not end with its writer's `audit_stopped` record: the
+    /// writer stopped abruptly (or the records after its last one were cut). What it had not
+    /// written, or what was cut, is unknown: a gap that the next start would report too.
+    pub abrupt_stop: Option<AbruptStop>,
+}
+
+/// How a chain whose writer is gone ends without its `audit_stopped` record.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AbruptStop {
+    /// The last record (sequence number) that verified.
+    pub after_seq: u64,
+    /// Its time.
+    pub after_time: String,
+    /// Verified records after the head file's record.
+    pub beyond_head: u64,
+    /// Bytes of an unfinished last line.
+    pub unflushed_tail: u64,
 }
 
 /// A `gap` record as `verify` reports it.
@@ -236,6 +256,28 @@ fn anchor_path(dir: &Path, instance: &str) -> PathBuf {
 fn lock_path(dir: &Path, instance: &str) -> PathBuf {
     dir.join(format!("audit-{instance}.lock"))
 }
+
+/// Whether a live process holds an instance's lock (its writer is running). Takes the lock
+/// shared for a moment when it is free (a writer opening the chain meanwhile retries).
+fn writer_live(dir: &Path, instance: &str) -> Result<bool, ChainError> {
+    let path = lock_path(dir, instance);
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io(&path)(e)),
+    };
+    match file.try_lock_shared() {
+        Ok(()) => {
+            file.unlock().map_err(io(&path))?;
+            Ok(false)
+        }
+        Err(fs::TryLockError::WouldBlock) => Ok(true),
+        Err(fs::TryLockError::Error(e)) => Err(io(&path)(e)),
+    }
+}
+
+/// How long a writer opening a chain retries a lock held for a moment by `verify`.
+const LOCK_RETRIES: u32 = 20;
 
 fn file_name(instance: &str, day: Date) -> String {
     format!("audit-{instance}-{day}.jsonl")
@@ -462,12 +504,20 @@ impl ChainWriter {
         if wait {
             lock.lock().map_err(io(&lock_file))?;
         }
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(ChainError::InUse(instance.to_string()))
+        let mut tries = 0;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                // `verify` holds it shared for a moment; a writer holds it for good.
+                Err(fs::TryLockError::WouldBlock) if tries < LOCK_RETRIES => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(fs::TryLockError::WouldBlock) => {
+                    return Err(ChainError::InUse(instance.to_string()))
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(io(&lock_file)(e)),
             }
-            Err(fs::TryLockError::Error(e)) => return Err(io(&lock_file)(e)),
         }
         let key = hmac::Key::new(hmac::HMAC_SHA256, key_bytes);
         let head_file = head_path(dir, instance);
@@ -906,6 +956,8 @@ fn verify_instance(
         gaps: Vec::new(),
         beyond_head: 0,
         unflushed_tail: 0,
+        writer_live: false,
+        abrupt_stop: None,
     };
     let bad = |mut report: InstanceReport, file: &str, line, seq, reason: String| {
         report.first_bad = Some(BadRecord {
@@ -948,6 +1000,8 @@ fn verify_instance(
         _ => None,
     };
     let mut head_seen = false;
+    // The last record verified (buffers swapped, not copied).
+    let mut last_line = Vec::new();
     let newest = files.last().map(|f| f.name.clone());
     let mut last_name = first_name;
     for file in files {
@@ -1048,7 +1102,22 @@ fn verify_instance(
                 report.first_time = Some(link.time.to_string());
             }
             report.last_time = Some(link.time.into_owned());
+            std::mem::swap(&mut line, &mut last_line);
         }
+    }
+    // Read after the files: a writer that started meanwhile reports the abrupt stop itself.
+    report.writer_live = writer_live(dir, instance)?;
+    if !report.writer_live
+        && (report.unflushed_tail > 0
+            || report.last_seq.is_some()
+                && memchr::memmem::find(&last_line, b"\"kind\":\"audit_stopped\"").is_none())
+    {
+        report.abrupt_stop = Some(AbruptStop {
+            after_seq: seq,
+            after_time: report.last_time.clone().unwrap_or_default(),
+            beyond_head: report.beyond_head,
+            unflushed_tail: report.unflushed_tail,
+        });
     }
     match head {
         Ok(Some(h)) if h.seq == seq && h.hash == prev => Ok(report),

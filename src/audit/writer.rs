@@ -822,10 +822,11 @@ impl Writer {
         gap.to = now;
         self.counters.lost.fetch_add(lost, Ordering::Relaxed);
         self.counters.unrecorded.fetch_add(lost, Ordering::Relaxed);
+        // Unavailable before a durable caller hears of it (it may look at readiness next).
+        self.failed(e);
         for ack in self.acks.drain(..) {
             let _ = ack.send(false);
         }
-        self.failed(e);
     }
 
     /// One record off the queue, with its durable caller.

@@ -116,7 +116,10 @@ pub struct ChainWriter {
     last_at: OffsetDateTime,
     out: Option<File>,
     path: PathBuf,
-    line: Vec<u8>,
+    /// The record being appended, serialized (reused).
+    body: Vec<u8>,
+    /// The last record time formatted: (unix milliseconds, text).
+    time_cache: (i128, String),
     /// Records appended since the last write-through, as the bytes of one write.
     pending: Vec<u8>,
     /// The state after the last successful write-through: (seq, prev, file length).
@@ -238,6 +241,16 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ChainError + '_ {
     move |source| ChainError::Io {
         path: path.display().to_string(),
         source,
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Appends the lowercase hex of `bytes`.
+fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    for b in bytes {
+        out.push(HEX[usize::from(b >> 4)]);
+        out.push(HEX[usize::from(b & 0xf)]);
     }
 }
 
@@ -539,7 +552,8 @@ impl ChainWriter {
             last_at: OffsetDateTime::UNIX_EPOCH,
             out: None,
             path: PathBuf::new(),
-            line: Vec::with_capacity(1024),
+            body: Vec::with_capacity(1024),
+            time_cache: (0, String::new()),
             pending: Vec::with_capacity(64 * 1024),
             committed: (seq, String::new(), 0),
             head_seq: seq,
@@ -680,7 +694,9 @@ impl ChainWriter {
         at: OffsetDateTime,
         event: &T,
     ) -> Result<u64, ChainError> {
-        let body = serde_json::to_vec(event).map_err(|_| ChainError::NotAnObject)?;
+        let body = &mut self.body;
+        body.clear();
+        serde_json::to_writer(&mut *body, event).map_err(|_| ChainError::NotAnObject)?;
         if body.first() != Some(&b'{') || body.last() != Some(&b'}') {
             return Err(ChainError::NotAnObject);
         }
@@ -703,29 +719,39 @@ impl ChainWriter {
             self.committed = (self.seq, self.prev.clone(), len);
         }
         self.last_at = at;
+        // Records of one batch mostly share their millisecond: format the time once.
+        let ms = at.unix_timestamp_nanos() / 1_000_000;
+        if self.time_cache.0 != ms || self.time_cache.1.is_empty() {
+            self.time_cache = (ms, time_text(at));
+        }
         let seq = self.seq + 1;
-        let line = &mut self.line;
-        line.clear();
+        // The line is built in place at the end of the batch's bytes (no copy, no allocation).
+        let line = &mut self.pending;
+        let begin = line.len();
         let _ = write!(
             line,
             "{{\"seq\":{seq},\"time\":\"{}\",\"instance\":\"{}\",\"prev\":\"{}\"",
-            time_text(at),
-            self.instance,
-            self.prev
+            self.time_cache.1, self.instance, self.prev
         );
+        let body = &self.body;
         if body.len() > 2 {
             line.push(b',');
             line.extend_from_slice(&body[1..body.len() - 1]);
         }
         line.push(b'}');
-        let mac = mac_hex(&self.key, line);
+        let mac = hmac::sign(&self.key, &line[begin..]);
         line.pop();
-        let _ = write!(line, ",\"mac\":\"{mac}\"}}");
-        let hash = crypto::sha256_hex(line);
+        line.extend_from_slice(b",\"mac\":\"");
+        push_hex(line, mac.as_ref());
+        line.extend_from_slice(b"\"}");
+        let hash = ring::digest::digest(&ring::digest::SHA256, &line[begin..]);
         line.push(b'\n');
-        self.pending.extend_from_slice(line);
+        self.prev.clear();
+        for b in hash.as_ref() {
+            self.prev.push(char::from(HEX[usize::from(b >> 4)]));
+            self.prev.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
         self.seq = seq;
-        self.prev = hash;
         Ok(seq)
     }
 

@@ -637,6 +637,16 @@ impl RedisAccess {
     }
 }
 
+/// Whether a `postgres://user:password@host/db` URL carries a password (in its user info).
+fn postgres_url_has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+        || url.contains("password=")
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum LogFormat {
@@ -1233,11 +1243,7 @@ impl Validator<'_> {
     fn postgres_store(&mut self, raw: &RawStore) -> crate::store::postgres::PostgresOptions {
         let url = match &raw.url {
             // A URL without a password is not a secret and may be written inline.
-            Some(RawSecret::Literal(u))
-                if !u.contains('@') || !u.split('@').next().unwrap_or("").contains(':') =>
-            {
-                u.clone()
-            }
+            Some(RawSecret::Literal(u)) if !postgres_url_has_password(u) => u.clone(),
             Some(RawSecret::Literal(_)) => {
                 self.issue("store.url", "a URL with a password is a secret: use { env = \"NAME\" } or { file = \"/path\" }");
                 String::new()

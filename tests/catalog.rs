@@ -142,3 +142,49 @@ fn restricted_and_pii_flags_match_the_pii_field_map() {
         30
     );
 }
+
+#[test]
+fn application_limits_match_amazons_published_table() {
+    let Some(dir) = models_dir() else { return };
+    let tsv = std::fs::read_to_string(dir.join("app-rate-limits.tsv")).unwrap();
+    let catalog = Catalog::builtin();
+    let mut rows = 0;
+    for line in tsv.lines().filter(|l| !l.starts_with('#')).skip(1) {
+        let cols: Vec<&str> = line.split('\t').collect();
+        let (version, op_col, rate) = (cols[1].trim_start_matches('v'), cols[2], cols[4]);
+        let (op_id, case) = match op_col.split_once(" [case: ") {
+            Some((id, case)) => (id, Some(case.trim_end_matches(']'))),
+            None => (op_col, None),
+        };
+        let op = catalog
+            .operations()
+            .iter()
+            .find(|o| o.operation_id == op_id && o.model.ends_with(version))
+            .unwrap_or_else(|| panic!("{op_col} {version} is catalogued"));
+        let plan = match case {
+            None => op.app_plan,
+            Some(case) => {
+                let kind = if case.starts_with("updates with variations") {
+                    spgate::catalog::CallKind::Variations
+                } else if case.starts_with("updates with product data") {
+                    spgate::catalog::CallKind::ProductData
+                } else {
+                    assert_eq!(case, "validation previews");
+                    spgate::catalog::CallKind::ValidationPreview
+                };
+                op.app_sub_limit(kind)
+            }
+        };
+        let plan = plan.unwrap_or_else(|| panic!("{} has its application limit", op.key));
+        assert_eq!(
+            plan.rate_per_second,
+            rate.parse::<f64>().unwrap(),
+            "{}",
+            op.key
+        );
+        rows += 1;
+    }
+    assert_eq!(rows, 18);
+    let with_app = catalog.operations().iter().filter(|o| o.app_plan.is_some());
+    assert_eq!(with_app.count(), 14);
+}

@@ -289,6 +289,10 @@ pub struct Record {
     /// The operation's path template (never the raw path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<Template>,
+    /// The Orders 2026-01-01 operation an Orders v0 call was answered from (compat), e.g.
+    /// `orders_2026-01-01.searchOrders`; `operation` names the v0 operation asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub translated_to: Option<Id>,
     /// The HTTP status returned to the caller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
@@ -519,6 +523,7 @@ impl Record {
             operation: None,
             method: None,
             path: None,
+            translated_to: None,
             status: None,
             latency_us: None,
             limiter: None,

@@ -12,13 +12,22 @@ use std::sync::LazyLock;
 
 use http::Method;
 
+mod app_limits;
+
+pub use app_limits::{kind_from_query, BadCallKind, CallKind};
+
 /// The catalog as compiled into the binary.
 static OPERATIONS_TSV: &str = include_str!("../../data/operations.tsv");
+
+/// Amazon's application-wide limits, compiled into the binary.
+static APP_LIMITS_TSV: &str = include_str!("../../data/app-rate-limits.tsv");
 
 static BUILTIN: LazyLock<Catalog> = LazyLock::new(|| {
     // The data is fixed at compile time and `builtin_catalog_loads` proves it parses, so this
     // cannot fail in a binary whose tests passed.
-    Catalog::parse(OPERATIONS_TSV).expect("data/operations.tsv is valid (checked by tests)")
+    Catalog::parse(OPERATIONS_TSV)
+        .and_then(|c| c.with_app_limits(APP_LIMITS_TSV))
+        .expect("data/operations.tsv and data/app-rate-limits.tsv are valid (checked by tests)")
 });
 
 /// One SP-API operation, as Amazon's model describes it.
@@ -38,6 +47,12 @@ pub struct Operation {
     pub path: &'static str,
     /// Amazon's published usage plan; `None` where Amazon publishes none.
     pub usage_plan: Option<UsagePlan>,
+    /// Amazon's limit for this operation per application, across all its sellers; `None` where
+    /// Amazon publishes none.
+    pub app_plan: Option<UsagePlan>,
+    /// Amazon's application-wide sub-limits for kinds of calls of this operation (in addition
+    /// to `app_plan`).
+    pub app_sub_limits: &'static [(CallKind, UsagePlan)],
     /// Whether Amazon requires a Restricted Data Token for this operation.
     pub restricted: bool,
     /// The LWA scope for grantless operations (client_credentials grant); `None` otherwise.
@@ -150,6 +165,40 @@ impl Catalog {
         })
     }
 
+    /// Adds Amazon's application-wide limits (`data/app-rate-limits.tsv`) to the operations
+    /// they name; a row naming no operation, or a limit given twice, is an error.
+    pub fn with_app_limits(mut self, tsv: &'static str) -> Result<Catalog, CatalogError> {
+        let rows = app_limits::parse(tsv)?;
+        let mut subs: HashMap<usize, Vec<(CallKind, UsagePlan)>> = HashMap::new();
+        for row in rows {
+            let bad = |reason: String| CatalogError::BadRow { line: 0, reason };
+            let idx = *self.by_key.get(row.key).ok_or_else(|| {
+                bad(format!(
+                    "app-rate-limits.tsv names unknown operation {}",
+                    row.key
+                ))
+            })?;
+            match row.kind {
+                None if self.operations[idx].app_plan.is_some() => {
+                    return Err(bad(format!("two application limits for {}", row.key)));
+                }
+                None => self.operations[idx].app_plan = Some(row.plan),
+                Some(kind) => {
+                    let list = subs.entry(idx).or_default();
+                    if list.iter().any(|(k, _)| *k == kind) {
+                        return Err(bad(format!("two {kind} limits for {}", row.key)));
+                    }
+                    list.push((kind, row.plan));
+                }
+            }
+        }
+        for (idx, list) in subs {
+            // Once per operation for the process's catalog: the slices live as long as it.
+            self.operations[idx].app_sub_limits = Box::leak(list.into_boxed_slice());
+        }
+        Ok(self)
+    }
+
     /// All operations, in model order.
     pub fn operations(&self) -> &[Operation] {
         &self.operations
@@ -205,6 +254,14 @@ impl Operation {
     /// (with the reason), or unclassified (refused before sending).
     pub fn pii_class(&self) -> crate::pii::Classification<'static> {
         crate::pii::Classifier::builtin().classify(self.key)
+    }
+
+    /// The application-wide sub-limit for a kind of call, if Amazon has one.
+    pub fn app_sub_limit(&self, kind: CallKind) -> Option<UsagePlan> {
+        self.app_sub_limits
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, p)| *p)
     }
 
     /// Builds the concrete path for this operation from parameter values (percent-encoded).
@@ -286,6 +343,8 @@ fn parse_row(line: &'static str, line_no: usize) -> Result<Operation, CatalogErr
         method,
         path,
         usage_plan,
+        app_plan: None,
+        app_sub_limits: &[],
         restricted,
         grantless_scope: opt(grantless),
         pii_map: opt(pii),

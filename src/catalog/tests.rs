@@ -109,3 +109,78 @@ fn bad_rows_are_rejected_with_their_line() {
         assert!(err.contains(want), "{err}");
     }
 }
+
+#[test]
+fn application_limits_attach_to_the_operations_they_name() {
+    let catalog = Catalog::builtin();
+    let get = catalog
+        .by_key("catalogItems_2022-04-01.getCatalogItem")
+        .unwrap();
+    assert_eq!(
+        get.app_plan,
+        Some(UsagePlan {
+            rate_per_second: 250.0,
+            burst: 2
+        })
+    );
+    let patch = catalog
+        .by_key("listingsItems_2021-08-01.patchListingsItem")
+        .unwrap();
+    assert_eq!(patch.app_plan.map(|p| p.rate_per_second), Some(500.0));
+    assert_eq!(
+        patch
+            .app_sub_limit(CallKind::ValidationPreview)
+            .map(|p| p.rate_per_second),
+        Some(20.0)
+    );
+    assert_eq!(
+        patch
+            .app_sub_limit(CallKind::Variations)
+            .map(|p| p.rate_per_second),
+        Some(5.0)
+    );
+    let with_app: Vec<&str> = catalog
+        .operations()
+        .iter()
+        .filter(|o| o.app_plan.is_some())
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(with_app.len(), 14, "{with_app:?}");
+    // Orders publish no application-wide limit.
+    assert!(catalog
+        .by_key("ordersV0.getOrders")
+        .unwrap()
+        .app_plan
+        .is_none());
+}
+
+#[test]
+fn application_limit_rows_naming_no_operation_or_twice_are_refused() {
+    let base = || Catalog::parse(OPERATIONS_TSV).unwrap();
+    let header = "key\tkind\trate\tburst\tsource\n";
+    let unknown: &'static str =
+        Box::leak(format!("{header}nope.getNothing\t\t1\t1\tx\n").into_boxed_str());
+    assert!(base().with_app_limits(unknown).is_err());
+    let twice: &'static str = Box::leak(
+        format!("{header}ordersV0.getOrders\t\t1\t1\tx\nordersV0.getOrders\t\t2\t1\tx\n")
+            .into_boxed_str(),
+    );
+    assert!(base().with_app_limits(twice).is_err());
+    let bad_kind: &'static str =
+        Box::leak(format!("{header}ordersV0.getOrders\tbulk\t1\t1\tx\n").into_boxed_str());
+    assert!(base().with_app_limits(bad_kind).is_err());
+    let zero: &'static str =
+        Box::leak(format!("{header}ordersV0.getOrders\t\t0\t1\tx\n").into_boxed_str());
+    assert!(base().with_app_limits(zero).is_err());
+}
+
+#[test]
+fn a_validation_preview_is_told_by_its_query() {
+    assert_eq!(
+        kind_from_query(Some("marketplaceIds=X&mode=VALIDATION_PREVIEW")),
+        Some(CallKind::ValidationPreview)
+    );
+    assert_eq!(kind_from_query(Some("marketplaceIds=X")), None);
+    assert_eq!(kind_from_query(Some("modex=VALIDATION_PREVIEW")), None);
+    assert_eq!(kind_from_query(None), None);
+}

@@ -25,8 +25,9 @@ use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
+use super::app::{joint_slot, take_joint, Apps};
 use super::gcra::Gcra;
-use super::redis::Reply;
+use super::redis::{Reply, Take};
 use super::{Inner, Mode, RateLimitError};
 use crate::catalog::{Operation, UsagePlan};
 
@@ -52,6 +53,8 @@ pub(crate) struct Ask<'a> {
     pub(crate) arrived: Instant,
     /// Latest grant time.
     pub(crate) deadline: Instant,
+    /// The application-wide buckets taken together with this one.
+    pub(crate) apps: Apps,
 }
 
 /// Order of the queue: lane, fair tag, arrival; `after` places a request right behind another.
@@ -69,6 +72,7 @@ type Grant = Result<Instant, RateLimitError>;
 struct Waiter {
     tool: Box<str>,
     deadline: Instant,
+    apps: Apps,
     tx: oneshot::Sender<Grant>,
 }
 
@@ -182,7 +186,7 @@ impl Bucket {
                 plan,
                 observed: None,
                 amazon,
-                local: Gcra::new(local.rate_per_second, local.burst, now),
+                local: inner.new_gcra(local, now),
                 queue: BTreeMap::new(),
                 virtual_time: [0; 3],
                 tools: HashMap::new(),
@@ -294,11 +298,14 @@ impl Bucket {
                 if mode == Mode::Fallback {
                     inner.count_fallback();
                 }
-                if st.queue.is_empty() && st.local.try_take(now) {
+                if st.queue.is_empty() && take_joint(&mut st.local, &ask.apps, now) {
                     st.admit(ask.tool);
                     return Step::Granted(now);
                 }
-                let base = st.local.next_slot(now);
+                let (base, app_bound) = joint_slot(&st.local, &ask.apps, now);
+                if app_bound {
+                    inner.count_app_limited();
+                }
                 let (interval, rate) = (st.local.interval(), st.local.rate_per_second());
                 self.enqueue(st, inner, ask, now, base, interval, rate)
             }
@@ -368,6 +375,7 @@ impl Bucket {
             Waiter {
                 tool: ask.tool.into(),
                 deadline: ask.deadline,
+                apps: ask.apps.clone(),
                 tx,
             },
         );
@@ -428,7 +436,9 @@ impl Bucket {
             )
         };
         let in_flight = InFlight { bucket: self };
-        let reply = self.redis_take(inner, interval, burst, max_wait).await;
+        let reply = self
+            .redis_take(inner, interval, burst, &ask.apps, max_wait)
+            .await;
         let now_after = Instant::now();
         let outcome = {
             let mut st = self.lock();
@@ -438,6 +448,7 @@ impl Bucket {
                     // The wait counts from the answer: never forward before the reserved slot.
                     st.redis_busy_until = Some(now_after + r.wait);
                     st.redis_view = Some((r.tokens, now_after));
+                    note_apps(inner, &ask.apps, &r, now_after);
                     st.admit(ask.tool);
                     Some(Ok(if r.wait.is_zero() {
                         now
@@ -447,6 +458,7 @@ impl Bucket {
                 }
                 Some(r) => {
                     st.redis_view = Some((r.tokens, now_after));
+                    note_apps(inner, &ask.apps, &r, now_after);
                     Some(Err(RateLimitError::Throttled {
                         retry_after: r.wait,
                         rate_per_second: rate,
@@ -472,10 +484,25 @@ impl Bucket {
         inner: &Inner,
         interval: Duration,
         burst: u32,
+        apps: &Apps,
         max_wait: Duration,
     ) -> Option<Reply> {
         let (redis, key) = (inner.redis.as_ref()?, self.redis_key.as_deref()?);
-        match redis.take(key, interval, burst, max_wait).await {
+        let mut takes = vec![Take {
+            key,
+            interval,
+            burst,
+        }];
+        let app_limits: Vec<(&str, Limits)> = apps
+            .iter()
+            .filter_map(|a| Some((a.redis_key.as_deref()?, a.lock().amazon)))
+            .collect();
+        takes.extend(app_limits.iter().map(|(key, limits)| Take {
+            key,
+            interval: amazon_interval(*limits),
+            burst: limits.burst,
+        }));
+        match redis.take(&takes, max_wait).await {
             Ok(reply) => Some(reply),
             Err(e) => {
                 inner.redis_failed(&e);
@@ -520,7 +547,12 @@ impl Bucket {
             let inner = Arc::clone(inner);
             handle.spawn(async move {
                 if let Some(redis) = inner.redis.as_ref() {
-                    if let Err(e) = redis.drain(&key, interval, burst).await {
+                    let take = Take {
+                        key: &key,
+                        interval,
+                        burst,
+                    };
+                    if let Err(e) = redis.drain(take).await {
                         inner.redis_failed(&e);
                     }
                 }
@@ -608,6 +640,17 @@ impl State {
     }
 }
 
+/// Keeps the application buckets' view of Redis for status, and counts a decision an
+/// application bucket set.
+fn note_apps(inner: &Inner, apps: &Apps, reply: &Reply, at: Instant) {
+    for (app, tokens) in apps.iter().zip(reply.app_tokens) {
+        app.lock().redis_view = Some((tokens, at));
+    }
+    if reply.app_bound {
+        inner.count_app_limited();
+    }
+}
+
 fn slot(base: Instant, interval: Duration, index: usize) -> Instant {
     base + interval * u32::try_from(index).unwrap_or(u32::MAX)
 }
@@ -644,7 +687,9 @@ async fn dispatch(bucket: Arc<Bucket>, inner: Arc<Inner>) {
             },
             Next::Redis(key, waiter, interval, burst, rate) => {
                 let max_wait = waiter.deadline.saturating_duration_since(now);
-                let reply = bucket.redis_take(&inner, interval, burst, max_wait).await;
+                let reply = bucket
+                    .redis_take(&inner, interval, burst, &waiter.apps, max_wait)
+                    .await;
                 let now_after = Instant::now();
                 let grant = {
                     let mut st = bucket.lock();
@@ -654,11 +699,13 @@ async fn dispatch(bucket: Arc<Bucket>, inner: Arc<Inner>) {
                             let at = now_after + r.wait;
                             st.redis_busy_until = Some(at);
                             st.redis_view = Some((r.tokens, now_after));
+                            note_apps(&inner, &waiter.apps, &r, now_after);
                             st.admit(&waiter.tool);
                             Some(Ok(at))
                         }
                         Some(r) => {
                             st.redis_view = Some((r.tokens, now_after));
+                            note_apps(&inner, &waiter.apps, &r, now_after);
                             Some(Err(RateLimitError::Throttled {
                                 retry_after: r.wait,
                                 rate_per_second: rate,
@@ -711,15 +758,32 @@ fn next_step(st: &mut State, mode: Mode, now: Instant) -> Next {
             Next::Exit
         }
         Mode::Local | Mode::Fallback => {
+            let mut head_slot = None;
             while let Some(entry) = st.queue.first_entry() {
                 if entry.get().tx.is_closed() {
                     entry.remove();
                     continue;
                 }
-                if !st.local.try_take(now) {
+                let (slot, _) = joint_slot(&st.local, &entry.get().apps, now);
+                if slot > now {
+                    if slot > entry.get().deadline {
+                        // Other sellers took the application-wide tokens it was counting on.
+                        let w = entry.remove();
+                        let _ = w.tx.send(Err(RateLimitError::Throttled {
+                            retry_after: slot - now,
+                            rate_per_second: st.local.rate_per_second(),
+                        }));
+                        continue;
+                    }
+                    head_slot = Some(slot);
                     break;
                 }
-                let (key, w) = entry.remove_entry();
+                let apps = entry.get().apps.clone();
+                if !take_joint(&mut st.local, &apps, now) {
+                    head_slot = Some(now);
+                    break;
+                }
+                let (key, w) = st.queue.pop_first().expect("the head is there");
                 st.virtual_time[key.lane] = st.virtual_time[key.lane].max(key.tag);
                 st.admit(&w.tool);
                 // A waiter that went away just now loses its token; that cannot exceed the plan.
@@ -729,7 +793,7 @@ fn next_step(st: &mut State, mode: Mode, now: Instant) -> Next {
                 st.dispatcher = false;
                 Next::Exit
             } else {
-                Next::Sleep(Some(st.local.next_slot(now)))
+                Next::Sleep(head_slot)
             }
         }
         Mode::Redis => {

@@ -22,6 +22,12 @@
 //! default = { share = 0.3 }
 //! apis.orders = { share = 0.5 }
 //! operations."ordersV0.getOrderAddress" = { rate_per_second = 0.2, burst = 5 }
+//! # Amazon's application-wide limit (all sellers together) where Amazon granted this application
+//! # another one than it publishes (`data/app-rate-limits.tsv`); `kinds` for its sub-limits.
+//! [ratelimit.application."catalogItems_2022-04-01.getCatalogItem"]
+//! rate_per_second = 400
+//! burst = 4
+//! kinds.validation_preview = { rate_per_second = 40 }
 //! ```
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -30,7 +36,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::catalog::{Catalog, Operation};
+use crate::catalog::{CallKind, Catalog, Operation, UsagePlan};
 use crate::config::{ConfigError, ConfigIssue};
 
 use super::Priority;
@@ -58,6 +64,20 @@ pub struct RawRateLimit {
     pub redis: Option<RawRedis>,
     /// `[ratelimit.plans.<name>]`.
     pub plans: Option<BTreeMap<String, RawPlan>>,
+    /// `[ratelimit.application."<operation key>"]`: Amazon's application-wide limits as granted
+    /// to this application, where they differ from the published ones.
+    pub application: Option<BTreeMap<String, RawAppLimit>>,
+}
+
+/// `[ratelimit.application."<operation key>"]` as written.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawAppLimit {
+    /// Requests per second across all sellers.
+    pub rate_per_second: Option<f64>,
+    /// Bucket size (default: the published one, else 1).
+    pub burst: Option<u32>,
+    /// Sub-limits per kind of call (`variations`, `product_data`, `validation_preview`).
+    pub kinds: Option<BTreeMap<String, RawAppLimit>>,
 }
 
 /// `[ratelimit.redis]` as written.
@@ -169,6 +189,15 @@ impl Plans {
     }
 }
 
+/// An operator's override of Amazon's application-wide limits for one operation.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AppOverride {
+    /// The operation's limit (`None`: the published one).
+    pub plan: Option<UsagePlan>,
+    /// Sub-limits per kind of call (others: the published ones).
+    pub kinds: HashMap<CallKind, UsagePlan>,
+}
+
 /// How the limiter behaves (all but the Redis connection).
 #[derive(Debug, Clone)]
 pub struct LimiterConfig {
@@ -193,6 +222,8 @@ pub struct LimiterConfig {
     /// (a cold burst opens connections, a later request reuses one), so Amazon's own bucket
     /// never sees requests closer together than its plan allows.
     pub spacing_allowance: f64,
+    /// Application-wide limits granted to this application, by operation key.
+    pub application: HashMap<String, AppOverride>,
 }
 
 impl Default for LimiterConfig {
@@ -207,6 +238,7 @@ impl Default for LimiterConfig {
             fail_mode: FailMode::Local,
             plans: Plans::default(),
             spacing_allowance: 0.0,
+            application: HashMap::new(),
         }
     }
 }
@@ -362,6 +394,44 @@ impl RawRateLimit {
                 "must be between 0 and 0.5",
             ));
         }
+        let mut application = HashMap::new();
+        for (key, raw) in self.application.iter().flatten() {
+            let path = format!("ratelimit.application.{}", key_segment(key));
+            let Some(op) = catalog.by_key(key) else {
+                issues.push(issue(
+                    &path,
+                    &format!("unknown operation {key:?} (expected a catalog key such as \"catalogItems_2022-04-01.getCatalogItem\")"),
+                ));
+                continue;
+            };
+            let mut over = AppOverride::default();
+            if raw.rate_per_second.is_some() || raw.burst.is_some() {
+                over.plan = resolve_app_limit(raw, op.app_plan, &path, &mut issues);
+            }
+            for (name, kind_raw) in raw.kinds.iter().flatten() {
+                let kind_path = format!("{path}.kinds.{}", key_segment(name));
+                if kind_raw.kinds.is_some() {
+                    issues.push(issue(
+                        &format!("{kind_path}.kinds"),
+                        "a sub-limit has no kinds",
+                    ));
+                }
+                match name.parse::<CallKind>() {
+                    Ok(kind) => {
+                        if let Some(plan) = resolve_app_limit(
+                            kind_raw,
+                            op.app_sub_limit(kind),
+                            &kind_path,
+                            &mut issues,
+                        ) {
+                            over.kinds.insert(kind, plan);
+                        }
+                    }
+                    Err(e) => issues.push(issue(&kind_path, &e.to_string())),
+                }
+            }
+            application.insert(key.clone(), over);
+        }
         if !issues.is_empty() {
             return Err(issues);
         }
@@ -376,6 +446,7 @@ impl RawRateLimit {
                 fail_mode,
                 plans,
                 spacing_allowance,
+                application,
             },
             redis,
         })
@@ -433,6 +504,38 @@ fn resolve_redis(raw: &RawRedis, issues: &mut Vec<ConfigIssue>) -> RedisSettings
         settings.retry_backoff = Duration::from_millis(ms);
     }
     settings
+}
+
+/// One application-wide limit: `rate_per_second` required, `burst` defaulting to the published
+/// one (else 1).
+fn resolve_app_limit(
+    raw: &RawAppLimit,
+    published: Option<UsagePlan>,
+    path: &str,
+    issues: &mut Vec<ConfigIssue>,
+) -> Option<UsagePlan> {
+    let burst = raw.burst.or(published.map(|p| p.burst)).unwrap_or(1);
+    if burst == 0 {
+        issues.push(issue(&format!("{path}.burst"), "must be at least 1"));
+        return None;
+    }
+    match raw.rate_per_second {
+        None => {
+            issues.push(issue(&format!("{path}.rate_per_second"), "required"));
+            None
+        }
+        Some(rate) if !(rate.is_finite() && rate > 0.0) => {
+            issues.push(issue(
+                &format!("{path}.rate_per_second"),
+                "must be greater than 0",
+            ));
+            None
+        }
+        Some(rate_per_second) => Some(UsagePlan {
+            rate_per_second,
+            burst,
+        }),
+    }
 }
 
 fn resolve_plan(

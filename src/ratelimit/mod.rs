@@ -16,6 +16,10 @@
 //!   after a short back-off.
 //!
 //! Plans ([`config`]) are named, assigned to tools by name, and replaced atomically on reload.
+//!
+//! Amazon also limits some operations per application, across all sellers (`app.rs`): such a
+//! request takes its seller's bucket and the application's bucket(s) at one instant, locally or
+//! in one Redis script.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -27,17 +31,20 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::catalog::{Operation, UsagePlan};
+use crate::catalog::{CallKind, Operation, UsagePlan};
 
+mod app;
 mod bucket;
 pub mod config;
 mod gcra;
 mod redis;
 
 pub use config::{
-    FailMode, LimiterConfig, Plan, Plans, RateLimitSettings, RawRateLimit, RedisSettings, Rule,
+    AppOverride, FailMode, LimiterConfig, Plan, Plans, RateLimitSettings, RawRateLimit,
+    RedisSettings, Rule,
 };
 
+use app::{AppBucket, Apps};
 use bucket::{Ask, Bucket, Limits};
 use redis::RedisBackend;
 
@@ -210,6 +217,23 @@ pub struct BucketStatus {
     pub tools: Vec<ToolStatus>,
 }
 
+/// One application-wide bucket (all sellers), for `GET /admin/ratelimits`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AppBucketStatus {
+    /// The operation key.
+    pub operation: String,
+    /// The kind of call a sub-limit is for; `None`: the operation's limit.
+    pub kind: Option<CallKind>,
+    /// Amazon's limit (published, or the operator's override).
+    pub plan_rate_per_second: f64,
+    /// Effective rate (after the safety factor and spacing).
+    pub rate_per_second: f64,
+    /// Effective burst.
+    pub burst: u32,
+    /// Tokens available now (in Redis mode: as of this instance's last decision, refilled since).
+    pub tokens: f64,
+}
+
 /// Counters since start (rendered as Prometheus metrics by the caller).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct MetricsSnapshot {
@@ -227,6 +251,8 @@ pub struct MetricsSnapshot {
     pub upstream_throttled: u64,
     /// Decisions taken by a local fallback bucket because Redis was unreachable.
     pub redis_fallbacks: u64,
+    /// Decisions where an application-wide bucket (not the seller's) had no token.
+    pub app_limited: u64,
     /// Failed Redis calls (each starts a back-off during which Redis is not asked).
     pub redis_errors: u64,
     /// Sum of the waits of admitted requests, in seconds.
@@ -244,6 +270,7 @@ struct Metrics {
     rejected_unavailable: AtomicU64,
     upstream_throttled: AtomicU64,
     redis_fallbacks: AtomicU64,
+    app_limited: AtomicU64,
     redis_errors: AtomicU64,
     wait_nanos_sum: AtomicU64,
     wait_count: AtomicU64,
@@ -263,12 +290,14 @@ pub(crate) enum Mode {
 }
 
 type BucketMap = HashMap<&'static str, HashMap<Box<str>, Arc<Bucket>>>;
+type AppMap = HashMap<(&'static str, Option<CallKind>), Option<Arc<AppBucket>>>;
 
 /// State shared by the limiter and its dispatcher tasks.
 pub(crate) struct Inner {
     pub(crate) config: LimiterConfig,
     plans: RwLock<Arc<Plans>>,
     buckets: RwLock<BucketMap>,
+    apps: RwLock<AppMap>,
     metrics: Metrics,
     pub(crate) redis: Option<RedisBackend>,
 }
@@ -302,6 +331,68 @@ impl Inner {
     /// Amazon's plan (or the rate Amazon reported) times the safety factor.
     pub(crate) fn count_fallback(&self) {
         self.metrics.redis_fallbacks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_app_limited(&self) {
+        self.metrics.app_limited.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A new bucket with these limits: full.
+    pub(crate) fn new_gcra(&self, limits: Limits, now: Instant) -> gcra::Gcra {
+        gcra::Gcra::new(limits.rate_per_second, limits.burst, now)
+    }
+
+    /// Amazon's application-wide limit for an operation (`None`) or a kind of call of it: the
+    /// operator's override, else the published one; none in sandbox mode (Amazon's sandbox
+    /// has one plan for everything).
+    fn app_plan_for(&self, operation: &Operation, kind: Option<CallKind>) -> Option<UsagePlan> {
+        if self.config.sandbox {
+            return None;
+        }
+        let over = self.config.application.get(operation.key);
+        match kind {
+            None => over.and_then(|o| o.plan).or(operation.app_plan),
+            Some(kind) => over
+                .and_then(|o| o.kinds.get(&kind).copied())
+                .or_else(|| operation.app_sub_limit(kind)),
+        }
+    }
+
+    fn app_bucket(
+        &self,
+        operation: &'static Operation,
+        kind: Option<CallKind>,
+    ) -> Option<Arc<AppBucket>> {
+        let key = (operation.key, kind);
+        if let Some(found) = self
+            .apps
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return found.clone();
+        }
+        let mut map = self.apps.write().unwrap_or_else(|e| e.into_inner());
+        map.entry(key)
+            .or_insert_with(|| {
+                let plan = self.app_plan_for(operation, kind)?;
+                Some(Arc::new(AppBucket::new(
+                    self,
+                    operation,
+                    kind,
+                    plan,
+                    Instant::now(),
+                )))
+            })
+            .clone()
+    }
+
+    /// The application buckets a request of this operation (and kind) takes.
+    fn apps_for(&self, operation: &'static Operation, kind: Option<CallKind>) -> Apps {
+        Apps::new(
+            self.app_bucket(operation, None),
+            kind.and_then(|k| self.app_bucket(operation, Some(k))),
+        )
     }
 
     pub(crate) fn effective(&self, plan: UsagePlan, observed: Option<f64>) -> Limits {
@@ -406,6 +497,7 @@ impl Limiter {
                 config,
                 plans: RwLock::new(Arc::new(plans)),
                 buckets: RwLock::new(HashMap::new()),
+                apps: RwLock::new(HashMap::new()),
                 metrics: Metrics::default(),
                 redis,
             }),
@@ -416,6 +508,16 @@ impl Limiter {
     /// waiting up to the deadline. `Ok(Admission)` carries how long it waited. Operations without
     /// a usage plan pass at once (outside sandbox mode).
     pub async fn acquire(&self, req: Acquire<'_>) -> Result<Admission, RateLimitError> {
+        self.acquire_kind(req, None).await
+    }
+
+    /// [`Limiter::acquire`] for a request whose kind of call has its own application-wide
+    /// sub-limit (e.g. a Listings Items validation preview): it takes that bucket too.
+    pub async fn acquire_kind(
+        &self,
+        req: Acquire<'_>,
+        kind: Option<CallKind>,
+    ) -> Result<Admission, RateLimitError> {
         let arrived = Instant::now();
         let inner = &self.inner;
         let Some(bucket) = inner.bucket(req.seller, req.operation) else {
@@ -452,6 +554,7 @@ impl Limiter {
             },
             arrived,
             deadline: arrived + max_wait,
+            apps: inner.apps_for(req.operation, kind),
         };
         drop(plans);
         let result = bucket.acquire(inner, &ask).await;
@@ -553,6 +656,46 @@ impl Limiter {
         out
     }
 
+    /// Application-wide buckets used so far (optionally of one operation), sorted by operation
+    /// then kind.
+    pub fn app_status(&self, operation: Option<&str>) -> Vec<AppBucketStatus> {
+        let now = Instant::now();
+        let mode = self.inner.mode(now);
+        let apps: Vec<Arc<AppBucket>> = {
+            let map = self.inner.apps.read().unwrap_or_else(|e| e.into_inner());
+            map.values()
+                .flatten()
+                .filter(|a| operation.is_none_or(|o| o == a.operation.key))
+                .map(Arc::clone)
+                .collect()
+        };
+        let mut out: Vec<AppBucketStatus> = apps
+            .iter()
+            .map(|a| {
+                let st = a.lock();
+                let tokens = match (mode, st.redis_view) {
+                    (Mode::Redis, Some((tokens, at))) => {
+                        let refill = now.saturating_duration_since(at).as_secs_f64()
+                            * st.amazon.rate_per_second;
+                        (tokens + refill).clamp(0.0, f64::from(st.amazon.burst))
+                    }
+                    (Mode::Redis, None) => f64::from(st.amazon.burst),
+                    _ => st.local.tokens(now),
+                };
+                AppBucketStatus {
+                    operation: a.operation.key.to_string(),
+                    kind: a.kind,
+                    plan_rate_per_second: a.plan.rate_per_second,
+                    rate_per_second: st.amazon.rate_per_second,
+                    burst: st.amazon.burst,
+                    tokens,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.operation, a.kind).cmp(&(&b.operation, b.kind)));
+        out
+    }
+
     /// The bucket's status for one seller and operation, if it exists yet.
     pub fn bucket_status(&self, seller: &str, operation: &Operation) -> Option<BucketStatus> {
         self.inner.existing(seller, operation)?;
@@ -580,6 +723,7 @@ impl Limiter {
             rejected_unavailable: get(&m.rejected_unavailable),
             upstream_throttled: get(&m.upstream_throttled),
             redis_fallbacks: get(&m.redis_fallbacks),
+            app_limited: get(&m.app_limited),
             redis_errors: get(&m.redis_errors),
             wait_seconds_sum: get(&m.wait_nanos_sum) as f64 / 1e9,
             wait_count: get(&m.wait_count),

@@ -6,8 +6,10 @@
 //! waiting request costs one round trip and no retry; a slot too far away is not reserved and its
 //! wait comes back as the retry-after. When the interval changes (Amazon reported another rate),
 //! the tokens owed are kept. Keys expire a second after the bucket would be full again (an absent
-//! key is a full bucket). Keys are `<prefix>rl:{<seller>}:<operation>`: the hash tag keeps a
-//! seller's buckets on one cluster slot.
+//! key is a full bucket). Keys are `<prefix>rl:{<seller>}:<operation>` for a seller's bucket and
+//! `<prefix>rl:{app}:<operation>[:<kind>]` for an application-wide one; one script takes a
+//! seller's bucket together with the application buckets, so the keys of one call span hash
+//! slots: the limiter needs one Redis server (or a primary with replicas), not a Cluster.
 //!
 //! Connection handling: a lazily connecting [`ConnectionManager`] (reconnects by itself), every
 //! call bounded by the configured timeout. After a failure the limiter stays local (or closed)
@@ -22,40 +24,68 @@ use tokio::time::Instant;
 
 use super::config::RedisSettings;
 use super::RateLimitError;
+use crate::catalog::CallKind;
 
-/// The GCRA decision. KEYS[1]: bucket; ARGV: interval_us, burst, max_wait_us, "take"|"drain".
-/// Returns {granted 0|1, wait_us, milli-tokens left after the decision}.
+/// The GCRA decision over one or more buckets taken together (the seller's bucket first, then
+/// the application-wide ones): KEYS: the buckets; ARGV: max_wait_us, "take"|"drain", then
+/// interval_us and burst per key. Every bucket is taken at one slot, the latest of their next
+/// slots, or none is. Returns {granted 0|1, wait_us, index of the bucket that set the slot (1 =
+/// the seller's), then milli-tokens left per key after the decision}.
 const SCRIPT: &str = r#"
-local iv = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local max_wait = tonumber(ARGV[3])
+local max_wait = tonumber(ARGV[1])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local h = redis.call('HMGET', KEYS[1], 'tat', 'iv')
-local tat = tonumber(h[1]) or now
-local old_iv = tonumber(h[2]) or iv
-if tat < now then tat = now end
-if old_iv ~= iv then tat = now + math.ceil((tat - now) * iv / old_iv) end
-local tau = iv * burst
-local function store()
-  redis.call('HSET', KEYS[1], 'tat', string.format('%.0f', tat), 'iv', string.format('%.0f', iv))
-  redis.call('PEXPIRE', KEYS[1], math.ceil((tat - now) / 1000) + 1000)
+local n = #KEYS
+local tats, ivs, taus = {}, {}, {}
+local slot, bound = now, 1
+for i = 1, n do
+  local iv = tonumber(ARGV[1 + 2 * i])
+  local burst = tonumber(ARGV[2 + 2 * i])
+  local h = redis.call('HMGET', KEYS[i], 'tat', 'iv')
+  local tat = tonumber(h[1]) or now
+  local old_iv = tonumber(h[2]) or iv
+  if tat < now then tat = now end
+  if old_iv ~= iv then tat = now + math.ceil((tat - now) * iv / old_iv) end
+  tats[i], ivs[i], taus[i] = tat, iv, iv * burst
+  local s = tat + iv - taus[i]
+  if s > slot then slot, bound = s, i end
 end
-if ARGV[4] == 'drain' then
-  if tat < now + tau then tat = now + tau end
-  store()
-  return {1, 0, 0}
+local function store(i)
+  redis.call('HSET', KEYS[i], 'tat', string.format('%.0f', tats[i]), 'iv', string.format('%.0f', ivs[i]))
+  redis.call('PEXPIRE', KEYS[i], math.ceil((tats[i] - now) / 1000) + 1000)
 end
-local slot = tat + iv - tau
-if slot < now then slot = now end
+local function answer(granted, wait)
+  local out = {granted, wait, bound}
+  for i = 1, n do out[3 + i] = math.floor((taus[i] - (tats[i] - now)) * 1000 / ivs[i]) end
+  return out
+end
+if ARGV[2] == 'drain' then
+  for i = 1, n do
+    if tats[i] < now + taus[i] then tats[i] = now + taus[i] end
+    store(i)
+  end
+  return answer(1, 0)
+end
 local wait = slot - now
-if wait > max_wait then
-  return {0, wait, math.floor((tau - (tat - now)) * 1000 / iv)}
+if wait > max_wait then return answer(0, wait) end
+for i = 1, n do
+  if tats[i] < slot then tats[i] = slot end
+  tats[i] = tats[i] + ivs[i]
+  store(i)
 end
-tat = tat + iv
-store()
-return {1, wait, math.floor((tau - (tat - now)) * 1000 / iv)}
+return answer(1, wait)
 "#;
+
+/// One bucket of a decision.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Take<'a> {
+    /// Its key.
+    pub(crate) key: &'a str,
+    /// Time between two tokens.
+    pub(crate) interval: Duration,
+    /// Bucket size.
+    pub(crate) burst: u32,
+}
 
 /// One answer of the script.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -64,8 +94,12 @@ pub(crate) struct Reply {
     pub(crate) granted: bool,
     /// Wait until the slot (granted) or until a slot would be free (refused).
     pub(crate) wait: Duration,
-    /// Tokens left after the decision (negative: slots reserved ahead).
+    /// Tokens left in the seller's bucket after the decision (negative: slots reserved ahead).
     pub(crate) tokens: f64,
+    /// Whether an application-wide bucket set the slot (it was the one without a token).
+    pub(crate) app_bound: bool,
+    /// Tokens left in each application bucket, in the order they were given.
+    pub(crate) app_tokens: [f64; 2],
 }
 
 /// The Redis side of the limiter.
@@ -175,60 +209,62 @@ impl RedisBackend {
         format!("{}rl:{{{seller}}}:{operation}", self.settings.key_prefix)
     }
 
-    /// Reserves one token when its slot is at most `max_wait` away. One round trip.
+    /// The key of an application-wide bucket (every seller's), per kind of call.
+    pub(crate) fn app_key(&self, operation: &str, kind: Option<CallKind>) -> String {
+        match kind {
+            None => format!("{}rl:{{app}}:{operation}", self.settings.key_prefix),
+            Some(kind) => format!("{}rl:{{app}}:{operation}:{kind}", self.settings.key_prefix),
+        }
+    }
+
+    /// Reserves one token of every bucket when their joint slot is at most `max_wait` away.
+    /// One round trip.
     pub(crate) async fn take(
         &self,
-        key: &str,
-        interval: Duration,
-        burst: u32,
+        buckets: &[Take<'_>],
         max_wait: Duration,
     ) -> Result<Reply, String> {
-        self.run(key, interval, burst, max_wait, "take").await
+        self.run(buckets, max_wait, "take").await
     }
 
     /// Empties a bucket (Amazon answered 429).
-    pub(crate) async fn drain(
-        &self,
-        key: &str,
-        interval: Duration,
-        burst: u32,
-    ) -> Result<Reply, String> {
-        self.run(key, interval, burst, Duration::ZERO, "drain")
-            .await
+    pub(crate) async fn drain(&self, bucket: Take<'_>) -> Result<Reply, String> {
+        self.run(&[bucket], Duration::ZERO, "drain").await
     }
 
     async fn run(
         &self,
-        key: &str,
-        interval: Duration,
-        burst: u32,
+        buckets: &[Take<'_>],
         max_wait: Duration,
         op: &str,
     ) -> Result<Reply, String> {
-        // Whole microseconds, rounded up like the local interval.
-        let interval_us = interval.as_nanos().div_ceil(1000).max(1);
-        let interval_us = u64::try_from(interval_us).unwrap_or(u64::MAX);
         let max_wait_us = u64::try_from(max_wait.as_micros()).unwrap_or(u64::MAX);
         let mut conn = self.conn.clone();
-        let mut invocation = self.script.key(key);
-        invocation
-            .arg(interval_us)
-            .arg(burst)
-            .arg(max_wait_us)
-            .arg(op);
-        let call = invocation.invoke_async::<(i64, i64, i64)>(&mut conn);
+        let mut invocation = self.script.prepare_invoke();
+        invocation.arg(max_wait_us).arg(op);
+        for b in buckets {
+            // Whole microseconds, rounded up like the local interval.
+            let interval_us = b.interval.as_nanos().div_ceil(1000).max(1);
+            let interval_us = u64::try_from(interval_us).unwrap_or(u64::MAX);
+            invocation.key(b.key).arg(interval_us).arg(b.burst);
+        }
+        let call = invocation.invoke_async::<Vec<i64>>(&mut conn);
         let result = match tokio::time::timeout(self.settings.timeout, call).await {
-            Ok(Ok(v)) => Ok(v),
+            Ok(Ok(v)) if v.len() == 3 + buckets.len() => Ok(v),
+            Ok(Ok(v)) => Err(format!("the limiter script answered {} values", v.len())),
             Ok(Err(e)) => Err(crate::store::redis::describe(&e)),
             Err(_) => Err(format!("no answer within {:?}", self.settings.timeout)),
         };
         match result {
-            Ok((granted, wait_us, milli_tokens)) => {
+            Ok(v) => {
                 self.recovered();
+                let tokens = |i: usize| v.get(3 + i).map_or(0.0, |m| *m as f64 / 1000.0);
                 Ok(Reply {
-                    granted: granted == 1,
-                    wait: Duration::from_micros(u64::try_from(wait_us).unwrap_or(0)),
-                    tokens: milli_tokens as f64 / 1000.0,
+                    granted: v[0] == 1,
+                    wait: Duration::from_micros(u64::try_from(v[1]).unwrap_or(0)),
+                    tokens: tokens(0),
+                    app_bound: v[2] > 1,
+                    app_tokens: [tokens(1), tokens(2)],
                 })
             }
             Err(e) => {

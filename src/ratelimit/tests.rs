@@ -1244,3 +1244,257 @@ async fn a_request_dropped_during_its_redis_call_does_not_stall_the_bucket() {
     .await;
     assert!(matches!(next, Ok(Ok(_))), "{next:?}");
 }
+
+// === application-wide buckets ===
+
+/// An operation with a per-seller plan and an application-wide one (across all sellers).
+fn app_op(pair: (f64, u32), app: (f64, u32)) -> &'static Operation {
+    let mut o = custom_op(pair.0, pair.1).clone();
+    o.app_plan = Some(UsagePlan {
+        rate_per_second: app.0,
+        burst: app.1,
+    });
+    Box::leak(Box::new(o))
+}
+
+fn for_seller<'a>(operation: &'static Operation, seller: &'a str, wait: Duration) -> Acquire<'a> {
+    Acquire {
+        seller,
+        max_wait: Some(wait),
+        ..ask(operation, "t", None)
+    }
+}
+
+/// Every seller asks at its own plan's rate, retrying after each refusal; returns the admission
+/// times (every seller's bucket alone would allow far more than the application bucket).
+async fn many_sellers(
+    limiters: &[Limiter],
+    operation: &'static Operation,
+    sellers: usize,
+    for_ms: u64,
+) -> Vec<Instant> {
+    let admitted: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for s in 0..sellers {
+        let limiter = limiters[s % limiters.len()].clone();
+        let admitted = Arc::clone(&admitted);
+        tasks.push(tokio::spawn(async move {
+            let seller = format!("A{s:05}");
+            while start.elapsed() < Duration::from_millis(for_ms) {
+                match limiter
+                    .acquire(for_seller(operation, &seller, Duration::from_millis(300)))
+                    .await
+                {
+                    Ok(_) => admitted.lock().unwrap().push(Instant::now()),
+                    Err(e) => {
+                        let pause = e.retry_after().expect("a 429");
+                        tokio::time::sleep(pause.max(Duration::from_millis(5))).await;
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut times = admitted.lock().unwrap().clone();
+    times.sort();
+    times
+}
+
+fn assert_app_bound(times: &[Instant], start: Instant, rate: f64, burst: f64) {
+    for (n, t) in times.iter().enumerate() {
+        let elapsed = t.duration_since(start).as_secs_f64();
+        assert!(
+            (n + 1) as f64 <= burst + rate * elapsed + 1e-9,
+            "{} admitted after {elapsed} s (application plan {rate}/s, burst {burst})",
+            n + 1
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn sellers_together_never_exceed_the_application_wide_limit() {
+    let limiter = Limiter::local(LimiterConfig::default());
+    // Each seller alone could send 2/s; 200 sellers together may send 50/s.
+    let operation = app_op((2.0, 2), (50.0, 5));
+    let start = Instant::now();
+    let times = many_sellers(std::slice::from_ref(&limiter), operation, 200, 4000).await;
+    assert_app_bound(&times, start, 50.0, 5.0);
+    assert!(
+        times.len() >= 5 + 50 * 4 - 10,
+        "only {} admitted in 4 s",
+        times.len()
+    );
+    assert!(limiter.metrics().app_limited > 0);
+    let status = limiter.app_status(Some(operation.key));
+    assert_eq!(status.len(), 1);
+    assert_eq!(status[0].plan_rate_per_second, 50.0);
+    assert_eq!(status[0].kind, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_held_by_the_application_bucket_still_keeps_its_sellers_spacing() {
+    let limiter = Limiter::local(LimiterConfig::default());
+    // The seller's bucket: 10/s burst 1; the application's: 1/s burst 1.
+    let operation = app_op((10.0, 1), (1.0, 1));
+    let seller_times: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let limiter = limiter.clone();
+        let seller_times = Arc::clone(&seller_times);
+        tasks.push(tokio::spawn(async move {
+            let seller = if i % 2 == 0 { "A1" } else { "B2" };
+            let got = limiter
+                .acquire(for_seller(operation, seller, Duration::from_secs(10)))
+                .await;
+            assert!(got.is_ok(), "{got:?}");
+            seller_times.lock().unwrap().push(Instant::now());
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut times = seller_times.lock().unwrap().clone();
+    times.sort();
+    // Whatever the seller: one a second, as the application bucket says.
+    for pair in times.windows(2) {
+        assert!(pair[1] - pair[0] >= Duration::from_millis(999), "{times:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_kind_of_call_takes_its_sub_limit_as_well_as_the_operations_limit() {
+    let limiter = Limiter::local(LimiterConfig::default());
+    let patch = op("listingsItems_2021-08-01.patchListingsItem");
+    // Validation previews: 20/s, burst 1, across sellers; the operation: 500/s, burst 5.
+    let mut admitted = 0;
+    for s in 0..10 {
+        let seller = format!("S{s}");
+        let got = limiter
+            .acquire_kind(
+                for_seller(patch, &seller, Duration::ZERO),
+                Some(CallKind::ValidationPreview),
+            )
+            .await;
+        admitted += usize::from(got.is_ok());
+    }
+    assert_eq!(admitted, 1, "the preview sub-limit has a burst of 1");
+    // Plain patches of other sellers still pass: the operation's bucket has tokens left.
+    let plain = limiter
+        .acquire(for_seller(patch, "OTHER", Duration::ZERO))
+        .await;
+    assert!(plain.is_ok(), "{plain:?}");
+    let kinds: Vec<Option<CallKind>> = limiter
+        .app_status(Some(patch.key))
+        .into_iter()
+        .map(|s| s.kind)
+        .collect();
+    assert_eq!(kinds, vec![None, Some(CallKind::ValidationPreview)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_operator_overrides_the_published_application_limit() {
+    let settings = config::from_toml(
+        r#"
+[ratelimit.application."catalogItems_2022-04-01.getCatalogItem"]
+rate_per_second = 1
+burst = 3
+"#,
+        Catalog::builtin(),
+    )
+    .unwrap();
+    let limiter = Limiter::local(settings.limiter);
+    let get = op("catalogItems_2022-04-01.getCatalogItem");
+    let mut admitted = 0;
+    for s in 0..10 {
+        let seller = format!("S{s}");
+        let got = limiter
+            .acquire(for_seller(get, &seller, Duration::ZERO))
+            .await;
+        admitted += usize::from(got.is_ok());
+    }
+    assert_eq!(admitted, 3);
+    assert_eq!(limiter.app_status(None)[0].plan_rate_per_second, 1.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn sandbox_mode_has_no_application_buckets() {
+    let limiter = Limiter::local(LimiterConfig {
+        sandbox: true,
+        ..LimiterConfig::default()
+    });
+    let get = op("catalogItems_2022-04-01.getCatalogItem");
+    for s in 0..20 {
+        let seller = format!("S{s}");
+        assert!(limiter
+            .acquire(for_seller(get, &seller, Duration::ZERO))
+            .await
+            .is_ok());
+    }
+    assert!(limiter.app_status(None).is_empty());
+}
+
+#[test]
+fn application_overrides_are_checked_with_their_key_paths() {
+    check(
+        r#"
+[ratelimit.application."nope.getNothing"]
+rate_per_second = 1
+[ratelimit.application."catalogItems_2022-04-01.getCatalogItem"]
+rate_per_second = 0
+[ratelimit.application."listingsItems_2021-08-01.patchListingsItem"]
+kinds.bulk = { rate_per_second = 1 }
+kinds.variations = { burst = 2 }
+"#,
+        &[
+            (
+                "ratelimit.application.\"nope.getNothing\"",
+                "unknown operation",
+            ),
+            (
+                "ratelimit.application.\"catalogItems_2022-04-01.getCatalogItem\".rate_per_second",
+                "greater than 0",
+            ),
+            (
+                "ratelimit.application.\"listingsItems_2021-08-01.patchListingsItem\".kinds.bulk",
+                "unknown kind",
+            ),
+            (
+                "ratelimit.application.\"listingsItems_2021-08-01.patchListingsItem\".kinds.variations.rate_per_second",
+                "required",
+            ),
+        ],
+    );
+}
+
+#[tokio::test]
+async fn instances_sharing_redis_keep_the_application_limit_together() {
+    let settings = redis_settings().await;
+    let prefix = settings.key_prefix.clone();
+    let operation = app_op((5.0, 5), (40.0, 4));
+    let mut limiters = Vec::new();
+    for _ in 0..3 {
+        limiters.push(
+            Limiter::redis(LimiterConfig::default(), settings.clone())
+                .await
+                .unwrap(),
+        );
+    }
+    let start = Instant::now();
+    let times = many_sellers(&limiters, operation, 60, 1500).await;
+    assert_app_bound(&times, start, 40.0, 4.0);
+    assert!(times.len() >= 40, "only {} admitted in 1.5 s", times.len());
+    for l in &limiters {
+        assert_eq!(l.metrics().redis_fallbacks, 0);
+    }
+    let key = format!("{prefix}rl:{{app}}:{}", operation.key);
+    assert!(
+        redis_key_exists(&key).await,
+        "the application bucket lives at {key}"
+    );
+    let status = limiters[0].app_status(None);
+    assert_eq!(status.len(), 1);
+    assert!(status[0].tokens <= 4.0);
+}

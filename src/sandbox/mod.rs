@@ -107,6 +107,15 @@ impl fmt::Debug for SandboxConfig {
     }
 }
 
+/// Which bucket a throttled request found empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quota {
+    /// The seller's (or the client's, for grantless calls).
+    Seller,
+    /// The application-wide one.
+    Application,
+}
+
 /// Usage-plan enforcement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QuotaMode {
@@ -128,6 +137,9 @@ pub struct Stats {
     pub by_operation: BTreeMap<String, u64>,
     /// Requests answered with `429 QuotaExceeded`.
     pub throttled_total: u64,
+    /// Of those, requests that found the application-wide bucket (all sellers) empty.
+    #[serde(default)]
+    pub app_throttled_total: u64,
     /// Requests answered with `403 Unauthorized` because of their token.
     pub unauthorized_total: u64,
     /// Successful `refresh_token` grants.
@@ -512,8 +524,13 @@ impl Inner {
             return resp;
         }
 
-        if !self.take_quota(op, &caller) {
-            self.stat(|s| s.throttled_total += 1);
+        if let Err(quota) = self.take_quota(op, &caller, parts.uri.query()) {
+            self.stat(|s| {
+                s.throttled_total += 1;
+                if quota == Quota::Application {
+                    s.app_throttled_total += 1;
+                }
+            });
             tracing::debug!(op = op.key, "sandbox: throttled");
             return spapi_error(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -682,21 +699,41 @@ impl Inner {
         queue.push_back(received);
     }
 
-    /// Takes one token from the caller's bucket for this operation; false when it is empty.
-    fn take_quota(&self, op: &Operation, caller: &Caller) -> bool {
+    /// Takes one token from the caller's bucket for this operation and, where Amazon has one,
+    /// from the application-wide bucket (and the sub-limit of the call's kind); none when one
+    /// of them is empty.
+    fn take_quota(
+        &self,
+        op: &Operation,
+        caller: &Caller,
+        query: Option<&str>,
+    ) -> Result<(), Quota> {
         let plan = match self.config.quotas {
             QuotaMode::Off => None,
             QuotaMode::Catalog => op.usage_plan,
             QuotaMode::AmazonSandbox => Some(AMAZON_SANDBOX_PLAN),
         };
         let Some(plan) = plan else {
-            return true;
+            return Ok(());
         };
         let subject = match (&caller.seller, caller.kind) {
             (Some(seller), TokenKind::Access | TokenKind::Rdt) => quota::Subject::Seller(seller),
             _ => quota::Subject::Client(&caller.client_id),
         };
-        lock(&self.quotas).take(subject, op.key, plan, Instant::now())
+        let mut buckets = vec![(subject, op.key, plan)];
+        if self.config.quotas == QuotaMode::Catalog {
+            let app = quota::Subject::Application(&caller.client_id, None);
+            buckets.extend(op.app_plan.map(|p| (app, op.key, p)));
+            if let Some(kind) = crate::catalog::kind_from_query(query) {
+                let sub = quota::Subject::Application(&caller.client_id, Some(kind));
+                buckets.extend(op.app_sub_limit(kind).map(|p| (sub, op.key, p)));
+            }
+        }
+        match lock(&self.quotas).take_all(&buckets, Instant::now()) {
+            None => Ok(()),
+            Some(0) => Err(Quota::Seller),
+            Some(_) => Err(Quota::Application),
+        }
     }
 
     /// The active script for an operation, counting down `times`.

@@ -1244,6 +1244,75 @@ async fn catalog_quota_allows_the_burst_then_throttles_with_quota_exceeded() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn application_wide_limits_hold_across_sellers_and_count_their_429s() {
+    let sandbox = sandbox_with(quota_config(QuotaMode::Catalog));
+    let first = access_token(&sandbox).await;
+    let second = access_token_for(&sandbox, OTHER_REFRESH).await;
+    // getCatalogItem: 2/s burst 2 per seller, 250/s burst 2 per application.
+    let uri = "/catalog/2022-04-01/items/B000TEST?marketplaceIds=ATVPDKIKX0DER";
+    for _ in 0..2 {
+        assert_ne!(
+            get(&sandbox, &first, uri).await.status,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+    }
+    // The second seller's own bucket is full, the application's is empty.
+    assert_eq!(
+        get(&sandbox, &second, uri).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(sandbox.stats().app_throttled_total, 1);
+    // A refused request took no token of the seller's bucket: two more pass, 4 ms apart.
+    for _ in 0..2 {
+        tokio::time::advance(Duration::from_millis(4)).await;
+        assert_ne!(
+            get(&sandbox, &second, uri).await.status,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+    }
+    tokio::time::advance(Duration::from_millis(4)).await;
+    assert_eq!(
+        get(&sandbox, &second, uri).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let stats = sandbox.stats();
+    assert_eq!((stats.throttled_total, stats.app_throttled_total), (2, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_validation_preview_takes_its_own_application_sub_limit() {
+    let sandbox = sandbox_with(quota_config(QuotaMode::Catalog));
+    let first = access_token(&sandbox).await;
+    let second = access_token_for(&sandbox, OTHER_REFRESH).await;
+    let preview = format!(
+        "/listings/2021-08-01/items/{SELLER}/SKU1?marketplaceIds=ATVPDKIKX0DER&mode=VALIDATION_PREVIEW"
+    );
+    let body = serde_json::json!({"productType": "PRODUCT", "patches": []});
+    let patch = |token: &str, uri: &str| {
+        let (token, uri) = (token.to_string(), uri.to_string());
+        let (sandbox, body) = (&sandbox, &body);
+        async move { send(sandbox, Method::PATCH, &uri, Some(&token), Some(body)).await }
+    };
+    // Validation previews: 20/s burst 1 across sellers.
+    assert_ne!(
+        patch(&first, &preview).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let other_preview = preview.replace(SELLER, OTHER_SELLER);
+    assert_eq!(
+        patch(&second, &other_preview).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(sandbox.stats().app_throttled_total, 1);
+    // Not a preview: only the operation's 500/s limit applies.
+    let plain = other_preview.replace("&mode=VALIDATION_PREVIEW", "");
+    assert_ne!(
+        patch(&second, &plain).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn quota_buckets_are_per_seller_and_per_operation() {
     let sandbox = sandbox_with(quota_config(QuotaMode::Catalog));
     let first = access_token(&sandbox).await;
@@ -2037,7 +2106,8 @@ async fn orders_2026_search_paginates_and_filters() {
     )
     .await
     .json();
-    assert_eq!(amazon["orders"].as_array().map(Vec::len), Some(0));
+    // Orders 6, 13, 20, 27 and 34 are fulfilled by Amazon.
+    assert_eq!(amazon["orders"].as_array().map(Vec::len), Some(5));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -67,6 +67,8 @@ pub struct Options {
     pub sandbox_documents: bool,
     /// Classify operations by these lists instead of the built-in ones (a catalog/data mismatch).
     pub classifier: Option<&'static spgate::pii::Classifier>,
+    /// Files the config names (e.g. `[forward_proxy]`'s CA), read into the gateway's `MapEnv`.
+    pub files: Vec<std::path::PathBuf>,
 }
 
 /// A `[store]` section for the shared Redis on 127.0.0.1:6379 under a fresh key prefix.
@@ -113,6 +115,7 @@ impl Default for Options {
             master_key: None,
             sandbox_documents: true,
             classifier: None,
+            files: Vec::new(),
         }
     }
 }
@@ -229,7 +232,16 @@ cache = {cache}
     env.vars.insert("MASTER".into(), master.expose().clone());
     // For tests that configure `[audit] key = { env = "AUDIT_KEY" }`.
     env.vars.insert("AUDIT_KEY".into(), AUDIT_KEY.into());
+    for f in &opts.files {
+        env.files
+            .insert(f.clone(), std::fs::read_to_string(f).unwrap());
+    }
     let config = Config::from_toml(&toml, &env).unwrap_or_else(|e| panic!("{e}"));
+    // `[forward_proxy]` in `extra_toml`: the listener answers CONNECT as `spgate serve` does.
+    let forward = config
+        .forward_proxy
+        .as_ref()
+        .map(|f| Arc::new(spgate::server::forward::Forward::load(f, &env).unwrap()));
     let opened = spgate::open_store(&config).await.unwrap();
     let store = opened.store.clone();
     let sealed = config
@@ -273,9 +285,16 @@ cache = {cache}
     let g = gateway.clone();
     let lwa_calls: Arc<dyn Fn() -> u64 + Send + Sync> = Arc::new(move || g.lwa().calls());
     let (tx, rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(spgate::server::serve(listener, gateway, limits, async {
-        let _ = rx.await;
-    }));
+    let extras = spgate::server::Extras { tls: None, forward };
+    let server = tokio::spawn(spgate::server::serve_with(
+        listener,
+        gateway,
+        limits,
+        extras,
+        async {
+            let _ = rx.await;
+        },
+    ));
     TestGateway {
         url,
         sandbox,
@@ -456,4 +475,59 @@ pub async fn audit_records(gw: &TestGateway, dir: &std::path::Path) -> Vec<serde
         }
     }
     records
+}
+
+/// The interpreter with python-amazon-sp-api (`SPGATE_SDK_PYTHON`, else `python3`). Without
+/// the SDK a developer gets a skip notice (`None`); under CI it is a failure.
+pub fn sdk_python() -> Option<String> {
+    let python = std::env::var("SPGATE_SDK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = std::process::Command::new(&python)
+        .args(["-c", "import sp_api"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if ok {
+        return Some(python);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must provide python-amazon-sp-api (SPGATE_SDK_PYTHON)"
+    );
+    eprintln!("skipping: python-amazon-sp-api is not installed for {python}");
+    None
+}
+
+/// Runs `tests/sdk/<script>` with `python` against `gw` in drop-in mode (fresh drop-in
+/// credentials for the test tool); fails the test unless it succeeds, and returns its output.
+pub async fn run_sdk_script(gw: &TestGateway, python: String, script: &str) -> String {
+    let client = gw.store.clients().await.unwrap().remove(0);
+    let creds = spgate::auth::drop_in::create(&*gw.store, &client.id, SELLER)
+        .await
+        .unwrap();
+    let script = format!("{}/tests/sdk/{script}", env!("CARGO_MANIFEST_DIR"));
+    let (url, id, secret, refresh) = (
+        gw.url.clone(),
+        creds.lwa_client_id.clone(),
+        creds.client_secret.expose().clone(),
+        creds.refresh_token.expose().clone(),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .env("SPGATE_URL", url)
+            .env("SPGATE_LWA_CLIENT_ID", id)
+            .env("SPGATE_LWA_CLIENT_SECRET", secret)
+            .env("SPGATE_REFRESH_TOKEN", refresh)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "SDK failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }

@@ -244,6 +244,12 @@ pub struct RawStore {
     pub username: Option<RawSecret>,
     /// ACL password (a reference).
     pub password: Option<RawSecret>,
+    /// Schema of the postgres backend (default `spgate`).
+    pub schema: Option<String>,
+    /// Connections in the postgres backend's pool (default 16).
+    pub pool_size: Option<usize>,
+    /// The postgres server cancels a statement running longer (default 5000).
+    pub statement_timeout_ms: Option<u64>,
 }
 
 /// `[keys]`: the master key that seals secrets at rest.
@@ -603,6 +609,8 @@ pub enum StoreConfig {
         /// TLS roots and ACL credentials.
         access: RedisAccess,
     },
+    /// PostgreSQL, durable and shared by several gateway instances.
+    Postgres(crate::store::postgres::PostgresOptions),
 }
 
 /// How to reach a Redis server beyond its URL: the CA for `rediss://` and the ACL user. Used by
@@ -643,6 +651,16 @@ impl RedisAccess {
             ),
         }
     }
+}
+
+/// Whether a `postgres://user:password@host/db` URL carries a password (in its user info).
+fn postgres_url_has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+        || url.contains("password=")
 }
 
 /// Log output format.
@@ -955,10 +973,11 @@ impl Config {
                     raw.store.password.as_ref(),
                 ),
             },
+            "postgres" => StoreConfig::Postgres(v.postgres_store(&raw.store)),
             other => {
                 v.issue(
                     "store.type",
-                    &format!("unknown backend {other:?} (expected \"embedded\" or \"redis\")"),
+                    &format!("unknown backend {other:?} (expected \"embedded\", \"redis\" or \"postgres\")"),
                 );
                 StoreConfig::Embedded {
                     data_dir: PathBuf::new(),
@@ -1272,6 +1291,65 @@ impl Validator<'_> {
 
     /// A password or a CA (`secured`) needs a `rediss://` URL: over `redis://` the password
     /// would cross the network in clear text and the CA would check nothing.
+    /// `[store] type = "postgres"`: the URL (a reference when it holds a password), schema,
+    /// pool, statement timeout and TLS (`sslmode=verify-full` and/or `ca_file`).
+    fn postgres_store(&mut self, raw: &RawStore) -> crate::store::postgres::PostgresOptions {
+        let url = match &raw.url {
+            // A URL without a password is not a secret and may be written inline.
+            Some(RawSecret::Literal(u)) if !postgres_url_has_password(u) => u.clone(),
+            Some(RawSecret::Literal(_)) => {
+                self.issue("store.url", "a URL with a password is a secret: use { env = \"NAME\" } or { file = \"/path\" }");
+                String::new()
+            }
+            other => self.secret("store.url", other.as_ref()).expose().clone(),
+        };
+        if !url.is_empty() && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+            self.issue("store.url", "expected postgres://user@host:port/database");
+        }
+        let schema = raw.schema.clone().unwrap_or_else(|| "spgate".into());
+        let plain = schema.len() <= 63
+            && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && schema
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !plain {
+            self.issue(
+                "store.schema",
+                "a plain identifier: [a-z_][a-z0-9_]*, at most 63 bytes",
+            );
+        }
+        let pool_size = raw.pool_size.unwrap_or(16);
+        if pool_size == 0 || pool_size > 1000 {
+            self.issue("store.pool_size", "between 1 and 1000");
+        }
+        let ca_pem = self
+            .redis_access("store", raw.ca_file.as_deref(), None, None)
+            .ca_pem;
+        for (field, set) in [
+            ("key_prefix", raw.key_prefix.is_some()),
+            ("username", raw.username.is_some()),
+            ("password", raw.password.is_some()),
+            ("data_dir", raw.data_dir.is_some()),
+        ] {
+            if set {
+                self.issue(
+                    &format!("store.{field}"),
+                    "not a setting of the postgres backend (user and password go in the URL)",
+                );
+            }
+        }
+        crate::store::postgres::PostgresOptions {
+            url,
+            schema,
+            pool_size,
+            statement_timeout: self.millis(
+                "store.statement_timeout_ms",
+                raw.statement_timeout_ms.unwrap_or(5_000),
+            ),
+            ca_pem,
+        }
+    }
+
     fn redis_tls_required(&mut self, path: &str, url: &Secret<String>, secured: bool) {
         let url = url.expose();
         if secured && !url.is_empty() && !url.starts_with("rediss://") {

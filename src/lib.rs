@@ -100,7 +100,7 @@ pub const STORE_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(
 pub struct OpenStore {
     /// The store.
     pub store: Arc<dyn Store>,
-    /// The shared access-token cache (Redis only).
+    /// The shared access-token cache (Redis, or Postgres with the limiter's Redis or itself).
     pub shared_tokens: Option<Arc<dyn SharedTokenCache>>,
 }
 
@@ -118,11 +118,37 @@ pub async fn open_store(config: &Config) -> Result<OpenStore, StoreError> {
             let redis = Arc::new(RedisStore::connect_with(url.expose(), access, key_prefix).await?);
             (redis.clone(), Some(redis))
         }
+        StoreConfig::Postgres(options) => {
+            let postgres = Arc::new(store::postgres::PostgresStore::connect(options).await?);
+            (
+                postgres.clone(),
+                Some(postgres_token_cache(config, postgres).await),
+            )
+        }
     };
     Ok(OpenStore {
         store: Arc::new(CachedStore::new(inner, STORE_CACHE_TTL)),
         shared_tokens,
     })
+}
+
+/// With the postgres store, the access-token cache and refresh locks (rebuildable state) live in
+/// the limiter's Redis when one is configured, else in Postgres. A Redis that does not answer at
+/// start is reported and Postgres used: losing the cache costs one LWA refresh per seller.
+async fn postgres_token_cache(
+    config: &Config,
+    postgres: Arc<store::postgres::PostgresStore>,
+) -> Arc<dyn SharedTokenCache> {
+    let Some(redis) = &config.ratelimit.redis else {
+        return postgres;
+    };
+    match RedisStore::connect_with(redis.url.expose(), &redis.access, &redis.key_prefix).await {
+        Ok(cache) => Arc::new(cache),
+        Err(e) => {
+            tracing::error!(error = %e, "The limiter's Redis does not answer: access tokens are shared through PostgreSQL instead.");
+            postgres
+        }
+    }
 }
 
 /// Builds the gateway from a config and an opened store.

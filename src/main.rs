@@ -78,6 +78,11 @@ enum Command {
         #[command(subcommand)]
         action: AuditAction,
     },
+    /// Move durable state between stores.
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+    },
     /// Buyer PII the gateway holds: data-subject requests and retention evidence.
     Vault {
         /// Config file.
@@ -85,6 +90,19 @@ enum Command {
         config: PathBuf,
         #[command(subcommand)]
         action: VaultAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreAction {
+    /// Copy an embedded store into PostgreSQL (idempotent; verifies the counts).
+    Copy {
+        /// Config of the source (its [store] is read).
+        #[arg(long)]
+        from: PathBuf,
+        /// Config of the target (its [store] must be type = "postgres").
+        #[arg(long)]
+        to: PathBuf,
     },
 }
 
@@ -267,6 +285,14 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             action: CaAction::Init { out },
         } => ca_init(&out),
         Command::Vault { config, action } => vault(load(&config)?, action).await,
+        Command::Store {
+            action: StoreAction::Copy { from, to },
+        } => {
+            let report = spgate::store::copy::run(&load(&from)?, &load(&to)?).await?;
+            print!("{report}");
+            println!("copied: every source row is in the target");
+            Ok(())
+        }
     }
 }
 

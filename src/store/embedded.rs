@@ -74,6 +74,76 @@ impl EmbeddedStore {
         &self.inner.path
     }
 
+    /// Everything durable, read in one transaction (one consistent snapshot), for
+    /// `spgate store copy`.
+    pub fn dump(&self) -> Result<super::copy::Dump, StoreError> {
+        let mut conn = self
+            .inner
+            .writer
+            .lock()
+            .map_err(|_| StoreError::Task("writer lock poisoned".into()))?;
+        let tx = conn.transaction()?;
+        let mut dump = super::copy::Dump::default();
+        let mut stmt = tx.prepare(
+            "SELECT selling_partner_id, region, marketplaces, refresh_token, authorized_at,
+                    reauthorize_by, status FROM sellers ORDER BY selling_partner_id",
+        )?;
+        dump.sellers = stmt
+            .query_map([], seller_row)?
+            .map(|r| r?)
+            .collect::<Result<_, StoreError>>()?;
+        let mut stmt = tx.prepare(
+            "SELECT id, tool, role, sellers, key_hash, key_prefix, created_at, revoked_at
+             FROM clients ORDER BY created_at, id",
+        )?;
+        dump.clients = stmt.query_map([], client_row)?.collect::<Result<_, _>>()?;
+        let mut stmt = tx.prepare(
+            "SELECT lwa_client_id, secret_hash, refresh_hash, client_id, seller FROM drop_in
+             ORDER BY lwa_client_id",
+        )?;
+        dump.drop_ins = stmt
+            .query_map([], |row| {
+                Ok(DropInRecord {
+                    lwa_client_id: row.get(0)?,
+                    secret_hash: row.get(1)?,
+                    refresh_hash: row.get(2)?,
+                    client_id: row.get(3)?,
+                    seller: row.get(4)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut stmt = tx.prepare(
+            "SELECT id, region, created_at, expires_at, used_at, seller FROM invites ORDER BY id",
+        )?;
+        let invites = stmt.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, i64>(2)?,
+                row.get::<_, i64>(3)?,
+                row.get::<_, Option<i64>>(4)?,
+                row.get::<_, Option<String>>(5)?,
+            ))
+        })?;
+        for invite in invites {
+            let (id, region, created_at, expires_at, used_at, seller) = invite?;
+            dump.invites.push(Invite {
+                id,
+                region: region.parse().map_err(|detail| StoreError::Corrupt {
+                    what: "invite",
+                    detail,
+                })?,
+                created_at,
+                expires_at,
+                used_at,
+                seller,
+            });
+        }
+        drop(stmt);
+        retention::dump_vault(&tx, &mut dump)?;
+        Ok(dump)
+    }
+
     fn read<T>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,

@@ -6,6 +6,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::store::retention::{record_from, record_json};
 use crate::store::{
     CacheEntry, KeyCreation, OrderKey, RetentionRecord, RetentionState, RetentionStats, Shredded,
     StoreError,
@@ -309,6 +310,34 @@ pub(super) fn pseudonyms_of(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// The vault's tables, whole, for `spgate store copy`.
+pub(super) fn dump_vault(
+    c: &Connection,
+    dump: &mut crate::store::copy::Dump,
+) -> Result<(), StoreError> {
+    let mut stmt = c.prepare(
+        "SELECT key_id, seller, order_id, wrapped, created_at FROM order_keys ORDER BY key_id",
+    )?;
+    dump.order_keys = stmt.query_map([], key_row)?.collect::<Result<_, _>>()?;
+    let mut stmt = c.prepare("SELECT record FROM retention ORDER BY seller, order_id")?;
+    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    dump.retention = rows
+        .map(|j| record_from(&j?))
+        .collect::<Result<_, StoreError>>()?;
+    let mut stmt = c.prepare(
+        "SELECT seller, cache_id, order_id, key_id, sealed, stored_at, expires_at FROM pii_cache
+         ORDER BY seller, cache_id",
+    )?;
+    dump.cache = stmt.query_map([], cache_row)?.collect::<Result<_, _>>()?;
+    let mut stmt = c.prepare(
+        "SELECT pseudonym, seller, order_id FROM pseudonyms ORDER BY pseudonym, seller, order_id",
+    )?;
+    dump.pseudonyms = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(())
+}
+
 /// Checkpoints the WAL into the database file and truncates it to zero bytes, retrying while a
 /// reader (possibly another process) still needs older frames.
 pub(super) fn compact(c: &mut Connection) -> Result<(), StoreError> {
@@ -417,20 +446,6 @@ pub(super) fn deleted_by_put() -> StoreError {
         what: "retention record",
         detail: "put_retention cannot delete; use shred_order".into(),
     }
-}
-
-pub(super) fn record_json(r: &RetentionRecord) -> Result<String, StoreError> {
-    serde_json::to_string(r).map_err(|e| StoreError::Corrupt {
-        what: "retention record",
-        detail: e.to_string(),
-    })
-}
-
-pub(super) fn record_from(json: &str) -> Result<RetentionRecord, StoreError> {
-    serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
-        what: "retention record",
-        detail: e.to_string(),
-    })
 }
 
 fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OrderKey> {

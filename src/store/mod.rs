@@ -1,7 +1,8 @@
 //! The storage trait: every piece of durable state goes through [`Store`].
 //!
-//! Two backends implement it: [`embedded`] (SQLite in WAL mode under a data directory, the
-//! default, for one machine) and, when state must be shared by several gateway instances, Redis.
+//! Three backends implement it: [`embedded`] (SQLite in WAL mode under a data directory, the
+//! default, for one machine) and, when state must be shared by several gateway instances,
+//! [`postgres`] (durable, the recommended shared store) or Redis.
 //! Secrets never reach a backend in clear: refresh tokens arrive sealed by
 //! [`crate::crypto::MasterKey`], API keys arrive as SHA-256 hashes.
 
@@ -12,7 +13,9 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub mod cache;
+pub mod copy;
 pub mod embedded;
+pub mod postgres;
 pub mod redis;
 pub mod retention;
 pub mod token_cache;
@@ -65,6 +68,29 @@ pub enum StoreError {
     /// No random lock token could be generated for the shared token cache.
     #[error("no lock token: {0}")]
     LockToken(crate::crypto::CryptoError),
+    /// PostgreSQL failed, timed out or could not be reached. The reason names the failure (a
+    /// SQLSTATE code, a driver error), never a value or the URL.
+    #[error("postgres store, {op}: {reason}")]
+    Postgres {
+        /// The operation that failed, e.g. `connect` or `insert_client`.
+        op: &'static str,
+        /// Whether it is the server being unreachable, restarting or overloaded (503) rather
+        /// than a defect (500).
+        unavailable: bool,
+        /// What went wrong, without values.
+        reason: String,
+    },
+    /// The PostgreSQL settings cannot be used (URL, schema name, CA). The URL is not repeated.
+    #[error("postgres store settings: {0}")]
+    PostgresConfig(String),
+    /// The database's schema was written by a newer spgate: this binary refuses to touch it.
+    #[error("the PostgreSQL schema is at version {found}, newer than this binary's {known}: run the newer spgate (or restore a backup taken before the upgrade)")]
+    SchemaTooNew {
+        /// The version found.
+        found: usize,
+        /// The newest version this binary knows.
+        known: usize,
+    },
 }
 
 impl StoreError {
@@ -75,6 +101,7 @@ impl StoreError {
         use rusqlite::ErrorCode as C;
         match self {
             StoreError::Redis { .. } | StoreError::DataDir { .. } | StoreError::Task(_) => true,
+            StoreError::Postgres { unavailable, .. } => *unavailable,
             StoreError::Sqlite(e) => matches!(
                 e.sqlite_error_code(),
                 Some(
@@ -89,6 +116,8 @@ impl StoreError {
             StoreError::Corrupt { .. }
             | StoreError::Conflict(_)
             | StoreError::RedisUrl(_)
+            | StoreError::PostgresConfig(_)
+            | StoreError::SchemaTooNew { .. }
             | StoreError::LockToken(_) => false,
         }
     }

@@ -25,6 +25,7 @@ use std::sync::LazyLock;
 use redis::Script;
 
 use super::{failed, unexpected, RedisStore, MAX_TTL_MS};
+use crate::store::retention::{record_from, record_json};
 use crate::store::{
     CacheEntry, KeyCreation, OrderKey, RetentionRecord, RetentionState, RetentionStats, Shredded,
     StoreError,
@@ -164,20 +165,6 @@ fn unpair(p: &str) -> Result<(String, String), StoreError> {
         detail: "a member is not a (seller, order) pair".into(),
     })?;
     Ok((unescape(s), unescape(o)))
-}
-
-fn record_json(r: &RetentionRecord) -> Result<String, StoreError> {
-    serde_json::to_string(r).map_err(|e| StoreError::Corrupt {
-        what: "retention record",
-        detail: e.to_string(),
-    })
-}
-
-fn record_from(json: &str) -> Result<RetentionRecord, StoreError> {
-    serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
-        what: "retention record",
-        detail: e.to_string(),
-    })
 }
 
 /// A cache entry's fields as stored (the sealed bytes are binary).

@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::StoreError;
+
 /// One order's data key, wrapped by the master key ([`crate::crypto::DataKey::wrap`]).
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct OrderKey {
@@ -265,4 +267,20 @@ impl RetentionRecord {
             None => self.due_at,
         }
     }
+}
+
+/// A record as stored (JSON), by every backend.
+pub(crate) fn record_json(r: &RetentionRecord) -> Result<String, StoreError> {
+    serde_json::to_string(r).map_err(|e| StoreError::Corrupt {
+        what: "retention record",
+        detail: e.to_string(),
+    })
+}
+
+/// A stored record read back.
+pub(crate) fn record_from(json: &str) -> Result<RetentionRecord, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
+        what: "retention record",
+        detail: e.to_string(),
+    })
 }

@@ -73,6 +73,11 @@ impl Gcra {
         slot
     }
 
+    /// Takes the token for a request that goes at `at` (not before [`Gcra::next_slot`]).
+    pub(crate) fn reserve_at(&mut self, at: Instant) {
+        self.tat = self.tat.max(at) + self.interval;
+    }
+
     /// Gives back one token taken or reserved earlier (its request was refused elsewhere).
     pub(crate) fn refund(&mut self, now: Instant) {
         if self.tat > now {

@@ -601,7 +601,7 @@ impl Limiter {
     }
 
     /// Amazon answered 429: empty that bucket, if this instance has used it (waiters that can no longer make their deadline
-    /// are refused at once).
+    /// are refused at once), and the operation's application-wide bucket.
     pub fn observe_throttled(&self, seller: &str, operation: &Operation) {
         self.inner
             .metrics
@@ -609,6 +609,17 @@ impl Limiter {
             .fetch_add(1, Ordering::Relaxed);
         if let Some(bucket) = self.inner.existing(seller, operation) {
             bucket.observe_throttled(&self.inner);
+        }
+        let app = self
+            .inner
+            .apps
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(operation.key, None))
+            .cloned()
+            .flatten();
+        if let Some(app) = app {
+            app.drain(&self.inner);
         }
     }
 

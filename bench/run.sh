@@ -207,7 +207,7 @@ ACCESS_TOKEN="$(python3 -c 'import json,sys; print(json.load(sys.stdin)["access_
 AUDIT_ARGS=()
 [[ "$BENCH_AUDIT" == 0 ]] && AUDIT_ARGS=(--no-audit)
 log "starting spgate: spgate demo --upstream $SANDBOX_URL ${AUDIT_ARGS[*]}"
-"$SPGATE_BIN" demo --listen 127.0.0.1:0 --upstream "$SANDBOX_URL" --data-dir "$WORK/spgate-data" "${AUDIT_ARGS[@]}" \
+"$SPGATE_BIN" demo --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --upstream "$SANDBOX_URL" --data-dir "$WORK/spgate-data" "${AUDIT_ARGS[@]}" \
     >"$WORK/spgate.out" 2>"$WORK/spgate.err" &
 SPGATE_PID=$!
 PIDS+=("$SPGATE_PID")

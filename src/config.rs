@@ -340,6 +340,10 @@ pub struct RawConfig {
     pub retention: crate::vault::RawRetention,
     /// `[outbound]`: where document downloads may go.
     pub outbound: crate::proxy::outbound::RawOutbound,
+    /// `[forward_proxy]`: CONNECT to Amazon's hosts answered by the gateway.
+    pub forward_proxy: crate::server::forward::RawForwardProxy,
+    /// `[compat]`: Orders v0 translated to Orders 2026-01-01.
+    pub compat: crate::compat::RawCompat,
 }
 
 /// `[tools.<name>]`: settings of one seller tool, by the tool name its API keys carry.
@@ -350,6 +354,8 @@ pub struct RawTool {
     /// Client certificates the tool must present besides its API key: base64 SHA-256 of each
     /// certificate's SubjectPublicKeyInfo (needs `[server.tls] client_ca_file`).
     pub client_cert_spki_sha256: Option<Vec<String>>,
+    /// This tool's Orders v0 handling, overriding `[compat] orders_v0`.
+    pub orders_v0: Option<String>,
 }
 
 /// `[admin]`: the admin listener (health, metrics, rate-limit status, reload).
@@ -412,6 +418,10 @@ pub struct Config {
     pub retention: crate::vault::RetentionConfig,
     /// Where document downloads may go.
     pub outbound: crate::proxy::outbound::OutboundConfig,
+    /// Forward-proxy mode, when enabled.
+    pub forward_proxy: Option<crate::server::forward::ForwardProxyConfig>,
+    /// Orders v0 handling per tool.
+    pub compat: crate::compat::CompatConfig,
 }
 
 /// See [`RawPii`].
@@ -696,6 +706,8 @@ impl RawConfig {
                 }
                 "retention" => section(&key, value, &mut raw.retention, &mut issues),
                 "outbound" => section(&key, value, &mut raw.outbound, &mut issues),
+                "forward_proxy" => section(&key, value, &mut raw.forward_proxy, &mut issues),
+                "compat" => section(&key, value, &mut raw.compat, &mut issues),
                 _ => issues.push(ConfigIssue {
                     path: key.clone(),
                     message: "unknown key".into(),
@@ -1065,6 +1077,23 @@ impl Config {
                 crate::proxy::outbound::OutboundConfig::defaults()
             }
         };
+        let forward_proxy = match raw.forward_proxy.resolve(v.env) {
+            Ok(f) => f,
+            Err(issues) => {
+                v.issues.extend(issues);
+                None
+            }
+        };
+        let compat = match raw
+            .compat
+            .resolve(raw.tools.iter().map(|(t, s)| (t, s.orders_v0.as_ref())))
+        {
+            Ok(c) => c,
+            Err(issues) => {
+                v.issues.extend(issues);
+                crate::compat::CompatConfig::defaults()
+            }
+        };
         match (v.issues.is_empty(), master_key, ratelimit) {
             (true, Some(master_key), Some(ratelimit)) => Ok(Config {
                 server,
@@ -1083,6 +1112,8 @@ impl Config {
                 audit,
                 retention,
                 outbound,
+                forward_proxy,
+                compat,
             }),
             _ => Err(ConfigError(v.issues)),
         }

@@ -44,6 +44,9 @@ pub struct DemoArgs {
     /// Address of the gateway (the URL seller tools use).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Address of the admin listener (health, metrics and the web console at /console).
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub admin_listen: SocketAddr,
     /// Address of the in-process sandbox (fake SP-API and LWA).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub sandbox_listen: SocketAddr,
@@ -112,6 +115,13 @@ pub enum DemoError {
     Io(#[from] std::io::Error),
 }
 
+/// Binds a listener, naming the address when it cannot.
+async fn bind(addr: SocketAddr) -> Result<TcpListener, DemoError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| DemoError::Bind { addr, source })
+}
+
 impl From<QuotaArg> for QuotaMode {
     fn from(q: QuotaArg) -> QuotaMode {
         match q {
@@ -127,12 +137,7 @@ pub async fn run_sandbox(
     args: SandboxArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DemoError> {
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .map_err(|source| DemoError::Bind {
-            addr: args.listen,
-            source,
-        })?;
+    let listener = bind(args.listen).await?;
     let sandbox = Sandbox::new(SandboxConfig {
         lwa_clients: vec![(DEMO_CLIENT_ID.into(), DEMO_CLIENT_SECRET.into())],
         access_token_ttl: Duration::from_secs(args.token_ttl_seconds),
@@ -167,12 +172,7 @@ pub async fn run_demo(
     let upstream_url = match &args.upstream {
         Some(url) => url.trim_end_matches('/').to_string(),
         None => {
-            let listener = TcpListener::bind(args.sandbox_listen)
-                .await
-                .map_err(|source| DemoError::Bind {
-                    addr: args.sandbox_listen,
-                    source,
-                })?;
+            let listener = bind(args.sandbox_listen).await?;
             let sandbox = Sandbox::new(SandboxConfig {
                 lwa_clients: vec![(DEMO_CLIENT_ID.into(), DEMO_CLIENT_SECRET.into())],
                 access_token_ttl: Duration::from_secs(3600),
@@ -195,7 +195,19 @@ pub async fn run_demo(
         ),
     };
     let master = MasterKey::generate_base64()?;
-    let mut config = demo_config(args.listen, &upstream_url, &data_dir, &master)?;
+    // The console's sign-in tokens, fresh for each run.
+    let admin_tokens = (
+        Secret::new(format!("ops-{}", crypto::random_token::<24>()?)),
+        Secret::new(format!("sec-{}", crypto::random_token::<24>()?)),
+    );
+    let mut config = demo_config(
+        args.listen,
+        args.admin_listen,
+        &upstream_url,
+        &data_dir,
+        &master,
+        &admin_tokens,
+    )?;
     if args.no_audit {
         config.audit = None;
     }
@@ -220,13 +232,18 @@ pub async fn run_demo(
     let key =
         caller::create_client(&*store, "demo-tool", "demo", vec![DEMO_SELLER.into()], now).await?;
     let drop_in = crate::auth::drop_in::create(&*store, &key.client.id, DEMO_SELLER).await?;
+    // A second tool whose role minimises: names and phones masked, e-mails pseudonymized,
+    // addresses encrypted.
+    let minimal = caller::create_client(
+        &*store,
+        "demo-minimal",
+        "minimal",
+        vec![DEMO_SELLER.into()],
+        now,
+    )
+    .await?;
 
-    let listener = TcpListener::bind(config.server.listen)
-        .await
-        .map_err(|source| DemoError::Bind {
-            addr: config.server.listen,
-            source,
-        })?;
+    let listener = bind(config.server.listen).await?;
     let url = format!("http://{}", listener.local_addr()?);
     // The sandbox knows the seller by the id it was registered under, or, for an external
     // open-enrollment sandbox, by the id it derives from the refresh token.
@@ -249,11 +266,56 @@ pub async fn run_demo(
         drop_in.client_secret.expose(),
         drop_in.refresh_token.expose()
     );
+    println!("# The same order as a tool with a minimising role sees it (names and phones masked,");
+    println!("# e-mails pseudonymized, the address encrypted):");
+    println!("export SPGATE_MINIMAL_KEY={}", minimal.key.expose());
+    println!("curl -s -H \"Authorization: Bearer $SPGATE_MINIMAL_KEY\" -H \"x-spgate-seller: $SPGATE_SELLER\" \"$SPGATE_URL/orders/v0/orders/{order}/address\"\n");
+
+    let admin_listener = bind(args.admin_listen).await?;
+    println!(
+        "# The web console (sign in with either admin token): http://{}/console",
+        admin_listener.local_addr()?
+    );
+    println!("#   ops token:      {}", admin_tokens.0.expose());
+    println!("#   security token: {}\n", admin_tokens.1.expose());
     println!("Serving until Ctrl-C.");
 
+    let admin_tokens = config
+        .admin
+        .as_ref()
+        .map(|a| a.tokens.clone())
+        .unwrap_or_default();
+    let (audit, plans, tool_plans) = (
+        config.audit.clone(),
+        config.ratelimit.limiter.plans.clone(),
+        config.tool_plans.clone(),
+    );
     let (gateway, limits) = crate::build_gateway(config, opened).await?;
-    let result = crate::server::serve(listener, Arc::new(gateway), limits, shutdown).await;
-    let _ = stop_tx.send(true);
+    let gateway = Arc::new(gateway);
+    let admin = crate::admin::Admin::new(
+        gateway.clone(),
+        &admin_tokens,
+        None,
+        Arc::new(MapEnv::default()),
+    )
+    .with_vault(gateway.vault().clone())
+    .with_audit(audit)
+    .with_plans(&plans, &tool_plans);
+    let admin_task = tokio::spawn(crate::server::serve(
+        admin_listener,
+        Arc::new(admin),
+        limits,
+        stopped(stop_rx.clone()),
+    ));
+    let scheduler =
+        crate::vault::spawn_scheduler(gateway.vault().clone(), stopped(stop_rx.clone()));
+    let result = crate::server::serve(listener, gateway, limits, async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    })
+    .await;
+    let _ = admin_task.await;
+    let _ = scheduler.await;
     if temporary {
         let _ = std::fs::remove_dir_all(&data_dir);
     }
@@ -263,9 +325,11 @@ pub async fn run_demo(
 
 fn demo_config(
     listen: SocketAddr,
+    admin_listen: SocketAddr,
     upstream: &str,
     data_dir: &std::path::Path,
     master: &Secret<String>,
+    admin_tokens: &(Secret<String>, Secret<String>),
 ) -> Result<Config, ConfigError> {
     let toml = format!(
         r#"
@@ -294,6 +358,23 @@ key = {{ env = "DEMO_AUDIT_KEY" }}
 [log]
 format = "pretty"
 level = "warn"
+[admin]
+listen = "{admin_listen}"
+[[admin.tokens]]
+name = "demo-ops"
+role = "ops"
+token = {{ env = "DEMO_OPS_TOKEN" }}
+[[admin.tokens]]
+name = "demo-security"
+role = "security"
+token = {{ env = "DEMO_SECURITY_TOKEN" }}
+[roles.minimal.pii]
+name = "mask"
+email = "pseudonymize"
+phone = "mask"
+address = "encrypt"
+postal_code = "mask"
+coarse_location = "pass"
 [roles.demo.pii]
 name = "pass"
 email = "pass"
@@ -325,6 +406,12 @@ delivery_instructions = "pass"
         .insert("DEMO_LWA_SECRET".into(), DEMO_CLIENT_SECRET.into());
     env.vars
         .insert("DEMO_MASTER_KEY".into(), master.expose().clone());
+    env.vars
+        .insert("DEMO_OPS_TOKEN".into(), admin_tokens.0.expose().clone());
+    env.vars.insert(
+        "DEMO_SECURITY_TOKEN".into(),
+        admin_tokens.1.expose().clone(),
+    );
     Config::from_toml(&toml, &env)
 }
 

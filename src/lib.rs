@@ -5,9 +5,11 @@
 //! - [`audit`]: the audit log: records, the hash-chained writer, alerts, verify/query/report.
 //! - [`auth`]: caller API keys, LWA access tokens (cached, single-flight).
 //! - [`catalog`]: every SP-API operation (path template, usage plan, restricted?, PII map).
+//! - [`compat`]: Orders v0 calls answered from Orders 2026-01-01 (issue 18): request and field map.
 //! - [`config`]: the config file: parse, validate, resolve secrets (the only env/file reader).
 //! - [`crypto`]: randomness, hashing and sealing secrets at rest (ring); per-order data keys.
 //! - [`documents`]: report documents redacted while streaming, and their signed links.
+//! - [`net`]: the SP-API HTTP client and streaming body wrappers (below `proxy` and `auth`).
 //! - [`pii`]: buyer-PII categories, roles, the field map and the response transform.
 //! - [`proxy`]: the request pipeline, written once; `rescue` maps every error to a response.
 //! - [`ratelimit`]: Amazon's token buckets per seller and operation (local or Redis), fair shares per tool.
@@ -21,9 +23,11 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod catalog;
+pub mod compat;
 pub mod config;
 pub mod crypto;
 pub mod documents;
+pub mod net;
 pub mod pii;
 pub mod proxy;
 pub mod ratelimit;
@@ -43,7 +47,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::lwa::Lwa;
 use crate::config::{Config, StoreConfig};
-use crate::proxy::upstream::{build_client, Upstream};
+use crate::net::upstream::{build_client, Upstream};
 use crate::proxy::{Gateway, GatewayParts, Limits};
 use crate::server::ServerLimits;
 use crate::store::cache::CachedStore;
@@ -80,6 +84,9 @@ pub enum RunError {
     /// A listener's certificate could not be loaded.
     #[error("TLS: {0}")]
     Tls(#[from] crate::server::tls::TlsError),
+    /// The forward proxy's CA could not be loaded.
+    #[error("forward proxy: {0}")]
+    Forward(#[from] crate::server::mint::MintError),
 }
 
 /// How long per-request store lookups are cached (other processes' writes apply within it).
@@ -217,7 +224,17 @@ pub async fn run(
         .unwrap_or_default();
     let env: Arc<dyn config::Env + Send + Sync> = Arc::new(config::ProcessEnv);
     let tls = listener_tls(&config, &env)?;
+    let forward = match &config.forward_proxy {
+        Some(f) => Some(Arc::new(server::forward::Forward::load(f, &*env)?)),
+        None => None,
+    };
     let opened = open_store(&config).await?;
+    // What the console shows of the audit log and the plans in force.
+    let (audit, plans, tool_plans) = (
+        config.audit.clone(),
+        config.ratelimit.limiter.plans.clone(),
+        config.tool_plans.clone(),
+    );
     let (gateway, limits) = build_gateway(config, opened).await?;
     let gateway = Arc::new(gateway);
     // The vault (per-order keys, PII cache, retention) and its deletion scheduler.
@@ -225,7 +242,9 @@ pub async fn run(
     let admin = Arc::new(
         admin::Admin::new(gateway.clone(), &tokens, config_path, env)
             .with_vault(vault.clone())
-            .with_tls(tls.iter().flatten().cloned().collect()),
+            .with_tls(tls.iter().flatten().cloned().collect())
+            .with_audit(audit)
+            .with_plans(&plans, &tool_plans),
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -287,11 +306,14 @@ pub async fn run(
     });
     tracing::info!(listen = %listeners.proxy.local_addr()?, "spgate is serving.");
     let auditor = gateway.auditor().clone();
-    let proxy = server::serve_with_tls(
+    let proxy = server::serve_with(
         listeners.proxy,
         gateway.clone(),
         limits,
-        proxy_tls,
+        server::Extras {
+            tls: proxy_tls,
+            forward,
+        },
         async move {
             shutdown.await;
             let _ = stop_tx.send(true);

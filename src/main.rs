@@ -68,6 +68,11 @@ enum Command {
     },
     /// Run the fake SP-API + LWA on its own (open enrollment: any `Atzr|` refresh token works).
     Sandbox(spgate::demo::SandboxArgs),
+    /// The forward proxy's certificate authority.
+    Ca {
+        #[command(subcommand)]
+        action: CaAction,
+    },
     /// Review the audit log: verify the chains, query records, report per tool.
     Audit {
         #[command(subcommand)]
@@ -258,8 +263,40 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
         Command::Clients { config, action } => clients(&load(&config)?, action).await,
         Command::Sellers { config, action } => sellers(&load(&config)?, action).await,
         Command::Audit { action } => audit(action),
+        Command::Ca {
+            action: CaAction::Init { out },
+        } => ca_init(&out),
         Command::Vault { config, action } => vault(load(&config)?, action).await,
     }
+}
+
+#[derive(Subcommand)]
+enum CaAction {
+    /// Write a new CA for `[forward_proxy]`: its key (mode 0600) and certificate (0644) in
+    /// `--out`; existing files are never overwritten.
+    Init {
+        /// Directory to write `spgate-forward-ca.pem` and `spgate-forward-ca.key` into.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn ca_init(out: &std::path::Path) -> anyhow::Result<()> {
+    let (cert, key) = spgate::server::mint::ca_init(out)?;
+    println!("CA certificate: {}", cert.display());
+    println!("CA key (0600, keep it secret): {}", key.display());
+    println!();
+    println!("Enable the forward proxy in the gateway's config:");
+    println!("  [forward_proxy]");
+    println!("  enabled = true");
+    println!("  ca_cert_file = {:?}", cert.display().to_string());
+    println!("  ca_key_file = {:?}", key.display().to_string());
+    println!("and let the tools trust the certificate, e.g. for node:");
+    println!(
+        "  HTTPS_PROXY=http://<gateway host:port> NODE_EXTRA_CA_CERTS={}",
+        cert.display()
+    );
+    Ok(())
 }
 
 fn load(path: &std::path::Path) -> anyhow::Result<Config> {

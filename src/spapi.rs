@@ -13,6 +13,13 @@ pub const RATE_LIMIT_LIMIT: &str = "x-amzn-ratelimit-limit";
 /// The header carrying the LWA access token or Restricted Data Token.
 pub const ACCESS_TOKEN: &str = "x-amz-access-token";
 
+/// Whether an error body talks about the access token (case-insensitive): SP-API's 403s for an
+/// expired or revoked token say so ("The access token you provided has expired.").
+pub fn mentions_access_token(body: &[u8]) -> bool {
+    body.windows(12)
+        .any(|w| w.eq_ignore_ascii_case(b"access token"))
+}
+
 /// SP-API's error response body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {

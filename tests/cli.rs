@@ -261,12 +261,27 @@ fn demo_lines(child: &mut std::process::Child) -> Vec<String> {
 #[tokio::test]
 async fn the_demo_serves_its_printed_curl_commands_and_exits_0_on_sigterm() {
     let mut child = Command::new(BIN)
-        .args(["demo", "--listen", "127.0.0.1:0"])
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let lines = demo_lines(&mut child);
+    let minimal_key = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("export SPGATE_MINIMAL_KEY="))
+        .expect("the minimising tool's key")
+        .to_string();
+    assert!(
+        lines.iter().any(|l| l.contains("/console")),
+        "the console's URL is printed"
+    );
     let export = lines
         .iter()
         .find(|l| l.starts_with("export SPGATE_URL="))
@@ -282,9 +297,10 @@ async fn the_demo_serves_its_printed_curl_commands_and_exits_0_on_sigterm() {
         vars["SPGATE_SELLER"],
     );
     let curls: Vec<&String> = lines.iter().filter(|l| l.starts_with("curl ")).collect();
-    assert_eq!(curls.len(), 3, "three ready-to-paste curl commands");
+    assert_eq!(curls.len(), 4, "four ready-to-paste curl commands");
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let mut seen = std::collections::HashMap::new();
     for curl in curls {
         let target = curl
             .rsplit(' ')
@@ -292,6 +308,11 @@ async fn the_demo_serves_its_printed_curl_commands_and_exits_0_on_sigterm() {
             .unwrap()
             .trim_matches('"')
             .replace("$SPGATE_URL", url);
+        let key = if curl.contains("$SPGATE_MINIMAL_KEY") {
+            minimal_key.as_str()
+        } else {
+            key
+        };
         let req = http::Request::get(&target)
             .header("authorization", format!("Bearer {key}"))
             .header("x-spgate-seller", seller)
@@ -299,6 +320,17 @@ async fn the_demo_serves_its_printed_curl_commands_and_exits_0_on_sigterm() {
             .unwrap();
         let resp = client.request(req).await.unwrap();
         assert_eq!(resp.status(), 200, "{target}");
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let body = String::from_utf8_lossy(&body).into_owned();
+        if key == minimal_key {
+            // The same order as the first key saw it, minimised: the address encrypted.
+            assert!(body.contains("\"AddressLine1\":\"spgate:v1:"), "{body}");
+            assert!(seen.get(&target).is_some_and(|full| *full != body));
+        }
+        seen.insert(target, body);
     }
     let pid = child.id().to_string();
     assert!(Command::new("kill")

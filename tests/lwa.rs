@@ -222,16 +222,68 @@ async fn a_gateway_token_calls_sp_api_for_its_seller_and_amazon_tokens_never_lea
         .sp_api(&token, "/orders/v0/orders/TEST_CASE_200/address", &[("x-spgate-seller", SELLER), ("authorization", "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20260101/us-east-1/execute-api/aws4_request")])
         .await;
     assert_eq!(reply.status, StatusCode::OK);
-    // An unknown token is a 401 in SP-API's shape.
-    let reply = d
-        .sp_api(
-            "spgat_not-a-real-token",
-            "/orders/v0/orders/TEST_CASE_200/address",
-            &[],
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(reply.error_code(), "Unauthorized");
+    // An unknown token is answered as Amazon answers one: 403, its words and details (SDKs
+    // refresh on this answer), and a request id an SDK can report.
+    for unknown in [
+        "spgat_not-a-real-token",
+        "spgat_99999999999.forged",
+        "Atza|IwEBIreal",
+    ] {
+        let reply = d
+            .sp_api(unknown, "/orders/v0/orders/TEST_CASE_200/address", &[])
+            .await;
+        assert_amazon_token_refusal(
+            &reply,
+            "The access token you provided is revoked, malformed or invalid.",
+        );
+    }
+}
+
+/// Amazon's refusal of an access token: 403 `Unauthorized` "Access to requested resource is
+/// denied." with the given details, and the gateway's request id in `x-amzn-RequestId`.
+fn assert_amazon_token_refusal(reply: &Reply, details: &str) {
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{:?}", reply.body);
+    let v = reply.json();
+    assert_eq!(v["errors"][0]["code"], "Unauthorized");
+    assert_eq!(
+        v["errors"][0]["message"],
+        "Access to requested resource is denied."
+    );
+    assert_eq!(v["errors"][0]["details"], details);
+    let amzn = reply
+        .headers
+        .get("x-amzn-requestid")
+        .expect("x-amzn-RequestId");
+    assert_eq!(Some(amzn), reply.headers.get("x-spgate-request-id"));
+}
+
+#[tokio::test]
+async fn an_expired_drop_in_token_gets_amazons_answer_so_sdks_refresh() {
+    let d = drop_in_gateway().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let body = d.form(
+        &d.creds.lwa_client_id,
+        d.creds.client_secret.expose(),
+        d.creds.refresh_token.expose(),
+    );
+    // A token issued two hours ago expired an hour ago.
+    let old = drop_in::issue(
+        &*d.gw.store,
+        Some("application/x-www-form-urlencoded"),
+        &bytes::Bytes::from(body),
+        now - 2 * drop_in::TOKEN_LIFETIME_SECONDS,
+    )
+    .await
+    .unwrap();
+    let path = "/orders/v0/orders/TEST_CASE_200/address";
+    let reply = d.sp_api(&old.access_token, path, &[]).await;
+    assert_amazon_token_refusal(&reply, "The access token you provided has expired.");
+    // The refreshed token works.
+    let token = d.token().await;
+    assert_eq!(d.sp_api(&token, path, &[]).await.status, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -306,11 +358,12 @@ async fn revoking_the_tool_stops_its_drop_in_tokens_and_refreshes() {
     );
     let client = d.gw.store.clients().await.unwrap().remove(0);
     d.gw.store.revoke_client(&client.id, 1).await.unwrap();
-    assert_eq!(
-        d.sp_api(&token, "/orders/v0/orders/TEST_CASE_200/address", &[])
-            .await
-            .status,
-        StatusCode::UNAUTHORIZED
+    let reply = d
+        .sp_api(&token, "/orders/v0/orders/TEST_CASE_200/address", &[])
+        .await;
+    assert_amazon_token_refusal(
+        &reply,
+        "The access token you provided is revoked, malformed or invalid.",
     );
     let body = d.form(
         &d.creds.lwa_client_id,

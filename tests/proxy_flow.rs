@@ -667,6 +667,21 @@ async fn against_amazons_sandbox_the_gateway_enforces_the_sandbox_plan_itself() 
         refused.headers.contains_key("retry-after"),
         "the gateway's own 429"
     );
+    // SDKs report x-amzn-RequestId: the gateway's own answers carry the gateway's id.
+    assert_eq!(
+        refused.headers.get("x-amzn-requestid"),
+        refused.headers.get("x-spgate-request-id")
+    );
+    assert!(refused.headers.contains_key("x-amzn-requestid"));
+    // Amazon's answers keep Amazon's id.
+    let served = statuses
+        .iter()
+        .find(|r| r.status == StatusCode::OK)
+        .unwrap();
+    assert_ne!(
+        served.headers.get("x-amzn-requestid"),
+        served.headers.get("x-spgate-request-id")
+    );
     assert_eq!(
         gw.sandbox.stats().throttled_total,
         0,

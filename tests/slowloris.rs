@@ -154,3 +154,26 @@ async fn a_burst_of_unauthenticated_requests_from_one_address_is_cut_off_and_oth
     let req = gw.request(Method::GET, ADDRESS).body(empty()).unwrap();
     assert_eq!(other.request(req).await.unwrap().status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn bad_drop_in_tokens_answered_with_amazons_403_are_still_struck_per_address() {
+    let gw = start_gateway(Options {
+        server_toml: "unauthenticated_rate_per_second = 1\nunauthenticated_burst = 5\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let attacker = client_from("127.0.0.1");
+    let mut statuses = Vec::new();
+    for i in 0..10 {
+        let req = http::Request::get(format!("{}{ADDRESS}", gw.url))
+            .header("x-amz-access-token", format!("spgat_1.guess{i}"))
+            .body(empty())
+            .unwrap();
+        statuses.push(attacker.request(req).await.unwrap().status());
+    }
+    assert_eq!(statuses[0], StatusCode::FORBIDDEN, "Amazon's answer");
+    assert!(
+        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+}

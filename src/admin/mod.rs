@@ -13,6 +13,10 @@
 //! (security; `{"seller", "reason", "until"}`, a legal hold) and `DELETE
 //! /admin/orders/{orderId}/hold?seller=` (security; releases it). Each answers JSON; the vault
 //! audits them.
+//!
+//! The web console (`/console`, [`console`]) uses the same tokens, role check and actions.
+
+pub mod console;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -22,7 +26,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 
 use crate::config::{AdminRole, AdminToken, Config, ConfigIssue, Env};
 use crate::crypto;
-use crate::proxy::body::{self, Body};
+use crate::net::body::{self, Body};
 use crate::proxy::Gateway;
 use crate::vault::{self, Vault, VaultError};
 
@@ -64,6 +68,8 @@ pub struct Admin {
     vault: Option<Vault>,
     /// TLS listeners whose counters `/metrics` shows.
     tls: Vec<Arc<crate::server::tls::TlsListener>>,
+    /// The web console's sessions and live statistics.
+    console: console::Console,
 }
 
 impl Admin {
@@ -75,6 +81,7 @@ impl Admin {
         env: Arc<dyn Env + Send + Sync>,
     ) -> Admin {
         Admin {
+            console: console::Console::new(gateway.auditor()),
             gateway,
             tokens: tokens
                 .iter()
@@ -99,6 +106,27 @@ impl Admin {
         self
     }
 
+    /// Lets the console query, report and verify this audit log.
+    pub fn with_audit(mut self, audit: Option<crate::audit::AuditConfig>) -> Admin {
+        self.console.set_audit(audit);
+        self
+    }
+
+    /// Tells the console which rate plans and tool assignments are in force at start.
+    pub fn with_plans(
+        self,
+        plans: &crate::ratelimit::config::Plans,
+        tools: &std::collections::BTreeMap<String, String>,
+    ) -> Admin {
+        self.console.set_plans(plans, tools);
+        self
+    }
+
+    /// The console's live request statistics.
+    pub fn console_stats(&self) -> &console::stats::Stats {
+        self.console.stats()
+    }
+
     /// Shows these TLS listeners' reloads and handshake failures in `/metrics`.
     pub fn with_tls(mut self, tls: Vec<Arc<crate::server::tls::TlsListener>>) -> Admin {
         self.tls = tls;
@@ -111,16 +139,20 @@ impl Admin {
         B: http_body::Body,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let path = req.uri().path();
+        if path == "/console" || path.starts_with("/console/") {
+            return console::handle(self, req).await;
+        }
         // Records lost from here on (even if a gap has reported them) fail the action.
         let lost = self.gateway.auditor().lost_mark();
         if req.uri().path().starts_with("/admin/orders/") {
             return match self.orders(req).await {
                 // An action is confirmed only once its records are written.
                 Ok(_) if self.gateway.auditor().flushed_since(lost).await.is_err() => {
-                    crate::proxy::rescue::admin_error(&AdminError::AuditUnavailable)
+                    error_response(&AdminError::AuditUnavailable)
                 }
                 Ok(resp) => resp,
-                Err(OrderRouteError::Admin(e)) => crate::proxy::rescue::admin_error(&e),
+                Err(OrderRouteError::Admin(e)) => error_response(&e),
                 Err(e) => order_error(&e),
             };
         }
@@ -128,10 +160,10 @@ impl Admin {
         match self.route(&req).await {
             // An action is confirmed only once its records are written.
             Ok(_) if action && self.gateway.auditor().flushed_since(lost).await.is_err() => {
-                crate::proxy::rescue::admin_error(&AdminError::AuditUnavailable)
+                error_response(&AdminError::AuditUnavailable)
             }
             Ok(resp) => resp,
-            Err(e) => crate::proxy::rescue::admin_error(&e),
+            Err(e) => error_response(&e),
         }
     }
 
@@ -174,23 +206,12 @@ impl Admin {
     /// per line): the store does not answer, the limiter's Redis does not answer while
     /// `fail_mode = "closed"`, the audit log cannot be written, or LWA's circuit is open.
     async fn readiness(&self) -> Response<Body> {
-        let mut down = Vec::new();
-        // Always reaches the backend, past the cache.
-        if let Err(e) = self.gateway.store().ping().await {
-            if let Some(repeats) = crate::proxy::rescue::log_limit::admit("readyz store") {
-                tracing::warn!(error = %e, repeats, "Not ready: the store does not answer.");
-            }
-            down.push("store unavailable");
-        }
-        if !self.gateway.limiter().ready().await {
-            down.push("rate limit store (redis, fail_mode closed) unavailable");
-        }
-        if !self.gateway.auditor().healthy() {
-            down.push("audit log unavailable");
-        }
-        if self.gateway.lwa().circuit().is_open() {
-            down.push("login with amazon circuit open");
-        }
+        let down: Vec<&str> = self
+            .dependencies()
+            .await
+            .into_iter()
+            .filter_map(|(_, problem)| problem)
+            .collect();
         if down.is_empty() {
             return text(StatusCode::OK, "ready\n");
         }
@@ -203,6 +224,41 @@ impl Admin {
             HeaderValue::from(crate::proxy::rescue::RETRY_AFTER_SECONDS),
         );
         resp
+    }
+
+    /// Each dependency requests need, with what is wrong with it (`None`: up): the store (always
+    /// asked, past the cache), the limiter's Redis while `fail_mode = "closed"`, the audit log,
+    /// and LWA's circuit.
+    pub(crate) async fn dependencies(&self) -> Vec<(&'static str, Option<&'static str>)> {
+        let store = match self.gateway.store().ping().await {
+            Ok(()) => None,
+            Err(e) => {
+                if let Some(repeats) = crate::proxy::rescue::log_limit::admit("readyz store") {
+                    tracing::warn!(error = %e, repeats, "Not ready: the store does not answer.");
+                }
+                Some("store unavailable")
+            }
+        };
+        let limiter = (!self.gateway.limiter().ready().await)
+            .then_some("rate limit store (redis, fail_mode closed) unavailable");
+        let audit = (!self.gateway.auditor().healthy()).then_some("audit log unavailable");
+        let lwa = self
+            .gateway
+            .lwa()
+            .circuit()
+            .is_open()
+            .then_some("login with amazon circuit open");
+        vec![
+            ("store", store),
+            ("rate limit store", limiter),
+            ("audit log", audit),
+            ("Login with Amazon", lwa),
+        ]
+    }
+
+    /// The vault behind the order routes and the console's retention page.
+    fn vault(&self) -> Result<&Vault, AdminError> {
+        self.vault.as_ref().ok_or(AdminError::NotFound)
     }
 
     /// Re-reads the config file and applies its rate plans and the tools' client-certificate
@@ -218,6 +274,8 @@ impl Admin {
         }));
         self.gateway.auditor().record(record);
         let config = loaded.map_err(|e| AdminError::InvalidConfig(e.0))?;
+        self.console
+            .set_plans(&config.ratelimit.limiter.plans, &config.tool_plans);
         self.gateway
             .reload_plans(config.ratelimit.limiter.plans, config.tool_plans);
         // Client-certificate pins apply to connections and requests from now on.
@@ -251,7 +309,7 @@ impl Admin {
             _ => return Err(AdminError::NotFound.into()),
         };
         let who = self.authorize(&req, role)?;
-        let vault = self.vault.as_ref().ok_or(AdminError::NotFound)?;
+        let vault = self.vault()?;
         let query_seller = req.uri().query().and_then(|q| {
             form_urlencoded::parse(q.as_bytes())
                 .find(|(k, _)| k == "seller")
@@ -319,19 +377,32 @@ impl Admin {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or(AdminError::Unauthorized)?;
+        let (name, has) = self.token_holder(presented)?;
+        self.permit(has, role)?;
+        Ok(name)
+    }
+
+    /// The holder and role of an admin token (the API's bearer token, the console's sign-in).
+    fn token_holder(&self, presented: &str) -> Result<(String, AdminRole), AdminError> {
         let hash = crypto::sha256_hex(presented.trim().as_bytes());
         let (_, name, has) = self
             .tokens
             .iter()
             .find(|(h, _, _)| *h == hash)
             .ok_or(AdminError::Unauthorized)?;
-        if *has != role {
-            return Err(AdminError::Forbidden(*has));
+        Ok((name.clone(), *has))
+    }
+
+    /// Whether a holder of role `has` may do what needs `role`: the role matches and the audit
+    /// log can record the action.
+    fn permit(&self, has: AdminRole, role: AdminRole) -> Result<(), AdminError> {
+        if has != role {
+            return Err(AdminError::Forbidden(has));
         }
         if !self.gateway.auditor().available() {
             return Err(AdminError::AuditUnavailable);
         }
-        Ok(name.clone())
+        Ok(())
     }
 
     fn metrics(&self) -> Response<Body> {
@@ -405,6 +476,7 @@ impl Admin {
             u8::from(self.gateway.lwa().circuit().is_open())
         );
         crate::server::peers::render_metrics(&mut out);
+        crate::server::forward::render_metrics(&mut out);
         self.gateway.auditor().render_metrics(&mut out);
         self.gateway.outbound().render_metrics(&mut out);
         self.gateway.header_drops().render_metrics(&mut out);
@@ -531,5 +603,60 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    resp
+}
+
+/// Admin listener errors, as JSON in SP-API's error shape (the admin listener maps its own
+/// errors; `proxy::rescue` maps the proxy's).
+pub fn error_response(err: &AdminError) -> Response<Body> {
+    use AdminError as A;
+    let (status, code, message) = match err {
+        A::NotFound => (
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "No such admin route.".to_string(),
+        ),
+        A::Unauthorized => (
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "Missing or unknown admin token.".to_string(),
+        ),
+        A::Forbidden(_) => (
+            StatusCode::FORBIDDEN,
+            "Unauthorized",
+            "This admin role may not do that.".to_string(),
+        ),
+        A::NoConfigFile => (
+            StatusCode::CONFLICT,
+            "InvalidInput",
+            "This gateway was not started from a config file.".to_string(),
+        ),
+        A::InvalidConfig(issues) => (
+            StatusCode::BAD_REQUEST,
+            "InvalidInput",
+            format!(
+                "The new configuration is invalid; nothing changed: {}",
+                issues
+                    .iter()
+                    .map(|i| format!("{}: {}", i.path, i.message))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        ),
+        A::AuditUnavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "The gateway cannot write its audit log right now; the action is not confirmed. Retry later.".to_string(),
+        ),
+    };
+    tracing::info!(error = %err, status = status.as_u16(), "Admin request refused.");
+    let mut resp = json(
+        status,
+        &serde_json::json!({"errors": [{"code": code, "message": message, "details": ""}]}),
+    );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
     resp
 }

@@ -171,7 +171,12 @@ struct Inner {
     instance: String,
     on_failure: OnFailure,
     counters: Arc<Counters>,
+    /// Sees every record as it is queued (the admin console's live statistics).
+    tap: std::sync::OnceLock<Tap>,
 }
+
+/// A function that sees every record as it is queued.
+pub type Tap = Arc<dyn Fn(&Record) + Send + Sync>;
 
 /// The audit log's handle: cheap to clone, `record` never does I/O.
 #[derive(Clone)]
@@ -279,6 +284,7 @@ impl Auditor {
                 instance: config.instance.clone(),
                 on_failure: config.on_failure,
                 counters,
+                tap: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -293,6 +299,7 @@ impl Auditor {
                 instance: String::new(),
                 on_failure: OnFailure::Refuse,
                 counters: Arc::new(Counters::default()),
+                tap: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -333,11 +340,19 @@ impl Auditor {
         }
     }
 
+    /// Lets `tap` see every record from now on (one tap per auditor: false if one is set).
+    pub fn set_tap(&self, tap: Tap) -> bool {
+        self.inner.tap.set(tap).is_ok()
+    }
+
     /// Returns false if the record was lost (writer stopped).
     fn enqueue(&self, record: Record, ack: Option<Ack>) -> bool {
         let Some(tx) = &self.inner.tx else {
             return true;
         };
+        if let Some(tap) = self.inner.tap.get() {
+            tap(&record);
+        }
         let c = &self.inner.counters;
         let msg = Msg::Record(Box::new(record), ack);
         let lost = c.stopped.load(Ordering::Relaxed)

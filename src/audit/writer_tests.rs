@@ -322,6 +322,7 @@ async fn a_dead_writer_fails_closed() {
             instance: "dead".into(),
             on_failure: OnFailure::Refuse,
             counters: Arc::new(Counters::default()),
+            tap: std::sync::OnceLock::new(),
         }),
     };
     assert!(auditor.healthy());

@@ -5,13 +5,15 @@
 //! Keys are 256-bit random tokens. Only their SHA-256 is stored; a key is shown once, when it is
 //! created. (A slow password hash would add nothing: the keys have full entropy.)
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
 use crate::crypto::{self, CryptoError};
-use crate::proxy::headers::SELLER;
 use crate::secret::Secret;
 use crate::server::tls::{ClientPins, PeerCert};
 use crate::store::{ClientRecord, Store, StoreError};
+
+/// The header naming the seller a request acts for.
+pub const SELLER: HeaderName = HeaderName::from_static("x-spgate-seller");
 
 /// Prefix of every gateway API key.
 pub const KEY_PREFIX: &str = "spg_";
@@ -28,6 +30,13 @@ pub enum CallerError {
     /// No client has this key, or it was revoked.
     #[error("unknown or revoked API key")]
     UnknownKey,
+    /// A drop-in gateway token (`x-amz-access-token`) that has expired: answered as Amazon
+    /// answers an expired access token, so SDKs refresh.
+    #[error("the gateway access token has expired")]
+    TokenExpired,
+    /// A drop-in gateway token that is unknown, malformed, or whose tool was revoked.
+    #[error("the gateway access token is revoked, malformed or invalid")]
+    TokenInvalid,
     /// The request names no seller.
     #[error("missing x-spgate-seller header")]
     MissingSeller,
@@ -93,18 +102,25 @@ pub async fn authenticate(
         if let Some(token) = headers.get(crate::spapi::ACCESS_TOKEN) {
             let token = token
                 .to_str()
-                .map_err(|_| CallerError::MalformedKey)?
+                .map_err(|_| CallerError::TokenInvalid)?
                 .trim();
-            let found = store
+            let Some(found) = store
                 .gateway_token(&crypto::sha256_hex(token.as_bytes()), now)
                 .await?
-                .ok_or(CallerError::UnknownKey)?;
+            else {
+                // Expired tokens are purged from the store; the expiry the token names tells
+                // the two answers apart (a forged one only chooses which refusal it gets).
+                return Err(match crate::auth::drop_in::token_expiry(token) {
+                    Some(expires_at) if expires_at <= now => CallerError::TokenExpired,
+                    _ => CallerError::TokenInvalid,
+                });
+            };
             let client = store
                 .client(&found.client_id)
                 .await?
-                .ok_or(CallerError::UnknownKey)?;
+                .ok_or(CallerError::TokenInvalid)?;
             if client.revoked_at.is_some() {
-                return Err(CallerError::UnknownKey);
+                return Err(CallerError::TokenInvalid);
             }
             return Ok(Caller {
                 client,

@@ -157,14 +157,18 @@ pub async fn issue(
     if client.revoked_at.is_some() || !client.allows_seller(&record.seller) {
         return Err(TokenError::InvalidGrant);
     }
-    let token = format!("{TOKEN_PREFIX}{}", crypto::random_token::<32>()?);
+    let expires_at = now + TOKEN_LIFETIME_SECONDS;
+    let token = format!(
+        "{TOKEN_PREFIX}{expires_at}.{}",
+        crypto::random_token::<32>()?
+    );
     store
         .insert_gateway_token(
             &GatewayToken {
                 token_hash: crypto::sha256_hex(token.as_bytes()),
                 client_id: client.id,
                 seller: record.seller,
-                expires_at: now + TOKEN_LIFETIME_SECONDS,
+                expires_at,
             },
             now,
         )
@@ -175,6 +179,18 @@ pub async fn issue(
         expires_in: TOKEN_LIFETIME_SECONDS,
         refresh_token: refresh.expose().clone(),
     })
+}
+
+/// The expiry (unix seconds) a gateway access token names: `spgat_<expiry>.<random>`. Only
+/// chooses between Amazon's two answers for a token the store does not know ("has expired" or
+/// "is revoked, malformed or invalid"); the store alone decides whether a token is valid.
+pub fn token_expiry(token: &str) -> Option<i64> {
+    let rest = token.strip_prefix(TOKEN_PREFIX)?;
+    let (expiry, random) = rest.split_once('.')?;
+    if random.is_empty() || expiry.is_empty() || !expiry.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    expiry.parse().ok()
 }
 
 fn parse(content_type: Option<&str>, body: &Bytes) -> Result<TokenRequest, TokenError> {
@@ -202,4 +218,25 @@ fn parse(content_type: Option<&str>, body: &Bytes) -> Result<TokenRequest, Token
 /// nothing usable through timing: an attacker cannot steer a SHA-256 output prefix.
 fn hash_matches(value: &str, expected_hex: &str) -> bool {
     crypto::sha256_hex(value.as_bytes()) == expected_hex
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_names_its_expiry_and_anything_else_names_none() {
+        assert_eq!(token_expiry("spgat_1765000000.abc"), Some(1_765_000_000));
+        for other in [
+            "spgat_abc",
+            "spgat_.abc",
+            "spgat_1765000000.",
+            "spgat_-5.abc",
+            "spgat_99999999999999999999999.abc",
+            "Atza|1765000000.abc",
+            "",
+        ] {
+            assert_eq!(token_expiry(other), None, "{other}");
+        }
+    }
 }

@@ -30,8 +30,8 @@ use http_body_util::BodyExt;
 use super::lwa::{Lwa, LwaError};
 use crate::config::{Endpoints, OnboardingConfig};
 use crate::crypto::{self, CryptoError, MasterKey};
-use crate::proxy::body::{self, Body};
-use crate::proxy::upstream::HttpClient;
+use crate::net::body::{self, Body};
+use crate::net::upstream::HttpClient;
 use crate::secret::Secret;
 use crate::store::{Invite, OAuthState, Region, SellerRecord, SellerStatus, Store, StoreError};
 

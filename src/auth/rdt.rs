@@ -423,7 +423,7 @@ impl Rdts {
             }
             // A 403 about the access token itself is a token problem, reported as 401 so that
             // the caller forgets that token; any other refusal is about the application.
-            s if s == StatusCode::FORBIDDEN && crate::proxy::mentions_access_token(&bytes) => {
+            s if s == StatusCode::FORBIDDEN && crate::spapi::mentions_access_token(&bytes) => {
                 Err(RdtError::Refused(StatusCode::UNAUTHORIZED))
             }
             s => Err(RdtError::Refused(s)),

@@ -14,17 +14,20 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
 use super::body::{Body, BoxError};
-use super::{Ctx, Gateway};
+use super::rescue::ProxyError;
+use super::{documents, reveal, Ctx, Gateway, TokenKind};
 use crate::audit::record::{self as ar, Outcome, Record};
 use crate::audit::Auditor;
+use crate::auth::caller;
 use crate::pii::{Action, Category};
+use http::Request;
 
 /// The requests in flight and the drain's cut signal.
 pub(crate) struct Drain {
@@ -316,5 +319,174 @@ impl HttpBody for DocumentBody {
 impl Drop for DocumentBody {
     fn drop(&mut self) {
         self.finish(false, false);
+    }
+}
+
+impl Gateway {
+    /// Whether the request may return buyer PII: a catalogued operation with a PII map, a
+    /// reveal or a document download (routing only, no authentication).
+    pub(super) fn may_carry_pii<B>(&self, req: &Request<B>) -> bool {
+        let path = req.uri().path();
+        path == reveal::PATH
+            || path.starts_with(documents::PREFIX)
+            || self
+                .catalog
+                .route(req.method(), path)
+                .is_some_and(|r| r.operation.pii_map.is_some())
+    }
+
+    /// Whether the request is refused because the audit log cannot be written.
+    pub(super) fn audit_refuses<B>(&self, req: &Request<B>) -> bool {
+        if !self.auditor.enabled() || self.auditor.available() {
+            return false;
+        }
+        match self.auditor.on_failure() {
+            crate::audit::OnFailure::Refuse => true,
+            crate::audit::OnFailure::ServeNonPii => self.may_carry_pii(req),
+        }
+    }
+
+    /// The audit record of one proxied request: who, for which seller, what, the outcome, and
+    /// which PII categories left with which action. Ids and names only, never a value. `None`
+    /// when the audit log is off.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn audit_request(
+        &self,
+        request_id: &str,
+        method: &http::Method,
+        ctx: &Ctx,
+        reason: Option<crate::audit::Reason>,
+        status: Option<http::StatusCode>,
+        started: std::time::Instant,
+        outcome: crate::audit::Outcome,
+    ) -> Option<crate::audit::Record> {
+        use crate::audit::record::{self as ar, Id, Name, Record, Template};
+        if !self.auditor.enabled() {
+            return None;
+        }
+        let mut r = Record::request(request_id);
+        if let Some(op) = ctx.operation {
+            r = r.with_operation(op);
+        } else if let Some((id, _)) = &ctx.document {
+            r.operation = Some(Id::lossy("documents.download"));
+            r.method = Some(Name::lossy(method.as_str()));
+            r.path = Some(Template::lossy("/v1/documents/{token}"));
+            r.document_id = Some(Id::lossy(id));
+        } else {
+            r.method = Some(Name::lossy(method.as_str()));
+        }
+        if let Some(tool) = &ctx.tool {
+            r = r.with_tool(tool);
+        }
+        if let Some(role) = &ctx.role {
+            r = r.with_role(role);
+        }
+        if let Some(seller) = &ctx.seller {
+            r = r.with_seller(seller);
+        }
+        r.status = status.map(|s| s.as_u16());
+        r.outcome = Some(outcome);
+        r.upstream_called = Some(ctx.upstream_called || ctx.token.is_some());
+        r.latency_us = Some(started.elapsed().as_micros() as u64);
+        r.reason = reason;
+        r.limiter = match (&ctx.admission, status) {
+            (Some(a), _) => Some(ar::Limiter {
+                decision: match a.decision {
+                    crate::ratelimit::Decision::Immediate => ar::Decision::Admitted,
+                    crate::ratelimit::Decision::Waited => ar::Decision::Waited,
+                },
+                wait_ms: a.waited.as_millis() as u64,
+            }),
+            (None, Some(http::StatusCode::TOO_MANY_REQUESTS)) => Some(ar::Limiter {
+                decision: ar::Decision::Rejected,
+                wait_ms: 0,
+            }),
+            _ => None,
+        };
+        r.token = ctx.token.map(|t| match t {
+            TokenKind::Lwa => ar::TokenKind::Lwa,
+            TokenKind::Rdt => ar::TokenKind::Rdt,
+            TokenKind::Grantless => ar::TokenKind::Grantless,
+        });
+        if let Some(report) = &ctx.pii {
+            r.pii = report
+                .returned
+                .iter()
+                .map(|(c, a)| ar::PiiUse {
+                    category: *c,
+                    action: *a,
+                })
+                .collect();
+            let hits = report.net_hits.email + report.net_hits.phone;
+            if hits > 0 {
+                r.safety_net_hits = Some(hits as u32);
+            }
+        }
+        r.upstream_request_id = ctx.upstream_request_id.as_deref().map(Id::lossy);
+        Some(r)
+    }
+}
+
+/// Whether the response carries buyer PII the caller receives (any category not dropped).
+pub(super) fn carries_pii(ctx: &Ctx) -> bool {
+    ctx.pii.as_ref().is_some_and(|r| {
+        r.returned
+            .iter()
+            .any(|(_, a)| *a != crate::pii::Action::Drop)
+    })
+}
+
+/// The audit reason code for an error (a fixed code, never the error's text).
+pub(super) fn audit_reason(err: &ProxyError) -> crate::audit::Reason {
+    use crate::audit::Reason;
+    use caller::CallerError as C;
+    match err {
+        ProxyError::Caller(C::SellerNotAllowed) | ProxyError::Caller(C::ApplicationWide) => {
+            Reason::SELLER_NOT_ALLOWED
+        }
+        ProxyError::Caller(
+            C::MissingKey | C::MalformedKey | C::UnknownKey | C::TokenExpired | C::TokenInvalid,
+        ) => Reason::UNAUTHENTICATED,
+        ProxyError::RoleMayNotReceive | ProxyError::GatewayOwned => Reason::OPERATION_NOT_ALLOWED,
+        ProxyError::Unclassified => Reason::from_static("operation_unclassified"),
+        ProxyError::DocumentNotForRole => Reason::from_static("document_not_for_role"),
+        ProxyError::RateLimited(_) => Reason::RATE_LIMITED,
+        ProxyError::NotFound => Reason::UNKNOWN_OPERATION,
+        ProxyError::Upstream(_) => Reason::UPSTREAM_ERROR,
+        ProxyError::UnsafeResponse(_) => Reason::from_static("response_withheld"),
+        ProxyError::UnknownSeller | ProxyError::SellerDeauthorized => {
+            Reason::from_static("seller_not_authorized")
+        }
+        ProxyError::Restricted(_) => Reason::from_static("restricted_data_unavailable"),
+        ProxyError::Credentials(_) => Reason::from_static("credentials_unavailable"),
+        ProxyError::Token(_) => Reason::UNAUTHENTICATED,
+        ProxyError::Outbound(e) => e.reason(),
+        _ => Reason::from_static("refused"),
+    }
+}
+
+/// Request ids: a random per-process prefix and a counter, unique without a syscall per request.
+pub(super) struct RequestIds {
+    prefix: String,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    pub(super) fn new() -> RequestIds {
+        let prefix = crate::crypto::random_bytes::<6>()
+            .map(|b| crate::crypto::hex(&b))
+            .unwrap_or_else(|_| format!("{:012x}", std::process::id()));
+        RequestIds {
+            prefix,
+            next: AtomicU64::new(1),
+        }
+    }
+
+    pub(super) fn next(&self) -> String {
+        format!(
+            "{}-{:010x}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
     }
 }

@@ -30,8 +30,8 @@ pub const SPGATE_PREFIX: &str = "x-spgate-";
 /// The gateway's request id, returned on every response.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-spgate-request-id");
 
-/// The header naming the seller a request acts for.
-pub const SELLER: HeaderName = HeaderName::from_static("x-spgate-seller");
+/// The header naming the seller a request acts for (defined with the caller check).
+pub use crate::auth::caller::SELLER;
 
 /// Removes hop-by-hop headers, including those listed in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {

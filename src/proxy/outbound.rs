@@ -37,8 +37,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Deserialize;
 
-use super::body::{self, Body};
 use crate::config::{ConfigIssue, UpstreamConfig};
+use crate::net::body::{self, Body};
 
 /// Amazon's hosts for documents named in SP-API answers, from the models' examples:
 /// presigned S3 URLs (reports, invoices, labels, service job attachments, in every S3 host
@@ -378,7 +378,7 @@ impl Fetcher {
         http.set_nodelay(true);
         http.enforce_http(false);
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(super::upstream::tls_config())
+            .with_tls_config(crate::net::upstream::tls_config())
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
@@ -435,7 +435,7 @@ impl Fetcher {
             .map_err(|_| OutboundError::Timeout(timeout))?
             .map_err(|e| match refusal_in(&e) {
                 Some(refused) => refused,
-                None => OutboundError::Transport(super::upstream::error_chain(&e)),
+                None => OutboundError::Transport(crate::net::upstream::error_chain(&e)),
             })?;
         let status = resp.status();
         if status.is_redirection() {

@@ -116,6 +116,10 @@ pub enum ProxyError {
     /// The shutdown drain ended before the request did.
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    /// An Orders v0 call could not be translated to Orders 2026-01-01 (answered in v0's error
+    /// shape, the parameter's name in `details`).
+    #[error(transparent)]
+    Compat(#[from] crate::compat::CompatError),
 }
 
 /// `Retry-After` of a 503 for a dependency outage (store, limiter Redis, LWA), in seconds.
@@ -132,9 +136,20 @@ pub enum Fault {
     Internal,
 }
 
+/// Amazon's details for an expired access token.
+pub const TOKEN_EXPIRED: &str = "The access token you provided has expired.";
+/// Amazon's details for an unknown, revoked or malformed access token.
+pub const TOKEN_INVALID: &str = "The access token you provided is revoked, malformed or invalid.";
+
 /// The response for an error, with the request id already set by the caller of `rescue`.
 pub fn rescue(err: &ProxyError) -> Response<Body> {
     use ProxyError as E;
+    // Amazon's own answer to a bad access token, word for word (SDKs refresh on it).
+    let token_details = match err {
+        E::Caller(CallerError::TokenExpired) => TOKEN_EXPIRED,
+        E::Caller(CallerError::TokenInvalid) => TOKEN_INVALID,
+        _ => "",
+    };
     let (status, code, message, fault) = match err {
         E::HeadersTooLarge { .. } => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "InvalidInput", "Request headers are too large.", Fault::Caller),
         E::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "InvalidInput", "Request body is too large.", Fault::Caller),
@@ -145,6 +160,7 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
         E::Caller(c) => match c {
             CallerError::MissingKey => (StatusCode::UNAUTHORIZED, "Unauthorized", "Missing API key: send Authorization: Bearer <key>.", Fault::Caller),
             CallerError::MalformedKey | CallerError::UnknownKey => (StatusCode::UNAUTHORIZED, "Unauthorized", "The API key is not valid.", Fault::Caller),
+            CallerError::TokenExpired | CallerError::TokenInvalid => (StatusCode::FORBIDDEN, "Unauthorized", "Access to requested resource is denied.", Fault::Caller),
             CallerError::MissingSeller => (StatusCode::BAD_REQUEST, "InvalidInput", "Name the seller in the x-spgate-seller header.", Fault::Caller),
             CallerError::SellerNotAllowed => (StatusCode::FORBIDDEN, "Unauthorized", "This tool may not act for that seller.", Fault::Caller),
             CallerError::ApplicationWide => (StatusCode::FORBIDDEN, "Unauthorized", "This operation acts for the whole application; only a tool allowed for all sellers may call it.", Fault::Caller),
@@ -211,6 +227,17 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
         }
         E::AuditUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "The gateway cannot write its access log right now, so it does not serve this request; retry later.", Fault::Internal),
         E::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "The gateway is shutting down; retry on another instance.", Fault::Internal),
+        E::Compat(c) => {
+            use crate::compat::CompatError as C;
+            match c {
+                C::Untranslatable(_) => (StatusCode::BAD_REQUEST, "InvalidInput", "This Orders v0 parameter has no Orders 2026-01-01 counterpart, so the gateway, which answers Orders v0 from Orders 2026-01-01, cannot apply it.", Fault::Caller),
+                C::BadParameter(_) => (StatusCode::BAD_REQUEST, "InvalidInput", "An Orders v0 parameter is missing, unknown, or has a value Orders v0 does not define.", Fault::Caller),
+                C::TokenInvalid => (StatusCode::BAD_REQUEST, "InvalidInput", "Invalid NextToken: it was not issued by the gateway for this tool and seller.", Fault::Caller),
+                C::TokenExpired => (StatusCode::BAD_REQUEST, "InvalidInput", "The NextToken has expired; start the search again.", Fault::Caller),
+                C::TokenSeal | C::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The gateway failed to translate the Orders v0 call.", Fault::Internal),
+                C::UpstreamShape(_) => (StatusCode::BAD_GATEWAY, "InternalFailure", "Orders 2026-01-01 answered in a shape the gateway cannot translate to Orders v0.", Fault::Upstream),
+            }
+        }
         E::Token(t) => return token_error(t),
         E::Onboarding(o) => return onboarding_error(o),
     };
@@ -229,7 +256,15 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
             tracing::debug!(error = %err, status = status.as_u16(), "Request refused.")
         }
     }
-    let mut resp = Response::new(body::full(ErrorBody::one(code, message, "").to_bytes()));
+    // Only a fixed parameter name, never a value the caller sent.
+    let details = match err {
+        E::Compat(
+            crate::compat::CompatError::Untranslatable(p)
+            | crate::compat::CompatError::BadParameter(p),
+        ) => *p,
+        _ => token_details,
+    };
+    let mut resp = Response::new(body::full(ErrorBody::one(code, message, details).to_bytes()));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(
@@ -251,6 +286,11 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
         E::BadFraming(_) | E::BodyTooLarge { .. } | E::HeadersTooLarge { .. } | E::BodyRead(_)
     ) {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if !token_details.is_empty() {
+        // Amazon's 403 for a bad access token: a failed authentication all the same.
+        resp.extensions_mut()
+            .insert(crate::server::peers::CredentialRefused);
     }
     resp
 }
@@ -433,6 +473,29 @@ pub fn peer_refused(err: &PeerError) -> Response<Body> {
     resp
 }
 
+/// A CONNECT the forward proxy does not serve (`server::forward`): 403 `Unauthorized` in
+/// SP-API's shape (500 `InternalFailure` when no certificate could be minted); the connection
+/// is closed, nothing is tunnelled.
+pub fn forward_refused(err: &crate::server::forward::ForwardError) -> Response<Body> {
+    use crate::server::forward::ForwardError as F;
+    let (status, code, message) = match err {
+        F::Disabled => (StatusCode::FORBIDDEN, "Unauthorized", "The gateway is not a forward proxy here: set [forward_proxy] enabled = true, or call the gateway's URL directly.".to_string()),
+        F::Malformed => (StatusCode::BAD_REQUEST, "InvalidInput", "CONNECT needs host:port.".to_string()),
+        F::HostNotAllowed { host } => (StatusCode::FORBIDDEN, "Unauthorized", format!("CONNECT to {host} refused: the gateway answers only for Amazon's SP-API and Login with Amazon hosts ([forward_proxy] allowed_hosts) and never tunnels.")),
+        F::PortNotAllowed { port } => (StatusCode::FORBIDDEN, "Unauthorized", format!("CONNECT to port {port} refused: only port 443.")),
+        F::Mint(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The gateway could not make a certificate for this host.".to_string()),
+    };
+    let mut resp = Response::new(body::full(ErrorBody::one(code, &message, "").to_bytes()));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
 /// 429 `QuotaExceeded` with `Retry-After` in whole seconds, rounded up, at least 1 (the header
 /// has no fractions).
 fn too_many_requests(message: &'static str, retry_after: std::time::Duration) -> Response<Body> {
@@ -446,60 +509,6 @@ fn too_many_requests(message: &'static str, retry_after: std::time::Duration) ->
     );
     let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
     h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-    resp
-}
-
-/// Admin listener errors, as JSON in SP-API's error shape.
-pub fn admin_error(err: &crate::admin::AdminError) -> Response<Body> {
-    use crate::admin::AdminError as A;
-    let (status, code, message) = match err {
-        A::NotFound => (
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "No such admin route.".to_string(),
-        ),
-        A::Unauthorized => (
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "Missing or unknown admin token.".to_string(),
-        ),
-        A::Forbidden(_) => (
-            StatusCode::FORBIDDEN,
-            "Unauthorized",
-            "This admin role may not do that.".to_string(),
-        ),
-        A::NoConfigFile => (
-            StatusCode::CONFLICT,
-            "InvalidInput",
-            "This gateway was not started from a config file.".to_string(),
-        ),
-        A::InvalidConfig(issues) => (
-            StatusCode::BAD_REQUEST,
-            "InvalidInput",
-            format!(
-                "The new configuration is invalid; nothing changed: {}",
-                issues
-                    .iter()
-                    .map(|i| format!("{}: {}", i.path, i.message))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ),
-        ),
-        A::AuditUnavailable => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ServiceUnavailable",
-            "The gateway cannot write its audit log right now; the action is not confirmed. Retry later.".to_string(),
-        ),
-    };
-    tracing::info!(error = %err, status = status.as_u16(), "Admin request refused.");
-    let mut resp = crate::admin::json(
-        status,
-        &serde_json::json!({"errors": [{"code": code, "message": message, "details": ""}]}),
-    );
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-    }
     resp
 }
 

@@ -237,6 +237,10 @@ struct Order {
     latest_delivery: OffsetDateTime,
     business: bool,
     prime: bool,
+    /// Fulfilled by Amazon (AFN) rather than the seller (MFN).
+    afn: bool,
+    /// Has regulated items (v0 `HasRegulatedItems`; 2026 has no such field).
+    regulated: bool,
     items: Vec<Item>,
 }
 
@@ -331,6 +335,8 @@ fn order(seller: &str, anchor: OffsetDateTime, i: u32) -> Order {
         latest_delivery: purchased + Duration::days(10),
         business: i % 6 == 5,
         prime: i.is_multiple_of(2),
+        afn: i % 7 == 6,
+        regulated: i % 8 == 3,
         items,
     }
 }
@@ -487,7 +493,7 @@ fn v0_address(o: &Order) -> Value {
 }
 
 fn v0_shipping_address(o: &Order) -> Value {
-    json!({
+    let mut address = json!({
         "Name": o.buyer_name(),
         "AddressLine1": "1 Synthetic Way",
         "AddressLine2": format!("Suite {}", 100 + o.index),
@@ -497,7 +503,11 @@ fn v0_shipping_address(o: &Order) -> Value {
         "CountryCode": o.market.country,
         "Phone": o.phone(),
         "AddressType": if o.business { "Commercial" } else { "Residential" },
-    })
+    });
+    if let (true, Some(map)) = (o.business, address.as_object_mut()) {
+        insert(map, "CompanyName", BUSINESS_NAME.into());
+    }
+    address
 }
 
 fn v0_buyer_tax_info() -> Value {
@@ -542,7 +552,7 @@ fn v0_order(o: &Order, grants: PiiGrants) -> Value {
         "PurchaseDate": ts(o.purchased),
         "LastUpdateDate": ts(o.last_update),
         "OrderStatus": v0_status(o.status),
-        "FulfillmentChannel": "MFN",
+        "FulfillmentChannel": if o.afn { "AFN" } else { "MFN" },
         "SalesChannel": o.market.sales_channel,
         "ShipServiceLevel": "Std Dom",
         "NumberOfItemsShipped": shipped_items,
@@ -562,9 +572,10 @@ fn v0_order(o: &Order, grants: PiiGrants) -> Value {
         "IsGlobalExpressEnabled": false,
         "IsReplacementOrder": false,
         "IsSoldByAB": false,
+        "IsIBA": false,
         "IsISPU": false,
         "IsAccessPointOrder": false,
-        "HasRegulatedItems": false,
+        "HasRegulatedItems": o.regulated,
     });
     let Some(map) = order.as_object_mut() else {
         return order;
@@ -653,8 +664,8 @@ struct Filter {
     updated_before: Option<i64>,
     statuses: Option<Vec<Status>>,
     ids: Option<Vec<String>>,
-    /// Orders 2026: false when `fulfilledBy` excludes MERCHANT (every synthetic order is MFN).
-    merchant_excluded: bool,
+    /// Fulfillment channels kept (true: AFN, false: MFN); `None`: all.
+    channels: Option<Vec<bool>>,
     page_size: usize,
 }
 
@@ -664,7 +675,7 @@ impl Filter {
             |bound: Option<i64>, t: OffsetDateTime| bound.is_none_or(|b| t.unix_timestamp() >= b);
         let before =
             |bound: Option<i64>, t: OffsetDateTime| bound.is_none_or(|b| t.unix_timestamp() < b);
-        !self.merchant_excluded
+        self.channels.as_ref().is_none_or(|c| c.contains(&o.afn))
             && self
                 .marketplaces
                 .as_ref()
@@ -835,7 +846,7 @@ fn v0_filter(req: &OrdersRequest<'_>) -> Result<Filter, Reply> {
         updated_before: time_param(req, "LastUpdatedBefore")?,
         statuses: statuses(req, "OrderStatuses", &NAMES)?,
         ids: req.list("AmazonOrderIds"),
-        merchant_excluded: false,
+        channels: channels(req, "FulfillmentChannels", ("AFN", "MFN"))?,
         page_size: page_size(req, "MaxResultsPerPage")?,
     })
 }
@@ -886,13 +897,18 @@ fn v2026_order(o: &Order, inc: Included) -> Value {
     let items: Vec<Value> = o.items.iter().map(|i| v2026_item(o, i, inc)).collect();
     let mut order = Map::new();
     insert(&mut order, "orderId", o.id.clone().into());
-    insert(&mut order, "createdTime", ts(o.purchased).into());
-    insert(&mut order, "lastUpdatedTime", ts(o.last_update).into());
     insert(
         &mut order,
-        "programs",
-        if o.prime { json!(["PRIME"]) } else { json!([]) },
+        "orderAliases",
+        json!([{ "aliasId": format!("SYNTH-{:04}", o.index), "aliasType": "SELLER_ORDER_ID" }]),
     );
+    insert(&mut order, "createdTime", ts(o.purchased).into());
+    insert(&mut order, "lastUpdatedTime", ts(o.last_update).into());
+    let programs: Vec<&str> = [(o.prime, "PRIME"), (o.business, "AMAZON_BUSINESS")]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+    insert(&mut order, "programs", json!(programs));
     insert(
         &mut order,
         "salesChannel",
@@ -956,7 +972,7 @@ fn v2026_order(o: &Order, inc: Included) -> Value {
             "fulfillment",
             json!({
                 "fulfillmentStatus": v2026_status(o.status),
-                "fulfilledBy": "MERCHANT",
+                "fulfilledBy": if o.afn { "AMAZON" } else { "MERCHANT" },
                 "fulfillmentServiceLevel": "STANDARD",
                 "shipByWindow": {
                     "earliestDateTime": ts(o.purchased),
@@ -1009,27 +1025,40 @@ fn v2026_item(o: &Order, item: &Item, inc: Included) -> Value {
     insert(&mut value, "orderItemId", item.id.clone().into());
     insert(&mut value, "quantityOrdered", item.quantity.into());
     insert(&mut value, "product", product);
-    if inc.proceeds && o.status != Status::Canceled {
-        insert(
-            &mut value,
-            "proceeds",
-            json!({ "proceedsTotal": o.money_2026(item.unit_cents * u64::from(item.quantity)) }),
-        );
+    if inc.proceeds {
+        let total = item.unit_cents * u64::from(item.quantity);
+        let zero = |subtype: &str| json!({ "subtype": subtype, "value": o.money_2026(0) });
+        let mut proceeds = json!({
+            "breakdowns": [
+                { "type": "ITEM", "subtotal": o.money_2026(total) },
+                { "type": "SHIPPING", "subtotal": o.money_2026(0) },
+                { "type": "TAX", "subtotal": o.money_2026(0), "detailedBreakdowns": [zero("ITEM")] },
+                { "type": "DISCOUNT", "subtotal": o.money_2026(0), "detailedBreakdowns": [zero("ITEM")] },
+            ],
+        });
+        if let (true, Some(map)) = (o.status != Status::Canceled, proceeds.as_object_mut()) {
+            insert(map, "proceedsTotal", o.money_2026(total));
+        }
+        insert(&mut value, "proceeds", proceeds);
     }
     if inc.fulfillment {
         let shipped = o.shipped_quantity(item);
+        let unfulfilled = if o.status == Status::Canceled {
+            0
+        } else {
+            item.quantity - shipped
+        };
         let mut fulfillment = json!({
             "quantityFulfilled": shipped,
-            "quantityUnfulfilled": item.quantity - shipped,
+            "quantityUnfulfilled": unfulfilled,
         });
-        if let (true, Some(message), Some(map)) =
-            (inc.buyer, item.gift_message, fulfillment.as_object_mut())
-        {
-            insert(
-                map,
-                "packing",
-                json!({ "giftOption": { "giftMessage": message, "giftWrapLevel": "STANDARD" } }),
-            );
+        if let (Some(message), Some(map)) = (item.gift_message, fulfillment.as_object_mut()) {
+            // The wrap level is no buyer PII; the message comes only with BUYER.
+            let mut gift = json!({ "giftWrapLevel": "Classic" });
+            if let (true, Some(g)) = (inc.buyer, gift.as_object_mut()) {
+                insert(g, "giftMessage", message.into());
+            }
+            insert(map, "packing", json!({ "giftOption": gift }));
         }
         insert(&mut value, "fulfillment", fulfillment);
     }
@@ -1089,15 +1118,6 @@ fn v2026_filter(req: &OrdersRequest<'_>) -> Result<Filter, Reply> {
         ("PARTIALLY_SHIPPED", Status::Other),
         ("UNFULFILLABLE", Status::Other),
     ];
-    let merchant_excluded = match req.list("fulfilledBy") {
-        None => false,
-        Some(values) => {
-            if values.iter().any(|v| v != "MERCHANT" && v != "AMAZON") {
-                return Err(invalid("fulfilledBy has an invalid value."));
-            }
-            !values.iter().any(|v| v == "MERCHANT")
-        }
-    };
     Ok(Filter {
         marketplaces: req.list("marketplaceIds"),
         created_after: time_param(req, "createdAfter")?,
@@ -1106,10 +1126,66 @@ fn v2026_filter(req: &OrdersRequest<'_>) -> Result<Filter, Reply> {
         updated_before: time_param(req, "lastUpdatedBefore")?,
         statuses: statuses(req, "fulfillmentStatuses", &NAMES)?,
         ids: None,
-        merchant_excluded,
+        channels: channels(req, "fulfilledBy", ("AMAZON", "MERCHANT"))?,
         page_size: page_size(req, "maxResultsPerPage")?,
     })
 }
+
+/// Parses a fulfillment channel filter with the names (Amazon's, the seller's).
+fn channels(
+    req: &OrdersRequest<'_>,
+    name: &str,
+    (amazon, merchant): (&str, &str),
+) -> Result<Option<Vec<bool>>, Reply> {
+    let Some(values) = req.list(name) else {
+        return Ok(None);
+    };
+    values
+        .iter()
+        .map(|v| match v.as_str() {
+            v if v == amazon => Ok(true),
+            v if v == merchant => Ok(false),
+            _ => Err(invalid(&format!("{name} has an invalid value."))),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+// --- Orders v0 removed ---
+
+/// The six Orders v0 read operations Amazon removes after March 27, 2027.
+pub(super) const V0_REMOVED_OPERATIONS: [&str; 6] = [
+    "ordersV0.getOrders",
+    "ordersV0.getOrder",
+    "ordersV0.getOrderBuyerInfo",
+    "ordersV0.getOrderAddress",
+    "ordersV0.getOrderItems",
+    "ordersV0.getOrderItemsBuyerInfo",
+];
+
+impl super::Sandbox {
+    /// Switches Orders v0 off, as Amazon will after March 27, 2027: the six read operations
+    /// answer `404 NotFound` until [`super::Sandbox::clear_scripts`].
+    pub fn remove_orders_v0(&self) {
+        for op in V0_REMOVED_OPERATIONS {
+            self.script(
+                op,
+                super::Script::json(
+                    StatusCode::NOT_FOUND,
+                    json!({ "errors": [{
+                        "code": "NotFound",
+                        "message": "Orders API v0 has been removed; use Orders API v2026-01-01.",
+                        "details": "",
+                    }]}),
+                ),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "orders_compat_tests.rs"]
+mod compat_tests;
 
 #[cfg(test)]
 pub(super) mod testing {

@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::watch;
 
 use super::ServerLimits;
-use crate::proxy::body::Body;
+use crate::net::body::Body;
 
 /// Streams one connection may have open at once.
 pub const MAX_CONCURRENT_STREAMS: u32 = 100;

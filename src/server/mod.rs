@@ -4,8 +4,10 @@
 //! [`serve`] takes a bound listener and a shutdown future, so tests bind port 0 and stop the
 //! server whenever they like (mini-redis `server::run`).
 
+pub mod forward;
 pub mod framing;
 pub mod h2;
+pub mod mint;
 pub mod peers;
 pub mod tls;
 
@@ -17,11 +19,10 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::proxy::body::Body;
+use crate::net::body::Body;
 
 /// Connection-level settings.
 #[derive(Debug, Clone, Copy)]
@@ -51,11 +52,28 @@ pub trait Handler: Send + Sync + 'static {
     fn refused(&self, _ip: std::net::IpAddr, err: &peers::PeerError) -> http::Response<Body> {
         crate::proxy::rescue::peer_refused(err)
     }
+
+    /// Counts a request refused before authentication in the handler's aggregates (the
+    /// gateway's audit log), e.g. a CONNECT to a host the forward proxy does not serve.
+    fn noise(&self, _ip: std::net::IpAddr, _reason: &'static str) {}
 }
 
 impl Handler for crate::proxy::Gateway {
     async fn call(self: Arc<Self>, req: http::Request<Incoming>) -> http::Response<Body> {
+        // With a forward proxy the server answers CONNECT before this; here there is none.
+        if let Some(refused) = forward::disabled(&req) {
+            if let Some(crate::server::PeerAddr(addr)) = req.extensions().get().copied() {
+                self.noise(addr.ip(), "connect_refused");
+            }
+            return refused;
+        }
         self.handle(req).await
+    }
+
+    fn noise(&self, ip: std::net::IpAddr, reason: &'static str) {
+        if self.auditor().enabled() {
+            self.auditor().noise().count(ip, reason);
+        }
     }
 
     fn refused(&self, ip: std::net::IpAddr, err: &peers::PeerError) -> http::Response<Body> {
@@ -78,7 +96,7 @@ pub async fn serve<H: Handler>(
     limits: ServerLimits,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    serve_with_tls(listener, handler, limits, None, shutdown).await
+    serve_with(listener, handler, limits, Extras::default(), shutdown).await
 }
 
 /// [`serve`], with TLS when `tls` is given: each connection's handshake runs in its own task
@@ -90,11 +108,33 @@ pub async fn serve_with_tls<H: Handler>(
     tls: Option<Arc<tls::TlsListener>>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let extras = Extras { tls, forward: None };
+    serve_with(listener, handler, limits, extras, shutdown).await
+}
+
+/// What a listener adds to plain HTTP/1.1.
+#[derive(Default)]
+pub struct Extras {
+    /// TLS (and HTTP/2 over ALPN).
+    pub tls: Option<Arc<tls::TlsListener>>,
+    /// Forward-proxy mode: CONNECT to Amazon's hosts answered by the gateway itself.
+    pub forward: Option<Arc<forward::Forward>>,
+}
+
+/// [`serve`] with [`Extras`].
+pub async fn serve_with<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    limits: ServerLimits,
+    extras: Extras,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let Extras { tls, forward } = extras;
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let peers = peers::Peers::new(limits.peers);
-    let graceful = GracefulShutdown::new();
-    // HTTP/2 connections close themselves when idle, so they watch this instead of `graceful`.
-    let (stop_h2, h2_stop) = tokio::sync::watch::channel(());
+    // Every connection (and tunnel) holds a receiver: a change closes it gracefully, and the
+    // drain waits until all receivers are gone.
+    let (stop_tx, stop_rx) = watch::channel(());
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
@@ -133,48 +173,96 @@ pub async fn serve_with_tls<H: Handler>(
             handler: handler.clone(),
             peers: peers.clone(),
             addr,
+            forward: forward.clone(),
+            http: http.clone(),
+            limits,
+            stop: stop_rx.clone(),
+            held: Arc::new((slot, permit)),
         };
-        let Some(tls) = tls.clone() else {
-            let conn = graceful.watch(serve_http1(&http, stream, client, None));
-            tokio::spawn(async move {
-                log_end(conn.await);
-                drop((slot, permit));
-            });
-            continue;
-        };
-        let (http, watcher, h2_stop) = (http.clone(), graceful.watcher(), h2_stop.clone());
+        let tls = tls.clone();
         tokio::spawn(async move {
+            let Some(tls) = tls else {
+                let conn = serve_http1(&client.http.clone(), stream, client.clone(), None);
+                log_end(until_stopped(conn, client.stop, limits).await);
+                return;
+            };
             match tls.accept(stream, limits.header_read_timeout).await {
                 Ok(a) if a.h2 => {
+                    let stop = client.stop.clone();
                     let svc = service(client, None, Some(a.peer));
-                    log_end(h2::serve(a.stream, svc, limits, h2_stop).await);
-                    drop(watcher);
+                    log_end(h2::serve(a.stream, svc, limits, stop).await);
                 }
-                Ok(a) => log_end(
-                    watcher
-                        .watch(serve_http1(&http, a.stream, client, Some(a.peer)))
-                        .await,
-                ),
+                Ok(a) => {
+                    let conn =
+                        serve_http1(&client.http.clone(), a.stream, client.clone(), Some(a.peer));
+                    log_end(until_stopped(conn, client.stop, limits).await);
+                }
                 Err(e) => {
                     client.peers.handshake_failed(client.addr.ip());
                     tracing::debug!(error = %e, "TLS handshake failed.");
                 }
             }
-            drop((slot, permit));
         });
     }
-    drop((listener, h2_stop));
-    let _ = stop_h2.send(());
-    let drained = async {
-        tokio::join!(graceful.shutdown(), stop_h2.closed());
-    };
+    drop((listener, stop_rx));
+    let _ = stop_tx.send(());
     tokio::select! {
-        () = drained => tracing::info!("All connections drained."),
+        () = stop_tx.closed() => tracing::info!("All connections drained."),
         () = tokio::time::sleep(limits.drain_timeout) => {
             tracing::warn!(timeout = ?limits.drain_timeout, "Drain timed out; closing remaining connections.");
         }
     }
     Ok(())
+}
+
+/// Runs an HTTP/1.1 connection until it ends; once the server stops, it finishes the request in
+/// flight and closes (within the drain bound).
+async fn until_stopped<C>(
+    conn: C,
+    mut stop: watch::Receiver<()>,
+    limits: ServerLimits,
+) -> Result<(), hyper::Error>
+where
+    C: Future<Output = Result<(), hyper::Error>> + Http1Graceful,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => return result,
+        _ = stop.changed() => {}
+    }
+    conn.as_mut().begin_shutdown();
+    match tokio::time::timeout(limits.drain_timeout, conn).await {
+        Ok(result) => result,
+        Err(_) => Ok(()),
+    }
+}
+
+/// hyper's HTTP/1.1 connection with upgrades (CONNECT), which hyper-util's graceful helper
+/// does not cover.
+trait Http1Graceful {
+    fn begin_shutdown(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S> Http1Graceful for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = Body>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    fn begin_shutdown(self: std::pin::Pin<&mut Self>) {
+        hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(self);
+    }
+}
+
+/// Serves the requests inside a forward-proxy tunnel: HTTP/1.1 over the TLS stream, with the
+/// connection's client, limits and slot (released when the tunnel closes).
+async fn serve_tunnel<H: Handler, S>(client: Client<H>, stream: S, peer: tls::PeerCert)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (stop, limits) = (client.stop.clone(), client.limits);
+    let conn = serve_http1(&client.http.clone(), stream, client, Some(peer));
+    log_end(until_stopped(conn, stop, limits).await);
 }
 
 fn log_end(result: Result<(), hyper::Error>) {
@@ -183,26 +271,52 @@ fn log_end(result: Result<(), hyper::Error>) {
     }
 }
 
-/// One HTTP/1.1 connection, its request heads watched for ambiguous framing.
+/// One HTTP/1.1 connection, its request heads watched for ambiguous framing; upgrades (a
+/// forward-proxy CONNECT) allowed.
 fn serve_http1<H: Handler, S>(
     http: &hyper::server::conn::http1::Builder,
     stream: S,
     client: Client<H>,
     peer: Option<tls::PeerCert>,
-) -> impl hyper_util::server::graceful::GracefulConnection<Output = Result<(), hyper::Error>>
+) -> impl Future<Output = Result<(), hyper::Error>> + Http1Graceful
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (stream, conflict) = framing::Inspect::new(stream);
     http.serve_connection(TokioIo::new(stream), service(client, Some(conflict), peer))
+        .with_upgrades()
 }
 
-/// Who a connection serves: the handler, and the client address its requests are counted
-/// against (per-address limits).
+/// Who a connection serves: the handler, the client address its requests are counted against
+/// (per-address limits), and what a forward-proxy tunnel on it needs to serve its own
+/// connection under the same limits.
 struct Client<H> {
     handler: Arc<H>,
     peers: Arc<peers::Peers>,
     addr: std::net::SocketAddr,
+    forward: Option<Arc<forward::Forward>>,
+    http: hyper::server::conn::http1::Builder,
+    limits: ServerLimits,
+    /// Changes when the server stops.
+    stop: watch::Receiver<()>,
+    /// The address's connection slot and the server's permit, held by the connection and any
+    /// tunnel opened on it.
+    held: Arc<(peers::PeerConnection, OwnedSemaphorePermit)>,
+}
+
+impl<H> Clone for Client<H> {
+    fn clone(&self) -> Self {
+        Client {
+            handler: self.handler.clone(),
+            peers: self.peers.clone(),
+            addr: self.addr,
+            forward: self.forward.clone(),
+            http: self.http.clone(),
+            limits: self.limits,
+            stop: self.stop.clone(),
+            held: self.held.clone(),
+        }
+    }
 }
 
 /// The per-connection service: tags each request with what the connection knows.
@@ -227,11 +341,19 @@ fn service<H: Handler>(
             req.extensions_mut().insert(peer.clone());
         }
         req.extensions_mut().insert(PeerAddr(client.addr));
+        let tunnel = (req.method() == http::Method::CONNECT)
+            .then(|| client.forward.clone().map(|f| (f, client.clone())))
+            .flatten();
         let (h, p, ip) = (
             client.handler.clone(),
             client.peers.clone(),
             client.addr.ip(),
         );
-        async move { Ok::<_, Infallible>(peers::call(&p, ip, h, req).await) }
+        async move {
+            if let Some((forward, client)) = tunnel {
+                return Ok::<_, Infallible>(forward::connect(&forward, client, req));
+            }
+            Ok::<_, Infallible>(peers::call(&p, ip, h, req).await)
+        }
     })
 }

@@ -28,7 +28,7 @@ use http::{HeaderMap, StatusCode};
 use http_body_util::BodyExt;
 
 use super::Handler;
-use crate::proxy::body::Body;
+use crate::net::body::Body;
 
 /// The `[server]` keys of this module.
 #[derive(Debug, Clone, Copy)]
@@ -116,6 +116,11 @@ where
     }
 }
 
+/// Marks a response that refused the request's credential without a 401 (a drop-in token
+/// answered as Amazon answers a bad access token, 403): counted against the address as a 401.
+#[derive(Debug, Clone, Copy)]
+pub struct CredentialRefused;
+
 /// Answers one request for an address: refused at once when the address is over its rate,
 /// else handled, and counted against the address when it failed.
 pub async fn call<H: Handler>(
@@ -129,7 +134,13 @@ pub async fn call<H: Handler>(
         return handler.refused(ip, &e);
     }
     let resp = handler.call(req).await;
-    peers.answered(ip, &path, resp.status());
+    // A refused credential the gateway answers with Amazon's 403 (a bad drop-in token) is a
+    // strike like a 401.
+    let status = match resp.extensions().get::<CredentialRefused>() {
+        Some(_) => StatusCode::UNAUTHORIZED,
+        None => resp.status(),
+    };
+    peers.answered(ip, &path, status);
     resp
 }
 

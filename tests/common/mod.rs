@@ -67,6 +67,8 @@ pub struct Options {
     pub sandbox_documents: bool,
     /// Classify operations by these lists instead of the built-in ones (a catalog/data mismatch).
     pub classifier: Option<&'static spgate::pii::Classifier>,
+    /// Files the config names (e.g. `[forward_proxy]`'s CA), read into the gateway's `MapEnv`.
+    pub files: Vec<std::path::PathBuf>,
 }
 
 /// A `[store]` section for the shared Redis on 127.0.0.1:6379 under a fresh key prefix.
@@ -113,6 +115,7 @@ impl Default for Options {
             master_key: None,
             sandbox_documents: true,
             classifier: None,
+            files: Vec::new(),
         }
     }
 }
@@ -229,7 +232,16 @@ cache = {cache}
     env.vars.insert("MASTER".into(), master.expose().clone());
     // For tests that configure `[audit] key = { env = "AUDIT_KEY" }`.
     env.vars.insert("AUDIT_KEY".into(), AUDIT_KEY.into());
+    for f in &opts.files {
+        env.files
+            .insert(f.clone(), std::fs::read_to_string(f).unwrap());
+    }
     let config = Config::from_toml(&toml, &env).unwrap_or_else(|e| panic!("{e}"));
+    // `[forward_proxy]` in `extra_toml`: the listener answers CONNECT as `spgate serve` does.
+    let forward = config
+        .forward_proxy
+        .as_ref()
+        .map(|f| Arc::new(spgate::server::forward::Forward::load(f, &env).unwrap()));
     let opened = spgate::open_store(&config).await.unwrap();
     let store = opened.store.clone();
     let sealed = config
@@ -273,9 +285,16 @@ cache = {cache}
     let g = gateway.clone();
     let lwa_calls: Arc<dyn Fn() -> u64 + Send + Sync> = Arc::new(move || g.lwa().calls());
     let (tx, rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(spgate::server::serve(listener, gateway, limits, async {
-        let _ = rx.await;
-    }));
+    let extras = spgate::server::Extras { tls: None, forward };
+    let server = tokio::spawn(spgate::server::serve_with(
+        listener,
+        gateway,
+        limits,
+        extras,
+        async {
+            let _ = rx.await;
+        },
+    ));
     TestGateway {
         url,
         sandbox,

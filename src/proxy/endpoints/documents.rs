@@ -10,13 +10,23 @@
 //! a streamed document it falls back to `drop` (fail closed), like any encrypt without a key.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use http::{header, HeaderValue, Request, Response};
+use http_body::Body as HttpBody;
+use http_body_util::BodyExt;
+
+use crate::auth::caller;
 use crate::crypto::MasterKey;
 use crate::documents::{DocumentError, Redactor};
+use crate::net::body::{Body, BoxError};
 use crate::pii::keys::{Keys, NoOrderKeys, PseudonymKey};
 use crate::pii::map::{parse_path, LinkSpec, Segment};
 use crate::pii::transform::{apply_value, FieldOut};
 use crate::pii::{Action, Category, Role};
+use crate::proxy::rescue::ProxyError;
+use crate::proxy::{accounting, unix_now, Ctx, Gateway};
+use crate::store::SellerStatus;
 
 /// Where the signed links live.
 pub const PREFIX: &str = "/v1/documents/";
@@ -141,6 +151,154 @@ fn collect_parents<'v>(
         }
         _ => Err(DocumentError::NotAReportDocument),
     }
+}
+
+impl Gateway {
+    /// `GET /v1/documents/{token}`: the report document behind a link this gateway issued,
+    /// downloaded and streamed through the caller's role policy.
+    pub(in crate::proxy) async fn document<B>(
+        &self,
+        req: Request<B>,
+        ctx: &mut Ctx,
+    ) -> Result<Response<Body>, ProxyError>
+    where
+        B: HttpBody<Data = bytes::Bytes> + Send + Sync + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        use futures_util::StreamExt;
+        if req.method() != http::Method::GET {
+            return Err(ProxyError::NotFound);
+        }
+        let caller =
+            caller::authenticate_request(&*self.store, &self.client_pins(), &req, unix_now())
+                .await?;
+        ctx.tool = Some(caller.client.tool.clone());
+        ctx.role = Some(caller.client.role.clone());
+        let token = &req.uri().path()[PREFIX.len()..];
+        let claims = crate::documents::link::open(&self.master_key, token, unix_now())?;
+        ctx.seller = Some(claims.seller_id.clone());
+        let same_tool = claims.tool == caller.client.tool;
+        let seller_ok = caller.client.allows_seller(&claims.seller_id)
+            && caller
+                .token_seller
+                .as_deref()
+                .is_none_or(|s| s == claims.seller_id);
+        if !same_tool || !seller_ok {
+            return Err(caller::CallerError::SellerNotAllowed.into());
+        }
+        match self.store.seller(&claims.seller_id).await? {
+            None => return Err(ProxyError::UnknownSeller),
+            Some(s) if s.status == SellerStatus::Deauthorized => {
+                return Err(ProxyError::SellerDeauthorized)
+            }
+            Some(_) => {}
+        }
+        if claims.opaque && !passes_opaque(self.roles.get(&caller.client.role)) {
+            return Err(ProxyError::DocumentNotForRole);
+        }
+        let role = self.roles.get(&caller.client.role).clone();
+        let policy = RolePolicy::new(role, &self.master_key, &claims.seller_id);
+        // Audited by `handle` when the stream ends: the categories the redactor emitted. Set
+        // before the fetch, so that a record of a download cut short names it too.
+        let (policy, emitted) = accounting::Noting::new(policy);
+        ctx.upstream_called = true;
+        ctx.document = Some((claims.document_id.clone(), emitted));
+        // Only https to Amazon's document hosts, public addresses, no redirects.
+        let resp = self
+            .outbound
+            .get(&claims.url, DOCUMENT_HEADER_TIMEOUT)
+            .await?;
+        let input = resp.into_body().into_data_stream();
+        let redacted = crate::documents::redact(
+            input,
+            claims.compression.is_some(),
+            policy,
+            crate::documents::Limits::default(),
+        )
+        .map(|chunk| {
+            chunk
+                .map(http_body::Frame::data)
+                .map_err(|e| Box::new(e) as BoxError)
+        });
+        let mut out = Response::new(BodyExt::boxed(http_body_util::StreamBody::new(redacted)));
+        out.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        out.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        Ok(out)
+    }
+
+    /// The document URLs of a response (the map's `link`s) replaced by the gateway's signed
+    /// links, each good for this tool, seller and role for 5 minutes.
+    pub(in crate::proxy) fn link_documents(
+        &self,
+        bytes: &[u8],
+        op_map: &crate::pii::OpMap,
+        seller_id: &str,
+        params: &[(&'static str, String)],
+        ctx: &Ctx,
+    ) -> Result<Vec<u8>, ProxyError> {
+        let base = ctx.public_base.clone().ok_or(ProxyError::BadHeader(
+            "a Host header is needed to hand out a document link",
+        ))?;
+        let now = unix_now();
+        // The document's id: the request's path parameters (e.g. the report document id).
+        let document_id = params
+            .iter()
+            .map(|(_, v)| v.as_str())
+            .collect::<Vec<_>>()
+            .join("/");
+        let (tool, role_name) = (
+            ctx.tool.clone().unwrap_or_default(),
+            ctx.role.clone().unwrap_or_default(),
+        );
+        rewrite_links(bytes, &op_map.links, &base, |url, compression, opaque| {
+            let claims = crate::documents::link::LinkClaims {
+                opaque,
+                url: url.to_string(),
+                compression: compression.map(str::to_string),
+                seller_id: seller_id.to_string(),
+                tool: tool.clone(),
+                role: role_name.clone(),
+                document_id: document_id.clone(),
+                expires_at: now + crate::documents::link::DEFAULT_TTL_SECONDS,
+            };
+            crate::documents::link::issue(&self.master_key, &claims, now)
+        })
+        .map_err(|_| ProxyError::UnsafeResponse("document links not in the model's shape"))
+    }
+}
+
+/// Longest wait for a report document's response headers.
+const DOCUMENT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The gateway's base URL as the caller reached it: `Host` (or, over HTTP/2, the request's
+/// `:authority`), and `https` when the request came over the gateway's own TLS listener (every
+/// TLS connection attaches a [`crate::server::tls::PeerCert`]) or a TLS-terminating proxy in
+/// front says so (`X-Forwarded-Proto`).
+pub(in crate::proxy) fn public_base<B>(req: &http::Request<B>) -> Option<String> {
+    let headers = req.headers();
+    let host = match headers.get(header::HOST) {
+        Some(h) => h.to_str().ok()?,
+        None => req.uri().authority()?.as_str(),
+    };
+    if host.is_empty()
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+    {
+        return None;
+    }
+    let https = req
+        .extensions()
+        .get::<crate::server::tls::PeerCert>()
+        .is_some()
+        || headers
+            .get("x-forwarded-proto")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    Some(format!("{}://{host}", if https { "https" } else { "http" }))
 }
 
 #[cfg(test)]

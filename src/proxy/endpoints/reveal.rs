@@ -7,12 +7,18 @@
 //! code (`Forbidden`, `Expired`, `Invalid`); every attempt is audited by the caller of
 //! [`reveal`], never with a value.
 
+use http::{header, HeaderValue, Response};
+use http_body::Body as HttpBody;
 use serde::Deserialize;
 
-use crate::auth::caller::Caller;
+use crate::auth::caller::{self, Caller};
 use crate::crypto::{self, DataKey};
+use crate::net::body::{self, Body, BoxError};
 use crate::pii::{Category, Role};
+use crate::proxy::rescue::ProxyError;
+use crate::proxy::{unix_now, Ctx, Gateway};
 use crate::secret::Secret;
+use crate::store::SellerStatus;
 
 /// The path of the reveal endpoint.
 pub const PATH: &str = "/v1/pii/reveal";
@@ -211,6 +217,93 @@ pub fn response_body(answers: &[Answer]) -> serde_json::Value {
         })
         .collect();
     serde_json::json!({ "values": values })
+}
+
+impl Gateway {
+    /// `POST /v1/pii/reveal`: decrypts envelopes for a role allowed to, while the order's key
+    /// lives; every value asked about is audited (outcome, category, order; never the value).
+    pub(in crate::proxy) async fn reveal<B>(
+        &self,
+        req: http::Request<B>,
+        ctx: &mut Ctx,
+    ) -> Result<Response<Body>, ProxyError>
+    where
+        B: HttpBody<Data = bytes::Bytes> + Send + Sync + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        use crate::audit::record::{Id, Kind, PiiUse, Reason, Record};
+        if req.method() != http::Method::POST {
+            return Err(ProxyError::NotFound);
+        }
+        let caller =
+            caller::authenticate_request(&*self.store, &self.client_pins(), &req, unix_now())
+                .await?;
+        ctx.tool = Some(caller.client.tool.clone());
+        ctx.role = Some(caller.client.role.clone());
+        let body = crate::server::peers::read_body(
+            req.into_body(),
+            MAX_BODY_BYTES,
+            self.limits.body_read_timeout,
+        )
+        .await?;
+        let role = self.roles.get(&caller.client.role);
+        let mut answers = reveal(&body, &caller, role, &self.vault).await?;
+        // Only for sellers still connected: a removed or deauthorized seller's data stays sealed.
+        for a in answers.iter_mut() {
+            if let (Outcome::Revealed, Some(seller)) = (a.outcome, &a.seller) {
+                let active = self
+                    .store
+                    .seller(seller)
+                    .await?
+                    .is_some_and(|s| s.status != SellerStatus::Deauthorized);
+                if !active {
+                    a.outcome = Outcome::Forbidden;
+                    a.value = None;
+                }
+            }
+        }
+        let mut records = Vec::with_capacity(answers.len());
+        for a in &answers {
+            let mut r = Record::new(Kind::Reveal)
+                .with_tool(&caller.client.tool)
+                .with_role(&caller.client.role)
+                .with_reason(match a.outcome {
+                    Outcome::Revealed => Reason::from_static("revealed"),
+                    Outcome::Forbidden => Reason::from_static("forbidden"),
+                    Outcome::Expired => Reason::from_static("expired"),
+                    Outcome::Invalid => Reason::from_static("invalid"),
+                });
+            if let Some(seller) = &a.seller {
+                r = r.with_seller(seller);
+            }
+            r.order_id = a.order_id.as_deref().map(Id::lossy);
+            if let (Some(category), Outcome::Revealed) = (a.category, a.outcome) {
+                r.pii = vec![PiiUse {
+                    category,
+                    action: crate::pii::Action::Pass,
+                }];
+            }
+            records.push(self.auditor.record_durable(r));
+        }
+        // No value goes out before every record of the reveal is written (one group commit).
+        if futures_util::future::join_all(records)
+            .await
+            .iter()
+            .any(Result::is_err)
+        {
+            return Err(ProxyError::AuditUnavailable);
+        }
+        let json = serde_json::to_vec(&response_body(&answers))
+            .map_err(|_| ProxyError::UnsafeResponse("unserializable"))?;
+        let mut resp = Response::new(body::full(json));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        Ok(resp)
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,532 @@
+//! The web console at `/console`, served by the admin listener only (the proxy listener has no
+//! route to it).
+//!
+//! Server-rendered HTML; the stylesheet and one small script (it refreshes the overview's charts
+//! every 5 s) are compiled into the binary and served from `/console/assets/`. Every answer
+//! carries a strict Content-Security-Policy (`default-src 'self'`, no inline script or style,
+//! `frame-ancestors 'none'`) and `Cache-Control: no-store`.
+//!
+//! **Sign-in** with an admin token (the admin API's bearer tokens, found the same way) starts a
+//! server-side session ([`session`]): the cookie (`HttpOnly`, `SameSite=Strict`, `Path=/console`,
+//! `Secure` when the admin listener has TLS) holds a random id whose SHA-256 is the session's
+//! key; it ends after 15 idle minutes or 8 hours. **Every POST** is refused unless it comes from
+//! the console's own origin (`Origin`, `Sec-Fetch-Site`) and carries the session's CSRF token
+//! (sign-in: the token of its pre-session cookie).
+//!
+//! **Roles** are those of the admin API, checked by the same code ([`super::Admin`]'s token
+//! lookup and role check): the overview for both; rate limits (and reload), sellers and tools
+//! (create and revoke keys) for `ops`; audit and retention (holds, export, erase) for `security`.
+//! **Actions** are audited like their twins: reload as `POST /admin/reload`, holds as the hold
+//! routes (the vault records them with the admin's name), keys as `spgate clients add|revoke`
+//! (records `key_created`/`key_revoked` with the admin's name as actor), export and erase as
+//! `spgate vault export|erase`; an action is confirmed only once its records are written.
+
+pub mod pages;
+pub mod session;
+pub mod stats;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+
+use super::{Admin, AdminError};
+use crate::audit::AuditConfig;
+use crate::config::AdminRole;
+use crate::proxy::body::{self, Body};
+use session::{SessionError, Sessions};
+
+/// The session cookie.
+pub const COOKIE: &str = "spgate_console";
+/// The sign-in form's pre-session cookie (its CSRF token).
+pub const LOGIN_COOKIE: &str = "spgate_console_login";
+/// The Content-Security-Policy of every console answer.
+pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'";
+/// Largest form body read.
+const MAX_FORM: usize = 16 * 1024;
+/// Audit records per page.
+pub const PAGE_SIZE: usize = 50;
+
+const CSS: &str = include_str!("assets/console.css");
+const JS: &str = include_str!("assets/console.js");
+
+/// Why a console request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    /// No such page.
+    #[error("no such console page")]
+    NotFound,
+    /// No live session: sign in.
+    #[error("not signed in")]
+    SignedOut,
+    /// The sign-in token is not an admin token.
+    #[error("unknown admin token")]
+    BadToken,
+    /// The session's role may not see or do this.
+    #[error("the {0:?} role may not do this")]
+    Forbidden(AdminRole),
+    /// A POST from another origin.
+    #[error("cross-origin request")]
+    CrossOrigin,
+    /// A POST without the session's CSRF token.
+    #[error("missing or wrong CSRF token")]
+    Csrf,
+    /// A form field is missing or malformed.
+    #[error("bad input: {0}")]
+    BadInput(&'static str),
+    /// The admin service refused (invalid config on reload, audit log unavailable).
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    /// No session could be made.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// The vault refused or failed.
+    #[error(transparent)]
+    Vault(#[from] crate::vault::VaultError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// A key could not be created.
+    #[error(transparent)]
+    CreateClient(#[from] crate::auth::caller::CreateClientError),
+    /// The audit log could not be read.
+    #[error(transparent)]
+    AuditRead(#[from] crate::audit::query::QueryError),
+    /// The audit chain could not be verified.
+    #[error(transparent)]
+    AuditVerify(#[from] crate::audit::cli::CliError),
+    /// The audit log is not configured (no `[audit]` section).
+    #[error("no audit log is configured")]
+    NoAuditLog,
+}
+
+/// The console's state inside [`Admin`].
+pub struct Console {
+    sessions: Sessions,
+    stats: Arc<stats::Stats>,
+    /// The audit log's directory and key (queries, reports, verification).
+    audit: Option<AuditConfig>,
+    /// The rate plans and tool assignment in force (set at start and by each reload).
+    plans: std::sync::RwLock<pages::PlansView>,
+}
+
+impl Console {
+    /// A console fed by `auditor`'s request records.
+    pub fn new(auditor: &crate::audit::Auditor) -> Console {
+        let stats = Arc::new(stats::Stats::new());
+        let tap = stats.clone();
+        if !auditor.set_tap(Arc::new(move |record| {
+            tap.observe(record, unix_now());
+        })) {
+            tracing::warn!("The audit log already feeds another console: this one shows no request statistics.");
+        }
+        Console {
+            sessions: Sessions::default(),
+            stats,
+            audit: None,
+            plans: std::sync::RwLock::new(pages::PlansView::default()),
+        }
+    }
+
+    /// Gives the console the audit log's directory and key.
+    pub fn set_audit(&mut self, audit: Option<AuditConfig>) {
+        self.audit = audit;
+    }
+
+    /// Records the plans in force.
+    pub fn set_plans(
+        &self,
+        plans: &crate::ratelimit::config::Plans,
+        tools: &std::collections::BTreeMap<String, String>,
+    ) {
+        *self.plans.write().unwrap_or_else(|p| p.into_inner()) =
+            pages::PlansView::new(plans, tools);
+    }
+
+    /// The plans in force.
+    fn plans(&self) -> pages::PlansView {
+        self.plans.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The live statistics.
+    pub fn stats(&self) -> &stats::Stats {
+        &self.stats
+    }
+}
+
+fn unix_now() -> u64 {
+    time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64
+}
+
+/// A parsed request: the parts the pages need.
+struct Req {
+    method: Method,
+    path: String,
+    query: HashMap<String, String>,
+    form: HashMap<String, String>,
+    cookie: Option<String>,
+    login_cookie: Option<String>,
+}
+
+impl Req {
+    fn field(&self, name: &str) -> &str {
+        self.form.get(name).map_or("", |v| v.trim())
+    }
+    fn required(&self, name: &str, what: &'static str) -> Result<&str, ConsoleError> {
+        let v = self.field(name);
+        if v.is_empty() {
+            return Err(ConsoleError::BadInput(what));
+        }
+        Ok(v)
+    }
+}
+
+/// Answers a request under `/console`.
+pub async fn handle<B>(admin: &Admin, req: Request<B>) -> Response<Body>
+where
+    B: http_body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    // Records lost from here on (even if a gap has reported them) fail the action.
+    let lost = admin.gateway.auditor().lost_mark();
+    let action = req.method() == Method::POST;
+    let mut resp = match serve(admin, req).await {
+        Ok(_) if action && admin.gateway.auditor().flushed_since(lost).await.is_err() => {
+            error_response(&ConsoleError::Admin(AdminError::AuditUnavailable))
+        }
+        Ok(resp) => resp,
+        Err(e) => error_response(&e),
+    };
+    secure_headers(&mut resp);
+    resp
+}
+
+/// The headers every console answer carries.
+fn secure_headers(resp: &mut Response<Body>) {
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(
+        "cross-origin-opener-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(
+        "cross-origin-resource-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+}
+
+async fn serve<B>(admin: &Admin, req: Request<B>) -> Result<Response<Body>, ConsoleError>
+where
+    B: http_body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    // Static assets need no session.
+    if method == Method::GET {
+        match path.as_str() {
+            "/console/assets/console.css" => return Ok(asset(CSS, "text/css; charset=utf-8")),
+            "/console/assets/console.js" => return Ok(asset(JS, "text/javascript; charset=utf-8")),
+            _ => {}
+        }
+    }
+    if method == Method::POST {
+        same_origin(&req)?;
+    } else if method != Method::GET {
+        return Err(ConsoleError::NotFound);
+    }
+    let query = req
+        .uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let cookie = cookie_value(&req, COOKIE);
+    let login_cookie = cookie_value(&req, LOGIN_COOKIE);
+    let form = if method == Method::POST {
+        let bytes = crate::server::peers::read_body(
+            req.into_body(),
+            MAX_FORM,
+            admin.gateway.body_read_timeout(),
+        )
+        .await
+        .map_err(|_| ConsoleError::BadInput("the form is unreadable or too large"))?;
+        form_urlencoded::parse(&bytes).into_owned().collect()
+    } else {
+        HashMap::new()
+    };
+    let r = Req {
+        method,
+        path,
+        query,
+        form,
+        cookie,
+        login_cookie,
+    };
+    let secure = admin.tls.iter().any(|l| l.name() == "admin");
+    match (&r.method, r.path.as_str()) {
+        (&Method::GET, "/console/login") => login_page(None, secure),
+        (&Method::POST, "/console/login") => login(admin, &r, secure),
+        _ => {
+            let (id, session) = r
+                .cookie
+                .as_deref()
+                .and_then(|id| admin.console.sessions.get(id).map(|s| (id, s)))
+                .ok_or(ConsoleError::SignedOut)?;
+            if r.method == Method::POST && !session::same_token(r.field("csrf"), &session.csrf) {
+                return Err(ConsoleError::Csrf);
+            }
+            pages::route(admin, &r, id, &session, secure).await
+        }
+    }
+}
+
+/// A POST must come from the console's own origin: `Sec-Fetch-Site` (when the browser sends it)
+/// is `same-origin` or `none`, and `Origin` (when sent) names the host the request was sent to.
+fn same_origin<B>(req: &Request<B>) -> Result<(), ConsoleError> {
+    let h = req.headers();
+    if let Some(site) = h.get("sec-fetch-site") {
+        if !matches!(site.to_str(), Ok("same-origin" | "none")) {
+            return Err(ConsoleError::CrossOrigin);
+        }
+    }
+    if let Some(origin) = h.get(header::ORIGIN) {
+        let host = h
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| req.uri().authority().map(|a| a.to_string()))
+            .ok_or(ConsoleError::CrossOrigin)?;
+        let origin = origin.to_str().map_err(|_| ConsoleError::CrossOrigin)?;
+        let named = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"));
+        if named != Some(host.as_str()) {
+            return Err(ConsoleError::CrossOrigin);
+        }
+    }
+    Ok(())
+}
+
+fn cookie_value<B>(req: &Request<B>, name: &str) -> Option<String> {
+    req.headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+        .filter(|v| !v.is_empty())
+}
+
+fn set_cookie(
+    resp: &mut Response<Body>,
+    name: &str,
+    value: &str,
+    max_age: Option<u64>,
+    secure: bool,
+) {
+    let mut c = format!("{name}={value}; Path=/console; HttpOnly; SameSite=Strict");
+    if let Some(age) = max_age {
+        c.push_str(&format!("; Max-Age={age}"));
+    }
+    if secure {
+        c.push_str("; Secure");
+    }
+    if let Ok(v) = HeaderValue::from_str(&c) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+fn asset(text: &'static str, content_type: &'static str) -> Response<Body> {
+    let mut resp = Response::new(body::full(text));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+/// An HTML answer.
+pub fn html(status: StatusCode, page: String) -> Response<Body> {
+    let mut resp = Response::new(body::full(page));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    resp
+}
+
+/// A 303 to a console page.
+pub fn redirect(to: &str) -> Response<Body> {
+    let mut resp = Response::new(body::empty());
+    *resp.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(v) = HeaderValue::from_str(to) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+/// The sign-in page, with a fresh pre-session cookie whose value the form repeats.
+fn login_page(problem: Option<&str>, secure: bool) -> Result<Response<Body>, ConsoleError> {
+    let token = crate::crypto::random_token::<24>().map_err(SessionError::from)?;
+    let status = if problem.is_some() {
+        StatusCode::UNAUTHORIZED
+    } else {
+        StatusCode::OK
+    };
+    let mut resp = html(status, pages::login(&token, problem));
+    set_cookie(&mut resp, LOGIN_COOKIE, &token, Some(600), secure);
+    Ok(resp)
+}
+
+fn login(admin: &Admin, r: &Req, secure: bool) -> Result<Response<Body>, ConsoleError> {
+    let expected = r.login_cookie.as_deref().ok_or(ConsoleError::Csrf)?;
+    if !session::same_token(r.field("csrf"), expected) {
+        return Err(ConsoleError::Csrf);
+    }
+    let (name, role) = match admin.token_holder(r.field("token")) {
+        Ok(holder) => holder,
+        Err(_) => {
+            tracing::info!("Console sign-in refused: unknown admin token.");
+            return Err(ConsoleError::BadToken);
+        }
+    };
+    let id = admin.console.sessions.create(&name, role)?;
+    tracing::info!(admin = %name, role = ?role, "Console sign-in.");
+    let mut resp = redirect("/console");
+    set_cookie(&mut resp, COOKIE, &id, None, secure);
+    set_cookie(&mut resp, LOGIN_COOKIE, "", Some(0), secure);
+    Ok(resp)
+}
+
+/// Ends the session and clears its cookie.
+pub(crate) fn logout(admin: &Admin, id: &str, secure: bool) -> Response<Body> {
+    admin.console.sessions.end(id);
+    let mut resp = redirect("/console/login");
+    set_cookie(&mut resp, COOKIE, "", Some(0), secure);
+    resp
+}
+
+/// An error page.
+fn error_page(status: StatusCode, title: &str, message: &str) -> Response<Body> {
+    let mut resp = html(status, pages::error(title, message));
+    secure_headers(&mut resp);
+    resp
+}
+
+/// The answer for a console error: an HTML page (a missing session: a redirect to the sign-in
+/// page). The one place console errors become responses, as `admin::error_response` is for
+/// the admin API.
+pub fn error_response(err: &ConsoleError) -> Response<Body> {
+    use crate::vault::VaultError as V;
+    use ConsoleError as C;
+    let (status, title, message): (StatusCode, &str, String) = match err {
+        C::SignedOut => return redirect("/console/login"),
+        C::NotFound | C::Admin(crate::admin::AdminError::NotFound) => (
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "No such console page.".into(),
+        ),
+        C::BadToken | C::Admin(crate::admin::AdminError::Unauthorized) => (
+            StatusCode::UNAUTHORIZED,
+            "Sign-in refused",
+            "That is not an admin token.".into(),
+        ),
+        C::Forbidden(_) | C::Admin(crate::admin::AdminError::Forbidden(_)) => (
+            StatusCode::FORBIDDEN,
+            "Not allowed",
+            "Your admin role may not see or do this.".into(),
+        ),
+        C::CrossOrigin => (
+            StatusCode::FORBIDDEN,
+            "Refused",
+            "The form was not sent from this console (cross-origin request).".into(),
+        ),
+        C::Csrf => (
+            StatusCode::FORBIDDEN,
+            "Refused",
+            "The form's CSRF token is missing or stale: reload the page and try again.".into(),
+        ),
+        C::BadInput(m) => (StatusCode::BAD_REQUEST, "Invalid input", format!("{m}.")),
+        C::Admin(crate::admin::AdminError::InvalidConfig(_))
+        | C::Admin(crate::admin::AdminError::NoConfigFile) => (
+            StatusCode::CONFLICT,
+            "Not reloaded",
+            "The configuration could not be reloaded; nothing changed.".into(),
+        ),
+        C::Admin(crate::admin::AdminError::AuditUnavailable) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Audit log unavailable",
+            "The gateway cannot write its audit log right now; the action is not confirmed. Retry later.".into(),
+        ),
+        C::Session(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Sign-in unavailable",
+            "No console session can be started right now. Retry later.".into(),
+        ),
+        C::Vault(V::UnknownOrder) => (
+            StatusCode::NOT_FOUND,
+            "Unknown order",
+            "The gateway holds no record of this order for this seller.".into(),
+        ),
+        C::Vault(V::AlreadyDeleted) => (
+            StatusCode::CONFLICT,
+            "Already deleted",
+            "The order's PII is already deleted.".into(),
+        ),
+        C::Vault(V::Held) => (
+            StatusCode::CONFLICT,
+            "Under legal hold",
+            "The order is under legal hold.".into(),
+        ),
+        C::Vault(V::InvalidHold(m)) => (StatusCode::BAD_REQUEST, "Invalid hold", format!("{m}.")),
+        C::Vault(V::Contention) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Busy",
+            "The record is busy; try again.".into(),
+        ),
+        C::Store(e) if e.is_unavailable() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Store unavailable",
+            "The store does not answer. Retry later.".into(),
+        ),
+        C::NoAuditLog => (
+            StatusCode::NOT_FOUND,
+            "No audit log",
+            "This gateway keeps no audit log (no [audit] section).".into(),
+        ),
+        C::Vault(V::Store(_) | V::Crypto(_))
+        | C::Store(_)
+        | C::CreateClient(_)
+        | C::AuditRead(_)
+        | C::AuditVerify(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Failed",
+            "The gateway failed; the operational log has the detail.".into(),
+        ),
+    };
+    if status.is_server_error() {
+        tracing::error!(error = %err, status = status.as_u16(), "Console request failed.");
+    } else {
+        tracing::info!(error = %err, status = status.as_u16(), "Console request refused.");
+    }
+    let mut resp = error_page(status, title, &message);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
+    resp
+}

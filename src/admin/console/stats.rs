@@ -1,0 +1,334 @@
+//! The console's live request statistics: a ring of per-second aggregates over the last hour,
+//! fed by the audit log's tap (every request record passes it as it is queued), so the figures
+//! are those of the request records themselves. Without an `[audit]` section there are no
+//! request records and the overview says so.
+//!
+//! Per second: requests, answers by status class, gateway 429s (the limiter refused) and
+//! upstream 429s (Amazon's 429 passed on), and a latency histogram (quarter-octave buckets,
+//! so p50/p99 are within 19 %); the same per tool (at most [`MAX_TOOLS`] named, the rest under
+//! `other`).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::audit::record::{Decision, Kind, Record};
+
+/// Seconds kept.
+pub const WINDOW: u64 = 3600;
+/// Tools named per second; further tools are counted under `other`.
+pub const MAX_TOOLS: usize = 32;
+/// Latency buckets: quarter octaves of microseconds, up to 2^28 µs (~4.5 minutes).
+const BUCKETS: usize = 112;
+
+/// One second's (or one tool's second's) figures.
+#[derive(Debug, Clone, Default)]
+struct Counts {
+    requests: u64,
+    /// 1xx..5xx, then answers without a status (client gone, shut down).
+    classes: [u64; 6],
+    gateway_429: u64,
+    upstream_429: u64,
+    latency: Vec<u32>,
+}
+
+impl Counts {
+    fn add(&mut self, status: Option<u16>, gateway_429: bool, latency_us: Option<u64>) {
+        self.requests += 1;
+        let class = match status {
+            Some(s @ 100..=599) => usize::from(s / 100) - 1,
+            _ => 5,
+        };
+        self.classes[class] += 1;
+        if status == Some(429) {
+            if gateway_429 {
+                self.gateway_429 += 1;
+            } else {
+                self.upstream_429 += 1;
+            }
+        }
+        if let Some(us) = latency_us {
+            if self.latency.is_empty() {
+                self.latency = vec![0; BUCKETS];
+            }
+            self.latency[bucket(us)] += 1;
+        }
+    }
+
+    fn merge(&mut self, other: &Counts) {
+        self.requests += other.requests;
+        for (a, b) in self.classes.iter_mut().zip(other.classes) {
+            *a += b;
+        }
+        self.gateway_429 += other.gateway_429;
+        self.upstream_429 += other.upstream_429;
+        if !other.latency.is_empty() {
+            if self.latency.is_empty() {
+                self.latency = vec![0; BUCKETS];
+            }
+            for (a, b) in self.latency.iter_mut().zip(&other.latency) {
+                *a += b;
+            }
+        }
+    }
+
+    /// The latency below which `q` of the answers fell (the bucket's upper bound), in ms.
+    fn quantile_ms(&self, q: f64) -> Option<f64> {
+        let total: u64 = self.latency.iter().map(|&n| u64::from(n)).sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, &n) in self.latency.iter().enumerate() {
+            seen += u64::from(n);
+            if seen >= rank {
+                return Some(upper_bound_us(i) / 1000.0);
+            }
+        }
+        None
+    }
+}
+
+/// The quarter-octave bucket of a latency.
+fn bucket(us: u64) -> usize {
+    if us <= 1 {
+        return 0;
+    }
+    let log = (us as f64).log2() * 4.0;
+    (log.ceil() as usize).min(BUCKETS - 1)
+}
+
+fn upper_bound_us(bucket: usize) -> f64 {
+    2f64.powf(bucket as f64 / 4.0)
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    second: u64,
+    all: Counts,
+    tools: BTreeMap<String, Counts>,
+}
+
+/// The ring.
+#[derive(Debug)]
+pub struct Stats {
+    slots: Mutex<Vec<Slot>>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats::new()
+    }
+}
+
+/// One point of a series (one minute, or one second for the live tail).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Point {
+    /// Start of the interval (unix seconds).
+    pub at: u64,
+    /// Requests per second over the interval.
+    pub rps: f64,
+    /// Answers by status class: 1xx, 2xx, 3xx, 4xx, 5xx, none.
+    pub classes: [u64; 6],
+    /// 429s the gateway's limiter answered.
+    pub gateway_429: u64,
+    /// 429s Amazon answered.
+    pub upstream_429: u64,
+    /// Median latency (ms), when any.
+    pub p50_ms: Option<f64>,
+    /// 99th percentile latency (ms), when any.
+    pub p99_ms: Option<f64>,
+}
+
+/// The last hour, per minute, overall and per tool.
+#[derive(Debug, Clone, Serialize)]
+pub struct Overview {
+    /// Now (unix seconds).
+    pub now: u64,
+    /// Per-minute points, oldest first (60).
+    pub minutes: Vec<Point>,
+    /// The whole hour.
+    pub hour: Point,
+    /// The last minute's figures.
+    pub last_minute: Point,
+    /// Per tool: the whole hour and its per-minute requests per second.
+    pub tools: Vec<ToolOverview>,
+}
+
+/// One tool's hour.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolOverview {
+    /// The tool (`-` for requests no tool was authenticated for).
+    pub tool: String,
+    /// The whole hour.
+    pub hour: Point,
+    /// Requests per second per minute, oldest first.
+    pub rps: Vec<f64>,
+}
+
+impl Stats {
+    /// An empty ring.
+    pub fn new() -> Stats {
+        Stats {
+            slots: Mutex::new((0..WINDOW).map(|_| Slot::default()).collect()),
+        }
+    }
+
+    /// Counts one record (only request records count) at `now` (unix seconds).
+    pub fn observe(&self, record: &Record, now: u64) {
+        if record.kind != Kind::Request {
+            return;
+        }
+        let gateway_429 = record
+            .limiter
+            .is_some_and(|l| l.decision == Decision::Rejected);
+        let tool = record.tool.as_ref().map_or("-", |t| t.as_str());
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = &mut slots[(now % WINDOW) as usize];
+        if slot.second != now {
+            *slot = Slot {
+                second: now,
+                ..Slot::default()
+            };
+        }
+        slot.all.add(record.status, gateway_429, record.latency_us);
+        let tool = if slot.tools.len() >= MAX_TOOLS && !slot.tools.contains_key(tool) {
+            "other"
+        } else {
+            tool
+        };
+        slot.tools.entry(tool.to_string()).or_default().add(
+            record.status,
+            gateway_429,
+            record.latency_us,
+        );
+    }
+
+    /// The last hour ending at `now` (unix seconds).
+    pub fn overview(&self, now: u64) -> Overview {
+        let start = now.saturating_sub(WINDOW - 1);
+        let mut minutes = vec![Counts::default(); 60];
+        let mut tools: BTreeMap<String, Vec<Counts>> = BTreeMap::new();
+        {
+            let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            for slot in slots.iter() {
+                if slot.second < start || slot.second > now || slot.all.requests == 0 {
+                    continue;
+                }
+                let minute = ((slot.second - start) / 60) as usize;
+                minutes[minute].merge(&slot.all);
+                for (tool, counts) in &slot.tools {
+                    tools
+                        .entry(tool.clone())
+                        .or_insert_with(|| vec![Counts::default(); 60])[minute]
+                        .merge(counts);
+                }
+            }
+        }
+        let point = |at: u64, c: &Counts, seconds: f64| Point {
+            at,
+            rps: c.requests as f64 / seconds,
+            classes: c.classes,
+            gateway_429: c.gateway_429,
+            upstream_429: c.upstream_429,
+            p50_ms: c.quantile_ms(0.5),
+            p99_ms: c.quantile_ms(0.99),
+        };
+        let sum = |cs: &[Counts]| {
+            let mut all = Counts::default();
+            for c in cs {
+                all.merge(c);
+            }
+            all
+        };
+        Overview {
+            now,
+            hour: point(start, &sum(&minutes), WINDOW as f64),
+            last_minute: point(start + 59 * 60, &minutes[59], 60.0),
+            minutes: minutes
+                .iter()
+                .enumerate()
+                .map(|(i, c)| point(start + i as u64 * 60, c, 60.0))
+                .collect(),
+            tools: tools
+                .iter()
+                .map(|(tool, cs)| ToolOverview {
+                    tool: tool.clone(),
+                    hour: point(start, &sum(cs), WINDOW as f64),
+                    rps: cs.iter().map(|c| c.requests as f64 / 60.0).collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::record::{Limiter, Record};
+
+    fn request(tool: &str, status: u16, latency_us: u64, rejected: bool) -> Record {
+        let mut r = Record::request("req-1").with_tool(tool);
+        r.status = Some(status);
+        r.latency_us = Some(latency_us);
+        if rejected {
+            r.limiter = Some(Limiter {
+                decision: Decision::Rejected,
+                wait_ms: 0,
+            });
+        }
+        r
+    }
+
+    #[test]
+    fn counts_classes_429s_and_quantiles_per_tool() {
+        let stats = Stats::new();
+        let now = 1_000_000;
+        for i in 0..98 {
+            stats.observe(&request("labels", 200, 1_000 + i, false), now - 10);
+        }
+        stats.observe(&request("labels", 429, 500, true), now - 5);
+        stats.observe(&request("repricer", 429, 80_000, false), now);
+        // Not a request: not counted.
+        stats.observe(&Record::new(Kind::Reload), now);
+        let o = stats.overview(now);
+        assert_eq!(o.hour.classes, [0, 98, 0, 2, 0, 0]);
+        assert_eq!(o.hour.gateway_429, 1);
+        assert_eq!(o.hour.upstream_429, 1);
+        assert_eq!(o.last_minute.classes[1], 98);
+        let p50 = o.hour.p50_ms.unwrap_or_default();
+        assert!((1.0..=1.3).contains(&p50), "p50 {p50}");
+        let p99 = o.hour.p99_ms.unwrap_or_default();
+        assert!((1.0..=1.3).contains(&p99), "p99 {p99}");
+        let repricer = o.tools.iter().find(|t| t.tool == "repricer");
+        let repricer = repricer.map(|t| (t.hour.upstream_429, t.hour.p99_ms.unwrap_or_default()));
+        assert!(matches!(repricer, Some((1, ms)) if (80.0..96.0).contains(&ms)));
+        assert_eq!(o.tools.len(), 2);
+    }
+
+    #[test]
+    fn forgets_what_is_older_than_an_hour() {
+        let stats = Stats::new();
+        stats.observe(&request("labels", 200, 10, false), 5_000);
+        assert_eq!(stats.overview(5_000).hour.classes[1], 1);
+        assert_eq!(stats.overview(5_000 + WINDOW).hour.classes[1], 0);
+        // The slot is reused by a later second, and only that second's record stays.
+        stats.observe(&request("labels", 500, 10, false), 5_000 + WINDOW);
+        let o = stats.overview(5_000 + WINDOW);
+        assert_eq!(o.hour.classes, [0, 0, 0, 0, 1, 0]);
+    }
+
+    #[test]
+    fn tools_beyond_the_cap_are_folded() {
+        let stats = Stats::new();
+        for i in 0..MAX_TOOLS + 5 {
+            stats.observe(&request(&format!("tool-{i}"), 200, 10, false), 7_000);
+        }
+        let o = stats.overview(7_000);
+        assert_eq!(o.tools.len(), MAX_TOOLS + 1);
+        let other = o.tools.iter().find(|t| t.tool == "other");
+        assert_eq!(other.map(|t| t.hour.classes[1]), Some(5));
+    }
+}

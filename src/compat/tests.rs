@@ -1,0 +1,749 @@
+//! Unit tests of the translator. The acceptance tests against the sandbox's synthetic orders
+//! live in `src/sandbox/orders_compat_tests.rs`; the Python SDK run in `tests/sdk_python.rs`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use serde_json::{json, Value};
+
+use super::map::{self, Conversion, FieldMap, Report, Rule, Scope};
+use super::request::{self, Caller, Kind};
+use super::{token, Compat, CompatConfig, CompatError, Mode, RawCompat, REMOVAL_UNIX};
+use crate::catalog::Catalog;
+use crate::crypto::MasterKey;
+use crate::pii::{Action, Category, Role};
+use crate::secret::Secret;
+
+fn key() -> MasterKey {
+    MasterKey::from_base64(
+        "k1",
+        &Secret::new("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".to_string()),
+    )
+    .expect("key")
+}
+
+fn pass_all() -> Role {
+    Role::new(Category::ALL.map(|c| (c, Action::Pass)))
+}
+
+fn plan(
+    kind: Kind,
+    order_id: Option<&str>,
+    query: &str,
+    role: &Role,
+) -> Result<request::Plan, CompatError> {
+    let caller = Caller {
+        tool: "tool-a",
+        seller: "A1SELLER",
+        role,
+        now: 1_800_000_000,
+    };
+    let target = Catalog::builtin()
+        .by_key(kind.target_key())
+        .expect("2026 op");
+    request::plan(kind, order_id, Some(query), &caller, target, &key())
+}
+
+// --- The map against Amazon's models ---
+
+/// `../shared/spapi-models/orders-api-model`, or `None` (skip) outside CI.
+fn models() -> Option<PathBuf> {
+    let dir =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/spapi-models/orders-api-model");
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must have ../shared/spapi-models beside the repository"
+    );
+    None
+}
+
+fn load(path: PathBuf) -> Value {
+    serde_json::from_slice(&std::fs::read(&path).expect("model")).expect("model JSON")
+}
+
+/// Every leaf path (`a.b[].c`) under a definition, stopping at `stop` definitions (which are
+/// their own scopes); `$ref`, `allOf` and arrays are followed.
+fn leaves(
+    model: &Value,
+    schema: &Value,
+    prefix: &str,
+    stop: &[&str],
+    seen: &mut Vec<String>,
+    out: &mut BTreeSet<String>,
+) {
+    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        let name = r.rsplit('/').next().unwrap_or_default();
+        if stop.contains(&name) && !prefix.is_empty() || seen.iter().any(|s| s == name) {
+            return;
+        }
+        seen.push(name.to_string());
+        leaves(model, &model["definitions"][name], prefix, stop, seen, out);
+        seen.pop();
+        return;
+    }
+    if let Some(all) = schema.get("allOf").and_then(Value::as_array) {
+        for s in all {
+            leaves(model, s, prefix, stop, seen, out);
+        }
+        return;
+    }
+    if schema.get("type").and_then(Value::as_str) == Some("array") {
+        leaves(
+            model,
+            &schema["items"],
+            &format!("{prefix}[]"),
+            stop,
+            seen,
+            out,
+        );
+        return;
+    }
+    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+        for (k, v) in props {
+            let p = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            leaves(model, v, &p, stop, seen, out);
+        }
+        return;
+    }
+    out.insert(prefix.to_string());
+}
+
+/// The scopes' v0 definitions, which bound each scope's walk.
+const V0_SCOPES: [&str; 9] = [
+    "Order",
+    "OrderItem",
+    "OrderAddress",
+    "OrderBuyerInfo",
+    "OrderItemBuyerInfo",
+    "OrdersList",
+    "OrderItemsList",
+    "OrderItemsBuyerInfoList",
+    "ErrorList",
+];
+
+#[test]
+fn every_v0_response_field_is_produced_from_a_2026_field_or_listed_as_unavailable() {
+    let Some(dir) = models() else { return };
+    let v0 = load(dir.join("ordersV0.json"));
+    let v2026 = load(dir.join("orders_2026-01-01.json"));
+    let map = FieldMap::parse(map::MAP_TSV).expect("the map parses");
+    // The six operations' answers are made of exactly these scopes.
+    for op in [
+        "getOrders",
+        "getOrder",
+        "getOrderBuyerInfo",
+        "getOrderAddress",
+        "getOrderItems",
+        "getOrderItemsBuyerInfo",
+    ] {
+        let schema = v0["paths"]
+            .as_object()
+            .into_iter()
+            .flat_map(|p| p.values())
+            .filter_map(|m| m.get("get"))
+            .find(|g| g["operationId"] == op)
+            .map(|g| g["responses"]["200"]["schema"].clone())
+            .expect("operation");
+        let name = schema["$ref"]
+            .as_str()
+            .and_then(|r| r.rsplit('/').next())
+            .expect("ref");
+        for (prop, sub) in v0["definitions"][name]["properties"]
+            .as_object()
+            .expect("props")
+        {
+            let inner = sub["$ref"]
+                .as_str()
+                .and_then(|r| r.rsplit('/').next())
+                .expect("ref");
+            assert!(
+                V0_SCOPES.contains(&inner),
+                "{op}.{prop} is {inner}, which has no scope"
+            );
+        }
+    }
+    let mut missing = Vec::new();
+    let mut listed: BTreeMap<Scope, BTreeSet<String>> = BTreeMap::new();
+    for row in &map.rows {
+        listed
+            .entry(row.scope)
+            .or_default()
+            .insert(row.field.clone());
+    }
+    for scope in Scope::ALL {
+        let mut fields = BTreeSet::new();
+        leaves(
+            &v0,
+            &json!({ "$ref": format!("#/definitions/{}", scope.v0_definition()) }),
+            "",
+            &V0_SCOPES,
+            &mut Vec::new(),
+            &mut fields,
+        );
+        let have = listed.remove(&scope).unwrap_or_default();
+        for f in &fields {
+            if !have.contains(f) {
+                missing.push(format!("{}\t{f}", scope.name()));
+            }
+        }
+        for f in have.difference(&fields) {
+            missing.push(format!("{}\t{f} is not in the v0 model", scope.name()));
+        }
+        // Every produced field's source exists in the 2026 model, under the scope's source.
+        let mut sources = BTreeSet::new();
+        leaves(
+            &v2026,
+            &json!({ "$ref": format!("#/definitions/{}", scope.source_definition()) }),
+            "",
+            &[],
+            &mut Vec::new(),
+            &mut sources,
+        );
+        for row in map.scope(scope) {
+            if let Rule::Produced { source, conversion } = &row.rule {
+                // Filters name elements of a list: `a[k=V].b` is the model's `a[].b`, and the
+                // filter key must be a field of the element.
+                let steps = map::parse_path(source).expect("path");
+                let mut plain = String::new();
+                for step in steps {
+                    if !plain.is_empty() {
+                        plain.push('.');
+                    }
+                    match step {
+                        map::Step::Key(k) => plain.push_str(k),
+                        map::Step::Each(k) => plain.push_str(&format!("{k}[]")),
+                        map::Step::Filter { list, key, .. } => {
+                            let filter_key = format!("{plain}{list}[].{key}");
+                            assert!(
+                                sources.contains(&filter_key),
+                                "{}: filter key {filter_key}",
+                                row.field
+                            );
+                            plain.push_str(&format!("{list}[]"));
+                        }
+                    }
+                }
+                let exists = sources.contains(&plain)
+                    || sources.iter().any(|s| {
+                        s.starts_with(&format!("{plain}.")) || s.starts_with(&format!("{plain}[]"))
+                    });
+                assert!(
+                    exists,
+                    "{} {}: source {source} is not in the 2026 model",
+                    scope.name(),
+                    row.field
+                );
+                if matches!(
+                    conversion,
+                    Conversion::Copy
+                        | Conversion::Date
+                        | Conversion::Enum(_)
+                        | Conversion::Sum
+                        | Conversion::Token
+                ) {
+                    assert!(
+                        sources.contains(&plain),
+                        "{} {}: {source} is not a leaf of the 2026 model",
+                        scope.name(),
+                        row.field
+                    );
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "v0 fields neither produced nor listed as unavailable:\n{}",
+        missing.join("\n")
+    );
+}
+
+#[test]
+fn the_map_rejects_a_malformed_line() {
+    for bad in [
+        "order\tX\tsource\tcopy\textra\tmore",
+        "nowhere\tX\tsource\tcopy",
+        "order\tX\t-\tcopy",
+        "order\tX\tsource\tunavailable\twhy",
+        "order\tX\t-\tunavailable",
+        "order\tX\tsource\tmystery",
+        "order\tX\ta[k=]\tcopy",
+        "order\tX\tsource\tcopy\norder\tX\tsource\tcopy",
+    ] {
+        assert!(FieldMap::parse(bad).is_err(), "{bad:?}");
+    }
+    assert!(FieldMap::parse("# comment\n\norder\tX\ta.b[].c[k=V].d\tcopy\n").is_ok());
+}
+
+// --- The engine ---
+
+#[test]
+fn resolve_follows_keys_lists_and_filters() {
+    let v = json!({ "a": [{ "k": "X", "v": 1 }, { "k": "Y", "v": 2 }, { "k": "X", "v": 3 }], "b": { "c": "d" } });
+    assert_eq!(
+        map::resolve(&v, "a[].v"),
+        vec![&json!(1), &json!(2), &json!(3)]
+    );
+    assert_eq!(map::resolve(&v, "a[k=X].v"), vec![&json!(1), &json!(3)]);
+    assert_eq!(map::resolve(&v, "a[k=Z].v"), Vec::<&Value>::new());
+    assert_eq!(map::resolve(&v, "b.c"), vec![&json!("d")]);
+    assert!(map::resolve(&v, "b.missing").is_empty());
+}
+
+#[test]
+fn conversions_produce_v0_values_and_report_what_they_cannot_convert() {
+    let map = FieldMap::parse(
+        "order\tStatus\tf.s\tenum:order_status\norder\tWhen\tt\tdate\norder\tPrime\tp[]\thas:PRIME\norder\tBiz\tp[]\thas:AMAZON_BUSINESS\norder\tGift\tg\tpresent-string\norder\tReq\tg\tpresent\norder\tCancel\tc\tpresent-true\norder\tN\ti[].q\tsum\norder\tL[]\ti[].q\tcopy\norder\tM.Amount\tm.amount\tcopy\norder\tNext\tn\ttoken\n",
+    )
+    .expect("map");
+    let source = json!({
+        "f": { "s": "CANCELLED" }, "t": "2026-01-02T03:04:05Z", "p": ["PRIME"], "g": {},
+        "i": [{ "q": 2 }, { "q": 3 }], "m": { "amount": "1.50" }, "n": "amazon-token",
+    });
+    let mut wrap = |t: &str| Ok(format!("wrapped:{t}"));
+    let mut report = Report::default();
+    let out = map::build(&map, Scope::Order, &source, &mut wrap, &mut report).expect("builds");
+    assert_eq!(
+        Value::Object(out),
+        json!({
+            "Status": "Canceled", "When": "2026-01-02T03:04:05Z", "Prime": true, "Biz": false,
+            "Gift": "true", "Req": true, "N": 5, "L": [2, 3], "M": { "Amount": "1.50" },
+            "Next": "wrapped:amazon-token",
+        })
+    );
+    assert!(report.unconverted.is_empty());
+    let odd = json!({ "f": { "s": "TELEPORTED" }, "t": "yesterday", "i": [{ "q": "two" }] });
+    let out = map::build(&map, Scope::Order, &odd, &mut wrap, &mut report).expect("builds");
+    assert_eq!(
+        Value::Object(out),
+        json!({ "Prime": false, "Biz": false, "Gift": "false", "Req": false, "L": ["two"] })
+    );
+    let fields: Vec<&str> = report.unconverted.iter().map(|(_, f)| f.as_str()).collect();
+    assert_eq!(fields, ["Status", "When", "N"]);
+}
+
+#[test]
+fn enum_tables_round_trip_and_cover_the_models_values() {
+    use map::EnumTable;
+    for (table, v0) in [
+        (
+            EnumTable::OrderStatus,
+            vec![
+                "Pending",
+                "Unshipped",
+                "PartiallyShipped",
+                "Shipped",
+                "Canceled",
+                "Unfulfillable",
+                "PendingAvailability",
+            ],
+        ),
+        (EnumTable::FulfillmentChannel, vec!["AFN", "MFN"]),
+    ] {
+        for value in v0 {
+            let new = table.to_2026(value).expect("mapped");
+            assert_eq!(table.to_v0(new), Some(value));
+        }
+    }
+    assert_eq!(EnumTable::OrderStatus.to_2026("InvoiceUnconfirmed"), None);
+}
+
+// --- Requests ---
+
+#[test]
+fn get_orders_parameters_are_mapped() {
+    let p = plan(
+        Kind::Orders,
+        None,
+        "MarketplaceIds=ATVPDKIKX0DER&CreatedAfter=2026-01-01T00:00:00Z&CreatedBefore=2026-02-01T00:00:00Z&LastUpdatedAfter=2026-01-02T00:00:00Z&LastUpdatedBefore=2026-01-03T00:00:00Z&OrderStatuses=Unshipped,PartiallyShipped&FulfillmentChannels=MFN&MaxResultsPerPage=50",
+        &pass_all(),
+    )
+    .expect("translates");
+    assert_eq!(p.target, "orders_2026-01-01.searchOrders");
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(
+        p.path_and_query
+            .split_once('?')
+            .expect("query")
+            .1
+            .as_bytes(),
+    )
+    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+    .collect();
+    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    assert!(p.path_and_query.starts_with("/orders/2026-01-01/orders?"));
+    assert_eq!(get("marketplaceIds"), Some("ATVPDKIKX0DER"));
+    assert_eq!(get("createdAfter"), Some("2026-01-01T00:00:00Z"));
+    assert_eq!(get("createdBefore"), Some("2026-02-01T00:00:00Z"));
+    assert_eq!(get("lastUpdatedAfter"), Some("2026-01-02T00:00:00Z"));
+    assert_eq!(get("lastUpdatedBefore"), Some("2026-01-03T00:00:00Z"));
+    assert_eq!(
+        get("fulfillmentStatuses"),
+        Some("UNSHIPPED,PARTIALLY_SHIPPED")
+    );
+    assert_eq!(get("fulfilledBy"), Some("MERCHANT"));
+    assert_eq!(get("maxResultsPerPage"), Some("50"));
+    assert_eq!(
+        get("includedData"),
+        Some("FULFILLMENT,PROCEEDS,BUYER,RECIPIENT")
+    );
+    assert_eq!(pairs.len(), 9);
+}
+
+#[test]
+fn every_untranslatable_or_invalid_parameter_is_refused_by_name() {
+    let base = "MarketplaceIds=ATVPDKIKX0DER&CreatedAfter=2026-01-01T00:00:00Z";
+    for (extra, param) in [
+        ("PaymentMethods=COD", "PaymentMethods"),
+        ("BuyerEmail=x%40example.com", "BuyerEmail"),
+        ("SellerOrderId=1", "SellerOrderId"),
+        (
+            "EasyShipShipmentStatuses=Delivered",
+            "EasyShipShipmentStatuses",
+        ),
+        (
+            "ElectronicInvoiceStatuses=Accepted",
+            "ElectronicInvoiceStatuses",
+        ),
+        ("AmazonOrderIds=902-1-1", "AmazonOrderIds"),
+        (
+            "ActualFulfillmentSupplySourceId=x",
+            "ActualFulfillmentSupplySourceId",
+        ),
+        ("IsISPU=true", "IsISPU"),
+        ("StoreChainStoreId=x", "StoreChainStoreId"),
+        (
+            "EarliestDeliveryDateBefore=2026-01-01",
+            "EarliestDeliveryDateBefore",
+        ),
+        (
+            "EarliestDeliveryDateAfter=2026-01-01",
+            "EarliestDeliveryDateAfter",
+        ),
+        (
+            "LatestDeliveryDateBefore=2026-01-01",
+            "LatestDeliveryDateBefore",
+        ),
+        (
+            "LatestDeliveryDateAfter=2026-01-01",
+            "LatestDeliveryDateAfter",
+        ),
+        ("OrderStatuses=InvoiceUnconfirmed", "OrderStatuses"),
+    ] {
+        match plan(Kind::Orders, None, &format!("{base}&{extra}"), &pass_all()) {
+            Err(CompatError::Untranslatable(p)) => assert_eq!(p, param),
+            other => panic!("{extra}: {other:?}"),
+        }
+    }
+    for (query, param) in [
+        (format!("{base}&OrderStatuses=Lost"), "OrderStatuses"),
+        (
+            format!("{base}&FulfillmentChannels=SELF"),
+            "FulfillmentChannels",
+        ),
+        (format!("{base}&Surprise=1"), "an unknown query parameter"),
+        (
+            "CreatedAfter=2026-01-01T00:00:00Z".to_string(),
+            "MarketplaceIds",
+        ),
+    ] {
+        match plan(Kind::Orders, None, &query, &pass_all()) {
+            Err(CompatError::BadParameter(p)) => assert_eq!(p, param),
+            other => panic!("{query}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn single_order_calls_become_get_order_with_the_datasets_their_answer_needs() {
+    for (kind, included) in [
+        (Kind::Order, "FULFILLMENT,PROCEEDS,BUYER,RECIPIENT"),
+        (Kind::BuyerInfo, "BUYER"),
+        (Kind::Address, "RECIPIENT"),
+        (
+            Kind::Items,
+            "FULFILLMENT,PROCEEDS,EXPENSE,PROMOTION,CANCELLATION,BUYER",
+        ),
+        (Kind::ItemsBuyerInfo, "FULFILLMENT,PROCEEDS,BUYER"),
+    ] {
+        let p = plan(kind, Some("902-3159896-1390916"), "", &pass_all()).expect("translates");
+        assert_eq!(p.target, "orders_2026-01-01.getOrder");
+        assert_eq!(
+            p.path_and_query,
+            format!(
+                "/orders/2026-01-01/orders/902-3159896-1390916?includedData={}",
+                included.replace(',', "%2C")
+            )
+        );
+    }
+    // An order id that could leave its path segment is refused, never sent.
+    for id in ["", "../reports", "a/b", "a?b", "x%2F"] {
+        assert!(
+            matches!(
+                plan(Kind::Order, Some(id), "", &pass_all()),
+                Err(CompatError::BadParameter("orderId"))
+            ),
+            "{id}"
+        );
+    }
+    // The items operations never get a gateway NextToken, so any is refused.
+    assert!(matches!(
+        plan(Kind::Items, Some("902-1-1"), "NextToken=abc", &pass_all()),
+        Err(CompatError::TokenInvalid)
+    ));
+    assert!(matches!(
+        plan(
+            Kind::Order,
+            Some("902-1-1"),
+            "includedData=TAX",
+            &pass_all()
+        ),
+        Err(CompatError::BadParameter(_))
+    ));
+}
+
+#[test]
+fn included_data_asks_only_for_what_the_role_may_receive() {
+    let shipping = Role::new([
+        (Category::Address, Action::Pass),
+        (Category::PostalCode, Action::Mask),
+    ]);
+    let p = plan(Kind::Order, Some("902-1-1"), "", &shipping).expect("translates");
+    assert_eq!(
+        p.path_and_query,
+        "/orders/2026-01-01/orders/902-1-1?includedData=FULFILLMENT%2CPROCEEDS%2CRECIPIENT"
+    );
+    let nothing = Role::new(std::iter::empty());
+    let p = plan(Kind::Orders, None, "MarketplaceIds=A", &nothing).expect("translates");
+    assert!(
+        p.path_and_query
+            .ends_with("includedData=FULFILLMENT%2CPROCEEDS"),
+        "{}",
+        p.path_and_query
+    );
+}
+
+// --- NextToken ---
+
+#[test]
+fn next_tokens_wrap_the_2026_token_and_the_query_and_expire_with_it() {
+    let k = key();
+    let wrapped = token::wrap(
+        &k,
+        "tool-a",
+        "A1SELLER",
+        "amazon-2026-token",
+        "marketplaceIds=A",
+        1_000,
+    )
+    .expect("seals");
+    assert!(wrapped.starts_with(token::PREFIX));
+    assert!(!wrapped.contains("amazon-2026-token"));
+    let claims = token::unwrap(
+        &k,
+        "tool-a",
+        "A1SELLER",
+        &wrapped,
+        1_000 + token::LIFETIME_SECONDS - 1,
+    )
+    .expect("opens");
+    assert_eq!(claims.token.expose(), "amazon-2026-token");
+    assert_eq!(claims.query, "marketplaceIds=A");
+    assert!(!format!("{claims:?}").contains("amazon-2026-token"));
+    assert!(matches!(
+        token::unwrap(
+            &k,
+            "tool-a",
+            "A1SELLER",
+            &wrapped,
+            1_000 + token::LIFETIME_SECONDS
+        ),
+        Err(CompatError::TokenExpired)
+    ));
+    for (tool, seller, token) in [
+        ("tool-b", "A1SELLER", wrapped.as_str()),
+        ("tool-a", "A2OTHER", wrapped.as_str()),
+        ("tool-a", "A1SELLER", "amazon-2026-token"),
+        ("tool-a", "A1SELLER", &wrapped[..wrapped.len() - 2]),
+    ] {
+        assert!(
+            matches!(
+                token::unwrap(&k, tool, seller, token, 1_000),
+                Err(CompatError::TokenInvalid)
+            ),
+            "{tool} {seller}"
+        );
+    }
+    // A later page of a translated search: the first page's query with Amazon's token.
+    let caller = Caller {
+        tool: "tool-a",
+        seller: "A1SELLER",
+        role: &pass_all(),
+        now: 1_000,
+    };
+    let target = Catalog::builtin()
+        .by_key(request::SEARCH_ORDERS)
+        .expect("op");
+    let p = request::plan(
+        Kind::Orders,
+        None,
+        Some(&format!(
+            "NextToken={}",
+            form_urlencoded::byte_serialize(wrapped.as_bytes()).collect::<String>()
+        )),
+        &caller,
+        target,
+        &k,
+    )
+    .expect("translates");
+    assert_eq!(
+        p.path_and_query,
+        "/orders/2026-01-01/orders?marketplaceIds=A&paginationToken=amazon-2026-token&includedData=FULFILLMENT%2CPROCEEDS%2CBUYER%2CRECIPIENT"
+    );
+    assert_eq!(p.search_query, "marketplaceIds=A");
+}
+
+// --- Modes ---
+
+#[test]
+fn modes_follow_the_config_the_removal_date_and_a_removed_answer() {
+    let raw = RawCompat {
+        orders_v0: Some("passthrough".into()),
+    };
+    let tools: Vec<(String, Option<String>)> = vec![
+        ("translator".into(), Some("translate".into())),
+        ("waiter".into(), Some("auto".into())),
+        ("plain".into(), None),
+    ];
+    let config = raw
+        .resolve(tools.iter().map(|(t, m)| (t, m.as_ref())))
+        .expect("valid");
+    assert_eq!(config.mode_for("plain"), Mode::Passthrough);
+    assert_eq!(config.mode_for("translator"), Mode::Translate);
+    let compat = Compat::new(config).expect("compat");
+    let before = REMOVAL_UNIX - 1;
+    assert_eq!(
+        compat.translates("ordersV0.getOrders", "plain", before),
+        None
+    );
+    assert_eq!(
+        compat.translates("ordersV0.getOrders", "plain", REMOVAL_UNIX + 1),
+        None
+    );
+    assert_eq!(
+        compat.translates("ordersV0.getOrder", "translator", before),
+        Some(Kind::Order)
+    );
+    assert_eq!(
+        compat.translates("ordersV0.getOrderMetrics", "translator", before),
+        None
+    );
+    assert_eq!(
+        compat.translates("ordersV0.getOrders", "waiter", before),
+        None
+    );
+    assert_eq!(
+        compat.translates("ordersV0.getOrders", "waiter", REMOVAL_UNIX),
+        Some(Kind::Orders)
+    );
+    // A 404 for one order says nothing; a 404 for the collection or a 410 says v0 is gone.
+    assert!(!compat.observe_v0(Kind::Order, http::StatusCode::NOT_FOUND));
+    assert!(!compat.observe_v0(Kind::Orders, http::StatusCode::FORBIDDEN));
+    assert_eq!(
+        compat.translates("ordersV0.getOrders", "waiter", before),
+        None
+    );
+    assert!(compat.observe_v0(Kind::Orders, http::StatusCode::NOT_FOUND));
+    assert_eq!(
+        compat.translates("ordersV0.getOrderAddress", "waiter", before),
+        Some(Kind::Address)
+    );
+    assert_eq!(
+        compat.translates("ordersV0.getOrders", "plain", before),
+        None,
+        "passthrough stays"
+    );
+    let mut metrics = String::new();
+    compat.render_metrics(&mut metrics);
+    assert!(
+        metrics.contains("\nspgate_compat_orders_v0_removed_answers_total 1\n"),
+        "{metrics}"
+    );
+    let compat = Compat::new(CompatConfig::defaults()).expect("compat");
+    assert!(compat.observe_v0(Kind::ItemsBuyerInfo, http::StatusCode::GONE));
+    assert!(compat.removal_seen());
+}
+
+#[test]
+fn a_bad_mode_is_reported_with_its_key_path() {
+    let raw = RawCompat {
+        orders_v0: Some("sometimes".into()),
+    };
+    let tools: Vec<(String, Option<String>)> = vec![("t1".into(), Some("never".into()))];
+    let issues = raw
+        .resolve(tools.iter().map(|(t, m)| (t, m.as_ref())))
+        .expect_err("invalid");
+    let paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
+    assert_eq!(paths, ["compat.orders_v0", "tools.t1.orders_v0"]);
+}
+
+#[test]
+fn an_answer_without_the_models_shape_is_refused() {
+    let compat = Compat::new(CompatConfig::defaults()).expect("compat");
+    let role = pass_all();
+    let caller = Caller {
+        tool: "t",
+        seller: "s",
+        role: &role,
+        now: 0,
+    };
+    let p = plan(Kind::Order, Some("902-1-1"), "", &role).expect("plan");
+    for body in [&b"not json"[..], br#"{"orders":[]}"#, br#"{"order":"x"}"#] {
+        assert!(matches!(
+            compat.answer(&p, body, &caller, &key()),
+            Err(CompatError::UpstreamShape(_))
+        ));
+    }
+    let p = plan(Kind::Items, Some("902-1-1"), "", &role).expect("plan");
+    assert!(matches!(
+        compat.answer(&p, br#"{"order":{"orderId":"1"}}"#, &caller, &key()),
+        Err(CompatError::UpstreamShape(_))
+    ));
+    let out = compat
+        .answer(&p, br#"{"order":{"orderId":"902-1-1","orderItems":[{"orderItemId":"7","quantityOrdered":1,"product":{"asin":"B0"}}]}}"#, &caller, &key())
+        .expect("builds");
+    let v: Value = serde_json::from_slice(&out).expect("JSON");
+    assert_eq!(v["payload"]["AmazonOrderId"], "902-1-1");
+    assert_eq!(v["payload"]["OrderItems"][0]["ASIN"], "B0");
+    assert_eq!(v["payload"]["OrderItems"][0]["IsGift"], "false");
+}
+
+#[tokio::test]
+async fn translation_errors_are_answered_in_v0s_error_shape_naming_only_the_parameter() {
+    use crate::proxy::rescue::{rescue, ProxyError};
+    use http_body_util::BodyExt;
+    for (err, status, code, details) in [
+        (CompatError::Untranslatable("BuyerEmail"), 400, "InvalidInput", "BuyerEmail"),
+        (CompatError::BadParameter("an unknown query parameter"), 400, "InvalidInput", "an unknown query parameter"),
+        (CompatError::TokenInvalid, 400, "InvalidInput", ""),
+        (CompatError::TokenExpired, 400, "InvalidInput", ""),
+        (CompatError::UpstreamShape("not JSON"), 502, "InternalFailure", ""),
+        (CompatError::TokenSeal, 500, "InternalFailure", ""),
+    ] {
+        let resp = rescue(&ProxyError::Compat(err));
+        assert_eq!(resp.status().as_u16(), status);
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let v: Value = serde_json::from_slice(&body).expect("JSON");
+        let errors = v["errors"].as_array().expect("v0 ErrorList");
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0]["code"], code);
+        assert_eq!(errors[0]["details"], details);
+        assert!(errors[0]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+}

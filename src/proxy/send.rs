@@ -1,0 +1,304 @@
+//! Phase 7, upstream: the request as SP-API sees it (region from the seller's record, header
+//! allowlist, token, optional SigV4), sent; and the bounded retries of bodiless requests.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{header, HeaderValue, Request, Response, Uri};
+use http_body::Body as HttpBody;
+use http_body_util::BodyExt;
+use tokio::time::Instant;
+
+use crate::auth::caller::Caller;
+use crate::auth::lwa::LwaError;
+use crate::auth::rdt;
+use crate::catalog::Operation;
+use crate::net::body::{self, Body, BoxError, Limited};
+use crate::net::upstream::UpstreamError;
+use crate::pii::Role;
+use crate::spapi::mentions_access_token;
+use crate::store::SellerRecord;
+
+use super::credentials::Credential;
+use super::limit::Wants;
+use super::rescue::ProxyError;
+use super::{headers, Ctx, Gateway};
+
+/// What a retry needs to send a request again.
+pub(super) struct Resend<'a> {
+    /// The request, if it can be replayed (no body).
+    pub(super) replay: Option<Replay>,
+    pub(super) op: &'static Operation,
+    pub(super) seller: Option<&'a SellerRecord>,
+    pub(super) role: &'a Role,
+    pub(super) path: &'a str,
+    pub(super) caller: &'a Caller,
+    pub(super) bucket: &'a str,
+    pub(super) wants: Wants,
+    /// The caller's deadline.
+    pub(super) deadline: Instant,
+    pub(super) limit_tripped: &'a Arc<AtomicBool>,
+}
+
+impl Gateway {
+    /// Phase 6 (preparation): the request as SP-API will see it.
+    pub(super) fn upstream_request<B>(
+        &self,
+        req: Request<B>,
+        op: &Operation,
+        seller: Option<&SellerRecord>,
+        role: &Role,
+        cred: &Credential,
+        limit_tripped: Arc<AtomicBool>,
+    ) -> Result<Request<Body>, ProxyError>
+    where
+        B: HttpBody<Data = bytes::Bytes> + Send + Sync + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (mut parts, body) = req.into_parts();
+        // The region comes from the seller's record, never from the Host header. Grantless calls
+        // use the North America endpoint unless the application is configured elsewhere.
+        let region = seller.map(|s| s.region).unwrap_or(crate::store::Region::Na);
+        let base = self.endpoints.for_region(region);
+        let mut uri = Uri::builder();
+        if let Some(scheme) = base.scheme() {
+            uri = uri.scheme(scheme.clone());
+        }
+        if let Some(authority) = base.authority() {
+            uri = uri.authority(authority.clone());
+        }
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or("/");
+        // Orders 2026-01-01: ask only for the datasets the role may receive.
+        let reduced = rdt::reduce_included_data(op, role, pq)?;
+        let pq = reduced.as_deref().unwrap_or(pq);
+        parts.uri = uri
+            .path_and_query(pq)
+            .build()
+            .map_err(|_| ProxyError::NotFound)?;
+        parts.version = http::Version::HTTP_11;
+        headers::for_upstream(&mut parts.headers, op.model, &self.header_drops);
+        let value = HeaderValue::from_str(cred.token().expose()).map_err(|_| {
+            ProxyError::Credentials(LwaError::Protocol(
+                "token is not a valid header value".into(),
+            ))
+        })?;
+        let mut value = value;
+        value.set_sensitive(true);
+        parts.headers.insert(crate::spapi::ACCESS_TOKEN, value);
+        if let Some(signer) = &self.signer {
+            // SigV4 signs the host; set it explicitly to the upstream's authority.
+            if let Some(host) = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                parts.headers.insert(header::HOST, host);
+            }
+            let mut bare = Request::from_parts(parts, ());
+            signer
+                .sign(&mut bare, region)
+                .map_err(|e| ProxyError::Credentials(LwaError::Protocol(e.to_string())))?;
+            parts = bare.into_parts().0;
+        }
+        let body = Limited::new(body, self.limits.max_request_body_bytes, limit_tripped).boxed();
+        Ok(Request::from_parts(parts, body))
+    }
+
+    pub(super) async fn send(
+        &self,
+        req: Request<Body>,
+        limit_tripped: &AtomicBool,
+    ) -> Result<Response<Body>, ProxyError> {
+        match self.upstream.send(req).await {
+            Ok(resp) => Ok(resp),
+            Err(UpstreamError::Transport(_)) if limit_tripped.load(Ordering::Relaxed) => {
+                Err(ProxyError::BodyTooLarge {
+                    limit: self.limits.max_request_body_bytes,
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Retries, only for requests that can be replayed (no body): once with fresh credentials
+    /// after 401/403 (a token revoked early or expired in flight), and for idempotent requests
+    /// after 429/5xx with backoff and jitter, within the caller's deadline, the retry budget,
+    /// and a fresh rate-limit token each time. Credentials Amazon rejected are forgotten.
+    pub(super) async fn retries(
+        &self,
+        mut resp: Response<Body>,
+        mut cred: Credential,
+        r: Resend<'_>,
+        ctx: &mut Ctx,
+    ) -> Result<Response<Body>, ProxyError> {
+        let mut attempt = 0u32;
+        while let Some(replay) = &r.replay {
+            let status = resp.status();
+            let pause = if attempt == 0 && token_rejected(&mut resp).await {
+                self.forget(&cred).await;
+                Duration::ZERO
+            } else if (status == http::StatusCode::TOO_MANY_REQUESTS || status.is_server_error())
+                && replay.idempotent()
+                && attempt < self.retry.max_retries
+                && self.retry.budget.try_take()
+            {
+                backoff(attempt, self.retry.base_delay)
+            } else {
+                break;
+            };
+            if Instant::now() + pause >= r.deadline {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            let remaining = r.deadline.saturating_duration_since(Instant::now());
+            let again = Wants {
+                max_wait: Some(remaining),
+                ..r.wants
+            };
+            attempt += 1;
+            cred = self
+                .credentials(r.op, r.seller, r.role, r.path, &r.caller.client.tool)
+                .await?;
+            match self.admit(r.caller, r.op, r.bucket, &again).await {
+                Ok(admission) => ctx.admission = Some(admission),
+                Err(_) => break, // no token in time: answer with what Amazon said
+            }
+            ctx.token = Some(cred.kind());
+            let req = self.upstream_request(
+                replay.request(),
+                r.op,
+                r.seller,
+                r.role,
+                &cred,
+                r.limit_tripped.clone(),
+            )?;
+            resp = self.send(req, r.limit_tripped).await?;
+            self.observe(r.bucket, r.op, &resp);
+        }
+        if token_rejected(&mut resp).await {
+            self.forget(&cred).await;
+        }
+        Ok(resp)
+    }
+}
+
+/// Retry policy for idempotent requests answered 429 or 5xx.
+pub struct RetryPolicy {
+    /// Retries per request at most.
+    pub max_retries: u32,
+    /// First backoff; doubled per attempt, with full jitter.
+    pub base_delay: Duration,
+    /// Deadline when the caller names none.
+    pub default_deadline: Duration,
+    /// Shared budget: retries may add at most a fraction of the traffic.
+    pub budget: RetryBudget,
+}
+
+/// Retries allowed per request overall: a token bucket that earns 0.2 of a retry per request.
+pub struct RetryBudget {
+    tokens_milli: std::sync::atomic::AtomicI64,
+}
+
+impl RetryBudget {
+    /// A budget starting with 10 retries in hand.
+    pub fn new() -> RetryBudget {
+        RetryBudget {
+            tokens_milli: std::sync::atomic::AtomicI64::new(10_000),
+        }
+    }
+
+    /// Each request earns a fifth of a retry (capped at 100 in hand).
+    pub(super) fn earn(&self) {
+        let _ = self
+            .tokens_milli
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                Some((t + 200).min(100_000))
+            });
+    }
+
+    fn try_take(&self) -> bool {
+        self.tokens_milli
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                (t >= 1000).then_some(t - 1000)
+            })
+            .is_ok()
+    }
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget::new()
+    }
+}
+
+/// Exponential backoff with full jitter: uniform in [0, base * 2^attempt].
+fn backoff(attempt: u32, base: Duration) -> Duration {
+    let cap = base.saturating_mul(1 << attempt.min(6));
+    let r = crate::crypto::random_bytes::<4>()
+        .map(u32::from_le_bytes)
+        .unwrap_or(u32::MAX / 2);
+    cap.mul_f64(f64::from(r) / f64::from(u32::MAX))
+}
+
+/// Whether SP-API rejected the token itself (so it should be forgotten and the call retried):
+/// any 401, or a 403 whose error body names the access token ("...has expired", "...is
+/// revoked, malformed or invalid"). Other 403s (the application lacks a role) keep the token:
+/// evicting it would cost an LWA and RDT call per such request. A 403 body is small; it is
+/// read (within the response's total deadline) and put back.
+async fn token_rejected(resp: &mut Response<Body>) -> bool {
+    match resp.status() {
+        http::StatusCode::UNAUTHORIZED => true,
+        http::StatusCode::FORBIDDEN => {
+            let taken = std::mem::replace(resp.body_mut(), body::empty());
+            match taken.collect().await {
+                Ok(collected) => {
+                    let bytes = collected.to_bytes();
+                    let hit = mentions_access_token(&bytes);
+                    *resp.body_mut() = body::full(bytes);
+                    hit
+                }
+                Err(_) => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+/// What is needed to send a bodiless request a second time.
+pub(super) struct Replay {
+    method: http::Method,
+    uri: Uri,
+    headers: http::HeaderMap,
+}
+
+impl Replay {
+    /// Captures the request if it has no body (only those can be replayed).
+    pub(super) fn capture<B: HttpBody>(req: &Request<B>) -> Option<Replay> {
+        req.body().is_end_stream().then(|| Replay {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+        })
+    }
+
+    pub(super) fn request(&self) -> Request<Body> {
+        let mut req = Request::new(body::empty());
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+
+    /// Whether sending it twice has the effect of sending it once.
+    pub(super) fn idempotent(&self) -> bool {
+        matches!(
+            self.method,
+            http::Method::GET | http::Method::HEAD | http::Method::DELETE
+        )
+    }
+}

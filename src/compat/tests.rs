@@ -729,11 +729,26 @@ async fn translation_errors_are_answered_in_v0s_error_shape_naming_only_the_para
     use crate::proxy::rescue::{rescue, ProxyError};
     use http_body_util::BodyExt;
     for (err, status, code, details) in [
-        (CompatError::Untranslatable("BuyerEmail"), 400, "InvalidInput", "BuyerEmail"),
-        (CompatError::BadParameter("an unknown query parameter"), 400, "InvalidInput", "an unknown query parameter"),
+        (
+            CompatError::Untranslatable("BuyerEmail"),
+            400,
+            "InvalidInput",
+            "BuyerEmail",
+        ),
+        (
+            CompatError::BadParameter("an unknown query parameter"),
+            400,
+            "InvalidInput",
+            "an unknown query parameter",
+        ),
         (CompatError::TokenInvalid, 400, "InvalidInput", ""),
         (CompatError::TokenExpired, 400, "InvalidInput", ""),
-        (CompatError::UpstreamShape("not JSON"), 502, "InternalFailure", ""),
+        (
+            CompatError::UpstreamShape("not JSON"),
+            502,
+            "InternalFailure",
+            "",
+        ),
         (CompatError::TokenSeal, 500, "InternalFailure", ""),
     ] {
         let resp = rescue(&ProxyError::Compat(err));

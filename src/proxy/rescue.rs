@@ -264,7 +264,9 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
         ) => *p,
         _ => token_details,
     };
-    let mut resp = Response::new(body::full(ErrorBody::one(code, message, details).to_bytes()));
+    let mut resp = Response::new(body::full(
+        ErrorBody::one(code, message, details).to_bytes(),
+    ));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(

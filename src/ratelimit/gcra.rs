@@ -35,6 +35,13 @@ impl Gcra {
         }
     }
 
+    /// A bucket emptied at `spent` (possibly in the past): refilled since at its rate.
+    pub(crate) fn spent_at(rate_per_second: f64, burst: u32, now: Instant, spent: Instant) -> Gcra {
+        let mut g = Gcra::new(rate_per_second, burst, now);
+        g.tat = now.max(spent + g.capacity());
+        g
+    }
+
     /// Time between two tokens.
     pub(crate) fn interval(&self) -> Duration {
         self.interval

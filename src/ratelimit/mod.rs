@@ -38,6 +38,7 @@ mod bucket;
 pub mod config;
 mod gcra;
 mod redis;
+pub mod restart;
 
 pub use config::{
     AppOverride, FailMode, LimiterConfig, Plan, Plans, RateLimitSettings, RawRateLimit,
@@ -298,6 +299,9 @@ pub(crate) struct Inner {
     plans: RwLock<Arc<Plans>>,
     buckets: RwLock<BucketMap>,
     apps: RwLock<AppMap>,
+    /// The instant every bucket new to this process is taken to have been emptied at (the last
+    /// moment a previous run of this instance may have spent it); see [`Limiter::guard_restarts`].
+    spent_at: RwLock<Option<Instant>>,
     metrics: Metrics,
     pub(crate) redis: Option<RedisBackend>,
 }
@@ -337,9 +341,12 @@ impl Inner {
         self.metrics.app_limited.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A new bucket with these limits: full.
+    /// A new bucket with these limits: full, or refilled since a previous run may have emptied it.
     pub(crate) fn new_gcra(&self, limits: Limits, now: Instant) -> gcra::Gcra {
-        gcra::Gcra::new(limits.rate_per_second, limits.burst, now)
+        match *self.spent_at.read().unwrap_or_else(|e| e.into_inner()) {
+            Some(spent) => gcra::Gcra::spent_at(limits.rate_per_second, limits.burst, now, spent),
+            None => gcra::Gcra::new(limits.rate_per_second, limits.burst, now),
+        }
     }
 
     /// Amazon's application-wide limit for an operation (`None`) or a kind of call of it: the
@@ -498,6 +505,7 @@ impl Limiter {
                 plans: RwLock::new(Arc::new(plans)),
                 buckets: RwLock::new(HashMap::new()),
                 apps: RwLock::new(HashMap::new()),
+                spent_at: RwLock::new(None),
                 metrics: Metrics::default(),
                 redis,
             }),
@@ -586,6 +594,22 @@ impl Limiter {
                 Err(err)
             }
         }
+    }
+
+    /// Makes a restart safe for local buckets (no Redis): buckets this process creates start as
+    /// if emptied at the last moment a previous run may have spent them, so a restarted instance
+    /// never hands out a burst it already spent. `dir` holds `ratelimit-alive`, the wall-clock
+    /// time this instance last knew it was running, rewritten every [`restart::HEARTBEAT`] by a
+    /// task this starts. No file (a first start): buckets start full. Fails only when the file
+    /// cannot be written now.
+    pub fn guard_restarts(&self, dir: &std::path::Path) -> Result<(), RateLimitError> {
+        let spent = restart::last_alive(dir)?;
+        *self
+            .inner
+            .spent_at
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = spent;
+        restart::start_heartbeat(dir)
     }
 
     /// Amazon told us the real rate in `x-amzn-RateLimit-Limit`: adopt it for that bucket (some

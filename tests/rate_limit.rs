@@ -739,3 +739,70 @@ async fn a_thousand_sellers_never_make_amazon_exceed_the_application_limit() {
     assert!(ok >= 300, "only {ok} admitted in 3 s");
     assert!(gw.gateway.limiter().metrics().app_limited > 0);
 }
+
+// === restarts (issue 14 item 2) ===
+
+/// 40 concurrent calls of getOrderAddress (0.5/s, burst 30); the number the gateway let through.
+async fn burst_of_forty(gw: &Arc<TestGateway>) -> usize {
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let gw = gw.clone();
+        tasks.push(tokio::spawn(async move { gw.get(ADDRESS).await.status }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        let status = t.await.unwrap();
+        assert!(
+            status == StatusCode::OK || status == StatusCode::TOO_MANY_REQUESTS,
+            "{status}"
+        );
+        ok += usize::from(status == StatusCode::OK);
+    }
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_abrupt_stop_restart_burst_never_gets_a_429_from_amazon() {
+    let _serial = HEAVY.lock().await;
+    let data = tempfile::tempdir().unwrap();
+    let store = format!(
+        "[store]\ntype = \"embedded\"\ndata_dir = {:?}\n",
+        data.path().display().to_string()
+    );
+    let first = Arc::new(
+        start_gateway(Options {
+            store_toml: Some(store.clone()),
+            ..limited("")
+        })
+        .await,
+    );
+    let ok_before = burst_of_forty(&first).await;
+    assert!(ok_before >= 30, "the burst is used: {ok_before}");
+    // An abrupt stop: the server task is cut, nothing is drained or written.
+    let (sandbox, sandbox_url, master) = (
+        first.sandbox.clone(),
+        first.sandbox_url.clone(),
+        first.master_key_b64.clone(),
+    );
+    if let Some(server) = &first.server {
+        server.abort();
+    }
+    // (`first` stays in scope: it owns the sandbox's server.)
+    let second = Arc::new(
+        start_gateway(Options {
+            store_toml: Some(store),
+            shared_sandbox: Some((sandbox, sandbox_url)),
+            master_key: Some(master),
+            ..limited("")
+        })
+        .await,
+    );
+    let ok_after = burst_of_forty(&second).await;
+    let stats = second.sandbox.stats();
+    assert_eq!(
+        stats.throttled_total, 0,
+        "Amazon never had to answer 429 ({ok_before} before, {ok_after} after the restart)"
+    );
+    // The restarted gateway hands out only what the plan refilled since (0.5/s for a few s).
+    assert!(ok_after <= 5, "{ok_after} let through after the restart");
+}

@@ -302,6 +302,8 @@ pub(crate) struct Inner {
     /// The instant every bucket new to this process is taken to have been emptied at (the last
     /// moment a previous run of this instance may have spent it); see [`Limiter::guard_restarts`].
     spent_at: RwLock<Option<Instant>>,
+    /// The restart marker's lease, when restarts are guarded.
+    lease: std::sync::OnceLock<Arc<restart::Lease>>,
     metrics: Metrics,
     pub(crate) redis: Option<RedisBackend>,
 }
@@ -506,6 +508,7 @@ impl Limiter {
                 buckets: RwLock::new(HashMap::new()),
                 apps: RwLock::new(HashMap::new()),
                 spent_at: RwLock::new(None),
+                lease: std::sync::OnceLock::new(),
                 metrics: Metrics::default(),
                 redis,
             }),
@@ -528,6 +531,15 @@ impl Limiter {
     ) -> Result<Admission, RateLimitError> {
         let arrived = Instant::now();
         let inner = &self.inner;
+        if let Some(lease) = inner.lease.get() {
+            if let Err(e) = lease.cover() {
+                inner
+                    .metrics
+                    .rejected_unavailable
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        }
         let Some(bucket) = inner.bucket(req.seller, req.operation) else {
             inner
                 .metrics
@@ -598,9 +610,9 @@ impl Limiter {
 
     /// Makes a restart safe for local buckets (no Redis): buckets this process creates start as
     /// if emptied at the last moment a previous run may have spent them, so a restarted instance
-    /// never hands out a burst it already spent. `dir` holds `ratelimit-alive`, the wall-clock
-    /// time this instance last knew it was running, rewritten every [`restart::HEARTBEAT`] by a
-    /// task this starts. No file (a first start): buckets start full. Fails only when the file
+    /// never hands out a burst it already spent. `dir` holds `ratelimit-alive`, a lease on the
+    /// wall clock renewed every [`restart::HEARTBEAT`] by a task this starts (and before any
+    /// decision past it). No file (a first start): buckets start full. Fails only when the file
     /// cannot be written now.
     pub fn guard_restarts(&self, dir: &std::path::Path) -> Result<(), RateLimitError> {
         let spent = restart::last_alive(dir)?;
@@ -609,7 +621,9 @@ impl Limiter {
             .spent_at
             .write()
             .unwrap_or_else(|e| e.into_inner()) = spent;
-        restart::start_heartbeat(dir)
+        let lease = restart::start_heartbeat(dir)?;
+        let _ = self.inner.lease.set(lease);
+        Ok(())
     }
 
     /// Amazon told us the real rate in `x-amzn-RateLimit-Limit`: adopt it for that bucket (some

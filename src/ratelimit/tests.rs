@@ -1515,8 +1515,8 @@ async fn a_restarted_instance_does_not_hand_out_a_burst_it_already_spent() {
         );
     }
     assert!(dir.path().join(restart::FILE).exists());
-    // Killed and started again at once: the previous run may have spent everything up to its
-    // last heartbeat (and one more heartbeat), so nothing is there yet.
+    // Killed and started again at once: the previous run may have spent everything up to the
+    // end of its lease, so nothing is there yet.
     drop(first);
     let second = Limiter::local(LimiterConfig::default());
     second.guard_restarts(dir.path()).unwrap();
@@ -1524,8 +1524,9 @@ async fn a_restarted_instance_does_not_hand_out_a_burst_it_already_spent() {
     // A limiter that does not guard restarts would have handed out the burst again.
     let unguarded = Limiter::local(LimiterConfig::default());
     assert!(unguarded.acquire(now_only(fast, "t")).await.is_ok());
-    // Refilled at the plan's rate from then on: all 5 after a heartbeat plus burst / rate.
-    tokio::time::advance(restart::HEARTBEAT + Duration::from_millis(500)).await;
+    // Refilled at the plan's rate from the previous run's lease on: all 5 after the lease plus
+    // burst / rate.
+    tokio::time::advance(restart::LEASE + Duration::from_millis(500)).await;
     for i in 0..5 {
         assert!(
             second.acquire(now_only(fast, "t")).await.is_ok(),

@@ -142,6 +142,10 @@ pub struct RawServer {
     pub unauthenticated_burst: Option<u32>,
     /// `[server.tls]`: serve HTTPS (HTTP/2 and HTTP/1.1 over ALPN) instead of plain HTTP.
     pub tls: Option<RawTls>,
+    /// The gateway's URL as tools reach it (scheme and host, e.g. `https://spgate.example`):
+    /// the base of the document links it hands out, never taken from a request's Host. Without
+    /// it, responses with document links are refused.
+    pub public_url: Option<String>,
 }
 
 /// `[server.tls]` / `[admin.tls]`: the listener's certificate, reloaded when the files change.
@@ -494,6 +498,8 @@ pub struct ServerConfig {
     pub peers: crate::server::peers::PeerLimits,
     /// HTTPS, when configured.
     pub tls: Option<crate::server::tls::TlsConfig>,
+    /// `server.public_url` without a trailing slash: the base of document links.
+    pub public_url: Option<String>,
 }
 
 /// See [`RawUpstream`].
@@ -838,6 +844,10 @@ impl Config {
                 ) as u32,
             },
             tls: s.tls.as_ref().and_then(|t| v.tls("server.tls", t)),
+            public_url: s
+                .public_url
+                .as_deref()
+                .map(|u| v.public_url("server.public_url", u)),
         };
         let u = &raw.upstream;
         let ep = u.endpoints.as_ref();
@@ -1176,6 +1186,18 @@ impl Validator<'_> {
                 Uri::from_static("http://invalid.invalid")
             }
         }
+    }
+
+    /// A URL tools can be sent to: http(s), a host, no path, query or credentials.
+    fn public_url(&mut self, path: &str, s: &str) -> String {
+        let u = self.base_uri(path, s);
+        if u.query().is_some() || u.authority().is_some_and(|a| a.as_str().contains('@')) {
+            self.issue(
+                path,
+                "must be scheme and host only, without a query or credentials",
+            );
+        }
+        s.trim_end_matches('/').to_string()
     }
 
     fn base_uri(&mut self, path: &str, s: &str) -> Uri {

@@ -133,6 +133,27 @@ fn endpoints_must_be_bare_http_urls() {
 }
 
 #[test]
+fn the_public_url_is_a_bare_http_url_kept_without_its_trailing_slash() {
+    let with = |u: &str| format!("{MINIMAL}\n[server]\npublic_url = \"{u}\"\n");
+    let cfg = Config::from_toml(&with("https://spgate.example:8443/"), &env()).unwrap();
+    assert_eq!(
+        cfg.server.public_url.as_deref(),
+        Some("https://spgate.example:8443")
+    );
+    let cfg = Config::from_toml(MINIMAL, &env()).unwrap();
+    assert_eq!(cfg.server.public_url, None);
+    for (u, fragment) in [
+        ("spgate.example", "not an http(s) URL"),
+        ("ftp://spgate.example", "not an http(s) URL"),
+        ("https://spgate.example/base", "without a path"),
+        ("https://spgate.example/?a=b", "without a query"),
+        ("https://user:pw@spgate.example", "credentials"),
+    ] {
+        check(&with(u), &[("server.public_url", fragment)]);
+    }
+}
+
+#[test]
 fn the_example_config_is_valid() {
     let text = include_str!("../config/spgate.example.toml");
     let mut env = env();

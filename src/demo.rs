@@ -62,6 +62,10 @@ pub struct DemoArgs {
     /// Keep no audit log (to measure what the audit log costs; never in production).
     #[arg(long)]
     pub no_audit: bool,
+    /// Answer CONNECT for Amazon's hosts (forward-proxy mode) with the CA in this directory,
+    /// made there by `spgate ca init` if it holds none yet.
+    #[arg(long, value_name = "DIR")]
+    pub forward_proxy_ca: Option<PathBuf>,
 }
 
 /// `spgate sandbox` arguments.
@@ -110,6 +114,9 @@ pub enum DemoError {
     /// The gateway could not be built.
     #[error(transparent)]
     Run(#[from] crate::RunError),
+    /// The forward proxy's CA could not be made or loaded.
+    #[error("forward proxy: {0}")]
+    Forward(#[from] crate::server::mint::MintError),
     /// Serving failed.
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
@@ -211,6 +218,10 @@ pub async fn run_demo(
     if args.no_audit {
         config.audit = None;
     }
+    let forward = match &args.forward_proxy_ca {
+        Some(dir) => Some(demo_forward_proxy(dir, &mut config)?),
+        None => None,
+    };
     let opened = crate::open_store(&config).await?;
     let store = opened.store.clone();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -245,6 +256,8 @@ pub async fn run_demo(
 
     let listener = bind(config.server.listen).await?;
     let url = format!("http://{}", listener.local_addr()?);
+    // Document links point at the demo's own address (`server.public_url`).
+    config.server.public_url = Some(url.clone());
     // The sandbox knows the seller by the id it was registered under, or, for an external
     // open-enrollment sandbox, by the id it derives from the refresh token.
     let sandbox_seller = match args.upstream {
@@ -278,6 +291,14 @@ pub async fn run_demo(
     );
     println!("#   ops token:      {}", admin_tokens.0.expose());
     println!("#   security token: {}\n", admin_tokens.1.expose());
+    if let Some((_, cert)) = &forward {
+        println!("# Forward-proxy mode, for SDKs that hard-code Amazon's hosts (same credentials; region na):");
+        println!(
+            "export HTTPS_PROXY={url} NODE_EXTRA_CA_CERTS={} REQUESTS_CA_BUNDLE={}\n",
+            cert.display(),
+            cert.display()
+        );
+    }
     println!("Serving until Ctrl-C.");
 
     let admin_tokens = config
@@ -309,7 +330,11 @@ pub async fn run_demo(
     ));
     let scheduler =
         crate::vault::spawn_scheduler(gateway.vault().clone(), stopped(stop_rx.clone()));
-    let result = crate::server::serve(listener, gateway, limits, async move {
+    let extras = crate::server::Extras {
+        tls: None,
+        forward: forward.map(|(f, _)| f),
+    };
+    let result = crate::server::serve_with(listener, gateway, limits, extras, async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     })
@@ -413,6 +438,35 @@ delivery_instructions = "pass"
         admin_tokens.1.expose().clone(),
     );
     Config::from_toml(&toml, &env)
+}
+
+/// `--forward-proxy-ca DIR`: the CA in `dir` (made now when absent), as `[forward_proxy]` with
+/// the default hosts. Returns the loaded proxy and the CA certificate's path.
+fn demo_forward_proxy(
+    dir: &std::path::Path,
+    config: &mut Config,
+) -> Result<(Arc<crate::server::forward::Forward>, PathBuf), DemoError> {
+    use crate::server::{forward, mint};
+    let (cert, key) = (dir.join(mint::CA_CERT_FILE), dir.join(mint::CA_KEY_FILE));
+    if !cert.exists() && !key.exists() {
+        mint::ca_init(dir)?;
+    }
+    let raw = forward::RawForwardProxy {
+        enabled: Some(true),
+        ca_cert_file: Some(cert.clone()),
+        ca_key_file: Some(key),
+        ..forward::RawForwardProxy::default()
+    };
+    let env = crate::config::ProcessEnv;
+    let resolved = raw.resolve(&env).map_err(ConfigError)?.ok_or_else(|| {
+        ConfigError(vec![crate::config::ConfigIssue {
+            path: "forward_proxy.enabled".into(),
+            message: "the demo's forward proxy did not resolve".into(),
+        }])
+    })?;
+    let loaded = Arc::new(forward::Forward::load(&resolved, &env)?);
+    config.forward_proxy = Some(resolved);
+    Ok((loaded, cert))
 }
 
 /// The `[outbound]` opt-in for a sandbox on loopback: its report documents download from its

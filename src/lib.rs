@@ -15,7 +15,7 @@
 //! - [`ratelimit`]: Amazon's token buckets per seller and operation (local or Redis), fair shares per tool.
 //! - [`sandbox`]: a fake SP-API + LWA (static examples, synthetic orders, quotas, token expiry).
 //! - [`secret`]: `Secret<T>`, which never prints its value.
-//! - [`server`]: accept loop, connection limit, graceful drain.
+//! - [`server`]: accept loop, connection limit, graceful drain; TLS; the forward proxy (CONNECT to Amazon's hosts answered with minted certificates).
 //! - [`spapi`]: SP-API wire shapes shared by the gateway and the sandbox.
 //! - [`store`]: the storage trait and its embedded (SQLite) backend.
 //! - [`vault`]: per-order data keys, retention records, the PII cache, the deletion scheduler.
@@ -84,6 +84,9 @@ pub enum RunError {
     /// A listener's certificate could not be loaded.
     #[error("TLS: {0}")]
     Tls(#[from] crate::server::tls::TlsError),
+    /// The Orders v0 translator could not be set up (its field map).
+    #[error(transparent)]
+    Compat(#[from] crate::compat::CompatError),
     /// The forward proxy's CA could not be loaded.
     #[error("forward proxy: {0}")]
     Forward(#[from] crate::server::mint::MintError),
@@ -176,12 +179,14 @@ pub async fn build_gateway(
         drain_timeout: config.server.drain_timeout,
         peers: config.server.peers,
     };
+    let compat = std::sync::Arc::new(crate::compat::Compat::new(config.compat.clone())?);
     let gateway = Gateway::new(GatewayParts {
         store,
         master_key,
         lwa,
         upstream,
         endpoints: config.upstream.endpoints,
+        public_url: config.server.public_url.clone(),
         limits: Limits {
             max_header_bytes: config.server.max_header_bytes,
             max_request_body_bytes: config.server.max_request_body_bytes,
@@ -204,6 +209,7 @@ pub async fn build_gateway(
             default_deadline: config.ratelimit.limiter.default_max_wait,
             budget: crate::proxy::RetryBudget::new(),
         },
+        compat,
     });
     Ok((gateway, server_limits))
 }
@@ -242,6 +248,10 @@ pub async fn run(
         config.ratelimit.limiter.plans.clone(),
         config.tool_plans.clone(),
     );
+    let (invite_key, onboarding) = (
+        Arc::new(config.master_key.clone()),
+        config.onboarding.clone(),
+    );
     let (gateway, limits) = build_gateway(config, opened).await?;
     let gateway = Arc::new(gateway);
     // The vault (per-order keys, PII cache, retention) and its deletion scheduler.
@@ -251,7 +261,8 @@ pub async fn run(
             .with_vault(vault.clone())
             .with_tls(tls.iter().flatten().cloned().collect())
             .with_audit(audit)
-            .with_plans(&plans, &tool_plans),
+            .with_plans(&plans, &tool_plans)
+            .with_onboarding(invite_key, onboarding),
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {

@@ -90,6 +90,20 @@ fn generate(dir: &Path) -> Expect {
     e
 }
 
+/// Ends both chains as a writer that stops cleanly does (`audit_stopped`), so `verify` sees no
+/// abrupt stop.
+fn close(dir: &Path) {
+    for instance in ["gw1", "gw2"] {
+        let mut w = ChainWriter::open(dir, instance, KEY).unwrap();
+        w.append(
+            datetime!(2026-03-02 00:30 UTC),
+            &Record::new(Kind::AuditStopped),
+        )
+        .unwrap();
+        w.flush().unwrap();
+    }
+}
+
 fn spgate(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_spgate"))
         .args(args)
@@ -122,12 +136,14 @@ fn put(path: &Path, lines: &[String]) {
 fn verify_passes_an_untouched_directory_and_takes_the_key_from_a_file_too() {
     let dir = tempfile::tempdir().unwrap();
     generate(dir.path());
+    close(dir.path());
     let d = dir.path().to_str().unwrap();
     let o = spgate(&["audit", "verify", d]);
     assert!(o.status.success(), "{}", stdout(&o));
     let text = stdout(&o);
-    assert!(text.contains("gw1: OK, 20 records in 2 files"), "{text}");
-    assert!(text.contains("gw2: OK, 20 records in 2 files"), "{text}");
+    assert!(text.contains("gw1: OK, 21 records in 2 files"), "{text}");
+    assert!(text.contains("gw2: OK, 21 records in 2 files"), "{text}");
+    assert!(!text.contains("GAP"), "{text}");
 
     let key_file = dir.path().join("key.b64");
     std::fs::write(
@@ -205,13 +221,14 @@ fn verify_exits_non_zero_naming_the_first_bad_record_for_each_kind_of_tampering(
                 l.truncate(l.len() - 2);
                 put(&p, &l);
             },
-            "audit-gw2-2026-03-02.jsonl (end of chain): the chain ends at record 18 but its head names record 20",
+            "audit-gw2-2026-03-02.jsonl (end of chain): the chain ends at record 19 but its head names record 21",
             gw2_day2,
         ),
     ];
     for (what, tamper, expect, file) in cases {
         let dir = tempfile::tempdir().unwrap();
         generate(dir.path());
+        close(dir.path());
         tamper(dir.path());
         let o = spgate(&["audit", "verify", dir.path().to_str().unwrap()]);
         let text = stdout(&o);
@@ -226,6 +243,72 @@ fn verify_exits_non_zero_naming_the_first_bad_record_for_each_kind_of_tampering(
         };
         assert!(text.contains(other), "{what}: {text}");
     }
+}
+
+/// A tail cut after the head file's last move: a live writer's unflushed tail is fine, a dead
+/// writer's cut tail is an abrupt stop (a gap: non-zero unless `--allow-gaps`), a cut before
+/// the head is tampering (non-zero whatever the flags).
+#[test]
+fn verify_tells_a_live_writers_tail_from_a_dead_writers_cut_tail_and_from_tampering() {
+    let dir = tempfile::tempdir().unwrap();
+    generate(dir.path());
+    close(dir.path());
+    let d = dir.path().to_str().unwrap();
+    // A writer resumes gw2 and writes three records without moving its head (as the gateway
+    // does between head moves), the third one half written.
+    let mut w = ChainWriter::open(dir.path(), "gw2", KEY).unwrap();
+    for i in 0..2 {
+        w.append(
+            datetime!(2026-03-02 00:40 UTC),
+            &Record::request(&format!("late-{i}")),
+        )
+        .unwrap();
+    }
+    w.write_through().unwrap();
+    let newest = dir.path().join("audit-gw2-2026-03-02.jsonl");
+    let mut text = std::fs::read_to_string(&newest).unwrap();
+    text.push_str("{\"seq\":24,\"time\":\"2026-03-02T00:4");
+    std::fs::write(&newest, &text).unwrap();
+
+    // Live (this process holds the lock): not tampering, not a gap.
+    let o = spgate(&["audit", "verify", d]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("gw2: note: 2 verified record(s) past the head file and 33 byte(s)"),
+        "{out}"
+    );
+    assert!(out.contains("the live writer's unflushed tail"), "{out}");
+
+    // The writer dies (no audit_stopped) and someone cuts its last record: a gap, not OK.
+    drop(w);
+    let mut l = lines(&newest);
+    l.pop(); // the unfinished line
+    l.pop(); // late-1
+    put(&newest, &l);
+    let o = spgate(&["audit", "verify", d]);
+    let out = stdout(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        out.contains("gw2: GAP after record 22: the writer stopped abruptly"),
+        "{out}"
+    );
+    assert!(
+        out.contains("records after 2026-03-02T00:40:00.000Z may be lost"),
+        "{out}"
+    );
+    assert!(!out.contains("TAMPERED"), "{out}");
+    let o = spgate(&["audit", "verify", d, "--allow-gaps"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+
+    // Cut into what the head covers: tampering, even with --allow-gaps.
+    l.truncate(l.len() - 2);
+    put(&newest, &l);
+    let o = spgate(&["audit", "verify", d, "--allow-gaps"]);
+    let out = stdout(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(out.contains("gw2: TAMPERED"), "{out}");
+    assert!(out.contains("records were cut from the end"), "{out}");
 }
 
 fn query_json(dir: &Path, extra: &[&str]) -> Vec<serde_json::Value> {

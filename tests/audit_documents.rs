@@ -13,8 +13,8 @@ use http_body_util::BodyExt;
 
 const DOC_PATH: &str = "/reports/2021-06-30/documents/SPGATE-SANDBOX-ORDERS-SHIPPING";
 
-#[tokio::test]
-async fn a_document_download_is_recorded_with_categories_bytes_and_completion() {
+/// A gateway writing its audit log into a fresh directory.
+async fn audited_gateway() -> (tempfile::TempDir, TestGateway) {
     let audit = tempfile::tempdir().unwrap();
     let gw = start_gateway(Options {
         extra_toml: format!(
@@ -24,6 +24,12 @@ async fn a_document_download_is_recorded_with_categories_bytes_and_completion() 
         ..Options::default()
     })
     .await;
+    (audit, gw)
+}
+
+#[tokio::test]
+async fn a_document_download_is_recorded_with_categories_bytes_and_completion() {
+    let (audit, gw) = audited_gateway().await;
     let reply = gw.get(DOC_PATH).await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     let url = reply.json()["url"].as_str().unwrap().to_string();
@@ -187,4 +193,119 @@ async fn the_drain_cut_ends_a_slow_download_and_records_it_as_shutdown() {
     assert_eq!(d["completed"], false, "{d}");
     // The client sees an aborted transfer, never a complete-looking document.
     assert!(!reading.await.unwrap());
+}
+
+/// A plain GET of `url` with no header at all, as an SDK downloads a presigned URL.
+async fn bare_get(gw: &TestGateway, url: &str) -> Reply {
+    gw.call(http::Request::get(url).body(empty()).unwrap())
+        .await
+}
+
+#[tokio::test]
+async fn a_document_link_is_its_own_credential_on_the_public_url_and_bad_links_are_refused_and_audited(
+) {
+    let (audit, gw) = audited_gateway().await;
+    // The link is built on server.public_url, whatever Host the SDK sent.
+    let req = gw
+        .request(http::Method::GET, DOC_PATH)
+        .header("host", "sellingpartnerapi-na.amazon.com")
+        .body(empty())
+        .unwrap();
+    let reply = gw.call(req).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let url = reply.json()["url"].as_str().unwrap().to_string();
+    assert!(
+        url.starts_with(&format!("{}/v1/documents/", gw.url)),
+        "{url}"
+    );
+
+    // No header needed: the link is the credential.
+    let got = bare_get(&gw, &url).await;
+    assert_eq!(got.status, StatusCode::OK, "{:?}", got.body);
+    assert!(got.body.len() > 1000);
+
+    // A tampered link, a link sealed under another key, and an expired one: Amazon-shaped 403s.
+    let mut tampered = url.clone().into_bytes();
+    let i = tampered.len() - 5;
+    tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = |expires_at| spgate::documents::link::LinkClaims {
+        url: "https://tortuga-prod-na.s3.amazonaws.com/doc".into(),
+        compression: None,
+        seller_id: SELLER.into(),
+        tool: "test-tool".into(),
+        client_id: String::new(),
+        role: "full".into(),
+        document_id: "OTHER-DOC".into(),
+        opaque: false,
+        expires_at,
+    };
+    let other_key = spgate::crypto::MasterKey::from_base64(
+        "k1",
+        &spgate::crypto::MasterKey::generate_base64().unwrap(),
+    )
+    .unwrap();
+    let foreign = spgate::documents::link::issue(&other_key, &claims(now + 60), now).unwrap();
+    let ours = spgate::crypto::MasterKey::from_base64("k1", &gw.master_key_b64).unwrap();
+    let expiring = spgate::documents::link::issue(&ours, &claims(now + 1), now).unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    for bad in [
+        tampered,
+        format!("{}/v1/documents/{foreign}", gw.url),
+        format!("{}/v1/documents/{expiring}", gw.url),
+        format!("{}/v1/documents/not-a-link", gw.url),
+    ] {
+        let reply = bare_get(&gw, &bad).await;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN, "{bad}");
+        assert_eq!(reply.error_code(), "Unauthorized");
+        assert!(reply.headers.contains_key("x-amzn-requestid"));
+    }
+
+    let records = audit_records(&gw, audit.path()).await;
+    let reasons: Vec<&str> = records
+        .iter()
+        .filter(|r| r["operation"] == "documents.download")
+        .filter_map(|r| r["reason"].as_str())
+        .collect();
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| **r == "document_link_invalid")
+            .count(),
+        3,
+        "{records:#?}"
+    );
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| **r == "document_link_expired")
+            .count(),
+        1,
+        "{records:#?}"
+    );
+
+    // Once its tool is revoked, a link it was given opens nothing.
+    let reply = gw.get(DOC_PATH).await;
+    let url = reply.json()["url"].as_str().unwrap().to_string();
+    let client = gw.store.clients().await.unwrap().remove(0);
+    gw.store.revoke_client(&client.id, now).await.unwrap();
+    let reply = bare_get(&gw, &url).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn without_a_public_url_document_links_are_refused_never_built_on_host() {
+    let gw = start_gateway(Options {
+        no_public_url: true,
+        ..Options::default()
+    })
+    .await;
+    let reply = gw.get(DOC_PATH).await;
+    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(reply.error_code(), "InternalFailure");
+    assert!(!String::from_utf8_lossy(&reply.body).contains("amazonaws"));
 }

@@ -130,6 +130,9 @@ token = {{ env = "CONSOLE_OPS_TOKEN" }}
 name = "console-security"
 role = "security"
 token = {{ env = "CONSOLE_SECURITY_TOKEN" }}
+[onboarding]
+application_id = "amzn1.sp.solution.console-test"
+public_url = "https://spgate.example.test"
 [roles.orders.pii]
 name = "pass"
 address = "encrypt"
@@ -288,6 +291,33 @@ async fn the_console_in_chromium_serves_both_roles_and_refuses_what_they_may_not
             "{} was not saved",
             shot.display()
         );
+    }
+
+    // The refusals are counted in /metrics.
+    let metrics = client
+        .get(format!("http://127.0.0.1:{admin_port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (reason, at_least) in [
+        ("bad_token", 1),
+        ("forbidden", 6),
+        ("csrf", 3),
+        ("cross_origin", 2),
+    ] {
+        let count: u64 = metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "spgate_console_refused_total{{reason=\"{reason}\"}} "
+                ))
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        assert!(count >= at_least, "{reason}: {count} in {metrics}");
     }
 
     // Every console action is in the audit log, with the admin's name.

@@ -198,10 +198,9 @@ async fn connect_to_any_other_host_or_port_is_refused_never_tunnelled_and_aggreg
     ] {
         let (code, head, mut tcp) = connect(&gw, target).await;
         assert_eq!(code, 403, "{target}: {head}");
-        assert!(
-            head.to_ascii_lowercase().contains("connection: close"),
-            "{head}"
-        );
+        let lower = head.to_ascii_lowercase();
+        assert!(lower.contains("connection: close"), "{head}");
+        assert!(lower.contains("x-amzn-requestid: "), "{head}");
         refusal(&mut tcp, "refused").await;
     }
     let records = gw.gateway.auditor().noise().take(true);
@@ -280,4 +279,77 @@ async fn a_tunnel_holds_its_connections_slot_and_the_gateway_authenticates_insid
     )
     .await;
     assert_eq!(status, 401, "{body}");
+}
+
+#[test]
+fn spgate_ca_init_writes_the_key_0600_and_the_certificate_0644_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ca");
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_spgate"))
+            .args(["ca", "init", "--out"])
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        first.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(
+        stdout.contains("[forward_proxy]"),
+        "prints how to enable it: {stdout}"
+    );
+    assert!(stdout.contains("NODE_EXTRA_CA_CERTS="), "{stdout}");
+    let (cert, key) = (
+        out.join("spgate-forward-ca.pem"),
+        out.join("spgate-forward-ca.key"),
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&key), 0o600);
+        assert_eq!(mode(&cert), 0o644);
+    }
+    let before = std::fs::read(&key).unwrap();
+    let again = run();
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("refusing to overwrite"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(std::fs::read(&key).unwrap(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_tunnel_is_closed_by_the_drain_on_shutdown() {
+    let (mut gw, _dir, ca) = forward_gateway("", "").await;
+    let mut sp = tunnel(&gw, "sellingpartnerapi-na.amazon.com", &ca).await;
+    let (status, _) = answer(
+        &mut sp,
+        Request::get(ORDERS)
+            .header("host", "sellingpartnerapi-na.amazon.com")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 401);
+    // The tunnel is idle and kept alive: the drain closes it instead of waiting out its timeout
+    // (the test gateway's drain_timeout_seconds is 5).
+    let started = std::time::Instant::now();
+    tokio::time::timeout(std::time::Duration::from_secs(4), gw.stop())
+        .await
+        .expect("the server stopped without waiting for the tunnel")
+        .unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(4));
+    let req = Request::get(ORDERS).body(Full::default()).unwrap();
+    let sent = tokio::time::timeout(std::time::Duration::from_secs(2), sp.send_request(req)).await;
+    assert!(
+        matches!(sent, Ok(Err(_))),
+        "the tunnel's connection was closed: {sent:?}"
+    );
 }

@@ -64,7 +64,15 @@ async fn tls_gateway_with(
     pinned: &[&str],
     header_read_timeout: Duration,
 ) -> TlsGateway {
-    let gw = start_gateway(Options::default()).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Document links are built on server.public_url: here the TLS listener's.
+    let gw = start_gateway(Options {
+        no_public_url: true,
+        server_toml: format!("public_url = \"https://localhost:{port}\"\n"),
+        ..Options::default()
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new(dir.path(), "ca");
     let server = ca.server(dir.path(), "server");
@@ -83,8 +91,6 @@ async fn tls_gateway_with(
         reload_interval: Duration::from_secs(1),
     };
     let tls = TlsListener::load("proxy", config, pins, Arc::new(ProcessEnv)).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
     let limits = spgate::server::ServerLimits {
         max_connections: 1000,
         max_header_bytes: 32 * 1024,
@@ -793,7 +799,7 @@ async fn an_http2_header_block_that_never_ends_does_not_hold_the_connection() {
 }
 
 #[tokio::test]
-async fn document_links_over_the_tls_listener_are_https_on_the_authority_over_http1_and_http2() {
+async fn document_links_on_an_https_public_url_are_served_over_http1_and_http2() {
     const DOC: &str = "/reports/2021-06-30/documents/SPGATE-SANDBOX-ORDERS-SHIPPING";
     let t = tls_gateway(false, &[]).await;
     for alpn in [&b"http/1.1"[..], &b"h2"[..]] {

@@ -122,6 +122,16 @@ impl Admin {
         self
     }
 
+    /// Lets the console's ops create seller invite links (when `[onboarding]` is configured).
+    pub fn with_onboarding(
+        mut self,
+        master_key: Arc<crypto::MasterKey>,
+        onboarding: Option<crate::config::OnboardingConfig>,
+    ) -> Admin {
+        self.console.set_onboarding(master_key, onboarding);
+        self
+    }
+
     /// The console's live request statistics.
     pub fn console_stats(&self) -> &console::stats::Stats {
         self.console.stats()
@@ -261,8 +271,8 @@ impl Admin {
         self.vault.as_ref().ok_or(AdminError::NotFound)
     }
 
-    /// Re-reads the config file and applies its rate plans and the tools' client-certificate
-    /// pins; an invalid file changes nothing.
+    /// Re-reads the config file and applies its rate plans, the tools' client-certificate
+    /// pins and Orders v0 modes; an invalid file changes nothing.
     pub fn reload(&self) -> Result<(), AdminError> {
         let path = self.config_path.as_ref().ok_or(AdminError::NoConfigFile)?;
         let loaded = Config::load(path, &*self.env);
@@ -283,6 +293,7 @@ impl Admin {
             listener.set_pins(config.tool_client_certs.clone());
         }
         self.gateway.set_client_pins(config.tool_client_certs);
+        self.gateway.compat().reload(config.compat); // Orders v0 modes per tool
         Ok(())
     }
 
@@ -476,11 +487,13 @@ impl Admin {
             u8::from(self.gateway.lwa().circuit().is_open())
         );
         crate::server::peers::render_metrics(&mut out);
+        console::render_metrics(&mut out);
         crate::server::forward::render_metrics(&mut out);
         self.gateway.auditor().render_metrics(&mut out);
         self.gateway.outbound().render_metrics(&mut out);
         self.gateway.header_drops().render_metrics(&mut out);
         self.gateway.pii_gate().render_metrics(&mut out);
+        self.gateway.compat().render_metrics(&mut out);
         crate::server::tls::render_metrics(&self.tls, &mut out);
         let mut resp = Response::new(body::full(out));
         resp.headers_mut().insert(

@@ -231,6 +231,13 @@ impl Alerts {
             if let Some(role) = &r.role {
                 let mut changed = false;
                 for category in r.received() {
+                    if self
+                        .seen
+                        .get(role.as_str())
+                        .is_some_and(|seen| seen.contains(category.as_str()))
+                    {
+                        continue;
+                    }
                     let seen = self.seen.entry(role.as_str().to_string()).or_default();
                     if seen.insert(category.as_str().to_string()) {
                         changed = true;
@@ -256,7 +263,12 @@ fn push_window(
     at: OffsetDateTime,
     window: Duration,
 ) -> usize {
-    let q = windows.entry(key.to_string()).or_default();
+    if !windows.contains_key(key) {
+        windows.insert(key.to_string(), VecDeque::new());
+    }
+    let Some(q) = windows.get_mut(key) else {
+        return 0;
+    };
     q.push_back(at);
     while q.front().is_some_and(|t| at - *t >= window) {
         q.pop_front();

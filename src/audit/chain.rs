@@ -116,7 +116,10 @@ pub struct ChainWriter {
     last_at: OffsetDateTime,
     out: Option<File>,
     path: PathBuf,
-    line: Vec<u8>,
+    /// The record being appended, serialized (reused).
+    body: Vec<u8>,
+    /// The last record time formatted: (unix milliseconds, text).
+    time_cache: (i128, String),
     /// Records appended since the last write-through, as the bytes of one write.
     pending: Vec<u8>,
     /// The state after the last successful write-through: (seq, prev, file length).
@@ -182,6 +185,26 @@ pub struct InstanceReport {
     /// Bytes of an incomplete last line (a write in progress, or cut by a crash): not a record
     /// yet, not tampering.
     pub unflushed_tail: u64,
+    /// Whether a live process holds the instance's lock (its writer is running): records past
+    /// the head and an unfinished last line are then its unflushed tail.
+    pub writer_live: bool,
+    /// No live writer, and the chain does not end with its writer's `audit_stopped` record: the
+    /// writer stopped abruptly (or the records after its last one were cut). What it had not
+    /// written, or what was cut, is unknown: a gap that the next start would report too.
+    pub abrupt_stop: Option<AbruptStop>,
+}
+
+/// How a chain whose writer is gone ends without its `audit_stopped` record.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AbruptStop {
+    /// The last record (sequence number) that verified.
+    pub after_seq: u64,
+    /// Its time.
+    pub after_time: String,
+    /// Verified records after the head file's record.
+    pub beyond_head: u64,
+    /// Bytes of an unfinished last line.
+    pub unflushed_tail: u64,
 }
 
 /// A `gap` record as `verify` reports it.
@@ -221,6 +244,16 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ChainError + '_ {
     }
 }
 
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Appends the lowercase hex of `bytes`.
+fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    for b in bytes {
+        out.push(HEX[usize::from(b >> 4)]);
+        out.push(HEX[usize::from(b & 0xf)]);
+    }
+}
+
 fn mac_hex(key: &hmac::Key, data: &[u8]) -> String {
     crypto::hex(hmac::sign(key, data).as_ref())
 }
@@ -236,6 +269,28 @@ fn anchor_path(dir: &Path, instance: &str) -> PathBuf {
 fn lock_path(dir: &Path, instance: &str) -> PathBuf {
     dir.join(format!("audit-{instance}.lock"))
 }
+
+/// Whether a live process holds an instance's lock (its writer is running). Takes the lock
+/// shared for a moment when it is free (a writer opening the chain meanwhile retries).
+fn writer_live(dir: &Path, instance: &str) -> Result<bool, ChainError> {
+    let path = lock_path(dir, instance);
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io(&path)(e)),
+    };
+    match file.try_lock_shared() {
+        Ok(()) => {
+            file.unlock().map_err(io(&path))?;
+            Ok(false)
+        }
+        Err(fs::TryLockError::WouldBlock) => Ok(true),
+        Err(fs::TryLockError::Error(e)) => Err(io(&path)(e)),
+    }
+}
+
+/// How long a writer opening a chain retries a lock held for a moment by `verify`.
+const LOCK_RETRIES: u32 = 20;
 
 fn file_name(instance: &str, day: Date) -> String {
     format!("audit-{instance}-{day}.jsonl")
@@ -462,12 +517,20 @@ impl ChainWriter {
         if wait {
             lock.lock().map_err(io(&lock_file))?;
         }
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(ChainError::InUse(instance.to_string()))
+        let mut tries = 0;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                // `verify` holds it shared for a moment; a writer holds it for good.
+                Err(fs::TryLockError::WouldBlock) if tries < LOCK_RETRIES => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(fs::TryLockError::WouldBlock) => {
+                    return Err(ChainError::InUse(instance.to_string()))
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(io(&lock_file)(e)),
             }
-            Err(fs::TryLockError::Error(e)) => return Err(io(&lock_file)(e)),
         }
         let key = hmac::Key::new(hmac::HMAC_SHA256, key_bytes);
         let head_file = head_path(dir, instance);
@@ -489,7 +552,8 @@ impl ChainWriter {
             last_at: OffsetDateTime::UNIX_EPOCH,
             out: None,
             path: PathBuf::new(),
-            line: Vec::with_capacity(1024),
+            body: Vec::with_capacity(1024),
+            time_cache: (0, String::new()),
             pending: Vec::with_capacity(64 * 1024),
             committed: (seq, String::new(), 0),
             head_seq: seq,
@@ -630,7 +694,9 @@ impl ChainWriter {
         at: OffsetDateTime,
         event: &T,
     ) -> Result<u64, ChainError> {
-        let body = serde_json::to_vec(event).map_err(|_| ChainError::NotAnObject)?;
+        let body = &mut self.body;
+        body.clear();
+        serde_json::to_writer(&mut *body, event).map_err(|_| ChainError::NotAnObject)?;
         if body.first() != Some(&b'{') || body.last() != Some(&b'}') {
             return Err(ChainError::NotAnObject);
         }
@@ -653,29 +719,39 @@ impl ChainWriter {
             self.committed = (self.seq, self.prev.clone(), len);
         }
         self.last_at = at;
+        // Records of one batch mostly share their millisecond: format the time once.
+        let ms = at.unix_timestamp_nanos() / 1_000_000;
+        if self.time_cache.0 != ms || self.time_cache.1.is_empty() {
+            self.time_cache = (ms, time_text(at));
+        }
         let seq = self.seq + 1;
-        let line = &mut self.line;
-        line.clear();
+        // The line is built in place at the end of the batch's bytes (no copy, no allocation).
+        let line = &mut self.pending;
+        let begin = line.len();
         let _ = write!(
             line,
             "{{\"seq\":{seq},\"time\":\"{}\",\"instance\":\"{}\",\"prev\":\"{}\"",
-            time_text(at),
-            self.instance,
-            self.prev
+            self.time_cache.1, self.instance, self.prev
         );
+        let body = &self.body;
         if body.len() > 2 {
             line.push(b',');
             line.extend_from_slice(&body[1..body.len() - 1]);
         }
         line.push(b'}');
-        let mac = mac_hex(&self.key, line);
+        let mac = hmac::sign(&self.key, &line[begin..]);
         line.pop();
-        let _ = write!(line, ",\"mac\":\"{mac}\"}}");
-        let hash = crypto::sha256_hex(line);
+        line.extend_from_slice(b",\"mac\":\"");
+        push_hex(line, mac.as_ref());
+        line.extend_from_slice(b"\"}");
+        let hash = ring::digest::digest(&ring::digest::SHA256, &line[begin..]);
         line.push(b'\n');
-        self.pending.extend_from_slice(line);
+        self.prev.clear();
+        for b in hash.as_ref() {
+            self.prev.push(char::from(HEX[usize::from(b >> 4)]));
+            self.prev.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
         self.seq = seq;
-        self.prev = hash;
         Ok(seq)
     }
 
@@ -906,6 +982,8 @@ fn verify_instance(
         gaps: Vec::new(),
         beyond_head: 0,
         unflushed_tail: 0,
+        writer_live: false,
+        abrupt_stop: None,
     };
     let bad = |mut report: InstanceReport, file: &str, line, seq, reason: String| {
         report.first_bad = Some(BadRecord {
@@ -948,6 +1026,8 @@ fn verify_instance(
         _ => None,
     };
     let mut head_seen = false;
+    // The last record verified (buffers swapped, not copied).
+    let mut last_line = Vec::new();
     let newest = files.last().map(|f| f.name.clone());
     let mut last_name = first_name;
     for file in files {
@@ -1048,7 +1128,22 @@ fn verify_instance(
                 report.first_time = Some(link.time.to_string());
             }
             report.last_time = Some(link.time.into_owned());
+            std::mem::swap(&mut line, &mut last_line);
         }
+    }
+    // Read after the files: a writer that started meanwhile reports the abrupt stop itself.
+    report.writer_live = writer_live(dir, instance)?;
+    if !report.writer_live
+        && (report.unflushed_tail > 0
+            || report.last_seq.is_some()
+                && memchr::memmem::find(&last_line, b"\"kind\":\"audit_stopped\"").is_none())
+    {
+        report.abrupt_stop = Some(AbruptStop {
+            after_seq: seq,
+            after_time: report.last_time.clone().unwrap_or_default(),
+            beyond_head: report.beyond_head,
+            unflushed_tail: report.unflushed_tail,
+        });
     }
     match head {
         Ok(Some(h)) if h.seq == seq && h.hash == prev => Ok(report),

@@ -26,7 +26,8 @@ pub enum CliError {
 }
 
 /// Verifies every chain in `dir` with the base64 audit key; prints one line per instance, the
-/// first bad record and every gap (records lost, with count and span). Returns whether
+/// first bad record and every gap (records lost, with count and span, and a chain whose writer
+/// is gone without its `audit_stopped` record: an abrupt stop or a cut tail). Returns whether
 /// everything verified: false also when no chain is found (an empty directory proves nothing)
 /// and, unless `allow_gaps`, when a chain reports a gap.
 pub fn verify(
@@ -73,10 +74,19 @@ pub fn verify(
         if !r.gaps.is_empty() && !allow_gaps {
             ok = false;
         }
-        if r.unflushed_tail > 0 || r.beyond_head > 0 {
+        if let Some(stop) = &r.abrupt_stop {
             writeln!(
                 out,
-                "{}: note: {} verified record(s) past the head file and {} byte(s) of an unfinished last line (a live or crashed writer; not tampering)",
+                "{}: GAP after record {}: the writer stopped abruptly (no audit_stopped record, no live writer): records after {} may be lost, unwritten or cut ({} verified record(s) past the head file, {} byte(s) of an unfinished last line)",
+                r.instance, stop.after_seq, stop.after_time, stop.beyond_head, stop.unflushed_tail
+            )?;
+            if !allow_gaps {
+                ok = false;
+            }
+        } else if r.unflushed_tail > 0 || r.beyond_head > 0 {
+            writeln!(
+                out,
+                "{}: note: {} verified record(s) past the head file and {} byte(s) of an unfinished last line (the live writer's unflushed tail; not tampering)",
                 r.instance, r.beyond_head, r.unflushed_tail
             )?;
         }

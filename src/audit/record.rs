@@ -44,9 +44,16 @@ fn looks_secret(text: &str) -> bool {
 macro_rules! ident {
     ($(#[$doc:meta])* $name:ident, $field:literal, $expected:literal, $max:expr, $ok:expr) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+        #[serde(try_from = "String")]
         pub struct $name(String);
+
+        // By reference: no copy of the text per record written.
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
 
         impl $name {
             /// Validates a text for this field.
@@ -289,6 +296,10 @@ pub struct Record {
     /// The operation's path template (never the raw path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<Template>,
+    /// The Orders 2026-01-01 operation an Orders v0 call was answered from (compat), e.g.
+    /// `orders_2026-01-01.searchOrders`; `operation` names the v0 operation asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub translated_to: Option<Id>,
     /// The HTTP status returned to the caller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
@@ -519,6 +530,7 @@ impl Record {
             operation: None,
             method: None,
             path: None,
+            translated_to: None,
             status: None,
             latency_us: None,
             limiter: None,

@@ -388,11 +388,27 @@ fn records_written_after_the_last_head_are_adopted_and_a_torn_line_is_cut() {
     let mut text = std::fs::read_to_string(&newest).unwrap();
     text.push_str("{\"seq\":8,\"time\":\"2026-11-");
     std::fs::write(&newest, text).unwrap();
-    // A live writer's records past its head and its unfinished last line are not tampering.
+    // A live writer's records past its head and its unfinished last line are its unflushed
+    // tail: not tampering, not a gap.
+    let live = hold_lock(dir.path());
     let reports = verify(dir.path(), KEY).unwrap();
     assert_eq!(reports[0].first_bad, None);
     assert_eq!((reports[0].records, reports[0].beyond_head), (7, 2));
     assert_eq!(reports[0].unflushed_tail, 25);
+    assert!(reports[0].writer_live);
+    assert_eq!(reports[0].abrupt_stop, None);
+    // The same files with the writer gone: an abrupt stop (not tampering).
+    drop(live);
+    let reports = verify(dir.path(), KEY).unwrap();
+    assert_eq!(reports[0].first_bad, None);
+    assert!(!reports[0].writer_live);
+    assert_eq!(
+        reports[0]
+            .abrupt_stop
+            .as_ref()
+            .map(|s| (s.after_seq, s.beyond_head, s.unflushed_tail)),
+        Some((7, 2, 25))
+    );
 
     let mut w = ChainWriter::open(dir.path(), "gw1", KEY).unwrap();
     assert_eq!((w.recovered(), w.seq()), (2, 7));
@@ -405,6 +421,98 @@ fn records_written_after_the_last_head_are_adopted_and_a_torn_line_is_cut() {
         (reports[0].records, reports[0].first_bad.clone()),
         (8, None)
     );
+}
+
+/// Holds an instance's lock as a live writer process does.
+fn hold_lock(dir: &std::path::Path) -> std::fs::File {
+    let lock = std::fs::File::open(dir.join("audit-gw1.lock")).unwrap();
+    lock.try_lock().unwrap();
+    lock
+}
+
+/// The chain of [`write_chain`], ended as a writer that stops cleanly ends it.
+fn stopped_chain(dir: &std::path::Path) -> Vec<String> {
+    let names = write_chain(dir);
+    let mut w = ChainWriter::open(dir, "gw1", KEY).unwrap();
+    w.append(
+        datetime!(2026-11-21 00:03 UTC),
+        &json!({"kind": "audit_stopped"}),
+    )
+    .unwrap();
+    w.flush().unwrap();
+    names
+}
+
+/// A chain that ends with `audit_stopped`, then a live writer that appended two records past
+/// its head.
+fn stopped_then_live(dir: &std::path::Path) -> (ChainWriter, String) {
+    let names = stopped_chain(dir);
+    let mut w = ChainWriter::open(dir, "gw1", KEY).unwrap();
+    for _ in 0..2 {
+        w.append(datetime!(2026-11-21 00:04 UTC), &json!({"kind": "reload"}))
+            .unwrap();
+    }
+    w.write_through().unwrap();
+    (w, names[1].clone())
+}
+
+/// Cuts the last `n` lines of a chain file.
+fn cut_tail(path: &std::path::Path, n: usize) {
+    let all = lines(path);
+    put(path, &all[..all.len() - n]);
+}
+
+#[test]
+fn verify_tells_a_live_tail_from_a_dead_writers_cut_tail_and_from_tampering() {
+    // A live writer's records past the head: OK, even when its tail is cut (only the writer
+    // could tell; it still holds the lock).
+    let dir = tempfile::tempdir().unwrap();
+    let (live, newest) = stopped_then_live(dir.path());
+    let r = &verify(dir.path(), KEY).unwrap()[0];
+    assert_eq!((r.records, r.beyond_head, r.writer_live), (8, 2, true));
+    assert_eq!((r.first_bad.clone(), r.abrupt_stop.clone()), (None, None));
+
+    // The writer gone (SIGKILL: no audit_stopped, head behind) and its tail cut: the chain still
+    // links, but it is reported as an abrupt stop after the last record left.
+    drop(live);
+    cut_tail(&dir.path().join(&newest), 1);
+    let r = &verify(dir.path(), KEY).unwrap()[0];
+    assert_eq!(r.first_bad, None);
+    assert!(!r.writer_live);
+    let stop = r.abrupt_stop.clone().expect("an abrupt stop");
+    assert_eq!((stop.after_seq, stop.beyond_head), (7, 1));
+    assert_eq!(stop.after_time, "2026-11-21T00:04:00.000Z");
+
+    // Cut to before the head (which names record 6, audit_stopped): tampering.
+    cut_tail(&dir.path().join(&newest), 2);
+    let r = &verify(dir.path(), KEY).unwrap()[0];
+    let bad = r.first_bad.clone().expect("tampering");
+    assert!(
+        bad.reason.contains("records were cut from the end"),
+        "{bad:?}"
+    );
+
+    // A cleanly stopped chain with no live writer: no gap.
+    let dir = tempfile::tempdir().unwrap();
+    stopped_chain(dir.path());
+    let r = &verify(dir.path(), KEY).unwrap()[0];
+    assert_eq!((r.first_bad.clone(), r.abrupt_stop.clone()), (None, None));
+    assert!(!r.writer_live);
+}
+
+/// A writer opening a chain while `verify` looks at its lock waits for it instead of failing.
+#[test]
+fn a_writer_opening_while_verify_holds_the_lock_for_a_moment_gets_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write_chain(dir.path());
+    let lock = std::fs::File::open(dir.path().join("audit-gw1.lock")).unwrap();
+    lock.try_lock_shared().unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        drop(lock);
+    });
+    assert!(ChainWriter::open(dir.path(), "gw1", KEY).is_ok());
+    release.join().unwrap();
 }
 
 #[test]

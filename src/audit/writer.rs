@@ -8,9 +8,10 @@
 //!
 //! A dedicated thread takes records off the queue in batches, stamps them with its clock,
 //! appends them to the chain, evaluates the alert rules, and writes the batch to the OS in one
-//! `write(2)`. While records flow it polls every 10 ms (senders of ordinary records never wake
-//! it) and writes them within about 20 ms; a durable record wakes it, and the batch (group
-//! commit) is written ~1 ms later with every record that joined it. The head file moves lazily (with each fsync, at most once a second, and at
+//! `write(2)`. While records flow it wakes every 50 ms and writes what came (senders of ordinary
+//! records never wake it: at 1,000 req/s a wake-up costs more CPU than the records it writes); a
+//! durable record, a flush or a shutdown wakes it, and the batch (group commit) is written ~1 ms
+//! later with every record that joined it. The head file moves lazily (with each fsync, at most once a second, and at
 //! shutdown), never per batch.
 //!
 //! **When the queue is full** the caller blocks until the writer makes room (counted in
@@ -330,10 +331,8 @@ impl Auditor {
         if !self.enqueue(record, Some(ack)) {
             return Err(Unrecorded);
         }
-        if let Some(writer) = &self.inner.writer {
-            // While records wait, the writer sleeps up to ASYNC_DELAY: this one is waited for.
-            writer.unpark();
-        }
+        // While records flow, the writer sleeps up to ASYNC_DELAY: this one is waited for.
+        self.wake_writer();
         match done.await {
             Ok(true) => Ok(()),
             _ => Err(Unrecorded),
@@ -343,6 +342,13 @@ impl Auditor {
     /// Lets `tap` see every record from now on (one tap per auditor: false if one is set).
     pub fn set_tap(&self, tap: Tap) -> bool {
         self.inner.tap.set(tap).is_ok()
+    }
+
+    /// Wakes the writer from its sleep between rounds (something is waited for).
+    fn wake_writer(&self) {
+        if let Some(writer) = &self.inner.writer {
+            writer.unpark();
+        }
     }
 
     /// Returns false if the record was lost (writer stopped).
@@ -416,6 +422,7 @@ impl Auditor {
         // `send` may block while the queue is full: not on a runtime worker.
         let sent = tokio::task::spawn_blocking(move || tx.send(msg).is_ok()).await;
         if matches!(sent, Ok(true)) {
+            self.wake_writer();
             let _ = done_rx.await;
         }
     }
@@ -436,6 +443,7 @@ impl Auditor {
         let (ack, done) = tokio::sync::oneshot::channel();
         // `send` may block while the queue is full: not on a runtime worker.
         let sent = tokio::task::spawn_blocking(move || tx.send(Msg::Flush(ack)).is_ok()).await;
+        self.wake_writer();
         match (sent, done.await) {
             (Ok(true), Ok(true)) => Ok(()),
             _ => Err(Unrecorded),
@@ -570,12 +578,11 @@ const BATCH: usize = 4096;
 /// How long the writer lingers after a batch's first record for others to join it.
 const LINGER: Duration = Duration::from_millis(1);
 
-/// How long a non-durable record may wait for others before it is written (SIGKILL loses at
-/// most this much of them, reported as an `abrupt_stop` gap on restart).
-const ASYNC_DELAY: Duration = Duration::from_millis(10);
-
-/// Unwritten bytes that start a write at once.
-const ASYNC_BYTES: usize = 256 * 1024;
+/// While records flow, the writer wakes this often and writes what came (a non-durable record
+/// waits at most about this long: SIGKILL loses at most this much of them, reported as an
+/// `abrupt_stop` gap on restart). Longer means fewer wake-ups per record (their CPU is most of
+/// the audit's cost at 1,000 req/s); durable records wake the writer at once.
+const ASYNC_DELAY: Duration = Duration::from_millis(50);
 
 /// How often the writer retries while writes fail.
 const RETRY: Duration = Duration::from_millis(100);
@@ -654,23 +661,20 @@ impl Writer {
     }
 
     fn run(mut self) {
-        // When the first record not yet written arrived (non-durable records wait up to
-        // ASYNC_DELAY so that one write carries many of them).
-        let mut oldest: Option<Instant> = None;
-        // Whether the last round took records (the writer keeps polling while they flow).
+        // Whether the last round took records: while they flow the writer wakes on its own
+        // every ASYNC_DELAY (or when a durable record unparks it), so that senders of ordinary
+        // records never wake it (a wake per record would cost more than the record).
         let mut active = false;
+        // Whether the last round left records in the queue (it took a full batch).
+        let mut backlog = false;
         loop {
-            let polling = oldest.is_some() || active;
+            let polling = active;
             let first = if polling {
-                let since = oldest.unwrap_or_else(Instant::now);
-                // Records are waiting: poll instead of blocking, so that senders of non-durable
-                // records never wake the writer (a wake per record would cost more than the
-                // record). A durable record wakes it (unpark); then the batch fills for LINGER.
-                let until = since + ASYNC_DELAY;
-                let now = Instant::now();
-                if now < until {
-                    std::thread::park_timeout(until - now);
+                if !backlog {
+                    let until = Instant::now() + ASYNC_DELAY;
+                    std::thread::park_timeout(ASYNC_DELAY);
                     if Instant::now() < until {
+                        // Woken by a durable record: let its batch fill (group commit).
                         std::thread::sleep(LINGER);
                     }
                 }
@@ -739,18 +743,9 @@ impl Writer {
                 }
             }
             active = taken > 0;
-            if self.chain.unwritten() > 0 {
-                oldest.get_or_insert_with(Instant::now);
-            }
-            let due = !self.acks.is_empty()
-                || !waiting.is_empty()
-                || self.chain.unwritten_bytes() >= ASYNC_BYTES
-                || oldest.is_some_and(|t| t.elapsed() >= ASYNC_DELAY)
-                || (!polling && taken == 0);
-            if due {
-                self.end_batch();
-                oldest = None;
-            }
+            backlog = taken >= BATCH;
+            // Every round writes what it took: one write(2) per wake-up.
+            self.end_batch();
             for w in waiting {
                 let _ = w.send(self.gap.is_none());
             }
@@ -837,10 +832,11 @@ impl Writer {
         gap.to = now;
         self.counters.lost.fetch_add(lost, Ordering::Relaxed);
         self.counters.unrecorded.fetch_add(lost, Ordering::Relaxed);
+        // Unavailable before a durable caller hears of it (it may look at readiness next).
+        self.failed(e);
         for ack in self.acks.drain(..) {
             let _ = ack.send(false);
         }
-        self.failed(e);
     }
 
     /// One record off the queue, with its durable caller.

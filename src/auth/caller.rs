@@ -80,6 +80,8 @@ pub enum Via {
     ApiKey,
     /// A gateway access token in `x-amz-access-token` (drop-in mode).
     DropInToken,
+    /// A document link the gateway issued to the tool (the link is the credential).
+    DocumentLink,
 }
 
 /// Authenticates the caller: an API key if `Authorization` carries one, else a drop-in gateway

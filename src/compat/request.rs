@@ -143,6 +143,15 @@ const RENAMED: [(&str, &str); 6] = [
     ("MaxResultsPerPage", "maxResultsPerPage"),
 ];
 
+/// Marketplace parameters SDKs add to every GET (python-amazon-sp-api sends all four) that
+/// Amazon's v0 ignores where it does not define them: skipped, as Amazon skips them.
+const SDK_MARKETPLACE_KEYS: [&str; 4] = [
+    "MarketplaceId",
+    "MarketplaceIds",
+    "marketplace_ids",
+    "marketplaceIds",
+];
+
 /// Translates a v0 request. `order_id` is the decoded `{orderId}` of single-order calls;
 /// `query` the raw v0 query string.
 pub fn plan(
@@ -162,7 +171,10 @@ pub fn plan(
             ("/orders/2026-01-01/orders".to_string(), search_query, token)
         }
         _ => {
-            if let Some((name, _)) = pairs.first() {
+            let mut extra = pairs
+                .iter()
+                .filter(|(k, _)| !SDK_MARKETPLACE_KEYS.contains(&k.as_str()));
+            if let Some((name, _)) = extra.next() {
                 return Err(if name == "NextToken" {
                     // The gateway never hands out a NextToken for order items: 2026 getOrder
                     // answers every item at once.
@@ -221,6 +233,9 @@ fn search(
     let mut marketplaces = false;
     for (name, value) in pairs {
         let name = name.as_str();
+        if name != "MarketplaceIds" && SDK_MARKETPLACE_KEYS.contains(&name) {
+            continue;
+        }
         if let Some(param) = UNTRANSLATABLE.iter().find(|p| **p == name) {
             return Err(CompatError::Untranslatable(param));
         }

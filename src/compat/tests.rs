@@ -492,6 +492,18 @@ fn single_order_calls_become_get_order_with_the_datasets_their_answer_needs() {
             "{id}"
         );
     }
+    // The marketplace parameters SDKs add to every GET are skipped, as Amazon's v0 skips them.
+    let p = plan(
+        Kind::Address,
+        Some("902-1-1"),
+        "MarketplaceId=A&MarketplaceIds=A&marketplace_ids=A&marketplaceIds=A",
+        &pass_all(),
+    )
+    .expect("translates");
+    assert_eq!(
+        p.path_and_query,
+        "/orders/2026-01-01/orders/902-1-1?includedData=RECIPIENT"
+    );
     // The items operations never get a gateway NextToken, so any is refused.
     assert!(matches!(
         plan(Kind::Items, Some("902-1-1"), "NextToken=abc", &pass_all()),

@@ -32,6 +32,10 @@ pub struct LinkClaims {
     pub seller_id: String,
     /// The tool the link was issued to.
     pub tool: String,
+    /// That tool's client id: the download is served while this client exists, is not
+    /// revoked and may act for the seller (the link is the credential, no header needed).
+    #[serde(default)]
+    pub client_id: String,
     /// The role whose policy redacts the document.
     pub role: String,
     /// The document's id (the report document id, or the request's path parameters).
@@ -51,6 +55,7 @@ impl std::fmt::Debug for LinkClaims {
             .field("compression", &self.compression)
             .field("seller_id", &self.seller_id)
             .field("tool", &self.tool)
+            .field("client_id", &self.client_id)
             .field("role", &self.role)
             .field("document_id", &self.document_id)
             .field("opaque", &self.opaque)

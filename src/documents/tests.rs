@@ -556,6 +556,7 @@ fn claims(now: i64) -> link::LinkClaims {
         compression: Some("GZIP".to_string()),
         seller_id: "A1SELLER".to_string(),
         tool: "crm".to_string(),
+        client_id: "client-1".into(),
         role: "support".to_string(),
         document_id: "amzn1.spdoc.1".to_string(),
         opaque: false,

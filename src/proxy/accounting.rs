@@ -367,11 +367,12 @@ impl Gateway {
         let mut r = Record::request(request_id);
         if let Some(op) = ctx.operation {
             r = r.with_operation(op);
-        } else if let Some((id, _)) = &ctx.document {
+            r.translated_to = ctx.translated_to.map(|t| Id::lossy(t.key));
+        } else if ctx.document_link {
             r.operation = Some(Id::lossy("documents.download"));
             r.method = Some(Name::lossy(method.as_str()));
             r.path = Some(Template::lossy("/v1/documents/{token}"));
-            r.document_id = Some(Id::lossy(id));
+            r.document_id = ctx.document.as_ref().map(|(id, _)| Id::lossy(id));
         } else {
             r.method = Some(Name::lossy(method.as_str()));
         }
@@ -450,6 +451,12 @@ pub(super) fn audit_reason(err: &ProxyError) -> crate::audit::Reason {
         ProxyError::RoleMayNotReceive | ProxyError::GatewayOwned => Reason::OPERATION_NOT_ALLOWED,
         ProxyError::Unclassified => Reason::from_static("operation_unclassified"),
         ProxyError::DocumentNotForRole => Reason::from_static("document_not_for_role"),
+        ProxyError::Document(crate::documents::DocumentError::LinkExpired) => {
+            Reason::from_static("document_link_expired")
+        }
+        ProxyError::Document(crate::documents::DocumentError::LinkInvalid) => {
+            Reason::from_static("document_link_invalid")
+        }
         ProxyError::RateLimited(_) => Reason::RATE_LIMITED,
         ProxyError::NotFound => Reason::UNKNOWN_OPERATION,
         ProxyError::Upstream(_) => Reason::UPSTREAM_ERROR,

@@ -44,6 +44,7 @@ use crate::store::{SellerRecord, SellerStatus, Store};
 
 mod accounting;
 mod cache;
+mod compat;
 mod credentials;
 pub mod endpoints;
 pub mod error_body;
@@ -64,7 +65,6 @@ pub use send::{RetryBudget, RetryPolicy};
 
 use accounting::{audit_reason, carries_pii, RequestIds};
 use body::{Body, BoxError};
-use endpoints::documents::public_base;
 use limit::Wants;
 use rescue::ProxyError;
 use send::Replay;
@@ -106,6 +106,8 @@ pub struct Gateway {
     header_drops: headers::Dropped,
     drain: accounting::Drain,
     pii_gate: pii_gate::Gate,
+    compat: Arc<crate::compat::Compat>,
+    public_url: Option<String>,
 }
 
 /// The parts of a gateway, for [`Gateway::new`].
@@ -146,6 +148,10 @@ pub struct GatewayParts {
     pub auditor: crate::audit::Auditor,
     /// Document downloads under the outbound policy.
     pub outbound: outbound::Fetcher,
+    /// Orders v0 answered from Orders 2026-01-01 (`[compat]`).
+    pub compat: Arc<crate::compat::Compat>,
+    /// `server.public_url`: the base of the document links the gateway hands out.
+    pub public_url: Option<String>,
 }
 
 /// A routed operation and its path parameters.
@@ -156,7 +162,8 @@ type Route = (&'static Operation, Vec<(&'static str, String)>);
 #[derive(Default)]
 struct Ctx {
     operation: Option<&'static Operation>,
-    /// The calling tool and its role.
+    /// The calling tool (its client id and name) and its role.
+    client_id: Option<String>,
     tool: Option<String>,
     role: Option<String>,
     /// The seller acted for.
@@ -171,14 +178,16 @@ struct Ctx {
     cache_hit: bool,
     /// The PII cache entry this response belongs to: (order id, cache key).
     cache: Option<(String, String)>,
-    /// The gateway's own base URL as the caller reached it (for links it hands out).
-    public_base: Option<String>,
     /// What the PII policy did (categories returned and their actions, safety-net hits).
     pii: Option<crate::pii::transform::Report>,
     /// Whether the request was sent upstream (besides `token`, set right before SP-API calls).
     upstream_called: bool,
+    /// A document link was presented (`/v1/documents/{token}`), valid or not.
+    document_link: bool,
     /// A report document being streamed: its id and what the redactor emits.
     document: Option<(String, Arc<accounting::Emitted>)>,
+    /// The Orders 2026-01-01 operation a v0 call was translated to (compat).
+    translated_to: Option<&'static Operation>,
 }
 
 /// The kind of token a request was sent upstream with (audited).
@@ -221,6 +230,8 @@ impl Gateway {
             header_drops: headers::Dropped::default(),
             drain: accounting::Drain::new(),
             pii_gate: pii_gate::Gate::new(crate::pii::Classifier::builtin()),
+            compat: parts.compat,
+            public_url: parts.public_url,
         }
     }
 
@@ -418,7 +429,6 @@ impl Gateway {
         B::Error: Into<BoxError>,
     {
         let limit_tripped = self.accept(&req)?; // 1. limits and framing
-        ctx.public_base = public_base(&req);
         match req.uri().path() {
             // Not SP-API calls: the drop-in LWA endpoint and the seller authorization workflow.
             drop_in::TOKEN_PATH => return self.drop_in_token(req).await,
@@ -432,6 +442,7 @@ impl Gateway {
         let caller =
             caller::authenticate_request(&*self.store, &self.client_pins(), &req, unix_now())
                 .await?; // 2. caller
+        ctx.client_id = Some(caller.client.id.clone());
         ctx.tool = Some(caller.client.tool.clone());
         ctx.role = Some(caller.client.role.clone());
         let (op, params) = self.route(&req)?; // 3. route
@@ -446,6 +457,11 @@ impl Gateway {
         let seller = self.authorize(&caller, op, req.headers()).await?; // 4. authorize
         ctx.seller = seller.as_ref().map(|s| s.selling_partner_id.clone());
         let role = self.roles.get(&caller.client.role);
+        // Compat: a v0 Orders call the tool's mode translates goes out as its 2026-01-01 call;
+        // `wire` is the operation sent (credentials, rate limit, upstream), `op` the one answered.
+        let (req, translation) =
+            self.translate(req, (op, &params), &caller, seller.as_ref(), role, ctx)?;
+        let wire = translation.as_ref().map_or(op, |t| t.target);
         let replay = Replay::capture(&req);
         let seller = seller.as_ref();
         let path = req.uri().path().to_string();
@@ -458,20 +474,20 @@ impl Gateway {
             return Ok(resp);
         }
         let cred = self
-            .credentials(op, seller, role, &path, &caller.client.tool)
+            .credentials(wire, seller, role, &path, &caller.client.tool)
             .await?; // 5. credentials
                      // Taken last, right before sending, so that a slow credential fetch (a cold LWA or RDT
                      // call) never sits between the limiter's decision and the arrival at Amazon.
-        ctx.admission = Some(self.admit(&caller, op, bucket, &wants).await?); // 6. rate limit
+        ctx.admission = Some(self.admit(&caller, wire, bucket, &wants).await?); // 6. rate limit
         ctx.token = Some(cred.kind());
         let upstream_req =
-            self.upstream_request(req, op, seller, role, &cred, limit_tripped.clone())?;
+            self.upstream_request(req, wire, seller, role, &cred, limit_tripped.clone())?;
         let resp = self.send(upstream_req, &limit_tripped).await?; // 7. upstream
-        self.observe(bucket, op, &resp);
+        self.observe(bucket, wire, &resp);
         // Retries, only for requests that can be replayed (no body), within the caller's deadline.
         let resend = send::Resend {
             replay,
-            op,
+            op: wire,
             seller,
             role,
             path: &path,
@@ -488,6 +504,9 @@ impl Gateway {
             .and_then(|v| v.to_str().ok())
             .filter(|v| v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
             .map(str::to_string);
+        let resp = self
+            .translated_answer(resp, op, translation.as_ref(), &caller, seller, role)
+            .await?; // compat: the 2026 answer in v0's shape
         let resp = self.minimise(resp, op, role, seller, &params, ctx).await?; // 8. respond: the PII policy
         let mut resp = self.respond(resp); // the header allowlist, before the gateway's own headers
         if ctx.cache.is_some() {

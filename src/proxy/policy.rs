@@ -251,7 +251,7 @@ pub(super) fn with_body(mut parts: http::response::Parts, out: Vec<u8>) -> Respo
 }
 
 /// Reads a whole body of at most `max` bytes; more, or a broken body, is an unsafe response.
-async fn read_capped(mut body: Body, max: usize) -> Result<bytes::Bytes, ProxyError> {
+pub(super) async fn read_capped(mut body: Body, max: usize) -> Result<bytes::Bytes, ProxyError> {
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| ProxyError::UnsafeResponse("unreadable"))?;

@@ -83,6 +83,9 @@ pub enum ProxyError {
     /// unreadable, encoded, or not JSON): nothing from upstream reaches the caller.
     #[error("a response with buyer PII was refused: {0}")]
     UnsafeResponse(&'static str),
+    /// A response with document links, and no `server.public_url` to build them on.
+    #[error("server.public_url is not configured, so no document link can be handed out")]
+    NoPublicUrl,
     /// The vault (per-order keys, retention) failed: a response needing it is withheld.
     #[error(transparent)]
     Vault(#[from] crate::vault::VaultError),
@@ -204,6 +207,7 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
         E::UnsafeResponse(_) => (StatusCode::BAD_GATEWAY, "InternalFailure", "SP-API's response could not be checked against the data protection policy, so it was withheld.", Fault::Upstream),
         E::GatewayOwned => (StatusCode::FORBIDDEN, "Unauthorized", "The gateway obtains Restricted Data Tokens and manages the application's credentials itself; tools may not call this operation.", Fault::Caller),
         E::Unclassified => (StatusCode::FORBIDDEN, "Unauthorized", "The gateway does not know which buyer data this operation returns, so it refuses it.", Fault::Internal),
+        E::NoPublicUrl => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The gateway has no server.public_url configured, so it cannot hand out document links; ops must set it.", Fault::Internal),
         E::DocumentNotForRole => (StatusCode::FORBIDDEN, "Unauthorized", "This tool's role may not receive this document.", Fault::Caller),
         E::Document(d) => match d {
             crate::documents::DocumentError::LinkExpired | crate::documents::DocumentError::LinkInvalid => (StatusCode::FORBIDDEN, "Unauthorized", "The document link is invalid or has expired; call getReportDocument again.", Fault::Caller),
@@ -495,6 +499,13 @@ pub fn forward_refused(err: &crate::server::forward::ForwardError) -> Response<B
         HeaderValue::from_static("application/json"),
     );
     h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    // Answered before any handler: an id of its own, as every gateway answer carries one.
+    if let Some(id) = crate::crypto::random_bytes::<8>()
+        .ok()
+        .and_then(|b| HeaderValue::from_str(&crate::crypto::hex(&b)).ok())
+    {
+        h.insert(crate::spapi::REQUEST_ID, id);
+    }
     resp
 }
 

@@ -1153,23 +1153,13 @@ fn channels(
 
 // --- Orders v0 removed ---
 
-/// The six Orders v0 read operations Amazon removes after March 27, 2027.
-pub(super) const V0_REMOVED_OPERATIONS: [&str; 6] = [
-    "ordersV0.getOrders",
-    "ordersV0.getOrder",
-    "ordersV0.getOrderBuyerInfo",
-    "ordersV0.getOrderAddress",
-    "ordersV0.getOrderItems",
-    "ordersV0.getOrderItemsBuyerInfo",
-];
-
 impl super::Sandbox {
     /// Switches Orders v0 off, as Amazon will after March 27, 2027: the six read operations
     /// answer `404 NotFound` until [`super::Sandbox::clear_scripts`].
     pub fn remove_orders_v0(&self) {
-        for op in V0_REMOVED_OPERATIONS {
+        for kind in crate::compat::Kind::ALL {
             self.script(
-                op,
+                kind.v0_key(),
                 super::Script::json(
                     StatusCode::NOT_FOUND,
                     json!({ "errors": [{

@@ -98,6 +98,12 @@ pub enum ForwardError {
     Mint(#[from] MintError),
 }
 
+/// On every request inside a tunnel (a request extension): the allowed host the client tunnelled
+/// to, e.g. `sellingpartnerapi-na.amazon.com`. Such a client reaches only Amazon's hosts, so a
+/// URL handed back to it (a document link) works only on `https://<this host>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tunnel(pub Arc<str>);
+
 /// The forward proxy of one listener: the allowed hosts and the minter.
 #[derive(Debug)]
 pub struct Forward {
@@ -281,12 +287,13 @@ pub(super) fn connect<H: Handler>(
             };
         TUNNELS.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(host = %host, "Tunnel open.");
+        let tunnel = Tunnel(host.into());
         // Over TLS without a client certificate: a tool pinned to one is refused inside.
         let peer = super::tls::PeerCert {
             spki_sha256: None,
             pins: Arc::new(super::tls::ClientPins::new()),
         };
-        super::serve_tunnel(client, stream, peer).await;
+        super::serve_tunnel(client, stream, peer, tunnel).await;
     });
     let mut resp = Response::new(crate::proxy::body::empty());
     *resp.status_mut() = StatusCode::OK;
@@ -343,5 +350,89 @@ pub fn render_metrics(out: &mut String) {
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
             value.load(Ordering::Relaxed)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ProcessEnv;
+
+    fn issues(raw: RawForwardProxy) -> Vec<String> {
+        match raw.resolve(&ProcessEnv) {
+            Ok(_) => Vec::new(),
+            Err(issues) => issues
+                .into_iter()
+                .map(|i| format!("{}: {}", i.path, i.message))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_section_is_checked_with_key_paths_and_off_unless_enabled() {
+        let off = RawForwardProxy {
+            allowed_hosts: Some(vec!["*.bad".into()]),
+            ..RawForwardProxy::default()
+        };
+        assert!(off.resolve(&ProcessEnv).unwrap().is_none());
+        let missing = issues(RawForwardProxy {
+            enabled: Some(true),
+            ..RawForwardProxy::default()
+        });
+        assert!(
+            missing
+                .iter()
+                .any(|i| i.starts_with("forward_proxy.ca_cert_file: required")),
+            "{missing:?}"
+        );
+        assert!(
+            missing
+                .iter()
+                .any(|i| i.starts_with("forward_proxy.ca_key_file: required")),
+            "{missing:?}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = super::super::mint::ca_init(dir.path()).unwrap();
+        let with = |hosts: Option<Vec<String>>, cache: Option<usize>| RawForwardProxy {
+            enabled: Some(true),
+            ca_cert_file: Some(cert.clone()),
+            ca_key_file: Some(key.clone()),
+            allowed_hosts: hosts,
+            certificate_cache_size: cache,
+        };
+        let ok = with(None, None).resolve(&ProcessEnv).unwrap().unwrap();
+        assert_eq!(ok.allowed_hosts, DEFAULT_ALLOWED_HOSTS.map(String::from));
+        assert_eq!(ok.certificate_cache_size, 64);
+        let bad = issues(with(
+            Some(vec![
+                "*.amazon.com".into(),
+                "api.amazon.com:443".into(),
+                "localhost".into(),
+            ]),
+            Some(0),
+        ));
+        for path in [
+            "allowed_hosts[0]",
+            "allowed_hosts[1]",
+            "allowed_hosts[2]",
+            "certificate_cache_size",
+        ] {
+            assert!(
+                bad.iter()
+                    .any(|i| i.starts_with(&format!("forward_proxy.{path}:"))),
+                "{path}: {bad:?}"
+            );
+        }
+        let none = issues(with(Some(vec![]), None));
+        assert!(
+            none.iter().any(|i| i.contains("at least one host")),
+            "{none:?}"
+        );
+        let upper = with(Some(vec!["API.Amazon.COM".into()]), None)
+            .resolve(&ProcessEnv)
+            .unwrap()
+            .unwrap();
+        assert_eq!(upper.allowed_hosts, ["api.amazon.com"]);
     }
 }

@@ -178,6 +178,7 @@ pub async fn serve_with<H: Handler>(
             limits,
             stop: stop_rx.clone(),
             held: Arc::new((slot, permit)),
+            tunnel: None,
         };
         let tls = tls.clone();
         tokio::spawn(async move {
@@ -256,10 +257,15 @@ where
 
 /// Serves the requests inside a forward-proxy tunnel: HTTP/1.1 over the TLS stream, with the
 /// connection's client, limits and slot (released when the tunnel closes).
-async fn serve_tunnel<H: Handler, S>(client: Client<H>, stream: S, peer: tls::PeerCert)
-where
+async fn serve_tunnel<H: Handler, S>(
+    mut client: Client<H>,
+    stream: S,
+    peer: tls::PeerCert,
+    tunnel: forward::Tunnel,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    client.tunnel = Some(tunnel);
     let (stop, limits) = (client.stop.clone(), client.limits);
     let conn = serve_http1(&client.http.clone(), stream, client, Some(peer));
     log_end(until_stopped(conn, stop, limits).await);
@@ -302,6 +308,8 @@ struct Client<H> {
     /// The address's connection slot and the server's permit, held by the connection and any
     /// tunnel opened on it.
     held: Arc<(peers::PeerConnection, OwnedSemaphorePermit)>,
+    /// Inside a forward-proxy tunnel: the host the client tunnelled to.
+    tunnel: Option<forward::Tunnel>,
 }
 
 impl<H> Clone for Client<H> {
@@ -315,6 +323,7 @@ impl<H> Clone for Client<H> {
             limits: self.limits,
             stop: self.stop.clone(),
             held: self.held.clone(),
+            tunnel: self.tunnel.clone(),
         }
     }
 }
@@ -341,6 +350,9 @@ fn service<H: Handler>(
             req.extensions_mut().insert(peer.clone());
         }
         req.extensions_mut().insert(PeerAddr(client.addr));
+        if let Some(tunnel) = &client.tunnel {
+            req.extensions_mut().insert(tunnel.clone());
+        }
         let tunnel = (req.method() == http::Method::CONNECT)
             .then(|| client.forward.clone().map(|f| (f, client.clone())))
             .flatten();

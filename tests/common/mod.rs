@@ -67,6 +67,8 @@ pub struct Options {
     pub sandbox_documents: bool,
     /// Classify operations by these lists instead of the built-in ones (a catalog/data mismatch).
     pub classifier: Option<&'static spgate::pii::Classifier>,
+    /// Leave `server.public_url` unset (by default it is the test gateway's own URL).
+    pub no_public_url: bool,
     /// Files the config names (e.g. `[forward_proxy]`'s CA), read into the gateway's `MapEnv`.
     pub files: Vec<std::path::PathBuf>,
 }
@@ -115,6 +117,7 @@ impl Default for Options {
             master_key: None,
             sandbox_documents: true,
             classifier: None,
+            no_public_url: false,
             files: Vec::new(),
         }
     }
@@ -171,11 +174,20 @@ pub async fn start_gateway(opts: Options) -> TestGateway {
         Some(_) => "previous_client_secret = { env = \"LWA_PREVIOUS_SECRET\" }",
         None => "",
     };
+    // Bound first: document links are built on the gateway's URL (`server.public_url`).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let public_url = if opts.no_public_url {
+        String::new()
+    } else {
+        format!("public_url = \"{url}\"")
+    };
     let toml = format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
 drain_timeout_seconds = 5
+{public_url}
 {server}
 [upstream]
 connect_timeout_ms = 1000
@@ -273,8 +285,6 @@ cache = {cache}
     .await
     .unwrap();
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
     let (gateway, limits) = spgate::build_gateway(config, opened).await.unwrap();
     let gateway = match opts.classifier {
         Some(classifier) => gateway.with_classifier(classifier),
@@ -475,4 +485,59 @@ pub async fn audit_records(gw: &TestGateway, dir: &std::path::Path) -> Vec<serde
         }
     }
     records
+}
+
+/// The interpreter with python-amazon-sp-api (`SPGATE_SDK_PYTHON`, else `python3`). Without
+/// the SDK a developer gets a skip notice (`None`); under CI it is a failure.
+pub fn sdk_python() -> Option<String> {
+    let python = std::env::var("SPGATE_SDK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = std::process::Command::new(&python)
+        .args(["-c", "import sp_api"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if ok {
+        return Some(python);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must provide python-amazon-sp-api (SPGATE_SDK_PYTHON)"
+    );
+    eprintln!("skipping: python-amazon-sp-api is not installed for {python}");
+    None
+}
+
+/// Runs `tests/sdk/<script>` with `python` against `gw` in drop-in mode (fresh drop-in
+/// credentials for the test tool); fails the test unless it succeeds, and returns its output.
+pub async fn run_sdk_script(gw: &TestGateway, python: String, script: &str) -> String {
+    let client = gw.store.clients().await.unwrap().remove(0);
+    let creds = spgate::auth::drop_in::create(&*gw.store, &client.id, SELLER)
+        .await
+        .unwrap();
+    let script = format!("{}/tests/sdk/{script}", env!("CARGO_MANIFEST_DIR"));
+    let (url, id, secret, refresh) = (
+        gw.url.clone(),
+        creds.lwa_client_id.clone(),
+        creds.client_secret.expose().clone(),
+        creds.refresh_token.expose().clone(),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .env("SPGATE_URL", url)
+            .env("SPGATE_LWA_CLIENT_ID", id)
+            .env("SPGATE_LWA_CLIENT_SECRET", secret)
+            .env("SPGATE_REFRESH_TOKEN", refresh)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "SDK failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }

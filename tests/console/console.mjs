@@ -126,6 +126,10 @@ async function proxyStatus(key) {
 
   await page.goto(`${BASE}/console/sellers`);
   assert.match(await page.textContent("main"), new RegExp(SELLER));
+  await page.selectOption("select[name=region]", "eu");
+  await Promise.all([page.waitForURL(`${BASE}/console/sellers/invite`), page.click("text=Create an invite link")]);
+  assert.match(await page.inputValue("#invite-link"), /^https:\/\/spgate\.example\.test\//);
+  log("sellers: invite link created");
   await page.fill("input[name=tool]", "ui-tool");
   await page.fill("input[name=role]", "orders");
   await page.fill("input[name=sellers]", SELLER);

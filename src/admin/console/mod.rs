@@ -26,6 +26,7 @@ pub mod session;
 pub mod stats;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -98,6 +99,12 @@ pub enum ConsoleError {
     /// The audit log is not configured (no `[audit]` section).
     #[error("no audit log is configured")]
     NoAuditLog,
+    /// An invite link could not be made.
+    #[error(transparent)]
+    Onboarding(#[from] crate::auth::onboarding::OnboardingError),
+    /// The thread reading the audit log ended without an answer.
+    #[error("the audit log reader stopped")]
+    ReaderStopped,
 }
 
 /// The console's state inside [`Admin`].
@@ -108,6 +115,11 @@ pub struct Console {
     audit: Option<AuditConfig>,
     /// The rate plans and tool assignment in force (set at start and by each reload).
     plans: std::sync::RwLock<pages::PlansView>,
+    /// What invite links are made with (none: seller onboarding is not configured).
+    invites: Option<(
+        Arc<crate::crypto::MasterKey>,
+        crate::config::OnboardingConfig,
+    )>,
 }
 
 impl Console {
@@ -125,7 +137,17 @@ impl Console {
             stats,
             audit: None,
             plans: std::sync::RwLock::new(pages::PlansView::default()),
+            invites: None,
         }
+    }
+
+    /// Lets ops create seller invite links (`[onboarding]`).
+    pub fn set_onboarding(
+        &mut self,
+        master_key: Arc<crate::crypto::MasterKey>,
+        onboarding: Option<crate::config::OnboardingConfig>,
+    ) {
+        self.invites = onboarding.map(|cfg| (master_key, cfg));
     }
 
     /// Gives the console the audit log's directory and key.
@@ -195,10 +217,66 @@ where
             error_response(&ConsoleError::Admin(AdminError::AuditUnavailable))
         }
         Ok(resp) => resp,
-        Err(e) => error_response(&e),
+        Err(e) => {
+            REFUSED.count(&e);
+            error_response(&e)
+        }
     };
     secure_headers(&mut resp);
     resp
+}
+
+/// Console requests refused, by reason (`/metrics`: `spgate_console_refused_total`).
+static REFUSED: Refusals = Refusals::new();
+
+struct Refusals {
+    bad_token: AtomicU64,
+    forbidden: AtomicU64,
+    cross_origin: AtomicU64,
+    csrf: AtomicU64,
+}
+
+impl Refusals {
+    const fn new() -> Refusals {
+        Refusals {
+            bad_token: AtomicU64::new(0),
+            forbidden: AtomicU64::new(0),
+            cross_origin: AtomicU64::new(0),
+            csrf: AtomicU64::new(0),
+        }
+    }
+
+    fn count(&self, e: &ConsoleError) {
+        let counter = match e {
+            ConsoleError::BadToken => &self.bad_token,
+            ConsoleError::Forbidden(_) => &self.forbidden,
+            ConsoleError::CrossOrigin => &self.cross_origin,
+            ConsoleError::Csrf => &self.csrf,
+            _ => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Appends the console's counters in Prometheus text format.
+pub fn render_metrics(out: &mut String) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "# HELP spgate_console_refused_total Console requests refused: unknown sign-in token, role not allowed, cross-origin post, missing or wrong CSRF token.\n# TYPE spgate_console_refused_total counter"
+    );
+    for (reason, c) in [
+        ("bad_token", &REFUSED.bad_token),
+        ("forbidden", &REFUSED.forbidden),
+        ("cross_origin", &REFUSED.cross_origin),
+        ("csrf", &REFUSED.csrf),
+    ] {
+        let _ = writeln!(
+            out,
+            "spgate_console_refused_total{{reason=\"{reason}\"}} {}",
+            c.load(Ordering::Relaxed)
+        );
+    }
 }
 
 /// The headers every console answer carries.
@@ -512,7 +590,9 @@ pub fn error_response(err: &ConsoleError) -> Response<Body> {
         | C::Store(_)
         | C::CreateClient(_)
         | C::AuditRead(_)
-        | C::AuditVerify(_) => (
+        | C::AuditVerify(_)
+        | C::Onboarding(_)
+        | C::ReaderStopped => (
             StatusCode::INTERNAL_SERVER_ERROR,
             "Failed",
             "The gateway failed; the operational log has the detail.".into(),
@@ -529,4 +609,121 @@ pub fn error_response(err: &ConsoleError) -> Response<Body> {
             .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn post(headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::post("/console/tools/create");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap_or_default()
+    }
+
+    #[test]
+    fn posts_from_another_origin_are_refused() {
+        let host = ("host", "127.0.0.1:9090");
+        let same = [
+            host,
+            ("origin", "http://127.0.0.1:9090"),
+            ("sec-fetch-site", "same-origin"),
+        ];
+        assert!(same_origin(&post(&same)).is_ok());
+        // No browser headers at all (curl): the CSRF token alone decides.
+        assert!(same_origin(&post(&[host])).is_ok());
+        for bad in [
+            vec![host, ("origin", "http://evil.example")],
+            vec![host, ("origin", "null")],
+            vec![host, ("origin", "http://127.0.0.1:9091")],
+            vec![host, ("origin", "http://127.0.0.1:9090.evil.example")],
+            vec![host, ("sec-fetch-site", "cross-site")],
+            vec![host, ("sec-fetch-site", "same-site")],
+            vec![("origin", "http://127.0.0.1:9090")],
+        ] {
+            assert!(
+                matches!(same_origin(&post(&bad)), Err(ConsoleError::CrossOrigin)),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn cookies_are_read_by_exact_name() {
+        let req = post(&[(
+            "cookie",
+            "other=1; spgate_console_login=pre; spgate_console=abc",
+        )]);
+        assert_eq!(cookie_value(&req, COOKIE).as_deref(), Some("abc"));
+        assert_eq!(cookie_value(&req, LOGIN_COOKIE).as_deref(), Some("pre"));
+        let empty = post(&[("cookie", "spgate_console=")]);
+        assert_eq!(cookie_value(&empty, COOKIE), None);
+    }
+
+    #[test]
+    fn the_session_cookie_is_strict_and_secure_under_tls() {
+        let mut resp = redirect("/console");
+        set_cookie(&mut resp, COOKIE, "id", None, true);
+        let c = resp
+            .headers()
+            .get(header::SET_COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(
+            c,
+            "spgate_console=id; Path=/console; HttpOnly; SameSite=Strict; Secure"
+        );
+        let mut plain = redirect("/console");
+        set_cookie(&mut plain, COOKIE, "id", None, false);
+        let c = plain.headers().get(header::SET_COOKIE);
+        assert!(c.is_some_and(|v| !v.as_bytes().ends_with(b"Secure")));
+    }
+
+    #[test]
+    fn every_error_page_carries_the_policy() {
+        for err in [
+            ConsoleError::NotFound,
+            ConsoleError::Csrf,
+            ConsoleError::CrossOrigin,
+            ConsoleError::Forbidden(AdminRole::Ops),
+            ConsoleError::BadInput("x"),
+        ] {
+            let resp = error_response(&err);
+            assert!(resp.status().is_client_error(), "{err}");
+            assert_eq!(
+                resp.headers().get(header::CONTENT_SECURITY_POLICY),
+                Some(&HeaderValue::from_static(CSP))
+            );
+        }
+        assert_eq!(
+            error_response(&ConsoleError::SignedOut)
+                .headers()
+                .get(header::LOCATION),
+            Some(&HeaderValue::from_static("/console/login"))
+        );
+    }
+
+    #[test]
+    fn refusals_are_counted() {
+        let before = REFUSED.csrf.load(Ordering::Relaxed);
+        REFUSED.count(&ConsoleError::Csrf);
+        REFUSED.count(&ConsoleError::NotFound);
+        let mut out = String::new();
+        render_metrics(&mut out);
+        assert!(out.contains(&format!(
+            "spgate_console_refused_total{{reason=\"csrf\"}} {}",
+            before + 1
+        )));
+    }
+
+    #[test]
+    fn text_is_escaped() {
+        assert_eq!(
+            pages::esc("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+    }
 }

@@ -81,9 +81,10 @@ fn needs(method: &Method, path: &str) -> Option<Option<AdminRole>> {
             Some(AdminRole::Ops)
         }
         (&Method::GET, "/console/sellers")
-        | (&Method::POST, "/console/tools/create" | "/console/tools/revoke") => {
-            Some(AdminRole::Ops)
-        }
+        | (
+            &Method::POST,
+            "/console/tools/create" | "/console/tools/revoke" | "/console/sellers/invite",
+        ) => Some(AdminRole::Ops),
         (&Method::GET, "/console/audit" | "/console/retention")
         | (
             &Method::POST,
@@ -187,6 +188,41 @@ pub(super) async fn route(
             );
             page("Sellers and tools", sellers(admin, s, Some(shown)).await?)
         }
+        (&Method::POST, "/console/sellers/invite") => {
+            let (key, cfg) = admin
+                .console
+                .invites
+                .as_ref()
+                .ok_or(ConsoleError::BadInput(
+                    "seller onboarding is not configured: add an [onboarding] section",
+                ))?;
+            let region: crate::store::Region = r
+                .required("region", "the region is required")?
+                .parse()
+                .map_err(|_| ConsoleError::BadInput("the region is na, eu or fe"))?;
+            let seller = Some(r.field("seller")).filter(|s| !s.is_empty());
+            if seller.is_some_and(|s| !valid_name(s)) {
+                return Err(ConsoleError::BadInput("a seller id is letters and digits"));
+            }
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let link = crate::auth::onboarding::create_invite(
+                &**admin.gateway.store(),
+                key,
+                cfg,
+                region,
+                seller,
+                now,
+            )
+            .await?;
+            tracing::info!(admin = %s.name, %region, "Seller invite created through the console.");
+            let shown = format!(
+                "<div class=\"notice ok\" role=\"status\"><p><strong>Invite created</strong> ({}; one use, valid {} hours). Send the seller this link:</p><p><input id=\"invite-link\" readonly size=\"80\" value=\"{}\"></p></div>",
+                esc(&region.to_string()),
+                cfg.invite_ttl.as_secs() / 3600,
+                esc(&link)
+            );
+            page("Sellers and tools", sellers(admin, s, Some(shown)).await?)
+        }
         (&Method::POST, "/console/tools/revoke") => {
             let id = r.required("id", "the client id is required")?;
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -201,7 +237,18 @@ pub(super) async fn route(
             };
             page("Sellers and tools", sellers(admin, s, Some(shown)).await?)
         }
-        (&Method::GET, "/console/audit") => page("Audit", audit(admin, s, &r.query)?),
+        (&Method::GET, "/console/audit") => {
+            let cfg = admin
+                .console
+                .audit
+                .clone()
+                .ok_or(ConsoleError::NoAuditLog)?;
+            let q = r.query.clone();
+            let body = tokio::task::spawn_blocking(move || audit(&cfg, &q))
+                .await
+                .map_err(|_| ConsoleError::ReaderStopped)??;
+            page("Audit", body)
+        }
         (&Method::GET, "/console/retention") => page("Retention", retention(admin, s, None).await?),
         (&Method::POST, "/console/retention/hold") => {
             let seller = r.required("seller", "the seller is required")?;
@@ -743,6 +790,17 @@ async fn sellers(
         );
     }
     out.push_str("</tbody></table></div>");
+    if admin.console.invites.is_some() {
+        let _ = write!(
+            out,
+            "<form method=\"post\" action=\"/console/sellers/invite\" class=\"filters\">{}<label>region <select name=\"region\"><option>na</option><option>eu</option><option>fe</option></select></label> <label>re-authorization of seller (optional) <input name=\"seller\"></label> <button type=\"submit\">Create an invite link</button></form>",
+            csrf_field(s)
+        );
+    } else {
+        out.push_str(
+            "<p class=\"hint\">Seller invites need an <code>[onboarding]</code> section.</p>",
+        );
+    }
     let plans = admin.console.plans().tools;
     out.push_str("<h2>Tools</h2><div class=\"scroll\"><table><thead><tr><th>client</th><th>tool</th><th>role</th><th>sellers</th><th>plan</th><th>key</th><th>status</th><th></th></tr></thead><tbody>");
     let clients = store.clients().await?;
@@ -783,17 +841,12 @@ async fn sellers(
 
 // === audit ===
 
+/// The audit page: reads the chain files (on a blocking thread: a large log must not hold a
+/// runtime worker).
 fn audit(
-    admin: &Admin,
-    s: &Session,
+    cfg: &crate::audit::AuditConfig,
     q: &std::collections::HashMap<String, String>,
 ) -> Result<String, ConsoleError> {
-    let _ = s;
-    let cfg = admin
-        .console
-        .audit
-        .as_ref()
-        .ok_or(ConsoleError::NoAuditLog)?;
     let now = time::OffsetDateTime::now_utc();
     let get = |k: &str| {
         q.get(k)

@@ -199,11 +199,12 @@ impl Stats {
         } else {
             tool
         };
-        slot.tools.entry(tool.to_string()).or_default().add(
-            record.status,
-            gateway_429,
-            record.latency_us,
-        );
+        // No allocation for a tool already seen this second.
+        let counts = match slot.tools.get_mut(tool) {
+            Some(counts) => counts,
+            None => slot.tools.entry(tool.to_string()).or_default(),
+        };
+        counts.add(record.status, gateway_429, record.latency_us);
     }
 
     /// The last hour ending at `now` (unix seconds).

@@ -169,21 +169,46 @@ impl Gateway {
         if req.method() != http::Method::GET {
             return Err(ProxyError::NotFound);
         }
-        let caller =
-            caller::authenticate_request(&*self.store, &self.client_pins(), &req, unix_now())
-                .await?;
-        ctx.tool = Some(caller.client.tool.clone());
-        ctx.role = Some(caller.client.role.clone());
+        // The link is the credential, as Amazon's presigned URL is: no header is needed, and
+        // any the SDK sends is ignored. Forged, tampered or expired: refused (and audited).
+        ctx.document_link = true;
         let token = &req.uri().path()[PREFIX.len()..];
         let claims = crate::documents::link::open(&self.master_key, token, unix_now())?;
+        ctx.tool = Some(claims.tool.clone());
         ctx.seller = Some(claims.seller_id.clone());
-        let same_tool = claims.tool == caller.client.tool;
-        let seller_ok = caller.client.allows_seller(&claims.seller_id)
-            && caller
-                .token_seller
-                .as_deref()
-                .is_none_or(|s| s == claims.seller_id);
-        if !same_tool || !seller_ok {
+        // Served while the tool it was issued to exists, is not revoked, still may act for
+        // the seller, and (if pinned) presents its client certificate.
+        let client = self
+            .store
+            .client(&claims.client_id)
+            .await?
+            .filter(|c| c.revoked_at.is_none() && c.tool == claims.tool)
+            .ok_or(ProxyError::Document(
+                crate::documents::DocumentError::LinkInvalid,
+            ))?;
+        ctx.client_id = Some(client.id.clone());
+        ctx.role = Some(client.role.clone());
+        // Credentials are not needed, but a request that names another tool is refused: a link
+        // is the tool's own, not something to pass between tools.
+        let h = req.headers();
+        if h.contains_key(header::AUTHORIZATION) || h.contains_key(crate::spapi::ACCESS_TOKEN) {
+            if let Ok(presenter) = caller::authenticate(&*self.store, h, unix_now()).await {
+                if presenter.client.id != client.id {
+                    return Err(caller::CallerError::SellerNotAllowed.into());
+                }
+            }
+        }
+        let caller = caller::Caller {
+            client,
+            token_seller: None,
+            via: caller::Via::DocumentLink,
+        };
+        caller::check_client_cert(
+            &caller,
+            &self.client_pins(),
+            req.extensions().get::<crate::server::tls::PeerCert>(),
+        )?;
+        if !caller.client.allows_seller(&claims.seller_id) {
             return Err(caller::CallerError::SellerNotAllowed.into());
         }
         match self.store.seller(&claims.seller_id).await? {
@@ -240,9 +265,8 @@ impl Gateway {
         params: &[(&'static str, String)],
         ctx: &Ctx,
     ) -> Result<Vec<u8>, ProxyError> {
-        let base = ctx.public_base.clone().ok_or(ProxyError::BadHeader(
-            "a Host header is needed to hand out a document link",
-        ))?;
+        // Never from the request's Host: SDKs send Amazon's host or a mangled one.
+        let base = self.public_url.clone().ok_or(ProxyError::NoPublicUrl)?;
         let now = unix_now();
         // The document's id: the request's path parameters (e.g. the report document id).
         let document_id = params
@@ -250,7 +274,8 @@ impl Gateway {
             .map(|(_, v)| v.as_str())
             .collect::<Vec<_>>()
             .join("/");
-        let (tool, role_name) = (
+        let (client_id, tool, role_name) = (
+            ctx.client_id.clone().unwrap_or_default(),
             ctx.tool.clone().unwrap_or_default(),
             ctx.role.clone().unwrap_or_default(),
         );
@@ -261,6 +286,7 @@ impl Gateway {
                 compression: compression.map(str::to_string),
                 seller_id: seller_id.to_string(),
                 tool: tool.clone(),
+                client_id: client_id.clone(),
                 role: role_name.clone(),
                 document_id: document_id.clone(),
                 expires_at: now + crate::documents::link::DEFAULT_TTL_SECONDS,
@@ -273,33 +299,6 @@ impl Gateway {
 
 /// Longest wait for a report document's response headers.
 const DOCUMENT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The gateway's base URL as the caller reached it: `Host` (or, over HTTP/2, the request's
-/// `:authority`), and `https` when the request came over the gateway's own TLS listener (every
-/// TLS connection attaches a [`crate::server::tls::PeerCert`]) or a TLS-terminating proxy in
-/// front says so (`X-Forwarded-Proto`).
-pub(in crate::proxy) fn public_base<B>(req: &http::Request<B>) -> Option<String> {
-    let headers = req.headers();
-    let host = match headers.get(header::HOST) {
-        Some(h) => h.to_str().ok()?,
-        None => req.uri().authority()?.as_str(),
-    };
-    if host.is_empty()
-        || !host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-    {
-        return None;
-    }
-    let https = req
-        .extensions()
-        .get::<crate::server::tls::PeerCert>()
-        .is_some()
-        || headers
-            .get("x-forwarded-proto")
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
-    Some(format!("{}://{host}", if https { "https" } else { "http" }))
-}
 
 #[cfg(test)]
 mod tests {

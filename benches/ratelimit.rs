@@ -1,5 +1,6 @@
 //! Cost of one rate-limit decision: an immediate local admission (target: under 1 µs) and a
-//! Redis decision (one EVALSHA round trip to the server on 127.0.0.1:6379).
+//! Redis decision (one EVALSHA round trip to the server on 127.0.0.1:6379), each for the
+//! seller's bucket alone and together with an application-wide bucket (both taken at once).
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -16,6 +17,16 @@ fn roomy_operation() -> &'static Operation {
         .expect("catalogued")
         .clone();
     op.usage_plan = Some(UsagePlan {
+        rate_per_second: 1e9,
+        burst: 1_000_000,
+    });
+    Box::leak(Box::new(op))
+}
+
+/// The same with a roomy application-wide bucket as well.
+fn roomy_app_operation() -> &'static Operation {
+    let mut op = roomy_operation().clone();
+    op.app_plan = Some(UsagePlan {
         rate_per_second: 1e9,
         burst: 1_000_000,
     });
@@ -40,16 +51,23 @@ fn local_decision(c: &mut Criterion) {
         .expect("runtime");
     let _guard = rt.enter();
     let limiter = Limiter::local(LimiterConfig::default());
-    let operation = roomy_operation();
-    c.bench_function("local immediate admission", |b| {
-        b.iter(|| {
-            let admission = limiter
-                .acquire(black_box(request(operation)))
-                .now_or_never()
-                .expect("an immediate admission completes without waiting");
-            black_box(admission.expect("admitted"))
-        })
-    });
+    for (name, operation) in [
+        ("local immediate admission", roomy_operation()),
+        (
+            "local immediate admission, seller + application bucket",
+            roomy_app_operation(),
+        ),
+    ] {
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                let admission = limiter
+                    .acquire(black_box(request(operation)))
+                    .now_or_never()
+                    .expect("an immediate admission completes without waiting");
+                black_box(admission.expect("admitted"))
+            })
+        });
+    }
 }
 
 fn redis_decision(c: &mut Criterion) {
@@ -70,6 +88,11 @@ fn redis_decision(c: &mut Criterion) {
     c.bench_function("redis admission (one EVALSHA)", |b| {
         b.iter(|| black_box(rt.block_on(limiter.acquire(black_box(request(operation))))))
     });
+    let both = roomy_app_operation();
+    c.bench_function(
+        "redis admission, seller + application bucket (one EVALSHA)",
+        |b| b.iter(|| black_box(rt.block_on(limiter.acquire(black_box(request(both)))))),
+    );
     assert_eq!(
         limiter.metrics().redis_fallbacks,
         0,

@@ -157,7 +157,14 @@ pub async fn build_gateway(
     opened: OpenStore,
 ) -> Result<(Gateway, ServerLimits), RunError> {
     let limiter = match &config.ratelimit.redis {
-        None => crate::ratelimit::Limiter::local(config.ratelimit.limiter.clone()),
+        None => {
+            let limiter = crate::ratelimit::Limiter::local(config.ratelimit.limiter.clone());
+            // A restart never hands out a burst the previous run spent (ratelimit/restart.rs).
+            if let StoreConfig::Embedded { data_dir } = &config.store {
+                limiter.guard_restarts(data_dir)?;
+            }
+            limiter
+        }
         Some(redis) => {
             crate::ratelimit::Limiter::redis(config.ratelimit.limiter.clone(), redis.clone())
                 .await?

@@ -6,7 +6,7 @@ use std::time::Duration;
 use http::Response;
 
 use crate::auth::caller::Caller;
-use crate::catalog::Operation;
+use crate::catalog::{CallKind, Operation};
 use crate::net::body::Body;
 use crate::ratelimit::{Acquire, Priority};
 
@@ -29,17 +29,15 @@ impl Gateway {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let plan = plans.get(&caller.client.tool).map(String::as_str);
-        Ok(self
-            .limiter
-            .acquire(Acquire {
-                seller: bucket,
-                operation: op,
-                tool: &caller.client.tool,
-                plan,
-                priority: wants.priority,
-                max_wait: wants.max_wait,
-            })
-            .await?)
+        let acquire = Acquire {
+            seller: bucket,
+            operation: op,
+            tool: &caller.client.tool,
+            plan,
+            priority: wants.priority,
+            max_wait: wants.max_wait,
+        };
+        Ok(self.limiter.acquire_kind(acquire, wants.kind).await?)
     }
 
     /// Feeds Amazon's answer back into the limiter: its stated rate, and its 429s.
@@ -62,11 +60,16 @@ impl Gateway {
 pub(super) struct Wants {
     pub(super) priority: Priority,
     pub(super) max_wait: Option<Duration>,
+    /// The kind of call, where the request shows one with its own application-wide sub-limit
+    /// (a Listings Items validation preview).
+    pub(super) kind: Option<CallKind>,
 }
 
 impl Wants {
-    /// Reads `x-spgate-priority` (high, normal, low) and `x-spgate-max-wait-ms`.
-    pub(super) fn from_headers(headers: &http::HeaderMap) -> Result<Wants, ProxyError> {
+    /// Reads `x-spgate-priority` (high, normal, low) and `x-spgate-max-wait-ms`, and the kind
+    /// of call from the query.
+    pub(super) fn from_request<B>(req: &http::Request<B>) -> Result<Wants, ProxyError> {
+        let headers = req.headers();
         let priority =
             match headers.get("x-spgate-priority") {
                 None => Priority::Normal,
@@ -82,6 +85,10 @@ impl Wants {
                 )?,
             )),
         };
-        Ok(Wants { priority, max_wait })
+        Ok(Wants {
+            priority,
+            max_wait,
+            kind: crate::catalog::kind_from_query(req.uri().query()),
+        })
     }
 }

@@ -466,7 +466,7 @@ impl Gateway {
         let seller = seller.as_ref();
         let path = req.uri().path().to_string();
         let bucket = seller.map_or(APPLICATION_BUCKET, |s| s.selling_partner_id.as_str());
-        let wants = Wants::from_headers(req.headers())?;
+        let wants = Wants::from_request(&req)?;
         let deadline = Instant::now() + wants.max_wait.unwrap_or(self.retry.default_deadline);
         // The PII cache: a repeat read of one order's restricted data within the TTL spends no
         // Amazon quota; the role's policy still applies to the cached response.

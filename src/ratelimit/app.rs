@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::time::Instant;
 
-use super::bucket::Limits;
+use super::bucket::{amazon_interval, spawn_redis_drain, Limits};
 use super::gcra::Gcra;
 use super::Inner;
 use crate::catalog::{CallKind, Operation, UsagePlan};
@@ -66,6 +66,23 @@ impl AppBucket {
     pub(crate) fn lock(&self) -> MutexGuard<'_, AppState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Amazon answered 429 to a call of this operation. Its answer does not say which limit
+    /// was hit, so the application bucket is emptied too: that costs every seller at most one
+    /// burst of the application's rate (8 ms for getCatalogItem), while a retry into an
+    /// application limit that is really spent would make Amazon answer 429 again.
+    pub(crate) fn drain(&self, inner: &Arc<Inner>) {
+        let now = Instant::now();
+        let limits = {
+            let mut st = self.lock();
+            st.local.drain(now);
+            st.redis_view = Some((0.0, now));
+            st.amazon
+        };
+        if let Some(key) = &self.redis_key {
+            spawn_redis_drain(inner, key, amazon_interval(limits), limits.burst);
+        }
+    }
 }
 
 /// The application buckets one request takes: the operation's and its kind's (either absent).
@@ -115,4 +132,12 @@ pub(crate) fn take_joint(pair: &mut Gcra, apps: &Apps, now: Instant) -> bool {
         g.local.try_take(now);
     }
     true
+}
+
+/// Reserves a token of every bucket for `at`, an instant not before their joint slot.
+pub(crate) fn reserve_joint(pair: &mut Gcra, apps: &Apps, at: Instant) {
+    pair.reserve_at(at);
+    for app in apps.iter() {
+        app.lock().local.reserve_at(at);
+    }
 }

@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
-use super::app::{joint_slot, take_joint, Apps};
+use super::app::{joint_slot, reserve_joint, take_joint, Apps};
 use super::gcra::Gcra;
 use super::redis::{Reply, Take};
 use super::{Inner, Mode, RateLimitError};
@@ -539,24 +539,8 @@ impl Bucket {
             (amazon_interval(st.amazon), st.amazon.burst)
         };
         self.wake.notify_one();
-        if let (Some(_), Some(key), Ok(handle)) = (
-            inner.redis.as_ref(),
-            self.redis_key.clone(),
-            tokio::runtime::Handle::try_current(),
-        ) {
-            let inner = Arc::clone(inner);
-            handle.spawn(async move {
-                if let Some(redis) = inner.redis.as_ref() {
-                    let take = Take {
-                        key: &key,
-                        interval,
-                        burst,
-                    };
-                    if let Err(e) = redis.drain(take).await {
-                        inner.redis_failed(&e);
-                    }
-                }
-            });
+        if let Some(key) = &self.redis_key {
+            spawn_redis_drain(inner, key, interval, burst);
         }
     }
 
@@ -640,6 +624,31 @@ impl State {
     }
 }
 
+/// Empties a bucket in Redis in the background (Amazon answered 429; the request that saw it
+/// does not wait for this).
+pub(crate) fn spawn_redis_drain(inner: &Arc<Inner>, key: &str, interval: Duration, burst: u32) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    if inner.redis.is_none() {
+        return;
+    }
+    let inner = Arc::clone(inner);
+    let key = key.to_string();
+    handle.spawn(async move {
+        if let Some(redis) = inner.redis.as_ref() {
+            let take = Take {
+                key: &key,
+                interval,
+                burst,
+            };
+            if let Err(e) = redis.drain(take).await {
+                inner.redis_failed(&e);
+            }
+        }
+    });
+}
+
 /// Keeps the application buckets' view of Redis for status, and counts a decision an
 /// application bucket set.
 fn note_apps(inner: &Inner, apps: &Apps, reply: &Reply, at: Instant) {
@@ -655,13 +664,14 @@ fn slot(base: Instant, interval: Duration, index: usize) -> Instant {
     base + interval * u32::try_from(index).unwrap_or(u32::MAX)
 }
 
-fn amazon_interval(limits: Limits) -> Duration {
+pub(crate) fn amazon_interval(limits: Limits) -> Duration {
     super::gcra::interval(limits.rate_per_second)
 }
 
 enum Next {
     Exit,
     Sleep(Option<Instant>),
+    GrantAt(Waiter, Instant),
     Redis(Key, Waiter, Duration, u32, f64),
 }
 
@@ -676,6 +686,10 @@ async fn dispatch(bucket: Arc<Bucket>, inner: Arc<Inner>) {
         };
         match next {
             Next::Exit => return,
+            Next::GrantAt(waiter, at) => {
+                tokio::time::sleep_until(at).await;
+                let _ = waiter.tx.send(Ok(at));
+            }
             Next::Sleep(until) => match until {
                 Some(at) => {
                     tokio::select! {
@@ -764,7 +778,7 @@ fn next_step(st: &mut State, mode: Mode, now: Instant) -> Next {
                     entry.remove();
                     continue;
                 }
-                let (slot, _) = joint_slot(&st.local, &entry.get().apps, now);
+                let (slot, app_bound) = joint_slot(&st.local, &entry.get().apps, now);
                 if slot > now {
                     if slot > entry.get().deadline {
                         // Other sellers took the application-wide tokens it was counting on.
@@ -774,6 +788,17 @@ fn next_step(st: &mut State, mode: Mode, now: Instant) -> Next {
                             rate_per_second: st.local.rate_per_second(),
                         }));
                         continue;
+                    }
+                    if app_bound {
+                        // Reserve the application slot now (every bucket at that one instant):
+                        // many sellers' dispatchers waking for the same application token
+                        // would otherwise race for it at every slot.
+                        let apps = entry.get().apps.clone();
+                        reserve_joint(&mut st.local, &apps, slot);
+                        let (key, w) = st.queue.pop_first().expect("the head is there");
+                        st.virtual_time[key.lane] = st.virtual_time[key.lane].max(key.tag);
+                        st.admit(&w.tool);
+                        return Next::GrantAt(w, slot);
                     }
                     head_slot = Some(slot);
                     break;

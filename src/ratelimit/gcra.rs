@@ -35,6 +35,13 @@ impl Gcra {
         }
     }
 
+    /// A bucket emptied at `spent` (possibly in the past): refilled since at its rate.
+    pub(crate) fn spent_at(rate_per_second: f64, burst: u32, now: Instant, spent: Instant) -> Gcra {
+        let mut g = Gcra::new(rate_per_second, burst, now);
+        g.tat = now.max(spent + g.capacity());
+        g
+    }
+
     /// Time between two tokens.
     pub(crate) fn interval(&self) -> Duration {
         self.interval
@@ -71,6 +78,11 @@ impl Gcra {
         let slot = self.next_slot(now);
         self.tat = self.tat.max(now) + self.interval;
         slot
+    }
+
+    /// Takes the token for a request that goes at `at` (not before [`Gcra::next_slot`]).
+    pub(crate) fn reserve_at(&mut self, at: Instant) {
+        self.tat = self.tat.max(at) + self.interval;
     }
 
     /// Gives back one token taken or reserved earlier (its request was refused elsewhere).

@@ -38,6 +38,7 @@ mod bucket;
 pub mod config;
 mod gcra;
 mod redis;
+pub mod restart;
 
 pub use config::{
     AppOverride, FailMode, LimiterConfig, Plan, Plans, RateLimitSettings, RawRateLimit,
@@ -298,6 +299,11 @@ pub(crate) struct Inner {
     plans: RwLock<Arc<Plans>>,
     buckets: RwLock<BucketMap>,
     apps: RwLock<AppMap>,
+    /// The instant every bucket new to this process is taken to have been emptied at (the last
+    /// moment a previous run of this instance may have spent it); see [`Limiter::guard_restarts`].
+    spent_at: RwLock<Option<Instant>>,
+    /// The restart marker's lease, when restarts are guarded.
+    lease: std::sync::OnceLock<Arc<restart::Lease>>,
     metrics: Metrics,
     pub(crate) redis: Option<RedisBackend>,
 }
@@ -337,9 +343,12 @@ impl Inner {
         self.metrics.app_limited.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A new bucket with these limits: full.
+    /// A new bucket with these limits: full, or refilled since a previous run may have emptied it.
     pub(crate) fn new_gcra(&self, limits: Limits, now: Instant) -> gcra::Gcra {
-        gcra::Gcra::new(limits.rate_per_second, limits.burst, now)
+        match *self.spent_at.read().unwrap_or_else(|e| e.into_inner()) {
+            Some(spent) => gcra::Gcra::spent_at(limits.rate_per_second, limits.burst, now, spent),
+            None => gcra::Gcra::new(limits.rate_per_second, limits.burst, now),
+        }
     }
 
     /// Amazon's application-wide limit for an operation (`None`) or a kind of call of it: the
@@ -498,6 +507,8 @@ impl Limiter {
                 plans: RwLock::new(Arc::new(plans)),
                 buckets: RwLock::new(HashMap::new()),
                 apps: RwLock::new(HashMap::new()),
+                spent_at: RwLock::new(None),
+                lease: std::sync::OnceLock::new(),
                 metrics: Metrics::default(),
                 redis,
             }),
@@ -520,6 +531,15 @@ impl Limiter {
     ) -> Result<Admission, RateLimitError> {
         let arrived = Instant::now();
         let inner = &self.inner;
+        if let Some(lease) = inner.lease.get() {
+            if let Err(e) = lease.cover() {
+                inner
+                    .metrics
+                    .rejected_unavailable
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        }
         let Some(bucket) = inner.bucket(req.seller, req.operation) else {
             inner
                 .metrics
@@ -588,6 +608,24 @@ impl Limiter {
         }
     }
 
+    /// Makes a restart safe for local buckets (no Redis): buckets this process creates start as
+    /// if emptied at the last moment a previous run may have spent them, so a restarted instance
+    /// never hands out a burst it already spent. `dir` holds `ratelimit-alive`, a lease on the
+    /// wall clock renewed every [`restart::HEARTBEAT`] by a task this starts (and before any
+    /// decision past it). No file (a first start): buckets start full. Fails only when the file
+    /// cannot be written now.
+    pub fn guard_restarts(&self, dir: &std::path::Path) -> Result<(), RateLimitError> {
+        let spent = restart::last_alive(dir)?;
+        *self
+            .inner
+            .spent_at
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = spent;
+        let lease = restart::start_heartbeat(dir)?;
+        let _ = self.inner.lease.set(lease);
+        Ok(())
+    }
+
     /// Amazon told us the real rate in `x-amzn-RateLimit-Limit`: adopt it for that bucket (some
     /// sellers get more). Values that are not positive and finite are ignored, and so are buckets
     /// this instance has not used yet (the answer follows an acquire, which creates the bucket).
@@ -601,7 +639,7 @@ impl Limiter {
     }
 
     /// Amazon answered 429: empty that bucket, if this instance has used it (waiters that can no longer make their deadline
-    /// are refused at once).
+    /// are refused at once), and the operation's application-wide bucket.
     pub fn observe_throttled(&self, seller: &str, operation: &Operation) {
         self.inner
             .metrics
@@ -609,6 +647,17 @@ impl Limiter {
             .fetch_add(1, Ordering::Relaxed);
         if let Some(bucket) = self.inner.existing(seller, operation) {
             bucket.observe_throttled(&self.inner);
+        }
+        let app = self
+            .inner
+            .apps
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(operation.key, None))
+            .cloned()
+            .flatten();
+        if let Some(app) = app {
+            app.drain(&self.inner);
         }
     }
 

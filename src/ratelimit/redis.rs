@@ -27,7 +27,8 @@ use super::RateLimitError;
 use crate::catalog::CallKind;
 
 /// The GCRA decision over one or more buckets taken together (the seller's bucket first, then
-/// the application-wide ones): KEYS: the buckets; ARGV: max_wait_us, "take"|"drain", then
+/// the application-wide ones), then the epoch key: KEYS: the buckets, the epoch; ARGV:
+/// max_wait_us, "take"|"drain", then
 /// interval_us and burst per key. Every bucket is taken at one slot, the latest of their next
 /// slots, or none is. Returns {granted 0|1, wait_us, index of the bucket that set the slot (1 =
 /// the seller's), then milli-tokens left per key after the decision}.
@@ -35,14 +36,21 @@ const SCRIPT: &str = r#"
 local max_wait = tonumber(ARGV[1])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local n = #KEYS
+local n = #KEYS - 1
+-- The epoch key is written when a limiter connects; missing, Redis lost its data (a restart
+-- without persistence): every bucket without a key is taken as emptied at the epoch.
+local epoch = tonumber(redis.call('GET', KEYS[n + 1]))
+if not epoch then
+  epoch = now
+  redis.call('SET', KEYS[n + 1], string.format('%.0f', now))
+end
 local tats, ivs, taus = {}, {}, {}
 local slot, bound = now, 1
 for i = 1, n do
   local iv = tonumber(ARGV[1 + 2 * i])
   local burst = tonumber(ARGV[2 + 2 * i])
   local h = redis.call('HMGET', KEYS[i], 'tat', 'iv')
-  local tat = tonumber(h[1]) or now
+  local tat = tonumber(h[1]) or (epoch + iv * burst)
   local old_iv = tonumber(h[2]) or iv
   if tat < now then tat = now end
   if old_iv ~= iv then tat = now + math.ceil((tat - now) * iv / old_iv) end
@@ -153,6 +161,15 @@ impl RedisBackend {
             Ok(Err(e)) => backend.failed(&crate::store::redis::describe(&e)),
             Err(_) => backend.failed("timed out"),
         }
+        // A fresh deployment starts with full buckets: epoch 0, unless one is there already.
+        // (Unreachable now: the first decision that finds no epoch sets it to its own time.)
+        let mut set = redis::cmd("SET");
+        set.arg(backend.epoch_key()).arg(0).arg("NX");
+        if let Ok(Err(e)) =
+            tokio::time::timeout(backend.settings.timeout, set.exec_async(&mut conn)).await
+        {
+            backend.failed(&crate::store::redis::describe(&e));
+        }
         Ok(backend)
     }
 
@@ -209,6 +226,12 @@ impl RedisBackend {
         format!("{}rl:{{{seller}}}:{operation}", self.settings.key_prefix)
     }
 
+    /// The epoch key: written (as 0: buckets without a key are full) when a limiter connects,
+    /// and never expires, so its absence means Redis lost its data.
+    fn epoch_key(&self) -> String {
+        format!("{}rl:epoch", self.settings.key_prefix)
+    }
+
     /// The key of an application-wide bucket (every seller's), per kind of call.
     pub(crate) fn app_key(&self, operation: &str, kind: Option<CallKind>) -> String {
         match kind {
@@ -242,12 +265,13 @@ impl RedisBackend {
         let mut conn = self.conn.clone();
         let mut invocation = self.script.prepare_invoke();
         invocation.arg(max_wait_us).arg(op);
-        for b in buckets {
+        for b in buckets.iter() {
             // Whole microseconds, rounded up like the local interval.
             let interval_us = b.interval.as_nanos().div_ceil(1000).max(1);
             let interval_us = u64::try_from(interval_us).unwrap_or(u64::MAX);
             invocation.key(b.key).arg(interval_us).arg(b.burst);
         }
+        invocation.key(self.epoch_key());
         let call = invocation.invoke_async::<Vec<i64>>(&mut conn);
         let result = match tokio::time::timeout(self.settings.timeout, call).await {
             Ok(Ok(v)) if v.len() == 3 + buckets.len() => Ok(v),

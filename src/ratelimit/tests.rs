@@ -1498,3 +1498,76 @@ async fn instances_sharing_redis_keep_the_application_limit_together() {
     assert_eq!(status.len(), 1);
     assert!(status[0].tokens <= 4.0);
 }
+
+// === restarts ===
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_instance_does_not_hand_out_a_burst_it_already_spent() {
+    let dir = tempfile::tempdir().unwrap();
+    let fast = custom_op(10.0, 5);
+    // First start: no marker, the bucket is full.
+    let first = Limiter::local(LimiterConfig::default());
+    first.guard_restarts(dir.path()).unwrap();
+    for i in 0..5 {
+        assert!(
+            first.acquire(now_only(fast, "t")).await.is_ok(),
+            "token {i}"
+        );
+    }
+    assert!(dir.path().join(restart::FILE).exists());
+    // Killed and started again at once: the previous run may have spent everything up to the
+    // end of its lease, so nothing is there yet.
+    drop(first);
+    let second = Limiter::local(LimiterConfig::default());
+    second.guard_restarts(dir.path()).unwrap();
+    assert!(second.acquire(now_only(fast, "t")).await.is_err());
+    // A limiter that does not guard restarts would have handed out the burst again.
+    let unguarded = Limiter::local(LimiterConfig::default());
+    assert!(unguarded.acquire(now_only(fast, "t")).await.is_ok());
+    // Refilled at the plan's rate from the previous run's lease on: all 5 after the lease plus
+    // burst / rate.
+    tokio::time::advance(restart::LEASE + Duration::from_millis(500)).await;
+    for i in 0..5 {
+        assert!(
+            second.acquire(now_only(fast, "t")).await.is_ok(),
+            "token {i}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn after_redis_loses_its_data_buckets_start_spent_not_full() {
+    let settings = redis_settings().await;
+    let prefix = settings.key_prefix.clone();
+    let limiter = Limiter::redis(LimiterConfig::default(), settings)
+        .await
+        .unwrap();
+    let fast = custom_op(10.0, 5);
+    // A fresh deployment: full.
+    for i in 0..5 {
+        assert!(
+            limiter.acquire(now_only(fast, "t")).await.is_ok(),
+            "token {i}"
+        );
+    }
+    // Redis restarts without persistence: every key of the deployment is gone.
+    let client = ::redis::Client::open(REDIS_URL).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(keys.iter().any(|k| k.ends_with("rl:epoch")), "{keys:?}");
+    let _: i64 = ::redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // The burst already spent is not handed out again...
+    assert!(limiter.acquire(now_only(fast, "t")).await.is_err());
+    // ...and the bucket refills at the plan's rate (one token per 100 ms).
+    let waited = limiter.acquire(ask(fast, "t", None)).await.unwrap();
+    assert!(waited.waited <= Duration::from_millis(150), "{waited:?}");
+    assert_eq!(limiter.metrics().redis_fallbacks, 0);
+}

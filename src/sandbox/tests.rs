@@ -1246,70 +1246,49 @@ async fn catalog_quota_allows_the_burst_then_throttles_with_quota_exceeded() {
 #[tokio::test(start_paused = true)]
 async fn application_wide_limits_hold_across_sellers_and_count_their_429s() {
     let sandbox = sandbox_with(quota_config(QuotaMode::Catalog));
-    let first = access_token(&sandbox).await;
-    let second = access_token_for(&sandbox, OTHER_REFRESH).await;
-    // getCatalogItem: 2/s burst 2 per seller, 250/s burst 2 per application.
-    let uri = "/catalog/2022-04-01/items/B000TEST?marketplaceIds=ATVPDKIKX0DER";
-    for _ in 0..2 {
-        assert_ne!(
-            get(&sandbox, &first, uri).await.status,
-            StatusCode::TOO_MANY_REQUESTS
-        );
+    let mut sellers = Vec::new();
+    for i in 0..5 {
+        let (seller, refresh) = (format!("A1APPSELLER{i}"), format!("Atzr|app-limit-{i}"));
+        sandbox.add_seller(&seller, &refresh);
+        sellers.push((seller, access_token_for(&sandbox, &refresh).await));
     }
-    // The second seller's own bucket is full, the application's is empty.
-    assert_eq!(
-        get(&sandbox, &second, uri).await.status,
-        StatusCode::TOO_MANY_REQUESTS
-    );
-    assert_eq!(sandbox.stats().app_throttled_total, 1);
-    // A refused request took no token of the seller's bucket: two more pass, 4 ms apart.
-    for _ in 0..2 {
-        tokio::time::advance(Duration::from_millis(4)).await;
-        assert_ne!(
-            get(&sandbox, &second, uri).await.status,
-            StatusCode::TOO_MANY_REQUESTS
-        );
-    }
-    tokio::time::advance(Duration::from_millis(4)).await;
-    assert_eq!(
-        get(&sandbox, &second, uri).await.status,
-        StatusCode::TOO_MANY_REQUESTS
-    );
-    let stats = sandbox.stats();
-    assert_eq!((stats.throttled_total, stats.app_throttled_total), (2, 1));
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_validation_preview_takes_its_own_application_sub_limit() {
-    let sandbox = sandbox_with(quota_config(QuotaMode::Catalog));
-    let first = access_token(&sandbox).await;
-    let second = access_token_for(&sandbox, OTHER_REFRESH).await;
-    let preview = format!(
-        "/listings/2021-08-01/items/{SELLER}/SKU1?marketplaceIds=ATVPDKIKX0DER&mode=VALIDATION_PREVIEW"
-    );
+    // Validation previews of listingsItems_2021-08-01.patchListingsItem: 20 in any second
+    // across sellers (the operation: 500/s; each seller: 5/s, burst 5).
     let body = serde_json::json!({"productType": "PRODUCT", "patches": []});
-    let patch = |token: &str, uri: &str| {
-        let (token, uri) = (token.to_string(), uri.to_string());
-        let (sandbox, body) = (&sandbox, &body);
-        async move { send(sandbox, Method::PATCH, &uri, Some(&token), Some(body)).await }
+    let patch = |i: usize, preview: bool| {
+        let (seller, token) = &sellers[i % sellers.len()];
+        let mode = if preview {
+            "&mode=VALIDATION_PREVIEW"
+        } else {
+            ""
+        };
+        let uri =
+            format!("/listings/2021-08-01/items/{seller}/SKU1?marketplaceIds=ATVPDKIKX0DER{mode}");
+        let (sandbox, body, token) = (&sandbox, &body, token.clone());
+        async move {
+            send(sandbox, Method::PATCH, &uri, Some(&token), Some(body))
+                .await
+                .status
+        }
     };
-    // Validation previews: 20/s burst 1 across sellers.
-    assert_ne!(
-        patch(&first, &preview).await.status,
-        StatusCode::TOO_MANY_REQUESTS
-    );
-    let other_preview = preview.replace(SELLER, OTHER_SELLER);
-    assert_eq!(
-        patch(&second, &other_preview).await.status,
-        StatusCode::TOO_MANY_REQUESTS
-    );
-    assert_eq!(sandbox.stats().app_throttled_total, 1);
-    // Not a preview: only the operation's 500/s limit applies.
-    let plain = other_preview.replace("&mode=VALIDATION_PREVIEW", "");
-    assert_ne!(
-        patch(&second, &plain).await.status,
-        StatusCode::TOO_MANY_REQUESTS
-    );
+    // 21 previews 45 ms apart, round robin over 5 sellers (each 4.4/s, within its own plan).
+    let mut statuses = Vec::new();
+    for i in 0..21 {
+        tokio::time::advance(Duration::from_millis(45)).await;
+        statuses.push(patch(i, true).await);
+    }
+    let refused: Vec<usize> = (0..21)
+        .filter(|i| statuses[*i] == StatusCode::TOO_MANY_REQUESTS)
+        .collect();
+    assert_eq!(refused, vec![20], "{statuses:?}");
+    let stats = sandbox.stats();
+    assert_eq!((stats.throttled_total, stats.app_throttled_total), (1, 1));
+    // Not a preview: only the operation's limit (500 a second) applies.
+    tokio::time::advance(Duration::from_millis(250)).await;
+    assert_ne!(patch(1, false).await, StatusCode::TOO_MANY_REQUESTS);
+    // A second after the first preview, the window has room again.
+    tokio::time::advance(Duration::from_millis(100)).await;
+    assert_ne!(patch(2, true).await, StatusCode::TOO_MANY_REQUESTS);
 }
 
 #[tokio::test(start_paused = true)]

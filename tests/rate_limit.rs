@@ -160,7 +160,8 @@ async fn three_instances_sharing_redis_stay_within_the_plan_together() {
         })
         .collect();
     assert!(ok >= 30, "{ok} {m:?}");
-    assert_eq!(gateways[0].sandbox.stats().throttled_total, 0);
+    let stats = gateways[0].sandbox.stats();
+    assert_eq!(stats.throttled_total, 0, "{stats:?}");
     assert_eq!(
         assert_within_plan(&gateways[0], "ordersV0.getOrderAddress"),
         ok

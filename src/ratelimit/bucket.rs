@@ -107,6 +107,8 @@ struct State {
     redis_in_flight: bool,
     redis_busy_until: Option<Instant>,
     redis_view: Option<(f64, Instant)>,
+    /// The Redis outage whose start emptied `local` (see [`State::enter_fallback`]).
+    fallback_outage: u64,
 }
 
 /// Per-tool figures for [`super::BucketStatus`].
@@ -195,6 +197,7 @@ impl Bucket {
                 redis_in_flight: false,
                 redis_busy_until: None,
                 redis_view: None,
+                fallback_outage: 0,
             }),
             wake: Notify::new(),
         }
@@ -297,6 +300,7 @@ impl Bucket {
             Mode::Local | Mode::Fallback => {
                 if mode == Mode::Fallback {
                     inner.count_fallback();
+                    st.enter_fallback(inner, now);
                 }
                 if st.queue.is_empty() && take_joint(&mut st.local, &ask.apps, now) {
                     st.admit(ask.tool);
@@ -581,6 +585,17 @@ impl Bucket {
 }
 
 impl State {
+    /// Once per Redis outage, before the fallback bucket decides: empty it. What the other
+    /// instances spent of the shared bucket is unknown, so the fallback hands out no burst,
+    /// only its share of the rate from the moment the outage began (as a restart does).
+    fn enter_fallback(&mut self, inner: &Inner, now: Instant) {
+        let outage = inner.redis.as_ref().map_or(0, |r| r.outages());
+        if self.fallback_outage != outage {
+            self.fallback_outage = outage;
+            self.local.drain(now);
+        }
+    }
+
     fn tool(&mut self, tool: &str) -> &mut ToolState {
         if !self.tools.contains_key(tool) {
             self.tools.insert(tool.into(), ToolState::default());
@@ -682,6 +697,9 @@ async fn dispatch(bucket: Arc<Bucket>, inner: Arc<Inner>) {
         let mode = inner.mode(now);
         let next = {
             let mut st = bucket.lock();
+            if mode == Mode::Fallback {
+                st.enter_fallback(&inner, now);
+            }
             next_step(&mut st, mode, now)
         };
         match next {

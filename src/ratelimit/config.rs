@@ -6,7 +6,7 @@
 //! [ratelimit]
 //! safety_factor = 1.0          # effective rate and burst = Amazon's x factor (0 < f <= 1)
 //! sandbox = false              # true: every operation uses the sandbox plan (5/s, burst 15)
-//! fail_mode = "local"          # Redis unreachable: "local" (plan / expected_instances) or "closed"
+//! fail_mode = "local"          # Redis unreachable: "local" (plan / expected_instances, no burst) or "closed"
 //! expected_instances = 1
 //! default_max_wait_ms = 10000  # how long a request may wait for a token
 //! max_queue = 1000             # waiting requests per bucket; beyond it: 429 QueueFull

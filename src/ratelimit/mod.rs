@@ -12,8 +12,9 @@
 //! - Redis ([`Limiter::redis`]): one atomic Lua script per decision, on Redis's clock, so several
 //!   gateway instances together respect the plan (`redis.rs`). When Redis is unreachable the
 //!   limiter either continues with a local bucket at plan / `expected_instances`
-//!   ([`FailMode::Local`]) or refuses with 503 ([`FailMode::Closed`]), and tries Redis again
-//!   after a short back-off.
+//!   ([`FailMode::Local`]; the bucket starts each outage empty: what the other instances spent
+//!   of the shared bucket is unknown, so it hands out no burst, only its share of the rate) or
+//!   refuses with 503 ([`FailMode::Closed`]), and tries Redis again after a short back-off.
 //!
 //! Plans ([`config`]) are named, assigned to tools by name, and replaced atomically on reload.
 //!

@@ -117,6 +117,9 @@ pub(crate) struct RedisBackend {
     settings: RedisSettings,
     /// Redis is not tried again before this instant.
     down_until: Mutex<Option<Instant>>,
+    /// Outages so far (each failure that found Redis reachable starts one): a bucket empties
+    /// its fallback once per outage.
+    outages: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -149,6 +152,7 @@ impl RedisBackend {
             script: Script::new(SCRIPT),
             settings,
             down_until: Mutex::new(None),
+            outages: std::sync::atomic::AtomicU64::new(0),
         };
         let mut conn = backend.conn.clone();
         match tokio::time::timeout(
@@ -183,9 +187,16 @@ impl RedisBackend {
     pub(crate) fn failed(&self, reason: &str) {
         let mut down = self.down_until.lock().unwrap_or_else(|e| e.into_inner());
         if down.is_none() {
+            self.outages
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(error = %reason, "Rate limit store (Redis) unreachable; decisions continue without it.");
         }
         *down = Some(Instant::now() + self.settings.retry_backoff);
+    }
+
+    /// How many outages have begun (see [`RedisBackend::failed`]).
+    pub(crate) fn outages(&self) -> u64 {
+        self.outages.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn recovered(&self) {

@@ -339,6 +339,39 @@ async fn bad_token_requests_get_amazons_400s() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_for_fifty_resources_of_the_longest_paths_fits_in_a_request_header() {
+    let audit = tempfile::tempdir().unwrap();
+    let gw = gateway(audit.path(), "").await;
+    let order = first_order(&gw).await;
+    // The longest path accepted, 50 times (Amazon's limit), and the order's own at the end.
+    let filler = "9".repeat(rdt::MAX_PATH_BYTES - "/orders/v0/orders//address".len());
+    let mut resources: Vec<String> = (0..rdt::MAX_RESOURCES - 1)
+        .map(|_| format!(r#"{{"method":"GET","path":"/orders/v0/orders/{filler}/address"}}"#))
+        .collect();
+    resources.push(format!(
+        r#"{{"method":"GET","path":"/orders/v0/orders/{order}/address"}}"#
+    ));
+    let minted = mint(&gw, &format!("[{}]", resources.join(","))).await;
+    assert_eq!(minted.status, StatusCode::OK, "{:?}", minted.body);
+    let token = minted.json()["restrictedDataToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = with_rdt(
+        &gw,
+        &format!("/orders/v0/orders/{order}/address"),
+        &token,
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    // One byte longer is refused.
+    let long = format!("/orders/v0/orders/{filler}9/address");
+    let r = mint(&gw, &format!(r#"[{{"method":"GET","path":"{long}"}}]"#)).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_rdt_minted_on_one_instance_is_accepted_by_another() {
     let store = redis_store_toml();
     let master = spgate::crypto::MasterKey::generate_base64().unwrap();

@@ -39,6 +39,10 @@ pub const LIFETIME_SECONDS: i64 = 3600;
 /// Amazon's limit on restricted resources per token.
 pub const MAX_RESOURCES: usize = 50;
 
+/// The longest resource path accepted (SP-API paths are far shorter): 50 of them still make a
+/// token that fits in `server.max_header_bytes`' default (32 KiB).
+pub const MAX_PATH_BYTES: usize = 256;
+
 /// The longest `createRestrictedDataToken` body the gateway reads (50 resources fit easily).
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
@@ -216,7 +220,7 @@ fn resource(
     let path = object
         .get("path")
         .and_then(|p| p.as_str())
-        .filter(|p| p.starts_with('/') && p.len() <= 1024 && !p.contains(['?', '#']))
+        .filter(|p| p.starts_with('/') && p.len() <= MAX_PATH_BYTES && !p.contains(['?', '#']))
         .ok_or(GatewayRdtError::BadResource)?;
     let asked: Vec<&str> = match object.get("dataElements") {
         None | Some(serde_json::Value::Null) => Vec::new(),

@@ -339,6 +339,34 @@ async fn bad_token_requests_get_amazons_400s() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_orders_v0_translation_the_tokens_data_elements_still_bound_the_answer() {
+    // A role receiving everything; the token asks getOrder for the shipping address only.
+    let gw = start_gateway(Options {
+        extra_toml: "[compat]\norders_v0 = \"translate\"\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let order = first_order(&gw).await;
+    let full_answer = gw.get(&format!("/orders/v0/orders/{order}")).await;
+    assert_eq!(full_answer.status, StatusCode::OK);
+    let email = |r: &Reply| r.json()["payload"]["BuyerInfo"]["BuyerEmail"].is_string();
+    assert!(email(&full_answer), "the role receives e-mails");
+    let minted = mint(
+        &gw,
+        r#"[{"method":"GET","path":"/orders/v0/orders/{orderId}","dataElements":["shippingAddress"]}]"#,
+    )
+    .await;
+    let token = minted.json()["restrictedDataToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = with_rdt(&gw, &format!("/orders/v0/orders/{order}"), &token, &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert!(r.json()["payload"]["ShippingAddress"]["AddressLine1"].is_string());
+    assert!(!email(&r), "{}", r.json());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_for_fifty_resources_of_the_longest_paths_fits_in_a_request_header() {
     let audit = tempfile::tempdir().unwrap();
     let gw = gateway(audit.path(), "").await;

@@ -187,6 +187,10 @@ fn check_common(gw: &TestGateway, v: &serde_json::Value) {
         "{v}"
     );
     assert!(
+        report["compressionAlgorithm"].is_null(),
+        "served decompressed: {v}"
+    );
+    assert!(
         report["firstLine"]
             .as_str()
             .unwrap()

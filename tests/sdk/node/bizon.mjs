@@ -4,7 +4,8 @@
 // (CONNECT through its tunnelling agent); the gateway's CA comes from NODE_EXTRA_CA_CERTS.
 // Nothing but configuration: the drop-in LWA credentials, the region, and `rateLimiting.retry`
 // (the SDK's own 429 back-off, off by default). The SDK has no download helper: the document is
-// fetched with a plain GET of the returned URL, no headers, and gunzipped with zlib.
+// fetched with a plain GET of the returned URL, no headers, and gunzipped with zlib if the answer
+// names a compressionAlgorithm (the gateway's link serves it decompressed and names none).
 //
 // Environment: HTTPS_PROXY, NODE_EXTRA_CA_CERTS, SPGATE_LWA_CLIENT_ID, SPGATE_LWA_CLIENT_SECRET,
 // SPGATE_REFRESH_TOKEN, SPGATE_MARKETPLACE, SPGATE_REGION, SPGATE_REPORT_DOCUMENT (optional),

@@ -594,6 +594,44 @@ mod tests {
     }
 
     #[test]
+    fn gateway_rdt_refusals_are_amazons_answers() {
+        use GatewayRdtError as R;
+        let denied = "Access to requested resource is denied.";
+        let cases: [(R, u16, &str, &str, &str); 6] = [
+            (R::NoResources, 400, "InvalidInput", "Empty target resource argument found", ""),
+            (R::NotRestricted, 400, "InvalidInput", "Application do not have access to some or all requested resource", "Each resource must be a restricted operation's method and path whose data this tool's role may receive."),
+            (R::Expired, 403, "Unauthorized", denied, TOKEN_EXPIRED),
+            (R::Invalid, 403, "Unauthorized", denied, TOKEN_INVALID),
+            (R::WrongResource, 403, "Unauthorized", denied, ""),
+            (R::WrongSeller, 403, "Unauthorized", denied, ""),
+        ];
+        for (err, status, code, message, details) in cases {
+            let token_problem = matches!(err, R::Expired | R::Invalid);
+            let resp = rescue(&ProxyError::GatewayRdt(err));
+            assert_eq!(resp.status().as_u16(), status, "{code} {message}");
+            // An expired or invalid token counts against the address like a failed login.
+            assert_eq!(
+                resp.extensions()
+                    .get::<crate::server::peers::CredentialRefused>()
+                    .is_some(),
+                token_problem,
+                "{message}"
+            );
+            let body = futures_util::FutureExt::now_or_never(http_body_util::BodyExt::collect(
+                resp.into_body(),
+            ))
+            .unwrap()
+            .unwrap()
+            .to_bytes();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(
+                v["errors"][0],
+                serde_json::json!({"code": code, "message": message, "details": details})
+            );
+        }
+    }
+
+    #[test]
     fn onboarding_store_and_lwa_outages_are_503_with_retry_after() {
         for (err, secs) in [
             (

@@ -1,5 +1,7 @@
 //! A real SP-API SDK from PyPI (python-amazon-sp-api) drives the gateway in drop-in mode:
-//! getOrders, getOrder and getOrderAddress, with nothing changed but two URLs.
+//! getOrders, getOrder and getOrderAddress, then its own Restricted Data Token flows
+//! (`RestrictedResources=`, and the Tokens API with `restricted_data_token=`) answered with
+//! gateway RDTs, with nothing changed but two URLs.
 //!
 //! `.ci/run` installs the SDK into a virtualenv and names its interpreter in
 //! `SPGATE_SDK_PYTHON`. Without it a developer gets a skip notice; under CI it is a failure.
@@ -28,13 +30,29 @@ async fn python_amazon_sp_api_works_unmodified_through_the_drop_in_endpoint() {
         v["access_token"].as_str().unwrap().starts_with("spgat_"),
         "the SDK only ever held a gateway token"
     );
-    assert!(!stdout.contains("Atza|"));
+    assert!(!stdout.contains("Atza|") && !stdout.contains("Atz.sprdt|"));
+    // `RestrictedResources=`: the SDK minted a gateway RDT for the order and read it with it
+    // (the test role passes every category).
+    let restricted = &v["restricted_order"];
+    assert_eq!(restricted["order_id"], v["order_id"], "{v}");
+    assert!(restricted["address_line1"].is_string(), "{v}");
+    assert_eq!(restricted["buyer_email"], true, "{v}");
+    // The Tokens API by hand: Amazon's shape, the gateway's token, used on its resource.
+    assert_eq!(v["rdt"]["prefix"], "spgrdt_", "{v}");
+    assert_eq!(v["rdt"]["expires_in"], 3600, "{v}");
+    assert!(v["rdt"]["address_line1"].is_string(), "{v}");
+    // ... and refused on another one with Amazon's 403.
+    let other = &v["rdt_other_resource"];
+    assert_eq!(other["ok"], false, "{v}");
+    assert_eq!(other["status"], 403, "{v}");
+    assert_eq!(other["error"][0]["code"], "Unauthorized", "{v}");
     let stats = gw.sandbox.stats();
-    for op in [
-        "ordersV0.getOrders",
-        "ordersV0.getOrder",
-        "ordersV0.getOrderAddress",
+    for (op, calls) in [
+        ("ordersV0.getOrders", 1),
+        ("ordersV0.getOrder", 2),
+        ("ordersV0.getOrderAddress", 2),
     ] {
-        assert_eq!(stats.by_operation.get(op), Some(&1), "{op}");
+        assert_eq!(stats.by_operation.get(op), Some(&calls), "{op}");
     }
+    assert_eq!(stats.by_operation.get("ordersV0.getOrderBuyerInfo"), None);
 }

@@ -312,6 +312,10 @@ pub struct Record {
     /// The Amazon credential used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<TokenKind>,
+    /// A gateway Restricted Data Token was issued (createRestrictedDataToken) or presented by
+    /// the tool for this request. Never the token itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_rdt: Option<bool>,
     /// PII categories returned (or revealed, exported) with the action applied.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pii: Vec<PiiUse>,
@@ -535,6 +539,7 @@ impl Record {
             latency_us: None,
             limiter: None,
             token: None,
+            gateway_rdt: None,
             pii: Vec::new(),
             safety_net_hits: None,
             upstream_request_id: None,

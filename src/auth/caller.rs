@@ -82,6 +82,9 @@ pub enum Via {
     DropInToken,
     /// A document link the gateway issued to the tool (the link is the credential).
     DocumentLink,
+    /// A gateway Restricted Data Token in `x-amz-access-token`
+    /// (`proxy::endpoints::rdt`), good only for its resources.
+    GatewayRdt,
 }
 
 /// Authenticates the caller: an API key if `Authorization` carries one, else a drop-in gateway

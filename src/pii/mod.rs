@@ -226,6 +226,20 @@ impl Role {
     pub fn receives_any(&self, categories: &[Category]) -> bool {
         categories.iter().any(|c| self.receives(*c))
     }
+
+    /// The same role receiving only `categories` (every other one dropped): what a gateway
+    /// Restricted Data Token's `dataElements` narrow it to.
+    pub fn only(&self, categories: &[Category]) -> Role {
+        Role {
+            actions: self
+                .actions
+                .iter()
+                .filter(|(c, _)| categories.contains(c))
+                .map(|(c, a)| (*c, *a))
+                .collect(),
+            reveal: self.reveal.clone(),
+        }
+    }
 }
 
 // === impl Roles ===

@@ -404,6 +404,7 @@ impl Gateway {
             }),
             _ => None,
         };
+        r.gateway_rdt = ctx.gateway_rdt.then_some(true);
         r.token = ctx.token.map(|t| match t {
             TokenKind::Lwa => ar::TokenKind::Lwa,
             TokenKind::Rdt => ar::TokenKind::Rdt,
@@ -467,6 +468,26 @@ pub(super) fn audit_reason(err: &ProxyError) -> crate::audit::Reason {
         ProxyError::Restricted(_) => Reason::from_static("restricted_data_unavailable"),
         ProxyError::Credentials(_) => Reason::from_static("credentials_unavailable"),
         ProxyError::Token(_) => Reason::UNAUTHENTICATED,
+        ProxyError::GatewayRdt(e) => {
+            use crate::proxy::endpoints::rdt::GatewayRdtError as R;
+            match e {
+                // As for a bad drop-in token; a forged one names nobody and is aggregated per
+                // address, one of a revoked tool is recorded with its tool.
+                R::Invalid => Reason::UNAUTHENTICATED,
+                R::Expired => Reason::from_static("gateway_rdt_expired"),
+                R::WrongResource => Reason::from_static("gateway_rdt_wrong_resource"),
+                R::WrongSeller => Reason::from_static("gateway_rdt_wrong_seller"),
+                R::WrongTool => Reason::from_static("gateway_rdt_wrong_tool"),
+                R::Crypto(_) => Reason::from_static("gateway_rdt_unavailable"),
+                R::Malformed
+                | R::NoResources
+                | R::TooManyResources
+                | R::BadResource
+                | R::BadDataElements
+                | R::Delegation
+                | R::NotRestricted => Reason::from_static("gateway_rdt_invalid_input"),
+            }
+        }
         ProxyError::Outbound(e) => e.reason(),
         _ => Reason::from_static("refused"),
     }

@@ -44,7 +44,8 @@ impl Gateway {
     /// Phase 5: the token for `x-amz-access-token`: the seller's (or a grantless) access token,
     /// or for restricted operations a Restricted Data Token asking only for what the role may
     /// receive. Failing to get an RDT fails the request: restricted data is never fetched with
-    /// a plain token.
+    /// a plain token. Under a gateway RDT, `within` names the `dataElements` it allows: the RDT
+    /// asks for no others, and for none at all the plain token serves (no buyer data then).
     pub(super) async fn credentials(
         &self,
         op: &Operation,
@@ -52,12 +53,27 @@ impl Gateway {
         role: &Role,
         path: &str,
         tool: &str,
+        within: Option<&[&'static str]>,
     ) -> Result<Credential, ProxyError> {
         let (subject, access) = self.access_token(op, seller).await?;
         let (true, Some(seller)) = (op.restricted, seller) else {
             return Ok(Credential::Access(subject, access));
         };
-        match rdt::need(op, role) {
+        let need = match (rdt::need(op, role), within) {
+            (Need::Rdt(elements), Some(within)) => {
+                let elements: Vec<_> = elements
+                    .into_iter()
+                    .filter(|e| within.contains(e))
+                    .collect();
+                if elements.is_empty() {
+                    Need::Plain
+                } else {
+                    Need::Rdt(elements)
+                }
+            }
+            (need, _) => need,
+        };
+        match need {
             Need::Plain => Ok(Credential::Access(subject, access)),
             Need::Refused => Err(ProxyError::RoleMayNotReceive),
             Need::Rdt(elements) => {

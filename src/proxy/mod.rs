@@ -188,6 +188,8 @@ struct Ctx {
     document: Option<(String, Arc<accounting::Emitted>)>,
     /// The Orders 2026-01-01 operation a v0 call was translated to (compat).
     translated_to: Option<&'static Operation>,
+    /// A gateway Restricted Data Token was issued, or presented (never the token itself).
+    gateway_rdt: bool,
 }
 
 /// The kind of token a request was sent upstream with (audited).
@@ -439,24 +441,36 @@ impl Gateway {
             }
             _ => {}
         }
-        let caller =
-            caller::authenticate_request(&*self.store, &self.client_pins(), &req, unix_now())
-                .await?; // 2. caller
-        ctx.client_id = Some(caller.client.id.clone());
-        ctx.tool = Some(caller.client.tool.clone());
-        ctx.role = Some(caller.client.role.clone());
+        let (caller, gateway_rdt) = self.caller(&req, ctx).await?; // 2. caller
         let (op, params) = self.route(&req)?; // 3. route
         self.retry.budget.earn();
         ctx.operation = Some(op);
+        // A gateway RDT is good only for the resources it names.
+        let grant = gateway_rdt
+            .map(|t| t.covering(op, req.uri().path()))
+            .transpose()?;
         if GATEWAY_OWN.contains(&op.key) {
-            // A tool holding an RDT would read restricted data past the policy, the limiter and
-            // the audit log; rotating the client secret would lock the gateway out.
+            // Rotating the client secret would lock the gateway out.
             return Err(ProxyError::GatewayOwned);
         }
         self.pii_gate.check(op)?; // what the gateway does not know, it refuses
         let seller = self.authorize(&caller, op, req.headers()).await?; // 4. authorize
         ctx.seller = seller.as_ref().map(|s| s.selling_partner_id.clone());
-        let role = self.roles.get(&caller.client.role);
+        if op.key == rdt::RDT_OPERATION {
+            // Answered with the gateway's own token: an Amazon RDT in a tool's hands would read
+            // restricted data past the policy, the limiter and the audit log.
+            return self
+                .create_restricted_data_token(req, &caller, seller.as_ref(), ctx)
+                .await;
+        }
+        // Under a gateway RDT, the role receives only what the token's dataElements cover.
+        let narrowed = grant
+            .as_ref()
+            .map(|g| g.narrow(op, self.roles.get(&caller.client.role)));
+        let role = narrowed
+            .as_ref()
+            .unwrap_or_else(|| self.roles.get(&caller.client.role));
+        let within = grant.as_ref().and_then(|g| g.elements());
         // Compat: a v0 Orders call the tool's mode translates goes out as its 2026-01-01 call;
         // `wire` is the operation sent (credentials, rate limit, upstream), `op` the one answered.
         let (req, translation) =
@@ -474,7 +488,7 @@ impl Gateway {
             return Ok(resp);
         }
         let cred = self
-            .credentials(wire, seller, role, &path, &caller.client.tool)
+            .credentials(wire, seller, role, &path, &caller.client.tool, within)
             .await?; // 5. credentials
                      // Taken last, right before sending, so that a slow credential fetch (a cold LWA or RDT
                      // call) never sits between the limiter's decision and the arrival at Amazon.
@@ -491,6 +505,7 @@ impl Gateway {
             seller,
             role,
             path: &path,
+            within,
             caller: &caller,
             bucket,
             wants,
@@ -587,6 +602,30 @@ impl Gateway {
         Ok(Arc::new(AtomicBool::new(false)))
     }
 
+    /// Phase 2: who is calling: an API key, a drop-in gateway token, or a gateway Restricted
+    /// Data Token (returned too: which resources it covers is checked after route).
+    async fn caller<B>(
+        &self,
+        req: &Request<B>,
+        ctx: &mut Ctx,
+    ) -> Result<(Caller, Option<endpoints::rdt::Presented>), ProxyError> {
+        let (caller, presented) = match endpoints::rdt::presented(req) {
+            Some(token) => {
+                let (caller, presented) = self.rdt_caller(req, token, ctx).await?;
+                (caller, Some(presented))
+            }
+            None => (
+                caller::authenticate_request(&*self.store, &self.client_pins(), req, unix_now())
+                    .await?,
+                None,
+            ),
+        };
+        ctx.client_id = Some(caller.client.id.clone());
+        ctx.tool = Some(caller.client.tool.clone());
+        ctx.role = Some(caller.client.role.clone());
+        Ok((caller, presented))
+    }
+
     /// Phase 3: the operation for this method and path, and the path parameters.
     fn route<B>(&self, req: &Request<B>) -> Result<Route, ProxyError> {
         let catalog: &'static Catalog = self.catalog;
@@ -631,11 +670,9 @@ impl Gateway {
     }
 }
 
-/// Operations only the gateway itself calls; tools are refused.
-pub const GATEWAY_OWN: [&str; 2] = [
-    rdt::RDT_OPERATION,
-    "application_2023-11-30.rotateApplicationClientSecret",
-];
+/// Operations only the gateway itself calls; tools are refused. (createRestrictedDataToken is
+/// answered by the gateway itself, with its own token: [`endpoints::rdt`].)
+pub const GATEWAY_OWN: [&str; 1] = ["application_2023-11-30.rotateApplicationClientSecret"];
 
 /// The bucket grantless (application-wide) operations use instead of a seller's.
 const APPLICATION_BUCKET: &str = "application";

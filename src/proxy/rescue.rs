@@ -13,6 +13,7 @@ use crate::auth::drop_in::TokenError;
 use crate::auth::lwa::LwaError;
 use crate::auth::onboarding::{self, OnboardingError};
 use crate::auth::rdt::RdtError;
+use crate::proxy::endpoints::rdt::GatewayRdtError;
 use crate::proxy::upstream::UpstreamError;
 use crate::ratelimit::RateLimitError;
 use crate::server::peers::{BodyReadError, PeerError};
@@ -89,9 +90,12 @@ pub enum ProxyError {
     /// The vault (per-order keys, retention) failed: a response needing it is withheld.
     #[error(transparent)]
     Vault(#[from] crate::vault::VaultError),
-    /// The operation is the gateway's own (Restricted Data Tokens, the LWA client secret).
+    /// The operation is the gateway's own (the LWA client secret).
     #[error("the operation is reserved to the gateway")]
     GatewayOwned,
+    /// A gateway Restricted Data Token was not issued (bad request) or not accepted.
+    #[error(transparent)]
+    GatewayRdt(#[from] super::endpoints::rdt::GatewayRdtError),
     /// The operation has no buyer-PII classification (neither mapped nor declared to carry
     /// none): the gateway does not know what it returns, so it is refused before sending.
     #[error("the operation has no buyer-PII classification")]
@@ -149,8 +153,12 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
     use ProxyError as E;
     // Amazon's own answer to a bad access token, word for word (SDKs refresh on it).
     let token_details = match err {
-        E::Caller(CallerError::TokenExpired) => TOKEN_EXPIRED,
-        E::Caller(CallerError::TokenInvalid) => TOKEN_INVALID,
+        E::Caller(CallerError::TokenExpired) | E::GatewayRdt(GatewayRdtError::Expired) => {
+            TOKEN_EXPIRED
+        }
+        E::Caller(CallerError::TokenInvalid) | E::GatewayRdt(GatewayRdtError::Invalid) => {
+            TOKEN_INVALID
+        }
         _ => "",
     };
     let (status, code, message, fault) = match err {
@@ -205,7 +213,16 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
             RateLimitError::InvalidSettings(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The gateway's rate limiting is misconfigured.", Fault::Internal),
         },
         E::UnsafeResponse(_) => (StatusCode::BAD_GATEWAY, "InternalFailure", "SP-API's response could not be checked against the data protection policy, so it was withheld.", Fault::Upstream),
-        E::GatewayOwned => (StatusCode::FORBIDDEN, "Unauthorized", "The gateway obtains Restricted Data Tokens and manages the application's credentials itself; tools may not call this operation.", Fault::Caller),
+        E::GatewayOwned => (StatusCode::FORBIDDEN, "Unauthorized", "The gateway manages the application's credentials itself; tools may not call this operation.", Fault::Caller),
+        // Amazon's answers, word for word (SDKs branch on the code and details).
+        E::GatewayRdt(r) => match r {
+            GatewayRdtError::Malformed | GatewayRdtError::TooManyResources | GatewayRdtError::BadDataElements | GatewayRdtError::Delegation => (StatusCode::BAD_REQUEST, "InvalidInput", "Invalid Input", Fault::Caller),
+            GatewayRdtError::NoResources => (StatusCode::BAD_REQUEST, "InvalidInput", "Empty target resource argument found", Fault::Caller),
+            GatewayRdtError::BadResource => (StatusCode::BAD_REQUEST, "InvalidInput", "Request is missing or has invalid parameters", Fault::Caller),
+            GatewayRdtError::NotRestricted => (StatusCode::BAD_REQUEST, "InvalidInput", "Application do not have access to some or all requested resource", Fault::Caller),
+            GatewayRdtError::Expired | GatewayRdtError::Invalid | GatewayRdtError::WrongResource | GatewayRdtError::WrongSeller | GatewayRdtError::WrongTool => (StatusCode::FORBIDDEN, "Unauthorized", "Access to requested resource is denied.", Fault::Caller),
+            GatewayRdtError::Crypto(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The gateway could not issue a Restricted Data Token.", Fault::Internal),
+        },
         E::Unclassified => (StatusCode::FORBIDDEN, "Unauthorized", "The gateway does not know which buyer data this operation returns, so it refuses it.", Fault::Internal),
         E::NoPublicUrl => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The gateway has no server.public_url configured, so it cannot hand out document links; ops must set it.", Fault::Internal),
         E::DocumentNotForRole => (StatusCode::FORBIDDEN, "Unauthorized", "This tool's role may not receive this document.", Fault::Caller),
@@ -260,12 +277,13 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
             tracing::debug!(error = %err, status = status.as_u16(), "Request refused.")
         }
     }
-    // Only a fixed parameter name, never a value the caller sent.
+    // Only a fixed parameter name or explanation, never a value the caller sent.
     let details = match err {
         E::Compat(
             crate::compat::CompatError::Untranslatable(p)
             | crate::compat::CompatError::BadParameter(p),
         ) => *p,
+        E::GatewayRdt(r) => rdt_details(r).unwrap_or(token_details),
         _ => token_details,
     };
     let mut resp = Response::new(body::full(
@@ -299,6 +317,21 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
             .insert(crate::server::peers::CredentialRefused);
     }
     resp
+}
+
+/// The details of a refused createRestrictedDataToken request (Amazon leaves most empty; these
+/// name what to fix, never a value the caller sent).
+fn rdt_details(err: &GatewayRdtError) -> Option<&'static str> {
+    use GatewayRdtError as R;
+    Some(match err {
+        R::Malformed => "The body must be a JSON object with restrictedResources, an array.",
+        R::TooManyResources => "At most 50 restrictedResources.",
+        R::BadDataElements => "dataElements may hold buyerInfo, shippingAddress and buyerTaxInformation.",
+        R::Delegation => "The gateway does not delegate to another application (targetApplication).",
+        R::BadResource => "Resource not provided.",
+        R::NotRestricted => "Each resource must be a restricted operation's method and path whose data this tool's role may receive.",
+        R::NoResources | R::Expired | R::Invalid | R::WrongResource | R::WrongSeller | R::WrongTool | R::Crypto(_) => return None,
+    })
 }
 
 /// Token endpoint errors, in LWA's shape `{"error","error_description"}`.
@@ -558,6 +591,44 @@ mod tests {
             message: "stored key is corrupt".into(),
         }));
         assert_eq!(rescue(&err).status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn gateway_rdt_refusals_are_amazons_answers() {
+        use GatewayRdtError as R;
+        let denied = "Access to requested resource is denied.";
+        let cases: [(R, u16, &str, &str, &str); 6] = [
+            (R::NoResources, 400, "InvalidInput", "Empty target resource argument found", ""),
+            (R::NotRestricted, 400, "InvalidInput", "Application do not have access to some or all requested resource", "Each resource must be a restricted operation's method and path whose data this tool's role may receive."),
+            (R::Expired, 403, "Unauthorized", denied, TOKEN_EXPIRED),
+            (R::Invalid, 403, "Unauthorized", denied, TOKEN_INVALID),
+            (R::WrongResource, 403, "Unauthorized", denied, ""),
+            (R::WrongSeller, 403, "Unauthorized", denied, ""),
+        ];
+        for (err, status, code, message, details) in cases {
+            let token_problem = matches!(err, R::Expired | R::Invalid);
+            let resp = rescue(&ProxyError::GatewayRdt(err));
+            assert_eq!(resp.status().as_u16(), status, "{code} {message}");
+            // An expired or invalid token counts against the address like a failed login.
+            assert_eq!(
+                resp.extensions()
+                    .get::<crate::server::peers::CredentialRefused>()
+                    .is_some(),
+                token_problem,
+                "{message}"
+            );
+            let body = futures_util::FutureExt::now_or_never(http_body_util::BodyExt::collect(
+                resp.into_body(),
+            ))
+            .unwrap()
+            .unwrap()
+            .to_bytes();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(
+                v["errors"][0],
+                serde_json::json!({"code": code, "message": message, "details": details})
+            );
+        }
     }
 
     #[test]

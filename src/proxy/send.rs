@@ -33,6 +33,8 @@ pub(super) struct Resend<'a> {
     pub(super) seller: Option<&'a SellerRecord>,
     pub(super) role: &'a Role,
     pub(super) path: &'a str,
+    /// The `dataElements` a gateway RDT allows the real RDT to ask for.
+    pub(super) within: Option<&'a [&'static str]>,
     pub(super) caller: &'a Caller,
     pub(super) bucket: &'a str,
     pub(super) wants: Wants,
@@ -162,7 +164,14 @@ impl Gateway {
             };
             attempt += 1;
             cred = self
-                .credentials(r.op, r.seller, r.role, r.path, &r.caller.client.tool)
+                .credentials(
+                    r.op,
+                    r.seller,
+                    r.role,
+                    r.path,
+                    &r.caller.client.tool,
+                    r.within,
+                )
                 .await?;
             match self.admit(r.caller, r.op, r.bucket, &again).await {
                 Ok(admission) => ctx.admission = Some(admission),

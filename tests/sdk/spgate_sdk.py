@@ -14,8 +14,14 @@ from sp_api.api import Orders
 from sp_api.auth.access_token_client import AccessTokenClient
 
 
-def orders_client():
-    """The SDK's Orders client (Orders v0), talking to the gateway in drop-in mode."""
+def orders_client(**kwargs):
+    """The SDK's Orders client (Orders v0), talking to the gateway in drop-in mode. `kwargs` go to
+    the client as they are (e.g. `restricted_data_token=`)."""
+    return client(Orders, **kwargs)
+
+
+def client(cls, **kwargs):
+    """One of the SDK's API clients (`sp_api.api.*`), talking to the gateway in drop-in mode."""
     url = os.environ["SPGATE_URL"].rstrip("/")
     scheme, hostport = url.split("://", 1)
 
@@ -30,4 +36,4 @@ def orders_client():
         "lwa_app_id": os.environ["SPGATE_LWA_CLIENT_ID"],
         "lwa_client_secret": os.environ["SPGATE_LWA_CLIENT_SECRET"],
     }
-    return Orders(marketplace=marketplace, credentials=credentials, auth_token_client_class=GatewayTokenClient)
+    return cls(marketplace=marketplace, credentials=credentials, auth_token_client_class=GatewayTokenClient, **kwargs)

@@ -54,24 +54,32 @@ async function main() {
     const res = await sp.callAPI({operation: 'getOrderAddress', endpoint: 'orders', path: {orderId}});
     return {addressLine1: res.ShippingAddress && res.ShippingAddress.AddressLine1};
   });
-  // The SDK's own RDT flow: createRestrictedDataToken, then the token on the restricted call.
+  // The SDK's own RDT flow: createRestrictedDataToken (answered by the gateway with its own
+  // token), then the token on the restricted calls it names, through `restricted_data_token`.
+  let rdt;
   out.rdt = await step(async () => {
     const token = await sp.callAPI({
       operation: 'createRestrictedDataToken',
       endpoint: 'tokens',
-      body: {restrictedResources: [{method: 'GET', path: `/orders/v0/orders/${orderId}/address`}]}
+      body: {restrictedResources: [
+        {method: 'GET', path: `/orders/v0/orders/${orderId}/address`},
+        {method: 'GET', path: '/orders/v0/orders/{orderId}', dataElements: ['buyerInfo', 'shippingAddress']}
+      ]}
     });
-    const res = await sp.callAPI({
-      operation: 'getOrderAddress',
-      endpoint: 'orders',
-      path: {orderId},
-      restricted_data_token: token.restrictedDataToken
-    });
+    rdt = token.restrictedDataToken;
+    const address = await sp.callAPI({operation: 'getOrderAddress', endpoint: 'orders', path: {orderId}, restricted_data_token: rdt});
+    const order = await sp.callAPI({operation: 'getOrder', endpoint: 'orders', path: {orderId}, restricted_data_token: rdt});
     return {
       expiresIn: token.expiresIn,
-      tokenPrefix: String(token.restrictedDataToken).slice(0, 6),
-      addressLine1: res.ShippingAddress && res.ShippingAddress.AddressLine1
+      tokenPrefix: String(rdt).slice(0, 7),
+      addressLine1: address.ShippingAddress && address.ShippingAddress.AddressLine1,
+      order: harness.orderPii(order)
     };
+  });
+  // The token on a resource it does not name: Amazon's 403.
+  out.rdtOtherResource = await step(async () => {
+    await sp.callAPI({operation: 'getOrderItems', endpoint: 'orders', path: {orderId}, restricted_data_token: rdt});
+    return {};
   });
   // createReport -> getReport -> getReportDocument -> download (gunzip by the SDK's helper).
   let stage = 'createReport';

@@ -4,10 +4,12 @@
 // (CONNECT through its tunnelling agent); the gateway's CA comes from NODE_EXTRA_CA_CERTS.
 // Nothing but configuration: the drop-in LWA credentials, the region, and `rateLimiting.retry`
 // (the SDK's own 429 back-off, off by default). The SDK has no download helper: the document is
-// fetched with a plain GET of the returned URL, no headers, and gunzipped with zlib.
+// fetched with a plain GET of the returned URL, no headers, and gunzipped with zlib if the answer
+// names a compressionAlgorithm (the gateway's link serves it decompressed and names none).
 //
 // Environment: HTTPS_PROXY, NODE_EXTRA_CA_CERTS, SPGATE_LWA_CLIENT_ID, SPGATE_LWA_CLIENT_SECRET,
-// SPGATE_REFRESH_TOKEN, SPGATE_MARKETPLACE, SPGATE_REGION, SPGATE_REPORT_DOCUMENT (optional). Prints one JSON object: each step's
+// SPGATE_REFRESH_TOKEN, SPGATE_MARKETPLACE, SPGATE_REGION, SPGATE_REPORT_DOCUMENT (optional),
+// SPGATE_OTHER_SELLER (a seller the RDT was not issued for). Prints one JSON object: each step's
 // outcome.
 // An ES module: the SDK's CommonJS build cannot start axios-retry (`rateLimiting.retry` throws
 // "axios_retry.default is not a function" under require()), its ES build can.
@@ -60,19 +62,35 @@ async function main() {
     const {data} = await orders.getOrderAddress({orderId});
     return {addressLine1: data.payload.ShippingAddress && data.payload.ShippingAddress.AddressLine1};
   });
-  // The SDK's own RDT flow: TokensApiClient mints, a client built with `restrictedDataToken` uses it.
+  // The SDK's own RDT flow: TokensApiClient mints (the gateway answers with its own token), a
+  // client built with `restrictedDataToken` uses it.
+  let restricted;
   out.rdt = await step(async () => {
     const tokens = new TokensApiClient({auth, region});
     const {data: token} = await tokens.createRestrictedDataToken({
-      body: {restrictedResources: [{method: 'GET', path: `/orders/v0/orders/${orderId}/address`}]}
+      body: {restrictedResources: [
+        {method: 'GET', path: `/orders/v0/orders/${orderId}/address`},
+        {method: 'GET', path: '/orders/v0/orders/{orderId}', dataElements: ['buyerInfo', 'shippingAddress']}
+      ]}
     });
-    const restricted = new OrdersApiClient({auth, region, restrictedDataToken: token.restrictedDataToken});
-    const {data} = await restricted.getOrderAddress({orderId});
+    restricted = new OrdersApiClient({auth, region, restrictedDataToken: token.restrictedDataToken});
+    const {data: address} = await restricted.getOrderAddress({orderId});
+    const {data: order} = await restricted.getOrder({orderId});
     return {
       expiresIn: token.expiresIn,
-      tokenPrefix: String(token.restrictedDataToken).slice(0, 6),
-      addressLine1: data.payload.ShippingAddress && data.payload.ShippingAddress.AddressLine1
+      tokenPrefix: String(token.restrictedDataToken).slice(0, 7),
+      addressLine1: address.payload.ShippingAddress && address.payload.ShippingAddress.AddressLine1,
+      order: harness.orderPii(order.payload)
     };
+  });
+  // The token on a resource it does not name, and for another seller: Amazon's 403.
+  out.rdtOtherResource = await step(async () => {
+    await restricted.getOrderItems({orderId});
+    return {};
+  });
+  out.rdtOtherSeller = await step(async () => {
+    await restricted.getOrderAddress({orderId}, {headers: {'x-spgate-seller': env.SPGATE_OTHER_SELLER}});
+    return {};
   });
   let stage = 'createReport';
   let url;

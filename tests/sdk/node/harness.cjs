@@ -18,4 +18,16 @@ function documentId(report) {
   return process.env.SPGATE_REPORT_DOCUMENT || report.reportDocumentId;
 }
 
-module.exports = {step, documentId};
+/** What buyer data an Orders v0 getOrder payload carries (which fields, and whether the address
+ * and the e-mail came back), never the values themselves beyond the address line. */
+function orderPii(order) {
+  const buyer = order.BuyerInfo || {};
+  const address = order.ShippingAddress || {};
+  return {
+    addressLine1: address.AddressLine1 || null,
+    buyerEmail: Boolean(buyer.BuyerEmail),
+    buyerName: Boolean(buyer.BuyerName)
+  };
+}
+
+module.exports = {step, documentId, orderPii};

@@ -68,6 +68,8 @@ struct Fwd {
     ca_key: PathBuf,
     /// The TLS listener's test CA, when it has TLS.
     listener_ca: Option<CertificateDer<'static>>,
+    /// When a CA of `Setup::ca_validity` expires.
+    ca_expires: Option<tokio::time::Instant>,
     _ca_dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -89,6 +91,7 @@ impl Fwd {
     async fn start_with(setup: Setup, options: Options) -> Fwd {
         use rustls::pki_types::pem::PemObject;
         let dir = tempfile::tempdir().unwrap();
+        let ca_expires = setup.ca_validity.map(|v| tokio::time::Instant::now() + v);
         let (cert, key) = match setup.ca_validity {
             Some(v) => spgate::server::mint::ca_init_valid_for(dir.path(), v).unwrap(),
             None => spgate::server::mint::ca_init(dir.path()).unwrap(),
@@ -167,6 +170,7 @@ impl Fwd {
             ca_cert: cert,
             ca_key: key,
             listener_ca,
+            ca_expires,
             _ca_dir: dir,
             stop: Some(tx),
             server: Some(server),
@@ -653,13 +657,13 @@ async fn a_pinned_tool_tunnelling_over_mtls_is_served_with_its_outer_client_cert
 async fn an_expired_ca_answers_a_clear_500_counted_and_closes() {
     let audit = tempfile::tempdir().unwrap();
     let fwd = Fwd::start(Setup {
-        ca_validity: Some(Duration::from_secs(4)),
+        ca_validity: Some(Duration::from_secs(8)),
         audit: Some(audit.path().to_path_buf()),
         ..Setup::default()
     })
     .await;
     // Loaded while valid; then it expires under the running gateway.
-    tokio::time::sleep(Duration::from_millis(4500)).await;
+    tokio::time::sleep_until(fwd.ca_expires.unwrap() + Duration::from_millis(500)).await;
     let (code, head, mut tcp) = connect(&fwd.addr, "sellingpartnerapi-na.amazon.com:443").await;
     assert_eq!(code, 500, "{head}");
     assert!(

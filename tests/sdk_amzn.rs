@@ -47,14 +47,14 @@ fn amzn_python() -> Option<String> {
 }
 
 /// Runs `amzn.py <mode>` against a fresh gateway whose tool plan lets getOrders through at
-/// 0.5/s (burst 1, 100 ms wait), so back-to-back calls meet a 429; document links are served
+/// 0.25/s (burst 1, 100 ms wait), so calls less than 4 s apart meet a 429; document links are served
 /// from the sandbox over loopback.
 async fn run(mode: &str) -> Option<(TestGateway, serde_json::Value)> {
     let python = amzn_python()?;
     let gw = start_gateway(Options {
         sandbox_documents: true,
         extra_toml: "[ratelimit.plans.sdk]\nmax_wait_ms = 100\n\
-                     operations.\"ordersV0.getOrders\" = { rate_per_second = 0.5, burst = 1 }\n\
+                     operations.\"ordersV0.getOrders\" = { rate_per_second = 0.25, burst = 1 }\n\
                      [tools.test-tool]\nplan = \"sdk\"\n"
             .into(),
         ..Options::default()

@@ -72,7 +72,9 @@ def flow(api_client):
         nonlocal order_id
         listed = orders.get_orders([MARKETPLACE], created_after="2020-01-01T00:00:00Z")
         order_id = listed.payload.orders[0].amazon_order_id
-        return {"orders": len(listed.payload.orders), "orderId": order_id}
+        history = api_client.last_response.urllib3_response.retries.history
+        return {"orders": len(listed.payload.orders), "orderId": order_id,
+                "statuses": [h.status for h in history]}
 
     out["getOrders"] = step(get_orders)
 
@@ -83,7 +85,7 @@ def flow(api_client):
     out["getOrderAddress"] = step(get_order_address)
 
     def throttled():
-        # The tool's plan allows one getOrders per two seconds: this call meets the gateway's
+        # The tool's plan allows one getOrders per four seconds: this call meets the gateway's
         # 429. The SDK has no retry of its own; urllib3 under it retries an idempotent request
         # answered 429 with Retry-After (up to 3 times), after sleeping that long.
         listed = orders.get_orders([MARKETPLACE], created_after="2020-01-01T00:00:00Z")

@@ -321,7 +321,8 @@ pub async fn run_demo(
     )
     .with_vault(gateway.vault().clone())
     .with_audit(audit)
-    .with_plans(&plans, &tool_plans);
+    .with_plans(&plans, &tool_plans)
+    .with_forward(forward.as_ref().map(|(f, _)| f.clone()));
     let admin_task = tokio::spawn(crate::server::serve(
         admin_listener,
         Arc::new(admin),

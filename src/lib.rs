@@ -288,7 +288,8 @@ pub async fn run(
             .with_tls(tls.iter().flatten().cloned().collect())
             .with_audit(audit)
             .with_plans(&plans, &tool_plans)
-            .with_onboarding(invite_key, onboarding),
+            .with_onboarding(invite_key, onboarding)
+            .with_forward(forward.clone()),
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {

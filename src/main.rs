@@ -299,7 +299,8 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
 #[derive(Subcommand)]
 enum CaAction {
     /// Write a new CA for `[forward_proxy]`: its key (mode 0600) and certificate (0644) in
-    /// `--out`; existing files are never overwritten.
+    /// `--out`; existing files are never overwritten. The CA is valid for two years and may
+    /// issue only for Amazon's hosts (name constraints).
     Init {
         /// Directory to write `spgate-forward-ca.pem` and `spgate-forward-ca.key` into.
         #[arg(long)]
@@ -309,8 +310,18 @@ enum CaAction {
 
 fn ca_init(out: &std::path::Path) -> anyhow::Result<()> {
     let (cert, key) = spgate::server::mint::ca_init(out)?;
+    let days = spgate::server::mint::CA_VALIDITY_DAYS;
+    let until = time::OffsetDateTime::now_utc() + time::Duration::days(days as i64);
     println!("CA certificate: {}", cert.display());
     println!("CA key (0600, keep it secret): {}", key.display());
+    println!(
+        "It expires in {days} days ({}-{:02}-{:02}); the gateway warns 30 days before \
+         (spgate_forward_ca_expiry_timestamp_seconds). It may issue only for Amazon's SP-API and \
+         Login with Amazon hosts.",
+        until.year(),
+        u8::from(until.month()),
+        until.day()
+    );
     println!();
     println!("Enable the forward proxy in the gateway's config:");
     println!("  [forward_proxy]");

@@ -70,6 +70,9 @@ pub struct Admin {
     tls: Vec<Arc<crate::server::tls::TlsListener>>,
     /// The web console's sessions and live statistics.
     console: console::Console,
+    /// The proxy listener's forward proxy (its counters for `/metrics`; its configuration,
+    /// which a reload may not change).
+    forward: Option<Arc<crate::server::forward::Forward>>,
 }
 
 impl Admin {
@@ -97,7 +100,14 @@ impl Admin {
             env,
             vault: None,
             tls: Vec::new(),
+            forward: None,
         }
+    }
+
+    /// The proxy listener's forward proxy, when `[forward_proxy]` is enabled.
+    pub fn with_forward(mut self, forward: Option<Arc<crate::server::forward::Forward>>) -> Admin {
+        self.forward = forward;
+        self
     }
 
     /// Serves the order routes (delivery events, legal holds) with this vault.
@@ -275,7 +285,13 @@ impl Admin {
     /// pins and Orders v0 modes; an invalid file changes nothing.
     pub fn reload(&self) -> Result<(), AdminError> {
         let path = self.config_path.as_ref().ok_or(AdminError::NoConfigFile)?;
-        let loaded = Config::load(path, &*self.env);
+        // `[forward_proxy]` is set up at start only: a change is refused, not ignored.
+        let running = self.forward.as_ref().map(|f| f.config());
+        let loaded = Config::load(path, &*self.env).and_then(|c| {
+            crate::server::forward::Forward::reload_check(running, c.forward_proxy.as_ref())
+                .map(|()| c)
+                .map_err(|issue| crate::config::ConfigError(vec![issue]))
+        });
         let mut record = crate::audit::Record::new(crate::audit::Kind::Reload);
         record.reason = Some(crate::audit::Reason::from_static(if loaded.is_ok() {
             "applied"
@@ -488,7 +504,7 @@ impl Admin {
         );
         crate::server::peers::render_metrics(&mut out);
         console::render_metrics(&mut out);
-        crate::server::forward::render_metrics(&mut out);
+        crate::server::forward::render_metrics(self.forward.as_deref(), &mut out);
         self.gateway.auditor().render_metrics(&mut out);
         self.gateway.outbound().render_metrics(&mut out);
         self.gateway.header_drops().render_metrics(&mut out);

@@ -220,6 +220,9 @@ pub enum Kind {
     Gap,
     /// Refused-before-authentication requests from one address, aggregated per minute.
     Unauthenticated,
+    /// A forward-proxy CONNECT accepted (`host`, `source`); the requests inside are recorded
+    /// as usual.
+    Tunnel,
 }
 
 /// How the rate limiter decided.
@@ -364,6 +367,10 @@ pub struct Record {
     /// A gap's (or an aggregate's) last moment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gap_to: Option<Stamp>,
+    /// The host a forward-proxy tunnel was opened to (one of Amazon's, `[forward_proxy]
+    /// allowed_hosts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<Id>,
 }
 
 // === impl Reason ===
@@ -450,6 +457,7 @@ impl Kind {
             Kind::AuditRetention => "audit_retention",
             Kind::Gap => "gap",
             Kind::Unauthenticated => "unauthenticated",
+            Kind::Tunnel => "tunnel",
         }
     }
 }
@@ -556,6 +564,18 @@ impl Record {
             source: None,
             gap_from: None,
             gap_to: None,
+            host: None,
+        }
+    }
+
+    /// A forward-proxy tunnel accepted for `host` from `source`.
+    pub fn tunnel(source: std::net::IpAddr, host: &str) -> Record {
+        Record {
+            method: Some(Name::lossy("CONNECT")),
+            status: Some(200),
+            source: Some(source),
+            host: Some(Id::lossy(host)),
+            ..Record::new(Kind::Tunnel)
         }
     }
 

@@ -512,17 +512,22 @@ pub fn peer_refused(err: &PeerError) -> Response<Body> {
     resp
 }
 
-/// A CONNECT the forward proxy does not serve (`server::forward`): 403 `Unauthorized` in
-/// SP-API's shape (500 `InternalFailure` when no certificate could be minted); the connection
-/// is closed, nothing is tunnelled.
+/// A CONNECT the forward proxy does not serve (`server::forward`): 403 `Unauthorized` for a
+/// host or port it does not serve, 400 for a malformed target or a CONNECT inside a tunnel,
+/// 405 on HTTP/2, in SP-API's shape (500 `InternalFailure` when no certificate could be
+/// minted); the connection is closed, nothing is tunnelled.
 pub fn forward_refused(err: &crate::server::forward::ForwardError) -> Response<Body> {
     use crate::server::forward::ForwardError as F;
     let (status, code, message) = match err {
         F::Disabled => (StatusCode::FORBIDDEN, "Unauthorized", "The gateway is not a forward proxy here: set [forward_proxy] enabled = true, or call the gateway's URL directly.".to_string()),
         F::Malformed => (StatusCode::BAD_REQUEST, "InvalidInput", "CONNECT needs host:port.".to_string()),
+        F::UserInfo => (StatusCode::BAD_REQUEST, "InvalidInput", "CONNECT refused: name the target as host:443, without user information.".to_string()),
+        F::Http2 => (StatusCode::METHOD_NOT_ALLOWED, "InvalidInput", "CONNECT is not served on HTTP/2: connect to the gateway's forward proxy over HTTP/1.1.".to_string()),
+        F::Nested => (StatusCode::BAD_REQUEST, "InvalidInput", "CONNECT inside a tunnel is refused: a tunnel carries SP-API requests only.".to_string()),
         F::HostNotAllowed { host } => (StatusCode::FORBIDDEN, "Unauthorized", format!("CONNECT to {host} refused: the gateway answers only for Amazon's SP-API and Login with Amazon hosts ([forward_proxy] allowed_hosts) and never tunnels.")),
         F::PortNotAllowed { port } => (StatusCode::FORBIDDEN, "Unauthorized", format!("CONNECT to port {port} refused: only port 443.")),
-        F::Mint(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The gateway could not make a certificate for this host.".to_string()),
+        // The CA file's path and the cause go to the log, not to the client.
+        F::Mint { host, .. } => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", format!("The gateway could not issue a TLS certificate for {host}: its forward-proxy CA has expired or is unusable. The gateway's operator must renew it (spgate ca init).")),
     };
     let mut resp = Response::new(body::full(ErrorBody::one(code, &message, "").to_bytes()));
     *resp.status_mut() = status;

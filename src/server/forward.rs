@@ -9,11 +9,15 @@
 //! checks, holding the same connection slot and permit until the tunnel closes.
 //!
 //! **Invariants:** nothing is ever tunnelled: a CONNECT is answered by the gateway itself or
-//! refused (403 in SP-API's shape, counted, aggregated in the audit log's pre-auth noise
-//! records, a strike against the address) when it names a host outside `allowed_hosts` or a
-//! port other than 443. The host a tool named never selects the upstream: the seller's record
-//! does (see README "Forward-proxy mode" for why a region or sandbox mismatch is served, not
-//! refused).
+//! refused (SP-API's error shape, the connection closed, counted, aggregated in the audit log's
+//! pre-auth noise records, a strike against the address) when it names a host outside
+//! `allowed_hosts`, anything but `host:443` (a port, user information), arrives on an HTTP/2
+//! stream (405) or inside a tunnel (400). An accepted CONNECT leaves an audit record (`tunnel`,
+//! the host and the address). Requests inside a tunnel carry the outer connection's client
+//! certificate (a pinned tool tunnelling over the TLS listener with its certificate is served)
+//! and the [`Tunnel`] extension. The host a tool named never selects the upstream: the seller's
+//! record does (see README "Forward-proxy mode" for why a region or sandbox mismatch is served,
+//! not refused).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,12 +59,13 @@ pub struct RawForwardProxy {
     pub ca_key_file: Option<PathBuf>,
     /// Hosts a CONNECT may name (port 443 only); default [`DEFAULT_ALLOWED_HOSTS`].
     pub allowed_hosts: Option<Vec<String>>,
-    /// Hosts whose minted certificate is kept (default 64).
+    /// Hosts whose minted certificate is kept (default 64; at least as many as `allowed_hosts`).
     pub certificate_cache_size: Option<usize>,
 }
 
-/// See [`RawForwardProxy`]; present only when enabled.
-#[derive(Debug, Clone)]
+/// See [`RawForwardProxy`]; present only when enabled. Read at start: a reload that changes it
+/// is refused (see [`Forward::reload_check`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForwardProxyConfig {
     /// CA certificate file.
     pub ca_cert_file: PathBuf,
@@ -81,6 +86,15 @@ pub enum ForwardError {
     /// Not `host:port`.
     #[error("CONNECT refused: the target is not host:port")]
     Malformed,
+    /// `user:password@host:443`: a tunnel target carries no credentials.
+    #[error("CONNECT refused: the target carries user information")]
+    UserInfo,
+    /// A CONNECT on an HTTP/2 stream: tunnels are served on HTTP/1.1 connections only.
+    #[error("CONNECT refused: not served on HTTP/2")]
+    Http2,
+    /// A CONNECT inside a tunnel: a tunnel carries SP-API requests, never another tunnel.
+    #[error("CONNECT refused: CONNECT inside a tunnel")]
+    Nested,
     /// A host outside `allowed_hosts`.
     #[error("CONNECT refused: {host} is not an allowed host")]
     HostNotAllowed {
@@ -93,9 +107,14 @@ pub enum ForwardError {
         /// The port named.
         port: u16,
     },
-    /// No certificate could be minted for an allowed host.
-    #[error("CONNECT failed: {0}")]
-    Mint(#[from] MintError),
+    /// No certificate could be minted for an allowed host (the CA expired, or rcgen failed).
+    #[error("CONNECT failed: no certificate for {host}: {source}")]
+    Mint {
+        /// The allowed host.
+        host: String,
+        /// Why (names the CA file: for the log, not the client).
+        source: MintError,
+    },
 }
 
 /// On every request inside a tunnel (a request extension): the allowed host the client tunnelled
@@ -104,18 +123,32 @@ pub enum ForwardError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tunnel(pub Arc<str>);
 
-/// The forward proxy of one listener: the allowed hosts and the minter.
+/// The forward proxy of one listener: its configuration, the minter and its counters.
 #[derive(Debug)]
 pub struct Forward {
-    hosts: Vec<String>,
+    config: ForwardProxyConfig,
     minter: Minter,
+    stats: ForwardStats,
 }
 
-/// Process-wide counters (one Prometheus series each).
-static TUNNELS: AtomicU64 = AtomicU64::new(0);
-static REFUSED: AtomicU64 = AtomicU64::new(0);
-static HANDSHAKE_FAILURES: AtomicU64 = AtomicU64::new(0);
-static MINTED: AtomicU64 = AtomicU64::new(0);
+/// Counters of one forward proxy (exposed for metrics and tests).
+#[derive(Debug, Default)]
+pub struct ForwardStats {
+    /// CONNECTs answered 200.
+    pub tunnels: AtomicU64,
+    /// CONNECTs refused (host, port, user information, HTTP/2, nested).
+    pub refused: AtomicU64,
+    /// TLS handshakes inside a tunnel that failed or timed out.
+    pub handshake_failures: AtomicU64,
+    /// CONNECTs answered 500 because no leaf could be minted (the CA expired).
+    pub mint_failures: AtomicU64,
+}
+
+/// CONNECTs refused on listeners without a forward proxy (no [`Forward`] to count them).
+static REFUSED_WITHOUT_PROXY: AtomicU64 = AtomicU64::new(0);
+
+/// Minted certificates kept by default.
+const DEFAULT_CACHE_SIZE: usize = 64;
 
 // === impl RawForwardProxy ===
 
@@ -166,9 +199,18 @@ impl RawForwardProxy {
         if hosts_given == 0 {
             issue("allowed_hosts", "must name at least one host".into());
         }
-        let certificate_cache_size = self.certificate_cache_size.unwrap_or(64);
-        if certificate_cache_size == 0 {
-            issue("certificate_cache_size", "must be at least 1".into());
+        let certificate_cache_size = self
+            .certificate_cache_size
+            .unwrap_or(DEFAULT_CACHE_SIZE.max(allowed_hosts.len()));
+        if certificate_cache_size < allowed_hosts.len().max(1) {
+            // Fewer would mint (a key pair and a signature) on every tunnel as hosts alternate.
+            issue(
+                "certificate_cache_size",
+                format!(
+                    "must be at least the number of allowed_hosts ({})",
+                    allowed_hosts.len().max(1)
+                ),
+            );
         }
         let (Some(ca_cert_file), Some(ca_key_file)) = (&self.ca_cert_file, &self.ca_key_file)
         else {
@@ -206,61 +248,119 @@ impl RawForwardProxy {
 // === impl Forward ===
 
 impl Forward {
-    /// Loads the CA.
+    /// Loads the CA and checks that it may issue for every allowed host.
     pub fn load(config: &ForwardProxyConfig, env: &dyn Env) -> Result<Forward, MintError> {
         Ok(Forward {
-            hosts: config.allowed_hosts.clone(),
+            config: config.clone(),
             minter: Minter::load(
                 &config.ca_cert_file,
                 &config.ca_key_file,
                 config.certificate_cache_size,
+                &config.allowed_hosts,
                 env,
             )?,
+            stats: ForwardStats::default(),
         })
     }
 
-    /// The host a CONNECT may open a tunnel to, or why not.
+    /// Whether a reloaded configuration's `[forward_proxy]` may be accepted: only unchanged.
+    /// The listener's forward proxy (its CA, hosts and certificates) is fixed at start, so a
+    /// change would be silently ignored; the reload is refused instead, with this message.
+    pub fn reload_check(
+        running: Option<&ForwardProxyConfig>,
+        new: Option<&ForwardProxyConfig>,
+    ) -> Result<(), ConfigIssue> {
+        if running == new {
+            return Ok(());
+        }
+        Err(ConfigIssue {
+            path: "forward_proxy".into(),
+            message: "changed, but the forward proxy (enabled, its CA files, allowed_hosts, \
+                      certificate_cache_size) is set up at start only: restore the running \
+                      section, or restart the gateway to apply it"
+                .into(),
+        })
+    }
+
+    /// The configuration it was loaded from.
+    pub fn config(&self) -> &ForwardProxyConfig {
+        &self.config
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &ForwardStats {
+        &self.stats
+    }
+
+    /// The host a CONNECT may open a tunnel to, or why not. The target must be exactly
+    /// `host:443` (RFC 9110 authority-form): no user information, no other spelling of the port.
     fn target(&self, req: &Request<Incoming>) -> Result<String, ForwardError> {
         let authority = req.uri().authority().ok_or(ForwardError::Malformed)?;
         if req.uri().scheme().is_some() || req.uri().path_and_query().is_some_and(|p| p != "/") {
             return Err(ForwardError::Malformed);
         }
+        if authority.as_str().contains('@') {
+            return Err(ForwardError::UserInfo);
+        }
         let host = authority.host().to_ascii_lowercase();
         let port = authority.port_u16().ok_or(ForwardError::Malformed)?;
-        if !self.hosts.contains(&host) {
+        if !self.config.allowed_hosts.contains(&host) {
             return Err(ForwardError::HostNotAllowed { host });
         }
-        if port != HTTPS_PORT {
+        if port != HTTPS_PORT
+            || !authority
+                .as_str()
+                .eq_ignore_ascii_case(&format!("{host}:443"))
+        {
             return Err(ForwardError::PortNotAllowed { port });
         }
         Ok(host)
     }
 }
 
-/// Answers a CONNECT on a listener with a forward proxy: 200 and a tunnel served by the
-/// gateway, or a refusal.
+/// Answers a CONNECT: 200 and a tunnel served by the gateway, or a refusal. `peer` is the
+/// outer connection's client certificate (TLS listener), carried into the tunnel.
 pub(super) fn connect<H: Handler>(
-    forward: &Forward,
     client: Client<H>,
     mut req: Request<Incoming>,
+    peer: Option<super::tls::PeerCert>,
 ) -> Response<Body> {
     let ip = client.addr.ip();
     // A CONNECT carries no credential: it spends the address's unauthenticated allowance.
     if let Err(e) = client.peers.admit(ip, "", req.headers()) {
         return client.handler.refused(ip, &e);
     }
+    if client.tunnel.is_some() {
+        return refuse(&client, &ForwardError::Nested);
+    }
+    if client.http2 {
+        return refuse(&client, &ForwardError::Http2);
+    }
+    let Some(forward) = client.forward.clone() else {
+        return refuse(&client, &ForwardError::Disabled);
+    };
     let host = match forward.target(&req) {
         Ok(host) => host,
         Err(e) => return refuse(&client, &e),
     };
     let config = match forward.minter.server_config(&host) {
         Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "No certificate for a tunnel.");
-            return crate::proxy::rescue::forward_refused(&ForwardError::Mint(e));
+        Err(source) => {
+            // The operator's fault, not the client's; still a strike: each attempt costs a key
+            // pair and a signature, and the per-address limit bounds that work.
+            forward.stats.mint_failures.fetch_add(1, Ordering::Relaxed);
+            client.peers.handshake_failed(ip);
+            client.handler.noise(ip, "connect_mint_failed");
+            let err = ForwardError::Mint { host, source };
+            if let Some(repeats) = crate::proxy::rescue::log_limit::admit("forward mint") {
+                tracing::error!(error = %err, repeats, "No certificate for a tunnel: CONNECT answered 500.");
+            }
+            return crate::proxy::rescue::forward_refused(&err);
         }
     };
-    MINTED.store(forward.minter.minted(), Ordering::Relaxed);
+    forward.stats.tunnels.fetch_add(1, Ordering::Relaxed);
+    client.handler.tunnel_opened(ip, &host);
+    tracing::debug!(host = %host, "Tunnel accepted.");
     let on_upgrade = hyper::upgrade::on(&mut req);
     let deadline = client.limits.header_read_timeout;
     tokio::spawn(async move {
@@ -277,7 +377,10 @@ pub(super) fn connect<H: Handler>(
             match tokio::time::timeout(deadline, acceptor.accept(TokioIo::new(upgraded))).await {
                 Ok(Ok(s)) => s,
                 failed => {
-                    HANDSHAKE_FAILURES.fetch_add(1, Ordering::Relaxed);
+                    forward
+                        .stats
+                        .handshake_failures
+                        .fetch_add(1, Ordering::Relaxed);
                     client.peers.handshake_failed(ip);
                     if let Ok(Err(e)) = failed {
                         tracing::debug!(error = %e, "TLS handshake inside a tunnel failed.");
@@ -285,15 +388,7 @@ pub(super) fn connect<H: Handler>(
                     return;
                 }
             };
-        TUNNELS.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(host = %host, "Tunnel open.");
-        let tunnel = Tunnel(host.into());
-        // Over TLS without a client certificate: a tool pinned to one is refused inside.
-        let peer = super::tls::PeerCert {
-            spki_sha256: None,
-            pins: Arc::new(super::tls::ClientPins::new()),
-        };
-        super::serve_tunnel(client, stream, peer, tunnel).await;
+        super::serve_tunnel(client, stream, peer, Tunnel(host.into())).await;
     });
     let mut resp = Response::new(crate::proxy::body::empty());
     *resp.status_mut() = StatusCode::OK;
@@ -303,7 +398,10 @@ pub(super) fn connect<H: Handler>(
 /// A refused CONNECT: counted, a strike against the address, aggregated in the audit log.
 fn refuse<H: Handler>(client: &Client<H>, err: &ForwardError) -> Response<Body> {
     let ip = client.addr.ip();
-    REFUSED.fetch_add(1, Ordering::Relaxed);
+    match &client.forward {
+        Some(f) => f.stats.refused.fetch_add(1, Ordering::Relaxed),
+        None => REFUSED_WITHOUT_PROXY.fetch_add(1, Ordering::Relaxed),
+    };
     client.peers.handshake_failed(ip);
     client.handler.noise(ip, "connect_refused");
     if let Some(repeats) = crate::proxy::rescue::log_limit::admit("connect refused") {
@@ -315,40 +413,56 @@ fn refuse<H: Handler>(client: &Client<H>, err: &ForwardError) -> Response<Body> 
 /// A CONNECT on a listener without a forward proxy.
 pub fn disabled<B>(req: &Request<B>) -> Option<Response<Body>> {
     (req.method() == Method::CONNECT).then(|| {
-        REFUSED.fetch_add(1, Ordering::Relaxed);
+        REFUSED_WITHOUT_PROXY.fetch_add(1, Ordering::Relaxed);
         crate::proxy::rescue::forward_refused(&ForwardError::Disabled)
     })
 }
 
-/// Appends the forward proxy's counters in Prometheus' text format (the admin `/metrics`).
-pub fn render_metrics(out: &mut String) {
+/// Appends the forward proxy's counters in Prometheus' text format (the admin `/metrics`);
+/// `forward` is the proxy listener's, if it has one.
+pub fn render_metrics(forward: Option<&Forward>, out: &mut String) {
     use std::fmt::Write;
+    let stats = forward.map(Forward::stats);
+    let get =
+        |f: fn(&ForwardStats) -> &AtomicU64| stats.map_or(0, |s| f(s).load(Ordering::Relaxed));
     for (name, help, value) in [
         (
             "spgate_forward_tunnels_total",
-            "CONNECT tunnels opened (TLS terminated with a minted certificate).",
-            &TUNNELS,
+            "CONNECT tunnels accepted (answered 200; TLS terminated with a minted certificate).",
+            get(|s| &s.tunnels),
         ),
         (
             "spgate_forward_connect_refused_total",
-            "CONNECT requests refused (host or port not allowed, or no forward proxy).",
-            &REFUSED,
+            "CONNECT requests refused (host, port or user information not allowed, HTTP/2, inside a tunnel, or no forward proxy).",
+            get(|s| &s.refused) + REFUSED_WITHOUT_PROXY.load(Ordering::Relaxed),
         ),
         (
             "spgate_forward_handshake_failures_total",
             "TLS handshakes inside a tunnel that failed or timed out.",
-            &HANDSHAKE_FAILURES,
+            get(|s| &s.handshake_failures),
         ),
         (
             "spgate_forward_certificates_minted_total",
             "Leaf certificates minted from the forward-proxy CA.",
-            &MINTED,
+            forward.map_or(0, |f| f.minter.minted()),
+        ),
+        (
+            "spgate_forward_mint_failures_total",
+            "CONNECTs answered 500 because no leaf certificate could be minted (the CA expired).",
+            get(|s| &s.mint_failures),
         ),
     ] {
         let _ = writeln!(
             out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-            value.load(Ordering::Relaxed)
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    }
+    if let Some(f) = forward {
+        let name = "spgate_forward_ca_expiry_timestamp_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} When the forward-proxy CA certificate expires (alert well before: tools must be given the new one).\n# TYPE {name} gauge\n{name} {}",
+            f.minter.ca_expires_at()
         );
     }
 }
@@ -434,5 +548,52 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(upper.allowed_hosts, ["api.amazon.com"]);
+        // Fewer cached certificates than hosts would mint on every tunnel as hosts alternate.
+        let small = issues(with(None, Some(DEFAULT_ALLOWED_HOSTS.len() - 1)));
+        assert!(
+            small.iter().any(|i| i.starts_with(
+                "forward_proxy.certificate_cache_size: must be at least the number of allowed_hosts (7)"
+            )),
+            "{small:?}"
+        );
+        let two = with(Some(vec!["api.amazon.com".into()]), None)
+            .resolve(&ProcessEnv)
+            .unwrap()
+            .unwrap();
+        assert_eq!(two.certificate_cache_size, DEFAULT_CACHE_SIZE);
+        // `spgate ca init`'s CA may issue for Amazon's hosts only.
+        let outside = issues(with(Some(vec!["example.com".into()]), None));
+        assert!(
+            outside
+                .iter()
+                .any(|i| i.starts_with("forward_proxy.ca_cert_file:")
+                    && i.contains("do not permit example.com")),
+            "{outside:?}"
+        );
+    }
+
+    #[test]
+    fn a_reload_may_not_change_the_forward_proxy() {
+        let config = |hosts: &[&str]| ForwardProxyConfig {
+            ca_cert_file: "ca.pem".into(),
+            ca_key_file: "ca.key".into(),
+            allowed_hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+            certificate_cache_size: 64,
+        };
+        let running = config(&["api.amazon.com"]);
+        assert!(Forward::reload_check(Some(&running), Some(&running.clone())).is_ok());
+        assert!(Forward::reload_check(None, None).is_ok());
+        for new in [
+            None,
+            Some(config(&[
+                "api.amazon.com",
+                "sellingpartnerapi-na.amazon.com",
+            ])),
+        ] {
+            let issue = Forward::reload_check(Some(&running), new.as_ref()).unwrap_err();
+            assert_eq!(issue.path, "forward_proxy");
+            assert!(issue.message.contains("restart"), "{}", issue.message);
+        }
+        assert!(Forward::reload_check(None, Some(&running)).is_err());
     }
 }

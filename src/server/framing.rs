@@ -6,7 +6,10 @@
 //! watches the bytes hyper reads, follows message framing to find each request head, and records
 //! the ordinal of the first conflicting one. The server tags that request with [`Conflict`] and
 //! the pipeline's accept phase answers 400. Scanning stops at the first conflict (hyper closes
-//! the connection after it) or at anything unparsable (hyper rejects that itself).
+//! the connection after it), at anything unparsable (hyper rejects that itself), and at a
+//! CONNECT: what follows it is a tunnel's bytes (TLS) or nothing (a refused CONNECT closes the
+//! connection), never another request head of this connection, so it is neither buffered nor
+//! inspected.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -165,6 +168,9 @@ impl<T> Inspect<T> {
             return Scan::Done;
         };
         let head = &buf[..end];
+        if head.starts_with(b"CONNECT ") {
+            return Scan::Done;
+        }
         let mut content_length: Option<Option<u64>> = None;
         let mut chunked: Option<bool> = None;
         for line in head.split(|b| *b == b'\n').skip(1) {
@@ -296,6 +302,21 @@ mod tests {
         }
         let got = (0..16).find(|i| conflict.is(*i));
         assert_eq!(got, expect, "step {step}: {input:?}");
+    }
+
+    #[test]
+    fn nothing_after_a_connect_is_buffered_or_inspected() {
+        // The tunnel's bytes may look like anything, a conflicting head included.
+        let input = "CONNECT sellingpartnerapi-na.amazon.com:443 HTTP/1.1\r\nhost: x\r\n\r\n\
+                     POST / HTTP/1.1\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n";
+        for step in [1, 7, 1000] {
+            check(input, step, None);
+            let (mut io, _) = Inspect::new(tokio::io::empty());
+            for piece in input.as_bytes().chunks(step) {
+                io.feed(piece);
+            }
+            assert!(matches!(io.scan, Scan::Done), "step {step}: still scanning");
+        }
     }
 
     #[test]

@@ -69,6 +69,9 @@ pub trait Handler: Send + Sync + 'static {
     /// Counts a request refused before authentication in the handler's aggregates (the
     /// gateway's audit log), e.g. a CONNECT to a host the forward proxy does not serve.
     fn noise(&self, _ip: std::net::IpAddr, _reason: &'static str) {}
+
+    /// Records a forward-proxy tunnel accepted for `host` (the gateway's audit log).
+    fn tunnel_opened(&self, _ip: std::net::IpAddr, _host: &str) {}
 }
 
 impl Handler for crate::proxy::Gateway {
@@ -94,6 +97,13 @@ impl Handler for crate::proxy::Gateway {
             self.auditor().noise().count(ip, "address_limited");
         }
         crate::proxy::rescue::peer_refused(err)
+    }
+
+    fn tunnel_opened(&self, ip: std::net::IpAddr, host: &str) {
+        if self.auditor().enabled() {
+            self.auditor()
+                .record(crate::audit::Record::tunnel(ip, host));
+        }
     }
 }
 
@@ -192,6 +202,7 @@ pub async fn serve_with<H: Handler>(
             stop: stop_rx.clone(),
             held: Arc::new((slot, permit)),
             tunnel: None,
+            http2: false,
         };
         let tls = tls.clone();
         tokio::spawn(async move {
@@ -203,6 +214,10 @@ pub async fn serve_with<H: Handler>(
             match tls.accept(stream, limits.header_read_timeout).await {
                 Ok(a) if a.h2 => {
                     let stop = client.stop.clone();
+                    let client = Client {
+                        http2: true,
+                        ..client
+                    };
                     let svc = service(client, None, Some(a.peer));
                     log_end(h2::serve(a.stream, svc, limits, stop).await);
                 }
@@ -269,18 +284,19 @@ where
 }
 
 /// Serves the requests inside a forward-proxy tunnel: HTTP/1.1 over the TLS stream, with the
-/// connection's client, limits and slot (released when the tunnel closes).
+/// connection's client, limits and slot (released when the tunnel closes), and the outer
+/// connection's client certificate (`peer`, none on a plain listener).
 async fn serve_tunnel<H: Handler, S>(
     mut client: Client<H>,
     stream: S,
-    peer: tls::PeerCert,
+    peer: Option<tls::PeerCert>,
     tunnel: forward::Tunnel,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     client.tunnel = Some(tunnel);
     let (stop, limits) = (client.stop.clone(), client.limits);
-    let conn = serve_http1(&client.http.clone(), stream, client, Some(peer));
+    let conn = serve_http1(&client.http.clone(), stream, client, peer);
     log_end(until_stopped(conn, stop, limits).await);
 }
 
@@ -323,6 +339,8 @@ struct Client<H> {
     held: Arc<(peers::PeerConnection, OwnedSemaphorePermit)>,
     /// Inside a forward-proxy tunnel: the host the client tunnelled to.
     tunnel: Option<forward::Tunnel>,
+    /// An HTTP/2 connection (where CONNECT is refused).
+    http2: bool,
 }
 
 impl<H> Clone for Client<H> {
@@ -337,6 +355,7 @@ impl<H> Clone for Client<H> {
             stop: self.stop.clone(),
             held: self.held.clone(),
             tunnel: self.tunnel.clone(),
+            http2: self.http2,
         }
     }
 }
@@ -366,17 +385,19 @@ fn service<H: Handler>(
         if let Some(tunnel) = &client.tunnel {
             req.extensions_mut().insert(tunnel.clone());
         }
-        let tunnel = (req.method() == http::Method::CONNECT)
-            .then(|| client.forward.clone().map(|f| (f, client.clone())))
-            .flatten();
+        // CONNECT on a listener with a forward proxy, on HTTP/2 or inside a tunnel is the
+        // forward proxy's to answer or refuse; elsewhere the handler refuses it.
+        let connect = (req.method() == http::Method::CONNECT
+            && (client.forward.is_some() || client.http2 || client.tunnel.is_some()))
+        .then(|| (client.clone(), peer.clone()));
         let (h, p, ip) = (
             client.handler.clone(),
             client.peers.clone(),
             client.addr.ip(),
         );
         async move {
-            if let Some((forward, client)) = tunnel {
-                return Ok::<_, Infallible>(forward::connect(&forward, client, req));
+            if let Some((client, peer)) = connect {
+                return Ok::<_, Infallible>(forward::connect(client, req, peer));
             }
             Ok::<_, Infallible>(peers::call(&p, ip, h, req).await)
         }

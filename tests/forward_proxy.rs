@@ -385,6 +385,55 @@ async fn a_tunnel_to_amazons_hosts_is_served_by_the_gateway_token_endpoint_inclu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn document_links_inside_a_tunnel_name_the_tunnels_host_and_are_fetched_back_through_it() {
+    let fwd = Fwd::start_with(
+        Setup::default(),
+        Options {
+            sandbox_documents: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let host = "sellingpartnerapi-eu.amazon.com";
+    let mut sp = tunnel(&fwd, host).await;
+    let (status, document) = answer(
+        &mut sp,
+        Request::get("/reports/2021-06-30/documents/SPGATE-SANDBOX-ORDERS-SHIPPING")
+            .header("host", host)
+            .header("authorization", format!("Bearer {}", fwd.gw.key))
+            .header("x-spgate-seller", SELLER)
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{document}");
+    let url = document["url"].as_str().unwrap();
+    let path = url
+        .strip_prefix(&format!("https://{host}"))
+        .unwrap_or_else(|| panic!("not on the tunnel's host: {url}"));
+    assert!(path.starts_with("/v1/documents/"), "{url}");
+    // Fetched as an SDK would: through a new tunnel to that host, with no credentials.
+    let mut again = tunnel(&fwd, host).await;
+    again.ready().await.unwrap();
+    let resp = again
+        .send_request(
+            Request::get(path)
+                .header("host", host)
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(
+        String::from_utf8_lossy(&body).starts_with("order-id"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_to_any_other_host_port_or_spelling_is_refused_never_tunnelled_and_aggregated() {
     let audit = tempfile::tempdir().unwrap();
     let fwd = Fwd::start(Setup {

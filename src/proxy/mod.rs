@@ -190,6 +190,9 @@ struct Ctx {
     translated_to: Option<&'static Operation>,
     /// A gateway Restricted Data Token was issued, or presented (never the token itself).
     gateway_rdt: bool,
+    /// Inside a forward-proxy tunnel: the Amazon host the tool tunnelled to (document links
+    /// are built on it, the only host such a tool reaches).
+    tunnel: Option<crate::server::forward::Tunnel>,
 }
 
 /// The kind of token a request was sent upstream with (audited).
@@ -430,6 +433,7 @@ impl Gateway {
         B: HttpBody<Data = bytes::Bytes> + Send + Sync + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
+        ctx.tunnel = req.extensions().get().cloned();
         let limit_tripped = self.accept(&req)?; // 1. limits and framing
         match req.uri().path() {
             // Not SP-API calls: the drop-in LWA endpoint and the seller authorization workflow.

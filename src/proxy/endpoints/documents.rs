@@ -265,8 +265,13 @@ impl Gateway {
         params: &[(&'static str, String)],
         ctx: &Ctx,
     ) -> Result<Vec<u8>, ProxyError> {
-        // Never from the request's Host: SDKs send Amazon's host or a mangled one.
-        let base = self.public_url.clone().ok_or(ProxyError::NoPublicUrl)?;
+        // Never from the request's Host: SDKs send Amazon's host or a mangled one. A tool in a
+        // forward-proxy tunnel reaches only Amazon's hosts: its links name the tunnel's host,
+        // so it fetches them back through the forward proxy.
+        let base = match &ctx.tunnel {
+            Some(tunnel) => format!("https://{}", tunnel.0),
+            None => self.public_url.clone().ok_or(ProxyError::NoPublicUrl)?,
+        };
         let now = unix_now();
         // The document's id: the request's path parameters (e.g. the report document id).
         let document_id = params

@@ -913,6 +913,7 @@ fn audit(
         "audit_retention",
         "gap",
         "unauthenticated",
+        "compat_switch",
     ];
     let kind_now = get("kind").unwrap_or_default();
     let options = kinds

@@ -494,7 +494,21 @@ async fn python_amazon_sp_api_v0_orders_client_works_unmodified_in_translate_mod
         .unwrap()
         .iter()
         .all(|t| t.as_str().unwrap().starts_with("spgate-v0-next.")));
+    // The business order's business data came through the translation.
     assert_eq!(v["order"]["IsBusinessOrder"], true);
+    assert!(ids.contains(&v["order_id"].as_str().unwrap()));
+    assert!(
+        v["address"]["BuyerCompanyName"]
+            .as_str()
+            .is_some_and(|c| !c.is_empty()),
+        "{v}"
+    );
+    assert!(
+        v["buyer"]["PurchaseOrderNumber"]
+            .as_str()
+            .is_some_and(|po| po.starts_with("PO-SYNTH-")),
+        "{v}"
+    );
     assert_eq!(v["address"]["AmazonOrderId"], v["order_id"]);
     assert!(
         v["address"]["ShippingAddress"]["AddressLine1"].is_string(),

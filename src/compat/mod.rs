@@ -265,11 +265,7 @@ impl Compat {
     /// Replaces the modes and the threshold (SIGHUP reload). What `auto` has seen stays: use
     /// [`Compat::reset_removal`] to forget it.
     pub fn reload(&self, config: CompatConfig) {
-        let mut c = self
-            .config
-            .write()
-            .unwrap_or_else(|p| self.recover(p, "config"));
-        *c = config;
+        *self.config_mut() = config;
     }
 
     /// The field map.
@@ -281,11 +277,7 @@ impl Compat {
     /// translated, at unix time `now`.
     pub fn translates(&self, op_key: &str, tool: &str, region: Region, now: i64) -> Option<Kind> {
         let kind = Kind::of(op_key)?;
-        let mode = self
-            .config
-            .read()
-            .unwrap_or_else(|p| self.recover(p, "config"))
-            .mode_for(tool);
+        let mode = self.config().mode_for(tool);
         let on = match mode {
             Mode::Passthrough => false,
             Mode::Translate => true,
@@ -311,15 +303,8 @@ impl Compat {
         if !removed && !status.is_success() {
             return None;
         }
-        let threshold = self
-            .config
-            .read()
-            .unwrap_or_else(|p| self.recover(p, "config"))
-            .removal_sellers;
-        let mut all = self
-            .removal
-            .lock()
-            .unwrap_or_else(|p| self.recover(p, "removal"));
+        let threshold = self.config().removal_sellers;
+        let mut all = self.removal();
         let state = all.entry(region).or_default();
         if state.since.is_some() {
             if removed {
@@ -360,10 +345,7 @@ impl Compat {
     /// again until the removal date or new removed answers. Returns the regions that were
     /// translating.
     pub fn reset_removal(&self, region: Option<Region>) -> Vec<Region> {
-        let mut all = self
-            .removal
-            .lock()
-            .unwrap_or_else(|p| self.recover(p, "removal"));
+        let mut all = self.removal();
         let mut was = Vec::new();
         for r in REGIONS {
             if region.is_none_or(|only| only == r) {
@@ -383,24 +365,15 @@ impl Compat {
 
     /// Whether `auto` translates `region`'s calls because of removed answers.
     pub fn region_translating(&self, region: Region) -> bool {
-        self.removal
-            .lock()
-            .unwrap_or_else(|p| self.recover(p, "removal"))
+        self.removal()
             .get(&region)
             .is_some_and(|s| s.since.is_some())
     }
 
     /// Every region's state (the admin listener).
     pub fn status(&self) -> Vec<RegionStatus> {
-        let threshold = self
-            .config
-            .read()
-            .unwrap_or_else(|p| self.recover(p, "config"))
-            .removal_sellers;
-        let all = self
-            .removal
-            .lock()
-            .unwrap_or_else(|p| self.recover(p, "removal"));
+        let threshold = self.config().removal_sellers;
+        let all = self.removal();
         REGIONS
             .into_iter()
             .map(|region| {
@@ -416,16 +389,42 @@ impl Compat {
             .collect()
     }
 
-    /// A poisoned lock's guard, recovered: every write under these locks is one assignment or
-    /// insertion, so the data is whole even after a panic elsewhere. Logged and counted, never
-    /// silent.
-    fn recover<G>(&self, poisoned: std::sync::PoisonError<G>, which: &'static str) -> G {
+    /// The config, read. A poisoned lock is recovered (see `poisoned`).
+    fn config(&self) -> std::sync::RwLockReadGuard<'_, CompatConfig> {
+        self.config.read().unwrap_or_else(|p| {
+            self.poisoned("config");
+            self.config.clear_poison();
+            p.into_inner()
+        })
+    }
+
+    /// The config, to replace.
+    fn config_mut(&self) -> std::sync::RwLockWriteGuard<'_, CompatConfig> {
+        self.config.write().unwrap_or_else(|p| {
+            self.poisoned("config");
+            self.config.clear_poison();
+            p.into_inner()
+        })
+    }
+
+    /// What `auto` saw, per region.
+    fn removal(&self) -> std::sync::MutexGuard<'_, HashMap<Region, Removal>> {
+        self.removal.lock().unwrap_or_else(|p| {
+            self.poisoned("removal");
+            self.removal.clear_poison();
+            p.into_inner()
+        })
+    }
+
+    /// A lock was found poisoned (a panic while it was held): its data is whole (every write
+    /// under these locks is one assignment or insertion), so it is used and the poison cleared;
+    /// logged and counted once per poisoning, never silent.
+    fn poisoned(&self, which: &'static str) {
         self.poisoned.fetch_add(1, Ordering::Relaxed);
         tracing::error!(
             lock = which,
             "A compat lock was poisoned by a panic elsewhere; its data is used as it was."
         );
-        poisoned.into_inner()
     }
 
     /// Builds the v0 answer of `plan` from the 2026 operation's successful JSON answer, with

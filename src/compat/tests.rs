@@ -965,6 +965,43 @@ fn auto_switches_a_region_only_after_enough_different_sellers_are_answered_as_re
 }
 
 #[test]
+fn a_poisoned_lock_is_recovered_logged_and_counted_never_silently_ignored() {
+    let compat = std::sync::Arc::new(Compat::new(CompatConfig::defaults()).expect("compat"));
+    let poisoner = compat.clone();
+    let panicked = std::thread::spawn(move || {
+        let _config = poisoner.config.write();
+        let _removal = poisoner.removal.lock();
+        panic!("poison both locks");
+    })
+    .join();
+    assert!(panicked.is_err());
+    assert!(compat.config.is_poisoned() && compat.removal.is_poisoned());
+    // The data under the locks is whole: the modes still apply and auto still counts.
+    let mut config = CompatConfig::defaults();
+    config.orders_v0 = Mode::Translate;
+    compat.reload(config);
+    assert_eq!(
+        compat.translates("ordersV0.getOrders", "t", Region::Na, 0),
+        Some(Kind::Orders)
+    );
+    assert_eq!(
+        compat.observe_v0(Kind::Orders, http::StatusCode::GONE, (Region::Na, "S1"), 1),
+        None
+    );
+    assert_eq!(compat.status()[0].sellers_answered_removed, 1);
+    let mut metrics = String::new();
+    compat.render_metrics(&mut metrics);
+    let poisoned: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("spgate_compat_lock_poisoned_total "))
+        .and_then(|n| n.parse().ok())
+        .expect("the counter");
+    // Once per poisoning (then the poison is cleared), not once per use.
+    assert_eq!(poisoned, 2);
+    assert!(!compat.config.is_poisoned() && !compat.removal.is_poisoned());
+}
+
+#[test]
 fn the_removal_threshold_is_at_least_two_sellers() {
     for (value, ok) in [
         (None, true),

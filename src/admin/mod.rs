@@ -4,8 +4,10 @@
 //!
 //! Routes: `GET /healthz` and `GET /readyz` (liveness, and whether the store answers),
 //! `GET /metrics` (Prometheus text), and for the `ops` role `GET /admin/ratelimits?seller=&
-//! operation=` (tokens, rate, queue depth, per-tool use) and `POST /admin/reload` (re-reads the
-//! config file; an invalid file is refused and the running plans stay).
+//! operation=` (tokens, rate, queue depth, per-tool use), `POST /admin/reload` (re-reads the
+//! config file; an invalid file is refused and the running plans stay), `GET /admin/compat`
+//! (per region, whether compat mode `auto` translates Orders v0 because Amazon answered it as
+//! removed) and `POST /admin/compat/reset?region=` (forgets that, audited).
 //!
 //! Orders (the vault, when attached with [`Admin::with_vault`]): `POST
 //! /admin/orders/{orderId}/delivered` (ops; `{"seller", "delivered_at"?, "source"?}`, records the
@@ -55,6 +57,9 @@ pub enum AdminError {
     /// not confirmed) until it can.
     #[error("the audit log cannot be written")]
     AuditUnavailable,
+    /// A query parameter has a value the route does not take (its name).
+    #[error("the parameter {0} has an invalid value")]
+    BadParameter(&'static str),
 }
 
 /// The admin service.
@@ -207,6 +212,41 @@ impl Admin {
                 Ok(json(
                     StatusCode::OK,
                     &serde_json::json!({ "buckets": status, "application": application }),
+                ))
+            }
+            (&Method::GET, "/admin/compat") => {
+                self.authorize(req, AdminRole::Ops)?;
+                Ok(json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "orders_v0_auto": self.gateway.compat().status() }),
+                ))
+            }
+            (&Method::POST, "/admin/compat/reset") => {
+                let who = self.authorize(req, AdminRole::Ops)?;
+                let region =
+                    match form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                        .find(|(k, _)| k == "region")
+                    {
+                        Some((_, r)) => Some(
+                            r.parse::<crate::store::Region>()
+                                .map_err(|_| AdminError::BadParameter("region"))?,
+                        ),
+                        None => None,
+                    };
+                let was = self.gateway.compat().reset_removal(region);
+                let record = crate::audit::Record::new(crate::audit::Kind::CompatSwitch)
+                    .with_actor(&who)
+                    .with_reason(crate::audit::Reason::from_static(match region {
+                        None => "reset_all",
+                        Some(crate::store::Region::Na) => "reset_na",
+                        Some(crate::store::Region::Eu) => "reset_eu",
+                        Some(crate::store::Region::Fe) => "reset_fe",
+                    }));
+                self.gateway.auditor().record(record);
+                tracing::warn!(admin = %who, "Compat mode auto's removal detection was reset through the admin listener.");
+                Ok(json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "reset": true, "were_translating": was }),
                 ))
             }
             (&Method::POST, "/admin/reload") => {
@@ -671,6 +711,11 @@ pub fn error_response(err: &AdminError) -> Response<Body> {
                     .collect::<Vec<_>>()
                     .join("; ")
             ),
+        ),
+        A::BadParameter(name) => (
+            StatusCode::BAD_REQUEST,
+            "InvalidInput",
+            format!("The parameter {name} has an invalid value."),
         ),
         A::AuditUnavailable => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -223,6 +223,9 @@ pub enum Kind {
     /// A forward-proxy CONNECT accepted (`host`, `source`); the requests inside are recorded
     /// as usual.
     Tunnel,
+    /// Compat mode `auto` started translating a region's Orders v0 calls (enough different
+    /// sellers answered as removed), or an operator reset what it saw.
+    CompatSwitch,
 }
 
 /// How the rate limiter decided.
@@ -303,6 +306,10 @@ pub struct Record {
     /// `orders_2026-01-01.searchOrders`; `operation` names the v0 operation asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub translated_to: Option<Id>,
+    /// Fields of a translated answer left out because the 2026 value could not be converted to
+    /// v0's (compat; their names are in the operational log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unconverted: Option<u32>,
     /// The HTTP status returned to the caller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
@@ -458,6 +465,7 @@ impl Kind {
             Kind::Gap => "gap",
             Kind::Unauthenticated => "unauthenticated",
             Kind::Tunnel => "tunnel",
+            Kind::CompatSwitch => "compat_switch",
         }
     }
 }
@@ -543,6 +551,7 @@ impl Record {
             method: None,
             path: None,
             translated_to: None,
+            unconverted: None,
             status: None,
             latency_us: None,
             limiter: None,

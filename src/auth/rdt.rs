@@ -9,7 +9,8 @@
 //! `expiresIn` - 60 s, single-flight. getReportDocument needs the specific path; other operations
 //! use the generic template. Failing to get an RDT fails closed: restricted data is never
 //! fetched with a plain token. Orders 2026-01-01 needs no RDT; [`reduce_included_data`] drops
-//! the `includedData` sets the role may not receive.
+//! the `includedData` sets that bring no buyer PII the role may receive (what each set brings:
+//! [`PII_DATASETS`] over the PII map, [`pii_categories`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -141,7 +142,8 @@ pub fn need(op: &Operation, role: &Role) -> Need {
             if role.receives_any(&[Name, Email, Company, TaxId]) {
                 elements.push("buyerInfo");
             }
-            if role.receives_any(&[Name, Address, PostalCode, CoarseLocation, Phone]) {
+            // ShippingAddress holds the recipient's company name too.
+            if role.receives_any(&[Name, Address, PostalCode, CoarseLocation, Phone, Company]) {
                 elements.push("shippingAddress");
             }
             if role.receives_any(&[TaxId, Company]) {
@@ -165,25 +167,107 @@ pub fn need(op: &Operation, role: &Role) -> Need {
     }
 }
 
-/// Which `includedData` sets of Orders 2026-01-01 carry which categories.
-const INCLUDED_DATA: [(&str, &[Category]); 3] = [
+/// Which `includedData` dataset brings each piece of buyer PII of Orders 2026-01-01, by path
+/// prefix relative to an `Order` (`[]`: every element). Amazon's migration guide: the buyer,
+/// and an item's gift message and customization (v0's `getOrderItemsBuyerInfo`), come with
+/// `BUYER`; the delivery address and preferences with `RECIPIENT`; tax registrations with `TAX`.
+/// `tests` check that every buyer-PII path of the 2026 operations' PII map has one.
+pub const PII_DATASETS: [(&str, &str); 5] = [
+    ("buyer", "BUYER"),
+    ("recipient", "RECIPIENT"),
+    ("tax", "TAX"),
     (
+        "orderItems[].fulfillment.packing.giftOption.giftMessage",
         "BUYER",
-        &[Category::Name, Category::Email, Category::Company],
     ),
-    (
-        "RECIPIENT",
-        &[
-            Category::Name,
-            Category::Address,
-            Category::PostalCode,
-            Category::CoarseLocation,
-            Category::Phone,
-            Category::DeliveryInstructions,
-        ],
-    ),
-    ("TAX", &[Category::TaxId]),
+    ("orderItems[].product.customization", "BUYER"),
 ];
+
+/// Which dataset brings the other parts of an Orders 2026-01-01 `Order` (no buyer PII of their
+/// own), by path prefix as in [`PII_DATASETS`]; a part no prefix names comes always.
+pub const PART_DATASETS: [(&str, &str); 14] = [
+    ("proceeds", "PROCEEDS"),
+    ("payment", "PAYMENT"),
+    ("fulfillment", "FULFILLMENT"),
+    ("packages", "PACKAGES"),
+    ("fulfillmentOrders", "FULFILLMENT_ORDERS"),
+    ("buyer", "BUYER"),
+    ("recipient", "RECIPIENT"),
+    ("tax", "TAX"),
+    ("orderItems[].proceeds", "PROCEEDS"),
+    ("orderItems[].expense", "EXPENSE"),
+    ("orderItems[].promotion", "PROMOTION"),
+    ("orderItems[].cancellation", "CANCELLATION"),
+    ("orderItems[].fulfillment", "FULFILLMENT"),
+    ("orderItems[].tax", "TAX"),
+];
+
+/// Whether `path` is `prefix` or lies below it (`prefix.x`, `prefix[]...`).
+fn under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.') || rest.starts_with("[]"))
+}
+
+/// The dataset that brings the buyer PII at `path` (relative to an Orders 2026-01-01 `Order`,
+/// `[]` for every element), if the path is under one of [`PII_DATASETS`].
+pub fn pii_dataset_of(path: &str) -> Option<&'static str> {
+    PII_DATASETS
+        .iter()
+        .find(|(prefix, _)| under(path, prefix))
+        .map(|(_, set)| *set)
+}
+
+/// Every dataset a value at `path` needs to be in an Orders 2026-01-01 answer: the datasets of
+/// the parts it lies in and, for buyer PII, the dataset that brings it.
+pub fn datasets_of(path: &str) -> Vec<&'static str> {
+    let mut sets: Vec<&'static str> = PART_DATASETS
+        .iter()
+        .filter(|(prefix, _)| under(path, prefix))
+        .map(|(_, set)| *set)
+        .collect();
+    sets.extend(pii_dataset_of(path));
+    sets.sort_unstable();
+    sets.dedup();
+    sets
+}
+
+/// The buyer-PII categories each dataset brings, from the PII map of Orders 2026-01-01
+/// `getOrder` (every field under the dataset's prefixes), so a field added to the map moves
+/// with its dataset. Datasets without buyer PII are absent.
+static PII_DATASET_CATEGORIES: std::sync::LazyLock<Vec<(&'static str, Vec<Category>)>> =
+    std::sync::LazyLock::new(|| {
+        let mut out: Vec<(&'static str, Vec<Category>)> = Vec::new();
+        let fields = crate::pii::map::FieldMap::builtin()
+            .get(GET_ORDER_2026)
+            .map(|m| m.fields.as_slice())
+            .unwrap_or_default();
+        for field in fields {
+            let Some(path) = field.path.strip_prefix("order.") else {
+                continue;
+            };
+            let Some(set) = pii_dataset_of(path) else {
+                continue;
+            };
+            match out.iter_mut().find(|(s, _)| *s == set) {
+                Some((_, cats)) if !cats.contains(&field.category) => cats.push(field.category),
+                Some(_) => {}
+                None => out.push((set, vec![field.category])),
+            }
+        }
+        out
+    });
+
+/// The catalog key of Orders 2026-01-01 `getOrder`, whose PII map decides what each dataset
+/// brings.
+const GET_ORDER_2026: &str = "orders_2026-01-01.getOrder";
+
+/// The buyer-PII categories the dataset `set` brings (`None`: it brings none).
+pub fn pii_categories(set: &str) -> Option<&'static [Category]> {
+    PII_DATASET_CATEGORIES
+        .iter()
+        .find(|(s, _)| set.eq_ignore_ascii_case(s))
+        .map(|(_, cats)| cats.as_slice())
+}
 
 /// Every dataset `includedData` of Orders 2026-01-01 `searchOrders` and `getOrder` names in
 /// Amazon's model.
@@ -237,10 +321,7 @@ pub fn reduce_included_data(
         let kept: Vec<&str> = sets
             .into_iter()
             .filter(|set| {
-                let allowed = INCLUDED_DATA
-                    .iter()
-                    .find(|(name, _)| set.eq_ignore_ascii_case(name))
-                    .is_none_or(|(_, cats)| role.receives_any(cats));
+                let allowed = pii_categories(set).is_none_or(|cats| role.receives_any(cats));
                 removed |= !allowed;
                 allowed
             })
@@ -457,6 +538,11 @@ mod tests {
             ),
             ("ordersV0.getOrders", &[Email], Need::Rdt(vec!["buyerInfo"])),
             (
+                "ordersV0.getOrder",
+                &[Company],
+                Need::Rdt(vec!["buyerInfo", "shippingAddress", "buyerTaxInformation"]),
+            ),
+            (
                 "ordersV0.getOrders",
                 &[TaxId],
                 Need::Rdt(vec!["buyerInfo", "buyerTaxInformation"]),
@@ -587,6 +673,75 @@ mod tests {
             .unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn every_buyer_pii_field_of_orders_2026_has_the_dataset_that_brings_it() {
+        let map = crate::pii::map::FieldMap::builtin();
+        let mut checked = 0;
+        for (key, prefix) in [
+            ("orders_2026-01-01.getOrder", "order."),
+            ("orders_2026-01-01.searchOrders", "orders[]."),
+        ] {
+            for field in &map.get(key).expect(key).fields {
+                let path = field.path.strip_prefix(prefix).expect(field.path);
+                let set = pii_dataset_of(path);
+                assert!(set.is_some(), "{key} {path}: no dataset brings it");
+                assert!(
+                    pii_categories(set.unwrap_or_default())
+                        .is_some_and(|cats| cats.contains(&field.category)),
+                    "{key} {path}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 80, "{checked}");
+        for (_, set) in PII_DATASETS.iter().chain(PART_DATASETS.iter()) {
+            assert!(KNOWN_INCLUDED_DATA.contains(set), "{set}");
+        }
+    }
+
+    #[test]
+    fn a_dataset_is_kept_for_every_category_of_buyer_pii_it_brings() {
+        use Category::*;
+        // Each of these lost its dataset when the datasets' categories were written by hand:
+        // gift messages and customizations come with BUYER, the recipient's company with
+        // RECIPIENT, a tax registration's legal name with TAX.
+        let cases: &[(Category, &str)] = &[
+            (GiftMessage, "BUYER"),
+            (CustomizationUrl, "BUYER"),
+            (Company, "BUYER"),
+            (Company, "RECIPIENT"),
+            (DeliveryInstructions, "RECIPIENT"),
+            (Name, "TAX"),
+            (TaxId, "TAX"),
+        ];
+        let search = op("orders_2026-01-01.searchOrders");
+        for (cat, set) in cases {
+            let pq = format!("/orders/2026-01-01/orders?includedData={set}");
+            assert_eq!(
+                reduce_included_data(search, &role(&[*cat]), &pq).unwrap(),
+                None,
+                "{cat:?} keeps {set}"
+            );
+        }
+        // And only for those: a category a dataset does not bring does not keep it.
+        let cases: &[(Category, &str)] = &[
+            (GiftMessage, "RECIPIENT"),
+            (Address, "BUYER"),
+            (Email, "TAX"),
+            (DeliveryInstructions, "BUYER"),
+        ];
+        for (cat, set) in cases {
+            let pq = format!("/orders/2026-01-01/orders?includedData={set}");
+            assert_eq!(
+                reduce_included_data(search, &role(&[*cat]), &pq)
+                    .unwrap()
+                    .as_deref(),
+                Some("/orders/2026-01-01/orders"),
+                "{cat:?} does not keep {set}"
+            );
+        }
     }
 
     #[test]

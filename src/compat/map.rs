@@ -208,7 +208,8 @@ impl EnumTable {
 /// How a v0 field is made from its source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Conversion {
-    /// The value as it is (string, number, boolean, or a list of them).
+    /// The value as it is: a string, number or boolean, or a list of them; anything else
+    /// (an object, a list of objects) fails, so no unmapped field is carried along.
     Copy,
     /// An ISO 8601 date-time, checked to parse.
     Date,
@@ -229,6 +230,22 @@ pub enum Conversion {
 }
 
 impl Conversion {
+    /// Whether the v0 field carries the source's value (or a value made from it), rather than
+    /// only whether the source is there.
+    pub fn carries_value(&self) -> bool {
+        match self {
+            Conversion::Copy
+            | Conversion::Date
+            | Conversion::Enum(_)
+            | Conversion::Sum
+            | Conversion::Token => true,
+            Conversion::Has(_)
+            | Conversion::Present
+            | Conversion::PresentString
+            | Conversion::PresentTrue => false,
+        }
+    }
+
     fn parse(text: &str) -> Option<Conversion> {
         Some(match text {
             "copy" => Conversion::Copy,
@@ -485,18 +502,26 @@ fn convert(
             None => Converted::Absent,
         },
         _ if found.is_empty() => Converted::Absent,
-        Conversion::Copy if list => Converted::Value(Value::Array(
-            found
-                .iter()
-                .flat_map(|v| match v {
-                    Value::Array(items) => items.clone(),
-                    one => vec![(*one).clone()],
-                })
-                .collect(),
-        )),
+        // Only leaves are copied: a value the model types as a string, number or boolean. An
+        // object or list where the map names a leaf would carry fields nobody classified, so
+        // it fails (fail closed: what is not classified never passes).
+        Conversion::Copy if list => {
+            let mut out = Vec::new();
+            for v in found {
+                match v {
+                    Value::Array(items) if items.iter().all(is_leaf) => {
+                        out.extend(items.iter().cloned());
+                    }
+                    one if is_leaf(one) => out.push((*one).clone()),
+                    _ => return Ok(Converted::Failed),
+                }
+            }
+            Converted::Value(Value::Array(out))
+        }
         Conversion::Copy => match first {
-            Some(one) => Converted::Value(one.clone()),
-            None => Converted::Absent,
+            Some(Value::Null) | None => Converted::Absent,
+            Some(one) if is_leaf(one) => Converted::Value(one.clone()),
+            Some(_) => Converted::Failed,
         },
         Conversion::Date => match first.and_then(Value::as_str) {
             Some(text) if OffsetDateTime::parse(text, &Rfc3339).is_ok() => {
@@ -524,6 +549,11 @@ fn convert(
             None => Converted::Failed,
         },
     })
+}
+
+/// Whether a value is a leaf the map may copy: a string, number or boolean.
+fn is_leaf(value: &Value) -> bool {
+    matches!(value, Value::String(_) | Value::Number(_) | Value::Bool(_))
 }
 
 /// Sets a v0 field (`a.b.c`, a final `x[]` sets a list) inside `out`, creating objects.

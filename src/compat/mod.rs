@@ -19,14 +19,16 @@ pub mod token;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::config::ConfigIssue;
 use crate::crypto::MasterKey;
+use crate::store::Region;
 use map::{FieldMap, Report, Scope};
 pub use request::{Caller, Kind, Plan};
 
@@ -40,6 +42,10 @@ pub enum CompatError {
     /// A v0 query parameter is missing, unknown or has a value v0 does not define (400).
     #[error("the Orders v0 parameter {0} is missing or invalid")]
     BadParameter(&'static str),
+    /// A filter sent with a `NextToken` differs from the first page's, which the token
+    /// continues (400; the v0 parameter's name).
+    #[error("the Orders v0 parameter {0} sent with a NextToken differs from the first page's")]
+    NextTokenFilter(&'static str),
     /// A `NextToken` the gateway did not issue for this tool and seller (400).
     #[error("the NextToken is not one the gateway issued for this tool and seller")]
     TokenInvalid,
@@ -98,7 +104,14 @@ pub const REMOVAL_UNIX: i64 = 1_806_192_000; // 2027-03-28T00:00:00Z
 pub struct RawCompat {
     /// `passthrough` | `translate` | `auto` (default `auto`).
     pub orders_v0: Option<String>,
+    /// How many different sellers of one region Amazon must answer a v0 call as removed
+    /// before `auto` translates that region's calls (default 3, at least 2): one seller's
+    /// answer, whatever it means for that seller, never switches everyone.
+    pub auto_removal_sellers: Option<u32>,
 }
+
+/// The default of `[compat] auto_removal_sellers`.
+pub const DEFAULT_REMOVAL_SELLERS: u32 = 3;
 
 /// The validated `[compat]` section with the tools' overrides.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +120,9 @@ pub struct CompatConfig {
     pub orders_v0: Mode,
     /// `[tools.<name>] orders_v0`.
     pub tools: BTreeMap<String, Mode>,
+    /// `auto_removal_sellers`: different sellers of a region answered as removed before
+    /// `auto` translates that region.
+    pub removal_sellers: u32,
 }
 
 impl CompatConfig {
@@ -115,6 +131,7 @@ impl CompatConfig {
         CompatConfig {
             orders_v0: Mode::Auto,
             tools: BTreeMap::new(),
+            removal_sellers: DEFAULT_REMOVAL_SELLERS,
         }
     }
 
@@ -155,10 +172,20 @@ impl RawCompat {
                 }
             }
         }
+        let removal_sellers = self.auto_removal_sellers.unwrap_or(DEFAULT_REMOVAL_SELLERS);
+        if !(2..=1000).contains(&removal_sellers) {
+            issues.push(ConfigIssue {
+                path: "compat.auto_removal_sellers".into(),
+                message: format!(
+                    "{removal_sellers} is out of range: at least 2 sellers (one seller's answer never switches everyone), at most 1000"
+                ),
+            });
+        }
         if issues.is_empty() {
             Ok(CompatConfig {
                 orders_v0,
                 tools: per_tool,
+                removal_sellers,
             })
         } else {
             Err(issues)
@@ -166,17 +193,58 @@ impl RawCompat {
     }
 }
 
-/// The translator: the mode per tool, whether Amazon was seen answering v0 as removed, the
-/// field map, and counters.
+/// The translator: the mode per tool, per region whether Amazon was seen answering v0 as
+/// removed, the field map, and counters.
 #[derive(Debug)]
 pub struct Compat {
-    config: std::sync::RwLock<CompatConfig>,
-    removed: AtomicBool,
+    config: RwLock<CompatConfig>,
+    /// Per region: the sellers Amazon answered a v0 call as removed for, and since when `auto`
+    /// translates the region's calls.
+    removal: Mutex<HashMap<Region, Removal>>,
     map: FieldMap,
     translated: AtomicU64,
     unconverted: AtomicU64,
     removal_seen: AtomicU64,
+    /// Locks found poisoned (a panic while one was held); recovered, logged and counted.
+    poisoned: AtomicU64,
 }
+
+/// What `auto` knows of one region.
+#[derive(Debug, Default, Clone)]
+struct Removal {
+    /// Different sellers whose v0 calls Amazon answered as removed, since the region's last
+    /// successful v0 answer.
+    sellers: BTreeSet<String>,
+    /// When `auto` started translating the region (unix seconds).
+    since: Option<i64>,
+}
+
+/// `auto` switched a region to translation: enough different sellers were answered as removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Switched {
+    /// The region.
+    pub region: Region,
+    /// How many different sellers were answered as removed.
+    pub sellers: usize,
+}
+
+/// One region's state for the admin listener.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RegionStatus {
+    /// The region.
+    pub region: Region,
+    /// Whether `auto` translates this region's calls (the removal date aside).
+    pub translating: bool,
+    /// Since when (unix seconds).
+    pub since: Option<i64>,
+    /// Different sellers answered as removed so far.
+    pub sellers_answered_removed: usize,
+    /// How many it takes.
+    pub threshold: u32,
+}
+
+/// Every region, in a fixed order (metrics, status).
+const REGIONS: [Region; 3] = [Region::Na, Region::Eu, Region::Fe];
 
 impl Compat {
     /// A translator with the embedded field map.
@@ -184,20 +252,20 @@ impl Compat {
         let map = FieldMap::parse(map::MAP_TSV)
             .map_err(|_| CompatError::Internal("data/orders-v0-map.tsv does not parse"))?;
         Ok(Compat {
-            config: std::sync::RwLock::new(config),
-            removed: AtomicBool::new(false),
+            config: RwLock::new(config),
+            removal: Mutex::new(HashMap::new()),
             map,
             translated: AtomicU64::new(0),
             unconverted: AtomicU64::new(0),
             removal_seen: AtomicU64::new(0),
+            poisoned: AtomicU64::new(0),
         })
     }
 
-    /// Replaces the modes (SIGHUP reload).
+    /// Replaces the modes and the threshold (SIGHUP reload). What `auto` has seen stays: use
+    /// [`Compat::reset_removal`] to forget it.
     pub fn reload(&self, config: CompatConfig) {
-        if let Ok(mut c) = self.config.write() {
-            *c = config;
-        }
+        *self.config_mut() = config;
     }
 
     /// The field map.
@@ -205,52 +273,170 @@ impl Compat {
         &self.map
     }
 
-    /// The v0 operation's kind when this call of `tool` is to be translated, at unix time `now`.
-    pub fn translates(&self, op_key: &str, tool: &str, now: i64) -> Option<Kind> {
+    /// The v0 operation's kind when this call of `tool` for a seller of `region` is to be
+    /// translated, at unix time `now`.
+    pub fn translates(&self, op_key: &str, tool: &str, region: Region, now: i64) -> Option<Kind> {
         let kind = Kind::of(op_key)?;
-        let mode = self
-            .config
-            .read()
-            .map(|c| c.mode_for(tool))
-            .unwrap_or(Mode::Auto);
+        let mode = self.config().mode_for(tool);
         let on = match mode {
             Mode::Passthrough => false,
             Mode::Translate => true,
-            Mode::Auto => now >= REMOVAL_UNIX || self.removed.load(Ordering::Relaxed),
+            Mode::Auto => now >= REMOVAL_UNIX || self.region_translating(region),
         };
         on.then_some(kind)
     }
 
-    /// Looks at Amazon's answer to a v0 call that was passed through: when it says the API is
-    /// removed ([`answers_removed`]), `auto` translates from now on. Returns whether it did.
-    pub fn observe_v0(&self, kind: Kind, status: http::StatusCode) -> bool {
-        if !answers_removed(kind, status) {
-            return false;
+    /// Looks at Amazon's answer to a v0 call for `seller` (of `region`) that was passed
+    /// through. An answer saying the API is removed ([`answers_removed`]) counts the seller;
+    /// once `auto_removal_sellers` different sellers of the region were answered so, `auto`
+    /// translates the region's calls from `now` on, and the switch is returned (the caller
+    /// audits it). A successful v0 answer forgets the sellers counted (v0 is there), unless the
+    /// region already switched.
+    pub fn observe_v0(
+        &self,
+        kind: Kind,
+        status: http::StatusCode,
+        (region, seller): (Region, &str),
+        now: i64,
+    ) -> Option<Switched> {
+        let removed = answers_removed(kind, status);
+        if !removed && !status.is_success() {
+            return None;
+        }
+        let threshold = self.config().removal_sellers;
+        let mut all = self.removal();
+        let state = all.entry(region).or_default();
+        if state.since.is_some() {
+            if removed {
+                self.removal_seen.fetch_add(1, Ordering::Relaxed);
+            }
+            return None;
+        }
+        if !removed {
+            state.sellers.clear();
+            return None;
         }
         self.removal_seen.fetch_add(1, Ordering::Relaxed);
-        if !self.removed.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
+        state.sellers.insert(seller.to_string());
+        let sellers = state.sellers.len();
+        if sellers < threshold as usize {
+            tracing::info!(
                 operation = kind.v0_key(),
                 status = status.as_u16(),
-                "Amazon answered an Orders v0 call as removed; tools in compat mode auto are translated to Orders 2026-01-01 from now on."
+                region = region.as_str(),
+                sellers,
+                threshold,
+                "Amazon answered an Orders v0 call as removed; auto translates the region once enough different sellers are answered so."
             );
+            return None;
         }
-        true
+        state.since = Some(now);
+        tracing::warn!(
+            operation = kind.v0_key(),
+            status = status.as_u16(),
+            region = region.as_str(),
+            sellers,
+            "Amazon answered Orders v0 calls of enough different sellers as removed; tools in compat mode auto are translated to Orders 2026-01-01 in this region from now on."
+        );
+        Some(Switched { region, sellers })
     }
 
-    /// Whether a removal was seen.
-    pub fn removal_seen(&self) -> bool {
-        self.removed.load(Ordering::Relaxed)
+    /// Forgets what `auto` saw in `region` (every region for `None`): its calls pass through
+    /// again until the removal date or new removed answers. Returns the regions that were
+    /// translating.
+    pub fn reset_removal(&self, region: Option<Region>) -> Vec<Region> {
+        let mut all = self.removal();
+        let mut was = Vec::new();
+        for r in REGIONS {
+            if region.is_none_or(|only| only == r) {
+                if let Some(state) = all.remove(&r) {
+                    if state.since.is_some() {
+                        was.push(r);
+                    }
+                }
+            }
+        }
+        tracing::warn!(
+            regions = ?region.map_or("all", Region::as_str),
+            "What compat mode auto saw of Orders v0's removal was reset."
+        );
+        was
     }
 
-    /// Builds the v0 answer of `plan` from the 2026 operation's successful JSON answer.
+    /// Whether `auto` translates `region`'s calls because of removed answers.
+    pub fn region_translating(&self, region: Region) -> bool {
+        self.removal()
+            .get(&region)
+            .is_some_and(|s| s.since.is_some())
+    }
+
+    /// Every region's state (the admin listener).
+    pub fn status(&self) -> Vec<RegionStatus> {
+        let threshold = self.config().removal_sellers;
+        let all = self.removal();
+        REGIONS
+            .into_iter()
+            .map(|region| {
+                let state = all.get(&region).cloned().unwrap_or_default();
+                RegionStatus {
+                    region,
+                    translating: state.since.is_some(),
+                    since: state.since,
+                    sellers_answered_removed: state.sellers.len(),
+                    threshold,
+                }
+            })
+            .collect()
+    }
+
+    /// The config, read. A poisoned lock is recovered (see `poisoned`).
+    fn config(&self) -> std::sync::RwLockReadGuard<'_, CompatConfig> {
+        self.config.read().unwrap_or_else(|p| {
+            self.poisoned("config");
+            self.config.clear_poison();
+            p.into_inner()
+        })
+    }
+
+    /// The config, to replace.
+    fn config_mut(&self) -> std::sync::RwLockWriteGuard<'_, CompatConfig> {
+        self.config.write().unwrap_or_else(|p| {
+            self.poisoned("config");
+            self.config.clear_poison();
+            p.into_inner()
+        })
+    }
+
+    /// What `auto` saw, per region.
+    fn removal(&self) -> std::sync::MutexGuard<'_, HashMap<Region, Removal>> {
+        self.removal.lock().unwrap_or_else(|p| {
+            self.poisoned("removal");
+            self.removal.clear_poison();
+            p.into_inner()
+        })
+    }
+
+    /// A lock was found poisoned (a panic while it was held): its data is whole (every write
+    /// under these locks is one assignment or insertion), so it is used and the poison cleared;
+    /// logged and counted once per poisoning, never silent.
+    fn poisoned(&self, which: &'static str) {
+        self.poisoned.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            lock = which,
+            "A compat lock was poisoned by a panic elsewhere; its data is used as it was."
+        );
+    }
+
+    /// Builds the v0 answer of `plan` from the 2026 operation's successful JSON answer, with
+    /// how many v0 fields were left out because their 2026 value could not be converted (each
+    /// counted in `spgate_compat_orders_v0_unconverted_total` and logged by name, never value).
     pub fn answer(
         &self,
         plan: &Plan,
         body: &[u8],
         caller: &Caller<'_>,
         key: &MasterKey,
-    ) -> Result<Vec<u8>, CompatError> {
+    ) -> Result<(Vec<u8>, u32), CompatError> {
         let root: Value =
             serde_json::from_slice(body).map_err(|_| CompatError::UpstreamShape("not JSON"))?;
         let mut report = Report::default();
@@ -274,14 +460,18 @@ impl Compat {
                     operation = plan.kind.v0_key(),
                     scope,
                     field = field.as_str(),
-                    "An Orders 2026-01-01 value has no v0 counterpart in the field map; the v0 field was left out."
+                    "An Orders 2026-01-01 value could not be converted to its v0 field (not the model's type, or no v0 counterpart); the v0 field was left out."
                 );
             }
         }
         let mut out = Map::new();
         out.insert("payload".into(), Value::Object(payload));
-        serde_json::to_vec(&Value::Object(out))
-            .map_err(|_| CompatError::Internal("serializing the v0 answer"))
+        let bytes = serde_json::to_vec(&Value::Object(out))
+            .map_err(|_| CompatError::Internal("serializing the v0 answer"))?;
+        Ok((
+            bytes,
+            u32::try_from(report.unconverted.len()).unwrap_or(u32::MAX),
+        ))
     }
 
     /// The counters in Prometheus' text format.
@@ -289,11 +479,37 @@ impl Compat {
         use std::fmt::Write;
         let _ = writeln!(
             out,
-            "# HELP spgate_compat_orders_v0_translated_total Orders v0 calls answered from Orders 2026-01-01.\n# TYPE spgate_compat_orders_v0_translated_total counter\nspgate_compat_orders_v0_translated_total {}\n# HELP spgate_compat_orders_v0_unconverted_total v0 fields left out of translated answers because the 2026 value had no v0 counterpart.\n# TYPE spgate_compat_orders_v0_unconverted_total counter\nspgate_compat_orders_v0_unconverted_total {}\n# HELP spgate_compat_orders_v0_removed_answers_total Orders v0 calls Amazon answered as removed.\n# TYPE spgate_compat_orders_v0_removed_answers_total counter\nspgate_compat_orders_v0_removed_answers_total {}",
+            "# HELP spgate_compat_orders_v0_translated_total Orders v0 calls answered from Orders 2026-01-01.\n# TYPE spgate_compat_orders_v0_translated_total counter\nspgate_compat_orders_v0_translated_total {}\n# HELP spgate_compat_orders_v0_unconverted_total v0 fields left out of translated answers because the 2026 value could not be converted.\n# TYPE spgate_compat_orders_v0_unconverted_total counter\nspgate_compat_orders_v0_unconverted_total {}\n# HELP spgate_compat_orders_v0_removed_answers_total Orders v0 calls Amazon answered as removed.\n# TYPE spgate_compat_orders_v0_removed_answers_total counter\nspgate_compat_orders_v0_removed_answers_total {}\n# HELP spgate_compat_lock_poisoned_total Compat locks found poisoned (recovered).\n# TYPE spgate_compat_lock_poisoned_total counter\nspgate_compat_lock_poisoned_total {}",
             self.translated.load(Ordering::Relaxed),
             self.unconverted.load(Ordering::Relaxed),
             self.removal_seen.load(Ordering::Relaxed),
+            self.poisoned.load(Ordering::Relaxed),
         );
+        let status = self.status();
+        let _ = writeln!(
+            out,
+            "# HELP spgate_compat_orders_v0_auto_translating Whether compat mode auto translates a region's Orders v0 calls because Amazon answered them as removed.\n# TYPE spgate_compat_orders_v0_auto_translating gauge"
+        );
+        for s in &status {
+            let _ = writeln!(
+                out,
+                "spgate_compat_orders_v0_auto_translating{{region=\"{}\"}} {}",
+                s.region.as_str(),
+                u8::from(s.translating),
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP spgate_compat_orders_v0_removed_sellers Different sellers of a region whose Orders v0 calls Amazon answered as removed (auto switches at auto_removal_sellers).\n# TYPE spgate_compat_orders_v0_removed_sellers gauge"
+        );
+        for s in &status {
+            let _ = writeln!(
+                out,
+                "spgate_compat_orders_v0_removed_sellers{{region=\"{}\"}} {}",
+                s.region.as_str(),
+                s.sellers_answered_removed,
+            );
+        }
     }
 }
 

@@ -1,8 +1,8 @@
 //! A v0 request translated into its 2026-01-01 call: which operation, which path and query.
 //!
 //! Every v0 query parameter is either mapped or refused ([`CompatError::Untranslatable`],
-//! [`CompatError::BadParameter`]); `includedData` names only what the operation's v0 answer
-//! can hold, reduced to what the tool's role may receive.
+//! [`CompatError::BadParameter`]); `includedData` names only the datasets of fields the v0
+//! answer produces that the tool's role may receive ([`included_data`]).
 
 use super::token;
 use super::CompatError;
@@ -10,7 +10,8 @@ use crate::auth::rdt;
 use crate::crypto::MasterKey;
 use crate::pii::Role;
 
-use super::map::EnumTable;
+use super::map::{EnumTable, FieldMap, Rule, Scope};
+use crate::pii::Category;
 
 /// The six v0 operations the gateway translates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,23 +71,107 @@ impl Kind {
         }
     }
 
-    /// The datasets the v0 answer's fields come from (before the role's reduction).
-    pub fn included_data(self) -> &'static [&'static str] {
+    /// The map scopes the v0 answer is built from, each with the path of its fields in the
+    /// v0 answer (as the v0 operation's PII map writes them).
+    pub fn scopes(self) -> &'static [(Scope, &'static str)] {
         match self {
-            Kind::Orders | Kind::Order => &["FULFILLMENT", "PROCEEDS", "BUYER", "RECIPIENT"],
-            Kind::BuyerInfo => &["BUYER"],
-            Kind::Address => &["RECIPIENT"],
-            Kind::Items => &[
-                "FULFILLMENT",
-                "PROCEEDS",
-                "EXPENSE",
-                "PROMOTION",
-                "CANCELLATION",
-                "BUYER",
+            Kind::Orders => &[
+                (Scope::Orders, "payload."),
+                (Scope::Order, "payload.Orders[]."),
             ],
-            Kind::ItemsBuyerInfo => &["FULFILLMENT", "PROCEEDS", "BUYER"],
+            Kind::Order => &[(Scope::Order, "payload.")],
+            Kind::BuyerInfo => &[(Scope::Buyer, "payload.")],
+            Kind::Address => &[(Scope::Address, "payload.")],
+            Kind::Items => &[
+                (Scope::Items, "payload."),
+                (Scope::Item, "payload.OrderItems[]."),
+            ],
+            Kind::ItemsBuyerInfo => &[
+                (Scope::ItemsBuyer, "payload."),
+                (Scope::ItemBuyer, "payload.OrderItems[]."),
+            ],
         }
     }
+}
+
+/// The order in which `includedData` names its datasets.
+const DATASET_ORDER: [&str; 11] = [
+    "FULFILLMENT",
+    "PROCEEDS",
+    "EXPENSE",
+    "PROMOTION",
+    "CANCELLATION",
+    "BUYER",
+    "RECIPIENT",
+    "PACKAGES",
+    "TAX",
+    "PAYMENT",
+    "FULFILLMENT_ORDERS",
+];
+
+/// The `includedData` of the 2026 call answering `kind` for `role`, chosen field by field: a
+/// dataset is asked for only when the v0 answer produces (per the field map) at least one field
+/// from it that the role may receive, judged by the field's categories in both PII maps (the
+/// v0 field's, and the 2026 source's when its value is carried over). So a gift message comes
+/// for a role that receives gift messages only, and no buyer data comes for `getOrderItems`.
+pub fn included_data(map: &FieldMap, kind: Kind, role: &Role) -> Vec<&'static str> {
+    let mut wanted: Vec<&'static str> = Vec::new();
+    for (scope, v0_prefix) in kind.scopes() {
+        // Where the scope's sources sit in a 2026 Order (a search's own fields need no dataset).
+        let base = match scope {
+            Scope::Item | Scope::ItemBuyer => "orderItems[].",
+            Scope::Orders | Scope::Errors => continue,
+            _ => "",
+        };
+        for row in map.scope(*scope) {
+            let Rule::Produced { source, conversion } = &row.rule else {
+                continue;
+            };
+            let path = format!("{base}{}", plain_path(source));
+            let mut categories = Vec::new();
+            categories.extend(category_at(
+                kind.v0_key(),
+                &format!("{v0_prefix}{}", row.field),
+            ));
+            if conversion.carries_value() {
+                categories.extend(category_at(GET_ORDER, &format!("order.{path}")));
+            }
+            if categories.iter().all(|c| role.receives(*c)) {
+                wanted.extend(rdt::datasets_of(&path));
+            }
+        }
+    }
+    DATASET_ORDER
+        .into_iter()
+        .filter(|set| wanted.contains(set))
+        .collect()
+}
+
+/// A source path with its filters (`a[k=V]`) written as lists (`a[]`), as the PII map writes
+/// paths.
+fn plain_path(source: &str) -> String {
+    source
+        .split('.')
+        .map(|part| match part.split_once('[') {
+            Some((name, _)) => format!("{name}[]"),
+            None => part.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The buyer-PII category of the value at `path` in an answer of `op_key`: the PII map's leaf
+/// at the path or above it (a leaf covers everything below).
+pub fn category_at(op_key: &str, path: &str) -> Option<Category> {
+    let map = crate::pii::map::FieldMap::builtin().get(op_key)?;
+    map.fields
+        .iter()
+        .find(|f| {
+            path.strip_prefix(f.path).is_some_and(|rest| {
+                rest.is_empty() || rest.starts_with('.') || rest.starts_with("[]")
+            })
+        })
+        .map(|f| f.category)
 }
 
 /// The translated call.
@@ -159,7 +244,7 @@ pub fn plan(
     order_id: Option<&str>,
     query: Option<&str>,
     caller: &Caller<'_>,
-    target: &crate::catalog::Operation,
+    map: &FieldMap,
     key: &MasterKey,
 ) -> Result<Plan, CompatError> {
     let pairs: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or("").as_bytes())
@@ -204,11 +289,16 @@ pub fn plan(
     if let Some(token) = &token {
         out.append_pair("paginationToken", token);
     }
-    out.append_pair("includedData", &kind.included_data().join(","));
-    let full = format!("{path}?{}", out.finish());
-    let path_and_query = rdt::reduce_included_data(target, caller.role, &full)
-        .map_err(|_| CompatError::Internal("includedData names an unknown dataset"))?
-        .unwrap_or(full);
+    let sets = included_data(map, kind, caller.role);
+    if !sets.is_empty() {
+        out.append_pair("includedData", &sets.join(","));
+    }
+    let query = out.finish();
+    let path_and_query = if query.is_empty() {
+        path
+    } else {
+        format!("{path}?{query}")
+    };
     Ok(Plan {
         kind,
         target: kind.target_key(),
@@ -224,12 +314,39 @@ fn search(
     key: &MasterKey,
 ) -> Result<(String, Option<String>), CompatError> {
     if let Some((_, wrapped)) = pairs.iter().find(|(k, _)| k == "NextToken") {
-        // A later page: v0 takes the token alone; 2026 wants the first page's parameters again,
-        // which the gateway token carries.
+        // A later page: 2026 wants the first page's parameters again, which the gateway token
+        // carries. Amazon's v0 applies the filters sent with a NextToken ("NextToken doesn't
+        // affect any filters that you include in your request"), and SDKs send the first
+        // page's again; the 2026 token continues only the first page's search, so a filter
+        // that differs from it is refused by name, never ignored.
         let claims = token::unwrap(key, caller.tool, caller.seller, wrapped, caller.now)?;
+        let others: Vec<(String, String)> = pairs
+            .iter()
+            .filter(|(k, _)| k != "NextToken")
+            .cloned()
+            .collect();
+        let (again, _) = filters(&others)?;
+        same_as_first_page(&again, &claims.query)?;
         return Ok((claims.query, Some(claims.token.expose().clone())));
     }
+    let (translated, marketplaces) = filters(pairs)?;
+    if !marketplaces {
+        return Err(CompatError::BadParameter("MarketplaceIds"));
+    }
     let mut out = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in &translated {
+        out.append_pair(k, v);
+    }
+    Ok((out.finish(), None))
+}
+
+/// 2026 search parameters: (name, value).
+type Filters = Vec<(&'static str, String)>;
+
+/// The v0 `getOrders` filters as 2026 (name, value) pairs, and whether `MarketplaceIds` was
+/// among them.
+fn filters(pairs: &[(String, String)]) -> Result<(Filters, bool), CompatError> {
+    let mut out = Vec::new();
     let mut marketplaces = false;
     for (name, value) in pairs {
         let name = name.as_str();
@@ -241,7 +358,7 @@ fn search(
         }
         if let Some((_, new)) = RENAMED.iter().find(|(old, _)| *old == name) {
             marketplaces |= name == "MarketplaceIds";
-            out.append_pair(new, value);
+            out.push((*new, value.clone()));
             continue;
         }
         match name {
@@ -256,7 +373,7 @@ fn search(
                             .ok_or(CompatError::BadParameter("OrderStatuses"))
                     })
                     .collect::<Result<Vec<_>, _>>()?;
-                out.append_pair("fulfillmentStatuses", &mapped.join(","));
+                out.push(("fulfillmentStatuses", mapped.join(",")));
             }
             "FulfillmentChannels" => {
                 let mapped = list(value)
@@ -266,15 +383,58 @@ fn search(
                             .ok_or(CompatError::BadParameter("FulfillmentChannels"))
                     })
                     .collect::<Result<Vec<_>, _>>()?;
-                out.append_pair("fulfilledBy", &mapped.join(","));
+                out.push(("fulfilledBy", mapped.join(",")));
             }
             other => return Err(CompatError::BadParameter(known_name(other))),
         }
     }
-    if !marketplaces {
-        return Err(CompatError::BadParameter("MarketplaceIds"));
+    Ok((out, marketplaces))
+}
+
+/// Checks the filters sent with a `NextToken` against the first page's 2026 query: each must
+/// have the first page's value (lists in any order), except `MarketplaceIds`, which may name
+/// any of the first page's marketplaces (the v0 model requires the parameter on every call,
+/// and SDKs fill in their default marketplace). Refused: [`CompatError::NextTokenFilter`] with
+/// the v0 name.
+fn same_as_first_page(
+    again: &[(&'static str, String)],
+    first_query: &str,
+) -> Result<(), CompatError> {
+    let first: Vec<(String, String)> = form_urlencoded::parse(first_query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let first_of = |name: &str| {
+        first
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let set =
+        |v: &str| -> std::collections::BTreeSet<String> { list(v).map(str::to_string).collect() };
+    for (name, value) in again {
+        let same = match (*name, first_of(name)) {
+            ("marketplaceIds", Some(f)) => set(value).is_subset(&set(f)) && !set(value).is_empty(),
+            ("fulfillmentStatuses" | "fulfilledBy", Some(f)) => set(value) == set(f),
+            (_, Some(f)) => value == f,
+            (_, None) => false,
+        };
+        if !same {
+            return Err(CompatError::NextTokenFilter(v0_name(name)));
+        }
     }
-    Ok((out.finish(), None))
+    Ok(())
+}
+
+/// The v0 name of a 2026 search parameter the translation writes.
+fn v0_name(name: &str) -> &'static str {
+    match name {
+        "fulfillmentStatuses" => "OrderStatuses",
+        "fulfilledBy" => "FulfillmentChannels",
+        other => RENAMED
+            .iter()
+            .find(|(_, new)| *new == other)
+            .map_or("an unknown query parameter", |(old, _)| *old),
+    }
 }
 
 fn list(value: &str) -> impl Iterator<Item = &str> {

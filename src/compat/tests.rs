@@ -8,11 +8,11 @@ use serde_json::{json, Value};
 
 use super::map::{self, Conversion, FieldMap, Report, Rule, Scope};
 use super::request::{self, Caller, Kind};
-use super::{token, Compat, CompatConfig, CompatError, Mode, RawCompat, REMOVAL_UNIX};
-use crate::catalog::Catalog;
+use super::{token, Compat, CompatConfig, CompatError, Mode, RawCompat, Switched, REMOVAL_UNIX};
 use crate::crypto::MasterKey;
 use crate::pii::{Action, Category, Role};
 use crate::secret::Secret;
+use crate::store::Region;
 
 fn key() -> MasterKey {
     MasterKey::from_base64(
@@ -20,6 +20,10 @@ fn key() -> MasterKey {
         &Secret::new("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".to_string()),
     )
     .expect("key")
+}
+
+fn the_map() -> FieldMap {
+    FieldMap::parse(map::MAP_TSV).expect("the map parses")
 }
 
 fn pass_all() -> Role {
@@ -38,10 +42,7 @@ fn plan(
         role,
         now: 1_800_000_000,
     };
-    let target = Catalog::builtin()
-        .by_key(kind.target_key())
-        .expect("2026 op");
-    request::plan(kind, order_id, Some(query), &caller, target, &key())
+    request::plan(kind, order_id, Some(query), &caller, &the_map(), &key())
 }
 
 // --- The map against Amazon's models ---
@@ -330,6 +331,48 @@ fn conversions_produce_v0_values_and_report_what_they_cannot_convert() {
 }
 
 #[test]
+fn copy_carries_only_leaves_so_no_unmapped_field_passes() {
+    let map = FieldMap::parse(
+        "order\tName\tb.name\tcopy\norder\tIds[]\tp[].id\tcopy\norder\tTags[]\ttags\tcopy\n",
+    )
+    .expect("map");
+    let mut wrap = |t: &str| Ok(t.to_string());
+    // The model's shape: leaves (and a list of leaves) are copied.
+    let mut report = Report::default();
+    let fine =
+        json!({ "b": { "name": "Ada" }, "p": [{ "id": "1" }, { "id": 2 }], "tags": ["a", "b"] });
+    let out = map::build(&map, Scope::Order, &fine, &mut wrap, &mut report).expect("builds");
+    assert_eq!(
+        Value::Object(out),
+        json!({ "Name": "Ada", "Ids": ["1", 2], "Tags": ["a", "b"] })
+    );
+    assert!(report.unconverted.is_empty());
+    // An object or a list of objects where the map names a leaf: its unmapped members
+    // (here `secret`) never pass; the field fails and is reported.
+    let odd = json!({
+        "b": { "name": { "first": "Ada", "secret": "s3cr3t" } },
+        "p": [{ "id": { "secret": "s3cr3t" } }],
+        "tags": [{ "secret": "s3cr3t" }],
+    });
+    let out = map::build(&map, Scope::Order, &odd, &mut wrap, &mut report).expect("builds");
+    assert_eq!(Value::Object(out), json!({}));
+    let fields: Vec<&str> = report.unconverted.iter().map(|(_, f)| f.as_str()).collect();
+    assert_eq!(fields, ["Name", "Ids[]", "Tags[]"]);
+    // A null is no value.
+    let mut report = Report::default();
+    let out = map::build(
+        &map,
+        Scope::Order,
+        &json!({ "b": { "name": null } }),
+        &mut wrap,
+        &mut report,
+    )
+    .expect("builds");
+    assert_eq!(Value::Object(out), json!({}));
+    assert!(report.unconverted.is_empty());
+}
+
+#[test]
 fn enum_tables_round_trip_and_cover_the_models_values() {
     use map::EnumTable;
     for (table, v0) in [
@@ -522,23 +565,120 @@ fn single_order_calls_become_get_order_with_the_datasets_their_answer_needs() {
 
 #[test]
 fn included_data_asks_only_for_what_the_role_may_receive() {
-    let shipping = Role::new([
-        (Category::Address, Action::Pass),
-        (Category::PostalCode, Action::Mask),
-    ]);
-    let p = plan(Kind::Order, Some("902-1-1"), "", &shipping).expect("translates");
+    use Category::*;
+    // (operation, the categories the role receives, the includedData sent)
+    let cases: &[(Kind, &[Category], &str)] = &[
+        (
+            Kind::Order,
+            &[Address, PostalCode],
+            "FULFILLMENT,PROCEEDS,RECIPIENT",
+        ),
+        (Kind::Orders, &[], "FULFILLMENT,PROCEEDS"),
+        // Data the role may receive comes: a gift message or customization (BUYER), the
+        // recipient's company (RECIPIENT).
+        (
+            Kind::Items,
+            &[GiftMessage],
+            "FULFILLMENT,PROCEEDS,EXPENSE,PROMOTION,CANCELLATION,BUYER",
+        ),
+        (
+            Kind::ItemsBuyerInfo,
+            &[CustomizationUrl],
+            "FULFILLMENT,PROCEEDS,BUYER",
+        ),
+        (Kind::Address, &[Company], "RECIPIENT"),
+        (
+            Kind::Order,
+            &[Company],
+            "FULFILLMENT,PROCEEDS,BUYER,RECIPIENT",
+        ),
+        // And nothing for fields the v0 answer does not hold: getOrderItems has no buyer name
+        // or e-mail, getOrder no delivery instructions, getOrderBuyerInfo no county.
+        (
+            Kind::Items,
+            &[Name, Email],
+            "FULFILLMENT,PROCEEDS,EXPENSE,PROMOTION,CANCELLATION",
+        ),
+        (Kind::Order, &[DeliveryInstructions], "FULFILLMENT,PROCEEDS"),
+        (Kind::BuyerInfo, &[CoarseLocation], ""),
+        (Kind::Order, &[GiftMessage], "FULFILLMENT,PROCEEDS"),
+        (Kind::Address, &[DeliveryInstructions], "RECIPIENT"),
+        (
+            Kind::ItemsBuyerInfo,
+            &[Name, Email, Company],
+            "FULFILLMENT,PROCEEDS",
+        ),
+    ];
+    let the_map = the_map();
+    for (kind, cats, expect) in cases {
+        let role = Role::new(cats.iter().map(|c| (*c, Action::Mask)));
+        assert_eq!(
+            request::included_data(&the_map, *kind, &role).join(","),
+            *expect,
+            "{} {cats:?}",
+            kind.v0_key()
+        );
+    }
+    // The plan sends exactly that, and no includedData at all when nothing is needed.
+    let p = plan(
+        Kind::BuyerInfo,
+        Some("902-1-1"),
+        "",
+        &Role::new([(CoarseLocation, Action::Pass)]),
+    )
+    .expect("translates");
+    assert_eq!(p.path_and_query, "/orders/2026-01-01/orders/902-1-1");
+    let p = plan(
+        Kind::Items,
+        Some("902-1-1"),
+        "",
+        &Role::new([(GiftMessage, Action::Pass)]),
+    )
+    .expect("translates");
     assert_eq!(
         p.path_and_query,
-        "/orders/2026-01-01/orders/902-1-1?includedData=FULFILLMENT%2CPROCEEDS%2CRECIPIENT"
+        "/orders/2026-01-01/orders/902-1-1?includedData=FULFILLMENT%2CPROCEEDS%2CEXPENSE%2CPROMOTION%2CCANCELLATION%2CBUYER"
     );
-    let nothing = Role::new(std::iter::empty());
-    let p = plan(Kind::Orders, None, "MarketplaceIds=A", &nothing).expect("translates");
-    assert!(
-        p.path_and_query
-            .ends_with("includedData=FULFILLMENT%2CPROCEEDS"),
-        "{}",
-        p.path_and_query
-    );
+}
+
+#[test]
+fn a_produced_field_has_the_same_pii_category_in_the_v0_and_the_2026_map() {
+    // The datasets are chosen by both categories; they must agree, or the v0 policy would
+    // judge a carried-over value by another category than the 2026 map gives it.
+    let the_map = the_map();
+    let mut checked = 0;
+    for kind in Kind::ALL {
+        for (scope, v0_prefix) in kind.scopes() {
+            let base = match scope {
+                Scope::Item | Scope::ItemBuyer => "orderItems[].",
+                Scope::Orders | Scope::Errors => continue,
+                _ => "",
+            };
+            for row in the_map.scope(*scope) {
+                let Rule::Produced { source, conversion } = &row.rule else {
+                    continue;
+                };
+                if !conversion.carries_value() {
+                    continue;
+                }
+                let plain: Vec<String> = source
+                    .split('.')
+                    .map(|p| {
+                        p.split_once('[')
+                            .map_or(p.to_string(), |(n, _)| format!("{n}[]"))
+                    })
+                    .collect();
+                let v0 = request::category_at(kind.v0_key(), &format!("{v0_prefix}{}", row.field));
+                let new = request::category_at(
+                    request::GET_ORDER,
+                    &format!("order.{base}{}", plain.join(".")),
+                );
+                assert_eq!(v0, new, "{} {}", kind.v0_key(), row.field);
+                checked += usize::from(v0.is_some());
+            }
+        }
+    }
+    assert!(checked > 40, "{checked}");
 }
 
 // --- NextToken ---
@@ -599,9 +739,6 @@ fn next_tokens_wrap_the_2026_token_and_the_query_and_expire_with_it() {
         role: &pass_all(),
         now: 1_000,
     };
-    let target = Catalog::builtin()
-        .by_key(request::SEARCH_ORDERS)
-        .expect("op");
     let p = request::plan(
         Kind::Orders,
         None,
@@ -610,7 +747,7 @@ fn next_tokens_wrap_the_2026_token_and_the_query_and_expire_with_it() {
             form_urlencoded::byte_serialize(wrapped.as_bytes()).collect::<String>()
         )),
         &caller,
-        target,
+        &the_map(),
         &k,
     )
     .expect("translates");
@@ -621,12 +758,74 @@ fn next_tokens_wrap_the_2026_token_and_the_query_and_expire_with_it() {
     assert_eq!(p.search_query, "marketplaceIds=A");
 }
 
+#[test]
+fn filters_sent_with_a_next_token_must_be_the_first_pages_never_ignored() {
+    let k = key();
+    let first = "createdAfter=2026-01-01T00%3A00%3A00Z&marketplaceIds=A%2CB&fulfillmentStatuses=UNSHIPPED%2CSHIPPED&maxResultsPerPage=9";
+    let wrapped =
+        token::wrap(&k, "tool-a", "A1SELLER", "amazon-2026-token", first, 1_000).expect("seals");
+    let next = form_urlencoded::byte_serialize(wrapped.as_bytes()).collect::<String>();
+    let role = pass_all();
+    let caller = Caller {
+        tool: "tool-a",
+        seller: "A1SELLER",
+        role: &role,
+        now: 1_000,
+    };
+    let page = |extra: &str| {
+        request::plan(
+            Kind::Orders,
+            None,
+            Some(&format!("NextToken={next}{extra}")),
+            &caller,
+            &the_map(),
+            &k,
+        )
+    };
+    let alone = page("").expect("the token alone").path_and_query;
+    // The first page's filters again (as python-amazon-sp-api sends them), lists in any
+    // order, a subset of its marketplaces (an SDK's default one), SDK marketplace keys.
+    for same in [
+        "&CreatedAfter=2026-01-01T00:00:00Z&MarketplaceIds=A,B&OrderStatuses=Unshipped,Shipped&MaxResultsPerPage=9",
+        "&OrderStatuses=Shipped,Unshipped&MarketplaceIds=B,A",
+        "&MarketplaceIds=A&MarketplaceId=A&marketplace_ids=A&marketplaceIds=A",
+        "&MaxResultsPerPage=9",
+    ] {
+        assert_eq!(page(same).expect(same).path_and_query, alone, "{same}");
+    }
+    // A filter that differs from (or was not in) the first page's: refused by its v0 name.
+    for (other, name) in [
+        ("&CreatedAfter=2025-01-01T00:00:00Z", "CreatedAfter"),
+        ("&MarketplaceIds=C", "MarketplaceIds"),
+        ("&MarketplaceIds=A,C", "MarketplaceIds"),
+        ("&OrderStatuses=Unshipped", "OrderStatuses"),
+        ("&MaxResultsPerPage=10", "MaxResultsPerPage"),
+        ("&LastUpdatedAfter=2026-01-01T00:00:00Z", "LastUpdatedAfter"),
+        ("&FulfillmentChannels=AFN", "FulfillmentChannels"),
+    ] {
+        match page(other) {
+            Err(CompatError::NextTokenFilter(n)) => assert_eq!(n, name, "{other}"),
+            r => panic!("{other}: {r:?}"),
+        }
+    }
+    // What could not be translated on a first page is not taken with a token either.
+    assert!(matches!(
+        page("&BuyerEmail=x%40example.com"),
+        Err(CompatError::Untranslatable("BuyerEmail"))
+    ));
+    assert!(matches!(
+        page("&Whatever=1"),
+        Err(CompatError::BadParameter("an unknown query parameter"))
+    ));
+}
+
 // --- Modes ---
 
 #[test]
-fn modes_follow_the_config_the_removal_date_and_a_removed_answer() {
+fn modes_follow_the_config_and_the_removal_date() {
     let raw = RawCompat {
         orders_v0: Some("passthrough".into()),
+        auto_removal_sellers: None,
     };
     let tools: Vec<(String, Option<String>)> = vec![
         ("translator".into(), Some("translate".into())),
@@ -638,64 +837,196 @@ fn modes_follow_the_config_the_removal_date_and_a_removed_answer() {
         .expect("valid");
     assert_eq!(config.mode_for("plain"), Mode::Passthrough);
     assert_eq!(config.mode_for("translator"), Mode::Translate);
+    assert_eq!(config.removal_sellers, 3);
     let compat = Compat::new(config).expect("compat");
     let before = REMOVAL_UNIX - 1;
+    let na = Region::Na;
+    // (operation, tool, now, translated as)
+    let cases: &[(&str, &str, i64, Option<Kind>)] = &[
+        ("ordersV0.getOrders", "plain", before, None),
+        ("ordersV0.getOrders", "plain", REMOVAL_UNIX + 1, None),
+        ("ordersV0.getOrder", "translator", before, Some(Kind::Order)),
+        ("ordersV0.getOrderMetrics", "translator", before, None),
+        ("ordersV0.getOrders", "waiter", before, None),
+        (
+            "ordersV0.getOrders",
+            "waiter",
+            REMOVAL_UNIX,
+            Some(Kind::Orders),
+        ),
+    ];
+    for (op, tool, now, expect) in cases {
+        assert_eq!(
+            compat.translates(op, tool, na, *now),
+            *expect,
+            "{op} {tool} {now}"
+        );
+    }
+}
+
+#[test]
+fn auto_switches_a_region_only_after_enough_different_sellers_are_answered_as_removed() {
+    use http::StatusCode as S;
+    let compat = Compat::new(CompatConfig::defaults()).expect("compat"); // auto, 3 sellers
+    let before = REMOVAL_UNIX - 1;
+    let on = |r: Region| {
+        compat
+            .translates("ordersV0.getOrders", "t", r, before)
+            .is_some()
+    };
+    // A 404 for one order or a 403 says nothing about v0.
     assert_eq!(
-        compat.translates("ordersV0.getOrders", "plain", before),
+        compat.observe_v0(Kind::Order, S::NOT_FOUND, (Region::Eu, "S1"), 10),
         None
     );
     assert_eq!(
-        compat.translates("ordersV0.getOrders", "plain", REMOVAL_UNIX + 1),
+        compat.observe_v0(Kind::Orders, S::FORBIDDEN, (Region::Eu, "S1"), 10),
+        None
+    );
+    // One seller's removed answers, however many, never switch anyone.
+    for _ in 0..5 {
+        assert_eq!(
+            compat.observe_v0(Kind::Orders, S::NOT_FOUND, (Region::Eu, "S1"), 10),
+            None
+        );
+    }
+    assert!(!on(Region::Eu));
+    assert_eq!(
+        compat.observe_v0(Kind::Order, S::GONE, (Region::Eu, "S2"), 11),
+        None
+    );
+    assert!(!on(Region::Eu));
+    // A successful v0 answer in the region: v0 is there; the sellers counted are forgotten.
+    assert_eq!(
+        compat.observe_v0(Kind::Orders, S::OK, (Region::Eu, "S4"), 12),
         None
     );
     assert_eq!(
-        compat.translates("ordersV0.getOrder", "translator", before),
-        Some(Kind::Order)
-    );
-    assert_eq!(
-        compat.translates("ordersV0.getOrderMetrics", "translator", before),
+        compat.observe_v0(Kind::Orders, S::NOT_FOUND, (Region::Eu, "S3"), 13),
         None
     );
     assert_eq!(
-        compat.translates("ordersV0.getOrders", "waiter", before),
+        compat.observe_v0(Kind::Orders, S::NOT_FOUND, (Region::Eu, "S1"), 14),
         None
     );
+    assert!(!on(Region::Eu));
+    // Another region's answers count for that region only.
     assert_eq!(
-        compat.translates("ordersV0.getOrders", "waiter", REMOVAL_UNIX),
-        Some(Kind::Orders)
-    );
-    // A 404 for one order says nothing; a 404 for the collection or a 410 says v0 is gone.
-    assert!(!compat.observe_v0(Kind::Order, http::StatusCode::NOT_FOUND));
-    assert!(!compat.observe_v0(Kind::Orders, http::StatusCode::FORBIDDEN));
-    assert_eq!(
-        compat.translates("ordersV0.getOrders", "waiter", before),
+        compat.observe_v0(Kind::Orders, S::NOT_FOUND, (Region::Na, "S9"), 15),
         None
     );
-    assert!(compat.observe_v0(Kind::Orders, http::StatusCode::NOT_FOUND));
+    // The third different seller of the region switches it, once.
     assert_eq!(
-        compat.translates("ordersV0.getOrderAddress", "waiter", before),
-        Some(Kind::Address)
+        compat.observe_v0(Kind::Items, S::GONE, (Region::Eu, "S2"), 16),
+        Some(Switched {
+            region: Region::Eu,
+            sellers: 3
+        })
     );
     assert_eq!(
-        compat.translates("ordersV0.getOrders", "plain", before),
-        None,
-        "passthrough stays"
+        compat.observe_v0(Kind::Orders, S::NOT_FOUND, (Region::Eu, "S5"), 17),
+        None
+    );
+    assert!(on(Region::Eu) && !on(Region::Na) && !on(Region::Fe));
+    // A success after the switch does not undo it; only a reset does.
+    assert_eq!(
+        compat.observe_v0(Kind::Orders, S::OK, (Region::Eu, "S4"), 18),
+        None
+    );
+    assert!(on(Region::Eu));
+    let status = compat.status();
+    assert_eq!(
+        status
+            .iter()
+            .map(|s| (s.region, s.translating, s.since, s.sellers_answered_removed))
+            .collect::<Vec<_>>(),
+        [
+            (Region::Na, false, None, 1),
+            (Region::Eu, true, Some(16), 3),
+            (Region::Fe, false, None, 0)
+        ]
     );
     let mut metrics = String::new();
     compat.render_metrics(&mut metrics);
-    assert!(
-        metrics.contains("\nspgate_compat_orders_v0_removed_answers_total 1\n"),
-        "{metrics}"
+    for line in [
+        "\nspgate_compat_orders_v0_removed_answers_total 11\n",
+        "\nspgate_compat_orders_v0_auto_translating{region=\"eu\"} 1\n",
+        "\nspgate_compat_orders_v0_auto_translating{region=\"na\"} 0\n",
+        "\nspgate_compat_orders_v0_removed_sellers{region=\"na\"} 1\n",
+        "\nspgate_compat_lock_poisoned_total 0\n",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    assert_eq!(compat.reset_removal(Some(Region::Na)), []);
+    assert!(on(Region::Eu));
+    assert_eq!(compat.reset_removal(None), [Region::Eu]);
+    assert!(!on(Region::Eu));
+    assert_eq!(compat.status()[1].sellers_answered_removed, 0);
+}
+
+#[test]
+fn a_poisoned_lock_is_recovered_logged_and_counted_never_silently_ignored() {
+    let compat = std::sync::Arc::new(Compat::new(CompatConfig::defaults()).expect("compat"));
+    let poisoner = compat.clone();
+    let panicked = std::thread::spawn(move || {
+        let _config = poisoner.config.write();
+        let _removal = poisoner.removal.lock();
+        panic!("poison both locks");
+    })
+    .join();
+    assert!(panicked.is_err());
+    assert!(compat.config.is_poisoned() && compat.removal.is_poisoned());
+    // The data under the locks is whole: the modes still apply and auto still counts.
+    let mut config = CompatConfig::defaults();
+    config.orders_v0 = Mode::Translate;
+    compat.reload(config);
+    assert_eq!(
+        compat.translates("ordersV0.getOrders", "t", Region::Na, 0),
+        Some(Kind::Orders)
     );
-    let compat = Compat::new(CompatConfig::defaults()).expect("compat");
-    assert!(compat.observe_v0(Kind::ItemsBuyerInfo, http::StatusCode::GONE));
-    assert!(compat.removal_seen());
+    assert_eq!(
+        compat.observe_v0(Kind::Orders, http::StatusCode::GONE, (Region::Na, "S1"), 1),
+        None
+    );
+    assert_eq!(compat.status()[0].sellers_answered_removed, 1);
+    let mut metrics = String::new();
+    compat.render_metrics(&mut metrics);
+    let poisoned: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("spgate_compat_lock_poisoned_total "))
+        .and_then(|n| n.parse().ok())
+        .expect("the counter");
+    // Once per poisoning (then the poison is cleared), not once per use.
+    assert_eq!(poisoned, 2);
+    assert!(!compat.config.is_poisoned() && !compat.removal.is_poisoned());
+}
+
+#[test]
+fn the_removal_threshold_is_at_least_two_sellers() {
+    for (value, ok) in [
+        (None, true),
+        (Some(2), true),
+        (Some(1), false),
+        (Some(0), false),
+        (Some(1001), false),
+    ] {
+        let raw = RawCompat {
+            orders_v0: None,
+            auto_removal_sellers: value,
+        };
+        let got = raw.resolve(std::iter::empty());
+        assert_eq!(got.is_ok(), ok, "{value:?}");
+        if let Err(issues) = got {
+            assert_eq!(issues[0].path, "compat.auto_removal_sellers");
+        }
+    }
 }
 
 #[test]
 fn a_bad_mode_is_reported_with_its_key_path() {
     let raw = RawCompat {
         orders_v0: Some("sometimes".into()),
+        auto_removal_sellers: None,
     };
     let tools: Vec<(String, Option<String>)> = vec![("t1".into(), Some("never".into()))];
     let issues = raw
@@ -727,13 +1058,32 @@ fn an_answer_without_the_models_shape_is_refused() {
         compat.answer(&p, br#"{"order":{"orderId":"1"}}"#, &caller, &key()),
         Err(CompatError::UpstreamShape(_))
     ));
-    let out = compat
+    let (out, unconverted) = compat
         .answer(&p, br#"{"order":{"orderId":"902-1-1","orderItems":[{"orderItemId":"7","quantityOrdered":1,"product":{"asin":"B0"}}]}}"#, &caller, &key())
         .expect("builds");
     let v: Value = serde_json::from_slice(&out).expect("JSON");
     assert_eq!(v["payload"]["AmazonOrderId"], "902-1-1");
     assert_eq!(v["payload"]["OrderItems"][0]["ASIN"], "B0");
     assert_eq!(v["payload"]["OrderItems"][0]["IsGift"], "false");
+    assert_eq!(unconverted, 0);
+    // Values that cannot be converted are left out, counted for the audit record and the
+    // metric (never silently).
+    let (out, unconverted) = compat
+        .answer(&p, br#"{"order":{"orderId":"902-1-1","orderItems":[{"orderItemId":"7","quantityOrdered":1,"product":{"asin":{"x":"y"},"condition":{"conditionType":"TELEPORTED"}}}]}}"#, &caller, &key())
+        .expect("builds");
+    let v: Value = serde_json::from_slice(&out).expect("JSON");
+    assert!(v["payload"]["OrderItems"][0].get("ASIN").is_none(), "{v}");
+    assert!(
+        v["payload"]["OrderItems"][0].get("ConditionId").is_none(),
+        "{v}"
+    );
+    assert_eq!(unconverted, 2);
+    let mut metrics = String::new();
+    compat.render_metrics(&mut metrics);
+    assert!(
+        metrics.contains("\nspgate_compat_orders_v0_unconverted_total 2\n"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

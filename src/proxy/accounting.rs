@@ -368,6 +368,7 @@ impl Gateway {
         if let Some(op) = ctx.operation {
             r = r.with_operation(op);
             r.translated_to = ctx.translated_to.map(|t| Id::lossy(t.key));
+            r.unconverted = ctx.unconverted;
         } else if ctx.document_link {
             r.operation = Some(Id::lossy("documents.download"));
             r.method = Some(Name::lossy(method.as_str()));

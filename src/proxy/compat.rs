@@ -35,13 +35,15 @@ impl Gateway {
         caller: &Caller,
         seller: Option<&SellerRecord>,
         role: &Role,
-        ctx: &mut Ctx,
     ) -> Result<(Request<B>, Option<Translation>), ProxyError> {
         let now = unix_now();
-        let (Some(kind), Some(seller)) = (
-            self.compat.translates(op.key, &caller.client.tool, now),
-            seller,
-        ) else {
+        let Some(seller) = seller else {
+            return Ok((req, None));
+        };
+        let Some(kind) = self
+            .compat
+            .translates(op.key, &caller.client.tool, seller.region, now)
+        else {
             return Ok((req, None));
         };
         if matches!(rdt::need(op, role), Need::Refused) {
@@ -68,7 +70,7 @@ impl Gateway {
             order_id,
             req.uri().query(),
             &who,
-            target,
+            self.compat.map(),
             &self.master_key,
         )?;
         let (mut parts, body) = req.into_parts();
@@ -76,7 +78,6 @@ impl Gateway {
             .path_and_query
             .parse()
             .map_err(|_| compat::CompatError::Internal("the 2026 path does not parse"))?;
-        ctx.translated_to = Some(target);
         Ok((
             Request::from_parts(parts, body),
             Some(Translation { target, plan }),
@@ -89,15 +90,21 @@ impl Gateway {
     pub(super) async fn translated_answer(
         &self,
         resp: Response<Body>,
-        op: &'static Operation,
-        translation: Option<&Translation>,
+        (op, translation): (&'static Operation, Option<&Translation>),
         caller: &Caller,
         seller: Option<&SellerRecord>,
         role: &Role,
+        ctx: &mut Ctx,
     ) -> Result<Response<Body>, ProxyError> {
         let Some(t) = translation else {
-            if let Some(kind) = Kind::of(op.key) {
-                self.compat.observe_v0(kind, resp.status());
+            if let (Some(kind), Some(seller)) = (Kind::of(op.key), seller) {
+                let seen = (seller.region, seller.selling_partner_id.as_str());
+                if let Some(switched) =
+                    self.compat
+                        .observe_v0(kind, resp.status(), seen, unix_now())
+                {
+                    self.audit_compat_switch(switched, op, seller);
+                }
             }
             return Ok(resp);
         };
@@ -122,15 +129,36 @@ impl Gateway {
             role,
             now: unix_now(),
         };
-        let out = self
+        let (out, unconverted) = self
             .compat
             .answer(&t.plan, &bytes, &who, &self.master_key)?;
+        ctx.unconverted = Some(unconverted);
         parts.headers.remove(header::CONTENT_LENGTH);
         parts.headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
         Ok(Response::from_parts(parts, body::full(out)))
+    }
+
+    /// `auto` switched a region to translation: a record naming the region (in `reason`), the
+    /// seller whose answer tipped it, the operation and how many sellers were answered so.
+    fn audit_compat_switch(
+        &self,
+        switched: compat::Switched,
+        op: &'static Operation,
+        seller: &SellerRecord,
+    ) {
+        let mut record = crate::audit::Record::new(crate::audit::Kind::CompatSwitch)
+            .with_operation(op)
+            .with_seller(&seller.selling_partner_id)
+            .with_reason(crate::audit::Reason::from_static(match switched.region {
+                crate::store::Region::Na => "orders_v0_removed_na",
+                crate::store::Region::Eu => "orders_v0_removed_eu",
+                crate::store::Region::Fe => "orders_v0_removed_fe",
+            }));
+        record.count = Some(switched.sellers as u64);
+        self.auditor.record(record);
     }
 
     /// The Orders v0 translator (modes, removal seen, counters).

@@ -193,6 +193,9 @@ struct Ctx {
     /// Inside a forward-proxy tunnel: the Amazon host the tool tunnelled to (document links
     /// are built on it, the only host such a tool reaches).
     tunnel: Option<crate::server::forward::Tunnel>,
+    /// Fields of the translated answer left out because their 2026 value could not be
+    /// converted (compat; `None` when nothing was translated).
+    unconverted: Option<u32>,
 }
 
 /// The kind of token a request was sent upstream with (audited).
@@ -478,7 +481,7 @@ impl Gateway {
         // Compat: a v0 Orders call the tool's mode translates goes out as its 2026-01-01 call;
         // `wire` is the operation sent (credentials, rate limit, upstream), `op` the one answered.
         let (req, translation) =
-            self.translate(req, (op, &params), &caller, seller.as_ref(), role, ctx)?;
+            self.translate(req, (op, &params), &caller, seller.as_ref(), role)?;
         let wire = translation.as_ref().map_or(op, |t| t.target);
         let replay = Replay::capture(&req);
         let seller = seller.as_ref();
@@ -491,6 +494,7 @@ impl Gateway {
         if let Some(resp) = self.cached(op, role, seller, &req, &params, ctx).await? {
             return Ok(resp);
         }
+        ctx.translated_to = translation.as_ref().map(|t| t.target); // compat: the 2026 call goes out
         let cred = self
             .credentials(wire, seller, role, &path, &caller.client.tool, within)
             .await?; // 5. credentials
@@ -524,7 +528,7 @@ impl Gateway {
             .filter(|v| v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
             .map(str::to_string);
         let resp = self
-            .translated_answer(resp, op, translation.as_ref(), &caller, seller, role)
+            .translated_answer(resp, (op, translation.as_ref()), &caller, seller, role, ctx)
             .await?; // compat: the 2026 answer in v0's shape
         let resp = self.minimise(resp, op, role, seller, &params, ctx).await?; // 8. respond: the PII policy
         let mut resp = self.respond(resp); // the header allowlist, before the gateway's own headers

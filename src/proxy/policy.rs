@@ -38,8 +38,14 @@ impl Gateway {
         if !mapped && !declares_json(resp.headers()) {
             return Ok(resp);
         }
+        // A translated call's words are judged by both operations' categories: the v0 one asked
+        // and the 2026 one that answered (whose errors may echo what its answer holds).
+        let passes_all = passes_every_category(op, role)
+            && ctx
+                .translated_to
+                .is_none_or(|wire| passes_every_category(wire, role));
         if !resp.status().is_success() {
-            return self.minimise_error(resp, op, role).await;
+            return self.minimise_error(resp, op, role, passes_all).await;
         }
         let (parts, body) = resp.into_parts();
         if parts
@@ -58,10 +64,7 @@ impl Gateway {
             .await?;
         // Errors inside a successful answer (partial results) are free text like an error
         // answer's: their codes pass, their words only to a role that passes everything.
-        if mapped
-            && !passes_every_category(op, role)
-            && memchr::memmem::find(&out, b"\"errors\"").is_some()
-        {
+        if mapped && !passes_all && memchr::memmem::find(&out, b"\"errors\"").is_some() {
             if let Some(generic) = error_body::generic_errors_in(&out) {
                 out = generic;
             }
@@ -76,15 +79,17 @@ impl Gateway {
     }
 
     /// A JSON error answer (any operation) or an error answer of an operation with buyer PII:
-    /// Amazon's errors may echo what was sent or found. Each error's `code` passes; `message` and `details` only for a role that passes
-    /// every category of the operation, and then through the role's policy and the safety net
-    /// like a success (no keys: nothing is encrypted). Other roles get a generic message for
-    /// the code and no details ([`error_body::generic`]). Not JSON: withheld (502).
+    /// Amazon's errors may echo what was sent or found. Each error's `code` passes; `message`
+    /// and `details` only for a role that passes every category of the operation (`passes_all`;
+    /// of a translated call, of both operations), and then through the role's policy and the
+    /// safety net like a success (no keys: nothing is encrypted). Other roles get a generic
+    /// message for the code and no details ([`error_body::generic`]). Not JSON: withheld (502).
     pub(super) async fn minimise_error(
         &self,
         resp: Response<Body>,
         op: &'static Operation,
         role: &Role,
+        passes_all: bool,
     ) -> Result<Response<Body>, ProxyError> {
         use crate::pii::{keys, transform};
         let (parts, body) = resp.into_parts();
@@ -92,7 +97,7 @@ impl Gateway {
         if bytes.is_empty() {
             return Ok(Response::from_parts(parts, body::empty()));
         }
-        if !passes_every_category(op, role) {
+        if !passes_all {
             let out = error_body::generic(parts.status, &bytes)
                 .ok_or(ProxyError::UnsafeResponse("error body not JSON"))?;
             return Ok(with_body(parts, out));

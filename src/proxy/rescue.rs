@@ -253,6 +253,7 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
             match c {
                 C::Untranslatable(_) => (StatusCode::BAD_REQUEST, "InvalidInput", "This Orders v0 parameter has no Orders 2026-01-01 counterpart, so the gateway, which answers Orders v0 from Orders 2026-01-01, cannot apply it.", Fault::Caller),
                 C::BadParameter(_) => (StatusCode::BAD_REQUEST, "InvalidInput", "An Orders v0 parameter is missing, unknown, or has a value Orders v0 does not define.", Fault::Caller),
+                C::NextTokenFilter(_) => (StatusCode::BAD_REQUEST, "InvalidInput", "A filter sent with a NextToken must have the first page's value: the NextToken continues the first page's search.", Fault::Caller),
                 C::TokenInvalid => (StatusCode::BAD_REQUEST, "InvalidInput", "Invalid NextToken: it was not issued by the gateway for this tool and seller.", Fault::Caller),
                 C::TokenExpired => (StatusCode::BAD_REQUEST, "InvalidInput", "The NextToken has expired; start the search again.", Fault::Caller),
                 C::TokenSeal | C::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The gateway failed to translate the Orders v0 call.", Fault::Internal),
@@ -281,7 +282,8 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
     let details = match err {
         E::Compat(
             crate::compat::CompatError::Untranslatable(p)
-            | crate::compat::CompatError::BadParameter(p),
+            | crate::compat::CompatError::BadParameter(p)
+            | crate::compat::CompatError::NextTokenFilter(p),
         ) => *p,
         E::GatewayRdt(r) => rdt_details(r).unwrap_or(token_details),
         _ => token_details,

@@ -77,11 +77,8 @@ fn translate(kind: Kind, order_id: Option<&str>, v0_query: &str, role: &Role) ->
         role,
         now: OffsetDateTime::now_utc().unix_timestamp(),
     };
-    let target = Catalog::builtin()
-        .by_key(kind.target_key())
-        .expect("2026 operation");
     let plan =
-        request::plan(kind, order_id, Some(v0_query), &caller, target, &key).expect("translatable");
+        request::plan(kind, order_id, Some(v0_query), &caller, &map(), &key).expect("translatable");
     let query = plan
         .path_and_query
         .split_once('?')
@@ -298,10 +295,10 @@ fn translated_get_orders_pages_equal_the_sandboxs_v0_pages() {
     assert_eq!((pages, orders), (6, 40));
 }
 
-/// Roles covering every action on every category, and mixes.
-fn roles() -> Vec<(&'static str, Role)> {
+/// Roles covering every action on every category, each category alone, and mixes.
+fn roles() -> Vec<(String, Role)> {
     let all = |a: Action| Role::new(Category::ALL.map(|c| (c, a)));
-    vec![
+    let mut roles = vec![
         ("pass", all(Action::Pass)),
         ("mask", all(Action::Mask)),
         ("pseudonymize", all(Action::Pseudonymize)),
@@ -329,6 +326,18 @@ fn roles() -> Vec<(&'static str, Role)> {
             ]),
         ),
     ]
+    .into_iter()
+    .map(|(name, role)| (name.to_string(), role))
+    .collect::<Vec<_>>();
+    // One category alone: the datasets asked for must bring each category a role receives
+    // (a gift message alone, a company name alone).
+    roles.extend(Category::ALL.map(|c| {
+        (
+            format!("only-{}", c.as_str()),
+            Role::new([(c, Action::Pass)]),
+        )
+    }));
+    roles
 }
 
 /// The v0 operation's PII policy over a v0 answer (no order keys: `encrypt` drops).
@@ -453,4 +462,58 @@ fn the_pii_policy_gives_the_same_result_on_translated_and_v0_answers_for_every_r
         }
     }
     assert!(compared > 1_000, "compared {compared}");
+}
+
+#[test]
+fn no_buyer_or_recipient_data_is_fetched_that_the_role_would_not_receive() {
+    // For every operation and role, each of BUYER and RECIPIENT the translation asks for
+    // changes what the role receives for some order: asked for without need, the answer after
+    // the policy would be the same without it.
+    let map = map();
+    let ids = order_ids(SELLER);
+    let mut needed = 0;
+    for kind in Kind::ALL {
+        if kind == Kind::Orders {
+            continue; // the same fields as getOrder (scope order)
+        }
+        for (name, role) in roles() {
+            // Encrypt receives in life (under the order's key); these tests have no order keys,
+            // so the policy drops what it would encrypt and nothing could differ.
+            if grants(kind, &role).is_none() || name == "encrypt-without-keys" {
+                continue;
+            }
+            let sets = request::included_data(&map, kind, &role);
+            for set in ["BUYER", "RECIPIENT"] {
+                if !sets.contains(&set) {
+                    continue;
+                }
+                let without: Vec<&str> = sets.iter().copied().filter(|s| *s != set).collect();
+                let differs = ids.iter().any(|id| {
+                    let answer = |sets: &[&str]| {
+                        let query = if sets.is_empty() {
+                            String::new()
+                        } else {
+                            format!("includedData={}", sets.join(","))
+                        };
+                        let root = call(kind.target_key(), Some(id), &query, PiiGrants::default());
+                        let mut wrap = |_: &str| -> Result<String, CompatError> {
+                            Err(CompatError::Internal("no tokens here"))
+                        };
+                        let payload =
+                            build_payload(&map, kind, &root, &mut wrap, &mut Report::default())
+                                .expect("builds");
+                        policy(kind, &role, &json!({ "payload": payload }), Some(id))
+                    };
+                    answer(&sets) != answer(&without)
+                });
+                assert!(
+                    differs,
+                    "{} role {name}: {set} is asked for in vain",
+                    kind.v0_key()
+                );
+                needed += 1;
+            }
+        }
+    }
+    assert!(needed > 20, "{needed}");
 }

@@ -539,6 +539,11 @@ pub fn error_response(err: &ConsoleError) -> Response<Body> {
             "The form's CSRF token is missing or stale: reload the page and try again.".into(),
         ),
         C::BadInput(m) => (StatusCode::BAD_REQUEST, "Invalid input", format!("{m}.")),
+        C::Admin(crate::admin::AdminError::BadParameter(name)) => (
+            StatusCode::BAD_REQUEST,
+            "Invalid input",
+            format!("The parameter {name} has an invalid value."),
+        ),
         C::Admin(crate::admin::AdminError::InvalidConfig(_))
         | C::Admin(crate::admin::AdminError::NoConfigFile) => (
             StatusCode::CONFLICT,

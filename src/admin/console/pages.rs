@@ -913,6 +913,8 @@ fn audit(
         "audit_retention",
         "gap",
         "unauthenticated",
+        "tunnel",
+        "compat_switch",
     ];
     let kind_now = get("kind").unwrap_or_default();
     let options = kinds

@@ -220,6 +220,12 @@ pub enum Kind {
     Gap,
     /// Refused-before-authentication requests from one address, aggregated per minute.
     Unauthenticated,
+    /// A seller invite link was created (who, for which region, for which seller if a
+    /// re-authorization; never the link).
+    InviteCreated,
+    /// A web console sign-in (`signed_in`, or refused: `unknown_token`) or sign-out
+    /// (`signed_out`), with the client's address; never the token.
+    SignIn,
 }
 
 /// How the rate limiter decided.
@@ -351,7 +357,7 @@ pub struct Record {
     /// Whether a streamed response was sent to its end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed: Option<bool>,
-    /// The caller's address (aggregated unauthenticated requests only).
+    /// The caller's address (aggregated unauthenticated requests, console sign-ins).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<std::net::IpAddr>,
     /// A gap's (or an aggregate's) first moment.
@@ -446,6 +452,8 @@ impl Kind {
             Kind::AuditRetention => "audit_retention",
             Kind::Gap => "gap",
             Kind::Unauthenticated => "unauthenticated",
+            Kind::InviteCreated => "invite_created",
+            Kind::SignIn => "sign_in",
         }
     }
 }

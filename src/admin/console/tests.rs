@@ -542,6 +542,12 @@ async fn reload_and_invites_from_the_console_are_audited_with_the_admin() {
     assert_eq!(bad.status, StatusCode::CONFLICT);
     assert!(bad.text.contains("Refused"), "{}", bad.text);
     assert!(!bad.text.contains("notice ok"), "{}", bad.text);
+    // The admin API's reload names its token's holder too.
+    let api = Request::post("/admin/reload")
+        .header("authorization", format!("Bearer {OPS_TOKEN}"))
+        .body(String::new())
+        .unwrap_or_default();
+    assert_eq!(f.call(api).await.status, StatusCode::BAD_REQUEST);
     let invite = f
         .post(
             "/console/sellers/invite",
@@ -560,6 +566,7 @@ async fn reload_and_invites_from_the_console_are_audited_with_the_admin() {
         reloads,
         [
             "\"unit-ops\" \"applied\"",
+            "\"unit-ops\" \"refused_invalid\"",
             "\"unit-ops\" \"refused_invalid\""
         ]
     );

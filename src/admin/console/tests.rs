@@ -21,8 +21,8 @@ fn post(headers: &[(&str, &str)]) -> Request<()> {
     b.body(()).unwrap_or_default()
 }
 
-fn set_cookies<B>(resp: &Response<B>) -> Vec<String> {
-    resp.headers()
+fn set_cookies(headers: &http::HeaderMap) -> Vec<String> {
+    headers
         .get_all(header::SET_COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -100,7 +100,7 @@ fn under_tls_cookies_are_host_prefixed_and_secure() {
         let mut resp = redirect("/console");
         set_cookie(&mut resp, COOKIE, "id", None, secure);
         set_cookie(&mut resp, LOGIN_COOKIE, "", Some(0), secure);
-        set_cookies(&resp)
+        set_cookies(resp.headers())
     };
     assert_eq!(
         cookie(true),
@@ -319,6 +319,36 @@ fn env() -> MapEnv {
 }
 
 async fn fixture() -> Fixture {
+    fixture_tls(false).await
+}
+
+/// The admin listener's TLS, with a fresh self-signed certificate (its files in the `Env`).
+fn admin_tls(dir: &std::path::Path) -> Arc<crate::server::tls::TlsListener> {
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .and_then(|p| p.self_signed(&key))
+        .expect("a certificate");
+    let (cert_file, key_file) = (dir.join("admin.crt"), dir.join("admin.key"));
+    let mut env = env();
+    env.files.insert(cert_file.clone(), cert.pem());
+    env.files.insert(key_file.clone(), key.serialize_pem());
+    let config = crate::server::tls::TlsConfig {
+        cert_file,
+        key_file,
+        client_ca_file: None,
+        require_client_cert: false,
+        reload_interval: std::time::Duration::from_secs(3600),
+    };
+    crate::server::tls::TlsListener::load(
+        "admin",
+        config,
+        crate::server::tls::ClientPins::new(),
+        Arc::new(env),
+    )
+    .expect("the admin listener's TLS loads")
+}
+
+async fn fixture_tls(tls: bool) -> Fixture {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let text = config_text(dir.path());
     let path = dir.path().join("spgate.toml");
@@ -339,10 +369,16 @@ async fn fixture() -> Fixture {
         .await
         .expect("the gateway builds");
     let gateway = Arc::new(gateway);
+    let listeners = if tls {
+        vec![admin_tls(dir.path())]
+    } else {
+        Vec::new()
+    };
     let admin = Admin::new(gateway.clone(), &tokens, Some(path), Arc::new(env()))
         .with_vault(gateway.vault().clone())
         .with_audit(audit)
-        .with_onboarding(key, onboarding);
+        .with_onboarding(key, onboarding)
+        .with_tls(listeners);
     Fixture { admin, dir }
 }
 
@@ -740,4 +776,74 @@ async fn the_request_path_never_waits_for_a_stalled_console() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     assert!(counted > 0 && counted <= n as u64, "{counted}");
+}
+
+#[tokio::test]
+async fn under_tls_the_console_uses_host_cookies_hsts_and_the_https_origin() {
+    let f = fixture_tls(true).await;
+    let login = f
+        .call(
+            Request::get("/console/login")
+                .header("host", "console.example:9443")
+                .extension(PeerAddr(([192, 0, 2, 7], 50000).into()))
+                .body(String::new())
+                .unwrap_or_default(),
+        )
+        .await;
+    assert_eq!(login.status, StatusCode::OK);
+    assert_eq!(
+        login.headers.get(header::STRICT_TRANSPORT_SECURITY),
+        Some(&HeaderValue::from_static(HSTS))
+    );
+    let pre = login
+        .headers
+        .get(header::SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(pre.starts_with("__Host-spgate_console_login="), "{pre}");
+    assert!(
+        pre.contains("; Path=/;") && pre.ends_with("; Secure"),
+        "{pre}"
+    );
+    // Encrypted: no warning, even for a client on another machine.
+    assert!(!login.text.contains("id=\"plain-http\""));
+    let sign_in = |origin: &'static str| {
+        Request::post("/console/login")
+            .header("host", "console.example:9443")
+            .header("origin", origin)
+            .header("cookie", format!("{LOGIN_COOKIE_TLS}=pre-session"))
+            .body(format!("csrf=pre-session&token={OPS_TOKEN}"))
+            .unwrap_or_default()
+    };
+    // The http:// origin of the same host and port is another origin.
+    let plain = f.call(sign_in("http://console.example:9443")).await;
+    assert_eq!(plain.status, StatusCode::FORBIDDEN);
+    let signed = f.call(sign_in("https://console.example:9443")).await;
+    assert_eq!(signed.status, StatusCode::SEE_OTHER, "{}", signed.text);
+    let cookies = set_cookies(&signed.headers);
+    let session = cookies
+        .iter()
+        .find_map(|c| c.strip_prefix(&format!("{COOKIE_TLS}=")))
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(session.len(), 43, "{cookies:?}");
+    assert!(
+        cookies.iter().all(|c| c.ends_with("; Secure")),
+        "{cookies:?}"
+    );
+    let page = |cookie: String| {
+        Request::get("/console")
+            .header("host", "console.example:9443")
+            .header("cookie", cookie)
+            .body(String::new())
+            .unwrap_or_default()
+    };
+    // Only the __Host- cookie is read.
+    let by_plain_name = f.call(page(format!("{COOKIE}={session}"))).await;
+    assert_eq!(by_plain_name.status, StatusCode::SEE_OTHER);
+    let ok = f.call(page(format!("{COOKIE_TLS}={session}"))).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert!(ok.headers.get(header::STRICT_TRANSPORT_SECURITY).is_some());
 }

@@ -59,6 +59,14 @@ pub fn sha256_hex(input: &[u8]) -> String {
     hex(digest.as_ref())
 }
 
+/// Whether two byte strings are equal, in time that depends only on their lengths (no early
+/// exit at the first difference): every comparison of a presented token, CSRF token or digest
+/// with a stored one goes through here.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq as _;
+    bool::from(a.ct_eq(b))
+}
+
 /// Lowercase hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -496,6 +504,15 @@ mod tests {
         assert!(!format!("{k:?}").contains(&format!("{:?}", &k.expose_bytes()[..4])));
         assert_eq!(parse_field("spgate:v1::x"), None);
         assert_eq!(parse_field("plain"), None);
+    }
+
+    #[test]
+    fn constant_time_eq_is_equality() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(constant_time_eq(b"", b""));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(!constant_time_eq(b"", b"a"));
     }
 
     #[test]

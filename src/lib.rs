@@ -321,7 +321,7 @@ pub async fn run(
             loop {
                 tokio::select! {
                     _ = hup.recv() => {
-                        match admin.reload() {
+                        match admin.reload(None) {
                             Ok(()) => tracing::info!("Configuration reloaded on SIGHUP."),
                             Err(e) => tracing::error!(error = %e, "Reload on SIGHUP refused; the running configuration stays."),
                         }

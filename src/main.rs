@@ -529,6 +529,11 @@ async fn sellers_audited(
                 now(),
             )
             .await?;
+            auditor.record(spgate::audit::events::invite_record(
+                region,
+                seller.as_deref(),
+                "cli",
+            ));
             println!("{link}");
             println!(
                 "(one use; valid {} hours)",
@@ -582,7 +587,13 @@ async fn vault(config: Config, action: VaultAction) -> anyhow::Result<()> {
         config.retention.clone(),
         std::sync::Arc::new(spgate::vault::SystemClock),
         std::sync::Arc::new(move |event: spgate::vault::VaultEvent| {
-            sink_auditor.record(spgate::audit::events::vault_record(&event).with_actor("cli"));
+            let record = spgate::audit::events::vault_record(&event);
+            // Exports and erasures name their actor themselves.
+            let record = match record.actor {
+                Some(_) => record,
+                None => record.with_actor("cli"),
+            };
+            sink_auditor.record(record);
         }),
     );
     let result: anyhow::Result<()> = async {
@@ -593,8 +604,8 @@ async fn vault(config: Config, action: VaultAction) -> anyhow::Result<()> {
                 out,
             } => {
                 let export = match (order, pseudonym) {
-                    (Some(order), _) => vault.export(&order).await?,
-                    (None, Some(psn)) => vault.export_pseudonym(&psn).await?,
+                    (Some(order), _) => vault.export(&order, "cli").await?,
+                    (None, Some(psn)) => vault.export_pseudonym(&psn, "cli").await?,
                     (None, None) => bail!("give --order or --pseudonym"),
                 };
                 let text = serde_json::to_string_pretty(&export)?;
@@ -622,8 +633,12 @@ async fn vault(config: Config, action: VaultAction) -> anyhow::Result<()> {
                     EraseReason::DataSubjectRequest
                 };
                 let erased = match (order, pseudonym) {
-                    (Some(order), _) => vault.erase(seller.as_deref(), &order, reason).await?,
-                    (None, Some(psn)) => vault.erase_pseudonym(&psn, reason).await?,
+                    (Some(order), _) => {
+                        vault
+                            .erase(seller.as_deref(), &order, reason, "cli")
+                            .await?
+                    }
+                    (None, Some(psn)) => vault.erase_pseudonym(&psn, reason, "cli").await?,
                     (None, None) => bail!("give --order or --pseudonym"),
                 };
                 for e in &erased {

@@ -261,6 +261,8 @@ async fn the_console_in_chromium_serves_both_roles_and_refuses_what_they_may_not
     assert_eq!(get(&client, &marketplaces, "spg_not-a-key").await, 401);
 
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
+    // Screenshots of an earlier run must not pass for this run's.
+    let _ = std::fs::remove_dir_all(&shots);
     std::fs::create_dir_all(&shots).unwrap();
     let out = Command::new("node")
         .arg("console.mjs")
@@ -271,6 +273,7 @@ async fn the_console_in_chromium_serves_both_roles_and_refuses_what_they_may_not
         .env("SECURITY_TOKEN", SECURITY_TOKEN)
         .env("SELLER", SELLER)
         .env("ORDER_ID", &orders[0])
+        .env("ORDER_ID_2", &orders[1])
         .env("SCREENSHOTS", &shots)
         .output()
         .unwrap();
@@ -320,13 +323,21 @@ async fn the_console_in_chromium_serves_both_roles_and_refuses_what_they_may_not
         assert!(count >= at_least, "{reason}: {count} in {metrics}");
     }
 
-    // Every console action is in the audit log, with the admin's name.
+    // Every console action is in the audit log, with the admin's name; a refused sign-in with
+    // the client's address, and no token anywhere.
     let mut actions = Vec::new();
+    let mut refused_sign_ins = 0;
+    let mut log_text = String::new();
     spgate::audit::query::query(
         &dir.path().join("audit"),
         &spgate::audit::query::Filters::default(),
         |line| {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            log_text.push_str(line);
+            if v["kind"] == "sign_in" && v["reason"] == "unknown_token" {
+                assert_eq!(v["source"], "127.0.0.1", "{line}");
+                refused_sign_ins += 1;
+            }
             if v["actor"].is_string() {
                 actions.push(format!(
                     "{} {} {}",
@@ -340,13 +351,25 @@ async fn the_console_in_chromium_serves_both_roles_and_refuses_what_they_may_not
     )
     .unwrap();
     for expected in [
+        "sign_in console-ops signed_in",
+        "reload console-ops applied",
+        "invite_created console-ops region_eu",
         "key_created console-ops ",
         "key_revoked console-ops ",
+        "sign_in console-ops signed_out",
+        "sign_in console-security signed_in",
         "legal_hold console-security hold_set",
+        "export console-security by_order",
+        "erase console-security data_subject_request",
+        "sign_in console-security signed_out",
     ] {
         assert!(
-            actions.iter().any(|a| a.starts_with(expected.trim_end())),
+            actions.iter().any(|a| a == expected),
             "no {expected:?} in {actions:?}"
         );
+    }
+    assert!(refused_sign_ins >= 1, "the refused sign-in is audited");
+    for secret in [OPS_TOKEN, SECURITY_TOKEN, "not-an-admin-token"] {
+        assert!(!log_text.contains(secret), "a token in the audit log");
     }
 }

@@ -276,6 +276,7 @@ async fn each_role_gets_what_it_is_granted_encrypted_values_reveal_until_erased_
             Some(SELLER),
             &order,
             spgate::vault::EraseReason::DataSubjectRequest,
+            "test",
         )
         .await
         .unwrap();
@@ -431,7 +432,12 @@ async fn a_repeat_read_of_an_orders_pii_comes_from_the_encrypted_cache_under_eac
     // Erasure empties the cache.
     gw.gateway
         .vault()
-        .erase(Some(SELLER), &order, spgate::vault::EraseReason::Operator)
+        .erase(
+            Some(SELLER),
+            &order,
+            spgate::vault::EraseReason::Operator,
+            "test",
+        )
         .await
         .unwrap();
     assert_eq!(gw.get(&path).await.headers["x-spgate-cache"], "miss");
@@ -488,7 +494,7 @@ async fn order_data_seen_through_the_gateway_sets_each_orders_deletion_date() {
         .expect("an order with a buyer e-mail");
     let psn = with_email["BuyerInfo"]["BuyerEmail"].as_str().unwrap();
     assert!(psn.starts_with("psn_"), "{psn}");
-    let export = vault.export_pseudonym(psn).await.unwrap();
+    let export = vault.export_pseudonym(psn, "test").await.unwrap();
     assert!(
         export
             .orders

@@ -440,8 +440,10 @@ async fn vault_export_and_erase_answer_data_subject_requests_by_order_and_pseudo
     let log = spgate(&["audit", "query", audit_dir.to_str().unwrap(), "--json"]);
     let log = String::from_utf8_lossy(&log.stdout);
     assert!(
-        log.lines()
-            .any(|l| l.contains("\"kind\":\"erase\"") && l.contains(O1)),
+        log.lines().any(|l| l.contains("\"kind\":\"erase\"")
+            && l.contains(O1)
+            && l.contains("\"actor\":\"cli\"")
+            && l.contains("\"reason\":\"data_subject_request\"")),
         "audited: {log}"
     );
     assert_eq!(on_disk(dir.path(), wrapped.as_bytes()), 0);

@@ -251,7 +251,7 @@ impl Admin {
             }
             (&Method::POST, "/admin/reload") => {
                 let who = self.authorize(req, AdminRole::Ops)?;
-                self.reload()?;
+                self.reload(Some(&who))?;
                 tracing::info!(admin = %who, "Configuration reloaded through the admin listener.");
                 Ok(json(
                     StatusCode::OK,
@@ -322,8 +322,10 @@ impl Admin {
     }
 
     /// Re-reads the config file and applies its rate plans, the tools' client-certificate
-    /// pins and Orders v0 modes; an invalid file changes nothing.
-    pub fn reload(&self) -> Result<(), AdminError> {
+    /// pins and Orders v0 modes; an invalid file changes nothing. `actor` is the admin who
+    /// asked (the admin API's token holder, the console's signed-in admin; none for SIGHUP),
+    /// named in the audit record.
+    pub fn reload(&self, actor: Option<&str>) -> Result<(), AdminError> {
         let path = self.config_path.as_ref().ok_or(AdminError::NoConfigFile)?;
         // `[forward_proxy]` is set up at start only: a change is refused, not ignored.
         let running = self.forward.as_ref().map(|f| f.config());
@@ -338,6 +340,9 @@ impl Admin {
         } else {
             "refused_invalid"
         }));
+        if let Some(actor) = actor {
+            record = record.with_actor(actor);
+        }
         self.gateway.auditor().record(record);
         let config = loaded.map_err(|e| AdminError::InvalidConfig(e.0))?;
         self.console
@@ -452,12 +457,15 @@ impl Admin {
     /// The holder and role of an admin token (the API's bearer token, the console's sign-in).
     fn token_holder(&self, presented: &str) -> Result<(String, AdminRole), AdminError> {
         let hash = crypto::sha256_hex(presented.trim().as_bytes());
-        let (_, name, has) = self
-            .tokens
-            .iter()
-            .find(|(h, _, _)| *h == hash)
-            .ok_or(AdminError::Unauthorized)?;
-        Ok((name.clone(), *has))
+        // Every token is compared, each in constant time: neither the position of a match nor
+        // where a digest differs shows in the time taken.
+        let mut found = None;
+        for (h, name, role) in &self.tokens {
+            if crypto::constant_time_eq(h.as_bytes(), hash.as_bytes()) && found.is_none() {
+                found = Some((name.clone(), *role));
+            }
+        }
+        found.ok_or(AdminError::Unauthorized)
     }
 
     /// Whether a holder of role `has` may do what needs `role`: the role matches and the audit

@@ -226,6 +226,12 @@ pub enum Kind {
     /// Compat mode `auto` started translating a region's Orders v0 calls (enough different
     /// sellers answered as removed), or an operator reset what it saw.
     CompatSwitch,
+    /// A seller invite link was created (who, for which region, for which seller if a
+    /// re-authorization; never the link).
+    InviteCreated,
+    /// A web console sign-in (`signed_in`, or refused: `unknown_token`) or sign-out
+    /// (`signed_out`), with the client's address; never the token.
+    SignIn,
 }
 
 /// How the rate limiter decided.
@@ -365,7 +371,7 @@ pub struct Record {
     /// Whether a streamed response was sent to its end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed: Option<bool>,
-    /// The caller's address (aggregated unauthenticated requests only).
+    /// The caller's address (aggregated unauthenticated requests, console sign-ins).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<std::net::IpAddr>,
     /// A gap's (or an aggregate's) first moment.
@@ -466,6 +472,8 @@ impl Kind {
             Kind::Unauthenticated => "unauthenticated",
             Kind::Tunnel => "tunnel",
             Kind::CompatSwitch => "compat_switch",
+            Kind::InviteCreated => "invite_created",
+            Kind::SignIn => "sign_in",
         }
     }
 }

@@ -214,10 +214,13 @@ fn parse(content_type: Option<&str>, body: &Bytes) -> Result<TokenRequest, Token
     Ok(req)
 }
 
-/// Compares a presented secret with a stored hash. Comparing digests (not the secrets) leaks
-/// nothing usable through timing: an attacker cannot steer a SHA-256 output prefix.
+/// Compares a presented secret with a stored hash, in constant time (digests, not the secrets,
+/// and no early exit at the first differing byte).
 fn hash_matches(value: &str, expected_hex: &str) -> bool {
-    crypto::sha256_hex(value.as_bytes()) == expected_hex
+    crypto::constant_time_eq(
+        crypto::sha256_hex(value.as_bytes()).as_bytes(),
+        expected_hex.as_bytes(),
+    )
 }
 
 #[cfg(test)]

@@ -182,6 +182,8 @@ pub enum VaultEvent {
         reason: EraseReason,
         /// Cached responses deleted.
         cache_entries: u64,
+        /// Who erased it (an admin token's holder, or `cli`).
+        by: String,
     },
     /// What the gateway holds on a buyer was exported (decrypted) for the controller.
     Exported {
@@ -189,6 +191,8 @@ pub enum VaultEvent {
         orders: Vec<OrderRef>,
         /// Whether the request named a buyer pseudonym (`true`) or an order id.
         by_pseudonym: bool,
+        /// Who exported it (an admin token's holder, or `cli`).
+        by: String,
     },
     /// An order's delivery became known.
     Delivered {
@@ -666,12 +670,13 @@ impl Vault {
     /// Erases an order's PII now (data key, cached responses, pseudonym links), for one seller
     /// or every seller holding that order id. Refused, erasing nothing, while a legal hold
     /// runs. Already deleted orders are skipped; an order the gateway never held is
-    /// [`VaultError::UnknownOrder`].
+    /// [`VaultError::UnknownOrder`]. `by` (who asked) is recorded with each erasure.
     pub async fn erase(
         &self,
         seller: Option<&str>,
         order_id: &str,
         reason: EraseReason,
+        by: &str,
     ) -> Result<Vec<Erased>, VaultError> {
         let records: Vec<RetentionRecord> = match seller {
             Some(s) => self
@@ -682,7 +687,7 @@ impl Vault {
                 .collect(),
             None => self.store().retention_by_order(order_id).await?,
         };
-        self.erase_records(records, reason).await
+        self.erase_records(records, reason, by).await
     }
 
     /// Erases every order linked to a buyer e-mail pseudonym (nothing if one is under hold).
@@ -690,18 +695,20 @@ impl Vault {
         &self,
         pseudonym: &str,
         reason: EraseReason,
+        by: &str,
     ) -> Result<Vec<Erased>, VaultError> {
         let mut records = Vec::new();
         for (seller, order_id) in self.store().orders_by_pseudonym(pseudonym).await? {
             records.extend(self.store().retention(&seller, &order_id).await?);
         }
-        self.erase_records(records, reason).await
+        self.erase_records(records, reason, by).await
     }
 
     async fn erase_records(
         &self,
         records: Vec<RetentionRecord>,
         reason: EraseReason,
+        by: &str,
     ) -> Result<Vec<Erased>, VaultError> {
         if records.is_empty() {
             return Err(VaultError::UnknownOrder);
@@ -725,6 +732,7 @@ impl Vault {
                     key_id: erased.key_id.clone(),
                     reason,
                     cache_entries: erased.cache_entries,
+                    by: by.to_string(),
                 });
                 out.push(erased);
             }
@@ -733,17 +741,18 @@ impl Vault {
         Ok(out)
     }
 
-    /// Everything the gateway holds on an order (for every seller), decrypted.
-    pub async fn export(&self, order_id: &str) -> Result<Export, VaultError> {
+    /// Everything the gateway holds on an order (for every seller), decrypted. `by` (who
+    /// asked) is recorded with the export.
+    pub async fn export(&self, order_id: &str, by: &str) -> Result<Export, VaultError> {
         let records = self.store().retention_by_order(order_id).await?;
         if records.is_empty() {
             return Err(VaultError::UnknownOrder);
         }
-        self.export_records(records, false).await
+        self.export_records(records, false, by).await
     }
 
     /// Everything the gateway holds on the orders linked to a buyer e-mail pseudonym.
-    pub async fn export_pseudonym(&self, pseudonym: &str) -> Result<Export, VaultError> {
+    pub async fn export_pseudonym(&self, pseudonym: &str, by: &str) -> Result<Export, VaultError> {
         let mut records = Vec::new();
         for (seller, order_id) in self.store().orders_by_pseudonym(pseudonym).await? {
             records.extend(self.store().retention(&seller, &order_id).await?);
@@ -751,7 +760,7 @@ impl Vault {
         if records.is_empty() {
             return Err(VaultError::UnknownOrder);
         }
-        self.export_records(records, true).await
+        self.export_records(records, true, by).await
     }
 
     /// Retention evidence: counts by state, overdue, the next deletions.
@@ -922,6 +931,7 @@ impl Vault {
         &self,
         records: Vec<RetentionRecord>,
         by_pseudonym: bool,
+        by: &str,
     ) -> Result<Export, VaultError> {
         let mut orders = Vec::new();
         for rec in records {
@@ -967,6 +977,7 @@ impl Vault {
                 })
                 .collect(),
             by_pseudonym,
+            by: by.to_string(),
         });
         Ok(Export {
             generated_at: rfc3339(self.now().unix_timestamp()),

@@ -459,7 +459,7 @@ async fn a_legal_hold_postpones_deletion_until_it_ends_and_blocks_erasure() {
     assert!(f.vault.run_due(T0 + 59 * DAY).await.unwrap().is_empty());
     assert!(matches!(
         f.vault
-            .erase(None, O1, EraseReason::DataSubjectRequest)
+            .erase(None, O1, EraseReason::DataSubjectRequest, "sec")
             .await,
         Err(VaultError::Held)
     ));
@@ -509,7 +509,7 @@ async fn data_subject_requests_export_decrypted_data_and_erase_it_by_order_or_ps
     f.vault.link_pseudonym("A1", O1, "psn_jane").await.unwrap();
     f.vault.link_pseudonym("A1", O2, "psn_jane").await.unwrap();
 
-    let export = f.vault.export(O1).await.unwrap();
+    let export = f.vault.export(O1, "sec").await.unwrap();
     assert_eq!(export.orders.len(), 2, "every seller holding the order");
     assert_eq!(
         export.orders[0].cached_responses[0]["BuyerName"],
@@ -521,17 +521,17 @@ async fn data_subject_requests_export_decrypted_data_and_erase_it_by_order_or_ps
         !format!("{export:?}").contains("Jane"),
         "Debug never prints PII"
     );
-    let by_psn = f.vault.export_pseudonym("psn_jane").await.unwrap();
+    let by_psn = f.vault.export_pseudonym("psn_jane", "sec").await.unwrap();
     let orders: Vec<_> = by_psn.orders.iter().map(|o| o.order_id.as_str()).collect();
     assert_eq!(orders, [O1, O2]);
     assert!(matches!(
-        f.vault.export("nope").await,
+        f.vault.export("nope", "sec").await,
         Err(VaultError::UnknownOrder)
     ));
 
     let erased = f
         .vault
-        .erase(Some("A2"), O1, EraseReason::Operator)
+        .erase(Some("A2"), O1, EraseReason::Operator, "sec")
         .await
         .unwrap();
     assert_eq!(erased.len(), 1);
@@ -539,7 +539,7 @@ async fn data_subject_requests_export_decrypted_data_and_erase_it_by_order_or_ps
     assert!(f.vault.cache_get("A1", "addr").await.unwrap().is_some());
     let erased = f
         .vault
-        .erase_pseudonym("psn_jane", EraseReason::DataSubjectRequest)
+        .erase_pseudonym("psn_jane", EraseReason::DataSubjectRequest, "sec")
         .await
         .unwrap();
     assert_eq!(erased.len(), 2);
@@ -547,7 +547,7 @@ async fn data_subject_requests_export_decrypted_data_and_erase_it_by_order_or_ps
     assert!(
         matches!(
             f.vault
-                .erase_pseudonym("psn_jane", EraseReason::DataSubjectRequest)
+                .erase_pseudonym("psn_jane", EraseReason::DataSubjectRequest, "sec")
                 .await,
             Err(VaultError::UnknownOrder)
         ),
@@ -555,7 +555,7 @@ async fn data_subject_requests_export_decrypted_data_and_erase_it_by_order_or_ps
     );
     assert!(
         f.vault
-            .erase(None, O1, EraseReason::Operator)
+            .erase(None, O1, EraseReason::Operator, "sec")
             .await
             .unwrap()
             .is_empty(),
@@ -571,6 +571,11 @@ async fn data_subject_requests_export_decrypted_data_and_erase_it_by_order_or_ps
         .filter(|e| matches!(e, VaultEvent::Exported { .. }))
         .count();
     assert_eq!((erasures, exports), (3, 2));
+    // Each names who asked.
+    assert!(events.iter().all(|e| match e {
+        VaultEvent::Erased { by, .. } | VaultEvent::Exported { by, .. } => by == "sec",
+        _ => true,
+    }));
     assert!(
         !format!("{events:?}").contains("Jane"),
         "events carry no PII"
@@ -582,7 +587,7 @@ async fn an_order_seen_again_after_deletion_gets_a_fresh_key() {
     let f = embedded(RetentionConfig::defaults());
     let old = f.vault.order_key("A1", O1).await.unwrap();
     f.vault
-        .erase(None, O1, EraseReason::DataSubjectRequest)
+        .erase(None, O1, EraseReason::DataSubjectRequest, "sec")
         .await
         .unwrap();
     let new = f.vault.order_key("A1", O1).await.unwrap();

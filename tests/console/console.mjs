@@ -16,6 +16,7 @@ const OPS = env("OPS_TOKEN");
 const SECURITY = env("SECURITY_TOKEN");
 const SELLER = env("SELLER");
 const ORDER = env("ORDER_ID");
+const ORDER2 = env("ORDER_ID_2");
 const SHOTS = env("SCREENSHOTS");
 
 const log = (m) => console.log(`ok - ${m}`);
@@ -45,6 +46,9 @@ async function signIn(token, expectedRole) {
   assert.match(await page.textContent("header .who"), new RegExp(`\\(${expectedRole}\\)`));
   const cookie = (await context.cookies()).find((c) => c.name === "spgate_console");
   assert.ok(cookie, "session cookie set");
+  // Plain HTTP on loopback: no __Host- cookie (it needs TLS), no HSTS, no warning banner.
+  assert.equal(cookie.secure, false);
+  assert.equal(await page.locator("#plain-http").count(), 0);
   assert.equal(cookie.httpOnly, true);
   assert.equal(cookie.sameSite, "Strict");
   assert.equal(cookie.path, "/console");
@@ -67,8 +71,26 @@ const post = (page, url, fields) =>
     { url, fields },
   );
 
+// With DOCS_SHOTS (an absolute path, e.g. the checkout's docs/console), each page's first screen
+// is also saved there for the README: desktop pages at 3/4 scale (960×600), the phone as is.
+const DOCS = process.env.DOCS_SHOTS;
+
 async function shot(page, name) {
   await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true });
+  if (DOCS) {
+    const vp = page.viewportSize();
+    const scale = vp.width > 800 ? 0.75 : 1;
+    await page.evaluate(() => window.scrollTo(0, 0));
+    const top = await page.screenshot({ fullPage: false });
+    const small = await browser.newPage({
+      viewport: { width: Math.round(vp.width * scale), height: Math.round(vp.height * scale) },
+    });
+    await small.setContent(
+      `<body style="margin:0"><img style="width:100%;display:block" src="data:image/png;base64,${top.toString("base64")}"></body>`,
+    );
+    await small.screenshot({ path: path.join(DOCS, `${name}.png`) });
+    await small.close();
+  }
 }
 
 async function proxyStatus(key) {
@@ -111,6 +133,7 @@ async function proxyStatus(key) {
   assert.match(await page.textContent("#live .health"), /store OK/);
   assert.ok((await page.locator("#live figure.chart svg polyline").count()) >= 4, "charts drawn");
   // The script refreshes the live section (same origin, allowed by the CSP).
+  assert.equal(await page.locator("#live[data-updated]").count(), 0, "not refreshed yet");
   await page.waitForSelector("#live[data-updated]", { timeout: 15000 });
   assert.match(await page.textContent("#live table"), /orders-app/);
   await shot(page, "overview");
@@ -197,6 +220,18 @@ async function proxyStatus(key) {
   await shot(page, "overview-phone");
   log("overview usable at phone width");
 
+  // The session ends elsewhere (signed out from another tab): the live refresh says so and
+  // dims the stale figures instead of showing them as current.
+  await page.setViewportSize({ width: 1280, height: 800 });
+  await page.goto(`${BASE}/console`);
+  await page.evaluate(async (csrf) => {
+    await fetch("/console/logout", { method: "POST", body: new URLSearchParams({ csrf }), redirect: "manual" });
+  }, await csrfOf(page));
+  await page.waitForSelector("#live-status.bad", { timeout: 15000 });
+  assert.match(await page.textContent("#live-status"), /session has ended/);
+  assert.equal(await page.getAttribute("#live", "data-stale"), "true");
+  log("live refresh: an ended session is shown as such, the stale figures dimmed");
+
   assert.deepEqual(problems.filter((p) => /Content.Security.Policy|Refused to/i.test(p)), [], "no CSP violation");
   await context.close();
 }
@@ -206,14 +241,26 @@ async function proxyStatus(key) {
   const { context, page, problems } = await signIn(SECURITY, "security");
   await page.goto(`${BASE}/console/audit`);
   assert.match(await page.textContent("table.records"), /orders-app/);
-  assert.match(await page.textContent("main"), /Every chain verified/);
+  assert.match(await page.textContent("#verify-status"), /Not verified/);
   assert.ok((await page.locator(".report svg.bars rect").count()) >= 1, "PII categories charted");
   assert.match(await page.textContent(".report"), /address/);
   // The query form filters.
   await page.fill("input[name=tool]", "orders-app");
   await page.selectOption("select[name=kind]", "request");
   await Promise.all([page.waitForURL(/\/console\/audit\?/), page.click("form.filters button[type=submit]")]);
-  assert.match(await page.textContent("main > p"), /matching record/);
+  assert.match(await page.textContent("#audit-summary"), /^[1-9]\d* matching record/);
+  const rows = await page.locator("table.records").first().locator("tbody tr").evaluateAll((trs) =>
+    trs.map((tr) => [...tr.cells].map((c) => c.textContent)),
+  );
+  assert.ok(rows.length >= 8, `filtered rows: ${rows.length}`);
+  for (const cells of rows) {
+    assert.equal(cells[2], "request", cells.join(" | "));
+    assert.equal(cells[3], "orders-app", cells.join(" | "));
+  }
+  // Verification reads every file: it runs when asked.
+  await Promise.all([page.waitForURL(`${BASE}/console/audit/verify`), page.click("text=Verify the chains now")]);
+  assert.match(await page.textContent("#verify-status"), /Every chain verified/);
+  await page.goBack();
   await shot(page, "audit");
   log("audit: records newest first, per-tool PII chart, chain verified");
 
@@ -226,9 +273,35 @@ async function proxyStatus(key) {
   await form.locator("input[name=until]").fill("2099-01-31");
   await Promise.all([page.waitForURL(`${BASE}/console/retention/hold`), form.locator("button").click()]);
   assert.match(await page.textContent("main .notice"), /Legal hold on/);
-  assert.match(await page.textContent("main"), /held/);
+  assert.match(await page.textContent("main .notice"), /2099-01-31/);
+  const heldCount = page.locator(".stat", { has: page.locator(".label", { hasText: /^held$/ }) }).locator(".value");
+  assert.equal((await heldCount.textContent()).trim(), "1", "the vault report counts the held order");
   await shot(page, "retention");
   log(`retention: legal hold set on ${ORDER}`);
+
+  // Export: a download of the order's data.
+  await page.goto(`${BASE}/console/retention`);
+  const exportForm = page.locator("form[action='/console/retention/export']");
+  await exportForm.locator("input[name=order]").fill(ORDER2);
+  await exportForm.locator("input[name=confirm]").check();
+  const [download] = await Promise.all([page.waitForEvent("download"), exportForm.locator("button").click()]);
+  assert.equal(download.suggestedFilename(), "spgate-export.json");
+  log(`retention: ${ORDER2} exported`);
+  // Erase: refused without a reason (the browser's own check is bypassed), then done with one.
+  assert.equal(await post(page, "/console/retention/erase", { csrf: await csrfOf(page), order: ORDER2, confirm: ORDER2 }), 400);
+  const eraseForm = page.locator("form[action='/console/retention/erase']");
+  await eraseForm.locator("input[name=order]").fill(ORDER2);
+  await eraseForm.locator("input[name=confirm]").fill(ORDER2);
+  await eraseForm.locator("input[value=data_subject_request]").check();
+  await Promise.all([page.waitForURL(`${BASE}/console/retention/erase`), eraseForm.locator("button").click()]);
+  assert.match(await page.textContent("main .notice"), new RegExp(`Erased ${ORDER2}`));
+  // Erasing a held order is refused, and the page says so with an error status.
+  await page.goto(`${BASE}/console/retention`);
+  const heldErase = await post(page, "/console/retention/erase", {
+    csrf: await csrfOf(page), order: ORDER, confirm: ORDER, reason: "operator_decision",
+  });
+  assert.equal(heldErase, 409, "a held order is not erased");
+  log(`retention: ${ORDER2} erased with its reason; a held order refused`);
 
   // security may not see or do ops' part.
   for (const p of ["/console/ratelimits", "/console/sellers"]) {

@@ -6,20 +6,33 @@
 //! carries a strict Content-Security-Policy (`default-src 'self'`, no inline script or style,
 //! `frame-ancestors 'none'`) and `Cache-Control: no-store`.
 //!
-//! **Sign-in** with an admin token (the admin API's bearer tokens, found the same way) starts a
-//! server-side session ([`session`]): the cookie (`HttpOnly`, `SameSite=Strict`, `Path=/console`,
-//! `Secure` when the admin listener has TLS) holds a random id whose SHA-256 is the session's
-//! key; it ends after 15 idle minutes or 8 hours. **Every POST** is refused unless it comes from
-//! the console's own origin (`Origin`, `Sec-Fetch-Site`) and carries the session's CSRF token
-//! (sign-in: the token of its pre-session cookie).
+//! **Sign-in** with an admin token (the admin API's bearer tokens, found the same way, compared
+//! in constant time) starts a server-side session ([`session`]): the cookie (`HttpOnly`,
+//! `SameSite=Strict`) holds a random id whose SHA-256 is the session's key; it ends after 15
+//! minutes without a request by the admin (the overview's live refresh does not count) or 8
+//! hours. When the admin listener has TLS the cookies are `__Host-` cookies (`Secure`,
+//! `Path=/`, no `Domain`: no other host or plain-HTTP page can set or shadow them) and every
+//! answer carries `Strict-Transport-Security`; on plain HTTP they are `Path=/console` cookies
+//! without `Secure`, and a page served to a client that is not on this machine (not a loopback
+//! address) shows a warning that tokens and cookies cross the network in clear text. **Every
+//! POST** is refused unless it comes from the console's own origin (`Origin`: the listener's
+//! scheme, host and port; `Sec-Fetch-Site`) and carries the session's CSRF token (sign-in: the
+//! token of its pre-session cookie). Sign-ins (accepted or refused), sign-outs, and each action
+//! are audited with the admin's name; a refused sign-in with the client's address only (never
+//! the token).
 //!
 //! **Roles** are those of the admin API, checked by the same code ([`super::Admin`]'s token
 //! lookup and role check): the overview for both; rate limits (and reload), sellers and tools
 //! (create and revoke keys) for `ops`; audit and retention (holds, export, erase) for `security`.
-//! **Actions** are audited like their twins: reload as `POST /admin/reload`, holds as the hold
-//! routes (the vault records them with the admin's name), keys as `spgate clients add|revoke`
-//! (records `key_created`/`key_revoked` with the admin's name as actor), export and erase as
-//! `spgate vault export|erase`; an action is confirmed only once its records are written.
+//! **Actions** are audited like their twins, each record naming the admin as `actor`: reload as
+//! `POST /admin/reload`, holds as the hold routes, keys as `spgate clients add|revoke`
+//! (`key_created`/`key_revoked`), invites as `spgate sellers invite` (`invite_created`), export
+//! and erase as `spgate vault export|erase` (an erasure needs its reason: a data-subject request
+//! or an operator's decision); an action is confirmed only once its records are written, and a
+//! refused one answers with an error status and says so.
+//!
+//! The live statistics come from the audit log's tap through a bounded queue
+//! ([`stats::feed`]): the request path never waits for the console.
 
 pub mod pages;
 pub mod session;
@@ -37,10 +50,17 @@ use crate::config::AdminRole;
 use crate::proxy::body::{self, Body};
 use session::{SessionError, Sessions};
 
-/// The session cookie.
+/// The session cookie (plain HTTP; with TLS it is [`COOKIE_TLS`]).
 pub const COOKIE: &str = "spgate_console";
-/// The sign-in form's pre-session cookie (its CSRF token).
+/// The sign-in form's pre-session cookie (its CSRF token; with TLS [`LOGIN_COOKIE_TLS`]).
 pub const LOGIN_COOKIE: &str = "spgate_console_login";
+/// The session cookie under TLS: the `__Host-` prefix makes the browser refuse it unless it is
+/// `Secure`, `Path=/` and host-only.
+pub const COOKIE_TLS: &str = "__Host-spgate_console";
+/// The pre-session cookie under TLS.
+pub const LOGIN_COOKIE_TLS: &str = "__Host-spgate_console_login";
+/// `Strict-Transport-Security` of every console answer under TLS (one year).
+pub const HSTS: &str = "max-age=31536000";
 /// The Content-Security-Policy of every console answer.
 pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'";
 /// Largest form body read.
@@ -63,6 +83,9 @@ pub enum ConsoleError {
     /// The sign-in token is not an admin token.
     #[error("unknown admin token")]
     BadToken,
+    /// The audit page is already serving as many queries as it may at once.
+    #[error("too many audit queries at once")]
+    Busy,
     /// The session's role may not see or do this.
     #[error("the {0:?} role may not do this")]
     Forbidden(AdminRole),
@@ -120,16 +143,18 @@ pub struct Console {
         Arc<crate::crypto::MasterKey>,
         crate::config::OnboardingConfig,
     )>,
+    /// Audit page queries running at once (each reads the chain files on a blocking thread).
+    audit_scans: Arc<tokio::sync::Semaphore>,
+    /// The last chain verification (it reads every file: run on request, not per page view).
+    verified: std::sync::Mutex<Option<pages::Verification>>,
 }
 
 impl Console {
-    /// A console fed by `auditor`'s request records.
+    /// A console fed by `auditor`'s request records (through a bounded queue: see
+    /// [`stats::feed`]).
     pub fn new(auditor: &crate::audit::Auditor) -> Console {
         let stats = Arc::new(stats::Stats::new());
-        let tap = stats.clone();
-        if !auditor.set_tap(Arc::new(move |record| {
-            tap.observe(record, unix_now());
-        })) {
+        if auditor.enabled() && !auditor.set_tap(stats::feed(stats.clone(), stats::TAP_QUEUE)) {
             tracing::warn!("The audit log already feeds another console: this one shows no request statistics.");
         }
         Console {
@@ -138,6 +163,8 @@ impl Console {
             audit: None,
             plans: std::sync::RwLock::new(pages::PlansView::default()),
             invites: None,
+            audit_scans: Arc::new(tokio::sync::Semaphore::new(pages::AUDIT_SCANS)),
+            verified: std::sync::Mutex::new(None),
         }
     }
 
@@ -188,6 +215,12 @@ struct Req {
     form: HashMap<String, String>,
     cookie: Option<String>,
     login_cookie: Option<String>,
+    /// The admin listener has TLS.
+    secure: bool,
+    /// Plain HTTP to a client that is not on this machine: the pages warn.
+    exposed: bool,
+    /// The client's address, when the listener knows it.
+    peer: Option<std::net::IpAddr>,
 }
 
 impl Req {
@@ -212,7 +245,8 @@ where
     // Records lost from here on (even if a gap has reported them) fail the action.
     let lost = admin.gateway.auditor().lost_mark();
     let action = req.method() == Method::POST;
-    let mut resp = match serve(admin, req).await {
+    let secure = admin.tls.iter().any(|l| l.name() == "admin");
+    let mut resp = match serve(admin, req, secure).await {
         Ok(_) if action && admin.gateway.auditor().flushed_since(lost).await.is_err() => {
             error_response(&ConsoleError::Admin(AdminError::AuditUnavailable))
         }
@@ -222,7 +256,7 @@ where
             error_response(&e)
         }
     };
-    secure_headers(&mut resp);
+    secure_headers(&mut resp, secure);
     resp
 }
 
@@ -277,11 +311,22 @@ pub fn render_metrics(out: &mut String) {
             c.load(Ordering::Relaxed)
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP spgate_console_tap_dropped_total Request records the console's statistics did not count because their queue was full (the request path never waits for the console).\n# TYPE spgate_console_tap_dropped_total counter\nspgate_console_tap_dropped_total {}",
+        stats::tap_dropped()
+    );
 }
 
-/// The headers every console answer carries.
-fn secure_headers(resp: &mut Response<Body>) {
+/// The headers every console answer carries (under TLS, HSTS too).
+fn secure_headers(resp: &mut Response<Body>, secure: bool) {
     let h = resp.headers_mut();
+    if secure {
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static(HSTS),
+        );
+    }
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(CSP),
@@ -306,7 +351,11 @@ fn secure_headers(resp: &mut Response<Body>) {
     );
 }
 
-async fn serve<B>(admin: &Admin, req: Request<B>) -> Result<Response<Body>, ConsoleError>
+async fn serve<B>(
+    admin: &Admin,
+    req: Request<B>,
+    secure: bool,
+) -> Result<Response<Body>, ConsoleError>
 where
     B: http_body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -322,7 +371,7 @@ where
         }
     }
     if method == Method::POST {
-        same_origin(&req)?;
+        same_origin(&req, secure)?;
     } else if method != Method::GET {
         return Err(ConsoleError::NotFound);
     }
@@ -331,8 +380,13 @@ where
         .query()
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
-    let cookie = cookie_value(&req, COOKIE);
-    let login_cookie = cookie_value(&req, LOGIN_COOKIE);
+    let cookie = cookie_value(&req, cookie_name(COOKIE, secure));
+    let login_cookie = cookie_value(&req, cookie_name(LOGIN_COOKIE, secure));
+    let peer = req
+        .extensions()
+        .get::<crate::server::PeerAddr>()
+        .map(|p| p.0.ip());
+    let exposed = !secure && !local_client(peer, &req);
     let form = if method == Method::POST {
         let bytes = crate::server::peers::read_body(
             req.into_body(),
@@ -352,28 +406,72 @@ where
         form,
         cookie,
         login_cookie,
+        secure,
+        exposed,
+        peer,
     };
-    let secure = admin.tls.iter().any(|l| l.name() == "admin");
     match (&r.method, r.path.as_str()) {
-        (&Method::GET, "/console/login") => login_page(None, secure),
-        (&Method::POST, "/console/login") => login(admin, &r, secure),
+        (&Method::GET, "/console/login") => login_page(&r),
+        (&Method::POST, "/console/login") => login(admin, &r),
         _ => {
+            // The overview's live refresh is no sign of the admin: it leaves the idle clock.
+            let activity = if r.path == "/console/live" {
+                session::Activity::Background
+            } else {
+                session::Activity::Admin
+            };
             let (id, session) = r
                 .cookie
                 .as_deref()
-                .and_then(|id| admin.console.sessions.get(id).map(|s| (id, s)))
+                .and_then(|id| admin.console.sessions.get(id, activity).map(|s| (id, s)))
                 .ok_or(ConsoleError::SignedOut)?;
             if r.method == Method::POST && !session::same_token(r.field("csrf"), &session.csrf) {
                 return Err(ConsoleError::Csrf);
             }
-            pages::route(admin, &r, id, &session, secure).await
+            pages::route(admin, &r, id, &session).await
         }
     }
 }
 
+/// Whether the client is on this machine: its address (as the listener saw it) is a loopback
+/// address; without one (in-process callers), the `Host` it asked for is a loopback name.
+fn local_client<B>(peer: Option<std::net::IpAddr>, req: &Request<B>) -> bool {
+    if let Some(ip) = peer {
+        return match ip {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(v6.is_loopback(), |v4| v4.is_loopback()),
+            std::net::IpAddr::V4(v4) => v4.is_loopback(),
+        };
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A cookie's name: under TLS with the `__Host-` prefix.
+fn cookie_name(plain: &'static str, secure: bool) -> &'static str {
+    match (plain, secure) {
+        (COOKIE, true) => COOKIE_TLS,
+        (LOGIN_COOKIE, true) => LOGIN_COOKIE_TLS,
+        (name, _) => name,
+    }
+}
+
 /// A POST must come from the console's own origin: `Sec-Fetch-Site` (when the browser sends it)
-/// is `same-origin` or `none`, and `Origin` (when sent) names the host the request was sent to.
-fn same_origin<B>(req: &Request<B>) -> Result<(), ConsoleError> {
+/// is `same-origin` or `none`, and `Origin` (when sent) is exactly the listener's scheme
+/// (`https` under TLS, else `http`) with the host and port the request was sent to.
+fn same_origin<B>(req: &Request<B>, secure: bool) -> Result<(), ConsoleError> {
     let h = req.headers();
     if let Some(site) = h.get("sec-fetch-site") {
         if !matches!(site.to_str(), Ok("same-origin" | "none")) {
@@ -388,10 +486,9 @@ fn same_origin<B>(req: &Request<B>) -> Result<(), ConsoleError> {
             .or_else(|| req.uri().authority().map(|a| a.to_string()))
             .ok_or(ConsoleError::CrossOrigin)?;
         let origin = origin.to_str().map_err(|_| ConsoleError::CrossOrigin)?;
-        let named = origin
-            .strip_prefix("http://")
-            .or_else(|| origin.strip_prefix("https://"));
-        if named != Some(host.as_str()) {
+        let scheme = if secure { "https://" } else { "http://" };
+        let named = origin.strip_prefix(scheme);
+        if !named.is_some_and(|n| n.eq_ignore_ascii_case(&host)) {
             return Err(ConsoleError::CrossOrigin);
         }
     }
@@ -410,14 +507,20 @@ fn cookie_value<B>(req: &Request<B>, name: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
+/// Sets one of the console's cookies (`name` is its plain-HTTP name): under TLS a `__Host-`
+/// cookie (`Secure`, `Path=/`), else one for `/console`.
 fn set_cookie(
     resp: &mut Response<Body>,
-    name: &str,
+    name: &'static str,
     value: &str,
     max_age: Option<u64>,
     secure: bool,
 ) {
-    let mut c = format!("{name}={value}; Path=/console; HttpOnly; SameSite=Strict");
+    let path = if secure { "/" } else { "/console" };
+    let mut c = format!(
+        "{}={value}; Path={path}; HttpOnly; SameSite=Strict",
+        cookie_name(name, secure)
+    );
     if let Some(age) = max_age {
         c.push_str(&format!("; Max-Age={age}"));
     }
@@ -458,50 +561,69 @@ pub fn redirect(to: &str) -> Response<Body> {
 }
 
 /// The sign-in page, with a fresh pre-session cookie whose value the form repeats.
-fn login_page(problem: Option<&str>, secure: bool) -> Result<Response<Body>, ConsoleError> {
+fn login_page(r: &Req) -> Result<Response<Body>, ConsoleError> {
     let token = crate::crypto::random_token::<24>().map_err(SessionError::from)?;
-    let status = if problem.is_some() {
-        StatusCode::UNAUTHORIZED
-    } else {
-        StatusCode::OK
-    };
-    let mut resp = html(status, pages::login(&token, problem));
-    set_cookie(&mut resp, LOGIN_COOKIE, &token, Some(600), secure);
+    let mut resp = html(StatusCode::OK, pages::login(&token, r.exposed));
+    set_cookie(&mut resp, LOGIN_COOKIE, &token, Some(600), r.secure);
     Ok(resp)
 }
 
-fn login(admin: &Admin, r: &Req, secure: bool) -> Result<Response<Body>, ConsoleError> {
+/// The audit record of a sign-in, a refused sign-in or a sign-out (never the token).
+fn sign_in_record(
+    reason: &'static str,
+    who: Option<(&str, AdminRole)>,
+    peer: Option<std::net::IpAddr>,
+) -> crate::audit::Record {
+    let mut record = crate::audit::Record::new(crate::audit::Kind::SignIn)
+        .with_reason(crate::audit::Reason::from_static(reason));
+    if let Some((name, role)) = who {
+        record = record.with_actor(name).with_role(pages::role_name(role));
+    }
+    record.source = peer;
+    record
+}
+
+fn login(admin: &Admin, r: &Req) -> Result<Response<Body>, ConsoleError> {
     let expected = r.login_cookie.as_deref().ok_or(ConsoleError::Csrf)?;
     if !session::same_token(r.field("csrf"), expected) {
         return Err(ConsoleError::Csrf);
     }
+    let auditor = admin.gateway.auditor();
     let (name, role) = match admin.token_holder(r.field("token")) {
         Ok(holder) => holder,
         Err(_) => {
+            auditor.record(sign_in_record("unknown_token", None, r.peer));
             tracing::info!("Console sign-in refused: unknown admin token.");
             return Err(ConsoleError::BadToken);
         }
     };
     let id = admin.console.sessions.create(&name, role)?;
+    auditor.record(sign_in_record("signed_in", Some((&name, role)), r.peer));
     tracing::info!(admin = %name, role = ?role, "Console sign-in.");
     let mut resp = redirect("/console");
-    set_cookie(&mut resp, COOKIE, &id, None, secure);
-    set_cookie(&mut resp, LOGIN_COOKIE, "", Some(0), secure);
+    set_cookie(&mut resp, COOKIE, &id, None, r.secure);
+    set_cookie(&mut resp, LOGIN_COOKIE, "", Some(0), r.secure);
     Ok(resp)
 }
 
 /// Ends the session and clears its cookie.
-pub(crate) fn logout(admin: &Admin, id: &str, secure: bool) -> Response<Body> {
+fn logout(admin: &Admin, r: &Req, id: &str, s: &session::Session) -> Response<Body> {
     admin.console.sessions.end(id);
+    admin.gateway.auditor().record(sign_in_record(
+        "signed_out",
+        Some((&s.name, s.role)),
+        r.peer,
+    ));
     let mut resp = redirect("/console/login");
-    set_cookie(&mut resp, COOKIE, "", Some(0), secure);
+    set_cookie(&mut resp, COOKIE, "", Some(0), r.secure);
     resp
 }
 
 /// An error page.
 fn error_page(status: StatusCode, title: &str, message: &str) -> Response<Body> {
     let mut resp = html(status, pages::error(title, message));
-    secure_headers(&mut resp);
+    // `handle` sets them again with HSTS when under TLS.
+    secure_headers(&mut resp, false);
     resp
 }
 
@@ -555,10 +677,24 @@ pub fn error_response(err: &ConsoleError) -> Response<Body> {
             "Audit log unavailable",
             "The gateway cannot write its audit log right now; the action is not confirmed. Retry later.".into(),
         ),
-        C::Session(_) => (
+        C::Session(SessionError::Full) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Too many sessions",
+            format!(
+                "The console already holds {} live sessions, its limit. Sign out of sessions you no longer use, or retry once idle sessions end ({} minutes without use).",
+                session::MAX_SESSIONS,
+                session::IDLE.as_secs() / 60
+            ),
+        ),
+        C::Session(SessionError::Random(_)) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "Sign-in unavailable",
             "No console session can be started right now. Retry later.".into(),
+        ),
+        C::Busy => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Busy",
+            "The audit log is being queried by other console pages; retry in a moment.".into(),
         ),
         C::Vault(V::UnknownOrder) => (
             StatusCode::NOT_FOUND,
@@ -617,118 +753,4 @@ pub fn error_response(err: &ConsoleError) -> Response<Body> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn post(headers: &[(&str, &str)]) -> Request<()> {
-        let mut b = Request::post("/console/tools/create");
-        for (k, v) in headers {
-            b = b.header(*k, *v);
-        }
-        b.body(()).unwrap_or_default()
-    }
-
-    #[test]
-    fn posts_from_another_origin_are_refused() {
-        let host = ("host", "127.0.0.1:9090");
-        let same = [
-            host,
-            ("origin", "http://127.0.0.1:9090"),
-            ("sec-fetch-site", "same-origin"),
-        ];
-        assert!(same_origin(&post(&same)).is_ok());
-        // No browser headers at all (curl): the CSRF token alone decides.
-        assert!(same_origin(&post(&[host])).is_ok());
-        for bad in [
-            vec![host, ("origin", "http://evil.example")],
-            vec![host, ("origin", "null")],
-            vec![host, ("origin", "http://127.0.0.1:9091")],
-            vec![host, ("origin", "http://127.0.0.1:9090.evil.example")],
-            vec![host, ("sec-fetch-site", "cross-site")],
-            vec![host, ("sec-fetch-site", "same-site")],
-            vec![("origin", "http://127.0.0.1:9090")],
-        ] {
-            assert!(
-                matches!(same_origin(&post(&bad)), Err(ConsoleError::CrossOrigin)),
-                "{bad:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn cookies_are_read_by_exact_name() {
-        let req = post(&[(
-            "cookie",
-            "other=1; spgate_console_login=pre; spgate_console=abc",
-        )]);
-        assert_eq!(cookie_value(&req, COOKIE).as_deref(), Some("abc"));
-        assert_eq!(cookie_value(&req, LOGIN_COOKIE).as_deref(), Some("pre"));
-        let empty = post(&[("cookie", "spgate_console=")]);
-        assert_eq!(cookie_value(&empty, COOKIE), None);
-    }
-
-    #[test]
-    fn the_session_cookie_is_strict_and_secure_under_tls() {
-        let mut resp = redirect("/console");
-        set_cookie(&mut resp, COOKIE, "id", None, true);
-        let c = resp
-            .headers()
-            .get(header::SET_COOKIE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        assert_eq!(
-            c,
-            "spgate_console=id; Path=/console; HttpOnly; SameSite=Strict; Secure"
-        );
-        let mut plain = redirect("/console");
-        set_cookie(&mut plain, COOKIE, "id", None, false);
-        let c = plain.headers().get(header::SET_COOKIE);
-        assert!(c.is_some_and(|v| !v.as_bytes().ends_with(b"Secure")));
-    }
-
-    #[test]
-    fn every_error_page_carries_the_policy() {
-        for err in [
-            ConsoleError::NotFound,
-            ConsoleError::Csrf,
-            ConsoleError::CrossOrigin,
-            ConsoleError::Forbidden(AdminRole::Ops),
-            ConsoleError::BadInput("x"),
-        ] {
-            let resp = error_response(&err);
-            assert!(resp.status().is_client_error(), "{err}");
-            assert_eq!(
-                resp.headers().get(header::CONTENT_SECURITY_POLICY),
-                Some(&HeaderValue::from_static(CSP))
-            );
-        }
-        assert_eq!(
-            error_response(&ConsoleError::SignedOut)
-                .headers()
-                .get(header::LOCATION),
-            Some(&HeaderValue::from_static("/console/login"))
-        );
-    }
-
-    #[test]
-    fn refusals_are_counted() {
-        let before = REFUSED.csrf.load(Ordering::Relaxed);
-        REFUSED.count(&ConsoleError::Csrf);
-        REFUSED.count(&ConsoleError::NotFound);
-        let mut out = String::new();
-        render_metrics(&mut out);
-        assert!(out.contains(&format!(
-            "spgate_console_refused_total{{reason=\"csrf\"}} {}",
-            before + 1
-        )));
-    }
-
-    #[test]
-    fn text_is_escaped() {
-        assert_eq!(
-            pages::esc("<a href=\"x\">'&'</a>"),
-            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
-        );
-    }
-}
+mod tests;

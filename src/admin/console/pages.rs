@@ -1,6 +1,13 @@
 //! The console's pages and actions, rendered on the server. Every value is HTML-escaped
 //! ([`esc`]); charts are inline SVG (markup, not script, so the CSP allows them), each with its
-//! figures as text beside it, so nothing is told by colour alone.
+//! figures as text beside it, so nothing is told by colour alone. A refused or failed action
+//! answers with an error status as well as its notice.
+//!
+//! The audit page reads a bounded slice of the log: a time range of at most [`MAX_WINDOW_DAYS`]
+//! (the last [`DEFAULT_WINDOW_HOURS`] hours unless asked), the newest [`super::PAGE_SIZE`]
+//! records per page for at most [`MAX_PAGES`] pages, alerts of the last [`ALERT_DAYS`] days, at
+//! most [`AUDIT_SCANS`] queries at once (then 503), and chain verification (which reads every
+//! file) only when asked, its last result kept.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
@@ -16,6 +23,30 @@ use crate::config::AdminRole;
 use crate::proxy::body::{self, Body};
 use crate::secret::Secret;
 use crate::vault::{self, EraseReason};
+
+/// Audit page queries that may run at once.
+pub const AUDIT_SCANS: usize = 2;
+/// The audit query's time range when none is given: the last day.
+pub const DEFAULT_WINDOW_HOURS: i64 = 24;
+/// The longest time range one audit query may read.
+pub const MAX_WINDOW_DAYS: i64 = 31;
+/// Pages of records one query may page through (newest first).
+pub const MAX_PAGES: usize = 200;
+/// Alerts shown: those of this many last days.
+pub const ALERT_DAYS: i64 = 30;
+
+/// The last chain verification (run on request: it reads every file).
+#[derive(Debug, Clone)]
+pub struct Verification {
+    /// Every chain verified.
+    ok: bool,
+    /// `audit verify`'s report.
+    text: String,
+    /// When (RFC 3339).
+    at: String,
+    /// Who asked.
+    by: String,
+}
 
 /// Escapes text for HTML content and attribute values.
 pub fn esc(s: &str) -> String {
@@ -88,7 +119,8 @@ fn needs(method: &Method, path: &str) -> Option<Option<AdminRole>> {
         (&Method::GET, "/console/audit" | "/console/retention")
         | (
             &Method::POST,
-            "/console/retention/hold"
+            "/console/audit/verify"
+            | "/console/retention/hold"
             | "/console/retention/release"
             | "/console/retention/export"
             | "/console/retention/erase",
@@ -103,7 +135,6 @@ pub(super) async fn route(
     r: &Req,
     session_id: &str,
     s: &Session,
-    secure: bool,
 ) -> Result<Response<Body>, ConsoleError> {
     let role = needs(&r.method, &r.path).ok_or(ConsoleError::NotFound)?;
     if let Some(role) = role {
@@ -113,16 +144,22 @@ pub(super) async fn route(
             e => ConsoleError::Admin(e),
         })?;
     }
-    let page = |title: &str, body: String| html(StatusCode::OK, layout(s, &r.path, title, &body));
+    let page = |title: &str, body: String| {
+        html(StatusCode::OK, layout(s, r.exposed, &r.path, title, &body))
+    };
+    // A refused action's page: its notice says why, its status that it failed.
+    let refused = |status: StatusCode, title: &str, body: String| {
+        html(status, layout(s, r.exposed, &r.path, title, &body))
+    };
     Ok(match (&r.method, r.path.as_str()) {
         (&Method::GET, "/console" | "/console/") => page("Overview", overview(admin, s).await),
         (&Method::GET, "/console/live") => html(StatusCode::OK, live(admin).await),
-        (&Method::POST, "/console/logout") => super::logout(admin, session_id, secure),
+        (&Method::POST, "/console/logout") => super::logout(admin, r, session_id, s),
         (&Method::GET, "/console/ratelimits") => {
             page("Rate limits", ratelimits(admin, s, None, &r.query))
         }
         (&Method::POST, "/console/ratelimits/reload") => {
-            let outcome = match admin.reload() {
+            let outcome = match admin.reload(Some(&s.name)) {
                 Ok(()) => {
                     tracing::info!(admin = %s.name, "Configuration reloaded through the console.");
                     Ok("Reloaded: the rate plans and tool assignments in the config file apply now.".to_string())
@@ -140,7 +177,13 @@ pub(super) async fn route(
                 }
                 Err(e) => return Err(e.into()),
             };
-            page(
+            let status = if outcome.is_ok() {
+                StatusCode::OK
+            } else {
+                StatusCode::CONFLICT
+            };
+            refused(
+                status,
                 "Rate limits",
                 ratelimits(admin, s, Some(outcome), &std::collections::HashMap::new()),
             )
@@ -214,6 +257,10 @@ pub(super) async fn route(
                 now,
             )
             .await?;
+            admin
+                .gateway
+                .auditor()
+                .record(crate::audit::events::invite_record(region, seller, &s.name));
             tracing::info!(admin = %s.name, %region, "Seller invite created through the console.");
             let shown = format!(
                 "<div class=\"notice ok\" role=\"status\"><p><strong>Invite created</strong> ({}; one use, valid {} hours). Send the seller this link:</p><p><input id=\"invite-link\" readonly size=\"80\" value=\"{}\"></p></div>",
@@ -226,16 +273,21 @@ pub(super) async fn route(
         (&Method::POST, "/console/tools/revoke") => {
             let id = r.required("id", "the client id is required")?;
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
-            let shown = if admin.gateway.store().revoke_client(id, now).await? {
+            if admin.gateway.store().revoke_client(id, now).await? {
                 let mut record = crate::audit::Record::new(crate::audit::Kind::KeyRevoked);
                 record.client_id = Some(crate::audit::record::Id::lossy(id));
                 admin.gateway.auditor().record(record.with_actor(&s.name));
                 tracing::info!(admin = %s.name, client = %id, "Tool key revoked through the console.");
-                format!("<div class=\"notice ok\" role=\"status\"><p>Revoked <code>{}</code>: its key is refused from the next request on.</p></div>", esc(id))
+                let shown = format!("<div class=\"notice ok\" role=\"status\"><p>Revoked <code>{}</code>: its key is refused from the next request on.</p></div>", esc(id));
+                page("Sellers and tools", sellers(admin, s, Some(shown)).await?)
             } else {
-                format!("<div class=\"notice bad\" role=\"alert\"><p>No active client <code>{}</code>.</p></div>", esc(id))
-            };
-            page("Sellers and tools", sellers(admin, s, Some(shown)).await?)
+                let shown = format!("<div class=\"notice bad\" role=\"alert\"><p>Not revoked: no active client <code>{}</code>.</p></div>", esc(id));
+                refused(
+                    StatusCode::NOT_FOUND,
+                    "Sellers and tools",
+                    sellers(admin, s, Some(shown)).await?,
+                )
+            }
         }
         (&Method::GET, "/console/audit") => {
             let cfg = admin
@@ -243,11 +295,54 @@ pub(super) async fn route(
                 .audit
                 .clone()
                 .ok_or(ConsoleError::NoAuditLog)?;
+            let _permit = admin
+                .console
+                .audit_scans
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| ConsoleError::Busy)?;
             let q = r.query.clone();
-            let body = tokio::task::spawn_blocking(move || audit(&cfg, &q))
+            let mut body = tokio::task::spawn_blocking(move || audit(&cfg, &q))
                 .await
                 .map_err(|_| ConsoleError::ReaderStopped)??;
+            let last = admin
+                .console
+                .verified
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            body.push_str(&verification(last.as_ref(), s));
             page("Audit", body)
+        }
+        (&Method::POST, "/console/audit/verify") => {
+            let cfg = admin
+                .console
+                .audit
+                .clone()
+                .ok_or(ConsoleError::NoAuditLog)?;
+            let _permit = admin
+                .console
+                .audit_scans
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| ConsoleError::Busy)?;
+            let by = s.name.clone();
+            let done = tokio::task::spawn_blocking(move || verify_chains(&cfg, by))
+                .await
+                .map_err(|_| ConsoleError::ReaderStopped)??;
+            tracing::info!(admin = %s.name, ok = done.ok, "Audit chains verified through the console.");
+            let status = if done.ok {
+                StatusCode::OK
+            } else {
+                StatusCode::CONFLICT
+            };
+            let body = verification(Some(&done), s);
+            *admin
+                .console
+                .verified
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(done);
+            refused(status, "Audit chain verification", body)
         }
         (&Method::GET, "/console/retention") => page("Retention", retention(admin, s, None).await?),
         (&Method::POST, "/console/retention/hold") => {
@@ -281,9 +376,10 @@ pub(super) async fn route(
                     "confirm that the export (buyer PII) may be downloaded",
                 ));
             }
-            let export = admin.vault()?.export(order).await?;
+            let export = admin.vault()?.export(order, &s.name).await?;
             tracing::info!(admin = %s.name, orders = export.orders.len(), "Data-subject export through the console.");
-            let text = serde_json::to_string_pretty(&export).unwrap_or_default();
+            let text = serde_json::to_string_pretty(&export)
+                .map_err(|_| ConsoleError::BadInput("the export could not be written as JSON"))?;
             let mut resp = Response::new(body::full(text));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -303,12 +399,15 @@ pub(super) async fn route(
                 ));
             }
             let seller = Some(r.field("seller")).filter(|s| !s.is_empty());
-            let reason = if r.field("operator") == "yes" {
-                EraseReason::Operator
-            } else {
-                EraseReason::DataSubjectRequest
+            // No default: the admin says why, and the audit record keeps it.
+            let reason = match r.field("reason") {
+                "data_subject_request" => EraseReason::DataSubjectRequest,
+                "operator_decision" => EraseReason::Operator,
+                _ => return Err(ConsoleError::BadInput(
+                    "say why the order is erased: a data-subject request or an operator's decision",
+                )),
             };
-            let erased = admin.vault()?.erase(seller, order, reason).await?;
+            let erased = admin.vault()?.erase(seller, order, reason, &s.name).await?;
             tracing::info!(admin = %s.name, orders = erased.len(), "Erasure through the console.");
             let mut shown = String::from("<div class=\"notice ok\" role=\"status\">");
             if erased.is_empty() {
@@ -349,7 +448,16 @@ fn valid_name(s: &str) -> bool {
 
 // === layout ===
 
-fn layout(s: &Session, path: &str, title: &str, body: &str) -> String {
+/// The warning of a page served over plain HTTP to a client on another machine.
+fn plain_http_warning(exposed: bool) -> &'static str {
+    if exposed {
+        "<p class=\"notice bad\" role=\"alert\" id=\"plain-http\"><strong>Not encrypted:</strong> this console is served over plain HTTP to another machine, so admin tokens, session cookies and the data shown cross the network in clear text. Give the admin listener TLS (<code>[admin.tls]</code>), or reach it only through a loopback address or an encrypted tunnel.</p>"
+    } else {
+        ""
+    }
+}
+
+fn layout(s: &Session, exposed: bool, path: &str, title: &str, body: &str) -> String {
     let mut nav = String::new();
     let links: &[(&str, &str, Option<AdminRole>)] = &[
         ("/console", "Overview", None),
@@ -374,7 +482,8 @@ fn layout(s: &Session, path: &str, title: &str, body: &str) -> String {
         let _ = write!(nav, "<a href=\"{href}\"{current}>{label}</a>");
     }
     format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{title} · spgate console</title><link rel=\"stylesheet\" href=\"/console/assets/console.css\"><script src=\"/console/assets/console.js\" defer></script></head><body><header class=\"top\"><a class=\"brand\" href=\"/console\">spgate console</a><nav aria-label=\"Console\">{nav}</nav><form class=\"who\" method=\"post\" action=\"/console/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><span>{name} <small>({role})</small></span> <button type=\"submit\">Sign out</button></form></header><main><h1>{title}</h1>{body}</main></body></html>",
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{title} · spgate console</title><link rel=\"stylesheet\" href=\"/console/assets/console.css\"><script src=\"/console/assets/console.js\" defer></script></head><body><header class=\"top\"><a class=\"brand\" href=\"/console\">spgate console</a><nav aria-label=\"Console\">{nav}</nav><form class=\"who\" method=\"post\" action=\"/console/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><span>{name} <small>({role})</small></span> <button type=\"submit\">Sign out</button></form></header><main>{warning}<h1>{title}</h1>{body}</main></body></html>",
+        warning = plain_http_warning(exposed),
         title = esc(title),
         csrf = esc(&s.csrf),
         name = esc(&s.name),
@@ -382,7 +491,7 @@ fn layout(s: &Session, path: &str, title: &str, body: &str) -> String {
     )
 }
 
-fn role_name(role: AdminRole) -> &'static str {
+pub(super) fn role_name(role: AdminRole) -> &'static str {
     match role {
         AdminRole::Ops => "ops",
         AdminRole::Security => "security",
@@ -396,11 +505,9 @@ fn csrf_field(s: &Session) -> String {
     )
 }
 
-/// The sign-in page.
-pub fn login(csrf: &str, problem: Option<&str>) -> String {
-    let problem = problem
-        .map(|p| format!("<p class=\"notice bad\" role=\"alert\">{}</p>", esc(p)))
-        .unwrap_or_default();
+/// The sign-in page (with the plain-HTTP warning when `exposed`).
+pub fn login(csrf: &str, exposed: bool) -> String {
+    let problem = plain_http_warning(exposed);
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>Sign in · spgate console</title><link rel=\"stylesheet\" href=\"/console/assets/console.css\"></head><body><main class=\"narrow\"><h1>spgate console</h1>{problem}<form method=\"post\" action=\"/console/login\" class=\"card\"><input type=\"hidden\" name=\"csrf\" value=\"{}\"><p><label for=\"token\">Admin token (ops or security)</label><br><input id=\"token\" name=\"token\" type=\"password\" autocomplete=\"off\" required size=\"48\"></p><p><button type=\"submit\">Sign in</button></p><p class=\"hint\">The session ends after 15 idle minutes.</p></form></main></body></html>",
         esc(csrf)
@@ -421,7 +528,7 @@ pub fn error(title: &str, message: &str) -> String {
 async fn overview(admin: &Admin, s: &Session) -> String {
     let _ = s;
     format!(
-        "<p class=\"hint\">The last hour, per minute; updated every 5 seconds.</p><section id=\"live\" data-live=\"/console/live\" aria-live=\"polite\">{}</section>",
+        "<p class=\"hint\" id=\"live-status\" role=\"status\">The last hour, per minute; updated every 5 seconds.</p><section id=\"live\" data-live=\"/console/live\" aria-live=\"polite\">{}</section>",
         live(admin).await
     )
 }
@@ -841,25 +948,40 @@ async fn sellers(
 
 // === audit ===
 
-/// The audit page: reads the chain files (on a blocking thread: a large log must not hold a
-/// runtime worker).
-fn audit(
-    cfg: &crate::audit::AuditConfig,
+/// The audit query of a form: its filters over a bounded time range (`since` defaults to
+/// [`DEFAULT_WINDOW_HOURS`] before `until`, `until` to now; at most [`MAX_WINDOW_DAYS`] apart).
+pub(super) fn audit_filters(
     q: &std::collections::HashMap<String, String>,
-) -> Result<String, ConsoleError> {
-    let now = time::OffsetDateTime::now_utc();
+    now: time::OffsetDateTime,
+) -> Result<Filters, ConsoleError> {
     let get = |k: &str| {
         q.get(k)
             .map(|v| v.trim().to_string())
             .filter(|v| !v.is_empty())
     };
-    let when = |k: &str| -> Result<Option<String>, ConsoleError> {
+    let when = |k: &str| -> Result<Option<time::OffsetDateTime>, ConsoleError> {
         get(k)
-            .map(|t| query::parse_time(&t, now))
+            .map(|t| {
+                query::parse_time(&t, now)
+                    .ok()
+                    .and_then(|t| vault::parse_rfc3339(&t))
+                    .ok_or(ConsoleError::BadInput(
+                        "times are RFC 3339 or relative (e.g. 24h)",
+                    ))
+            })
             .transpose()
-            .map_err(|_| ConsoleError::BadInput("times are RFC 3339 or relative (e.g. 24h)"))
     };
-    let filters = Filters {
+    let until = when("until")?.unwrap_or(now);
+    let since = when("since")?.unwrap_or(until - time::Duration::hours(DEFAULT_WINDOW_HOURS));
+    if since >= until {
+        return Err(ConsoleError::BadInput("since must be before until"));
+    }
+    if until - since > time::Duration::days(MAX_WINDOW_DAYS) {
+        return Err(ConsoleError::BadInput(
+            "one query reads at most 31 days: narrow since and until",
+        ));
+    }
+    Ok(Filters {
         tool: get("tool"),
         seller: get("seller"),
         operation: get("operation"),
@@ -875,13 +997,28 @@ fn audit(
             .map(|p| p.parse())
             .transpose()
             .map_err(|_: String| ConsoleError::BadInput("unknown PII category"))?,
-        since: when("since")?,
-        until: when("until")?,
+        since: Some(query::record_time(since)),
+        until: Some(query::record_time(until)),
+    })
+}
+
+/// The audit page: reads the chain files (on a blocking thread: a large log must not hold a
+/// runtime worker), within the bounds of [`audit_filters`].
+fn audit(
+    cfg: &crate::audit::AuditConfig,
+    q: &std::collections::HashMap<String, String>,
+) -> Result<String, ConsoleError> {
+    let now = time::OffsetDateTime::now_utc();
+    let get = |k: &str| {
+        q.get(k)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
     };
+    let filters = audit_filters(q, now)?;
     let page: usize = get("page")
         .and_then(|p| p.parse().ok())
         .unwrap_or(0)
-        .min(199);
+        .min(MAX_PAGES - 1);
     let keep = (page + 1) * PAGE_SIZE;
     let mut newest: VecDeque<String> = VecDeque::with_capacity(keep + 1);
     let total = query::query(&cfg.dir, &filters, |line| {
@@ -915,6 +1052,8 @@ fn audit(
         "unauthenticated",
         "tunnel",
         "compat_switch",
+        "invite_created",
+        "sign_in",
     ];
     let kind_now = get("kind").unwrap_or_default();
     let options = kinds
@@ -938,11 +1077,22 @@ fn audit(
         .skip(page * PAGE_SIZE)
         .take(PAGE_SIZE)
         .collect();
+    let range = format!(
+        "from {} to {}",
+        filters.since.as_deref().unwrap_or("–"),
+        filters.until.as_deref().unwrap_or("–")
+    );
     let _ = write!(
         out,
-        "<p>{total} matching record(s), newest first; page {} of {}.</p>",
+        "<p id=\"audit-summary\">{total} matching record(s) {}, newest first; page {} of {}{}.</p>",
+        esc(&range),
         page + 1,
-        (total as usize).div_ceil(PAGE_SIZE).max(1)
+        (total as usize).div_ceil(PAGE_SIZE).clamp(1, MAX_PAGES),
+        if total as usize > MAX_PAGES * PAGE_SIZE {
+            " (only the newest pages are shown: narrow the query for older records)"
+        } else {
+            ""
+        }
     );
     out.push_str(&records_table(&rows));
     let link = |p: usize| {
@@ -966,7 +1116,7 @@ fn audit(
             link(page - 1)
         );
     }
-    if (page + 1) * PAGE_SIZE < total as usize && page < 199 {
+    if (page + 1) * PAGE_SIZE < total as usize && page + 1 < MAX_PAGES {
         let _ = write!(
             out,
             "<a href=\"{}\" rel=\"next\">older →</a>",
@@ -977,23 +1127,10 @@ fn audit(
     // The per-tool report over the same time range.
     let report = query::report(&cfg.dir, filters.since.clone(), filters.until.clone())?;
     out.push_str(&report_chart(&report));
-    // Chain verification.
-    let key = Secret::new(base64::Engine::encode(
-        &base64::engine::general_purpose::STANDARD,
-        cfg.key.expose(),
-    ));
-    let mut text = Vec::new();
-    let ok = crate::audit::cli::verify(&cfg.dir, &key, false, &mut text)?;
-    let _ = write!(
-        out,
-        "<h2>Chain verification</h2><p class=\"notice {}\" role=\"status\"><strong>{}</strong></p><pre class=\"verify\">{}</pre>",
-        if ok { "ok" } else { "bad" },
-        if ok { "✔ Every chain verified." } else { "✖ Verification failed (see below)." },
-        esc(&String::from_utf8_lossy(&text))
-    );
-    // Alerts, newest first.
+    // Alerts of the last ALERT_DAYS days, newest first.
     let alerts = Filters {
         kind: Some(crate::audit::Kind::Alert),
+        since: Some(query::record_time(now - time::Duration::days(ALERT_DAYS))),
         ..Filters::default()
     };
     let mut recent: VecDeque<String> = VecDeque::new();
@@ -1006,11 +1143,55 @@ fn audit(
     })?;
     let _ = write!(
         out,
-        "<h2>Alerts</h2><p>{n} alert(s) in the log; the latest 20:</p>"
+        "<h2>Alerts</h2><p>{n} alert(s) in the last {ALERT_DAYS} days; the latest 20:</p>"
     );
     let rows: Vec<&String> = recent.iter().rev().collect();
     out.push_str(&records_table(&rows));
     Ok(out)
+}
+
+/// Verifies every chain (`spgate audit verify`): reads every file, so it runs only when asked.
+fn verify_chains(
+    cfg: &crate::audit::AuditConfig,
+    by: String,
+) -> Result<Verification, ConsoleError> {
+    let key = Secret::new(base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        cfg.key.expose(),
+    ));
+    let mut text = Vec::new();
+    let ok = crate::audit::cli::verify(&cfg.dir, &key, false, &mut text)?;
+    Ok(Verification {
+        ok,
+        text: String::from_utf8_lossy(&text).into_owned(),
+        at: vault::rfc3339(time::OffsetDateTime::now_utc().unix_timestamp()),
+        by,
+    })
+}
+
+/// The chain verification section: the last result, and the form that runs it again.
+fn verification(last: Option<&Verification>, s: &Session) -> String {
+    let mut out = String::from("<h2>Chain verification</h2>");
+    match last {
+        None => out.push_str("<p class=\"notice\" role=\"status\" id=\"verify-status\">Not verified since the gateway started. Verification reads every audit file.</p>"),
+        Some(v) => {
+            let _ = write!(
+                out,
+                "<p class=\"notice {}\" role=\"status\" id=\"verify-status\"><strong>{}</strong> (verified {} by {})</p><pre class=\"verify\">{}</pre>",
+                if v.ok { "ok" } else { "bad" },
+                if v.ok { "✔ Every chain verified." } else { "✖ Verification failed (see below)." },
+                esc(&v.at),
+                esc(&v.by),
+                esc(&v.text)
+            );
+        }
+    }
+    let _ = write!(
+        out,
+        "<form method=\"post\" action=\"/console/audit/verify\">{}<button type=\"submit\">Verify the chains now</button></form>",
+        csrf_field(s)
+    );
+    out
 }
 
 fn records_table(lines: &[&String]) -> String {
@@ -1159,7 +1340,7 @@ async fn retention(
     let csrf = csrf_field(s);
     let _ = write!(
         out,
-        "</tbody></table></div><div class=\"forms\"><form method=\"post\" action=\"/console/retention/hold\" class=\"card\"><h2>Set a legal hold</h2>{csrf}<p><label>seller <input name=\"seller\" required></label></p><p><label>order id <input name=\"order\" required></label></p><p><label>reason <input name=\"reason\" required></label></p><p><label>until <input name=\"until\" type=\"date\" required></label></p><p><button type=\"submit\">Set the hold</button></p></form><form method=\"post\" action=\"/console/retention/release\" class=\"card\"><h2>Lift a legal hold</h2>{csrf}<p><label>seller <input name=\"seller\" required></label></p><p><label>order id <input name=\"order\" required></label></p><p><button type=\"submit\">Lift the hold</button></p></form><form method=\"post\" action=\"/console/retention/export\" class=\"card\"><h2>Export (data-subject access)</h2>{csrf}<p><label>order id <input name=\"order\" required></label></p><p><label><input type=\"checkbox\" name=\"confirm\" value=\"yes\" required> The download holds buyer PII; I handle it as a data-subject request.</label></p><p><button type=\"submit\">Download the export</button></p></form><form method=\"post\" action=\"/console/retention/erase\" class=\"card\"><h2>Erase</h2>{csrf}<p><label>order id <input name=\"order\" required></label></p><p><label>seller (optional) <input name=\"seller\"></label></p><p><label>type the order id again to confirm <input name=\"confirm\" required></label></p><p><label><input type=\"checkbox\" name=\"operator\" value=\"yes\"> operator erasure (not a data-subject request)</label></p><p><button type=\"submit\" class=\"danger\">Erase the order's PII</button></p></form></div>"
+        "</tbody></table></div><div class=\"forms\"><form method=\"post\" action=\"/console/retention/hold\" class=\"card\"><h2>Set a legal hold</h2>{csrf}<p><label>seller <input name=\"seller\" required></label></p><p><label>order id <input name=\"order\" required></label></p><p><label>reason <input name=\"reason\" required></label></p><p><label>until <input name=\"until\" type=\"date\" required></label></p><p><button type=\"submit\">Set the hold</button></p></form><form method=\"post\" action=\"/console/retention/release\" class=\"card\"><h2>Lift a legal hold</h2>{csrf}<p><label>seller <input name=\"seller\" required></label></p><p><label>order id <input name=\"order\" required></label></p><p><button type=\"submit\">Lift the hold</button></p></form><form method=\"post\" action=\"/console/retention/export\" class=\"card\"><h2>Export (data-subject access)</h2>{csrf}<p><label>order id <input name=\"order\" required></label></p><p><label><input type=\"checkbox\" name=\"confirm\" value=\"yes\" required> The download holds buyer PII; I handle it as a data-subject request.</label></p><p><button type=\"submit\">Download the export</button></p></form><form method=\"post\" action=\"/console/retention/erase\" class=\"card\"><h2>Erase</h2>{csrf}<p><label>order id <input name=\"order\" required></label></p><p><label>seller (optional) <input name=\"seller\"></label></p><p><label>type the order id again to confirm <input name=\"confirm\" required></label></p><fieldset><legend>reason (recorded in the audit log)</legend><label><input type=\"radio\" name=\"reason\" value=\"data_subject_request\" required> a data-subject (erasure) request</label><br><label><input type=\"radio\" name=\"reason\" value=\"operator_decision\"> an operator's decision</label></fieldset><p><button type=\"submit\" class=\"danger\">Erase the order's PII</button></p></form></div>"
     );
     Ok(out)
 }

@@ -3,13 +3,19 @@
 //! are those of the request records themselves. Without an `[audit]` section there are no
 //! request records and the overview says so.
 //!
+//! The tap ([`feed`]) does not count on the request path: it turns a request record into a
+//! small [`Sample`] and offers it to a bounded queue (`try_send`, no lock, never waits); a
+//! thread of the console's counts the samples. A full queue drops the sample and counts the
+//! drop (`spgate_console_tap_dropped_total`), so a stalled console costs the gateway nothing.
+//!
 //! Per second: requests, answers by status class, gateway 429s (the limiter refused) and
 //! upstream 429s (Amazon's 429 passed on), and a latency histogram (quarter-octave buckets,
 //! so p50/p99 are within 19 %); the same per tool (at most [`MAX_TOOLS`] named, the rest under
 //! `other`).
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
@@ -17,6 +23,71 @@ use crate::audit::record::{Decision, Kind, Record};
 
 /// Seconds kept.
 pub const WINDOW: u64 = 3600;
+/// Samples the tap's queue holds before it drops them.
+pub const TAP_QUEUE: usize = 4096;
+
+/// Samples the tap dropped because its queue was full (`/metrics`).
+static TAP_DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Samples the tap dropped so far (all consoles of the process).
+pub fn tap_dropped() -> u64 {
+    TAP_DROPPED.load(Ordering::Relaxed)
+}
+
+/// What the statistics need of one request record.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// When (unix seconds).
+    pub at: u64,
+    /// The tool (`-`: none authenticated).
+    pub tool: Option<crate::audit::record::Name>,
+    /// The status answered.
+    pub status: Option<u16>,
+    /// The gateway's limiter refused it.
+    pub gateway_429: bool,
+    /// Its latency.
+    pub latency_us: Option<u64>,
+}
+
+impl Sample {
+    /// The sample of a request record seen at `at` (none for other records).
+    pub fn of(record: &Record, at: u64) -> Option<Sample> {
+        (record.kind == Kind::Request).then(|| Sample {
+            at,
+            tool: record.tool.clone(),
+            status: record.status,
+            gateway_429: record
+                .limiter
+                .is_some_and(|l| l.decision == Decision::Rejected),
+            latency_us: record.latency_us,
+        })
+    }
+}
+
+/// The audit tap feeding `stats`: each request record becomes a [`Sample`] offered to a queue
+/// of `capacity` (never waiting: a full queue drops it and counts the drop), counted by a
+/// thread of its own, which ends when the tap is dropped (with its auditor).
+pub fn feed(stats: Arc<Stats>, capacity: usize) -> crate::audit::writer::Tap {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Sample>(capacity.max(1));
+    let spawned = std::thread::Builder::new()
+        .name("console-stats".into())
+        .spawn(move || {
+            while let Some(sample) = rx.blocking_recv() {
+                stats.count(&sample);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "No thread for the console's statistics: the overview shows no requests.");
+    }
+    Arc::new(move |record: &Record| {
+        let Some(sample) = Sample::of(record, super::unix_now()) else {
+            return;
+        };
+        if tx.try_send(sample).is_err() {
+            TAP_DROPPED.fetch_add(1, Ordering::Relaxed);
+        }
+    })
+}
 /// Tools named per second; further tools are counted under `other`.
 pub const MAX_TOOLS: usize = 32;
 /// Latency buckets: quarter octaves of microseconds, up to 2^28 µs (~4.5 minutes).
@@ -178,13 +249,15 @@ impl Stats {
 
     /// Counts one record (only request records count) at `now` (unix seconds).
     pub fn observe(&self, record: &Record, now: u64) {
-        if record.kind != Kind::Request {
-            return;
+        if let Some(sample) = Sample::of(record, now) {
+            self.count(&sample);
         }
-        let gateway_429 = record
-            .limiter
-            .is_some_and(|l| l.decision == Decision::Rejected);
-        let tool = record.tool.as_ref().map_or("-", |t| t.as_str());
+    }
+
+    /// Counts one request's sample.
+    pub fn count(&self, sample: &Sample) {
+        let (now, gateway_429) = (sample.at, sample.gateway_429);
+        let tool = sample.tool.as_ref().map_or("-", |t| t.as_str());
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         let slot = &mut slots[(now % WINDOW) as usize];
         if slot.second != now {
@@ -193,7 +266,7 @@ impl Stats {
                 ..Slot::default()
             };
         }
-        slot.all.add(record.status, gateway_429, record.latency_us);
+        slot.all.add(sample.status, gateway_429, sample.latency_us);
         let tool = if slot.tools.len() >= MAX_TOOLS && !slot.tools.contains_key(tool) {
             "other"
         } else {
@@ -204,7 +277,13 @@ impl Stats {
             Some(counts) => counts,
             None => slot.tools.entry(tool.to_string()).or_default(),
         };
-        counts.add(record.status, gateway_429, record.latency_us);
+        counts.add(sample.status, gateway_429, sample.latency_us);
+    }
+
+    /// Holds the ring's lock (tests: a console that stalls).
+    #[cfg(test)]
+    pub(crate) fn stall(&self) -> impl Sized + '_ {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The last hour ending at `now` (unix seconds).

@@ -12,17 +12,18 @@
 //! - SIGTERM while a client has stopped reading a large document download: the drain cuts the
 //!   download, records it `shutdown` with the bytes sent so far, and the process exits in time.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::process::{free_port, output_ok, spawn_ready, BIN};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use spgate::sandbox::{QuotaMode, Sandbox, SandboxConfig, Script};
 
-const BIN: &str = env!("CARGO_BIN_EXE_spgate");
 const MASTER: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 const AUDIT_KEY: &str = "a2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tr";
 const CLIENT_ID: &str = "amzn1.application-oa2-client.audit-faults";
@@ -31,14 +32,6 @@ const SELLER: &str = "A1AUDITFAULTS";
 const REFRESH: &str = "Atzr|audit-faults-synthetic";
 const PII_PATH: &str = "/orders/v0/orders/TEST_CASE_200/address";
 const PII_OP: &str = "ordersV0.getOrderAddress";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A gateway process (killed when dropped).
 struct Gw {
@@ -269,50 +262,11 @@ fn command(args: &[&str]) -> Command {
 }
 
 fn run(args: &[&str]) -> String {
-    let out = command(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    output_ok(command(args))
 }
 
 fn spawn(args: &[&str], ready: &str) -> Child {
-    let mut child = command(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let err = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let tx2 = tx.clone();
-    std::thread::spawn(move || {
-        BufReader::new(out)
-            .lines()
-            .map_while(Result::ok)
-            .for_each(|l| drop(tx.send(l)))
-    });
-    std::thread::spawn(move || {
-        BufReader::new(err)
-            .lines()
-            .map_while(Result::ok)
-            .for_each(|l| drop(tx2.send(l)))
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(50)) {
-            if line.contains(ready) {
-                // Keep draining the pipes so the child never blocks on a full one.
-                std::thread::spawn(move || while rx.recv().is_ok() {});
-                return child;
-            }
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("{args:?} did not start");
+    spawn_ready(command(args), ready)
 }
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;

@@ -132,7 +132,7 @@ where
         }
     }
     conn.as_mut().graceful_shutdown();
-    match tokio::time::timeout(limits.drain_timeout, conn).await {
+    match tokio::time::timeout(limits.connection_drain(), conn).await {
         Ok(result) => result,
         Err(_) => {
             tracing::debug!("An HTTP/2 connection did not close in time; dropped.");

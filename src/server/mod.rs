@@ -39,6 +39,19 @@ pub struct ServerLimits {
     pub peers: peers::PeerLimits,
 }
 
+impl ServerLimits {
+    /// How long a connection stays open after shutdown begins: the drain, then [`CUT_GRACE`]
+    /// for the answers of requests the drain cut (503, recorded `shutdown`) to be written.
+    pub fn connection_drain(&self) -> Duration {
+        self.drain_timeout + CUT_GRACE
+    }
+}
+
+/// After the drain times out, the handler cuts what is still in flight (the gateway answers
+/// 503 and records `shutdown`); connections stay open this much longer so those answers reach
+/// their clients instead of a reset.
+pub const CUT_GRACE: Duration = Duration::from_secs(2);
+
 /// Something that answers requests: the gateway, the sandbox, the admin router.
 pub trait Handler: Send + Sync + 'static {
     /// Answers one request.
@@ -217,7 +230,7 @@ pub async fn serve_with<H: Handler>(
 }
 
 /// Runs an HTTP/1.1 connection until it ends; once the server stops, it finishes the request in
-/// flight and closes (within the drain bound).
+/// flight and closes (within the drain bound plus the grace for a cut request's answer).
 async fn until_stopped<C>(
     conn: C,
     mut stop: watch::Receiver<()>,
@@ -232,7 +245,7 @@ where
         _ = stop.changed() => {}
     }
     conn.as_mut().begin_shutdown();
-    match tokio::time::timeout(limits.drain_timeout, conn).await {
+    match tokio::time::timeout(limits.connection_drain(), conn).await {
         Ok(result) => result,
         Err(_) => Ok(()),
     }

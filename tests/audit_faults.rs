@@ -495,11 +495,17 @@ async fn a_full_disk_serves_no_pii_without_its_record_and_leaves_a_gap() {
         }
     };
     assert_eq!(ready(&gw).await, 200);
-    // No byte more may be written to any file past its current end (a full disk).
+    // No byte more may be written to the gateway's chain past its current end (a full disk).
+    // Its own file: the CLI's chain file (World::new) may be longer, and a limit at its size
+    // would leave the gateway's file room for a short record (a gap record written between
+    // two failures).
     let size = std::fs::read_dir(world.audit_dir())
         .unwrap()
         .filter_map(Result::ok)
-        .filter(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("audit-gw-") && name.ends_with(".jsonl")
+        })
         .map(|e| e.metadata().unwrap().len())
         .max()
         .unwrap();

@@ -90,6 +90,9 @@ pub enum RunError {
     /// The forward proxy's CA could not be loaded.
     #[error("forward proxy: {0}")]
     Forward(#[from] crate::server::mint::MintError),
+    /// The document download client could not be set up.
+    #[error(transparent)]
+    Outbound(#[from] crate::proxy::outbound::OutboundError),
 }
 
 /// How long per-request store lookups are cached (other processes' writes apply within it).
@@ -197,7 +200,7 @@ pub async fn build_gateway(
     let lwa = Lwa::new(&config.lwa, shared)?;
     let rdts = crate::auth::rdt::Rdts::new(config.lwa.timeout)?;
     let upstream = Upstream::new(client, &config.upstream);
-    let outbound = crate::proxy::outbound::Fetcher::new(config.outbound, &config.upstream);
+    let outbound = crate::proxy::outbound::Fetcher::new(config.outbound, &config.upstream)?;
     let server_limits = ServerLimits {
         max_connections: config.server.max_connections,
         max_header_bytes: config.server.max_header_bytes,

@@ -9,18 +9,21 @@
 //!   like a full disk: no PII response is served without its record, readiness says 503, a gap
 //!   record appears after recovery and verify exits non-zero on it.
 //! - 20,000 unauthenticated requests make a handful of records.
+//! - SIGTERM while a client has stopped reading a large document download: the drain cuts the
+//!   download, records it `shutdown` with the bytes sent so far, and the process exits in time.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::process::{free_port, output_ok, spawn_ready, BIN};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use spgate::sandbox::{QuotaMode, Sandbox, SandboxConfig, Script};
 
-const BIN: &str = env!("CARGO_BIN_EXE_spgate");
 const MASTER: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 const AUDIT_KEY: &str = "a2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tr";
 const CLIENT_ID: &str = "amzn1.application-oa2-client.audit-faults";
@@ -29,14 +32,6 @@ const SELLER: &str = "A1AUDITFAULTS";
 const REFRESH: &str = "Atzr|audit-faults-synthetic";
 const PII_PATH: &str = "/orders/v0/orders/TEST_CASE_200/address";
 const PII_OP: &str = "ordersV0.getOrderAddress";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A gateway process (killed when dropped).
 struct Gw {
@@ -201,12 +196,19 @@ level = "info"
 
     /// Serves with extra `[audit]` keys.
     fn serve_with(&self, drain_secs: u64, audit_keys: &str) -> Gw {
+        self.serve_edited(drain_secs, |text, _| {
+            text.replace(
+                "instance = \"gw\"\n",
+                &format!("instance = \"gw\"\n{audit_keys}\n"),
+            )
+        })
+    }
+
+    /// Serves with a config `edit` made of the default one (and the proxy port).
+    fn serve_edited(&self, drain_secs: u64, edit: impl FnOnce(String, u16) -> String) -> Gw {
         let (port, admin) = (free_port(), free_port());
         let cfg = self.config(port, admin, drain_secs);
-        let text = std::fs::read_to_string(&cfg).unwrap().replace(
-            "instance = \"gw\"\n",
-            &format!("instance = \"gw\"\n{audit_keys}\n"),
-        );
+        let text = edit(std::fs::read_to_string(&cfg).unwrap(), port);
         std::fs::write(&cfg, text).unwrap();
         let child = spawn(
             &["serve", "--config", cfg.to_str().unwrap()],
@@ -260,50 +262,11 @@ fn command(args: &[&str]) -> Command {
 }
 
 fn run(args: &[&str]) -> String {
-    let out = command(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    output_ok(command(args))
 }
 
 fn spawn(args: &[&str], ready: &str) -> Child {
-    let mut child = command(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let err = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let tx2 = tx.clone();
-    std::thread::spawn(move || {
-        BufReader::new(out)
-            .lines()
-            .map_while(Result::ok)
-            .for_each(|l| drop(tx.send(l)))
-    });
-    std::thread::spawn(move || {
-        BufReader::new(err)
-            .lines()
-            .map_while(Result::ok)
-            .for_each(|l| drop(tx2.send(l)))
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(50)) {
-            if line.contains(ready) {
-                // Keep draining the pipes so the child never blocks on a full one.
-                std::thread::spawn(move || while rx.recv().is_ok() {});
-                return child;
-            }
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("{args:?} did not start");
+    spawn_ready(command(args), ready)
 }
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
@@ -532,11 +495,17 @@ async fn a_full_disk_serves_no_pii_without_its_record_and_leaves_a_gap() {
         }
     };
     assert_eq!(ready(&gw).await, 200);
-    // No byte more may be written to any file past its current end (a full disk).
+    // No byte more may be written to the gateway's chain past its current end (a full disk).
+    // Its own file: the CLI's chain file (World::new) may be longer, and a limit at its size
+    // would leave the gateway's file room for a short record (a gap record written between
+    // two failures).
     let size = std::fs::read_dir(world.audit_dir())
         .unwrap()
         .filter_map(Result::ok)
-        .filter(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("audit-gw-") && name.ends_with(".jsonl")
+        })
         .map(|e| e.metadata().unwrap().len())
         .max()
         .unwrap();
@@ -780,4 +749,137 @@ async fn serve_non_pii_keeps_serving_operations_without_pii_while_the_log_is_fai
         gaps[0] >= 1 && refused + gaps[0] >= 4,
         "{gaps:?}, {refused} refusals recorded"
     );
+}
+
+/// A document host on loopback whose every GET is answered with a flat-file report of synthetic
+/// buyers, `rows` rows long, written as fast as the reader takes it.
+async fn large_document_host(rows: usize) -> (std::net::SocketAddr, u64) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const HEADER: &str = "amazon-order-id\tbuyer-name\tship-address-1\n";
+    let row = |i: usize| format!("{i:019}\tJane Synthetic\t1 Synthetic Street\n");
+    let size = (HEADER.len() + rows * row(0).len()) as u64;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {size}\r\n\r\n{HEADER}"
+                );
+                if s.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut chunk = String::new();
+                for i in 0..rows {
+                    chunk.push_str(&row(i));
+                    if chunk.len() > 64 * 1024 || i + 1 == rows {
+                        if s.write_all(chunk.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        chunk.clear();
+                    }
+                }
+            });
+        }
+    });
+    (addr, size)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_cuts_a_download_whose_client_stopped_reading_and_records_it_as_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const DRAIN: Duration = Duration::from_secs(2);
+    // The drain, then the grace for a cut request's answer; a little slack for a loaded machine.
+    const BOUND: Duration = Duration::from_secs(2 + 2 + 1);
+    let world = World::new().await;
+    // About 150 MB: far more than the socket buffers between gateway and client hold.
+    let (host, size) = large_document_host(2_000_000).await;
+    world.sandbox.script(
+        "reports_2021-06-30.getReportDocument",
+        Script::json(
+            http::StatusCode::OK,
+            serde_json::json!({ "reportDocumentId": "DOC-STALLED", "url": format!("http://{host}/report") }),
+        ),
+    );
+    let mut gw = world.serve_edited(DRAIN.as_secs(), |text, port| {
+        text.replace(
+            "[server]\n",
+            &format!("[server]\npublic_url = \"http://127.0.0.1:{port}\"\n"),
+        ) + &format!("[outbound]\nallow_loopback = [\"{host}\"]\n")
+    });
+    let req = http::Request::get(gw.url("/reports/2021-06-30/documents/DOC-STALLED"))
+        .header("authorization", format!("Bearer {}", world.key))
+        .header("x-spgate-seller", SELLER)
+        .body(Empty::new())
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let link: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let link = link["url"].as_str().unwrap();
+    let path = link
+        .strip_prefix(&gw.url(""))
+        .expect("a link on the public URL");
+
+    // The client reads the head and the first part of the document, then stops reading.
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    sock.write_all(format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while received.len() < 256 * 1024 {
+        let n = sock.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the download ended early");
+        received.extend_from_slice(&buf[..n]);
+    }
+    assert!(received.starts_with(b"HTTP/1.1 200"));
+    // Long enough for every buffer between the gateway and the client to fill.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let term = Instant::now();
+    gw.signal("-TERM");
+    assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0));
+    let took = term.elapsed();
+    assert!(took < BOUND, "exited {took:?} after SIGTERM");
+
+    // The client got an aborted transfer: no terminating chunk.
+    loop {
+        match sock.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+        }
+    }
+    assert!(!received.ends_with(b"0\r\n\r\n"), "the download was cut");
+    assert!((received.len() as u64) < size);
+
+    let records = world.records();
+    let downloads: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["operation"] == "documents.download" && r["completed"].is_boolean())
+        .collect();
+    assert_eq!(downloads.len(), 1, "{downloads:#?}");
+    let d = downloads[0];
+    assert_eq!(d["outcome"], "shutdown", "{d}");
+    assert_eq!(d["completed"], false, "{d}");
+    assert_eq!(d["document_id"], "DOC-STALLED", "{d}");
+    let sent = d["bytes"].as_u64().unwrap();
+    assert!(sent > 0 && sent < size, "{sent} of {size} bytes");
+    let categories: Vec<&str> = d["pii"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["category"].as_str().unwrap())
+        .collect();
+    assert!(categories.contains(&"name"), "{categories:?}");
+    assert_eq!(
+        records.last().map(|r| r["kind"].clone()),
+        Some("audit_stopped".into())
+    );
+    let (ok, out) = world.verify(false);
+    assert!(ok, "{out}");
 }

@@ -2,70 +2,22 @@
 //! one `spgate sandbox` process that enforces Amazon's usage plans: together they never let
 //! more through than the plan allows, so the sandbox never answers 429.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_spgate");
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::Instant;
+
+use common::process::{free_port, spawn_ready, Reaper, BIN};
+
 const MASTER: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Kills the child processes when the test ends, however it ends.
-struct Reaper(Vec<Child>);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 fn spawn(args: &[&str], ready: &str) -> Child {
-    let mut child = Command::new(BIN)
-        .args(args)
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
         .env("SPGATE_LWA_CLIENT_SECRET", "spgate-demo-client-secret")
-        .env("SPGATE_MASTER_KEY", MASTER)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let err = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let tx2 = tx.clone();
-    std::thread::spawn(move || {
-        BufReader::new(out)
-            .lines()
-            .map_while(Result::ok)
-            .for_each(|l| drop(tx.send(l)))
-    });
-    std::thread::spawn(move || {
-        BufReader::new(err)
-            .lines()
-            .map_while(Result::ok)
-            .for_each(|l| drop(tx2.send(l)))
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
-            if line.contains(ready) {
-                return child;
-            }
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("{args:?} did not start");
+        .env("SPGATE_MASTER_KEY", MASTER);
+    spawn_ready(cmd, ready)
 }
 
 fn config(dir: &Path, port: u16, sandbox: &str, prefix: &str) -> std::path::PathBuf {

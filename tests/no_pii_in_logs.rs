@@ -3,25 +3,20 @@
 //! session of restricted reads, a request body carrying buyer PII, a reveal and a report
 //! document. None may appear.
 
+mod common;
+
 use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_spgate");
+use common::process::{free_port, output_ok, spawn_listening, Reaper, BIN};
+
 const MASTER: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 const AUDIT_KEY: &str = "a2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tr";
 const LWA_SECRET: &str = "spgate-demo-client-secret";
 const REFRESH: &str = "Atzr|no-pii-in-logs-synthetic-refresh";
 const SELLER: &str = "A1LOGSELLER";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn command(args: &[&str]) -> Command {
     let mut c = Command::new(BIN);
@@ -32,42 +27,13 @@ fn command(args: &[&str]) -> Command {
     c
 }
 
-/// Starts a process whose stdout and stderr go to files; waits until `port` accepts.
+/// Starts a process whose stdout and stderr go to `out`; waits until `port` accepts.
 fn spawn(args: &[&str], port: u16, out: &Path) -> Child {
-    let log = std::fs::File::create(out).unwrap();
-    let child = command(args)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{args:?} did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
-}
-
-struct Reaper(Vec<Child>);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+    spawn_listening(command(args), port, out)
 }
 
 fn run(args: &[&str]) -> String {
-    let out = command(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    output_ok(command(args))
 }
 
 fn key_of(added: &str) -> String {
@@ -110,6 +76,7 @@ async fn no_log_of_any_kind_holds_pii_tokens_or_secrets() {
             r#"
 [server]
 listen = "127.0.0.1:{port}"
+public_url = "http://127.0.0.1:{port}"
 [upstream.endpoints]
 na = "{sandbox}"
 eu = "{sandbox}"

@@ -8,14 +8,16 @@
 //!   times out (each answers 503 and is recorded as `shutdown` before the audit log closes).
 //! - [`DocumentBody`]: a report document's response body, recorded as `documents.download`
 //!   when the stream ends or is dropped: document id, the PII categories the redactor emitted
-//!   with the action applied, bytes sent and whether the stream completed. It counts as in
-//!   flight until then, and the drain's cut ends it (outcome `shutdown`), so its record is
-//!   written before the audit log closes.
+//!   with the action applied, bytes sent (handed to the connection) and whether the stream
+//!   completed. It counts as in flight until then, and the drain's cut ends it (outcome
+//!   `shutdown`), so its record is written before the audit log closes. The cut records the
+//!   download itself rather than waiting for the body to be polled: a client that stopped
+//!   reading leaves its connection blocked on a full socket, and hyper polls no body then.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -33,6 +35,9 @@ use http::Request;
 pub(crate) struct Drain {
     cut: tokio::sync::watch::Sender<bool>,
     in_flight: Arc<AtomicUsize>,
+    /// Document downloads still streaming. The cut records each itself: a download whose
+    /// client stopped reading is never polled again, so it would not see the cut.
+    downloads: Mutex<Vec<Weak<Download>>>,
 }
 
 impl Drain {
@@ -40,6 +45,7 @@ impl Drain {
         Drain {
             cut: tokio::sync::watch::channel(false).0,
             in_flight: Arc::new(AtomicUsize::new(0)),
+            downloads: Mutex::new(Vec::new()),
         }
     }
 
@@ -49,9 +55,27 @@ impl Drain {
         let _ = rx.wait_for(|c| *c).await;
     }
 
-    /// Cuts every request in flight (they answer 503 and are recorded as `shutdown`).
+    /// Cuts every request in flight (they answer 503 and are recorded as `shutdown`); document
+    /// downloads still streaming are recorded `shutdown` at once, with the bytes sent so far,
+    /// and their streams end with an error if they are polled again.
     pub(crate) fn cut(&self) {
         self.cut.send_replace(true);
+        let downloads = std::mem::take(&mut *lock(&self.downloads));
+        for download in downloads.iter().filter_map(Weak::upgrade) {
+            download.finish(false, true);
+        }
+    }
+
+    /// Whether the drain has cut.
+    fn is_cut(&self) -> bool {
+        *self.cut.borrow()
+    }
+
+    /// Keeps `download` where the cut finds it (forgetting downloads that ended).
+    fn register(&self, download: &Arc<Download>) {
+        let mut downloads = lock(&self.downloads);
+        downloads.retain(|d| d.strong_count() > 0);
+        downloads.push(Arc::downgrade(download));
     }
 
     /// Requests in flight (handled, not yet recorded), document streams included.
@@ -158,7 +182,7 @@ pub(crate) struct Emitted {
 
 impl Emitted {
     fn note(&self, category: Category, action: Action) {
-        let mut c = self.categories.lock().unwrap_or_else(|p| p.into_inner());
+        let mut c = lock(&self.categories);
         if !c.iter().any(|(k, _)| *k == category) {
             c.push((category, action));
         }
@@ -209,17 +233,52 @@ impl crate::documents::Redactor for Noting {
     }
 }
 
+/// A document download's record, finished exactly once: by the end of the stream, by the
+/// drain's cut, or when the body is dropped.
+struct Download {
+    record: Mutex<Option<Record>>,
+    /// Bytes handed to the connection so far.
+    bytes: AtomicU64,
+    emitted: Arc<Emitted>,
+    auditor: Auditor,
+    in_flight: Mutex<Option<InFlight>>,
+}
+
+impl Download {
+    fn finish(&self, completed: bool, cut: bool) {
+        let Some(mut r) = lock(&self.record).take() else {
+            return;
+        };
+        r.bytes = Some(self.bytes.load(Ordering::Acquire));
+        r.completed = Some(completed);
+        if !completed && r.outcome == Some(Outcome::Answered) {
+            r.outcome = Some(if cut || self.auditor.draining() {
+                Outcome::Shutdown
+            } else {
+                Outcome::ClientClosed
+            });
+        }
+        r.pii = lock(&self.emitted.categories)
+            .iter()
+            .map(|(category, action)| ar::PiiUse {
+                category: *category,
+                action: *action,
+            })
+            .collect();
+        self.auditor.record(r);
+        // Recorded: no longer holds the drain.
+        lock(&self.in_flight).take();
+    }
+}
+
 /// A document's response body that records the download when it ends, is cut by the drain
 /// or is dropped; in flight until then.
 pub(crate) struct DocumentBody {
     inner: Body,
-    bytes: u64,
-    record: Option<Record>,
-    emitted: Arc<Emitted>,
-    auditor: Auditor,
-    /// The drain's cut (in a mutex only to be `Sync`; polled through `get_mut`).
-    cut: Mutex<Pin<Box<dyn Future<Output = ()> + Send>>>,
-    in_flight: Option<InFlight>,
+    download: Arc<Download>,
+    /// The drain's cut, until it fired (in a mutex only to be `Sync`; polled through
+    /// `get_mut`).
+    cut: Mutex<Option<Pin<Box<dyn Future<Output = ()> + Send>>>>,
 }
 
 impl DocumentBody {
@@ -231,44 +290,23 @@ impl DocumentBody {
         auditor: Auditor,
         drain: &Drain,
     ) -> DocumentBody {
-        DocumentBody {
-            inner,
-            bytes: 0,
-            record: Some(record),
+        let download = Arc::new(Download {
+            record: Mutex::new(Some(record)),
+            bytes: AtomicU64::new(0),
             emitted,
             auditor,
-            cut: Mutex::new(drain.cut_future()),
-            in_flight: Some(drain.enter()),
+            in_flight: Mutex::new(Some(drain.enter())),
+        });
+        drain.register(&download);
+        if drain.is_cut() {
+            // Answered as the drain cut: this stream ends before its first byte.
+            download.finish(false, true);
         }
-    }
-
-    fn finish(&mut self, completed: bool, cut: bool) {
-        let Some(mut r) = self.record.take() else {
-            return;
-        };
-        r.bytes = Some(self.bytes);
-        r.completed = Some(completed);
-        if !completed && r.outcome == Some(Outcome::Answered) {
-            r.outcome = Some(if cut || self.auditor.draining() {
-                Outcome::Shutdown
-            } else {
-                Outcome::ClientClosed
-            });
+        DocumentBody {
+            inner,
+            download,
+            cut: Mutex::new(Some(drain.cut_future())),
         }
-        r.pii = self
-            .emitted
-            .categories
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(category, action)| ar::PiiUse {
-                category: *category,
-                action: *action,
-            })
-            .collect();
-        self.auditor.record(r);
-        // Recorded: no longer holds the drain.
-        self.in_flight = None;
     }
 }
 
@@ -280,28 +318,27 @@ impl HttpBody for DocumentBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        if self.record.is_some() {
-            let cut = self
-                .cut
-                .get_mut()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_mut()
-                .poll(cx);
-            if cut.is_ready() {
-                self.finish(false, true);
-                return Poll::Ready(Some(Err(Box::new(StreamCut))));
-            }
+        let cut = self.cut.get_mut().unwrap_or_else(|p| p.into_inner());
+        let Some(signal) = cut.as_mut() else {
+            // Cut before: the stream has ended with its error.
+            return Poll::Ready(None);
+        };
+        if signal.as_mut().poll(cx).is_ready() {
+            *cut = None;
+            self.download.finish(false, true);
+            return Poll::Ready(Some(Err(Box::new(StreamCut))));
         }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    let n = data.len() as u64;
-                    self.bytes += n;
+                    self.download
+                        .bytes
+                        .fetch_add(data.len() as u64, Ordering::AcqRel);
                 }
             }
-            Poll::Ready(Some(Err(_))) => self.finish(false, false),
-            Poll::Ready(None) => self.finish(true, false),
+            Poll::Ready(Some(Err(_))) => self.download.finish(false, false),
+            Poll::Ready(None) => self.download.finish(true, false),
             Poll::Pending => {}
         }
         polled
@@ -318,8 +355,14 @@ impl HttpBody for DocumentBody {
 
 impl Drop for DocumentBody {
     fn drop(&mut self) {
-        self.finish(false, false);
+        self.download.finish(false, false);
     }
+}
+
+/// A mutex's guard, whether or not a holder panicked (the data stays consistent: each holder
+/// only takes or pushes).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Gateway {

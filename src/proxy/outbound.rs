@@ -9,10 +9,15 @@
 //!   stands for one DNS label or part of one, never a dot);
 //! - every address the host resolves to is public (no loopback, private, link-local, shared,
 //!   multicast, unspecified, documentation or reserved address, nor an IPv6 address embedding
-//!   one). The check runs inside the connector's resolver ([`CheckedResolver`]), and the
-//!   connection goes to exactly the addresses checked, so a DNS answer cannot change between
-//!   check and connect (DNS rebinding);
-//! - the answer is not a redirect (redirects are never followed).
+//!   one). The check runs inside the client's resolver ([`CheckedResolver`], reqwest's
+//!   `dns::Resolve`), and the connection goes to exactly the addresses checked, so a DNS answer
+//!   cannot change between check and connect (DNS rebinding);
+//! - the answer is not a redirect (redirects are never followed), and no proxy is used (not
+//!   even one named by `HTTPS_PROXY`: a proxy would resolve the name itself, past the check).
+//!
+//! The client is reqwest (the control plane's HTTP client, as for LWA and RDTs): rustls with
+//! ring and the webpki roots, TLS 1.2+, HTTP/1.1, no decompression (the redactor detects gzip
+//! itself); the body streams as it arrives, never buffered.
 //!
 //! The one exception is `[outbound] allow_loopback`: loopback socket addresses (the sandbox's,
 //! in the demo and the tests) that may be fetched over plain http. Nothing else on loopback is.
@@ -22,23 +27,17 @@
 //! document host that fails counts in `spgate_outbound_failed_total`).
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response, Uri};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::dns::Name;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::{Response, Uri};
 use serde::Deserialize;
 
 use crate::config::{ConfigIssue, UpstreamConfig};
-use crate::net::body::{self, Body};
+use crate::net::body;
 
 /// Amazon's hosts for documents named in SP-API answers, from the models' examples:
 /// presigned S3 URLs (reports, invoices, labels, service job attachments, in every S3 host
@@ -122,12 +121,15 @@ pub enum OutboundError {
     /// DNS, TCP or TLS failed (a transport description, no URL).
     #[error("the document could not be fetched: {0}")]
     Transport(String),
+    /// The HTTP client could not be set up (at start, never per request).
+    #[error("the document client could not be set up: {0}")]
+    Setup(String),
 }
 
 /// Downloads documents under the policy. Cheap to clone.
 #[derive(Clone)]
 pub struct Fetcher {
-    client: Client<HttpsConnector<HttpConnector<CheckedResolver>>, Body>,
+    client: reqwest::Client,
     config: Arc<OutboundConfig>,
     /// (refused by the policy?, reason label) -> count.
     counters: Arc<Mutex<BTreeMap<(bool, &'static str), u64>>>,
@@ -136,7 +138,7 @@ pub struct Fetcher {
 /// A document's body under the download's total deadline: past it, the stream ends with an
 /// error (and the failure is counted), never silently.
 pub struct DocumentBody {
-    inner: body::Deadline<hyper::body::Incoming>,
+    inner: body::Deadline<reqwest::Body>,
     counters: Arc<Mutex<BTreeMap<(bool, &'static str), u64>>>,
 }
 
@@ -175,9 +177,23 @@ fn bump(
     *counters.entry((refusal, reason)).or_default() += 1;
 }
 
-/// A DNS resolver that refuses every name with a non-public address among its answers.
+/// A DNS resolver that refuses every name with a non-public address among its answers: the
+/// document client's `reqwest::dns::Resolve`.
 #[derive(Clone, Debug, Default)]
-pub struct CheckedResolver;
+pub struct CheckedResolver {
+    lookup: Lookup,
+}
+
+/// Where names are looked up.
+#[derive(Clone, Debug, Default)]
+enum Lookup {
+    /// The system's resolver (`getaddrinfo`).
+    #[default]
+    System,
+    /// Fixed answers (the tests' DNS, to make a name resolve to any address).
+    #[cfg(test)]
+    Fixed(Arc<BTreeMap<String, Vec<IpAddr>>>),
+}
 
 // === impl RawOutbound ===
 
@@ -344,6 +360,7 @@ impl OutboundError {
             OutboundError::Status(_) => "document_upstream_status",
             OutboundError::Timeout(_) => "document_upstream_timeout",
             OutboundError::Transport(_) => "document_upstream_unreachable",
+            OutboundError::Setup(_) => "document_client_unavailable",
         })
     }
 
@@ -356,9 +373,10 @@ impl OutboundError {
             | OutboundError::Port(_)
             | OutboundError::Address { .. }
             | OutboundError::Redirect(_) => true,
-            OutboundError::Status(_) | OutboundError::Timeout(_) | OutboundError::Transport(_) => {
-                false
-            }
+            OutboundError::Status(_)
+            | OutboundError::Timeout(_)
+            | OutboundError::Transport(_)
+            | OutboundError::Setup(_) => false,
         }
     }
 }
@@ -366,32 +384,42 @@ impl OutboundError {
 // === impl Fetcher ===
 
 impl Fetcher {
-    /// A client of its own (TLS 1.2+, webpki roots, the checked resolver), with the upstream
-    /// connect timeout.
-    pub fn new(config: OutboundConfig, upstream: &UpstreamConfig) -> Fetcher {
-        Fetcher::with_timeouts(config, upstream.connect_timeout, upstream.pool_idle_timeout)
+    /// A client of its own (TLS 1.2+, webpki roots, the checked resolver, no proxy, no
+    /// redirects), with the upstream connect timeout.
+    pub fn new(
+        config: OutboundConfig,
+        upstream: &UpstreamConfig,
+    ) -> Result<Fetcher, OutboundError> {
+        Fetcher::with_timeouts(
+            config,
+            CheckedResolver::default(),
+            upstream.connect_timeout,
+            upstream.pool_idle_timeout,
+        )
     }
 
-    fn with_timeouts(config: OutboundConfig, connect: Duration, pool_idle: Duration) -> Fetcher {
-        let mut http = HttpConnector::new_with_resolver(CheckedResolver);
-        http.set_connect_timeout(Some(connect));
-        http.set_nodelay(true);
-        http.enforce_http(false);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(crate::net::upstream::tls_config())
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
+    fn with_timeouts(
+        config: OutboundConfig,
+        resolver: CheckedResolver,
+        connect: Duration,
+        pool_idle: Duration,
+    ) -> Result<Fetcher, OutboundError> {
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(crate::net::upstream::tls_config())
+            .dns_resolver(Arc::new(resolver))
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .http1_only()
+            .connect_timeout(connect)
             .pool_idle_timeout(pool_idle)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(https);
-        Fetcher {
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| OutboundError::Setup(crate::auth::control_plane::describe(&e)))?;
+        Ok(Fetcher {
             client,
             config: Arc::new(config),
             counters: Arc::new(Mutex::new(BTreeMap::new())),
-        }
+        })
     }
 
     /// GETs `url` if the policy allows it, waiting up to `timeout` for the response head. A
@@ -425,17 +453,18 @@ impl Fetcher {
         &self,
         url: &str,
         timeout: Duration,
-    ) -> Result<Response<hyper::body::Incoming>, OutboundError> {
+    ) -> Result<Response<reqwest::Body>, OutboundError> {
         let uri = self.config.check_url(url)?;
-        let req = Request::get(uri)
-            .body(body::empty())
-            .map_err(|_| OutboundError::Invalid)?;
-        let resp = tokio::time::timeout(timeout, self.client.request(req))
+        let url = reqwest::Url::parse(&uri.to_string()).map_err(|_| OutboundError::Invalid)?;
+        let resp = tokio::time::timeout(timeout, self.client.get(url).send())
             .await
             .map_err(|_| OutboundError::Timeout(timeout))?
             .map_err(|e| match refusal_in(&e) {
                 Some(refused) => refused,
-                None => OutboundError::Transport(crate::net::upstream::error_chain(&e)),
+                // Without the URL: a presigned URL is a credential.
+                None => {
+                    OutboundError::Transport(crate::net::upstream::error_chain(&e.without_url()))
+                }
             })?;
         let status = resp.status();
         if status.is_redirection() {
@@ -444,7 +473,7 @@ impl Fetcher {
         if !status.is_success() {
             return Err(OutboundError::Status(status.as_u16()));
         }
-        Ok(resp)
+        Ok(resp.into())
     }
 
     /// Counts of refused and failed fetches, by reason, in Prometheus text.
@@ -500,6 +529,7 @@ fn label(e: &OutboundError) -> &'static str {
         OutboundError::Status(_) => "upstream_status",
         OutboundError::Timeout(_) => "upstream_timeout",
         OutboundError::Transport(_) => "upstream_unreachable",
+        OutboundError::Setup(_) => "client_setup",
     }
 }
 
@@ -520,29 +550,41 @@ fn refusal_in(err: &(dyn std::error::Error + 'static)) -> Option<OutboundError> 
 
 // === impl CheckedResolver ===
 
-impl tower_service::Service<Name> for CheckedResolver {
-    type Response = std::vec::IntoIter<SocketAddr>;
-    type Error = OutboundError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, OutboundError>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), OutboundError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, name: Name) -> Self::Future {
-        let host = name.as_str().to_string();
-        Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+impl CheckedResolver {
+    /// The addresses of `host`, if every one of them is public.
+    pub async fn resolve_checked(&self, host: &str) -> Result<Vec<SocketAddr>, OutboundError> {
+        let addrs: Vec<SocketAddr> = match &self.lookup {
+            Lookup::System => tokio::net::lookup_host((host, 0))
                 .await
                 .map_err(|e| OutboundError::Transport(format!("cannot resolve {host}: {e}")))?
-                .collect();
-            if let Some(bad) = addrs.iter().find(|a| !is_public(a.ip())) {
-                return Err(OutboundError::Address { host, ip: bad.ip() });
-            }
-            if addrs.is_empty() {
-                return Err(OutboundError::Transport(format!("{host} has no address")));
-            }
-            Ok(addrs.into_iter())
+                .collect(),
+            #[cfg(test)]
+            Lookup::Fixed(answers) => answers
+                .get(host)
+                .into_iter()
+                .flatten()
+                .map(|ip| SocketAddr::new(*ip, 0))
+                .collect(),
+        };
+        if let Some(bad) = addrs.iter().find(|a| !is_public(a.ip())) {
+            return Err(OutboundError::Address {
+                host: host.to_string(),
+                ip: bad.ip(),
+            });
+        }
+        if addrs.is_empty() {
+            return Err(OutboundError::Transport(format!("{host} has no address")));
+        }
+        Ok(addrs)
+    }
+}
+
+impl reqwest::dns::Resolve for CheckedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let (resolver, host) = (self.clone(), name.as_str().to_string());
+        Box::pin(async move {
+            let addrs = resolver.resolve_checked(&host).await?;
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
     }
 }
@@ -739,7 +781,13 @@ mod tests {
         });
         let mut cfg = config(&[&addr.to_string()]);
         cfg.document_timeout = Duration::from_millis(300);
-        let fetcher = Fetcher::with_timeouts(cfg, Duration::from_secs(5), Duration::from_secs(5));
+        let fetcher = Fetcher::with_timeouts(
+            cfg,
+            CheckedResolver::default(),
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+        )
+        .unwrap();
         let resp = fetcher
             .get(&format!("http://{addr}/doc"), Duration::from_secs(30))
             .await
@@ -860,12 +908,62 @@ mod tests {
 
     #[tokio::test]
     async fn the_resolver_refuses_a_name_that_resolves_to_loopback() {
-        use tower_service::Service;
-        let name: Name = "localhost".parse().unwrap();
-        let err = CheckedResolver.call(name).await.unwrap_err();
+        use reqwest::dns::Resolve;
+        let name: reqwest::dns::Name = "localhost".parse().unwrap();
+        let err = match CheckedResolver::default().resolve(name).await {
+            Ok(addrs) => panic!("resolved: {:?}", addrs.collect::<Vec<_>>()),
+            Err(e) => e,
+        };
+        let err = err.downcast::<OutboundError>().unwrap();
         assert!(
-            matches!(err, OutboundError::Address { ref host, ip } if host == "localhost" && ip.is_loopback()),
+            matches!(*err, OutboundError::Address { ref host, ip } if host == "localhost" && ip.is_loopback()),
             "{err}"
         );
+    }
+
+    /// Fetches a presigned document URL with a fetcher whose DNS answers `name` with `ips`.
+    async fn fetch_resolving(name: &str, ips: &[&str]) -> (Fetcher, OutboundError) {
+        let ips = ips.iter().map(|ip| ip.parse().unwrap()).collect();
+        let resolver = CheckedResolver {
+            lookup: Lookup::Fixed(Arc::new(BTreeMap::from([(name.to_string(), ips)]))),
+        };
+        let fetcher = Fetcher::with_timeouts(
+            config(&[]),
+            resolver,
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let url = "https://bucket.s3.amazonaws.com/report?X-Amz-Signature=secret";
+        let err = fetcher
+            .get(url, Duration::from_secs(5))
+            .await
+            .map(|_| "fetched")
+            .unwrap_err();
+        (fetcher, err)
+    }
+
+    #[tokio::test]
+    async fn reqwest_refuses_a_document_host_whose_name_resolves_to_a_private_address() {
+        // An allowed host name whose DNS answer is private (one of several, or the only one):
+        // reqwest never connects, and the refusal is the resolver's, with the address.
+        for ips in [
+            &["10.1.2.3"][..],
+            &["52.216.1.1", "192.168.7.7"],
+            &["fd00::7"],
+        ] {
+            let (fetcher, err) = fetch_resolving("bucket.s3.amazonaws.com", ips).await;
+            let refused: IpAddr = ips.last().unwrap().parse().unwrap();
+            assert!(
+                matches!(err, OutboundError::Address { ref host, ip } if host == "bucket.s3.amazonaws.com" && ip == refused),
+                "{ips:?}: {err}"
+            );
+            assert!(err.is_refusal());
+            assert_eq!(fetcher.refused("address_not_public"), 1);
+        }
+        // A name with no answer is a transport failure, not a refusal, and names no URL.
+        let (_, err) = fetch_resolving("other.example", &["10.0.0.1"]).await;
+        assert!(matches!(err, OutboundError::Transport(_)), "{err}");
+        assert!(!err.to_string().contains("secret"), "{err}");
     }
 }

@@ -244,6 +244,7 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
                 O::Redirect(_) => (StatusCode::BAD_GATEWAY, "InternalFailure", "The document host answered with a redirect, which the gateway does not follow.", Fault::Upstream),
                 O::Status(_) | O::Transport(_) => (StatusCode::BAD_GATEWAY, "ServiceUnavailable", "The document could not be downloaded from Amazon's document host.", Fault::Upstream),
                 O::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "RequestTimeout", "Amazon's document host did not answer in time.", Fault::Upstream),
+                O::Setup(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "The gateway's document client is not available.", Fault::Internal),
             }
         }
         E::AuditUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "The gateway cannot write its access log right now, so it does not serve this request; retry later.", Fault::Internal),

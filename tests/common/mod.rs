@@ -4,6 +4,8 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 #![allow(unreachable_pub)] // a test helper module is private to each test crate by construction
 
+pub mod process;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -442,11 +444,7 @@ pub fn full(b: impl Into<Bytes>) -> Body {
 
 /// A TCP port free on 127.0.0.1 a moment ago.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    process::free_port()
 }
 
 /// Deletes every Redis key under a store section's prefix.

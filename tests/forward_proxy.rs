@@ -807,14 +807,14 @@ async fn a_reload_that_changes_the_forward_proxy_is_refused_and_an_unchanged_one
     };
     std::fs::write(&path, section("")).unwrap();
     admin
-        .reload()
+        .reload(None)
         .expect("the running section: the reload applies");
     for changed in [
         section("allowed_hosts = [\"api.amazon.com\"]\n"),
         include_str!("../config/spgate.example.toml").to_string(),
     ] {
         std::fs::write(&path, changed).unwrap();
-        let err = admin.reload().unwrap_err();
+        let err = admin.reload(None).unwrap_err();
         let spgate::admin::AdminError::InvalidConfig(issues) = &err else {
             panic!("{err}");
         };

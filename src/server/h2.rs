@@ -2,13 +2,21 @@
 //! with no open stream for `header_read_timeout` is closed (GOAWAY), so a client that finishes
 //! the handshake and then sends nothing (or a header block it never ends) cannot hold its
 //! connection permit and per-address slot forever.
+//!
+//! A request counts as in flight until its response body has ended (or been dropped), not just
+//! until the response head is sent: a connection that is only streaming a long body (a report
+//! download) is busy, not idle.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::service::{service_fn, Service};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -67,6 +75,38 @@ impl Drop for InFlight {
     }
 }
 
+/// A response body that keeps its request in flight until the body ends, fails or is dropped
+/// (the client reset the stream, the connection closed).
+struct TrackedBody {
+    inner: Body,
+    guard: Option<InFlight>,
+}
+
+impl HttpBody for TrackedBody {
+    type Data = Bytes;
+    type Error = crate::net::body::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            this.guard = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Serves one HTTP/2 connection until it ends, the server stops (`stop` changes) or it stays
 /// idle for `limits.header_read_timeout`; the last two close it gracefully (GOAWAY, open streams
 /// finish) within `limits.drain_timeout`.
@@ -98,9 +138,11 @@ where
             let guard = activity.begin();
             let fut = svc.call(req);
             async move {
-                let resp = fut.await;
-                drop(guard);
-                resp
+                let resp = fut.await?;
+                Ok::<_, Infallible>(resp.map(|inner| TrackedBody {
+                    inner,
+                    guard: Some(guard),
+                }))
             }
         })
     };
@@ -138,5 +180,85 @@ where
             tracing::debug!("An HTTP/2 connection did not close in time; dropped.");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::peers::PeerLimits;
+    use http_body_util::{BodyExt, StreamBody};
+
+    /// A body sending `chunks` chunks of `size` bytes, one every `every`.
+    fn slow_body(chunks: usize, size: usize, every: Duration) -> Body {
+        let (tx, rx) =
+            tokio::sync::mpsc::channel::<Result<Frame<Bytes>, crate::net::body::BoxError>>(1);
+        tokio::spawn(async move {
+            for i in 0..chunks {
+                tokio::time::sleep(every).await;
+                let chunk = Bytes::from(vec![b'a' + (i % 26) as u8; size]);
+                if tx.send(Ok(Frame::data(chunk))).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        StreamBody::new(stream).boxed()
+    }
+
+    #[tokio::test]
+    async fn a_connection_streaming_a_long_body_is_not_closed_as_idle() {
+        let limits = ServerLimits {
+            max_connections: 10,
+            max_header_bytes: 16 * 1024,
+            header_read_timeout: Duration::from_millis(200),
+            drain_timeout: Duration::from_millis(100),
+            peers: PeerLimits {
+                max_connections_per_address: 10,
+                unauthenticated_rate_per_second: 100,
+                unauthenticated_burst: 100,
+            },
+        };
+        // Longer than the idle timeout plus the connection drain (0.1 s + 2 s grace).
+        let (chunks, size, every) = (35, 1000, Duration::from_millis(100));
+        assert!(every * chunks as u32 > limits.header_read_timeout + limits.connection_drain());
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let svc = service_fn(move |_req: http::Request<Incoming>| async move {
+            Ok::<_, Infallible>(http::Response::new(slow_body(chunks, size, every)))
+        });
+        let (_stop_tx, stop) = watch::channel(());
+        let server = tokio::spawn(serve(server_io, svc, limits, stop));
+
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client_io))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::get("http://gateway/reports/2021-06-30/documents/doc")
+            .body(crate::net::body::empty())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), http::StatusCode::OK);
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .expect("the download was cut")
+            .to_bytes();
+        assert_eq!(body.len(), chunks * size, "the download was truncated");
+        assert!(body
+            .chunks(size)
+            .enumerate()
+            .all(|(i, c)| c.iter().all(|&b| b == b'a' + (i % 26) as u8)));
+
+        // Once the body has ended the connection is idle again and closed in time.
+        drop(send);
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("the idle connection stayed open")
+            .unwrap()
+            .unwrap();
     }
 }

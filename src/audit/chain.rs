@@ -705,6 +705,11 @@ impl ChainWriter {
         let day = self.day.map_or(day, |d| d.max(day));
         if self.out.is_none() || Some(day) != self.day {
             self.write_through()?;
+            // The head moves onto the old day's last record (made durable first) before the new
+            // day's file is opened: recovery reads only the newest file, so records past the
+            // head left in the old one by a crash would otherwise be skipped and the chain
+            // forked. Once a day; a no-op when the head is already there.
+            self.sync_written()?;
             let path = self.dir.join(file_name(&self.instance, day));
             let file = private_file()
                 .create(true)

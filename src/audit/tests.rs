@@ -539,3 +539,71 @@ fn an_existing_directory_is_made_private() {
     let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700);
 }
+
+/// A process killed just after UTC midnight, with records past the head in both the old day's
+/// file and the new one: the head moved when the day changed, so the reopened writer adopts the
+/// new day's records and the chain continues unbroken.
+#[test]
+fn a_writer_killed_just_after_midnight_resumes_the_chain_without_a_fork() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = ChainWriter::open(dir.path(), "gw1", KEY).unwrap();
+    for at in [
+        datetime!(2026-11-20 23:58 UTC),
+        datetime!(2026-11-20 23:59 UTC),
+    ] {
+        w.append(at, &json!({"kind": "request"})).unwrap();
+    }
+    w.sync().unwrap();
+    // Written through (in the kernel's hands) but the head not moved: the hot path.
+    for at in [
+        datetime!(2026-11-20 23:59:30 UTC),
+        datetime!(2026-11-20 23:59:59 UTC),
+    ] {
+        w.append(at, &json!({"kind": "request"})).unwrap();
+    }
+    w.write_through().unwrap();
+    for at in [
+        datetime!(2026-11-21 00:00:01 UTC),
+        datetime!(2026-11-21 00:00:02 UTC),
+    ] {
+        w.append(at, &json!({"kind": "request"})).unwrap();
+    }
+    w.write_through().unwrap();
+    // SIGKILL: no flush, no sync, no `audit_stopped`.
+    drop(w);
+    let mut names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".jsonl"))
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 2, "the records span midnight: {names:?}");
+
+    let mut w = ChainWriter::open(dir.path(), "gw1", KEY).unwrap();
+    assert_eq!(
+        (w.recovered(), w.seq()),
+        (2, 6),
+        "the new day's records adopted"
+    );
+    let next = w
+        .append(datetime!(2026-11-21 00:01 UTC), &json!({"kind": "reload"}))
+        .unwrap();
+    assert_eq!(next, 7);
+    w.flush().unwrap();
+    drop(w);
+    let reports = verify(dir.path(), KEY).unwrap();
+    assert_eq!(
+        (reports[0].records, reports[0].first_bad.clone()),
+        (7, None)
+    );
+    let newest = lines(&dir.path().join(&names[1]));
+    let seqs: Vec<u64> = newest
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, [5, 6, 7], "one chain, no restart at the old head");
+}

@@ -1,7 +1,8 @@
 //! A real SP-API SDK from PyPI (python-amazon-sp-api) drives the gateway in drop-in mode:
 //! getOrders, getOrder and getOrderAddress, then its own Restricted Data Token flows
 //! (`RestrictedResources=`, and the Tokens API with `restricted_data_token=`) answered with
-//! gateway RDTs, with nothing changed but two URLs.
+//! gateway RDTs, with nothing changed but two URLs; and the reports flow with the SDK's download
+//! helper and a 429 its `throttle_retry` backs off from.
 //!
 //! `.ci/run` installs the SDK into a virtualenv and names its interpreter in
 //! `SPGATE_SDK_PYTHON`. Without it a developer gets a skip notice; under CI it is a failure.
@@ -55,4 +56,61 @@ async fn python_amazon_sp_api_works_unmodified_through_the_drop_in_endpoint() {
         assert_eq!(stats.by_operation.get(op), Some(&calls), "{op}");
     }
     assert_eq!(stats.by_operation.get("ordersV0.getOrderBuyerInfo"), None);
+}
+
+/// The reports flow with the SDK's own download helper, and a 429 its own `throttle_retry` backs
+/// off from: the tool's plan lets getOrders through at 0.5/s (burst 1, 100 ms wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_amazon_sp_api_downloads_a_report_and_backs_off_from_a_429() {
+    let Some(python) = sdk_python() else { return };
+    let gw = start_gateway(Options {
+        extra_toml: "[ratelimit.plans.sdk]\nmax_wait_ms = 100\n\
+                     operations.\"ordersV0.getOrders\" = { rate_per_second = 0.5, burst = 1 }\n\
+                     [tools.test-tool]\nplan = \"sdk\"\n"
+            .into(),
+        ..Options::default()
+    })
+    .await;
+    let stdout = run_sdk_script(&gw, python, "reports_throttle.py").await;
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    // createReport -> getReport -> getReportDocument -> the SDK's download of the link (no
+    // credentials: the link is the credential), served decompressed.
+    let report = &v["report"];
+    assert!(
+        report["url"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}/v1/documents/", gw.url)),
+        "{v}"
+    );
+    assert!(report["compression"].is_null(), "served decompressed: {v}");
+    assert!(
+        report["first_line"]
+            .as_str()
+            .unwrap()
+            .starts_with("order-id\torder-item-id\t"),
+        "{v}"
+    );
+    assert!(report["lines"].as_u64().unwrap() > 1, "{v}");
+    // The second getOrders met the gateway's 429 (Amazon's shape), the SDK waited and retried.
+    assert_eq!(
+        v["throttled"],
+        serde_json::json!([{ "code": "QuotaExceeded" }]),
+        "{v}"
+    );
+    assert!(v["waited_ms"].as_u64().unwrap() >= 2000, "{v}");
+    let stats = gw.sandbox.stats();
+    assert_eq!(stats.throttled_total, 0, "Amazon never answered 429");
+    assert_eq!(
+        stats.by_operation.get("ordersV0.getOrders"),
+        Some(&2),
+        "the refused call never reached Amazon"
+    );
+    for op in [
+        "reports_2021-06-30.createReport",
+        "reports_2021-06-30.getReport",
+    ] {
+        assert_eq!(stats.by_operation.get(op), Some(&1), "{op}: {stats:?}");
+    }
+    eprintln!("python-amazon-sp-api: {v}");
 }

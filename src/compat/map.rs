@@ -544,9 +544,11 @@ fn convert(
             }
             Converted::Value(Value::from(total))
         }
+        // A page token that is there but not a string: leaving it out would end the tool's
+        // paging early without a word, so the whole answer is refused.
         Conversion::Token => match first.and_then(Value::as_str) {
             Some(token) => Converted::Value(Value::String(wrap(token)?)),
-            None => Converted::Failed,
+            None => return Err(CompatError::UpstreamShape("pagination token not a string")),
         },
     })
 }

@@ -1037,6 +1037,45 @@ fn a_bad_mode_is_reported_with_its_key_path() {
 }
 
 #[test]
+fn a_page_token_that_is_not_a_string_refuses_the_answer_rather_than_ending_paging() {
+    let compat = Compat::new(CompatConfig::defaults()).expect("compat");
+    let role = pass_all();
+    let caller = Caller {
+        tool: "t",
+        seller: "s",
+        role: &role,
+        now: 0,
+    };
+    let p = plan(
+        Kind::Orders,
+        None,
+        "MarketplaceIds=A&CreatedAfter=2026-01-01T00:00:00Z",
+        &role,
+    )
+    .expect("plan");
+    // A string token: the tool gets a gateway NextToken to page on.
+    let (ok, _) = compat
+        .answer(
+            &p,
+            br#"{"orders":[],"pagination":{"nextToken":"t-2"}}"#,
+            &caller,
+            &key(),
+        )
+        .expect("translates");
+    assert!(String::from_utf8_lossy(&ok).contains("NextToken"));
+    for token in ["17", "{\"a\":1}", "[\"t\"]", "true"] {
+        let body = format!(r#"{{"orders":[],"pagination":{{"nextToken":{token}}}}}"#);
+        assert!(
+            matches!(
+                compat.answer(&p, body.as_bytes(), &caller, &key()),
+                Err(CompatError::UpstreamShape(_))
+            ),
+            "{token}"
+        );
+    }
+}
+
+#[test]
 fn an_answer_without_the_models_shape_is_refused() {
     let compat = Compat::new(CompatConfig::defaults()).expect("compat");
     let role = pass_all();

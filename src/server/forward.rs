@@ -33,15 +33,26 @@ use super::{Client, Handler};
 use crate::config::{ConfigIssue, Env};
 use crate::proxy::body::Body;
 
-/// The hosts a tool may tunnel to by default: SP-API's three regions, their sandboxes, and
-/// Login with Amazon's token host.
-pub const DEFAULT_ALLOWED_HOSTS: [&str; 7] = [
+/// Every Amazon host a tunnel may ever name: SP-API's three regions, their sandboxes, and Login
+/// with Amazon's token host. The CA `spgate ca init` makes is constrained to these.
+pub const AMAZON_HOSTS: [&str; 7] = [
     "sellingpartnerapi-na.amazon.com",
     "sellingpartnerapi-eu.amazon.com",
     "sellingpartnerapi-fe.amazon.com",
     "sandbox.sellingpartnerapi-na.amazon.com",
     "sandbox.sellingpartnerapi-eu.amazon.com",
     "sandbox.sellingpartnerapi-fe.amazon.com",
+    "api.amazon.com",
+];
+
+/// The hosts a tool may tunnel to by default: SP-API's three regions and Login with Amazon's
+/// token host. Not the `sandbox.` hosts: the seller's record, not the host, picks where a
+/// request goes, so a tool's sandbox run through a production gateway would meet live data
+/// (writes included); an operator who wants them lists them in `allowed_hosts`.
+pub const DEFAULT_ALLOWED_HOSTS: [&str; 4] = [
+    "sellingpartnerapi-na.amazon.com",
+    "sellingpartnerapi-eu.amazon.com",
+    "sellingpartnerapi-fe.amazon.com",
     "api.amazon.com",
 ];
 
@@ -326,8 +337,9 @@ pub(super) fn connect<H: Handler>(
     peer: Option<super::tls::PeerCert>,
 ) -> Response<Body> {
     let ip = client.addr.ip();
-    // A CONNECT carries no credential: it spends the address's unauthenticated allowance.
-    if let Err(e) = client.peers.admit(ip, "", req.headers()) {
+    // A CONNECT carries no credential: it spends the address's unauthenticated allowance
+    // whatever headers it sends (an Authorization header on a CONNECT authenticates nothing).
+    if let Err(e) = client.peers.admit(ip, "", &http::HeaderMap::new()) {
         return client.handler.refused(ip, &e);
     }
     if client.tunnel.is_some() {
@@ -517,6 +529,20 @@ mod tests {
         };
         let ok = with(None, None).resolve(&ProcessEnv).unwrap().unwrap();
         assert_eq!(ok.allowed_hosts, DEFAULT_ALLOWED_HOSTS.map(String::from));
+        // A sandbox run through a production gateway would meet live data: not by default.
+        assert!(!ok.allowed_hosts.iter().any(|h| h.starts_with("sandbox.")));
+        let sandbox = with(
+            Some(vec!["sandbox.sellingpartnerapi-na.amazon.com".into()]),
+            None,
+        )
+        .resolve(&ProcessEnv)
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            sandbox.allowed_hosts,
+            ["sandbox.sellingpartnerapi-na.amazon.com"],
+            "listed, they are allowed (the CA covers them)"
+        );
         assert_eq!(ok.certificate_cache_size, 64);
         let bad = issues(with(
             Some(vec![
@@ -552,7 +578,7 @@ mod tests {
         let small = issues(with(None, Some(DEFAULT_ALLOWED_HOSTS.len() - 1)));
         assert!(
             small.iter().any(|i| i.starts_with(
-                "forward_proxy.certificate_cache_size: must be at least the number of allowed_hosts (7)"
+                "forward_proxy.certificate_cache_size: must be at least the number of allowed_hosts (4)"
             )),
             "{small:?}"
         );

@@ -11,7 +11,7 @@
 //! one of them must verify under the CA (its key and its name constraints).
 //!
 //! The CA `spgate ca init` makes can do nothing but this: X.509 name constraints permit only
-//! Amazon's hosts the forward proxy serves ([`super::forward::DEFAULT_ALLOWED_HOSTS`]; a client
+//! Amazon's hosts the forward proxy may serve ([`super::forward::AMAZON_HOSTS`]; a client
 //! rejects a leaf for any other name even if the key leaks), `pathLenConstraint` 0 (no
 //! intermediate CAs), and it expires after [`CA_VALIDITY_DAYS`] days. From
 //! [`CA_EXPIRY_WARNING`] before that, loading it and minting under it log a warning, and
@@ -24,8 +24,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, GeneralSubtree, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, NameConstraints,
+    BasicConstraints, CertificateParams, CidrSubnet, DnType, ExtendedKeyUsagePurpose,
+    GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose, NameConstraints,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -372,13 +372,18 @@ pub fn ca_init_valid_for(dir: &Path, validity: Duration) -> Result<(PathBuf, Pat
         .push(DnType::OrganizationName, "spgate");
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     // Leaves for Amazon's hosts (and their subdomains) only: a leaked key cannot impersonate
-    // any other site to the tools that trust this CA.
+    // any other site to the tools that trust this CA. Permitted DNS names say nothing about IP
+    // addresses (RFC 5280 4.2.1.10: constraints bind only their own name type), so every IPv4
+    // and IPv6 address is excluded too.
     params.name_constraints = Some(NameConstraints {
-        permitted_subtrees: super::forward::DEFAULT_ALLOWED_HOSTS
+        permitted_subtrees: super::forward::AMAZON_HOSTS
             .iter()
             .map(|h| GeneralSubtree::DnsName((*h).to_owned()))
             .collect(),
-        excluded_subtrees: Vec::new(),
+        excluded_subtrees: vec![
+            GeneralSubtree::IpAddress(CidrSubnet::V4([0; 4], [0; 4])),
+            GeneralSubtree::IpAddress(CidrSubnet::V6([0; 16], [0; 16])),
+        ],
     });
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::hours(1);
@@ -468,7 +473,7 @@ mod tests {
     use crate::config::ProcessEnv;
 
     fn hosts() -> Vec<String> {
-        super::super::forward::DEFAULT_ALLOWED_HOSTS
+        super::super::forward::AMAZON_HOSTS
             .iter()
             .map(|h| (*h).to_owned())
             .collect()
@@ -550,7 +555,19 @@ mod tests {
             match ext.parsed_extension() {
                 ParsedExtension::NameConstraints(nc) => {
                     assert!(ext.critical, "name constraints are critical");
-                    assert!(nc.excluded_subtrees.is_none());
+                    // Every IP address excluded (0.0.0.0/0 and ::/0): DNS constraints do not
+                    // bind IP-address names.
+                    let excluded: Vec<_> = nc
+                        .excluded_subtrees
+                        .as_deref()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|sub| match &sub.base {
+                            GeneralName::IPAddress(ip) => ip.to_vec(),
+                            other => panic!("only IP ranges are excluded: {other:?}"),
+                        })
+                        .collect();
+                    assert_eq!(excluded, vec![vec![0u8; 8], vec![0u8; 32]]);
                     for sub in nc.permitted_subtrees.as_deref().unwrap_or_default() {
                         match &sub.base {
                             GeneralName::DNSName(d) => permitted.push(d.to_string()),

@@ -526,6 +526,8 @@ pub async fn run_sdk_script(gw: &TestGateway, python: String, script: &str) -> S
             .env("SPGATE_LWA_CLIENT_ID", id)
             .env("SPGATE_LWA_CLIENT_SECRET", secret)
             .env("SPGATE_REFRESH_TOKEN", refresh)
+            // The sandbox's synthetic gzip report (Amazon's example names a document on its CDN).
+            .env("SPGATE_REPORT_DOCUMENT", "SPGATE-SANDBOX-ORDERS-SHIPPING")
             .output()
             .unwrap()
     })

@@ -295,8 +295,12 @@ fn covers(resource: &str, request: &str) -> bool {
                     if g.is_empty() {
                         return false;
                     }
-                } else if decode(w) != decode(g) {
-                    return false;
+                } else {
+                    // A segment that does not decode matches nothing (not even another one).
+                    match (decode(w), decode(g)) {
+                        (Some(w), Some(g)) if w == g => {}
+                        _ => return false,
+                    }
                 }
             }
             _ => return false,
@@ -682,6 +686,9 @@ mod tests {
                 "/orders/v0/orders/1-2-3",
                 false,
             ),
+            // Segments that are not UTF-8 once decoded match nothing, not even each other.
+            ("/orders/v0/orders/%FF", "/orders/v0/orders/%FE", false),
+            ("/orders/v0/orders/%FF", "/orders/v0/orders/%FF", false),
         ];
         for (resource, request, expect) in cases {
             assert_eq!(covers(resource, request), expect, "{resource} {request}");

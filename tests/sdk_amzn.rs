@@ -95,7 +95,6 @@ async fn run(mode: &str) -> Option<(TestGateway, serde_json::Value)> {
         "an Amazon token reached the tool"
     );
     let v = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
-    eprintln!("amzn-sp-api {mode}: {v}");
     Some((gw, v))
 }
 

@@ -235,7 +235,6 @@ async fn amz_tools_amazon_sp_api_works_unmodified_through_the_forward_proxy() {
     };
     check_common(&gw, &v);
     check_audit(&records);
-    eprintln!("amz-tools: {v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,5 +261,4 @@ async fn bizon_sp_api_sdk_works_unmodified_through_the_forward_proxy() {
         retries.iter().any(|r| r["rateLimit"] == 0.5),
         "axios-retry backed off by the gateway's x-amzn-RateLimit-Limit: {v}"
     );
-    eprintln!("bizon: {v}");
 }

@@ -311,3 +311,107 @@ async fn a_document_host_that_fails_is_a_clear_error_counted_apart_from_refusals
     );
     assert!(!text.contains("spgate_outbound_refused_total{"), "{text}");
 }
+
+/// A listener that counts the connections made to it and closes each at once: the proxy that
+/// `HTTP_PROXY`, `HTTPS_PROXY` and `ALL_PROXY` name. Any connection means a proxy was used.
+fn recording_proxy() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    (port, seen)
+}
+
+/// reqwest reads `HTTP(S)_PROXY`/`ALL_PROXY` unless told not to; the gateway's clients are
+/// told not to. A `spgate demo` process (gateway and sandbox, LWA and document host on
+/// loopback over http) runs with every proxy variable naming a listener that records
+/// connections: the token request (LWA) and the document download go direct, and the
+/// listener sees nothing. (The variables are set on the child only: tests never change their
+/// own process's environment.)
+#[tokio::test]
+async fn proxies_named_by_the_environment_are_not_used_for_lwa_or_document_downloads() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::sync::atomic::Ordering;
+
+    let (proxy_port, seen) = recording_proxy();
+    let proxy = format!("http://127.0.0.1:{proxy_port}");
+    let mut cmd = Command::new(common::process::BIN);
+    cmd.args(["demo", "--listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for var in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ] {
+        cmd.env(var, &proxy);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _reaper = common::process::Reaper(vec![child]);
+    let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+    let export = lines
+        .find(|l| l.starts_with("export SPGATE_URL="))
+        .expect("the demo prints its variables");
+    assert!(
+        lines.any(|l| l.contains("Serving until Ctrl-C")),
+        "the demo serves"
+    );
+    // Keep draining the demo's output so it never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    let vars: std::collections::HashMap<String, String> = export
+        .trim_start_matches("export ")
+        .split(' ')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let (url, key, seller) = (
+        &vars["SPGATE_URL"],
+        &vars["SPGATE_KEY"],
+        &vars["SPGATE_SELLER"],
+    );
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let get = |target: String| {
+        let client = client.clone();
+        let req = http::Request::get(target)
+            .header("authorization", format!("Bearer {key}"))
+            .header("x-spgate-seller", seller.as_str())
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        async move {
+            let resp = client.request(req).await.unwrap();
+            let status = resp.status();
+            let body = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            (status, body)
+        }
+    };
+    // A restricted document: an access token from LWA, then an RDT, then the link.
+    let (status, body) = get(format!(
+        "{url}/reports/2021-06-30/documents/SPGATE-SANDBOX-ORDERS-SHIPPING"
+    ))
+    .await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let link = doc["url"].as_str().unwrap().to_string();
+    let (status, body) = get(link).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).starts_with("order-id\t"));
+    assert_eq!(seen.load(Ordering::SeqCst), 0, "a proxy was used");
+}

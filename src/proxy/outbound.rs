@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Response, Uri};
+use http::Response;
 use serde::Deserialize;
 
 use crate::config::{ConfigIssue, UpstreamConfig};
@@ -264,40 +264,51 @@ impl OutboundConfig {
     }
 
     /// Checks a URL before anything is sent: scheme, user info, port and host (addresses are
-    /// checked when the host is resolved).
-    pub fn check_url(&self, url: &str) -> Result<Uri, OutboundError> {
-        let uri: Uri = url.parse().map_err(|_| OutboundError::Invalid)?;
-        let authority = uri.authority().ok_or(OutboundError::Invalid)?;
-        if authority.as_str().contains('@') {
+    /// checked when the host is resolved). The URL is parsed once, by the parser the client
+    /// fetches with (`reqwest::Url`, WHATWG rules), and the fetch is handed that parsed URL: what
+    /// was checked is what is fetched (no second parser to read `0x7f.1` or a backslash
+    /// differently). A host that is an IP address is refused whatever its form (document hosts
+    /// are names, resolved through [`CheckedResolver`]), except the socket addresses
+    /// `allow_loopback` lists.
+    pub fn check_url(&self, url: &str) -> Result<reqwest::Url, OutboundError> {
+        let parsed = reqwest::Url::parse(url).map_err(|_| OutboundError::Invalid)?;
+        if !parsed.username().is_empty() || parsed.password().is_some() {
             return Err(OutboundError::Invalid);
         }
-        let host = authority.host().to_ascii_lowercase();
+        let host = parsed
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or(OutboundError::Invalid)?
+            .to_ascii_lowercase();
+        // The parser has already normalised every IPv4 form (`0x7f.1`, `2130706433`) to
+        // dotted decimal, and IPv6 hosts keep their brackets.
         let literal = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(&host)
             .parse::<IpAddr>();
         if let Ok(ip) = literal {
             // Amazon's document URLs name hosts; an address is only ever the sandbox's.
-            let https = uri.scheme_str() == Some("https");
-            let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-            let addr = SocketAddr::new(ip, port);
-            if self.allow_loopback.contains(&addr)
-                && matches!(uri.scheme_str(), Some("http" | "https"))
-            {
-                return Ok(uri);
-            }
-            return Err(OutboundError::Host(host));
+            let port = parsed.port_or_known_default();
+            let opted_in = matches!(parsed.scheme(), "http" | "https")
+                && port.is_some_and(|p| self.allow_loopback.contains(&SocketAddr::new(ip, p)));
+            return if opted_in {
+                Ok(parsed)
+            } else {
+                Err(OutboundError::Host(host))
+            };
         }
-        if uri.scheme_str() != Some("https") {
+        if parsed.scheme() != "https" {
             return Err(OutboundError::Scheme);
         }
-        if let Some(port) = uri.port_u16().filter(|p| *p != 443) {
+        // `port()` is `None` for the scheme's default port, written or not.
+        if let Some(port) = parsed.port() {
             return Err(OutboundError::Port(port));
         }
         if !self.document_hosts.iter().any(|p| p.matches(&host)) {
             return Err(OutboundError::Host(host));
         }
-        Ok(uri)
+        Ok(parsed)
     }
 }
 
@@ -305,7 +316,9 @@ impl OutboundConfig {
 
 impl HostPattern {
     /// Parses a pattern: DNS labels of `[a-z0-9-]`, each optionally with one `*`; in a pattern
-    /// with a `*`, the last two labels are literal (no `*.com`).
+    /// with a `*`, the last two labels are literal (no `*.com`). The last label begins with a
+    /// letter, as top-level domains do: a pattern that could be an IPv4 address in any form
+    /// (`10.0.0.1`, `0x7f.1`) would never match, since addresses are refused as hosts.
     pub fn parse(s: &str) -> Option<HostPattern> {
         let s = s.trim().to_ascii_lowercase();
         let labels: Vec<&str> = s.split('.').collect();
@@ -317,7 +330,10 @@ impl HostPattern {
         };
         let literal_tail = !s.contains('*')
             || (labels.len() >= 2 && labels[labels.len() - 2..].iter().all(|l| !l.contains('*')));
-        (labels.iter().all(|l| ok_label(l)) && literal_tail).then_some(HostPattern(s))
+        let named = labels
+            .last()
+            .is_some_and(|l| l.starts_with(|c: char| c.is_ascii_alphabetic()));
+        (labels.iter().all(|l| ok_label(l)) && literal_tail && named).then_some(HostPattern(s))
     }
 
     /// Whether a (lower-case) host matches, label by label.
@@ -404,11 +420,10 @@ impl Fetcher {
         connect: Duration,
         pool_idle: Duration,
     ) -> Result<Fetcher, OutboundError> {
-        let client = reqwest::Client::builder()
+        // No proxy and no redirects come with the shared builder.
+        let client = crate::auth::control_plane::builder()
             .use_preconfigured_tls(crate::net::upstream::tls_config())
             .dns_resolver(Arc::new(resolver))
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
             .http1_only()
             .connect_timeout(connect)
             .pool_idle_timeout(pool_idle)
@@ -454,8 +469,7 @@ impl Fetcher {
         url: &str,
         timeout: Duration,
     ) -> Result<Response<reqwest::Body>, OutboundError> {
-        let uri = self.config.check_url(url)?;
-        let url = reqwest::Url::parse(&uri.to_string()).map_err(|_| OutboundError::Invalid)?;
+        let url = self.config.check_url(url)?;
         let resp = tokio::time::timeout(timeout, self.client.get(url).send())
             .await
             .map_err(|_| OutboundError::Timeout(timeout))?
@@ -589,11 +603,20 @@ impl reqwest::dns::Resolve for CheckedResolver {
     }
 }
 
-/// Whether an address is globally reachable unicast: not loopback, private (10/8, 172.16/12,
-/// 192.168/16, fc00::/7), link-local (169.254/16, fe80::/10), shared (100.64/10), multicast,
-/// unspecified, broadcast, documentation, benchmarking, reserved (0/8, 240/4, 192.0.0/24) or
-/// site-local; IPv6 forms that embed an IPv4 address (mapped, compatible, NAT64, 6to4) are
-/// judged by that address.
+/// Whether an address may be a document host's: global unicast outside every block of IANA's
+/// IPv4 and IPv6 special-purpose address registries. Refused are loopback, private (10/8,
+/// 172.16/12, 192.168/16, fc00::/7), link-local (169.254/16, fe80::/10), shared (100.64/10),
+/// multicast, unspecified, broadcast, documentation (192.0.2/24, 198.51.100/24, 203.0.113/24,
+/// 2001:db8::/32, 3fff::/20), benchmarking (198.18/15, 2001:2::/48), reserved (0/8, 240/4),
+/// IETF protocol assignments (192.0.0/24, 2001::/23: Teredo, ORCHID, ORCHIDv2, AMT, AS112,
+/// anycast), the deprecated 6to4 relay anycast (192.88.99/24), AS112 and AMT (192.31.196/24,
+/// 192.52.193/24, 192.175.48/24, 2620:4f:8000::/48), local-use NAT64 (64:ff9b:1::/48), and
+/// every IPv6 address outside 2000::/3, the global unicast space (site-local, the discard-only
+/// 100::/64 and dummy 100:0:0:1::/64 prefixes, SRv6 SIDs 5f00::/16, and what IANA has not
+/// allocated). Even the blocks IANA marks globally reachable are refused: they are network
+/// infrastructure, never an S3 bucket or a CDN, and what the gateway does not know it refuses.
+/// IPv6 forms that embed an IPv4 address (mapped, compatible, the well-known NAT64 prefix,
+/// 6to4) are judged by that address.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_public_v4(v4),
@@ -613,8 +636,12 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || a == 0
         || a >= 240
         || (a == 100 && (64..128).contains(&b))
-        || (a == 192 && b == 0 && c == 0)
-        || (a == 198 && (18..20).contains(&b)))
+        || (a == 198 && (18..20).contains(&b))
+        || (a, b, c) == (192, 0, 0) // IETF protocol assignments
+        || (a, b, c) == (192, 31, 196) // AS112
+        || (a, b, c) == (192, 52, 193) // AMT
+        || (a, b, c) == (192, 88, 99) // 6to4 relay anycast (deprecated)
+        || (a, b, c) == (192, 175, 48)) // AS112 direct delegation
 }
 
 fn is_public_v6(ip: Ipv6Addr) -> bool {
@@ -634,23 +661,19 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
     if seg[0] == 0x2002 {
         return is_public_v4(embedded(seg[1], seg[2]));
     }
-    // Teredo (2001::/32) hides its IPv4 server and client addresses: never public here.
-    // Local-use NAT64 (64:ff9b:1::/48) translates to private networks; 2001:2::/48 is for
-    // benchmarking.
-    if (seg[0] == 0x2001 && seg[1] == 0)
-        || seg[..3] == [0x64, 0xff9b, 1]
-        || seg[..3] == [0x2001, 2, 0]
-    {
-        return false;
-    }
-    !(ip.is_loopback()
-        || ip.is_unspecified()
-        || ip.is_multicast()
-        || ip.is_unique_local()
-        || ip.is_unicast_link_local()
-        || (seg[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
-        || (seg[0] == 0x2001 && seg[1] == 0x0db8) // documentation
-        || (seg[0] == 0x0100 && seg[1..4] == [0, 0, 0])) // discard-only 100::/64
+    // Only 2000::/3 holds global unicast: outside it are loopback, unspecified, multicast,
+    // unique-local, link- and site-local, 100::/64 (discard-only), 100:0:0:1::/64 (dummy),
+    // 5f00::/16 (SRv6 SIDs), local-use NAT64 64:ff9b:1::/48, and unallocated space.
+    let global_unicast = (seg[0] & 0xe000) == 0x2000;
+    // IETF protocol assignments (2001::/23: Teredo, ORCHID, ORCHIDv2, DETs, AMT, AS112,
+    // anycast, benchmarking).
+    let ietf = seg[0] == 0x2001 && seg[1] < 0x0200;
+    // Documentation: 2001:db8::/32 and 3fff::/20.
+    let documentation =
+        (seg[0] == 0x2001 && seg[1] == 0x0db8) || (seg[0] == 0x3fff && seg[1] < 0x1000);
+    // AS112 direct delegation (2620:4f:8000::/48).
+    let as112 = seg[..3] == [0x2620, 0x004f, 0x8000];
+    global_unicast && !ietf && !documentation && !as112
 }
 
 #[cfg(test)]
@@ -741,9 +764,65 @@ mod tests {
         ] {
             check(ip, false);
         }
-        // Their neighbours stay public.
-        for ip in ["2001:1::1", "2001:3::1", "2001:2:1::1", "64:ff9b:2::1"] {
-            check(ip, true);
+    }
+
+    #[test]
+    fn every_special_purpose_v6_block_is_refused_and_its_neighbours_pass() {
+        // (refused, a public neighbour just outside the block)
+        for (refused, neighbour) in [
+            // Documentation (RFC 9637).
+            ("3fff::1", "3ffe:ffff::1"),
+            ("3fff:fff:ffff::1", "3fff:1000::1"),
+            // SRv6 SIDs (RFC 9602): outside 2000::/3.
+            ("5f00::1", "2600:1f18::1"),
+            ("5f00:ffff::1", "2a05:d000::1"),
+            // ORCHID (deprecated), ORCHIDv2, DETs, AMT, AS112, anycast: IETF's 2001::/23.
+            ("2001:10::1", "2001:200::1"),
+            ("2001:1f:ffff::1", "2001:4860::8888"),
+            ("2001:20::1", "2001:1200::1"),
+            ("2001:30::1", "2001:470::1"),
+            ("2001:3::1", "2001:67c::1"),
+            ("2001:4:112::1", "2001:500:88::1"),
+            ("2001:1::1", "2001:2000::1"),
+            ("2001:1ff:ffff::1", "2001:201::1"),
+            // The dummy prefix (RFC 9780) and the discard-only prefix.
+            ("100:0:0:1::1", "2400:cb00::1"),
+            ("100::1", "2406:da00::1"),
+            // AS112 direct delegation.
+            ("2620:4f:8000::1", "2620:4f:8001::1"),
+            // Site-local (deprecated) and unallocated space outside 2000::/3.
+            ("fec0::1", "2c0f:f248::1"),
+            ("4000::1", "2003::1"),
+            ("8000::1", "2001:db9::1"),
+        ] {
+            check(refused, false);
+            check(neighbour, true);
+        }
+    }
+
+    #[test]
+    fn every_special_purpose_v4_block_is_refused_and_its_neighbours_pass() {
+        for (refused, neighbour) in [
+            ("192.88.99.1", "192.88.100.1"),
+            ("192.31.196.1", "192.31.197.1"),
+            ("192.52.193.1", "192.52.192.1"),
+            ("192.175.48.1", "192.175.49.1"),
+            ("192.0.0.9", "192.0.1.1"),
+            ("198.51.100.7", "198.51.101.7"),
+            ("203.0.113.7", "203.0.114.7"),
+            ("198.19.255.255", "198.20.0.1"),
+            ("100.127.255.255", "100.63.255.255"),
+        ] {
+            check(refused, false);
+            check(neighbour, true);
+        }
+        // The same blocks embedded in IPv6 forms.
+        for ip in [
+            "::ffff:192.88.99.1",
+            "64:ff9b::c058:6301",
+            "2002:c058:6301::1",
+        ] {
+            check(ip, false);
         }
     }
 
@@ -904,6 +983,63 @@ mod tests {
         assert!(HostPattern::parse("*.*").is_none());
         assert!(HostPattern::parse("a..b.com").is_none());
         assert!(HostPattern::parse("**.amazon.com").is_none());
+        for address in ["10.0.0.1", "127.*.0.1", "0x7f.1", "s3.amazonaws.1"] {
+            assert!(HostPattern::parse(address).is_none(), "{address}");
+        }
+    }
+
+    #[test]
+    fn the_url_is_checked_as_the_client_parses_it_and_addresses_in_any_form_are_refused() {
+        let c = config(&["127.0.0.1:8900"]);
+        // What the check returns is what is fetched: normalised once, by the client's parser.
+        let url = c
+            .check_url("https://Bucket.S3.AMAZONAWS.com:443/k?X-Amz-Signature=s")
+            .unwrap();
+        assert_eq!(
+            url.as_str(),
+            "https://bucket.s3.amazonaws.com/k?X-Amz-Signature=s"
+        );
+        let url = c.check_url("https://%73%33.amazonaws.com/k").unwrap();
+        assert_eq!(url.host_str(), Some("s3.amazonaws.com"));
+        // IPv4 in the forms the WHATWG parser reads as addresses (hex, octal, one number,
+        // fewer parts), IPv6 in brackets, mapped or not: refused as hosts, the sandbox's
+        // listed socket address included when written another way on another port.
+        for literal in [
+            "https://0x7f.1/x",
+            "https://2130706433/x",
+            "https://0177.0.0.1/x",
+            "https://127.1/x",
+            "https://0x34.0xd8.1.1/x",
+            "https://[::ffff:7f00:1]/x",
+            "https://[2600:1f18::1]/x",
+            "http://0x7f.0.0.1:8901/",
+        ] {
+            assert!(
+                matches!(c.check_url(literal), Err(OutboundError::Host(_))),
+                "{literal}"
+            );
+        }
+        // The listed loopback socket address, in another spelling, is that address.
+        assert!(c.check_url("http://0x7f.0.0.1:8900/doc").is_ok());
+        // A backslash is a path separator to the parser: the host is the one before it.
+        assert!(matches!(
+            c.check_url("https://evil.example\\@bucket.s3.amazonaws.com/x"),
+            Err(OutboundError::Host(h)) if h == "evil.example"
+        ));
+        // A trailing dot is another name; other schemes have no host to allow.
+        for (url, refused) in [
+            ("https://s3.amazonaws.com./x", "host"),
+            ("ftp://s3.amazonaws.com/x", "scheme"),
+            ("file:///etc/passwd", "invalid"),
+        ] {
+            let got = match c.check_url(url) {
+                Err(OutboundError::Host(_)) => "host",
+                Err(OutboundError::Scheme) => "scheme",
+                Err(OutboundError::Invalid) => "invalid",
+                other => panic!("{url}: {other:?}"),
+            };
+            assert_eq!(got, refused, "{url}");
+        }
     }
 
     #[tokio::test]

@@ -557,11 +557,10 @@ impl Policy {
             Plan::Keep => Redacted::Keep,
             Plan::Empty => Redacted::Text(String::new()),
             Plan::Call(_) if raw.is_empty() => Redacted::Keep,
-            Plan::Call(c) => Redacted::Text(
-                self.redactor
-                    .redact(c, &decode_text(raw), order_id)
-                    .unwrap_or_default(),
-            ),
+            Plan::Call(c) => {
+                let value = decode_text(raw);
+                Redacted::from_call(&value, self.redactor.redact(c, &value, order_id))
+            }
         }
     }
 
@@ -576,9 +575,21 @@ impl Policy {
             Plan::Keep => Redacted::Keep,
             Plan::Empty => Redacted::Text(String::new()),
             Plan::Call(_) if value.is_empty() => Redacted::Keep,
-            Plan::Call(c) => {
-                Redacted::Text(self.redactor.redact(c, value, order_id).unwrap_or_default())
-            }
+            Plan::Call(c) => Redacted::from_call(value, self.redactor.redact(c, value, order_id)),
+        }
+    }
+}
+
+// === impl Redacted ===
+
+impl Redacted {
+    /// The result of a redactor's call on `value`. A value handed back unchanged (as the audit
+    /// log's noting redactor hands back what a role passes) keeps its original bytes: a JSON
+    /// number stays a number, escapes, CDATA and Windows-1252 bytes stay as they were.
+    fn from_call(value: &str, out: Option<String>) -> Redacted {
+        match out {
+            Some(text) if text == value => Redacted::Keep,
+            out => Redacted::Text(out.unwrap_or_default()),
         }
     }
 }

@@ -105,14 +105,12 @@ fn gzip(doc: &[u8]) -> Vec<u8> {
     enc.finish().expect("in memory")
 }
 
-/// An order report (Amazon's column names) with planted synthetic PII.
-const TSV: &[u8] = b"order-id\torder-item-id\tpurchase-date\tbuyer-email\tbuyer-name\tbuyer-phone-number\tsku\tproduct-name\tquantity-purchased\trecipient-name\tship-address-1\tship-address-2\tship-city\tship-postal-code\tship-country\n\
-111-0000001-0000001\t11111111111111\t2026-01-02T03:04:05+00:00\tjane@example.invalid\tJane Example\t+1 206 555 0100\tSKU-1\tBlue Mug\t1\tJane Example\t123 Example Street\t\tSeattle\t98101\tUS\r\n\
-111-0000002-0000002\t22222222222222\t2026-01-02T03:04:06+00:00\tjohn@example.invalid\tJohn Sample\t+1 206 555 0199\tSKU-2\tRed \"Mug\", large\t2\tJohn Sample\t9 Sample Road\tApt 4\tTacoma\t98402\tUS\n";
+/// An order report (Amazon's column names) with planted synthetic PII, shared with the sandbox
+/// (`fixtures/documents/`, as are the CSV, JSON and XML documents below).
+const TSV: &[u8] = include_bytes!("../../fixtures/documents/orders.tsv");
 
-const TSV_REDACTED: &str = "order-id\torder-item-id\tpurchase-date\tbuyer-email\tbuyer-name\tbuyer-phone-number\tsku\tproduct-name\tquantity-purchased\trecipient-name\tship-address-1\tship-address-2\tship-city\tship-postal-code\tship-country\n\
-111-0000001-0000001\t11111111111111\t2026-01-02T03:04:05+00:00\t\tm12\tp-phone\tSKU-1\tBlue Mug\t1\tm12\te-111-0000001-0000001\t\tSeattle\t98101\tUS\r\n\
-111-0000002-0000002\t22222222222222\t2026-01-02T03:04:06+00:00\t\tm11\tp-phone\tSKU-2\tRed \"Mug\", large\t2\tm11\te-111-0000002-0000002\te-111-0000002-0000002\tTacoma\t98402\tUS\n";
+/// What [`mixed_role`] makes of [`TSV`].
+const TSV_REDACTED: &str = include_str!("../../fixtures/documents/redacted/orders.tsv");
 
 #[test]
 fn tsv_pii_columns_follow_the_role_and_other_columns_stay_byte_identical() {
@@ -152,6 +150,38 @@ fn a_role_that_passes_every_pii_column_gets_the_bytes_unchanged() {
     assert!(role.calls().is_empty());
 }
 
+/// A redactor that asks to see every value and hands each back as it is, as the audit log's
+/// noting redactor does for a role that passes everything.
+struct Unchanged;
+
+impl Redactor for Unchanged {
+    fn redact(&self, _: Category, value: &str, _: Option<&str>) -> Option<String> {
+        Some(value.to_string())
+    }
+    fn action(&self, _: Category) -> Action {
+        Action::Mask
+    }
+}
+
+#[test]
+fn a_value_handed_back_unchanged_keeps_its_original_bytes_in_every_format() {
+    // A JSON number stays a number and escapes stay escapes, CDATA and entities stay, CSV
+    // quoting stays, Windows-1252 bytes are not re-encoded.
+    let latin1 = b"order-id\tbuyer-name\n1\tJos\xe9 Ex\x80mple\n";
+    for doc in [
+        TSV,
+        CSV,
+        JSON_DOC.as_bytes(),
+        XML_DOC.as_bytes(),
+        &latin1[..],
+    ] {
+        assert_eq!(
+            text(&run(doc, Arc::new(Unchanged)).expect("redacts")),
+            text(doc)
+        );
+    }
+}
+
 #[test]
 fn windows_1252_values_reach_the_redactor_decoded() {
     let doc = b"order-id\tbuyer-name\n1\tJos\xe9 Ex\x80mple\n";
@@ -176,17 +206,17 @@ fn redacted_tsv_values_cannot_break_the_row() {
     assert_eq!(out, b"buyer-name\tsku\na b c d\tS1\n");
 }
 
+/// A CSV report with a byte-order mark, quoted fields, an escaped quote and a line break
+/// inside a field.
+const CSV: &[u8] = include_bytes!("../../fixtures/documents/orders.csv");
+
+/// What [`mixed_role`] makes of [`CSV`].
+const CSV_REDACTED: &str = include_str!("../../fixtures/documents/redacted/orders.csv");
+
 #[test]
 fn csv_with_quotes_is_redacted_field_by_field() {
-    let doc =
-        b"\xef\xbb\xbf\"Order ID\",\"Buyer Name\",\"Ship To City\",Notes,\"Ship Address 1\"\r\n\
-\"111-1\",\"Example, Jane\",Seattle,\"said \"\"hi\"\"\nsecond line\",\"1 Example St\"\r\n\
-111-2,Sample John,Tacoma,plain,2 Sample Rd\r\n";
-    let out = run(doc, mixed_role()).expect("redacts");
-    let want = "\u{feff}\"Order ID\",\"Buyer Name\",\"Ship To City\",Notes,\"Ship Address 1\"\r\n\
-\"111-1\",\"m13\",Seattle,\"said \"\"hi\"\"\nsecond line\",\"e-111-1\"\r\n\
-111-2,m11,Tacoma,plain,e-111-2\r\n";
-    assert_eq!(text(&out), want);
+    let out = run(CSV, mixed_role()).expect("redacts");
+    assert_eq!(text(&out), CSV_REDACTED);
 }
 
 #[test]
@@ -331,23 +361,11 @@ fn corrupt_or_truncated_gzip_fails() {
     ));
 }
 
-const JSON_DOC: &str = r#"{"payload": {"Orders": [
-  {"AmazonOrderId": "111-1", "BuyerInfo": {"BuyerEmail": "jane@example.invalid", "BuyerName": "Jane \"J\" Example"},
-   "ShippingAddress": {"Name": "Jane Example", "AddressLine1": "123 Example Street", "City": "Seattle", "PostalCode": "98101", "Phone": 2065550100, "AddressType": "Residential"},
-   "NotificationEmails": ["a@example.invalid", "b@example.invalid"], "IsPrime": true, "Items": [{"Title": "Blue Mug", "Name": "not a person"}]},
-  {"AmazonOrderId": "111-2", "ShippingAddress": {"AddressLine1": "9 Sample Road\u00e9", "Name": null}}
-]}}
-{"jsonl": "second top-level value", "buyerName": "John Sample"}
-"#;
+/// Orders as JSON lines (two top-level values), with escapes and a number where a phone is.
+const JSON_DOC: &str = include_str!("../../fixtures/documents/orders.json");
 
-const JSON_REDACTED: &str = r#"{"payload": {"Orders": [
-  {"AmazonOrderId": "111-1", "BuyerInfo": {"BuyerEmail": "", "BuyerName": "m16"},
-   "ShippingAddress": {"Name": "m12", "AddressLine1": "e-111-1", "City": "Seattle", "PostalCode": "98101", "Phone": "p-phone", "AddressType": "e-111-1"},
-   "NotificationEmails": ["", ""], "IsPrime": true, "Items": [{"Title": "Blue Mug", "Name": "not a person"}]},
-  {"AmazonOrderId": "111-2", "ShippingAddress": {"AddressLine1": "e-111-2", "Name": null}}
-]}}
-{"jsonl": "second top-level value", "buyerName": "m11"}
-"#;
+/// What [`mixed_role`] makes of [`JSON_DOC`].
+const JSON_REDACTED: &str = include_str!("../../fixtures/documents/redacted/orders.json");
 
 /// (`AddressType` names no PII itself but sits in `ShippingAddress`, so it is redacted as an
 /// address: fail closed.)
@@ -384,53 +402,11 @@ fn malformed_or_too_deep_json_fails() {
     ));
 }
 
-const XML_DOC: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
-<!-- order report -->
-<AmazonEnvelope xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
-  <Message><OrderReport>
-    <AmazonOrderID>111-1</AmazonOrderID>
-    <BillingData>
-      <BuyerEmailAddress>jane@example.invalid</BuyerEmailAddress>
-      <BuyerName>Jane &amp; Example</BuyerName>
-      <BuyerPhoneNumber><![CDATA[+1 206 555 0100]]></BuyerPhoneNumber>
-    </BillingData>
-    <FulfillmentData>
-      <Address>
-        <Name>Jane Example</Name>
-        <AddressFieldOne>123 Example Street</AddressFieldOne>
-        <City>Seattle</City>
-        <PostalCode>98101</PostalCode>
-      </Address>
-    </FulfillmentData>
-    <Item><Title>Blue Mug</Title><Name>not a person</Name></Item>
-    <Buyer email="john@example.invalid" id="B1"/>
-  </OrderReport></Message>
-</AmazonEnvelope>
-"#;
+/// An XML order report: PII in elements, in CDATA, behind an entity and in an attribute.
+const XML_DOC: &str = include_str!("../../fixtures/documents/orders.xml");
 
-const XML_REDACTED: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
-<!-- order report -->
-<AmazonEnvelope xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
-  <Message><OrderReport>
-    <AmazonOrderID>111-1</AmazonOrderID>
-    <BillingData>
-      <BuyerEmailAddress></BuyerEmailAddress>
-      <BuyerName>m14</BuyerName>
-      <BuyerPhoneNumber>p-phone</BuyerPhoneNumber>
-    </BillingData>
-    <FulfillmentData>
-      <Address>
-        <Name>m12</Name>
-        <AddressFieldOne>e-111-1</AddressFieldOne>
-        <City>Seattle</City>
-        <PostalCode>98101</PostalCode>
-      </Address>
-    </FulfillmentData>
-    <Item><Title>Blue Mug</Title><Name>not a person</Name></Item>
-    <Buyer email="" id="B1"/>
-  </OrderReport></Message>
-</AmazonEnvelope>
-"#;
+/// What [`mixed_role`] makes of [`XML_DOC`].
+const XML_REDACTED: &str = include_str!("../../fixtures/documents/redacted/orders.xml");
 
 #[test]
 fn xml_pii_elements_and_attributes_follow_the_role() {
@@ -459,6 +435,7 @@ fn every_chunking_gives_the_same_output() {
         TSV.to_vec(),
         gzip(TSV),
         b"Order ID,Buyer Name,Notes\n\"1\",\"Example, Jane\",\"a\r\nb\"\n2,John,x\n".to_vec(),
+        CSV.to_vec(),
         JSON_DOC.as_bytes().to_vec(),
         XML_DOC.as_bytes().to_vec(),
         b"sku\tprice\nS1\t1\n".to_vec(),

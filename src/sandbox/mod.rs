@@ -8,7 +8,8 @@
 //!   token or Restricted Data Token the sandbox issued, and are throttled per usage plan.
 //! - Responses come from, in order: a [`Script`] set by a test, the static `x-amzn-api-sandbox`
 //!   examples from Amazon's models (`fixtures/sandbox-examples.json`), the dynamic handlers
-//!   (`createRestrictedDataToken` and a synthetic order book per seller), else `400 InvalidInput`.
+//!   (`createRestrictedDataToken`, a synthetic order book per seller, and the report documents
+//!   of `fixtures/documents/` listed in [`FIXTURE_DOCUMENTS`]), else `400 InvalidInput`.
 //! - `GET /_sandbox/stats` returns [`Stats`] as JSON for out-of-process users.
 //!
 //! Every clock is [`tokio::time::Instant`], so tests can pause and advance time.
@@ -18,6 +19,7 @@
 
 mod body;
 mod examples;
+mod fixtures;
 mod lwa;
 mod orders;
 mod quota;
@@ -49,6 +51,7 @@ use crate::catalog::{Catalog, Operation, UsagePlan};
 use crate::spapi::{self, ErrorBody};
 
 pub use body::{BodyError, BoxBody};
+pub use fixtures::{FixtureDocument, FIXTURE_DOCUMENTS};
 pub use script::{Script, ScriptBody};
 pub use tokens::TokenKind;
 
@@ -391,6 +394,20 @@ impl Sandbox {
             // Like an S3 presigned URL: no SP-API token, the URL itself is the credential.
             return self.inner.orders_document(seller);
         }
+        if let (Some(id), &Method::GET) =
+            (path.strip_prefix(fixtures::FIXTURES_PATH), &parts.method)
+        {
+            return match fixtures::by_id(id) {
+                Some(doc) if doc.gzip => gzipped(doc.bytes, doc.content_type),
+                Some(doc) => {
+                    let mut resp = Response::new(body::full(doc.bytes));
+                    resp.headers_mut()
+                        .insert(CONTENT_TYPE, HeaderValue::from_static(doc.content_type));
+                    resp
+                }
+                None => spapi_error(StatusCode::NOT_FOUND, "NotFound", "No such document."),
+            };
+        }
         self.inner.spapi(&parts, read).await
     }
 
@@ -589,6 +606,17 @@ impl Inner {
                             }),
                         ))
                     }
+                    (Some(id), Some(_), Some(host)) => fixtures::by_id(id).map(|doc| {
+                        let host = host.to_str().unwrap_or("localhost");
+                        let mut answer = serde_json::json!({
+                            "reportDocumentId": doc.id,
+                            "url": format!("http://{host}{}{}", fixtures::FIXTURES_PATH, doc.id),
+                        });
+                        if doc.gzip {
+                            answer["compressionAlgorithm"] = "GZIP".into();
+                        }
+                        Reply::json(StatusCode::OK, &answer)
+                    }),
                     _ => None,
                 }
             }
@@ -759,25 +787,8 @@ impl Inner {
 
     /// The gzip-compressed synthetic orders flat file of a seller.
     fn orders_document(&self, seller: &str) -> Response<BoxBody> {
-        use std::io::Write;
         let text = orders::orders_document(seller, self.order_anchor);
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        let zipped = gz.write_all(text.as_bytes()).and_then(|_| gz.finish());
-        match zipped {
-            Ok(bytes) => {
-                let mut resp = Response::new(body::full(bytes));
-                resp.headers_mut().insert(
-                    CONTENT_TYPE,
-                    HeaderValue::from_static("application/octet-stream"),
-                );
-                resp
-            }
-            Err(_) => spapi_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "InternalFailure",
-                "The sandbox could not compress the document.",
-            ),
-        }
+        gzipped(text.as_bytes(), "application/octet-stream")
     }
 
     fn create_rdt(&self, caller: &Caller, body: Option<&serde_json::Value>) -> Reply {
@@ -875,6 +886,26 @@ fn json_response(status: StatusCode, body: BoxBody, op: Option<&Operation>) -> R
 }
 
 /// An SP-API error response (`{"errors":[...]}`) with an empty `details`.
+/// A download of `bytes` gzip-compressed, as S3 serves a report whose document says
+/// `compressionAlgorithm: GZIP`.
+fn gzipped(bytes: &[u8], content_type: &'static str) -> Response<BoxBody> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    match gz.write_all(bytes).and_then(|_| gz.finish()) {
+        Ok(zipped) => {
+            let mut resp = Response::new(body::full(zipped));
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+            resp
+        }
+        Err(_) => spapi_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalFailure",
+            "The sandbox could not compress the document.",
+        ),
+    }
+}
+
 fn spapi_error(status: StatusCode, code: &str, message: &str) -> Response<BoxBody> {
     spapi_error_details(status, code, message, "")
 }

@@ -2384,6 +2384,18 @@ async fn orders_that_take_data_elements_answer_a_plain_token_without_buyer_pii_e
     assert_eq!(address.status, StatusCode::FORBIDDEN);
 }
 
+/// getReportDocument at `path` with an RDT for it, asked on host `sandbox.test:1234`.
+async fn report_document(sandbox: &Sandbox, token: &str, path: &str) -> Answer {
+    let rdt = rdt_for(sandbox, token, json!([{ "method": "GET", "path": path }])).await;
+    let request = Request::builder()
+        .uri(path)
+        .header(spapi::ACCESS_TOKEN, rdt)
+        .header(http::header::HOST, "sandbox.test:1234")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    send_request(sandbox, request).await
+}
+
 #[tokio::test]
 async fn the_orders_report_document_downloads_as_a_gzipped_flat_file_with_synthetic_pii() {
     use std::io::Read;
@@ -2393,14 +2405,7 @@ async fn the_orders_report_document_downloads_as_a_gzipped_flat_file_with_synthe
         "/reports/2021-06-30/documents/{}",
         orders::ORDERS_DOCUMENT_ID
     );
-    let rdt = rdt_for(&sandbox, &token, json!([{ "method": "GET", "path": path }])).await;
-    let request = Request::builder()
-        .uri(&path)
-        .header(spapi::ACCESS_TOKEN, rdt)
-        .header(http::header::HOST, "sandbox.test:1234")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let answer = send_request(&sandbox, request).await;
+    let answer = report_document(&sandbox, &token, &path).await;
     assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
     let doc = answer.json();
     assert_eq!(doc["compressionAlgorithm"], "GZIP");
@@ -2426,4 +2431,60 @@ async fn the_orders_report_document_downloads_as_a_gzipped_flat_file_with_synthe
     assert!(rows.len() >= order_ids(&sandbox, SELLER).len());
     assert!(rows.iter().all(|r| r.len() == header.len()));
     assert!(rows.iter().any(|r| r[3].ends_with("@example.com")));
+}
+
+#[tokio::test]
+async fn the_fixture_report_documents_download_as_the_files_in_fixtures() {
+    use std::io::Read;
+    let sandbox = sandbox();
+    let token = access_token(&sandbox).await;
+    for doc in &FIXTURE_DOCUMENTS {
+        let path = format!("/reports/2021-06-30/documents/{}", doc.id);
+        let answer = report_document(&sandbox, &token, &path).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "{}: {:?}",
+            doc.id,
+            answer.body
+        );
+        let meta = answer.json();
+        assert_eq!(meta["reportDocumentId"], doc.id);
+        assert_eq!(
+            meta.get("compressionAlgorithm").is_some(),
+            doc.gzip,
+            "{meta}"
+        );
+        let url = meta["url"].as_str().unwrap();
+        let path = url.strip_prefix("http://sandbox.test:1234").expect(url);
+        let download = Request::builder()
+            .uri(path)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let answer = send_request(&sandbox, download).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", doc.id);
+        let mut bytes = answer.body.to_vec();
+        if doc.gzip {
+            let mut plain = Vec::new();
+            flate2::read::GzDecoder::new(&bytes[..])
+                .read_to_end(&mut plain)
+                .unwrap();
+            bytes = plain;
+        }
+        let file = format!(
+            "{}/fixtures/documents/{}",
+            env!("CARGO_MANIFEST_DIR"),
+            doc.file
+        );
+        assert_eq!(bytes, std::fs::read(file).unwrap(), "{}", doc.id);
+    }
+    // An unknown fixture is a 404, not some other document.
+    let answer = send_request(
+        &sandbox,
+        Request::get("/_sandbox/fixtures/SPGATE-FIXTURE-NONE")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
 }

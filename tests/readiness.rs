@@ -2,7 +2,8 @@
 //! limiter (`fail_mode = "closed"`) on a Redis of the test's own, killing that Redis makes
 //! `/readyz` answer 503, requests answer 503 `ServiceUnavailable` with `Retry-After` (never
 //! 500), the log holds a line per interval rather than one ERROR line per refused request, and
-//! everything recovers when Redis comes back.
+//! everything recovers when Redis comes back. `tests/outages.rs` does the same for LWA and a
+//! PostgreSQL store, and `tests/audit_faults.rs` for the audit log (a full disk).
 
 mod common;
 
@@ -11,10 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::*;
-use http::{Request, StatusCode};
-use http_body_util::BodyExt;
+use http::StatusCode;
 
 const ADDRESS: &str = "/orders/v0/orders/TEST_CASE_200/address";
 
@@ -75,16 +74,6 @@ impl Write for Captured {
     }
 }
 
-async fn readyz(admin: &spgate::admin::Admin) -> (StatusCode, String) {
-    let req = Request::get("/readyz")
-        .body(http_body_util::Empty::<Bytes>::new())
-        .unwrap();
-    let resp = admin.handle(req).await;
-    let status = resp.status();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
 /// A gateway whose store and limiter (`fail_mode = "closed"`) use the Redis on `port`, under
 /// key prefixes starting with `prefix`, and its admin router.
 async fn redis_gateway(port: u16, prefix: &str) -> (TestGateway, spgate::admin::Admin) {
@@ -99,12 +88,7 @@ async fn redis_gateway(port: u16, prefix: &str) -> (TestGateway, spgate::admin::
         ..Options::default()
     })
     .await;
-    let admin = spgate::admin::Admin::new(
-        gw.gateway.clone(),
-        &[],
-        None,
-        Arc::new(spgate::config::MapEnv::default()),
-    );
+    let admin = admin_of(&gw);
     (gw, admin)
 }
 
@@ -135,20 +119,7 @@ async fn a_redis_outage_is_unready_and_answered_503_with_retry_after_then_recove
     let before = log.text().matches(" ERROR ").count();
     const REFUSED: usize = 12;
     for _ in 0..REFUSED {
-        let reply = gw.get(ADDRESS).await;
-        assert_eq!(
-            reply.status,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "{:?}",
-            reply.body
-        );
-        assert_eq!(reply.error_code(), "ServiceUnavailable");
-        let retry: u64 = reply.headers["retry-after"]
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert!(retry >= 1);
+        assert_unavailable(&gw.get(ADDRESS).await);
     }
     // One line per kind of failure per interval, not one per refused request.
     let errors = log.text().matches(" ERROR ").count() - before;
@@ -161,15 +132,7 @@ async fn a_redis_outage_is_unready_and_answered_503_with_retry_after_then_recove
 
     let _redis = OwnRedis::start(port, redis_dir.path());
     // The connections reconnect on their own; the first probes may still see the old ones fail.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (status, body) = readyz(&admin).await;
-        if status == StatusCode::OK {
-            break;
-        }
-        assert!(Instant::now() < deadline, "still not ready: {body}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    readyz_until(&admin, StatusCode::OK, Duration::from_secs(20)).await;
     assert_eq!(gw.get(ADDRESS).await.status, StatusCode::OK);
 }
 

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 #![allow(unreachable_pub)] // a test helper module is private to each test crate by construction
 
+pub mod cut;
 pub mod process;
 
 use std::sync::Arc;
@@ -540,4 +541,63 @@ pub async fn run_sdk_script(gw: &TestGateway, python: String, script: &str) -> S
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
+}
+
+/// `/readyz` of `admin`: its status and body.
+pub async fn readyz(admin: &spgate::admin::Admin) -> (http::StatusCode, String) {
+    let req = Request::get("/readyz")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = admin.handle(req).await;
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The admin router of `gw` (no tokens: `/readyz` needs none).
+pub fn admin_of(gw: &TestGateway) -> spgate::admin::Admin {
+    spgate::admin::Admin::new(
+        gw.gateway.clone(),
+        &[],
+        None,
+        Arc::new(spgate::config::MapEnv::default()),
+    )
+}
+
+/// Polls `/readyz` until it answers `want`, for up to `within`; returns its last body.
+pub async fn readyz_until(
+    admin: &spgate::admin::Admin,
+    want: http::StatusCode,
+    within: Duration,
+) -> String {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let (status, body) = readyz(admin).await;
+        if status == want {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz still {status}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Asserts `reply` is the answer to a dependency outage: 503 `ServiceUnavailable` in SP-API's
+/// shape with a `Retry-After` of at least a second (never a 500).
+pub fn assert_unavailable(reply: &Reply) {
+    assert_eq!(
+        reply.status,
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(reply.error_code(), "ServiceUnavailable");
+    let retry: u64 = reply.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1);
 }

@@ -4,16 +4,19 @@
 //! A URL an upstream answer names is not trusted: the gateway would otherwise fetch whatever
 //! it is told to, including its own admin listener or a cloud metadata service (SSRF). A fetch
 //! goes ahead only when
-//! - the scheme is `https`, the port the default one, there is no user info, and the host
-//!   matches one of `[outbound] document_hosts` (patterns like `*.s3.amazonaws.com`, where `*`
-//!   stands for one DNS label or part of one, never a dot);
-//! - every address the host resolves to is public (no loopback, private, link-local, shared,
-//!   multicast, unspecified, documentation or reserved address, nor an IPv6 address embedding
-//!   one). The check runs inside the client's resolver ([`CheckedResolver`], reqwest's
+//! - the URL, parsed once by the parser the client fetches with (`reqwest::Url`; the fetch is
+//!   handed that parsed URL), has the scheme `https`, the default port, no user info, and a
+//!   host that is a name (an IP address in any spelling is refused) matching one of
+//!   `[outbound] document_hosts` (patterns like `*.s3.amazonaws.com`, where `*` stands for one
+//!   DNS label or part of one, never a dot);
+//! - every address the host resolves to is public ([`is_public`]: outside every block of
+//!   IANA's special-purpose registries, IPv6 only in 2000::/3, nor an IPv6 address embedding a
+//!   non-public IPv4 one). The check runs inside the client's resolver ([`CheckedResolver`], reqwest's
 //!   `dns::Resolve`), and the connection goes to exactly the addresses checked, so a DNS answer
 //!   cannot change between check and connect (DNS rebinding);
 //! - the answer is not a redirect (redirects are never followed), and no proxy is used (not
-//!   even one named by `HTTPS_PROXY`: a proxy would resolve the name itself, past the check).
+//!   even one named by `HTTPS_PROXY`: a proxy would resolve the name itself, past the check;
+//!   the client starts from `auth::control_plane::builder`).
 //!
 //! The client is reqwest (the control plane's HTTP client, as for LWA and RDTs): rustls with
 //! ring and the webpki roots, TLS 1.2+, HTTP/1.1, no decompression (the redactor detects gzip

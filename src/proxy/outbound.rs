@@ -618,8 +618,8 @@ impl reqwest::dns::Resolve for CheckedResolver {
 /// 100::/64 and dummy 100:0:0:1::/64 prefixes, SRv6 SIDs 5f00::/16, and what IANA has not
 /// allocated). Even the blocks IANA marks globally reachable are refused: they are network
 /// infrastructure, never an S3 bucket or a CDN, and what the gateway does not know it refuses.
-/// IPv6 forms that embed an IPv4 address (mapped, compatible, the well-known NAT64 prefix,
-/// 6to4) are judged by that address.
+/// IPv6 forms that embed an IPv4 address (mapped, the well-known NAT64 prefix, 6to4) are
+/// judged by that address; the deprecated IPv4-compatible form (`::a.b.c.d`) is refused.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_public_v4(v4),
@@ -653,10 +653,8 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         return is_public_v4(v4);
     }
     let embedded = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
-    // IPv4-compatible (::a.b.c.d, deprecated) and NAT64 (64:ff9b::/96).
-    if seg[..6] == [0; 6] && !(ip.is_unspecified() || ip.is_loopback()) {
-        return is_public_v4(embedded(seg[6], seg[7]));
-    }
+    // NAT64 (64:ff9b::/96). (IPv4-compatible ::a.b.c.d, deprecated since 2006, is outside
+    // 2000::/3 and refused below.)
     if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
         return is_public_v4(embedded(seg[6], seg[7]));
     }
@@ -827,6 +825,9 @@ mod tests {
         ] {
             check(ip, false);
         }
+        // The deprecated IPv4-compatible form is refused whatever it embeds.
+        check("::8.8.8.8", false);
+        check("::ffff:8.8.8.8", true);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
   report.py brief FILE.json                         one line about one oha run
   report.py full RAW_DIR OUT.json STATS.json RATES  the whole report; metadata from BENCH_META_* env
+  report.py compare OLD.json NEW.json               every figure of NEW against OLD (run.sh --compare)
 
 Exit status of `full`: 0 all valid and all targets met, 2 a measurement is invalid (a status
 other than 200, or a transport error), 3 valid but a target was missed.
@@ -14,7 +15,10 @@ import time
 
 PATHS = ["direct", "nginx", "spgate"]
 PCTS = [("p50", "p50"), ("p99", "p99"), ("p99.9", "p99.9")]
-TARGETS = {"p50": 0.3, "p99": 1.0}  # added ms, from the issue
+TARGETS = {"p50": 0.3, "p99": 1.0, "p99.9": 2.0}  # added ms, from the issues
+CPU_RATIO_LIMIT = 1.2  # spgate's CPU per request over nginx's, at every point (issue 16)
+IDLE_RSS_LIMIT_MB = 100.0  # spgate's RSS with the idle connections open (issue 16)
+IDLE_GROWTH_LIMIT_KB = 1024  # RSS growth during the soak (allocator noise allowed)
 RATE_TOLERANCE = 0.95  # a fixed-rate point must reach 95% of its rate
 OTHER_CPU_LIMIT = 10.0  # % of the machine used by other processes during a point before warning
 
@@ -128,6 +132,27 @@ def full(raw_dir, out, stats_path, rates):
             targets.append({"what": f"spgate added {k} at {r} req/s", "value_ms": v, "limit_ms": limit, "met": ok})
     targets.append({"what": "spgate max throughput >= nginx max throughput", "value": throughput_ratio,
                     "limit": 1.0, "met": throughput_ratio is not None and throughput_ratio >= 1.0})
+    for s in [f"rate{r}" for r in rates] + ["max"]:
+        a = (points["spgate"].get(s) or {}).get("proxy_cpu_us_per_req")
+        b = (points["nginx"].get(s) or {}).get("proxy_cpu_us_per_req")
+        v = (a / b) if (a is not None and b) else None
+        targets.append({"what": f"spgate CPU/request <= {CPU_RATIO_LIMIT}x nginx's ({s})", "value": v,
+                        "limit": CPU_RATIO_LIMIT, "met": v is not None and v <= CPU_RATIO_LIMIT})
+    # Memory with idle keep-alive connections (bench/idle.py), when measured.
+    idle = {}
+    for p in ("spgate", "nginx"):
+        f = os.path.join(raw_dir, f"idle-{p}.json")
+        if os.path.exists(f):
+            with open(f) as fh:
+                idle[p] = json.load(fh)
+    if "spgate" in idle:
+        x = idle["spgate"]
+        targets.append({"what": f"spgate RSS with {x['connections']} idle connections open <= {IDLE_RSS_LIMIT_MB:.0f} MB",
+                        "value": x["rss_mb_open"], "limit": IDLE_RSS_LIMIT_MB, "unit": "MB",
+                        "met": x["rss_mb_open"] <= IDLE_RSS_LIMIT_MB})
+        targets.append({"what": f"spgate RSS growth over the {x['soak_seconds']:.0f} s soak <= {IDLE_GROWTH_LIMIT_KB} KB",
+                        "value": x["rss_growth_kb_during_soak"], "limit": IDLE_GROWTH_LIMIT_KB, "unit": "KB",
+                        "met": x["rss_growth_kb_during_soak"] <= IDLE_GROWTH_LIMIT_KB})
     missed = [t for t in targets if not t["met"]]
 
     # ---- table ----
@@ -164,6 +189,16 @@ def full(raw_dir, out, stats_path, rates):
         w(f"{p:<7} {x['rps']:>9.0f}  {fmt(x['p50_ms']):>7} {fmt(x['p99_ms']):>7}  "
           f"{fmt(x['proxy_cpu_us_per_req'], 1):>7} {fmt(x['upstream_cpu_us_per_req'], 1):>9} {fmt(x['other_cpu_pct'], 0):>6}  {codes}\n")
 
+    if idle:
+        w("\n== Memory with idle keep-alive connections (bench/idle.py) ==\n")
+        w(f"{'path':<7} {'conns':>6} {'RSS before':>10} {'open':>8} {'end':>8} {'growth':>9} {'KB/conn':>8} {'open at end':>11}\n")
+        for p, x in idle.items():
+            w(f"{p:<7} {x['connections']:>6} {x['rss_kb_before'] / 1024:>8.1f}MB {x['rss_mb_open']:>6.1f}MB "
+              f"{x['rss_mb_end']:>6.1f}MB {x['rss_growth_kb_during_soak']:>+7d}KB {fmt(x['kb_per_connection'], 1):>8} "
+              f"{x['open_at_end']:>11}\n")
+        w("  (RSS summed over the proxy's processes; growth = end of the soak minus its start; a\n"
+          "   connection the server closed while idle is not open at the end)\n")
+
     w("\n== Ratios (spgate / nginx) ==\n")
     for r in rates:
         s = f"rate{r}"
@@ -178,6 +213,8 @@ def full(raw_dir, out, stats_path, rates):
     for t in targets:
         if "value_ms" in t:
             w(f"  [{'PASS' if t['met'] else 'MISS'}] {t['what']}: {fmt(t['value_ms'])} ms (limit {t['limit_ms']} ms)\n")
+        elif "unit" in t:
+            w(f"  [{'PASS' if t['met'] else 'MISS'}] {t['what']}: {t['value']} {t['unit']}\n")
         else:
             w(f"  [{'PASS' if t['met'] else 'MISS'}] {t['what']}: ratio {fmt(t['value'], 2)}\n")
     for m in warnings:
@@ -200,6 +237,7 @@ def full(raw_dir, out, stats_path, rates):
         "added_latency": added,
         "ratios": {**ratios, "max_throughput_spgate_over_nginx": throughput_ratio},
         "max_throughput_rps": mx,
+        "idle": idle,
         "targets": targets,
         "targets_met": not missed,
         "sandbox_stats": stats,
@@ -215,7 +253,82 @@ def full(raw_dir, out, stats_path, rates):
     return 0
 
 
+# ---- compare (bench/run.sh --compare FILE) ----------------------------------------------------
+
+# Sections of a result whose numbers are compared, and the per-point fields left out (raw CPU
+# seconds and counts are inputs of the figures, not figures).
+COMPARED = ("points", "added_latency", "ratios", "max_throughput_rps", "idle")
+SKIPPED = {"cpu", "status_codes", "errors", "success_rate", "valid", "requests", "samples", "connections",
+           "soak_seconds", "rss_kb_before", "rss_kb_open", "rss_kb_end"}
+# Machine facts that make two results incomparable when they differ.
+MACHINE = ("cpus", "cpu_model", "kernel", "memory_kb")
+
+
+def flatten(d, prefix=""):
+    out = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            if k in SKIPPED:
+                continue
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else k))
+    elif isinstance(d, (int, float)) and not isinstance(d, bool):
+        out[prefix] = float(d)
+    return out
+
+
+def better_when(key):
+    """+1 when a higher value is better, -1 when lower is better, 0 when neither."""
+    if "other_cpu_pct" in key or "open_at_end" in key:
+        return 0  # a measure of the machine's noise / of the server's idle policy
+    if "added_" in key and key.endswith("_over_nginx"):
+        return -1  # spgate's added latency relative to nginx's
+    if key.endswith("max_throughput_spgate_over_nginx") or key.endswith(".rps") \
+            or key.startswith("max_throughput_rps"):
+        return +1
+    if key.endswith("_ms") or "cpu_us" in key or "rss" in key or "kb_per_connection" in key:
+        return -1
+    return 0
+
+
+def compare(old_path, new_path):
+    with open(old_path) as f:
+        old = json.load(f)
+    with open(new_path) as f:
+        new = json.load(f)
+    w = sys.stdout.write
+    om, nm = old.get("meta", {}), new.get("meta", {})
+    w(f"\n== Compared with {old_path} ==\n")
+    for label, r, m in (("old", old, om), ("new", new, nm)):
+        w(f"  {label}: {r.get('generated_at', '?')}  commit {str(m.get('git_commit', '?'))[:12]}"
+          f"{' (dirty)' if m.get('git_dirty') == 'true' else ''}  {m.get('cpus', '?')} CPUs  "
+          f"{m.get('cpu_model', '?')}  {m.get('kernel', '?')}\n")
+    differ = [k for k in MACHINE if om.get(k) != nm.get(k)]
+    if differ:
+        w(f"  warning: the machines differ ({', '.join(differ)}): changes may be the machine's\n")
+    a = {k: v for sec in COMPARED for k, v in flatten(old.get(sec, {}), sec).items()}
+    b = {k: v for sec in COMPARED for k, v in flatten(new.get(sec, {}), sec).items()}
+    keys = [k for sec in COMPARED for k in sorted(set(a) | set(b)) if k.split(".", 1)[0] == sec]
+    w(f"{'figure':<58} {'old':>10} {'new':>10} {'change':>10} {'%':>8}\n")
+    for k in keys:
+        x, y = a.get(k), b.get(k)
+        if x is None or y is None:
+            w(f"{k:<58} {fmt(x, 3):>10} {fmt(y, 3):>10} {'':>10} {'(only in ' + ('new' if x is None else 'old') + ')':>8}\n")
+            continue
+        d = y - x
+        pct = (100.0 * d / abs(x)) if x else None
+        sign = better_when(k)
+        mark = ""
+        if sign and pct is not None and abs(pct) >= 1.0:
+            mark = "  better" if d * sign > 0 else "  worse"
+        w(f"{k:<58} {x:>10.3f} {y:>10.3f} {d:>+10.3f} {(f'{pct:+.1f}%' if pct is not None else '-'):>8}{mark}\n")
+    w("  (better/worse: a change of 1% or more in the good or bad direction; noise on this kind of\n"
+      "   machine is several percent, more at p99.9)\n")
+    return 0
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "compare":
+        sys.exit(compare(sys.argv[2], sys.argv[3]))
     if len(sys.argv) >= 2 and sys.argv[1] == "brief":
         brief(sys.argv[2])
         sys.exit(0)

@@ -4,6 +4,7 @@
 #
 #   bench/run.sh                       # defaults: 10 s per point, 1000 and 5000 req/s
 #   BENCH_SECONDS=5 bench/run.sh       # shorter points
+#   bench/run.sh --compare bench/results/FILE.json   # then every figure against a committed result
 #
 # See bench/README.md for what it measures, every knob, and how to read the output.
 set -euo pipefail
@@ -26,6 +27,9 @@ BENCH_AUDIT="${BENCH_AUDIT:-1}"                       # 0: spgate keeps no audit
 SPGATE_BIN="${SPGATE_BIN:-}"                          # prebuilt spgate; default: cargo build --release
 BENCH_REF="${BENCH_REF:-}"                            # build this git ref instead of the work tree
 BENCH_TARGET_DIR="${BENCH_TARGET_DIR:-${CARGO_TARGET_DIR:-$REPO/target}}"
+BENCH_COMMIT="${BENCH_COMMIT:-}"                      # with SPGATE_BIN: the commit it was built from
+BENCH_IDLE_CONNECTIONS="${BENCH_IDLE_CONNECTIONS:-2000}" # idle keep-alive connections (0 skips)
+BENCH_IDLE_SOAK_SECONDS="${BENCH_IDLE_SOAK_SECONDS:-60}" # how long they stay idle
 
 PATHS=(direct nginx spgate)
 # An operation Amazon publishes no usage plan for, so the gateway's limiter admits every request
@@ -37,13 +41,47 @@ LWA_CLIENT_SECRET="spgate-demo-client-secret"
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
+# ---- arguments: --compare FILE (issue 16) ----------------------------------------------------
+# After the run, report.py prints the change of every figure against FILE (a result this script
+# wrote, e.g. one committed under bench/results/). `bench/report.py compare OLD NEW` does the
+# same for two results without running anything.
+COMPARE_FILE=""
+while (($# > 0)); do
+    case $1 in
+        --compare)
+            (($# >= 2)) || die "--compare needs a FILE"
+            COMPARE_FILE=$2
+            shift 2
+            ;;
+        --compare=*)
+            COMPARE_FILE=${1#--compare=}
+            shift
+            ;;
+        -h | --help)
+            sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
+            exit 0
+            ;;
+        *) die "unknown argument '$1' (knobs are environment variables; see bench/README.md)" ;;
+    esac
+done
+if [[ -n "$COMPARE_FILE" ]]; then
+    [[ -r "$COMPARE_FILE" ]] || die "--compare: cannot read $COMPARE_FILE"
+    COMPARE_FILE="$(cd "$(dirname "$COMPARE_FILE")" && pwd)/$(basename "$COMPARE_FILE")"
+    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert "points" in d' "$COMPARE_FILE" 2>/dev/null \
+        || die "--compare: $COMPARE_FILE is not a bench/run.sh result"
+fi
+# ---- end of arguments --------------------------------------------------------------------------
+
 is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
-for v in BENCH_SECONDS BENCH_WARMUP_SECONDS BENCH_CONNECTIONS BENCH_MAX_CONNECTIONS BENCH_PAUSE_SECONDS; do
+for v in BENCH_SECONDS BENCH_WARMUP_SECONDS BENCH_CONNECTIONS BENCH_MAX_CONNECTIONS BENCH_PAUSE_SECONDS \
+    BENCH_IDLE_CONNECTIONS BENCH_IDLE_SOAK_SECONDS; do
     is_uint "${!v}" || die "$v must be a whole number (got '${!v}')"
 done
 # Bounded: every load stops by itself.
 ((BENCH_SECONDS >= 1 && BENCH_SECONDS <= 300)) || die "BENCH_SECONDS must be 1..300"
 ((BENCH_WARMUP_SECONDS <= 60)) || die "BENCH_WARMUP_SECONDS must be 0..60"
+((BENCH_IDLE_CONNECTIONS <= 20000)) || die "BENCH_IDLE_CONNECTIONS must be 0..20000"
+((BENCH_IDLE_SOAK_SECONDS <= 600)) || die "BENCH_IDLE_SOAK_SECONDS must be 0..600"
 for r in $BENCH_RATES; do
     is_uint "$r" && ((r > 0 && r <= 200000)) || die "BENCH_RATES: bad rate '$r'"
 done
@@ -392,6 +430,23 @@ for s in "${SCENARIOS[@]}"; do
     done
 done
 
+# ---- memory with idle keep-alive connections (issue 16) -----------------------------------------
+# RSS of the proxy with BENCH_IDLE_CONNECTIONS connections that each made one request and then
+# stay idle for BENCH_IDLE_SOAK_SECONDS (bench/idle.py). spgate closes a connection idle for
+# server.header_read_timeout_ms (10 s by default); nginx here keeps them 75 s.
+if ((BENCH_IDLE_CONNECTIONS > 0)); then
+    for p in spgate nginx; do
+        sleep "$BENCH_PAUSE_SECONDS"
+        log "$p: ${BENCH_IDLE_CONNECTIONS} idle keep-alive connections, ${BENCH_IDLE_SOAK_SECONDS}s soak"
+        mapfile -t hs < <(headers_of "$p")
+        timeout --kill-after=5 $((BENCH_IDLE_SOAK_SECONDS + 120)) python3 "$BENCH_DIR/idle.py" "${URL[$p]}" \
+            "$BENCH_IDLE_CONNECTIONS" "$BENCH_IDLE_SOAK_SECONDS" "$(proxy_pids "$p")" "${hs[@]}" \
+            >"$WORK/raw/idle-$p.json" 2>"$WORK/raw/idle-$p.err" \
+            || die "idle connections on $p failed: $(cat "$WORK/raw/idle-$p.err")"
+    done
+fi
+# ---- end of idle connections ---------------------------------------------------------------------
+
 curl -sS --max-time 5 "$SANDBOX_URL/_sandbox/stats" >"$WORK/sandbox-stats.json" 2>/dev/null || echo '{}' >"$WORK/sandbox-stats.json"
 
 # ---- report ------------------------------------------------------------------------------------
@@ -408,6 +463,8 @@ BENCH_META_SECONDS_PER_POINT="$BENCH_SECONDS" \
 BENCH_META_WARMUP_SECONDS="$BENCH_WARMUP_SECONDS" \
 BENCH_META_RATES="$BENCH_RATES" \
 BENCH_META_AUDIT="$BENCH_AUDIT" \
+BENCH_META_IDLE_CONNECTIONS="$BENCH_IDLE_CONNECTIONS" \
+BENCH_META_IDLE_SOAK_SECONDS="$BENCH_IDLE_SOAK_SECONDS" \
 BENCH_META_CONNECTIONS_FIXED_RATE="$BENCH_CONNECTIONS" \
 BENCH_META_CONNECTIONS_MAX="$BENCH_MAX_CONNECTIONS" \
 BENCH_META_NGINX_WORKER_PROCESSES="$BENCH_NGINX_WORKERS" \
@@ -415,11 +472,15 @@ BENCH_META_REQUEST="GET $REQUEST_PATH" \
 BENCH_META_OHA_VERSION="$(oha --version 2>/dev/null | head -1)" \
 BENCH_META_NGINX_VERSION="$(nginx -v 2>&1 | head -1)" \
 BENCH_META_SPGATE_BIN="$SPGATE_BIN" \
-BENCH_META_GIT_COMMIT="$(git -C "$REPO" rev-parse "${BENCH_REF:-HEAD}" 2>/dev/null || echo unknown)" \
+BENCH_META_GIT_COMMIT="${BENCH_COMMIT:-$(git -C "$REPO" rev-parse "${BENCH_REF:-HEAD}" 2>/dev/null || echo unknown)}" \
 BENCH_META_GIT_DIRTY="$git_dirty" \
 BENCH_META_BUILT_FROM="$built_from" \
 BENCH_META_CPUS="$(nproc)" \
 BENCH_META_KERNEL="$(uname -sr)" \
+BENCH_META_CPU_MODEL="$(awk -F': *' '/^model name/{print $2; exit}' /proc/cpuinfo 2>/dev/null)" \
+BENCH_META_MEMORY_KB="$(awk '/^MemTotal/{print $2; exit}' /proc/meminfo 2>/dev/null)" \
+BENCH_META_DATE="$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+BENCH_META_RUSTC="$(rustc --version 2>/dev/null || echo unknown)" \
 BENCH_META_BUSY_PCT_BEFORE_START="$IDLE_BUSY_PCT" \
 python3 "$BENCH_DIR/report.py" full "$WORK/raw" "$BENCH_OUT" "$WORK/sandbox-stats.json" "$BENCH_RATES"
 rc=$?
@@ -431,4 +492,8 @@ elif ((rc == 3)) && [[ "$BENCH_ENFORCE_TARGETS" == 1 ]]; then
     die "targets missed (BENCH_ENFORCE_TARGETS=1)"
 elif ((rc != 0 && rc != 3)); then
     die "report failed (rc $rc)"
+fi
+# ---- --compare FILE (issue 16) -----------------------------------------------------------------
+if [[ -n "$COMPARE_FILE" ]]; then
+    python3 "$BENCH_DIR/report.py" compare "$COMPARE_FILE" "$BENCH_OUT" || die "compare failed"
 fi

@@ -8,10 +8,9 @@
 //! `api:<api>`, and the pattern is a response path (`[]` array elements, `{}` map values) in
 //! which `*` matches any run of characters.
 
-use std::collections::HashMap;
 use std::sync::LazyLock;
 
-use super::map::{FieldMap, OpMap};
+use super::map::{FieldMap, OpKeyMap, OpMap};
 use crate::catalog::Operation;
 
 static PII_NONE_TSV: &str = include_str!("../../data/pii-none.tsv");
@@ -58,7 +57,7 @@ pub enum Classification<'a> {
 #[derive(Debug)]
 pub struct Classifier {
     map: &'static FieldMap,
-    none: HashMap<&'static str, &'static str>,
+    none: OpKeyMap<&'static str>,
 }
 
 /// Properties that look personal but are not buyer PII, with the reason.
@@ -88,7 +87,7 @@ impl Classifier {
         map: &'static FieldMap,
         none_tsv: &'static str,
     ) -> Result<Classifier, ClassifyError> {
-        let mut none = HashMap::new();
+        let mut none = OpKeyMap::default();
         for (i, line) in none_tsv.lines().enumerate() {
             if line.starts_with('#') || line.trim().is_empty() || line.starts_with("operation\t") {
                 continue;

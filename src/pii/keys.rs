@@ -6,6 +6,7 @@
 //! them over through [`OrderKeys`].
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, OnceLock};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -67,7 +68,20 @@ pub struct NoOrderKeys;
 /// A per-seller HMAC-SHA256 key for pseudonyms: the same value gives the same pseudonym for one
 /// seller, and different pseudonyms for different sellers.
 pub struct PseudonymKey {
-    key: ring::hmac::Key,
+    key: KeySource,
+}
+
+/// Where a [`PseudonymKey`]'s HMAC key comes from.
+enum KeySource {
+    /// Made up front.
+    Ready(ring::hmac::Key),
+    /// Derived on first use: most answers pseudonymize nothing (the safety net finds no
+    /// e-mail), and a derivation costs about as much as the safety net's scan of a small answer.
+    Lazy {
+        master: Arc<MasterKey>,
+        seller_id: String,
+        key: OnceLock<ring::hmac::Key>,
+    },
 }
 
 // === impl PseudonymKey ===
@@ -76,20 +90,38 @@ impl PseudonymKey {
     /// A key from raw bytes (at least 32 for full strength).
     pub fn from_bytes(bytes: &[u8]) -> PseudonymKey {
         PseudonymKey {
-            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, bytes),
+            key: KeySource::Ready(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, bytes)),
         }
     }
 
     /// The seller's key, derived from the master key (an HMAC under the master key's signing
     /// key, bound to the purpose `pii-pseudonym` and the seller id).
     pub fn derive(master: &MasterKey, seller_id: &str) -> PseudonymKey {
-        let tag = master.sign("pii-pseudonym", seller_id.as_bytes());
-        // `sign` returns base64url of the 32-byte tag; decoding our own output cannot fail, but
-        // fall back to the encoded bytes (same secret material) rather than panic.
-        let bytes = URL_SAFE_NO_PAD
-            .decode(&tag)
-            .unwrap_or_else(|_| tag.into_bytes());
-        PseudonymKey::from_bytes(&bytes)
+        PseudonymKey {
+            key: KeySource::Ready(derive_key(master, seller_id)),
+        }
+    }
+
+    /// [`PseudonymKey::derive`], done when the first value is pseudonymized (if ever).
+    pub fn derive_lazily(master: &Arc<MasterKey>, seller_id: &str) -> PseudonymKey {
+        PseudonymKey {
+            key: KeySource::Lazy {
+                master: Arc::clone(master),
+                seller_id: seller_id.to_string(),
+                key: OnceLock::new(),
+            },
+        }
+    }
+
+    fn hmac_key(&self) -> &ring::hmac::Key {
+        match &self.key {
+            KeySource::Ready(key) => key,
+            KeySource::Lazy {
+                master,
+                seller_id,
+                key,
+            } => key.get_or_init(|| derive_key(master, seller_id)),
+        }
     }
 
     /// `psn_` + base64url of the first 128 bits of HMAC-SHA256(key, category || 0 || normalized
@@ -97,7 +129,7 @@ impl PseudonymKey {
     /// leading `+`); postal code uppercased without spaces; names, companies, address lines and
     /// locations lowercased with runs of whitespace collapsed; everything else only trimmed.
     pub fn pseudonymize(&self, category: Category, value: &str) -> String {
-        let mut ctx = ring::hmac::Context::with_key(&self.key);
+        let mut ctx = ring::hmac::Context::with_key(self.hmac_key());
         ctx.update(category.as_str().as_bytes());
         ctx.update(&[0]);
         ctx.update(normalize(category, value).as_bytes());
@@ -113,6 +145,17 @@ impl std::fmt::Debug for PseudonymKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("PseudonymKey(**REDACTED**)")
     }
+}
+
+/// The HMAC key of [`PseudonymKey::derive`].
+fn derive_key(master: &MasterKey, seller_id: &str) -> ring::hmac::Key {
+    let tag = master.sign("pii-pseudonym", seller_id.as_bytes());
+    // `sign` returns base64url of the 32-byte tag; decoding our own output cannot fail, but
+    // fall back to the encoded bytes (same secret material) rather than panic.
+    let bytes = URL_SAFE_NO_PAD
+        .decode(&tag)
+        .unwrap_or_else(|_| tag.into_bytes());
+    ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes)
 }
 
 fn normalize(category: Category, value: &str) -> String {
@@ -225,5 +268,12 @@ mod tests {
             b.pseudonymize(Category::Email, v)
         );
         assert_eq!(format!("{a:?}"), "PseudonymKey(**REDACTED**)");
+        // Derived on first use, the same key.
+        let lazy = PseudonymKey::derive_lazily(&std::sync::Arc::new(master), "A1SELLER");
+        assert_eq!(
+            lazy.pseudonymize(Category::Email, v),
+            a.pseudonymize(Category::Email, v)
+        );
+        assert_eq!(format!("{lazy:?}"), "PseudonymKey(**REDACTED**)");
     }
 }

@@ -139,13 +139,20 @@ impl<'a> Stream<'a> {
         let mut escaped = false;
         loop {
             let rest = &self.src[self.pos..];
-            let Some(i) = rest
-                .iter()
-                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
-            else {
+            // The quote or backslash ends the run (SIMD search); a control byte before it is
+            // an error (a second, vectorized pass over the same run): every string of every
+            // answer goes through here, a byte-at-a-time test of three conditions cost more
+            // than the rest of the safety net.
+            let i = memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
+            // No early exit, so that it vectorizes; where the byte is matters only on error.
+            if rest[..i].iter().fold(false, |seen, &b| seen | (b < 0x20)) {
+                self.pos += rest[..i].iter().position(|&b| b < 0x20).unwrap_or(i);
+                return Err(self.syntax());
+            }
+            if i == rest.len() {
                 self.pos = self.src.len();
                 return Err(self.syntax());
-            };
+            }
             self.pos += i;
             match self.src[self.pos] {
                 b'"' => {

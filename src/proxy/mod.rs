@@ -325,7 +325,9 @@ impl Gateway {
             Err(ProxyError::AuditUnavailable)
         } else {
             tokio::select! {
-                r = tracing::Instrument::instrument(self.pipeline(req, &mut call.ctx), span.clone()) => r,
+                // Boxed: the pipeline's future is the request path's largest state (~10 KB),
+                // and unboxed it was copied whole at every hand-over up to hyper (issue 16).
+                r = tracing::Instrument::instrument(Box::pin(self.pipeline(req, &mut call.ctx)), span.clone()) => r,
                 () = self.drain.cut_signal() => Err(ProxyError::ShuttingDown),
             }
         };

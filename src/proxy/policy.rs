@@ -102,7 +102,7 @@ impl Gateway {
                 .ok_or(ProxyError::UnsafeResponse("error body not JSON"))?;
             return Ok(with_body(parts, out));
         }
-        let pseudonym = keys::PseudonymKey::derive(&self.master_key, "error-bodies");
+        let pseudonym = keys::PseudonymKey::derive_lazily(&self.master_key, "error-bodies");
         let keys = keys::Keys {
             pseudonym: &pseudonym,
             orders: &keys::NoOrderKeys,
@@ -134,7 +134,7 @@ impl Gateway {
         use crate::pii::{keys, transform};
         let policy = self.pii_policy();
         let seller_id = seller.map_or(APPLICATION_BUCKET, |s| s.selling_partner_id.as_str());
-        let pseudonym = keys::PseudonymKey::derive(&self.master_key, seller_id);
+        let pseudonym = keys::PseudonymKey::derive_lazily(&self.master_key, seller_id);
         let op_map = match op.pii_class() {
             crate::pii::Classification::Mapped(map) => map,
             // No buyer PII by declaration: only the safety net runs.

@@ -91,16 +91,35 @@ impl<T> Inspect<T> {
         while !data.is_empty() {
             let consumed = match &mut self.scan {
                 Scan::Done => return,
+                Scan::Head { buf } if buf.is_empty() => {
+                    // The common case: the whole head arrived in this read and is inspected
+                    // where it lies, without a copy.
+                    let take = data.len().min(MAX_HEAD + 1);
+                    match memchr::memmem::find(&data[..take], b"\r\n\r\n") {
+                        Some(pos) => {
+                            self.scan = self.after_head(&data[..pos + 4]);
+                            pos + 4
+                        }
+                        None => {
+                            buf.extend_from_slice(&data[..take]);
+                            if buf.len() > MAX_HEAD {
+                                self.scan = Scan::Done;
+                                return;
+                            }
+                            take
+                        }
+                    }
+                }
                 Scan::Head { buf } => {
                     let start = buf.len().saturating_sub(3);
                     let take = data.len().min(MAX_HEAD.saturating_sub(buf.len()) + 1);
                     buf.extend_from_slice(&data[..take]);
-                    match find(&buf[start..], b"\r\n\r\n") {
+                    match memchr::memmem::find(&buf[start..], b"\r\n\r\n") {
                         Some(pos) => {
                             let end = start + pos + 4;
                             let rest = buf.len() - end;
-                            let next = self.after_head(end);
-                            self.scan = next;
+                            let head = std::mem::take(buf);
+                            self.scan = self.after_head(&head[..end]);
                             take - rest
                         }
                         None if buf.len() > MAX_HEAD => {
@@ -162,12 +181,8 @@ impl<T> Inspect<T> {
         self.scan = Scan::Head { buf: Vec::new() };
     }
 
-    /// Decides the body framing of the head in `buf[..end]`.
-    fn after_head(&mut self, end: usize) -> Scan {
-        let Scan::Head { buf } = &self.scan else {
-            return Scan::Done;
-        };
-        let head = &buf[..end];
+    /// Decides the body framing of a complete request head.
+    fn after_head(&mut self, head: &[u8]) -> Scan {
         if head.starts_with(b"CONNECT ") {
             return Scan::Done;
         }
@@ -230,10 +245,6 @@ impl<T> Inspect<T> {
             None => self.scan = Scan::Done,
         }
     }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 fn trim(v: &[u8]) -> &[u8] {

@@ -399,7 +399,9 @@ fn service<H: Handler>(
             if let Some((client, peer)) = connect {
                 return Ok::<_, Infallible>(forward::connect(client, req, peer));
             }
-            Ok::<_, Infallible>(peers::call(&p, ip, h, req).await)
+            // Boxed: hyper moves the service's future into place (a copy of all of it); the
+            // request's state stays on the heap and only the pointer moves.
+            Ok::<_, Infallible>(Box::pin(peers::call(&p, ip, h, req)).await)
         }
     })
 }

@@ -264,18 +264,7 @@ impl PostgresStore {
             .await
             .map_err(failed(OP))?
         {
-            let n = row.get::<_, i64>(1) as u64;
-            match row.get::<_, &str>(0) {
-                "active" => stats.active = n,
-                "held" => stats.held = n,
-                "deleted" => stats.deleted = n,
-                other => {
-                    return Err(StoreError::Corrupt {
-                        what: "retention record",
-                        detail: format!("unknown state {other:?}"),
-                    })
-                }
-            }
+            stats.set_state_count(row.get::<_, &str>(0), row.get::<_, i64>(1) as u64)?;
         }
         stats.overdue = tx
             .query_one(

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 #![allow(unreachable_pub)] // a test helper module is private to each test crate by construction
 
+pub mod pg;
 pub mod process;
 
 use std::sync::Arc;

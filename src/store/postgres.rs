@@ -1217,7 +1217,9 @@ fn is_transient(e: &tokio_postgres::Error) -> bool {
         // itself refused a value (a defect, not an outage).
         None => {
             let text = e.to_string();
-            !(text.starts_with("error serializing") || text.starts_with("error deserializing"))
+            !(text.starts_with("error serializing")
+                || text.starts_with("error deserializing")
+                || tls_refusal(e).is_some())
         }
         Some(code) => {
             let c = code.code();
@@ -1241,8 +1243,34 @@ fn describe(e: &tokio_postgres::Error) -> String {
             ),
             None => format!("server answered {}", db.code().code()),
         },
-        None => e.to_string(),
+        None => match tls_refusal(e) {
+            // The driver's own text says only "error performing TLS handshake".
+            Some(why) => format!(
+                "{e}: the server's certificate was refused ({why}): check [store] ca_file (the CA \
+                 that issued it) and that the URL's host is a name the certificate carries"
+            ),
+            None => e.to_string(),
+        },
     }
+}
+
+/// Why rustls refused the server's certificate (an unknown issuer, another host name, expired),
+/// if that is what made the connection fail: a setting to fix, not an outage to wait out.
+fn tls_refusal(e: &tokio_postgres::Error) -> Option<String> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = next {
+        // The TLS connector hands rustls's error over inside an `io::Error`.
+        let inner = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map_or(err, |i| i as &(dyn std::error::Error + 'static));
+        if let Some(rustls::Error::InvalidCertificate(why)) = inner.downcast_ref::<rustls::Error>()
+        {
+            return Some(format!("{why:?}"));
+        }
+        next = err.source();
+    }
+    None
 }
 
 /// Maps a driver error to [`StoreError::Postgres`] for operation `op`.
@@ -1265,7 +1293,9 @@ fn pool_failed(op: &'static str, e: &deadpool_postgres::PoolError) -> StoreError
     };
     StoreError::Postgres {
         op,
-        unavailable: true,
+        // A connection refused for a reason that waiting does not cure (a certificate, a
+        // password) is a defect of the settings, not an outage.
+        unavailable: !matches!(e, P::Backend(e) if !is_transient(e)),
         reason,
     }
 }

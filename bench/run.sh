@@ -24,6 +24,8 @@ BENCH_OUT="${BENCH_OUT:-$BENCH_DIR/results/latest.json}"
 BENCH_KEEP_WORKDIR="${BENCH_KEEP_WORKDIR:-0}"         # 1: keep the temp dir (logs, configs)
 BENCH_ENFORCE_TARGETS="${BENCH_ENFORCE_TARGETS:-0}"   # 1: exit non-zero when a target is missed
 BENCH_AUDIT="${BENCH_AUDIT:-1}"                       # 0: spgate keeps no audit log (its cost)
+BENCH_STORE="${BENCH_STORE:-embedded}"                # postgres: spgate serve on the postgres store
+BENCH_POSTGRES_URL="${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 SPGATE_BIN="${SPGATE_BIN:-}"                          # prebuilt spgate; default: cargo build --release
 BENCH_REF="${BENCH_REF:-}"                            # build this git ref instead of the work tree
 BENCH_TARGET_DIR="${BENCH_TARGET_DIR:-${CARGO_TARGET_DIR:-$REPO/target}}"
@@ -86,6 +88,7 @@ for r in $BENCH_RATES; do
     is_uint "$r" && ((r > 0 && r <= 200000)) || die "BENCH_RATES: bad rate '$r'"
 done
 [[ "$BENCH_NGINX_WORKERS" == auto ]] || is_uint "$BENCH_NGINX_WORKERS" || die "BENCH_NGINX_WORKERS: 'auto' or a number"
+[[ "$BENCH_STORE" == embedded || "$BENCH_STORE" == postgres ]] || die "BENCH_STORE: 'embedded' or 'postgres'"
 
 # ---- cleanup ---------------------------------------------------------------------------------
 WORK="$(mktemp -d /tmp/spgate-bench.XXXXXX)"
@@ -244,6 +247,9 @@ ACCESS_TOKEN="$(python3 -c 'import json,sys; print(json.load(sys.stdin)["access_
 
 AUDIT_ARGS=()
 [[ "$BENCH_AUDIT" == 0 ]] && AUDIT_ARGS=(--no-audit)
+if [[ "$BENCH_STORE" == postgres ]]; then
+    source "$BENCH_DIR/postgres-store.sh"
+else
 log "starting spgate: spgate demo --upstream $SANDBOX_URL ${AUDIT_ARGS[*]}"
 "$SPGATE_BIN" demo --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --upstream "$SANDBOX_URL" --data-dir "$WORK/spgate-data" "${AUDIT_ARGS[@]}" \
     >"$WORK/spgate.out" 2>"$WORK/spgate.err" &
@@ -254,6 +260,7 @@ SPGATE_URL="$(grep -Eo 'SPGATE_URL=[^ ]+' <<<"$EXPORT_LINE" | cut -d= -f2-)"
 SPGATE_KEY="$(grep -Eo 'SPGATE_KEY=[^ ]+' <<<"$EXPORT_LINE" | cut -d= -f2-)"
 SPGATE_SELLER="$(grep -Eo 'SPGATE_SELLER=[^ ]+' <<<"$EXPORT_LINE" | cut -d= -f2-)"
 log "spgate at $SPGATE_URL (pid $SPGATE_PID), seller $SPGATE_SELLER"
+fi
 
 NGINX_PORT="$(free_port)"
 NGINX_USER=""

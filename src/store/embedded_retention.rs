@@ -173,18 +173,7 @@ pub(super) fn retention_stats(
     let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
     for row in rows {
         let (state, n) = row?;
-        let n = n as u64;
-        match state.as_str() {
-            "active" => stats.active = n,
-            "held" => stats.held = n,
-            "deleted" => stats.deleted = n,
-            other => {
-                return Err(StoreError::Corrupt {
-                    what: "retention record",
-                    detail: format!("unknown state {other:?}"),
-                })
-            }
-        }
+        stats.set_state_count(&state, n as u64)?;
     }
     stats.overdue = c.query_row(
         "SELECT COUNT(*) FROM retention WHERE state <> 'deleted' AND purge_at <= ?1",

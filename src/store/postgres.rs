@@ -237,100 +237,109 @@ impl PostgresStore {
 
         let s = &dump.sellers;
         let ids = strings(&|i| s[i].selling_partner_id.clone(), s.len());
-        let inserted = tx
-            .execute(
-                "INSERT INTO sellers (selling_partner_id, region, marketplaces, refresh_token,
+        ImportKind {
+            name: "sellers",
+            rows: s.len(),
+            insert: "INSERT INTO sellers (selling_partner_id, region, marketplaces, refresh_token,
                      authorized_at, reauthorize_by, status)
                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[],
                      $6::int8[], $7::text[]) ON CONFLICT DO NOTHING",
-                &[
-                    &ids,
-                    &strings(&|i| s[i].region.as_str().to_string(), s.len()),
-                    &strings(&|i| list_value(&s[i].marketplaces), s.len()),
-                    &strings(&|i| s[i].refresh_token_sealed.clone(), s.len()),
-                    &s.iter().map(|x| x.authorized_at).collect::<Vec<_>>(),
-                    &s.iter().map(|x| x.reauthorize_by).collect::<Vec<_>>(),
-                    &strings(&|i| s[i].status.as_str().to_string(), s.len()),
-                ],
-            )
-            .await
-            .map_err(failed(OP))?;
-        let found = count(&tx, "sellers", "selling_partner_id = ANY($1)", &[&ids]).await?;
-        report
-            .kinds
-            .push(("sellers", counted(s.len(), inserted, found)));
+            found_in: "sellers WHERE selling_partner_id = ANY($1)",
+        }
+        .run(
+            &tx,
+            &mut report,
+            &[
+                &ids,
+                &strings(&|i| s[i].region.as_str().to_string(), s.len()),
+                &strings(&|i| list_value(&s[i].marketplaces), s.len()),
+                &strings(&|i| s[i].refresh_token_sealed.clone(), s.len()),
+                &s.iter().map(|x| x.authorized_at).collect::<Vec<_>>(),
+                &s.iter().map(|x| x.reauthorize_by).collect::<Vec<_>>(),
+                &strings(&|i| s[i].status.as_str().to_string(), s.len()),
+            ],
+            &[&ids],
+        )
+        .await?;
 
         let c = &dump.clients;
         let ids = strings(&|i| c[i].id.clone(), c.len());
-        let inserted = tx
-            .execute(
-                &format!(
-                    "INSERT INTO clients ({CLIENT_COLUMNS})
-                     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
-                         $5::text[], $6::text[], $7::int8[], $8::int8[]) ON CONFLICT DO NOTHING"
-                ),
-                &[
-                    &ids,
-                    &strings(&|i| c[i].tool.clone(), c.len()),
-                    &strings(&|i| c[i].role.clone(), c.len()),
-                    &strings(&|i| list_value(&c[i].sellers), c.len()),
-                    &strings(&|i| c[i].key_hash.clone(), c.len()),
-                    &strings(&|i| c[i].key_prefix.clone(), c.len()),
-                    &c.iter().map(|x| x.created_at).collect::<Vec<_>>(),
-                    &c.iter().map(|x| x.revoked_at).collect::<Vec<_>>(),
-                ],
-            )
-            .await
-            .map_err(failed(OP))?;
-        let found = count(&tx, "clients", "id = ANY($1)", &[&ids]).await?;
-        report
-            .kinds
-            .push(("clients", counted(c.len(), inserted, found)));
+        ImportKind {
+            name: "clients",
+            rows: c.len(),
+            insert: &format!(
+                "INSERT INTO clients ({CLIENT_COLUMNS})
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
+                     $5::text[], $6::text[], $7::int8[], $8::int8[]) ON CONFLICT DO NOTHING"
+            ),
+            found_in: "clients WHERE id = ANY($1)",
+        }
+        .run(
+            &tx,
+            &mut report,
+            &[
+                &ids,
+                &strings(&|i| c[i].tool.clone(), c.len()),
+                &strings(&|i| c[i].role.clone(), c.len()),
+                &strings(&|i| list_value(&c[i].sellers), c.len()),
+                &strings(&|i| c[i].key_hash.clone(), c.len()),
+                &strings(&|i| c[i].key_prefix.clone(), c.len()),
+                &c.iter().map(|x| x.created_at).collect::<Vec<_>>(),
+                &c.iter().map(|x| x.revoked_at).collect::<Vec<_>>(),
+            ],
+            &[&ids],
+        )
+        .await?;
 
         let d = &dump.drop_ins;
         let ids = strings(&|i| d[i].lwa_client_id.clone(), d.len());
-        let inserted = tx
-            .execute(
+        ImportKind {
+            name: "drop_ins",
+            rows: d.len(),
+            insert:
                 "INSERT INTO drop_in (lwa_client_id, secret_hash, refresh_hash, client_id, seller)
                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
                  ON CONFLICT DO NOTHING",
-                &[
-                    &ids,
-                    &strings(&|i| d[i].secret_hash.clone(), d.len()),
-                    &strings(&|i| d[i].refresh_hash.clone(), d.len()),
-                    &strings(&|i| d[i].client_id.clone(), d.len()),
-                    &strings(&|i| d[i].seller.clone(), d.len()),
-                ],
-            )
-            .await
-            .map_err(failed(OP))?;
-        let found = count(&tx, "drop_in", "lwa_client_id = ANY($1)", &[&ids]).await?;
-        report
-            .kinds
-            .push(("drop_ins", counted(d.len(), inserted, found)));
+            found_in: "drop_in WHERE lwa_client_id = ANY($1)",
+        }
+        .run(
+            &tx,
+            &mut report,
+            &[
+                &ids,
+                &strings(&|i| d[i].secret_hash.clone(), d.len()),
+                &strings(&|i| d[i].refresh_hash.clone(), d.len()),
+                &strings(&|i| d[i].client_id.clone(), d.len()),
+                &strings(&|i| d[i].seller.clone(), d.len()),
+            ],
+            &[&ids],
+        )
+        .await?;
 
         let v = &dump.invites;
         let ids = strings(&|i| v[i].id.clone(), v.len());
-        let inserted = tx
-            .execute(
-                "INSERT INTO invites (id, region, created_at, expires_at, used_at, seller)
+        ImportKind {
+            name: "invites",
+            rows: v.len(),
+            insert: "INSERT INTO invites (id, region, created_at, expires_at, used_at, seller)
                  SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[],
                      $6::text[]) ON CONFLICT DO NOTHING",
-                &[
-                    &ids,
-                    &strings(&|i| v[i].region.as_str().to_string(), v.len()),
-                    &v.iter().map(|x| x.created_at).collect::<Vec<_>>(),
-                    &v.iter().map(|x| x.expires_at).collect::<Vec<_>>(),
-                    &v.iter().map(|x| x.used_at).collect::<Vec<_>>(),
-                    &v.iter().map(|x| x.seller.clone()).collect::<Vec<_>>(),
-                ],
-            )
-            .await
-            .map_err(failed(OP))?;
-        let found = count(&tx, "invites", "id = ANY($1)", &[&ids]).await?;
-        report
-            .kinds
-            .push(("invites", counted(v.len(), inserted, found)));
+            found_in: "invites WHERE id = ANY($1)",
+        }
+        .run(
+            &tx,
+            &mut report,
+            &[
+                &ids,
+                &strings(&|i| v[i].region.as_str().to_string(), v.len()),
+                &v.iter().map(|x| x.created_at).collect::<Vec<_>>(),
+                &v.iter().map(|x| x.expires_at).collect::<Vec<_>>(),
+                &v.iter().map(|x| x.used_at).collect::<Vec<_>>(),
+                &v.iter().map(|x| x.seller.clone()).collect::<Vec<_>>(),
+            ],
+            &[&ids],
+        )
+        .await?;
 
         retention::import_vault(&tx, dump, &mut report).await?;
         tx.commit().await.map_err(failed(OP))?;
@@ -1082,28 +1091,46 @@ const MIGRATIONS: &[&str] = &["
     CREATE INDEX pseudonyms_order ON pseudonyms (seller, order_id);
 "];
 
-/// Source rows found in the target: `SELECT count(*) FROM table WHERE condition`.
-async fn count(
-    tx: &deadpool_postgres::Transaction<'_>,
-    table: &str,
-    condition: &str,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-) -> Result<u64, StoreError> {
-    let row = tx
-        .query_one(
-            &format!("SELECT count(*) FROM {table} WHERE {condition}"),
-            params,
-        )
-        .await
-        .map_err(failed("import"))?;
-    Ok(row.get::<_, i64>(0) as u64)
+/// One kind of rows of [`PostgresStore::import`].
+struct ImportKind<'a> {
+    /// Its name in the report.
+    name: &'static str,
+    /// Rows in the source.
+    rows: usize,
+    /// The insert (`ON CONFLICT DO NOTHING`: rows already there stay as they are).
+    insert: &'a str,
+    /// Where the source's rows are counted in the target: `table WHERE condition on the keys`.
+    found_in: &'a str,
 }
 
-fn counted(source: usize, inserted: u64, found: u64) -> super::copy::Counted {
-    super::copy::Counted {
-        source: source as u64,
-        inserted,
-        found,
+impl ImportKind<'_> {
+    /// Inserts `values`, counts the source's rows (`keys`) in the target, and adds the kind's
+    /// line to `report`.
+    async fn run(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        report: &mut super::copy::CopyReport,
+        values: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        keys: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<(), StoreError> {
+        let inserted = tx
+            .execute(self.insert, values)
+            .await
+            .map_err(failed("import"))?;
+        let found = tx
+            .query_one(&format!("SELECT count(*) FROM {}", self.found_in), keys)
+            .await
+            .map_err(failed("import"))?
+            .get::<_, i64>(0) as u64;
+        report.kinds.push((
+            self.name,
+            super::copy::Counted {
+                source: self.rows as u64,
+                inserted,
+                found,
+            },
+        ));
+        Ok(())
     }
 }
 
@@ -1217,7 +1244,9 @@ fn is_transient(e: &tokio_postgres::Error) -> bool {
         // itself refused a value (a defect, not an outage).
         None => {
             let text = e.to_string();
-            !(text.starts_with("error serializing") || text.starts_with("error deserializing"))
+            !(text.starts_with("error serializing")
+                || text.starts_with("error deserializing")
+                || tls_refusal(e).is_some())
         }
         Some(code) => {
             let c = code.code();
@@ -1241,8 +1270,34 @@ fn describe(e: &tokio_postgres::Error) -> String {
             ),
             None => format!("server answered {}", db.code().code()),
         },
-        None => e.to_string(),
+        None => match tls_refusal(e) {
+            // The driver's own text says only "error performing TLS handshake".
+            Some(why) => format!(
+                "{e}: the server's certificate was refused ({why}): check [store] ca_file (the CA \
+                 that issued it) and that the URL's host is a name the certificate carries"
+            ),
+            None => e.to_string(),
+        },
     }
+}
+
+/// Why rustls refused the server's certificate (an unknown issuer, another host name, expired),
+/// if that is what made the connection fail: a setting to fix, not an outage to wait out.
+fn tls_refusal(e: &tokio_postgres::Error) -> Option<String> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = next {
+        // The TLS connector hands rustls's error over inside an `io::Error`.
+        let inner = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map_or(err, |i| i as &(dyn std::error::Error + 'static));
+        if let Some(rustls::Error::InvalidCertificate(why)) = inner.downcast_ref::<rustls::Error>()
+        {
+            return Some(format!("{why:?}"));
+        }
+        next = err.source();
+    }
+    None
 }
 
 /// Maps a driver error to [`StoreError::Postgres`] for operation `op`.
@@ -1265,7 +1320,9 @@ fn pool_failed(op: &'static str, e: &deadpool_postgres::PoolError) -> StoreError
     };
     StoreError::Postgres {
         op,
-        unavailable: true,
+        // A connection refused for a reason that waiting does not cure (a certificate, a
+        // password) is a defect of the settings, not an outage.
+        unavailable: !matches!(e, P::Backend(e) if !is_transient(e)),
         reason,
     }
 }

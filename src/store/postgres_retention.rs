@@ -13,7 +13,7 @@
 
 use tokio_postgres::Row;
 
-use super::{failed, PostgresStore};
+use super::{failed, ImportKind, PostgresStore};
 use crate::store::retention::{record_from, record_json};
 use crate::store::{
     CacheEntry, KeyCreation, OrderKey, RetentionRecord, RetentionState, RetentionStats, Shredded,
@@ -264,18 +264,7 @@ impl PostgresStore {
             .await
             .map_err(failed(OP))?
         {
-            let n = row.get::<_, i64>(1) as u64;
-            match row.get::<_, &str>(0) {
-                "active" => stats.active = n,
-                "held" => stats.held = n,
-                "deleted" => stats.deleted = n,
-                other => {
-                    return Err(StoreError::Corrupt {
-                        what: "retention record",
-                        detail: format!("unknown state {other:?}"),
-                    })
-                }
-            }
+            stats.set_state_count(row.get::<_, &str>(0), row.get::<_, i64>(1) as u64)?;
         }
         stats.overdue = tx
             .query_one(
@@ -449,119 +438,110 @@ pub(super) async fn import_vault(
     dump: &crate::store::copy::Dump,
     report: &mut crate::store::copy::CopyReport,
 ) -> Result<(), StoreError> {
-    const OP: &str = "import";
     let text = |v: Vec<&str>| v.into_iter().map(str::to_string).collect::<Vec<String>>();
 
     let k = &dump.order_keys;
     let ids = text(k.iter().map(|x| x.key_id.as_str()).collect());
-    let inserted = tx
-        .execute(
-            &format!(
-                "INSERT INTO order_keys ({KEY_COLUMNS}) SELECT * FROM unnest($1::text[],
-                     $2::text[], $3::text[], $4::text[], $5::int8[]) ON CONFLICT DO NOTHING"
-            ),
-            &[
-                &ids,
-                &text(k.iter().map(|x| x.seller.as_str()).collect()),
-                &text(k.iter().map(|x| x.order_id.as_str()).collect()),
-                &text(k.iter().map(|x| x.wrapped.as_str()).collect()),
-                &k.iter().map(|x| x.created_at).collect::<Vec<_>>(),
-            ],
-        )
-        .await
-        .map_err(failed(OP))?;
-    let found = super::count(tx, "order_keys", "key_id = ANY($1)", &[&ids]).await?;
-    report
-        .kinds
-        .push(("order_keys", super::counted(k.len(), inserted, found)));
+    ImportKind {
+        name: "order_keys",
+        rows: k.len(),
+        insert: &format!(
+            "INSERT INTO order_keys ({KEY_COLUMNS}) SELECT * FROM unnest($1::text[],
+                 $2::text[], $3::text[], $4::text[], $5::int8[]) ON CONFLICT DO NOTHING"
+        ),
+        found_in: "order_keys WHERE key_id = ANY($1)",
+    }
+    .run(
+        tx,
+        report,
+        &[
+            &ids,
+            &text(k.iter().map(|x| x.seller.as_str()).collect()),
+            &text(k.iter().map(|x| x.order_id.as_str()).collect()),
+            &text(k.iter().map(|x| x.wrapped.as_str()).collect()),
+            &k.iter().map(|x| x.created_at).collect::<Vec<_>>(),
+        ],
+        &[&ids],
+    )
+    .await?;
 
     let r = &dump.retention;
     let sellers = text(r.iter().map(|x| x.seller.as_str()).collect());
     let orders = text(r.iter().map(|x| x.order_id.as_str()).collect());
     let json = r.iter().map(record_json).collect::<Result<Vec<_>, _>>()?;
-    let inserted = tx
-        .execute(
-            "INSERT INTO retention (seller, order_id, version, state, purge_at, record)
+    ImportKind {
+        name: "retention",
+        rows: r.len(),
+        insert: "INSERT INTO retention (seller, order_id, version, state, purge_at, record)
              SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::int8[],
                  $6::text[]) ON CONFLICT DO NOTHING",
-            &[
-                &sellers,
-                &orders,
-                &r.iter().map(|x| x.version as i64).collect::<Vec<_>>(),
-                &text(r.iter().map(|x| x.state.as_str()).collect()),
-                &r.iter().map(RetentionRecord::purge_at).collect::<Vec<_>>(),
-                &json,
-            ],
-        )
-        .await
-        .map_err(failed(OP))?;
-    let found = super::count(
+        found_in: "retention WHERE (seller, order_id) IN
+             (SELECT * FROM unnest($1::text[], $2::text[]))",
+    }
+    .run(
         tx,
-        "retention",
-        "(seller, order_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+        report,
+        &[
+            &sellers,
+            &orders,
+            &r.iter().map(|x| x.version as i64).collect::<Vec<_>>(),
+            &text(r.iter().map(|x| x.state.as_str()).collect()),
+            &r.iter().map(RetentionRecord::purge_at).collect::<Vec<_>>(),
+            &json,
+        ],
         &[&sellers, &orders],
     )
     .await?;
-    report
-        .kinds
-        .push(("retention", super::counted(r.len(), inserted, found)));
 
     let c = &dump.cache;
     let sellers = text(c.iter().map(|x| x.seller.as_str()).collect());
     let ids = text(c.iter().map(|x| x.cache_id.as_str()).collect());
-    let inserted = tx
-        .execute(
-            &format!(
-                "INSERT INTO pii_cache ({CACHE_COLUMNS}) SELECT * FROM unnest($1::text[],
-                     $2::text[], $3::text[], $4::text[], $5::bytea[], $6::int8[], $7::int8[])
-                 ON CONFLICT DO NOTHING"
-            ),
-            &[
-                &sellers,
-                &ids,
-                &text(c.iter().map(|x| x.order_id.as_str()).collect()),
-                &text(c.iter().map(|x| x.key_id.as_str()).collect()),
-                &c.iter().map(|x| x.sealed.clone()).collect::<Vec<_>>(),
-                &c.iter().map(|x| x.stored_at).collect::<Vec<_>>(),
-                &c.iter().map(|x| x.expires_at).collect::<Vec<_>>(),
-            ],
-        )
-        .await
-        .map_err(failed(OP))?;
-    let found = super::count(
+    ImportKind {
+        name: "pii_cache",
+        rows: c.len(),
+        insert: &format!(
+            "INSERT INTO pii_cache ({CACHE_COLUMNS}) SELECT * FROM unnest($1::text[],
+                 $2::text[], $3::text[], $4::text[], $5::bytea[], $6::int8[], $7::int8[])
+             ON CONFLICT DO NOTHING"
+        ),
+        found_in: "pii_cache WHERE (seller, cache_id) IN
+             (SELECT * FROM unnest($1::text[], $2::text[]))",
+    }
+    .run(
         tx,
-        "pii_cache",
-        "(seller, cache_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+        report,
+        &[
+            &sellers,
+            &ids,
+            &text(c.iter().map(|x| x.order_id.as_str()).collect()),
+            &text(c.iter().map(|x| x.key_id.as_str()).collect()),
+            &c.iter().map(|x| x.sealed.clone()).collect::<Vec<_>>(),
+            &c.iter().map(|x| x.stored_at).collect::<Vec<_>>(),
+            &c.iter().map(|x| x.expires_at).collect::<Vec<_>>(),
+        ],
         &[&sellers, &ids],
     )
     .await?;
-    report
-        .kinds
-        .push(("pii_cache", super::counted(c.len(), inserted, found)));
 
     let p = &dump.pseudonyms;
     let psns = text(p.iter().map(|x| x.0.as_str()).collect());
     let sellers = text(p.iter().map(|x| x.1.as_str()).collect());
     let orders = text(p.iter().map(|x| x.2.as_str()).collect());
-    let inserted = tx
-        .execute(
-            "INSERT INTO pseudonyms (pseudonym, seller, order_id)
+    ImportKind {
+        name: "pseudonyms",
+        rows: p.len(),
+        insert: "INSERT INTO pseudonyms (pseudonym, seller, order_id)
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
-            &[&psns, &sellers, &orders],
-        )
-        .await
-        .map_err(failed(OP))?;
-    let found = super::count(
-        tx,
-        "pseudonyms",
-        "(pseudonym, seller, order_id) IN
+        found_in: "pseudonyms WHERE (pseudonym, seller, order_id) IN
              (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))",
+    }
+    .run(
+        tx,
+        report,
+        &[&psns, &sellers, &orders],
         &[&psns, &sellers, &orders],
     )
     .await?;
-    report
-        .kinds
-        .push(("pseudonyms", super::counted(p.len(), inserted, found)));
     Ok(())
 }
 

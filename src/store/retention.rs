@@ -172,6 +172,27 @@ pub struct RetentionStats {
     pub next: Vec<RetentionRecord>,
 }
 
+// === impl RetentionStats ===
+
+impl RetentionStats {
+    /// Sets the count of records in `state` (its stored name) from a `GROUP BY state` row; a
+    /// state this version does not know is a corrupt store.
+    pub(crate) fn set_state_count(&mut self, state: &str, n: u64) -> Result<(), StoreError> {
+        match state {
+            "active" => self.active = n,
+            "held" => self.held = n,
+            "deleted" => self.deleted = n,
+            other => {
+                return Err(StoreError::Corrupt {
+                    what: "retention record",
+                    detail: format!("unknown state {other:?}"),
+                })
+            }
+        }
+        Ok(())
+    }
+}
+
 // === impl OrderKey ===
 
 impl std::fmt::Debug for OrderKey {

@@ -395,7 +395,13 @@ impl Vault {
                 created_at: now,
             };
             match self.store().create_order_key(&stored, &rec).await? {
-                KeyCreation::Created => return Ok(key),
+                KeyCreation::Created => {
+                    // An order seen again after its deletion, whose known delivery already puts
+                    // it past due, is deleted by the pass this wakes, not at the scheduler's next
+                    // regular wake-up (until then reports would count it overdue).
+                    self.nudge(rec.purge_at());
+                    return Ok(key);
+                }
                 KeyCreation::Exists(winner) => return self.unwrap(&winner),
                 KeyCreation::Conflict => continue,
             }

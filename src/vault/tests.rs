@@ -811,3 +811,51 @@ mod redis {
         assert!(a.cache_get("A1", "s").await.unwrap().is_some());
     }
 }
+
+#[tokio::test]
+async fn an_order_seen_again_past_its_due_date_wakes_the_scheduler_and_a_new_one_does_not() {
+    let f = embedded(RetentionConfig::defaults());
+    let woken = |v: &Vault| {
+        let v = v.clone();
+        async move {
+            tokio::time::timeout(Duration::from_millis(50), v.changed())
+                .await
+                .is_ok()
+        }
+    };
+    f.vault.order_key("A1", O1).await.unwrap();
+    assert!(
+        !woken(&f.vault).await,
+        "due in 30 days: nothing to wake for"
+    );
+
+    // Delivered 40 days ago: the delivery wakes the scheduler, whose pass deletes the order.
+    f.vault
+        .delivered("A1", O1, T0 - 40 * DAY, DeliverySource::Ops)
+        .await
+        .unwrap();
+    assert!(woken(&f.vault).await);
+    assert_eq!(f.vault.run_due(T0).await.unwrap().len(), 1);
+
+    // A tool fetches the order again: a fresh key, and the record is past due at once. The
+    // scheduler is woken, so reports do not count it overdue until its next regular wake-up.
+    f.clock.advance(Duration::from_secs(5));
+    f.vault.order_key("A1", O1).await.unwrap();
+    assert!(
+        woken(&f.vault).await,
+        "the re-seen order wakes the scheduler"
+    );
+    let stats = f
+        .store
+        .retention_stats(f.vault.now().unix_timestamp(), 0)
+        .await
+        .unwrap();
+    assert_eq!((stats.active, stats.overdue), (1, 1));
+    assert_eq!(f.vault.run_due(f.vault.now()).await.unwrap().len(), 1);
+    let stats = f
+        .store
+        .retention_stats(f.vault.now().unix_timestamp(), 0)
+        .await
+        .unwrap();
+    assert_eq!((stats.deleted, stats.overdue, stats.keys), (1, 0, 0));
+}

@@ -5,6 +5,7 @@
 #![allow(unreachable_pub)] // a test helper module is private to each test crate by construction
 
 pub mod cut;
+pub mod pg;
 pub mod process;
 
 use std::sync::Arc;

@@ -37,6 +37,23 @@ impl Drop for Reaper {
 /// read (and dropped) for as long as it runs. Panics (after killing it) if it is not ready
 /// within 20 s.
 pub fn spawn_ready(mut cmd: Command, ready: &str) -> Child {
+    let (mut child, rx) = spawn_piped(&mut cmd);
+    let deadline = Instant::now() + START_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(50)) {
+            if line.contains(ready) {
+                return child;
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("{} did not start", args(&cmd));
+}
+
+/// Starts `cmd` with its stdout and stderr read line by line, for as long as it runs, into the
+/// channel returned.
+fn spawn_piped(cmd: &mut Command) -> (Child, std::sync::mpsc::Receiver<String>) {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -57,17 +74,7 @@ pub fn spawn_ready(mut cmd: Command, ready: &str) -> Child {
                 .for_each(|l| drop(tx.send(l)))
         });
     }
-    let deadline = Instant::now() + START_TIMEOUT;
-    while Instant::now() < deadline {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(50)) {
-            if line.contains(ready) {
-                return child;
-            }
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("{} did not start", args(&cmd));
+    (child, rx)
 }
 
 /// Starts `cmd` with stdout and stderr into `log` and waits until `port` on 127.0.0.1 accepts.
@@ -107,4 +114,68 @@ pub fn output_ok(mut cmd: Command) -> String {
 fn args(cmd: &Command) -> String {
     let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy()).collect();
     format!("{args:?}")
+}
+
+/// A running child whose output lines can be awaited and counted (every line is kept).
+pub struct Logged {
+    /// The process.
+    pub child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: std::cell::RefCell<Vec<String>>,
+}
+
+impl Logged {
+    /// Starts `cmd` and waits (60 s at most) until a line contains `ready`.
+    pub fn spawn(mut cmd: Command, ready: &str) -> Logged {
+        let (child, lines) = spawn_piped(&mut cmd);
+        let logged = Logged {
+            child,
+            lines,
+            seen: std::cell::RefCell::new(Vec::new()),
+        };
+        logged.wait_for(ready, Duration::from_secs(60));
+        logged
+    }
+
+    /// Waits until a line (read now or before) contains `needle`; panics after `timeout`.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.seen.borrow().iter().any(|l| l.contains(needle)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line containing {needle:?}:\n{}",
+                self.seen.borrow().join("\n")
+            );
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(50)) {
+                self.seen.borrow_mut().push(line);
+            }
+        }
+    }
+
+    /// Lines read so far that contain `needle` (reading what is waiting first).
+    pub fn count(&self, needle: &str) -> usize {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.borrow_mut().push(line);
+        }
+        self.seen
+            .borrow()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// SIGKILL, and waits for the process to end.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

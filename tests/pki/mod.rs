@@ -63,6 +63,16 @@ impl Ca {
         )
     }
 
+    /// A server certificate for `names` only, written to `dir/<name>.{crt,key}`.
+    pub fn server_for(&self, dir: &Path, name: &str, names: &[&str]) -> Issued {
+        self.issue(
+            dir,
+            name,
+            names.iter().map(|n| n.to_string()).collect(),
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )
+    }
+
     /// A client certificate with common name `name`, written to `dir/<name>.{crt,key}`.
     pub fn client(&self, dir: &Path, name: &str) -> Issued {
         self.issue(dir, name, vec![], ExtendedKeyUsagePurpose::ClientAuth)

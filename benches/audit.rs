@@ -121,6 +121,7 @@ fn config(dir: &std::path::Path) -> AuditConfig {
         retain_days: 365,
         fsync: FsyncPolicy::Interval(Duration::from_secs(1)),
         queue_capacity: 65_536,
+        write_delay: Duration::from_millis(50),
         on_failure: spgate::audit::config::OnFailure::Refuse,
         alerts: AlertRules::default(),
     }

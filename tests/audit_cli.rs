@@ -439,3 +439,33 @@ fn report_counts_requests_denials_429s_pii_and_reveals_per_tool() {
         .sum();
     assert_eq!(total, 20, "{text}");
 }
+
+#[test]
+fn report_counts_a_document_download_once_though_it_has_a_start_and_an_end_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = ChainWriter::open(dir.path(), "gw1", KEY).unwrap();
+    let mut end = Record::request("req-doc")
+        .with_tool("labels")
+        .with_role("labels")
+        .with_seller("A1SELLERONE")
+        .with_status(200);
+    end.operation = Some(spgate::audit::record::Id::new("documents.download").unwrap());
+    let start = end
+        .clone()
+        .with_reason(spgate::audit::Reason::DOWNLOAD_STARTED);
+    end.completed = Some(true);
+    end.pii = vec![PiiUse {
+        category: Category::Address,
+        action: Action::Pass,
+    }];
+    let t0 = datetime!(2026-03-01 10:00 UTC);
+    w.append(t0, &start).unwrap();
+    w.append(t0 + time::Duration::seconds(1), &end).unwrap();
+    w.flush().unwrap();
+    drop(w);
+    let o = spgate(&["audit", "report", dir.path().to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["labels"]["requests"], 1, "{r}");
+    assert_eq!(r["labels"]["pii"], serde_json::json!({"address": 1}));
+}

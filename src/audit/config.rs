@@ -10,6 +10,7 @@
 //! fsync = "interval"                    # never | interval | always
 //! fsync_interval_ms = 1000
 //! queue_capacity = 65536
+//! write_delay_ms = 50                   # 1..=1000: how long an ordinary record may wait
 //! on_failure = "refuse"                 # refuse | serve_non_pii, while the log cannot be written
 //!
 //! [audit.alerts]
@@ -57,6 +58,10 @@ pub struct RawAudit {
     pub fsync_interval_ms: Option<u64>,
     /// Records waiting for the writer before `record` blocks.
     pub queue_capacity: Option<usize>,
+    /// How long a record nobody waits for may wait to be written, in ms (default 50): the
+    /// writer collects them over this window instead of waking per record. Records that are
+    /// waited for (buyer PII answers, reveals, admin actions) are written at once.
+    pub write_delay_ms: Option<u64>,
     /// `refuse` (default) or `serve_non_pii`: what the gateway does while the log cannot be
     /// written.
     pub on_failure: Option<String>,
@@ -109,6 +114,9 @@ pub struct AuditConfig {
     pub fsync: FsyncPolicy,
     /// Records waiting for the writer before `record` blocks.
     pub queue_capacity: usize,
+    /// How long a record nobody waits for may wait to be written (what a SIGKILL can lose of
+    /// them).
+    pub write_delay: Duration,
     /// What the gateway does while the log cannot be written.
     pub on_failure: OnFailure,
     /// Alert rules.
@@ -284,6 +292,10 @@ impl RawAudit {
                 "must be between 16 and 16777216".into(),
             );
         }
+        let write_delay_ms = self.write_delay_ms.unwrap_or(50);
+        if !(1..=1000).contains(&write_delay_ms) {
+            issue("audit.write_delay_ms", "must be between 1 and 1000".into());
+        }
         let on_failure = match self.on_failure.as_deref().unwrap_or("refuse") {
             "refuse" => OnFailure::Refuse,
             "serve_non_pii" => OnFailure::ServeNonPii,
@@ -342,6 +354,7 @@ impl RawAudit {
             retain_days,
             fsync,
             queue_capacity,
+            write_delay: Duration::from_millis(write_delay_ms),
             on_failure,
             alerts,
         })
@@ -373,6 +386,14 @@ mod tests {
         assert_eq!(c.instance, "gw-1-example-internal");
         assert_eq!(c.key.expose().len(), 36);
         assert!(!c.alerts.seller_denials && c.alerts.denial_burst.is_none());
+        assert_eq!(c.write_delay, Duration::from_millis(50));
+        assert_eq!(
+            resolve("write_delay_ms = 10").unwrap().write_delay,
+            Duration::from_millis(10)
+        );
+        for bad in ["write_delay_ms = 0", "write_delay_ms = 1001"] {
+            assert_eq!(resolve(bad).unwrap_err()[0].path, "audit.write_delay_ms");
+        }
     }
 
     #[test]

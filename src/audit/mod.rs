@@ -4,6 +4,7 @@
 //! - [`record`]: [`Record`], whose fields cannot hold a PII value, token, key or secret.
 //! - [`writer`]: [`Auditor`], the cheap handle the request path records through, and the
 //!   writer thread (batching, fsync policy, daily retention, alerts).
+//! - [`queue`]: the bounded queue to the writer thread, which wakes it only when it must act.
 //! - [`chain`]: the HMAC-keyed SHA-256 chain, daily files, the retention anchor, `verify`.
 //! - [`alerts`]: alert rules and the webhook.
 //! - [`query`]: reading chains back: time-ordered merge of every instance, filters, report.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod events;
 pub mod noise;
 pub mod query;
+mod queue;
 pub mod record;
 pub mod writer;
 

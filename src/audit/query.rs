@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use time::{Date, OffsetDateTime};
 
 use super::chain::{list_chains, ChainError, ChainFile};
-use super::record::Kind;
+use super::record::{Kind, Reason};
 use crate::pii::Category;
 
 /// Why a query failed.
@@ -408,6 +408,10 @@ pub fn report(
             let s = out.entry(tool.to_string()).or_default();
             if kind == "reveal" {
                 s.reveals += 1;
+                continue;
+            }
+            if v.reason.as_deref() == Some(Reason::DOWNLOAD_STARTED.as_str()) {
+                // A download is counted once, by the record of its end.
                 continue;
             }
             s.requests += 1;

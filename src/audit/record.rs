@@ -411,6 +411,9 @@ impl Reason {
     pub const ALERT_DENIAL_BURST: Reason = Reason::from_static("denial_burst");
     /// Alert: a role received a PII category it never received before.
     pub const ALERT_NEW_PII_CATEGORY: Reason = Reason::from_static("new_pii_category");
+    /// A document download's start record (written durably before its first byte; the
+    /// download's own record follows when the stream ends).
+    pub const DOWNLOAD_STARTED: Reason = Reason::from_static("download_started");
     /// Records adopted after an abrupt stop (`AuditStarted`).
     pub const RECOVERED: Reason = Reason::from_static("recovered_after_abrupt_stop");
 

@@ -6,13 +6,15 @@
 //! until the record has been handed to the kernel (for responses carrying buyer PII and for
 //! admin and security actions): a SIGKILL after the answer cannot lose it.
 //!
-//! A dedicated thread takes records off the queue in batches, stamps them with its clock,
-//! appends them to the chain, evaluates the alert rules, and writes the batch to the OS in one
-//! `write(2)`. While records flow it wakes every 50 ms and writes what came (senders of ordinary
-//! records never wake it: at 1,000 req/s a wake-up costs more CPU than the records it writes); a
-//! durable record, a flush or a shutdown wakes it, and the batch (group commit) is written ~1 ms
-//! later with every record that joined it. The head file moves lazily (with each fsync, at most once a second, and at
-//! shutdown), never per batch.
+//! A dedicated thread takes records off the queue ([`super::queue`]) in batches, stamps them
+//! with its clock, appends them to the chain, evaluates the alert rules, and writes the batch to
+//! the OS in one `write(2)`. Ordinary records wait for the write window (`write_delay_ms`,
+//! default 50 ms, from the first record queued, or from the previous write while records flow)
+//! without waking the writer: at 1,000 req/s a wake-up costs more CPU than the records it
+//! writes. A durable record, a flush or a shutdown wakes it, and the batch (group commit) is
+//! written ~1 ms later with every record that joined it; so does a full batch (4,096 records,
+//! or half the queue). The head file moves lazily (with each fsync, at most once a second, and
+//! at shutdown), never per batch.
 //!
 //! **When the queue is full** the caller blocks until the writer makes room (counted in
 //! `spgate_audit_records_blocked_total`). **When a write fails** (disk full, read-only) the
@@ -23,9 +25,9 @@
 //! the auditor is available again. A process that stopped abruptly leaves a `gap` record too
 //! (`abrupt_stop`, count unknown), written when the chain is resumed.
 
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +36,7 @@ use time::OffsetDateTime;
 use super::alerts::{Alerts, Webhook};
 use super::chain::{ChainError, ChainWriter};
 use super::config::{AuditConfig, FsyncPolicy, OnFailure};
+use super::queue::{Queue, Urgency};
 use super::record::{Kind, Reason, Record, Stamp};
 
 /// Where the writer's time comes from (tests inject a manual clock to rotate and expire files
@@ -130,16 +133,25 @@ type Ack = tokio::sync::oneshot::Sender<bool>;
 enum Msg {
     Record(Box<Record>, Option<Ack>),
     Flush(Ack),
-    Shutdown(tokio::sync::oneshot::Sender<()>),
+    /// Write everything, close the chain, tell the caller (none: every handle is gone).
+    Shutdown(Option<tokio::sync::oneshot::Sender<()>>),
 }
 
 impl Counters {
     /// The writer thread is gone (it panicked): the log is stopped and failing, so readiness
-    /// is 503 and requests are refused by `on_failure`.
-    fn writer_died(&self) {
+    /// is 503 and requests are refused by `on_failure`. The queue is closed; the records still
+    /// in it are counted as lost (their durable callers are told), as is every one after.
+    fn writer_died(&self, queue: &Queue<Msg>) {
         self.stopped.store(true, Ordering::Relaxed);
+        let mut left = VecDeque::new();
+        queue.close(&mut left);
+        let lost = left.iter().filter(|m| matches!(m, Msg::Record(..))).count() as u64;
+        self.lost.fetch_add(lost, Ordering::Relaxed);
+        self.unrecorded.fetch_add(lost, Ordering::Relaxed);
+        drop(left);
         if !self.failing.swap(true, Ordering::Relaxed) {
             tracing::error!(
+                lost,
                 "The audit writer thread died: nothing more can be recorded; the gateway refuses."
             );
         }
@@ -165,15 +177,23 @@ struct Counters {
 }
 
 struct Inner {
-    tx: Option<SyncSender<Msg>>,
-    /// The writer thread: woken by durable records while it polls.
-    writer: Option<std::thread::Thread>,
+    /// The queue to the writer thread (none when the log is off).
+    queue: Option<Arc<Queue<Msg>>>,
     noise: Arc<super::noise::Noise>,
     instance: String,
     on_failure: OnFailure,
     counters: Arc<Counters>,
     /// Sees every record as it is queued (the admin console's live statistics).
     tap: std::sync::OnceLock<Tap>,
+}
+
+impl Drop for Inner {
+    /// Every handle is gone without a shutdown: the writer writes what it has and stops.
+    fn drop(&mut self) {
+        if let Some(queue) = &self.queue {
+            let _ = queue.push(Msg::Shutdown(None), Urgency::Control);
+        }
+    }
 }
 
 /// A function that sees every record as it is queued.
@@ -241,11 +261,12 @@ impl Auditor {
             config.alerts.clone(),
             Some((seen_file, config.key.expose().as_slice())),
         );
-        let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
+        let queue = Arc::new(Queue::new(config.queue_capacity, BATCH));
         let noise = Arc::new(super::noise::Noise::new());
         let mut writer = Writer {
             chain,
-            rx,
+            queue: queue.clone(),
+            window: config.write_delay,
             clock,
             fsync: config.fsync,
             retain_days: config.retain_days,
@@ -264,23 +285,23 @@ impl Auditor {
             instance: config.instance.clone(),
         };
         writer.started();
-        let thread = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name(format!("audit-{}", config.instance))
             .spawn({
                 let counters = counters.clone();
+                let queue = queue.clone();
                 move || {
                     // A writer that dies must not leave the gateway serving without a log.
                     let run = std::panic::AssertUnwindSafe(move || writer.run());
                     if std::panic::catch_unwind(run).is_err() {
-                        counters.writer_died();
+                        counters.writer_died(&queue);
                     }
                 }
             })
             .map_err(AuditError::Thread)?;
         Ok(Auditor {
             inner: Arc::new(Inner {
-                tx: Some(tx),
-                writer: Some(thread.thread().clone()),
+                queue: Some(queue),
                 noise,
                 instance: config.instance.clone(),
                 on_failure: config.on_failure,
@@ -294,8 +315,7 @@ impl Auditor {
     pub fn disabled() -> Auditor {
         Auditor {
             inner: Arc::new(Inner {
-                tx: None,
-                writer: None,
+                queue: None,
                 noise: Arc::new(super::noise::Noise::new()),
                 instance: String::new(),
                 on_failure: OnFailure::Refuse,
@@ -307,7 +327,7 @@ impl Auditor {
 
     /// Whether records are written at all.
     pub fn enabled(&self) -> bool {
-        self.inner.tx.is_some()
+        self.inner.queue.is_some()
     }
 
     /// The instance whose chain this writes.
@@ -324,15 +344,13 @@ impl Auditor {
     /// other records of a ~1 ms batch). `Err` when it could not be written: the caller must not
     /// answer as if it had been (a disabled auditor always succeeds).
     pub async fn record_durable(&self, record: Record) -> Result<(), Unrecorded> {
-        if self.inner.tx.is_none() {
+        if self.inner.queue.is_none() {
             return Ok(());
         }
         let (ack, done) = tokio::sync::oneshot::channel();
         if !self.enqueue(record, Some(ack)) {
             return Err(Unrecorded);
         }
-        // While records flow, the writer sleeps up to ASYNC_DELAY: this one is waited for.
-        self.wake_writer();
         match done.await {
             Ok(true) => Ok(()),
             _ => Err(Unrecorded),
@@ -344,45 +362,45 @@ impl Auditor {
         self.inner.tap.set(tap).is_ok()
     }
 
-    /// Wakes the writer from its sleep between rounds (something is waited for).
-    fn wake_writer(&self) {
-        if let Some(writer) = &self.inner.writer {
-            writer.unpark();
-        }
-    }
-
-    /// Returns false if the record was lost (writer stopped).
+    /// Returns false if the record was lost (the writer stopped: counted, and a durable
+    /// caller is told).
     fn enqueue(&self, record: Record, ack: Option<Ack>) -> bool {
-        let Some(tx) = &self.inner.tx else {
+        let Some(queue) = &self.inner.queue else {
             return true;
         };
         if let Some(tap) = self.inner.tap.get() {
             tap(&record);
         }
         let c = &self.inner.counters;
-        let msg = Msg::Record(Box::new(record), ack);
-        let lost = c.stopped.load(Ordering::Relaxed)
-            || match tx.try_send(msg) {
-                Ok(()) => false,
-                Err(TrySendError::Full(msg)) => {
+        let urgency = if ack.is_some() {
+            Urgency::Waited
+        } else {
+            Urgency::Lazy
+        };
+        match queue.push(Msg::Record(Box::new(record), ack), urgency) {
+            Ok(waited) => {
+                if waited {
                     c.blocked.fetch_add(1, Ordering::Relaxed);
-                    let gone = tx.send(msg).is_err();
-                    if gone {
-                        c.writer_died();
-                    }
-                    gone
                 }
-                Err(TrySendError::Disconnected(_)) => {
-                    c.writer_died();
-                    true
-                }
-            };
-        if lost {
-            c.lost.fetch_add(1, Ordering::Relaxed);
-            c.unrecorded.fetch_add(1, Ordering::Relaxed);
-            tracing::error!("An audit record was lost: the audit writer has stopped.");
+                true
+            }
+            // Dropped with its ack: a durable caller hears it was not written.
+            Err(_) => {
+                c.lost.fetch_add(1, Ordering::Relaxed);
+                c.unrecorded.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("An audit record was lost: the audit writer has stopped.");
+                false
+            }
         }
-        !lost
+    }
+
+    /// Queues a flush or the shutdown (never waits for room); false when the writer has
+    /// stopped.
+    fn control(&self, msg: Msg) -> bool {
+        self.inner
+            .queue
+            .as_ref()
+            .is_some_and(|q| q.push(msg, Urgency::Control).is_ok())
     }
 
     /// Requests refused before authentication: aggregated per address and minute (see
@@ -413,20 +431,6 @@ impl Auditor {
         self.inner.counters.draining.load(Ordering::Relaxed)
     }
 
-    async fn ask(&self, make: impl FnOnce(tokio::sync::oneshot::Sender<()>) -> Msg) {
-        let Some(tx) = self.inner.tx.clone() else {
-            return;
-        };
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        let msg = make(done_tx);
-        // `send` may block while the queue is full: not on a runtime worker.
-        let sent = tokio::task::spawn_blocking(move || tx.send(msg).is_ok()).await;
-        if matches!(sent, Ok(true)) {
-            self.wake_writer();
-            let _ = done_rx.await;
-        }
-    }
-
     /// Waits until every record queued before this call is written through to the OS, and
     /// runs the writer's daily duties (retention) if the day changed.
     pub async fn flush(&self) {
@@ -437,15 +441,15 @@ impl Auditor {
     /// written (`Err` when a write failed since and no gap record has reported it yet). An
     /// admin or security action answers only after this (a disabled auditor always succeeds).
     pub async fn flushed(&self) -> Result<(), Unrecorded> {
-        let Some(tx) = self.inner.tx.clone() else {
+        if self.inner.queue.is_none() {
             return Ok(());
-        };
+        }
         let (ack, done) = tokio::sync::oneshot::channel();
-        // `send` may block while the queue is full: not on a runtime worker.
-        let sent = tokio::task::spawn_blocking(move || tx.send(Msg::Flush(ack)).is_ok()).await;
-        self.wake_writer();
-        match (sent, done.await) {
-            (Ok(true), Ok(true)) => Ok(()),
+        if !self.control(Msg::Flush(ack)) {
+            return Err(Unrecorded);
+        }
+        match done.await {
+            Ok(true) => Ok(()),
             _ => Err(Unrecorded),
         }
     }
@@ -472,8 +476,10 @@ impl Auditor {
     /// Returns how many records were lost without a `gap` record to say so (0: the log is
     /// complete); `serve` exits non-zero when it is not.
     pub async fn shutdown(&self) -> u64 {
-        if !self.inner.counters.stopped.load(Ordering::Relaxed) {
-            self.ask(Msg::Shutdown).await;
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        if self.control(Msg::Shutdown(Some(done_tx))) {
+            // The writer answers once everything before it is written and the chain released.
+            let _ = done.await;
         }
         self.inner.counters.unrecorded.load(Ordering::Relaxed)
     }
@@ -481,7 +487,7 @@ impl Auditor {
     /// Whether the writer is running and its last write succeeded (for readiness).
     pub fn healthy(&self) -> bool {
         let c = &self.inner.counters;
-        self.inner.tx.is_none()
+        self.inner.queue.is_none()
             || (!c.failing.load(Ordering::Relaxed) && !c.stopped.load(Ordering::Relaxed))
     }
 
@@ -503,7 +509,7 @@ impl Auditor {
             webhook_failures: get(&c.webhook_failures),
             files_expired: get(&c.files_expired),
             gaps: get(&c.gaps),
-            unavailable: self.inner.tx.is_some() && !self.healthy(),
+            unavailable: self.inner.queue.is_some() && !self.healthy(),
         }
     }
 
@@ -572,17 +578,13 @@ impl Auditor {
 
 // === the writer thread ===
 
-/// Records taken off the queue per batch (one write-through per batch).
+/// Records taken off the queue per batch (one write-through per batch); a sleeping writer is
+/// woken when this many wait (or half the queue, if smaller).
 const BATCH: usize = 4096;
 
-/// How long the writer lingers after a batch's first record for others to join it.
+/// How long the writer lingers after it is woken for a waited-for record, for others to join
+/// its write (group commit).
 const LINGER: Duration = Duration::from_millis(1);
-
-/// While records flow, the writer wakes this often and writes what came (a non-durable record
-/// waits at most about this long: SIGKILL loses at most this much of them, reported as an
-/// `abrupt_stop` gap on restart). Longer means fewer wake-ups per record (their CPU is most of
-/// the audit's cost at 1,000 req/s); durable records wake the writer at once.
-const ASYNC_DELAY: Duration = Duration::from_millis(50);
 
 /// How often the writer retries while writes fail.
 const RETRY: Duration = Duration::from_millis(100);
@@ -606,7 +608,11 @@ struct PendingGap {
 
 struct Writer {
     chain: ChainWriter,
-    rx: mpsc::Receiver<Msg>,
+    queue: Arc<Queue<Msg>>,
+    /// How long an ordinary record may wait to be written (`write_delay_ms`): SIGKILL loses
+    /// at most about this much of them (an `abrupt_stop` gap on restart). Longer means fewer
+    /// wake-ups per record, whose CPU is most of the audit's cost at 1,000 req/s.
+    window: Duration,
     clock: Arc<dyn Clock>,
     fsync: FsyncPolicy,
     retain_days: u32,
@@ -661,79 +667,32 @@ impl Writer {
     }
 
     fn run(mut self) {
-        // Whether the last round took records: while they flow the writer wakes on its own
-        // every ASYNC_DELAY (or when a durable record unparks it), so that senders of ordinary
-        // records never wake it (a wake per record would cost more than the record).
-        let mut active = false;
-        // Whether the last round left records in the queue (it took a full batch).
-        let mut backlog = false;
+        let mut taken = VecDeque::new();
+        // While records flow, the time of the last write: the next window starts there, so
+        // that senders of ordinary records never wake the writer.
+        let mut flowing = None;
         loop {
-            let polling = active;
-            let first = if polling {
-                if !backlog {
-                    let until = Instant::now() + ASYNC_DELAY;
-                    std::thread::park_timeout(ASYNC_DELAY);
-                    if Instant::now() < until {
-                        // Woken by a durable record: let its batch fill (group commit).
-                        std::thread::sleep(LINGER);
+            self.queue.wait_take(
+                &mut taken,
+                self.window,
+                flowing,
+                self.idle_timeout(),
+                LINGER,
+            );
+            let mut waiting = Vec::new();
+            let mut records = 0usize;
+            while let Some(msg) = taken.pop_front() {
+                match msg {
+                    Msg::Record(r, ack) => {
+                        records += 1;
+                        self.take(&r, ack);
                     }
-                }
-                self.rx.try_recv().ok()
-            } else {
-                let timeout = if self.gap.is_some() {
-                    RETRY
-                } else {
-                    match self.fsync {
-                        FsyncPolicy::Interval(i) if self.unsynced => {
-                            i.saturating_sub(self.last_sync.elapsed())
-                        }
-                        _ if self.unsynced => HEAD_INTERVAL,
-                        _ => SWEEP,
-                    }
-                };
-                match self.rx.recv_timeout(timeout) {
-                    Ok(m) => {
-                        if matches!(m, Msg::Record(..)) {
-                            // Group commit: let the batch fill for a moment.
-                            std::thread::sleep(LINGER);
-                        }
-                        Some(m)
-                    }
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => {
-                        // Every handle dropped without shutdown: write through what we have.
-                        self.stop();
+                    Msg::Flush(done) => waiting.push(done),
+                    Msg::Shutdown(done) => {
+                        self.stop(&mut taken, waiting, done);
                         return;
                     }
                 }
-            };
-            let mut waiting = Vec::new();
-            let mut shutdown = None;
-            let mut next = first;
-            let mut taken = 0;
-            while let Some(msg) = next.take() {
-                match msg {
-                    Msg::Record(r, ack) => self.take(&r, ack),
-                    Msg::Flush(done) => waiting.push(done),
-                    Msg::Shutdown(done) => {
-                        shutdown = Some(done);
-                        break;
-                    }
-                }
-                taken += 1;
-                if taken < BATCH {
-                    next = self.rx.try_recv().ok();
-                }
-            }
-            if let Some(done) = shutdown {
-                for w in waiting {
-                    let _ = w.send(self.gap.is_none());
-                }
-                self.stop();
-                // The chain (and its lock) is released before the caller hears back.
-                drop(self);
-                let _ = done.send(());
-                return;
             }
             self.housekeeping();
             if self.last_sweep.elapsed() >= SWEEP {
@@ -742,28 +701,46 @@ impl Writer {
                     self.write_record(&r);
                 }
             }
-            active = taken > 0;
-            backlog = taken >= BATCH;
             // Every round writes what it took: one write(2) per wake-up.
             self.end_batch();
             for w in waiting {
                 let _ = w.send(self.gap.is_none());
             }
+            flowing = (records > 0).then(Instant::now);
         }
     }
 
-    fn stop(&mut self) {
+    /// How long the writer sleeps with nothing queued: until the next retry, fsync or head
+    /// move, or the next look at the unauthenticated counts.
+    fn idle_timeout(&self) -> Duration {
+        if self.gap.is_some() {
+            return RETRY;
+        }
+        match self.fsync {
+            FsyncPolicy::Interval(i) if self.unsynced => i.saturating_sub(self.last_sync.elapsed()),
+            _ if self.unsynced => HEAD_INTERVAL,
+            _ => SWEEP,
+        }
+    }
+
+    /// Shuts down: closes the queue (a record queued from now on is counted as lost), writes
+    /// every message left in `rest` and still queued, the unauthenticated counts and
+    /// `audit_stopped`, syncs, releases the chain (and its lock), then answers the flushes and
+    /// the shutdown's caller.
+    fn stop(
+        mut self,
+        rest: &mut VecDeque<Msg>,
+        mut waiting: Vec<Ack>,
+        done: Option<tokio::sync::oneshot::Sender<()>>,
+    ) {
         self.counters.stopped.store(true, Ordering::Relaxed);
-        // Records queued behind the shutdown request are still written.
-        while let Ok(msg) = self.rx.try_recv() {
+        self.queue.close(rest);
+        let mut shutdowns = vec![done];
+        while let Some(msg) = rest.pop_front() {
             match msg {
                 Msg::Record(r, ack) => self.take(&r, ack),
-                Msg::Flush(w) => {
-                    let _ = w.send(false);
-                }
-                Msg::Shutdown(w) => {
-                    let _ = w.send(());
-                }
+                Msg::Flush(w) => waiting.push(w),
+                Msg::Shutdown(w) => shutdowns.push(w),
             }
         }
         for r in self.noise.take(true) {
@@ -775,6 +752,15 @@ impl Writer {
             if let Err(e) = self.chain.sync() {
                 self.failed(&e);
             }
+        }
+        let complete = self.gap.is_none();
+        // The chain (and its lock) is released before anyone hears back.
+        drop(self);
+        for w in waiting {
+            let _ = w.send(complete);
+        }
+        for done in shutdowns.into_iter().flatten() {
+            let _ = done.send(());
         }
     }
 

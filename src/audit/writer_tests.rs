@@ -21,6 +21,7 @@ fn config(dir: &Path) -> AuditConfig {
         retain_days: 365,
         fsync: FsyncPolicy::Interval(Duration::from_secs(1)),
         queue_capacity: 1024,
+        write_delay: Duration::from_millis(50),
         on_failure: crate::audit::config::OnFailure::Refuse,
         alerts: AlertRules::default(),
     }
@@ -307,17 +308,15 @@ async fn a_process_that_stopped_abruptly_leaves_a_gap_record() {
     assert_eq!(chain::verify(dir.path(), KEY).unwrap()[0].gaps.len(), 1);
 }
 
-/// A writer that is gone (its thread panicked, dropping the queue's receiver) leaves the log
-/// stopped and failing: readiness says 503 and durable records are refused, never dropped
-/// while the gateway keeps serving.
+/// A writer that is gone (its thread panicked) leaves the log stopped and failing: readiness
+/// says 503, durable records are refused, never dropped while the gateway keeps serving, and
+/// the records it left in the queue are counted as lost.
 #[tokio::test]
 async fn a_dead_writer_fails_closed() {
-    let (tx, rx) = mpsc::sync_channel(4);
-    drop(rx);
+    let queue = Arc::new(Queue::new(4, BATCH));
     let auditor = Auditor {
         inner: Arc::new(Inner {
-            tx: Some(tx),
-            writer: None,
+            queue: Some(queue.clone()),
             noise: Arc::new(crate::audit::noise::Noise::new()),
             instance: "dead".into(),
             on_failure: OnFailure::Refuse,
@@ -326,11 +325,73 @@ async fn a_dead_writer_fails_closed() {
         }),
     };
     assert!(auditor.healthy());
+    auditor.record(Record::request("queued-when-it-died"));
+    auditor.inner.counters.writer_died(&queue);
+    assert!(!auditor.healthy());
+    assert!(!auditor.available());
     assert!(auditor
         .record_durable(Record::new(Kind::AuditStopped))
         .await
         .is_err());
-    assert!(!auditor.healthy());
-    assert!(!auditor.available());
-    assert_eq!(auditor.metrics().lost, 1);
+    assert_eq!(auditor.metrics().lost, 2);
+    assert_eq!(auditor.shutdown().await, 2);
+}
+
+/// Records queued by other threads while the writer shuts down are either written before
+/// `audit_stopped` or counted as lost (and in `shutdown`'s answer): none disappears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_racing_the_shutdown_are_written_or_counted_never_silently_lost() {
+    for round in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let auditor = Auditor::start(&config(dir.path())).unwrap();
+        let senders: Vec<_> = (0..2)
+            .map(|t| {
+                let a = auditor.clone();
+                std::thread::spawn(move || {
+                    for i in 0..2000 {
+                        a.record(Record::request(&format!("race-{t}-{i}")));
+                    }
+                })
+            })
+            .collect();
+        let unrecorded = auditor.shutdown().await;
+        for s in senders {
+            s.join().unwrap();
+        }
+        let requests = kinds(dir.path())
+            .iter()
+            .filter(|k| k.as_str() == "request")
+            .count() as u64;
+        let lost = auditor.metrics().lost;
+        assert_eq!(requests + lost, 4000, "round {round}");
+        // What `shutdown` reported was lost before it returned; the rest came after it.
+        assert!(unrecorded <= lost, "round {round}");
+        assert_eq!(
+            kinds(dir.path()).last().map(String::as_str),
+            Some("audit_stopped")
+        );
+    }
+}
+
+#[tokio::test]
+async fn ordinary_records_wait_for_the_write_window_and_a_durable_one_takes_them_along() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    // A window longer than the test: only the durable record makes the writer write.
+    cfg.write_delay = Duration::from_secs(600);
+    let auditor = Auditor::start(&cfg).unwrap();
+    for i in 0..10 {
+        auditor.record(Record::request(&format!("lazy-{i}")));
+    }
+    auditor
+        .record_durable(Record::request("durable"))
+        .await
+        .unwrap();
+    // Written together, without a flush.
+    let requests = kinds(dir.path())
+        .iter()
+        .filter(|k| k.as_str() == "request")
+        .count();
+    assert_eq!(requests, 11);
+    auditor.shutdown().await;
 }

@@ -7,18 +7,20 @@
 //! - [`Drain`]: the requests in flight, and the signal that cuts them when the shutdown drain
 //!   times out (each answers 503 and is recorded as `shutdown` before the audit log closes).
 //! - [`DocumentBody`]: a report document's response body, recorded as `documents.download`
-//!   when the stream ends or is dropped: document id, the PII categories the redactor emitted
-//!   with the action applied, bytes sent (handed to the connection) and whether the stream
-//!   completed. It counts as in flight until then, and the drain's cut ends it (outcome
-//!   `shutdown`), so its record is written before the audit log closes. The cut records the
-//!   download itself rather than waiting for the body to be polled: a client that stopped
-//!   reading leaves its connection blocked on a full socket, and hyper polls no body then.
+//!   when the stream ends, is cut or is dropped: document id, the PII categories the redactor
+//!   emitted with the action applied, bytes sent (handed to the connection) and whether the
+//!   stream completed. It counts as in flight until then. Two cuts end it from outside, so that
+//!   a client that stopped reading (its connection blocked on a full socket: hyper polls no
+//!   body then) cannot keep it in flight, unrecorded, or hold the document host's connection:
+//!   the drain's (outcome `shutdown`, so its record is written
+//!   before the audit log closes) and its deadline, `[outbound] document_timeout_seconds` after
+//!   the download began (outcome `timeout`). A cut records the download with the bytes sent so
+//!   far and drops the document's stream at once; the body ends with an error when polled.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
@@ -62,7 +64,7 @@ impl Drain {
         self.cut.send_replace(true);
         let downloads = std::mem::take(&mut *lock(&self.downloads));
         for download in downloads.iter().filter_map(Weak::upgrade) {
-            download.finish(false, true);
+            download.cut(Outcome::Shutdown);
         }
     }
 
@@ -87,14 +89,6 @@ impl Drain {
     fn enter(&self) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight(self.in_flight.clone())
-    }
-
-    /// A future that completes when the drain cuts (owned, for bodies that outlive `handle`).
-    fn cut_future(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        let mut rx = self.cut.subscribe();
-        Box::pin(async move {
-            let _ = rx.wait_for(|c| *c).await;
-        })
     }
 }
 
@@ -174,10 +168,13 @@ impl Drop for Call<'_> {
     }
 }
 
-/// What a document download emitted, shared between the redactor and the body.
-#[derive(Default)]
+/// What a document download emitted, shared between the redactor and the body, and until when
+/// it may stream.
 pub(crate) struct Emitted {
     categories: Mutex<Vec<(Category, Action)>>,
+    /// `[outbound] document_timeout_seconds` after the download began: the whole stream ends
+    /// there, whether or not its client still reads.
+    deadline: tokio::time::Instant,
 }
 
 impl Emitted {
@@ -197,8 +194,15 @@ pub(crate) struct Noting {
 }
 
 impl Noting {
-    pub(crate) fn new(inner: Arc<dyn crate::documents::Redactor>) -> (Arc<Noting>, Arc<Emitted>) {
-        let emitted = Arc::new(Emitted::default());
+    /// Notes what `inner` emits for a download that may stream until `deadline`.
+    pub(crate) fn new(
+        inner: Arc<dyn crate::documents::Redactor>,
+        deadline: tokio::time::Instant,
+    ) -> (Arc<Noting>, Arc<Emitted>) {
+        let emitted = Arc::new(Emitted {
+            categories: Mutex::new(Vec::new()),
+            deadline,
+        });
         (
             Arc::new(Noting {
                 inner,
@@ -233,8 +237,23 @@ impl crate::documents::Redactor for Noting {
     }
 }
 
-/// A document download's record, finished exactly once: by the end of the stream, by the
-/// drain's cut, or when the body is dropped.
+/// How a download ended, for its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The whole document went out.
+    Completed,
+    /// The document host or the redaction failed mid-stream.
+    Failed,
+    /// The body was dropped before its end: the client went away (or, while unwinding, a
+    /// panic).
+    Dropped,
+    /// Cut by the gateway: the shutdown drain (`Shutdown`) or the download's deadline
+    /// (`Timeout`).
+    Cut(Outcome),
+}
+
+/// A document download's record, finished exactly once: by the end of the stream, by a cut
+/// (the drain's, or the deadline's), or when the body is dropped.
 struct Download {
     record: Mutex<Option<Record>>,
     /// Bytes handed to the connection so far.
@@ -242,20 +261,37 @@ struct Download {
     emitted: Arc<Emitted>,
     auditor: Auditor,
     in_flight: Mutex<Option<InFlight>>,
+    /// The document's stream until the download ends or is cut. A cut drops it at once (the
+    /// document host's connection closes even if the client never reads again) and the body
+    /// ends with an error when it is polled next.
+    inner: Mutex<Option<Body>>,
+    /// Why the stream was cut, for the error it ends with.
+    cut: Mutex<Option<Outcome>>,
+    /// The task polling the body, woken by a cut.
+    waker: Mutex<Option<Waker>>,
 }
 
 impl Download {
-    fn finish(&self, completed: bool, cut: bool) {
+    fn finish(&self, end: End) {
         let Some(mut r) = lock(&self.record).take() else {
             return;
         };
         r.bytes = Some(self.bytes.load(Ordering::Acquire));
-        r.completed = Some(completed);
-        if !completed && r.outcome == Some(Outcome::Answered) {
-            r.outcome = Some(if cut || self.auditor.draining() {
-                Outcome::Shutdown
-            } else {
-                Outcome::ClientClosed
+        r.completed = Some(end == End::Completed);
+        if end != End::Completed && r.outcome == Some(Outcome::Answered) {
+            r.outcome = Some(match end {
+                End::Cut(outcome) => outcome,
+                _ if std::thread::panicking() => Outcome::Panic,
+                _ if self.auditor.draining() => Outcome::Shutdown,
+                // Past the deadline the document host's own deadline may fail the stream first.
+                End::Failed if tokio::time::Instant::now() >= self.emitted.deadline => {
+                    Outcome::Timeout
+                }
+                End::Failed => {
+                    r.reason = Some(crate::audit::Reason::from_static("document_stream_failed"));
+                    Outcome::Answered
+                }
+                End::Completed | End::Dropped => Outcome::ClientClosed,
             });
         }
         r.pii = lock(&self.emitted.categories)
@@ -269,20 +305,39 @@ impl Download {
         // Recorded: no longer holds the drain.
         lock(&self.in_flight).take();
     }
+
+    /// Ends the download now (`outcome`: `shutdown` or `timeout`): records it with the bytes
+    /// sent so far and drops the document's stream, whether or not the body is polled again.
+    fn cut(&self, outcome: Outcome) {
+        lock(&self.cut).get_or_insert(outcome);
+        let stream = lock(&self.inner).take();
+        self.finish(End::Cut(outcome));
+        drop(stream);
+        if let Some(waker) = lock(&self.waker).take() {
+            waker.wake();
+        }
+    }
 }
 
-/// A document's response body that records the download when it ends, is cut by the drain
-/// or is dropped; in flight until then.
+/// A document's response body that records the download when it ends, is cut or is dropped;
+/// in flight until then. At its deadline it is cut (recorded `timeout`) even if its client has
+/// stopped reading and nothing polls it.
 pub(crate) struct DocumentBody {
-    inner: Body,
     download: Arc<Download>,
-    /// The drain's cut, until it fired (in a mutex only to be `Sync`; polled through
-    /// `get_mut`).
-    cut: Mutex<Option<Pin<Box<dyn Future<Output = ()> + Send>>>>,
+    /// The error after a cut has been returned: the stream is over.
+    ended: bool,
+    /// The deadline's timer task, stopped when the body goes.
+    timer: Option<tokio::task::AbortHandle>,
 }
+
+/// The error a document stream ends with when its deadline cuts it.
+#[derive(Debug, thiserror::Error)]
+#[error("the document download ran past its deadline and was cut")]
+pub(crate) struct StreamTimedOut;
 
 impl DocumentBody {
     /// Wraps `inner`; `record` is the request's record (status, tool, seller, document id).
+    /// Call within the runtime (the deadline's timer is a task).
     pub(crate) fn new(
         inner: Body,
         record: Record,
@@ -290,22 +345,41 @@ impl DocumentBody {
         auditor: Auditor,
         drain: &Drain,
     ) -> DocumentBody {
+        let deadline = emitted.deadline;
         let download = Arc::new(Download {
             record: Mutex::new(Some(record)),
             bytes: AtomicU64::new(0),
             emitted,
             auditor,
             in_flight: Mutex::new(Some(drain.enter())),
+            inner: Mutex::new(Some(inner)),
+            cut: Mutex::new(None),
+            waker: Mutex::new(None),
         });
         drain.register(&download);
         if drain.is_cut() {
             // Answered as the drain cut: this stream ends before its first byte.
-            download.finish(false, true);
+            download.cut(Outcome::Shutdown);
         }
+        let timer = {
+            let download = Arc::downgrade(&download);
+            tokio::spawn(async move {
+                tokio::time::sleep_until(deadline).await;
+                if let Some(download) = download.upgrade() {
+                    if lock(&download.record).is_some() {
+                        tracing::warn!(
+                            "A document download ran past document_timeout_seconds and was cut."
+                        );
+                    }
+                    download.cut(Outcome::Timeout);
+                }
+            })
+            .abort_handle()
+        };
         DocumentBody {
-            inner,
             download,
-            cut: Mutex::new(Some(drain.cut_future())),
+            ended: false,
+            timer: Some(timer),
         }
     }
 }
@@ -318,44 +392,69 @@ impl HttpBody for DocumentBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let cut = self.cut.get_mut().unwrap_or_else(|p| p.into_inner());
-        let Some(signal) = cut.as_mut() else {
-            // Cut before: the stream has ended with its error.
-            return Poll::Ready(None);
+        let this = &mut *self;
+        let download = &*this.download;
+        *lock(&download.waker) = Some(cx.waker().clone());
+        let mut inner = lock(&download.inner);
+        let Some(stream) = inner.as_mut() else {
+            drop(inner);
+            if std::mem::replace(&mut this.ended, true) {
+                return Poll::Ready(None);
+            }
+            // Cut: the client sees an aborted transfer, never a complete-looking document.
+            let err: BoxError = match *lock(&download.cut) {
+                Some(Outcome::Timeout) => Box::new(StreamTimedOut),
+                _ => Box::new(StreamCut),
+            };
+            return Poll::Ready(Some(Err(err)));
         };
-        if signal.as_mut().poll(cx).is_ready() {
-            *cut = None;
-            self.download.finish(false, true);
-            return Poll::Ready(Some(Err(Box::new(StreamCut))));
-        }
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let polled = Pin::new(stream).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    self.download
+                    download
                         .bytes
                         .fetch_add(data.len() as u64, Ordering::AcqRel);
                 }
             }
-            Poll::Ready(Some(Err(_))) => self.download.finish(false, false),
-            Poll::Ready(None) => self.download.finish(true, false),
+            Poll::Ready(Some(Err(_))) => {
+                inner.take();
+                this.ended = true;
+                drop(inner);
+                download.finish(End::Failed);
+            }
+            Poll::Ready(None) => {
+                inner.take();
+                this.ended = true;
+                drop(inner);
+                download.finish(End::Completed);
+            }
             Poll::Pending => {}
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match lock(&self.download.inner).as_ref() {
+            Some(stream) => stream.is_end_stream(),
+            None => self.ended,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        lock(&self.download.inner)
+            .as_ref()
+            .map(|s| s.size_hint())
+            .unwrap_or_default()
     }
 }
 
 impl Drop for DocumentBody {
     fn drop(&mut self) {
-        self.download.finish(false, false);
+        if let Some(timer) = self.timer.take() {
+            timer.abort();
+        }
+        self.download.finish(End::Dropped);
     }
 }
 
@@ -473,7 +572,9 @@ impl Gateway {
     }
 }
 
-/// Whether the response carries buyer PII the caller receives (any category not dropped).
+/// Whether the response may carry buyer PII the caller receives (any category not dropped):
+/// a success's fields, or Amazon's error text passed to a role that passes every category (see
+/// `note_free_text` in `policy.rs`). Such an answer is sent only once its record is written.
 pub(super) fn carries_pii(ctx: &Ctx) -> bool {
     ctx.pii.as_ref().is_some_and(|r| {
         r.returned
@@ -560,5 +661,147 @@ impl RequestIds {
             self.prefix,
             self.next.fetch_add(1, Ordering::Relaxed)
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::time::Duration;
+
+    /// A document stream: a first chunk, then what `then` does on every later poll.
+    struct Stream {
+        first: Option<bytes::Bytes>,
+        then: Then,
+    }
+
+    #[derive(Clone, Copy)]
+    enum Then {
+        Panic,
+        Fail,
+        Stall,
+    }
+
+    impl HttpBody for Stream {
+        type Data = bytes::Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<bytes::Bytes>, BoxError>>> {
+            if let Some(chunk) = self.first.take() {
+                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            }
+            match self.then {
+                Then::Panic => panic!("the redactor panicked (test)"),
+                Then::Fail => Poll::Ready(Some(Err("the document host failed (test)".into()))),
+                Then::Stall => Poll::Pending,
+            }
+        }
+    }
+
+    /// An auditor on a fresh directory, a drain, and a download body of `then` with `deadline`.
+    fn download(
+        then: Then,
+        deadline: Duration,
+    ) -> (tempfile::TempDir, Auditor, Arc<Drain>, DocumentBody) {
+        let dir = tempfile::tempdir().unwrap();
+        let auditor = Auditor::start(&crate::audit::AuditConfig {
+            dir: dir.path().to_path_buf(),
+            instance: "docs".into(),
+            key: crate::secret::Secret::new(b"synthetic-audit-key-0123456789abcdef".to_vec()),
+            retain_days: 365,
+            fsync: crate::audit::FsyncPolicy::Never,
+            queue_capacity: 1024,
+            write_delay: Duration::from_millis(50),
+            on_failure: crate::audit::OnFailure::Refuse,
+            alerts: crate::audit::AlertRules::default(),
+        })
+        .unwrap();
+        let drain = Arc::new(Drain::new());
+        let emitted = Arc::new(Emitted {
+            categories: Mutex::new(vec![(Category::Address, Action::Mask)]),
+            deadline: tokio::time::Instant::now() + deadline,
+        });
+        let inner = BodyExt::boxed(Stream {
+            first: Some(bytes::Bytes::from_static(b"order-id\tship-address\n")),
+            then,
+        });
+        let mut record = Record::request("req-doc").with_status(200);
+        record.outcome = Some(Outcome::Answered);
+        let body = DocumentBody::new(inner, record, emitted, auditor.clone(), &drain);
+        (dir, auditor, drain, body)
+    }
+
+    /// The download's record, once written.
+    async fn record(dir: &std::path::Path, auditor: &Auditor) -> serde_json::Value {
+        for _ in 0..200 {
+            auditor.flush().await;
+            let found = std::fs::read_dir(dir)
+                .unwrap()
+                .filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
+                .flat_map(|e| {
+                    std::fs::read_to_string(e.path())
+                        .unwrap()
+                        .lines()
+                        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                        .collect::<Vec<_>>()
+                })
+                .find(|r| r["request_id"] == "req-doc");
+            if let Some(r) = found {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the download was never recorded");
+    }
+
+    fn check(record: &serde_json::Value, outcome: &str, reason: Option<&str>) {
+        assert_eq!(record["outcome"], outcome, "{record:#}");
+        assert_eq!(record["completed"], false, "{record:#}");
+        assert_eq!(record["bytes"], 22, "{record:#}");
+        assert_eq!(record["reason"].as_str(), reason, "{record:#}");
+        assert_eq!(record["pii"][0]["category"], "address", "{record:#}");
+    }
+
+    #[tokio::test]
+    async fn a_panic_inside_a_download_body_is_recorded_as_a_panic() {
+        let (dir, auditor, drain, mut body) = download(Then::Panic, Duration::from_secs(600));
+        // Polled by a connection task, as hyper does: the panic unwinds it and drops the body.
+        let task = tokio::spawn(async move { while body.frame().await.is_some() {} });
+        assert!(task.await.unwrap_err().is_panic());
+        check(&record(dir.path(), &auditor).await, "panic", None);
+        assert_eq!(drain.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_document_stream_that_fails_is_recorded_as_failed_not_as_the_client_leaving() {
+        let (dir, auditor, drain, mut body) = download(Then::Fail, Duration::from_secs(600));
+        assert!(body.frame().await.unwrap().is_ok());
+        assert!(body.frame().await.unwrap().is_err());
+        check(
+            &record(dir.path(), &auditor).await,
+            "answered",
+            Some("document_stream_failed"),
+        );
+        assert_eq!(drain.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_download_nobody_reads_is_cut_at_its_deadline_and_recorded_as_a_timeout() {
+        let (dir, auditor, drain, mut body) = download(Then::Stall, Duration::from_millis(200));
+        // The client read the first chunk, then stopped reading: nothing polls the body.
+        assert!(body.frame().await.unwrap().is_ok());
+        assert_eq!(drain.in_flight(), 1);
+        check(&record(dir.path(), &auditor).await, "timeout", None);
+        assert_eq!(drain.in_flight(), 0);
+        // The document's stream is gone; polled again, the body ends with the cut's error.
+        assert!(lock(&body.download.inner).is_none());
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert!(err.is::<StreamTimedOut>(), "{err}");
+        assert!(body.frame().await.is_none());
     }
 }

@@ -359,9 +359,11 @@ impl Gateway {
         let ctx = &call.ctx;
         let outcome = match &result {
             Err(ProxyError::ShuttingDown) => crate::audit::Outcome::Shutdown,
-            Err(ProxyError::Upstream(UpstreamError::HeaderTimeout(_))) => {
-                crate::audit::Outcome::Timeout
-            }
+            // Amazon's answer, or the caller's request body, did not arrive in time.
+            Err(
+                ProxyError::Upstream(UpstreamError::HeaderTimeout(_))
+                | ProxyError::BodyRead(crate::server::peers::BodyReadError::Timeout(_)),
+            ) => crate::audit::Outcome::Timeout,
             _ => crate::audit::Outcome::Answered,
         };
         let mut resp = match result {
@@ -382,7 +384,8 @@ impl Gateway {
             )
         };
         let served = resp.status().is_success();
-        let durable = served && (reveal_path || carries_pii(&call.ctx));
+        // Any answer that may carry buyer PII (an error's words too) goes out only once recorded.
+        let durable = (served && reveal_path) || carries_pii(&call.ctx);
         // From here the record is in hand: dropping the future no longer loses it.
         call.recorded();
         match record {
@@ -392,7 +395,7 @@ impl Gateway {
                 // again when the stream ends: bytes, completion, categories emitted.
                 let start = r
                     .clone()
-                    .with_reason(crate::audit::Reason::from_static("download_started"));
+                    .with_reason(crate::audit::Reason::DOWNLOAD_STARTED);
                 if self.auditor.record_durable(start).await.is_err() {
                     call.ctx.document = None;
                     return span.in_scope(|| rescue::rescue(&ProxyError::AuditUnavailable));

@@ -463,6 +463,11 @@ impl Fetcher {
         }
     }
 
+    /// How long a download may take, body included (`document_timeout_seconds`).
+    pub fn document_timeout(&self) -> Duration {
+        self.config.document_timeout
+    }
+
     fn count(&self, refusal: bool, reason: &'static str) {
         bump(&self.counters, refusal, reason);
     }

@@ -45,7 +45,7 @@ impl Gateway {
                 .translated_to
                 .is_none_or(|wire| passes_every_category(wire, role));
         if !resp.status().is_success() {
-            return self.minimise_error(resp, op, role, passes_all).await;
+            return self.minimise_error(resp, op, role, passes_all, ctx).await;
         }
         let (parts, body) = resp.into_parts();
         if parts
@@ -63,10 +63,15 @@ impl Gateway {
             .apply_policy(&bytes, op, role, seller, params, ctx)
             .await?;
         // Errors inside a successful answer (partial results) are free text like an error
-        // answer's: their codes pass, their words only to a role that passes everything.
-        if mapped && !passes_all && memchr::memmem::find(&out, b"\"errors\"").is_some() {
-            if let Some(generic) = error_body::generic_errors_in(&out) {
-                out = generic;
+        // answer's: their codes pass, their words only to a role that passes everything (and
+        // then the answer may carry any category of the operation).
+        if mapped && memchr::memmem::find(&out, b"\"errors\"").is_some() {
+            if !passes_all {
+                if let Some(generic) = error_body::generic_errors_in(&out) {
+                    out = generic;
+                }
+            } else {
+                note_free_text(ctx, op, role);
             }
         }
         if let (Some((order_id, key)), Some(seller)) = (&ctx.cache, seller) {
@@ -82,14 +87,17 @@ impl Gateway {
     /// Amazon's errors may echo what was sent or found. Each error's `code` passes; `message`
     /// and `details` only for a role that passes every category of the operation (`passes_all`;
     /// of a translated call, of both operations), and then through the role's policy and the
-    /// safety net like a success (no keys: nothing is encrypted). Other roles get a generic
-    /// message for the code and no details ([`error_body::generic`]). Not JSON: withheld (502).
+    /// safety net like a success (no keys: nothing is encrypted), and the answer is taken to
+    /// carry every category of the operation (its record names them, and it goes out only once
+    /// recorded: [`note_free_text`]). Other roles get a generic message for the code and no
+    /// details ([`error_body::generic`]). Not JSON: withheld (502).
     pub(super) async fn minimise_error(
         &self,
         resp: Response<Body>,
         op: &'static Operation,
         role: &Role,
         passes_all: bool,
+        ctx: &mut Ctx,
     ) -> Result<Response<Body>, ProxyError> {
         use crate::pii::{keys, transform};
         let (parts, body) = resp.into_parts();
@@ -107,8 +115,11 @@ impl Gateway {
             pseudonym: &pseudonym,
             orders: &keys::NoOrderKeys,
         };
-        let (out, _) = transform::apply_bytes(op.key, role, &bytes, &[], &keys, &self.pii_policy())
-            .map_err(|_| ProxyError::UnsafeResponse("error body not JSON"))?;
+        let (out, report) =
+            transform::apply_bytes(op.key, role, &bytes, &[], &keys, &self.pii_policy())
+                .map_err(|_| ProxyError::UnsafeResponse("error body not JSON"))?;
+        ctx.pii = Some(report);
+        note_free_text(ctx, op, role);
         Ok(with_body(parts, out))
     }
 
@@ -244,6 +255,24 @@ fn passes_every_category(op: &Operation, role: &Role) -> bool {
         }
         Classification::NoPii(_) => true,
         Classification::Unclassified => false,
+    }
+}
+
+/// Amazon's free text (error messages and details) reached a role that passes every category
+/// of the operation: it may echo any of them (of both operations of a translated call), so the
+/// answer counts as carrying each, with the role's action. Its record names them, and it goes
+/// out only once recorded ([`super::accounting::carries_pii`]).
+fn note_free_text(ctx: &mut Ctx, op: &'static Operation, role: &Role) {
+    use crate::pii::{Category, Classification};
+    let report = ctx.pii.get_or_insert_with(Default::default);
+    for op in std::iter::once(op).chain(ctx.translated_to) {
+        let Classification::Mapped(map) = op.pii_class() else {
+            continue;
+        };
+        let document = (!map.links.is_empty()).then_some(Category::Document);
+        for c in map.categories().into_iter().chain(document) {
+            report.returned.entry(c).or_insert_with(|| role.action(c));
+        }
     }
 }
 

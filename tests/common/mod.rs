@@ -98,6 +98,17 @@ pub fn all_pass_role(name: &str) -> String {
     format!("[roles.{name}.pii]\n{cats}\n")
 }
 
+/// A sandbox script answering `status` with `body`, at once, every time.
+pub fn scripted(status: http::StatusCode, body: String) -> spgate::sandbox::Script {
+    spgate::sandbox::Script {
+        status,
+        headers: vec![],
+        body: spgate::sandbox::ScriptBody::Bytes(Bytes::from(body)),
+        header_delay: Duration::ZERO,
+        times: None,
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {
@@ -405,6 +416,25 @@ impl TestGateway {
     pub async fn get(&self, path: &str) -> Reply {
         self.call(self.request(Method::GET, path).body(empty()).unwrap())
             .await
+    }
+
+    /// A GET for the test seller as the tool whose API key is `key`.
+    pub async fn get_as(&self, key: &str, path: &str) -> Reply {
+        let req = Request::get(format!("{}{path}", self.url))
+            .header("authorization", format!("Bearer {key}"))
+            .header("x-spgate-seller", SELLER)
+            .body(empty())
+            .unwrap();
+        self.call(req).await
+    }
+
+    /// The API key of a new tool `tool` with `role`, for the test seller.
+    pub async fn tool_key(&self, tool: &str, role: &str) -> String {
+        let created =
+            caller::create_client(&*self.store, tool, role, vec![SELLER.into()], 1_700_000_000)
+                .await
+                .unwrap();
+        created.key.expose().clone()
     }
 
     /// Stops the gateway and waits for it to drain.

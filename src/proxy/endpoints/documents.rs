@@ -224,8 +224,10 @@ impl Gateway {
         let role = self.roles.get(&caller.client.role).clone();
         let policy = RolePolicy::new(role, &self.master_key, &claims.seller_id);
         // Audited by `handle` when the stream ends: the categories the redactor emitted. Set
-        // before the fetch, so that a record of a download cut short names it too.
-        let (policy, emitted) = accounting::Noting::new(policy);
+        // before the fetch, so that a record of a download cut short names it too. The whole
+        // download, body included, ends at the deadline.
+        let deadline = tokio::time::Instant::now() + self.outbound.document_timeout();
+        let (policy, emitted) = accounting::Noting::new(policy, deadline);
         ctx.upstream_called = true;
         ctx.document = Some((claims.document_id.clone(), emitted));
         // Only https to Amazon's document hosts, public addresses, no redirects.

@@ -1,0 +1,312 @@
+//! [`Queue`]: the bounded queue between the [`Auditor`](super::Auditor) handles and the writer
+//! thread. One mutex over a list of messages, and two conditions: the writer's, and room for
+//! the senders of a full queue.
+//!
+//! The writer is woken only when it must act: for a message someone waits for (a durable
+//! record, a flush, the shutdown: [`Urgency::Waited`], [`Urgency::Control`]), for the first
+//! record into a queue it sleeps idle on (that record starts a write window), and when a
+//! batch's worth of records is waiting. Other records join the list without a wake-up: while
+//! records flow the writer wakes once per window on its own and takes what came (at 1,000
+//! records a second a wake-up per record costs more CPU than writing the record).
+//!
+//! Closing is atomic with taking what is left ([`Queue::close`]): once closed, every push
+//! fails and its sender counts the record as lost, so no record slips in between the writer's
+//! last look and its exit.
+
+use std::collections::VecDeque;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// How soon a message needs the writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Urgency {
+    /// Written within the write window; the writer is not woken for it (unless it is the
+    /// first record into an idle queue, or completes a batch).
+    Lazy,
+    /// Someone waits for it to be written: the writer is woken at once.
+    Waited,
+    /// Like `Waited`, and never waits for room: a flush or the shutdown (tiny, and ordered
+    /// behind every record queued before it, full queue or not).
+    Control,
+}
+
+/// The queue. Its senders are the auditor's handles, its one receiver the writer thread.
+pub(super) struct Queue<T> {
+    state: Mutex<State<T>>,
+    /// The writer sleeps here.
+    writer: Condvar,
+    /// Senders wait here while the queue is full.
+    room: Condvar,
+    /// Records (not control messages) queued before a sender waits for room.
+    capacity: usize,
+    /// Queued messages at which a sleeping writer is woken before its window ends, and the
+    /// most it takes per round (one write).
+    batch: usize,
+}
+
+struct State<T> {
+    items: VecDeque<T>,
+    /// Something queued is waited for: the writer writes now.
+    urgent: bool,
+    /// How the writer sleeps, if it does.
+    sleep: Sleep,
+    /// The writer has stopped taking messages.
+    closed: bool,
+    /// Senders waiting for room.
+    waiting: usize,
+}
+
+/// The writer's state as the senders see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sleep {
+    /// Working, or already woken: nobody needs to notify it.
+    Awake,
+    /// Asleep until its write window ends: woken only for an urgent message or a full batch.
+    Window,
+    /// Asleep with nothing queued: the next message wakes it.
+    Idle,
+}
+
+/// Why [`Queue::wait_take`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Woken {
+    /// An urgent message, or a full batch: after the linger.
+    Urgent,
+    /// The write window ended (with or without records).
+    Window,
+    /// The idle timeout passed with nothing queued.
+    Timeout,
+}
+
+impl<T> Queue<T> {
+    /// A queue of `capacity` records; a writer woken per `batch` records at most.
+    pub(super) fn new(capacity: usize, batch: usize) -> Queue<T> {
+        let capacity = capacity.max(1);
+        Queue {
+            state: Mutex::new(State {
+                items: VecDeque::new(),
+                urgent: false,
+                sleep: Sleep::Awake,
+                closed: false,
+                waiting: 0,
+            }),
+            writer: Condvar::new(),
+            room: Condvar::new(),
+            capacity,
+            // A full queue must wake the writer before its window ends: its senders wait.
+            batch: batch.clamp(1, (capacity / 2).max(1)),
+        }
+    }
+
+    /// Queues `item`. While the queue holds `capacity` items a record waits for room (`Ok(true)`:
+    /// it waited). `Err` gives the item back when the queue is closed.
+    pub(super) fn push(&self, item: T, urgency: Urgency) -> Result<bool, T> {
+        let mut s = self.lock();
+        if s.closed {
+            return Err(item);
+        }
+        let mut waited = false;
+        if urgency != Urgency::Control {
+            while s.items.len() >= self.capacity {
+                waited = true;
+                if s.sleep != Sleep::Awake {
+                    // The writer makes room only once awake.
+                    s.sleep = Sleep::Awake;
+                    self.writer.notify_one();
+                }
+                s.waiting += 1;
+                s = self.room.wait(s).unwrap_or_else(|p| p.into_inner());
+                s.waiting -= 1;
+                if s.closed {
+                    return Err(item);
+                }
+            }
+        }
+        s.items.push_back(item);
+        let urgent = urgency != Urgency::Lazy;
+        s.urgent |= urgent;
+        let wake = match s.sleep {
+            Sleep::Awake => false,
+            Sleep::Idle => true,
+            Sleep::Window => urgent || s.items.len() >= self.batch,
+        };
+        if wake {
+            // Notified once: later senders see it awake.
+            s.sleep = Sleep::Awake;
+        }
+        drop(s);
+        if wake {
+            self.writer.notify_one();
+        }
+        Ok(waited)
+    }
+
+    /// The writer's wait. Returns when a message is waited for (after `linger`, so that
+    /// others join its write: group commit), when a batch's worth is queued, when the write
+    /// window ends, or after `timeout` with nothing queued. The window began at `flowing`
+    /// (the previous write, while records flow) or begins with the first record queued.
+    /// Moves up to a batch of messages into `out`.
+    pub(super) fn wait_take(
+        &self,
+        out: &mut VecDeque<T>,
+        window: Duration,
+        flowing: Option<Instant>,
+        timeout: Duration,
+        linger: Duration,
+    ) -> Woken {
+        let start = Instant::now();
+        let idle_until = start + timeout;
+        let mut window_start = flowing;
+        let mut s = self.lock();
+        let woken = loop {
+            if s.urgent || s.closed {
+                if !linger.is_zero() {
+                    drop(s);
+                    std::thread::sleep(linger);
+                    s = self.lock();
+                }
+                break Woken::Urgent;
+            }
+            if s.items.len() >= self.batch {
+                break Woken::Urgent;
+            }
+            let now = Instant::now();
+            if window_start.is_none() && !s.items.is_empty() {
+                window_start = Some(now);
+            }
+            let (until, why) = match window_start {
+                Some(t) => ((t + window).min(idle_until), Woken::Window),
+                None => (idle_until, Woken::Timeout),
+            };
+            if now >= until {
+                break why;
+            }
+            s.sleep = if window_start.is_some() {
+                Sleep::Window
+            } else {
+                Sleep::Idle
+            };
+            s = self
+                .writer
+                .wait_timeout(s, until - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+            s.sleep = Sleep::Awake;
+        };
+        let n = s.items.len().min(self.batch);
+        out.extend(s.items.drain(..n));
+        // Left over (a backlog): still urgent if it was, so the next round starts at once.
+        s.urgent &= !s.items.is_empty();
+        let room = s.waiting > 0;
+        drop(s);
+        if room {
+            self.room.notify_all();
+        }
+        woken
+    }
+
+    /// Closes the queue and moves everything still queued into `out`: from now on every
+    /// push fails.
+    pub(super) fn close(&self, out: &mut VecDeque<T>) {
+        let mut s = self.lock();
+        s.closed = true;
+        out.extend(s.items.drain(..));
+        drop(s);
+        self.room.notify_all();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        // Every holder leaves the state consistent (pushes and drains only).
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    const LONG: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn a_lazy_record_waits_for_its_window_and_an_urgent_one_ends_it() {
+        let q = Queue::new(64, 16);
+        q.push(1, Urgency::Lazy).unwrap();
+        let mut out = VecDeque::new();
+        // The window (here nothing) ends: the record is taken.
+        let woken = q.wait_take(&mut out, Duration::ZERO, None, LONG, Duration::ZERO);
+        assert_eq!((woken, Vec::from(out.clone())), (Woken::Window, vec![1]));
+        out.clear();
+        q.push(2, Urgency::Lazy).unwrap();
+        q.push(3, Urgency::Waited).unwrap();
+        let woken = q.wait_take(&mut out, LONG, None, LONG, Duration::ZERO);
+        assert_eq!((woken, Vec::from(out)), (Woken::Urgent, vec![2, 3]));
+    }
+
+    #[test]
+    fn an_idle_writer_times_out_with_nothing_and_a_batch_wakes_a_sleeping_one() {
+        let q: Arc<Queue<u32>> = Arc::new(Queue::new(64, 4));
+        let mut out = VecDeque::new();
+        let woken = q.wait_take(&mut out, LONG, None, Duration::ZERO, Duration::ZERO);
+        assert_eq!((woken, out.len()), (Woken::Timeout, 0));
+        let sender = {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                for i in 0..4 {
+                    q.push(i, Urgency::Lazy).unwrap();
+                }
+            })
+        };
+        // A window far longer than the test: only the full batch ends the wait.
+        let woken = q.wait_take(&mut out, LONG, Some(Instant::now()), LONG, Duration::ZERO);
+        sender.join().unwrap();
+        assert_eq!((woken, Vec::from(out)), (Woken::Urgent, vec![0, 1, 2, 3]));
+    }
+
+    #[test]
+    fn a_closed_queue_hands_back_what_was_left_and_refuses_every_push_after() {
+        let q = Queue::new(64, 16);
+        q.push("queued", Urgency::Lazy).unwrap();
+        let mut out = VecDeque::new();
+        q.close(&mut out);
+        assert_eq!(Vec::from(out), vec!["queued"]);
+        for urgency in [Urgency::Lazy, Urgency::Waited, Urgency::Control] {
+            assert_eq!(q.push("late", urgency), Err("late"));
+        }
+    }
+
+    #[test]
+    fn a_full_queue_makes_records_wait_for_room_but_not_control_messages() {
+        let q: Arc<Queue<u32>> = Arc::new(Queue::new(2, 2));
+        q.push(0, Urgency::Lazy).unwrap();
+        q.push(1, Urgency::Lazy).unwrap();
+        assert_eq!(q.push(99, Urgency::Control), Ok(false));
+        let sender = {
+            let q = q.clone();
+            std::thread::spawn(move || q.push(2, Urgency::Lazy))
+        };
+        let mut out = VecDeque::new();
+        while out.len() < 4 {
+            q.wait_take(&mut out, LONG, None, LONG, Duration::ZERO);
+        }
+        assert_eq!(sender.join().unwrap(), Ok(true));
+        assert_eq!(Vec::from(out), vec![0, 1, 99, 2]);
+    }
+
+    #[test]
+    fn a_sender_waiting_for_room_when_the_queue_closes_gets_its_record_back() {
+        let q: Arc<Queue<u32>> = Arc::new(Queue::new(1, 1));
+        q.push(0, Urgency::Lazy).unwrap();
+        let sender = {
+            let q = q.clone();
+            std::thread::spawn(move || q.push(1, Urgency::Lazy))
+        };
+        while q.lock().waiting == 0 {
+            std::thread::yield_now();
+        }
+        let mut out = VecDeque::new();
+        q.close(&mut out);
+        assert_eq!(sender.join().unwrap(), Err(1));
+        assert_eq!(Vec::from(out), vec![0]);
+    }
+}

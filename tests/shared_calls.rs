@@ -175,3 +175,38 @@ async fn a_cached_answer_still_takes_a_token_of_the_tools_own_plan() {
     assert_eq!(refused.error_code(), "QuotaExceeded");
     assert_eq!(gw.sandbox.received(GET_ITEM).len(), 1);
 }
+
+#[tokio::test]
+async fn a_fee_estimate_is_shared_only_with_a_request_of_the_same_body() {
+    const FEES: &str = "productFeesV0.getMyFeesEstimateForSKU";
+    let audit = tempfile::tempdir().unwrap();
+    let gw = gateway(
+        audit.path(),
+        &format!("[shared_calls.ttl_seconds]\n\"{FEES}\" = 60"),
+        "",
+    )
+    .await;
+    gw.sandbox.script(
+        FEES,
+        Script::json(
+            StatusCode::OK,
+            serde_json::json!({"payload": {"FeesEstimateResult": {"Status": "Success"}}}),
+        ),
+    );
+    let estimate = |price: u32| {
+        let body = serde_json::json!({"FeesEstimateRequest": {"MarketplaceId": "ATVPDKIKX0DER", "Identifier": "req-1", "PriceToEstimateFees": {"ListingPrice": {"CurrencyCode": "USD", "Amount": price}}}});
+        gw.request(
+            http::Method::POST,
+            "/products/fees/v0/listings/SKU-1/feesEstimate",
+        )
+        .header("content-type", "application/json")
+        .body(full(body.to_string()))
+        .unwrap()
+    };
+    let first = gw.call(estimate(10)).await;
+    assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
+    assert_eq!(cache_header(&first), Some("miss"));
+    assert_eq!(cache_header(&gw.call(estimate(10)).await), Some("hit"));
+    assert_eq!(cache_header(&gw.call(estimate(11)).await), Some("miss"));
+    assert_eq!(gw.sandbox.received(FEES).len(), 2);
+}

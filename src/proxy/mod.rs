@@ -513,6 +513,7 @@ impl Gateway {
             return Ok(resp);
         }
         // Shared answers: a cached or coalesced answer spends no Amazon quota (plan and policy still apply).
+        let body = replay.as_ref().map(Replay::body_bytes);
         let asking = shared_calls::Asking {
             op,
             seller,
@@ -521,6 +522,7 @@ impl Gateway {
             params: &params,
             wants: &wants,
             deadline,
+            body,
         };
         let lead = match self.join_shared(asking, &req, ctx).await? {
             shared_calls::Joined::Answered(resp) => return Ok(resp),

@@ -393,6 +393,11 @@ impl Replay {
         Ok((Request::from_parts(parts, replay.body()), Some(replay)))
     }
 
+    /// The body as read (empty for a bodiless request).
+    pub(super) fn body_bytes(&self) -> &bytes::Bytes {
+        &self.body
+    }
+
     fn body(&self) -> Body {
         if self.body.is_empty() {
             body::empty()

@@ -2,7 +2,8 @@
 //! (`[shared_calls]`, off by default):
 //!
 //! - **Coalescing** (`coalesce = true`): identical concurrent GETs (same seller, operation, path
-//!   and query) of an operation that is neither restricted nor carries buyer PII
+//!   and query; for the POSTs that only read, [`READ_ONLY_POSTS`], the same body too) of an
+//!   operation that is neither restricted nor carries buyer PII
 //!   (`data/pii-none.tsv`) make one upstream call. The first is the leader; the others
 //!   (followers) wait for its answer, each within its own deadline, and get it with
 //!   `x-spgate-cache: coalesced`.
@@ -84,7 +85,8 @@ pub struct RawSharedCalls {
     /// call (default false).
     pub coalesce: Option<bool>,
     /// Seconds a 200 answer is cached, per operation key; an operation not listed is not
-    /// cached. Only unrestricted GET operations declared free of buyer PII may be listed.
+    /// cached. Only unrestricted GET operations (and [`READ_ONLY_POSTS`]) declared free of
+    /// buyer PII may be listed.
     pub ttl_seconds: Option<BTreeMap<String, u64>>,
     /// Most answers cached at once (default 10,000); past it, expired ones are dropped, then
     /// the ones closest to expiry.
@@ -241,8 +243,10 @@ impl SharedCallsConfig {
 
 /// Why an operation's answers may not be shared, if they may not.
 fn shareable(op: &Operation) -> Result<(), &'static str> {
-    if op.method != http::Method::GET {
-        return Err("only GET operations");
+    if op.method != http::Method::GET && !READ_ONLY_POSTS.contains(&op.key) {
+        return Err(
+            "only GET operations and the POSTs that only read (fee estimates, price batches)",
+        );
     }
     if op.restricted {
         return Err("a restricted operation (its answer depends on the RDT)");
@@ -359,6 +363,8 @@ pub(super) struct Asking<'a> {
     pub(super) params: &'a [(&'static str, String)],
     pub(super) wants: &'a Wants,
     pub(super) deadline: Instant,
+    /// The request's body, when it was read whole (a read-only POST is shared by it).
+    pub(super) body: Option<&'a Bytes>,
 }
 
 impl Gateway {
@@ -387,19 +393,23 @@ impl Gateway {
             }));
         }
         let ttl = calls.config.ttls.get(op.key).copied();
-        if shareable(op).is_err()
-            || (!calls.config.coalesce && ttl.is_none())
-            || !http_body::Body::is_end_stream(req.body())
-        {
+        // A GET is shared bodiless; a read-only POST by its whole body (kept for replay).
+        let body = match (op.method == http::Method::GET, a.body) {
+            (true, _) if http_body::Body::is_end_stream(req.body()) => None,
+            (false, Some(body)) => Some(crate::crypto::sha256_hex(body)),
+            _ => return Ok(Joined::Lead(Lead::Alone)),
+        };
+        if shareable(op).is_err() || (!calls.config.coalesce && ttl.is_none()) {
             return Ok(Joined::Lead(Lead::Alone));
         }
+        let pq = req.uri().path_and_query().map_or("", |pq| pq.as_str());
         let key = Key {
             seller: seller_id.to_string(),
             operation: op.key,
-            path_and_query: req
-                .uri()
-                .path_and_query()
-                .map_or_else(String::new, |pq| pq.as_str().to_string()),
+            path_and_query: match body {
+                Some(digest) => format!("{pq} {digest}"),
+                None => pq.to_string(),
+            },
         };
         let now = Instant::now();
         let waiting = {
@@ -617,10 +627,8 @@ mod tests {
             Err("buyer PII"),
         );
         check(&[("ordersV0.getOrderAddress", 60)], Err("restricted"));
-        check(
-            &[("productFeesV0.getMyFeesEstimateForSKU", 60)],
-            Err("only GET"),
-        );
+        check(&[("productFeesV0.getMyFeesEstimateForSKU", 60)], Ok(1));
+        check(&[("feeds_2021-06-30.createFeed", 60)], Err("only GET"));
         check(&[("notifications.getDestinations", 60)], Err("grantless"));
         check(&[("nosuch.operation", 60)], Err("no such operation"));
         check(

@@ -222,6 +222,12 @@ pub struct RawLwa {
     pub refresh_margin_seconds: Option<u64>,
     /// Timeout for one call to the token endpoint.
     pub timeout_ms: Option<u64>,
+    /// A 403 `Unauthorized` with empty details on a token at least this old is taken as a token
+    /// Amazon lost: the token is refreshed and the request retried once (default 10).
+    pub token_loss_min_age_seconds: Option<u64>,
+    /// At most this many such refreshes per seller (or grantless scope) per minute; 0 turns
+    /// the healing off (default 1).
+    pub token_loss_refreshes_per_minute: Option<u32>,
 }
 
 /// `[store]`.
@@ -354,6 +360,8 @@ pub struct RawConfig {
     pub forward_proxy: crate::server::forward::RawForwardProxy,
     /// `[compat]`: Orders v0 translated to Orders 2026-01-01.
     pub compat: crate::compat::RawCompat,
+    /// `[shared_calls]`: coalesced and cached answers of operations without buyer PII.
+    pub shared_calls: crate::proxy::RawSharedCalls,
 }
 
 /// `[tools.<name>]`: settings of one seller tool, by the tool name its API keys carry.
@@ -432,6 +440,8 @@ pub struct Config {
     pub forward_proxy: Option<crate::server::forward::ForwardProxyConfig>,
     /// Orders v0 handling per tool.
     pub compat: crate::compat::CompatConfig,
+    /// Answers shared between callers.
+    pub shared_calls: crate::proxy::SharedCallsConfig,
 }
 
 /// See [`RawPii`].
@@ -573,6 +583,19 @@ pub struct LwaConfig {
     pub refresh_margin: Duration,
     /// Timeout per token call.
     pub timeout: Duration,
+    /// Healing of tokens Amazon lost (a 403 with empty details on an old token).
+    pub token_loss: TokenLossConfig,
+}
+
+/// When a 403 `Unauthorized` with empty details is taken as a lost token (see
+/// `auth::lwa::Lwa::heal`): Amazon answers a token it no longer knows and a genuine permission
+/// refusal alike, so the token's age and a per-subject bound keep the second cheap.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenLossConfig {
+    /// Tokens younger than this are not refreshed (a fresh token's 403 is a permission 403).
+    pub min_age: Duration,
+    /// Refreshes per seller (or grantless scope) per minute; 0: never.
+    pub refreshes_per_minute: u32,
 }
 
 /// See [`RawOnboarding`].
@@ -732,6 +755,7 @@ impl RawConfig {
                 "outbound" => section(&key, value, &mut raw.outbound, &mut issues),
                 "forward_proxy" => section(&key, value, &mut raw.forward_proxy, &mut issues),
                 "compat" => section(&key, value, &mut raw.compat, &mut issues),
+                "shared_calls" => section(&key, value, &mut raw.shared_calls, &mut issues),
                 _ => issues.push(ConfigIssue {
                     path: key.clone(),
                     message: "unknown key".into(),
@@ -942,6 +966,10 @@ impl Config {
                 .map(|raw| v.secret("lwa.previous_client_secret", Some(raw))),
             refresh_margin: Duration::from_secs(l.refresh_margin_seconds.unwrap_or(300)),
             timeout: v.millis("lwa.timeout_ms", l.timeout_ms.unwrap_or(10_000)),
+            token_loss: TokenLossConfig {
+                min_age: Duration::from_secs(l.token_loss_min_age_seconds.unwrap_or(10)),
+                refreshes_per_minute: l.token_loss_refreshes_per_minute.unwrap_or(1),
+            },
         };
         let store = match raw.store.kind.as_deref().unwrap_or("embedded") {
             "embedded" => StoreConfig::Embedded {
@@ -1123,6 +1151,10 @@ impl Config {
                 crate::compat::CompatConfig::defaults()
             }
         };
+        let shared_calls = raw.shared_calls.resolve().unwrap_or_else(|issues| {
+            v.issues.extend(issues);
+            crate::proxy::SharedCallsConfig::off()
+        });
         match (v.issues.is_empty(), master_key, ratelimit) {
             (true, Some(master_key), Some(ratelimit)) => Ok(Config {
                 server,
@@ -1143,6 +1175,7 @@ impl Config {
                 outbound,
                 forward_proxy,
                 compat,
+                shared_calls,
             }),
             _ => Err(ConfigError(v.issues)),
         }

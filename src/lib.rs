@@ -239,6 +239,7 @@ pub async fn build_gateway(
             budget: crate::proxy::RetryBudget::new(),
         },
         compat,
+        shared_calls: config.shared_calls,
     });
     Ok((gateway, server_limits))
 }

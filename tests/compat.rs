@@ -218,42 +218,6 @@ async fn included_data_is_reduced_to_the_role_and_its_policy_applies_to_the_v0_a
     assert_eq!(p["OrderStatus"], "Unshipped");
 }
 
-/// Adds a seller of `region` (the sandbox answers every region).
-async fn add_seller(gw: &TestGateway, seller: &str, region: spgate::store::Region) {
-    let master = spgate::crypto::MasterKey::from_base64("k1", &gw.master_key_b64).unwrap();
-    let refresh = format!("Atzr|synthetic-{seller}");
-    gw.sandbox.add_seller(seller, &refresh);
-    let sealed = master
-        .seal_str(
-            &spgate::secret::Secret::new(refresh),
-            format!("refresh_token:{seller}").as_bytes(),
-        )
-        .unwrap();
-    gw.store
-        .put_seller(&spgate::store::SellerRecord {
-            selling_partner_id: seller.into(),
-            region,
-            marketplaces: vec!["ATVPDKIKX0DER".into()],
-            refresh_token_sealed: sealed,
-            authorized_at: 1_700_000_000,
-            reauthorize_by: 1_900_000_000,
-            status: spgate::store::SellerStatus::Active,
-        })
-        .await
-        .unwrap();
-}
-
-async fn get_for(gw: &TestGateway, seller: &str, path: &str) -> Reply {
-    gw.call(
-        http::Request::get(format!("{}{path}", gw.url))
-            .header("authorization", format!("Bearer {}", gw.key))
-            .header("x-spgate-seller", seller)
-            .body(empty())
-            .unwrap(),
-    )
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_translates_a_region_only_after_several_sellers_are_answered_as_removed_and_can_be_reset(
 ) {
@@ -270,7 +234,7 @@ async fn auto_translates_a_region_only_after_several_sellers_are_answered_as_rem
     add_seller(&gw, eu2, Region::Eu).await;
     add_seller(&gw, na, Region::Na).await;
     let list = "/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER&CreatedAfter=2000-01-01T00:00:00Z";
-    assert_eq!(get_for(&gw, SELLER, list).await.status, StatusCode::OK);
+    assert_eq!(gw.get_for(SELLER, list).await.status, StatusCode::OK);
     assert_eq!(
         gw.sandbox.received("ordersV0.getOrders").len(),
         1,
@@ -279,19 +243,16 @@ async fn auto_translates_a_region_only_after_several_sellers_are_answered_as_rem
     gw.sandbox.remove_orders_v0();
     // One seller's removed answers, however many, switch nobody: each call passes through.
     for _ in 0..3 {
-        assert_eq!(
-            get_for(&gw, SELLER, list).await.status,
-            StatusCode::NOT_FOUND
-        );
+        assert_eq!(gw.get_for(SELLER, list).await.status, StatusCode::NOT_FOUND);
     }
     // Another region's seller counts for its own region only.
-    assert_eq!(get_for(&gw, na, list).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(gw.get_for(na, list).await.status, StatusCode::NOT_FOUND);
     assert_eq!(gw.sandbox.received("ordersV0.getOrders").len(), 5);
     assert_eq!(gw.sandbox.received(SEARCH).len(), 0);
     // A second seller of the region: the call that finds it gets Amazon's answer, every later
     // call of the region is translated; the other region still passes through.
-    assert_eq!(get_for(&gw, eu2, list).await.status, StatusCode::NOT_FOUND);
-    let r = get_for(&gw, SELLER, list).await;
+    assert_eq!(gw.get_for(eu2, list).await.status, StatusCode::NOT_FOUND);
+    let r = gw.get_for(SELLER, list).await;
     assert_eq!(
         r.status,
         StatusCode::OK,
@@ -299,8 +260,8 @@ async fn auto_translates_a_region_only_after_several_sellers_are_answered_as_rem
         String::from_utf8_lossy(&r.body)
     );
     assert!(!r.json()["payload"]["Orders"].as_array().unwrap().is_empty());
-    assert_eq!(get_for(&gw, eu2, list).await.status, StatusCode::OK);
-    assert_eq!(get_for(&gw, na, list).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(gw.get_for(eu2, list).await.status, StatusCode::OK);
+    assert_eq!(gw.get_for(na, list).await.status, StatusCode::NOT_FOUND);
     assert_eq!(gw.sandbox.received("ordersV0.getOrders").len(), 7);
     assert_eq!(gw.sandbox.received(SEARCH).len(), 2);
     let mut metrics = String::new();
@@ -376,7 +337,7 @@ async fn auto_translates_a_region_only_after_several_sellers_are_answered_as_rem
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["were_translating"], serde_json::json!(["eu"]));
     assert_eq!(
-        get_for(&gw, SELLER, list).await.status,
+        gw.get_for(SELLER, list).await.status,
         StatusCode::NOT_FOUND,
         "passes through again"
     );

@@ -718,3 +718,134 @@ async fn a_403_that_is_not_about_the_token_keeps_it_and_is_passed_back_unchanged
         "and no retries"
     );
 }
+
+/// A tool allowed every seller (so it may call grantless operations), healing tokens older than
+/// a second, with an audit log in `audit`.
+async fn healing_gateway(audit: &std::path::Path, lwa_toml: &str) -> TestGateway {
+    start_gateway(Options {
+        key_sellers: vec!["*".into()],
+        lwa_toml: lwa_toml.into(),
+        extra_toml: format!(
+            "[audit]\ndir = {:?}\ninstance = \"heal\"\nkey = {{ env = \"AUDIT_KEY\" }}\n",
+            audit.display().to_string()
+        ),
+        ..Options::default()
+    })
+    .await
+}
+
+/// How many request records carry `reason`.
+fn with_reason(records: &[serde_json::Value], reason: &str) -> usize {
+    records
+        .iter()
+        .filter(|r| r["kind"] == "request" && r["reason"] == reason)
+        .count()
+}
+
+const GRANTLESS: &str = "/notifications/v1/destinations";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_amazon_lost_heal_at_the_next_request_with_one_refresh_per_subject() {
+    use spgate::auth::lwa::Heal;
+    let audit = tempfile::tempdir().unwrap();
+    let gw = Arc::new(healing_gateway(audit.path(), "token_loss_min_age_seconds = 1\n").await);
+    assert_eq!(gw.get(UNPLANNED).await.status, StatusCode::OK);
+    assert_eq!(gw.get(GRANTLESS).await.status, StatusCode::OK);
+    assert_eq!((gw.lwa_calls)(), 2);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+
+    // The sandbox forgets every token (as after a restart with new token secrets): Amazon's
+    // bare 403, not "expired". A POST with a body is refreshed and sent again, body and all
+    // (the sandbox answers 202 only to the example's exact body).
+    gw.sandbox.rotate_token_secrets();
+    let feed = serde_json::json!({"feedType": "POST_PRODUCT_DATA", "inputFeedDocumentId": "3d4e42b5-1d6e-44e8-a89c-2abfca0625bb", "marketplaceIds": ["ATVPDKIKX0DER", "A1F83G8C2ARO7P"]});
+    let post = gw
+        .request(http::Method::POST, "/feeds/2021-06-30/feeds")
+        .header("content-type", "application/json")
+        .body(full(feed.to_string()))
+        .unwrap();
+    let reply = gw.call(post).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{:?}", reply.body);
+    assert_eq!(
+        gw.sandbox.stats().unauthorized_total,
+        1,
+        "refused once, then sent again"
+    );
+    assert_eq!(gw.sandbox.received("feeds_2021-06-30.createFeed").len(), 1);
+    assert_eq!((gw.lwa_calls)(), 3, "one refresh for the seller");
+
+    // Concurrent grantless calls with the lost grantless token (as many as its usage plan,
+    // 1/s burst 5, lets through with their resends within the deadline): one refresh, every
+    // one answered (its own bound: the seller's refresh did not spend it).
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let gw = gw.clone();
+            tokio::spawn(async move { gw.get(GRANTLESS).await.status })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!((gw.lwa_calls)(), 4, "one refresh for the grantless scope");
+    let lwa = gw.gateway.lwa();
+    assert_eq!(lwa.heals(Heal::Refreshed), 2);
+    let rejected = gw.sandbox.stats().unauthorized_total;
+    assert_eq!(
+        lwa.heals(Heal::Refreshed) + lwa.heals(Heal::Replaced),
+        rejected,
+        "every request Amazon refused was healed"
+    );
+
+    // Lost again within the minute: the seller's bound is spent, Amazon's answer passes back.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    gw.sandbox.rotate_token_secrets();
+    let reply = gw.get(UNPLANNED).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert_eq!(lwa.heals(Heal::Bounded), 1);
+    assert_eq!((gw.lwa_calls)(), 4);
+
+    let records = audit_records(&gw, audit.path()).await;
+    assert_eq!(
+        with_reason(&records, "token_lost_retried") as u64,
+        rejected,
+        "each healed request is recorded as such"
+    );
+    assert_eq!(with_reason(&records, "token_lost_bounded"), 1);
+    let metrics = {
+        let mut out = String::new();
+        lwa.render_metrics(&mut out);
+        out
+    };
+    assert!(metrics.contains("spgate_lwa_token_loss_total{outcome=\"refreshed\"} 2"));
+    assert!(metrics.contains(&format!("spgate_lwa_token_loss_retries_total {rejected}")));
+}
+
+#[tokio::test]
+async fn a_permission_403_on_an_old_token_costs_one_refresh_a_minute() {
+    use spgate::auth::lwa::Heal;
+    let audit = tempfile::tempdir().unwrap();
+    let gw = healing_gateway(audit.path(), "token_loss_min_age_seconds = 0\n").await;
+    let denied = serde_json::json!({"errors": [{"code": "Unauthorized", "message": "Access to requested resource is denied.", "details": ""}]});
+    gw.sandbox.script(
+        "sellers.getMarketplaceParticipations",
+        spgate::sandbox::Script::json(StatusCode::FORBIDDEN, denied.clone()),
+    );
+    for _ in 0..5 {
+        let reply = gw.get("/sellers/v1/marketplaceParticipations").await;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN);
+        assert_eq!(reply.json(), denied, "Amazon's answer, body intact");
+    }
+    assert_eq!((gw.lwa_calls)(), 2, "the first token and one refresh");
+    assert_eq!(
+        gw.sandbox
+            .received("sellers.getMarketplaceParticipations")
+            .len(),
+        6,
+        "one retry, with the refreshed token"
+    );
+    let lwa = gw.gateway.lwa();
+    assert_eq!(
+        (lwa.heals(Heal::Refreshed), lwa.heals(Heal::Bounded)),
+        (1, 4)
+    );
+}

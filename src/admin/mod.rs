@@ -554,6 +554,8 @@ impl Admin {
         console::render_metrics(&mut out);
         crate::server::forward::render_metrics(self.forward.as_deref(), &mut out);
         self.gateway.auditor().render_metrics(&mut out);
+        self.gateway.lwa().render_metrics(&mut out);
+        self.gateway.shared_calls().render_metrics(&mut out);
         self.gateway.outbound().render_metrics(&mut out);
         self.gateway.header_drops().render_metrics(&mut out);
         self.gateway.pii_gate().render_metrics(&mut out);

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use std::sync::Arc;
 
 use super::slots::Slots;
-use crate::config::LwaConfig;
+use crate::config::{LwaConfig, TokenLossConfig};
 use crate::crypto::MasterKey;
 use crate::secret::Secret;
 use crate::store::token_cache::SharedTokenCache;
@@ -186,6 +186,43 @@ pub struct Lwa {
     circuit: Circuit,
     /// With the redis store: the cache and refresh lock shared by every gateway instance.
     shared: Option<Shared>,
+    /// When a bare 403 is taken as a lost token ([`Lwa::heal`]).
+    token_loss: TokenLossConfig,
+    /// Refreshes [`Lwa::heal`] made per subject in the current minute.
+    heal_budget: HealBudget,
+    /// What [`Lwa::heal`] decided, counted (metrics).
+    heal_counts: [std::sync::atomic::AtomicU64; Heal::ALL.len()],
+    /// Requests retried after a heal (metrics).
+    heal_retries: std::sync::atomic::AtomicU64,
+}
+
+/// What [`Lwa::heal`] decided about a token Amazon answered with a bare 403 (`Unauthorized`,
+/// empty details): Amazon says the same of a token it lost (a restart on its side, a rotation)
+/// and of a call the application's roles do not allow, so the token's age and a per-subject
+/// bound decide, and a genuine permission 403 costs at most one refresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heal {
+    /// The token was old enough and the subject's bound allowed it: forgotten here and in the
+    /// shared cache, so the retry (and every request after it) fetches a new one, single-flight.
+    Refreshed,
+    /// The token had already been replaced or forgotten (another request healed it, or it
+    /// expired): the retry uses the current one and spends no refresh.
+    Replaced,
+    /// The token is younger than `token_loss_min_age_seconds`: a fresh token's 403 is a
+    /// permission refusal; Amazon's answer is passed back.
+    Young,
+    /// The subject's refreshes for this minute are spent; Amazon's answer is passed back.
+    Bounded,
+    /// Healing is off (`token_loss_refreshes_per_minute = 0`).
+    Off,
+}
+
+/// Refreshes per subject within a sliding one-minute window (the window opens at a subject's
+/// first refresh). Keyed by [`Subject::cache_key`]: a seller's access token and the RDTs made
+/// with it share one bound, each grantless scope has its own.
+#[derive(Default)]
+struct HealBudget {
+    windows: std::sync::Mutex<std::collections::HashMap<String, (Instant, u32)>>,
 }
 
 /// The shared second-level cache: tokens sealed under the master key, and a refresh lock.
@@ -223,7 +260,82 @@ impl Lwa {
             tokens: Slots::new(),
             calls: std::sync::atomic::AtomicU64::new(0),
             circuit: Circuit::default(),
+            token_loss: cfg.token_loss,
+            heal_budget: HealBudget::default(),
+            heal_counts: Default::default(),
+            heal_retries: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Decides what to do about `token`, which Amazon answered with a bare 403 (see [`Heal`]).
+    /// Looking at the cached token and forgetting it is one step under the subject's slot
+    /// lock, so of many requests rejected with one token, one refreshes (and spends the
+    /// subject's bound) and the others find it [`Heal::Replaced`]; the refresh itself is the
+    /// next [`Lwa::token`] call, single-flight as always.
+    pub async fn heal(&self, subject: &Subject, token: &Secret<String>) -> Heal {
+        let limit = self.token_loss.refreshes_per_minute;
+        let heal = if limit == 0 {
+            Heal::Off
+        } else {
+            let mut slot = self.tokens.lock(subject).await;
+            let age = slot.value().filter(|(t, _)| *t == token).map(|(_, a)| a);
+            let heal = match age {
+                None => Heal::Replaced,
+                Some(age) if age < self.token_loss.min_age => Heal::Young,
+                Some(_) if !self.heal_budget.take(&subject.cache_key(), limit) => Heal::Bounded,
+                Some(_) => {
+                    slot.clear();
+                    Heal::Refreshed
+                }
+            };
+            if heal == Heal::Refreshed {
+                // Still under the slot's lock: no request of this instance can pick the lost
+                // token up from the shared cache before it is gone.
+                if let Some(shared) = &self.shared {
+                    self.drop_shared(shared, subject, token).await;
+                }
+            }
+            heal
+        };
+        self.heal_counts[heal as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match heal {
+            Heal::Refreshed => {
+                tracing::warn!(subject = %subject.cache_key(), "Amazon refused an access token with a bare 403; it was refreshed and the request is retried once.")
+            }
+            Heal::Bounded => {
+                tracing::warn!(subject = %subject.cache_key(), "Amazon refused an access token with a bare 403; this subject's token refreshes for the minute are spent, so the answer is passed back.")
+            }
+            Heal::Replaced | Heal::Young | Heal::Off => {}
+        }
+        heal
+    }
+
+    /// Counts a request sent again after [`Lwa::heal`] (metrics).
+    pub fn healed_retry(&self) {
+        self.heal_retries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many times [`Lwa::heal`] decided `heal`.
+    pub fn heals(&self, heal: Heal) -> u64 {
+        self.heal_counts[heal as usize].load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The token-loss counters in Prometheus' text format.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let name = "spgate_lwa_token_loss_total";
+        let _ = writeln!(out, "# HELP {name} Bare 403s (Unauthorized, empty details) on an Amazon token, by what the gateway did.\n# TYPE {name} counter");
+        for heal in Heal::ALL {
+            let _ = writeln!(
+                out,
+                "{name}{{outcome=\"{}\"}} {}",
+                heal.as_str(),
+                self.heals(heal)
+            );
+        }
+        let name = "spgate_lwa_token_loss_retries_total";
+        let _ = writeln!(out, "# HELP {name} Requests sent again after their token was refreshed or replaced for a bare 403.\n# TYPE {name} counter\n{name} {}", self.heal_retries.load(std::sync::atomic::Ordering::Relaxed));
     }
 
     /// How many calls this client has made to the token endpoint.
@@ -379,16 +491,21 @@ impl Lwa {
     pub async fn invalidate(&self, subject: &Subject, token: &Secret<String>) {
         self.tokens.invalidate_if(subject, |t| t == token).await;
         if let Some(shared) = &self.shared {
-            let key = subject.cache_key();
-            if self
-                .shared_get(shared, &key)
-                .await
-                .is_some_and(|(t, _)| t == *token)
-            {
-                // A zero TTL deletes the shared entry.
-                if let Err(e) = shared.cache.put(&key, "", Duration::ZERO).await {
-                    tracing::warn!(error = %e, "Could not drop a rejected token from the shared cache.");
-                }
+            self.drop_shared(shared, subject, token).await;
+        }
+    }
+
+    /// Deletes the subject's shared token if it is still `token`.
+    async fn drop_shared(&self, shared: &Shared, subject: &Subject, token: &Secret<String>) {
+        let key = subject.cache_key();
+        if self
+            .shared_get(shared, &key)
+            .await
+            .is_some_and(|(t, _)| t == *token)
+        {
+            // A zero TTL deletes the shared entry.
+            if let Err(e) = shared.cache.put(&key, "", Duration::ZERO).await {
+                tracing::warn!(error = %e, "Could not drop a rejected token from the shared cache.");
             }
         }
     }
@@ -525,6 +642,59 @@ impl Lwa {
     }
 }
 
+// === impl Heal, HealBudget ===
+
+impl Heal {
+    /// Every outcome, in the order of the metric's samples.
+    pub const ALL: [Heal; 5] = [
+        Heal::Refreshed,
+        Heal::Replaced,
+        Heal::Young,
+        Heal::Bounded,
+        Heal::Off,
+    ];
+
+    /// Whether the request is sent again (with a new or the current token).
+    pub fn retries(self) -> bool {
+        matches!(self, Heal::Refreshed | Heal::Replaced)
+    }
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Heal::Refreshed => "refreshed",
+            Heal::Replaced => "replaced",
+            Heal::Young => "young",
+            Heal::Bounded => "bounded",
+            Heal::Off => "off",
+        }
+    }
+}
+
+/// Past this many subjects, windows older than a minute are dropped when one is taken.
+const HEAL_PRUNE_AT: usize = 10_000;
+
+impl HealBudget {
+    /// Takes one of `limit` refreshes of the subject's current minute, if one is left.
+    fn take(&self, key: &str, limit: u32) -> bool {
+        const MINUTE: Duration = Duration::from_secs(60);
+        let now = Instant::now();
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        if windows.len() >= HEAL_PRUNE_AT {
+            windows.retain(|_, (opened, _)| now.duration_since(*opened) < MINUTE);
+        }
+        let (opened, used) = windows.entry(key.to_string()).or_insert((now, 0));
+        if now.duration_since(*opened) >= MINUTE {
+            (*opened, *used) = (now, 0);
+        }
+        if *used >= limit {
+            return false;
+        }
+        *used += 1;
+        true
+    }
+}
+
 /// Sends one token request with reqwest (its timeout set at build), noting the answer's status.
 async fn send(
     http: reqwest::Client,
@@ -553,6 +723,75 @@ async fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn lwa(min_age_seconds: u64, refreshes_per_minute: u32) -> Lwa {
+        let cfg = LwaConfig {
+            token_url: "http://127.0.0.1:9/auth/o2/token".parse().unwrap(),
+            client_id: "amzn1.application-oa2-client.test".into(),
+            client_secret: Secret::new("test".into()),
+            previous_client_secret: None,
+            refresh_margin: Duration::from_secs(300),
+            timeout: Duration::from_secs(1),
+            token_loss: TokenLossConfig {
+                min_age: Duration::from_secs(min_age_seconds),
+                refreshes_per_minute,
+            },
+        };
+        Lwa::new(&cfg, None).unwrap()
+    }
+
+    /// Puts `token` in the subject's slot as if LWA had just issued it.
+    async fn issue(lwa: &Lwa, subject: &Subject, token: &str) -> Secret<String> {
+        let token = Secret::new(token.to_string());
+        lwa.tokens.invalidate_if(subject, |_| true).await;
+        let got = lwa
+            .tokens
+            .get_or_fetch(subject, || async {
+                Ok((token.clone(), Instant::now() + Duration::from_secs(3600)))
+            })
+            .await
+            .unwrap();
+        assert_eq!(got, token);
+        token
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bare_403_heals_old_tokens_once_per_subject_and_minute() {
+        let lwa = lwa(10, 1);
+        let seller = Subject::Seller("A1SELLER".into());
+        let other = Subject::Seller("A2SELLER".into());
+        let grantless = Subject::Grantless("sellingpartnerapi::notifications");
+        let t1 = issue(&lwa, &seller, "t1").await;
+        assert_eq!(lwa.heal(&seller, &t1).await, Heal::Young, "a fresh token");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(lwa.heal(&seller, &t1).await, Heal::Refreshed);
+        assert_eq!(
+            lwa.heal(&seller, &t1).await,
+            Heal::Replaced,
+            "a second request with the same lost token spends nothing"
+        );
+        let t2 = issue(&lwa, &seller, "t2").await;
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(lwa.heal(&seller, &t2).await, Heal::Bounded);
+        // Other subjects have bounds of their own: another seller, a grantless scope.
+        for subject in [&other, &grantless] {
+            let t = issue(&lwa, subject, "t").await;
+            tokio::time::advance(Duration::from_secs(10)).await;
+            assert_eq!(lwa.heal(subject, &t).await, Heal::Refreshed);
+        }
+        // A minute after the seller's refresh, its bound is back.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(lwa.heal(&seller, &t2).await, Heal::Refreshed);
+        assert_eq!(
+            Heal::ALL.map(|h| lwa.heals(h)),
+            [4, 1, 1, 1, 0],
+            "refreshed, replaced, young, bounded, off"
+        );
+        let off = self::lwa(0, 0);
+        let t = issue(&off, &seller, "t").await;
+        assert_eq!(off.heal(&seller, &t).await, Heal::Off);
+        assert!(!Heal::Off.retries() && !Heal::Bounded.retries() && !Heal::Young.retries());
+    }
 
     #[test]
     fn the_circuit_opens_after_consecutive_failures_and_an_answer_closes_it() {

@@ -11,11 +11,16 @@ use std::sync::{Arc, Mutex};
 
 use tokio::time::Instant;
 
-/// What a slot holds: a value fresh until an instant, or a recent failure.
+/// What a slot holds: a value fresh until an instant (and when it was obtained), or a recent
+/// failure.
 enum Entry<V, E> {
-    Value(V, Instant),
+    Value(V, Instant, Instant),
     Failed(E, Instant),
 }
+
+/// A slot locked for inspection ([`Slots::lock`]): while it is held, nobody fetches or replaces
+/// the key's value, so what is seen and what is done with it form one step.
+pub struct Locked<V, E>(tokio::sync::OwnedMutexGuard<Option<Entry<V, E>>>);
 
 type Slot<V, E> = Arc<tokio::sync::Mutex<Option<Entry<V, E>>>>;
 
@@ -49,7 +54,7 @@ impl<K: Eq + Hash + Clone, V: Clone, E: Clone> Slots<K, V, E> {
         let slot = self.slot(key);
         let mut cached = slot.lock().await;
         match cached.as_ref() {
-            Some(Entry::Value(value, fresh_until)) if Instant::now() < *fresh_until => {
+            Some(Entry::Value(value, fresh_until, _)) if Instant::now() < *fresh_until => {
                 return Ok(value.clone())
             }
             Some(Entry::Failed(error, until)) if Instant::now() < *until => {
@@ -57,9 +62,10 @@ impl<K: Eq + Hash + Clone, V: Clone, E: Clone> Slots<K, V, E> {
             }
             _ => {}
         }
+        let obtained = Instant::now();
         match fetch().await {
             Ok((value, fresh_until)) => {
-                *cached = Some(Entry::Value(value.clone(), fresh_until));
+                *cached = Some(Entry::Value(value.clone(), fresh_until, obtained));
                 Ok(value)
             }
             Err(error) => {
@@ -73,9 +79,15 @@ impl<K: Eq + Hash + Clone, V: Clone, E: Clone> Slots<K, V, E> {
     pub async fn invalidate_if(&self, key: &K, stale: impl FnOnce(&V) -> bool) {
         let slot = self.slot(key);
         let mut cached = slot.lock().await;
-        if matches!(cached.as_ref(), Some(Entry::Value(v, _)) if stale(v)) {
+        if matches!(cached.as_ref(), Some(Entry::Value(v, _, _)) if stale(v)) {
             *cached = None;
         }
+    }
+
+    /// Locks the key's slot (waiting for a fetch in progress to finish), so a caller can look at
+    /// the value and clear it in one step.
+    pub async fn lock(&self, key: &K) -> Locked<V, E> {
+        Locked(self.slot(key).lock_owned().await)
     }
 
     /// Number of keys ever seen (for metrics).
@@ -103,13 +115,31 @@ impl<K: Eq + Hash + Clone, V: Clone, E: Clone> Slots<K, V, E> {
                 Arc::strong_count(slot) > 1
                     || match slot.try_lock() {
                         Ok(entry) => {
-                            matches!(&*entry, Some(Entry::Value(_, until)) if *until > now)
+                            matches!(&*entry, Some(Entry::Value(_, until, _)) if *until > now)
                         }
                         Err(_) => true,
                     }
             });
         }
         map.entry(key.clone()).or_default().clone()
+    }
+}
+
+// === impl Locked ===
+
+impl<V, E> Locked<V, E> {
+    /// The value held (fresh or not) and how long ago it was obtained; `None` when the slot
+    /// holds no value.
+    pub fn value(&self) -> Option<(&V, std::time::Duration)> {
+        match self.0.as_ref() {
+            Some(Entry::Value(v, _, obtained)) => Some((v, obtained.elapsed())),
+            _ => None,
+        }
+    }
+
+    /// Forgets the value (or failure): the next caller fetches.
+    pub fn clear(&mut self) {
+        *self.0 = None;
     }
 }
 

@@ -532,7 +532,7 @@ impl Gateway {
         r.outcome = Some(outcome);
         r.upstream_called = Some(ctx.upstream_called || ctx.token.is_some());
         r.latency_us = Some(started.elapsed().as_micros() as u64);
-        r.reason = reason;
+        r.reason = reason.or_else(|| ctx.note.clone());
         r.limiter = match (&ctx.admission, status) {
             (Some(a), _) => Some(ar::Limiter {
                 decision: match a.decision {

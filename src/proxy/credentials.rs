@@ -1,10 +1,11 @@
 //! Phase 5, credentials: the token a request goes upstream with (the seller's LWA access
 //! token, a grantless token, or a Restricted Data Token asking only for what the role may
-//! receive), and forgetting it when Amazon rejects it.
+//! receive), and forgetting it when Amazon rejects it (or healing it: a bare 403 on an old
+//! token, see [`Gateway::heal`]).
 
 use std::time::Duration;
 
-use crate::auth::lwa::{Grant, LwaError, Subject};
+use crate::auth::lwa::{Grant, Heal, LwaError, Subject};
 use crate::auth::rdt::{self, Need, RdtError, RdtKey};
 use crate::catalog::Operation;
 use crate::pii::Role;
@@ -167,6 +168,25 @@ impl Gateway {
             .map_err(|e| RdtError::Unavailable(format!("no createRestrictedDataToken quota: {e}")))
     }
 
+    /// A bare 403 on `cred`: whether its access token is taken as lost ([`Lwa::heal`], bounded
+    /// per seller or grantless scope, shared by the seller's RDTs); an RDT made with a token
+    /// that is refreshed or replaced is forgotten with it.
+    ///
+    /// [`Lwa::heal`]: crate::auth::lwa::Lwa::heal
+    pub(super) async fn heal(&self, cred: &Credential) -> Heal {
+        match cred {
+            Credential::Access(subject, token) => self.lwa.heal(subject, token).await,
+            Credential::Rdt(key, token, subject, access) => {
+                let heal = self.lwa.heal(subject, access).await;
+                if heal.retries() {
+                    self.rdts.invalidate(key, token).await;
+                }
+                heal
+            }
+        }
+    }
+
+    /// Forgets credentials Amazon rejected (and the access token an RDT was made with).
     pub(super) async fn forget(&self, cred: &Credential) {
         match cred {
             Credential::Access(subject, token) => self.lwa.invalidate(subject, token).await,

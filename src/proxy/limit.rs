@@ -23,21 +23,25 @@ impl Gateway {
         bucket: &str,
         wants: &Wants,
     ) -> Result<crate::ratelimit::Admission, ProxyError> {
-        let plans = self
-            .tool_plans
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let plan = plans.get(&caller.client.tool).map(String::as_str);
+        let plan = self.tool_plan(&caller.client.tool);
         let acquire = Acquire {
             seller: bucket,
             operation: op,
             tool: &caller.client.tool,
-            plan,
+            plan: plan.as_deref(),
             priority: wants.priority,
             max_wait: wants.max_wait,
         };
         Ok(self.limiter.acquire_kind(acquire, wants.kind).await?)
+    }
+
+    /// The rate plan assigned to a tool, if any.
+    pub(super) fn tool_plan(&self, tool: &str) -> Option<String> {
+        self.tool_plans
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tool)
+            .cloned()
     }
 
     /// Feeds Amazon's answer back into the limiter: its stated rate, and its 429s.

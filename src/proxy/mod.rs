@@ -11,8 +11,10 @@
 //!    waiting up to the deadline, else 429 `QuotaExceeded` with `Retry-After`; taken last so
 //!    nothing slow sits between the decision and the arrival at Amazon;
 //! 7. upstream: the seller's region endpoint, streamed both ways, under timeouts; Amazon's
-//!    `x-amzn-RateLimit-Limit` and 429s feed back into the limiter; bodiless requests are
-//!    retried once after 401/403 and, if idempotent, after 429/5xx within the deadline;
+//!    `x-amzn-RateLimit-Limit` and 429s feed back into the limiter; replayable requests
+//!    (bodiless, or a small body read whole) are retried once after Amazon rejected the token
+//!    (401, a 403 naming it, or a bare 403 on an old token: `send::rejection`) and, if
+//!    idempotent, after 429/5xx within the deadline;
 //! 8. respond: the PII policy, then the header allowlist (Amazon's request id and rate limit
 //!    pass back, see [`headers`]); the gateway's own headers are added after it.
 //!
@@ -55,6 +57,7 @@ pub mod pii_gate;
 mod policy;
 pub mod rescue;
 mod send;
+mod shared_calls;
 pub mod sigv4;
 
 // Where these lived before the split; kept so callers' paths stay valid.
@@ -62,6 +65,7 @@ pub use crate::net::{body, upstream};
 pub use cache::CACHE_HEADER;
 pub use endpoints::{documents, reveal};
 pub use send::{RetryBudget, RetryPolicy};
+pub use shared_calls::{Event as SharedEvent, RawSharedCalls, SharedCalls, SharedCallsConfig};
 
 use accounting::{audit_reason, carries_pii, RequestIds};
 use body::{Body, BoxError};
@@ -108,6 +112,7 @@ pub struct Gateway {
     pii_gate: pii_gate::Gate,
     compat: Arc<crate::compat::Compat>,
     public_url: Option<String>,
+    shared_calls: Arc<SharedCalls>,
 }
 
 /// The parts of a gateway, for [`Gateway::new`].
@@ -152,6 +157,8 @@ pub struct GatewayParts {
     pub compat: Arc<crate::compat::Compat>,
     /// `server.public_url`: the base of the document links the gateway hands out.
     pub public_url: Option<String>,
+    /// Answers shared between callers (`[shared_calls]`).
+    pub shared_calls: SharedCallsConfig,
 }
 
 /// A routed operation and its path parameters.
@@ -196,6 +203,11 @@ struct Ctx {
     /// Fields of the translated answer left out because their 2026 value could not be
     /// converted (compat; `None` when nothing was translated).
     unconverted: Option<u32>,
+    /// The audit reason of a request answered without an error that still has one to tell
+    /// (its token was healed and the request retried, see `send::heal_reason`).
+    note: Option<crate::audit::Reason>,
+    /// The answer was fetched upstream for the response cache (`x-spgate-cache: miss`).
+    shared_miss: bool,
 }
 
 /// The kind of token a request was sent upstream with (audited).
@@ -240,6 +252,7 @@ impl Gateway {
             pii_gate: pii_gate::Gate::new(crate::pii::Classifier::builtin()),
             compat: parts.compat,
             public_url: parts.public_url,
+            shared_calls: Arc::new(SharedCalls::new(parts.shared_calls)),
         }
     }
 
@@ -253,6 +266,11 @@ impl Gateway {
     /// The refusal of unclassified operations (its counter, for metrics).
     pub fn pii_gate(&self) -> &pii_gate::Gate {
         &self.pii_gate
+    }
+
+    /// Answers shared between callers (counters for metrics).
+    pub fn shared_calls(&self) -> &SharedCalls {
+        &self.shared_calls
     }
 
     /// Document downloads (refusal counters for metrics).
@@ -488,7 +506,7 @@ impl Gateway {
         let (req, translation) =
             self.translate(req, (op, &params), &caller, seller.as_ref(), role)?;
         let wire = translation.as_ref().map_or(op, |t| t.target);
-        let replay = Replay::capture(&req);
+        let (req, replay) = Replay::capture(req, self.limits.body_read_timeout).await?; // kept to send again
         let seller = seller.as_ref();
         let path = req.uri().path().to_string();
         let bucket = seller.map_or(APPLICATION_BUCKET, |s| s.selling_partner_id.as_str());
@@ -499,6 +517,22 @@ impl Gateway {
         if let Some(resp) = self.cached(op, role, seller, &req, &params, ctx).await? {
             return Ok(resp);
         }
+        // Shared answers: a cached or coalesced answer spends no Amazon quota (plan and policy still apply).
+        let body = replay.as_ref().map(Replay::body_bytes);
+        let asking = shared_calls::Asking {
+            op,
+            seller,
+            caller: &caller,
+            role,
+            params: &params,
+            wants: &wants,
+            deadline,
+            body,
+        };
+        let lead = match self.join_shared(asking, &req, ctx).await? {
+            shared_calls::Joined::Answered(resp) => return Ok(resp),
+            shared_calls::Joined::Lead(lead) => lead,
+        };
         ctx.translated_to = translation.as_ref().map(|t| t.target); // compat: the 2026 call goes out
         let cred = self
             .credentials(wire, seller, role, &path, &caller.client.tool, within)
@@ -526,6 +560,7 @@ impl Gateway {
             limit_tripped: &limit_tripped,
         };
         let resp = self.retries(resp, cred, resend, ctx).await?;
+        let resp = lead.publish(resp, self.pii.max_response_bytes).await?; // to followers and the cache
         ctx.upstream_request_id = resp
             .headers()
             .get(crate::spapi::REQUEST_ID)
@@ -537,7 +572,7 @@ impl Gateway {
             .await?; // compat: the 2026 answer in v0's shape
         let resp = self.minimise(resp, op, role, seller, &params, ctx).await?; // 8. respond: the PII policy
         let mut resp = self.respond(resp); // the header allowlist, before the gateway's own headers
-        if ctx.cache.is_some() {
+        if ctx.cache.is_some() || ctx.shared_miss {
             resp.headers_mut()
                 .insert(CACHE_HEADER, HeaderValue::from_static("miss"));
         }

@@ -227,7 +227,7 @@ impl Gateway {
 
 /// Whether a response says it is JSON (or says nothing, so it is checked as JSON): the safety
 /// net reads every such body.
-fn declares_json(headers: &http::HeaderMap) -> bool {
+pub(super) fn declares_json(headers: &http::HeaderMap) -> bool {
     match headers.get(header::CONTENT_TYPE) {
         None => true,
         Some(v) => {

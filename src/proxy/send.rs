@@ -1,5 +1,6 @@
 //! Phase 7, upstream: the request as SP-API sees it (region from the seller's record, header
-//! allowlist, token, optional SigV4), sent; and the bounded retries of bodiless requests.
+//! allowlist, token, optional SigV4), sent; and the bounded retries of requests that can be
+//! replayed (bodiless, or a small body read whole first).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,13 +12,13 @@ use http_body_util::BodyExt;
 use tokio::time::Instant;
 
 use crate::auth::caller::Caller;
-use crate::auth::lwa::LwaError;
+use crate::auth::lwa::{Heal, LwaError};
 use crate::auth::rdt;
 use crate::catalog::Operation;
 use crate::net::body::{self, Body, BoxError, Limited};
 use crate::net::upstream::UpstreamError;
 use crate::pii::Role;
-use crate::spapi::mentions_access_token;
+use crate::spapi::{mentions_access_token, ErrorBody};
 use crate::store::SellerRecord;
 
 use super::credentials::Credential;
@@ -27,7 +28,7 @@ use super::{headers, Ctx, Gateway};
 
 /// What a retry needs to send a request again.
 pub(super) struct Resend<'a> {
-    /// The request, if it can be replayed (no body).
+    /// The request, if it can be replayed.
     pub(super) replay: Option<Replay>,
     pub(super) op: &'static Operation,
     pub(super) seller: Option<&'a SellerRecord>,
@@ -127,10 +128,17 @@ impl Gateway {
         }
     }
 
-    /// Retries, only for requests that can be replayed (no body): once with fresh credentials
-    /// after 401/403 (a token revoked early or expired in flight), and for idempotent requests
-    /// after 429/5xx with backoff and jitter, within the caller's deadline, the retry budget,
-    /// and a fresh rate-limit token each time. Credentials Amazon rejected are forgotten.
+    /// Retries, only for requests that can be replayed (bodiless, or with a small body read
+    /// whole, see [`Replay::capture`]), within the caller's deadline and with a fresh
+    /// rate-limit token each time:
+    /// - once with fresh credentials after Amazon rejected the token: a 401 or a 403 naming
+    ///   the access token (forgotten), or a bare 403 (`Unauthorized`, empty details) that
+    ///   [`Lwa::heal`](crate::auth::lwa::Lwa::heal) takes as a token Amazon lost. Amazon
+    ///   refuses these before acting, so even a POST is sent again;
+    /// - for idempotent requests after 429/5xx with backoff and jitter, within the retry budget.
+    ///
+    /// Credentials are forgotten (or healed) whether or not the request can be sent again, so
+    /// the next request goes with a new token.
     pub(super) async fn retries(
         &self,
         mut resp: Response<Body>,
@@ -139,10 +147,27 @@ impl Gateway {
         ctx: &mut Ctx,
     ) -> Result<Response<Body>, ProxyError> {
         let mut attempt = 0u32;
-        while let Some(replay) = &r.replay {
+        loop {
             let status = resp.status();
-            let pause = if attempt == 0 && token_rejected(&mut resp).await {
-                self.forget(&cred).await;
+            let fresh_token = match (attempt, rejection(&mut resp).await) {
+                (_, Rejection::None) => false,
+                (_, Rejection::Token) => {
+                    self.forget(&cred).await;
+                    attempt == 0
+                }
+                (0, Rejection::Bare) => {
+                    let heal = self.heal(&cred).await;
+                    ctx.note = heal_reason(heal, r.replay.is_some());
+                    if heal.retries() && r.replay.is_some() {
+                        self.lwa.healed_retry();
+                    }
+                    heal.retries()
+                }
+                // Refreshed once already: a second bare 403 is Amazon's answer.
+                (_, Rejection::Bare) => false,
+            };
+            let Some(replay) = &r.replay else { break };
+            let pause = if fresh_token {
                 Duration::ZERO
             } else if (status == http::StatusCode::TOO_MANY_REQUESTS || status.is_server_error())
                 && replay.idempotent()
@@ -189,10 +214,21 @@ impl Gateway {
             resp = self.send(req, r.limit_tripped).await?;
             self.observe(r.bucket, r.op, &resp);
         }
-        if token_rejected(&mut resp).await {
-            self.forget(&cred).await;
-        }
         Ok(resp)
+    }
+}
+
+/// The audit reason of a request whose token met a bare 403 (none when the 403 was taken as a
+/// permission refusal).
+fn heal_reason(heal: Heal, replayable: bool) -> Option<crate::audit::Reason> {
+    use crate::audit::Reason;
+    match heal {
+        Heal::Refreshed | Heal::Replaced if replayable => {
+            Some(Reason::from_static("token_lost_retried"))
+        }
+        Heal::Refreshed => Some(Reason::from_static("token_lost_refreshed")),
+        Heal::Bounded => Some(Reason::from_static("token_lost_bounded")),
+        Heal::Replaced | Heal::Young | Heal::Off => None,
     }
 }
 
@@ -254,49 +290,124 @@ fn backoff(attempt: u32, base: Duration) -> Duration {
     cap.mul_f64(f64::from(r) / f64::from(u32::MAX))
 }
 
-/// Whether SP-API rejected the token itself (so it should be forgotten and the call retried):
-/// any 401, or a 403 whose error body names the access token ("...has expired", "...is
-/// revoked, malformed or invalid"). Other 403s (the application lacks a role) keep the token:
-/// evicting it would cost an LWA and RDT call per such request. A 403 body is small; it is
-/// read (within the response's total deadline) and put back.
-async fn token_rejected(resp: &mut Response<Body>) -> bool {
+/// What a response says about the token it was sent with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rejection {
+    /// Nothing: the token was accepted (or the answer is not about it).
+    None,
+    /// SP-API rejected the token itself: any 401, or a 403 whose error body names the access
+    /// token ("...has expired", "...is revoked, malformed or invalid").
+    Token,
+    /// A bare 403: every error `Unauthorized` with empty details. Amazon answers a token it no
+    /// longer knows and a call the application may not make alike; [`Lwa::heal`] decides.
+    ///
+    /// [`Lwa::heal`]: crate::auth::lwa::Lwa::heal
+    Bare,
+}
+
+/// Reads what a response says about its token. Other 403s (a named permission problem) keep
+/// the token: evicting it would cost an LWA and RDT call per such request. A 403 body is small;
+/// it is read (within the response's total deadline) and put back.
+async fn rejection(resp: &mut Response<Body>) -> Rejection {
     match resp.status() {
-        http::StatusCode::UNAUTHORIZED => true,
+        http::StatusCode::UNAUTHORIZED => Rejection::Token,
         http::StatusCode::FORBIDDEN => {
             let taken = std::mem::replace(resp.body_mut(), body::empty());
             match taken.collect().await {
                 Ok(collected) => {
                     let bytes = collected.to_bytes();
-                    let hit = mentions_access_token(&bytes);
+                    let found = if mentions_access_token(&bytes) {
+                        Rejection::Token
+                    } else if is_bare_refusal(&bytes) {
+                        Rejection::Bare
+                    } else {
+                        Rejection::None
+                    };
                     *resp.body_mut() = body::full(bytes);
-                    hit
+                    found
                 }
-                Err(_) => false,
+                Err(_) => Rejection::None,
             }
         }
-        _ => false,
+        _ => Rejection::None,
     }
 }
 
-/// What is needed to send a bodiless request a second time.
+/// Whether a 403 body is Amazon's bare refusal: at least one error, each `Unauthorized` with
+/// empty (or no) details.
+fn is_bare_refusal(body: &[u8]) -> bool {
+    serde_json::from_slice::<ErrorBody>(body).is_ok_and(|b| {
+        !b.errors.is_empty()
+            && b.errors
+                .iter()
+                .all(|e| e.code == "Unauthorized" && e.details.trim().is_empty())
+    })
+}
+
+/// The largest request body kept for sending again (read whole before the request goes out);
+/// larger bodies, and bodies without `Content-Length`, stream once and are never replayed.
+pub(super) const REPLAY_BODY_MAX_BYTES: u64 = 256 * 1024;
+
+/// What is needed to send a request a second time.
 pub(super) struct Replay {
     method: http::Method,
     uri: Uri,
     headers: http::HeaderMap,
+    body: bytes::Bytes,
 }
 
 impl Replay {
-    /// Captures the request if it has no body (only those can be replayed).
-    pub(super) fn capture<B: HttpBody>(req: &Request<B>) -> Option<Replay> {
-        req.body().is_end_stream().then(|| Replay {
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            headers: req.headers().clone(),
-        })
+    /// Captures the request for sending again: bodiless, or with a `Content-Length` of at most
+    /// [`REPLAY_BODY_MAX_BYTES`], whose body is read whole now (within `read_within`). Other
+    /// requests are passed on with their body still streaming, and no replay.
+    pub(super) async fn capture<B>(
+        req: Request<B>,
+        read_within: Duration,
+    ) -> Result<(Request<Body>, Option<Replay>), ProxyError>
+    where
+        B: HttpBody<Data = bytes::Bytes> + Send + Sync + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let small = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n <= REPLAY_BODY_MAX_BYTES);
+        if !req.body().is_end_stream() && !small {
+            return Ok((req.map(|b| b.map_err(Into::into).boxed()), None));
+        }
+        let (parts, body) = req.into_parts();
+        let bytes = if body.is_end_stream() {
+            bytes::Bytes::new()
+        } else {
+            crate::server::peers::read_body(body, REPLAY_BODY_MAX_BYTES as usize, read_within)
+                .await?
+        };
+        let replay = Replay {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+            body: bytes,
+        };
+        Ok((Request::from_parts(parts, replay.body()), Some(replay)))
+    }
+
+    /// The body as read (empty for a bodiless request).
+    pub(super) fn body_bytes(&self) -> &bytes::Bytes {
+        &self.body
+    }
+
+    fn body(&self) -> Body {
+        if self.body.is_empty() {
+            body::empty()
+        } else {
+            body::full(self.body.clone())
+        }
     }
 
     pub(super) fn request(&self) -> Request<Body> {
-        let mut req = Request::new(body::empty());
+        let mut req = Request::new(self.body());
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.headers_mut() = self.headers.clone();

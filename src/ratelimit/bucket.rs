@@ -218,29 +218,10 @@ impl Bucket {
         // back if Amazon's side refuses below).
         let tool_reserved = match ask.tool_limit {
             None => false,
-            Some((rate, burst)) => {
-                let slot = {
-                    let mut st = self.lock();
-                    let tool = st.tool(ask.tool);
-                    let g = tool
-                        .bucket
-                        .get_or_insert_with(|| Gcra::new(rate, burst, now));
-                    if !g.has(rate, burst) {
-                        g.reconfigure(rate, burst, now);
-                    }
-                    let slot = g.next_slot(now);
-                    if slot > ask.deadline {
-                        return Err(RateLimitError::Throttled {
-                            retry_after: slot - now,
-                            rate_per_second: g.rate_per_second(),
-                        });
-                    }
-                    g.reserve(now)
-                };
-                if slot > now {
-                    tokio::time::sleep_until(slot).await;
-                    now = Instant::now();
-                }
+            Some(limit) => {
+                now = self
+                    .acquire_tool(ask.tool, limit, now, ask.deadline)
+                    .await?;
                 true
             }
         };
@@ -256,6 +237,41 @@ impl Bucket {
             }
         }
         result
+    }
+
+    /// Takes a token of the tool's own bucket (its plan's absolute rule `(rate, burst)`),
+    /// waiting up to `deadline`; returns the instant it was granted. Used alone for a request
+    /// answered without Amazon ([`super::Limiter::acquire_plan`]).
+    pub(crate) async fn acquire_tool(
+        &self,
+        tool: &str,
+        (rate, burst): (f64, u32),
+        now: Instant,
+        deadline: Instant,
+    ) -> Result<Instant, RateLimitError> {
+        let slot = {
+            let mut st = self.lock();
+            let tool = st.tool(tool);
+            let g = tool
+                .bucket
+                .get_or_insert_with(|| Gcra::new(rate, burst, now));
+            if !g.has(rate, burst) {
+                g.reconfigure(rate, burst, now);
+            }
+            let slot = g.next_slot(now);
+            if slot > deadline {
+                return Err(RateLimitError::Throttled {
+                    retry_after: slot - now,
+                    rate_per_second: g.rate_per_second(),
+                });
+            }
+            g.reserve(now)
+        };
+        if slot > now {
+            tokio::time::sleep_until(slot).await;
+            return Ok(Instant::now());
+        }
+        Ok(now)
     }
 
     async fn acquire_amazon(

@@ -609,6 +609,49 @@ impl Limiter {
         }
     }
 
+    /// For a request answered without Amazon (a coalesced or cached answer, see
+    /// `proxy::shared_calls`): only the tool's own rate plan, no token of Amazon's bucket. A
+    /// plan's absolute rule is the tool's own bucket, taken as [`Limiter::acquire`] takes it; a
+    /// share only weighs the tool's place in Amazon's bucket, so it takes nothing here.
+    pub async fn acquire_plan(&self, req: Acquire<'_>) -> Result<Admission, RateLimitError> {
+        let arrived = Instant::now();
+        let inner = &self.inner;
+        let (limit, max_wait) = {
+            let plans = inner.plans.read().unwrap_or_else(|e| e.into_inner());
+            let plan = req.plan.and_then(|name| plans.get(name));
+            let limit = match plan.and_then(|p| p.rule_for(req.operation)) {
+                Some(Rule::Absolute {
+                    rate_per_second,
+                    burst,
+                }) => Some((rate_per_second, burst)),
+                Some(Rule::Share(_)) | None => None,
+            };
+            let plan_wait = plan
+                .and_then(|p| p.max_wait)
+                .unwrap_or(inner.config.default_max_wait);
+            (limit, req.max_wait.map_or(plan_wait, |w| w.min(plan_wait)))
+        };
+        let immediate = Admission {
+            waited: Duration::ZERO,
+            decision: Decision::Immediate,
+        };
+        let (Some(limit), Some(bucket)) = (limit, inner.bucket(req.seller, req.operation)) else {
+            return Ok(immediate);
+        };
+        let granted = bucket
+            .acquire_tool(req.tool, limit, arrived, arrived + max_wait)
+            .await?;
+        let waited = granted.saturating_duration_since(arrived);
+        Ok(if waited.is_zero() {
+            immediate
+        } else {
+            Admission {
+                waited,
+                decision: Decision::Waited,
+            }
+        })
+    }
+
     /// Makes a restart safe for local buckets (no Redis): buckets this process creates start as
     /// if emptied at the last moment a previous run may have spent them, so a restarted instance
     /// never hands out a burst it already spent. `dir` holds `ratelimit-alive`, a lease on the

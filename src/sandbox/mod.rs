@@ -10,7 +10,9 @@
 //!   examples from Amazon's models (`fixtures/sandbox-examples.json`), the dynamic handlers
 //!   (`createRestrictedDataToken`, a synthetic order book per seller, and the report documents
 //!   of `fixtures/documents/` listed in [`FIXTURE_DOCUMENTS`]), else `400 InvalidInput`.
-//! - `GET /_sandbox/stats` returns [`Stats`] as JSON for out-of-process users.
+//! - `GET /_sandbox/stats` returns [`Stats`] as JSON for out-of-process users;
+//!   `POST /_sandbox/rotate-token-secrets` forgets every token issued
+//!   ([`Sandbox::rotate_token_secrets`]).
 //!
 //! Every clock is [`tokio::time::Instant`], so tests can pause and advance time.
 //!
@@ -65,6 +67,8 @@ pub const RECEIVED_PER_OPERATION: usize = 10_000;
 const LWA_PATH: &str = "/auth/o2/token";
 /// The stats endpoint's path.
 const STATS_PATH: &str = "/_sandbox/stats";
+/// `POST` here is [`Sandbox::rotate_token_secrets`], for a sandbox in another process.
+pub const ROTATE_TOKENS_PATH: &str = "/_sandbox/rotate-token-secrets";
 /// Where report documents download from (`<prefix><seller>`), standing in for S3.
 const DOCUMENTS_PATH: &str = "/_sandbox/documents/";
 /// A synthetic shipping label (an opaque PDF with a synthetic buyer's address), served like a
@@ -331,6 +335,14 @@ impl Sandbox {
         lock(&self.inner.tokens).expire_all(Instant::now());
     }
 
+    /// Forgets every access token, grantless token and RDT issued so far, as a sandbox
+    /// restarted with new token secrets would (and as Amazon does when it loses tokens): a
+    /// request with one gets 403 `Unauthorized` with empty details, not "expired". Refresh
+    /// tokens stay valid, so LWA issues new access tokens as before.
+    pub fn rotate_token_secrets(&self) {
+        lock(&self.inner.tokens).forget_all();
+    }
+
     /// Overrides responses for an operation (by catalog key) until [`Sandbox::clear_scripts`],
     /// or for the next `n` requests with `times: Some(n)`. Scripts apply after authorization and
     /// quota checks. A later script for the same operation replaces an earlier one.
@@ -382,6 +394,10 @@ impl Sandbox {
         if path == STATS_PATH && parts.method == Method::GET {
             let stats = serde_json::to_vec(&self.stats()).unwrap_or_default();
             return json_response(StatusCode::OK, body::full(stats), None);
+        }
+        if path == ROTATE_TOKENS_PATH && parts.method == Method::POST {
+            self.rotate_token_secrets();
+            return json_response(StatusCode::OK, body::full("{}"), None);
         }
         if path == LABEL_PATH && parts.method == Method::GET {
             let pdf = format!("%PDF-1.7\n% Ship to: {LABEL_BUYER}, 1 Synthetic Way\n%%EOF\n");

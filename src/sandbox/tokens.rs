@@ -94,6 +94,11 @@ impl TokenStore {
         }
     }
 
+    /// Forgets every token: each is then unknown, as after a restart.
+    pub(super) fn forget_all(&mut self) {
+        self.tokens.clear();
+    }
+
     /// How many tokens are remembered.
     pub(super) fn len(&self) -> usize {
         self.tokens.len()

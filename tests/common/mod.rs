@@ -271,25 +271,15 @@ cache = {cache}
         .map(|f| Arc::new(spgate::server::forward::Forward::load(f, &env).unwrap()));
     let opened = spgate::open_store(&config).await.unwrap();
     let store = opened.store.clone();
-    let sealed = config
-        .master_key
-        .seal_str(
-            &Secret::new(REFRESH_TOKEN.to_string()),
-            format!("refresh_token:{SELLER}").as_bytes(),
-        )
-        .unwrap();
-    store
-        .put_seller(&SellerRecord {
-            selling_partner_id: SELLER.into(),
-            region: Region::Eu,
-            marketplaces: vec!["A1PA6795UKMFR9".into()],
-            refresh_token_sealed: sealed,
-            authorized_at: 1_700_000_000,
-            reauthorize_by: 1_900_000_000,
-            status: SellerStatus::Active,
-        })
-        .await
-        .unwrap();
+    put_seller(
+        &*store,
+        &config.master_key,
+        SELLER,
+        REFRESH_TOKEN,
+        Region::Eu,
+        "A1PA6795UKMFR9",
+    )
+    .await;
     let key = caller::create_client(
         &*store,
         "test-tool",
@@ -413,6 +403,18 @@ impl TestGateway {
         }
     }
 
+    /// A GET with this test's key for `seller`.
+    pub async fn get_for(&self, seller: &str, path: &str) -> Reply {
+        self.call(
+            Request::get(format!("{}{path}", self.url))
+                .header("authorization", format!("Bearer {}", self.key))
+                .header("x-spgate-seller", seller)
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+    }
+
     pub async fn get(&self, path: &str) -> Reply {
         self.call(self.request(Method::GET, path).body(empty()).unwrap())
             .await
@@ -472,6 +474,52 @@ pub fn empty() -> Body {
 
 pub fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+/// Adds a seller of `region` to the gateway's store and the sandbox (the sandbox answers every
+/// region).
+pub async fn add_seller(gw: &TestGateway, seller: &str, region: Region) {
+    let master = MasterKey::from_base64("k1", &gw.master_key_b64).unwrap();
+    let refresh = format!("Atzr|synthetic-{seller}");
+    gw.sandbox.add_seller(seller, &refresh);
+    put_seller(
+        &*gw.store,
+        &master,
+        seller,
+        &refresh,
+        region,
+        "ATVPDKIKX0DER",
+    )
+    .await;
+}
+
+/// Stores an active seller with its refresh token sealed under `master`.
+async fn put_seller(
+    store: &dyn Store,
+    master: &MasterKey,
+    seller: &str,
+    refresh: &str,
+    region: Region,
+    marketplace: &str,
+) {
+    let sealed = master
+        .seal_str(
+            &Secret::new(refresh.to_string()),
+            format!("refresh_token:{seller}").as_bytes(),
+        )
+        .unwrap();
+    store
+        .put_seller(&SellerRecord {
+            selling_partner_id: seller.into(),
+            region,
+            marketplaces: vec![marketplace.into()],
+            refresh_token_sealed: sealed,
+            authorized_at: 1_700_000_000,
+            reauthorize_by: 1_900_000_000,
+            status: SellerStatus::Active,
+        })
+        .await
+        .unwrap();
 }
 
 /// A TCP port free on 127.0.0.1 a moment ago.

@@ -1,0 +1,657 @@
+//! Answers shared between callers, so no Amazon quota is spent twice on one question
+//! (`[shared_calls]`, off by default):
+//!
+//! - **Coalescing** (`coalesce = true`): identical concurrent GETs (same seller, operation, path
+//!   and query; for the POSTs that only read, [`READ_ONLY_POSTS`], the same body too) of an
+//!   operation that is neither restricted nor carries buyer PII
+//!   (`data/pii-none.tsv`) make one upstream call. The first is the leader; the others
+//!   (followers) wait for its answer, each within its own deadline, and get it with
+//!   `x-spgate-cache: coalesced`.
+//! - **Caching** (`[shared_calls.ttl_seconds]`, per operation): a 200 answer of such an
+//!   operation is kept that long, per seller, and served with `x-spgate-cache: hit` (the
+//!   leader's answer says `miss`).
+//! - **Invalidation**: any other request a tool makes for the seller through this gateway
+//!   (a write: every method but GET, except the few POSTs that only read, [`READ_ONLY_POSTS`])
+//!   drops the seller's cached answers of the same family of operations ([`family`]: the
+//!   listings, catalog, pricing, fees, restrictions and feeds APIs are one family, as a listing
+//!   change shows in all of them; any other API is its own), once when it starts and again
+//!   when it ends; a read that was in flight across a write is shared with its followers but
+//!   not cached.
+//!
+//! What a shared answer still goes through, per caller: authentication, authorization and the
+//! seller check (before this phase), the tool's own rate plan ([`Limiter::acquire_plan`]: an
+//! absolute rule is the tool's own bucket; no token of Amazon's bucket is taken, which is the
+//! point), the PII policy and safety net of its role, the header allowlist, and its own audit
+//! record (reason `coalesced` or `cache_hit`). **Invariants:** an answer is shared only between
+//! requests for the same seller, operation, path and query (the key holds all four); only JSON
+//! answers of at most `pii.max_response_bytes` (what the policy reads anyway) are shared; the
+//! cache holds Amazon's answer as received (the policy runs on every use), in memory, per
+//! instance, and never buyer PII (only operations declared free of it).
+//!
+//! [`Limiter::acquire_plan`]: crate::ratelimit::Limiter::acquire_plan
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use serde::Deserialize;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::auth::caller::Caller;
+use crate::catalog::{Catalog, Operation};
+use crate::config::ConfigIssue;
+use crate::net::body::{self, Body};
+use crate::pii::{Classification, Role};
+use crate::ratelimit::Acquire;
+use crate::store::SellerRecord;
+
+use super::limit::Wants;
+use super::policy::{declares_json, read_capped};
+use super::rescue::ProxyError;
+use super::{Ctx, Gateway, CACHE_HEADER};
+
+/// POSTs that only read (fee estimates, price batches): they do not invalidate cached answers.
+pub(super) const READ_ONLY_POSTS: [&str; 7] = [
+    "productFeesV0.getMyFeesEstimateForSKU",
+    "productFeesV0.getMyFeesEstimateForASIN",
+    "productFeesV0.getMyFeesEstimates",
+    "productPricingV0.getItemOffersBatch",
+    "productPricingV0.getListingOffersBatch",
+    "productPricing_2022-05-01.getCompetitiveSummary",
+    "productPricing_2022-05-01.getFeaturedOfferExpectedPriceBatch",
+];
+
+/// The APIs whose answers one listing change can alter: one invalidation family.
+const LISTINGS_FAMILY: [&str; 6] = [
+    "listings-items",
+    "catalog-items",
+    "listings-restrictions",
+    "product-fees",
+    "product-pricing",
+    "feeds",
+];
+
+/// Default most answers kept.
+const DEFAULT_MAX_ENTRIES: usize = 10_000;
+
+/// `[shared_calls]`.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawSharedCalls {
+    /// Identical concurrent GETs of unrestricted operations without buyer PII make one upstream
+    /// call (default false).
+    pub coalesce: Option<bool>,
+    /// Seconds a 200 answer is cached, per operation key; an operation not listed is not
+    /// cached. Only unrestricted GET operations (and [`READ_ONLY_POSTS`]) declared free of
+    /// buyer PII may be listed.
+    pub ttl_seconds: Option<BTreeMap<String, u64>>,
+    /// Most answers cached at once (default 10,000); past it, expired ones are dropped, then
+    /// the ones closest to expiry.
+    pub max_entries: Option<usize>,
+}
+
+/// See [`RawSharedCalls`].
+#[derive(Debug, Clone)]
+pub struct SharedCallsConfig {
+    /// Coalesce identical concurrent GETs.
+    pub coalesce: bool,
+    /// Cache lifetime per operation key.
+    pub ttls: HashMap<&'static str, Duration>,
+    /// Most answers cached.
+    pub max_entries: usize,
+}
+
+/// What [`SharedCalls`] counted (metrics): answers served from the cache, answers fetched for
+/// the cache, answers shared with a follower, and cached answers dropped by a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Event {
+    /// A request answered from the cache.
+    Hit,
+    /// A cacheable request that went upstream.
+    Miss,
+    /// A follower answered with its leader's answer.
+    Coalesced,
+    /// A cached answer dropped by a write.
+    Invalidated,
+}
+
+/// The shared answers of one gateway (in memory, per instance).
+pub struct SharedCalls {
+    config: SharedCallsConfig,
+    state: Mutex<State>,
+    counts: [AtomicU64; 4],
+}
+
+#[derive(Default)]
+struct State {
+    /// Leaders' answers as they come, by key.
+    in_flight: HashMap<Key, watch::Receiver<Option<Arc<Answer>>>>,
+    /// Cached answers and when they expire.
+    cached: HashMap<Key, (Arc<Answer>, Instant)>,
+    /// Writes seen per (seller, family): a leader caches only if none happened meanwhile.
+    writes: HashMap<(String, &'static str), u64>,
+}
+
+/// Who asked what: an answer is shared only within one key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct Key {
+    seller: String,
+    operation: &'static str,
+    path_and_query: String,
+}
+
+/// Amazon's answer as shared: status, headers, the whole body.
+pub(super) struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// Where a request stands with shared answers ([`Gateway::join_shared`]).
+pub(super) enum Joined {
+    /// Answered from the cache or a leader, through the caller's plan and policy.
+    Answered(Response<Body>),
+    /// The request goes upstream; [`Lead::publish`] its answer.
+    Lead(Lead),
+}
+
+/// A request going upstream, and what to do with its answer.
+pub(super) enum Lead {
+    /// Nothing to share.
+    Alone,
+    /// The first of identical reads: shares its answer (and caches a 200 with a TTL).
+    Reader {
+        key: Key,
+        tx: watch::Sender<Option<Arc<Answer>>>,
+        ttl: Option<Duration>,
+        family: &'static str,
+        writes_seen: u64,
+        calls: Arc<SharedCalls>,
+    },
+    /// A write: the seller's cached answers of its family are dropped again when it ends.
+    Writer {
+        seller: String,
+        family: &'static str,
+        calls: Arc<SharedCalls>,
+    },
+}
+
+// === impl SharedCallsConfig ===
+
+impl RawSharedCalls {
+    /// Validates the section: every operation with a TTL is catalogued, a GET, unrestricted,
+    /// acts for a seller and is declared free of buyer PII.
+    pub fn resolve(&self) -> Result<SharedCallsConfig, Vec<ConfigIssue>> {
+        let mut issues = Vec::new();
+        let mut ttls = HashMap::new();
+        for (key, seconds) in self.ttl_seconds.iter().flatten() {
+            let path = format!("shared_calls.ttl_seconds.{key}");
+            let Some(op) = Catalog::builtin().by_key(key) else {
+                issues.push(ConfigIssue {
+                    path,
+                    message: "no such operation (see `spgate catalog`)".into(),
+                });
+                continue;
+            };
+            if let Err(why) = shareable(op) {
+                issues.push(ConfigIssue {
+                    path,
+                    message: format!("may not be cached: {why}"),
+                });
+                continue;
+            }
+            if *seconds == 0 {
+                issues.push(ConfigIssue {
+                    path,
+                    message: "must be at least 1 (leave the operation out to cache nothing)".into(),
+                });
+                continue;
+            }
+            ttls.insert(op.key, Duration::from_secs(*seconds));
+        }
+        let max_entries = self.max_entries.unwrap_or(DEFAULT_MAX_ENTRIES);
+        if max_entries == 0 {
+            issues.push(ConfigIssue {
+                path: "shared_calls.max_entries".into(),
+                message: "must be at least 1".into(),
+            });
+        }
+        if !issues.is_empty() {
+            return Err(issues);
+        }
+        Ok(SharedCallsConfig {
+            coalesce: self.coalesce.unwrap_or(false),
+            ttls,
+            max_entries,
+        })
+    }
+}
+
+impl SharedCallsConfig {
+    /// Nothing shared, nothing cached.
+    pub fn off() -> SharedCallsConfig {
+        SharedCallsConfig {
+            coalesce: false,
+            ttls: HashMap::new(),
+            max_entries: DEFAULT_MAX_ENTRIES,
+        }
+    }
+}
+
+/// Why an operation's answers may not be shared, if they may not.
+fn shareable(op: &Operation) -> Result<(), &'static str> {
+    if op.method != http::Method::GET && !READ_ONLY_POSTS.contains(&op.key) {
+        return Err(
+            "only GET operations and the POSTs that only read (fee estimates, price batches)",
+        );
+    }
+    if op.restricted {
+        return Err("a restricted operation (its answer depends on the RDT)");
+    }
+    if op.grantless_scope.is_some() {
+        return Err("a grantless operation (answers are kept per seller)");
+    }
+    match op.pii_class() {
+        Classification::NoPii(_) => Ok(()),
+        Classification::Mapped(_) => Err("the operation may carry buyer PII"),
+        Classification::Unclassified => Err("the operation has no buyer-PII classification"),
+    }
+}
+
+/// The invalidation family of an operation: [`LISTINGS_FAMILY`] as one, else its API.
+fn family(op: &Operation) -> &'static str {
+    if LISTINGS_FAMILY.contains(&op.api) {
+        "listings"
+    } else {
+        op.api
+    }
+}
+
+// === impl SharedCalls ===
+
+impl SharedCalls {
+    /// Shared answers as configured.
+    pub fn new(config: SharedCallsConfig) -> SharedCalls {
+        SharedCalls {
+            config,
+            state: Mutex::new(State::default()),
+            counts: Default::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Every write to the state is whole under the lock; a panic elsewhere leaves it valid.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn count(&self, event: Event) {
+        self.counts[event as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many times `event` happened.
+    pub fn counted(&self, event: Event) -> u64 {
+        self.counts[event as usize].load(Ordering::Relaxed)
+    }
+
+    /// Whether anything is shared at all.
+    fn enabled(&self) -> bool {
+        self.config.coalesce || !self.config.ttls.is_empty()
+    }
+
+    /// Drops the seller's cached answers of a family and notes the write.
+    fn invalidate(&self, seller: &str, family_: &'static str) {
+        let mut st = self.lock();
+        *st.writes.entry((seller.to_string(), family_)).or_default() += 1;
+        let before = st.cached.len();
+        st.cached.retain(|k, _| {
+            k.seller != seller
+                || Catalog::builtin()
+                    .by_key(k.operation)
+                    .is_none_or(|op| family(op) != family_)
+        });
+        let dropped = (before - st.cached.len()) as u64;
+        drop(st);
+        self.counts[Event::Invalidated as usize].fetch_add(dropped, Ordering::Relaxed);
+    }
+
+    /// Keeps `answer` until `ttl` from now, within `max_entries`.
+    fn store(&self, key: Key, answer: Arc<Answer>, ttl: Duration) {
+        let now = Instant::now();
+        let mut st = self.lock();
+        if st.cached.len() >= self.config.max_entries && !st.cached.contains_key(&key) {
+            st.cached.retain(|_, (_, until)| *until > now);
+            while st.cached.len() >= self.config.max_entries {
+                let soonest = st
+                    .cached
+                    .iter()
+                    .min_by_key(|(_, (_, until))| *until)
+                    .map(|(k, _)| k.clone());
+                match soonest {
+                    Some(k) => st.cached.remove(&k),
+                    None => break,
+                };
+            }
+        }
+        st.cached.insert(key, (answer, now + ttl));
+    }
+
+    /// The metrics in Prometheus' text format.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let name = "spgate_shared_calls_total";
+        let _ = writeln!(out, "# HELP {name} Answers shared between callers: served from the cache (hit), fetched for it (miss), given to a coalesced follower, and cached answers dropped by a write (invalidated).\n# TYPE {name} counter");
+        for (event, label) in [
+            (Event::Hit, "hit"),
+            (Event::Miss, "miss"),
+            (Event::Coalesced, "coalesced"),
+            (Event::Invalidated, "invalidated"),
+        ] {
+            let _ = writeln!(out, "{name}{{event=\"{label}\"}} {}", self.counted(event));
+        }
+    }
+}
+
+/// What the pipeline knows of a request when it reaches the shared-answer phase.
+pub(super) struct Asking<'a> {
+    pub(super) op: &'static Operation,
+    pub(super) seller: Option<&'a SellerRecord>,
+    pub(super) caller: &'a Caller,
+    pub(super) role: &'a Role,
+    pub(super) params: &'a [(&'static str, String)],
+    pub(super) wants: &'a Wants,
+    pub(super) deadline: Instant,
+    /// The request's body, when it was read whole (a read-only POST is shared by it).
+    pub(super) body: Option<&'a Bytes>,
+}
+
+impl Gateway {
+    /// The shared-answer phase, after the PII cache and before credentials: a cached or
+    /// coalesced answer for this request (through the caller's plan and policy), or the lead
+    /// to publish its upstream answer with. A write drops the seller's cached answers of its
+    /// family here (and again when its [`Lead`] is published).
+    pub(super) async fn join_shared(
+        &self,
+        a: Asking<'_>,
+        req: &Request<Body>,
+        ctx: &mut Ctx,
+    ) -> Result<Joined, ProxyError> {
+        let calls = &self.shared_calls;
+        let (Some(seller), true) = (a.seller, calls.enabled()) else {
+            return Ok(Joined::Lead(Lead::Alone));
+        };
+        let seller_id = seller.selling_partner_id.as_str();
+        let op = a.op;
+        if op.method != http::Method::GET && !READ_ONLY_POSTS.contains(&op.key) {
+            calls.invalidate(seller_id, family(op));
+            return Ok(Joined::Lead(Lead::Writer {
+                seller: seller_id.to_string(),
+                family: family(op),
+                calls: calls.clone(),
+            }));
+        }
+        let ttl = calls.config.ttls.get(op.key).copied();
+        // A GET is shared bodiless; a read-only POST by its whole body (kept for replay).
+        let body = match (op.method == http::Method::GET, a.body) {
+            (true, _) if http_body::Body::is_end_stream(req.body()) => None,
+            (false, Some(body)) => Some(crate::crypto::sha256_hex(body)),
+            _ => return Ok(Joined::Lead(Lead::Alone)),
+        };
+        if shareable(op).is_err() || (!calls.config.coalesce && ttl.is_none()) {
+            return Ok(Joined::Lead(Lead::Alone));
+        }
+        let pq = req.uri().path_and_query().map_or("", |pq| pq.as_str());
+        let key = Key {
+            seller: seller_id.to_string(),
+            operation: op.key,
+            path_and_query: match body {
+                Some(digest) => format!("{pq} {digest}"),
+                None => pq.to_string(),
+            },
+        };
+        let now = Instant::now();
+        let waiting = {
+            let mut st = calls.lock();
+            match st.cached.get(&key) {
+                Some((answer, until)) if *until > now => Some(Err(answer.clone())),
+                _ => match st.in_flight.get(&key) {
+                    Some(rx) if calls.config.coalesce => Some(Ok(rx.clone())),
+                    _ => {
+                        let (tx, rx) = watch::channel(None);
+                        st.in_flight.insert(key.clone(), rx);
+                        let writes_seen = st
+                            .writes
+                            .get(&(seller_id.to_string(), family(op)))
+                            .copied()
+                            .unwrap_or(0);
+                        drop(st);
+                        if ttl.is_some() {
+                            calls.count(Event::Miss);
+                            ctx.shared_miss = true;
+                        }
+                        return Ok(Joined::Lead(Lead::Reader {
+                            key,
+                            tx,
+                            ttl,
+                            family: family(op),
+                            writes_seen,
+                            calls: calls.clone(),
+                        }));
+                    }
+                },
+            }
+        };
+        let (answer, source) = match waiting {
+            Some(Err(cached)) => (cached, "hit"),
+            Some(Ok(mut rx)) => {
+                let waited =
+                    tokio::time::timeout_at(a.deadline, rx.wait_for(Option::is_some)).await;
+                match waited {
+                    Ok(Ok(answer)) => match answer.as_ref() {
+                        Some(answer) => (answer.clone(), "coalesced"),
+                        None => return Ok(Joined::Lead(Lead::Alone)),
+                    },
+                    // The leader failed, or took longer than this caller waits: on its own.
+                    Ok(Err(_)) | Err(_) => return Ok(Joined::Lead(Lead::Alone)),
+                }
+            }
+            None => return Ok(Joined::Lead(Lead::Alone)),
+        };
+        // The tool's own plan still applies; Amazon's bucket is not touched.
+        let plan = self.tool_plan(&a.caller.client.tool);
+        ctx.admission = Some(
+            self.limiter
+                .acquire_plan(Acquire {
+                    seller: seller_id,
+                    operation: op,
+                    tool: &a.caller.client.tool,
+                    plan: plan.as_deref(),
+                    priority: a.wants.priority,
+                    max_wait: a.wants.max_wait,
+                })
+                .await?,
+        );
+        calls.count(if source == "hit" {
+            Event::Hit
+        } else {
+            Event::Coalesced
+        });
+        ctx.note = Some(crate::audit::Reason::from_static(if source == "hit" {
+            "cache_hit"
+        } else {
+            "coalesced"
+        }));
+        let resp = self
+            .minimise(answer.response(), op, a.role, a.seller, a.params, ctx)
+            .await?;
+        let mut resp = self.respond(resp);
+        resp.headers_mut()
+            .insert(CACHE_HEADER, HeaderValue::from_static(source));
+        Ok(Joined::Answered(resp))
+    }
+}
+
+// === impl Lead ===
+
+impl Lead {
+    /// The leader's upstream answer: shared with its followers (and cached: a 200 with a TTL,
+    /// no write meanwhile) when it is JSON within `max` bytes, and returned for the leader's own
+    /// caller. A write drops its family's cached answers again.
+    pub(super) async fn publish(
+        self,
+        resp: Response<Body>,
+        max: usize,
+    ) -> Result<Response<Body>, ProxyError> {
+        // `self` drops when this returns, taking a reader's in-flight entry away.
+        match &self {
+            Lead::Alone => Ok(resp),
+            Lead::Writer {
+                seller,
+                family,
+                calls,
+            } => {
+                calls.invalidate(seller, family);
+                Ok(resp)
+            }
+            Lead::Reader {
+                key,
+                tx,
+                ttl,
+                family,
+                writes_seen,
+                calls,
+            } => {
+                // Only what the policy would read whole anyway is read whole here; anything
+                // else goes to the leader's caller as it is, and followers go on their own
+                // (the sender's drop releases them).
+                if !declares_json(resp.headers()) {
+                    return Ok(resp);
+                }
+                let (parts, body) = resp.into_parts();
+                let bytes = read_capped(body, max).await?;
+                let answer = Arc::new(Answer {
+                    status: parts.status,
+                    headers: parts.headers,
+                    body: bytes,
+                });
+                let unchanged = calls
+                    .lock()
+                    .writes
+                    .get(&(key.seller.clone(), *family))
+                    .copied()
+                    .unwrap_or(0)
+                    == *writes_seen;
+                if let (Some(ttl), true, StatusCode::OK) = (ttl, unchanged, answer.status) {
+                    calls.store(key.clone(), answer.clone(), *ttl);
+                }
+                tx.send_replace(Some(answer.clone()));
+                Ok(answer.response())
+            }
+        }
+    }
+}
+
+impl Drop for Lead {
+    fn drop(&mut self) {
+        // A leader that ends without publishing (an error, the client gone) takes its entry
+        // with it; its followers see the sender closed and go on their own.
+        if let Lead::Reader { key, tx, calls, .. } = self {
+            let mut st = calls.lock();
+            if st
+                .in_flight
+                .get(key)
+                .is_some_and(|rx| rx.same_channel(&tx.subscribe()))
+            {
+                st.in_flight.remove(key);
+            }
+        }
+    }
+}
+
+// === impl Answer ===
+
+impl Answer {
+    /// A fresh response carrying this answer.
+    fn response(&self) -> Response<Body> {
+        let mut resp = Response::new(if self.body.is_empty() {
+            body::empty()
+        } else {
+            body::full(self.body.clone())
+        });
+        *resp.status_mut() = self.status;
+        *resp.headers_mut() = self.headers.clone();
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(ttl: &[(&str, u64)], expect: Result<usize, &str>) {
+        let raw = RawSharedCalls {
+            coalesce: None,
+            ttl_seconds: Some(ttl.iter().map(|(k, v)| (k.to_string(), *v)).collect()),
+            max_entries: None,
+        };
+        match (raw.resolve(), expect) {
+            (Ok(c), Ok(n)) => assert_eq!(c.ttls.len(), n, "{ttl:?}"),
+            (Err(issues), Err(why)) => assert!(
+                issues.iter().any(|i| i.message.contains(why)),
+                "{ttl:?}: {issues:?}"
+            ),
+            (got, want) => panic!("{ttl:?}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn only_unrestricted_gets_without_buyer_pii_may_be_cached() {
+        check(
+            &[
+                ("catalogItems_2022-04-01.getCatalogItem", 300),
+                (
+                    "definitionsProductTypes_2020-09-01.getDefinitionsProductType",
+                    3600,
+                ),
+                (
+                    "listingsRestrictions_2021-08-01.getListingsRestrictions",
+                    60,
+                ),
+            ],
+            Ok(3),
+        );
+        check(
+            &[("fulfillmentOutbound_2020-07-01.getFulfillmentOrder", 60)],
+            Err("buyer PII"),
+        );
+        check(&[("ordersV0.getOrderAddress", 60)], Err("restricted"));
+        check(&[("productFeesV0.getMyFeesEstimateForSKU", 60)], Ok(1));
+        check(&[("feeds_2021-06-30.createFeed", 60)], Err("only GET"));
+        check(&[("notifications.getDestinations", 60)], Err("grantless"));
+        check(&[("nosuch.operation", 60)], Err("no such operation"));
+        check(
+            &[("catalogItems_2022-04-01.getCatalogItem", 0)],
+            Err("at least 1"),
+        );
+    }
+
+    #[test]
+    fn one_listing_change_reaches_every_api_that_shows_it() {
+        let op = |k: &str| Catalog::builtin().by_key(k).unwrap();
+        let listings = family(op("listingsItems_2021-08-01.patchListingsItem"));
+        assert_eq!(
+            family(op("catalogItems_2022-04-01.getCatalogItem")),
+            listings
+        );
+        assert_eq!(
+            family(op("productFeesV0.getMyFeesEstimateForSKU")),
+            listings
+        );
+        assert_ne!(family(op("sellers.getMarketplaceParticipations")), listings);
+        for key in READ_ONLY_POSTS {
+            assert_eq!(op(key).method, http::Method::POST, "{key}");
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Answers shared between callers (`[shared_calls]`): identical concurrent reads of an operation
+//! without buyer PII make one upstream call, cached answers stay with their seller, and a write
+//! through the gateway drops them; each caller still gets its own plan decision and record.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use http::StatusCode;
+use spgate::proxy::CACHE_HEADER;
+use spgate::sandbox::Script;
+
+const GET_ITEM: &str = "catalogItems_2022-04-01.getCatalogItem";
+const OTHER_SELLER: &str = "A2OTHERSELLER02";
+
+/// A catalog item answer (the sandbox's static example wants a longer query).
+fn item() -> Script {
+    Script::json(
+        StatusCode::OK,
+        serde_json::json!({"asin": "B07N4M94X4", "summaries": [{"itemName": "Synthetic pen"}]}),
+    )
+}
+
+fn item_path(asin: &str) -> String {
+    format!("/catalog/2022-04-01/items/{asin}?marketplaceIds=ATVPDKIKX0DER")
+}
+
+/// A gateway whose tool may act for the test seller and [`OTHER_SELLER`], with `shared` as its
+/// `[shared_calls]` section and an audit log in `audit`.
+async fn gateway(audit: &std::path::Path, shared: &str, more: &str) -> TestGateway {
+    let gw = start_gateway(Options {
+        key_sellers: vec![SELLER.into(), OTHER_SELLER.into()],
+        extra_toml: format!(
+            "[shared_calls]\n{shared}\n[audit]\ndir = {:?}\ninstance = \"shared\"\nkey = {{ env = \"AUDIT_KEY\" }}\n{more}",
+            audit.display().to_string()
+        ),
+        ..Options::default()
+    })
+    .await;
+    add_seller(&gw, OTHER_SELLER, spgate::store::Region::Eu).await;
+    gw
+}
+
+fn cache_header(reply: &Reply) -> Option<&str> {
+    reply.headers.get(CACHE_HEADER).map(|v| v.to_str().unwrap())
+}
+
+fn reasons(records: &[serde_json::Value], reason: &str) -> usize {
+    records
+        .iter()
+        .filter(|r| r["kind"] == "request" && r["reason"] == reason)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_identical_concurrent_reads_make_one_upstream_call_and_fifty_answers() {
+    let audit = tempfile::tempdir().unwrap();
+    let gw = Arc::new(gateway(audit.path(), "coalesce = true", "").await);
+    // Amazon takes its time, so every request arrives while the first is in flight.
+    let mut slow = item();
+    slow.header_delay = Duration::from_secs(2);
+    gw.sandbox.script(GET_ITEM, slow);
+    let tasks: Vec<_> = (0..60)
+        .map(|i| {
+            let gw = gw.clone();
+            // 50 for one item, 10 for another: a different path is never shared.
+            let asin = if i < 50 { "B07N4M94X4" } else { "B000000001" };
+            tokio::spawn(async move { gw.get_for(SELLER, &item_path(asin)).await })
+        })
+        .collect();
+    let mut coalesced = 0;
+    for t in tasks {
+        let reply = t.await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        assert_eq!(reply.json()["summaries"][0]["itemName"], "Synthetic pen");
+        coalesced += usize::from(cache_header(&reply) == Some("coalesced"));
+    }
+    assert_eq!(gw.sandbox.received(GET_ITEM).len(), 2, "one call per item");
+    assert_eq!(coalesced, 58);
+    let shared = gw.gateway.shared_calls();
+    assert_eq!(shared.counted(spgate::proxy::SharedEvent::Coalesced), 58);
+    let records = audit_records(&gw, audit.path()).await;
+    assert_eq!(
+        reasons(&records, "coalesced"),
+        58,
+        "each follower has its record"
+    );
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r["operation"] == GET_ITEM && r["status"] == 200)
+            .count(),
+        60
+    );
+}
+
+#[tokio::test]
+async fn a_cached_answer_stays_with_its_seller_and_a_write_through_the_gateway_drops_it() {
+    let audit = tempfile::tempdir().unwrap();
+    let gw = gateway(
+        audit.path(),
+        &format!("[shared_calls.ttl_seconds]\n\"{GET_ITEM}\" = 300"),
+        "",
+    )
+    .await;
+    gw.sandbox.script(GET_ITEM, item());
+    let path = item_path("B07N4M94X4");
+    let upstream = || gw.sandbox.received(GET_ITEM);
+    let first = gw.get_for(SELLER, &path).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(cache_header(&first), Some("miss"));
+    let again = gw.get_for(SELLER, &path).await;
+    assert_eq!(cache_header(&again), Some("hit"));
+    assert_eq!(again.body, first.body);
+    assert_eq!(upstream().len(), 1);
+
+    // Another seller asking the same thing is answered by Amazon, with its own token.
+    let other = gw.get_for(OTHER_SELLER, &path).await;
+    assert_eq!(other.status, StatusCode::OK);
+    assert_eq!(cache_header(&other), Some("miss"));
+    assert_eq!(upstream().len(), 2);
+    assert_eq!(upstream()[1].seller.as_deref(), Some(OTHER_SELLER));
+
+    // Another tool's write to the seller's listings drops the seller's cached catalog answers
+    // (one listing change shows in the catalog too), and only that seller's.
+    let writer = spgate::auth::caller::create_client(
+        &*gw.store,
+        "writer-tool",
+        "orders",
+        vec![SELLER.into()],
+        1_700_000_000,
+    )
+    .await
+    .unwrap();
+    let patch = http::Request::patch(format!(
+        "{}/listings/2021-08-01/items/{SELLER}/SKU-1?marketplaceIds=ATVPDKIKX0DER",
+        gw.url
+    ))
+    .header("authorization", format!("Bearer {}", writer.key.expose()))
+    .header("x-spgate-seller", SELLER)
+    .header("content-type", "application/json")
+    .body(full(r#"{"productType":"PEN","patches":[]}"#))
+    .unwrap();
+    let _ = gw.call(patch).await;
+    assert_eq!(cache_header(&gw.get_for(SELLER, &path).await), Some("miss"));
+    assert_eq!(upstream().len(), 3);
+    assert_eq!(
+        cache_header(&gw.get_for(OTHER_SELLER, &path).await),
+        Some("hit")
+    );
+    assert_eq!(upstream().len(), 3);
+    let records = audit_records(&gw, audit.path()).await;
+    assert_eq!(reasons(&records, "cache_hit"), 2);
+}
+
+#[tokio::test]
+async fn a_cached_answer_still_takes_a_token_of_the_tools_own_plan() {
+    let audit = tempfile::tempdir().unwrap();
+    let plan = format!(
+        "[ratelimit.plans.one]\nmax_wait_ms = 0\noperations.\"{GET_ITEM}\" = {{ rate_per_second = 0.001, burst = 1 }}\n[tools.test-tool]\nplan = \"one\"\n"
+    );
+    let gw = gateway(
+        audit.path(),
+        &format!("[shared_calls.ttl_seconds]\n\"{GET_ITEM}\" = 300"),
+        &plan,
+    )
+    .await;
+    gw.sandbox.script(GET_ITEM, item());
+    let path = item_path("B07N4M94X4");
+    assert_eq!(gw.get_for(SELLER, &path).await.status, StatusCode::OK);
+    let refused = gw.get_for(SELLER, &path).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.error_code(), "QuotaExceeded");
+    assert_eq!(gw.sandbox.received(GET_ITEM).len(), 1);
+}
+
+#[tokio::test]
+async fn a_fee_estimate_is_shared_only_with_a_request_of_the_same_body() {
+    const FEES: &str = "productFeesV0.getMyFeesEstimateForSKU";
+    let audit = tempfile::tempdir().unwrap();
+    let gw = gateway(
+        audit.path(),
+        &format!("[shared_calls.ttl_seconds]\n\"{FEES}\" = 60"),
+        "",
+    )
+    .await;
+    gw.sandbox.script(
+        FEES,
+        Script::json(
+            StatusCode::OK,
+            serde_json::json!({"payload": {"FeesEstimateResult": {"Status": "Success"}}}),
+        ),
+    );
+    let estimate = |price: u32| {
+        let body = serde_json::json!({"FeesEstimateRequest": {"MarketplaceId": "ATVPDKIKX0DER", "Identifier": "req-1", "PriceToEstimateFees": {"ListingPrice": {"CurrencyCode": "USD", "Amount": price}}}});
+        gw.request(
+            http::Method::POST,
+            "/products/fees/v0/listings/SKU-1/feesEstimate",
+        )
+        .header("content-type", "application/json")
+        .body(full(body.to_string()))
+        .unwrap()
+    };
+    let first = gw.call(estimate(10)).await;
+    assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
+    assert_eq!(cache_header(&first), Some("miss"));
+    assert_eq!(cache_header(&gw.call(estimate(10)).await), Some("hit"));
+    assert_eq!(cache_header(&gw.call(estimate(11)).await), Some("miss"));
+    assert_eq!(gw.sandbox.received(FEES).len(), 2);
+}

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::pg::Schema;
-use common::process::{free_port, output_ok, Logged, BIN};
+use common::process::{free_port, output_ok, sandbox_and_ops_toml, Logged, BIN};
 use http_body_util::{BodyExt, Full};
 use spgate::config::{Config, MapEnv};
 use spgate::vault::{SystemClock, Vault};
@@ -48,20 +48,7 @@ fn write_config_on(dir: &Path, store: &str, nowhere: &str) -> (PathBuf, u16, u16
         r#"
 [server]
 listen = "127.0.0.1:{port}"
-[admin]
-listen = "127.0.0.1:{admin}"
-[[admin.tokens]]
-name = "ops-oncall"
-role = "ops"
-token = {{ env = "SPGATE_TEST_OPS" }}
-[upstream.endpoints]
-na = "{nowhere}"
-eu = "{nowhere}"
-fe = "{nowhere}"
-[lwa]
-token_url = "{nowhere}/auth/o2/token"
-client_id = "amzn1.application-oa2-client.evidence"
-client_secret = {{ env = "SPGATE_LWA_CLIENT_SECRET" }}
+{sandbox}
 {store}
 [keys]
 master_key = {{ env = "SPGATE_MASTER_KEY" }}
@@ -72,7 +59,8 @@ address = "encrypt"
 name = "encrypt"
 [log]
 level = "info"
-"#
+"#,
+        sandbox = sandbox_and_ops_toml(admin, nowhere, "amzn1.application-oa2-client.evidence"),
     );
     let path = dir.join("spgate.toml");
     std::fs::write(&path, &text).unwrap();

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::pg::{PrivateRedis, Proxy, Schema};
-use common::process::{free_port, output_ok, Logged, BIN};
+use common::process::{free_port, output_ok, sandbox_and_ops_toml, Logged, BIN};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use spgate::config::{Config, MapEnv};
@@ -195,20 +195,7 @@ impl Fleet {
 [server]
 listen = "127.0.0.1:{port}"
 drain_timeout_seconds = 2
-[admin]
-listen = "127.0.0.1:{admin}"
-[[admin.tokens]]
-name = "ops-oncall"
-role = "ops"
-token = {{ env = "SPGATE_TEST_OPS" }}
-[upstream.endpoints]
-na = "{sandbox}"
-eu = "{sandbox}"
-fe = "{sandbox}"
-[lwa]
-token_url = "{sandbox}/auth/o2/token"
-client_id = "{LWA_ID}"
-client_secret = {{ env = "SPGATE_LWA_CLIENT_SECRET" }}
+{sandbox}
 [store]
 type = "postgres"
 url = "postgres://postgres@127.0.0.1:{proxy}/postgres"
@@ -238,6 +225,7 @@ name = "pass"
 [log]
 level = "info"
 "#,
+            sandbox = sandbox_and_ops_toml(admin, sandbox, LWA_ID),
             proxy = self.proxy.port,
             schema = self.schema.0,
             redis = self.redis.url(),

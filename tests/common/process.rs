@@ -179,3 +179,27 @@ impl Drop for Logged {
         self.kill();
     }
 }
+
+/// The part of a `spgate serve` config that points it at a sandbox and lets ops in: the admin
+/// listener on `admin` with an ops token from `SPGATE_TEST_OPS`, every region's SP-API and LWA at
+/// `upstream`, LWA client `client_id` with its secret from `SPGATE_LWA_CLIENT_SECRET`.
+pub fn sandbox_and_ops_toml(admin: u16, upstream: &str, client_id: &str) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:{admin}"
+[[admin.tokens]]
+name = "ops-oncall"
+role = "ops"
+token = {{ env = "SPGATE_TEST_OPS" }}
+[upstream.endpoints]
+na = "{upstream}"
+eu = "{upstream}"
+fe = "{upstream}"
+[lwa]
+token_url = "{upstream}/auth/o2/token"
+client_id = "{client_id}"
+client_secret = {{ env = "SPGATE_LWA_CLIENT_SECRET" }}
+"#
+    )
+}

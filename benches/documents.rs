@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use spgate::documents::{Limits, Redaction, Redactor};
+use spgate::documents::{Decision, Limits, Redaction, Redactor};
 use spgate::pii::{Action, Category};
 
 const HEADER: &str = "order-id\torder-item-id\tpurchase-date\tbuyer-email\tbuyer-name\tbuyer-phone-number\tsku\tproduct-name\tquantity-purchased\tcurrency\titem-price\tship-service-level\trecipient-name\tship-address-1\tship-address-2\tship-city\tship-state\tship-postal-code\tship-country\n";
@@ -76,12 +76,17 @@ fn xml_orders(bytes: usize) -> Vec<u8> {
 struct SupportRole;
 
 impl Redactor for SupportRole {
-    fn redact(&self, category: Category, value: &str, _order_id: Option<&str>) -> Option<String> {
+    fn redact(&self, category: Category, value: &str, _order_id: Option<&str>) -> Decision {
         match category {
-            Category::Name => value.chars().next().map(|c| format!("{c}***")),
-            Category::Email => Some(format!("{:016x}@pseudonym.invalid", value.len())),
-            Category::PostalCode => Some(format!("{}***", value.get(..2).unwrap_or(""))),
-            _ => Some(value.to_string()),
+            Category::Name => value
+                .chars()
+                .next()
+                .map_or(Decision::Drop, |c| Decision::Replace(format!("{c}***"))),
+            Category::Email => Decision::Replace(format!("{:016x}@pseudonym.invalid", value.len())),
+            Category::PostalCode => {
+                Decision::Replace(format!("{}***", value.get(..2).unwrap_or("")))
+            }
+            _ => Decision::Unchanged,
         }
     }
 

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use spgate::documents::{redact, Limits, Redactor};
+use spgate::documents::{redact, Decision, Limits, Redactor};
 use spgate::pii::{Action, Category};
 
 const HEADER: &str = "order-id\torder-item-id\tpurchase-date\tpayments-date\tbuyer-email\tbuyer-name\tbuyer-phone-number\tsku\tproduct-name\tquantity-purchased\tcurrency\titem-price\titem-tax\tshipping-price\tshipping-tax\tship-service-level\trecipient-name\tship-address-1\tship-address-2\tship-address-3\tship-city\tship-state\tship-postal-code\tship-country\tship-phone-number\tdelivery-Instructions\tis-business-order\tpurchase-order-number\tprice-designation\n";
@@ -52,12 +52,17 @@ fn rows(from: u64, bytes: usize) -> Vec<u8> {
 struct SupportRole;
 
 impl Redactor for SupportRole {
-    fn redact(&self, category: Category, value: &str, _order_id: Option<&str>) -> Option<String> {
+    fn redact(&self, category: Category, value: &str, _order_id: Option<&str>) -> Decision {
         match category {
-            Category::Name => value.chars().next().map(|c| format!("{c}***")),
-            Category::Email => Some(format!("{:016x}@pseudonym.invalid", fnv(value))),
-            Category::PostalCode => Some(format!("{}***", value.get(..2).unwrap_or(""))),
-            _ => Some(value.to_string()),
+            Category::Name => value
+                .chars()
+                .next()
+                .map_or(Decision::Drop, |c| Decision::Replace(format!("{c}***"))),
+            Category::Email => Decision::Replace(format!("{:016x}@pseudonym.invalid", fnv(value))),
+            Category::PostalCode => {
+                Decision::Replace(format!("{}***", value.get(..2).unwrap_or("")))
+            }
+            _ => Decision::Unchanged,
         }
     }
 

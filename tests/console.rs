@@ -245,7 +245,9 @@ async fn the_console_in_chromium_serves_both_roles_and_refuses_what_they_may_not
     let orders = spgate::sandbox::Sandbox::synthetic_order_ids(
         &spgate::sandbox::Sandbox::open_enrollment_seller(REFRESH_TOKEN),
     );
-    let client = reqwest::Client::new();
+    let client = spgate::auth::control_plane::builder()
+        .build()
+        .expect("a client");
     let list = format!(
         "{proxy}/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER&CreatedAfter=2026-01-01T00:00:00Z"
     );

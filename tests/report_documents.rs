@@ -27,9 +27,9 @@ fn minimal_role(name: &str) -> String {
     format!("[roles.{name}.pii]\n{cats}\n")
 }
 
-/// Every buyer value planted in the fixtures (names, e-mails, phones, addresses), in the
-/// spellings they take there.
-const BUYER_VALUES: [&str; 12] = [
+/// Every buyer value planted in the fixtures (names, e-mails, phones, addresses, cities, postal
+/// codes, address types), in the spellings they take there.
+const BUYER_VALUES: [&str; 16] = [
     "Jane",
     "John",
     "example.invalid",
@@ -42,6 +42,10 @@ const BUYER_VALUES: [&str; 12] = [
     "Sample Rd",
     "Sample John",
     "98101",
+    "98402",
+    "Seattle",
+    "Tacoma",
+    "Residential",
 ];
 
 /// What each fixture keeps for the minimising role: order ids and products.

@@ -4,7 +4,11 @@
 //! one deadline for the whole exchange. The data plane (proxied SP-API requests) stays on hyper.
 //!
 //! [`builder`] is where every reqwest client of the gateway starts (this one and the document
-//! downloads' in `proxy::outbound`), so none of them reads a proxy from the environment.
+//! downloads' in `proxy::outbound`), so none of them reads a proxy from the environment. Clippy
+//! enforces it (`clippy.toml` `disallowed-methods`: `Client::new`, `Client::builder`,
+//! `ClientBuilder::new`, `reqwest::get`, matched on resolved paths, so aliases do not get around
+//! it); [`builder`] is the one place allowed to call them. The `Default` impls cannot be named
+//! there, so a test here looks for them.
 
 use std::time::Duration;
 
@@ -13,6 +17,7 @@ use std::time::Duration;
 /// default, which would send LWA client secrets and refresh tokens through a proxy nobody
 /// configured for the gateway, and let a proxy resolve document hosts past the outbound
 /// policy's checked resolver.
+#[allow(clippy::disallowed_methods)] // The one shared builder: no proxy, no redirects.
 pub fn builder() -> reqwest::ClientBuilder {
     reqwest::ClientBuilder::new()
         .no_proxy()
@@ -50,35 +55,51 @@ pub fn describe(e: &reqwest::Error) -> String {
 
 #[cfg(test)]
 mod tests {
-    /// Every reqwest client starts from [`super::builder`]: any other way to make one
-    /// (`Client::new`, `Client::builder`, `reqwest::get`) reads proxies from the environment.
+    /// What clippy's `disallowed-methods` cannot name: reqwest's `Default` impls (a trait
+    /// method has no path of its own) and a proxy added on top of [`super::builder`]. Looked for
+    /// in every Rust source of the package (`src`, `tests`, `benches`, `examples`, `build.rs`).
     #[test]
-    fn every_reqwest_client_is_made_from_the_builder_without_env_proxies() {
-        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    fn no_reqwest_client_is_made_by_default_or_given_a_proxy() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut offenders = Vec::new();
-        let mut dirs = vec![src];
+        let mut files = vec![root.join("build.rs")];
+        let mut dirs: Vec<_> = ["src", "tests", "benches", "examples"]
+            .iter()
+            .map(|d| root.join(d))
+            .collect();
         while let Some(dir) = dirs.pop() {
-            for entry in std::fs::read_dir(&dir).expect("src is readable") {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries {
                 let path = entry.expect("entry").path();
                 if path.is_dir() {
                     dirs.push(path);
-                } else if path.extension().is_some_and(|e| e == "rs")
-                    && !path.ends_with("auth/control_plane.rs")
-                {
-                    let text = std::fs::read_to_string(&path).expect("source is UTF-8");
-                    for banned in [
-                        "reqwest::Client::new(",
-                        "reqwest::Client::builder(",
-                        "reqwest::ClientBuilder::new(",
-                        "reqwest::get(",
-                    ] {
-                        if text.contains(banned) {
-                            offenders.push(format!("{}: {banned}", path.display()));
-                        }
-                    }
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    files.push(path);
                 }
             }
         }
+        let this = root.join("src/auth/control_plane.rs");
+        let mut read = 0;
+        for path in files.iter().filter(|p| **p != this) {
+            let Ok(text) = std::fs::read_to_string(path) else {
+                continue;
+            };
+            read += 1;
+            let banned = [
+                "Client::default(",
+                "ClientBuilder::default(",
+                ".proxy(reqwest::",
+                "reqwest::Proxy::",
+            ];
+            for banned in banned {
+                if text.contains(banned) {
+                    offenders.push(format!("{}: {banned}", path.display()));
+                }
+            }
+        }
+        assert!(read > 10, "the sources were found ({read})");
         assert!(offenders.is_empty(), "{offenders:?}");
     }
 }

@@ -110,18 +110,16 @@ impl Json {
                     }
                 }
                 St::Scalar { collect } => {
+                    // Scalars are read whole and checked before any of their bytes is
+                    // written, so a bare word that is no JSON literal never passes.
                     if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.') {
-                        if collect {
-                            self.buf.push(b);
-                            if self.buf.len() > limits.max_record_bytes {
-                                return Err(too_long(limits));
-                            }
-                        } else {
-                            out.push(b);
+                        self.buf.push(b);
+                        if self.buf.len() > limits.max_record_bytes {
+                            return Err(too_long(limits));
                         }
                         i += 1;
                     } else {
-                        self.end_scalar(collect, policy, out);
+                        self.end_scalar(collect, policy, out)?;
                         self.state = St::AfterValue;
                     }
                 }
@@ -141,7 +139,7 @@ impl Json {
         out: &mut Vec<u8>,
     ) -> Result<(), DocumentError> {
         if let St::Scalar { collect } = self.state {
-            self.end_scalar(collect, policy, out);
+            self.end_scalar(collect, policy, out)?;
             self.state = St::AfterValue;
         }
         if !self.stack.is_empty() || !matches!(self.state, St::AfterValue | St::Value) {
@@ -307,11 +305,7 @@ impl Json {
             b'-' | b'0'..=b'9' | b't' | b'f' | b'n' => {
                 self.buf.clear();
                 self.value_field = field;
-                if collect {
-                    self.buf.push(b);
-                } else {
-                    out.push(b);
-                }
+                self.buf.push(b);
                 self.state = St::Scalar { collect };
             }
             _ => return Err(malformed("unexpected character where a value belongs")),
@@ -409,11 +403,25 @@ impl Json {
         Ok(())
     }
 
-    fn end_scalar(&mut self, collect: bool, policy: &Policy, out: &mut Vec<u8>) {
-        if !collect {
-            return;
+    /// Ends a bare value: exactly `true`, `false`, `null` or a JSON number, anything else
+    /// (`nJaneDoe`) is malformed and never emitted.
+    fn end_scalar(
+        &mut self,
+        collect: bool,
+        policy: &Policy,
+        out: &mut Vec<u8>,
+    ) -> Result<(), DocumentError> {
+        let numeric = is_number(&self.buf);
+        if !numeric && !matches!(self.buf.as_slice(), b"true" | b"false" | b"null") {
+            return Err(malformed(
+                "a bare value is not true, false, null or a number",
+            ));
         }
-        let numeric = matches!(self.buf.first(), Some(b'-' | b'0'..=b'9'));
+        if !collect {
+            out.extend_from_slice(&self.buf);
+            return Ok(());
+        }
+        // ASCII only (the scalar's bytes are letters, digits and `+-.`).
         let value = String::from_utf8_lossy(&self.buf).into_owned();
         match self.value_field {
             Some(Field::Pii(category)) if numeric => {
@@ -428,6 +436,7 @@ impl Json {
             }
             _ => out.extend_from_slice(&self.buf),
         }
+        Ok(())
     }
 
     fn set_order_id(&mut self, id: String) {
@@ -438,6 +447,38 @@ impl Json {
             top.order_id = Some(id);
         }
     }
+}
+
+/// Whether `s` is a number by JSON's grammar: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
+fn is_number(s: &[u8]) -> bool {
+    fn digits(s: &[u8]) -> usize {
+        s.iter().take_while(|b| b.is_ascii_digit()).count()
+    }
+    let mut i = usize::from(s.first() == Some(&b'-'));
+    match s.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => i += digits(&s[i..]),
+        _ => return false,
+    }
+    if s.get(i) == Some(&b'.') {
+        let n = digits(&s[i + 1..]);
+        if n == 0 {
+            return false;
+        }
+        i += 1 + n;
+    }
+    if matches!(s.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(s.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        let n = digits(&s[i..]);
+        if n == 0 {
+            return false;
+        }
+        i += n;
+    }
+    i == s.len()
 }
 
 fn malformed(reason: &'static str) -> DocumentError {

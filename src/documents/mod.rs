@@ -28,12 +28,15 @@
 //!      with more fields than the header is an error (its extra fields have no name).
 //!    - JSON: a streaming tokenizer copies the document and replaces the string (or number)
 //!      value of each PII key, classified with the names of its two enclosing objects (so
-//!      `Name` counts inside `ShippingAddress`). Literals (`true`, `null`) stay. A key that
+//!      `Name` counts inside `ShippingAddress`). Literals (`true`, `false`, `null`) stay; any
+//!      other bare word, or a number JSON's grammar does not allow, is an error. A key that
 //!      names nothing inside an object or array under a PII key inherits that key's category
 //!      (`"BuyerName": {"first": ..}`; `ShippingAddress.AddressType` is redacted as an address).
 //!    - XML: a streaming tokenizer copies the document and replaces the text (and CDATA) of
 //!      each PII element and the value of each PII attribute; elements that name nothing inside
-//!      a PII element inherit its category, as in JSON. A DOCTYPE with an internal subset
+//!      a PII element inherit its category, as in JSON. A PII element's text and CDATA up to its
+//!      end tag (or first child) are one value, redacted once; comments and processing
+//!      instructions inside it are dropped unless the role passes the category. A DOCTYPE with an internal subset
 //!      and entities other than the five predefined and numeric ones in PII text are errors.
 //!    - opaque: passes unchanged only when the role gets [`Category::Document`] as
 //!      [`Action::Pass`] (a PDF invoice or label shows the buyer's address and cannot be
@@ -54,10 +57,12 @@
 //!
 //! Flat files come in UTF-8 and sometimes Windows-1252. Bytes are handled as bytes: columns
 //! that are not PII are never decoded. A PII value is given to the redactor as UTF-8, decoded as
-//! Windows-1252 when it is not valid UTF-8; what the redactor returns is written as UTF-8, made
-//! safe for its format (tabs and line breaks become spaces in TSV, quoting in CSV, escaping in
-//! JSON and XML). A category the role passes is copied without calling the redactor; one it
-//! drops is emitted empty without calling it. The order id given to the redactor is the
+//! Windows-1252 when it is not valid UTF-8. The redactor answers with a [`Decision`]: a
+//! replacement is written as UTF-8, made safe for its format (tabs and line breaks become
+//! spaces in TSV, quoting in CSV, escaping in JSON and XML), even when it equals the value; only
+//! [`Decision::Unchanged`] copies the value's original bytes (its encoding and escaping). A
+//! category the role passes is copied without calling the redactor; one it drops is emitted
+//! empty without calling it. The order id given to the redactor is the
 //! record's: the row's `order-id` / `amazon-order-id` column in flat files, the nearest
 //! enclosing object's or element's order id field seen *before* the value in JSON and XML
 //! (Amazon puts it first); `None` when there is none.
@@ -91,12 +96,36 @@ use futures_util::{Stream, StreamExt};
 
 use crate::pii::{Action, Category};
 
+/// What the redactor decided for one value.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The role receives the value as it is: its original bytes are copied (encoding, escapes,
+    /// CDATA, a JSON number stay as they were). Only a role that passes the category says this.
+    Unchanged,
+    /// Emit this text instead (written as UTF-8, escaped for the format), even when it happens
+    /// to equal the value (an already masked `J***`).
+    Replace(String),
+    /// Emit the value empty.
+    Drop,
+}
+
+impl std::fmt::Debug for Decision {
+    /// Names the decision, never the text (it may be a value the role receives).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Decision::Unchanged => "Unchanged",
+            Decision::Replace(_) => "Replace(..)",
+            Decision::Drop => "Drop",
+        })
+    }
+}
+
 /// The per-value policy of the role a document is served to.
 pub trait Redactor: Send + Sync {
     /// What to emit for one PII value of `category` in a record of order `order_id` (if the
-    /// document has an order id column). `None` = drop (emit empty), `Some(s)` = emit `s` (may
-    /// equal the input when the role passes it).
-    fn redact(&self, category: Category, value: &str, order_id: Option<&str>) -> Option<String>;
+    /// document has an order id column). Only [`Decision::Unchanged`] keeps the original bytes;
+    /// a [`Decision::Replace`] is written out even when its text equals the value.
+    fn redact(&self, category: Category, value: &str, order_id: Option<&str>) -> Decision;
     /// Whether the role gets this category at all (lets the redaction skip work).
     fn action(&self, category: Category) -> Action;
 }
@@ -559,7 +588,7 @@ impl Policy {
             Plan::Call(_) if raw.is_empty() => Redacted::Keep,
             Plan::Call(c) => {
                 let value = decode_text(raw);
-                Redacted::from_call(&value, self.redactor.redact(c, &value, order_id))
+                Redacted::from_call(self.redactor.redact(c, &value, order_id))
             }
         }
     }
@@ -575,7 +604,7 @@ impl Policy {
             Plan::Keep => Redacted::Keep,
             Plan::Empty => Redacted::Text(String::new()),
             Plan::Call(_) if value.is_empty() => Redacted::Keep,
-            Plan::Call(c) => Redacted::from_call(value, self.redactor.redact(c, value, order_id)),
+            Plan::Call(c) => Redacted::from_call(self.redactor.redact(c, value, order_id)),
         }
     }
 }
@@ -583,13 +612,16 @@ impl Policy {
 // === impl Redacted ===
 
 impl Redacted {
-    /// The result of a redactor's call on `value`. A value handed back unchanged (as the audit
-    /// log's noting redactor hands back what a role passes) keeps its original bytes: a JSON
-    /// number stays a number, escapes, CDATA and Windows-1252 bytes stay as they were.
-    fn from_call(value: &str, out: Option<String>) -> Redacted {
-        match out {
-            Some(text) if text == value => Redacted::Keep,
-            out => Redacted::Text(out.unwrap_or_default()),
+    /// The result of a redactor's call. Only an explicit [`Decision::Unchanged`] (as the audit
+    /// log's noting redactor returns for what a role passes) keeps the original bytes: a JSON
+    /// number stays a number, escapes, CDATA and Windows-1252 bytes stay as they were. A
+    /// replacement is written out even when it equals the decoded value, so what is emitted
+    /// never depends on how faithfully a format's decoder read the value.
+    fn from_call(decision: Decision) -> Redacted {
+        match decision {
+            Decision::Unchanged => Redacted::Keep,
+            Decision::Replace(text) => Redacted::Text(text),
+            Decision::Drop => Redacted::Text(String::new()),
         }
     }
 }

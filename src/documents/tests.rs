@@ -32,18 +32,18 @@ impl TestRedactor {
 }
 
 impl Redactor for TestRedactor {
-    fn redact(&self, category: Category, value: &str, order_id: Option<&str>) -> Option<String> {
+    fn redact(&self, category: Category, value: &str, order_id: Option<&str>) -> Decision {
         self.calls.lock().expect("not poisoned").push((
             category,
             value.to_string(),
             order_id.map(str::to_string),
         ));
         match self.action(category) {
-            Action::Pass => Some(value.to_string()),
-            Action::Drop => None,
-            Action::Mask => Some(format!("m{}", value.chars().count())),
-            Action::Pseudonymize => Some(format!("p-{category}")),
-            Action::Encrypt => Some(format!("e-{}", order_id.unwrap_or("none"))),
+            Action::Pass => Decision::Unchanged,
+            Action::Drop => Decision::Drop,
+            Action::Mask => Decision::Replace(format!("m{}", value.chars().count())),
+            Action::Pseudonymize => Decision::Replace(format!("p-{category}")),
+            Action::Encrypt => Decision::Replace(format!("e-{}", order_id.unwrap_or("none"))),
         }
     }
 
@@ -155,8 +155,8 @@ fn a_role_that_passes_every_pii_column_gets_the_bytes_unchanged() {
 struct Unchanged;
 
 impl Redactor for Unchanged {
-    fn redact(&self, _: Category, value: &str, _: Option<&str>) -> Option<String> {
-        Some(value.to_string())
+    fn redact(&self, _: Category, _: &str, _: Option<&str>) -> Decision {
+        Decision::Unchanged
     }
     fn action(&self, _: Category) -> Action {
         Action::Mask
@@ -195,8 +195,8 @@ fn windows_1252_values_reach_the_redactor_decoded() {
 fn redacted_tsv_values_cannot_break_the_row() {
     struct Evil;
     impl Redactor for Evil {
-        fn redact(&self, _: Category, _: &str, _: Option<&str>) -> Option<String> {
-            Some("a\tb\nc\rd".to_string())
+        fn redact(&self, _: Category, _: &str, _: Option<&str>) -> Decision {
+            Decision::Replace("a\tb\nc\rd".to_string())
         }
         fn action(&self, _: Category) -> Action {
             Action::Mask
@@ -223,8 +223,8 @@ fn csv_with_quotes_is_redacted_field_by_field() {
 fn csv_values_with_delimiters_are_quoted_on_output() {
     struct Comma;
     impl Redactor for Comma {
-        fn redact(&self, _: Category, _: &str, _: Option<&str>) -> Option<String> {
-            Some("x, \"y\"".to_string())
+        fn redact(&self, _: Category, _: &str, _: Option<&str>) -> Decision {
+            Decision::Replace("x, \"y\"".to_string())
         }
         fn action(&self, _: Category) -> Action {
             Action::Mask
@@ -708,5 +708,192 @@ fn page_and_label_descriptions_and_unknown_text_are_opaque() {
         // ...and passed whole to one that does.
         let role = TestRedactor::new(&[(Category::Document, Action::Pass)]);
         assert_eq!(run(doc, role).expect("passes"), doc);
+    }
+}
+
+#[test]
+fn a_bare_word_that_is_no_json_literal_fails_the_document() {
+    // Under a PII key the role masks or drops, and under any other key: a bare value is
+    // `true`, `false`, `null` or a number, nothing else, and nothing of it is emitted.
+    let role = mixed_role();
+    for doc in [
+        r#"{"BuyerName": nJaneDoe}"#,
+        r#"{"BuyerName": tJane-Doe}"#,
+        r#"{"BuyerName": fJane}"#,
+        r#"{"BuyerName": nulll}"#,
+        r#"{"sku": nope}"#,
+        r#"{"PostalCode": 98101abc}"#,
+        r#"{"PostalCode": 01}"#,
+        r#"{"PostalCode": 1.}"#,
+        r#"{"PostalCode": -}"#,
+        r#"{"PostalCode": 1e}"#,
+        r#"{"PostalCode": +1}"#,
+        r#"{"BuyerName": true"#,
+        "[nJane",
+    ] {
+        let mut core = Redaction::new(false, role.clone(), small_limits());
+        let mut out = Vec::new();
+        let result = core
+            .push(doc.as_bytes(), &mut out)
+            .and_then(|()| core.finish(&mut out));
+        assert!(
+            matches!(result, Err(DocumentError::Malformed { .. })),
+            "{doc}: {result:?}"
+        );
+        for word in ["Jane", "nope", "98101", "nulll"] {
+            assert!(!text(&out).contains(word), "{doc}: {}", text(&out));
+        }
+    }
+    assert!(role.calls().is_empty(), "{:?}", role.calls().len());
+}
+
+#[test]
+fn json_literals_and_numbers_stay_as_they_are() {
+    let doc = r#"{"BuyerName": null, "x": [true, false, null, 0, -1, 1.5, 2e10, -0.25E-3, 7E+2]}"#;
+    let out = run(doc.as_bytes(), mixed_role()).expect("redacts");
+    assert_eq!(text(&out), doc);
+}
+
+#[test]
+fn xml_comments_and_instructions_inside_pii_are_dropped_and_split_text_is_one_value() {
+    let role = TestRedactor::new(&[(Category::Name, Action::Mask)]);
+    let doc = "<r><!-- kept --><BuyerName>J<!---->a<!-- Jane Doe -->n<?pi Jane?>e</BuyerName><?keep this?></r>";
+    let out = run(doc.as_bytes(), role.clone()).expect("redacts");
+    assert_eq!(
+        text(&out),
+        "<r><!-- kept --><BuyerName>m4</BuyerName><?keep this?></r>"
+    );
+    assert_eq!(role.calls().len(), 1);
+    assert_eq!(role.calls()[0].1, "Jane");
+
+    // Text and CDATA sections are one value; entities are resolved across the pieces.
+    let role = TestRedactor::new(&[(Category::Name, Action::Mask)]);
+    let doc = "<BuyerName>Ja<![CDATA[ne &]]><!-- x -->&amp; Jo<![CDATA[hn]]></BuyerName>";
+    let out = run(doc.as_bytes(), role.clone()).expect("redacts");
+    assert_eq!(text(&out), "<BuyerName>m12</BuyerName>");
+    assert_eq!(role.calls()[0].1, "Jane && John");
+
+    // Split in every chunk size, the value is still seen whole.
+    let doc = b"<r><BuyerName>Ja<!-- c -->ne<![CDATA[ E]]>x</BuyerName></r>";
+    for size in 1..doc.len() {
+        let role = TestRedactor::new(&[(Category::Name, Action::Mask)]);
+        let chunks: Vec<&[u8]> = doc.chunks(size).collect();
+        let out = run_chunks(&chunks, role.clone(), small_limits()).expect("redacts");
+        assert_eq!(text(&out), "<r><BuyerName>m7</BuyerName></r>", "{size}");
+        assert_eq!(role.calls()[0].1, "Jane Ex", "{size}");
+    }
+
+    // A role passing the category keeps the markup, comments included; one dropping it
+    // empties the element.
+    let pass = TestRedactor::new(&[(Category::Name, Action::Pass)]);
+    let doc = "<BuyerName>J<!-- c -->a<![CDATA[ne]]></BuyerName>";
+    assert_eq!(text(&run(doc.as_bytes(), pass).expect("redacts")), doc);
+    let drop = TestRedactor::new(&[]);
+    assert_eq!(
+        text(&run(doc.as_bytes(), drop).expect("redacts")),
+        "<BuyerName></BuyerName>"
+    );
+}
+
+#[test]
+fn a_pii_element_with_a_child_is_redacted_up_to_the_child() {
+    let role = TestRedactor::new(&[(Category::Name, Action::Mask)]);
+    let doc = "<BuyerName>Ja<!-- c -->ne<First>Jo</First>Doe</BuyerName>";
+    let out = run(doc.as_bytes(), role.clone()).expect("redacts");
+    assert_eq!(text(&out), "<BuyerName>m4<First>m2</First>m3</BuyerName>");
+}
+
+/// The gateway's own role policy: the masks of a restricting role.
+fn restricting_role(actions: &[(Category, Action)]) -> Arc<dyn Redactor> {
+    let master = MasterKey::from_base64(
+        "k1",
+        &crate::secret::Secret::new("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".to_string()),
+    )
+    .expect("key");
+    crate::proxy::endpoints::documents::RolePolicy::new(
+        crate::pii::Role::new(actions.iter().copied()),
+        &master,
+        "A1SELLER",
+    )
+}
+
+fn masking_role() -> Arc<dyn Redactor> {
+    restricting_role(&[
+        (Category::Name, Action::Mask),
+        (Category::CoarseLocation, Action::Mask),
+        (Category::PostalCode, Action::Mask),
+    ])
+}
+
+/// A Windows-1252 flat file: one row of raw values, one already masked (mask fixpoints).
+const CP1252_TSV: &[u8] = include_bytes!("../../fixtures/documents/orders-cp1252.tsv");
+
+#[test]
+fn a_mask_that_returns_the_value_is_written_out_not_the_original_bytes() {
+    // A masked value equal to what came in (`É***`, `Sé`, `80***`) is the redactor's output,
+    // written as UTF-8: never the original Windows-1252 bytes.
+    let out = run(CP1252_TSV, masking_role()).expect("redacts");
+    assert_eq!(
+        out,
+        b"order-id\tbuyer-name\tship-city\tship-state\tship-postal-code\tsku\r\n\
+          111-0000003-0000001\tJ*** E***\tM***\tBY\t80***\tSKU-\xe9\r\n\
+          111-0000003-0000002\t\xc3\x89***\tS\xc3\xa9\tQ\xc3\xa9\t80***\tSKU-3\r\n"
+            .to_vec()
+    );
+
+    // The same in the other formats: escapes, entities, CDATA and Windows-1252 bytes are not
+    // kept for a replaced value, even one equal to the value they stand for.
+    let cases: [(&str, &str); 2] = [
+        (
+            r#"{"AmazonOrderId": "111-1", "BuyerName": "\u00c9***", "ShippingAddress": {"City": "S\u00e9", "StateOrRegion": "W\u0041", "PostalCode": "98***"}}"#,
+            r#"{"AmazonOrderId": "111-1", "BuyerName": "É***", "ShippingAddress": {"City": "Sé", "StateOrRegion": "WA", "PostalCode": "98***"}}"#,
+        ),
+        (
+            "<OrderReport><BuyerName>&#201;***</BuyerName><Address><City><![CDATA[WA]]></City><PostalCode>98&#42;**</PostalCode></Address></OrderReport>",
+            "<OrderReport><BuyerName>\u{c9}***</BuyerName><Address><City>WA</City><PostalCode>98***</PostalCode></Address></OrderReport>",
+        ),
+    ];
+    for (doc, expected) in cases {
+        let out = run(doc.as_bytes(), masking_role()).expect("redacts");
+        assert_eq!(text(&out), expected);
+    }
+    let csv = b"buyer-name,ship-city,ship-postal-code\r\n\"\xc9***\",S\xe9,98***\r\n";
+    let out = run(csv, masking_role()).expect("redacts");
+    assert_eq!(
+        out,
+        b"buyer-name,ship-city,ship-postal-code\r\n\"\xc3\x89***\",S\xc3\xa9,98***\r\n".to_vec()
+    );
+}
+
+/// Asks the inner redactor about every category it passes, as the audit log's noting
+/// redactor (`proxy::accounting::Noting`) does.
+struct AskAboutPassed(Arc<dyn Redactor>);
+
+impl Redactor for AskAboutPassed {
+    fn redact(&self, category: Category, value: &str, order_id: Option<&str>) -> Decision {
+        self.0.redact(category, value, order_id)
+    }
+    fn action(&self, category: Category) -> Action {
+        match self.0.action(category) {
+            Action::Pass => Action::Mask,
+            a => a,
+        }
+    }
+}
+
+#[test]
+fn a_passing_role_asked_about_every_value_keeps_original_bytes() {
+    // The role answers `Unchanged` for what it passes, so the Windows-1252 bytes, escapes,
+    // CDATA and JSON numbers stay as they were.
+    let pass = restricting_role(&Category::ALL.map(|c| (c, Action::Pass)));
+    for doc in [
+        CP1252_TSV,
+        TSV,
+        CSV,
+        JSON_DOC.as_bytes(),
+        XML_DOC.as_bytes(),
+    ] {
+        let out = run(doc, Arc::new(AskAboutPassed(pass.clone()))).expect("redacts");
+        assert_eq!(out, doc.to_vec());
     }
 }

@@ -13,8 +13,14 @@ const FORMAT: &str = "XML";
 /// An XML document being redacted markup by markup.
 pub(crate) struct Xml {
     in_markup: bool,
-    /// A PII (or order id) text node being collected, still escaped.
+    /// The content of a PII (or order id) element being collected, as it came (escaped text
+    /// and whole CDATA sections; comments and processing instructions left out).
     text: Vec<u8>,
+    /// The same content decoded: text unescaped, CDATA sections' content, all joined into the
+    /// one value the redactor sees.
+    value: Vec<u8>,
+    /// Where the text not yet added to `value` starts in `text`.
+    pending: usize,
     /// The markup being read, from `<` to `>`.
     markup: Vec<u8>,
     /// CSV-like quote state of a start tag's attribute values, up to `scanned`.
@@ -39,6 +45,8 @@ impl Xml {
         Xml {
             in_markup: false,
             text: Vec::new(),
+            value: Vec::new(),
+            pending: 0,
             markup: Vec::new(),
             quote: None,
             scanned: 0,
@@ -71,7 +79,9 @@ impl Xml {
                 if rest.is_empty() {
                     break;
                 }
-                self.end_text(policy, out)?;
+                if collect {
+                    self.decode_pending()?;
+                }
                 self.in_markup = true;
                 self.markup.clear();
                 self.quote = None;
@@ -127,46 +137,47 @@ impl Xml {
         self.stack.iter().rev().find_map(|e| e.order_id.as_deref())
     }
 
-    /// Emits a collected text node, redacted.
+    /// Adds the collected text read since the last markup to the decoded value.
+    fn decode_pending(&mut self) -> Result<(), DocumentError> {
+        let piece = unescape(&self.text[self.pending..])?;
+        self.value.extend_from_slice(&piece);
+        self.pending = self.text.len();
+        Ok(())
+    }
+
+    /// Emits the collected content of the current element (up to its end tag or first child),
+    /// redacted as one value.
     fn end_text(&mut self, policy: &Policy, out: &mut Vec<u8>) -> Result<(), DocumentError> {
         if self.text.is_empty() {
             return Ok(());
         }
+        self.decode_pending()?;
         let text = std::mem::take(&mut self.text);
-        let result = self.emit_value(&text, true, policy, out);
+        let value = std::mem::take(&mut self.value);
+        let result = self.emit_value(&text, &value, policy, out);
         self.text = text;
         self.text.clear();
+        self.value = value;
+        self.value.clear();
+        self.pending = 0;
         result
     }
 
-    /// Emits one text or CDATA value of the current element: `raw` is escaped text
-    /// (`escaped`) or CDATA content.
+    /// Emits the collected content of the current element: `raw` as it came (escaped text and
+    /// CDATA sections), `decoded` the value it stands for.
     fn emit_value(
         &mut self,
         raw: &[u8],
-        escaped: bool,
+        decoded: &[u8],
         policy: &Policy,
         out: &mut Vec<u8>,
     ) -> Result<(), DocumentError> {
-        let original = |out: &mut Vec<u8>| {
-            if escaped {
-                out.extend_from_slice(raw);
-            } else {
-                out.extend_from_slice(b"<![CDATA[");
-                out.extend_from_slice(raw);
-                out.extend_from_slice(b"]]>");
-            }
-        };
-        if raw.iter().all(u8::is_ascii_whitespace) {
+        let original = |out: &mut Vec<u8>| out.extend_from_slice(raw);
+        if decoded.iter().all(u8::is_ascii_whitespace) {
             original(out);
             return Ok(());
         }
-        let value = if escaped {
-            unescape(raw)?
-        } else {
-            Cow::Borrowed(raw)
-        };
-        let value = decode_text(&value).into_owned();
+        let value = decode_text(decoded).into_owned();
         match self.stack.last().and_then(|e| e.field) {
             Some(Field::OrderId) => {
                 original(out);
@@ -232,18 +243,31 @@ impl Xml {
         limits: &Limits,
         out: &mut Vec<u8>,
     ) -> Result<(), DocumentError> {
+        let collecting = self.collecting(policy);
         if m.starts_with(b"<!--") || m.starts_with(b"<?") {
-            out.extend_from_slice(m);
+            // Inside a collected element a comment or processing instruction is dropped: it
+            // would carry what it holds past the redactor, and split the value in pieces.
+            if !collecting {
+                out.extend_from_slice(m);
+            }
             return Ok(());
         }
         if let Some(content) = m.strip_prefix(b"<![CDATA[") {
-            let content = &content[..content.len() - 3];
-            if self.collecting(policy) {
-                return self.emit_value(content, false, policy, out);
+            if collecting {
+                let content = &content[..content.len() - 3];
+                self.text.extend_from_slice(m);
+                self.value.extend_from_slice(content);
+                self.pending = self.text.len();
+                if self.text.len() > limits.max_record_bytes {
+                    return Err(too_long(limits));
+                }
+                return Ok(());
             }
             out.extend_from_slice(m);
             return Ok(());
         }
+        // Any other markup ends the collected content.
+        self.end_text(policy, out)?;
         if m.starts_with(b"<!") {
             if memchr(b'[', m).is_some() {
                 return Err(malformed(

@@ -214,9 +214,14 @@ impl Noting {
 }
 
 impl crate::documents::Redactor for Noting {
-    fn redact(&self, category: Category, value: &str, order_id: Option<&str>) -> Option<String> {
+    fn redact(
+        &self,
+        category: Category,
+        value: &str,
+        order_id: Option<&str>,
+    ) -> crate::documents::Decision {
         let out = self.inner.redact(category, value, order_id);
-        if out.is_some() {
+        if out != crate::documents::Decision::Drop {
             self.emitted.note(category, self.inner.action(category));
         }
         out

@@ -18,7 +18,7 @@ use http_body_util::BodyExt;
 
 use crate::auth::caller;
 use crate::crypto::MasterKey;
-use crate::documents::{DocumentError, Redactor};
+use crate::documents::{Decision, DocumentError, Redactor};
 use crate::net::body::{Body, BoxError};
 use crate::pii::keys::{Keys, NoOrderKeys, PseudonymKey};
 use crate::pii::map::{parse_path, LinkSpec, Segment};
@@ -51,15 +51,15 @@ impl RolePolicy {
 }
 
 impl Redactor for RolePolicy {
-    fn redact(&self, category: Category, value: &str, order_id: Option<&str>) -> Option<String> {
+    fn redact(&self, category: Category, value: &str, order_id: Option<&str>) -> Decision {
         let keys = Keys {
             pseudonym: &self.pseudonym,
             orders: &NoOrderKeys,
         };
         match apply_value(category, self.role.action(category), value, order_id, &keys) {
-            FieldOut::Keep => Some(value.to_string()),
-            FieldOut::Replace(v) => Some(v),
-            FieldOut::Drop => None,
+            FieldOut::Keep => Decision::Unchanged,
+            FieldOut::Replace(v) => Decision::Replace(v),
+            FieldOut::Drop => Decision::Drop,
         }
     }
 

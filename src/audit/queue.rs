@@ -4,8 +4,8 @@
 //!
 //! The writer is woken only when it must act: for a message someone waits for (a durable
 //! record, a flush, the shutdown: [`Urgency::Waited`], [`Urgency::Control`]), for the first
-//! record into a queue it sleeps idle on (that record starts a write window), and when a
-//! batch's worth of records is waiting. Other records join the list without a wake-up: while
+//! record into a queue it sleeps idle on (that record starts a write window), and when the
+//! queue is half full. Other records join the list without a wake-up: while
 //! records flow the writer wakes once per window on its own and takes what came (at 1,000
 //! records a second a wake-up per record costs more CPU than writing the record).
 //!
@@ -39,9 +39,12 @@ pub(super) struct Queue<T> {
     room: Condvar,
     /// Records (not control messages) queued before a sender waits for room.
     capacity: usize,
-    /// Queued messages at which a sleeping writer is woken before its window ends, and the
-    /// most it takes per round (one write).
+    /// The most the writer takes per round (one write).
     batch: usize,
+    /// Queued messages at which a sleeping writer is woken before its window ends (half the
+    /// queue: before any sender has to wait, yet never during an ordinary burst, when the
+    /// writer running beside the senders would only slow them down).
+    wake_at: usize,
 }
 
 struct State<T> {
@@ -61,7 +64,8 @@ struct State<T> {
 enum Sleep {
     /// Working, or already woken: nobody needs to notify it.
     Awake,
-    /// Asleep until its write window ends: woken only for an urgent message or a full batch.
+    /// Asleep until its write window ends: woken only for an urgent message or a half-full
+    /// queue.
     Window,
     /// Asleep with nothing queued: the next message wakes it.
     Idle,
@@ -70,7 +74,7 @@ enum Sleep {
 /// Why [`Queue::wait_take`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Woken {
-    /// An urgent message, or a full batch: after the linger.
+    /// An urgent message (after the linger), or a half-full queue.
     Urgent,
     /// The write window ended (with or without records).
     Window,
@@ -79,7 +83,7 @@ pub(super) enum Woken {
 }
 
 impl<T> Queue<T> {
-    /// A queue of `capacity` records; a writer woken per `batch` records at most.
+    /// A queue of `capacity` records, taken `batch` at a time.
     pub(super) fn new(capacity: usize, batch: usize) -> Queue<T> {
         let capacity = capacity.max(1);
         Queue {
@@ -93,8 +97,8 @@ impl<T> Queue<T> {
             writer: Condvar::new(),
             room: Condvar::new(),
             capacity,
-            // A full queue must wake the writer before its window ends: its senders wait.
-            batch: batch.clamp(1, (capacity / 2).max(1)),
+            batch: batch.max(1),
+            wake_at: (capacity / 2).max(1),
         }
     }
 
@@ -128,7 +132,7 @@ impl<T> Queue<T> {
         let wake = match s.sleep {
             Sleep::Awake => false,
             Sleep::Idle => true,
-            Sleep::Window => urgent || s.items.len() >= self.batch,
+            Sleep::Window => urgent || s.items.len() >= self.wake_at,
         };
         if wake {
             // Notified once: later senders see it awake.
@@ -142,7 +146,7 @@ impl<T> Queue<T> {
     }
 
     /// The writer's wait. Returns when a message is waited for (after `linger`, so that
-    /// others join its write: group commit), when a batch's worth is queued, when the write
+    /// others join its write: group commit), when the queue is half full, when the write
     /// window ends, or after `timeout` with nothing queued. The window began at `flowing`
     /// (the previous write, while records flow) or begins with the first record queued.
     /// Moves up to a batch of messages into `out`.
@@ -167,7 +171,7 @@ impl<T> Queue<T> {
                 }
                 break Woken::Urgent;
             }
-            if s.items.len() >= self.batch {
+            if s.items.len() >= self.wake_at {
                 break Woken::Urgent;
             }
             let now = Instant::now();
@@ -244,8 +248,8 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_writer_times_out_with_nothing_and_a_batch_wakes_a_sleeping_one() {
-        let q: Arc<Queue<u32>> = Arc::new(Queue::new(64, 4));
+    fn an_idle_writer_times_out_with_nothing_and_a_half_full_queue_wakes_a_sleeping_one() {
+        let q: Arc<Queue<u32>> = Arc::new(Queue::new(8, 4));
         let mut out = VecDeque::new();
         let woken = q.wait_take(&mut out, LONG, None, Duration::ZERO, Duration::ZERO);
         assert_eq!((woken, out.len()), (Woken::Timeout, 0));
@@ -257,7 +261,7 @@ mod tests {
                 }
             })
         };
-        // A window far longer than the test: only the full batch ends the wait.
+        // A window far longer than the test: only the half-full queue ends the wait.
         let woken = q.wait_take(&mut out, LONG, Some(Instant::now()), LONG, Duration::ZERO);
         sender.join().unwrap();
         assert_eq!((woken, Vec::from(out)), (Woken::Urgent, vec![0, 1, 2, 3]));
@@ -285,6 +289,9 @@ mod tests {
             let q = q.clone();
             std::thread::spawn(move || q.push(2, Urgency::Lazy))
         };
+        while q.lock().waiting == 0 {
+            std::thread::yield_now();
+        }
         let mut out = VecDeque::new();
         while out.len() < 4 {
             q.wait_take(&mut out, LONG, None, LONG, Duration::ZERO);

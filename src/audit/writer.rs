@@ -12,8 +12,7 @@
 //! default 50 ms, from the first record queued, or from the previous write while records flow)
 //! without waking the writer: at 1,000 req/s a wake-up costs more CPU than the records it
 //! writes. A durable record, a flush or a shutdown wakes it, and the batch (group commit) is
-//! written ~1 ms later with every record that joined it; so does a full batch (4,096 records,
-//! or half the queue). The head file moves lazily (with each fsync, at most once a second, and
+//! written ~1 ms later with every record that joined it; so does a half-full queue. The head file moves lazily (with each fsync, at most once a second, and
 //! at shutdown), never per batch.
 //!
 //! **When the queue is full** the caller blocks until the writer makes room (counted in
@@ -578,8 +577,7 @@ impl Auditor {
 
 // === the writer thread ===
 
-/// Records taken off the queue per batch (one write-through per batch); a sleeping writer is
-/// woken when this many wait (or half the queue, if smaller).
+/// Records taken off the queue per batch (one write-through per batch).
 const BATCH: usize = 4096;
 
 /// How long the writer lingers after it is woken for a waited-for record, for others to join

@@ -385,21 +385,26 @@ pub(super) fn connect<H: Handler>(
             Err(_) => return,
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        let stream =
-            match tokio::time::timeout(deadline, acceptor.accept(TokioIo::new(upgraded))).await {
-                Ok(Ok(s)) => s,
-                failed => {
-                    forward
-                        .stats
-                        .handshake_failures
-                        .fetch_add(1, Ordering::Relaxed);
-                    client.peers.handshake_failed(ip);
-                    if let Ok(Err(e)) = failed {
-                        tracing::debug!(error = %e, "TLS handshake inside a tunnel failed.");
-                    }
-                    return;
+        let accepted =
+            tokio::time::timeout(deadline, acceptor.accept(TokioIo::new(upgraded))).await;
+        let stream = match accepted {
+            Ok(Ok(s)) => s,
+            failed => {
+                // The address's slot and the server's permit are freed before the failure
+                // is counted: whoever sees the count can connect again.
+                let peers = Arc::clone(&client.peers);
+                drop(client);
+                peers.handshake_failed(ip);
+                forward
+                    .stats
+                    .handshake_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Ok(Err(e)) = failed {
+                    tracing::debug!(error = %e, "TLS handshake inside a tunnel failed.");
                 }
-            };
+                return;
+            }
+        };
         super::serve_tunnel(client, stream, peer, Tunnel(host.into())).await;
     });
     let mut resp = Response::new(crate::proxy::body::empty());

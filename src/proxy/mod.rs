@@ -345,7 +345,8 @@ impl Gateway {
             tokio::select! {
                 // Boxed: the pipeline's future is the request path's largest state (~10 KB),
                 // and unboxed it was copied whole at every hand-over up to hyper (issue 16).
-                r = tracing::Instrument::instrument(Box::pin(self.pipeline(req, &mut call.ctx)), span.clone()) => r,
+                // In its own store cache scope: one access version check per request.
+                r = tracing::Instrument::instrument(Box::pin(crate::store::cache::request_scope(self.pipeline(req, &mut call.ctx))), span.clone()) => r,
                 () = self.drain.cut_signal() => Err(ProxyError::ShuttingDown),
             }
         };

@@ -8,11 +8,28 @@
 //! that number is read and found unchanged (one small read), else every entry is dropped. So a
 //! revocation or deauthorization applies at the next request on every instance.
 //!
+//! ## One version check per request
+//!
+//! A request makes several lookups (its tool, then its seller). Inside [`request_scope`] (the
+//! proxy runs each request in one) the version read by the request's first hit is remembered
+//! for the rest of that request, and a later hit of the same request reads it again only when
+//! the cache has since moved to another version. The invariant that keeps "the next request"
+//! true: **a hit is served only if this request itself read the backend's access version, after
+//! it began, and the cache still holds entries read under exactly that version.** A revocation
+//! committed before the request began is therefore seen by its first check, which empties the
+//! cache; a second check within the same request could only add what was committed while the
+//! request was already running, which the guarantee never covered. The remembered version
+//! belongs to the task of one request and one cache handle (keyed by a per-handle id): it never
+//! outlives the request and is never shared with another request or another handle. Outside a
+//! request scope (CLI, background tasks, tests) every hit checks, as before.
+//!
 //! The vault's methods (data keys, retention records, the PII cache) are never cached: a
 //! destroyed key must be gone for the next reveal, on every instance. They pass straight
 //! through.
 
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,6 +46,29 @@ use super::{
 
 /// Entries kept per map; when full the map is cleared (a rare, cheap reset).
 const MAX_ENTRIES: usize = 100_000;
+
+/// Source of [`CachedStore::id`]s.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+tokio::task_local! {
+    /// The access version the current request read, and the handle it read it through.
+    static CHECKED: Cell<Option<Checked>>;
+}
+
+/// An access version read within the current request (see the module docs).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Checked {
+    /// [`CachedStore::id`] of the handle that read it.
+    store: u64,
+    /// The version read.
+    version: u64,
+}
+
+/// Runs one request: the cache's hits within `request` share one access version check (see
+/// the module docs). Every request must get its own scope; nesting one starts afresh.
+pub fn request_scope<F: Future>(request: F) -> impl Future<Output = F::Output> {
+    CHECKED.scope(Cell::new(None), request)
+}
 
 struct TtlMap<K, V> {
     ttl: Duration,
@@ -85,6 +125,8 @@ pub struct CachedStore {
     tokens: TtlMap<String, Option<GatewayToken>>,
     /// The store's access version the entries were read under (`u64::MAX`: none yet).
     version: AtomicU64,
+    /// Tells this handle's checks from another handle's within one request scope.
+    id: u64,
 }
 
 impl CachedStore {
@@ -97,6 +139,7 @@ impl CachedStore {
             sellers: TtlMap::new(ttl),
             tokens: TtlMap::new(ttl),
             version: AtomicU64::new(u64::MAX),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -108,8 +151,17 @@ impl CachedStore {
     }
 
     /// Drops every entry when tools or sellers changed anywhere since they were read. Called
-    /// before a hit is served; misses read the backend anyway.
+    /// before a hit is served; misses read the backend anyway. Within a [`request_scope`] the
+    /// backend is asked once: a later hit of the same request reuses the version this request
+    /// read, as long as the entries are still those read under it (the module docs).
     async fn fresh(&self) -> Result<(), StoreError> {
+        let held = Checked {
+            store: self.id,
+            version: self.version.load(Ordering::Acquire),
+        };
+        if CHECKED.try_with(|c| c.get() == Some(held)).unwrap_or(false) {
+            return Ok(());
+        }
         let now = self.inner.access_version().await?;
         if self.version.swap(now, Ordering::AcqRel) != now {
             self.by_key.clear();
@@ -117,6 +169,13 @@ impl CachedStore {
             self.sellers.clear();
             self.tokens.clear();
         }
+        // Outside a request scope there is nothing to remember.
+        let _ = CHECKED.try_with(|c| {
+            c.set(Some(Checked {
+                store: self.id,
+                version: now,
+            }))
+        });
         Ok(())
     }
 

@@ -606,7 +606,10 @@ impl Store for EmbeddedStore {
             .lock()
             .map_err(|_| StoreError::Task("version watcher lock poisoned".into()))?;
         let (conn, last) = &mut *watcher;
-        let data_version: i64 = conn.pragma_query_value(None, "data_version", |r| r.get(0))?;
+        // Cached statement: `pragma_query_value` prepares it anew at every call.
+        let data_version: i64 = conn
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?;
         if let Some((seen, version)) = *last {
             if seen == data_version {
                 return Ok(version);

@@ -528,6 +528,78 @@ async fn the_cache_sees_its_own_writes_and_other_writers_at_the_next_lookup() {
 }
 
 #[tokio::test]
+async fn a_request_checks_the_access_version_once_and_the_next_request_sees_other_writers() {
+    use super::cache::{request_scope, CachedStore};
+    let dir = tempfile::tempdir().unwrap();
+    let inner: std::sync::Arc<dyn Store> =
+        std::sync::Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    // Another process on the same file (the CLI, another instance).
+    let other = EmbeddedStore::open(dir.path()).unwrap();
+    let ttl = std::time::Duration::from_secs(3600);
+    let store = CachedStore::new(inner.clone(), ttl);
+    // A second handle on the same backend: a check made through `store` is not its check.
+    let second = CachedStore::new(inner, ttl);
+    store.insert_client(&client("c1", "h1")).await.unwrap();
+    store.put_seller(&seller("A1")).await.unwrap();
+    store.put_seller(&seller("B1")).await.unwrap();
+    // Cached under the current version: the first hit of each handle reads the version (and
+    // empties the cache, read under none); the second round caches again under it.
+    for _ in 0..2 {
+        assert!(store.client_by_key_hash("h1").await.unwrap().is_some());
+        assert!(store.seller("A1").await.unwrap().is_some());
+        assert!(second.seller("B1").await.unwrap().is_some());
+    }
+
+    request_scope(async {
+        // The request's first hit reads the version ...
+        let tool = store.client_by_key_hash("h1").await.unwrap().unwrap();
+        assert_eq!(tool.revoked_at, None);
+        other.revoke_client("c1", 7).await.unwrap();
+        other
+            .set_seller_status("A1", SellerStatus::Deauthorized)
+            .await
+            .unwrap();
+        other
+            .set_seller_status("B1", SellerStatus::Deauthorized)
+            .await
+            .unwrap();
+        // ... and its seller lookup reuses it: no second read, so a change committed while
+        // the request runs is not seen by it (it applies from the next request).
+        assert_eq!(
+            store.seller("A1").await.unwrap().unwrap().status,
+            SellerStatus::Active,
+            "one access version check per request"
+        );
+        // Another handle's check is not reused.
+        assert_eq!(
+            second.seller("B1").await.unwrap().unwrap().status,
+            SellerStatus::Deauthorized,
+            "another handle checks for itself"
+        );
+    })
+    .await;
+
+    request_scope(async {
+        assert_eq!(
+            store
+                .client_by_key_hash("h1")
+                .await
+                .unwrap()
+                .unwrap()
+                .revoked_at,
+            Some(7),
+            "a revocation is seen by the next request"
+        );
+        assert_eq!(
+            store.seller("A1").await.unwrap().unwrap().status,
+            SellerStatus::Deauthorized,
+            "a deauthorization is seen by the next request"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn the_embedded_store_survives_reopening_and_sees_other_processes_writes() {
     let dir = tempfile::tempdir().unwrap();
     let a = EmbeddedStore::open(dir.path()).unwrap();

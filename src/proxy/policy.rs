@@ -74,8 +74,11 @@ impl Gateway {
                 note_free_text(ctx, op, role);
             }
         }
-        if let (Some((order_id, key)), Some(seller)) = (&ctx.cache, seller) {
-            // Only a response the policy could read is cached (sealed under the order's key).
+        // Only a response the policy could read is cached (sealed under the order's key), and
+        // never one carrying `errors`: a hit goes through the policy alone, and the errors'
+        // words are judged here, per role, on every answer.
+        let has_errors = memchr::memmem::find(&bytes, b"\"errors\"").is_some();
+        if let (Some((order_id, key)), Some(seller), false) = (&ctx.cache, seller, has_errors) {
             self.vault
                 .cache_put(&seller.selling_partner_id, order_id, key, &bytes)
                 .await?;

@@ -171,7 +171,9 @@ impl<T> Queue<T> {
                 }
                 break Woken::Urgent;
             }
-            if s.items.len() >= self.wake_at {
+            // Half full, or a whole batch already waiting (a backlog left by the last round):
+            // written at once, never a window per batch.
+            if s.items.len() >= self.wake_at || s.items.len() >= self.batch {
                 break Woken::Urgent;
             }
             let now = Instant::now();
@@ -245,6 +247,24 @@ mod tests {
         q.push(3, Urgency::Waited).unwrap();
         let woken = q.wait_take(&mut out, LONG, None, LONG, Duration::ZERO);
         assert_eq!((woken, Vec::from(out)), (Woken::Urgent, vec![2, 3]));
+    }
+
+    #[test]
+    fn a_backlog_of_whole_batches_is_taken_without_waiting_for_windows() {
+        let q = Queue::new(64, 4);
+        for i in 0..10 {
+            q.push(i, Urgency::Lazy).unwrap();
+        }
+        let mut out = VecDeque::new();
+        // A window far longer than the test: only the waiting batches end each wait.
+        for expected in [vec![0, 1, 2, 3], vec![4, 5, 6, 7]] {
+            let woken = q.wait_take(&mut out, LONG, Some(Instant::now()), LONG, Duration::ZERO);
+            assert_eq!((woken, Vec::from(out.clone())), (Woken::Urgent, expected));
+            out.clear();
+        }
+        // Less than a batch left: it waits for its window (here nothing).
+        let woken = q.wait_take(&mut out, Duration::ZERO, None, LONG, Duration::ZERO);
+        assert_eq!((woken, Vec::from(out)), (Woken::Window, vec![8, 9]));
     }
 
     #[test]

@@ -78,28 +78,61 @@ pub fn generic(status: StatusCode, body: &[u8]) -> Option<Vec<u8>> {
     Some(out.to_bytes().to_vec())
 }
 
-/// The generic message for a code.
-/// The top-level `errors` array of a successful answer, for a role that may not read Amazon's
-/// free text: each error keeps its code (or `InvalidInput`), its message becomes the generic one
-/// for the code and its details are emptied; everything else in the body is left as it is.
-/// `None` when the body is not JSON or has no `errors` array (nothing to do).
+/// Every `errors` member of a successful answer, at any depth, for a role that may not read
+/// Amazon's free text: each error keeps its code (or `InvalidInput`), its message becomes the
+/// generic one for the code and its details are emptied; an `errors` member that is not an
+/// array (a string, an object) is replaced the same way; everything else in the body is left
+/// as it is. `None` when the body is not JSON or has no `errors` member (nothing to do).
 pub fn generic_errors_in(body: &[u8]) -> Option<Vec<u8>> {
     let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let errors = value.get_mut("errors")?.as_array_mut()?;
-    for e in errors.iter_mut() {
-        let code = match e.get("code").and_then(|c| c.as_str()) {
-            Some(code) if is_code(code) => code.to_string(),
-            _ => "InvalidInput".to_string(),
-        };
-        *e = serde_json::json!({
-            "code": code,
-            "message": message_for(&code),
-            "details": "",
-        });
+    if !generalise_errors(&mut value) {
+        return None;
     }
     serde_json::to_vec(&value).ok()
 }
 
+/// Rewrites every `errors` member under `value`; whether there was one.
+fn generalise_errors(value: &mut serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut found = false;
+            for (key, member) in map.iter_mut() {
+                if key == "errors" {
+                    found = true;
+                    *member = generic_list(member);
+                } else {
+                    found |= generalise_errors(member);
+                }
+            }
+            found
+        }
+        serde_json::Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |found, item| generalise_errors(item) | found),
+        _ => false,
+    }
+}
+
+/// An `errors` member with codes and generic messages only.
+fn generic_list(errors: &serde_json::Value) -> serde_json::Value {
+    let one = |e: &serde_json::Value| {
+        let code = match e.get("code").and_then(|c| c.as_str()) {
+            Some(code) if is_code(code) => code.to_string(),
+            _ => "InvalidInput".to_string(),
+        };
+        serde_json::json!({
+            "code": code,
+            "message": message_for(&code),
+            "details": "",
+        })
+    };
+    match errors {
+        serde_json::Value::Array(items) => items.iter().map(one).collect(),
+        other => serde_json::Value::Array(vec![one(other)]),
+    }
+}
+
+/// The generic message for a code.
 pub fn message_for(code: &str) -> &'static str {
     MESSAGES
         .iter()
@@ -152,6 +185,19 @@ mod tests {
         );
         assert!(generic_errors_in(br#"{"payload":{}}"#).is_none());
         assert!(generic_errors_in(b"not json").is_none());
+    }
+
+    #[test]
+    fn errors_at_any_depth_and_of_any_shape_keep_their_codes_only() {
+        let body = br#"{"payload":{"Orders":[{"AmazonOrderId":"111-1","errors":[{"code":"Partial","message":"Jane Example","details":"1 Synthetic Way"}]}],"Summary":{"errors":{"code":"Odd","message":"Jane Example"}}},"x":{"errors":"Jane Example"}}"#;
+        let out = String::from_utf8(generic_errors_in(body).unwrap()).unwrap();
+        assert!(!out.contains("Jane") && !out.contains("Synthetic"), "{out}");
+        let out: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let generic = |code: &str| serde_json::json!([{"code":code,"message":message_for(code),"details":""}]);
+        assert_eq!(out["payload"]["Orders"][0]["errors"], generic("Partial"));
+        assert_eq!(out["payload"]["Orders"][0]["AmazonOrderId"], "111-1");
+        assert_eq!(out["payload"]["Summary"]["errors"], generic("Odd"));
+        assert_eq!(out["x"]["errors"], generic("InvalidInput"));
     }
 
     #[test]

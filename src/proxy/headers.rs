@@ -250,6 +250,42 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_answer_is_keyed_by_the_headers_that_go_up_and_can_change_it() {
+        let h = map(&[
+            ("x-amzn-shipping-business-id", "AmazonShipping_US"),
+            ("locale", "en_US"),
+            ("accept", "application/json"),
+            ("user-agent", "my-tool/1.0"),
+            ("authorization", "Bearer spg_secret"),
+            ("x-spgate-seller", "A1"),
+            ("connection", "accept-language"),
+            ("accept-language", "de-DE"),
+        ]);
+        let names = |model: &str| -> Vec<String> {
+            answer_relevant(&h, model)
+                .iter()
+                .map(|(n, v)| format!("{n}={}", v.to_str().unwrap()))
+                .collect()
+        };
+        // Sorted; the API's own header parameters only for its operations; never the user
+        // agent, credentials, the gateway's headers or what `Connection` names.
+        assert_eq!(
+            names("shippingV2"),
+            [
+                "accept=application/json",
+                "locale=en_US",
+                "x-amzn-shipping-business-id=AmazonShipping_US"
+            ]
+        );
+        assert_eq!(names("ordersV0"), ["accept=application/json"]);
+        let other = map(&[("x-amzn-shipping-business-id", "AmazonShipping_UK")]);
+        assert_ne!(
+            answer_relevant(&other, "shippingV2"),
+            answer_relevant(&h, "shippingV2")
+        );
+    }
+
+    #[test]
     fn only_allowlisted_headers_come_back_from_amazon() {
         let headers = [
             ("x-amzn-requestid", "r-1"),

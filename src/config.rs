@@ -228,6 +228,11 @@ pub struct RawLwa {
     /// At most this many such refreshes per seller (or grantless scope) per minute; 0 turns
     /// the healing off (default 1).
     pub token_loss_refreshes_per_minute: Option<u32>,
+    /// At most this many such refreshes per minute for all subjects together, per instance
+    /// (default 10; 0: no bound beyond the per-subject one). A bare 403 is also what Amazon
+    /// answers an operation the application has no role for, which a tool can call for every
+    /// seller: this keeps such calls from driving LWA into throttling for everyone.
+    pub token_loss_refreshes_per_minute_total: Option<u32>,
 }
 
 /// `[store]`.
@@ -596,6 +601,8 @@ pub struct TokenLossConfig {
     pub min_age: Duration,
     /// Refreshes per seller (or grantless scope) per minute; 0: never.
     pub refreshes_per_minute: u32,
+    /// Refreshes per minute for all subjects together (per instance); 0: no such bound.
+    pub refreshes_per_minute_total: u32,
 }
 
 /// See [`RawOnboarding`].
@@ -969,6 +976,7 @@ impl Config {
             token_loss: TokenLossConfig {
                 min_age: Duration::from_secs(l.token_loss_min_age_seconds.unwrap_or(10)),
                 refreshes_per_minute: l.token_loss_refreshes_per_minute.unwrap_or(1),
+                refreshes_per_minute_total: l.token_loss_refreshes_per_minute_total.unwrap_or(10),
             },
         };
         let store = match raw.store.kind.as_deref().unwrap_or("embedded") {

@@ -849,3 +849,46 @@ async fn a_permission_403_on_an_old_token_costs_one_refresh_a_minute() {
         (1, 4)
     );
 }
+
+#[tokio::test]
+async fn a_permission_403_for_every_seller_costs_at_most_the_instance_total_of_refreshes() {
+    use spgate::auth::lwa::Heal;
+    let audit = tempfile::tempdir().unwrap();
+    let gw = healing_gateway(
+        audit.path(),
+        "token_loss_min_age_seconds = 0\ntoken_loss_refreshes_per_minute_total = 2\n",
+    )
+    .await;
+    let others = ["A2OTHERSELLER02", "A3OTHERSELLER03", "A4OTHERSELLER04"];
+    for seller in others {
+        add_seller(&gw, seller, spgate::store::Region::Eu).await;
+    }
+    // An operation the application has no role for: Amazon's bare 403, for every seller.
+    let denied = serde_json::json!({"errors": [{"code": "Unauthorized", "message": "Access to requested resource is denied.", "details": ""}]});
+    gw.sandbox.script(
+        "sellers.getMarketplaceParticipations",
+        spgate::sandbox::Script::json(StatusCode::FORBIDDEN, denied),
+    );
+    for seller in std::iter::once(SELLER).chain(others) {
+        let reply = gw
+            .get_for(seller, "/sellers/v1/marketplaceParticipations")
+            .await;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN, "{seller}");
+    }
+    let lwa = gw.gateway.lwa();
+    assert_eq!(
+        (lwa.heals(Heal::Refreshed), lwa.heals(Heal::BoundedTotal)),
+        (2, 2),
+        "two sellers' tokens refreshed, then the instance's bound refuses"
+    );
+    assert_eq!(
+        (gw.lwa_calls)(),
+        4 + 2,
+        "a token per seller and two refreshes"
+    );
+    let records = audit_records(&gw, audit.path()).await;
+    assert_eq!(with_reason(&records, "token_lost_bounded"), 2);
+    let mut metrics = String::new();
+    lwa.render_metrics(&mut metrics);
+    assert!(metrics.contains("spgate_lwa_token_loss_total{outcome=\"bounded_total\"} 2"));
+}

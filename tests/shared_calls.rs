@@ -30,7 +30,18 @@ fn item_path(asin: &str) -> String {
 /// A gateway whose tool may act for the test seller and [`OTHER_SELLER`], with `shared` as its
 /// `[shared_calls]` section and an audit log in `audit`.
 async fn gateway(audit: &std::path::Path, shared: &str, more: &str) -> TestGateway {
+    gateway_upstream(audit, shared, more, "").await
+}
+
+/// [`gateway`], with `upstream` in its `[upstream]` section.
+async fn gateway_upstream(
+    audit: &std::path::Path,
+    shared: &str,
+    more: &str,
+    upstream: &str,
+) -> TestGateway {
     let gw = start_gateway(Options {
+        upstream_toml: upstream.into(),
         key_sellers: vec![SELLER.into(), OTHER_SELLER.into()],
         extra_toml: format!(
             "[shared_calls]\n{shared}\n[audit]\ndir = {:?}\ninstance = \"shared\"\nkey = {{ env = \"AUDIT_KEY\" }}\n{more}",
@@ -40,6 +51,15 @@ async fn gateway(audit: &std::path::Path, shared: &str, more: &str) -> TestGatew
     })
     .await;
     add_seller(&gw, OTHER_SELLER, spgate::store::Region::Eu).await;
+    gw
+}
+
+/// A gateway caching [`GET_ITEM`] answers for 300 s, with `upstream` in its `[upstream]`
+/// section; Amazon answers [`item`].
+async fn caching_items(audit: &std::path::Path, upstream: &str) -> TestGateway {
+    let ttl = format!("[shared_calls.ttl_seconds]\n\"{GET_ITEM}\" = 300");
+    let gw = gateway_upstream(audit, &ttl, "", upstream).await;
+    gw.sandbox.script(GET_ITEM, item());
     gw
 }
 
@@ -99,13 +119,7 @@ async fn fifty_identical_concurrent_reads_make_one_upstream_call_and_fifty_answe
 #[tokio::test]
 async fn a_cached_answer_stays_with_its_seller_and_a_write_through_the_gateway_drops_it() {
     let audit = tempfile::tempdir().unwrap();
-    let gw = gateway(
-        audit.path(),
-        &format!("[shared_calls.ttl_seconds]\n\"{GET_ITEM}\" = 300"),
-        "",
-    )
-    .await;
-    gw.sandbox.script(GET_ITEM, item());
+    let gw = caching_items(audit.path(), "").await;
     let path = item_path("B07N4M94X4");
     let upstream = || gw.sandbox.received(GET_ITEM);
     let first = gw.get_for(SELLER, &path).await;
@@ -209,4 +223,119 @@ async fn a_fee_estimate_is_shared_only_with_a_request_of_the_same_body() {
     assert_eq!(cache_header(&gw.call(estimate(10)).await), Some("hit"));
     assert_eq!(cache_header(&gw.call(estimate(11)).await), Some("miss"));
     assert_eq!(gw.sandbox.received(FEES).len(), 2);
+}
+
+#[tokio::test]
+async fn requests_sending_different_headers_upstream_never_share_an_answer() {
+    let audit = tempfile::tempdir().unwrap();
+    let gw = caching_items(audit.path(), "").await;
+    let path = item_path("B07N4M94X4");
+    let get = |language: &str, agent: &str| {
+        gw.request(http::Method::GET, &path)
+            .header("accept-language", language)
+            .header("user-agent", agent)
+            .body(empty())
+            .unwrap()
+    };
+    assert_eq!(
+        cache_header(&gw.call(get("en-US", "a/1")).await),
+        Some("miss")
+    );
+    // Another language is another answer from Amazon; the user agent does not change it.
+    assert_eq!(
+        cache_header(&gw.call(get("de-DE", "a/1")).await),
+        Some("miss")
+    );
+    assert_eq!(
+        cache_header(&gw.call(get("en-US", "b/2")).await),
+        Some("hit")
+    );
+    assert_eq!(
+        cache_header(&gw.call(get("de-DE", "a/1")).await),
+        Some("hit")
+    );
+    assert_eq!(cache_header(&gw.get_for(SELLER, &path).await), Some("miss"));
+    assert_eq!(gw.sandbox.received(GET_ITEM).len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_answer_is_not_shared_each_follower_asks_amazon_itself() {
+    let audit = tempfile::tempdir().unwrap();
+    let gw = Arc::new(gateway(audit.path(), "coalesce = true", "").await);
+    let mut refused = Script::json(
+        StatusCode::BAD_REQUEST,
+        serde_json::json!({"errors": [{"code": "InvalidInput", "message": "bad", "details": ""}]}),
+    );
+    refused.header_delay = Duration::from_millis(1500);
+    gw.sandbox.script(GET_ITEM, refused);
+    let path = item_path("B07N4M94X4");
+    let tasks: Vec<_> = (0..5)
+        .map(|_| {
+            let (gw, path) = (gw.clone(), path.clone());
+            tokio::spawn(async move { gw.get_for(SELLER, &path).await })
+        })
+        .collect();
+    for t in tasks {
+        let reply = t.await.unwrap();
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{:?}", reply.body);
+        assert_ne!(cache_header(&reply), Some("coalesced"));
+    }
+    assert_eq!(gw.sandbox.received(GET_ITEM).len(), 5, "one call each");
+    assert_eq!(
+        gw.gateway
+            .shared_calls()
+            .counted(spgate::proxy::SharedEvent::Coalesced),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_fails_still_drops_what_was_read_while_it_was_in_flight() {
+    const PATCH: &str = "listingsItems_2021-08-01.patchListingsItem";
+    let audit = tempfile::tempdir().unwrap();
+    let gw = Arc::new(
+        caching_items(
+            audit.path(),
+            "header_timeout_ms = 1500\ntotal_timeout_ms = 5000",
+        )
+        .await,
+    );
+    // Amazon takes longer than the gateway waits: the write ends in a timeout, and Amazon may
+    // still have applied it.
+    let mut slow = Script::json(StatusCode::OK, serde_json::json!({"status": "ACCEPTED"}));
+    slow.header_delay = Duration::from_secs(4);
+    gw.sandbox.script(PATCH, slow);
+    let path = item_path("B07N4M94X4");
+    let write = {
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            let patch = gw
+                .request(
+                    http::Method::PATCH,
+                    &format!(
+                        "/listings/2021-08-01/items/{SELLER}/SKU-1?marketplaceIds=ATVPDKIKX0DER"
+                    ),
+                )
+                .header("content-type", "application/json")
+                .body(full(r#"{"productType":"PEN","patches":[]}"#))
+                .unwrap();
+            gw.call(patch).await
+        })
+    };
+    // A read while the write is in flight (after its first invalidation) is cached.
+    while gw.sandbox.received(PATCH).is_empty() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(cache_header(&gw.get_for(SELLER, &path).await), Some("miss"));
+    assert_eq!(cache_header(&gw.get_for(SELLER, &path).await), Some("hit"));
+    let failed = write.await.unwrap();
+    assert_eq!(
+        failed.status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "{:?}",
+        failed.body
+    );
+    // The failed write's end dropped it: the next read asks Amazon again.
+    assert_eq!(cache_header(&gw.get_for(SELLER, &path).await), Some("miss"));
+    assert_eq!(gw.sandbox.received(GET_ITEM).len(), 2);
 }

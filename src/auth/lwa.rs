@@ -188,7 +188,7 @@ pub struct Lwa {
     shared: Option<Shared>,
     /// When a bare 403 is taken as a lost token ([`Lwa::heal`]).
     token_loss: TokenLossConfig,
-    /// Refreshes [`Lwa::heal`] made per subject in the current minute.
+    /// Refreshes [`Lwa::heal`] made per subject, and in all, in the current minute.
     heal_budget: HealBudget,
     /// What [`Lwa::heal`] decided, counted (metrics).
     heal_counts: [std::sync::atomic::AtomicU64; Heal::ALL.len()],
@@ -213,13 +213,17 @@ pub enum Heal {
     Young,
     /// The subject's refreshes for this minute are spent; Amazon's answer is passed back.
     Bounded,
+    /// This instance's refreshes for this minute, all subjects together
+    /// (`token_loss_refreshes_per_minute_total`), are spent; Amazon's answer is passed back.
+    BoundedTotal,
     /// Healing is off (`token_loss_refreshes_per_minute = 0`).
     Off,
 }
 
 /// Refreshes per subject within a sliding one-minute window (the window opens at a subject's
 /// first refresh). Keyed by [`Subject::cache_key`]: a seller's access token and the RDTs made
-/// with it share one bound, each grantless scope has its own.
+/// with it share one bound, each grantless scope has its own; the window of all subjects
+/// together is kept under [`HEAL_TOTAL_KEY`], which no subject's key is.
 #[derive(Default)]
 struct HealBudget {
     windows: std::sync::Mutex<std::collections::HashMap<String, (Instant, u32)>>,
@@ -282,11 +286,17 @@ impl Lwa {
             let heal = match age {
                 None => Heal::Replaced,
                 Some(age) if age < self.token_loss.min_age => Heal::Young,
-                Some(_) if !self.heal_budget.take(&subject.cache_key(), limit) => Heal::Bounded,
-                Some(_) => {
-                    slot.clear();
-                    Heal::Refreshed
-                }
+                Some(_) => match self.heal_budget.take(
+                    &subject.cache_key(),
+                    limit,
+                    self.token_loss.refreshes_per_minute_total,
+                ) {
+                    Err(refused) => refused,
+                    Ok(()) => {
+                        slot.clear();
+                        Heal::Refreshed
+                    }
+                },
             };
             if heal == Heal::Refreshed {
                 // Still under the slot's lock: no request of this instance can pick the lost
@@ -304,6 +314,9 @@ impl Lwa {
             }
             Heal::Bounded => {
                 tracing::warn!(subject = %subject.cache_key(), "Amazon refused an access token with a bare 403; this subject's token refreshes for the minute are spent, so the answer is passed back.")
+            }
+            Heal::BoundedTotal => {
+                tracing::warn!(subject = %subject.cache_key(), "Amazon refused an access token with a bare 403; this instance's token refreshes for the minute (all subjects) are spent, so the answer is passed back.")
             }
             Heal::Replaced | Heal::Young | Heal::Off => {}
         }
@@ -646,11 +659,12 @@ impl Lwa {
 
 impl Heal {
     /// Every outcome, in the order of the metric's samples.
-    pub const ALL: [Heal; 5] = [
+    pub const ALL: [Heal; 6] = [
         Heal::Refreshed,
         Heal::Replaced,
         Heal::Young,
         Heal::Bounded,
+        Heal::BoundedTotal,
         Heal::Off,
     ];
 
@@ -666,6 +680,7 @@ impl Heal {
             Heal::Replaced => "replaced",
             Heal::Young => "young",
             Heal::Bounded => "bounded",
+            Heal::BoundedTotal => "bounded_total",
             Heal::Off => "off",
         }
     }
@@ -674,24 +689,43 @@ impl Heal {
 /// Past this many subjects, windows older than a minute are dropped when one is taken.
 const HEAL_PRUNE_AT: usize = 10_000;
 
+/// The [`HealBudget`] window of all subjects together (a subject's key is never empty).
+const HEAL_TOTAL_KEY: &str = "";
+
 impl HealBudget {
-    /// Takes one of `limit` refreshes of the subject's current minute, if one is left.
-    fn take(&self, key: &str, limit: u32) -> bool {
+    /// Takes one of `limit` refreshes of the subject's current minute and one of `total` of
+    /// all subjects' (0: no such bound), both or neither; refused, says which bound is spent.
+    fn take(&self, key: &str, limit: u32, total: u32) -> Result<(), Heal> {
         const MINUTE: Duration = Duration::from_secs(60);
         let now = Instant::now();
         let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         if windows.len() >= HEAL_PRUNE_AT {
             windows.retain(|_, (opened, _)| now.duration_since(*opened) < MINUTE);
         }
-        let (opened, used) = windows.entry(key.to_string()).or_insert((now, 0));
-        if now.duration_since(*opened) >= MINUTE {
-            (*opened, *used) = (now, 0);
+        let mut used_of = |key: &str| {
+            let (opened, used) = windows.entry(key.to_string()).or_insert((now, 0));
+            if now.duration_since(*opened) >= MINUTE {
+                (*opened, *used) = (now, 0);
+            }
+            *used
+        };
+        if used_of(key) >= limit {
+            return Err(Heal::Bounded);
         }
-        if *used >= limit {
-            return false;
+        if total > 0 && used_of(HEAL_TOTAL_KEY) >= total {
+            return Err(Heal::BoundedTotal);
         }
-        *used += 1;
-        true
+        let keys: &[&str] = if total > 0 {
+            &[key, HEAL_TOTAL_KEY]
+        } else {
+            &[key]
+        };
+        for key in keys {
+            if let Some((_, used)) = windows.get_mut(*key) {
+                *used += 1;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -724,7 +758,7 @@ async fn send(
 mod tests {
     use super::*;
 
-    fn lwa(min_age_seconds: u64, refreshes_per_minute: u32) -> Lwa {
+    fn lwa(min_age_seconds: u64, refreshes_per_minute: u32, total: u32) -> Lwa {
         let cfg = LwaConfig {
             token_url: "http://127.0.0.1:9/auth/o2/token".parse().unwrap(),
             client_id: "amzn1.application-oa2-client.test".into(),
@@ -735,6 +769,7 @@ mod tests {
             token_loss: TokenLossConfig {
                 min_age: Duration::from_secs(min_age_seconds),
                 refreshes_per_minute,
+                refreshes_per_minute_total: total,
             },
         };
         Lwa::new(&cfg, None).unwrap()
@@ -757,7 +792,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_bare_403_heals_old_tokens_once_per_subject_and_minute() {
-        let lwa = lwa(10, 1);
+        let lwa = lwa(10, 1, 0);
         let seller = Subject::Seller("A1SELLER".into());
         let other = Subject::Seller("A2SELLER".into());
         let grantless = Subject::Grantless("sellingpartnerapi::notifications");
@@ -784,13 +819,49 @@ mod tests {
         assert_eq!(lwa.heal(&seller, &t2).await, Heal::Refreshed);
         assert_eq!(
             Heal::ALL.map(|h| lwa.heals(h)),
-            [4, 1, 1, 1, 0],
-            "refreshed, replaced, young, bounded, off"
+            [4, 1, 1, 1, 0, 0],
+            "refreshed, replaced, young, bounded, bounded_total, off"
         );
-        let off = self::lwa(0, 0);
+        let off = self::lwa(0, 0, 0);
         let t = issue(&off, &seller, "t").await;
         assert_eq!(off.heal(&seller, &t).await, Heal::Off);
         assert!(!Heal::Off.retries() && !Heal::Bounded.retries() && !Heal::Young.retries());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bare_403_heals_at_most_the_instance_total_per_minute_for_all_subjects() {
+        let lwa = lwa(10, 1, 2);
+        let sellers: Vec<Subject> = (1..=4)
+            .map(|i| Subject::Seller(format!("A{i}SELLER")))
+            .collect();
+        let mut tokens = Vec::new();
+        for seller in &sellers {
+            tokens.push(issue(&lwa, seller, "t").await);
+        }
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(lwa.heal(&sellers[0], &tokens[0]).await, Heal::Refreshed);
+        let again = issue(&lwa, &sellers[0], "t2").await;
+        tokio::time::advance(Duration::from_secs(10)).await;
+        // The subject's own bound refuses first, and spends nothing of the total.
+        assert_eq!(lwa.heal(&sellers[0], &again).await, Heal::Bounded);
+        assert_eq!(lwa.heal(&sellers[1], &tokens[1]).await, Heal::Refreshed);
+        // Two refreshes this minute in all: any other subject is refused, its bound untouched.
+        assert_eq!(lwa.heal(&sellers[2], &tokens[2]).await, Heal::BoundedTotal);
+        assert_eq!(lwa.heal(&sellers[3], &tokens[3]).await, Heal::BoundedTotal);
+        assert!(!Heal::BoundedTotal.retries());
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(lwa.heal(&sellers[2], &tokens[2]).await, Heal::Refreshed);
+        assert_eq!(
+            Heal::ALL.map(|h| lwa.heals(h)),
+            [3, 0, 0, 1, 2, 0],
+            "refreshed, replaced, young, bounded, bounded_total, off"
+        );
+        let mut metrics = String::new();
+        lwa.render_metrics(&mut metrics);
+        assert!(
+            metrics.contains("spgate_lwa_token_loss_total{outcome=\"bounded_total\"} 2"),
+            "{metrics}"
+        );
     }
 
     #[test]

@@ -112,6 +112,26 @@ pub fn for_upstream(headers: &mut HeaderMap, model: &str, dropped: &Dropped) {
     dropped.to_upstream.fetch_add(n, Ordering::Relaxed);
 }
 
+/// The headers [`for_upstream`] would send to Amazon for `model` that can change its answer
+/// (all but `Content-Length`, the body's framing, and `User-Agent`), sorted by name and value:
+/// what a shared answer's key holds, so requests that reach Amazon differently never share one.
+pub fn answer_relevant(headers: &HeaderMap, model: &str) -> Vec<(HeaderName, http::HeaderValue)> {
+    let mut kept = headers.clone();
+    strip_hop_by_hop(&mut kept);
+    let mut set: Vec<(HeaderName, http::HeaderValue)> = kept
+        .iter()
+        .filter(|(name, _)| {
+            let name = name.as_str();
+            name != "content-length"
+                && name != "user-agent"
+                && (TO_UPSTREAM.contains(&name) || SP_API_REQUEST_HEADERS.contains(&(name, model)))
+        })
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    set.sort_by(|a, b| (a.0.as_str(), a.1.as_bytes()).cmp(&(b.0.as_str(), b.1.as_bytes())));
+    set
+}
+
 /// Keeps Amazon's response headers that [`TO_CALLER`] allows (and `Retry-After` on 429 and
 /// 503); drops and counts the rest.
 pub fn for_caller(headers: &mut HeaderMap, status: http::StatusCode, dropped: &Dropped) {
@@ -227,6 +247,42 @@ mod tests {
         // Shipping v2 documents the idempotency key header.
         for_upstream(&mut shipping, "shippingV2", &dropped);
         assert!(shipping.contains_key("x-amzn-idempotencykey"));
+    }
+
+    #[test]
+    fn a_shared_answer_is_keyed_by_the_headers_that_go_up_and_can_change_it() {
+        let h = map(&[
+            ("x-amzn-shipping-business-id", "AmazonShipping_US"),
+            ("locale", "en_US"),
+            ("accept", "application/json"),
+            ("user-agent", "my-tool/1.0"),
+            ("authorization", "Bearer spg_secret"),
+            ("x-spgate-seller", "A1"),
+            ("connection", "accept-language"),
+            ("accept-language", "de-DE"),
+        ]);
+        let names = |model: &str| -> Vec<String> {
+            answer_relevant(&h, model)
+                .iter()
+                .map(|(n, v)| format!("{n}={}", v.to_str().unwrap()))
+                .collect()
+        };
+        // Sorted; the API's own header parameters only for its operations; never the user
+        // agent, credentials, the gateway's headers or what `Connection` names.
+        assert_eq!(
+            names("shippingV2"),
+            [
+                "accept=application/json",
+                "locale=en_US",
+                "x-amzn-shipping-business-id=AmazonShipping_US"
+            ]
+        );
+        assert_eq!(names("ordersV0"), ["accept=application/json"]);
+        let other = map(&[("x-amzn-shipping-business-id", "AmazonShipping_UK")]);
+        assert_ne!(
+            answer_relevant(&other, "shippingV2"),
+            answer_relevant(&h, "shippingV2")
+        );
     }
 
     #[test]

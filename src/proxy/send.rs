@@ -227,7 +227,7 @@ fn heal_reason(heal: Heal, replayable: bool) -> Option<crate::audit::Reason> {
             Some(Reason::from_static("token_lost_retried"))
         }
         Heal::Refreshed => Some(Reason::from_static("token_lost_refreshed")),
-        Heal::Bounded => Some(Reason::from_static("token_lost_bounded")),
+        Heal::Bounded | Heal::BoundedTotal => Some(Reason::from_static("token_lost_bounded")),
         Heal::Replaced | Heal::Young | Heal::Off => None,
     }
 }

@@ -2,11 +2,13 @@
 //! (`[shared_calls]`, off by default):
 //!
 //! - **Coalescing** (`coalesce = true`): identical concurrent GETs (same seller, operation, path
-//!   and query; for the POSTs that only read, [`READ_ONLY_POSTS`], the same body too) of an
+//!   and query, and the same headers going up that can change the answer, see [`Key`]; for the
+//!   POSTs that only read, [`READ_ONLY_POSTS`], the same body too) of an
 //!   operation that is neither restricted nor carries buyer PII
 //!   (`data/pii-none.tsv`) make one upstream call. The first is the leader; the others
 //!   (followers) wait for its answer, each within its own deadline, and get it with
-//!   `x-spgate-cache: coalesced`.
+//!   `x-spgate-cache: coalesced`; only a 2xx answer is shared: after an error answer (or none)
+//!   each follower asks Amazon itself.
 //! - **Caching** (`[shared_calls.ttl_seconds]`, per operation): a 200 answer of such an
 //!   operation is kept that long, per seller, and served with `x-spgate-cache: hit` (the
 //!   leader's answer says `miss`).
@@ -15,7 +17,7 @@
 //!   drops the seller's cached answers of the same family of operations ([`family`]: the
 //!   listings, catalog, pricing, fees, restrictions and feeds APIs are one family, as a listing
 //!   change shows in all of them; any other API is its own), once when it starts and again
-//!   when it ends; a read that was in flight across a write is shared with its followers but
+//!   when it ends (however it ends: an error, a timeout, the client gone); a read that was in flight across a write is shared with its followers but
 //!   not cached.
 //!
 //! What a shared answer still goes through, per caller: authentication, authorization and the
@@ -23,7 +25,8 @@
 //! absolute rule is the tool's own bucket; no token of Amazon's bucket is taken, which is the
 //! point), the PII policy and safety net of its role, the header allowlist, and its own audit
 //! record (reason `coalesced` or `cache_hit`). **Invariants:** an answer is shared only between
-//! requests for the same seller, operation, path and query (the key holds all four); only JSON
+//! requests for the same seller, operation, path and query and upstream headers (the key holds
+//! all five); only 2xx JSON
 //! answers of at most `pii.max_response_bytes` (what the policy reads anyway) are shared; the
 //! cache holds Amazon's answer as received (the policy runs on every use), in memory, per
 //! instance, and never buyer PII (only operations declared free of it).
@@ -52,7 +55,7 @@ use crate::store::SellerRecord;
 use super::limit::Wants;
 use super::policy::{declares_json, read_capped};
 use super::rescue::ProxyError;
-use super::{Ctx, Gateway, CACHE_HEADER};
+use super::{headers, Ctx, Gateway, CACHE_HEADER};
 
 /// POSTs that only read (fee estimates, price batches): they do not invalidate cached answers.
 pub(super) const READ_ONLY_POSTS: [&str; 7] = [
@@ -141,6 +144,9 @@ pub(super) struct Key {
     seller: String,
     operation: &'static str,
     path_and_query: String,
+    /// The headers that go up with the request and can change Amazon's answer
+    /// ([`headers::answer_relevant`]: content negotiation, the API's own header parameters).
+    headers: Vec<(http::HeaderName, HeaderValue)>,
 }
 
 /// Amazon's answer as shared: status, headers, the whole body.
@@ -410,6 +416,7 @@ impl Gateway {
                 Some(digest) => format!("{pq} {digest}"),
                 None => pq.to_string(),
             },
+            headers: headers::answer_relevant(req.headers(), op.model),
         };
         let now = Instant::now();
         let waiting = {
@@ -507,14 +514,8 @@ impl Lead {
         // `self` drops when this returns, taking a reader's in-flight entry away.
         match &self {
             Lead::Alone => Ok(resp),
-            Lead::Writer {
-                seller,
-                family,
-                calls,
-            } => {
-                calls.invalidate(seller, family);
-                Ok(resp)
-            }
+            // The write's second invalidation is its lead's drop, right after this returns.
+            Lead::Writer { .. } => Ok(resp),
             Lead::Reader {
                 key,
                 tx,
@@ -523,10 +524,11 @@ impl Lead {
                 writes_seen,
                 calls,
             } => {
-                // Only what the policy would read whole anyway is read whole here; anything
-                // else goes to the leader's caller as it is, and followers go on their own
-                // (the sender's drop releases them).
-                if !declares_json(resp.headers()) {
+                // Only a success is shared (an error answer is the leader's own: its followers
+                // ask Amazon themselves, with their own retries), and only what the policy would
+                // read whole anyway is read whole here; anything else goes to the leader's caller
+                // as it is, and followers go on their own (the sender's drop releases them).
+                if !resp.status().is_success() || !declares_json(resp.headers()) {
                     return Ok(resp);
                 }
                 let (parts, body) = resp.into_parts();
@@ -555,17 +557,27 @@ impl Lead {
 
 impl Drop for Lead {
     fn drop(&mut self) {
-        // A leader that ends without publishing (an error, the client gone) takes its entry
-        // with it; its followers see the sender closed and go on their own.
-        if let Lead::Reader { key, tx, calls, .. } = self {
-            let mut st = calls.lock();
-            if st
-                .in_flight
-                .get(key)
-                .is_some_and(|rx| rx.same_channel(&tx.subscribe()))
-            {
-                st.in_flight.remove(key);
+        match self {
+            // A leader that ends without publishing (an error, the client gone) takes its entry
+            // with it; its followers see the sender closed and go on their own.
+            Lead::Reader { key, tx, calls, .. } => {
+                let mut st = calls.lock();
+                if st
+                    .in_flight
+                    .get(key)
+                    .is_some_and(|rx| rx.same_channel(&tx.subscribe()))
+                {
+                    st.in_flight.remove(key);
+                }
             }
+            // A write ends however it ends (published, an error, a timeout, the client gone, a
+            // drain): Amazon may have applied it, so what was read meanwhile goes again.
+            Lead::Writer {
+                seller,
+                family,
+                calls,
+            } => calls.invalidate(seller, family),
+            Lead::Alone => {}
         }
     }
 }

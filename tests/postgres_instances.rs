@@ -124,10 +124,15 @@ impl Fleet {
     /// Sandbox, schema, proxy, Redis, the configs, seller `S1` added and a tool key made with
     /// the CLI; no gateway running yet.
     async fn new(tag: &str) -> Fleet {
+        Fleet::with_quotas(tag, QuotaMode::Off).await
+    }
+
+    /// [`Fleet::new`] with a sandbox that enforces `quotas`.
+    async fn with_quotas(tag: &str, quotas: QuotaMode) -> Fleet {
         let sandbox = Sandbox::new(SandboxConfig {
             lwa_clients: vec![(LWA_ID.into(), LWA_SECRET.into())],
             access_token_ttl: Duration::from_secs(3600),
-            quotas: QuotaMode::Off,
+            quotas,
             require_rdt: false,
             open_enrollment: false,
         });
@@ -654,6 +659,45 @@ fn round(
         }
     }
     calls
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_on_postgres_keep_the_usage_plan_together_through_one_redis() {
+    // The sandbox enforces Amazon's plans: getOrderAddress 0.5 req/s, burst 30, per seller.
+    let mut fleet = Fleet::with_quotas("limits", QuotaMode::Catalog).await;
+    fleet.start_all();
+    let target = fleet.target();
+    let started = Instant::now();
+    // 36 at once, spread over the three: the burst, then one every 2 s (within the tools'
+    // 20 s wait), whichever instance each arrives at.
+    let calls = (0..36)
+        .map(|n| {
+            let target = target.clone();
+            async move { (n % 3, target.get(n % 3, ADDRESS, S1).await) }
+        })
+        .collect::<Vec<_>>();
+    let mut served = 0u64;
+    for (i, a) in futures_util::future::join_all(calls).await {
+        match &a {
+            Ok(a) if a.status == 200 => served += 1,
+            // The gateway's own refusal when a token would come past the wait.
+            Ok(a) if a.status == 429 => {}
+            other => panic!("gw{i}: {}", show(other)),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let stats = fleet.sandbox.stats();
+    assert_eq!(stats.throttled_total, 0, "the sandbox never had to refuse");
+    let arrived = stats.by_operation["ordersV0.getOrderAddress"];
+    assert_eq!(
+        arrived, served,
+        "every admitted request reached the sandbox once"
+    );
+    assert!(served >= 30, "the burst is used: {served}");
+    assert!(
+        arrived as f64 <= 30.0 + 0.5 * elapsed + 1.0,
+        "{arrived} arrivals in {elapsed:.1} s"
+    );
 }
 
 /// Runs the calls concurrently.

@@ -122,6 +122,8 @@ fn config(dir: &std::path::Path) -> AuditConfig {
         fsync: FsyncPolicy::Interval(Duration::from_secs(1)),
         queue_capacity: 65_536,
         write_delay: Duration::from_millis(50),
+        full_wait: Duration::from_millis(100),
+        stall_timeout: Duration::from_secs(10),
         on_failure: spgate::audit::config::OnFailure::Refuse,
         alerts: AlertRules::default(),
     }

@@ -31,7 +31,9 @@ async fn audited_gateway() -> (tempfile::TempDir, TestGateway, String) {
             all_pass_role("mixed").replace("address = \"pass\"", "address = \"drop\"")
         ),
         extra_toml: format!(
-            "[audit]\ndir = {:?}\ninstance = \"answers\"\nkey = {{ env = \"AUDIT_KEY\" }}\n",
+            // Ordinary records wait up to a second: only a durable record is on disk when its
+            // answer arrives.
+            "[audit]\ndir = {:?}\ninstance = \"answers\"\nkey = {{ env = \"AUDIT_KEY\" }}\nwrite_delay_ms = 1000\n",
             audit.path().display().to_string()
         ),
         ..Options::default()

@@ -12,6 +12,8 @@
 //! queue_capacity = 65536
 //! write_delay_ms = 50                   # 1..=1000: how long an ordinary record may wait
 //! on_failure = "refuse"                 # refuse | serve_non_pii, while the log cannot be written
+//! full_wait_ms = 100                    # 1..=10000: the longest a record waits for room in a full queue
+//! stall_timeout_ms = 10000              # 100..=600000: no writer progress this long = unavailable
 //!
 //! [audit.alerts]
 //! reveals_per_tool_per_hour = 20
@@ -34,6 +36,12 @@ use serde::Deserialize;
 
 use crate::config::{ConfigIssue, Env, RawSecret};
 use crate::secret::Secret;
+
+/// The default of `full_wait_ms`.
+pub const DEFAULT_FULL_WAIT_MS: u64 = 100;
+
+/// The default of `stall_timeout_ms`.
+pub const DEFAULT_STALL_TIMEOUT_MS: u64 = 10_000;
 
 /// The shortest retention allowed without `allow_short_retention` (Amazon's DPP: 12 months).
 pub const MIN_RETAIN_DAYS: u32 = 365;
@@ -65,6 +73,13 @@ pub struct RawAudit {
     /// `refuse` (default) or `serve_non_pii`: what the gateway does while the log cannot be
     /// written.
     pub on_failure: Option<String>,
+    /// The longest a record waits for room in a full queue, in ms (default 100); then it is
+    /// refused (counted lost, reported by a gap record) and the log is unavailable until the
+    /// writer writes again. A request handler's thread is never held longer.
+    pub full_wait_ms: Option<u64>,
+    /// In ms (default 10000): a writer with records in hand that makes no progress this long
+    /// (a disk that hangs without failing) makes the log unavailable until it progresses.
+    pub stall_timeout_ms: Option<u64>,
     /// `[audit.alerts]`.
     pub alerts: Option<RawAlerts>,
 }
@@ -119,6 +134,10 @@ pub struct AuditConfig {
     pub write_delay: Duration,
     /// What the gateway does while the log cannot be written.
     pub on_failure: OnFailure,
+    /// The longest a record waits for room in a full queue before it is refused.
+    pub full_wait: Duration,
+    /// No writer progress this long with records in hand makes the log unavailable.
+    pub stall_timeout: Duration,
     /// Alert rules.
     pub alerts: AlertRules,
 }
@@ -296,6 +315,17 @@ impl RawAudit {
         if !(1..=1000).contains(&write_delay_ms) {
             issue("audit.write_delay_ms", "must be between 1 and 1000".into());
         }
+        let full_wait_ms = self.full_wait_ms.unwrap_or(DEFAULT_FULL_WAIT_MS);
+        if !(1..=10_000).contains(&full_wait_ms) {
+            issue("audit.full_wait_ms", "must be between 1 and 10000".into());
+        }
+        let stall_timeout_ms = self.stall_timeout_ms.unwrap_or(DEFAULT_STALL_TIMEOUT_MS);
+        if !(100..=600_000).contains(&stall_timeout_ms) {
+            issue(
+                "audit.stall_timeout_ms",
+                "must be between 100 and 600000".into(),
+            );
+        }
         let on_failure = match self.on_failure.as_deref().unwrap_or("refuse") {
             "refuse" => OnFailure::Refuse,
             "serve_non_pii" => OnFailure::ServeNonPii,
@@ -356,6 +386,8 @@ impl RawAudit {
             queue_capacity,
             write_delay: Duration::from_millis(write_delay_ms),
             on_failure,
+            full_wait: Duration::from_millis(full_wait_ms),
+            stall_timeout: Duration::from_millis(stall_timeout_ms),
             alerts,
         })
     }
@@ -393,6 +425,20 @@ mod tests {
         );
         for bad in ["write_delay_ms = 0", "write_delay_ms = 1001"] {
             assert_eq!(resolve(bad).unwrap_err()[0].path, "audit.write_delay_ms");
+        }
+        assert_eq!(c.full_wait, Duration::from_millis(100));
+        assert_eq!(c.stall_timeout, Duration::from_secs(10));
+        let c = resolve("full_wait_ms = 5\nstall_timeout_ms = 250").unwrap();
+        assert_eq!(
+            (c.full_wait, c.stall_timeout),
+            (Duration::from_millis(5), Duration::from_millis(250))
+        );
+        for (bad, path) in [
+            ("full_wait_ms = 0", "audit.full_wait_ms"),
+            ("full_wait_ms = 10001", "audit.full_wait_ms"),
+            ("stall_timeout_ms = 99", "audit.stall_timeout_ms"),
+        ] {
+            assert_eq!(resolve(bad).unwrap_err()[0].path, path);
         }
     }
 

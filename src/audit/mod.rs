@@ -5,6 +5,8 @@
 //! - [`writer`]: [`Auditor`], the cheap handle the request path records through, and the
 //!   writer thread (batching, fsync policy, daily retention, alerts).
 //! - [`queue`]: the bounded queue to the writer thread, which wakes it only when it must act.
+//! - [`health`]: whether the writer keeps up (a full queue, a stalled writer, failing fsyncs), and
+//!   the watchdog thread.
 //! - [`chain`]: the HMAC-keyed SHA-256 chain, daily files, the retention anchor, `verify`.
 //! - [`alerts`]: alert rules and the webhook.
 //! - [`query`]: reading chains back: time-ordered merge of every instance, filters, report.
@@ -19,6 +21,7 @@ pub mod chain;
 pub mod cli;
 pub mod config;
 pub mod events;
+mod health;
 pub mod noise;
 pub mod query;
 mod queue;

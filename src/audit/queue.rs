@@ -9,6 +9,11 @@
 //! records flow the writer wakes once per window on its own and takes what came (at 1,000
 //! records a second a wake-up per record costs more CPU than writing the record).
 //!
+//! A sender of a record waits for room in a full queue at most the time it is given
+//! ([`Queue::push`]): a writer that stalls (a disk that hangs without failing) never holds a
+//! request handler's thread indefinitely; the record comes back refused, and the sender counts
+//! it (and fails closed).
+//!
 //! Closing is atomic with taking what is left ([`Queue::close`]): once closed, every push
 //! fails and its sender counts the record as lost, so no record slips in between the writer's
 //! last look and its exit.
@@ -71,6 +76,15 @@ enum Sleep {
     Idle,
 }
 
+/// Why [`Queue::push`] gave an item back.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Refused<T> {
+    /// The writer has stopped taking messages.
+    Closed(T),
+    /// The queue stayed full for the whole wait.
+    Full(T),
+}
+
 /// Why [`Queue::wait_take`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Woken {
@@ -80,6 +94,8 @@ pub(super) enum Woken {
     Window,
     /// The idle timeout passed with nothing queued.
     Timeout,
+    /// The queue is closed and nothing is left in it (the shutdown gave up on the writer).
+    Closed,
 }
 
 impl<T> Queue<T> {
@@ -102,27 +118,48 @@ impl<T> Queue<T> {
         }
     }
 
-    /// Queues `item`. While the queue holds `capacity` items a record waits for room (`Ok(true)`:
-    /// it waited). `Err` gives the item back when the queue is closed.
-    pub(super) fn push(&self, item: T, urgency: Urgency) -> Result<bool, T> {
+    /// Queues `item`. While the queue holds `capacity` items a record waits for room, at most
+    /// `max_wait` (`Ok(true)`: it waited; `on_wait` runs once, before the wait begins). `Err`
+    /// gives the item back: the queue is closed, or it stayed full for `max_wait` (a writer that
+    /// stalls never blocks its senders' threads indefinitely).
+    pub(super) fn push(
+        &self,
+        item: T,
+        urgency: Urgency,
+        max_wait: Duration,
+        on_wait: impl FnOnce(),
+    ) -> Result<bool, Refused<T>> {
         let mut s = self.lock();
         if s.closed {
-            return Err(item);
+            return Err(Refused::Closed(item));
         }
         let mut waited = false;
-        if urgency != Urgency::Control {
+        if urgency != Urgency::Control && s.items.len() >= self.capacity {
+            if max_wait.is_zero() {
+                return Err(Refused::Full(item));
+            }
+            waited = true;
+            on_wait();
+            let until = Instant::now() + max_wait;
             while s.items.len() >= self.capacity {
-                waited = true;
                 if s.sleep != Sleep::Awake {
                     // The writer makes room only once awake.
                     s.sleep = Sleep::Awake;
                     self.writer.notify_one();
                 }
+                let now = Instant::now();
+                if now >= until {
+                    return Err(Refused::Full(item));
+                }
                 s.waiting += 1;
-                s = self.room.wait(s).unwrap_or_else(|p| p.into_inner());
+                s = self
+                    .room
+                    .wait_timeout(s, until - now)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
                 s.waiting -= 1;
                 if s.closed {
-                    return Err(item);
+                    return Err(Refused::Closed(item));
                 }
             }
         }
@@ -199,6 +236,9 @@ impl<T> Queue<T> {
                 .0;
             s.sleep = Sleep::Awake;
         };
+        if s.closed && s.items.is_empty() {
+            return Woken::Closed;
+        }
         let n = s.items.len().min(self.batch);
         out.extend(s.items.drain(..n));
         // Left over (a backlog): still urgent if it was, so the next round starts at once.
@@ -221,6 +261,17 @@ impl<T> Queue<T> {
         self.room.notify_all();
     }
 
+    /// Messages queued right now.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.lock().items.len()
+    }
+
+    /// Whether less than half the queue is taken (room enough to stop refusing records).
+    pub(super) fn less_than_half_full(&self) -> bool {
+        self.lock().items.len() < self.wake_at
+    }
+
     fn lock(&self) -> MutexGuard<'_, State<T>> {
         // Every holder leaves the state consistent (pushes and drains only).
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -234,17 +285,22 @@ mod tests {
 
     const LONG: Duration = Duration::from_secs(30);
 
+    /// A push that may wait for room as long as any test runs.
+    fn put<T>(q: &Queue<T>, item: T, urgency: Urgency) -> Result<bool, Refused<T>> {
+        q.push(item, urgency, LONG, || {})
+    }
+
     #[test]
     fn a_lazy_record_waits_for_its_window_and_an_urgent_one_ends_it() {
         let q = Queue::new(64, 16);
-        q.push(1, Urgency::Lazy).unwrap();
+        put(&q, 1, Urgency::Lazy).unwrap();
         let mut out = VecDeque::new();
         // The window (here nothing) ends: the record is taken.
         let woken = q.wait_take(&mut out, Duration::ZERO, None, LONG, Duration::ZERO);
         assert_eq!((woken, Vec::from(out.clone())), (Woken::Window, vec![1]));
         out.clear();
-        q.push(2, Urgency::Lazy).unwrap();
-        q.push(3, Urgency::Waited).unwrap();
+        put(&q, 2, Urgency::Lazy).unwrap();
+        put(&q, 3, Urgency::Waited).unwrap();
         let woken = q.wait_take(&mut out, LONG, None, LONG, Duration::ZERO);
         assert_eq!((woken, Vec::from(out)), (Woken::Urgent, vec![2, 3]));
     }
@@ -253,7 +309,7 @@ mod tests {
     fn a_backlog_of_whole_batches_is_taken_without_waiting_for_windows() {
         let q = Queue::new(64, 4);
         for i in 0..10 {
-            q.push(i, Urgency::Lazy).unwrap();
+            put(&q, i, Urgency::Lazy).unwrap();
         }
         let mut out = VecDeque::new();
         // A window far longer than the test: only the waiting batches end each wait.
@@ -277,7 +333,7 @@ mod tests {
             let q = q.clone();
             std::thread::spawn(move || {
                 for i in 0..4 {
-                    q.push(i, Urgency::Lazy).unwrap();
+                    put(&q, i, Urgency::Lazy).unwrap();
                 }
             })
         };
@@ -290,24 +346,24 @@ mod tests {
     #[test]
     fn a_closed_queue_hands_back_what_was_left_and_refuses_every_push_after() {
         let q = Queue::new(64, 16);
-        q.push("queued", Urgency::Lazy).unwrap();
+        put(&q, "queued", Urgency::Lazy).unwrap();
         let mut out = VecDeque::new();
         q.close(&mut out);
         assert_eq!(Vec::from(out), vec!["queued"]);
         for urgency in [Urgency::Lazy, Urgency::Waited, Urgency::Control] {
-            assert_eq!(q.push("late", urgency), Err("late"));
+            assert_eq!(put(&q, "late", urgency), Err(Refused::Closed("late")));
         }
     }
 
     #[test]
     fn a_full_queue_makes_records_wait_for_room_but_not_control_messages() {
         let q: Arc<Queue<u32>> = Arc::new(Queue::new(2, 2));
-        q.push(0, Urgency::Lazy).unwrap();
-        q.push(1, Urgency::Lazy).unwrap();
-        assert_eq!(q.push(99, Urgency::Control), Ok(false));
+        put(&q, 0, Urgency::Lazy).unwrap();
+        put(&q, 1, Urgency::Lazy).unwrap();
+        assert_eq!(put(&q, 99, Urgency::Control), Ok(false));
         let sender = {
             let q = q.clone();
-            std::thread::spawn(move || q.push(2, Urgency::Lazy))
+            std::thread::spawn(move || put(&q, 2, Urgency::Lazy))
         };
         while q.lock().waiting == 0 {
             std::thread::yield_now();
@@ -323,17 +379,56 @@ mod tests {
     #[test]
     fn a_sender_waiting_for_room_when_the_queue_closes_gets_its_record_back() {
         let q: Arc<Queue<u32>> = Arc::new(Queue::new(1, 1));
-        q.push(0, Urgency::Lazy).unwrap();
+        put(&q, 0, Urgency::Lazy).unwrap();
         let sender = {
             let q = q.clone();
-            std::thread::spawn(move || q.push(1, Urgency::Lazy))
+            std::thread::spawn(move || put(&q, 1, Urgency::Lazy))
         };
         while q.lock().waiting == 0 {
             std::thread::yield_now();
         }
         let mut out = VecDeque::new();
         q.close(&mut out);
-        assert_eq!(sender.join().unwrap(), Err(1));
+        assert_eq!(sender.join().unwrap(), Err(Refused::Closed(1)));
         assert_eq!(Vec::from(out), vec![0]);
+    }
+
+    /// A writer that stalls holds no sender: a record waits for room at most its bound, is
+    /// counted as waiting before it waits, and comes back refused; with no wait allowed it
+    /// comes back at once. Room made within the bound is taken.
+    #[test]
+    fn a_full_queue_gives_a_record_back_after_its_bounded_wait() {
+        let q: Arc<Queue<u32>> = Arc::new(Queue::new(1, 1));
+        put(&q, 0, Urgency::Lazy).unwrap();
+        let waits = std::sync::atomic::AtomicU32::new(0);
+        let counted = || {
+            waits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        };
+        let bound = Duration::from_millis(50);
+        let start = Instant::now();
+        assert_eq!(
+            q.push(1, Urgency::Waited, bound, counted),
+            Err(Refused::Full(1))
+        );
+        assert!(start.elapsed() >= bound);
+        assert_eq!(waits.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(
+            q.push(2, Urgency::Lazy, Duration::ZERO, || unreachable!("no wait")),
+            Err(Refused::Full(2))
+        );
+        // Room within the bound: the record is queued, having waited.
+        let sender = {
+            let q = q.clone();
+            std::thread::spawn(move || q.push(3, Urgency::Lazy, LONG, || {}))
+        };
+        while q.lock().waiting == 0 {
+            std::thread::yield_now();
+        }
+        let mut out = VecDeque::new();
+        while out.len() < 2 {
+            q.wait_take(&mut out, LONG, None, LONG, Duration::ZERO);
+        }
+        assert_eq!(sender.join().unwrap(), Ok(true));
+        assert_eq!(Vec::from(out), vec![0, 3]);
     }
 }

@@ -15,8 +15,17 @@
 //! written ~1 ms later with every record that joined it; so does a half-full queue. The head file moves lazily (with each fsync, at most once a second, and
 //! at shutdown), never per batch.
 //!
-//! **When the queue is full** the caller blocks until the writer makes room (counted in
-//! `spgate_audit_records_blocked_total`). **When a write fails** (disk full, read-only) the
+//! **When the queue is full** the caller waits for room at most `full_wait_ms` (counted in
+//! `spgate_audit_records_blocked_total` before it waits); then the record is refused (counted
+//! lost and in `spgate_audit_records_refused_total`, reported by the next `gap` record) and the
+//! auditor is unavailable until the writer writes again. **When the writer stalls** (work in
+//! hand, no progress for `stall_timeout_ms`: a disk that hangs without failing) a watchdog
+//! makes it unavailable until it progresses, and durable callers stop waiting (their answers
+//! become 503: their records are not known to be written). See [`super::health`].
+//! **When an fsync fails** it is counted (`spgate_audit_sync_failures_total`), retried with a
+//! back-off, and the auditor stays unavailable until a sync succeeds; durable callers are told
+//! their records are not written meanwhile (with `fsync = "always"` they hear only after the
+//! sync). **When a write fails** (disk full, read-only) the
 //! batch is rolled back, its durable callers are told (their responses become 503), the
 //! auditor turns unavailable (readiness 503, `spgate_audit_unavailable` 1, an error log and a
 //! webhook alert), and the lost records are counted. The writer retries every 100 ms; the first
@@ -35,7 +44,8 @@ use time::OffsetDateTime;
 use super::alerts::{Alerts, Webhook};
 use super::chain::{ChainError, ChainWriter};
 use super::config::{AuditConfig, FsyncPolicy, OnFailure};
-use super::queue::{Queue, Urgency};
+use super::health::Health;
+use super::queue::{Queue, Refused, Urgency, Woken};
 use super::record::{Kind, Reason, Record, Stamp};
 
 /// Where the writer's time comes from (tests inject a manual clock to rotate and expire files
@@ -108,6 +118,15 @@ pub struct AuditMetrics {
     pub files_expired: u64,
     /// `gap` records written.
     pub gaps: u64,
+    /// Records refused because the queue stayed full for `full_wait_ms` (also in `lost`).
+    pub refused: u64,
+    /// Failed fsyncs (also in `write_errors`).
+    pub sync_failures: u64,
+    /// Durable callers told their record is not known to be written because the writer
+    /// stalled.
+    pub durable_timeouts: u64,
+    /// Whether the writer has records in hand and made no progress for `stall_timeout_ms`.
+    pub stalled: bool,
     /// Whether the log cannot be written right now.
     pub unavailable: bool,
 }
@@ -141,13 +160,19 @@ impl Counters {
     /// is 503 and requests are refused by `on_failure`. The queue is closed; the records still
     /// in it are counted as lost (their durable callers are told), as is every one after.
     fn writer_died(&self, queue: &Queue<Msg>) {
-        self.stopped.store(true, Ordering::Relaxed);
+        // Known dead before the queue refuses anything (a shutdown that finds it closed counts
+        // `audit_stopped`), and every loss counted before it reads as stopped.
+        self.died.store(true, Ordering::Relaxed);
         let mut left = VecDeque::new();
         queue.close(&mut left);
-        let lost = left.iter().filter(|m| matches!(m, Msg::Record(..))).count() as u64;
-        self.lost.fetch_add(lost, Ordering::Relaxed);
-        self.unrecorded.fetch_add(lost, Ordering::Relaxed);
+        // The batch it had in hand is lost with it, as is what was still queued.
+        let in_hand = self.health.in_hand.swap(0, Ordering::Relaxed);
+        let lost = left.iter().filter(|m| matches!(m, Msg::Record(..))).count() as u64 + in_hand;
+        self.count_lost(lost);
         drop(left);
+        self.stopped.store(true, Ordering::Relaxed);
+        self.health.idle();
+        self.health.finished.store(true, Ordering::Relaxed);
         if !self.failing.swap(true, Ordering::Relaxed) {
             tracing::error!(
                 lost,
@@ -157,7 +182,6 @@ impl Counters {
     }
 }
 
-#[derive(Default)]
 struct Counters {
     written: AtomicU64,
     blocked: AtomicU64,
@@ -173,6 +197,46 @@ struct Counters {
     stopped: AtomicBool,
     /// The shutdown drain is cutting requests (their records say `shutdown`).
     draining: AtomicBool,
+    /// The writer thread panicked.
+    died: AtomicBool,
+    /// Progress, stalls, full queue, failing syncs.
+    health: Arc<Health>,
+}
+
+impl Default for Counters {
+    fn default() -> Counters {
+        Counters::new(Health::new(
+            Duration::from_millis(super::config::DEFAULT_FULL_WAIT_MS),
+            Duration::from_millis(super::config::DEFAULT_STALL_TIMEOUT_MS),
+        ))
+    }
+}
+
+impl Counters {
+    fn new(health: Health) -> Counters {
+        Counters {
+            written: AtomicU64::new(0),
+            blocked: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            write_errors: AtomicU64::new(0),
+            alerts: Default::default(),
+            webhook_failures: Arc::default(),
+            files_expired: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
+            unrecorded: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            died: AtomicBool::new(false),
+            health: Arc::new(health),
+        }
+    }
+
+    /// Counts `n` records as lost and not yet reported by a gap record.
+    fn count_lost(&self, n: u64) {
+        self.lost.fetch_add(n, Ordering::Relaxed);
+        self.unrecorded.fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 struct Inner {
@@ -190,8 +254,18 @@ impl Drop for Inner {
     /// Every handle is gone without a shutdown: the writer writes what it has and stops.
     fn drop(&mut self) {
         if let Some(queue) = &self.queue {
-            let _ = queue.push(Msg::Shutdown(None), Urgency::Control);
+            let _ = queue.push(Msg::Shutdown(None), Urgency::Control, Duration::ZERO, || {});
         }
+    }
+}
+
+/// The guard of [`Auditor::hold_writer`]: the writer goes on when it is dropped.
+#[doc(hidden)]
+pub struct WriterHold(Arc<Health>);
+
+impl Drop for WriterHold {
+    fn drop(&mut self) {
+        self.0.release();
     }
 }
 
@@ -242,7 +316,10 @@ impl Auditor {
         chain: ChainWriter,
         clock: Arc<dyn Clock>,
     ) -> Result<Auditor, AuditError> {
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters::new(Health::new(
+            config.full_wait,
+            config.stall_timeout,
+        )));
         let webhook = config.alerts.webhook.as_ref().and_then(|url| {
             let runtime = tokio::runtime::Handle::try_current().ok();
             if runtime.is_none() {
@@ -254,6 +331,7 @@ impl Auditor {
                 runtime?,
                 counters.webhook_failures.clone(),
             )
+            .map(Arc::new)
         });
         let seen_file = config.dir.join(format!("audit-{}.seen", config.instance));
         let alerts = Alerts::new(
@@ -270,10 +348,15 @@ impl Auditor {
             fsync: config.fsync,
             retain_days: config.retain_days,
             alerts,
-            webhook,
+            webhook: webhook.clone(),
             counters: counters.clone(),
             last_sync: Instant::now(),
+            last_head: Instant::now(),
             unsynced: false,
+            sync_backoff: Duration::ZERO,
+            sync_retry_at: None,
+            round_left: 0,
+            last_write_at: OffsetDateTime::UNIX_EPOCH,
             retention_day: None,
             gap: None,
             gap_in_batch: false,
@@ -284,6 +367,8 @@ impl Auditor {
             instance: config.instance.clone(),
         };
         writer.started();
+        super::health::spawn_watchdog(counters.health.clone(), webhook, config.instance.clone())
+            .map_err(AuditError::Thread)?;
         std::thread::Builder::new()
             .name(format!("audit-{}", config.instance))
             .spawn({
@@ -297,7 +382,10 @@ impl Auditor {
                     }
                 }
             })
-            .map_err(AuditError::Thread)?;
+            .map_err(|e| {
+                counters.health.finished.store(true, Ordering::Relaxed);
+                AuditError::Thread(e)
+            })?;
         Ok(Auditor {
             inner: Arc::new(Inner {
                 queue: Some(queue),
@@ -336,7 +424,14 @@ impl Auditor {
 
     /// Queues a record. Blocks only while the queue is full (see the module docs).
     pub fn record(&self, record: Record) {
-        self.enqueue(record, None);
+        self.enqueue(record, None, Urgency::Lazy);
+    }
+
+    /// Queues a record and wakes the writer at once (written ~1 ms later, not at the end of the
+    /// write window), without waiting for it: for records that end something long, such as a
+    /// document download, whose loss to a SIGKILL should be as unlikely as a durable one's.
+    pub fn record_urgent(&self, record: Record) {
+        self.enqueue(record, None, Urgency::Waited);
     }
 
     /// Queues a record and waits until it has been handed to the kernel (group commit with the
@@ -347,12 +442,35 @@ impl Auditor {
             return Ok(());
         }
         let (ack, done) = tokio::sync::oneshot::channel();
-        if !self.enqueue(record, Some(ack)) {
+        if !self.enqueue(record, Some(ack), Urgency::Waited) {
             return Err(Unrecorded);
         }
-        match done.await {
-            Ok(true) => Ok(()),
-            _ => Err(Unrecorded),
+        self.answer(done).await
+    }
+
+    /// Waits for the writer's answer to a durable record or a flush, unless the writer is
+    /// found stalled first: then the record is not known to be written (it may be later: it
+    /// is not counted lost), and the caller must not answer as if it were.
+    async fn answer(&self, done: tokio::sync::oneshot::Receiver<bool>) -> Result<(), Unrecorded> {
+        let health = &self.inner.counters.health;
+        let stalled = health.stall_notified();
+        tokio::pin!(stalled);
+        stalled.as_mut().enable();
+        let outcome = if health.stalled.load(Ordering::Relaxed) {
+            None
+        } else {
+            tokio::select! {
+                answer = done => Some(answer),
+                () = stalled => None,
+            }
+        };
+        match outcome {
+            Some(Ok(true)) => Ok(()),
+            Some(_) => Err(Unrecorded),
+            None => {
+                health.durable_timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(Unrecorded)
+            }
         }
     }
 
@@ -363,7 +481,7 @@ impl Auditor {
 
     /// Returns false if the record was lost (the writer stopped: counted, and a durable
     /// caller is told).
-    fn enqueue(&self, record: Record, ack: Option<Ack>) -> bool {
+    fn enqueue(&self, record: Record, ack: Option<Ack>, urgency: Urgency) -> bool {
         let Some(queue) = &self.inner.queue else {
             return true;
         };
@@ -371,23 +489,42 @@ impl Auditor {
             tap(&record);
         }
         let c = &self.inner.counters;
-        let urgency = if ack.is_some() {
-            Urgency::Waited
+        let h = &c.health;
+        // Once a record was refused for room, the next ones do not wait again until the
+        // writer writes: one bounded wait per episode, not one per request.
+        let max_wait = if h.queue_full.load(Ordering::Relaxed) {
+            Duration::ZERO
         } else {
-            Urgency::Lazy
+            h.full_wait
         };
-        match queue.push(Msg::Record(Box::new(record), ack), urgency) {
-            Ok(waited) => {
-                if waited {
-                    c.blocked.fetch_add(1, Ordering::Relaxed);
-                }
-                true
-            }
-            // Dropped with its ack: a durable caller hears it was not written.
-            Err(_) => {
-                c.lost.fetch_add(1, Ordering::Relaxed);
-                c.unrecorded.fetch_add(1, Ordering::Relaxed);
+        let counted = || {
+            c.blocked.fetch_add(1, Ordering::Relaxed);
+        };
+        // Dropped with its ack when refused: a durable caller hears it was not written.
+        match queue.push(
+            Msg::Record(Box::new(record), ack),
+            urgency,
+            max_wait,
+            counted,
+        ) {
+            Ok(_) => true,
+            Err(Refused::Closed(_)) => {
+                c.count_lost(1);
                 tracing::error!("An audit record was lost: the audit writer has stopped.");
+                false
+            }
+            Err(Refused::Full(_)) => {
+                c.count_lost(1);
+                h.refused.fetch_add(1, Ordering::Relaxed);
+                // Reported by the writer's next gap record.
+                h.shed.fetch_add(1, Ordering::Relaxed);
+                if !h.queue_full.swap(true, Ordering::Relaxed) {
+                    tracing::error!(
+                        instance = %self.inner.instance,
+                        waited_ms = h.full_wait.as_millis() as u64,
+                        "The audit queue stayed full: records are refused and counted (a gap record will report them) and the gateway refuses requests (audit.on_failure) until the writer writes again."
+                    );
+                }
                 false
             }
         }
@@ -399,7 +536,7 @@ impl Auditor {
         self.inner
             .queue
             .as_ref()
-            .is_some_and(|q| q.push(msg, Urgency::Control).is_ok())
+            .is_some_and(|q| q.push(msg, Urgency::Control, Duration::ZERO, || {}).is_ok())
     }
 
     /// Requests refused before authentication: aggregated per address and minute (see
@@ -447,10 +584,7 @@ impl Auditor {
         if !self.control(Msg::Flush(ack)) {
             return Err(Unrecorded);
         }
-        match done.await {
-            Ok(true) => Ok(()),
-            _ => Err(Unrecorded),
-        }
+        self.answer(done).await
     }
 
     /// A mark of the records lost so far, for [`Auditor::flushed_since`].
@@ -473,21 +607,66 @@ impl Auditor {
     /// Writes an `audit_stopped` record, writes and fsyncs everything queued, and stops the
     /// writer (records after this are counted as lost). Call on SIGTERM after draining.
     /// Returns how many records were lost without a `gap` record to say so (0: the log is
-    /// complete); `serve` exits non-zero when it is not.
+    /// complete); `serve` exits non-zero when it is not. A writer that died cannot write
+    /// `audit_stopped`: that record is lost too. A writer that stalls is not waited for: the
+    /// records it holds and the ones still queued are counted as lost.
     pub async fn shutdown(&self) -> u64 {
+        let c = &self.inner.counters;
         let (done_tx, done) = tokio::sync::oneshot::channel();
         if self.control(Msg::Shutdown(Some(done_tx))) {
             // The writer answers once everything before it is written and the chain released.
-            let _ = done.await;
+            let stalled = c.health.stall_notified();
+            tokio::pin!(stalled);
+            stalled.as_mut().enable();
+            let answered = c.health.stalled.load(Ordering::Relaxed)
+                || tokio::select! {
+                    _ = done => true,
+                    () = stalled => false,
+                };
+            if !answered {
+                self.give_up_on_writer();
+            }
+        } else if c.died.swap(false, Ordering::Relaxed) {
+            c.count_lost(1);
         }
-        self.inner.counters.unrecorded.load(Ordering::Relaxed)
+        c.unrecorded.load(Ordering::Relaxed)
+    }
+
+    /// At shutdown, with the writer stalled: what it holds and what is queued will not be
+    /// written before the process exits. Counted as lost (the next start's `abrupt_stop` gap
+    /// covers the span in the chain).
+    fn give_up_on_writer(&self) {
+        let c = &self.inner.counters;
+        let mut left = VecDeque::new();
+        if let Some(queue) = &self.inner.queue {
+            queue.close(&mut left);
+        }
+        let queued = left.iter().filter(|m| matches!(m, Msg::Record(..))).count() as u64;
+        let lost = queued + c.health.in_hand.swap(0, Ordering::Relaxed) + 1;
+        c.count_lost(lost);
+        tracing::error!(
+            lost,
+            "The audit writer is stalled at shutdown: its records (and audit_stopped) are counted as lost."
+        );
+    }
+
+    /// A fault hook for tests of a disk that stalls without failing: until the returned guard
+    /// is dropped, the writer stops at the start of its next round with its batch in hand, as
+    /// in a `write(2)` that hangs. Not for production use.
+    #[doc(hidden)]
+    pub fn hold_writer(&self) -> WriterHold {
+        let health = self.inner.counters.health.clone();
+        health.hold();
+        WriterHold(health)
     }
 
     /// Whether the writer is running and its last write succeeded (for readiness).
     pub fn healthy(&self) -> bool {
         let c = &self.inner.counters;
         self.inner.queue.is_none()
-            || (!c.failing.load(Ordering::Relaxed) && !c.stopped.load(Ordering::Relaxed))
+            || (!c.failing.load(Ordering::Relaxed)
+                && !c.stopped.load(Ordering::Relaxed)
+                && c.health.ok())
     }
 
     /// The counters.
@@ -508,6 +687,10 @@ impl Auditor {
             webhook_failures: get(&c.webhook_failures),
             files_expired: get(&c.files_expired),
             gaps: get(&c.gaps),
+            refused: get(&c.health.refused),
+            sync_failures: get(&c.health.sync_failures),
+            durable_timeouts: get(&c.health.durable_timeouts),
+            stalled: c.health.stalled.load(Ordering::Relaxed),
             unavailable: self.inner.queue.is_some() && !self.healthy(),
         }
     }
@@ -567,6 +750,26 @@ impl Auditor {
             "Gap records written (records lost, with count and span).",
             &one(m.gaps),
         );
+        counter(
+            "spgate_audit_records_refused_total",
+            "Audit records refused because the queue stayed full for audit.full_wait_ms (also counted lost).",
+            &one(m.refused),
+        );
+        counter(
+            "spgate_audit_sync_failures_total",
+            "Failed fsyncs of the audit chain (also counted in write errors).",
+            &one(m.sync_failures),
+        );
+        counter(
+            "spgate_audit_durable_timeouts_total",
+            "Durable audit records whose callers stopped waiting because the writer stalled (answered 503).",
+            &one(m.durable_timeouts),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP spgate_audit_writer_stalled 1 while the audit writer holds records and made no progress for audit.stall_timeout_ms.\n# TYPE spgate_audit_writer_stalled gauge\nspgate_audit_writer_stalled {}",
+            u8::from(m.stalled)
+        );
         let _ = writeln!(
             out,
             "# HELP spgate_audit_unavailable 1 while the audit log cannot be written (requests refused by audit.on_failure).\n# TYPE spgate_audit_unavailable gauge\nspgate_audit_unavailable {}",
@@ -597,8 +800,13 @@ const HEAD_INTERVAL: Duration = Duration::from_secs(1);
 /// recovery's window (8 MiB from the end of the file) always reaches it.
 const HEAD_BYTES: usize = 1024 * 1024;
 
+/// The longest wait between fsync retries while syncs fail.
+const SYNC_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
 /// Records lost and not yet reported in the chain.
 struct PendingGap {
+    /// Why: `write_failed`, or `queue_full` (refused for room while the writer stalled).
+    reason: &'static str,
     count: u64,
     from: OffsetDateTime,
     to: OffsetDateTime,
@@ -615,10 +823,22 @@ struct Writer {
     fsync: FsyncPolicy,
     retain_days: u32,
     alerts: Alerts,
-    webhook: Option<Webhook>,
+    webhook: Option<Arc<Webhook>>,
     counters: Arc<Counters>,
     last_sync: Instant,
+    /// When the head last moved (lazily, without an fsync).
+    last_head: Instant,
+    /// Written since the last successful fsync.
     unsynced: bool,
+    /// The wait before the next fsync retry while syncs fail (doubling up to
+    /// [`SYNC_BACKOFF_MAX`]), and when that retry is due.
+    sync_backoff: Duration,
+    sync_retry_at: Option<Instant>,
+    /// Records of this round's batch not taken yet (what a failed write leaves in hand).
+    round_left: u64,
+    /// The writer's time of its last successful write (where a span of refused records
+    /// begins).
+    last_write_at: OffsetDateTime,
     retention_day: Option<time::Date>,
     gap: Option<PendingGap>,
     /// Whether the pending gap's record is in the batch being built.
@@ -670,19 +890,27 @@ impl Writer {
         // that senders of ordinary records never wake the writer.
         let mut flowing = None;
         loop {
-            self.queue.wait_take(
+            let woken = self.queue.wait_take(
                 &mut taken,
                 self.window,
                 flowing,
                 self.idle_timeout(),
                 LINGER,
             );
+            if woken == Woken::Closed {
+                // The shutdown gave up waiting for this writer (it stalled) and counted what
+                // it held; it still closes the chain if it can.
+                self.stop(&mut taken, Vec::new(), None);
+                return;
+            }
+            self.begin_round(&taken);
             let mut waiting = Vec::new();
             let mut records = 0usize;
             while let Some(msg) = taken.pop_front() {
                 match msg {
                     Msg::Record(r, ack) => {
                         records += 1;
+                        self.round_left = self.round_left.saturating_sub(1);
                         self.take(&r, ack);
                     }
                     Msg::Flush(done) => waiting.push(done),
@@ -701,11 +929,48 @@ impl Writer {
             }
             // Every round writes what it took: one write(2) per wake-up.
             self.end_batch();
+            self.counters.health.idle();
+            let complete = self.complete();
             for w in waiting {
-                let _ = w.send(self.gap.is_none());
+                let _ = w.send(complete);
             }
             flowing = (records > 0).then(Instant::now);
         }
+    }
+
+    /// A round begins with what was taken off the queue: the stall clock starts, the records
+    /// are in hand (counted as lost if the writer dies with them), and records refused for
+    /// room since the last round join the pending gap.
+    fn begin_round(&mut self, taken: &VecDeque<Msg>) {
+        let h = &self.counters.health;
+        h.progressed();
+        let records = taken
+            .iter()
+            .filter(|m| matches!(m, Msg::Record(..)))
+            .count() as u64;
+        self.round_left = records;
+        h.in_hand.store(records, Ordering::Relaxed);
+        h.wait_while_held();
+        let shed = h.shed.swap(0, Ordering::Relaxed);
+        if shed > 0 {
+            let now = self.clock.now();
+            let since = self.last_write_at;
+            let gap = self.gap.get_or_insert(PendingGap {
+                reason: "queue_full",
+                count: 0,
+                from: since,
+                to: now,
+            });
+            gap.count += shed;
+            gap.from = gap.from.min(since);
+            gap.to = now;
+        }
+    }
+
+    /// Whether everything taken so far is written and known durable: no loss waiting for its
+    /// gap record, no failing fsync.
+    fn complete(&self) -> bool {
+        self.gap.is_none() && !self.counters.health.sync_failing.load(Ordering::Relaxed)
     }
 
     /// How long the writer sleeps with nothing queued: until the next retry, fsync or head
@@ -714,9 +979,12 @@ impl Writer {
         if self.gap.is_some() {
             return RETRY;
         }
+        if let Some(at) = self.sync_retry_at {
+            return at.saturating_duration_since(Instant::now());
+        }
         match self.fsync {
             FsyncPolicy::Interval(i) if self.unsynced => i.saturating_sub(self.last_sync.elapsed()),
-            _ if self.unsynced => HEAD_INTERVAL,
+            _ if self.since_head > 0 => HEAD_INTERVAL.saturating_sub(self.last_head.elapsed()),
             _ => SWEEP,
         }
     }
@@ -733,10 +1001,17 @@ impl Writer {
     ) {
         self.counters.stopped.store(true, Ordering::Relaxed);
         self.queue.close(rest);
+        let h = self.counters.health.clone();
+        h.progressed();
+        self.round_left = rest.iter().filter(|m| matches!(m, Msg::Record(..))).count() as u64;
+        h.in_hand.store(self.round_left, Ordering::Relaxed);
         let mut shutdowns = vec![done];
         while let Some(msg) = rest.pop_front() {
             match msg {
-                Msg::Record(r, ack) => self.take(&r, ack),
+                Msg::Record(r, ack) => {
+                    self.round_left = self.round_left.saturating_sub(1);
+                    self.take(&r, ack);
+                }
                 Msg::Flush(w) => waiting.push(w),
                 Msg::Shutdown(w) => shutdowns.push(w),
             }
@@ -751,9 +1026,11 @@ impl Writer {
                 self.failed(&e);
             }
         }
-        let complete = self.gap.is_none();
+        let complete = self.complete();
         // The chain (and its lock) is released before anyone hears back.
         drop(self);
+        h.idle();
+        h.finished.store(true, Ordering::Relaxed);
         for w in waiting {
             let _ = w.send(complete);
         }
@@ -798,6 +1075,7 @@ impl Writer {
                 self.gap_in_batch = false;
                 let rolled = self.chain.roll_back_count();
                 self.lose(rolled + 1, &e);
+                self.settled();
                 false
             }
         }
@@ -808,14 +1086,14 @@ impl Writer {
     fn lose(&mut self, lost: u64, e: &ChainError) {
         let now = self.clock.now();
         let gap = self.gap.get_or_insert(PendingGap {
+            reason: "write_failed",
             count: 0,
             from: now,
             to: now,
         });
         gap.count += lost;
         gap.to = now;
-        self.counters.lost.fetch_add(lost, Ordering::Relaxed);
-        self.counters.unrecorded.fetch_add(lost, Ordering::Relaxed);
+        self.counters.count_lost(lost);
         // Unavailable before a durable caller hears of it (it may look at readiness next).
         self.failed(e);
         for ack in self.acks.drain(..) {
@@ -837,7 +1115,7 @@ impl Writer {
 
     fn gap_record(&self) -> Option<Record> {
         let gap = self.gap.as_ref()?;
-        let mut g = Record::new(Kind::Gap).with_reason(Reason::from_static("write_failed"));
+        let mut g = Record::new(Kind::Gap).with_reason(Reason::from_static(gap.reason));
         g.count = Some(gap.count);
         g.gap_from = Some(stamp(gap.from));
         g.gap_to = Some(stamp(gap.to));
@@ -898,38 +1176,126 @@ impl Writer {
                 if self.counters.failing.swap(false, Ordering::Relaxed) {
                     tracing::info!("The audit log is writable again.");
                 }
-                for ack in self.acks.drain(..) {
-                    let _ = ack.send(true);
-                }
                 self.unsynced |= n > 0;
+                self.wrote();
             }
             Err(e) => {
                 let rolled = self.chain.roll_back_count();
                 self.lose(rolled.saturating_sub(u64::from(had_gap)), &e);
+                self.settled();
                 return;
             }
         }
-        let sync = match self.fsync {
-            FsyncPolicy::Never => false,
-            FsyncPolicy::Always => self.unsynced,
-            FsyncPolicy::Interval(i) => self.unsynced && self.last_sync.elapsed() >= i,
-        };
-        let result = if sync {
-            self.chain.sync_written()
-        } else if self.unsynced
-            && (self.last_sync.elapsed() >= HEAD_INTERVAL || self.since_head >= HEAD_BYTES)
-        {
-            self.chain.move_head(false)
-        } else {
-            return;
-        };
-        match result {
-            Ok(()) => {
-                self.unsynced = false;
-                self.last_sync = Instant::now();
-                self.since_head = 0;
+        // With `fsync = "always"` a durable caller hears once its record is synced; otherwise
+        // once it is handed to the kernel.
+        if self.fsync != FsyncPolicy::Always {
+            self.answer_acks();
+        }
+        self.sync_by_policy();
+        self.answer_acks();
+    }
+
+    /// The batch is written through: the records in hand are settled, the writer progressed,
+    /// and a queue that was found full stops refusing once it is less than half full (not at
+    /// the first free slot: under a sustained overload that would flap).
+    fn wrote(&mut self) {
+        self.last_write_at = self.clock.now();
+        self.settled();
+        let h = &self.counters.health;
+        h.progressed();
+        if h.queue_full.load(Ordering::Relaxed) && self.queue.less_than_half_full() {
+            h.queue_full.store(false, Ordering::Relaxed);
+            tracing::info!("The audit writer writes again: the queue has room.");
+        }
+    }
+
+    /// Every record taken so far is written or counted as lost: only the ones not taken yet
+    /// are still in hand.
+    fn settled(&self) {
+        self.counters
+            .health
+            .in_hand
+            .store(self.round_left, Ordering::Relaxed);
+    }
+
+    /// Tells the batch's durable callers whether their records are written: not while fsyncs
+    /// fail (what was written since the last good sync has unknown durability).
+    fn answer_acks(&mut self) {
+        let ok = !self.counters.health.sync_failing.load(Ordering::Relaxed);
+        for ack in self.acks.drain(..) {
+            let _ = ack.send(ok);
+        }
+    }
+
+    /// fsyncs by policy, retries a failing fsync after its back-off (whatever the policy), and
+    /// otherwise moves the head lazily.
+    fn sync_by_policy(&mut self) {
+        let failing = self.counters.health.sync_failing.load(Ordering::Relaxed);
+        let due = failing
+            || match self.fsync {
+                FsyncPolicy::Never => false,
+                FsyncPolicy::Always => self.unsynced,
+                FsyncPolicy::Interval(i) => self.unsynced && self.last_sync.elapsed() >= i,
+            };
+        if due {
+            if self.sync_retry_at.is_some_and(|at| Instant::now() < at) {
+                // Backing off: no head move either (it would pin records not known durable).
+                return;
             }
-            Err(e) => self.failed(&e),
+            match self.chain.sync_written() {
+                Ok(()) => self.synced(),
+                Err(e) => self.sync_failed(&e),
+            }
+        } else if self.since_head > 0
+            && (self.last_head.elapsed() >= HEAD_INTERVAL || self.since_head >= HEAD_BYTES)
+        {
+            match self.chain.move_head(false) {
+                Ok(()) => {
+                    self.since_head = 0;
+                    self.last_head = Instant::now();
+                }
+                Err(e) => self.failed(&e),
+            }
+        }
+    }
+
+    fn synced(&mut self) {
+        let now = Instant::now();
+        self.unsynced = false;
+        self.last_sync = now;
+        self.last_head = now;
+        self.since_head = 0;
+        self.sync_backoff = Duration::ZERO;
+        self.sync_retry_at = None;
+        if self
+            .counters
+            .health
+            .sync_failing
+            .swap(false, Ordering::Relaxed)
+        {
+            tracing::info!("The audit log syncs again: it is available.");
+        }
+    }
+
+    /// A failed fsync: counted, retried after a back-off, and the log stays unavailable (and
+    /// durable callers are told their records are not written) until a sync succeeds.
+    fn sync_failed(&mut self, e: &ChainError) {
+        let h = &self.counters.health;
+        self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+        h.sync_failures.fetch_add(1, Ordering::Relaxed);
+        self.sync_backoff = (self.sync_backoff * 2).clamp(RETRY, SYNC_BACKOFF_MAX);
+        self.sync_retry_at = Some(Instant::now() + self.sync_backoff);
+        tracing::error!(
+            error = %e,
+            retry_ms = self.sync_backoff.as_millis() as u64,
+            "Audit log fsync failed."
+        );
+        if !h.sync_failing.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                instance = %self.instance,
+                "The audit log cannot be made durable: requests are refused (audit.on_failure) until an fsync succeeds."
+            );
+            super::health::alert(self.webhook.as_deref(), "audit_sync_failed", &self.instance);
         }
     }
 
@@ -959,3 +1325,7 @@ impl Writer {
 #[cfg(test)]
 #[path = "writer_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "writer_fault_tests.rs"]
+mod fault_tests;

@@ -306,7 +306,8 @@ impl Download {
                 action: *action,
             })
             .collect();
-        self.auditor.record(r);
+        // Written at once, not at the end of the write window.
+        self.auditor.record_urgent(r);
         // Recorded: no longer holds the drain.
         lock(&self.in_flight).take();
     }
@@ -721,6 +722,8 @@ mod tests {
             fsync: crate::audit::FsyncPolicy::Never,
             queue_capacity: 1024,
             write_delay: Duration::from_millis(50),
+            full_wait: Duration::from_millis(100),
+            stall_timeout: Duration::from_secs(10),
             on_failure: crate::audit::OnFailure::Refuse,
             alerts: crate::audit::AlertRules::default(),
         })

@@ -1,0 +1,283 @@
+//! The writer under faults that do not fail cleanly: a disk that stalls (a chain file that is
+//! a FIFO nobody reads: `open(2)` blocks, as a hung `write(2)` would), an fsync that fails on
+//! every call (a FIFO read by the test: writes succeed, `fsync` answers EINVAL), and a writer
+//! thread that panics with a batch in hand.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use time::macros::datetime;
+
+use super::*;
+use crate::audit::config::AlertRules;
+use crate::secret::Secret;
+
+const KEY: &[u8] = b"synthetic-audit-key-0123456789abcdef";
+
+/// Long enough for anything that is going to happen; only a hang reaches it.
+const HANG: Duration = Duration::from_secs(60);
+
+fn config(dir: &Path) -> AuditConfig {
+    AuditConfig {
+        dir: dir.to_path_buf(),
+        instance: "gw1".into(),
+        key: Secret::new(KEY.to_vec()),
+        retain_days: 365,
+        fsync: FsyncPolicy::Never,
+        queue_capacity: 4,
+        write_delay: Duration::from_millis(5),
+        full_wait: Duration::from_millis(50),
+        stall_timeout: Duration::from_millis(300),
+        on_failure: OnFailure::Refuse,
+        alerts: AlertRules::default(),
+    }
+}
+
+/// Makes the chain file of 2026-01-02 a FIFO.
+fn fifo_for_day_two(dir: &Path) -> PathBuf {
+    let path = dir.join("audit-gw1-2026-01-02.jsonl");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    path
+}
+
+/// Reads `fifo` to its end (the writer closing it) on a thread of its own.
+fn drain(fifo: PathBuf) -> std::thread::JoinHandle<Vec<serde_json::Value>> {
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        std::fs::File::open(fifo)
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    })
+}
+
+/// Calls `record` on a thread of its own and says whether it returned within [`HANG`].
+fn record_returns(auditor: &Auditor, r: Record) -> bool {
+    let (tx, rx) = mpsc::channel();
+    let a = auditor.clone();
+    std::thread::spawn(move || {
+        a.record(r);
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(HANG).is_ok()
+}
+
+async fn until(what: &str, check: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + HANG;
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// H1: a writer stuck in I/O fills the queue. A record then waits its bounded time and is
+/// refused (counted as waiting before it waits, lost, and in the next gap record); the auditor
+/// turns unavailable at once, the watchdog marks the stall, a durable caller stops waiting,
+/// and everything recovers when the writer progresses again.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_writer_blocks_no_caller_and_the_refused_records_become_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(datetime!(2026-01-01 10:00 UTC));
+    let auditor = Auditor::start_with_clock(&config(dir.path()), Arc::new(clock.clone())).unwrap();
+    auditor
+        .record_durable(Record::new(Kind::Reload).with_actor("ops-alice"))
+        .await
+        .unwrap();
+    let fifo = fifo_for_day_two(dir.path());
+    clock.advance(time::Duration::days(1));
+    // The writer takes this record and blocks opening the day's file.
+    auditor.record(Record::request("in-hand"));
+    let health = auditor.inner.counters.health.clone();
+    until("the writer holds the record", || {
+        health.in_hand.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    let durable = tokio::spawn({
+        let a = auditor.clone();
+        async move { a.record_durable(Record::request("durable")).await }
+    });
+    let queue = auditor.inner.queue.clone().unwrap();
+    until("the durable record is queued", || queue.len() == 1).await;
+    for i in 0..3 {
+        auditor.record(Record::request(&format!("queued-{i}")));
+    }
+    // The queue is full: this caller waits at most full_wait, then its record is refused.
+    assert!(record_returns(&auditor, Record::request("refused-0")));
+    let m = auditor.metrics();
+    assert_eq!((m.blocked, m.refused, m.lost), (1, 1, 1));
+    assert!(!auditor.available() && !auditor.healthy() && m.unavailable);
+    // The next one does not wait again.
+    assert!(record_returns(&auditor, Record::request("refused-1")));
+    let m = auditor.metrics();
+    assert_eq!((m.blocked, m.refused, m.lost), (1, 2, 2));
+    // The watchdog finds the writer stalled; the durable caller hears "not written".
+    let told = tokio::time::timeout(HANG, durable).await.unwrap().unwrap();
+    assert_eq!(told, Err(Unrecorded));
+    until("the stall is marked", || auditor.metrics().stalled).await;
+    assert_eq!(auditor.metrics().durable_timeouts, 1);
+
+    // The disk moves again: the writer writes what it held, then the gap record.
+    let lines = drain(fifo);
+    until("the log is available again", || auditor.available()).await;
+    let m = auditor.metrics();
+    assert!(!m.stalled && !m.unavailable, "{m:?}");
+    assert_eq!(
+        auditor.shutdown().await,
+        0,
+        "the gap record reported the loss"
+    );
+    let lines = lines.join().unwrap();
+    let ids: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l["request_id"].as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        ["in-hand", "durable", "queued-0", "queued-1", "queued-2"]
+    );
+    let gaps: Vec<_> = lines.iter().filter(|l| l["kind"] == "gap").collect();
+    assert_eq!(gaps.len(), 1, "{lines:?}");
+    assert_eq!(
+        (gaps[0]["reason"].as_str(), gaps[0]["count"].as_u64()),
+        (Some("queue_full"), Some(2))
+    );
+    assert_eq!(auditor.metrics().gaps, 1);
+}
+
+/// H1 at shutdown: a writer that stays stalled is not waited for forever; what it holds and
+/// what is queued are counted as lost, so `serve` exits non-zero.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_does_not_wait_forever_for_a_stalled_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(datetime!(2026-01-01 10:00 UTC));
+    let auditor = Auditor::start_with_clock(&config(dir.path()), Arc::new(clock.clone())).unwrap();
+    let fifo = fifo_for_day_two(dir.path());
+    clock.advance(time::Duration::days(1));
+    auditor.record(Record::request("in-hand"));
+    let health = auditor.inner.counters.health.clone();
+    until("the writer holds the record", || {
+        health.in_hand.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    auditor.record(Record::request("queued"));
+    let unrecorded = tokio::time::timeout(HANG, auditor.shutdown())
+        .await
+        .expect("shutdown returned");
+    // The record in hand, the queued one, and audit_stopped.
+    assert_eq!(unrecorded, 3);
+    assert_eq!(auditor.metrics().lost, 3);
+    // Unblock the writer thread so that it ends with the test.
+    let _ = drain(fifo).join();
+}
+
+/// A clock that panics when told to: the writer thread dies in the middle of a batch.
+struct PanickingClock {
+    inner: ManualClock,
+    panic: Arc<AtomicBool>,
+}
+
+impl Clock for PanickingClock {
+    fn now(&self) -> OffsetDateTime {
+        assert!(
+            !self.panic.load(Ordering::Relaxed),
+            "the test makes the writer panic"
+        );
+        self.inner.now()
+    }
+}
+
+/// M1: a writer that panics loses the batch in its hand as well as the queue; both are counted,
+/// and the shutdown reports them (and `audit_stopped`, which it cannot write): non-zero exit.
+#[tokio::test]
+async fn a_writer_that_dies_counts_the_batch_in_its_hand() {
+    let dir = tempfile::tempdir().unwrap();
+    let panic = Arc::new(AtomicBool::new(false));
+    let clock = PanickingClock {
+        inner: ManualClock::new(datetime!(2026-01-01 10:00 UTC)),
+        panic: panic.clone(),
+    };
+    let mut cfg = config(dir.path());
+    cfg.queue_capacity = 64;
+    let auditor = Auditor::start_with_clock(&cfg, Arc::new(clock)).unwrap();
+    auditor
+        .record_durable(Record::request("written"))
+        .await
+        .unwrap();
+    panic.store(true, Ordering::Relaxed);
+    for i in 0..3 {
+        auditor.record(Record::request(&format!("in-hand-{i}")));
+    }
+    // Taken in one batch with the three: the writer panics on the first of them.
+    assert_eq!(
+        auditor.record_durable(Record::request("durable")).await,
+        Err(Unrecorded)
+    );
+    until("the writer is gone", || !auditor.healthy()).await;
+    assert_eq!(auditor.metrics().lost, 4);
+    assert_eq!(auditor.shutdown().await, 5);
+    assert_eq!(auditor.metrics().lost, 5);
+    // Asked again, the same answer: nothing is counted twice.
+    assert_eq!(auditor.shutdown().await, 5);
+}
+
+/// M3: an fsync that fails on every call. Durable callers are told their records are not
+/// written (with `fsync = "always"` they hear after the sync), the failures are counted, the
+/// log stays unavailable through writes that succeed (no flapping), and the retries back off
+/// instead of spinning.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_fsync_is_counted_backs_off_and_keeps_the_log_unavailable() {
+    for fsync in [
+        FsyncPolicy::Always,
+        FsyncPolicy::Interval(Duration::from_millis(1)),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(datetime!(2026-01-01 10:00 UTC));
+        let mut cfg = config(dir.path());
+        cfg.fsync = fsync;
+        cfg.queue_capacity = 64;
+        let auditor = Auditor::start_with_clock(&cfg, Arc::new(clock.clone())).unwrap();
+        let lines = drain(fifo_for_day_two(dir.path()));
+        clock.advance(time::Duration::days(1));
+        let first = auditor.record_durable(Record::request("first")).await;
+        if fsync == FsyncPolicy::Always {
+            assert_eq!(first, Err(Unrecorded), "synced before the answer");
+        }
+        until("the sync failed", || auditor.metrics().sync_failures > 0).await;
+        // Writes go on succeeding; the log stays unavailable and durable records are refused.
+        for i in 0..20 {
+            auditor.record(Record::request(&format!("lazy-{i}")));
+            assert_eq!(auditor.flushed().await, Err(Unrecorded), "{fsync:?}");
+            assert!(!auditor.available(), "{fsync:?} round {i}");
+        }
+        assert_eq!(
+            auditor.record_durable(Record::request("later")).await,
+            Err(Unrecorded)
+        );
+        // Idle for a second: the retries back off (100 ms, doubling), no spinning.
+        let before = auditor.metrics().sync_failures;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let m = auditor.metrics();
+        assert!(
+            m.sync_failures - before <= 6,
+            "{fsync:?}: {} fsyncs in a second",
+            m.sync_failures - before
+        );
+        assert!(m.unavailable && m.write_errors >= m.sync_failures);
+        auditor.shutdown().await;
+        let lines = lines.join().unwrap();
+        assert!(lines.iter().any(|l| l["request_id"] == "later"), "written");
+    }
+}

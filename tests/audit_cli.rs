@@ -441,7 +441,8 @@ fn report_counts_requests_denials_429s_pii_and_reveals_per_tool() {
 }
 
 #[test]
-fn report_counts_a_document_download_once_though_it_has_a_start_and_an_end_record() {
+fn report_counts_a_document_download_once_though_it_has_a_start_and_an_end_record_or_only_a_start()
+{
     let dir = tempfile::tempdir().unwrap();
     let mut w = ChainWriter::open(dir.path(), "gw1", KEY).unwrap();
     let mut end = Record::request("req-doc")
@@ -461,11 +462,15 @@ fn report_counts_a_document_download_once_though_it_has_a_start_and_an_end_recor
     let t0 = datetime!(2026-03-01 10:00 UTC);
     w.append(t0, &start).unwrap();
     w.append(t0 + time::Duration::seconds(1), &end).unwrap();
+    // A second download whose end record was lost (a SIGKILL mid-stream): still counted.
+    let mut cut = start.clone();
+    cut.request_id = Some(spgate::audit::record::Id::new("req-doc-cut").unwrap());
+    w.append(t0 + time::Duration::seconds(2), &cut).unwrap();
     w.flush().unwrap();
     drop(w);
     let o = spgate(&["audit", "report", dir.path().to_str().unwrap(), "--json"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(r["labels"]["requests"], 1, "{r}");
+    assert_eq!(r["labels"]["requests"], 2, "{r}");
     assert_eq!(r["labels"]["pii"], serde_json::json!({"address": 1}));
 }

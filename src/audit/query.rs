@@ -120,6 +120,9 @@ pub struct View<'a> {
     /// Order id.
     #[serde(borrow, default)]
     pub order_id: Option<Cow<'a, str>>,
+    /// Whether a document download's stream completed (only on the record of its end).
+    #[serde(default)]
+    pub completed: Option<bool>,
 }
 
 /// The limiter part of a [`View`].
@@ -410,15 +413,20 @@ pub fn report(
                 s.reveals += 1;
                 continue;
             }
-            if v.reason.as_deref() == Some(Reason::DOWNLOAD_STARTED.as_str()) {
-                // A download is counted once, by the record of its end.
-                continue;
+            // A download is counted once, by its start record (durable before the first byte,
+            // so it is there even when the record of its end was lost); the end record brings
+            // the categories the redactor emitted.
+            let download_end = v.completed.is_some();
+            if !download_end {
+                s.requests += 1;
+                match v.status {
+                    Some(401 | 403) => s.denials += 1,
+                    Some(429) => s.throttled += 1,
+                    _ => {}
+                }
             }
-            s.requests += 1;
-            match v.status {
-                Some(401 | 403) => s.denials += 1,
-                Some(429) => s.throttled += 1,
-                _ => {}
+            if v.reason.as_deref() == Some(Reason::DOWNLOAD_STARTED.as_str()) {
+                continue;
             }
             for p in v.pii.iter().filter(|p| p.action != "drop") {
                 *s.pii.entry(p.category.to_string()).or_default() += 1;

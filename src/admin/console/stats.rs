@@ -50,9 +50,13 @@ pub struct Sample {
 }
 
 impl Sample {
-    /// The sample of a request record seen at `at` (none for other records).
+    /// The sample of a request record seen at `at` (none for other records). A document
+    /// download has two request records, one when it starts and one when its stream ends: it
+    /// counts once, by its start (as `audit report` counts it), with the status and latency of
+    /// its answer.
     pub fn of(record: &Record, at: u64) -> Option<Sample> {
-        (record.kind == Kind::Request).then(|| Sample {
+        let download_end = record.completed.is_some();
+        (record.kind == Kind::Request && !download_end).then(|| Sample {
             at,
             tool: record.tool.clone(),
             status: record.status,
@@ -373,11 +377,19 @@ mod tests {
         stats.observe(&request("repricer", 429, 80_000, false), now);
         // Not a request: not counted.
         stats.observe(&Record::new(Kind::Reload), now);
+        // A download: its start counts, the record of its end does not.
+        let start = request("labels", 200, 1_050, false)
+            .with_reason(crate::audit::Reason::DOWNLOAD_STARTED);
+        let mut end = start.clone();
+        end.reason = None;
+        end.completed = Some(true);
+        stats.observe(&start, now - 10);
+        stats.observe(&end, now - 9);
         let o = stats.overview(now);
-        assert_eq!(o.hour.classes, [0, 98, 0, 2, 0, 0]);
+        assert_eq!(o.hour.classes, [0, 99, 0, 2, 0, 0]);
         assert_eq!(o.hour.gateway_429, 1);
         assert_eq!(o.hour.upstream_429, 1);
-        assert_eq!(o.last_minute.classes[1], 98);
+        assert_eq!(o.last_minute.classes[1], 99);
         let p50 = o.hour.p50_ms.unwrap_or_default();
         assert!((1.0..=1.3).contains(&p50), "p50 {p50}");
         let p99 = o.hour.p99_ms.unwrap_or_default();

@@ -128,6 +128,9 @@ pub struct RawServer {
     pub header_read_timeout_ms: Option<u64>,
     /// How long in-flight requests may run after SIGTERM before the process exits.
     pub drain_timeout_seconds: Option<u64>,
+    /// A connection whose client accepts no bytes of an answer for this long is closed (a
+    /// client that stopped reading a download). Default 30 s.
+    pub write_timeout_ms: Option<u64>,
     /// How long a client may take to send the body of a request the gateway reads itself (the
     /// drop-in token endpoint, reveal, admin routes); 408 after it. Default 10 s.
     pub body_read_timeout_ms: Option<u64>,
@@ -513,6 +516,8 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// Drain bound on shutdown.
     pub drain_timeout: Duration,
+    /// No bytes accepted by the client's socket for this long closes the connection.
+    pub write_timeout: Duration,
     /// Body read deadline of the endpoints the gateway answers itself.
     pub body_read_timeout: Duration,
     /// Per-address connection cap and unauthenticated rate limit.
@@ -874,6 +879,10 @@ impl Config {
                 s.header_read_timeout_ms.unwrap_or(10_000),
             ),
             drain_timeout: Duration::from_secs(s.drain_timeout_seconds.unwrap_or(30)),
+            write_timeout: v.millis(
+                "server.write_timeout_ms",
+                s.write_timeout_ms.unwrap_or(30_000),
+            ),
             body_read_timeout: v.millis(
                 "server.body_read_timeout_ms",
                 s.body_read_timeout_ms.unwrap_or(10_000),

@@ -206,6 +206,7 @@ pub async fn build_gateway(
         max_header_bytes: config.server.max_header_bytes,
         header_read_timeout: config.server.header_read_timeout,
         drain_timeout: config.server.drain_timeout,
+        write_timeout: config.server.write_timeout,
         peers: config.server.peers,
     };
     let compat = std::sync::Arc::new(crate::compat::Compat::new(config.compat.clone())?);

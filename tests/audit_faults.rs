@@ -787,13 +787,16 @@ async fn large_document_host(rows: usize) -> (std::net::SocketAddr, u64) {
     (addr, size)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_cuts_a_download_whose_client_stopped_reading_and_records_it_as_shutdown() {
+/// A gateway serving a large report document through `world`, and a client that read its head
+/// and the first part of it, then stopped reading (with every buffer between them full).
+/// `server_keys` go into `[server]`, `outbound_keys` into `[outbound]`.
+async fn stalled_download(
+    world: &World,
+    drain_secs: u64,
+    server_keys: &str,
+    outbound_keys: &str,
+) -> (Gw, tokio::net::TcpStream, Vec<u8>, u64) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const DRAIN: Duration = Duration::from_secs(2);
-    // The drain, then the grace for a cut request's answer; a little slack for a loaded machine.
-    const BOUND: Duration = Duration::from_secs(2 + 2 + 1);
-    let world = World::new().await;
     // About 150 MB: far more than the socket buffers between gateway and client hold.
     let (host, size) = large_document_host(2_000_000).await;
     world.sandbox.script(
@@ -803,11 +806,11 @@ async fn sigterm_cuts_a_download_whose_client_stopped_reading_and_records_it_as_
             serde_json::json!({ "reportDocumentId": "DOC-STALLED", "url": format!("http://{host}/report") }),
         ),
     );
-    let mut gw = world.serve_edited(DRAIN.as_secs(), |text, port| {
+    let gw = world.serve_edited(drain_secs, |text, port| {
         text.replace(
             "[server]\n",
-            &format!("[server]\npublic_url = \"http://127.0.0.1:{port}\"\n"),
-        ) + &format!("[outbound]\nallow_loopback = [\"{host}\"]\n")
+            &format!("[server]\npublic_url = \"http://127.0.0.1:{port}\"\n{server_keys}\n"),
+        ) + &format!("[outbound]\nallow_loopback = [\"{host}\"]\n{outbound_keys}\n")
     });
     let req = http::Request::get(gw.url("/reports/2021-06-30/documents/DOC-STALLED"))
         .header("authorization", format!("Bearer {}", world.key))
@@ -821,7 +824,8 @@ async fn sigterm_cuts_a_download_whose_client_stopped_reading_and_records_it_as_
     let link = link["url"].as_str().unwrap();
     let path = link
         .strip_prefix(&gw.url(""))
-        .expect("a link on the public URL");
+        .expect("a link on the public URL")
+        .to_string();
 
     // The client reads the head and the first part of the document, then stops reading.
     let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
@@ -838,6 +842,19 @@ async fn sigterm_cuts_a_download_whose_client_stopped_reading_and_records_it_as_
         received.extend_from_slice(&buf[..n]);
     }
     assert!(received.starts_with(b"HTTP/1.1 200"));
+    (gw, sock, received, size)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_cuts_a_download_whose_client_stopped_reading_and_records_it_as_shutdown() {
+    use tokio::io::AsyncReadExt;
+    const DRAIN: Duration = Duration::from_secs(2);
+    // The drain, then the grace for a cut request's answer; a little slack for a loaded machine.
+    const BOUND: Duration = Duration::from_secs(2 + 2 + 1);
+    let world = World::new().await;
+    let (mut gw, mut sock, mut received, size) =
+        stalled_download(&world, DRAIN.as_secs(), "", "").await;
+    let mut buf = vec![0u8; 64 * 1024];
     // Long enough for every buffer between the gateway and the client to fill.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
@@ -882,4 +899,51 @@ async fn sigterm_cuts_a_download_whose_client_stopped_reading_and_records_it_as_
     );
     let (ok, out) = world.verify(false);
     assert!(ok, "{out}");
+}
+
+/// A client that stops reading a download loses its connection after `write_timeout_ms` without
+/// a byte accepted: the gateway closes it (no waiting for the download's own deadline) and
+/// records the download with the bytes sent, not completed, outcome `client_closed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_a_download_is_disconnected_and_recorded() {
+    use tokio::io::AsyncReadExt;
+    let world = World::new().await;
+    let (mut gw, mut sock, mut received, size) = stalled_download(
+        &world,
+        30,
+        "write_timeout_ms = 1000",
+        "document_timeout_seconds = 3600",
+    )
+    .await;
+    // The record of the download's end: written once the connection is closed.
+    eventually(&world, "the stalled download is recorded", |records| {
+        records
+            .iter()
+            .any(|r| r["operation"] == "documents.download" && r["completed"].is_boolean())
+    })
+    .await;
+    let records = world.records();
+    let d = records
+        .iter()
+        .find(|r| r["operation"] == "documents.download" && r["completed"].is_boolean())
+        .unwrap();
+    assert_eq!(d["outcome"], "client_closed", "{d}");
+    assert_eq!(d["completed"], false, "{d}");
+    let sent = d["bytes"].as_u64().unwrap();
+    assert!(sent > 0 && sent < size, "{sent} of {size} bytes");
+    // The connection is closed: what was in the buffers, then the end.
+    let mut buf = vec![0u8; 64 * 1024];
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match sock.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the gateway kept the connection open");
+    assert!((received.len() as u64) < size);
+    gw.signal("-TERM");
+    assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0));
 }

@@ -140,6 +140,7 @@ impl Fwd {
             max_header_bytes: 32 * 1024,
             header_read_timeout: setup.header_timeout,
             drain_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(30),
             peers: spgate::server::peers::PeerLimits {
                 max_connections_per_address: setup.per_address,
                 unauthenticated_rate_per_second: 1000,

@@ -359,6 +359,7 @@ async fn the_admin_listener_shows_buckets_to_ops_reloads_plans_and_refuses_bad_f
         max_header_bytes: 16 * 1024,
         header_read_timeout: Duration::from_secs(5),
         drain_timeout: Duration::from_secs(1),
+        write_timeout: Duration::from_secs(30),
         peers: spgate::server::peers::PeerLimits {
             max_connections_per_address: 16,
             unauthenticated_rate_per_second: 20,

@@ -96,6 +96,7 @@ async fn tls_gateway_with(
         max_header_bytes: 32 * 1024,
         header_read_timeout,
         drain_timeout: Duration::from_secs(5),
+        write_timeout: Duration::from_secs(30),
         peers: spgate::server::peers::PeerLimits {
             max_connections_per_address: 1000,
             unauthenticated_rate_per_second: 1000,

@@ -215,6 +215,7 @@ mod tests {
             max_header_bytes: 16 * 1024,
             header_read_timeout: Duration::from_millis(200),
             drain_timeout: Duration::from_millis(100),
+            write_timeout: Duration::from_secs(30),
             peers: PeerLimits {
                 max_connections_per_address: 10,
                 unauthenticated_rate_per_second: 100,

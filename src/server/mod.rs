@@ -1,4 +1,5 @@
-//! The accept loop: connection limit, HTTP/1.1 with header limits, graceful drain on shutdown;
+//! The accept loop: connection limit, HTTP/1.1 with header limits, a write-progress deadline
+//! ([`write_deadline`]), graceful drain on shutdown;
 //! with [`tls::TlsListener`], TLS first and HTTP/2 when the client picks it over ALPN.
 //!
 //! [`serve`] takes a bound listener and a shutdown future, so tests bind port 0 and stop the
@@ -10,6 +11,7 @@ pub mod h2;
 pub mod mint;
 pub mod peers;
 pub mod tls;
+pub mod write_deadline;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -35,6 +37,9 @@ pub struct ServerLimits {
     pub header_read_timeout: Duration,
     /// How long in-flight requests may finish after shutdown begins.
     pub drain_timeout: Duration,
+    /// A connection whose client accepts no bytes for this long is closed
+    /// ([`write_deadline`]).
+    pub write_timeout: Duration,
     /// Per-address connection cap and unauthenticated rate limit.
     pub peers: peers::PeerLimits,
 }
@@ -219,7 +224,8 @@ pub async fn serve_with<H: Handler>(
                         ..client
                     };
                     let svc = service(client, None, Some(a.peer));
-                    log_end(h2::serve(a.stream, svc, limits, stop).await);
+                    let stream = write_deadline::WriteDeadline::new(a.stream, limits.write_timeout);
+                    log_end(h2::serve(stream, svc, limits, stop).await);
                 }
                 Ok(a) => {
                     let conn =
@@ -317,6 +323,7 @@ fn serve_http1<H: Handler, S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let stream = write_deadline::WriteDeadline::new(stream, client.limits.write_timeout);
     let (stream, conflict) = framing::Inspect::new(stream);
     http.serve_connection(TokioIo::new(stream), service(client, Some(conflict), peer))
         .with_upgrades()

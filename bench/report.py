@@ -20,6 +20,7 @@ CPU_RATIO_LIMIT = 1.2  # spgate's CPU per request over nginx's, at every point (
 IDLE_RSS_LIMIT_MB = 100.0  # spgate's RSS with the idle connections open (issue 16)
 IDLE_GROWTH_LIMIT_KB = 1024  # RSS growth during the soak (allocator noise allowed)
 RATE_TOLERANCE = 0.95  # a fixed-rate point must reach 95% of its rate
+PII_RPS_PER_CORE_TARGET = 10_000.0  # the PII scenario: req/s per core of gateway CPU (issue 16)
 OTHER_CPU_LIMIT = 10.0  # % of the machine used by other processes during a point before warning
 
 
@@ -87,6 +88,13 @@ def full(raw_dir, out, stats_path, rates):
             f = os.path.join(raw_dir, f"{p}-{s}.json")
             if os.path.exists(f):
                 points[p][s] = load(f)
+    # The PII scenario (bench/pii-scenario.sh): getOrder through a masking role, max throughput.
+    pii = None
+    f = os.path.join(raw_dir, "pii-max.json")
+    if os.path.exists(f):
+        pii = load(f)
+        cpu_s = pii["cpu"].get("proxy_cpu_s")
+        pii["rps_per_core"] = (pii["requests"] / float(cpu_s)) if cpu_s else None
     try:
         with open(stats_path) as f:
             stats = json.load(f)
@@ -94,6 +102,8 @@ def full(raw_dir, out, stats_path, rates):
         stats = None
 
     problems, warnings, missed = [], [], []
+    if pii is not None and not pii["valid"]:
+        problems.append(f"pii/max: status codes {pii['status_codes']}, errors {pii['errors']}")
     for p in PATHS:
         for s, r in points[p].items():
             if not r["valid"]:
@@ -138,6 +148,11 @@ def full(raw_dir, out, stats_path, rates):
         v = (a / b) if (a is not None and b) else None
         targets.append({"what": f"spgate CPU/request <= {CPU_RATIO_LIMIT}x nginx's ({s})", "value": v,
                         "limit": CPU_RATIO_LIMIT, "met": v is not None and v <= CPU_RATIO_LIMIT})
+    if pii is not None:
+        v = pii["rps_per_core"]
+        targets.append({"what": f"PII scenario (getOrder, role mixed, PII cache off) >= {PII_RPS_PER_CORE_TARGET:.0f} req/s "
+                                "per core of gateway CPU", "value": v, "limit": PII_RPS_PER_CORE_TARGET, "unit": "req/s/core",
+                        "met": v is not None and v >= PII_RPS_PER_CORE_TARGET})
     # Memory with idle keep-alive connections (bench/idle.py), when measured.
     idle = {}
     for p in ("spgate", "nginx"):
@@ -189,6 +204,14 @@ def full(raw_dir, out, stats_path, rates):
         w(f"{p:<7} {x['rps']:>9.0f}  {fmt(x['p50_ms']):>7} {fmt(x['p99_ms']):>7}  "
           f"{fmt(x['proxy_cpu_us_per_req'], 1):>7} {fmt(x['upstream_cpu_us_per_req'], 1):>9} {fmt(x['other_cpu_pct'], 0):>6}  {codes}\n")
 
+    if pii is not None:
+        w("\n== PII scenario: getOrder through role 'mixed' (mask, pseudonymize, encrypt, drop), PII cache off ==\n")
+        w(f"{'req/s':>9}  {'p50':>7} {'p99':>7}  {'cpu/req':>7} {'req/s/core':>10} {'upstr/req':>9} {'other%':>6}  status\n")
+        codes = ",".join(f"{k}:{v}" for k, v in sorted(pii["status_codes"].items()))
+        w(f"{pii['rps']:>9.0f}  {fmt(pii['p50_ms']):>7} {fmt(pii['p99_ms']):>7}  {fmt(pii['proxy_cpu_us_per_req'], 1):>7} "
+          f"{fmt(pii['rps_per_core'], 0):>10} {fmt(pii['upstream_cpu_us_per_req'], 1):>9} {fmt(pii['other_cpu_pct'], 0):>6}  {codes}\n")
+        w("  (req/s/core = requests / CPU seconds of the gateway process: what one core of gateway CPU serves)\n")
+
     if idle:
         w("\n== Memory with idle keep-alive connections (bench/idle.py) ==\n")
         w(f"{'path':<7} {'conns':>6} {'RSS before':>10} {'open':>8} {'end':>8} {'growth':>9} {'KB/conn':>8} {'open at end':>11}\n")
@@ -214,7 +237,8 @@ def full(raw_dir, out, stats_path, rates):
         if "value_ms" in t:
             w(f"  [{'PASS' if t['met'] else 'MISS'}] {t['what']}: {fmt(t['value_ms'])} ms (limit {t['limit_ms']} ms)\n")
         elif "unit" in t:
-            w(f"  [{'PASS' if t['met'] else 'MISS'}] {t['what']}: {t['value']} {t['unit']}\n")
+            v = fmt(t["value"], 1) if isinstance(t["value"], float) or t["value"] is None else t["value"]
+            w(f"  [{'PASS' if t['met'] else 'MISS'}] {t['what']}: {v} {t['unit']}\n")
         else:
             w(f"  [{'PASS' if t['met'] else 'MISS'}] {t['what']}: ratio {fmt(t['value'], 2)}\n")
     for m in warnings:
@@ -238,6 +262,7 @@ def full(raw_dir, out, stats_path, rates):
         "ratios": {**ratios, "max_throughput_spgate_over_nginx": throughput_ratio},
         "max_throughput_rps": mx,
         "idle": idle,
+        "pii": pii,
         "targets": targets,
         "targets_met": not missed,
         "sandbox_stats": stats,
@@ -257,7 +282,7 @@ def full(raw_dir, out, stats_path, rates):
 
 # Sections of a result whose numbers are compared, and the per-point fields left out (raw CPU
 # seconds and counts are inputs of the figures, not figures).
-COMPARED = ("points", "added_latency", "ratios", "max_throughput_rps", "idle")
+COMPARED = ("points", "added_latency", "ratios", "max_throughput_rps", "idle", "pii")
 SKIPPED = {"cpu", "status_codes", "errors", "success_rate", "valid", "requests", "samples", "connections",
            "soak_seconds", "rss_kb_before", "rss_kb_open", "rss_kb_end"}
 # Machine facts that make two results incomparable when they differ.
@@ -282,7 +307,7 @@ def better_when(key):
         return 0  # a measure of the machine's noise / of the server's idle policy
     if "added_" in key and key.endswith("_over_nginx"):
         return -1  # spgate's added latency relative to nginx's
-    if key.endswith("max_throughput_spgate_over_nginx") or key.endswith(".rps") \
+    if key.endswith("max_throughput_spgate_over_nginx") or key.endswith(".rps") or key.endswith("rps_per_core") \
             or key.startswith("max_throughput_rps"):
         return +1
     if key.endswith("_ms") or "cpu_us" in key or "rss" in key or "kb_per_connection" in key:

@@ -25,6 +25,7 @@ BENCH_KEEP_WORKDIR="${BENCH_KEEP_WORKDIR:-0}"         # 1: keep the temp dir (lo
 BENCH_ENFORCE_TARGETS="${BENCH_ENFORCE_TARGETS:-0}"   # 1: exit non-zero when a target is missed
 BENCH_AUDIT="${BENCH_AUDIT:-1}"                       # 0: spgate keeps no audit log (its cost)
 BENCH_STORE="${BENCH_STORE:-embedded}"                # postgres: spgate serve on the postgres store
+BENCH_PII="${BENCH_PII:-1}"                           # 1: also the PII scenario (bench/pii-scenario.sh)
 BENCH_POSTGRES_URL="${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 SPGATE_BIN="${SPGATE_BIN:-}"                          # prebuilt spgate; default: cargo build --release
 BENCH_REF="${BENCH_REF:-}"                            # build this git ref instead of the work tree
@@ -89,6 +90,7 @@ for r in $BENCH_RATES; do
 done
 [[ "$BENCH_NGINX_WORKERS" == auto ]] || is_uint "$BENCH_NGINX_WORKERS" || die "BENCH_NGINX_WORKERS: 'auto' or a number"
 [[ "$BENCH_STORE" == embedded || "$BENCH_STORE" == postgres ]] || die "BENCH_STORE: 'embedded' or 'postgres'"
+[[ "$BENCH_PII" == 0 || "$BENCH_PII" == 1 ]] || die "BENCH_PII: 0 or 1"
 
 # ---- cleanup ---------------------------------------------------------------------------------
 WORK="$(mktemp -d /tmp/spgate-bench.XXXXXX)"
@@ -355,8 +357,12 @@ proxy_pids() {
     case $1 in
         direct) echo "" ;;
         spgate) echo "$SPGATE_PID" ;;
+        pii) echo "$PII_GW_PID" ;;
         nginx) echo "$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')" ;;
     esac
+}
+upstream_pid() {
+    if [[ "$1" == pii ]]; then echo "$PII_SANDBOX_PID"; else echo "$SANDBOX_PID"; fi
 }
 
 # ---- load --------------------------------------------------------------------------------------
@@ -372,7 +378,7 @@ run_oha() {
     for h in "${hs[@]}"; do args+=(-H "$h"); done
     local proxy_before upstream_before proxy_after upstream_after busy_before busy_after oha_before oha_after
     proxy_before="$(cpu_ticks "$(proxy_pids "$p")")"
-    upstream_before="$(cpu_ticks "$SANDBOX_PID")"
+    upstream_before="$(cpu_ticks "$(upstream_pid "$p")")"
     busy_before="$(machine_busy_ticks)"
     times >"$WORK/times.before" # in this shell: `times` in $(...) would see only the subshell
     oha_before="$(children_cpu_s "$WORK/times.before")"
@@ -380,7 +386,7 @@ run_oha() {
     timeout --kill-after=5 $((secs + 30)) oha "${args[@]}" "${URL[$p]}" >"$WORK/raw/$p-$name.json" 2>"$WORK/raw/$p-$name.err" \
         || die "oha failed for $p/$name: $(cat "$WORK/raw/$p-$name.err")"
     proxy_after="$(cpu_ticks "$(proxy_pids "$p")")"
-    upstream_after="$(cpu_ticks "$SANDBOX_PID")"
+    upstream_after="$(cpu_ticks "$(upstream_pid "$p")")"
     busy_after="$(machine_busy_ticks)"
     times >"$WORK/times.after"
     oha_after="$(children_cpu_s "$WORK/times.after")"
@@ -437,6 +443,11 @@ for s in "${SCENARIOS[@]}"; do
     done
 done
 
+# ---- the PII scenario (issue 16): getOrder through a masking role, on a gateway of its own -------
+if [[ "$BENCH_PII" == 1 ]]; then
+    source "$BENCH_DIR/pii-scenario.sh"
+fi
+
 # ---- memory with idle keep-alive connections (issue 16) -----------------------------------------
 # RSS of the proxy with BENCH_IDLE_CONNECTIONS connections that each made one request and then
 # stay idle for BENCH_IDLE_SOAK_SECONDS (bench/idle.py). spgate closes a connection idle for
@@ -470,6 +481,8 @@ BENCH_META_SECONDS_PER_POINT="$BENCH_SECONDS" \
 BENCH_META_WARMUP_SECONDS="$BENCH_WARMUP_SECONDS" \
 BENCH_META_RATES="$BENCH_RATES" \
 BENCH_META_AUDIT="$BENCH_AUDIT" \
+BENCH_META_PII_SCENARIO="$BENCH_PII" \
+BENCH_META_PII_REQUEST="GET /orders/v0/orders/{id}, role mixed, PII cache off" \
 BENCH_META_IDLE_CONNECTIONS="$BENCH_IDLE_CONNECTIONS" \
 BENCH_META_IDLE_SOAK_SECONDS="$BENCH_IDLE_SOAK_SECONDS" \
 BENCH_META_CONNECTIONS_FIXED_RATE="$BENCH_CONNECTIONS" \

@@ -83,6 +83,22 @@ pub struct SandboxArgs {
     /// Demand Restricted Data Tokens for restricted operations, as Amazon does.
     #[arg(long)]
     pub require_rdt: bool,
+    /// Act as if Amazon had granted this application a higher rate (requests per second) for
+    /// every operation with a usage plan: answers report it in `x-amzn-RateLimit-Limit`, which
+    /// the gateway adopts, and `--quotas catalog` enforces it (bursts stay as published). For
+    /// benchmarks of operations whose published plans are a few requests per second.
+    #[arg(long, value_name = "RATE", value_parser = positive_rate)]
+    pub granted_rate: Option<f64>,
+}
+
+/// A rate given on the command line: a positive, finite number.
+fn positive_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!(
+            "'{s}' is not a positive number of requests per second"
+        )),
+    }
 }
 
 /// Why the demo could not run.
@@ -152,6 +168,9 @@ pub async fn run_sandbox(
         require_rdt: args.require_rdt,
         open_enrollment: true,
     });
+    if let Some(rate) = args.granted_rate {
+        sandbox.grant_rate(rate);
+    }
     let url = format!("http://{}", listener.local_addr()?);
     println!("sandbox SP-API:   {url}");
     println!("sandbox LWA:      {url}/auth/o2/token");

@@ -352,10 +352,10 @@ async fn vault_export_and_erase_answer_data_subject_requests_by_order_and_pseudo
     v.cache_put("A1", O1, "address", PII.as_bytes())
         .await
         .unwrap();
-    v.link_pseudonym("A1", O1, "psn_jane0example")
+    v.link_pseudonym("A1", O1, "psn_jane0example", None)
         .await
         .unwrap();
-    v.link_pseudonym("A1", O2, "psn_jane0example")
+    v.link_pseudonym("A1", O2, "psn_jane0example", None)
         .await
         .unwrap();
     v.cache_put("A1", O2, "address-2", PII.as_bytes())

@@ -212,8 +212,12 @@ impl Gateway {
             // (data-subject requests).
             for (order_id, email) in transform::order_emails(op.key, &value, &params) {
                 let psn = pseudonym.pseudonymize(crate::pii::Category::Email, &email);
+                let key = order_keys
+                    .iter()
+                    .find(|(id, _)| *id == order_id)
+                    .map(|(_, k)| k);
                 self.vault
-                    .link_pseudonym(seller_id, &order_id, &psn)
+                    .link_pseudonym(seller_id, &order_id, &psn, key)
                     .await?;
             }
         }

@@ -37,7 +37,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -233,6 +233,9 @@ struct Inner {
     stats: Mutex<Stats>,
     /// Midnight (UTC) of the day the sandbox was created; synthetic order dates count back from it.
     order_anchor: time::OffsetDateTime,
+    /// The rate Amazon granted this application (see [`Sandbox::grant_rate`]), as f64 bits; 0 for
+    /// the published plans.
+    granted_rate: AtomicU64,
 }
 
 /// What the fake LWA knows about sellers and their grants.
@@ -280,7 +283,20 @@ impl Sandbox {
                 received: Mutex::new(HashMap::new()),
                 stats: Mutex::new(Stats::default()),
                 order_anchor,
+                granted_rate: AtomicU64::new(0),
             }),
+        }
+    }
+
+    /// Acts as if Amazon had raised every usage plan's rate to `rate_per_second` for this
+    /// application (Amazon grants higher plans on request and reports them in
+    /// `x-amzn-RateLimit-Limit`): answers report it, and `QuotaMode::Catalog` enforces it (bursts
+    /// stay as published). Ignored unless positive and finite.
+    pub fn grant_rate(&self, rate_per_second: f64) {
+        if rate_per_second.is_finite() && rate_per_second > 0.0 {
+            self.inner
+                .granted_rate
+                .store(rate_per_second.to_bits(), Ordering::Relaxed);
         }
     }
 
@@ -507,6 +523,12 @@ enum Denied {
 // === impl Inner ===
 
 impl Inner {
+    /// The rate set by [`Sandbox::grant_rate`], if any.
+    fn granted_rate(&self) -> Option<f64> {
+        let bits = self.granted_rate.load(Ordering::Relaxed);
+        (bits != 0).then(|| f64::from_bits(bits))
+    }
+
     fn stat(&self, update: impl FnOnce(&mut Stats)) {
         update(&mut lock(&self.stats));
     }
@@ -650,7 +672,17 @@ impl Inner {
             }),
         };
         match reply {
-            Some(reply) => json_response(reply.status, body::full(reply.body), Some(op)),
+            Some(reply) => {
+                let mut response = json_response(reply.status, body::full(reply.body), Some(op));
+                if let Some(rate) = self.granted_rate() {
+                    if let Some(limit) = response.headers_mut().get_mut(spapi::RATE_LIMIT_LIMIT) {
+                        if let Ok(value) = HeaderValue::from_str(&rate.to_string()) {
+                            *limit = value;
+                        }
+                    }
+                }
+                response
+            }
             None => spapi_error(
                 StatusCode::BAD_REQUEST,
                 "InvalidInput",
@@ -754,7 +786,13 @@ impl Inner {
     ) -> Result<(), Quota> {
         let plan = match self.config.quotas {
             QuotaMode::Off => None,
-            QuotaMode::Catalog => op.usage_plan,
+            QuotaMode::Catalog => op.usage_plan.map(|plan| match self.granted_rate() {
+                Some(rate) => UsagePlan {
+                    rate_per_second: rate,
+                    ..plan
+                },
+                None => plan,
+            }),
             QuotaMode::AmazonSandbox => Some(AMAZON_SANDBOX_PLAN),
         };
         let Some(plan) = plan else {

@@ -1244,6 +1244,33 @@ async fn catalog_quota_allows_the_burst_then_throttles_with_quota_exceeded() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_granted_rate_is_reported_and_enforced_with_the_published_burst() {
+    let sandbox = sandbox_with(quota_config(QuotaMode::Catalog));
+    sandbox.grant_rate(10.0);
+    let token = access_token(&sandbox).await;
+    let order = order_ids(&sandbox, SELLER)[0].clone();
+    let uri = format!("/orders/v0/orders/{order}"); // published: 0.5/s, burst 30
+    for n in 0..30 {
+        let answer = get(&sandbox, &token, &uri).await;
+        assert_eq!(answer.status, StatusCode::OK, "request {n}");
+        assert_eq!(answer.header(spapi::RATE_LIMIT_LIMIT), Some("10"));
+    }
+    assert_eq!(
+        get(&sandbox, &token, &uri).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // A token every 100 ms (the published plan would wait 2 s).
+    tokio::time::advance(Duration::from_millis(100)).await;
+    assert_eq!(get(&sandbox, &token, &uri).await.status, StatusCode::OK);
+    // Nonsense is ignored: the grant stays.
+    sandbox.grant_rate(f64::NAN);
+    sandbox.grant_rate(-1.0);
+    tokio::time::advance(Duration::from_millis(100)).await;
+    let answer = get(&sandbox, &token, &uri).await;
+    assert_eq!(answer.header(spapi::RATE_LIMIT_LIMIT), Some("10"));
+}
+
+#[tokio::test(start_paused = true)]
 async fn application_wide_limits_hold_across_sellers_and_count_their_429s() {
     let sandbox = sandbox_with(quota_config(QuotaMode::Catalog));
     let mut sellers = Vec::new();

@@ -38,6 +38,7 @@ use crate::store::{
 };
 
 pub mod config;
+mod links;
 mod scheduler;
 
 pub use config::{RawRetention, RetentionConfig};
@@ -310,6 +311,8 @@ struct Inner {
     wake: tokio::sync::Notify,
     /// A deletion happened but [`Store::compact`] failed: retry on the next pass.
     compact_pending: AtomicBool,
+    /// Pseudonym links already written by this process.
+    links: links::Links,
 }
 
 // === impl Vault ===
@@ -332,6 +335,7 @@ impl Vault {
                 audit,
                 wake: tokio::sync::Notify::new(),
                 compact_pending: AtomicBool::new(false),
+                links: links::Links::default(),
             }),
         }
     }
@@ -585,20 +589,32 @@ impl Vault {
     }
 
     /// Links a buyer e-mail pseudonym to an order, for data-subject requests by pseudonym.
-    /// Creates the order's key and record if needed, so the link has a deletion date.
+    /// Creates the order's key and record if needed, so the link has a deletion date. `key`: the
+    /// order's key as the caller just read it ([`Vault::order_key`]), if it has it. A link this
+    /// process already wrote under the order's current key is not written again.
     pub async fn link_pseudonym(
         &self,
         seller: &str,
         order_id: &str,
         pseudonym: &str,
+        key: Option<&DataKey>,
     ) -> Result<(), VaultError> {
+        let links = &self.inner.links;
+        let mut known = key.map(|k| k.id().to_string());
         for _ in 0..RETRIES {
-            self.order_key(seller, order_id).await?;
+            let key_id = match known.take() {
+                Some(id) => id,
+                None => self.order_key(seller, order_id).await?.id().to_string(),
+            };
+            if links.written(seller, order_id, pseudonym, &key_id) {
+                return Ok(());
+            }
             if self
                 .store()
                 .link_pseudonym(seller, order_id, pseudonym)
                 .await?
             {
+                links.note(seller, order_id, pseudonym, &key_id);
                 return Ok(());
             }
         }
@@ -921,6 +937,7 @@ impl Vault {
         let Some(done) = self.store().shred_order(&tomb).await? else {
             return Ok(None);
         };
+        self.inner.links.forget_order(&rec.seller, &rec.order_id);
         Ok(Some(Erased {
             seller: rec.seller.clone(),
             order_id: rec.order_id.clone(),

@@ -310,7 +310,7 @@ async fn after_the_due_date_no_byte_of_the_pii_or_its_key_remains_in_the_databas
         .await
         .unwrap();
     f.vault
-        .link_pseudonym("A1", O1, "psn_0123456789abcdef")
+        .link_pseudonym("A1", O1, "psn_0123456789abcdef", None)
         .await
         .unwrap();
     f.vault
@@ -506,8 +506,14 @@ async fn data_subject_requests_export_decrypted_data_and_erase_it_by_order_or_ps
         .cache_put("A2", O1, "addr", b"not json")
         .await
         .unwrap();
-    f.vault.link_pseudonym("A1", O1, "psn_jane").await.unwrap();
-    f.vault.link_pseudonym("A1", O2, "psn_jane").await.unwrap();
+    f.vault
+        .link_pseudonym("A1", O1, "psn_jane", None)
+        .await
+        .unwrap();
+    f.vault
+        .link_pseudonym("A1", O2, "psn_jane", None)
+        .await
+        .unwrap();
 
     let export = f.vault.export(O1, "sec").await.unwrap();
     assert_eq!(export.orders.len(), 2, "every seller holding the order");
@@ -733,7 +739,7 @@ mod redis {
             v.cache_put("A1", order, &format!("addr-{order}"), PII.as_bytes())
                 .await
                 .unwrap();
-            v.link_pseudonym("A1", order, "psn_jane_redis")
+            v.link_pseudonym("A1", order, "psn_jane_redis", None)
                 .await
                 .unwrap();
             v.delivered("A1", order, T0, DeliverySource::Event)
@@ -858,4 +864,45 @@ async fn an_order_seen_again_past_its_due_date_wakes_the_scheduler_and_a_new_one
         .await
         .unwrap();
     assert_eq!((stats.deleted, stats.overdue, stats.keys), (1, 0, 0));
+}
+
+/// A link this vault wrote is not written again while the order keeps its key, and is written
+/// again once another process (another vault on the same store) shredded the order.
+#[tokio::test]
+async fn a_pseudonym_link_is_written_again_after_another_process_shredded_the_order() {
+    let f = embedded(RetentionConfig::defaults());
+    let (other, _) = vault_on(
+        f.store.clone(),
+        RetentionConfig::defaults(),
+        f.clock.clone(),
+    );
+    let key = f.vault.order_key("A1", O1).await.unwrap();
+    f.vault
+        .link_pseudonym("A1", O1, "psn_jane", Some(&key))
+        .await
+        .unwrap();
+    assert_eq!(
+        f.store.orders_by_pseudonym("psn_jane").await.unwrap(),
+        [("A1".to_string(), O1.to_string())]
+    );
+    let erased = other
+        .erase(Some("A1"), O1, EraseReason::Operator, "sec")
+        .await
+        .unwrap();
+    assert_eq!(erased.len(), 1);
+    assert!(f
+        .store
+        .orders_by_pseudonym("psn_jane")
+        .await
+        .unwrap()
+        .is_empty());
+    // The buyer's order is fetched again: a new key, and the link is back.
+    f.vault
+        .link_pseudonym("A1", O1, "psn_jane", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        f.store.orders_by_pseudonym("psn_jane").await.unwrap(),
+        [("A1".to_string(), O1.to_string())]
+    );
 }

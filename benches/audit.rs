@@ -9,6 +9,9 @@
 //! - the **writer thread**: its CPU time from `/proc/self/task/<tid>/schedstat` (ns on CPU,
 //!   the thread found by its name `audit-<instance>` in `/proc/self/task/*/comm`), before the
 //!   first record and after the last one is written, over the records;
+//! - the **console tap** (as `spgate demo`, or `serve` with the web console, attach it; off with
+//!   `AUDIT_BENCH_TAP=0`): the CPU time of the console statistics' counting thread, found
+//!   the same way (`console-stats`);
 //! - the **caller**: the time spent inside each `record` call (the record built before the
 //!   clock starts), summed over the calls. A call is far shorter than a scheduler time slice,
 //!   so on a busy machine this is its CPU time up to a rare preemption (an upper bound).
@@ -17,7 +20,7 @@
 //! carrying buyer PII waits for), p50/p99/max.
 //!
 //! Variables: `AUDIT_BENCH_RATES` (default `1000 5000`), `AUDIT_BENCH_SECONDS` (per rate,
-//! default 5), `AUDIT_BENCH_PACED_ONLY=1` (only the paced CPU figures: no criterion benches, no
+//! default 5), `AUDIT_BENCH_TAP=0` (no console tap), `AUDIT_BENCH_PACED_ONLY=1` (only the paced CPU figures: no criterion benches, no
 //! durable latencies; what `bench/audit_profile.sh` runs under callgrind).
 //!
 //! The `audit query` time over 10 million records is measured with the `audit_gen` example:
@@ -115,15 +118,32 @@ fn record(c: &mut Criterion) {
     );
 }
 
-/// The id of this process's thread named `name` (as `/proc/self/task/*/comm` shows it).
-fn thread_named(name: &str) -> Option<String> {
+/// The id of a thread of this process named `name` that is not in `known` (a new thread names
+/// itself once it runs: waits for that, up to 2 s).
+fn new_thread_named(name: &str, known: &[String]) -> String {
+    for _ in 0..200 {
+        if let Some(t) = threads_named(name).into_iter().find(|t| !known.contains(t)) {
+            return t;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("no new thread named {name}");
+}
+
+/// The ids of this process's threads named `name` (as `/proc/self/task/*/comm` shows it).
+fn threads_named(name: &str) -> Vec<String> {
     std::fs::read_dir("/proc/self/task")
-        .ok()?
-        .filter_map(Result::ok)
-        .find(|t| {
-            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+        .map(|tasks| {
+            tasks
+                .filter_map(Result::ok)
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.trim_end() == name)
+                })
+                .map(|t| t.file_name().to_string_lossy().into_owned())
+                .collect()
         })
-        .map(|t| t.file_name().to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// A thread's CPU time so far, in ns (`schedstat`'s first field: time on CPU).
@@ -153,6 +173,8 @@ struct PacedCpu {
     records: u64,
     /// The writer thread's CPU time.
     writer_ns: u64,
+    /// The console statistics' counting thread's CPU time (the tap), if attached.
+    tap_ns: Option<u64>,
     /// Time inside the `record` calls.
     caller_ns: u64,
 }
@@ -173,13 +195,27 @@ fn paced_cpu(rate: u64, seconds: u64) -> PacedCpu {
     let dir = tempfile::tempdir().expect("temp dir");
     // The thread's name is `audit-<instance>`: 15 characters at most in `comm`.
     let instance = format!("p{rate}");
+    let name = format!("audit-{instance}");
+    let known = threads_named(&name);
     let auditor = Auditor::start(&config(dir.path(), &instance)).expect("start");
-    let writer = thread_named(&format!("audit-{instance}")).expect("the audit writer thread");
+    let writer = new_thread_named(&name, &known);
+    // As the gateway with its web console (`spgate demo`, `serve` with `[admin.console]`): every
+    // record passes the console statistics' tap.
+    let tap = tap_on().then(|| {
+        let before = threads_named("console-stats");
+        let stats = std::sync::Arc::new(spgate::admin::console::stats::Stats::new());
+        auditor.set_tap(spgate::admin::console::stats::feed(
+            stats,
+            spgate::admin::console::stats::TAP_QUEUE,
+        ));
+        new_thread_named("console-stats", &before)
+    });
     // The writer's start (opening the chain, its first records) is not the records' cost.
     rt.block_on(auditor.flush());
     std::thread::sleep(Duration::from_millis(20));
     let interval = Duration::from_nanos(1_000_000_000 / rate);
     let writer0 = thread_cpu_ns(&writer);
+    let tap0 = tap.as_deref().map(thread_cpu_ns);
     let mut caller_ns = 0u64;
     let start = Instant::now();
     let records = rate * seconds;
@@ -198,11 +234,16 @@ fn paced_cpu(rate: u64, seconds: u64) -> PacedCpu {
     rt.block_on(auditor.flush());
     std::thread::sleep(Duration::from_millis(20));
     let writer_ns = thread_cpu_ns(&writer) - writer0;
+    let tap_ns = tap
+        .as_deref()
+        .zip(tap0)
+        .map(|(t, t0)| thread_cpu_ns(t) - t0);
     rt.block_on(auditor.shutdown());
     assert_eq!(auditor.metrics().lost, 0, "records lost");
     PacedCpu {
         records,
         writer_ns,
+        tap_ns,
         caller_ns,
     }
 }
@@ -245,6 +286,10 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+fn tap_on() -> bool {
+    std::env::var("AUDIT_BENCH_TAP").map_or(true, |v| v != "0")
+}
+
 fn paced_only() -> bool {
     std::env::var("AUDIT_BENCH_PACED_ONLY").is_ok_and(|v| v == "1")
 }
@@ -260,9 +305,12 @@ fn paced(_: &mut Criterion) {
     for rate in rates {
         let cpu = paced_cpu(rate, seconds);
         let per = |ns: u64| ns as f64 / cpu.records as f64 / 1000.0;
+        let tap = cpu.tap_ns.map_or("no console tap".to_string(), |t| {
+            format!("console tap thread {:.2}", per(t))
+        });
         eprintln!(
-            "audit paced: {rate} records/s: {:.2} us CPU per record (writer thread {:.2}, caller {:.2} per record call), {} records",
-            per(cpu.writer_ns + cpu.caller_ns),
+            "audit paced: {rate} records/s: {:.2} us CPU per record (writer thread {:.2}, {tap}, caller {:.2} per record call), {} records",
+            per(cpu.writer_ns + cpu.tap_ns.unwrap_or(0) + cpu.caller_ns),
             per(cpu.writer_ns),
             per(cpu.caller_ns),
             cpu.records,

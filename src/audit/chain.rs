@@ -670,6 +670,29 @@ impl ChainWriter {
         at: OffsetDateTime,
         event: &T,
     ) -> Result<u64, ChainError> {
+        self.append_with(at, |out| serde_json::to_writer(out, event).is_ok())
+    }
+
+    /// Like [`ChainWriter::append`] for an audit [`Record`](super::Record), encoded without
+    /// serde (the writer thread's path; the same bytes).
+    pub fn append_record(
+        &mut self,
+        at: OffsetDateTime,
+        record: &super::Record,
+    ) -> Result<u64, ChainError> {
+        self.append_with(at, |out| {
+            super::encode::record(out, record);
+            true
+        })
+    }
+
+    /// Appends the record that `encode` writes as a JSON object at the end of the buffer
+    /// given (false: it could not).
+    fn append_with(
+        &mut self,
+        at: OffsetDateTime,
+        encode: impl FnOnce(&mut Vec<u8>) -> bool,
+    ) -> Result<u64, ChainError> {
         let at = at.max(self.last_at);
         let day = at.to_offset(time::UtcOffset::UTC).date();
         let day = self.day.map_or(day, |d| d.max(day));
@@ -711,10 +734,7 @@ impl ChainWriter {
         // The event's fields follow, serialized in place: its `{` becomes the `,` after
         // `prev`, its `}` goes (the MAC closes the line).
         let object = line.len();
-        if serde_json::to_writer(&mut *line, event).is_err()
-            || line.get(object) != Some(&b'{')
-            || line.last() != Some(&b'}')
-        {
+        if !encode(line) || line.get(object) != Some(&b'{') || line.last() != Some(&b'}') {
             line.truncate(begin);
             return Err(ChainError::NotAnObject);
         }

@@ -6,7 +6,8 @@
 //!   writer thread (batching, fsync policy, daily retention, alerts).
 //! - [`queue`]: the bounded queue to the writer thread, which wakes it only when it must act.
 //! - [`chain`]: the HMAC-keyed SHA-256 chain, daily files, the retention anchor, `verify`.
-//! - `line`: one chain line's format versions (how it is sealed and linked).
+//! - `line`: one chain line's format versions (how it is sealed and linked); `encode`: a
+//!   record's JSON, written without serde.
 //! - [`alerts`]: alert rules and the webhook.
 //! - [`query`]: reading chains back: time-ordered merge of every instance, filters, report.
 //! - [`cli`]: `spgate audit verify | query | report`.
@@ -19,6 +20,7 @@ pub mod alerts;
 pub mod chain;
 pub mod cli;
 pub mod config;
+mod encode;
 pub mod events;
 mod line;
 pub mod noise;

@@ -4,13 +4,18 @@
 //! UTC day; the chain continues across files). A line is one JSON object:
 //!
 //! ```text
-//! {"seq":7,"time":"2026-11-20T23:58:00.123Z","instance":"gw1","prev":"<sha256 of line 6>",<event fields>,"mac":"<hmac>"}
+//! {"seq":7,"v":2,"time":"2026-11-20T23:58:00.123Z","instance":"gw1","prev":"<link digest of line 6>",<event fields>,"mac":"<hmac>"}
 //! ```
 //!
-//! `prev` is the SHA-256 (hex) of the previous line's exact bytes (64 zeros for the first
-//! record), and `mac` is HMAC-SHA256 under the audit key over the line's bytes up to `,"mac"`
-//! (closed with `}`). So an edited record fails its MAC, a removed, inserted or reordered one
-//! breaks the sequence or the link, and without the key nobody can write a new valid chain.
+//! `prev` names the previous line's link digest (64 zeros for the first record) and `mac` is
+//! an HMAC-SHA256 under the audit key; [`super::line`] defines both for the two format
+//! versions (v2, written now: one SHA-256 pass over the line up to `,"mac"`, the MAC over that
+//! digest; v1, read only: the MAC over the line, `prev` the SHA-256 of the whole previous line)
+//! and argues why they are equally strong. So an edited record fails its MAC, a removed,
+//! inserted or reordered one breaks the sequence or the link, and without the key nobody can
+//! write a new valid chain. A chain may switch from v1 to v2 anywhere (an older writer's chain
+//! resumed by this one); verification, resuming, retention and the head and anchor files read
+//! both.
 //!
 //! Three small MACed files sit beside the chain: `audit-<instance>.head` pins the last record
 //! written (a cut tail, or a deleted newest file, no longer matches it);
@@ -36,14 +41,11 @@ use time::{Date, OffsetDateTime};
 
 use crate::crypto;
 
-/// The `prev` of an instance's first record.
-pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+pub use super::line::GENESIS;
+use super::line::{self, Link};
 
 /// How much of the newest file a resuming writer reads to find records newer than the head.
 const RECOVERY_WINDOW: u64 = 8 * 1024 * 1024;
-
-/// `,"mac":"` + 64 hex digits + `"}`: how every line ends.
-const MAC_SUFFIX_LEN: usize = 8 + 64 + 2;
 
 /// Why the chain could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -116,10 +118,8 @@ pub struct ChainWriter {
     last_at: OffsetDateTime,
     out: Option<File>,
     path: PathBuf,
-    /// The record being appended, serialized (reused).
-    body: Vec<u8>,
-    /// The last record time formatted: (unix milliseconds, text).
-    time_cache: (i128, String),
+    /// The last record time's second, formatted.
+    time_text: TimeText,
     /// Records appended since the last write-through, as the bytes of one write.
     pending: Vec<u8>,
     /// The state after the last successful write-through: (seq, prev, file length).
@@ -223,34 +223,12 @@ pub struct Gap {
     pub reason: Option<String>,
 }
 
-/// The fields of a line that verification and readers need.
-#[derive(Deserialize)]
-struct Link<'a> {
-    seq: u64,
-    #[serde(borrow)]
-    time: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    instance: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    prev: std::borrow::Cow<'a, str>,
-}
-
 // === helpers ===
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ChainError + '_ {
     move |source| ChainError::Io {
         path: path.display().to_string(),
         source,
-    }
-}
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-/// Appends the lowercase hex of `bytes`.
-fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    for b in bytes {
-        out.push(HEX[usize::from(b >> 4)]);
-        out.push(HEX[usize::from(b & 0xf)]);
     }
 }
 
@@ -442,41 +420,36 @@ pub fn list_chains(dir: &Path) -> Result<BTreeMap<String, Vec<ChainFile>>, Chain
     Ok(out)
 }
 
-fn time_text(at: OffsetDateTime) -> String {
-    at.to_offset(time::UtcOffset::UTC)
-        .format(&time::macros::format_description!(
-            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-        ))
-        .unwrap_or_default()
+/// A record's time text, `2026-11-20T23:58:00.123Z`: formatted once per second (records of a
+/// batch share it), the milliseconds written per record.
+#[derive(Debug, Default)]
+struct TimeText {
+    /// The Unix second formatted, and its text up to the `.` (none yet: empty).
+    second: i64,
+    text: String,
 }
 
-/// Checks a line's MAC: `Some(true)` valid, `Some(false)` wrong, `None` no MAC suffix.
-fn line_mac_ok(key: &hmac::Key, line: &[u8]) -> Option<bool> {
-    if line.len() < MAC_SUFFIX_LEN + 2 || !line.ends_with(b"\"}") {
-        return None;
-    }
-    let start = line.len() - MAC_SUFFIX_LEN;
-    if &line[start..start + 8] != b",\"mac\":\"" {
-        return None;
-    }
-    let tag = decode_hex(&line[start + 8..line.len() - 2])?;
-    let mut data = Vec::with_capacity(start + 1);
-    data.extend_from_slice(&line[..start]);
-    data.push(b'}');
-    Some(hmac::verify(key, &data, &tag).is_ok())
-}
-
-fn decode_hex(hex: &[u8]) -> Option<Vec<u8>> {
-    fn nibble(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            _ => None,
+impl TimeText {
+    fn push(&mut self, out: &mut Vec<u8>, at: OffsetDateTime) {
+        let at = at.to_offset(time::UtcOffset::UTC);
+        let second = at.unix_timestamp();
+        if self.second != second || self.text.is_empty() {
+            self.second = second;
+            self.text = at
+                .format(&time::macros::format_description!(
+                    "[year]-[month]-[day]T[hour]:[minute]:[second]."
+                ))
+                .unwrap_or_default();
         }
+        out.extend_from_slice(self.text.as_bytes());
+        let ms = at.millisecond();
+        out.extend_from_slice(&[
+            b'0' + (ms / 100) as u8,
+            b'0' + (ms / 10 % 10) as u8,
+            b'0' + (ms % 10) as u8,
+            b'Z',
+        ]);
     }
-    hex.chunks(2)
-        .map(|p| Some(nibble(p[0])? << 4 | nibble(*p.get(1)?)?))
-        .collect()
 }
 
 // === impl ChainWriter ===
@@ -552,8 +525,7 @@ impl ChainWriter {
             last_at: OffsetDateTime::UNIX_EPOCH,
             out: None,
             path: PathBuf::new(),
-            body: Vec::with_capacity(1024),
-            time_cache: (0, String::new()),
+            time_text: TimeText::default(),
             pending: Vec::with_capacity(64 * 1024),
             committed: (seq, String::new(), 0),
             head_seq: seq,
@@ -608,23 +580,27 @@ impl ChainWriter {
         } else {
             lines
                 .iter()
-                .position(|l| crypto::sha256_hex(l) == self.prev)
+                .position(|l| {
+                    line::link_of(l).is_some_and(|(s, h)| s == self.seq && h.as_str() == self.prev)
+                })
                 .map(|i| i + 1)
         };
-        for line in lines.iter().skip(begin.unwrap_or(usize::MAX)) {
-            let link: Link<'_> = match serde_json::from_slice(line) {
+        for l in lines.iter().skip(begin.unwrap_or(usize::MAX)) {
+            let link: Link<'_> = match serde_json::from_slice(l) {
                 Ok(l) => l,
                 Err(_) => break,
             };
-            if link.seq != self.seq + 1
-                || link.prev != self.prev
-                || link.instance != self.instance
-                || line_mac_ok(&self.key, line) != Some(true)
+            if link.seq != self.seq + 1 || link.prev != self.prev || link.instance != self.instance
             {
                 break;
             }
+            let Some((true, next)) = link.format().and_then(|f| line::check(&self.key, l, f))
+            else {
+                break;
+            };
             self.seq = link.seq;
-            self.prev = crypto::sha256_hex(line);
+            self.prev.clear();
+            self.prev.push_str(next.as_str());
             self.recovered += 1;
         }
         if let Some(last) = lines.last() {
@@ -694,12 +670,29 @@ impl ChainWriter {
         at: OffsetDateTime,
         event: &T,
     ) -> Result<u64, ChainError> {
-        let body = &mut self.body;
-        body.clear();
-        serde_json::to_writer(&mut *body, event).map_err(|_| ChainError::NotAnObject)?;
-        if body.first() != Some(&b'{') || body.last() != Some(&b'}') {
-            return Err(ChainError::NotAnObject);
-        }
+        self.append_with(at, |out| serde_json::to_writer(out, event).is_ok())
+    }
+
+    /// Like [`ChainWriter::append`] for an audit [`Record`](super::Record), encoded without
+    /// serde (the writer thread's path; the same bytes).
+    pub fn append_record(
+        &mut self,
+        at: OffsetDateTime,
+        record: &super::Record,
+    ) -> Result<u64, ChainError> {
+        self.append_with(at, |out| {
+            super::encode::record(out, record);
+            true
+        })
+    }
+
+    /// Appends the record that `encode` writes as a JSON object at the end of the buffer
+    /// given (false: it could not).
+    fn append_with(
+        &mut self,
+        at: OffsetDateTime,
+        encode: impl FnOnce(&mut Vec<u8>) -> bool,
+    ) -> Result<u64, ChainError> {
         let at = at.max(self.last_at);
         let day = at.to_offset(time::UtcOffset::UTC).date();
         let day = self.day.map_or(day, |d| d.max(day));
@@ -723,39 +716,38 @@ impl ChainWriter {
             self.path = path;
             self.committed = (self.seq, self.prev.clone(), len);
         }
-        self.last_at = at;
-        // Records of one batch mostly share their millisecond: format the time once.
-        let ms = at.unix_timestamp_nanos() / 1_000_000;
-        if self.time_cache.0 != ms || self.time_cache.1.is_empty() {
-            self.time_cache = (ms, time_text(at));
-        }
         let seq = self.seq + 1;
-        // The line is built in place at the end of the batch's bytes (no copy, no allocation).
+        // The line is built in place at the end of the batch's bytes (no copy, no allocation),
+        // in format v2 (see `super::line`).
         let line = &mut self.pending;
         let begin = line.len();
-        let _ = write!(
-            line,
-            "{{\"seq\":{seq},\"time\":\"{}\",\"instance\":\"{}\",\"prev\":\"{}\"",
-            self.time_cache.1, self.instance, self.prev
-        );
-        let body = &self.body;
-        if body.len() > 2 {
-            line.push(b',');
-            line.extend_from_slice(&body[1..body.len() - 1]);
+        line.extend_from_slice(b"{\"seq\":");
+        line::push_u64(line, seq);
+        line.extend_from_slice(line::V2_FIELD);
+        line.extend_from_slice(b",\"time\":\"");
+        self.time_text.push(line, at);
+        line.extend_from_slice(b"\",\"instance\":\"");
+        line.extend_from_slice(self.instance.as_bytes());
+        line.extend_from_slice(b"\",\"prev\":\"");
+        line.extend_from_slice(self.prev.as_bytes());
+        line.push(b'"');
+        // The event's fields follow, serialized in place: its `{` becomes the `,` after
+        // `prev`, its `}` goes (the MAC closes the line).
+        let object = line.len();
+        if !encode(line) || line.get(object) != Some(&b'{') || line.last() != Some(&b'}') {
+            line.truncate(begin);
+            return Err(ChainError::NotAnObject);
         }
-        line.push(b'}');
-        let mac = hmac::sign(&self.key, &line[begin..]);
         line.pop();
-        line.extend_from_slice(b",\"mac\":\"");
-        push_hex(line, mac.as_ref());
-        line.extend_from_slice(b"\"}");
-        let hash = ring::digest::digest(&ring::digest::SHA256, &line[begin..]);
-        line.push(b'\n');
-        self.prev.clear();
-        for b in hash.as_ref() {
-            self.prev.push(char::from(HEX[usize::from(b >> 4)]));
-            self.prev.push(char::from(HEX[usize::from(b & 0xf)]));
+        if line.len() == object + 1 {
+            line.pop();
+        } else {
+            line[object] = b',';
         }
+        let link = line::seal_v2(&self.key, line, begin);
+        self.prev.clear();
+        self.prev.push_str(link.as_str());
+        self.last_at = at;
         self.seq = seq;
         Ok(seq)
     }
@@ -940,12 +932,20 @@ fn last_record(path: &Path) -> Result<(u64, String), ChainError> {
         if start > 0 {
             lines.remove(0);
         }
-        if let Some((line, link)) = lines
+        if let Some(last) = lines
             .iter()
             .rev()
-            .find_map(|l| serde_json::from_slice::<Link<'_>>(l).ok().map(|k| (*l, k)))
+            .find(|l| serde_json::from_slice::<Link<'_>>(l).is_ok())
         {
-            return Ok((link.seq, crypto::sha256_hex(line)));
+            // A record of a format this code does not know cannot be pinned.
+            return line::link_of(last)
+                .map(|(seq, link)| (seq, link.as_str().to_string()))
+                .ok_or_else(|| {
+                    io(path)(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "the last audit record is of an unknown format version",
+                    ))
+                });
         }
         if start == 0 {
             return Err(io(path)(std::io::Error::new(
@@ -1073,6 +1073,18 @@ fn verify_instance(
                 );
             };
             let at = Some(link.seq);
+            let Some(format) = link.format() else {
+                return bad(
+                    report,
+                    &file.name,
+                    n,
+                    at,
+                    format!(
+                        "written in an unknown chain format (v {}): verify it with the spgate that wrote it",
+                        link.v.unwrap_or_default()
+                    ),
+                );
+            };
             if link.seq != seq + 1 {
                 return bad(
                     report,
@@ -1092,7 +1104,7 @@ fn verify_instance(
                     &file.name,
                     n,
                     at,
-                    "does not link to the record before it (prev is not its SHA-256)".into(),
+                    "does not link to the record before it (prev is not its digest)".into(),
                 );
             }
             if link.instance != instance {
@@ -1104,7 +1116,7 @@ fn verify_instance(
                     "belongs to another instance's chain".into(),
                 );
             }
-            if line_mac_ok(key, &line) != Some(true) {
+            let Some((true, link_hex)) = line::check(key, &line, format) else {
                 return bad(
                     report,
                     &file.name,
@@ -1112,9 +1124,10 @@ fn verify_instance(
                     at,
                     "MAC mismatch: the record was edited (or another key wrote it)".into(),
                 );
-            }
+            };
             seq = link.seq;
-            prev = crypto::sha256_hex(&line);
+            prev.clear();
+            prev.push_str(link_hex.as_str());
             if head_seen {
                 report.beyond_head += 1;
             }
@@ -1205,3 +1218,7 @@ fn gap_of(line: &[u8], seq: u64) -> Option<Gap> {
 #[cfg(test)]
 #[path = "tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "chain_v1_tests.rs"]
+mod v1_tests;

@@ -8,6 +8,8 @@
 //! - [`health`]: whether the writer keeps up (a full queue, a stalled writer, failing fsyncs), and
 //!   the watchdog thread.
 //! - [`chain`]: the HMAC-keyed SHA-256 chain, daily files, the retention anchor, `verify`.
+//! - `line`: one chain line's format versions (how it is sealed and linked); `encode`: a
+//!   record's JSON, written without serde.
 //! - [`alerts`]: alert rules and the webhook.
 //! - [`query`]: reading chains back: time-ordered merge of every instance, filters, report.
 //! - [`cli`]: `spgate audit verify | query | report`.
@@ -20,8 +22,10 @@ pub mod alerts;
 pub mod chain;
 pub mod cli;
 pub mod config;
+mod encode;
 pub mod events;
 mod health;
+mod line;
 pub mod noise;
 pub mod query;
 mod queue;

@@ -154,6 +154,30 @@ fn every_kind_of_tampering_is_detected_at_the_first_bad_record() {
         KEY,
         Some((0, 0, "cut from the end")),
     );
+    // A MAC edited.
+    check(
+        |dir, names| {
+            let p = dir.join(&names[1]);
+            let mut l = lines(&p);
+            let at = l[0].len() - 3;
+            let digit = if &l[0][at..at + 1] == "0" { "1" } else { "0" };
+            l[0].replace_range(at..at + 1, digit);
+            put(&p, &l);
+        },
+        KEY,
+        Some((1, 1, "MAC mismatch")),
+    );
+    // A v2 record passed off as v1 (its version removed).
+    check(
+        |dir, names| {
+            let p = dir.join(&names[0]);
+            let mut l = lines(&p);
+            l[2] = l[2].replace(",\"v\":2", "");
+            put(&p, &l);
+        },
+        KEY,
+        Some((0, 3, "MAC mismatch")),
+    );
     // A chain written (or rewritten) with another key.
     check(
         |_, _| {},
@@ -256,20 +280,69 @@ fn first_bad(dir: &std::path::Path) -> Option<BadRecord> {
     reports[0].first_bad.clone()
 }
 
+/// Format v2: `prev` is the SHA-256 of the previous line up to `,"mac"`, and `mac` the
+/// HMAC-SHA256 of `spgate-audit-v2\n` and that digest (computed here independently).
 #[test]
-fn prev_is_the_sha256_of_the_previous_line() {
+fn lines_are_written_in_format_v2() {
     let dir = tempfile::tempdir().unwrap();
     let names = write_chain(dir.path());
     let l = lines(&dir.path().join(&names[0]));
+    let prefix = |line: &str| line[..line.rfind(",\"mac\":\"").unwrap()].to_string();
+    let digest = |line: &str| ring::digest::digest(&ring::digest::SHA256, prefix(line).as_bytes());
     let second: serde_json::Value = serde_json::from_str(&l[1]).unwrap();
     assert_eq!(
         second["prev"],
-        crate::crypto::sha256_hex(l[0].as_bytes()).as_str()
+        crate::crypto::hex(digest(&l[0]).as_ref()).as_str()
     );
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, KEY);
+    for line in &l {
+        let mut input = b"spgate-audit-v2\n".to_vec();
+        input.extend_from_slice(digest(line).as_ref());
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(
+            v["mac"],
+            crate::crypto::hex(ring::hmac::sign(&key, &input).as_ref()).as_str()
+        );
+        assert_eq!(v["v"], 2);
+    }
     let first: serde_json::Value = serde_json::from_str(&l[0]).unwrap();
     assert_eq!(first["prev"], GENESIS);
     assert_eq!(first["time"], "2026-11-20T23:58:00.000Z");
+    assert!(l[0].starts_with("{\"seq\":1,\"v\":2,\"time\":"), "{}", l[0]);
     assert!(l[0].ends_with("\"}"), "the MAC closes the line");
+}
+
+/// The time text is cached per second: records in the same second and the next one get their
+/// own milliseconds.
+#[test]
+fn record_times_keep_their_milliseconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = ChainWriter::open(dir.path(), "gw1", KEY).unwrap();
+    for at in [
+        datetime!(2026-11-20 23:59:59.004 UTC),
+        datetime!(2026-11-20 23:59:59.098 UTC),
+        datetime!(2026-11-20 23:59:59.999 UTC),
+        datetime!(2026-11-21 00:00:00.5 UTC),
+    ] {
+        w.append(at, &json!({"kind": "reload"})).unwrap();
+    }
+    w.flush().unwrap();
+    let mut times = Vec::new();
+    for f in &list_chains(dir.path()).unwrap()["gw1"] {
+        for l in lines(&f.path) {
+            let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+            times.push(v["time"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(
+        times,
+        [
+            "2026-11-20T23:59:59.004Z",
+            "2026-11-20T23:59:59.098Z",
+            "2026-11-20T23:59:59.999Z",
+            "2026-11-21T00:00:00.500Z"
+        ]
+    );
 }
 
 #[test]

@@ -1062,9 +1062,15 @@ impl Writer {
     /// Appends one record to the batch being built (no I/O, except when the day changes and
     /// the batch so far is written to the previous day's file). False if it was lost.
     fn append(&mut self, r: &Record) -> bool {
+        let now = self.clock.now();
+        self.append_at(r, now)
+    }
+
+    /// [`Writer::append`] stamped `now`.
+    fn append_at(&mut self, r: &Record, now: OffsetDateTime) -> bool {
         // A pending gap is reported in the batch that reports anything after it.
         self.append_gap();
-        match self.chain.append(self.clock.now(), r) {
+        match self.chain.append_record(now, r) {
             Ok(_) => true,
             Err(e @ ChainError::NotAnObject) => {
                 self.lose(1, &e);
@@ -1128,15 +1134,16 @@ impl Writer {
             return;
         }
         if let Some(g) = self.gap_record() {
-            self.gap_in_batch = self.chain.append(self.clock.now(), &g).is_ok();
+            self.gap_in_batch = self.chain.append_record(self.clock.now(), &g).is_ok();
         }
     }
 
     fn write_record(&mut self, r: &Record) -> bool {
-        if !self.append(r) {
+        // One clock read per record: its time in the chain and for the alert windows.
+        let now = self.clock.now();
+        if !self.append_at(r, now) {
             return false;
         }
-        let now = self.clock.now();
         for alert in self.alerts.observe(r, now) {
             let i = ALERT_RULES
                 .iter()

@@ -4,9 +4,11 @@
 //! request records and the overview says so.
 //!
 //! The tap ([`feed`]) does not count on the request path: it turns a request record into a
-//! small [`Sample`] and offers it to a bounded queue (`try_send`, no lock, never waits); a
-//! thread of the console's counts the samples. A full queue drops the sample and counts the
-//! drop (`spgate_console_tap_dropped_total`), so a stalled console costs the gateway nothing.
+//! small [`Sample`] and offers it to a bounded queue (`try_send`, no lock, never waits, never
+//! wakes anyone); a thread of the console's takes what came every [`TICK`] and counts it (a
+//! wake-up per sample would cost the gateway more CPU than the request it counts). A full
+//! queue drops the sample and counts the drop (`spgate_console_tap_dropped_total`), so a
+//! stalled console costs the gateway nothing.
 //!
 //! Per second: requests, answers by status class, gateway 429s (the limiter refused) and
 //! upstream 429s (Amazon's 429 passed on), and a latency histogram (quarter-octave buckets,
@@ -23,8 +25,11 @@ use crate::audit::record::{Decision, Kind, Record};
 
 /// Seconds kept.
 pub const WINDOW: u64 = 3600;
-/// Samples the tap's queue holds before it drops them.
+/// Samples the tap's queue holds before it drops them (a [`TICK`] of 40,000 requests a
+/// second).
 pub const TAP_QUEUE: usize = 4096;
+/// How often the counting thread takes the samples queued.
+pub const TICK: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Samples the tap dropped because its queue was full (`/metrics`).
 static TAP_DROPPED: AtomicU64 = AtomicU64::new(0);
@@ -68,26 +73,21 @@ impl Sample {
     }
 }
 
-/// How often the counting thread takes what the queue collected. It never waits on the queue:
-/// a waiting receiver is woken by every sample (a futex wake-up per request, ~5% of a request's
-/// CPU in the PII benchmark), while a receiver that looks every tick costs one wake-up a tick.
-const FEED_TICK: std::time::Duration = std::time::Duration::from_millis(50);
-
 /// The audit tap feeding `stats`: each request record becomes a [`Sample`] offered to a queue
-/// of `capacity` (never waiting: a full queue drops it and counts the drop), counted every
-/// [`FEED_TICK`] by a thread of its own, which ends when the tap is dropped (with its auditor).
+/// of `capacity` (never waiting: a full queue drops it and counts the drop), counted by a
+/// thread of its own every [`TICK`], which ends when the tap is dropped (with its auditor).
 pub fn feed(stats: Arc<Stats>, capacity: usize) -> crate::audit::writer::Tap {
-    use tokio::sync::mpsc::error::TryRecvError;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Sample>(capacity.max(1));
     let spawned = std::thread::Builder::new()
         .name("console-stats".into())
         .spawn(move || loop {
-            std::thread::sleep(FEED_TICK);
+            std::thread::sleep(TICK);
             loop {
                 match rx.try_recv() {
                     Ok(sample) => stats.count(&sample),
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => return,
+                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                    // The tap is gone (its auditor dropped) and everything counted.
+                    Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => return,
                 }
             }
         });

@@ -668,14 +668,12 @@ impl State {
         // Tools whose first waiter takes other application buckets: not offered this time.
         let mut passed: Vec<&str> = Vec::new();
         let mut head: Option<&Apps> = None;
-        let mut scanned = 0;
-        for (key, w) in &self.queue {
+        for (scanned, (key, w)) in self.queue.iter().enumerate() {
             if scanned == fair::SCAN_LIMIT {
                 // A queue this long: whoever was offered has more waiting behind, most likely.
                 offered.iter_mut().for_each(|o| o.backlogged = true);
                 break;
             }
-            scanned += 1;
             if w.tx.is_closed() {
                 continue;
             }

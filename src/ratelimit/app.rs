@@ -98,6 +98,15 @@ impl Apps {
         self.0.iter().flatten()
     }
 
+    /// Whether both take the same application buckets.
+    pub(crate) fn same(&self, other: &Apps) -> bool {
+        self.0.iter().zip(&other.0).all(|(a, b)| match (a, b) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        })
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.0.iter().all(Option::is_none)
     }

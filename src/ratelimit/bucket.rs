@@ -16,7 +16,10 @@
 //! once ([`State::shed`]).
 //!
 //! **Dispatch.** One task per bucket, alive while the queue is non-empty, grants the head at
-//! each slot (local GCRA) or reserves the head's slot in Redis, one round trip per grant.
+//! each slot (local GCRA), or offers Redis the first waiter of each tool at the head of the
+//! queue and reserves the slot for the one the script picks by the lanes and shares of every
+//! instance's waiters (`fair.rs`), one round trip per decision; when the script defers them all
+//! (another instance's tool goes first) it asks again after the hint.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,8 +29,9 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use super::app::{joint_slot, reserve_joint, take_joint, Apps};
+use super::fair::{self, Candidate};
 use super::gcra::Gcra;
-use super::redis::{Reply, Take};
+use super::redis::{Reply, Take, Verdict};
 use super::{Inner, Mode, RateLimitError};
 use crate::catalog::{Operation, UsagePlan};
 
@@ -71,6 +75,8 @@ type Grant = Result<Instant, RateLimitError>;
 #[derive(Debug)]
 struct Waiter {
     tool: Box<str>,
+    /// Its tool's share (the weight of its fair-queueing tags, locally and in Redis).
+    weight: f64,
     deadline: Instant,
     apps: Apps,
     tx: oneshot::Sender<Grant>,
@@ -142,6 +148,16 @@ enum Step {
     Rejected(RateLimitError),
     Wait(oneshot::Receiver<Grant>, Key),
     AskRedis(Duration),
+}
+
+/// How a request's own Redis decision ended.
+enum Direct {
+    /// Granted (after its wait) or refused.
+    Done(Result<Instant, RateLimitError>),
+    /// Redis failed.
+    Failed,
+    /// Another tool goes first (`fair.rs`): the request joins the queue.
+    Queue,
 }
 
 /// Removes a waiter from the queue when its request is dropped or done.
@@ -292,9 +308,10 @@ impl Bucket {
                 Step::Wait(rx, key) => return self.wait(rx, key, ask).await,
                 Step::AskRedis(max_wait) => {
                     match self.redis_direct(inner, ask, now, max_wait).await {
-                        Some(result) => return result,
-                        // Redis failed: decide again, now without it.
-                        None => now = Instant::now(),
+                        Direct::Done(result) => return result,
+                        // Redis failed: decide again, now without it; or another tool goes
+                        // first: decide again, now queued behind the deferral.
+                        Direct::Failed | Direct::Queue => now = Instant::now(),
                     }
                 }
             }
@@ -394,6 +411,7 @@ impl Bucket {
             key,
             Waiter {
                 tool: ask.tool.into(),
+                weight: ask.weight,
                 deadline: ask.deadline,
                 apps: ask.apps.clone(),
                 tx,
@@ -439,14 +457,14 @@ impl Bucket {
         }
     }
 
-    /// One Redis decision for a request that found no queue. `None`: Redis failed.
+    /// One Redis decision for a request that found no queue.
     async fn redis_direct(
         &self,
         inner: &Arc<Inner>,
         ask: &Ask<'_>,
         now: Instant,
         max_wait: Duration,
-    ) -> Option<Result<Instant, RateLimitError>> {
+    ) -> Direct {
         let (interval, burst, rate) = {
             let st = self.lock();
             (
@@ -456,47 +474,59 @@ impl Bucket {
             )
         };
         let in_flight = InFlight { bucket: self };
+        let candidate = Candidate {
+            tool: ask.tool,
+            lane: ask.lane,
+            increment: fair::increment(ask.weight),
+            max_wait,
+            backlogged: false,
+        };
         let reply = self
-            .redis_take(inner, interval, burst, &ask.apps, max_wait)
+            .redis_take(inner, interval, burst, &ask.apps, &[candidate])
             .await;
         let now_after = Instant::now();
         let outcome = {
             let mut st = self.lock();
             st.redis_in_flight = false;
-            match reply {
-                Some(r) if r.granted => {
+            let Some(r) = reply else {
+                return Direct::Failed;
+            };
+            st.redis_view = Some((r.tokens, now_after));
+            note_apps(inner, &ask.apps, &r, now_after);
+            match r.verdict {
+                Verdict::Granted { wait, .. } => {
                     // The wait counts from the answer: never forward before the reserved slot.
-                    st.redis_busy_until = Some(now_after + r.wait);
-                    st.redis_view = Some((r.tokens, now_after));
-                    note_apps(inner, &ask.apps, &r, now_after);
+                    st.redis_busy_until = Some(now_after + wait);
                     st.admit(ask.tool);
-                    Some(Ok(if r.wait.is_zero() {
+                    Ok(if wait.is_zero() {
                         now
                     } else {
-                        now_after + r.wait
-                    }))
+                        now_after + wait
+                    })
                 }
-                Some(r) => {
-                    st.redis_view = Some((r.tokens, now_after));
-                    note_apps(inner, &ask.apps, &r, now_after);
-                    Some(Err(RateLimitError::Throttled {
-                        retry_after: r.wait,
+                Verdict::Refused { wait, .. } => Err(RateLimitError::Throttled {
+                    retry_after: wait,
+                    rate_per_second: rate,
+                }),
+                Verdict::Deferred { retry } if now_after + retry > ask.deadline => {
+                    Err(RateLimitError::Throttled {
+                        retry_after: retry,
                         rate_per_second: rate,
-                    }))
+                    })
                 }
-                None => None,
+                Verdict::Deferred { retry } => {
+                    st.redis_busy_until = Some(now_after + retry);
+                    return Direct::Queue;
+                }
             }
         };
         drop(in_flight);
-        match outcome {
-            Some(Ok(at)) => {
-                if at > now_after {
-                    tokio::time::sleep_until(at).await;
-                }
-                Some(Ok(at))
+        if let Ok(at) = outcome {
+            if at > now_after {
+                tokio::time::sleep_until(at).await;
             }
-            other => other,
         }
+        Direct::Done(outcome)
     }
 
     async fn redis_take(
@@ -505,7 +535,7 @@ impl Bucket {
         interval: Duration,
         burst: u32,
         apps: &Apps,
-        max_wait: Duration,
+        candidates: &[Candidate<'_>],
     ) -> Option<Reply> {
         let (redis, key) = (inner.redis.as_ref()?, self.redis_key.as_deref()?);
         let mut takes = vec![Take {
@@ -522,7 +552,7 @@ impl Bucket {
             interval: amazon_interval(*limits),
             burst: limits.burst,
         }));
-        match redis.take(&takes, max_wait).await {
+        match redis.take(&takes, candidates).await {
             Ok(reply) => Some(reply),
             Err(e) => {
                 inner.redis_failed(&e);
@@ -623,6 +653,69 @@ impl State {
         self.tool(tool).admitted += 1;
     }
 
+    /// Takes a waiter out of the queue to serve or refuse it (the lane's virtual time moves on).
+    fn leave(&mut self, key: Key) -> Option<Waiter> {
+        let waiter = self.queue.remove(&key)?;
+        self.virtual_time[key.lane] = self.virtual_time[key.lane].max(key.tag);
+        Some(waiter)
+    }
+
+    /// The waiters a Redis decision offers (`fair.rs`): the first waiter of each distinct tool
+    /// in queue order, [`fair::MAX_CANDIDATES`] at most, taking the same application buckets as
+    /// the head (the script takes one set of buckets); and the head's application buckets.
+    fn offer(&self) -> (Vec<Offered>, Apps) {
+        let mut offered: Vec<Offered> = Vec::new();
+        // Tools whose first waiter takes other application buckets: not offered this time.
+        let mut passed: Vec<&str> = Vec::new();
+        let mut head: Option<&Apps> = None;
+        for (scanned, (key, w)) in self.queue.iter().enumerate() {
+            if scanned == fair::SCAN_LIMIT {
+                // A queue this long: whoever was offered has more waiting behind, most likely.
+                offered.iter_mut().for_each(|o| o.backlogged = true);
+                break;
+            }
+            if w.tx.is_closed() {
+                continue;
+            }
+            if let Some(o) = offered.iter_mut().find(|o| o.tool == w.tool) {
+                o.backlogged = true;
+                continue;
+            }
+            if passed.contains(&&*w.tool) {
+                continue;
+            }
+            let head = *head.get_or_insert(&w.apps);
+            if !head.same(&w.apps) {
+                passed.push(&w.tool);
+            } else if offered.len() < fair::MAX_CANDIDATES {
+                offered.push(Offered {
+                    key: *key,
+                    tool: w.tool.clone(),
+                    weight: w.weight,
+                    deadline: w.deadline,
+                    backlogged: false,
+                });
+            }
+        }
+        (offered, head.cloned().unwrap_or_default())
+    }
+
+    /// Refuses the waiters whose deadline comes before `until` (the next Redis decision).
+    fn refuse_before(&mut self, until: Instant, retry_after: Duration, rate: f64) {
+        let late: Vec<Key> = (self.queue.iter())
+            .filter(|(_, w)| w.deadline < until)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in late {
+            if let Some(w) = self.queue.remove(&key) {
+                let _ = w.tx.send(Err(RateLimitError::Throttled {
+                    retry_after,
+                    rate_per_second: rate,
+                }));
+            }
+        }
+    }
+
     /// After Amazon's capacity shrank: refuse at once the waiters that can no longer be served
     /// by their deadline (local GCRA only; in Redis mode the head's reservation decides).
     fn shed(&mut self, now: Instant, mode: Mode) {
@@ -686,7 +779,8 @@ fn note_apps(inner: &Inner, apps: &Apps, reply: &Reply, at: Instant) {
     for (app, tokens) in apps.iter().zip(reply.app_tokens) {
         app.lock().redis_view = Some((tokens, at));
     }
-    if reply.app_bound {
+    let decided = !matches!(reply.verdict, Verdict::Deferred { .. });
+    if reply.app_bound && decided {
         inner.count_app_limited();
     }
 }
@@ -703,7 +797,26 @@ enum Next {
     Exit,
     Sleep(Option<Instant>),
     GrantAt(Waiter, Instant),
-    Redis(Key, Waiter, Duration, u32, f64),
+    Redis(Round),
+}
+
+/// One waiter offered to Redis: the first of its tool in the local queue.
+struct Offered {
+    key: Key,
+    tool: Box<str>,
+    weight: f64,
+    deadline: Instant,
+    /// More of the same tool wait behind it here.
+    backlogged: bool,
+}
+
+/// One Redis decision of the dispatcher: the waiters offered and the bucket's limits.
+struct Round {
+    offered: Vec<Offered>,
+    apps: Apps,
+    interval: Duration,
+    burst: u32,
+    rate: f64,
 }
 
 /// Serves a bucket's queue until it is empty.
@@ -733,52 +846,75 @@ async fn dispatch(bucket: Arc<Bucket>, inner: Arc<Inner>) {
                 }
                 None => bucket.wake.notified().await,
             },
-            Next::Redis(key, waiter, interval, burst, rate) => {
-                let max_wait = waiter.deadline.saturating_duration_since(now);
-                let reply = bucket
-                    .redis_take(&inner, interval, burst, &waiter.apps, max_wait)
-                    .await;
-                let now_after = Instant::now();
-                let grant = {
-                    let mut st = bucket.lock();
-                    st.redis_in_flight = false;
-                    match reply {
-                        Some(r) if r.granted => {
-                            let at = now_after + r.wait;
-                            st.redis_busy_until = Some(at);
-                            st.redis_view = Some((r.tokens, now_after));
-                            note_apps(&inner, &waiter.apps, &r, now_after);
-                            st.admit(&waiter.tool);
-                            Some(Ok(at))
-                        }
-                        Some(r) => {
-                            st.redis_view = Some((r.tokens, now_after));
-                            note_apps(&inner, &waiter.apps, &r, now_after);
-                            Some(Err(RateLimitError::Throttled {
-                                retry_after: r.wait,
-                                rate_per_second: rate,
-                            }))
-                        }
-                        // Redis failed: the waiter goes back to the head; the next round decides
-                        // without Redis (fallback bucket, or refusal when failing closed).
-                        None => None,
-                    }
-                };
-                match grant {
-                    Some(Ok(at)) => {
+            Next::Redis(round) => {
+                if let Some((waiter, grant)) = redis_round(&bucket, &inner, &round, now).await {
+                    if let Ok(at) = grant {
+                        let now_after = Instant::now();
                         if at > now_after {
                             tokio::time::sleep_until(at).await;
                         }
                         let _ = waiter.tx.send(Ok(at.max(now_after)));
-                    }
-                    Some(Err(e)) => {
-                        let _ = waiter.tx.send(Err(e));
-                    }
-                    None => {
-                        bucket.lock().queue.insert(key, waiter);
+                    } else {
+                        let _ = waiter.tx.send(grant);
                     }
                 }
             }
+        }
+    }
+}
+
+/// Asks Redis which of the offered waiters goes (`fair.rs`); returns the waiter decided and its
+/// grant (the instant of its slot) or refusal. `None`: no waiter was decided (deferred: the
+/// bucket is busy until the retry hint, and waiters that cannot wait that long are refused; or
+/// Redis failed: the waiters stay queued and the next round decides without Redis).
+async fn redis_round(
+    bucket: &Bucket,
+    inner: &Inner,
+    round: &Round,
+    now: Instant,
+) -> Option<(Waiter, Grant)> {
+    let candidates: Vec<Candidate<'_>> = round
+        .offered
+        .iter()
+        .map(|o| Candidate {
+            tool: &o.tool,
+            lane: o.key.lane,
+            increment: fair::increment(o.weight),
+            max_wait: o.deadline.saturating_duration_since(now),
+            backlogged: o.backlogged,
+        })
+        .collect();
+    let reply = bucket
+        .redis_take(inner, round.interval, round.burst, &round.apps, &candidates)
+        .await;
+    let now_after = Instant::now();
+    let mut st = bucket.lock();
+    st.redis_in_flight = false;
+    let r = reply?;
+    st.redis_view = Some((r.tokens, now_after));
+    note_apps(inner, &round.apps, &r, now_after);
+    match r.verdict {
+        Verdict::Granted { index, wait } => {
+            let at = now_after + wait;
+            st.redis_busy_until = Some(at);
+            // A waiter that went away meanwhile loses its slot; that cannot exceed the plan.
+            let waiter = st.leave(round.offered.get(index)?.key)?;
+            st.admit(&waiter.tool);
+            Some((waiter, Ok(at)))
+        }
+        Verdict::Refused { index, wait } => {
+            let waiter = st.leave(round.offered.get(index)?.key)?;
+            let refusal = RateLimitError::Throttled {
+                retry_after: wait,
+                rate_per_second: round.rate,
+            };
+            Some((waiter, Err(refusal)))
+        }
+        Verdict::Deferred { retry } => {
+            let until = now_after + retry;
+            st.redis_busy_until = Some(until);
+            st.refuse_before(until, retry, round.rate);
+            None
         }
     }
 }
@@ -862,19 +998,19 @@ fn next_step(st: &mut State, mode: Mode, now: Instant) -> Next {
             if let Some(until) = st.redis_busy_until.filter(|u| *u > now) {
                 return Next::Sleep(Some(until));
             }
-            let Some((key, waiter)) = st.queue.pop_first() else {
+            let (offered, apps) = st.offer();
+            if offered.is_empty() {
                 st.dispatcher = false;
                 return Next::Exit;
-            };
-            st.virtual_time[key.lane] = st.virtual_time[key.lane].max(key.tag);
+            }
             st.redis_in_flight = true;
-            Next::Redis(
-                key,
-                waiter,
-                amazon_interval(st.amazon),
-                st.amazon.burst,
-                st.amazon.rate_per_second,
-            )
+            Next::Redis(Round {
+                offered,
+                apps,
+                interval: amazon_interval(st.amazon),
+                burst: st.amazon.burst,
+                rate: st.amazon.rate_per_second,
+            })
         }
     }
 }

@@ -10,7 +10,8 @@
 //! Two stores for Amazon's buckets:
 //! - local ([`Limiter::local`]): one GCRA state per bucket in this process (`gcra.rs`);
 //! - Redis ([`Limiter::redis`]): one atomic Lua script per decision, on Redis's clock, so several
-//!   gateway instances together respect the plan (`redis.rs`). When Redis is unreachable the
+//!   gateway instances together respect the plan (`redis.rs`), with priority lanes and tool
+//!   shares held across the instances in the same script (`fair.rs`). When Redis is unreachable the
 //!   limiter either continues with a local bucket at plan / `expected_instances`
 //!   ([`FailMode::Local`]; the bucket starts each outage empty: what the other instances spent
 //!   of the shared bucket is unknown, so it hands out no burst, only its share of the rate) or
@@ -37,6 +38,7 @@ use crate::catalog::{CallKind, Operation, UsagePlan};
 mod app;
 mod bucket;
 pub mod config;
+mod fair;
 mod gcra;
 mod redis;
 pub mod restart;
@@ -824,5 +826,7 @@ impl Limiter {
     }
 }
 
+#[cfg(test)]
+mod fair_tests;
 #[cfg(test)]
 mod tests;

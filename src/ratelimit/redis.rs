@@ -1,12 +1,16 @@
 //! Amazon's buckets in Redis: one atomic Lua script per decision (EVALSHA), on Redis's clock.
 //!
 //! The script is the same GCRA as [`super::gcra`]: the bucket is a hash `{tat, iv}` (theoretical
-//! arrival time and interval, in microseconds of Redis server time). A `take` reserves the next
-//! slot when it is no later than `max_wait` from now and answers how long to wait for it, so a
-//! waiting request costs one round trip and no retry; a slot too far away is not reserved and its
-//! wait comes back as the retry-after. When the interval changes (Amazon reported another rate),
+//! arrival time and interval, in microseconds of Redis server time). A `take` offers the
+//! waiters at the head of the instance's queue; the script picks the one that may go by the
+//! fairness state kept next to the bucket (`fair.rs`: lanes and shares across instances), or
+//! defers them all. It reserves the next slot for the chosen waiter when that slot is no later
+//! than its `max_wait` from now and answers how long to wait for it, so a waiting request costs
+//! one round trip and no retry; a slot too far away is not reserved and its wait comes back as
+//! the retry-after. When the interval changes (Amazon reported another rate),
 //! the tokens owed are kept. Keys expire a second after the bucket would be full again (an absent
-//! key is a full bucket). Keys are `<prefix>rl:{<seller>}:<operation>` for a seller's bucket and
+//! key is a full bucket). Keys are `<prefix>rl:{<seller>}:<operation>` for a seller's bucket
+//! (`...:fair` for its fairness state) and
 //! `<prefix>rl:{app}:<operation>[:<kind>]` for an application-wide one; one script takes a
 //! seller's bucket together with the application buckets, so the keys of one call span hash
 //! slots: the limiter needs one Redis server (or a primary with replicas), not a Cluster.
@@ -23,20 +27,24 @@ use redis::Script;
 use tokio::time::Instant;
 
 use super::config::RedisSettings;
+use super::fair::Candidate;
 use super::RateLimitError;
 use crate::catalog::CallKind;
 
 /// The GCRA decision over one or more buckets taken together (the seller's bucket first, then
-/// the application-wide ones), then the epoch key: KEYS: the buckets, the epoch; ARGV:
-/// max_wait_us, "take"|"drain", then
-/// interval_us and burst per key. Every bucket is taken at one slot, the latest of their next
-/// slots, or none is. Returns {granted 0|1, wait_us, index of the bucket that set the slot (1 =
-/// the seller's), then milli-tokens left per key after the decision}.
-const SCRIPT: &str = r#"
-local max_wait = tonumber(ARGV[1])
+/// the application-wide ones) and, for a take, the fairness decision of which waiter gets the
+/// slot (`fair.rs`). KEYS: the buckets, the epoch, then (take) the seller bucket's fairness
+/// hash; ARGV: "take"|"drain", the number of buckets, interval_us and burst per bucket, then
+/// (take) the candidates (see `fair_candidates`). Every bucket is taken at one slot, the latest
+/// of their next slots, or none is. Returns {status (1 granted, 0 refused: the slot is past the
+/// chosen candidate's deadline, 2 deferred: no candidate may go yet), wait_us (to the slot, or
+/// the retry hint when deferred), index of the bucket that set the slot (1 = the seller's),
+/// index of the chosen candidate (0 when deferred), then milli-tokens left per bucket}.
+const BODY: &str = r#"
+local op = ARGV[1]
+local n = tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local n = #KEYS - 1
 -- The epoch key is written when a limiter connects; missing, Redis lost its data (a restart
 -- without persistence): every bucket without a key is taken as emptied at the epoch.
 local epoch = tonumber(redis.call('GET', KEYS[n + 1]))
@@ -62,26 +70,41 @@ local function store(i)
   redis.call('HSET', KEYS[i], 'tat', string.format('%.0f', tats[i]), 'iv', string.format('%.0f', ivs[i]))
   redis.call('PEXPIRE', KEYS[i], math.ceil((tats[i] - now) / 1000) + 1000)
 end
-local function answer(granted, wait)
-  local out = {granted, wait, bound}
-  for i = 1, n do out[3 + i] = math.floor((taus[i] - (tats[i] - now)) * 1000 / ivs[i]) end
+local function answer(status, wait, chosen)
+  local out = {status, wait, bound, chosen}
+  for i = 1, n do out[4 + i] = math.floor((taus[i] - (tats[i] - now)) * 1000 / ivs[i]) end
   return out
 end
-if ARGV[2] == 'drain' then
+if op == 'drain' then
   for i = 1, n do
     if tats[i] < now + taus[i] then tats[i] = now + taus[i] end
     store(i)
   end
-  return answer(1, 0)
+  return answer(1, 0, 0)
 end
 local wait = slot - now
-if wait > max_wait then return answer(0, wait) end
+local fair = KEYS[n + 2]
+local margin, hint, cands = fair_candidates(3 + 2 * n)
+local st = fair_load(fair)
+local j, s, min_start = fair_pick(st, cands, now, now + hint + margin)
+if not j then
+  fair_save(fair, st, now, tats[1] - now)
+  return answer(2, hint, 0)
+end
+local c = cands[j]
+if wait > c.max_wait then
+  fair_refuse(st, c)
+  fair_save(fair, st, now, tats[1] - now)
+  return answer(0, wait, j)
+end
 for i = 1, n do
   if tats[i] < slot then tats[i] = slot end
   tats[i] = tats[i] + ivs[i]
   store(i)
 end
-return answer(1, wait)
+fair_grant(st, c, s, min_start, slot, margin)
+fair_save(fair, st, now, tats[1] - now)
+return answer(1, wait, j)
 "#;
 
 /// One bucket of a decision.
@@ -95,13 +118,23 @@ pub(crate) struct Take<'a> {
     pub(crate) burst: u32,
 }
 
+/// What the script decided for the waiters offered to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Candidate `index` has the slot `wait` from now.
+    Granted { index: usize, wait: Duration },
+    /// Candidate `index` was next, but its slot (`wait` from now) is past its deadline.
+    Refused { index: usize, wait: Duration },
+    /// No candidate may go yet (another tool is behind on its share, or waits in a higher
+    /// lane): ask again after `retry`.
+    Deferred { retry: Duration },
+}
+
 /// One answer of the script.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Reply {
-    /// Whether a slot was reserved.
-    pub(crate) granted: bool,
-    /// Wait until the slot (granted) or until a slot would be free (refused).
-    pub(crate) wait: Duration,
+    /// The decision (a drain is always `Granted` for index 0).
+    pub(crate) verdict: Verdict,
     /// Tokens left in the seller's bucket after the decision (negative: slots reserved ahead).
     pub(crate) tokens: f64,
     /// Whether an application-wide bucket set the slot (it was the one without a token).
@@ -149,7 +182,7 @@ impl RedisBackend {
         })?;
         let backend = RedisBackend {
             conn,
-            script: Script::new(SCRIPT),
+            script: Script::new(&format!("{}{BODY}", super::fair::FAIR_LUA)),
             settings,
             down_until: Mutex::new(None),
             outages: std::sync::atomic::AtomicU64::new(0),
@@ -251,56 +284,95 @@ impl RedisBackend {
         }
     }
 
-    /// Reserves one token of every bucket when their joint slot is at most `max_wait` away.
-    /// One round trip.
+    /// The key of a seller bucket's fairness state (same hash tag as the bucket).
+    pub(crate) fn fair_key(bucket_key: &str) -> String {
+        format!("{bucket_key}:fair")
+    }
+
+    /// Gives the first eligible candidate (`fair.rs`) one token of every bucket at their joint
+    /// slot, when that slot is within the candidate's wait. One round trip.
     pub(crate) async fn take(
         &self,
         buckets: &[Take<'_>],
-        max_wait: Duration,
+        candidates: &[Candidate<'_>],
     ) -> Result<Reply, String> {
-        self.run(buckets, max_wait, "take").await
+        let hint = super::fair::retry_hint(buckets.first().map_or(Duration::ZERO, |b| b.interval));
+        let mut fair = vec![
+            micros(super::fair::ACTIVE_MARGIN).to_string(),
+            micros(hint).to_string(),
+            candidates.len().to_string(),
+        ];
+        for c in candidates {
+            fair.extend([
+                c.tool.to_string(),
+                c.lane.to_string(),
+                c.increment.to_string(),
+                micros(c.max_wait).to_string(),
+                u8::from(c.backlogged).to_string(),
+            ]);
+        }
+        let fair_key = buckets.first().map(|b| RedisBackend::fair_key(b.key));
+        let reply = self
+            .run(buckets, "take", fair_key.as_deref(), &fair)
+            .await?;
+        let verdict = Self::verdict(&reply, candidates.len()).inspect_err(|e| self.failed(e))?;
+        Ok(Reply {
+            verdict,
+            tokens: reply.tokens,
+            app_bound: reply.app_bound,
+            app_tokens: reply.app_tokens,
+        })
+    }
+
+    /// The script's decision, checked against what was offered to it.
+    fn verdict(reply: &Raw, offered: usize) -> Result<Verdict, String> {
+        let index = |i: i64| {
+            usize::try_from(i)
+                .ok()
+                .filter(|i| (1..=offered).contains(i))
+                .map(|i| i - 1)
+                .ok_or_else(|| format!("the limiter script chose candidate {i}"))
+        };
+        match reply.status {
+            1 => Ok(Verdict::Granted {
+                index: index(reply.chosen)?,
+                wait: reply.wait,
+            }),
+            0 => Ok(Verdict::Refused {
+                index: index(reply.chosen)?,
+                wait: reply.wait,
+            }),
+            2 => Ok(Verdict::Deferred { retry: reply.wait }),
+            other => Err(format!("the limiter script answered status {other}")),
+        }
     }
 
     /// Empties a bucket (Amazon answered 429).
     pub(crate) async fn drain(&self, bucket: Take<'_>) -> Result<Reply, String> {
-        self.run(&[bucket], Duration::ZERO, "drain").await
+        let raw = self.run(&[bucket], "drain", None, &[]).await?;
+        Ok(Reply {
+            verdict: Verdict::Granted {
+                index: 0,
+                wait: Duration::ZERO,
+            },
+            tokens: raw.tokens,
+            app_bound: false,
+            app_tokens: raw.app_tokens,
+        })
     }
 
     async fn run(
         &self,
         buckets: &[Take<'_>],
-        max_wait: Duration,
         op: &str,
-    ) -> Result<Reply, String> {
-        let max_wait_us = u64::try_from(max_wait.as_micros()).unwrap_or(u64::MAX);
-        let mut conn = self.conn.clone();
-        let mut invocation = self.script.prepare_invoke();
-        invocation.arg(max_wait_us).arg(op);
-        for b in buckets.iter() {
-            // Whole microseconds, rounded up like the local interval.
-            let interval_us = b.interval.as_nanos().div_ceil(1000).max(1);
-            let interval_us = u64::try_from(interval_us).unwrap_or(u64::MAX);
-            invocation.key(b.key).arg(interval_us).arg(b.burst);
-        }
-        invocation.key(self.epoch_key());
-        let call = invocation.invoke_async::<Vec<i64>>(&mut conn);
-        let result = match tokio::time::timeout(self.settings.timeout, call).await {
-            Ok(Ok(v)) if v.len() == 3 + buckets.len() => Ok(v),
-            Ok(Ok(v)) => Err(format!("the limiter script answered {} values", v.len())),
-            Ok(Err(e)) => Err(crate::store::redis::describe(&e)),
-            Err(_) => Err(format!("no answer within {:?}", self.settings.timeout)),
-        };
+        fair_key: Option<&str>,
+        fair: &[String],
+    ) -> Result<Raw, String> {
+        let result = self.call(buckets, op, fair_key, fair).await;
         match result {
             Ok(v) => {
                 self.recovered();
-                let tokens = |i: usize| v.get(3 + i).map_or(0.0, |m| *m as f64 / 1000.0);
-                Ok(Reply {
-                    granted: v[0] == 1,
-                    wait: Duration::from_micros(u64::try_from(v[1]).unwrap_or(0)),
-                    tokens: tokens(0),
-                    app_bound: v[2] > 1,
-                    app_tokens: [tokens(1), tokens(2)],
-                })
+                Ok(v)
             }
             Err(e) => {
                 self.failed(&e);
@@ -308,4 +380,59 @@ impl RedisBackend {
             }
         }
     }
+
+    async fn call(
+        &self,
+        buckets: &[Take<'_>],
+        op: &str,
+        fair_key: Option<&str>,
+        fair: &[String],
+    ) -> Result<Raw, String> {
+        let mut conn = self.conn.clone();
+        let mut invocation = self.script.prepare_invoke();
+        invocation.arg(op).arg(buckets.len());
+        for b in buckets.iter() {
+            // Whole microseconds, rounded up like the local interval.
+            let interval_us = b.interval.as_nanos().div_ceil(1000).max(1);
+            let interval_us = u64::try_from(interval_us).unwrap_or(u64::MAX);
+            invocation.key(b.key).arg(interval_us).arg(b.burst);
+        }
+        invocation.key(self.epoch_key());
+        if let Some(key) = fair_key {
+            invocation.key(key);
+        }
+        for a in fair {
+            invocation.arg(a);
+        }
+        let call = invocation.invoke_async::<Vec<i64>>(&mut conn);
+        let v = match tokio::time::timeout(self.settings.timeout, call).await {
+            Ok(Ok(v)) if v.len() == 4 + buckets.len() => v,
+            Ok(Ok(v)) => return Err(format!("the limiter script answered {} values", v.len())),
+            Ok(Err(e)) => return Err(crate::store::redis::describe(&e)),
+            Err(_) => return Err(format!("no answer within {:?}", self.settings.timeout)),
+        };
+        let tokens = |i: usize| v.get(4 + i).map_or(0.0, |m| *m as f64 / 1000.0);
+        Ok(Raw {
+            status: v[0],
+            wait: Duration::from_micros(u64::try_from(v[1]).unwrap_or(0)),
+            app_bound: v[2] > 1,
+            chosen: v[3],
+            tokens: tokens(0),
+            app_tokens: [tokens(1), tokens(2)],
+        })
+    }
+}
+
+/// The script's answer as it came.
+struct Raw {
+    status: i64,
+    wait: Duration,
+    app_bound: bool,
+    chosen: i64,
+    tokens: f64,
+    app_tokens: [f64; 2],
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }

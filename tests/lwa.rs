@@ -944,7 +944,7 @@ async fn request_bodies_held_to_be_sent_again_have_one_budget_for_all_requests()
     );
     let mut slow =
         spgate::sandbox::Script::json(StatusCode::OK, serde_json::json!({"status": "ACCEPTED"}));
-    slow.header_delay = std::time::Duration::from_secs(2);
+    slow.header_delay = std::time::Duration::from_secs(3);
     gw.sandbox.script(PATCH, slow);
     let patch = |gw: &TestGateway| {
         let body =

@@ -358,7 +358,7 @@ async fn a_read_arriving_after_a_write_never_joins_a_leader_that_started_before_
     let ttl = format!("coalesce = true\n[shared_calls.ttl_seconds]\n\"{GET_ITEM}\" = 300");
     let gw = Arc::new(gateway(audit.path(), &ttl, "").await);
     let mut slow = item();
-    slow.header_delay = Duration::from_secs(2);
+    slow.header_delay = Duration::from_secs(3);
     gw.sandbox.script(GET_ITEM, slow);
     gw.sandbox.script(
         PATCH,

@@ -529,7 +529,11 @@ impl Gateway {
         let deadline = Instant::now() + wants.max_wait.unwrap_or(self.retry.default_deadline);
         // The PII cache: a repeat read of one order's restricted data within the TTL spends no
         // Amazon quota; the role's policy still applies to the cached response.
-        if let Some(resp) = self.cached(op, role, seller, &req, &params, ctx).await? {
+        let plan = (&caller, &wants);
+        if let Some(resp) = self
+            .cached(op, role, seller, &req, &params, plan, ctx)
+            .await?
+        {
             return Ok(resp);
         }
         // Shared answers: a cached or coalesced answer spends no Amazon quota (plan and policy still apply).

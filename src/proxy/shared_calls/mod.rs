@@ -59,7 +59,6 @@ use crate::catalog::{Catalog, Operation};
 use crate::config::ConfigIssue;
 use crate::net::body::{self, Body};
 use crate::pii::{Classification, Role};
-use crate::ratelimit::Acquire;
 use crate::store::SellerRecord;
 
 use super::limit::Wants;
@@ -589,19 +588,7 @@ impl Gateway {
         };
         // The tool's own plan still applies (an absolute rule is the tool's own bucket; a
         // share weighs only Amazon's bucket, not touched here); the limiter counts the decision.
-        let plan = self.tool_plan(&a.caller.client.tool);
-        ctx.admission = Some(
-            self.limiter
-                .acquire_plan(Acquire {
-                    seller: seller_id,
-                    operation: op,
-                    tool: &a.caller.client.tool,
-                    plan: plan.as_deref(),
-                    priority: a.wants.priority,
-                    max_wait: a.wants.max_wait,
-                })
-                .await?,
-        );
+        ctx.admission = Some(self.admit_plan(a.caller, op, seller_id, a.wants).await?);
         calls.count(if hit { Event::Hit } else { Event::Coalesced });
         calls.count_tool(&a.caller.client.tool, hit);
         let source = if hit { "hit" } else { "coalesced" };

@@ -134,6 +134,9 @@ pub struct RawServer {
     /// How long a client may take to send the body of a request the gateway reads itself (the
     /// drop-in token endpoint, reveal, admin routes); 408 after it. Default 10 s.
     pub body_read_timeout_ms: Option<u64>,
+    /// Bytes of request bodies (each at most 256 KiB, with `Content-Length`) the gateway holds
+    /// at once to send them again after a token refusal; past it, 503. Default 64 MiB.
+    pub replay_buffer_bytes: Option<usize>,
     /// Connections one client address may hold at once; further ones are closed at accept, so
     /// one address cannot take all of `max_connections`. Default 1024.
     pub max_connections_per_address: Option<usize>,
@@ -520,6 +523,8 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// Body read deadline of the endpoints the gateway answers itself.
     pub body_read_timeout: Duration,
+    /// Bytes of request bodies held for sending again, all requests together.
+    pub replay_buffer_bytes: usize,
     /// Per-address connection cap and unauthenticated rate limit.
     pub peers: crate::server::peers::PeerLimits,
     /// HTTPS, when configured.
@@ -886,6 +891,12 @@ impl Config {
             body_read_timeout: v.millis(
                 "server.body_read_timeout_ms",
                 s.body_read_timeout_ms.unwrap_or(10_000),
+            ),
+            replay_buffer_bytes: v.range(
+                "server.replay_buffer_bytes",
+                s.replay_buffer_bytes.unwrap_or(64 * 1024 * 1024),
+                256 * 1024,
+                1 << 40,
             ),
             peers: crate::server::peers::PeerLimits {
                 max_connections_per_address: v.positive(

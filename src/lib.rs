@@ -221,6 +221,7 @@ pub async fn build_gateway(
             max_header_bytes: config.server.max_header_bytes,
             max_request_body_bytes: config.server.max_request_body_bytes,
             body_read_timeout: config.server.body_read_timeout,
+            replay_buffer_bytes: config.server.replay_buffer_bytes,
         },
         roles: config.roles,
         pii: config.pii,

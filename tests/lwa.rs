@@ -892,3 +892,93 @@ async fn a_permission_403_for_every_seller_costs_at_most_the_instance_total_of_r
     lwa.render_metrics(&mut metrics);
     assert!(metrics.contains("spgate_lwa_token_loss_total{outcome=\"bounded_total\"} 2"));
 }
+
+#[tokio::test]
+async fn a_healed_request_the_deadline_stops_is_not_recorded_as_retried() {
+    use spgate::auth::lwa::Heal;
+    let audit = tempfile::tempdir().unwrap();
+    let gw = healing_gateway(audit.path(), "token_loss_min_age_seconds = 0\n").await;
+    // Amazon's bare 403 arrives after the caller's deadline: the token is refreshed, but the
+    // request is not sent again.
+    let denied = serde_json::json!({"errors": [{"code": "Unauthorized", "message": "Access to requested resource is denied.", "details": ""}]});
+    let mut late = spgate::sandbox::Script::json(StatusCode::FORBIDDEN, denied);
+    late.header_delay = std::time::Duration::from_millis(600);
+    gw.sandbox
+        .script("sellers.getMarketplaceParticipations", late);
+    let req = gw
+        .request(http::Method::GET, "/sellers/v1/marketplaceParticipations")
+        .header("x-spgate-max-wait-ms", "300")
+        .body(empty())
+        .unwrap();
+    let reply = gw.call(req).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    let lwa = gw.gateway.lwa();
+    assert_eq!(lwa.heals(Heal::Refreshed), 1);
+    assert_eq!(
+        gw.sandbox
+            .received("sellers.getMarketplaceParticipations")
+            .len(),
+        1,
+        "not sent again"
+    );
+    let records = audit_records(&gw, audit.path()).await;
+    assert_eq!(with_reason(&records, "token_lost_retried"), 0);
+    assert_eq!(with_reason(&records, "token_lost_refreshed"), 1);
+    let mut metrics = String::new();
+    lwa.render_metrics(&mut metrics);
+    assert!(
+        metrics.contains("spgate_lwa_token_loss_retries_total 0"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_held_to_be_sent_again_have_one_budget_for_all_requests() {
+    const PATCH: &str = "listingsItems_2021-08-01.patchListingsItem";
+    let gw = Arc::new(
+        start_gateway(Options {
+            server_toml: "replay_buffer_bytes = 262144\n".into(),
+            ..Options::default()
+        })
+        .await,
+    );
+    let mut slow =
+        spgate::sandbox::Script::json(StatusCode::OK, serde_json::json!({"status": "ACCEPTED"}));
+    slow.header_delay = std::time::Duration::from_secs(3);
+    gw.sandbox.script(PATCH, slow);
+    let patch = |gw: &TestGateway| {
+        let body =
+            serde_json::json!({"productType": "PEN", "patches": [], "pad": "x".repeat(200 * 1024)});
+        gw.request(
+            http::Method::PATCH,
+            &format!("/listings/2021-08-01/items/{SELLER}/SKU-1?marketplaceIds=ATVPDKIKX0DER"),
+        )
+        .header("content-type", "application/json")
+        .body(full(body.to_string()))
+        .unwrap()
+    };
+    let first = {
+        let gw = gw.clone();
+        tokio::spawn(async move { gw.call(patch(&gw)).await })
+    };
+    while gw.sandbox.received(PATCH).is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The first holds ~200 KiB of the 256 KiB until it ends: another is refused, fail closed.
+    let refused = gw.call(patch(&gw)).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{:?}",
+        refused.body
+    );
+    assert_eq!(refused.error_code(), "ServiceUnavailable");
+    assert!(refused.headers.contains_key("retry-after"));
+    assert_eq!(gw.gateway.replay_budget().refused(), 1);
+    // Bodiless requests need none of it.
+    assert_eq!(gw.get(UNPLANNED).await.status, StatusCode::OK);
+    assert_eq!(first.await.unwrap().status, StatusCode::OK);
+    assert_eq!(gw.gateway.replay_budget().held(), 0, "given back");
+    assert_eq!(gw.call(patch(&gw)).await.status, StatusCode::OK);
+    assert_eq!(gw.sandbox.received(PATCH).len(), 2);
+}

@@ -514,3 +514,27 @@ async fn order_data_seen_through_the_gateway_sets_each_orders_deletion_date() {
         (at + time::Duration::days(30)).unix_timestamp()
     );
 }
+
+#[tokio::test]
+async fn a_pii_cache_hit_still_takes_a_token_of_the_tools_own_plan() {
+    let plan = "[ratelimit.plans.one]\nmax_wait_ms = 0\noperations.\"ordersV0.getOrderAddress\" = { rate_per_second = 0.001, burst = 1 }\n[tools.test-tool]\nplan = \"one\"\n";
+    let gw = start_gateway(Options {
+        pii_cache: true,
+        roles_toml: MIXED.to_string(),
+        extra_toml: plan.into(),
+        ..Options::default()
+    })
+    .await;
+    let order = spgate::sandbox::Sandbox::synthetic_order_ids(SELLER)[1].clone();
+    let path = format!("/orders/v0/orders/{order}/address");
+    let first = gw.get(&path).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.headers["x-spgate-cache"], "miss");
+    // The answer is in the cache, but the tool's own limit is spent: the operator's limit on
+    // the tool holds for answers that cost Amazon nothing too.
+    let refused = gw.get(&path).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.error_code(), "QuotaExceeded");
+    assert_eq!(gw.sandbox.received("ordersV0.getOrderAddress").len(), 1);
+    assert_eq!(gw.gateway.limiter().metrics().rejected_throttled, 1);
+}

@@ -339,3 +339,235 @@ async fn a_write_that_fails_still_drops_what_was_read_while_it_was_in_flight() {
     assert_eq!(cache_header(&gw.get_for(SELLER, &path).await), Some("miss"));
     assert_eq!(gw.sandbox.received(GET_ITEM).len(), 2);
 }
+
+/// A listings write for [`SELLER`] through the gateway, by the test tool.
+fn patch_listing(gw: &TestGateway) -> http::Request<spgate::proxy::body::Body> {
+    gw.request(
+        http::Method::PATCH,
+        &format!("/listings/2021-08-01/items/{SELLER}/SKU-1?marketplaceIds=ATVPDKIKX0DER"),
+    )
+    .header("content-type", "application/json")
+    .body(full(r#"{"productType":"PEN","patches":[]}"#))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_arriving_after_a_write_never_joins_a_leader_that_started_before_it() {
+    const PATCH: &str = "listingsItems_2021-08-01.patchListingsItem";
+    let audit = tempfile::tempdir().unwrap();
+    let ttl = format!("coalesce = true\n[shared_calls.ttl_seconds]\n\"{GET_ITEM}\" = 300");
+    let gw = Arc::new(gateway(audit.path(), &ttl, "").await);
+    let mut slow = item();
+    slow.header_delay = Duration::from_secs(3);
+    gw.sandbox.script(GET_ITEM, slow);
+    gw.sandbox.script(
+        PATCH,
+        Script::json(StatusCode::OK, serde_json::json!({"status": "ACCEPTED"})),
+    );
+    let path = item_path("B07N4M94X4");
+    let before = {
+        let (gw, path) = (gw.clone(), path.clone());
+        tokio::spawn(async move { gw.get_for(SELLER, &path).await })
+    };
+    while gw.sandbox.received(GET_ITEM).is_empty() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The write ends while the first read is still with Amazon: a read after it may not get
+    // the answer Amazon is preparing for the first (it may predate the write).
+    let write = gw.call(patch_listing(&gw)).await;
+    assert_eq!(write.status, StatusCode::OK, "{:?}", write.body);
+    let after = gw.get_for(SELLER, &path).await;
+    assert_eq!(after.status, StatusCode::OK);
+    assert_ne!(cache_header(&after), Some("coalesced"));
+    assert_eq!(
+        gw.sandbox.received(GET_ITEM).len(),
+        2,
+        "it asked Amazon itself"
+    );
+    assert_eq!(before.await.unwrap().status, StatusCode::OK);
+    let shared = gw.gateway.shared_calls();
+    assert_eq!(shared.counted(spgate::proxy::SharedEvent::AfterWrite), 1);
+    assert_eq!(shared.counted(spgate::proxy::SharedEvent::Coalesced), 0);
+    // The one that started before the write is not cached; the one after it is.
+    assert_eq!(cache_header(&gw.get_for(SELLER, &path).await), Some("hit"));
+    assert_eq!(gw.sandbox.received(GET_ITEM).len(), 2);
+}
+
+/// An item answer of about `kib` KiB.
+fn big_item(kib: usize) -> Script {
+    Script::json(
+        StatusCode::OK,
+        serde_json::json!({"asin": "B07N4M94X4", "summaries": [{"itemName": "x".repeat(kib * 1024)}]}),
+    )
+}
+
+#[tokio::test]
+async fn the_cache_is_bounded_by_bytes_and_says_so_in_its_metrics() {
+    let audit = tempfile::tempdir().unwrap();
+    let shared = format!("max_bytes = 1048576\n[shared_calls.ttl_seconds]\n\"{GET_ITEM}\" = 300");
+    let gw = gateway(audit.path(), &shared, "").await;
+    gw.sandbox.script(GET_ITEM, big_item(400));
+    // Three answers of ~400 KiB do not fit in 1 MiB: the third pushes out the first.
+    for asin in ["B000000001", "B000000002", "B000000003"] {
+        let reply = gw.get_for(SELLER, &item_path(asin)).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(cache_header(&reply), Some("miss"));
+    }
+    let calls = gw.gateway.shared_calls();
+    let (entries, bytes) = calls.cached();
+    assert_eq!(entries, 2);
+    assert!(bytes <= 1_048_576 && bytes > 800 * 1024, "{bytes}");
+    assert_eq!(calls.counted(spgate::proxy::SharedEvent::Evicted), 1);
+    assert_eq!(
+        cache_header(&gw.get_for(SELLER, &item_path("B000000003")).await),
+        Some("hit")
+    );
+    assert_eq!(
+        cache_header(&gw.get_for(SELLER, &item_path("B000000001")).await),
+        Some("miss")
+    );
+    let mut metrics = String::new();
+    calls.render_metrics(&mut metrics);
+    assert!(
+        metrics.contains("spgate_shared_calls_total{event=\"evicted\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("spgate_shared_calls_cached_answers 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("spgate_shared_calls_cached_bytes "),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn max_bytes_below_a_mebibyte_is_refused_at_startup() {
+    let raw = spgate::proxy::RawSharedCalls {
+        max_bytes: Some(64 * 1024),
+        ..Default::default()
+    };
+    let issues = raw.resolve().unwrap_err();
+    assert!(
+        issues.iter().any(|i| i.path == "shared_calls.max_bytes"),
+        "{issues:?}"
+    );
+    let ok = spgate::proxy::RawSharedCalls::default().resolve().unwrap();
+    assert_eq!(ok.max_bytes, 64 * 1024 * 1024);
+}
+
+#[tokio::test]
+async fn shared_answers_on_a_share_plan_are_counted_by_the_limiter_and_per_tool() {
+    let audit = tempfile::tempdir().unwrap();
+    let plan = format!(
+        "[ratelimit.plans.shared]\noperations.\"{GET_ITEM}\" = {{ share = 0.5 }}\n[tools.test-tool]\nplan = \"shared\"\n"
+    );
+    let gw = gateway(
+        audit.path(),
+        &format!("[shared_calls.ttl_seconds]\n\"{GET_ITEM}\" = 300"),
+        &plan,
+    )
+    .await;
+    gw.sandbox.script(GET_ITEM, item());
+    let path = item_path("B07N4M94X4");
+    let admitted = || {
+        let m = gw.gateway.limiter().metrics();
+        m.admitted_immediate + m.admitted_waited
+    };
+    assert_eq!(cache_header(&gw.get_for(SELLER, &path).await), Some("miss"));
+    assert_eq!(admitted(), 1);
+    for _ in 0..3 {
+        let hit = gw.get_for(SELLER, &path).await;
+        assert_eq!(cache_header(&hit), Some("hit"));
+    }
+    assert_eq!(gw.sandbox.received(GET_ITEM).len(), 1);
+    assert_eq!(
+        admitted(),
+        4,
+        "each hit is a decision of the tool's plan, counted"
+    );
+    let calls = gw.gateway.shared_calls();
+    assert_eq!(calls.counted_for_tool("test-tool"), (3, 0));
+    let mut metrics = String::new();
+    calls.render_metrics(&mut metrics);
+    assert!(
+        metrics.contains("spgate_shared_calls_tool_total{tool=\"test-tool\",event=\"hit\"} 3"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_shared_answers_record_names_the_request_that_fetched_it() {
+    let audit = tempfile::tempdir().unwrap();
+    let gw = caching_items(audit.path(), "").await;
+    let path = item_path("B07N4M94X4");
+    let first = gw.get_for(SELLER, &path).await;
+    let hit = gw.get_for(SELLER, &path).await;
+    assert_eq!(cache_header(&hit), Some("hit"));
+    let leader = first.headers["x-spgate-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let records = audit_records(&gw, audit.path()).await;
+    let hit_record = records
+        .iter()
+        .find(|r| r["reason"] == "cache_hit")
+        .expect("the hit's record");
+    assert_eq!(hit_record["shared_from"], leader.as_str());
+    assert_ne!(hit_record["request_id"], leader.as_str());
+    let leader_record = records
+        .iter()
+        .find(|r| r["request_id"] == leader.as_str())
+        .unwrap();
+    assert!(leader_record.get("shared_from").is_none());
+    assert!(leader_record["upstream_request_id"].is_string());
+    assert_eq!(
+        hit_record["upstream_request_id"], leader_record["upstream_request_id"],
+        "Amazon's id of the answer it got"
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_seller_or_tool_is_never_served_from_the_cache() {
+    let audit = tempfile::tempdir().unwrap();
+    let gw = caching_items(audit.path(), "").await;
+    let path = item_path("B07N4M94X4");
+    assert_eq!(cache_header(&gw.get_for(SELLER, &path).await), Some("miss"));
+    assert_eq!(
+        cache_header(&gw.get_for(OTHER_SELLER, &path).await),
+        Some("miss")
+    );
+    assert_eq!(cache_header(&gw.get_for(SELLER, &path).await), Some("hit"));
+    gw.store
+        .set_seller_status(SELLER, spgate::store::SellerStatus::Deauthorized)
+        .await
+        .unwrap();
+    let refused = gw.get_for(SELLER, &path).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{:?}", refused.body);
+    assert_eq!(cache_header(&refused), None);
+    // The tool revoked: nothing more for any seller.
+    assert_eq!(
+        cache_header(&gw.get_for(OTHER_SELLER, &path).await),
+        Some("hit")
+    );
+    let client = gw.store.clients().await.unwrap().remove(0);
+    gw.store
+        .revoke_client(&client.id, 1_700_000_001)
+        .await
+        .unwrap();
+    let refused = gw.get_for(OTHER_SELLER, &path).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::UNAUTHORIZED,
+        "{:?}",
+        refused.body
+    );
+    assert_eq!(cache_header(&refused), None);
+    assert_eq!(
+        gw.gateway
+            .shared_calls()
+            .counted(spgate::proxy::SharedEvent::Hit),
+        2
+    );
+}

@@ -556,6 +556,7 @@ impl Admin {
         self.gateway.auditor().render_metrics(&mut out);
         self.gateway.lwa().render_metrics(&mut out);
         self.gateway.shared_calls().render_metrics(&mut out);
+        self.gateway.replay_budget().render_metrics(&mut out);
         self.gateway.outbound().render_metrics(&mut out);
         self.gateway.header_drops().render_metrics(&mut out);
         self.gateway.pii_gate().render_metrics(&mut out);

@@ -341,6 +341,10 @@ pub struct Record {
     /// Amazon's `x-amzn-RequestId`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_request_id: Option<Id>,
+    /// A shared answer (reason `coalesced` or `cache_hit`): the gateway's request id of the
+    /// request that fetched it from Amazon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_from: Option<Id>,
     /// Why (a denial, an error class, an alert rule, a legal hold's reason code).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<Reason>,
@@ -571,6 +575,7 @@ impl Record {
             pii: Vec::new(),
             safety_net_hits: None,
             upstream_request_id: None,
+            shared_from: None,
             reason: None,
             order_id: None,
             client_id: None,

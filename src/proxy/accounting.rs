@@ -120,12 +120,16 @@ pub(crate) struct Call<'a> {
 impl<'a> Call<'a> {
     pub(crate) fn new(gateway: &'a Gateway, request_id: String, method: http::Method) -> Call<'a> {
         gateway.drain.in_flight.fetch_add(1, Ordering::AcqRel);
+        let ctx = Ctx {
+            request_id: request_id.clone(),
+            ..Ctx::default()
+        };
         Call {
             gateway,
             request_id,
             method,
             started: std::time::Instant::now(),
-            ctx: Ctx::default(),
+            ctx,
             recorded: false,
         }
     }
@@ -574,6 +578,7 @@ impl Gateway {
             }
         }
         r.upstream_request_id = ctx.upstream_request_id.as_deref().map(Id::lossy);
+        r.shared_from = ctx.shared_from.as_deref().map(Id::lossy);
         Some(r)
     }
 }
@@ -640,6 +645,7 @@ pub(super) fn audit_reason(err: &ProxyError) -> crate::audit::Reason {
             }
         }
         ProxyError::Outbound(e) => e.reason(),
+        ProxyError::ReplayBudget => Reason::from_static("replay_buffer_full"),
         _ => Reason::from_static("refused"),
     }
 }

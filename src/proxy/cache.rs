@@ -4,12 +4,14 @@
 
 use http::{header, HeaderValue, Request, Response};
 
+use crate::auth::caller::Caller;
 use crate::auth::rdt;
 use crate::catalog::Operation;
 use crate::net::body::{self, Body};
 use crate::pii::Role;
 use crate::store::SellerRecord;
 
+use super::limit::Wants;
 use super::rescue::ProxyError;
 use super::{Ctx, Gateway};
 
@@ -17,8 +19,10 @@ use super::{Ctx, Gateway};
 pub const CACHE_HEADER: &str = "x-spgate-cache";
 
 impl Gateway {
-    /// The cached answer to this request, through the role's policy, if the PII cache holds
-    /// one; on a miss, notes in `ctx` where the answer will be cached.
+    /// The cached answer to this request, through the tool's own plan (as a shared answer:
+    /// [`Gateway::admit_plan`]) and the role's policy, if the PII cache holds one; on a miss,
+    /// notes in `ctx` where the answer will be cached.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn cached<B>(
         &self,
         op: &'static Operation,
@@ -26,6 +30,7 @@ impl Gateway {
         seller: Option<&SellerRecord>,
         req: &Request<B>,
         params: &[(&'static str, String)],
+        (caller, wants): (&Caller, &Wants),
         ctx: &mut Ctx,
     ) -> Result<Option<Response<Body>>, ProxyError> {
         if let (Some(seller), Some(key)) = (seller, self.cache_key(op, role, req, params)) {
@@ -34,6 +39,10 @@ impl Gateway {
                 .cache_get(&seller.selling_partner_id, &key.1)
                 .await?
             {
+                ctx.admission = Some(
+                    self.admit_plan(caller, op, &seller.selling_partner_id, wants)
+                        .await?,
+                );
                 ctx.cache_hit = true;
                 let out = self
                     .apply_policy(&cached, op, role, Some(seller), params, ctx)

@@ -35,6 +35,29 @@ impl Gateway {
         Ok(self.limiter.acquire_kind(acquire, wants.kind).await?)
     }
 
+    /// For an answer the gateway has without Amazon (a PII cache hit, a shared answer): only
+    /// the tool's own plan ([`crate::ratelimit::Limiter::acquire_plan`]: an absolute rule is
+    /// the tool's own bucket, the operator's limit on the tool; a share limits nothing, as no
+    /// token of Amazon's bucket is taken), counted as every decision is.
+    pub(super) async fn admit_plan(
+        &self,
+        caller: &Caller,
+        op: &'static Operation,
+        seller: &str,
+        wants: &Wants,
+    ) -> Result<crate::ratelimit::Admission, ProxyError> {
+        let plan = self.tool_plan(&caller.client.tool);
+        let acquire = Acquire {
+            seller,
+            operation: op,
+            tool: &caller.client.tool,
+            plan: plan.as_deref(),
+            priority: wants.priority,
+            max_wait: wants.max_wait,
+        };
+        Ok(self.limiter.acquire_plan(acquire).await?)
+    }
+
     /// The rate plan assigned to a tool, if any.
     pub(super) fn tool_plan(&self, tool: &str) -> Option<String> {
         self.tool_plans

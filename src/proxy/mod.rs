@@ -64,7 +64,7 @@ pub mod sigv4;
 pub use crate::net::{body, upstream};
 pub use cache::CACHE_HEADER;
 pub use endpoints::{documents, reveal};
-pub use send::{RetryBudget, RetryPolicy};
+pub use send::{ReplayBudget, RetryBudget, RetryPolicy};
 pub use shared_calls::{Event as SharedEvent, RawSharedCalls, SharedCalls, SharedCallsConfig};
 
 use accounting::{audit_reason, carries_pii, RequestIds};
@@ -83,6 +83,8 @@ pub struct Limits {
     pub max_request_body_bytes: u64,
     /// Deadline for a body the gateway reads itself (token, reveal, admin routes).
     pub body_read_timeout: std::time::Duration,
+    /// Bytes of request bodies held for sending again, all requests together.
+    pub replay_buffer_bytes: usize,
 }
 
 /// Everything the pipeline needs, built once at startup.
@@ -113,6 +115,7 @@ pub struct Gateway {
     compat: Arc<crate::compat::Compat>,
     public_url: Option<String>,
     shared_calls: Arc<SharedCalls>,
+    replay_budget: send::ReplayBudget,
 }
 
 /// The parts of a gateway, for [`Gateway::new`].
@@ -208,6 +211,10 @@ struct Ctx {
     note: Option<crate::audit::Reason>,
     /// The answer was fetched upstream for the response cache (`x-spgate-cache: miss`).
     shared_miss: bool,
+    /// The gateway's request id of this request.
+    request_id: String,
+    /// A shared answer's leader (its request id): the request that fetched it from Amazon.
+    shared_from: Option<String>,
 }
 
 /// The kind of token a request was sent upstream with (audited).
@@ -253,6 +260,7 @@ impl Gateway {
             compat: parts.compat,
             public_url: parts.public_url,
             shared_calls: Arc::new(SharedCalls::new(parts.shared_calls)),
+            replay_budget: send::ReplayBudget::new(parts.limits.replay_buffer_bytes),
         }
     }
 
@@ -271,6 +279,11 @@ impl Gateway {
     /// Answers shared between callers (counters for metrics).
     pub fn shared_calls(&self) -> &SharedCalls {
         &self.shared_calls
+    }
+
+    /// Request bodies held to be sent again (metrics).
+    pub fn replay_budget(&self) -> &send::ReplayBudget {
+        &self.replay_budget
     }
 
     /// Document downloads (refusal counters for metrics).
@@ -507,7 +520,8 @@ impl Gateway {
         let (req, translation) =
             self.translate(req, (op, &params), &caller, seller.as_ref(), role)?;
         let wire = translation.as_ref().map_or(op, |t| t.target);
-        let (req, replay) = Replay::capture(req, self.limits.body_read_timeout).await?; // kept to send again
+        let (req, replay) =
+            Replay::capture(req, self.limits.body_read_timeout, &self.replay_budget).await?; // kept to send again
         let seller = seller.as_ref();
         let path = req.uri().path().to_string();
         let bucket = seller.map_or(APPLICATION_BUCKET, |s| s.selling_partner_id.as_str());
@@ -515,7 +529,11 @@ impl Gateway {
         let deadline = Instant::now() + wants.max_wait.unwrap_or(self.retry.default_deadline);
         // The PII cache: a repeat read of one order's restricted data within the TTL spends no
         // Amazon quota; the role's policy still applies to the cached response.
-        if let Some(resp) = self.cached(op, role, seller, &req, &params, ctx).await? {
+        let plan = (&caller, &wants);
+        if let Some(resp) = self
+            .cached(op, role, seller, &req, &params, plan, ctx)
+            .await?
+        {
             return Ok(resp);
         }
         // Shared answers: a cached or coalesced answer spends no Amazon quota (plan and policy still apply).

@@ -123,6 +123,10 @@ pub enum ProxyError {
     /// The shutdown drain ended before the request did.
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    /// The bytes of request bodies held to be sent again (`server.replay_buffer_bytes`) are
+    /// all held by other requests.
+    #[error("too many request bodies held at once")]
+    ReplayBudget,
     /// An Orders v0 call could not be translated to Orders 2026-01-01 (answered in v0's error
     /// shape, the parameter's name in `details`).
     #[error(transparent)]
@@ -249,6 +253,7 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
         }
         E::AuditUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "The gateway cannot write its access log right now, so it does not serve this request; retry later.", Fault::Internal),
         E::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "The gateway is shutting down; retry on another instance.", Fault::Internal),
+        E::ReplayBudget => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "The gateway holds as many request bodies as it may at once; retry later.", Fault::Internal),
         E::Compat(c) => {
             use crate::compat::CompatError as C;
             match c {

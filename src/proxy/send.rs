@@ -147,6 +147,8 @@ impl Gateway {
         ctx: &mut Ctx,
     ) -> Result<Response<Body>, ProxyError> {
         let mut attempt = 0u32;
+        // A healed token's resend: recorded as `token_lost_retried` only once it goes out.
+        let mut heal_resend = false;
         loop {
             let status = resp.status();
             let fresh_token = match (attempt, rejection(&mut resp).await) {
@@ -157,10 +159,9 @@ impl Gateway {
                 }
                 (0, Rejection::Bare) => {
                     let heal = self.heal(&cred).await;
-                    ctx.note = heal_reason(heal, r.replay.is_some());
-                    if heal.retries() && r.replay.is_some() {
-                        self.lwa.healed_retry();
-                    }
+                    // As if not sent again, until it is (a deadline or the limiter may stop it).
+                    ctx.note = heal_reason(heal, false);
+                    heal_resend = heal.retries() && r.replay.is_some();
                     heal.retries()
                 }
                 // Refreshed once already: a second bare 403 is Amazon's answer.
@@ -203,6 +204,10 @@ impl Gateway {
                 Err(_) => break, // no token in time: answer with what Amazon said
             }
             ctx.token = Some(cred.kind());
+            if std::mem::take(&mut heal_resend) {
+                ctx.note = heal_reason(Heal::Refreshed, true);
+                self.lwa.healed_retry();
+            }
             let req = self.upstream_request(
                 replay.request(),
                 r.op,
@@ -220,10 +225,10 @@ impl Gateway {
 
 /// The audit reason of a request whose token met a bare 403 (none when the 403 was taken as a
 /// permission refusal).
-fn heal_reason(heal: Heal, replayable: bool) -> Option<crate::audit::Reason> {
+fn heal_reason(heal: Heal, resent: bool) -> Option<crate::audit::Reason> {
     use crate::audit::Reason;
     match heal {
-        Heal::Refreshed | Heal::Replaced if replayable => {
+        Heal::Refreshed | Heal::Replaced if resent => {
             Some(Reason::from_static("token_lost_retried"))
         }
         Heal::Refreshed => Some(Reason::from_static("token_lost_refreshed")),
@@ -348,21 +353,90 @@ fn is_bare_refusal(body: &[u8]) -> bool {
 /// larger bodies, and bodies without `Content-Length`, stream once and are never replayed.
 pub(super) const REPLAY_BODY_MAX_BYTES: u64 = 256 * 1024;
 
+/// The bytes of request bodies held for sending again, all requests together
+/// (`[server] replay_buffer_bytes`): bodies are read whole before the limiter, so without a
+/// bound many slow or waiting requests could hold `REPLAY_BODY_MAX_BYTES` each. Past it, a
+/// request with a body is refused with 503 (`ServiceUnavailable`, `Retry-After`), counted.
+pub struct ReplayBudget {
+    bytes: Arc<tokio::sync::Semaphore>,
+    total: usize,
+    refused: std::sync::atomic::AtomicU64,
+}
+
+impl ReplayBudget {
+    /// A budget of `total` bytes (at least [`REPLAY_BODY_MAX_BYTES`], see the config).
+    pub fn new(total: usize) -> ReplayBudget {
+        let total = total.min(tokio::sync::Semaphore::MAX_PERMITS);
+        ReplayBudget {
+            bytes: Arc::new(tokio::sync::Semaphore::new(total)),
+            total,
+            refused: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Holds `n` bytes until the permit drops, or refuses at once.
+    fn take(&self, n: u64) -> Result<tokio::sync::OwnedSemaphorePermit, ProxyError> {
+        u32::try_from(n)
+            .ok()
+            .and_then(|n| self.bytes.clone().try_acquire_many_owned(n).ok())
+            .ok_or_else(|| {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                ProxyError::ReplayBudget
+            })
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> usize {
+        self.total - self.bytes.available_permits()
+    }
+
+    /// Requests refused because the budget was spent.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// The metrics in Prometheus' text format.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = writeln!(out, "# HELP spgate_replay_buffer_bytes Bytes of request bodies held to be sent again (bounded by server.replay_buffer_bytes).
+# TYPE spgate_replay_buffer_bytes gauge
+spgate_replay_buffer_bytes {}", self.held());
+        let _ = writeln!(out, "# HELP spgate_replay_buffer_refused_total Requests refused with 503 because server.replay_buffer_bytes was held by other requests.
+# TYPE spgate_replay_buffer_refused_total counter
+spgate_replay_buffer_refused_total {}", self.refused());
+    }
+}
+
+/// Reads a body to its end (or the deadline), keeping nothing.
+async fn discard<B>(mut body: B, within: Duration)
+where
+    B: HttpBody<Data = bytes::Bytes> + Unpin,
+{
+    let _ = tokio::time::timeout(within, async {
+        while let Some(Ok(_)) = body.frame().await {}
+    })
+    .await;
+}
+
 /// What is needed to send a request a second time.
 pub(super) struct Replay {
     method: http::Method,
     uri: Uri,
     headers: http::HeaderMap,
     body: bytes::Bytes,
+    /// The body's bytes in the [`ReplayBudget`], given back when the replay drops.
+    _held: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Replay {
     /// Captures the request for sending again: bodiless, or with a `Content-Length` of at most
-    /// [`REPLAY_BODY_MAX_BYTES`], whose body is read whole now (within `read_within`). Other
-    /// requests are passed on with their body still streaming, and no replay.
+    /// [`REPLAY_BODY_MAX_BYTES`], whose body is read whole now (within `read_within`, its
+    /// length held in `budget` first: 503 when the budget is spent). Other requests are passed
+    /// on with their body still streaming, and no replay.
     pub(super) async fn capture<B>(
         req: Request<B>,
         read_within: Duration,
+        budget: &ReplayBudget,
     ) -> Result<(Request<Body>, Option<Replay>), ProxyError>
     where
         B: HttpBody<Data = bytes::Bytes> + Send + Sync + Unpin + 'static,
@@ -373,22 +447,44 @@ impl Replay {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
-            .is_some_and(|n| n <= REPLAY_BODY_MAX_BYTES);
-        if !req.body().is_end_stream() && !small {
+            .filter(|n| *n <= REPLAY_BODY_MAX_BYTES);
+        if !req.body().is_end_stream() && small.is_none() {
             return Ok((req.map(|b| b.map_err(Into::into).boxed()), None));
         }
         let (parts, body) = req.into_parts();
-        let bytes = if body.is_end_stream() {
-            bytes::Bytes::new()
-        } else {
-            crate::server::peers::read_body(body, REPLAY_BODY_MAX_BYTES as usize, read_within)
-                .await?
+        let (bytes, held) = match small {
+            Some(n) if n > 0 && !body.is_end_stream() => {
+                let held = match budget.take(n) {
+                    Ok(held) => held,
+                    Err(refused) => {
+                        // Read and dropped (frame by frame, at most `n` bytes, within the
+                        // deadline), so the client gets its 503 on a connection it finished
+                        // writing to instead of a reset.
+                        discard(body, read_within).await;
+                        return Err(refused);
+                    }
+                };
+                let bytes = crate::server::peers::read_body(
+                    body,
+                    REPLAY_BODY_MAX_BYTES as usize,
+                    read_within,
+                )
+                .await?;
+                (bytes, Some(held))
+            }
+            _ if body.is_end_stream() => (bytes::Bytes::new(), None),
+            // `Content-Length: 0` with a body still to come cannot be; read it as framed.
+            _ => (
+                crate::server::peers::read_body(body, 0, read_within).await?,
+                None,
+            ),
         };
         let replay = Replay {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             headers: parts.headers.clone(),
             body: bytes,
+            _held: held,
         };
         Ok((Request::from_parts(parts, replay.body()), Some(replay)))
     }

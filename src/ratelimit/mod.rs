@@ -614,8 +614,36 @@ impl Limiter {
     /// For a request answered without Amazon (a coalesced or cached answer, see
     /// `proxy::shared_calls`): only the tool's own rate plan, no token of Amazon's bucket. A
     /// plan's absolute rule is the tool's own bucket, taken as [`Limiter::acquire`] takes it; a
-    /// share only weighs the tool's place in Amazon's bucket, so it takes nothing here.
+    /// share only weighs the tool's place in Amazon's bucket, so it takes nothing here. Counted
+    /// in the metrics as every decision is (admitted, waited, refused).
     pub async fn acquire_plan(&self, req: Acquire<'_>) -> Result<Admission, RateLimitError> {
+        let result = self.plan_only(req).await;
+        let m = &self.inner.metrics;
+        match &result {
+            Ok(a) => {
+                match a.decision {
+                    Decision::Immediate => &m.admitted_immediate,
+                    Decision::Waited => &m.admitted_waited,
+                }
+                .fetch_add(1, Ordering::Relaxed);
+                let nanos = u64::try_from(a.waited.as_nanos()).unwrap_or(u64::MAX);
+                m.wait_nanos_sum.fetch_add(nanos, Ordering::Relaxed);
+                m.wait_count.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(RateLimitError::Throttled { .. }) => {
+                m.rejected_throttled.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(RateLimitError::QueueFull { .. }) => {
+                m.rejected_queue_full.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(RateLimitError::Unavailable(_) | RateLimitError::InvalidSettings(_)) => {
+                m.rejected_unavailable.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
+    async fn plan_only(&self, req: Acquire<'_>) -> Result<Admission, RateLimitError> {
         let arrived = Instant::now();
         let inner = &self.inner;
         let (limit, max_wait) = {

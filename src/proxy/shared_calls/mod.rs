@@ -12,19 +12,29 @@
 //! - **Caching** (`[shared_calls.ttl_seconds]`, per operation): a 200 answer of such an
 //!   operation is kept that long, per seller, and served with `x-spgate-cache: hit` (the
 //!   leader's answer says `miss`).
+//!   The cache is bounded by count (`max_entries`) and by bytes (`max_bytes`, an estimate of
+//!   body, headers and key per answer): past either, expired answers go first, then the ones
+//!   closest to expiry; an expired answer is dropped when it is looked up ([`answers`]).
 //! - **Invalidation**: any other request a tool makes for the seller through this gateway
 //!   (a write: every method but GET, except the few POSTs that only read, [`READ_ONLY_POSTS`])
 //!   drops the seller's cached answers of the same family of operations ([`family`]: the
 //!   listings, catalog, pricing, fees, restrictions and feeds APIs are one family, as a listing
 //!   change shows in all of them; any other API is its own), once when it starts and again
-//!   when it ends (however it ends: an error, a timeout, the client gone); a read that was in flight across a write is shared with its followers but
-//!   not cached.
+//!   when it ends (however it ends: an error, a timeout, the client gone). Each drop moves the
+//!   (seller, family) to a new *generation*: a leader remembers the generation it started in,
+//!   a request arriving in a later one never joins it (it goes up itself: a leader that started
+//!   before a write may carry a pre-write answer), and its answer is cached only if no write
+//!   came meanwhile (checked and stored under one lock, so a write cannot slip between).
 //!
 //! What a shared answer still goes through, per caller: authentication, authorization and the
-//! seller check (before this phase), the tool's own rate plan ([`Limiter::acquire_plan`]: an
-//! absolute rule is the tool's own bucket; no token of Amazon's bucket is taken, which is the
-//! point), the PII policy and safety net of its role, the header allowlist, and its own audit
-//! record (reason `coalesced` or `cache_hit`). **Invariants:** an answer is shared only between
+//! seller check (before this phase: a revoked tool or seller is refused before a cached answer
+//! is looked at), the tool's own rate plan ([`Limiter::acquire_plan`]: an absolute rule is the
+//! tool's own bucket, the operator's limit on the tool, and applies to shared answers too; a
+//! share only weighs the tool's place in Amazon's bucket, which a shared answer does not use,
+//! so it limits nothing here; either way the answer is counted, in the limiter's admissions and
+//! per tool in `spgate_shared_calls_tool_total`), the PII policy and safety net of its role,
+//! the header allowlist, and its own audit record (reason `coalesced` or `cache_hit`, and
+//! `shared_from`: the request id of the leader that fetched the answer). **Invariants:** an answer is shared only between
 //! requests for the same seller, operation, path and query and upstream headers (the key holds
 //! all five); only 2xx JSON
 //! answers of at most `pii.max_response_bytes` (what the policy reads anyway) are shared; the
@@ -49,13 +59,16 @@ use crate::catalog::{Catalog, Operation};
 use crate::config::ConfigIssue;
 use crate::net::body::{self, Body};
 use crate::pii::{Classification, Role};
-use crate::ratelimit::Acquire;
 use crate::store::SellerRecord;
 
 use super::limit::Wants;
 use super::policy::{declares_json, read_capped};
 use super::rescue::ProxyError;
 use super::{headers, Ctx, Gateway, CACHE_HEADER};
+
+mod answers;
+
+use answers::{Answers, Found};
 
 /// POSTs that only read (fee estimates, price batches): they do not invalidate cached answers.
 pub(super) const READ_ONLY_POSTS: [&str; 7] = [
@@ -81,6 +94,12 @@ const LISTINGS_FAMILY: [&str; 6] = [
 /// Default most answers kept.
 const DEFAULT_MAX_ENTRIES: usize = 10_000;
 
+/// Default most bytes of answers kept (an estimate: body, headers and key of each).
+const DEFAULT_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// The least `max_bytes` accepted: below it, hardly an answer would be kept.
+const MIN_MAX_BYTES: usize = 1024 * 1024;
+
 /// `[shared_calls]`.
 #[derive(Debug, Default, Deserialize)]
 pub struct RawSharedCalls {
@@ -94,6 +113,9 @@ pub struct RawSharedCalls {
     /// Most answers cached at once (default 10,000); past it, expired ones are dropped, then
     /// the ones closest to expiry.
     pub max_entries: Option<usize>,
+    /// Most bytes of answers cached at once (default 64 MiB, at least 1 MiB), counting each
+    /// answer's body, headers and key; past it, as past `max_entries`.
+    pub max_bytes: Option<usize>,
 }
 
 /// See [`RawSharedCalls`].
@@ -105,10 +127,11 @@ pub struct SharedCallsConfig {
     pub ttls: HashMap<&'static str, Duration>,
     /// Most answers cached.
     pub max_entries: usize,
+    /// Most bytes of answers cached.
+    pub max_bytes: usize,
 }
 
-/// What [`SharedCalls`] counted (metrics): answers served from the cache, answers fetched for
-/// the cache, answers shared with a follower, and cached answers dropped by a write.
+/// What [`SharedCalls`] counted (metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Event {
     /// A request answered from the cache.
@@ -119,23 +142,54 @@ pub enum Event {
     Coalesced,
     /// A cached answer dropped by a write.
     Invalidated,
+    /// A cached answer dropped because it expired (on lookup, or to make room).
+    Expired,
+    /// A fresh cached answer dropped to stay within `max_entries` or `max_bytes`.
+    Evicted,
+    /// An answer not cached because it alone is larger than `max_bytes`.
+    TooLarge,
+    /// A request that did not join an identical one in flight because that one started before
+    /// a write to the seller's family of APIs (it went up itself).
+    AfterWrite,
 }
+
+const EVENTS: [(Event, &str); 8] = [
+    (Event::Hit, "hit"),
+    (Event::Miss, "miss"),
+    (Event::Coalesced, "coalesced"),
+    (Event::Invalidated, "invalidated"),
+    (Event::Expired, "expired"),
+    (Event::Evicted, "evicted"),
+    (Event::TooLarge, "too_large"),
+    (Event::AfterWrite, "after_write"),
+];
 
 /// The shared answers of one gateway (in memory, per instance).
 pub struct SharedCalls {
     config: SharedCallsConfig,
     state: Mutex<State>,
-    counts: [AtomicU64; 4],
+    counts: [AtomicU64; EVENTS.len()],
+    /// Answers served without Amazon per tool: (hits, coalesced).
+    tools: Mutex<BTreeMap<String, [u64; 2]>>,
 }
 
-#[derive(Default)]
 struct State {
-    /// Leaders' answers as they come, by key.
-    in_flight: HashMap<Key, watch::Receiver<Option<Arc<Answer>>>>,
-    /// Cached answers and when they expire.
-    cached: HashMap<Key, (Arc<Answer>, Instant)>,
-    /// Writes seen per (seller, family): a leader caches only if none happened meanwhile.
-    writes: HashMap<(String, &'static str), u64>,
+    /// Leaders in flight, by key.
+    in_flight: HashMap<Key, Flight>,
+    /// Cached answers.
+    answers: Answers,
+    /// The generation of each (seller, family): moved on by every write, at its start and at
+    /// its end. A leader is joined, and its answer cached, only within its own generation.
+    generations: HashMap<(String, &'static str), u64>,
+    /// The next leader's ticket (leaders in the order they started).
+    next_ticket: u64,
+}
+
+/// A leader in flight.
+struct Flight {
+    rx: watch::Receiver<Option<Arc<Answer>>>,
+    /// The generation of its (seller, family) when it started.
+    generation: u64,
 }
 
 /// Who asked what: an answer is shared only within one key.
@@ -143,17 +197,21 @@ struct State {
 pub(super) struct Key {
     seller: String,
     operation: &'static str,
+    /// The operation's invalidation [`family`] (follows from the operation).
+    family: &'static str,
     path_and_query: String,
     /// The headers that go up with the request and can change Amazon's answer
     /// ([`headers::answer_relevant`]: content negotiation, the API's own header parameters).
     headers: Vec<(http::HeaderName, HeaderValue)>,
 }
 
-/// Amazon's answer as shared: status, headers, the whole body.
+/// Amazon's answer as shared: status, headers, the whole body, and the gateway's request id
+/// of the leader that fetched it (in the records of the requests it answers).
 pub(super) struct Answer {
     status: StatusCode,
     headers: HeaderMap,
     body: Bytes,
+    leader: String,
 }
 
 /// Where a request stands with shared answers ([`Gateway::join_shared`]).
@@ -173,8 +231,12 @@ pub(super) enum Lead {
         key: Key,
         tx: watch::Sender<Option<Arc<Answer>>>,
         ttl: Option<Duration>,
-        family: &'static str,
-        writes_seen: u64,
+        /// The generation of the key's (seller, family) when it started.
+        generation: u64,
+        /// Its place among leaders (a later one's answer is newer).
+        ticket: u64,
+        /// The gateway's request id of the leader.
+        request_id: String,
         calls: Arc<SharedCalls>,
     },
     /// A write: the seller's cached answers of its family are dropped again when it ends.
@@ -225,6 +287,13 @@ impl RawSharedCalls {
                 message: "must be at least 1".into(),
             });
         }
+        let max_bytes = self.max_bytes.unwrap_or(DEFAULT_MAX_BYTES);
+        if max_bytes < MIN_MAX_BYTES {
+            issues.push(ConfigIssue {
+                path: "shared_calls.max_bytes".into(),
+                message: format!("must be at least {MIN_MAX_BYTES} (1 MiB)"),
+            });
+        }
         if !issues.is_empty() {
             return Err(issues);
         }
@@ -232,6 +301,7 @@ impl RawSharedCalls {
             coalesce: self.coalesce.unwrap_or(false),
             ttls,
             max_entries,
+            max_bytes,
         })
     }
 }
@@ -243,6 +313,7 @@ impl SharedCallsConfig {
             coalesce: false,
             ttls: HashMap::new(),
             max_entries: DEFAULT_MAX_ENTRIES,
+            max_bytes: DEFAULT_MAX_BYTES,
         }
     }
 }
@@ -281,10 +352,17 @@ fn family(op: &Operation) -> &'static str {
 impl SharedCalls {
     /// Shared answers as configured.
     pub fn new(config: SharedCallsConfig) -> SharedCalls {
+        let answers = Answers::new(config.max_entries, config.max_bytes);
         SharedCalls {
             config,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                in_flight: HashMap::new(),
+                answers,
+                generations: HashMap::new(),
+                next_ticket: 0,
+            }),
             counts: Default::default(),
+            tools: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -294,7 +372,13 @@ impl SharedCalls {
     }
 
     fn count(&self, event: Event) {
-        self.counts[event as usize].fetch_add(1, Ordering::Relaxed);
+        self.count_n(event, 1);
+    }
+
+    fn count_n(&self, event: Event, n: u64) {
+        if n > 0 {
+            self.counts[event as usize].fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     /// How many times `event` happened.
@@ -302,62 +386,76 @@ impl SharedCalls {
         self.counts[event as usize].load(Ordering::Relaxed)
     }
 
+    /// How many answers `tool` was served without Amazon: (from the cache, from a leader).
+    pub fn counted_for_tool(&self, tool: &str) -> (u64, u64) {
+        let tools = self.tools.lock().unwrap_or_else(|p| p.into_inner());
+        tools
+            .get(tool)
+            .map_or((0, 0), |[hit, coalesced]| (*hit, *coalesced))
+    }
+
+    /// Answers cached now, and the bytes they take (the estimate `max_bytes` bounds).
+    pub fn cached(&self) -> (usize, usize) {
+        let st = self.lock();
+        (st.answers.len(), st.answers.bytes())
+    }
+
     /// Whether anything is shared at all.
     fn enabled(&self) -> bool {
         self.config.coalesce || !self.config.ttls.is_empty()
     }
 
-    /// Drops the seller's cached answers of a family and notes the write.
+    /// Moves the (seller, family) to its next generation and drops its cached answers.
     fn invalidate(&self, seller: &str, family_: &'static str) {
         let mut st = self.lock();
-        *st.writes.entry((seller.to_string(), family_)).or_default() += 1;
-        let before = st.cached.len();
-        st.cached.retain(|k, _| {
-            k.seller != seller
-                || Catalog::builtin()
-                    .by_key(k.operation)
-                    .is_none_or(|op| family(op) != family_)
-        });
-        let dropped = (before - st.cached.len()) as u64;
+        *st.generations
+            .entry((seller.to_string(), family_))
+            .or_default() += 1;
+        let dropped = st.answers.drop_family(seller, family_);
         drop(st);
-        self.counts[Event::Invalidated as usize].fetch_add(dropped, Ordering::Relaxed);
+        self.count_n(Event::Invalidated, dropped);
     }
 
-    /// Keeps `answer` until `ttl` from now, within `max_entries`.
-    fn store(&self, key: Key, answer: Arc<Answer>, ttl: Duration) {
-        let now = Instant::now();
-        let mut st = self.lock();
-        if st.cached.len() >= self.config.max_entries && !st.cached.contains_key(&key) {
-            st.cached.retain(|_, (_, until)| *until > now);
-            while st.cached.len() >= self.config.max_entries {
-                let soonest = st
-                    .cached
-                    .iter()
-                    .min_by_key(|(_, (_, until))| *until)
-                    .map(|(k, _)| k.clone());
-                match soonest {
-                    Some(k) => st.cached.remove(&k),
-                    None => break,
-                };
-            }
-        }
-        st.cached.insert(key, (answer, now + ttl));
+    /// Counts an answer served to `tool` without Amazon.
+    fn count_tool(&self, tool: &str, hit: bool) {
+        let mut tools = self.tools.lock().unwrap_or_else(|p| p.into_inner());
+        let counts = match tools.get_mut(tool) {
+            Some(c) => c,
+            None => tools.entry(tool.to_string()).or_default(),
+        };
+        counts[usize::from(!hit)] += 1;
     }
 
     /// The metrics in Prometheus' text format.
     pub fn render_metrics(&self, out: &mut String) {
         use std::fmt::Write as _;
         let name = "spgate_shared_calls_total";
-        let _ = writeln!(out, "# HELP {name} Answers shared between callers: served from the cache (hit), fetched for it (miss), given to a coalesced follower, and cached answers dropped by a write (invalidated).\n# TYPE {name} counter");
-        for (event, label) in [
-            (Event::Hit, "hit"),
-            (Event::Miss, "miss"),
-            (Event::Coalesced, "coalesced"),
-            (Event::Invalidated, "invalidated"),
-        ] {
+        let _ = writeln!(out, "# HELP {name} Answers shared between callers: served from the cache (hit), fetched for it (miss), given to a coalesced follower; cached answers dropped by a write (invalidated), on expiry (expired), to stay within max_entries/max_bytes (evicted); answers too large to cache (too_large); requests that did not join a leader older than a write (after_write).\n# TYPE {name} counter");
+        for (event, label) in EVENTS {
             let _ = writeln!(out, "{name}{{event=\"{label}\"}} {}", self.counted(event));
         }
+        let (entries, bytes) = self.cached();
+        let _ = writeln!(out, "# HELP spgate_shared_calls_cached_answers Answers in the shared-answer cache.\n# TYPE spgate_shared_calls_cached_answers gauge\nspgate_shared_calls_cached_answers {entries}");
+        let _ = writeln!(out, "# HELP spgate_shared_calls_cached_bytes Bytes of the shared-answer cache (body, headers and key of each answer; bounded by max_bytes).\n# TYPE spgate_shared_calls_cached_bytes gauge\nspgate_shared_calls_cached_bytes {bytes}");
+        let name = "spgate_shared_calls_tool_total";
+        let _ = writeln!(out, "# HELP {name} Answers served to a tool without Amazon (from the cache, or a coalesced leader), after its own plan.\n# TYPE {name} counter");
+        let tools = self.tools.lock().unwrap_or_else(|p| p.into_inner());
+        for (tool, [hit, coalesced]) in tools.iter() {
+            let tool = label_value(tool);
+            let _ = writeln!(out, "{name}{{tool=\"{tool}\",event=\"hit\"}} {hit}");
+            let _ = writeln!(
+                out,
+                "{name}{{tool=\"{tool}\",event=\"coalesced\"}} {coalesced}"
+            );
+        }
     }
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// What the pipeline knows of a request when it reaches the shared-answer phase.
@@ -371,6 +469,14 @@ pub(super) struct Asking<'a> {
     pub(super) deadline: Instant,
     /// The request's body, when it was read whole (a read-only POST is shared by it).
     pub(super) body: Option<&'a Bytes>,
+}
+
+/// Where a shared read stands after the lookup.
+enum Shared {
+    /// A fresh cached answer.
+    Hit(Arc<Answer>),
+    /// A leader of the same generation is in flight.
+    Follow(watch::Receiver<Option<Arc<Answer>>>),
 }
 
 impl Gateway {
@@ -412,6 +518,7 @@ impl Gateway {
         let key = Key {
             seller: seller_id.to_string(),
             operation: op.key,
+            family: family(op),
             path_and_query: match body {
                 Some(digest) => format!("{pq} {digest}"),
                 None => pq.to_string(),
@@ -419,20 +526,33 @@ impl Gateway {
             headers: headers::answer_relevant(req.headers(), op.model),
         };
         let now = Instant::now();
-        let waiting = {
+        let shared = {
             let mut st = calls.lock();
-            match st.cached.get(&key) {
-                Some((answer, until)) if *until > now => Some(Err(answer.clone())),
-                _ => match st.in_flight.get(&key) {
-                    Some(rx) if calls.config.coalesce => Some(Ok(rx.clone())),
-                    _ => {
+            let found = st.answers.get(&key, now);
+            if let Found::Fresh(answer) = found {
+                Shared::Hit(answer)
+            } else {
+                if matches!(found, Found::Expired) {
+                    calls.count(Event::Expired);
+                }
+                let generation = st
+                    .generations
+                    .get(&(key.seller.clone(), key.family))
+                    .copied()
+                    .unwrap_or(0);
+                match st.in_flight.get(&key) {
+                    Some(f) if calls.config.coalesce && f.generation == generation => {
+                        Shared::Follow(f.rx.clone())
+                    }
+                    older => {
+                        // A leader that started before a write may carry a pre-write answer.
+                        if calls.config.coalesce && older.is_some() {
+                            calls.count(Event::AfterWrite);
+                        }
                         let (tx, rx) = watch::channel(None);
-                        st.in_flight.insert(key.clone(), rx);
-                        let writes_seen = st
-                            .writes
-                            .get(&(seller_id.to_string(), family(op)))
-                            .copied()
-                            .unwrap_or(0);
+                        st.in_flight.insert(key.clone(), Flight { rx, generation });
+                        let ticket = st.next_ticket;
+                        st.next_ticket += 1;
                         drop(st);
                         if ttl.is_some() {
                             calls.count(Event::Miss);
@@ -442,54 +562,43 @@ impl Gateway {
                             key,
                             tx,
                             ttl,
-                            family: family(op),
-                            writes_seen,
+                            generation,
+                            ticket,
+                            request_id: ctx.request_id.clone(),
                             calls: calls.clone(),
                         }));
                     }
-                },
+                }
             }
         };
-        let (answer, source) = match waiting {
-            Some(Err(cached)) => (cached, "hit"),
-            Some(Ok(mut rx)) => {
+        let (answer, hit) = match shared {
+            Shared::Hit(cached) => (cached, true),
+            Shared::Follow(mut rx) => {
                 let waited =
                     tokio::time::timeout_at(a.deadline, rx.wait_for(Option::is_some)).await;
                 match waited {
                     Ok(Ok(answer)) => match answer.as_ref() {
-                        Some(answer) => (answer.clone(), "coalesced"),
+                        Some(answer) => (answer.clone(), false),
                         None => return Ok(Joined::Lead(Lead::Alone)),
                     },
                     // The leader failed, or took longer than this caller waits: on its own.
                     Ok(Err(_)) | Err(_) => return Ok(Joined::Lead(Lead::Alone)),
                 }
             }
-            None => return Ok(Joined::Lead(Lead::Alone)),
         };
-        // The tool's own plan still applies; Amazon's bucket is not touched.
-        let plan = self.tool_plan(&a.caller.client.tool);
-        ctx.admission = Some(
-            self.limiter
-                .acquire_plan(Acquire {
-                    seller: seller_id,
-                    operation: op,
-                    tool: &a.caller.client.tool,
-                    plan: plan.as_deref(),
-                    priority: a.wants.priority,
-                    max_wait: a.wants.max_wait,
-                })
-                .await?,
-        );
-        calls.count(if source == "hit" {
-            Event::Hit
-        } else {
-            Event::Coalesced
-        });
-        ctx.note = Some(crate::audit::Reason::from_static(if source == "hit" {
+        // The tool's own plan still applies (an absolute rule is the tool's own bucket; a
+        // share weighs only Amazon's bucket, not touched here); the limiter counts the decision.
+        ctx.admission = Some(self.admit_plan(a.caller, op, seller_id, a.wants).await?);
+        calls.count(if hit { Event::Hit } else { Event::Coalesced });
+        calls.count_tool(&a.caller.client.tool, hit);
+        let source = if hit { "hit" } else { "coalesced" };
+        ctx.note = Some(crate::audit::Reason::from_static(if hit {
             "cache_hit"
         } else {
             "coalesced"
         }));
+        ctx.shared_from = Some(answer.leader.clone());
+        ctx.upstream_request_id = answer.upstream_request_id();
         let resp = self
             .minimise(answer.response(), op, a.role, a.seller, a.params, ctx)
             .await?;
@@ -520,8 +629,9 @@ impl Lead {
                 key,
                 tx,
                 ttl,
-                family,
-                writes_seen,
+                generation,
+                ticket,
+                request_id,
                 calls,
             } => {
                 // Only a success is shared (an error answer is the leader's own: its followers
@@ -537,16 +647,10 @@ impl Lead {
                     status: parts.status,
                     headers: parts.headers,
                     body: bytes,
+                    leader: request_id.clone(),
                 });
-                let unchanged = calls
-                    .lock()
-                    .writes
-                    .get(&(key.seller.clone(), *family))
-                    .copied()
-                    .unwrap_or(0)
-                    == *writes_seen;
-                if let (Some(ttl), true, StatusCode::OK) = (ttl, unchanged, answer.status) {
-                    calls.store(key.clone(), answer.clone(), *ttl);
+                if let (Some(ttl), StatusCode::OK) = (ttl, answer.status) {
+                    calls.keep(key, &answer, *ttl, *generation, *ticket);
                 }
                 tx.send_replace(Some(answer.clone()));
                 Ok(answer.response())
@@ -555,17 +659,44 @@ impl Lead {
     }
 }
 
+impl SharedCalls {
+    /// Caches a leader's answer if no write to its (seller, family) came since it started:
+    /// checked and stored under one lock, so a write's drop cannot fall between the two.
+    fn keep(&self, key: &Key, answer: &Arc<Answer>, ttl: Duration, generation: u64, ticket: u64) {
+        let now = Instant::now();
+        let mut st = self.lock();
+        let current = st
+            .generations
+            .get(&(key.seller.clone(), key.family))
+            .copied()
+            .unwrap_or(0);
+        if current != generation {
+            return;
+        }
+        let stored = st
+            .answers
+            .insert(key, answer.clone(), now + ttl, ticket, now);
+        drop(st);
+        self.count_n(Event::Expired, stored.expired);
+        self.count_n(Event::Evicted, stored.evicted);
+        if stored.too_large {
+            self.count(Event::TooLarge);
+        }
+    }
+}
+
 impl Drop for Lead {
     fn drop(&mut self) {
         match self {
             // A leader that ends without publishing (an error, the client gone) takes its entry
-            // with it; its followers see the sender closed and go on their own.
+            // with it (unless a later leader took the key over); its followers see the sender
+            // closed and go on their own.
             Lead::Reader { key, tx, calls, .. } => {
                 let mut st = calls.lock();
                 if st
                     .in_flight
                     .get(key)
-                    .is_some_and(|rx| rx.same_channel(&tx.subscribe()))
+                    .is_some_and(|f| f.rx.same_channel(&tx.subscribe()))
                 {
                     st.in_flight.remove(key);
                 }
@@ -579,6 +710,21 @@ impl Drop for Lead {
             } => calls.invalidate(seller, family),
             Lead::Alone => {}
         }
+    }
+}
+
+// === impl Key ===
+
+impl Key {
+    /// Bytes it takes (estimate).
+    fn size(&self) -> usize {
+        self.seller.len()
+            + self.path_and_query.len()
+            + self
+                .headers
+                .iter()
+                .map(|(n, v)| n.as_str().len() + v.len() + 32)
+                .sum::<usize>()
     }
 }
 
@@ -596,6 +742,26 @@ impl Answer {
         *resp.headers_mut() = self.headers.clone();
         resp
     }
+
+    /// Bytes it takes (estimate).
+    fn size(&self) -> usize {
+        self.body.len()
+            + self.leader.len()
+            + self
+                .headers
+                .iter()
+                .map(|(n, v)| n.as_str().len() + v.len() + 32)
+                .sum::<usize>()
+    }
+
+    /// Amazon's `x-amzn-RequestId` on the answer (as the pipeline takes it for a record).
+    fn upstream_request_id(&self) -> Option<String> {
+        self.headers
+            .get(crate::spapi::REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+            .map(str::to_string)
+    }
 }
 
 #[cfg(test)]
@@ -607,6 +773,7 @@ mod tests {
             coalesce: None,
             ttl_seconds: Some(ttl.iter().map(|(k, v)| (k.to_string(), *v)).collect()),
             max_entries: None,
+            max_bytes: None,
         };
         match (raw.resolve(), expect) {
             (Ok(c), Ok(n)) => assert_eq!(c.ttls.len(), n, "{ttl:?}"),

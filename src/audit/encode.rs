@@ -59,6 +59,11 @@ pub(super) fn record(out: &mut Vec<u8>, r: &Record) {
         "upstream_request_id",
         r.upstream_request_id.as_ref().map(|v| v.as_str()),
     );
+    text(
+        out,
+        "shared_from",
+        r.shared_from.as_ref().map(|v| v.as_str()),
+    );
     text(out, "reason", r.reason.as_ref().map(|v| v.as_str()));
     text(out, "order_id", r.order_id.as_ref().map(|v| v.as_str()));
     text(out, "client_id", r.client_id.as_ref().map(|v| v.as_str()));
@@ -275,6 +280,7 @@ mod tests {
             ],
             safety_net_hits: Some(3),
             upstream_request_id: Some(Id::lossy("8b1c4e2a-0f4e-4c1b-9a53-2f1d2b9e7c10")),
+            shared_from: Some(Id::lossy("3f9a1c2b7d4e-0000000029")),
             reason: Some(Reason::from_static("quote\"back\\slash\nline\u{1}")),
             order_id: Some(Id::lossy("123-1234567-1234567")),
             client_id: Some(Id::lossy("cli_abc")),

@@ -340,6 +340,7 @@ impl Auditor {
         );
         let queue = Arc::new(Queue::new(config.queue_capacity, BATCH));
         let noise = Arc::new(super::noise::Noise::new());
+        let started_at = clock.now();
         let mut writer = Writer {
             chain,
             queue: queue.clone(),
@@ -356,7 +357,8 @@ impl Auditor {
             sync_backoff: Duration::ZERO,
             sync_retry_at: None,
             round_left: 0,
-            last_write_at: OffsetDateTime::UNIX_EPOCH,
+            // A gap before the first write spans from the start, not from 1970.
+            last_write_at: started_at,
             retention_day: None,
             gap: None,
             gap_in_batch: false,
@@ -951,7 +953,13 @@ impl Writer {
         self.round_left = records;
         h.in_hand.store(records, Ordering::Relaxed);
         h.wait_while_held();
-        let shed = h.shed.swap(0, Ordering::Relaxed);
+        self.collect_shed();
+    }
+
+    /// Records refused for room since the last look become (part of) the pending gap, written
+    /// before the next record.
+    fn collect_shed(&mut self) {
+        let shed = self.counters.health.shed.swap(0, Ordering::Relaxed);
         if shed > 0 {
             let now = self.clock.now();
             let since = self.last_write_at;
@@ -1005,6 +1013,9 @@ impl Writer {
         h.progressed();
         self.round_left = rest.iter().filter(|m| matches!(m, Msg::Record(..))).count() as u64;
         h.in_hand.store(self.round_left, Ordering::Relaxed);
+        // Records refused for room since the last round (a saturated drain) get their gap
+        // before the chain says it stopped cleanly.
+        self.collect_shed();
         let mut shutdowns = vec![done];
         while let Some(msg) = rest.pop_front() {
             match msg {

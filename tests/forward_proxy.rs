@@ -761,6 +761,14 @@ async fn a_tls_handshake_that_never_finishes_inside_a_tunnel_is_cut_at_the_heade
         "{:?}",
         started.elapsed()
     );
+    // The socket closes when the timed-out handshake is dropped; the count follows it
+    // (after the address's slot is freed), so wait for it rather than race it.
+    let counted = std::time::Instant::now();
+    while fwd.metric("spgate_forward_handshake_failures_total") == 0
+        && counted.elapsed() < Duration::from_secs(2)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(fwd.metric("spgate_forward_handshake_failures_total"), 1);
     // The address's one slot is free again.
     let mut sp = tunnel(&fwd, "sellingpartnerapi-na.amazon.com").await;

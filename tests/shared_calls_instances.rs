@@ -26,6 +26,11 @@ struct Pair {
 }
 
 async fn pair(a_redis: &str) -> Pair {
+    pair_on(a_redis, "127.0.0.1:6379").await
+}
+
+/// [`pair`], with B reaching Redis at `b_redis` for `[ratelimit.redis]`.
+async fn pair_on(a_redis: &str, b_redis: &str) -> Pair {
     let store = redis_store_toml();
     let prefix = store
         .lines()
@@ -45,7 +50,7 @@ async fn pair(a_redis: &str) -> Pair {
     .await;
     let b = start_gateway(Options {
         store_toml: Some(store.clone()),
-        extra_toml: extra("127.0.0.1:6379"),
+        extra_toml: extra(b_redis),
         shared_sandbox: Some((a.sandbox.clone(), a.sandbox_url.clone())),
         master_key: Some(a.master_key_b64.clone()),
         ..Options::default()
@@ -179,6 +184,35 @@ async fn while_the_subscription_is_cut_no_cached_answer_is_served() {
     assert_eq!(cache_header(&a.get_for(SELLER, ITEM).await), Some("miss"));
     assert_eq!(cache_header(&a.get_for(SELLER, ITEM).await), Some("hit"));
     assert_eq!(upstream(), 5);
+    drop((a, b));
+    clean_redis(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_redis_did_not_take_is_announced_when_it_is_back() {
+    let proxy = CutProxy::start("127.0.0.1:6379".parse().unwrap()).await;
+    let Pair { a, b, store } = pair_on("127.0.0.1:6379", &proxy.addr.to_string()).await;
+    assert_eq!(cache_header(&a.get_for(SELLER, ITEM).await), Some("miss"));
+    assert_eq!(cache_header(&a.get_for(SELLER, ITEM).await), Some("hit"));
+    // B cannot reach Redis: its write goes to Amazon all the same, and is kept to announce.
+    proxy.cut();
+    channel_until(&b, false).await;
+    assert_eq!(patch(&b).await.status, StatusCode::OK);
+    let b_calls = b.gateway.shared_calls();
+    assert!(b_calls.channel_counted(SharedChannelEvent::PublishFailed) >= 1);
+    let mut metrics = String::new();
+    b_calls.render_metrics(&mut metrics);
+    assert!(
+        metrics.contains("spgate_shared_calls_invalidation_total{event=\"publish_failed\"}"),
+        "{metrics}"
+    );
+    // Back: B sends it, A drops its answer.
+    proxy.restore();
+    until(|| b_calls.channel_counted(SharedChannelEvent::Republished) >= 1).await;
+    let a_calls = a.gateway.shared_calls();
+    until(|| a_calls.channel_counted(SharedChannelEvent::Received) >= 1).await;
+    assert_eq!(cache_header(&a.get_for(SELLER, ITEM).await), Some("miss"));
+    assert_eq!(a.sandbox.received(GET_ITEM).len(), 2);
     drop((a, b));
     clean_redis(&store).await;
 }

@@ -24,7 +24,7 @@
 //! start; and between Redis handing an announcement out and the subscriber task reading it (a
 //! scheduling delay, well under a millisecond on an idle machine) a hit may still be served.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
@@ -133,14 +133,16 @@ pub(super) struct Channel {
     instance: String,
     /// How long a failed announcement is still worth sending.
     retry_for: Duration,
+    /// Announcements to send again, per (seller, family), since the first write that failed.
+    pending: std::sync::Mutex<HashMap<(String, &'static str), Instant>>,
+    /// The sender of pending announcements runs.
+    resending: AtomicBool,
     /// Subscribed (and not yet known lost).
     subscribed: watch::Sender<bool>,
     /// When the subscription last answered (ms since `base`).
     confirmed_ms: AtomicU64,
     base: Instant,
     publisher: tokio::sync::OnceCell<ConnectionManager>,
-    /// An announcement is failing (log once per outage).
-    publish_failing: AtomicBool,
     counts: [AtomicU64; CHANNEL_EVENTS.len()],
 }
 
@@ -211,7 +213,8 @@ impl Channel {
             confirmed_ms: AtomicU64::new(0),
             base: Instant::now(),
             publisher: tokio::sync::OnceCell::new(),
-            publish_failing: AtomicBool::new(false),
+            pending: std::sync::Mutex::new(HashMap::new()),
+            resending: AtomicBool::new(false),
             counts: Default::default(),
         })
     }
@@ -243,45 +246,83 @@ impl Channel {
         self.is_live()
     }
 
-    /// Announces a write to the (seller, family) to the other instances; a failed
-    /// announcement is sent again in the background.
+    /// Announces a write to the (seller, family) to the other instances. One that fails, or
+    /// comes while others wait to be sent again (Redis is not taking them: a write is not held
+    /// up for it), joins the pending ones, sent again in the background.
     pub(super) async fn announce(self: &Arc<Self>, seller: &str, family: &'static str) {
-        let message = format!("{} {family} {seller}", self.instance);
-        match self.publish(&message).await {
-            Ok(()) => {
-                self.count(ChannelEvent::Published);
-                if self.publish_failing.swap(false, Ordering::AcqRel) {
-                    tracing::info!(
-                        section = self.section,
-                        "Writes are announced to the other instances again."
-                    );
-                }
-            }
+        if self.failing() {
+            self.count(ChannelEvent::PublishFailed);
+            self.pend(seller, family);
+            return;
+        }
+        match self.publish(&self.message(seller, family)).await {
+            Ok(()) => self.count(ChannelEvent::Published),
             Err(e) => {
                 self.count(ChannelEvent::PublishFailed);
-                if !self.publish_failing.swap(true, Ordering::AcqRel) {
-                    tracing::error!(error = %e, section = self.section, "A write could not be announced to the other instances: their cached answers of its family may be stale until it is (sent again every second).");
-                }
-                let this = self.clone();
-                let since = Instant::now();
-                if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                    drop(rt.spawn(async move { this.announce_later(message, since).await }));
-                }
+                tracing::error!(error = %e, section = self.section, "A write could not be announced to the other instances: their cached answers of its family may be stale until it is (sent again every second).");
+                self.pend(seller, family);
             }
         }
     }
 
-    /// Sends a failed announcement again every [`RETRY`] until it goes through or is no
-    /// longer needed.
-    async fn announce_later(self: Arc<Self>, message: String, since: Instant) {
+    fn message(&self, seller: &str, family: &'static str) -> String {
+        format!("{} {family} {seller}", self.instance)
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<(String, &'static str), Instant>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether announcements are waiting to be sent again.
+    fn failing(&self) -> bool {
+        !self.pending().is_empty()
+    }
+
+    /// Keeps an announcement to send again (one per (seller, family): it stands for every
+    /// write to it since the first that failed), and starts the sender if it is not running.
+    fn pend(self: &Arc<Self>, seller: &str, family: &'static str) {
+        self.pending()
+            .entry((seller.to_string(), family))
+            .or_insert_with(Instant::now);
+        if !self.resending.swap(true, Ordering::AcqRel) {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                drop(rt.spawn(self.clone().resend()));
+            }
+        }
+    }
+
+    /// Sends the pending announcements again every [`RETRY`] until each goes through or is no
+    /// longer needed (past `retry_for` since its first write, no answer cached before it can
+    /// still be served anywhere).
+    async fn resend(self: Arc<Self>) {
         loop {
             tokio::time::sleep(RETRY).await;
-            if since.elapsed() > self.retry_for {
-                self.count(ChannelEvent::Abandoned);
-                return;
-            }
-            if self.publish(&message).await.is_ok() {
+            let waiting: Vec<_> = self
+                .pending()
+                .iter()
+                .map(|((seller, family), since)| (seller.clone(), *family, *since))
+                .collect();
+            for (seller, family, since) in waiting {
+                if since.elapsed() > self.retry_for {
+                    self.pending().remove(&(seller, family));
+                    self.count(ChannelEvent::Abandoned);
+                    continue;
+                }
+                if self.publish(&self.message(&seller, family)).await.is_err() {
+                    break; // Redis still does not take them: the next round.
+                }
+                self.pending().remove(&(seller, family));
                 self.count(ChannelEvent::Republished);
+            }
+            let pending = self.pending();
+            if pending.is_empty() {
+                // Under the lock: a `pend` after this starts a new sender.
+                self.resending.store(false, Ordering::Release);
+                drop(pending);
+                tracing::info!(
+                    section = self.section,
+                    "No write waits to be announced to the other instances any more."
+                );
                 return;
             }
         }

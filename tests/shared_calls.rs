@@ -603,7 +603,11 @@ async fn a_read_within_the_settle_window_after_a_write_is_answered_but_not_cache
     }
     // The two reads above started within the window (checked, so a slow machine cannot
     // make this pass for the wrong reason).
-    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
     let calls = gw.gateway.shared_calls();
     assert_eq!(calls.counted(spgate::proxy::SharedEvent::Settling), 2);
     // Other sellers are not settling.
@@ -637,7 +641,9 @@ async fn the_settle_window_defaults_to_five_seconds_and_is_bounded() {
     };
     let issues = raw.resolve().unwrap_err();
     assert!(
-        issues.iter().any(|i| i.path == "shared_calls.settle_seconds"),
+        issues
+            .iter()
+            .any(|i| i.path == "shared_calls.settle_seconds"),
         "{issues:?}"
     );
 }

@@ -159,7 +159,10 @@ async fn while_the_subscription_is_cut_no_cached_answer_is_served() {
     proxy.cut();
     channel_until(&a, false).await;
     let calls = a.gateway.shared_calls();
-    assert!(calls.counted(SharedEvent::Reset) >= 1, "the cached answer went");
+    assert!(
+        calls.counted(SharedEvent::Reset) >= 1,
+        "the cached answer went"
+    );
     assert_eq!(calls.cached().0, 0);
     assert_eq!(patch(&b).await.status, StatusCode::OK, "a write A misses");
     for _ in 0..3 {

@@ -177,12 +177,25 @@ impl RedisLink {
             }),
             (None, _) => None,
         };
-        let several = matches!(config.store, StoreConfig::Postgres(_))
-            || config.ratelimit.limiter.expected_instances > 1;
-        if link.is_none() && several && !config.shared_calls.ttls.is_empty() {
-            tracing::warn!("[shared_calls.ttl_seconds] caches answers per instance, and this config names several instances (a postgres store or ratelimit.expected_instances > 1) without a shared Redis: a write through another instance is seen here only when the TTL ends. Configure [ratelimit.redis] so writes reach every instance's cache.");
+        if let Some(named) = unshared(config, link.as_ref()) {
+            tracing::warn!(named, "[shared_calls.ttl_seconds] caches answers per instance, and this config names several instances without a shared Redis: a write through another instance is seen here only when the TTL ends. Configure [ratelimit.redis] so writes reach every instance's cache.");
         }
         link
+    }
+}
+
+/// What in a config that caches answers, with no Redis to share writes on, names several
+/// instances (the cache then stays per instance), if anything.
+fn unshared(config: &Config, link: Option<&RedisLink>) -> Option<&'static str> {
+    if link.is_some() || config.shared_calls.ttls.is_empty() {
+        return None;
+    }
+    if matches!(config.store, StoreConfig::Postgres(_)) {
+        Some("a postgres store")
+    } else if config.ratelimit.limiter.expected_instances > 1 {
+        Some("ratelimit.expected_instances above 1")
+    } else {
+        None
     }
 }
 
@@ -234,7 +247,9 @@ impl Channel {
     /// [`LIVENESS`].
     pub(super) fn is_live(&self) -> bool {
         *self.subscribed.borrow() && {
-            let since = self.ms_now().saturating_sub(self.confirmed_ms.load(Ordering::Acquire));
+            let since = self
+                .ms_now()
+                .saturating_sub(self.confirmed_ms.load(Ordering::Acquire));
             since < LIVENESS.as_millis() as u64
         }
     }
@@ -566,13 +581,58 @@ fn family_named(name: &str) -> Option<&'static str> {
 mod tests {
     use super::*;
 
+    /// The Redis link of a config of `toml` (after the minimal sections), and what is said.
+    fn check(toml: &str, expect: (Option<&str>, Option<&str>)) {
+        let mut env = crate::config::MapEnv::default();
+        env.vars.insert("LWA".into(), "synthetic".into());
+        env.vars.insert(
+            "MASTER".into(),
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into(),
+        );
+        let text = format!("[lwa]\nclient_id = \"amzn1.application-oa2-client.synthetic\"\nclient_secret = {{ env = \"LWA\" }}\n[keys]\nmaster_key = {{ env = \"MASTER\" }}\n{toml}");
+        let config = Config::from_toml(&text, &env).unwrap_or_else(|e| panic!("{e}"));
+        let link = RedisLink::of(&config);
+        let got = (
+            link.as_ref().map(|l| l.section),
+            unshared(&config, link.as_ref()),
+        );
+        assert_eq!(got, expect, "{toml}");
+    }
+
+    #[test]
+    fn a_config_naming_several_instances_without_a_shared_redis_is_told_so() {
+        const TTL: &str =
+            "[shared_calls.ttl_seconds]\n\"catalogItems_2022-04-01.getCatalogItem\" = 60\n";
+        let several = "[ratelimit]\nexpected_instances = 3\n";
+        let redis = "[ratelimit.redis]\nurl = \"redis://127.0.0.1:6379\"\n";
+        let store = "[store]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\n";
+        check(
+            &format!("{several}{TTL}"),
+            (None, Some("ratelimit.expected_instances above 1")),
+        );
+        check(
+            &format!("{several}{redis}{TTL}"),
+            (Some("[ratelimit.redis]"), None),
+        );
+        check(&format!("{store}{TTL}"), (Some("[store]"), None));
+        check(several, (None, None));
+        check(TTL, (None, None));
+    }
+
     #[test]
     fn every_family_is_known_by_its_name_and_nothing_else_is() {
         for op in Catalog::builtin().operations() {
-            assert_eq!(family_named(super::super::rules::family(op)), Some(super::super::rules::family(op)));
+            assert_eq!(
+                family_named(super::super::rules::family(op)),
+                Some(super::super::rules::family(op))
+            );
         }
         assert_eq!(family_named("listings"), Some("listings"));
-        assert_eq!(family_named("listings-items"), None, "one of the listings family");
+        assert_eq!(
+            family_named("listings-items"),
+            None,
+            "one of the listings family"
+        );
         assert_eq!(family_named(""), None);
     }
 }

@@ -86,7 +86,6 @@ use rules::{family, part, Part};
 pub use rules::{RawSharedCalls, SharedCallsConfig};
 use writes::{Generation, Writes};
 
-
 /// What [`SharedCalls`] counted (metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Event {
@@ -240,7 +239,6 @@ pub(super) enum Lead {
         announced: bool,
     },
 }
-
 
 // === impl SharedCalls ===
 

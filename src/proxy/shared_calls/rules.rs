@@ -241,7 +241,6 @@ pub(super) fn part(op: &'static Operation, wire: &'static Operation) -> Part {
     Part::Read
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -104,8 +104,16 @@ mod tests {
         w.wrote("S1", "listings", now);
         let g1 = w.generation("S1", "listings");
         assert_ne!(g0, g1);
-        assert_eq!(w.generation("S2", "listings"), g0, "another seller's is its own");
-        assert_eq!(w.generation("S1", "sellers"), g0, "another family's is its own");
+        assert_eq!(
+            w.generation("S2", "listings"),
+            g0,
+            "another seller's is its own"
+        );
+        assert_eq!(
+            w.generation("S1", "sellers"),
+            g0,
+            "another family's is its own"
+        );
         w.new_epoch();
         assert_ne!(w.generation("S1", "listings"), g1);
         assert_ne!(w.generation("S2", "listings"), g0);

@@ -7,6 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::cut::CutProxy;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
 use common::*;
 use http::StatusCode;
 use spgate::proxy::{SharedChannelEvent, SharedEvent, CACHE_HEADER};
@@ -216,6 +218,81 @@ async fn a_write_redis_did_not_take_is_announced_when_it_is_back() {
     until(|| a_calls.channel_counted(SharedChannelEvent::Received) >= 1).await;
     assert_eq!(cache_header(&a.get_for(SELLER, ITEM).await), Some("miss"));
     assert_eq!(a.sandbox.received(GET_ITEM).len(), 2);
+    drop((a, b));
+    clean_redis(&store).await;
+}
+
+/// A TCP proxy to Redis that can freeze: bytes are held, connections stay open (a stalled
+/// network path, which no connection error reports).
+struct FreezeProxy {
+    addr: std::net::SocketAddr,
+    flowing: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FreezeProxy {
+    async fn start() -> FreezeProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (flowing, watching) = watch::channel(true);
+        let task = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = tokio::net::TcpStream::connect("127.0.0.1:6379").await else {
+                    continue;
+                };
+                let (in_read, in_write) = inbound.into_split();
+                let (out_read, out_write) = outbound.into_split();
+                tokio::spawn(pump(in_read, out_write, watching.clone()));
+                tokio::spawn(pump(out_read, in_write, watching.clone()));
+            }
+        });
+        FreezeProxy {
+            addr,
+            flowing,
+            task,
+        }
+    }
+}
+
+impl Drop for FreezeProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut flowing: watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if flowing.wait_for(|f| *f).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_that_stops_answering_closes_the_cache_without_a_connection_error() {
+    let proxy = FreezeProxy::start().await;
+    let Pair { a, b, store } = pair(&proxy.addr.to_string()).await;
+    assert_eq!(cache_header(&a.get_for(SELLER, ITEM).await), Some("miss"));
+    assert_eq!(cache_header(&a.get_for(SELLER, ITEM).await), Some("hit"));
+    // Nothing reaches A from Redis any more, and nothing says so but the silence.
+    proxy.flowing.send_replace(false);
+    assert_eq!(patch(&b).await.status, StatusCode::OK, "a write A cannot hear");
+    channel_until(&a, false).await;
+    let reply = a.get_for(SELLER, ITEM).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(cache_header(&reply), Some("miss"));
+    assert_eq!(a.sandbox.received(GET_ITEM).len(), 2);
+    proxy.flowing.send_replace(true);
+    channel_until(&a, true).await;
     drop((a, b));
     clean_redis(&store).await;
 }

@@ -7,12 +7,12 @@ mod common;
 use std::time::Duration;
 
 use common::cut::CutProxy;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
 use common::*;
 use http::StatusCode;
 use spgate::proxy::{SharedChannelEvent, SharedEvent, CACHE_HEADER};
 use spgate::sandbox::Script;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
 
 const GET_ITEM: &str = "catalogItems_2022-04-01.getCatalogItem";
 const PATCH: &str = "listingsItems_2021-08-01.patchListingsItem";
@@ -285,7 +285,11 @@ async fn a_subscription_that_stops_answering_closes_the_cache_without_a_connecti
     assert_eq!(cache_header(&a.get_for(SELLER, ITEM).await), Some("hit"));
     // Nothing reaches A from Redis any more, and nothing says so but the silence.
     proxy.flowing.send_replace(false);
-    assert_eq!(patch(&b).await.status, StatusCode::OK, "a write A cannot hear");
+    assert_eq!(
+        patch(&b).await.status,
+        StatusCode::OK,
+        "a write A cannot hear"
+    );
     channel_until(&a, false).await;
     let reply = a.get_for(SELLER, ITEM).await;
     assert_eq!(reply.status, StatusCode::OK);

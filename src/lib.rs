@@ -95,6 +95,9 @@ pub enum RunError {
     Outbound(#[from] crate::proxy::outbound::OutboundError),
 }
 
+/// How long startup waits for the shared-answer invalidation channel to be live.
+const SHARED_CALLS_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// How long per-request store lookups are cached (other processes' writes apply within it).
 pub const STORE_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -159,6 +162,7 @@ pub async fn build_gateway(
     config: Config,
     opened: OpenStore,
 ) -> Result<(Gateway, ServerLimits), RunError> {
+    let shared_redis = crate::proxy::SharedCallsRedis::of(&config);
     let limiter = match &config.ratelimit.redis {
         None => {
             let limiter = crate::ratelimit::Limiter::local(config.ratelimit.limiter.clone());
@@ -241,8 +245,11 @@ pub async fn build_gateway(
             budget: crate::proxy::RetryBudget::new(),
         },
         compat,
-        shared_calls: config.shared_calls,
+        shared_calls: config.shared_calls.with_redis(shared_redis),
     });
+    // Other instances' writes reach the shared-answer cache before it serves (it stays closed,
+    // and says so, while they cannot).
+    gateway.shared_calls().wait_live(SHARED_CALLS_WAIT).await;
     Ok((gateway, server_limits))
 }
 

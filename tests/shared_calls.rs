@@ -293,13 +293,17 @@ async fn an_error_answer_is_not_shared_each_follower_asks_amazon_itself() {
 async fn a_write_that_fails_still_drops_what_was_read_while_it_was_in_flight() {
     const PATCH: &str = "listingsItems_2021-08-01.patchListingsItem";
     let audit = tempfile::tempdir().unwrap();
-    let gw = Arc::new(
-        caching_items(
-            audit.path(),
-            "header_timeout_ms = 1500\ntotal_timeout_ms = 5000",
-        )
-        .await,
-    );
+    // No settle window: what is tested here is the write's end dropping the answer.
+    let ttl = format!("settle_seconds = 0\n[shared_calls.ttl_seconds]\n\"{GET_ITEM}\" = 300");
+    let gw = gateway_upstream(
+        audit.path(),
+        &ttl,
+        "",
+        "header_timeout_ms = 1500\ntotal_timeout_ms = 5000",
+    )
+    .await;
+    gw.sandbox.script(GET_ITEM, item());
+    let gw = Arc::new(gw);
     // Amazon takes longer than the gateway waits: the write ends in a timeout, and Amazon may
     // still have applied it.
     let mut slow = Script::json(StatusCode::OK, serde_json::json!({"status": "ACCEPTED"}));
@@ -355,7 +359,10 @@ fn patch_listing(gw: &TestGateway) -> http::Request<spgate::proxy::body::Body> {
 async fn a_read_arriving_after_a_write_never_joins_a_leader_that_started_before_it() {
     const PATCH: &str = "listingsItems_2021-08-01.patchListingsItem";
     let audit = tempfile::tempdir().unwrap();
-    let ttl = format!("coalesce = true\n[shared_calls.ttl_seconds]\n\"{GET_ITEM}\" = 300");
+    // No settle window: what is tested here is the generation.
+    let ttl = format!(
+        "coalesce = true\nsettle_seconds = 0\n[shared_calls.ttl_seconds]\n\"{GET_ITEM}\" = 300"
+    );
     let gw = Arc::new(gateway(audit.path(), &ttl, "").await);
     let mut slow = item();
     slow.header_delay = Duration::from_secs(3);
@@ -569,5 +576,74 @@ async fn a_revoked_seller_or_tool_is_never_served_from_the_cache() {
             .shared_calls()
             .counted(spgate::proxy::SharedEvent::Hit),
         2
+    );
+}
+
+#[tokio::test]
+async fn a_read_within_the_settle_window_after_a_write_is_answered_but_not_cached() {
+    const PATCH: &str = "listingsItems_2021-08-01.patchListingsItem";
+    let audit = tempfile::tempdir().unwrap();
+    let ttl = format!("settle_seconds = 1\n[shared_calls.ttl_seconds]\n\"{GET_ITEM}\" = 300");
+    let gw = gateway(audit.path(), &ttl, "").await;
+    gw.sandbox.script(GET_ITEM, item());
+    gw.sandbox.script(
+        PATCH,
+        Script::json(StatusCode::OK, serde_json::json!({"status": "ACCEPTED"})),
+    );
+    let path = item_path("B07N4M94X4");
+    assert_eq!(cache_header(&gw.get_for(SELLER, &path).await), Some("miss"));
+    assert_eq!(cache_header(&gw.get_for(SELLER, &path).await), Some("hit"));
+    assert_eq!(gw.call(patch_listing(&gw)).await.status, StatusCode::OK);
+    // Amazon may not show the write yet: what it answers now is not kept.
+    let started = std::time::Instant::now();
+    for _ in 0..2 {
+        let reply = gw.get_for(SELLER, &path).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(cache_header(&reply), Some("miss"));
+    }
+    // The two reads above started within the window (checked, so a slow machine cannot
+    // make this pass for the wrong reason).
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let calls = gw.gateway.shared_calls();
+    assert_eq!(calls.counted(spgate::proxy::SharedEvent::Settling), 2);
+    // Other sellers are not settling.
+    assert_eq!(
+        cache_header(&gw.get_for(OTHER_SELLER, &path).await),
+        Some("miss")
+    );
+    assert_eq!(
+        cache_header(&gw.get_for(OTHER_SELLER, &path).await),
+        Some("hit")
+    );
+    // Past the window, answers are kept again.
+    tokio::time::sleep(Duration::from_millis(1100).saturating_sub(started.elapsed())).await;
+    assert_eq!(cache_header(&gw.get_for(SELLER, &path).await), Some("miss"));
+    assert_eq!(cache_header(&gw.get_for(SELLER, &path).await), Some("hit"));
+    let mut metrics = String::new();
+    calls.render_metrics(&mut metrics);
+    assert!(
+        metrics.contains("spgate_shared_calls_total{event=\"settling\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn the_settle_window_defaults_to_five_seconds_and_is_bounded() {
+    let ok = spgate::proxy::RawSharedCalls::default().resolve().unwrap();
+    assert_eq!(ok.settle, Duration::from_secs(5));
+    let raw = spgate::proxy::RawSharedCalls {
+        settle_seconds: Some(3601),
+        ..Default::default()
+    };
+    let issues = raw.resolve().unwrap_err();
+    assert!(
+        issues
+            .iter()
+            .any(|i| i.path == "shared_calls.settle_seconds"),
+        "{issues:?}"
     );
 }

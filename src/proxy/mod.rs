@@ -65,7 +65,10 @@ pub use crate::net::{body, upstream};
 pub use cache::CACHE_HEADER;
 pub use endpoints::{documents, reveal};
 pub use send::{ReplayBudget, RetryBudget, RetryPolicy};
-pub use shared_calls::{Event as SharedEvent, RawSharedCalls, SharedCalls, SharedCallsConfig};
+pub use shared_calls::{
+    ChannelEvent as SharedChannelEvent, Event as SharedEvent, InvalidationError, RawSharedCalls,
+    RedisLink as SharedCallsRedis, SharedCalls, SharedCallsConfig,
+};
 
 use accounting::{audit_reason, carries_pii, RequestIds};
 use body::{Body, BoxError};
@@ -259,7 +262,7 @@ impl Gateway {
             pii_gate: pii_gate::Gate::new(crate::pii::Classifier::builtin()),
             compat: parts.compat,
             public_url: parts.public_url,
-            shared_calls: Arc::new(SharedCalls::new(parts.shared_calls)),
+            shared_calls: SharedCalls::new(parts.shared_calls),
             replay_budget: send::ReplayBudget::new(parts.limits.replay_buffer_bytes),
         }
     }
@@ -540,6 +543,7 @@ impl Gateway {
         let body = replay.as_ref().map(Replay::body_bytes);
         let asking = shared_calls::Asking {
             op,
+            wire,
             seller,
             caller: &caller,
             role,

@@ -162,6 +162,16 @@ impl Answers {
         n
     }
 
+    /// Drops every answer; returns how many.
+    pub(super) fn clear(&mut self) -> u64 {
+        let n = self.entries.len() as u64;
+        self.entries.clear();
+        self.by_family.clear();
+        self.by_expiry.clear();
+        self.bytes = 0;
+        n
+    }
+
     /// Drops every answer expired at `now`; returns how many.
     fn drop_expired(&mut self, now: Instant) -> u64 {
         let mut n = 0;
@@ -308,6 +318,10 @@ mod tests {
             a.drop_family("S2", "listings") + a.drop_family("S1", "sellers"),
             100
         );
+        assert_eq!((a.len(), a.bytes()), (0, 0));
+        assert!(a.by_expiry.is_empty() && a.by_family.is_empty());
+        a.insert(&key("S1", "sellers", "/1"), answer(100), until, 99, now);
+        assert_eq!(a.clear(), 1);
         assert_eq!((a.len(), a.bytes()), (0, 0));
         assert!(a.by_expiry.is_empty() && a.by_family.is_empty());
     }

@@ -3,7 +3,7 @@
 //!
 //! - **Coalescing** (`coalesce = true`): identical concurrent GETs (same seller, operation, path
 //!   and query, and the same headers going up that can change the answer, see [`Key`]; for the
-//!   POSTs that only read, [`READ_ONLY_POSTS`], the same body too) of an
+//!   POSTs that only read, [`rules::READ_ONLY_POSTS`], the same body too) of an
 //!   operation that is neither restricted nor carries buyer PII
 //!   (`data/pii-none.tsv`) make one upstream call. The first is the leader; the others
 //!   (followers) wait for its answer, each within its own deadline, and get it with
@@ -16,7 +16,7 @@
 //!   body, headers and key per answer): past either, expired answers go first, then the ones
 //!   closest to expiry; an expired answer is dropped when it is looked up ([`answers`]).
 //! - **Invalidation**: any other request a tool makes for the seller through this gateway
-//!   (a write: every method but GET, except the few POSTs that only read, [`READ_ONLY_POSTS`])
+//!   (a write: every method but GET, except the few POSTs that only read, [`rules::READ_ONLY_POSTS`])
 //!   drops the seller's cached answers of the same family of operations ([`family`]: the
 //!   listings, catalog, pricing, fees, restrictions and feeds APIs are one family, as a listing
 //!   change shows in all of them; any other API is its own), once when it starts and again
@@ -25,6 +25,16 @@
 //!   a request arriving in a later one never joins it (it goes up itself: a leader that started
 //!   before a write may carry a pre-write answer), and its answer is cached only if no write
 //!   came meanwhile (checked and stored under one lock, so a write cannot slip between).
+//! - **Settling** (`settle_seconds`, default 5): SP-API writes are eventually consistent, so a
+//!   read of the family that starts within that long after a write (its start or its end) is
+//!   answered but not cached: it may carry Amazon's not-yet-propagated state ([`writes`]).
+//! - **Across instances**: with a shared Redis (`[ratelimit.redis]`, else a Redis `[store]`),
+//!   every write is announced to the other instances, which drop their cached answers of its
+//!   family as for a local write; while that channel is not known to be live, no cached answer
+//!   is served or stored ([`invalidation`]).
+//! - **Compat**: a request the Orders v0 translation rewrites is never shared (the key would
+//!   name the v0 call while the 2026 call goes up, and the answer is rebuilt per tool); a
+//!   translated write drops both operations' families.
 //!
 //! What a shared answer still goes through, per caller: authentication, authorization and the
 //! seller check (before this phase: a revoked tool or seller is refused before a cached answer
@@ -50,15 +60,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
-use serde::Deserialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::auth::caller::Caller;
-use crate::catalog::{Catalog, Operation};
-use crate::config::ConfigIssue;
+use crate::catalog::Operation;
 use crate::net::body::{self, Body};
-use crate::pii::{Classification, Role};
+use crate::pii::Role;
 use crate::store::SellerRecord;
 
 use super::limit::Wants;
@@ -67,69 +75,16 @@ use super::rescue::ProxyError;
 use super::{headers, Ctx, Gateway, CACHE_HEADER};
 
 mod answers;
+mod invalidation;
+mod rules;
+mod writes;
 
 use answers::{Answers, Found};
-
-/// POSTs that only read (fee estimates, price batches): they do not invalidate cached answers.
-pub(super) const READ_ONLY_POSTS: [&str; 7] = [
-    "productFeesV0.getMyFeesEstimateForSKU",
-    "productFeesV0.getMyFeesEstimateForASIN",
-    "productFeesV0.getMyFeesEstimates",
-    "productPricingV0.getItemOffersBatch",
-    "productPricingV0.getListingOffersBatch",
-    "productPricing_2022-05-01.getCompetitiveSummary",
-    "productPricing_2022-05-01.getFeaturedOfferExpectedPriceBatch",
-];
-
-/// The APIs whose answers one listing change can alter: one invalidation family.
-const LISTINGS_FAMILY: [&str; 6] = [
-    "listings-items",
-    "catalog-items",
-    "listings-restrictions",
-    "product-fees",
-    "product-pricing",
-    "feeds",
-];
-
-/// Default most answers kept.
-const DEFAULT_MAX_ENTRIES: usize = 10_000;
-
-/// Default most bytes of answers kept (an estimate: body, headers and key of each).
-const DEFAULT_MAX_BYTES: usize = 64 * 1024 * 1024;
-
-/// The least `max_bytes` accepted: below it, hardly an answer would be kept.
-const MIN_MAX_BYTES: usize = 1024 * 1024;
-
-/// `[shared_calls]`.
-#[derive(Debug, Default, Deserialize)]
-pub struct RawSharedCalls {
-    /// Identical concurrent GETs of unrestricted operations without buyer PII make one upstream
-    /// call (default false).
-    pub coalesce: Option<bool>,
-    /// Seconds a 200 answer is cached, per operation key; an operation not listed is not
-    /// cached. Only unrestricted GET operations (and [`READ_ONLY_POSTS`]) declared free of
-    /// buyer PII may be listed.
-    pub ttl_seconds: Option<BTreeMap<String, u64>>,
-    /// Most answers cached at once (default 10,000); past it, expired ones are dropped, then
-    /// the ones closest to expiry.
-    pub max_entries: Option<usize>,
-    /// Most bytes of answers cached at once (default 64 MiB, at least 1 MiB), counting each
-    /// answer's body, headers and key; past it, as past `max_entries`.
-    pub max_bytes: Option<usize>,
-}
-
-/// See [`RawSharedCalls`].
-#[derive(Debug, Clone)]
-pub struct SharedCallsConfig {
-    /// Coalesce identical concurrent GETs.
-    pub coalesce: bool,
-    /// Cache lifetime per operation key.
-    pub ttls: HashMap<&'static str, Duration>,
-    /// Most answers cached.
-    pub max_entries: usize,
-    /// Most bytes of answers cached.
-    pub max_bytes: usize,
-}
+use invalidation::Channel;
+pub use invalidation::{ChannelEvent, InvalidationError, RedisLink};
+use rules::{family, part, Part};
+pub use rules::{RawSharedCalls, SharedCallsConfig};
+use writes::{Generation, Writes};
 
 /// What [`SharedCalls`] counted (metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -151,9 +106,19 @@ pub enum Event {
     /// A request that did not join an identical one in flight because that one started before
     /// a write to the seller's family of APIs (it went up itself).
     AfterWrite,
+    /// A cacheable request answered without the cache (not looked up, not stored) because the
+    /// invalidation channel between instances was not known live.
+    NotLive,
+    /// A cached answer dropped because the invalidation channel went down or came back (or
+    /// brought a message not understood): announcements may have been missed.
+    Reset,
+    /// An answer not cached because its read started within a write's settle window.
+    Settling,
+    /// A read not shared because the Orders v0 translation rewrote it.
+    Translated,
 }
 
-const EVENTS: [(Event, &str); 8] = [
+const EVENTS: [(Event, &str); 12] = [
     (Event::Hit, "hit"),
     (Event::Miss, "miss"),
     (Event::Coalesced, "coalesced"),
@@ -162,6 +127,10 @@ const EVENTS: [(Event, &str); 8] = [
     (Event::Evicted, "evicted"),
     (Event::TooLarge, "too_large"),
     (Event::AfterWrite, "after_write"),
+    (Event::NotLive, "not_live"),
+    (Event::Reset, "reset"),
+    (Event::Settling, "settling"),
+    (Event::Translated, "translated"),
 ];
 
 /// The shared answers of one gateway (in memory, per instance).
@@ -171,6 +140,18 @@ pub struct SharedCalls {
     counts: [AtomicU64; EVENTS.len()],
     /// Answers served without Amazon per tool: (hits, coalesced).
     tools: Mutex<BTreeMap<String, [u64; 2]>>,
+    /// Whether other instances' writes reach this cache.
+    reach: Reach,
+}
+
+/// Where writes come from.
+enum Reach {
+    /// This instance only (no shared Redis, or nothing cached).
+    Alone,
+    /// Also the other instances sharing Redis, through the channel.
+    Shared(Arc<Channel>),
+    /// Other instances, but the channel could not be set up: the cache stays closed.
+    Broken,
 }
 
 struct State {
@@ -180,7 +161,7 @@ struct State {
     answers: Answers,
     /// The generation of each (seller, family): moved on by every write, at its start and at
     /// its end. A leader is joined, and its answer cached, only within its own generation.
-    generations: HashMap<(String, &'static str), u64>,
+    writes: Writes,
     /// The next leader's ticket (leaders in the order they started).
     next_ticket: u64,
 }
@@ -189,7 +170,7 @@ struct State {
 struct Flight {
     rx: watch::Receiver<Option<Arc<Answer>>>,
     /// The generation of its (seller, family) when it started.
-    generation: u64,
+    generation: Generation,
 }
 
 /// Who asked what: an answer is shared only within one key.
@@ -214,6 +195,17 @@ pub(super) struct Answer {
     leader: String,
 }
 
+/// When a leader started: its answer is cached only if nothing moved since.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Started {
+    /// The generation of the key's (seller, family).
+    generation: Generation,
+    /// The time (within a write's settle window, its answer is not cached).
+    at: Instant,
+    /// Its place among leaders (a later one's answer is newer).
+    ticket: u64,
+}
+
 /// Where a request stands with shared answers ([`Gateway::join_shared`]).
 pub(super) enum Joined {
     /// Answered from the cache or a leader, through the caller's plan and policy.
@@ -231,138 +223,124 @@ pub(super) enum Lead {
         key: Key,
         tx: watch::Sender<Option<Arc<Answer>>>,
         ttl: Option<Duration>,
-        /// The generation of the key's (seller, family) when it started.
-        generation: u64,
-        /// Its place among leaders (a later one's answer is newer).
-        ticket: u64,
+        /// When it started, and its place among leaders.
+        started: Started,
         /// The gateway's request id of the leader.
         request_id: String,
         calls: Arc<SharedCalls>,
     },
-    /// A write: the seller's cached answers of its family are dropped again when it ends.
+    /// A write: the seller's cached answers of its families (the operation's, and the one
+    /// sent's when translated) are dropped again when it ends, here and on the other instances.
     Writer {
         seller: String,
-        family: &'static str,
+        families: Vec<&'static str>,
         calls: Arc<SharedCalls>,
+        /// Its end was announced to the other instances (else its drop does it).
+        announced: bool,
     },
-}
-
-// === impl SharedCallsConfig ===
-
-impl RawSharedCalls {
-    /// Validates the section: every operation with a TTL is catalogued, a GET, unrestricted,
-    /// acts for a seller and is declared free of buyer PII.
-    pub fn resolve(&self) -> Result<SharedCallsConfig, Vec<ConfigIssue>> {
-        let mut issues = Vec::new();
-        let mut ttls = HashMap::new();
-        for (key, seconds) in self.ttl_seconds.iter().flatten() {
-            let path = format!("shared_calls.ttl_seconds.{key}");
-            let Some(op) = Catalog::builtin().by_key(key) else {
-                issues.push(ConfigIssue {
-                    path,
-                    message: "no such operation (see `spgate catalog`)".into(),
-                });
-                continue;
-            };
-            if let Err(why) = shareable(op) {
-                issues.push(ConfigIssue {
-                    path,
-                    message: format!("may not be cached: {why}"),
-                });
-                continue;
-            }
-            if *seconds == 0 {
-                issues.push(ConfigIssue {
-                    path,
-                    message: "must be at least 1 (leave the operation out to cache nothing)".into(),
-                });
-                continue;
-            }
-            ttls.insert(op.key, Duration::from_secs(*seconds));
-        }
-        let max_entries = self.max_entries.unwrap_or(DEFAULT_MAX_ENTRIES);
-        if max_entries == 0 {
-            issues.push(ConfigIssue {
-                path: "shared_calls.max_entries".into(),
-                message: "must be at least 1".into(),
-            });
-        }
-        let max_bytes = self.max_bytes.unwrap_or(DEFAULT_MAX_BYTES);
-        if max_bytes < MIN_MAX_BYTES {
-            issues.push(ConfigIssue {
-                path: "shared_calls.max_bytes".into(),
-                message: format!("must be at least {MIN_MAX_BYTES} (1 MiB)"),
-            });
-        }
-        if !issues.is_empty() {
-            return Err(issues);
-        }
-        Ok(SharedCallsConfig {
-            coalesce: self.coalesce.unwrap_or(false),
-            ttls,
-            max_entries,
-            max_bytes,
-        })
-    }
-}
-
-impl SharedCallsConfig {
-    /// Nothing shared, nothing cached.
-    pub fn off() -> SharedCallsConfig {
-        SharedCallsConfig {
-            coalesce: false,
-            ttls: HashMap::new(),
-            max_entries: DEFAULT_MAX_ENTRIES,
-            max_bytes: DEFAULT_MAX_BYTES,
-        }
-    }
-}
-
-/// Why an operation's answers may not be shared, if they may not.
-fn shareable(op: &Operation) -> Result<(), &'static str> {
-    if op.method != http::Method::GET && !READ_ONLY_POSTS.contains(&op.key) {
-        return Err(
-            "only GET operations and the POSTs that only read (fee estimates, price batches)",
-        );
-    }
-    if op.restricted {
-        return Err("a restricted operation (its answer depends on the RDT)");
-    }
-    if op.grantless_scope.is_some() {
-        return Err("a grantless operation (answers are kept per seller)");
-    }
-    match op.pii_class() {
-        Classification::NoPii(_) => Ok(()),
-        Classification::Mapped(_) => Err("the operation may carry buyer PII"),
-        Classification::Unclassified => Err("the operation has no buyer-PII classification"),
-    }
-}
-
-/// The invalidation family of an operation: [`LISTINGS_FAMILY`] as one, else its API.
-fn family(op: &Operation) -> &'static str {
-    if LISTINGS_FAMILY.contains(&op.api) {
-        "listings"
-    } else {
-        op.api
-    }
 }
 
 // === impl SharedCalls ===
 
 impl SharedCalls {
-    /// Shared answers as configured.
-    pub fn new(config: SharedCallsConfig) -> SharedCalls {
+    /// Shared answers as configured; with a shared Redis and anything to cache, subscribed to
+    /// the other instances' writes (in the background: [`SharedCalls::wait_live`]).
+    pub fn new(config: SharedCallsConfig) -> Arc<SharedCalls> {
         let answers = Answers::new(config.max_entries, config.max_bytes);
-        SharedCalls {
-            config,
+        // Past the longest TTL and the settle window, no answer cached before a write can be
+        // served anywhere: a failed announcement is not worth sending after that.
+        let retry_for = config.ttls.values().max().copied().unwrap_or_default() + config.settle;
+        let reach = match &config.redis {
+            Some(link) if !config.ttls.is_empty() => match Channel::new(link, retry_for) {
+                Ok(channel) => Reach::Shared(Arc::new(channel)),
+                Err(e) => {
+                    tracing::error!(error = %e, "The shared-answer invalidation channel cannot be set up: no cached answer is served.");
+                    Reach::Broken
+                }
+            },
+            _ => Reach::Alone,
+        };
+        let calls = Arc::new(SharedCalls {
             state: Mutex::new(State {
                 in_flight: HashMap::new(),
                 answers,
-                generations: HashMap::new(),
+                writes: Writes::new(config.settle),
                 next_ticket: 0,
             }),
+            config,
             counts: Default::default(),
             tools: Mutex::new(BTreeMap::new()),
+            reach,
+        });
+        if let Reach::Shared(channel) = &calls.reach {
+            channel.start(Arc::downgrade(&calls));
+        }
+        calls
+    }
+
+    /// Whether cached answers may be served and stored now: alone, always; with other
+    /// instances, while the channel bringing their writes is known live.
+    fn cache_open(&self) -> bool {
+        match &self.reach {
+            Reach::Alone => true,
+            Reach::Shared(channel) => channel.is_live(),
+            Reach::Broken => false,
+        }
+    }
+
+    /// Waits (at most `within`) until the channel to the other instances is live; whether the
+    /// cache is open (always, without other instances).
+    pub async fn wait_live(&self, within: Duration) -> bool {
+        match &self.reach {
+            Reach::Shared(channel) => channel.wait_live(within).await,
+            _ => self.cache_open(),
+        }
+    }
+
+    /// Whether the invalidation channel is live (`None`: there is none, nothing to share it with).
+    pub fn channel_live(&self) -> Option<bool> {
+        match &self.reach {
+            Reach::Alone => None,
+            Reach::Shared(channel) => Some(channel.is_live()),
+            Reach::Broken => Some(false),
+        }
+    }
+
+    /// How many times the invalidation channel counted `event` (0 without a channel).
+    pub fn channel_counted(&self, event: ChannelEvent) -> u64 {
+        match &self.reach {
+            Reach::Shared(channel) => channel.counted(event),
+            _ => 0,
+        }
+    }
+
+    /// Every cached answer dropped and every (seller, family) moved to a new generation: the
+    /// channel went down or came back, and announcements may have been missed.
+    fn reset(&self) {
+        let mut st = self.lock();
+        st.writes.new_epoch();
+        let dropped = st.answers.clear();
+        drop(st);
+        self.count_n(Event::Reset, dropped);
+    }
+
+    /// Announces a write to the (seller, families) to the other instances, if any.
+    async fn announce(&self, seller: &str, families: &[&'static str]) {
+        if let Reach::Shared(channel) = &self.reach {
+            for family in families {
+                channel.announce(seller, family).await;
+            }
+        }
+    }
+
+    /// [`SharedCalls::announce`] in the background (from a drop, or not to delay a write).
+    fn announce_later(self: &Arc<Self>, seller: &str, families: &[&'static str]) {
+        if !matches!(self.reach, Reach::Shared(_)) {
+            return;
+        }
+        let (calls, seller, families) = (self.clone(), seller.to_string(), families.to_vec());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            drop(rt.spawn(async move { calls.announce(&seller, &families).await }));
         }
     }
 
@@ -405,12 +383,12 @@ impl SharedCalls {
         self.config.coalesce || !self.config.ttls.is_empty()
     }
 
-    /// Moves the (seller, family) to its next generation and drops its cached answers.
+    /// A write to the (seller, family), here or on another instance: moves it to its next
+    /// generation, opens its settle window and drops its cached answers.
     fn invalidate(&self, seller: &str, family_: &'static str) {
+        let now = Instant::now();
         let mut st = self.lock();
-        *st.generations
-            .entry((seller.to_string(), family_))
-            .or_default() += 1;
+        st.writes.wrote(seller, family_, now);
         let dropped = st.answers.drop_family(seller, family_);
         drop(st);
         self.count_n(Event::Invalidated, dropped);
@@ -430,13 +408,18 @@ impl SharedCalls {
     pub fn render_metrics(&self, out: &mut String) {
         use std::fmt::Write as _;
         let name = "spgate_shared_calls_total";
-        let _ = writeln!(out, "# HELP {name} Answers shared between callers: served from the cache (hit), fetched for it (miss), given to a coalesced follower; cached answers dropped by a write (invalidated), on expiry (expired), to stay within max_entries/max_bytes (evicted); answers too large to cache (too_large); requests that did not join a leader older than a write (after_write).\n# TYPE {name} counter");
+        let _ = writeln!(out, "# HELP {name} Answers shared between callers: served from the cache (hit), fetched for it (miss), given to a coalesced follower; cached answers dropped by a write here or on another instance (invalidated), on expiry (expired), to stay within max_entries/max_bytes (evicted), when the invalidation channel went down or came back (reset); answers too large to cache (too_large); requests that did not join a leader older than a write (after_write); cacheable requests served without the cache while the channel was not live (not_live); answers not cached within a write's settle window (settling); reads not shared because the Orders v0 translation rewrote them (translated).\n# TYPE {name} counter");
         for (event, label) in EVENTS {
             let _ = writeln!(out, "{name}{{event=\"{label}\"}} {}", self.counted(event));
         }
         let (entries, bytes) = self.cached();
         let _ = writeln!(out, "# HELP spgate_shared_calls_cached_answers Answers in the shared-answer cache.\n# TYPE spgate_shared_calls_cached_answers gauge\nspgate_shared_calls_cached_answers {entries}");
         let _ = writeln!(out, "# HELP spgate_shared_calls_cached_bytes Bytes of the shared-answer cache (body, headers and key of each answer; bounded by max_bytes).\n# TYPE spgate_shared_calls_cached_bytes gauge\nspgate_shared_calls_cached_bytes {bytes}");
+        match &self.reach {
+            Reach::Alone => {}
+            Reach::Shared(channel) => channel.render_metrics(out),
+            Reach::Broken => invalidation::render_live(out, false),
+        }
         let name = "spgate_shared_calls_tool_total";
         let _ = writeln!(out, "# HELP {name} Answers served to a tool without Amazon (from the cache, or a coalesced leader), after its own plan.\n# TYPE {name} counter");
         let tools = self.tools.lock().unwrap_or_else(|p| p.into_inner());
@@ -460,7 +443,10 @@ fn label_value(v: &str) -> String {
 
 /// What the pipeline knows of a request when it reaches the shared-answer phase.
 pub(super) struct Asking<'a> {
+    /// The operation asked for (answered).
     pub(super) op: &'static Operation,
+    /// The operation sent upstream: `op`, or its Orders 2026-01-01 call when translated.
+    pub(super) wire: &'static Operation,
     pub(super) seller: Option<&'a SellerRecord>,
     pub(super) caller: &'a Caller,
     pub(super) role: &'a Role,
@@ -496,13 +482,27 @@ impl Gateway {
         };
         let seller_id = seller.selling_partner_id.as_str();
         let op = a.op;
-        if op.method != http::Method::GET && !READ_ONLY_POSTS.contains(&op.key) {
-            calls.invalidate(seller_id, family(op));
-            return Ok(Joined::Lead(Lead::Writer {
-                seller: seller_id.to_string(),
-                family: family(op),
-                calls: calls.clone(),
-            }));
+        match part(op, a.wire) {
+            Part::Write(families) => {
+                for f in &families {
+                    calls.invalidate(seller_id, f);
+                }
+                // Its start, in the background; its end is awaited ([`Lead::publish`]).
+                calls.announce_later(seller_id, &families);
+                return Ok(Joined::Lead(Lead::Writer {
+                    seller: seller_id.to_string(),
+                    families,
+                    calls: calls.clone(),
+                    announced: false,
+                }));
+            }
+            Part::Alone(event) => {
+                if let Some(event) = event {
+                    calls.count(event);
+                }
+                return Ok(Joined::Lead(Lead::Alone));
+            }
+            Part::Read => {}
         }
         let ttl = calls.config.ttls.get(op.key).copied();
         // A GET is shared bodiless; a read-only POST by its whole body (kept for replay).
@@ -511,9 +511,16 @@ impl Gateway {
             (false, Some(body)) => Some(crate::crypto::sha256_hex(body)),
             _ => return Ok(Joined::Lead(Lead::Alone)),
         };
-        if shareable(op).is_err() || (!calls.config.coalesce && ttl.is_none()) {
+        if !calls.config.coalesce && ttl.is_none() {
             return Ok(Joined::Lead(Lead::Alone));
         }
+        // Fail closed: while other instances' writes may not reach this cache, it is neither
+        // read nor filled (coalescing within the instance goes on).
+        let cache_open = calls.cache_open();
+        if ttl.is_some() && !cache_open {
+            calls.count(Event::NotLive);
+        }
+        let keep_for = ttl.filter(|_| cache_open);
         let pq = req.uri().path_and_query().map_or("", |pq| pq.as_str());
         let key = Key {
             seller: seller_id.to_string(),
@@ -528,18 +535,17 @@ impl Gateway {
         let now = Instant::now();
         let shared = {
             let mut st = calls.lock();
-            let found = st.answers.get(&key, now);
+            let found = match keep_for {
+                Some(_) => st.answers.get(&key, now),
+                None => Found::Nothing,
+            };
             if let Found::Fresh(answer) = found {
                 Shared::Hit(answer)
             } else {
                 if matches!(found, Found::Expired) {
                     calls.count(Event::Expired);
                 }
-                let generation = st
-                    .generations
-                    .get(&(key.seller.clone(), key.family))
-                    .copied()
-                    .unwrap_or(0);
+                let generation = st.writes.generation(&key.seller, key.family);
                 match st.in_flight.get(&key) {
                     Some(f) if calls.config.coalesce && f.generation == generation => {
                         Shared::Follow(f.rx.clone())
@@ -561,9 +567,12 @@ impl Gateway {
                         return Ok(Joined::Lead(Lead::Reader {
                             key,
                             tx,
-                            ttl,
-                            generation,
-                            ticket,
+                            ttl: keep_for,
+                            started: Started {
+                                generation,
+                                at: now,
+                                ticket,
+                            },
                             request_id: ctx.request_id.clone(),
                             calls: calls.clone(),
                         }));
@@ -614,23 +623,33 @@ impl Gateway {
 impl Lead {
     /// The leader's upstream answer: shared with its followers (and cached: a 200 with a TTL,
     /// no write meanwhile) when it is JSON within `max` bytes, and returned for the leader's own
-    /// caller. A write drops its family's cached answers again.
+    /// caller. A write drops its families' cached answers again, and its end is announced to
+    /// the other instances before its answer goes back (the tool's next read through any of
+    /// them comes after it).
     pub(super) async fn publish(
-        self,
+        mut self,
         resp: Response<Body>,
         max: usize,
     ) -> Result<Response<Body>, ProxyError> {
         // `self` drops when this returns, taking a reader's in-flight entry away.
-        match &self {
+        match &mut self {
             Lead::Alone => Ok(resp),
-            // The write's second invalidation is its lead's drop, right after this returns.
-            Lead::Writer { .. } => Ok(resp),
+            // The write's second local invalidation is its lead's drop, right after this returns.
+            Lead::Writer {
+                seller,
+                families,
+                calls,
+                announced,
+            } => {
+                calls.announce(seller, families).await;
+                *announced = true;
+                Ok(resp)
+            }
             Lead::Reader {
                 key,
                 tx,
                 ttl,
-                generation,
-                ticket,
+                started,
                 request_id,
                 calls,
             } => {
@@ -650,7 +669,7 @@ impl Lead {
                     leader: request_id.clone(),
                 });
                 if let (Some(ttl), StatusCode::OK) = (ttl, answer.status) {
-                    calls.keep(key, &answer, *ttl, *generation, *ticket);
+                    calls.keep(key, &answer, *ttl, *started);
                 }
                 tx.send_replace(Some(answer.clone()));
                 Ok(answer.response())
@@ -660,22 +679,28 @@ impl Lead {
 }
 
 impl SharedCalls {
-    /// Caches a leader's answer if no write to its (seller, family) came since it started:
-    /// checked and stored under one lock, so a write's drop cannot fall between the two.
-    fn keep(&self, key: &Key, answer: &Arc<Answer>, ttl: Duration, generation: u64, ticket: u64) {
+    /// Caches a leader's answer if no write to its (seller, family) came since it started, it
+    /// did not start within a write's settle window, and the cache is open: checked and stored
+    /// under one lock, so a write's drop cannot fall between the two.
+    fn keep(&self, key: &Key, answer: &Arc<Answer>, ttl: Duration, started: Started) {
         let now = Instant::now();
         let mut st = self.lock();
-        let current = st
-            .generations
-            .get(&(key.seller.clone(), key.family))
-            .copied()
-            .unwrap_or(0);
-        if current != generation {
+        if st.writes.generation(&key.seller, key.family) != started.generation {
+            return;
+        }
+        if !self.cache_open() {
+            drop(st);
+            self.count(Event::NotLive);
+            return;
+        }
+        if st.writes.settling(&key.seller, key.family, started.at) {
+            drop(st);
+            self.count(Event::Settling);
             return;
         }
         let stored = st
             .answers
-            .insert(key, answer.clone(), now + ttl, ticket, now);
+            .insert(key, answer.clone(), now + ttl, started.ticket, now);
         drop(st);
         self.count_n(Event::Expired, stored.expired);
         self.count_n(Event::Evicted, stored.evicted);
@@ -702,12 +727,21 @@ impl Drop for Lead {
                 }
             }
             // A write ends however it ends (published, an error, a timeout, the client gone, a
-            // drain): Amazon may have applied it, so what was read meanwhile goes again.
+            // drain): Amazon may have applied it, so what was read meanwhile goes again, here
+            // and (unless its answer already announced it) on the other instances.
             Lead::Writer {
                 seller,
-                family,
+                families,
                 calls,
-            } => calls.invalidate(seller, family),
+                announced,
+            } => {
+                for f in families.iter() {
+                    calls.invalidate(seller, f);
+                }
+                if !*announced {
+                    calls.announce_later(seller, families);
+                }
+            }
             Lead::Alone => {}
         }
     }
@@ -761,76 +795,5 @@ impl Answer {
             .and_then(|v| v.to_str().ok())
             .filter(|v| v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
             .map(str::to_string)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn check(ttl: &[(&str, u64)], expect: Result<usize, &str>) {
-        let raw = RawSharedCalls {
-            coalesce: None,
-            ttl_seconds: Some(ttl.iter().map(|(k, v)| (k.to_string(), *v)).collect()),
-            max_entries: None,
-            max_bytes: None,
-        };
-        match (raw.resolve(), expect) {
-            (Ok(c), Ok(n)) => assert_eq!(c.ttls.len(), n, "{ttl:?}"),
-            (Err(issues), Err(why)) => assert!(
-                issues.iter().any(|i| i.message.contains(why)),
-                "{ttl:?}: {issues:?}"
-            ),
-            (got, want) => panic!("{ttl:?}: got {got:?}, want {want:?}"),
-        }
-    }
-
-    #[test]
-    fn only_unrestricted_gets_without_buyer_pii_may_be_cached() {
-        check(
-            &[
-                ("catalogItems_2022-04-01.getCatalogItem", 300),
-                (
-                    "definitionsProductTypes_2020-09-01.getDefinitionsProductType",
-                    3600,
-                ),
-                (
-                    "listingsRestrictions_2021-08-01.getListingsRestrictions",
-                    60,
-                ),
-            ],
-            Ok(3),
-        );
-        check(
-            &[("fulfillmentOutbound_2020-07-01.getFulfillmentOrder", 60)],
-            Err("buyer PII"),
-        );
-        check(&[("ordersV0.getOrderAddress", 60)], Err("restricted"));
-        check(&[("productFeesV0.getMyFeesEstimateForSKU", 60)], Ok(1));
-        check(&[("feeds_2021-06-30.createFeed", 60)], Err("only GET"));
-        check(&[("notifications.getDestinations", 60)], Err("grantless"));
-        check(&[("nosuch.operation", 60)], Err("no such operation"));
-        check(
-            &[("catalogItems_2022-04-01.getCatalogItem", 0)],
-            Err("at least 1"),
-        );
-    }
-
-    #[test]
-    fn one_listing_change_reaches_every_api_that_shows_it() {
-        let op = |k: &str| Catalog::builtin().by_key(k).unwrap();
-        let listings = family(op("listingsItems_2021-08-01.patchListingsItem"));
-        assert_eq!(
-            family(op("catalogItems_2022-04-01.getCatalogItem")),
-            listings
-        );
-        assert_eq!(
-            family(op("productFeesV0.getMyFeesEstimateForSKU")),
-            listings
-        );
-        assert_ne!(family(op("sellers.getMarketplaceParticipations")), listings);
-        for key in READ_ONLY_POSTS {
-            assert_eq!(op(key).method, http::Method::POST, "{key}");
-        }
     }
 }

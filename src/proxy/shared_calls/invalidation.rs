@@ -1,0 +1,638 @@
+//! The invalidation channel between gateway instances sharing Redis: each write a tool makes
+//! through one instance reaches every other instance's shared-answer cache, so a tool never
+//! reads its own write back stale through another instance behind a load balancer.
+//!
+//! DESIGN: a write is announced on the Redis pub/sub channel `<prefix>shared-calls:writes`
+//! (`<instance> <family> <seller>`) when it starts (in the background) and when it ends (awaited
+//! before its answer goes back to the tool, so the tool's next read anywhere comes after the
+//! announcement reached Redis, which hands it to every subscriber in that same step). Every
+//! instance subscribes on its own connection and moves the (seller, family) to its next
+//! generation on each announcement (dropping its cached answers of the family, as a local write
+//! does), with no round trip on a cache hit. No generation is kept in Redis: one subscription
+//! delivers every announcement in order while its connection lives, and what can lose one (the
+//! connection drops, Redis stops answering) is seen here and closes the cache instead: while the
+//! subscription is not known to be live (not yet subscribed, the connection lost, no answer to a
+//! ping within [`LIVENESS`]) no cached answer is served and none is stored, every cached answer
+//! is dropped when it goes down and again when it comes back (a new epoch, [`super::writes`]),
+//! and the outage is logged once, counted and shown in `spgate_shared_calls_invalidation_live`.
+//! Coalescing within the instance goes on. An announcement that cannot be sent is counted,
+//! logged once per outage and sent again in the background until it goes through, or until no
+//! answer cached before the write can still be served anywhere (the longest TTL and the settle
+//! window after the write).
+//!
+//! What this does not cover: an instance killed in the middle of a write announces only its
+//! start; and between Redis handing an announcement out and the subscriber task reading it (a
+//! scheduling delay, well under a millisecond on an idle machine) a hit may still be served.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::catalog::Catalog;
+use crate::config::{Config, RedisAccess, StoreConfig};
+use crate::secret::Secret;
+
+use super::SharedCalls;
+
+/// How often the subscription is pinged.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// The longest wait for a ping's answer, a connection or an announcement.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The subscription counts as live this long after the last answer it gave (a ping's, or the
+/// subscription's own): past it, the cache closes even if the connection did not report a loss.
+pub(super) const LIVENESS: Duration = Duration::from_secs(3);
+
+/// The wait before subscribing again after a loss, and between sends of a failed announcement.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// The Redis the instances share, for the channel: `[ratelimit.redis]` if configured, else a
+/// Redis `[store]`.
+#[derive(Debug, Clone)]
+pub struct RedisLink {
+    url: Secret<String>,
+    access: RedisAccess,
+    key_prefix: String,
+    /// The config section it comes from (for the log).
+    section: &'static str,
+}
+
+/// Why the channel could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidationError {
+    /// The Redis URL or its TLS settings were refused.
+    #[error("the Redis of {section} is not usable: {reason}")]
+    Client {
+        /// The config section.
+        section: &'static str,
+        /// What was wrong (no values).
+        reason: String,
+    },
+    /// A Redis command failed.
+    #[error("Redis {op} failed: {reason}")]
+    Redis {
+        /// Which step.
+        op: &'static str,
+        /// What went wrong (no values).
+        reason: String,
+    },
+    /// Redis did not answer in time.
+    #[error("Redis did not answer {op} within {ANSWER_TIMEOUT:?}")]
+    Timeout {
+        /// Which step.
+        op: &'static str,
+    },
+    /// The process has no async runtime to run the subscription on.
+    #[error("no async runtime to subscribe on")]
+    NoRuntime,
+}
+
+/// What the channel counted (metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelEvent {
+    /// A write announced to the other instances.
+    Published,
+    /// Another instance's write applied here.
+    Received,
+    /// An announcement that could not be sent (it is sent again in the background).
+    PublishFailed,
+    /// A failed announcement sent later.
+    Republished,
+    /// A failed announcement given up once no answer cached before its write can be served.
+    Abandoned,
+    /// The subscription went down (or could not be made).
+    Lost,
+    /// A message not understood (another version's family?): every cached answer dropped.
+    Unreadable,
+}
+
+const CHANNEL_EVENTS: [(ChannelEvent, &str); 7] = [
+    (ChannelEvent::Published, "published"),
+    (ChannelEvent::Received, "received"),
+    (ChannelEvent::PublishFailed, "publish_failed"),
+    (ChannelEvent::Republished, "republished"),
+    (ChannelEvent::Abandoned, "abandoned"),
+    (ChannelEvent::Lost, "lost"),
+    (ChannelEvent::Unreadable, "unreadable"),
+];
+
+/// One instance's end of the channel.
+pub(super) struct Channel {
+    client: redis::Client,
+    section: &'static str,
+    /// `<prefix>shared-calls:writes`.
+    name: String,
+    /// This instance's id in its announcements (its own are not applied twice).
+    instance: String,
+    /// How long a failed announcement is still worth sending.
+    retry_for: Duration,
+    /// Announcements to send again, per (seller, family), since the first write that failed.
+    pending: std::sync::Mutex<HashMap<(String, &'static str), Instant>>,
+    /// The sender of pending announcements runs.
+    resending: AtomicBool,
+    /// Subscribed (and not yet known lost).
+    subscribed: watch::Sender<bool>,
+    /// When the subscription last answered (ms since `base`).
+    confirmed_ms: AtomicU64,
+    base: Instant,
+    publisher: tokio::sync::OnceCell<ConnectionManager>,
+    counts: [AtomicU64; CHANNEL_EVENTS.len()],
+}
+
+// === impl RedisLink ===
+
+impl RedisLink {
+    /// The Redis the config's instances share, if any (`[ratelimit.redis]` first: like the
+    /// channel, it holds rebuildable state only; else a Redis store). With a TTL configured and
+    /// no shared Redis, a config that names several instances (a PostgreSQL store, or
+    /// `ratelimit.expected_instances` above 1) is told at startup that cached answers stay per
+    /// instance.
+    pub fn of(config: &Config) -> Option<RedisLink> {
+        let link = match (&config.ratelimit.redis, &config.store) {
+            (Some(r), _) => Some(RedisLink {
+                url: r.url.clone(),
+                access: r.access.clone(),
+                key_prefix: r.key_prefix.clone(),
+                section: "[ratelimit.redis]",
+            }),
+            (
+                None,
+                StoreConfig::Redis {
+                    url,
+                    key_prefix,
+                    access,
+                },
+            ) => Some(RedisLink {
+                url: url.clone(),
+                access: access.clone(),
+                key_prefix: key_prefix.clone(),
+                section: "[store]",
+            }),
+            (None, _) => None,
+        };
+        if let Some(named) = unshared(config, link.as_ref()) {
+            tracing::warn!(named, "[shared_calls.ttl_seconds] caches answers per instance, and this config names several instances without a shared Redis: a write through another instance is seen here only when the TTL ends. Configure [ratelimit.redis] so writes reach every instance's cache.");
+        }
+        link
+    }
+}
+
+/// What in a config that caches answers, with no Redis to share writes on, names several
+/// instances (the cache then stays per instance), if anything.
+fn unshared(config: &Config, link: Option<&RedisLink>) -> Option<&'static str> {
+    if link.is_some() || config.shared_calls.ttls.is_empty() {
+        return None;
+    }
+    if matches!(config.store, StoreConfig::Postgres(_)) {
+        Some("a postgres store")
+    } else if config.ratelimit.limiter.expected_instances > 1 {
+        Some("ratelimit.expected_instances above 1")
+    } else {
+        None
+    }
+}
+
+// === impl Channel ===
+
+impl Channel {
+    /// The channel on `link` (nothing connects yet: [`Channel::start`]).
+    pub(super) fn new(link: &RedisLink, retry_for: Duration) -> Result<Channel, InvalidationError> {
+        let client =
+            link.access
+                .client(link.url.expose())
+                .map_err(|e| InvalidationError::Client {
+                    section: link.section,
+                    reason: crate::store::redis::describe(&e),
+                })?;
+        let instance =
+            crate::crypto::random_token::<9>().map_err(|_| InvalidationError::Client {
+                section: link.section,
+                reason: "no randomness for the instance id".into(),
+            })?;
+        Ok(Channel {
+            client,
+            section: link.section,
+            name: format!("{}shared-calls:writes", link.key_prefix),
+            instance,
+            retry_for,
+            subscribed: watch::Sender::new(false),
+            confirmed_ms: AtomicU64::new(0),
+            base: Instant::now(),
+            publisher: tokio::sync::OnceCell::new(),
+            pending: std::sync::Mutex::new(HashMap::new()),
+            resending: AtomicBool::new(false),
+            counts: Default::default(),
+        })
+    }
+
+    /// Subscribes in the background, for as long as `calls` lives.
+    pub(super) fn start(self: &Arc<Self>, calls: Weak<SharedCalls>) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn(self.clone().run(calls))),
+            Err(_) => {
+                self.count(ChannelEvent::Lost);
+                tracing::error!(error = %InvalidationError::NoRuntime, "The shared-answer invalidation channel is down: no cached answer is served.");
+            }
+        }
+    }
+
+    /// Whether the subscription is known to be live: subscribed, and it answered within
+    /// [`LIVENESS`].
+    pub(super) fn is_live(&self) -> bool {
+        *self.subscribed.borrow() && {
+            let since = self
+                .ms_now()
+                .saturating_sub(self.confirmed_ms.load(Ordering::Acquire));
+            since < LIVENESS.as_millis() as u64
+        }
+    }
+
+    /// Waits until the subscription is live, at most `within`; whether it is.
+    pub(super) async fn wait_live(&self, within: Duration) -> bool {
+        let mut rx = self.subscribed.subscribe();
+        let _ = tokio::time::timeout(within, rx.wait_for(|s| *s)).await;
+        self.is_live()
+    }
+
+    /// Announces a write to the (seller, family) to the other instances. One that fails, or
+    /// comes while others wait to be sent again (Redis is not taking them: a write is not held
+    /// up for it), joins the pending ones, sent again in the background.
+    pub(super) async fn announce(self: &Arc<Self>, seller: &str, family: &'static str) {
+        if self.failing() {
+            self.count(ChannelEvent::PublishFailed);
+            self.pend(seller, family);
+            return;
+        }
+        match self.publish(&self.message(seller, family)).await {
+            Ok(()) => self.count(ChannelEvent::Published),
+            Err(e) => {
+                self.count(ChannelEvent::PublishFailed);
+                tracing::error!(error = %e, section = self.section, "A write could not be announced to the other instances: their cached answers of its family may be stale until it is (sent again every second).");
+                self.pend(seller, family);
+            }
+        }
+    }
+
+    fn message(&self, seller: &str, family: &'static str) -> String {
+        format!("{} {family} {seller}", self.instance)
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<(String, &'static str), Instant>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether announcements are waiting to be sent again.
+    fn failing(&self) -> bool {
+        !self.pending().is_empty()
+    }
+
+    /// Keeps an announcement to send again (one per (seller, family): it stands for every
+    /// write to it since the first that failed), and starts the sender if it is not running.
+    fn pend(self: &Arc<Self>, seller: &str, family: &'static str) {
+        self.pending()
+            .entry((seller.to_string(), family))
+            .or_insert_with(Instant::now);
+        if !self.resending.swap(true, Ordering::AcqRel) {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                drop(rt.spawn(self.clone().resend()));
+            }
+        }
+    }
+
+    /// Sends the pending announcements again every [`RETRY`] until each goes through or is no
+    /// longer needed (past `retry_for` since its first write, no answer cached before it can
+    /// still be served anywhere).
+    async fn resend(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(RETRY).await;
+            let waiting: Vec<_> = self
+                .pending()
+                .iter()
+                .map(|((seller, family), since)| (seller.clone(), *family, *since))
+                .collect();
+            for (seller, family, since) in waiting {
+                if since.elapsed() > self.retry_for {
+                    self.pending().remove(&(seller, family));
+                    self.count(ChannelEvent::Abandoned);
+                    continue;
+                }
+                if self.publish(&self.message(&seller, family)).await.is_err() {
+                    break; // Redis still does not take them: the next round.
+                }
+                self.pending().remove(&(seller, family));
+                self.count(ChannelEvent::Republished);
+            }
+            let pending = self.pending();
+            if pending.is_empty() {
+                // Under the lock: a `pend` after this starts a new sender.
+                self.resending.store(false, Ordering::Release);
+                drop(pending);
+                tracing::info!(
+                    section = self.section,
+                    "No write waits to be announced to the other instances any more."
+                );
+                return;
+            }
+        }
+    }
+
+    async fn publish(&self, message: &str) -> Result<(), InvalidationError> {
+        let send = async {
+            let conn = self
+                .publisher
+                .get_or_try_init(|| async {
+                    let config = ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(ANSWER_TIMEOUT))
+                        .set_response_timeout(Some(ANSWER_TIMEOUT))
+                        .set_number_of_retries(1)
+                        .set_max_delay(RETRY);
+                    ConnectionManager::new_with_config(self.client.clone(), config)
+                        .await
+                        .map_err(redis_failed("connect"))
+                })
+                .await?;
+            redis::cmd("PUBLISH")
+                .arg(&self.name)
+                .arg(message)
+                .query_async::<i64>(&mut conn.clone())
+                .await
+                .map_err(redis_failed("PUBLISH"))
+        };
+        tokio::time::timeout(ANSWER_TIMEOUT, send)
+            .await
+            .map_err(|_| InvalidationError::Timeout { op: "PUBLISH" })?
+            .map(drop)
+    }
+
+    /// The subscription, made again after each loss, while `calls` lives.
+    async fn run(self: Arc<Self>, calls: Weak<SharedCalls>) {
+        let mut outage_logged = false;
+        loop {
+            match self.subscribe().await {
+                Ok((sink, stream)) => {
+                    let Some(live) = calls.upgrade() else { return };
+                    self.confirm();
+                    // Announcements missed while down: everything cached before goes.
+                    live.reset();
+                    self.subscribed.send_replace(true);
+                    if outage_logged {
+                        tracing::info!(
+                            section = self.section,
+                            "The shared-answer invalidation channel is live again."
+                        );
+                    }
+                    outage_logged = false;
+                    drop(live);
+                    let Some(why) = self.listen(&calls, sink, stream).await else {
+                        return;
+                    };
+                    self.went_down(&calls, &why, &mut outage_logged);
+                }
+                Err(e) => self.went_down(&calls, &e, &mut outage_logged),
+            }
+            tokio::time::sleep(RETRY).await;
+            if calls.strong_count() == 0 {
+                return;
+            }
+        }
+    }
+
+    fn went_down(
+        &self,
+        calls: &Weak<SharedCalls>,
+        why: &InvalidationError,
+        outage_logged: &mut bool,
+    ) {
+        let was = self.subscribed.send_replace(false);
+        if let Some(calls) = calls.upgrade() {
+            calls.reset();
+        }
+        if was || !*outage_logged {
+            self.count(ChannelEvent::Lost);
+        }
+        if !*outage_logged {
+            *outage_logged = true;
+            tracing::error!(error = %why, section = self.section, "The shared-answer invalidation channel is down: no cached answer is served until it is back (other instances' writes could be missed).");
+        }
+    }
+
+    async fn subscribe(
+        &self,
+    ) -> Result<(redis::aio::PubSubSink, redis::aio::PubSubStream), InvalidationError> {
+        let connect = async {
+            let pubsub = self
+                .client
+                .get_async_pubsub()
+                .await
+                .map_err(redis_failed("connect"))?;
+            let (mut sink, stream) = pubsub.split();
+            sink.subscribe(&self.name)
+                .await
+                .map_err(redis_failed("SUBSCRIBE"))?;
+            Ok((sink, stream))
+        };
+        tokio::time::timeout(ANSWER_TIMEOUT, connect)
+            .await
+            .map_err(|_| InvalidationError::Timeout { op: "SUBSCRIBE" })?
+    }
+
+    /// Applies other instances' announcements until the subscription is lost (why), or
+    /// `calls` is gone (`None`).
+    async fn listen(
+        &self,
+        calls: &Weak<SharedCalls>,
+        sink: redis::aio::PubSubSink,
+        mut stream: redis::aio::PubSubStream,
+    ) -> Option<InvalidationError> {
+        // Pinged from its own task, so announcements are applied while a ping waits.
+        let (beat_tx, mut beat_rx) = tokio::sync::mpsc::channel::<Result<(), InvalidationError>>(1);
+        let beat = tokio::spawn(async move {
+            let mut sink = sink;
+            loop {
+                tokio::time::sleep(HEARTBEAT).await;
+                let pong = tokio::time::timeout(ANSWER_TIMEOUT, sink.ping::<redis::Value>()).await;
+                let result = match pong {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(redis_failed("PING")(e)),
+                    Err(_) => Err(InvalidationError::Timeout { op: "PING" }),
+                };
+                if beat_tx.send(result).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let _stop = AbortOnDrop(beat);
+        loop {
+            tokio::select! {
+                msg = stream.next() => {
+                    let Some(msg) = msg else {
+                        return Some(InvalidationError::Redis { op: "SUBSCRIBE", reason: "the connection closed".into() });
+                    };
+                    let calls = calls.upgrade()?;
+                    self.apply(&calls, msg.get_payload_bytes());
+                }
+                beat = beat_rx.recv() => match beat {
+                    Some(Ok(())) => {
+                        calls.upgrade()?;
+                        self.confirm();
+                    }
+                    Some(Err(e)) => return Some(e),
+                    None => return Some(InvalidationError::Timeout { op: "PING" }),
+                },
+            }
+        }
+    }
+
+    /// Applies one announcement: another instance's write moves its (seller, family) here; a
+    /// message not understood drops everything.
+    fn apply(&self, calls: &SharedCalls, payload: &[u8]) {
+        let parsed = std::str::from_utf8(payload).ok().and_then(|m| {
+            let mut parts = m.splitn(3, ' ');
+            let (instance, family, seller) = (parts.next()?, parts.next()?, parts.next()?);
+            Some((instance, family_named(family)?, seller))
+        });
+        match parsed {
+            Some((instance, _, _)) if instance == self.instance => {}
+            Some((_, family, seller)) if !seller.is_empty() => {
+                self.count(ChannelEvent::Received);
+                calls.invalidate(seller, family);
+            }
+            _ => {
+                self.count(ChannelEvent::Unreadable);
+                tracing::warn!("A shared-answer invalidation message was not understood (another version?): every cached answer is dropped.");
+                calls.reset();
+            }
+        }
+    }
+
+    fn confirm(&self) {
+        self.confirmed_ms.store(self.ms_now(), Ordering::Release);
+    }
+
+    fn ms_now(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64
+    }
+
+    fn count(&self, event: ChannelEvent) {
+        self.counts[event as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many times `event` happened.
+    pub(super) fn counted(&self, event: ChannelEvent) -> u64 {
+        self.counts[event as usize].load(Ordering::Relaxed)
+    }
+
+    /// The channel's metrics in Prometheus' text format.
+    pub(super) fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let name = "spgate_shared_calls_invalidation_total";
+        let _ = writeln!(out, "# HELP {name} Writes announced to the other instances sharing Redis (published), other instances' writes applied here (received), announcements that failed (publish_failed; sent again: republished, given up once no longer needed: abandoned), subscription losses (lost), messages not understood (unreadable).\n# TYPE {name} counter");
+        for (event, label) in CHANNEL_EVENTS {
+            let _ = writeln!(out, "{name}{{event=\"{label}\"}} {}", self.counted(event));
+        }
+        render_live(out, self.is_live());
+    }
+}
+
+/// The gauge saying whether the channel is live.
+pub(super) fn render_live(out: &mut String, live: bool) {
+    use std::fmt::Write as _;
+    let live = u8::from(live);
+    let _ = writeln!(out, "# HELP spgate_shared_calls_invalidation_live Whether the invalidation channel between instances is known live (0: no cached answer is served).\n# TYPE spgate_shared_calls_invalidation_live gauge\nspgate_shared_calls_invalidation_live {live}");
+}
+
+/// Aborts a task when dropped (the heartbeat ends with its subscription).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn redis_failed(op: &'static str) -> impl Fn(redis::RedisError) -> InvalidationError {
+    move |e| InvalidationError::Redis {
+        op,
+        reason: crate::store::redis::describe(&e),
+    }
+}
+
+/// The family of that name, if any operation has it.
+fn family_named(name: &str) -> Option<&'static str> {
+    static FAMILIES: OnceLock<HashSet<&'static str>> = OnceLock::new();
+    let families = FAMILIES.get_or_init(|| {
+        Catalog::builtin()
+            .operations()
+            .iter()
+            .map(super::rules::family)
+            .collect()
+    });
+    families.get(name).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Redis link of a config of `toml` (after the minimal sections), and what is said.
+    fn check(toml: &str, expect: (Option<&str>, Option<&str>)) {
+        let mut env = crate::config::MapEnv::default();
+        env.vars.insert("LWA".into(), "synthetic".into());
+        env.vars.insert(
+            "MASTER".into(),
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into(),
+        );
+        let text = format!("[lwa]\nclient_id = \"amzn1.application-oa2-client.synthetic\"\nclient_secret = {{ env = \"LWA\" }}\n[keys]\nmaster_key = {{ env = \"MASTER\" }}\n{toml}");
+        let config = Config::from_toml(&text, &env).unwrap_or_else(|e| panic!("{e}"));
+        let link = RedisLink::of(&config);
+        let got = (
+            link.as_ref().map(|l| l.section),
+            unshared(&config, link.as_ref()),
+        );
+        assert_eq!(got, expect, "{toml}");
+    }
+
+    #[test]
+    fn a_config_naming_several_instances_without_a_shared_redis_is_told_so() {
+        const TTL: &str =
+            "[shared_calls.ttl_seconds]\n\"catalogItems_2022-04-01.getCatalogItem\" = 60\n";
+        let several = "[ratelimit]\nexpected_instances = 3\n";
+        let redis = "[ratelimit.redis]\nurl = \"redis://127.0.0.1:6379\"\n";
+        let store = "[store]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\n";
+        check(
+            &format!("{several}{TTL}"),
+            (None, Some("ratelimit.expected_instances above 1")),
+        );
+        check(
+            &format!("{several}{redis}{TTL}"),
+            (Some("[ratelimit.redis]"), None),
+        );
+        check(&format!("{store}{TTL}"), (Some("[store]"), None));
+        check(several, (None, None));
+        check(TTL, (None, None));
+    }
+
+    #[test]
+    fn every_family_is_known_by_its_name_and_nothing_else_is() {
+        for op in Catalog::builtin().operations() {
+            assert_eq!(
+                family_named(super::super::rules::family(op)),
+                Some(super::super::rules::family(op))
+            );
+        }
+        assert_eq!(family_named("listings"), Some("listings"));
+        assert_eq!(
+            family_named("listings-items"),
+            None,
+            "one of the listings family"
+        );
+        assert_eq!(family_named(""), None);
+    }
+}

@@ -301,16 +301,6 @@ impl Drop for Inner {
     }
 }
 
-/// The guard of [`Auditor::hold_writer`]: the writer goes on when it is dropped.
-#[doc(hidden)]
-pub struct WriterHold(Arc<Health>);
-
-impl Drop for WriterHold {
-    fn drop(&mut self) {
-        self.0.release();
-    }
-}
-
 /// A record awaiting room in a full queue. Its sender dropped while it waits (a client that
 /// went away) loses it: counted as refused, like one that got no room.
 struct Pending<'a> {
@@ -340,6 +330,16 @@ impl Drop for Awaiting<'_> {
             self.auditor
                 .withhold(self.id, note, Record::withhold_from_gone_client);
         }
+    }
+}
+
+/// The guard of [`Auditor::hold_writer`]: the writer goes on when it is dropped.
+#[doc(hidden)]
+pub struct WriterHold(Arc<Health>);
+
+impl Drop for WriterHold {
+    fn drop(&mut self) {
+        self.0.release();
     }
 }
 

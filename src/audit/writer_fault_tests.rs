@@ -195,111 +195,6 @@ async fn a_shutdown_does_not_wait_forever_for_a_stalled_writer() {
     assert_eq!(auditor.metrics().gaps, 1);
 }
 
-/// A clock that panics when told to: the writer thread dies in the middle of a batch.
-struct PanickingClock {
-    inner: ManualClock,
-    panic: Arc<AtomicBool>,
-}
-
-impl Clock for PanickingClock {
-    fn now(&self) -> OffsetDateTime {
-        assert!(
-            !self.panic.load(Ordering::Relaxed),
-            "the test makes the writer panic"
-        );
-        self.inner.now()
-    }
-}
-
-/// M1: a writer that panics loses the batch in its hand as well as the queue; both are counted,
-/// and the shutdown reports them (and `audit_stopped`, which it cannot write): non-zero exit.
-#[tokio::test]
-async fn a_writer_that_dies_counts_the_batch_in_its_hand() {
-    let dir = tempfile::tempdir().unwrap();
-    let panic = Arc::new(AtomicBool::new(false));
-    let clock = PanickingClock {
-        inner: ManualClock::new(datetime!(2026-01-01 10:00 UTC)),
-        panic: panic.clone(),
-    };
-    let mut cfg = config(dir.path());
-    cfg.queue_capacity = 64;
-    let auditor = Auditor::start_with_clock(&cfg, Arc::new(clock)).unwrap();
-    auditor
-        .record_durable(Record::request("written"))
-        .await
-        .unwrap();
-    panic.store(true, Ordering::Relaxed);
-    for i in 0..3 {
-        auditor.record(Record::request(&format!("in-hand-{i}")));
-    }
-    // Taken in one batch with the three: the writer panics on the first of them.
-    assert_eq!(
-        auditor.record_durable(Record::request("durable")).await,
-        Err(Unrecorded)
-    );
-    // (Not `healthy()`: the watchdog may find the writer stalled while its panic is reported.)
-    until("the writer is gone", || {
-        auditor.inner.counters.stopped.load(Ordering::Relaxed)
-    })
-    .await;
-    assert!(!auditor.healthy());
-    assert_eq!(auditor.metrics().lost, 4);
-    assert_eq!(auditor.shutdown().await, 5);
-    assert_eq!(auditor.metrics().lost, 5);
-    // Asked again, the same answer: nothing is counted twice.
-    assert_eq!(auditor.shutdown().await, 5);
-}
-
-/// M3: an fsync that fails on every call. Durable callers are told their records are not
-/// written (with `fsync = "always"` they hear after the sync), the failures are counted, the
-/// log stays unavailable through writes that succeed (no flapping), and the retries back off
-/// instead of spinning.
-#[cfg(target_os = "linux")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_fsync_is_counted_backs_off_and_keeps_the_log_unavailable() {
-    for fsync in [
-        FsyncPolicy::Always,
-        FsyncPolicy::Interval(Duration::from_millis(1)),
-    ] {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = ManualClock::new(datetime!(2026-01-01 10:00 UTC));
-        let mut cfg = config(dir.path());
-        cfg.fsync = fsync;
-        cfg.queue_capacity = 64;
-        let auditor = Auditor::start_with_clock(&cfg, Arc::new(clock.clone())).unwrap();
-        let lines = drain(fifo_for_day_two(dir.path()));
-        clock.advance(time::Duration::days(1));
-        let first = auditor.record_durable(Record::request("first")).await;
-        if fsync == FsyncPolicy::Always {
-            assert_eq!(first, Err(Unrecorded), "synced before the answer");
-        }
-        until("the sync failed", || auditor.metrics().sync_failures > 0).await;
-        // Writes go on succeeding; the log stays unavailable and durable records are refused.
-        for i in 0..20 {
-            auditor.record(Record::request(&format!("lazy-{i}")));
-            assert_eq!(auditor.flushed().await, Err(Unrecorded), "{fsync:?}");
-            assert!(!auditor.available(), "{fsync:?} round {i}");
-        }
-        assert_eq!(
-            auditor.record_durable(Record::request("later")).await,
-            Err(Unrecorded)
-        );
-        // Idle for a second: the retries back off (100 ms, doubling), no spinning.
-        let before = auditor.metrics().sync_failures;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let m = auditor.metrics();
-        assert!(
-            m.sync_failures - before <= 6,
-            "{fsync:?}: {} fsyncs in a second",
-            m.sync_failures - before
-        );
-        assert!(m.unavailable && m.write_errors >= m.sync_failures);
-        auditor.shutdown().await;
-        let lines = lines.join().unwrap();
-        assert!(lines.iter().any(|l| l["request_id"] == "later"), "written");
-    }
-}
-
 /// A writer held (the fault hook) with one record in hand, and the queue filled behind it.
 async fn held_with_full_queue(auditor: &Auditor) -> WriterHold {
     let hold = auditor.hold_writer();
@@ -504,4 +399,109 @@ async fn a_withheld_durable_answer_is_not_recorded_as_delivered() {
     assert_eq!(taken.len(), 2, "{lines:?}");
     assert_eq!(taken[0]["status"], 200, "written as it was taken");
     assert!(withheld(taken[1]), "then the note: {:?}", taken[1]);
+}
+
+/// A clock that panics when told to: the writer thread dies in the middle of a batch.
+struct PanickingClock {
+    inner: ManualClock,
+    panic: Arc<AtomicBool>,
+}
+
+impl Clock for PanickingClock {
+    fn now(&self) -> OffsetDateTime {
+        assert!(
+            !self.panic.load(Ordering::Relaxed),
+            "the test makes the writer panic"
+        );
+        self.inner.now()
+    }
+}
+
+/// M1: a writer that panics loses the batch in its hand as well as the queue; both are counted,
+/// and the shutdown reports them (and `audit_stopped`, which it cannot write): non-zero exit.
+#[tokio::test]
+async fn a_writer_that_dies_counts_the_batch_in_its_hand() {
+    let dir = tempfile::tempdir().unwrap();
+    let panic = Arc::new(AtomicBool::new(false));
+    let clock = PanickingClock {
+        inner: ManualClock::new(datetime!(2026-01-01 10:00 UTC)),
+        panic: panic.clone(),
+    };
+    let mut cfg = config(dir.path());
+    cfg.queue_capacity = 64;
+    let auditor = Auditor::start_with_clock(&cfg, Arc::new(clock)).unwrap();
+    auditor
+        .record_durable(Record::request("written"))
+        .await
+        .unwrap();
+    panic.store(true, Ordering::Relaxed);
+    for i in 0..3 {
+        auditor.record(Record::request(&format!("in-hand-{i}")));
+    }
+    // Taken in one batch with the three: the writer panics on the first of them.
+    assert_eq!(
+        auditor.record_durable(Record::request("durable")).await,
+        Err(Unrecorded)
+    );
+    // (Not `healthy()`: the watchdog may find the writer stalled while its panic is reported.)
+    until("the writer is gone", || {
+        auditor.inner.counters.stopped.load(Ordering::Relaxed)
+    })
+    .await;
+    assert!(!auditor.healthy());
+    assert_eq!(auditor.metrics().lost, 4);
+    assert_eq!(auditor.shutdown().await, 5);
+    assert_eq!(auditor.metrics().lost, 5);
+    // Asked again, the same answer: nothing is counted twice.
+    assert_eq!(auditor.shutdown().await, 5);
+}
+
+/// M3: an fsync that fails on every call. Durable callers are told their records are not
+/// written (with `fsync = "always"` they hear after the sync), the failures are counted, the
+/// log stays unavailable through writes that succeed (no flapping), and the retries back off
+/// instead of spinning.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_fsync_is_counted_backs_off_and_keeps_the_log_unavailable() {
+    for fsync in [
+        FsyncPolicy::Always,
+        FsyncPolicy::Interval(Duration::from_millis(1)),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(datetime!(2026-01-01 10:00 UTC));
+        let mut cfg = config(dir.path());
+        cfg.fsync = fsync;
+        cfg.queue_capacity = 64;
+        let auditor = Auditor::start_with_clock(&cfg, Arc::new(clock.clone())).unwrap();
+        let lines = drain(fifo_for_day_two(dir.path()));
+        clock.advance(time::Duration::days(1));
+        let first = auditor.record_durable(Record::request("first")).await;
+        if fsync == FsyncPolicy::Always {
+            assert_eq!(first, Err(Unrecorded), "synced before the answer");
+        }
+        until("the sync failed", || auditor.metrics().sync_failures > 0).await;
+        // Writes go on succeeding; the log stays unavailable and durable records are refused.
+        for i in 0..20 {
+            auditor.record(Record::request(&format!("lazy-{i}")));
+            assert_eq!(auditor.flushed().await, Err(Unrecorded), "{fsync:?}");
+            assert!(!auditor.available(), "{fsync:?} round {i}");
+        }
+        assert_eq!(
+            auditor.record_durable(Record::request("later")).await,
+            Err(Unrecorded)
+        );
+        // Idle for a second: the retries back off (100 ms, doubling), no spinning.
+        let before = auditor.metrics().sync_failures;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let m = auditor.metrics();
+        assert!(
+            m.sync_failures - before <= 6,
+            "{fsync:?}: {} fsyncs in a second",
+            m.sync_failures - before
+        );
+        assert!(m.unavailable && m.write_errors >= m.sync_failures);
+        auditor.shutdown().await;
+        let lines = lines.join().unwrap();
+        assert!(lines.iter().any(|l| l["request_id"] == "later"), "written");
+    }
 }

@@ -11,8 +11,11 @@
 //! - 20,000 unauthenticated requests make a handful of records.
 //! - SIGTERM while a client has stopped reading a large document download: the drain cuts the
 //!   download, records it `shutdown` with the bytes sent so far, and the process exits in time.
+//! - A client that stops reading a download loses its connection after `write_timeout_ms`, over
+//!   plain TCP and over TLS, and the download is recorded `client_closed`.
 
 mod common;
+mod pki;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -787,15 +790,58 @@ async fn large_document_host(rows: usize) -> (std::net::SocketAddr, u64) {
     (addr, size)
 }
 
+/// A client's connection to the gateway: plain TCP, or TLS over it.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// The gateway's proxy listener over TLS: the CA its certificate chains to.
+struct Tls {
+    ca: pki::Ca,
+    server: pki::Issued,
+}
+
+impl Tls {
+    fn new(world: &World) -> Tls {
+        let ca = pki::Ca::new(world.dir.path(), "ca");
+        let server = ca.server(world.dir.path(), "server");
+        Tls { ca, server }
+    }
+
+    /// The `[server.tls]` section.
+    fn section(&self) -> String {
+        format!(
+            "[server.tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+            self.server.cert_file, self.server.key_file
+        )
+    }
+}
+
+/// Connects to the gateway's proxy listener (through TLS when it speaks TLS).
+async fn connect(gw: &Gw, tls: Option<&Tls>) -> Box<dyn Io> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    let Some(tls) = tls else {
+        return Box::new(tcp);
+    };
+    let config = pki::client_config(&tls.ca, &[b"http/1.1"], None);
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    Box::new(connector.connect(name, tcp).await.unwrap())
+}
+
 /// A gateway serving a large report document through `world`, and a client that read its head
 /// and the first part of it, then stopped reading (with every buffer between them full).
-/// `server_keys` go into `[server]`, `outbound_keys` into `[outbound]`.
+/// `server_keys` go into `[server]`, `outbound_keys` into `[outbound]`; with `tls` the proxy
+/// listener speaks TLS.
 async fn stalled_download(
     world: &World,
     drain_secs: u64,
     server_keys: &str,
     outbound_keys: &str,
-) -> (Gw, tokio::net::TcpStream, Vec<u8>, u64) {
+    tls: Option<&Tls>,
+) -> (Gw, Box<dyn Io>, Vec<u8>, u64) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // About 150 MB: far more than the socket buffers between gateway and client hold.
     let (host, size) = large_document_host(2_000_000).await;
@@ -806,32 +852,41 @@ async fn stalled_download(
             serde_json::json!({ "reportDocumentId": "DOC-STALLED", "url": format!("http://{host}/report") }),
         ),
     );
+    let (scheme, tls_section) = match tls {
+        Some(t) => ("https://localhost", t.section()),
+        None => ("http://127.0.0.1", String::new()),
+    };
     let gw = world.serve_edited(drain_secs, |text, port| {
         text.replace(
             "[server]\n",
-            &format!("[server]\npublic_url = \"http://127.0.0.1:{port}\"\n{server_keys}\n"),
-        ) + &format!("[outbound]\nallow_loopback = [\"{host}\"]\n{outbound_keys}\n")
+            &format!("[server]\npublic_url = \"{scheme}:{port}\"\n{server_keys}\n"),
+        ) + &format!("[outbound]\nallow_loopback = [\"{host}\"]\n{outbound_keys}\n{tls_section}")
     });
-    let req = http::Request::get(gw.url("/reports/2021-06-30/documents/DOC-STALLED"))
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(
+        connect(&gw, tls).await,
+    ))
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("/reports/2021-06-30/documents/DOC-STALLED")
+        .header("host", "localhost")
         .header("authorization", format!("Bearer {}", world.key))
         .header("x-spgate-seller", SELLER)
-        .body(Empty::new())
+        .body(Empty::<Bytes>::new())
         .unwrap();
-    let resp = client().request(req).await.unwrap();
+    let resp = send.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     let link: serde_json::Value = serde_json::from_slice(&body).unwrap();
     let link = link["url"].as_str().unwrap();
     let path = link
-        .strip_prefix(&gw.url(""))
+        .strip_prefix(&format!("{scheme}:{}", gw.port))
         .expect("a link on the public URL")
         .to_string();
 
     // The client reads the head and the first part of the document, then stops reading.
-    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
-        .await
-        .unwrap();
-    sock.write_all(format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n").as_bytes())
+    let mut sock = connect(&gw, tls).await;
+    sock.write_all(format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let mut received = Vec::new();
@@ -853,7 +908,7 @@ async fn sigterm_cuts_a_download_whose_client_stopped_reading_and_records_it_as_
     const BOUND: Duration = Duration::from_secs(2 + 2 + 1);
     let world = World::new().await;
     let (mut gw, mut sock, mut received, size) =
-        stalled_download(&world, DRAIN.as_secs(), "", "").await;
+        stalled_download(&world, DRAIN.as_secs(), "", "", None).await;
     let mut buf = vec![0u8; 64 * 1024];
     // Long enough for every buffer between the gateway and the client to fill.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -906,17 +961,35 @@ async fn sigterm_cuts_a_download_whose_client_stopped_reading_and_records_it_as_
 /// records the download with the bytes sent, not completed, outcome `client_closed`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_a_download_is_disconnected_and_recorded() {
-    use tokio::io::AsyncReadExt;
+    client_stops_reading_a_download(None).await;
+}
+
+/// The same over TLS (review L2): the TLS layer buffers what hyper writes, and the deadline
+/// must still see a client that accepts no bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_that_stops_reading_a_download_is_disconnected_and_recorded() {
     let world = World::new().await;
+    let tls = Tls::new(&world);
+    client_stops_reading_a_download_in(&world, Some(&tls)).await;
+}
+
+async fn client_stops_reading_a_download(tls: Option<&Tls>) {
+    let world = World::new().await;
+    client_stops_reading_a_download_in(&world, tls).await;
+}
+
+async fn client_stops_reading_a_download_in(world: &World, tls: Option<&Tls>) {
+    use tokio::io::AsyncReadExt;
     let (mut gw, mut sock, mut received, size) = stalled_download(
-        &world,
+        world,
         30,
         "write_timeout_ms = 1000",
         "document_timeout_seconds = 3600",
+        tls,
     )
     .await;
     // The record of the download's end: written once the connection is closed.
-    eventually(&world, "the stalled download is recorded", |records| {
+    eventually(world, "the stalled download is recorded", |records| {
         records
             .iter()
             .any(|r| r["operation"] == "documents.download" && r["completed"].is_boolean())

@@ -12,7 +12,7 @@
 //! queue_capacity = 65536
 //! write_delay_ms = 50                   # 1..=1000: how long an ordinary record may wait
 //! on_failure = "refuse"                 # refuse | serve_non_pii, while the log cannot be written
-//! full_wait_ms = 100                    # 1..=10000: the longest a record waits for room in a full queue
+//! full_wait_ms = 100                    # 1..=10000: how long records await room once the queue is full
 //! stall_timeout_ms = 10000              # 100..=600000: no writer progress this long = unavailable
 //!
 //! [audit.alerts]
@@ -73,9 +73,11 @@ pub struct RawAudit {
     /// `refuse` (default) or `serve_non_pii`: what the gateway does while the log cannot be
     /// written.
     pub on_failure: Option<String>,
-    /// The longest a record waits for room in a full queue, in ms (default 100); then it is
-    /// refused (counted lost, reported by a gap record) and the log is unavailable until the
-    /// writer writes again. A request handler's thread is never held longer.
+    /// How long records await room once the queue is found full, in ms (default 100): one
+    /// deadline for every record of the episode, awaited without holding a thread (records
+    /// made where nothing can await are refused at once); a record without room by then is
+    /// refused (counted lost, reported by a gap record). The log is unavailable from the first
+    /// look at the full queue until the writer writes again.
     pub full_wait_ms: Option<u64>,
     /// In ms (default 10000): a writer with records in hand that makes no progress this long
     /// (a disk that hangs without failing) makes the log unavailable until it progresses.
@@ -134,7 +136,7 @@ pub struct AuditConfig {
     pub write_delay: Duration,
     /// What the gateway does while the log cannot be written.
     pub on_failure: OnFailure,
-    /// The longest a record waits for room in a full queue before it is refused.
+    /// How long the records of one full-queue episode may await room before they are refused.
     pub full_wait: Duration,
     /// No writer progress this long with records in hand makes the log unavailable.
     pub stall_timeout: Duration,

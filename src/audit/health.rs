@@ -5,8 +5,12 @@
 //! unwritten, then block its request handlers. Three states make the auditor unavailable
 //! (readiness 503, requests refused by `audit.on_failure`, `spgate_audit_unavailable` 1):
 //!
-//! - **queue full**: a record waited its bounded time for room (`full_wait_ms`) and was refused
-//!   (counted lost, and in the next `gap` record). Cleared when the writer writes again.
+//! - **queue full**: a record found the queue full. Set at once, before anyone waits
+//!   ([`Health::found_full`]): the gateway refuses new requests while the records of those in
+//!   flight await room, all until one deadline `full_wait_ms` after the first found it full
+//!   (concurrent senders never wait a `full_wait_ms` each). A record that gets no room by then
+//!   (or whose sender cannot wait) is refused (counted lost, and in the next `gap` record).
+//!   Cleared when the writer writes and the queue is less than half full.
 //! - **stalled**: the writer has work in hand and made no progress for `stall_timeout_ms`
 //!   (the watchdog thread, [`spawn_watchdog`], looks a few times per timeout). Cleared when it
 //!   progresses again. Durable callers waiting for it are told their record is not known to
@@ -36,14 +40,19 @@ pub(super) struct Health {
     pub(super) in_hand: AtomicU64,
     /// Records refused for lack of room and not yet taken into a gap by the writer.
     pub(super) shed: AtomicU64,
+    /// Records a shutdown dropped when it gave up on a stalled writer: the writer, if it
+    /// recovers, reports them in a gap before `audit_stopped`.
+    pub(super) abandoned: AtomicU64,
     /// Records refused for lack of room (a counter).
     pub(super) refused: AtomicU64,
     /// Durable callers told "not known to be written" because the writer stalled.
     pub(super) durable_timeouts: AtomicU64,
     /// Failed fsyncs (a counter).
     pub(super) sync_failures: AtomicU64,
-    /// A record was refused for lack of room since the writer last wrote.
+    /// A record found the queue full since the writer last wrote with room to spare.
     pub(super) queue_full: AtomicBool,
+    /// Until when the senders of the current full-queue episode may await room.
+    full_until: Mutex<tokio::time::Instant>,
     /// The watchdog saw no progress for the stall timeout.
     pub(super) stalled: AtomicBool,
     /// The last fsync failed and none succeeded since.
@@ -70,10 +79,12 @@ impl Health {
             busy_since: AtomicU64::new(0),
             in_hand: AtomicU64::new(0),
             shed: AtomicU64::new(0),
+            abandoned: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             durable_timeouts: AtomicU64::new(0),
             sync_failures: AtomicU64::new(0),
             queue_full: AtomicBool::new(false),
+            full_until: Mutex::new(tokio::time::Instant::now()),
             stalled: AtomicBool::new(false),
             sync_failing: AtomicBool::new(false),
             finished: AtomicBool::new(false),
@@ -116,6 +127,20 @@ impl Health {
         !self.queue_full.load(Ordering::Relaxed)
             && !self.stalled.load(Ordering::Relaxed)
             && !self.sync_failing.load(Ordering::Relaxed)
+    }
+
+    /// A sender found the queue full: the auditor is unavailable from now on, before anyone
+    /// waits. The first to find it full starts the episode (true) and its deadline,
+    /// `full_wait` from now; every sender of the episode may await room until that deadline
+    /// (`None` once it has passed: the sender is refused at once).
+    pub(super) fn found_full(&self) -> (bool, Option<tokio::time::Instant>) {
+        let now = tokio::time::Instant::now();
+        let mut until = self.full_until.lock().unwrap_or_else(|p| p.into_inner());
+        let first = !self.queue_full.swap(true, Ordering::Relaxed);
+        if first {
+            *until = now + self.full_wait;
+        }
+        (first, (now < *until).then_some(*until))
     }
 
     /// The writer begins work (or progresses in it): the stall clock restarts.
@@ -231,6 +256,25 @@ pub(super) fn alert(webhook: Option<&Webhook>, rule: &str, instance: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The first look at a full queue makes the auditor unavailable and starts one deadline
+    /// for every sender of the episode; after it, none may wait; once the writer clears the
+    /// state, the next look starts a new episode.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_episode_has_one_deadline_from_its_first_look() {
+        let h = Health::new(Duration::from_millis(100), Duration::from_secs(10));
+        let start = tokio::time::Instant::now();
+        let until = start + Duration::from_millis(100);
+        assert_eq!(h.found_full(), (true, Some(until)));
+        assert!(!h.ok());
+        tokio::time::advance(Duration::from_millis(60)).await;
+        assert_eq!(h.found_full(), (false, Some(until)));
+        tokio::time::advance(Duration::from_millis(40)).await;
+        assert_eq!(h.found_full(), (false, None));
+        h.queue_full.store(false, Ordering::Relaxed);
+        let again = tokio::time::Instant::now() + Duration::from_millis(100);
+        assert_eq!(h.found_full(), (true, Some(again)));
+    }
 
     #[test]
     fn work_in_hand_without_progress_is_a_stall_until_it_progresses() {

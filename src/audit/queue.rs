@@ -1,6 +1,6 @@
 //! [`Queue`]: the bounded queue between the [`Auditor`](super::Auditor) handles and the writer
-//! thread. One mutex over a list of messages, and two conditions: the writer's, and room for
-//! the senders of a full queue.
+//! thread. One mutex over a list of messages, the writer's condition, and for the senders of a
+//! full queue a notification of room (async senders) and a condition (threads outside a runtime).
 //!
 //! The writer is woken only when it must act: for a message someone waits for (a durable
 //! record, a flush, the shutdown: [`Urgency::Waited`], [`Urgency::Control`]), for the first
@@ -9,10 +9,13 @@
 //! records flow the writer wakes once per window on its own and takes what came (at 1,000
 //! records a second a wake-up per record costs more CPU than writing the record).
 //!
-//! A sender of a record waits for room in a full queue at most the time it is given
-//! ([`Queue::push`]): a writer that stalls (a disk that hangs without failing) never holds a
-//! request handler's thread indefinitely; the record comes back refused, and the sender counts
-//! it (and fails closed).
+//! [`Queue::push`] never waits: it refuses a record at once when the queue is full. A sender in
+//! async code may instead await room until a deadline ([`Queue::push_within`]): it registers
+//! with the `room` notification and yields its runtime thread, so a writer that stalls (a disk
+//! that hangs without failing) never holds a request handler's thread, however many senders
+//! wait. Only a thread outside any async runtime (a benchmark's loop, a test's sender thread)
+//! may block for room until a deadline ([`Queue::push_blocking`]). A record that gets no room
+//! comes back refused and its sender counts it (and fails closed).
 //!
 //! Closing is atomic with taking what is left ([`Queue::close`]): once closed, every push
 //! fails and its sender counts the record as lost, so no record slips in between the writer's
@@ -31,7 +34,8 @@ pub(super) enum Urgency {
     /// Someone waits for it to be written: the writer is woken at once.
     Waited,
     /// Like `Waited`, and never waits for room: a flush or the shutdown (tiny, and ordered
-    /// behind every record queued before it, full queue or not).
+    /// behind every record queued before it, full queue or not), or the note that a durable
+    /// caller's answer was withheld (at most one per durable caller).
     Control,
 }
 
@@ -40,8 +44,10 @@ pub(super) struct Queue<T> {
     state: Mutex<State<T>>,
     /// The writer sleeps here.
     writer: Condvar,
-    /// Senders wait here while the queue is full.
-    room: Condvar,
+    /// Senders in async code await room here while the queue is full (never a thread wait).
+    room: tokio::sync::Notify,
+    /// Threads outside any async runtime wait for room here.
+    room_threads: Condvar,
     /// Records (not control messages) queued before a sender waits for room.
     capacity: usize,
     /// The most the writer takes per round (one write).
@@ -60,7 +66,7 @@ struct State<T> {
     sleep: Sleep,
     /// The writer has stopped taking messages.
     closed: bool,
-    /// Senders waiting for room.
+    /// Senders awaiting room (the writer notifies `room` only when there are some).
     waiting: usize,
 }
 
@@ -81,7 +87,7 @@ enum Sleep {
 pub(super) enum Refused<T> {
     /// The writer has stopped taking messages.
     Closed(T),
-    /// The queue stayed full for the whole wait.
+    /// The queue was full (and stayed full until the sender's deadline, if it could wait).
     Full(T),
 }
 
@@ -111,58 +117,118 @@ impl<T> Queue<T> {
                 waiting: 0,
             }),
             writer: Condvar::new(),
-            room: Condvar::new(),
+            room: tokio::sync::Notify::new(),
+            room_threads: Condvar::new(),
             capacity,
             batch: batch.max(1),
             wake_at: (capacity / 2).max(1),
         }
     }
 
-    /// Queues `item`. While the queue holds `capacity` items a record waits for room, at most
-    /// `max_wait` (`Ok(true)`: it waited; `on_wait` runs once, before the wait begins). `Err`
-    /// gives the item back: the queue is closed, or it stayed full for `max_wait` (a writer that
-    /// stalls never blocks its senders' threads indefinitely).
-    pub(super) fn push(
-        &self,
-        item: T,
-        urgency: Urgency,
-        max_wait: Duration,
-        on_wait: impl FnOnce(),
-    ) -> Result<bool, Refused<T>> {
-        let mut s = self.lock();
+    /// Queues `item` without waiting: `Err` gives it back when the queue is closed, or when it
+    /// holds `capacity` items and `item` is a record (a control message always fits).
+    pub(super) fn push(&self, item: T, urgency: Urgency) -> Result<(), Refused<T>> {
+        let s = self.lock();
         if s.closed {
             return Err(Refused::Closed(item));
         }
+        if !self.has_room(&s, urgency) {
+            return Err(Refused::Full(item));
+        }
+        self.put(s, item, urgency);
+        Ok(())
+    }
+
+    /// Queues the item in `slot`, awaiting room in a full queue until `until` (`Ok(true)`: it
+    /// awaited room). The wait yields the caller's thread: any number of senders may wait
+    /// while the writer stalls. `Err` leaves the item in `slot`: the queue is closed, or it
+    /// stayed full until `until`. Cancel-safe: a sender dropped while it waits keeps its item
+    /// in `slot` (its owner decides what becomes of it).
+    pub(super) async fn push_within(
+        &self,
+        slot: &mut Option<T>,
+        urgency: Urgency,
+        until: tokio::time::Instant,
+    ) -> Result<bool, Refused<()>> {
         let mut waited = false;
-        if urgency != Urgency::Control && s.items.len() >= self.capacity {
-            if max_wait.is_zero() {
-                return Err(Refused::Full(item));
-            }
-            waited = true;
-            on_wait();
-            let until = Instant::now() + max_wait;
-            while s.items.len() >= self.capacity {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            {
+                let mut s = self.lock();
+                if s.closed {
+                    return Err(Refused::Closed(()));
+                }
+                if self.has_room(&s, urgency) {
+                    if let Some(item) = slot.take() {
+                        self.put(s, item, urgency);
+                    }
+                    return Ok(waited);
+                }
+                if tokio::time::Instant::now() >= until {
+                    return Err(Refused::Full(()));
+                }
+                // Registered before the lock is released: a writer that makes room after this
+                // notifies this sender.
+                room.as_mut().enable();
+                s.waiting += 1;
                 if s.sleep != Sleep::Awake {
                     // The writer makes room only once awake.
                     s.sleep = Sleep::Awake;
                     self.writer.notify_one();
                 }
-                let now = Instant::now();
-                if now >= until {
-                    return Err(Refused::Full(item));
-                }
-                s.waiting += 1;
-                s = self
-                    .room
-                    .wait_timeout(s, until - now)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
-                s.waiting -= 1;
-                if s.closed {
-                    return Err(Refused::Closed(item));
-                }
             }
+            let _waiting = Waiting(self);
+            waited = true;
+            let _ = tokio::time::timeout_at(until, room).await;
         }
+    }
+
+    /// Like [`Queue::push_within`] on a thread that may block (one outside any async runtime):
+    /// waits for room until `until`. `Err` gives the item back.
+    pub(super) fn push_blocking(
+        &self,
+        item: T,
+        urgency: Urgency,
+        until: Instant,
+    ) -> Result<bool, Refused<T>> {
+        let mut s = self.lock();
+        let mut waited = false;
+        loop {
+            if s.closed {
+                return Err(Refused::Closed(item));
+            }
+            if self.has_room(&s, urgency) {
+                self.put(s, item, urgency);
+                return Ok(waited);
+            }
+            let now = Instant::now();
+            if now >= until {
+                return Err(Refused::Full(item));
+            }
+            if s.sleep != Sleep::Awake {
+                // The writer makes room only once awake.
+                s.sleep = Sleep::Awake;
+                self.writer.notify_one();
+            }
+            waited = true;
+            s.waiting += 1;
+            s = self
+                .room_threads
+                .wait_timeout(s, until - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+            s.waiting -= 1;
+        }
+    }
+
+    /// Whether `urgency`'s message fits now.
+    fn has_room(&self, s: &State<T>, urgency: Urgency) -> bool {
+        urgency == Urgency::Control || s.items.len() < self.capacity
+    }
+
+    /// Appends `item` and wakes the writer if it must act.
+    fn put(&self, mut s: MutexGuard<'_, State<T>>, item: T, urgency: Urgency) {
         s.items.push_back(item);
         let urgent = urgency != Urgency::Lazy;
         s.urgent |= urgent;
@@ -179,7 +245,12 @@ impl<T> Queue<T> {
         if wake {
             self.writer.notify_one();
         }
-        Ok(waited)
+    }
+
+    /// Rewrites the first queued item for which `f` returns true (a durable caller that
+    /// stopped waiting marks its record); false if none did (the writer took it already).
+    pub(super) fn update_first(&self, f: impl FnMut(&mut T) -> bool) -> bool {
+        self.lock().items.iter_mut().any(f)
     }
 
     /// The writer's wait. Returns when a message is waited for (after `linger`, so that
@@ -246,7 +317,8 @@ impl<T> Queue<T> {
         let room = s.waiting > 0;
         drop(s);
         if room {
-            self.room.notify_all();
+            self.room.notify_waiters();
+            self.room_threads.notify_all();
         }
         woken
     }
@@ -254,11 +326,20 @@ impl<T> Queue<T> {
     /// Closes the queue and moves everything still queued into `out`: from now on every
     /// push fails.
     pub(super) fn close(&self, out: &mut VecDeque<T>) {
+        self.close_then(out, |_| {});
+    }
+
+    /// Like [`Queue::close`], and runs `then` on `out` before anyone else sees the
+    /// queue closed (the shutdown that gives up on a stalled writer tells it what it dropped,
+    /// before the writer can find the queue closed and stop).
+    pub(super) fn close_then(&self, out: &mut VecDeque<T>, then: impl FnOnce(&VecDeque<T>)) {
         let mut s = self.lock();
         s.closed = true;
         out.extend(s.items.drain(..));
+        then(out);
         drop(s);
-        self.room.notify_all();
+        self.room.notify_waiters();
+        self.room_threads.notify_all();
     }
 
     /// Messages queued right now.
@@ -278,6 +359,15 @@ impl<T> Queue<T> {
     }
 }
 
+/// A sender awaiting room, counted until it stops waiting (also when it is dropped).
+struct Waiting<'a, T>(&'a Queue<T>);
+
+impl<T> Drop for Waiting<'_, T> {
+    fn drop(&mut self) {
+        self.0.lock().waiting -= 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,9 +375,23 @@ mod tests {
 
     const LONG: Duration = Duration::from_secs(30);
 
-    /// A push that may wait for room as long as any test runs.
-    fn put<T>(q: &Queue<T>, item: T, urgency: Urgency) -> Result<bool, Refused<T>> {
-        q.push(item, urgency, LONG, || {})
+    /// A push that never waits.
+    fn put<T>(q: &Queue<T>, item: T, urgency: Urgency) -> Result<(), Refused<T>> {
+        q.push(item, urgency)
+    }
+
+    /// A push that may await room as long as any test runs.
+    async fn put_within<T>(q: &Queue<T>, item: T, urgency: Urgency) -> Result<bool, Refused<()>> {
+        let mut slot = Some(item);
+        let until = tokio::time::Instant::now() + LONG;
+        q.push_within(&mut slot, urgency, until).await
+    }
+
+    /// Waits (yielding) until `n` senders await room.
+    async fn until_waiting<T>(q: &Queue<T>, n: usize) {
+        while q.lock().waiting < n {
+            tokio::task::yield_now().await;
+        }
     }
 
     #[test]
@@ -355,71 +459,51 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_full_queue_makes_records_wait_for_room_but_not_control_messages() {
+    /// A full queue refuses a record at once on the thread that pushes it (never a thread
+    /// wait), takes control messages, and a sender in async code awaits room.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_makes_async_senders_await_room_but_refuses_the_others_at_once() {
         let q: Arc<Queue<u32>> = Arc::new(Queue::new(2, 2));
         put(&q, 0, Urgency::Lazy).unwrap();
         put(&q, 1, Urgency::Lazy).unwrap();
-        assert_eq!(put(&q, 99, Urgency::Control), Ok(false));
-        let sender = {
+        assert_eq!(put(&q, 98, Urgency::Lazy), Err(Refused::Full(98)));
+        assert_eq!(put(&q, 99, Urgency::Control), Ok(()));
+        let sender = tokio::spawn({
             let q = q.clone();
-            std::thread::spawn(move || put(&q, 2, Urgency::Lazy))
-        };
-        while q.lock().waiting == 0 {
-            std::thread::yield_now();
-        }
-        let mut out = VecDeque::new();
-        while out.len() < 4 {
-            q.wait_take(&mut out, LONG, None, LONG, Duration::ZERO);
-        }
-        assert_eq!(sender.join().unwrap(), Ok(true));
-        assert_eq!(Vec::from(out), vec![0, 1, 99, 2]);
+            async move { put_within(&q, 2, Urgency::Lazy).await }
+        });
+        until_waiting(&q, 1).await;
+        let writer = std::thread::spawn({
+            let q = q.clone();
+            move || {
+                let mut out = VecDeque::new();
+                while out.len() < 4 {
+                    q.wait_take(&mut out, LONG, None, LONG, Duration::ZERO);
+                }
+                out
+            }
+        });
+        assert_eq!(sender.await.unwrap(), Ok(true));
+        assert_eq!(Vec::from(writer.join().unwrap()), vec![0, 1, 99, 2]);
+        assert_eq!(q.lock().waiting, 0);
     }
 
+    /// A thread outside any runtime may block for room: it gets in when the writer makes
+    /// room, and gets its record back at its deadline otherwise.
     #[test]
-    fn a_sender_waiting_for_room_when_the_queue_closes_gets_its_record_back() {
+    fn a_thread_outside_a_runtime_blocks_for_room_until_its_deadline() {
         let q: Arc<Queue<u32>> = Arc::new(Queue::new(1, 1));
         put(&q, 0, Urgency::Lazy).unwrap();
-        let sender = {
-            let q = q.clone();
-            std::thread::spawn(move || put(&q, 1, Urgency::Lazy))
-        };
-        while q.lock().waiting == 0 {
-            std::thread::yield_now();
-        }
-        let mut out = VecDeque::new();
-        q.close(&mut out);
-        assert_eq!(sender.join().unwrap(), Err(Refused::Closed(1)));
-        assert_eq!(Vec::from(out), vec![0]);
-    }
-
-    /// A writer that stalls holds no sender: a record waits for room at most its bound, is
-    /// counted as waiting before it waits, and comes back refused; with no wait allowed it
-    /// comes back at once. Room made within the bound is taken.
-    #[test]
-    fn a_full_queue_gives_a_record_back_after_its_bounded_wait() {
-        let q: Arc<Queue<u32>> = Arc::new(Queue::new(1, 1));
-        put(&q, 0, Urgency::Lazy).unwrap();
-        let waits = std::sync::atomic::AtomicU32::new(0);
-        let counted = || {
-            waits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        };
         let bound = Duration::from_millis(50);
         let start = Instant::now();
         assert_eq!(
-            q.push(1, Urgency::Waited, bound, counted),
+            q.push_blocking(1, Urgency::Waited, start + bound),
             Err(Refused::Full(1))
         );
         assert!(start.elapsed() >= bound);
-        assert_eq!(waits.load(std::sync::atomic::Ordering::Relaxed), 1);
-        assert_eq!(
-            q.push(2, Urgency::Lazy, Duration::ZERO, || unreachable!("no wait")),
-            Err(Refused::Full(2))
-        );
-        // Room within the bound: the record is queued, having waited.
         let sender = {
             let q = q.clone();
-            std::thread::spawn(move || q.push(3, Urgency::Lazy, LONG, || {}))
+            std::thread::spawn(move || q.push_blocking(2, Urgency::Lazy, Instant::now() + LONG))
         };
         while q.lock().waiting == 0 {
             std::thread::yield_now();
@@ -429,6 +513,60 @@ mod tests {
             q.wait_take(&mut out, LONG, None, LONG, Duration::ZERO);
         }
         assert_eq!(sender.join().unwrap(), Ok(true));
-        assert_eq!(Vec::from(out), vec![0, 3]);
+        assert_eq!(Vec::from(out), vec![0, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_sender_awaiting_room_when_the_queue_closes_keeps_its_record() {
+        let q: Arc<Queue<u32>> = Arc::new(Queue::new(1, 1));
+        put(&q, 0, Urgency::Lazy).unwrap();
+        let sender = tokio::spawn({
+            let q = q.clone();
+            async move {
+                let mut slot = Some(1);
+                let until = tokio::time::Instant::now() + LONG;
+                (q.push_within(&mut slot, Urgency::Lazy, until).await, slot)
+            }
+        });
+        until_waiting(&q, 1).await;
+        let mut out = VecDeque::new();
+        q.close(&mut out);
+        assert_eq!(sender.await.unwrap(), (Err(Refused::Closed(())), Some(1)));
+        assert_eq!(Vec::from(out), vec![0]);
+    }
+
+    /// A writer that stalls holds no sender's thread: on a runtime of one thread, senders
+    /// awaiting room leave it free for other tasks; each comes back refused at its deadline
+    /// with its record; one dropped while it waits is no longer counted as waiting.
+    #[tokio::test(start_paused = true)]
+    async fn senders_awaiting_room_leave_the_runtime_thread_free_and_give_up_at_their_deadline() {
+        let q: Arc<Queue<u32>> = Arc::new(Queue::new(1, 1));
+        put(&q, 0, Urgency::Lazy).unwrap();
+        let bound = Duration::from_millis(100);
+        let until = tokio::time::Instant::now() + bound;
+        let senders: Vec<_> = (1..=3)
+            .map(|i| {
+                let q = q.clone();
+                tokio::spawn(async move {
+                    let mut slot = Some(i);
+                    (q.push_within(&mut slot, Urgency::Waited, until).await, slot)
+                })
+            })
+            .collect();
+        let dropped = tokio::spawn({
+            let q = q.clone();
+            async move { put_within(&q, 9, Urgency::Lazy).await }
+        });
+        // Only a free runtime thread gets all four senders to wait.
+        until_waiting(&q, 4).await;
+        dropped.abort();
+        let _ = dropped.await;
+        assert_eq!(q.lock().waiting, 3);
+        tokio::time::sleep(bound).await;
+        for (i, sender) in (1..=3).zip(senders) {
+            assert_eq!(sender.await.unwrap(), (Err(Refused::Full(())), Some(i)));
+        }
+        assert_eq!(q.lock().waiting, 0);
+        assert_eq!(q.len(), 1);
     }
 }

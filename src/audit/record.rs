@@ -418,6 +418,10 @@ impl Reason {
     /// A document download's start record (written durably before its first byte; the
     /// download's own record follows when the stream ends).
     pub const DOWNLOAD_STARTED: Reason = Reason::from_static("download_started");
+    /// The answer this record describes was not delivered: its record was not known to be
+    /// written in time, so the client got 503 and none of the PII (see
+    /// [`Record::withhold`]).
+    pub const ANSWER_WITHHELD: Reason = Reason::from_static("answer_withheld");
     /// Records adopted after an abrupt stop (`AuditStarted`).
     pub const RECOVERED: Reason = Reason::from_static("recovered_after_abrupt_stop");
 
@@ -659,6 +663,50 @@ impl Record {
     /// Whether this is a denied request (401 or 403 to the caller).
     pub fn is_denial(&self) -> bool {
         self.kind == Kind::Request && matches!(self.status, Some(401 | 403))
+    }
+
+    /// Rewrites a record whose answer was withheld to what the client got: status 503, reason
+    /// `answer_withheld`, no PII categories, no bytes sent (who, what and the upstream call
+    /// stay: the request did reach Amazon).
+    pub fn withhold(&mut self) {
+        self.status = Some(503);
+        self.withhold_pii();
+    }
+
+    /// Like [`Record::withhold`] for a client that went away while its answer waited for this
+    /// record: it got nothing (no status, outcome `client_closed` for a request).
+    pub fn withhold_from_gone_client(&mut self) {
+        self.status = None;
+        if self.outcome.is_some() {
+            self.outcome = Some(Outcome::ClientClosed);
+        }
+        self.withhold_pii();
+    }
+
+    fn withhold_pii(&mut self) {
+        self.reason = Some(Reason::ANSWER_WITHHELD);
+        self.pii.clear();
+        self.safety_net_hits = None;
+        self.bytes = None;
+        self.completed = None;
+    }
+
+    /// The follow-up of a record whose answer was withheld after the writer took it: same
+    /// kind, request id, tool, seller, operation, order and outcome, with status 503 and
+    /// reason `answer_withheld`. It supersedes what the earlier record with that request id says
+    /// was delivered.
+    pub fn withheld_note(&self) -> Record {
+        let mut r = Record {
+            request_id: self.request_id.clone(),
+            tool: self.tool.clone(),
+            seller: self.seller.clone(),
+            operation: self.operation.clone(),
+            order_id: self.order_id.clone(),
+            outcome: self.outcome,
+            ..Record::new(self.kind)
+        };
+        r.withhold();
+        r
     }
 
     /// Categories the caller received in some form (every action but `drop`).

@@ -15,13 +15,22 @@
 //! written ~1 ms later with every record that joined it; so does a half-full queue. The head file moves lazily (with each fsync, at most once a second, and
 //! at shutdown), never per batch.
 //!
-//! **When the queue is full** the caller waits for room at most `full_wait_ms` (counted in
-//! `spgate_audit_records_blocked_total` before it waits); then the record is refused (counted
-//! lost and in `spgate_audit_records_refused_total`, reported by the next `gap` record) and the
-//! auditor is unavailable until the writer writes again. **When the writer stalls** (work in
+//! **When the queue is full** the auditor is unavailable at once (the gateway refuses new
+//! requests by `on_failure`) until the writer writes with the queue less than half full. Async
+//! callers (`record_async`, `record_durable`: the request path) await room without holding
+//! their thread, all until one deadline, `full_wait_ms` after a record first found the queue
+//! full (counted in `spgate_audit_records_blocked_total` before each waits); a record that gets
+//! no room by then, or comes after it, is refused (counted lost and in
+//! `spgate_audit_records_refused_total`, reported by the next `gap` record, reason
+//! `queue_full`). Sync callers (`record`, `record_urgent`: a request's drop guard, a document
+//! stream's end, the command line, callbacks) never wait on a runtime's thread: in a full queue
+//! their record is refused at once, counted the same way (only a thread outside any runtime,
+//! such as a benchmark's loop, waits for room like an async caller, blocking only itself).
+//! **When the writer stalls** (work in
 //! hand, no progress for `stall_timeout_ms`: a disk that hangs without failing) a watchdog
 //! makes it unavailable until it progresses, and durable callers stop waiting (their answers
-//! become 503: their records are not known to be written). See [`super::health`].
+//! become 503: their records are not known to be written, and a record that is written later
+//! says the answer was withheld, see [`Auditor::record_durable`]). See [`super::health`].
 //! **When an fsync fails** it is counted (`spgate_audit_sync_failures_total`), retried with a
 //! back-off, and the auditor stays unavailable until a sync succeeds; durable callers are told
 //! their records are not written meanwhile (with `fsync = "always"` they hear only after the
@@ -104,7 +113,7 @@ pub enum AuditError {
 pub struct AuditMetrics {
     /// Records appended to the chain (including the writer's own and alerts).
     pub written: u64,
-    /// `record` calls that had to wait for room in the queue.
+    /// Records whose caller awaited room in the full queue.
     pub blocked: u64,
     /// Records that could not be written (writer stopped, or a write error).
     pub lost: u64,
@@ -118,7 +127,8 @@ pub struct AuditMetrics {
     pub files_expired: u64,
     /// `gap` records written.
     pub gaps: u64,
-    /// Records refused because the queue stayed full for `full_wait_ms` (also in `lost`).
+    /// Records refused for lack of room: the queue stayed full until the episode's deadline
+    /// (`full_wait_ms`), or the caller could not wait (also in `lost`).
     pub refused: u64,
     /// Failed fsyncs (also in `write_errors`).
     pub sync_failures: u64,
@@ -145,8 +155,37 @@ pub const ALERT_RULES: [&str; 4] = [
     "new_pii_category",
 ];
 
-/// Told to a durable caller: whether its record was handed to the kernel.
-type Ack = tokio::sync::oneshot::Sender<bool>;
+/// Told to a durable caller: whether its record was handed to the kernel. The id finds the
+/// record in the queue again if its caller stops waiting (see [`Auditor::record_durable`]).
+struct Ack {
+    tx: tokio::sync::oneshot::Sender<bool>,
+    id: u64,
+}
+
+impl Ack {
+    /// A flush's (or a shutdown's) answer, never looked for in the queue.
+    fn control(tx: tokio::sync::oneshot::Sender<bool>) -> Ack {
+        Ack { tx, id: 0 }
+    }
+
+    /// Tells the caller (who may have stopped listening).
+    fn send(self, written: bool) -> Result<(), bool> {
+        self.tx.send(written)
+    }
+}
+
+/// What a durable caller heard of its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Told {
+    /// Handed to the kernel (synced, with `fsync = "always"`).
+    Written,
+    /// The writer says it is not written: its write failed, or fsyncs fail.
+    NotWritten,
+    /// Dropped unanswered (the writer died, or the shutdown gave up on it).
+    Dropped,
+    /// The writer stalled before it answered.
+    Stalled,
+}
 
 enum Msg {
     Record(Box<Record>, Option<Ack>),
@@ -193,6 +232,8 @@ struct Counters {
     gaps: AtomicU64,
     /// Lost records not yet covered by a written `gap` record.
     unrecorded: AtomicU64,
+    /// The last durable record's id ([`Ack::id`]).
+    durable_ids: AtomicU64,
     failing: AtomicBool,
     stopped: AtomicBool,
     /// The shutdown drain is cutting requests (their records say `shutdown`).
@@ -224,6 +265,7 @@ impl Counters {
             files_expired: AtomicU64::new(0),
             gaps: AtomicU64::new(0),
             unrecorded: AtomicU64::new(0),
+            durable_ids: AtomicU64::new(0),
             failing: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -254,7 +296,39 @@ impl Drop for Inner {
     /// Every handle is gone without a shutdown: the writer writes what it has and stops.
     fn drop(&mut self) {
         if let Some(queue) = &self.queue {
-            let _ = queue.push(Msg::Shutdown(None), Urgency::Control, Duration::ZERO, || {});
+            let _ = queue.push(Msg::Shutdown(None), Urgency::Control);
+        }
+    }
+}
+
+/// A record awaiting room in a full queue. Its sender dropped while it waits (a client that
+/// went away) loses it: counted as refused, like one that got no room.
+struct Pending<'a> {
+    auditor: &'a Auditor,
+    slot: Option<Msg>,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if self.slot.take().is_some() {
+            self.auditor.refused();
+        }
+    }
+}
+
+/// A durable caller waiting for its record's answer. Dropped while it waits (its client went
+/// away), its record must not say the answer was delivered.
+struct Awaiting<'a> {
+    auditor: &'a Auditor,
+    id: u64,
+    note: Option<Record>,
+}
+
+impl Drop for Awaiting<'_> {
+    fn drop(&mut self) {
+        if let Some(note) = self.note.take() {
+            self.auditor
+                .withhold(self.id, note, Record::withhold_from_gone_client);
         }
     }
 }
@@ -424,36 +498,123 @@ impl Auditor {
         &self.inner.instance
     }
 
-    /// Queues a record. Blocks only while the queue is full (see the module docs).
+    /// Queues a record. Never holds a runtime thread: on one, a record that finds the queue
+    /// full is refused at once (counted lost and refused, reported by the next `gap` record,
+    /// and the auditor turns unavailable). For code that cannot await: a request's drop guard,
+    /// a document stream's end, callbacks, the command line. Async code calls
+    /// [`Auditor::record_async`]. (A thread outside any runtime waits for room like an async
+    /// caller, blocking only itself.)
     pub fn record(&self, record: Record) {
         self.enqueue(record, None, Urgency::Lazy);
+    }
+
+    /// Like [`Auditor::record`], and awaits room in a full queue (at most until the
+    /// full-queue episode's deadline, `full_wait_ms` after a record first found it full)
+    /// without holding its thread. For async code (the request path).
+    pub async fn record_async(&self, record: Record) {
+        self.enqueue_within(record, None, Urgency::Lazy).await;
     }
 
     /// Queues a record and wakes the writer at once (written ~1 ms later, not at the end of the
     /// write window), without waiting for it: for records that end something long, such as a
     /// document download, whose loss to a SIGKILL should be as unlikely as a durable one's.
+    /// Never waits for room (like [`Auditor::record`]).
     pub fn record_urgent(&self, record: Record) {
         self.enqueue(record, None, Urgency::Waited);
     }
 
-    /// Queues a record and waits until it has been handed to the kernel (group commit with the
-    /// other records of a ~1 ms batch). `Err` when it could not be written: the caller must not
-    /// answer as if it had been (a disabled auditor always succeeds).
+    /// Queues a record (awaiting room like [`Auditor::record_async`]) and waits until it has
+    /// been handed to the kernel (group commit with the other records of a ~1 ms batch).
+    /// `Err` when it could not be written: the caller must not answer as if it had been (it
+    /// answers 503; a disabled auditor always succeeds).
+    ///
+    /// The record must not claim what the client did not get: when the caller stops waiting
+    /// (the writer stalled, a write or sync failed) and its record is still queued, the record
+    /// is rewritten to what the client got ([`Record::withhold`]: status 503, reason
+    /// `answer_withheld`, no PII); if the writer had taken it already, a follow-up record with
+    /// the same request id says so ([`Record::withheld_note`]).
     pub async fn record_durable(&self, record: Record) -> Result<(), Unrecorded> {
         if self.inner.queue.is_none() {
             return Ok(());
         }
-        let (ack, done) = tokio::sync::oneshot::channel();
-        if !self.enqueue(record, Some(ack), Urgency::Waited) {
+        let (tx, done) = tokio::sync::oneshot::channel();
+        let id = self
+            .inner
+            .counters
+            .durable_ids
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        let note = record.withheld_note();
+        if !self
+            .enqueue_within(record, Some(Ack { tx, id }), Urgency::Waited)
+            .await
+        {
             return Err(Unrecorded);
         }
-        self.answer(done).await
+        // Dropped before the answer (the client went away): the record says it got nothing.
+        let mut awaiting = Awaiting {
+            auditor: self,
+            id,
+            note: Some(note),
+        };
+        let told = self.told(done).await;
+        let note = awaiting.note.take();
+        // Possibly in the chain (or still queued) though its caller answers 503: a stalled
+        // writer, or a write that went through while fsyncs fail. A record whose write failed
+        // (rolled back; the writer is failing when it says so) or that was dropped unwritten
+        // is not in the chain: its gap reports it.
+        let maybe_written = match told {
+            Told::Written => return Ok(()),
+            Told::Stalled => true,
+            Told::NotWritten => !self.inner.counters.failing.load(Ordering::Relaxed),
+            Told::Dropped => false,
+        };
+        if let (true, Some(note)) = (maybe_written, note) {
+            self.withhold(id, note, Record::withhold);
+        }
+        Err(Unrecorded)
+    }
+
+    /// A durable caller stopped waiting (it answers 503, or its client went away): its record,
+    /// if still queued, is rewritten by `how`; otherwise `note`, rewritten the same way,
+    /// follows it.
+    fn withhold(&self, id: u64, mut note: Record, how: fn(&mut Record)) {
+        let Some(queue) = &self.inner.queue else {
+            return;
+        };
+        let rewritten = queue.update_first(|m| match m {
+            Msg::Record(r, Some(ack)) if ack.id == id => {
+                how(r);
+                true
+            }
+            _ => false,
+        });
+        how(&mut note);
+        if !rewritten {
+            // The original is written or in the writer's hand. The note never waits for room
+            // (one per durable caller, like a control message) and skips the tap (a
+            // correction, not another request).
+            if queue
+                .push(Msg::Record(Box::new(note), None), Urgency::Control)
+                .is_err()
+            {
+                self.lost_closed();
+            }
+        }
     }
 
     /// Waits for the writer's answer to a durable record or a flush, unless the writer is
     /// found stalled first: then the record is not known to be written (it may be later: it
     /// is not counted lost), and the caller must not answer as if it were.
     async fn answer(&self, done: tokio::sync::oneshot::Receiver<bool>) -> Result<(), Unrecorded> {
+        match self.told(done).await {
+            Told::Written => Ok(()),
+            Told::NotWritten | Told::Dropped | Told::Stalled => Err(Unrecorded),
+        }
+    }
+
+    /// [`Auditor::answer`], saying why a record is not known to be written.
+    async fn told(&self, done: tokio::sync::oneshot::Receiver<bool>) -> Told {
         let health = &self.inner.counters.health;
         let stalled = health.stall_notified();
         tokio::pin!(stalled);
@@ -467,11 +628,12 @@ impl Auditor {
             }
         };
         match outcome {
-            Some(Ok(true)) => Ok(()),
-            Some(_) => Err(Unrecorded),
+            Some(Ok(true)) => Told::Written,
+            Some(Ok(false)) => Told::NotWritten,
+            Some(Err(_)) => Told::Dropped,
             None => {
                 health.durable_timeouts.fetch_add(1, Ordering::Relaxed);
-                Err(Unrecorded)
+                Told::Stalled
             }
         }
     }
@@ -481,8 +643,10 @@ impl Auditor {
         self.inner.tap.set(tap).is_ok()
     }
 
-    /// Returns false if the record was lost (the writer stopped: counted, and a durable
-    /// caller is told).
+    /// Queues without holding a runtime thread: on a runtime's thread a record finding the
+    /// queue full is refused at once; only a thread outside any runtime (a benchmark's loop, a
+    /// test's sender thread) waits for room, until the episode's deadline. Returns false if
+    /// the record was lost (the writer stopped, or no room: counted).
     fn enqueue(&self, record: Record, ack: Option<Ack>, urgency: Urgency) -> bool {
         let Some(queue) = &self.inner.queue else {
             return true;
@@ -490,46 +654,107 @@ impl Auditor {
         if let Some(tap) = self.inner.tap.get() {
             tap(&record);
         }
-        let c = &self.inner.counters;
-        let h = &c.health;
-        // Once a record was refused for room, the next ones do not wait again until the
-        // writer writes: one bounded wait per episode, not one per request.
-        let max_wait = if h.queue_full.load(Ordering::Relaxed) {
-            Duration::ZERO
-        } else {
-            h.full_wait
-        };
-        let counted = || {
-            c.blocked.fetch_add(1, Ordering::Relaxed);
-        };
         // Dropped with its ack when refused: a durable caller hears it was not written.
-        match queue.push(
-            Msg::Record(Box::new(record), ack),
-            urgency,
-            max_wait,
-            counted,
-        ) {
+        let msg = match queue.push(Msg::Record(Box::new(record), ack), urgency) {
+            Ok(()) => return true,
+            Err(Refused::Closed(_)) => {
+                self.lost_closed();
+                return false;
+            }
+            Err(Refused::Full(msg)) => msg,
+        };
+        let until = self.found_full();
+        let Some(until) = until.filter(|_| tokio::runtime::Handle::try_current().is_err()) else {
+            self.refused();
+            return false;
+        };
+        self.inner.counters.blocked.fetch_add(1, Ordering::Relaxed);
+        match queue.push_blocking(msg, urgency, until.into_std()) {
             Ok(_) => true,
             Err(Refused::Closed(_)) => {
-                c.count_lost(1);
-                tracing::error!("An audit record was lost: the audit writer has stopped.");
+                self.lost_closed();
                 false
             }
             Err(Refused::Full(_)) => {
-                c.count_lost(1);
-                h.refused.fetch_add(1, Ordering::Relaxed);
-                // Reported by the writer's next gap record.
-                h.shed.fetch_add(1, Ordering::Relaxed);
-                if !h.queue_full.swap(true, Ordering::Relaxed) {
-                    tracing::error!(
-                        instance = %self.inner.instance,
-                        waited_ms = h.full_wait.as_millis() as u64,
-                        "The audit queue stayed full: records are refused and counted (a gap record will report them) and the gateway refuses requests (audit.on_failure) until the writer writes again."
-                    );
-                }
+                self.refused();
                 false
             }
         }
+    }
+
+    /// Queues, awaiting room in a full queue until the episode's deadline (the auditor is
+    /// unavailable from the first look at a full queue, so new requests are refused while
+    /// the records of those in flight wait). False if the record was lost (counted).
+    async fn enqueue_within(&self, record: Record, ack: Option<Ack>, urgency: Urgency) -> bool {
+        let Some(queue) = &self.inner.queue else {
+            return true;
+        };
+        if let Some(tap) = self.inner.tap.get() {
+            tap(&record);
+        }
+        let msg = match queue.push(Msg::Record(Box::new(record), ack), urgency) {
+            Ok(()) => return true,
+            Err(Refused::Closed(_)) => {
+                self.lost_closed();
+                return false;
+            }
+            Err(Refused::Full(msg)) => msg,
+        };
+        let Some(until) = self.found_full() else {
+            // This episode's wait is over: refused at once until the writer catches up.
+            self.refused();
+            return false;
+        };
+        // Counted before it waits.
+        self.inner.counters.blocked.fetch_add(1, Ordering::Relaxed);
+        let mut pending = Pending {
+            auditor: self,
+            slot: Some(msg),
+        };
+        let pushed = queue.push_within(&mut pending.slot, urgency, until).await;
+        // Settled here: nothing left for the guard.
+        pending.slot = None;
+        match pushed {
+            Ok(_) => true,
+            Err(Refused::Closed(())) => {
+                self.lost_closed();
+                false
+            }
+            Err(Refused::Full(())) => {
+                self.refused();
+                false
+            }
+        }
+    }
+
+    /// A sender found the queue full: the auditor is unavailable from now on (logged once
+    /// per episode). Returns until when the sender may await room.
+    fn found_full(&self) -> Option<tokio::time::Instant> {
+        let h = &self.inner.counters.health;
+        let (first, until) = h.found_full();
+        if first {
+            tracing::error!(
+                instance = %self.inner.instance,
+                wait_ms = h.full_wait.as_millis() as u64,
+                "The audit queue is full: the gateway refuses requests (audit.on_failure) until the writer writes again; records wait at most wait_ms for room, then are refused and counted (a gap record will report them)."
+            );
+        }
+        until
+    }
+
+    /// A record got no room: counted lost and refused, and reported by the writer's next gap
+    /// record.
+    fn refused(&self) {
+        let c = &self.inner.counters;
+        c.count_lost(1);
+        c.health.refused.fetch_add(1, Ordering::Relaxed);
+        c.health.shed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A record came after the writer stopped.
+    fn lost_closed(&self) {
+        self.inner.counters.count_lost(1);
+        tracing::error!("An audit record was lost: the audit writer has stopped.");
     }
 
     /// Queues a flush or the shutdown (never waits for room); false when the writer has
@@ -538,7 +763,7 @@ impl Auditor {
         self.inner
             .queue
             .as_ref()
-            .is_some_and(|q| q.push(msg, Urgency::Control, Duration::ZERO, || {}).is_ok())
+            .is_some_and(|q| q.push(msg, Urgency::Control).is_ok())
     }
 
     /// Requests refused before authentication: aggregated per address and minute (see
@@ -582,8 +807,8 @@ impl Auditor {
         if self.inner.queue.is_none() {
             return Ok(());
         }
-        let (ack, done) = tokio::sync::oneshot::channel();
-        if !self.control(Msg::Flush(ack)) {
+        let (tx, done) = tokio::sync::oneshot::channel();
+        if !self.control(Msg::Flush(Ack::control(tx))) {
             return Err(Unrecorded);
         }
         self.answer(done).await
@@ -635,15 +860,24 @@ impl Auditor {
     }
 
     /// At shutdown, with the writer stalled: what it holds and what is queued will not be
-    /// written before the process exits. Counted as lost (the next start's `abrupt_stop` gap
-    /// covers the span in the chain).
+    /// written before the process exits. Counted as lost. The queued records are dropped; a
+    /// writer that recovers before the exit writes a `gap` record for them (reason
+    /// `writer_stalled`) before `audit_stopped` (what it held it writes). If it never does,
+    /// the chain ends without `audit_stopped` and the next start's `abrupt_stop` gap covers
+    /// them (count unknown; the exit status counted them).
     fn give_up_on_writer(&self) {
         let c = &self.inner.counters;
         let mut left = VecDeque::new();
+        let count = |left: &VecDeque<Msg>| {
+            left.iter().filter(|m| matches!(m, Msg::Record(..))).count() as u64
+        };
         if let Some(queue) = &self.inner.queue {
-            queue.close(&mut left);
+            // Told to the writer before it can find the queue closed and stop.
+            queue.close_then(&mut left, |left| {
+                c.health.abandoned.fetch_add(count(left), Ordering::Relaxed);
+            });
         }
-        let queued = left.iter().filter(|m| matches!(m, Msg::Record(..))).count() as u64;
+        let queued = count(&left);
         let lost = queued + c.health.in_hand.swap(0, Ordering::Relaxed) + 1;
         c.count_lost(lost);
         tracing::error!(
@@ -714,7 +948,7 @@ impl Auditor {
         );
         counter(
             "spgate_audit_records_blocked_total",
-            "Audit records whose caller waited for room in the full queue.",
+            "Audit records whose caller awaited room in the full queue.",
             &one(m.blocked),
         );
         counter(
@@ -754,7 +988,7 @@ impl Auditor {
         );
         counter(
             "spgate_audit_records_refused_total",
-            "Audit records refused because the queue stayed full for audit.full_wait_ms (also counted lost).",
+            "Audit records refused for lack of room: the queue stayed full for audit.full_wait_ms, or the caller could not wait (also counted lost).",
             &one(m.refused),
         );
         counter(
@@ -807,7 +1041,8 @@ const SYNC_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Records lost and not yet reported in the chain.
 struct PendingGap {
-    /// Why: `write_failed`, or `queue_full` (refused for room while the writer stalled).
+    /// Why: `write_failed`, `queue_full` (refused for room while the writer stalled), or
+    /// `writer_stalled` (dropped by a shutdown that gave up on the writer).
     reason: &'static str,
     count: u64,
     from: OffsetDateTime,
@@ -975,6 +1210,23 @@ impl Writer {
         }
     }
 
+    /// Records the shutdown dropped when it gave up on this writer (stalled) become (part of)
+    /// the pending gap: a writer that recovers reports them before `audit_stopped`.
+    fn collect_abandoned(&mut self) {
+        let abandoned = self.counters.health.abandoned.swap(0, Ordering::Relaxed);
+        if abandoned > 0 {
+            let now = self.clock.now();
+            let gap = self.gap.get_or_insert(PendingGap {
+                reason: "writer_stalled",
+                count: 0,
+                from: self.last_write_at,
+                to: now,
+            });
+            gap.count += abandoned;
+            gap.to = now;
+        }
+    }
+
     /// Whether everything taken so far is written and known durable: no loss waiting for its
     /// gap record, no failing fsync.
     fn complete(&self) -> bool {
@@ -1013,9 +1265,11 @@ impl Writer {
         h.progressed();
         self.round_left = rest.iter().filter(|m| matches!(m, Msg::Record(..))).count() as u64;
         h.in_hand.store(self.round_left, Ordering::Relaxed);
-        // Records refused for room since the last round (a saturated drain) get their gap
-        // before the chain says it stopped cleanly.
+        // Records refused for room since the last round (a saturated drain), and those a
+        // shutdown that gave up on this writer dropped, get their gap before the chain says it
+        // stopped cleanly.
         self.collect_shed();
+        self.collect_abandoned();
         let mut shutdowns = vec![done];
         while let Some(msg) = rest.pop_front() {
             match msg {

@@ -80,10 +80,10 @@ async fn until(what: &str, check: impl Fn() -> bool) {
     }
 }
 
-/// H1: a writer stuck in I/O fills the queue. A record then waits its bounded time and is
-/// refused (counted as waiting before it waits, lost, and in the next gap record); the auditor
-/// turns unavailable at once, the watchdog marks the stall, a durable caller stops waiting,
-/// and everything recovers when the writer progresses again.
+/// H1: a writer stuck in I/O fills the queue. A record then awaits room for its bounded time
+/// and is refused (counted as waiting before it waits, lost, and in the next gap record); the
+/// auditor turns unavailable at once, the watchdog marks the stall, a durable caller stops
+/// waiting, and everything recovers when the writer progresses again.
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_writer_blocks_no_caller_and_the_refused_records_become_a_gap() {
@@ -112,15 +112,18 @@ async fn a_stalled_writer_blocks_no_caller_and_the_refused_records_become_a_gap(
     for i in 0..3 {
         auditor.record(Record::request(&format!("queued-{i}")));
     }
-    // The queue is full: this caller waits at most full_wait, then its record is refused.
-    assert!(record_returns(&auditor, Record::request("refused-0")));
+    // The queue is full: this caller awaits room at most full_wait, then its record is refused.
+    tokio::time::timeout(HANG, auditor.record_async(Record::request("refused-0")))
+        .await
+        .expect("the wait is bounded");
     let m = auditor.metrics();
     assert_eq!((m.blocked, m.refused, m.lost), (1, 1, 1));
     assert!(!auditor.available() && !auditor.healthy() && m.unavailable);
-    // The next one does not wait again.
-    assert!(record_returns(&auditor, Record::request("refused-1")));
+    // The next ones do not wait again: neither one that could, nor one that cannot.
+    auditor.record_async(Record::request("refused-1")).await;
+    assert!(record_returns(&auditor, Record::request("refused-2")));
     let m = auditor.metrics();
-    assert_eq!((m.blocked, m.refused, m.lost), (1, 2, 2));
+    assert_eq!((m.blocked, m.refused, m.lost), (1, 3, 3));
     // The watchdog finds the writer stalled; the durable caller hears "not written".
     let told = tokio::time::timeout(HANG, durable).await.unwrap().unwrap();
     assert_eq!(told, Err(Unrecorded));
@@ -150,13 +153,15 @@ async fn a_stalled_writer_blocks_no_caller_and_the_refused_records_become_a_gap(
     assert_eq!(gaps.len(), 1, "{lines:?}");
     assert_eq!(
         (gaps[0]["reason"].as_str(), gaps[0]["count"].as_u64()),
-        (Some("queue_full"), Some(2))
+        (Some("queue_full"), Some(3))
     );
     assert_eq!(auditor.metrics().gaps, 1);
 }
 
 /// H1 at shutdown: a writer that stays stalled is not waited for forever; what it holds and
-/// what is queued are counted as lost, so `serve` exits non-zero.
+/// what is queued are counted as lost, so `serve` exits non-zero. A writer that recovers
+/// later writes what it held, then a `gap` record for the queued records the shutdown dropped,
+/// then `audit_stopped` (review M3b: before, nothing in the chain said they were missing).
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_does_not_wait_forever_for_a_stalled_writer() {
@@ -178,8 +183,222 @@ async fn a_shutdown_does_not_wait_forever_for_a_stalled_writer() {
     // The record in hand, the queued one, and audit_stopped.
     assert_eq!(unrecorded, 3);
     assert_eq!(auditor.metrics().lost, 3);
-    // Unblock the writer thread so that it ends with the test.
-    let _ = drain(fifo).join();
+    // The disk moves again before the process exits.
+    let lines = drain(fifo).join().unwrap();
+    let kinds: Vec<&str> = lines.iter().filter_map(|l| l["kind"].as_str()).collect();
+    assert_eq!(kinds, ["request", "gap", "audit_stopped"], "{lines:?}");
+    assert_eq!(lines[0]["request_id"], "in-hand");
+    assert_eq!(
+        (lines[1]["reason"].as_str(), lines[1]["count"].as_u64()),
+        (Some("writer_stalled"), Some(1))
+    );
+    assert_eq!(auditor.metrics().gaps, 1);
+}
+
+/// A writer held (the fault hook) with one record in hand, and the queue filled behind it.
+async fn held_with_full_queue(auditor: &Auditor) -> WriterHold {
+    let hold = auditor.hold_writer();
+    auditor.record_urgent(Record::request("held"));
+    let health = auditor.inner.counters.health.clone();
+    let deadline = std::time::Instant::now() + HANG;
+    // Real time: the writer thread takes the record (paused tokio time would not wait).
+    while health.in_hand.load(Ordering::Relaxed) != 1 {
+        assert!(std::time::Instant::now() < deadline, "never held");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for i in 0..4 {
+        auditor.record(Record::request(&format!("queued-{i}")));
+    }
+    assert_eq!(auditor.metrics().refused, 0);
+    hold
+}
+
+/// Yields until `check` holds (other tasks on this runtime thread run meanwhile).
+async fn yield_until(what: &str, check: impl Fn() -> bool) {
+    for _ in 0..100_000 {
+        if check() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("never: {what}");
+}
+
+/// Review M1: records awaiting room in a full queue hold no runtime thread. On a runtime of
+/// one thread, three request-path records await room together while the test's own task
+/// goes on; the auditor is unavailable from the first look at the full queue (before anyone
+/// waits); once the writer moves, all three get in, none is lost. (With the wait a thread
+/// sleep, the first waiter took the only thread for `full_wait_ms` and all three were refused.)
+#[tokio::test(flavor = "current_thread")]
+async fn records_awaiting_room_hold_no_runtime_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.full_wait = Duration::from_secs(10);
+    cfg.stall_timeout = Duration::from_secs(600);
+    let auditor = Auditor::start(&cfg).unwrap();
+    let hold = held_with_full_queue(&auditor).await;
+    let waiters: Vec<_> = (0..3)
+        .map(|i| {
+            let a = auditor.clone();
+            tokio::spawn(async move { a.record_async(Record::request(&format!("w-{i}"))).await })
+        })
+        .collect();
+    yield_until("three records await room", || {
+        auditor.metrics().blocked == 3
+    })
+    .await;
+    let m = auditor.metrics();
+    assert_eq!((m.refused, m.lost), (0, 0), "{m:?}");
+    assert!(
+        m.unavailable && !auditor.available(),
+        "unavailable before the wait ends"
+    );
+    assert!(waiters.iter().all(|w| !w.is_finished()));
+    drop(hold);
+    for w in waiters {
+        tokio::time::timeout(HANG, w).await.unwrap().unwrap();
+    }
+    auditor.flush().await;
+    let m = auditor.metrics();
+    assert_eq!((m.blocked, m.refused, m.lost), (3, 0, 0), "{m:?}");
+    assert_eq!(auditor.shutdown().await, 0);
+}
+
+/// Review M1: one full-queue episode, one deadline. A record that finds the queue full
+/// starts the episode (`full_wait_ms`); one that comes later in the episode waits only until
+/// the same deadline, not a `full_wait_ms` of its own; after it, records are refused at once,
+/// and a record from code that cannot await (`record`) never waits. All refused records are
+/// in the gap written when the writer moves again.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn records_in_one_full_queue_episode_share_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.full_wait = Duration::from_secs(10);
+    cfg.stall_timeout = Duration::from_secs(600);
+    let auditor = Auditor::start(&cfg).unwrap();
+    let hold = held_with_full_queue(&auditor).await;
+    let spawn = |id: &'static str| {
+        let a = auditor.clone();
+        tokio::spawn(async move { a.record_async(Record::request(id)).await })
+    };
+    let first = spawn("first");
+    yield_until("the first awaits room", || auditor.metrics().blocked == 1).await;
+    tokio::time::advance(Duration::from_secs(6)).await;
+    let second = spawn("second");
+    yield_until("the second awaits room", || auditor.metrics().blocked == 2).await;
+    // The episode's deadline passes (the second has waited 5 of its own 10 s).
+    tokio::time::advance(Duration::from_secs(5)).await;
+    yield_until("both gave up", || {
+        first.is_finished() && second.is_finished()
+    })
+    .await;
+    assert_eq!(auditor.metrics().refused, 2);
+    // After the deadline: refused at once, awaiting or not.
+    auditor.record_async(Record::request("late")).await;
+    auditor.record(Record::request("sync"));
+    let m = auditor.metrics();
+    assert_eq!((m.blocked, m.refused, m.lost), (2, 4, 4), "{m:?}");
+    drop(hold);
+    let deadline = std::time::Instant::now() + HANG;
+    while !auditor.available() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never available again"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(auditor.shutdown().await, 0, "the gap reported them");
+    let mut text = String::new();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "jsonl") {
+            text += &std::fs::read_to_string(path).unwrap();
+        }
+    }
+    let gaps: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| l["kind"] == "gap")
+        .collect();
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    assert_eq!(
+        (gaps[0]["reason"].as_str(), gaps[0]["count"].as_u64()),
+        (Some("queue_full"), Some(4))
+    );
+}
+
+/// Review L1: a durable answer that became 503 (the writer stalled) is not recorded as
+/// delivered. The record still queued when its caller stopped waiting is written as what the
+/// client got (503, `answer_withheld`, no PII); the one the writer had in hand is written as it
+/// was, followed by a note with its request id saying the answer was withheld; one whose
+/// caller was dropped while it waited (the client went away) says the client got nothing.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withheld_durable_answer_is_not_recorded_as_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(datetime!(2026-01-01 10:00 UTC));
+    let mut cfg = config(dir.path());
+    cfg.queue_capacity = 64;
+    // Long enough for the test to drop one caller before the stall is marked.
+    cfg.stall_timeout = Duration::from_secs(2);
+    let auditor = Auditor::start_with_clock(&cfg, Arc::new(clock.clone())).unwrap();
+    let fifo = fifo_for_day_two(dir.path());
+    clock.advance(time::Duration::days(1));
+    let pii_answer = |id: &str| {
+        let mut r = Record::request(id).with_status(200);
+        r.outcome = Some(crate::audit::Outcome::Answered);
+        r.pii = vec![crate::audit::PiiUse {
+            category: crate::pii::Category::Name,
+            action: crate::pii::Action::Pass,
+        }];
+        r
+    };
+    let durable = |r: Record| {
+        let a = auditor.clone();
+        tokio::spawn(async move { a.record_durable(r).await })
+    };
+    // The writer takes this one and blocks opening the day's file.
+    let taken = durable(pii_answer("taken"));
+    let health = auditor.inner.counters.health.clone();
+    until("the writer holds the record", || {
+        health.in_hand.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    let queued = durable(pii_answer("queued"));
+    let gone = durable(pii_answer("gone"));
+    let queue = auditor.inner.queue.clone().unwrap();
+    until("both are queued", || queue.len() == 2).await;
+    gone.abort();
+    assert!(gone.await.unwrap_err().is_cancelled());
+    // The watchdog finds the writer stalled: both callers answer 503.
+    assert_eq!(taken.await.unwrap(), Err(Unrecorded));
+    assert_eq!(queued.await.unwrap(), Err(Unrecorded));
+    let lines = drain(fifo);
+    auditor.shutdown().await;
+    let lines = lines.join().unwrap();
+    let of = |id: &str| -> Vec<&serde_json::Value> {
+        lines.iter().filter(|l| l["request_id"] == id).collect()
+    };
+    let withheld = |l: &serde_json::Value| {
+        l["status"] == 503 && l["reason"] == "answer_withheld" && l.get("pii").is_none()
+    };
+    let queued = of("queued");
+    assert_eq!(queued.len(), 1, "{lines:?}");
+    assert!(withheld(queued[0]), "{:?}", queued[0]);
+    let gone = of("gone");
+    assert_eq!(gone.len(), 1, "{lines:?}");
+    assert!(
+        gone[0]["outcome"] == "client_closed"
+            && gone[0].get("status").is_none()
+            && gone[0]["reason"] == "answer_withheld"
+            && gone[0].get("pii").is_none(),
+        "{:?}",
+        gone[0]
+    );
+    let taken = of("taken");
+    assert_eq!(taken.len(), 2, "{lines:?}");
+    assert_eq!(taken[0]["status"], 200, "written as it was taken");
+    assert!(withheld(taken[1]), "then the note: {:?}", taken[1]);
 }
 
 /// A clock that panics when told to: the writer thread dies in the middle of a batch.

@@ -132,13 +132,15 @@ impl Gateway {
                             )
                             .await?;
                         tracing::warn!(seller = %seller.selling_partner_id, "Seller deauthorized: LWA answered invalid_grant.");
-                        self.auditor.record(
-                            crate::audit::Record::new(crate::audit::Kind::SellerDeauthorized)
-                                .with_seller(&seller.selling_partner_id)
-                                .with_reason(crate::audit::Reason::from_static(
-                                    "lwa_invalid_grant",
-                                )),
-                        );
+                        self.auditor
+                            .record_async(
+                                crate::audit::Record::new(crate::audit::Kind::SellerDeauthorized)
+                                    .with_seller(&seller.selling_partner_id)
+                                    .with_reason(crate::audit::Reason::from_static(
+                                        "lwa_invalid_grant",
+                                    )),
+                            )
+                            .await;
                         Err(ProxyError::SellerDeauthorized)
                     }
                     Err(e) => Err(e.into()),

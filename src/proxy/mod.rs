@@ -452,7 +452,8 @@ impl Gateway {
                 Ok(()) => {}
                 Err(_) => resp = span.in_scope(|| rescue::rescue(&ProxyError::AuditUnavailable)),
             },
-            Some(r) => self.auditor.record(r),
+            // Awaits room in a full audit queue (bounded) without holding the thread.
+            Some(r) => self.auditor.record_async(r).await,
         }
         if let Ok(v) = HeaderValue::from_str(&call.request_id) {
             // Amazon's id passes back on what Amazon answered; what the gateway answers itself

@@ -39,28 +39,32 @@ impl Gateway {
                         claimed, rebind, ..
                     } = &e
                     {
-                        self.auditor.record(
-                            crate::audit::Record::new(crate::audit::Kind::Alert)
-                                .with_seller(claimed)
-                                .with_reason(crate::audit::Reason::from_static(if *rebind {
-                                    "onboarding_rebind_refused"
-                                } else {
-                                    "onboarding_seller_not_confirmed"
-                                })),
-                        );
+                        self.auditor
+                            .record_async(
+                                crate::audit::Record::new(crate::audit::Kind::Alert)
+                                    .with_seller(claimed)
+                                    .with_reason(crate::audit::Reason::from_static(if *rebind {
+                                        "onboarding_rebind_refused"
+                                    } else {
+                                        "onboarding_seller_not_confirmed"
+                                    })),
+                            )
+                            .await;
                     }
                     return Err(e.into());
                 }
                 // A re-authorization link answered with another seller's id.
                 Err(e @ OnboardingError::WrongSeller { .. }) => {
                     if let OnboardingError::WrongSeller { expected } = &e {
-                        self.auditor.record(
-                            crate::audit::Record::new(crate::audit::Kind::Alert)
-                                .with_seller(expected)
-                                .with_reason(crate::audit::Reason::from_static(
-                                    "onboarding_wrong_seller",
-                                )),
-                        );
+                        self.auditor
+                            .record_async(
+                                crate::audit::Record::new(crate::audit::Kind::Alert)
+                                    .with_seller(expected)
+                                    .with_reason(crate::audit::Reason::from_static(
+                                        "onboarding_wrong_seller",
+                                    )),
+                            )
+                            .await;
                     }
                     return Err(e.into());
                 }

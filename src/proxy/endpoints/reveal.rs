@@ -263,6 +263,7 @@ impl Gateway {
             }
         }
         let mut records = Vec::with_capacity(answers.len());
+        let mut notes = Vec::with_capacity(answers.len());
         for a in &answers {
             let mut r = Record::new(Kind::Reveal)
                 .with_tool(&caller.client.tool)
@@ -283,14 +284,19 @@ impl Gateway {
                     action: crate::pii::Action::Pass,
                 }];
             }
+            notes.push(r.withheld_note());
             records.push(self.auditor.record_durable(r));
         }
         // No value goes out before every record of the reveal is written (one group commit).
-        if futures_util::future::join_all(records)
-            .await
-            .iter()
-            .any(Result::is_err)
-        {
+        let written = futures_util::future::join_all(records).await;
+        if written.iter().any(Result::is_err) {
+            // The reveal answers 503: a record that was written says "revealed"; a follow-up
+            // says it was withheld (the failed ones are rewritten or followed up already).
+            for (note, written) in notes.into_iter().zip(&written) {
+                if written.is_ok() {
+                    self.auditor.record_async(note).await;
+                }
+            }
             return Err(ProxyError::AuditUnavailable);
         }
         let json = serde_json::to_vec(&response_body(&answers))

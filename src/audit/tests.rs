@@ -708,7 +708,10 @@ fn bytes_written_before_a_failed_fsync_are_written_again_before_the_next_one() {
     fault::fail_syncs(dir.path(), 1);
     assert!(w.sync_records().is_err());
     let file = dir.path().join("audit-gw1-2026-11-20.jsonl");
-    assert!(std::fs::read(&file).unwrap().contains(&0), "the fault lost the pages");
+    assert!(
+        std::fs::read(&file).unwrap().contains(&0),
+        "the fault lost the pages"
+    );
     append_written(&mut w, 6, 2);
     w.sync_records().unwrap();
     assert_eq!(w.take_unrepaired(), None);

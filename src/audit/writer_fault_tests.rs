@@ -304,7 +304,9 @@ async fn records_before_a_failed_fsync_are_written_again_and_the_chain_is_whole(
         .unwrap();
     crate::audit::chain::fault::fail_syncs(dir.path(), 1);
     assert_eq!(
-        auditor.record_durable(Record::request("lost-on-disk")).await,
+        auditor
+            .record_durable(Record::request("lost-on-disk"))
+            .await,
         Err(Unrecorded)
     );
     until("a sync succeeds again", || auditor.available()).await;

@@ -318,7 +318,10 @@ impl Stats {
             gateway_429: sample.gateway_429,
             latency_us: sample.latency_us,
         };
-        Stats::count_in(&mut self.slots.lock().unwrap_or_else(|p| p.into_inner()), &f);
+        Stats::count_in(
+            &mut self.slots.lock().unwrap_or_else(|p| p.into_inner()),
+            &f,
+        );
     }
 
     /// Counts one request in the ring (its lock held).

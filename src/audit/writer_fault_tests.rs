@@ -287,14 +287,10 @@ async fn a_failing_fsync_is_counted_backs_off_and_keeps_the_log_unavailable() {
     }
 }
 
-/// Review M2 ("fsyncgate"): after a failed fsync the records written since the last good one
-/// may be missing on disk though the next fsync succeeds (the fault hook zeroes them). The
-/// writer writes them again before it trusts a sync: the chain verifies whole, without a gap;
-/// the durable caller of the failed sync heard "not written", and the log is available again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn records_before_a_failed_fsync_are_written_again_and_the_chain_is_whole() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path());
+/// An auditor with `fsync = "always"` on `dir` that writes a durable record, then one (`id`)
+/// whose fsync fails (its caller hears "not written"), and whose retry succeeds.
+async fn sync_fails_once(dir: &Path, id: &str) -> Auditor {
+    let mut cfg = config(dir);
     cfg.fsync = FsyncPolicy::Always;
     cfg.queue_capacity = 64;
     let auditor = Auditor::start(&cfg).unwrap();
@@ -302,14 +298,23 @@ async fn records_before_a_failed_fsync_are_written_again_and_the_chain_is_whole(
         .record_durable(Record::request("synced"))
         .await
         .unwrap();
-    crate::audit::chain::fault::fail_syncs(dir.path(), 1);
+    crate::audit::chain::fault::fail_syncs(dir, 1);
     assert_eq!(
-        auditor
-            .record_durable(Record::request("lost-on-disk"))
-            .await,
+        auditor.record_durable(Record::request(id)).await,
         Err(Unrecorded)
     );
     until("a sync succeeds again", || auditor.available()).await;
+    auditor
+}
+
+/// Review M2 ("fsyncgate"): after a failed fsync the records written since the last good one
+/// may be missing on disk though the next fsync succeeds (the fault hook zeroes them). The
+/// writer writes them again before it trusts a sync: the chain verifies whole, without a gap;
+/// the durable caller of the failed sync heard "not written", and the log is available again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_before_a_failed_fsync_are_written_again_and_the_chain_is_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let auditor = sync_fails_once(dir.path(), "lost-on-disk").await;
     auditor
         .record_durable(Record::request("after"))
         .await
@@ -337,20 +342,7 @@ async fn records_before_a_failed_fsync_are_written_again_and_the_chain_is_whole(
 async fn records_no_longer_kept_at_a_failed_fsync_become_a_sync_failed_gap() {
     let dir = tempfile::tempdir().unwrap();
     crate::audit::chain::fault::keep_at_most(dir.path(), 1);
-    let mut cfg = config(dir.path());
-    cfg.fsync = FsyncPolicy::Always;
-    cfg.queue_capacity = 64;
-    let auditor = Auditor::start(&cfg).unwrap();
-    auditor
-        .record_durable(Record::request("synced"))
-        .await
-        .unwrap();
-    crate::audit::chain::fault::fail_syncs(dir.path(), 1);
-    assert_eq!(
-        auditor.record_durable(Record::request("unkept")).await,
-        Err(Unrecorded)
-    );
-    until("a sync succeeds again", || auditor.available()).await;
+    let auditor = sync_fails_once(dir.path(), "unkept").await;
     assert_eq!(auditor.shutdown().await, 0, "the gap record reported them");
     assert_eq!(auditor.metrics().gaps, 1);
     // What the disk lost was not written again: `verify` names the damaged spot (and stops

@@ -10,13 +10,15 @@
 //!   the thread found by its name `audit-<instance>` in `/proc/self/task/*/comm`), before the
 //!   first record and after the last one is written, over the records;
 //! - the **console tap** (as `spgate demo`, or `serve` with the web console, attach it; off with
-//!   `AUDIT_BENCH_TAP=0`): the CPU time of the console statistics' counting thread, found
-//!   the same way (`console-stats`);
+//!   `AUDIT_BENCH_TAP=0`): it counts on the writer thread (in the writer's figure); the CPU time
+//!   of the console statistics' thread (`console-stats`, found the same way), which counts only
+//!   what the tap met with a busy console, is added;
 //! - the **caller**: the time spent inside each `record` call (the record built before the
 //!   clock starts), summed over the calls. A call is far shorter than a scheduler time slice,
 //!   so on a busy machine this is its CPU time up to a rare preemption (an upper bound).
 //!
-//! Printed as `audit paced: ...` lines, with the latency of `record_durable` (what a response
+//! Printed as `audit paced: ...` lines, each followed by the budget's verdict (`audit budget:
+//! PASS|FAIL`, 5 µs per record in all), with the latency of `record_durable` (what a response
 //! carrying buyer PII waits for), p50/p99/max.
 //!
 //! Variables: `AUDIT_BENCH_RATES` (default `1000 5000`), `AUDIT_BENCH_SECONDS` (per rate,
@@ -296,6 +298,9 @@ fn paced_only() -> bool {
     std::env::var("AUDIT_BENCH_PACED_ONLY").is_ok_and(|v| v == "1")
 }
 
+/// The budget: the audit path's CPU per request, in µs.
+const BUDGET_US: f64 = 5.0;
+
 fn paced(_: &mut Criterion) {
     let seconds = env_or("AUDIT_BENCH_SECONDS", 5u64).max(1);
     let rates: Vec<u64> = std::env::var("AUDIT_BENCH_RATES")
@@ -310,12 +315,16 @@ fn paced(_: &mut Criterion) {
         let tap = cpu.tap_ns.map_or("no console tap".to_string(), |t| {
             format!("console tap thread {:.2}", per(t))
         });
+        let total = per(cpu.writer_ns + cpu.tap_ns.unwrap_or(0) + cpu.caller_ns);
         eprintln!(
-            "audit paced: {rate} records/s: {:.2} us CPU per record (writer thread {:.2}, {tap}, caller {:.2} per record call), {} records",
-            per(cpu.writer_ns + cpu.tap_ns.unwrap_or(0) + cpu.caller_ns),
+            "audit paced: {rate} records/s: {total:.2} us CPU per record (writer thread {:.2}, {tap}, caller {:.2} per record call), {} records",
             per(cpu.writer_ns),
             per(cpu.caller_ns),
             cpu.records,
+        );
+        eprintln!(
+            "audit budget: {rate} records/s: {} ({total:.2} us per record, budget {BUDGET_US:.2} us)",
+            if total <= BUDGET_US { "PASS" } else { "FAIL" },
         );
         if paced_only() {
             continue;

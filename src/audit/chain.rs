@@ -27,6 +27,18 @@
 //! A writer resumes from the head. Records written after the last head update (a crash between
 //! writing a batch and moving the head) are adopted if they link and verify; a torn last line (a
 //! crash in the middle of a write, never a complete record) is cut off.
+//!
+//! **How old the head may be.** The writer moves it at most every 5 s (with an fsync, so it
+//! pins only durable records), after 1 MiB written, before each new day's file, and at start and
+//! shutdown; not with every fsync (its move, a file created, synced and renamed, cost as much as
+//! the fsync). Its two jobs hold at that age: resuming reads the newest file from 8 MiB before
+//! its end, which the 1 MiB bound keeps the head's record inside, and adopts the verified records
+//! after it; and a cut tail is never silent: with the writer live, records past the head are its
+//! unflushed tail; with it gone, a chain that does not end in `audit_stopped` is an abrupt stop
+//! (a gap, `verify` exits non-zero) and one ending before the head is tampering. A head a few
+//! seconds old only moves the line between those two verdicts for the last seconds of records
+//! of a writer that crashed; the head moves at start, so a cut back to the previous process's
+//! `audit_stopped` is still tampering.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -46,6 +58,11 @@ use super::line::{self, Link};
 
 /// How much of the newest file a resuming writer reads to find records newer than the head.
 const RECOVERY_WINDOW: u64 = 8 * 1024 * 1024;
+
+/// The most bytes written since the last successful fsync that a writer keeps to write again
+/// after a failed one (see [`ChainWriter::sync_records`]); records beyond are reported as a gap
+/// if a sync fails before one succeeds.
+const KEEP_UNSYNCED: usize = 8 * 1024 * 1024;
 
 /// Why the chain could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -130,7 +147,34 @@ pub struct ChainWriter {
     recovered: u64,
     /// The time of the last record of a previous process that did not stop cleanly.
     abrupt: Option<String>,
+    /// The bytes written through since the last successful fsync of the file (at most
+    /// `keep_max`), and where they begin in it: written again after a failed fsync.
+    kept: Vec<u8>,
+    kept_from: u64,
+    keep_max: usize,
+    /// At the last successful fsync: the file's length, the last record's seq and time.
+    synced: (u64, u64, OffsetDateTime),
+    /// Records written since the last successful fsync whose bytes are no longer kept (over
+    /// `keep_max`): first and last seq, the last one's time.
+    unkept: Option<(u64, u64, OffsetDateTime)>,
+    /// An fsync failed and none succeeded since.
+    sync_failed: bool,
+    /// Records a successful fsync after a failed one could not vouch for (see
+    /// [`ChainWriter::take_unrepaired`]).
+    unrepaired: Option<Unrepaired>,
     _lock: File,
+}
+
+/// Records written before a failed fsync that could not be written again (their bytes were no
+/// longer kept): they may be missing from the disk although the file looked whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unrepaired {
+    /// How many.
+    pub count: u64,
+    /// The time of the last record known durable before them.
+    pub from: OffsetDateTime,
+    /// The time of the last of them.
+    pub to: OffsetDateTime,
 }
 
 impl std::fmt::Debug for ChainWriter {
@@ -532,8 +576,19 @@ impl ChainWriter {
             rolled_back: 0,
             recovered: 0,
             abrupt: None,
+            kept: Vec::new(),
+            kept_from: 0,
+            keep_max: KEEP_UNSYNCED,
+            synced: (0, seq, OffsetDateTime::UNIX_EPOCH),
+            unkept: None,
+            sync_failed: false,
+            unrepaired: None,
             _lock: lock,
         };
+        #[cfg(test)]
+        if let Some(max) = fault::keep_max(dir) {
+            w.keep_max = max;
+        }
         if let Some(newest) = files.last() {
             w.recover(&newest.path)?;
         }
@@ -697,6 +752,8 @@ impl ChainWriter {
         let day = at.to_offset(time::UtcOffset::UTC).date();
         let day = self.day.map_or(day, |d| d.max(day));
         if self.out.is_none() || Some(day) != self.day {
+            // What a failure here rolls back (none when the sync fails).
+            self.rolled_back = 0;
             self.write_through()?;
             // The head moves onto the old day's last record (made durable first) before the new
             // day's file is opened: recovery reads only the newest file, so records past the
@@ -713,6 +770,12 @@ impl ChainWriter {
             let len = file.metadata().map_err(io(&path))?.len();
             self.out = Some(file);
             self.day = Some(day);
+            if path != self.path {
+                // The previous file was synced just now: nothing of this one is unsynced yet.
+                self.kept.clear();
+                self.kept_from = len;
+                self.synced = (len, self.seq, self.last_at);
+            }
             self.path = path;
             self.committed = (self.seq, self.prev.clone(), len);
         }
@@ -767,9 +830,7 @@ impl ChainWriter {
     fn flush_inner(&mut self, sync: bool) -> Result<(), ChainError> {
         self.write_through()?;
         if sync {
-            if let Some(out) = self.out.as_ref() {
-                out.sync_data().map_err(io(&self.path))?;
-            }
+            self.sync_records()?;
         }
         if self.seq > 0 {
             self.write_head(sync)?;
@@ -799,7 +860,7 @@ impl ChainWriter {
                     self.prev.clone(),
                     self.committed.2 + self.pending.len() as u64,
                 );
-                self.pending.clear();
+                self.keep_written();
                 Ok(n)
             }
             Err(e) => {
@@ -856,10 +917,104 @@ impl ChainWriter {
 
     /// Makes what was written through durable (fsync) and moves the head.
     pub fn sync_written(&mut self) -> Result<(), ChainError> {
-        if let Some(out) = self.out.as_ref() {
-            out.sync_data().map_err(io(&self.path))?;
-        }
+        self.sync_records()?;
         self.move_head(true)
+    }
+
+    /// The batch just written joins the bytes kept since the last successful fsync; past
+    /// `keep_max` they are let go (only their records are remembered, for a gap).
+    fn keep_written(&mut self) {
+        self.kept.extend_from_slice(&self.pending);
+        self.pending.clear();
+        if self.kept.len() > self.keep_max {
+            let first = self.unkept.map_or(self.synced.1 + 1, |u| u.0);
+            self.unkept = Some((first, self.committed.0, self.last_at));
+            self.kept_from += self.kept.len() as u64;
+            self.kept.clear();
+        }
+    }
+
+    /// Makes what was written through durable (fsync), without moving the head.
+    ///
+    /// **After a failed fsync** the bytes written since the last successful one are suspect:
+    /// Linux may drop the dirty pages of a failed writeback and report the error once, so a
+    /// later fsync succeeds without them while the page cache still shows them. They are
+    /// therefore written again, in place (the same bytes: a reader or a crash meanwhile sees
+    /// the file unchanged), before the next fsync is trusted. Records whose bytes were no
+    /// longer kept (more than [`KEEP_UNSYNCED`] since the last good fsync) cannot be; the first
+    /// successful fsync reports them through [`ChainWriter::take_unrepaired`] (a gap record).
+    pub fn sync_records(&mut self) -> Result<(), ChainError> {
+        if self.out.is_none() {
+            return Ok(());
+        }
+        if self.sync_failed {
+            self.rewrite_kept()?;
+        }
+        if let Err(e) = self.sync_file() {
+            self.sync_failed = true;
+            return Err(io(&self.path)(e));
+        }
+        let unkept = self.unkept.take();
+        if std::mem::take(&mut self.sync_failed) {
+            if let Some((first, last, to)) = unkept {
+                let u = self.unrepaired.get_or_insert(Unrepaired {
+                    count: 0,
+                    from: self.synced.2,
+                    to,
+                });
+                u.count += last + 1 - first;
+                u.to = to;
+            }
+        }
+        self.kept.clear();
+        self.kept_from = self.committed.2;
+        self.synced = (self.committed.2, self.committed.0, self.last_at);
+        Ok(())
+    }
+
+    /// Records a successful fsync after a failed one could not vouch for (reported once).
+    pub fn take_unrepaired(&mut self) -> Option<Unrepaired> {
+        self.unrepaired.take()
+    }
+
+    /// Writes the kept bytes again where they are (through a second handle: the chain file is
+    /// open for appending, where a positioned write would append).
+    #[cfg(unix)]
+    fn rewrite_kept(&self) -> Result<(), ChainError> {
+        use std::os::unix::fs::FileExt;
+        if self.kept.is_empty() {
+            return Ok(());
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .map_err(io(&self.path))?;
+        file.write_all_at(&self.kept, self.kept_from)
+            .map_err(io(&self.path))
+    }
+
+    /// Without positioned writes the kept bytes cannot be written again: their records are
+    /// reported as unrepaired.
+    #[cfg(not(unix))]
+    fn rewrite_kept(&mut self) -> Result<(), ChainError> {
+        if !self.kept.is_empty() {
+            let first = self.unkept.map_or(self.synced.1 + 1, |u| u.0);
+            self.unkept = Some((first, self.committed.0, self.last_at));
+        }
+        Ok(())
+    }
+
+    /// fsyncs the chain file (tests inject failures here).
+    fn sync_file(&self) -> std::io::Result<()> {
+        #[cfg(test)]
+        if fault::sync_fails(&self.dir) {
+            fault::lose_unsynced(&self.path, self.synced.0)?;
+            return Err(std::io::Error::other("injected fsync failure"));
+        }
+        match &self.out {
+            Some(out) => out.sync_data(),
+            None => Ok(()),
+        }
     }
 
     fn write_head(&self, sync: bool) -> Result<(), ChainError> {
@@ -1213,6 +1368,60 @@ fn gap_of(line: &[u8], seq: u64) -> Option<Gap> {
         to: g.gap_to,
         reason: g.reason,
     })
+}
+
+/// Fault injection for tests: fsyncs of the chain files in a directory that fail as a disk's
+/// failed writeback does.
+#[cfg(test)]
+pub(crate) mod fault {
+    use std::os::unix::fs::FileExt;
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    /// By directory: fsyncs left to fail, and the bytes a writer keeps since its last good
+    /// fsync (instead of [`super::KEEP_UNSYNCED`]).
+    static FAULTS: Mutex<Vec<(PathBuf, u32, Option<usize>)>> = Mutex::new(Vec::new());
+
+    fn with<T>(dir: &Path, f: impl FnOnce(&mut (PathBuf, u32, Option<usize>)) -> T) -> T {
+        let mut faults = FAULTS.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = faults.iter().position(|e| e.0 == dir) {
+            return f(&mut faults[i]);
+        }
+        faults.push((dir.to_path_buf(), 0, None));
+        let last = faults.len() - 1;
+        f(&mut faults[last])
+    }
+
+    /// The next `n` fsyncs of chain files in `dir` fail, each after replacing what was written
+    /// since the last good fsync with zeros on disk (the kernel dropped those dirty pages:
+    /// what is read back is the disk's).
+    pub(crate) fn fail_syncs(dir: &Path, n: u32) {
+        with(dir, |e| e.1 = n);
+    }
+
+    /// Writers opened on `dir` from now on keep at most `bytes` for rewriting.
+    pub(crate) fn keep_at_most(dir: &Path, bytes: usize) {
+        with(dir, |e| e.2 = Some(bytes));
+    }
+
+    pub(super) fn keep_max(dir: &Path) -> Option<usize> {
+        with(dir, |e| e.2)
+    }
+
+    pub(super) fn sync_fails(dir: &Path) -> bool {
+        with(dir, |e| {
+            let fail = e.1 > 0;
+            e.1 = e.1.saturating_sub(1);
+            fail
+        })
+    }
+
+    pub(super) fn lose_unsynced(path: &Path, synced_len: u64) -> std::io::Result<()> {
+        let file = std::fs::OpenOptions::new().write(true).open(path)?;
+        let len = file.metadata()?.len();
+        let zeros = vec![0u8; len.saturating_sub(synced_len) as usize];
+        file.write_all_at(&zeros, synced_len)
+    }
 }
 
 #[cfg(test)]

@@ -130,7 +130,11 @@ fn limiter(out: &mut Vec<u8>, l: &Limiter) {
 /// A JSON string, escaped as serde_json escapes it.
 fn string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    // Branch-free over every byte (no early exit), so the check runs on whole vectors.
+    let plain = !s.bytes().fold(false, |bad, b| {
+        bad | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if plain {
         out.extend_from_slice(s.as_bytes());
     } else {
         escape(out, s);

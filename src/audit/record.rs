@@ -709,6 +709,15 @@ impl Record {
         r
     }
 
+    /// Whether this is a [`Record::withheld_note`]: a follow-up about a request already
+    /// recorded, not a request of its own (the only request record without a latency that
+    /// says `answer_withheld`: a record withheld in the queue keeps its latency).
+    pub fn is_withheld_note(&self) -> bool {
+        self.kind == Kind::Request
+            && self.reason == Some(Reason::ANSWER_WITHHELD)
+            && self.latency_us.is_none()
+    }
+
     /// Categories the caller received in some form (every action but `drop`).
     pub fn received(&self) -> impl Iterator<Item = Category> + '_ {
         self.pii

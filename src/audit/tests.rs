@@ -680,3 +680,75 @@ fn a_writer_killed_just_after_midnight_resumes_the_chain_without_a_fork() {
         .collect();
     assert_eq!(seqs, [5, 6, 7], "one chain, no restart at the old head");
 }
+
+/// Appends `n` request records stamped a second apart from `from` and writes them through.
+fn append_written(w: &mut ChainWriter, from: i64, n: i64) {
+    let t0 = datetime!(2026-11-20 10:00 UTC);
+    for i in from..from + n {
+        w.append(
+            t0 + time::Duration::seconds(i),
+            &json!({"event": "request", "n": i}),
+        )
+        .unwrap();
+    }
+    w.write_through().unwrap();
+}
+
+/// Review M2 ("fsyncgate"): a failed fsync may have lost the pages written since the last good
+/// one (Linux drops them and reports the error once, so the next fsync succeeds without them;
+/// the fault hook zeroes them on disk). The writer writes those bytes again before it trusts a
+/// sync: the chain on disk is whole, and nothing is reported unrepaired.
+#[test]
+fn bytes_written_before_a_failed_fsync_are_written_again_before_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = ChainWriter::open(dir.path(), "gw1", KEY).unwrap();
+    append_written(&mut w, 0, 3);
+    w.sync_records().unwrap();
+    append_written(&mut w, 3, 3);
+    fault::fail_syncs(dir.path(), 1);
+    assert!(w.sync_records().is_err());
+    let file = dir.path().join("audit-gw1-2026-11-20.jsonl");
+    assert!(
+        std::fs::read(&file).unwrap().contains(&0),
+        "the fault lost the pages"
+    );
+    append_written(&mut w, 6, 2);
+    w.sync_records().unwrap();
+    assert_eq!(w.take_unrepaired(), None);
+    w.sync().unwrap();
+    drop(w);
+    assert!(!std::fs::read(&file).unwrap().contains(&0));
+    let report = verify(dir.path(), KEY).unwrap();
+    assert_eq!(report[0].first_bad, None);
+    assert_eq!(report[0].records, 8);
+}
+
+/// M2, the fallback: bytes no longer kept (over the bound) cannot be written again; the first
+/// successful fsync after a failed one reports their records (count and span) for a gap.
+#[test]
+fn records_no_longer_kept_at_a_failed_fsync_are_reported_unrepaired() {
+    let dir = tempfile::tempdir().unwrap();
+    fault::keep_at_most(dir.path(), 1);
+    let mut w = ChainWriter::open(dir.path(), "gw1", KEY).unwrap();
+    append_written(&mut w, 0, 2);
+    w.sync_records().unwrap();
+    // Without a failed fsync, bytes let go are synced like any: nothing to report.
+    append_written(&mut w, 2, 1);
+    w.sync_records().unwrap();
+    assert_eq!(w.take_unrepaired(), None);
+    append_written(&mut w, 3, 3);
+    fault::fail_syncs(dir.path(), 1);
+    assert!(w.sync_records().is_err());
+    append_written(&mut w, 6, 1);
+    w.sync_records().unwrap();
+    let t0 = datetime!(2026-11-20 10:00 UTC);
+    assert_eq!(
+        w.take_unrepaired(),
+        Some(Unrepaired {
+            count: 4,
+            from: t0 + time::Duration::seconds(2),
+            to: t0 + time::Duration::seconds(6),
+        })
+    );
+    assert_eq!(w.take_unrepaired(), None, "reported once");
+}

@@ -12,8 +12,8 @@
 //! default 50 ms, from the first record queued, or from the previous write while records flow)
 //! without waking the writer: at 1,000 req/s a wake-up costs more CPU than the records it
 //! writes. A durable record, a flush or a shutdown wakes it, and the batch (group commit) is
-//! written ~1 ms later with every record that joined it; so does a half-full queue. The head file moves lazily (with each fsync, at most once a second, and
-//! at shutdown), never per batch.
+//! written ~1 ms later with every record that joined it; so does a half-full queue. The head file moves lazily (at most every 5 s, with an fsync when the
+//! policy syncs; after 1 MiB; at each new day's file and at shutdown), never per batch.
 //!
 //! **When the queue is full** the auditor is unavailable at once (the gateway refuses new
 //! requests by `on_failure`) until the writer writes with the queue less than half full. Async
@@ -34,7 +34,10 @@
 //! **When an fsync fails** it is counted (`spgate_audit_sync_failures_total`), retried with a
 //! back-off, and the auditor stays unavailable until a sync succeeds; durable callers are told
 //! their records are not written meanwhile (with `fsync = "always"` they hear only after the
-//! sync). **When a write fails** (disk full, read-only) the
+//! sync). What was written since the last good fsync is written again before the next fsync
+//! is trusted (a failed fsync may have lost it: see [`ChainWriter::sync_records`]); records
+//! that could not be (more than 8 MiB) become a `gap` record (`sync_failed`) once a sync
+//! succeeds. **When a write fails** (disk full, read-only) the
 //! batch is rolled back, its durable callers are told (their responses become 503), the
 //! auditor turns unavailable (readiness 503, `spgate_audit_unavailable` 1, an error log and a
 //! webhook alert), and the lost records are counted. The writer retries every 100 ms; the first
@@ -242,6 +245,8 @@ struct Counters {
     died: AtomicBool,
     /// Progress, stalls, full queue, failing syncs.
     health: Arc<Health>,
+    /// Sees every record the writer takes (the admin console's live statistics).
+    tap: std::sync::OnceLock<Tap>,
 }
 
 impl Default for Counters {
@@ -271,6 +276,7 @@ impl Counters {
             draining: AtomicBool::new(false),
             died: AtomicBool::new(false),
             health: Arc::new(health),
+            tap: std::sync::OnceLock::new(),
         }
     }
 
@@ -288,8 +294,6 @@ struct Inner {
     instance: String,
     on_failure: OnFailure,
     counters: Arc<Counters>,
-    /// Sees every record as it is queued (the admin console's live statistics).
-    tap: std::sync::OnceLock<Tap>,
 }
 
 impl Drop for Inner {
@@ -343,7 +347,8 @@ impl Drop for WriterHold {
     }
 }
 
-/// A function that sees every record as it is queued.
+/// A function that sees every record as the writer takes it (on the writer thread, off the
+/// request path: it must never wait).
 pub type Tap = Arc<dyn Fn(&Record) + Send + Sync>;
 
 /// The audit log's handle: cheap to clone, `record` never does I/O.
@@ -469,7 +474,6 @@ impl Auditor {
                 instance: config.instance.clone(),
                 on_failure: config.on_failure,
                 counters,
-                tap: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -483,7 +487,6 @@ impl Auditor {
                 instance: String::new(),
                 on_failure: OnFailure::Refuse,
                 counters: Arc::new(Counters::default()),
-                tap: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -638,9 +641,10 @@ impl Auditor {
         }
     }
 
-    /// Lets `tap` see every record from now on (one tap per auditor: false if one is set).
+    /// Lets `tap` see every record the writer takes from now on (one tap per auditor: false if
+    /// one is set).
     pub fn set_tap(&self, tap: Tap) -> bool {
-        self.inner.tap.set(tap).is_ok()
+        self.inner.counters.tap.set(tap).is_ok()
     }
 
     /// Queues without holding a runtime thread: on a runtime's thread a record finding the
@@ -651,9 +655,6 @@ impl Auditor {
         let Some(queue) = &self.inner.queue else {
             return true;
         };
-        if let Some(tap) = self.inner.tap.get() {
-            tap(&record);
-        }
         // Dropped with its ack when refused: a durable caller hears it was not written.
         let msg = match queue.push(Msg::Record(Box::new(record), ack), urgency) {
             Ok(()) => return true,
@@ -689,9 +690,6 @@ impl Auditor {
         let Some(queue) = &self.inner.queue else {
             return true;
         };
-        if let Some(tap) = self.inner.tap.get() {
-            tap(&record);
-        }
         let msg = match queue.push(Msg::Record(Box::new(record), ack), urgency) {
             Ok(()) => return true,
             Err(Refused::Closed(_)) => {
@@ -1029,8 +1027,11 @@ const RETRY: Duration = Duration::from_millis(100);
 /// How often aggregated unauthenticated requests are looked at (written after a minute).
 const SWEEP: Duration = Duration::from_secs(10);
 
-/// How often the head moves at most without an fsync.
-const HEAD_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the head moves at most: with the first fsync after this long when the policy
+/// syncs (the head pins only durable records), lazily otherwise. Not with every fsync: its
+/// move (a file created, synced and renamed) cost as much CPU as the fsync itself. Why a head
+/// this old keeps its guarantees: see [`super::chain`].
+const HEAD_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The head moves at the latest after this many bytes written, whatever the time, so that
 /// recovery's window (8 MiB from the end of the file) always reaches it.
@@ -1290,6 +1291,14 @@ impl Writer {
             if let Err(e) = self.chain.sync() {
                 self.failed(&e);
             }
+            // The final sync found records it could not vouch for: their gap, synced too.
+            self.collect_unrepaired();
+            if self.gap.is_some() {
+                self.end_batch();
+                if let Err(e) = self.chain.sync() {
+                    self.failed(&e);
+                }
+            }
         }
         let complete = self.complete();
         // The chain (and its lock) is released before anyone hears back.
@@ -1374,6 +1383,9 @@ impl Writer {
 
     /// One record off the queue, with its durable caller.
     fn take(&mut self, r: &Record, ack: Option<Ack>) {
+        if let Some(tap) = self.counters.tap.get() {
+            tap(r);
+        }
         let appended = self.write_record(r);
         match ack {
             Some(ack) if appended => self.acks.push(ack),
@@ -1427,6 +1439,8 @@ impl Writer {
     /// Writes the batch through in one write, tells its durable callers, fsyncs by policy and
     /// moves the head lazily. On failure the batch becomes (part of) a gap.
     fn end_batch(&mut self) {
+        // A day's file synced before the next one began may have found unrepairable records.
+        self.collect_unrepaired();
         // Nothing else to write: probe with the gap record alone.
         self.append_gap();
         let had_gap = std::mem::take(&mut self.gap_in_batch);
@@ -1514,29 +1528,67 @@ impl Writer {
                 // Backing off: no head move either (it would pin records not known durable).
                 return;
             }
-            match self.chain.sync_written() {
+            match self.chain.sync_records() {
                 Ok(()) => self.synced(),
-                Err(e) => self.sync_failed(&e),
-            }
-        } else if self.since_head > 0
-            && (self.last_head.elapsed() >= HEAD_INTERVAL || self.since_head >= HEAD_BYTES)
-        {
-            match self.chain.move_head(false) {
-                Ok(()) => {
-                    self.since_head = 0;
-                    self.last_head = Instant::now();
+                Err(e) => {
+                    self.sync_failed(&e);
+                    return;
                 }
-                Err(e) => self.failed(&e),
             }
         }
+        if self.since_head == 0
+            || (self.last_head.elapsed() < HEAD_INTERVAL && self.since_head < HEAD_BYTES)
+        {
+            return;
+        }
+        // With a policy that syncs, the head pins only synced records: it moves (synced) when
+        // everything written is, else at the next sync, unless that is further away than
+        // HEAD_INTERVAL or the bytes since the head approach the recovery window (lazily).
+        let syncs_soon = match self.fsync {
+            FsyncPolicy::Never => false,
+            FsyncPolicy::Always => true,
+            FsyncPolicy::Interval(i) => i <= HEAD_INTERVAL && self.since_head < HEAD_BYTES,
+        };
+        let sync = !self.unsynced && self.fsync != FsyncPolicy::Never;
+        if !sync && syncs_soon {
+            return;
+        }
+        match self.chain.move_head(sync) {
+            Ok(()) => {
+                self.since_head = 0;
+                self.last_head = Instant::now();
+            }
+            Err(e) => self.failed(&e),
+        }
+    }
+
+    /// Records a successful fsync after a failed one could not vouch for become (part of) the
+    /// pending gap (reason `sync_failed`).
+    fn collect_unrepaired(&mut self) {
+        let Some(u) = self.chain.take_unrepaired() else {
+            return;
+        };
+        tracing::error!(
+            records = u.count,
+            "Audit records written before a failed fsync could not be written again: a gap record reports them."
+        );
+        self.counters.count_lost(u.count);
+        let gap = self.gap.get_or_insert(PendingGap {
+            reason: "sync_failed",
+            count: 0,
+            from: u.from,
+            to: u.to,
+        });
+        gap.count += u.count;
+        gap.from = gap.from.min(u.from);
+        gap.to = gap.to.max(u.to);
     }
 
     fn synced(&mut self) {
         let now = Instant::now();
+        self.collect_unrepaired();
         self.unsynced = false;
         self.last_sync = now;
-        self.last_head = now;
-        self.since_head = 0;
         self.sync_backoff = Duration::ZERO;
         self.sync_retry_at = None;
         if self

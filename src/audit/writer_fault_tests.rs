@@ -505,3 +505,88 @@ async fn a_failing_fsync_is_counted_backs_off_and_keeps_the_log_unavailable() {
         assert!(lines.iter().any(|l| l["request_id"] == "later"), "written");
     }
 }
+
+/// An auditor with `fsync = "always"` on `dir` that writes a durable record, then one (`id`)
+/// whose fsync fails (its caller hears "not written"), and whose retry succeeds.
+async fn sync_fails_once(dir: &Path, id: &str) -> Auditor {
+    let mut cfg = config(dir);
+    cfg.fsync = FsyncPolicy::Always;
+    cfg.queue_capacity = 64;
+    let auditor = Auditor::start(&cfg).unwrap();
+    auditor
+        .record_durable(Record::request("synced"))
+        .await
+        .unwrap();
+    crate::audit::chain::fault::fail_syncs(dir, 1);
+    assert_eq!(
+        auditor.record_durable(Record::request(id)).await,
+        Err(Unrecorded)
+    );
+    until("a sync succeeds again", || auditor.available()).await;
+    auditor
+}
+
+/// Review M2 ("fsyncgate"): after a failed fsync the records written since the last good one
+/// may be missing on disk though the next fsync succeeds (the fault hook zeroes them). The
+/// writer writes them again before it trusts a sync: the chain verifies whole, without a gap;
+/// the durable caller of the failed sync heard "not written", and the log is available again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_before_a_failed_fsync_are_written_again_and_the_chain_is_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let auditor = sync_fails_once(dir.path(), "lost-on-disk").await;
+    auditor
+        .record_durable(Record::request("after"))
+        .await
+        .unwrap();
+    assert_eq!(auditor.shutdown().await, 0);
+    let m = auditor.metrics();
+    assert_eq!((m.sync_failures, m.gaps, m.lost), (1, 0, 0));
+    let report = crate::audit::chain::verify(dir.path(), KEY).unwrap();
+    assert_eq!(report[0].first_bad, None, "{report:?}");
+    assert!(report[0].gaps.is_empty(), "{report:?}");
+    let text = std::fs::read_to_string(dir.path().join(format!(
+        "audit-gw1-{}.jsonl",
+        OffsetDateTime::now_utc().date()
+    )))
+    .unwrap();
+    for id in ["synced", "lost-on-disk", "after"] {
+        assert!(text.contains(&format!("\"request_id\":\"{id}\"")), "{id}");
+    }
+}
+
+/// M2, the fallback: records whose bytes were no longer kept when an fsync failed cannot be
+/// written again; once a sync succeeds a `gap` record (reason `sync_failed`) reports them, and
+/// the shutdown counts nothing unreported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_no_longer_kept_at_a_failed_fsync_become_a_sync_failed_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::audit::chain::fault::keep_at_most(dir.path(), 1);
+    let auditor = sync_fails_once(dir.path(), "unkept").await;
+    assert_eq!(auditor.shutdown().await, 0, "the gap record reported them");
+    assert_eq!(auditor.metrics().gaps, 1);
+    // What the disk lost was not written again: `verify` names the damaged spot (and stops
+    // there); the gap record after it says why.
+    let report = crate::audit::chain::verify(dir.path(), KEY).unwrap();
+    assert!(report[0].first_bad.is_some(), "{report:?}");
+    let text = std::fs::read(dir.path().join(format!(
+        "audit-gw1-{}.jsonl",
+        OffsetDateTime::now_utc().date()
+    )))
+    .unwrap();
+    let gaps: Vec<serde_json::Value> = text
+        .split(|b| *b == b'\n')
+        .filter_map(|l| serde_json::from_slice(without_leading_zeros(l)).ok())
+        .filter(|l: &serde_json::Value| l["kind"] == "gap")
+        .collect();
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    assert_eq!(
+        (gaps[0]["reason"].as_str(), gaps[0]["count"].as_u64()),
+        (Some("sync_failed"), Some(1))
+    );
+}
+
+/// The line without the zeros a lost page left before it.
+fn without_leading_zeros(line: &[u8]) -> &[u8] {
+    let start = line.iter().position(|b| *b != 0).unwrap_or(line.len());
+    &line[start..]
+}

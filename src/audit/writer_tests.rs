@@ -323,7 +323,6 @@ async fn a_dead_writer_fails_closed() {
             instance: "dead".into(),
             on_failure: OnFailure::Refuse,
             counters: Arc::new(Counters::default()),
-            tap: std::sync::OnceLock::new(),
         }),
     };
     assert!(auditor.healthy());

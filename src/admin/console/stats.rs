@@ -1,14 +1,14 @@
 //! The console's live request statistics: a ring of per-second aggregates over the last hour,
-//! fed by the audit log's tap (every request record passes it as it is queued), so the figures
-//! are those of the request records themselves. Without an `[audit]` section there are no
-//! request records and the overview says so.
+//! fed by the audit log's tap (every request record passes it as the audit writer takes it), so
+//! the figures are those of the request records themselves. Without an `[audit]` section there
+//! are no request records and the overview says so.
 //!
-//! The tap ([`feed`]) does not count on the request path: it turns a request record into a
-//! small [`Sample`] and offers it to a bounded queue (`try_send`, no lock, never waits, never
-//! wakes anyone); a thread of the console's takes what came every [`TICK`] and counts it (a
-//! wake-up per sample would cost the gateway more CPU than the request it counts). A full
-//! queue drops the sample and counts the drop (`spgate_console_tap_dropped_total`), so a
-//! stalled console costs the gateway nothing.
+//! The tap ([`feed`]) runs on the audit writer's thread, not on the request path, and never
+//! waits: it counts a request record at once when the ring's lock is free (`try_lock`); while the
+//! console holds the lock it offers a small [`Sample`] to a bounded queue instead (`try_send`),
+//! which a thread of the console's counts (it sleeps on the queue, so it costs nothing while
+//! the lock is free). A full queue drops the sample and counts the drop
+//! (`spgate_console_tap_dropped_total`), so a stalled console costs the gateway nothing.
 //!
 //! Per second: requests, answers by status class, gateway 429s (the limiter refused) and
 //! upstream 429s (Amazon's 429 passed on), and a latency histogram (quarter-octave buckets,
@@ -25,11 +25,8 @@ use crate::audit::record::{Decision, Kind, Record};
 
 /// Seconds kept.
 pub const WINDOW: u64 = 3600;
-/// Samples the tap's queue holds before it drops them (a [`TICK`] of 40,000 requests a
-/// second).
+/// Samples the tap's queue holds (while the console holds the ring's lock) before it drops them.
 pub const TAP_QUEUE: usize = 4096;
-/// How often the counting thread takes the samples queued.
-pub const TICK: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Samples the tap dropped because its queue was full (`/metrics`).
 static TAP_DROPPED: AtomicU64 = AtomicU64::new(0);
@@ -60,46 +57,89 @@ impl Sample {
     /// counts once, by its start (as `audit report` counts it), with the status and latency of
     /// its answer.
     pub fn of(record: &Record, at: u64) -> Option<Sample> {
-        let download_end = record.completed.is_some();
-        (record.kind == Kind::Request && !download_end).then(|| Sample {
+        Sample::counted(record).then(|| {
+            let f = Sample::fields(record, at);
+            Sample {
+                at,
+                tool: record.tool.clone(),
+                status: f.status,
+                gateway_429: f.gateway_429,
+                latency_us: f.latency_us,
+            }
+        })
+    }
+
+    /// Whether the statistics count `record` (see [`Sample::of`]).
+    fn counted(record: &Record) -> bool {
+        record.kind == Kind::Request && record.completed.is_none() && !record.is_withheld_note()
+    }
+
+    /// What is counted of `record`, borrowed (no allocation).
+    fn fields(record: &Record, at: u64) -> Fields<'_> {
+        Fields {
             at,
-            tool: record.tool.clone(),
+            tool: record.tool.as_ref().map_or("-", |t| t.as_str()),
             status: record.status,
             gateway_429: record
                 .limiter
                 .is_some_and(|l| l.decision == Decision::Rejected),
             latency_us: record.latency_us,
-        })
+        }
     }
 }
 
-/// The audit tap feeding `stats`: each request record becomes a [`Sample`] offered to a queue
-/// of `capacity` (never waiting: a full queue drops it and counts the drop), counted by a
-/// thread of its own every [`TICK`], which ends when the tap is dropped (with its auditor).
+/// A sample's figures, the tool borrowed.
+struct Fields<'a> {
+    at: u64,
+    tool: &'a str,
+    status: Option<u16>,
+    gateway_429: bool,
+    latency_us: Option<u64>,
+}
+
+/// The audit tap feeding `stats` (called on the audit writer's thread, never waiting): a request
+/// record is counted at once when the ring's lock is free; while the console holds it, the
+/// record's [`Sample`] is offered to a queue of `capacity` (full: dropped and counted), which a
+/// thread of the console's counts as samples come (it ends when the tap is dropped, with its
+/// auditor).
 pub fn feed(stats: Arc<Stats>, capacity: usize) -> crate::audit::writer::Tap {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Sample>(capacity.max(1));
     let spawned = std::thread::Builder::new()
         .name("console-stats".into())
-        .spawn(move || loop {
-            std::thread::sleep(TICK);
-            loop {
-                match rx.try_recv() {
-                    Ok(sample) => stats.count(&sample),
-                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
-                    // The tap is gone (its auditor dropped) and everything counted.
-                    Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => return,
+        .spawn({
+            let stats = stats.clone();
+            // Asleep on the queue: woken only by a sample the tap could not count itself.
+            move || {
+                while let Some(sample) = rx.blocking_recv() {
+                    stats.count(&sample);
                 }
             }
         });
     if let Err(e) = spawned {
-        tracing::warn!(error = %e, "No thread for the console's statistics: the overview shows no requests.");
+        tracing::warn!(error = %e, "No thread for the console's statistics: samples met with a busy console are dropped.");
     }
     Arc::new(move |record: &Record| {
-        let Some(sample) = Sample::of(record, super::unix_now()) else {
+        if !Sample::counted(record) {
             return;
+        }
+        let at = super::unix_now();
+        let busy = match stats.slots.try_lock() {
+            Ok(mut slots) => {
+                Stats::count_in(&mut slots, &Sample::fields(record, at));
+                false
+            }
+            Err(std::sync::TryLockError::Poisoned(p)) => {
+                Stats::count_in(&mut p.into_inner(), &Sample::fields(record, at));
+                false
+            }
+            Err(std::sync::TryLockError::WouldBlock) => true,
         };
-        if tx.try_send(sample).is_err() {
-            TAP_DROPPED.fetch_add(1, Ordering::Relaxed);
+        if busy {
+            if let Some(sample) = Sample::of(record, at) {
+                if tx.try_send(sample).is_err() {
+                    TAP_DROPPED.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
     })
 }
@@ -271,9 +311,22 @@ impl Stats {
 
     /// Counts one request's sample.
     pub fn count(&self, sample: &Sample) {
-        let (now, gateway_429) = (sample.at, sample.gateway_429);
-        let tool = sample.tool.as_ref().map_or("-", |t| t.as_str());
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let f = Fields {
+            at: sample.at,
+            tool: sample.tool.as_ref().map_or("-", |t| t.as_str()),
+            status: sample.status,
+            gateway_429: sample.gateway_429,
+            latency_us: sample.latency_us,
+        };
+        Stats::count_in(
+            &mut self.slots.lock().unwrap_or_else(|p| p.into_inner()),
+            &f,
+        );
+    }
+
+    /// Counts one request in the ring (its lock held).
+    fn count_in(slots: &mut [Slot], f: &Fields<'_>) {
+        let (now, gateway_429, tool) = (f.at, f.gateway_429, f.tool);
         let slot = &mut slots[(now % WINDOW) as usize];
         if slot.second != now {
             *slot = Slot {
@@ -281,7 +334,7 @@ impl Stats {
                 ..Slot::default()
             };
         }
-        slot.all.add(sample.status, gateway_429, sample.latency_us);
+        slot.all.add(f.status, gateway_429, f.latency_us);
         let tool = if slot.tools.len() >= MAX_TOOLS && !slot.tools.contains_key(tool) {
             "other"
         } else {
@@ -292,7 +345,7 @@ impl Stats {
             Some(counts) => counts,
             None => slot.tools.entry(tool.to_string()).or_default(),
         };
-        counts.add(sample.status, gateway_429, sample.latency_us);
+        counts.add(f.status, gateway_429, f.latency_us);
     }
 
     /// Holds the ring's lock (tests: a console that stalls).
@@ -409,6 +462,23 @@ mod tests {
         let repricer = repricer.map(|t| (t.hour.upstream_429, t.hour.p99_ms.unwrap_or_default()));
         assert!(matches!(repricer, Some((1, ms)) if (80.0..96.0).contains(&ms)));
         assert_eq!(o.tools.len(), 2);
+    }
+
+    #[test]
+    fn a_withheld_answer_counts_once_as_503() {
+        let stats = Stats::new();
+        let now = 1_000_000;
+        // Withheld after the writer took it: the request's record, then the follow-up note.
+        let delivered = request("labels", 200, 900, false);
+        stats.observe(&delivered, now);
+        stats.observe(&delivered.withheld_note(), now);
+        // Withheld while still queued: the one record says 503.
+        let mut queued = request("labels", 200, 900, false);
+        queued.withhold();
+        stats.observe(&queued, now);
+        let o = stats.overview(now);
+        // Once each (the note is not a second request; the first keeps the 200 it was counted with).
+        assert_eq!(o.hour.classes, [0, 1, 0, 0, 1, 0]);
     }
 
     #[test]

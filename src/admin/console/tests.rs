@@ -743,13 +743,16 @@ async fn the_request_path_never_waits_for_a_stalled_console() {
     let dropped = stats::tap_dropped();
     let n = stats::TAP_QUEUE + 200;
     let stall = f.admin.console.stats().stall();
-    // With the console's statistics locked, request records still pass the tap at once.
+    // With the console's statistics locked, request records still pass the tap at once: they
+    // are recorded, and the writer writes them all (the flush returns) without waiting.
+    let runtime = tokio::runtime::Handle::current();
     let recorder = std::thread::spawn(move || {
         for i in 0..n {
             let mut r = crate::audit::Record::request(&format!("req-{i}")).with_tool("labels");
             r.status = Some(200);
             auditor.record(r);
         }
+        runtime.block_on(auditor.flush());
     });
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while !recorder.is_finished() && std::time::Instant::now() < deadline {

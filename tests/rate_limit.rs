@@ -154,19 +154,14 @@ async fn three_instances_sharing_redis_stay_within_the_plan_together() {
     let mut tasks = Vec::new();
     for i in 0..300 {
         let gw = gateways[i % 3].clone();
-        tasks.push(tokio::spawn(async move { gw.get(ADDRESS).await }));
+        tasks.push(tokio::spawn(async move { gw.get(ADDRESS).await.status }));
     }
-    let (mut ok, mut unavailable) = (0, 0);
+    let mut ok = 0;
     for t in tasks {
-        let reply = t.await.unwrap();
-        let status = reply.status;
-        let rdt_refused = status == StatusCode::SERVICE_UNAVAILABLE
-            && reply.error_code() == "ServiceUnavailable"
-            && reply.headers.contains_key("retry-after");
+        let status = t.await.unwrap();
         assert!(
-            status == StatusCode::OK || status == StatusCode::TOO_MANY_REQUESTS || rdt_refused,
-            "{status} {}",
-            String::from_utf8_lossy(&reply.body)
+            status == StatusCode::OK || status == StatusCode::TOO_MANY_REQUESTS,
+            "{status}"
         );
         ok += usize::from(status == StatusCode::OK);
     }

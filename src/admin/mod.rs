@@ -496,6 +496,7 @@ impl Admin {
                 ("{outcome=\"immediate\"}", m.admitted_immediate),
                 ("{outcome=\"waited\"}", m.admitted_waited),
                 ("{outcome=\"throttled\"}", m.rejected_throttled),
+                ("{outcome=\"deferred\"}", m.rejected_deferred),
                 ("{outcome=\"queue_full\"}", m.rejected_queue_full),
                 ("{outcome=\"unavailable\"}", m.rejected_unavailable),
             ],

@@ -401,6 +401,9 @@ impl Reason {
     pub const UNAUTHENTICATED: Reason = Reason::from_static("unauthenticated");
     /// The gateway's limiter refused the request.
     pub const RATE_LIMITED: Reason = Reason::from_static("rate_limited");
+    /// The gateway's limiter refused the request: other tools' shares or a higher lane, on any
+    /// instance sharing the bucket, went first until its deadline.
+    pub const RATE_LIMITED_DEFERRED: Reason = Reason::from_static("rate_limited_deferred");
     /// Amazon answered 429.
     pub const UPSTREAM_THROTTLED: Reason = Reason::from_static("upstream_throttled");
     /// The upstream call failed (connect, timeout, transport).

@@ -614,6 +614,9 @@ pub(super) fn audit_reason(err: &ProxyError) -> crate::audit::Reason {
         ProxyError::Document(crate::documents::DocumentError::LinkInvalid) => {
             Reason::from_static("document_link_invalid")
         }
+        ProxyError::RateLimited(crate::ratelimit::RateLimitError::Deferred { .. }) => {
+            Reason::RATE_LIMITED_DEFERRED
+        }
         ProxyError::RateLimited(_) => Reason::RATE_LIMITED,
         ProxyError::NotFound => Reason::UNKNOWN_OPERATION,
         ProxyError::Upstream(_) => Reason::UPSTREAM_ERROR,

@@ -210,7 +210,7 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
         },
                         E::BadHeader(why) => (StatusCode::BAD_REQUEST, "InvalidInput", *why, Fault::Caller),
         E::RateLimited(r) => match r {
-            RateLimitError::Throttled { retry_after, rate_per_second } | RateLimitError::QueueFull { retry_after, rate_per_second } => {
+            RateLimitError::Throttled { retry_after, rate_per_second } | RateLimitError::Deferred { retry_after, rate_per_second } | RateLimitError::QueueFull { retry_after, rate_per_second } => {
                 return quota_exceeded(err, *retry_after, *rate_per_second);
             }
             RateLimitError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "Rate limiting is unavailable; retry later.", Fault::Internal),

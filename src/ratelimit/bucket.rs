@@ -267,27 +267,9 @@ impl Bucket {
     ) -> Result<Instant, RateLimitError> {
         let slot = {
             let mut st = self.lock();
-            let tool = st.tool(tool);
-            let g = tool
-                .bucket
-                .get_or_insert_with(|| Gcra::new(rate, burst, now));
-            if !g.has(rate, burst) {
-                g.reconfigure(rate, burst, now);
-            }
-            let slot = g.next_slot(now);
-            if slot > deadline {
-                return Err(RateLimitError::Throttled {
-                    retry_after: slot - now,
-                    rate_per_second: g.rate_per_second(),
-                });
-            }
-            g.reserve(now)
+            reserve_tool(&mut st.tool(tool).bucket, (rate, burst), now, deadline)?
         };
-        if slot > now {
-            tokio::time::sleep_until(slot).await;
-            return Ok(Instant::now());
-        }
-        Ok(now)
+        Ok(sleep_to(slot, now).await)
     }
 
     async fn acquire_amazon(
@@ -504,17 +486,18 @@ impl Bucket {
                         now_after + wait
                     })
                 }
-                Verdict::Refused { wait, .. } => Err(RateLimitError::Throttled {
-                    retry_after: wait,
+                // Its deadline comes before the bucket's next slot.
+                Verdict::NoneLeft => Err(RateLimitError::Throttled {
+                    retry_after: r.refused.wait,
                     rate_per_second: rate,
                 }),
-                Verdict::Deferred { retry } if now_after + retry > ask.deadline => {
-                    Err(RateLimitError::Throttled {
-                        retry_after: retry,
+                Verdict::Deferred { retry, estimate } if now_after + retry > ask.deadline => {
+                    Err(RateLimitError::Deferred {
+                        retry_after: estimate,
                         rate_per_second: rate,
                     })
                 }
-                Verdict::Deferred { retry } => {
+                Verdict::Deferred { retry, .. } => {
                     st.redis_busy_until = Some(now_after + retry);
                     return Direct::Queue;
                 }
@@ -663,20 +646,27 @@ impl State {
     /// The waiters a Redis decision offers (`fair.rs`): the first waiter of each distinct tool
     /// in queue order, [`fair::MAX_CANDIDATES`] at most, taking the same application buckets as
     /// the head (the script takes one set of buckets); and the head's application buckets.
-    fn offer(&self) -> (Vec<Offered>, Apps) {
+    /// Waiters whose request went away (closed) are dropped on the way and not counted towards
+    /// [`fair::SCAN_LIMIT`], so however many of them sit in the queue, the live waiters behind
+    /// are offered.
+    fn offer(&mut self) -> (Vec<Offered>, Apps) {
         let mut offered: Vec<Offered> = Vec::new();
         // Tools whose first waiter takes other application buckets: not offered this time.
         let mut passed: Vec<&str> = Vec::new();
+        let mut closed: Vec<Key> = Vec::new();
         let mut head: Option<&Apps> = None;
-        for (scanned, (key, w)) in self.queue.iter().enumerate() {
+        let mut scanned = 0;
+        for (key, w) in &self.queue {
+            if w.tx.is_closed() {
+                closed.push(*key);
+                continue;
+            }
             if scanned == fair::SCAN_LIMIT {
                 // A queue this long: whoever was offered has more waiting behind, most likely.
                 offered.iter_mut().for_each(|o| o.backlogged = true);
                 break;
             }
-            if w.tx.is_closed() {
-                continue;
-            }
+            scanned += 1;
             if let Some(o) = offered.iter_mut().find(|o| o.tool == w.tool) {
                 o.backlogged = true;
                 continue;
@@ -697,10 +687,16 @@ impl State {
                 });
             }
         }
-        (offered, head.cloned().unwrap_or_default())
+        let head = head.cloned().unwrap_or_default();
+        for key in closed {
+            self.queue.remove(&key);
+        }
+        (offered, head)
     }
 
-    /// Refuses the waiters whose deadline comes before `until` (the next Redis decision).
+    /// Refuses the waiters whose deadline comes before `until` (the next Redis decision): other
+    /// tools went first (`fair.rs`) until their deadline; `retry_after` is the script's estimate
+    /// of when this instance's waiters may go.
     fn refuse_before(&mut self, until: Instant, retry_after: Duration, rate: f64) {
         let late: Vec<Key> = (self.queue.iter())
             .filter(|(_, w)| w.deadline < until)
@@ -708,7 +704,7 @@ impl State {
             .collect();
         for key in late {
             if let Some(w) = self.queue.remove(&key) {
-                let _ = w.tx.send(Err(RateLimitError::Throttled {
+                let _ = w.tx.send(Err(RateLimitError::Deferred {
                     retry_after,
                     rate_per_second: rate,
                 }));
@@ -746,6 +742,38 @@ impl State {
             }
         }
     }
+}
+
+/// Reserves a token of a tool's own bucket (its plan's absolute rule `(rate, burst)`, created
+/// full on first use, reconfigured when the plan changed) for the slot it returns, or refuses
+/// when that slot is past `deadline`.
+pub(crate) fn reserve_tool(
+    bucket: &mut Option<Gcra>,
+    (rate, burst): (f64, u32),
+    now: Instant,
+    deadline: Instant,
+) -> Result<Instant, RateLimitError> {
+    let g = bucket.get_or_insert_with(|| Gcra::new(rate, burst, now));
+    if !g.has(rate, burst) {
+        g.reconfigure(rate, burst, now);
+    }
+    let slot = g.next_slot(now);
+    if slot > deadline {
+        return Err(RateLimitError::Throttled {
+            retry_after: slot - now,
+            rate_per_second: g.rate_per_second(),
+        });
+    }
+    Ok(g.reserve(now))
+}
+
+/// Waits for a reserved slot; returns the instant of the grant (`now` when it was there).
+pub(crate) async fn sleep_to(slot: Instant, now: Instant) -> Instant {
+    if slot > now {
+        tokio::time::sleep_until(slot).await;
+        return Instant::now();
+    }
+    now
 }
 
 /// Empties a bucket in Redis in the background (Amazon answered 429; the request that saw it
@@ -847,32 +875,29 @@ async fn dispatch(bucket: Arc<Bucket>, inner: Arc<Inner>) {
                 None => bucket.wake.notified().await,
             },
             Next::Redis(round) => {
-                if let Some((waiter, grant)) = redis_round(&bucket, &inner, &round, now).await {
-                    if let Ok(at) = grant {
-                        let now_after = Instant::now();
-                        if at > now_after {
-                            tokio::time::sleep_until(at).await;
-                        }
-                        let _ = waiter.tx.send(Ok(at.max(now_after)));
-                    } else {
-                        let _ = waiter.tx.send(grant);
+                if let Some((waiter, at)) = redis_round(&bucket, &inner, &round, now).await {
+                    let now_after = Instant::now();
+                    if at > now_after {
+                        tokio::time::sleep_until(at).await;
                     }
+                    let _ = waiter.tx.send(Ok(at.max(now_after)));
                 }
             }
         }
     }
 }
 
-/// Asks Redis which of the offered waiters goes (`fair.rs`); returns the waiter decided and its
-/// grant (the instant of its slot) or refusal. `None`: no waiter was decided (deferred: the
-/// bucket is busy until the retry hint, and waiters that cannot wait that long are refused; or
-/// Redis failed: the waiters stay queued and the next round decides without Redis).
+/// Asks Redis which of the offered waiters goes (`fair.rs`); refuses those that cannot wait for
+/// the bucket's next slot and returns the waiter granted and the instant of its slot. `None`: no
+/// waiter was granted (every one offered was refused; or deferred: the bucket is busy until the
+/// retry hint, and waiters that cannot wait that long are refused as deferred; or Redis failed:
+/// the waiters stay queued and the next round decides without Redis).
 async fn redis_round(
     bucket: &Bucket,
     inner: &Inner,
     round: &Round,
     now: Instant,
-) -> Option<(Waiter, Grant)> {
+) -> Option<(Waiter, Instant)> {
     let candidates: Vec<Candidate<'_>> = round
         .offered
         .iter()
@@ -893,6 +918,17 @@ async fn redis_round(
     let r = reply?;
     st.redis_view = Some((r.tokens, now_after));
     note_apps(inner, &round.apps, &r, now_after);
+    // Those that could not wait for the bucket's next slot, whatever was decided for the rest.
+    for (i, o) in round.offered.iter().enumerate() {
+        if r.refused.contains(i) {
+            if let Some(w) = st.leave(o.key) {
+                let _ = w.tx.send(Err(RateLimitError::Throttled {
+                    retry_after: r.refused.wait,
+                    rate_per_second: round.rate,
+                }));
+            }
+        }
+    }
     match r.verdict {
         Verdict::Granted { index, wait } => {
             let at = now_after + wait;
@@ -900,22 +936,15 @@ async fn redis_round(
             // A waiter that went away meanwhile loses its slot; that cannot exceed the plan.
             let waiter = st.leave(round.offered.get(index)?.key)?;
             st.admit(&waiter.tool);
-            Some((waiter, Ok(at)))
+            Some((waiter, at))
         }
-        Verdict::Refused { index, wait } => {
-            let waiter = st.leave(round.offered.get(index)?.key)?;
-            let refusal = RateLimitError::Throttled {
-                retry_after: wait,
-                rate_per_second: round.rate,
-            };
-            Some((waiter, Err(refusal)))
-        }
-        Verdict::Deferred { retry } => {
+        Verdict::Deferred { retry, estimate } => {
             let until = now_after + retry;
             st.redis_busy_until = Some(until);
-            st.refuse_before(until, retry, round.rate);
+            st.refuse_before(until, estimate, round.rate);
             None
         }
+        Verdict::NoneLeft => None,
     }
 }
 
@@ -1012,5 +1041,89 @@ fn next_step(st: &mut State, mode: Mode, now: Instant) -> Next {
                 rate: st.amazon.rate_per_second,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(now: Instant) -> State {
+        let plan = UsagePlan {
+            rate_per_second: 1.0,
+            burst: 1,
+        };
+        State {
+            plan,
+            observed: None,
+            amazon: Limits {
+                rate_per_second: 1.0,
+                burst: 1,
+            },
+            local: Gcra::new(1.0, 1, now),
+            queue: BTreeMap::new(),
+            virtual_time: [0; 3],
+            tools: HashMap::new(),
+            seq: 0,
+            dispatcher: true,
+            redis_in_flight: false,
+            redis_busy_until: None,
+            redis_view: None,
+            fallback_outage: 0,
+        }
+    }
+
+    /// Queues a waiter of `tool` at the back; dropping the receiver cancels it.
+    fn push(st: &mut State, tool: &str, now: Instant) -> oneshot::Receiver<Grant> {
+        st.seq += 1;
+        let key = Key {
+            lane: 1,
+            tag: st.seq,
+            seq: st.seq,
+            after: 0,
+        };
+        let (tx, rx) = oneshot::channel();
+        let waiter = Waiter {
+            tool: tool.into(),
+            weight: 1.0,
+            deadline: now + Duration::from_secs(10),
+            apps: Apps::default(),
+            tx,
+        };
+        st.queue.insert(key, waiter);
+        rx
+    }
+
+    fn offered_tools(next: Next) -> Vec<String> {
+        match next {
+            Next::Redis(round) => round.offered.iter().map(|o| o.tool.to_string()).collect(),
+            Next::Exit => vec!["(exit)".into()],
+            Next::Sleep(_) | Next::GrantAt(..) => vec!["(no round)".into()],
+        }
+    }
+
+    #[test]
+    fn live_waiters_behind_hundreds_of_cancelled_ones_are_still_offered_to_redis() {
+        let now = Instant::now();
+        // A live head, 300 cancelled waiters, then a live waiter of another tool.
+        let mut st = state(now);
+        let _head = push(&mut st, "a", now);
+        for _ in 0..300 {
+            drop(push(&mut st, "gone", now));
+        }
+        let _live = push(&mut st, "b", now);
+        assert_eq!(
+            offered_tools(next_step(&mut st, Mode::Redis, now)),
+            ["a", "b"]
+        );
+        assert_eq!(st.queue.len(), 2, "the cancelled waiters are dropped");
+        // No live head: the dispatcher does not stop while a live waiter is queued.
+        let mut st = state(now);
+        for _ in 0..300 {
+            drop(push(&mut st, "gone", now));
+        }
+        let _live = push(&mut st, "b", now);
+        assert_eq!(offered_tools(next_step(&mut st, Mode::Redis, now)), ["b"]);
+        assert!(st.dispatcher);
     }
 }

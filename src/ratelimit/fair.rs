@@ -20,26 +20,33 @@
 //! **Decision.** The dispatcher sends the *candidates* at the head of its local queue: the first
 //! waiter of each distinct tool, in local order, [`MAX_CANDIDATES`] at most, with lane, tag
 //! increment, how long it may still wait, and whether more of that tool wait behind it
-//! (`backlogged`). In the same script as the bucket's GCRA (one round trip), every candidate is
-//! marked active (it is waiting), then the first *eligible* candidate is taken:
+//! (`backlogged`). In the same script as the bucket's GCRA (one round trip), the candidates whose
+//! deadline comes before the bucket's next slot are refused on the spot (429, the slot as
+//! retry-after) and take no part in what follows: a tool whose requests can never be served
+//! (a short deadline, an application bucket saturated by other sellers) never counts as waiting,
+//! so its small tag holds no one back. Every other candidate is marked active (it is waiting),
+//! then the first *eligible* one is taken:
 //! - not eligible while a tool active in a higher lane exists (high before normal before low,
 //!   whichever instance each waits on);
 //! - not eligible while its start tag is one of its own requests (or more) ahead of the smallest
 //!   start tag among the active tools of its lane: a tool that got ahead waits for the others,
 //!   so two tools of equal shares are never more than one grant apart while both wait.
 //!
-//! An eligible candidate gets the bucket's next slot (or, when that slot is past its deadline,
-//! is refused with the slot as retry-after). If no candidate is eligible the answer is
+//! An eligible candidate gets the bucket's next slot. If no candidate is eligible the answer is
 //! *deferred*: nothing is reserved, the waiters stay queued and the dispatcher asks again after
 //! the hint (half an interval, 1 to 250 ms); a waiter whose deadline comes first is refused then
-//! (429 with `Retry-After`), as any waiter that cannot be served in time.
+//! (429 [`super::RateLimitError::Deferred`], audit reason `rate_limited_deferred`, metric
+//! outcome `deferred`), its retry-after the script's estimate of when its instance's waiters may
+//! go: the next slot plus one interval per waiting tool that goes first.
 //!
-//! **Activity.** A deferred (or not chosen) candidate is active until `now + hint +`
-//! [`ACTIVE_MARGIN`] — it will ask again before that; a granted one until its slot, plus the
-//! margin when it is backlogged (its instance asks again at that slot). A tool that stops
-//! asking (its waiters served, timed out or gone, its instance down) stops holding others back
-//! within the margin, so a lone tool takes every token: work-conserving, as locally. A short
-//! deferral spends no capacity: the bucket keeps refilling and the next grant uses it.
+//! **Activity.** A deferred candidate is active until `now + hint +` [`ACTIVE_MARGIN`] — it will
+//! ask again before that; one not chosen beside a grant until that grant's slot plus the margin
+//! (its instance's dispatcher sleeps until the slot before it asks again, more than a second on
+//! a slow operation); a granted one until its slot, plus the margin when it is backlogged (its
+//! instance asks again at that slot). A tool that stops asking (its waiters served, timed out or
+//! gone, its instance down) stops holding others back within the margin, so a lone tool takes
+//! every token: work-conserving, as locally. A short deferral spends no capacity: the bucket
+//! keeps refilling and the next grant uses it.
 //!
 //! **Virtual time.** After a grant, the lane's virtual time moves up to the smallest start tag
 //! of its active tools (the granted one included), never past a tool that is still waiting.
@@ -126,6 +133,21 @@ end
 local function start_tag(st, id, lane)
   return math.max(st.f[id] or 0, st.v[lane + 1])
 end
+-- Splits the candidates at the bucket's next slot (`wait` from now): those that cannot wait
+-- that long are refused on the spot (bit j-1 of the mask for candidate j) and take no part in
+-- the decision; the others, in order, are returned.
+local function fair_split(cands, wait)
+  local live, refused = {}, 0
+  for j, c in ipairs(cands) do
+    if wait > c.max_wait then
+      refused = refused + 2 ^ (j - 1)
+    else
+      c.index = j
+      live[#live + 1] = c
+    end
+  end
+  return live, refused
+end
 -- Marks the candidates waiting until `until_`, then returns the first eligible one's index,
 -- its start tag and the smallest start tag of its lane's active tools; nil: none is eligible.
 local function fair_pick(st, cands, now, until_)
@@ -155,8 +177,31 @@ local function fair_pick(st, cands, now, until_)
   end
   return nil
 end
--- The chosen candidate got the slot at `slot`.
-local function fair_grant(st, c, s, min_start, slot, margin)
+-- When the deferred candidates may expect to go (us from now), the earliest of them: the
+-- bucket's next slot plus one interval for each waiting tool that goes first (a higher lane's,
+-- or one a grant or more behind it): each of those is granted at least once before it.
+local function fair_estimate(st, cands, now, wait, iv)
+  local best
+  for _, c in ipairs(cands) do
+    local s = start_tag(st, c.id, c.lane)
+    local first = 0
+    for id, a in pairs(st.a) do
+      if a > now and id ~= c.id then
+        local lane = tonumber(string.sub(id, 1, 1))
+        if lane < c.lane or (lane == c.lane and start_tag(st, id, lane) + c.inc <= s) then
+          first = first + 1
+        end
+      end
+    end
+    local e = wait + math.max(first, 1) * iv
+    if best == nil or e < best then best = e end
+  end
+  return best
+end
+-- The chosen candidate got the slot at `slot`. The others offered with it wait on for their
+-- instance's next ask, which comes once that slot has passed (its dispatcher sleeps until it):
+-- they count as waiting until then plus the margin, however far the slot is.
+local function fair_grant(st, c, s, min_start, slot, margin, cands)
   st.f[c.id] = s + c.inc
   if min_start > st.v[c.lane + 1] then
     st.v[c.lane + 1] = min_start
@@ -165,10 +210,9 @@ local function fair_grant(st, c, s, min_start, slot, margin)
   local until_ = slot
   if c.backlogged then until_ = slot + margin end
   st.a[c.id] = math.max(c.old_a, until_)
-end
--- The chosen candidate cannot be served by its deadline: it leaves (unless more of it wait).
-local function fair_refuse(st, c)
-  if not c.backlogged then st.a[c.id] = c.old_a end
+  for _, o in ipairs(cands) do
+    if o ~= c and st.a[o.id] < slot + margin then st.a[o.id] = slot + margin end
+  end
 end
 local function fair_save(key, st, now, keep_us)
   local set, del = {}, {}

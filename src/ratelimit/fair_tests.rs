@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::fair::{increment, Candidate, ACTIVE_MARGIN};
-use super::redis::{RedisBackend, Take, Verdict};
+use super::redis::{RedisBackend, Reply, Take, Verdict};
 use super::*;
 use crate::catalog::{Catalog, Operation, UsagePlan};
 
@@ -33,7 +33,12 @@ struct Script {
 
 impl Script {
     async fn new(interval: Duration, burst: u32) -> Script {
-        let backend = RedisBackend::connect(settings()).await.unwrap();
+        Script::on(settings(), interval, burst).await
+    }
+
+    /// The bucket a limiter with these settings uses for `A1FAIR`'s getOrderAddress.
+    async fn on(settings: RedisSettings, interval: Duration, burst: u32) -> Script {
+        let backend = RedisBackend::connect(settings).await.unwrap();
         assert!(
             backend.available(Instant::now()),
             "Redis must run on 127.0.0.1:6379 for these tests"
@@ -53,16 +58,17 @@ impl Script {
     }
 
     async fn ask(&self, candidates: &[Candidate<'_>]) -> Verdict {
+        self.reply(candidates).await.verdict
+    }
+
+    /// The whole answer: the verdict and the candidates refused on the spot.
+    async fn reply(&self, candidates: &[Candidate<'_>]) -> Reply {
         let take = Take {
             key: &self.key,
             interval: self.interval,
             burst: self.burst,
         };
-        self.backend
-            .take(&[take], candidates)
-            .await
-            .unwrap()
-            .verdict
+        self.backend.take(&[take], candidates).await.unwrap()
     }
 
     async fn redis(&self) -> ::redis::aio::MultiplexedConnection {
@@ -117,10 +123,12 @@ async fn the_retry_hint_is_half_an_interval_within_one_and_250_ms() {
     s.ask(&[a]).await;
     s.ask(&[b]).await;
     s.ask(&[b]).await;
+    // And the estimate: a token at hand, then one interval for a, which goes first.
     assert_eq!(
         s.ask(&[b]).await,
         Verdict::Deferred {
-            retry: Duration::from_millis(50)
+            retry: Duration::from_millis(50),
+            estimate: Duration::from_millis(100),
         }
     );
     assert_eq!(
@@ -224,20 +232,110 @@ async fn a_slot_past_the_chosen_candidates_deadline_is_refused_with_the_slot_as_
         max_wait: Duration::from_millis(100),
         ..a
     };
-    match s.ask(&[hurried]).await {
-        Verdict::Refused { index: 0, wait } => {
-            assert!(
-                wait > Duration::from_millis(900) && wait <= Duration::from_secs(1),
-                "{wait:?}"
-            );
-        }
-        other => panic!("{other:?}"),
-    }
+    let reply = s.reply(&[hurried]).await;
+    assert_eq!(reply.verdict, Verdict::NoneLeft);
+    assert!(reply.refused.contains(0), "{reply:?}");
+    let wait = reply.refused.wait;
+    assert!(
+        wait > Duration::from_millis(900) && wait <= Duration::from_secs(1),
+        "{wait:?}"
+    );
     // The refusal took nothing: a patient one gets that same slot.
     match s.ask(&[a]).await {
         Verdict::Granted { index: 0, wait } => assert!(wait <= Duration::from_secs(1)),
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_tool_that_can_never_be_served_is_refused_on_the_spot_and_holds_no_one_back() {
+    // One token every 50 ms, the first taken by b; r (say, on another instance, an application
+    // bucket saturated) can wait 1 ms: never enough. r was never granted, so its tag is the
+    // smallest; it must not keep b waiting for a turn it cannot take.
+    let s = Script::new(Duration::from_millis(50), 1).await;
+    let b = waiting("b", 1, 0.5);
+    let r = Candidate {
+        max_wait: Duration::from_millis(1),
+        ..waiting("r", 1, 0.5)
+    };
+    assert_eq!(granted(s.ask(&[b]).await), Some(0));
+    for _ in 0..5 {
+        let reply = s.reply(&[r]).await;
+        assert_eq!(reply.verdict, Verdict::NoneLeft, "{reply:?}");
+        assert!(reply.refused.contains(0) && reply.refused.wait > Duration::ZERO);
+        assert_eq!(granted(s.ask(&[b]).await), Some(0), "r holds b back");
+    }
+    // Offered together by one instance: r refused and b granted, in one decision.
+    let reply = s.reply(&[r, b]).await;
+    assert!(
+        reply.refused.contains(0) && !reply.refused.contains(1),
+        "{reply:?}"
+    );
+    assert_eq!(granted(reply.verdict), Some(1));
+}
+
+#[tokio::test]
+async fn on_a_slow_operation_a_candidate_not_chosen_keeps_waiting_until_its_instances_next_ask() {
+    // One token a second. An instance offers a and b; a gets the slot a second away, and the
+    // instance sleeps until then before it offers b again: b waits all that time.
+    let s = Script::new(Duration::from_secs(1), 1).await;
+    let (a, b) = (waiting("a", 1, 0.5), waiting("b", 1, 0.5));
+    let spent = Candidate {
+        backlogged: false,
+        ..waiting("z", 1, 0.5)
+    };
+    assert_eq!(granted(s.ask(&[spent]).await), Some(0), "the burst token");
+    match s.ask(&[a, b]).await {
+        Verdict::Granted { index: 0, wait } => assert!(wait > Duration::from_millis(900)),
+        other => panic!("{other:?}"),
+    }
+    // Past the deferral's horizon (hint + margin, 0.5 s), well before the slot (1 s).
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let v = s.ask(&[a]).await;
+    assert!(deferred(v), "b still waits, a is a grant ahead: {v:?}");
+    assert_eq!(granted(s.ask(&[b]).await), Some(0), "b's turn");
+}
+
+#[tokio::test]
+async fn a_request_deferred_until_its_deadline_is_refused_as_deferred_with_an_estimate() {
+    let settings = settings();
+    let limiter = Limiter::redis(LimiterConfig::default(), settings.clone())
+        .await
+        .unwrap();
+    let s = Script::on(settings, Duration::from_micros(1), 1_000_000).await;
+    // Tools without a plan: the default share, normal lane, as the limiter offers them.
+    let inc = increment(LimiterConfig::default().default_share);
+    let (a, b) = (
+        Candidate {
+            increment: inc,
+            ..waiting("a", 1, 1.0)
+        },
+        Candidate {
+            increment: inc,
+            ..waiting("b", 1, 1.0)
+        },
+    );
+    // Through other instances: a waits (for the margin, 250 ms), b is a grant ahead of it.
+    assert_eq!(granted(s.ask(&[a]).await), Some(0));
+    assert_eq!(granted(s.ask(&[b]).await), Some(0));
+    assert_eq!(granted(s.ask(&[b]).await), Some(0));
+    let operation = custom_op(1e6, 1_000_000);
+    let req = Acquire {
+        seller: "A1FAIR",
+        operation,
+        tool: "b",
+        plan: None,
+        priority: Priority::Normal,
+        max_wait: Some(Duration::from_millis(100)),
+    };
+    match limiter.acquire(req).await {
+        Err(RateLimitError::Deferred { retry_after, .. }) => {
+            assert!(retry_after > Duration::ZERO, "{retry_after:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let m = limiter.metrics();
+    assert_eq!((m.rejected_deferred, m.rejected_throttled), (1, 0));
 }
 
 #[tokio::test]

@@ -164,6 +164,15 @@ pub enum RateLimitError {
         /// The bucket's rate (for `x-amzn-RateLimit-Limit`).
         rate_per_second: f64,
     },
+    /// 429: with the bucket shared through Redis, other tools went first until the deadline
+    /// (a higher lane, or tools behind on their share, waiting on any instance: `fair.rs`).
+    #[error("rate limited, deferred to other tools' shares: retry after {retry_after:?}")]
+    Deferred {
+        /// When the script expects this request's tool could go (for `Retry-After`).
+        retry_after: Duration,
+        /// The bucket's rate.
+        rate_per_second: f64,
+    },
     /// 429: too many requests already wait for this bucket.
     #[error("rate limit queue full: retry after {retry_after:?}")]
     QueueFull {
@@ -185,6 +194,7 @@ impl RateLimitError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             RateLimitError::Throttled { retry_after, .. }
+            | RateLimitError::Deferred { retry_after, .. }
             | RateLimitError::QueueFull { retry_after, .. } => Some(*retry_after),
             RateLimitError::Unavailable(_) | RateLimitError::InvalidSettings(_) => None,
         }
@@ -247,6 +257,8 @@ pub struct MetricsSnapshot {
     pub admitted_waited: u64,
     /// Refused: no token within the deadline.
     pub rejected_throttled: u64,
+    /// Refused: other tools' shares or a higher lane went first until the deadline (Redis).
+    pub rejected_deferred: u64,
     /// Refused: queue full.
     pub rejected_queue_full: u64,
     /// Refused: store unavailable (fail closed).
@@ -270,6 +282,7 @@ struct Metrics {
     admitted_immediate: AtomicU64,
     admitted_waited: AtomicU64,
     rejected_throttled: AtomicU64,
+    rejected_deferred: AtomicU64,
     rejected_queue_full: AtomicU64,
     rejected_unavailable: AtomicU64,
     upstream_throttled: AtomicU64,
@@ -295,6 +308,9 @@ pub(crate) enum Mode {
 
 type BucketMap = HashMap<&'static str, HashMap<Box<str>, Arc<Bucket>>>;
 type AppMap = HashMap<(&'static str, Option<CallKind>), Option<Arc<AppBucket>>>;
+/// Tools' own buckets (absolute rules) for operations without Amazon's usage plan, by (seller,
+/// operation, tool): no Amazon bucket is there to hold them.
+type UnplannedMap = HashMap<(Box<str>, &'static str, Box<str>), Option<gcra::Gcra>>;
 
 /// State shared by the limiter and its dispatcher tasks.
 pub(crate) struct Inner {
@@ -302,6 +318,7 @@ pub(crate) struct Inner {
     plans: RwLock<Arc<Plans>>,
     buckets: RwLock<BucketMap>,
     apps: RwLock<AppMap>,
+    unplanned: std::sync::Mutex<UnplannedMap>,
     /// The instant every bucket new to this process is taken to have been emptied at (the last
     /// moment a previous run of this instance may have spent it); see [`Limiter::guard_restarts`].
     spent_at: RwLock<Option<Instant>>,
@@ -468,6 +485,31 @@ impl Inner {
             .and_then(|m| m.get(seller))
             .map(Arc::clone)
     }
+
+    /// For an operation without Amazon's usage plan (no Amazon bucket): the tool's own bucket
+    /// when its plan has an absolute rule (the operator's limit applies whatever Amazon's is),
+    /// waiting up to `deadline`; else nothing to take. Returns the instant of the grant.
+    async fn acquire_unplanned(
+        &self,
+        seller: &str,
+        operation: &'static Operation,
+        tool: &str,
+        limit: Option<(f64, u32)>,
+        now: Instant,
+        deadline: Instant,
+    ) -> Result<Instant, RateLimitError> {
+        let Some(limit) = limit else {
+            return Ok(now);
+        };
+        let slot = {
+            let mut map = self.unplanned.lock().unwrap_or_else(|e| e.into_inner());
+            let own = map
+                .entry((seller.into(), operation.key, tool.into()))
+                .or_default();
+            bucket::reserve_tool(own, limit, now, deadline)?
+        };
+        Ok(bucket::sleep_to(slot, now).await)
+    }
 }
 
 /// The rate limiter. Cheap to clone (one `Arc`); `Send + Sync`.
@@ -510,6 +552,7 @@ impl Limiter {
                 plans: RwLock::new(Arc::new(plans)),
                 buckets: RwLock::new(HashMap::new()),
                 apps: RwLock::new(HashMap::new()),
+                unplanned: std::sync::Mutex::new(HashMap::new()),
                 spent_at: RwLock::new(None),
                 lease: std::sync::OnceLock::new(),
                 metrics: Metrics::default(),
@@ -520,7 +563,8 @@ impl Limiter {
 
     /// Takes one token of the Amazon bucket for (seller, operation) and of the tool's plan,
     /// waiting up to the deadline. `Ok(Admission)` carries how long it waited. Operations without
-    /// a usage plan pass at once (outside sandbox mode).
+    /// a usage plan in Amazon's models take no Amazon bucket (outside sandbox mode), only the
+    /// tool's own bucket when its plan has an absolute rule.
     pub async fn acquire(&self, req: Acquire<'_>) -> Result<Admission, RateLimitError> {
         self.acquire_kind(req, None).await
     }
@@ -543,16 +587,7 @@ impl Limiter {
                 return Err(e);
             }
         }
-        let Some(bucket) = inner.bucket(req.seller, req.operation) else {
-            inner
-                .metrics
-                .admitted_immediate
-                .fetch_add(1, Ordering::Relaxed);
-            return Ok(Admission {
-                waited: Duration::ZERO,
-                decision: Decision::Immediate,
-            });
-        };
+        let bucket = inner.bucket(req.seller, req.operation);
         let plans = Arc::clone(&inner.plans.read().unwrap_or_else(|e| e.into_inner()));
         let plan = req.plan.and_then(|name| plans.get(name));
         let rule = plan.and_then(|p| p.rule_for(req.operation));
@@ -561,26 +596,38 @@ impl Limiter {
             .and_then(|p| p.max_wait)
             .unwrap_or(inner.config.default_max_wait);
         let max_wait = req.max_wait.map_or(plan_wait, |w| w.min(plan_wait));
-        let ask = Ask {
-            tool: req.tool,
-            lane: req.priority.capped(max_priority).lane(),
-            weight: match rule {
-                Some(Rule::Share(s)) => s,
-                _ => inner.config.default_share,
-            },
-            tool_limit: match rule {
-                Some(Rule::Absolute {
-                    rate_per_second,
-                    burst,
-                }) => Some((rate_per_second, burst)),
-                _ => None,
-            },
-            arrived,
-            deadline: arrived + max_wait,
-            apps: inner.apps_for(req.operation, kind),
+        let tool_limit = match rule {
+            Some(Rule::Absolute {
+                rate_per_second,
+                burst,
+            }) => Some((rate_per_second, burst)),
+            _ => None,
         };
         drop(plans);
-        let result = bucket.acquire(inner, &ask).await;
+        let result = match bucket {
+            Some(bucket) => {
+                let ask = Ask {
+                    tool: req.tool,
+                    lane: req.priority.capped(max_priority).lane(),
+                    weight: match rule {
+                        Some(Rule::Share(s)) => s,
+                        _ => inner.config.default_share,
+                    },
+                    tool_limit,
+                    arrived,
+                    deadline: arrived + max_wait,
+                    apps: inner.apps_for(req.operation, kind),
+                };
+                bucket.acquire(inner, &ask).await
+            }
+            // Amazon publishes no plan for it: only the tool's own rule applies (README, "Rate
+            // limits": why such an operation is not refused).
+            None => {
+                let deadline = arrived + max_wait;
+                let (seller, op) = (req.seller, req.operation);
+                (inner.acquire_unplanned(seller, op, req.tool, tool_limit, arrived, deadline)).await
+            }
+        };
         let m = &inner.metrics;
         match result {
             Ok(granted) => {
@@ -600,6 +647,7 @@ impl Limiter {
             Err(err) => {
                 let counter = match err {
                     RateLimitError::Throttled { .. } => &m.rejected_throttled,
+                    RateLimitError::Deferred { .. } => &m.rejected_deferred,
                     RateLimitError::QueueFull { .. } => &m.rejected_queue_full,
                     RateLimitError::Unavailable(_) | RateLimitError::InvalidSettings(_) => {
                         &m.rejected_unavailable
@@ -633,6 +681,9 @@ impl Limiter {
             Err(RateLimitError::Throttled { .. }) => {
                 m.rejected_throttled.fetch_add(1, Ordering::Relaxed);
             }
+            Err(RateLimitError::Deferred { .. }) => {
+                m.rejected_deferred.fetch_add(1, Ordering::Relaxed);
+            }
             Err(RateLimitError::QueueFull { .. }) => {
                 m.rejected_queue_full.fetch_add(1, Ordering::Relaxed);
             }
@@ -665,12 +716,20 @@ impl Limiter {
             waited: Duration::ZERO,
             decision: Decision::Immediate,
         };
-        let (Some(limit), Some(bucket)) = (limit, inner.bucket(req.seller, req.operation)) else {
+        let Some(limit) = limit else {
             return Ok(immediate);
         };
-        let granted = bucket
-            .acquire_tool(req.tool, limit, arrived, arrived + max_wait)
-            .await?;
+        let deadline = arrived + max_wait;
+        let granted = match inner.bucket(req.seller, req.operation) {
+            Some(bucket) => (bucket.acquire_tool(req.tool, limit, arrived, deadline)).await?,
+            // No Amazon bucket for an operation without Amazon's plan: the tool's own bucket
+            // is kept apart, as for `acquire` (the same one: both take the operator's limit).
+            None => {
+                let (seller, op) = (req.seller, req.operation);
+                (inner.acquire_unplanned(seller, op, req.tool, Some(limit), arrived, deadline))
+                    .await?
+            }
+        };
         let waited = granted.saturating_duration_since(arrived);
         Ok(if waited.is_zero() {
             immediate
@@ -842,6 +901,7 @@ impl Limiter {
             admitted_immediate: get(&m.admitted_immediate),
             admitted_waited: get(&m.admitted_waited),
             rejected_throttled: get(&m.rejected_throttled),
+            rejected_deferred: get(&m.rejected_deferred),
             rejected_queue_full: get(&m.rejected_queue_full),
             rejected_unavailable: get(&m.rejected_unavailable),
             upstream_throttled: get(&m.upstream_throttled),

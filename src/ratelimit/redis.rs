@@ -36,10 +36,14 @@ use crate::catalog::CallKind;
 /// slot (`fair.rs`). KEYS: the buckets, the epoch, then (take) the seller bucket's fairness
 /// hash; ARGV: "take"|"drain", the number of buckets, interval_us and burst per bucket, then
 /// (take) the candidates (see `fair_candidates`). Every bucket is taken at one slot, the latest
-/// of their next slots, or none is. Returns {status (1 granted, 0 refused: the slot is past the
-/// chosen candidate's deadline, 2 deferred: no candidate may go yet), wait_us (to the slot, or
-/// the retry hint when deferred), index of the bucket that set the slot (1 = the seller's),
-/// index of the chosen candidate (0 when deferred), then milli-tokens left per bucket}.
+/// of their next slots, or none is. Candidates whose deadline comes before that slot are refused
+/// on the spot and take no part in the fairness decision (a tool that can never be served holds
+/// no one back). Returns {status (1 granted, 2 deferred: no candidate left may go yet, 0 none
+/// left: every candidate was refused), wait_us (to the slot, or the retry hint when deferred),
+/// index of the bucket that set the slot (1 = the seller's), index of the chosen candidate (0
+/// when none), the refused candidates (bit j-1 for candidate j), wait_us to the slot (their
+/// retry-after), the deferral estimate in us (when deferred: see `fair_estimate`), then
+/// milli-tokens left per bucket}.
 const BODY: &str = r#"
 local op = ARGV[1]
 local n = tonumber(ARGV[2])
@@ -70,9 +74,9 @@ local function store(i)
   redis.call('HSET', KEYS[i], 'tat', string.format('%.0f', tats[i]), 'iv', string.format('%.0f', ivs[i]))
   redis.call('PEXPIRE', KEYS[i], math.ceil((tats[i] - now) / 1000) + 1000)
 end
-local function answer(status, wait, chosen)
-  local out = {status, wait, bound, chosen}
-  for i = 1, n do out[4 + i] = math.floor((taus[i] - (tats[i] - now)) * 1000 / ivs[i]) end
+local function answer(status, wait, chosen, refused, estimate)
+  local out = {status, wait, bound, chosen, refused, slot - now, estimate}
+  for i = 1, n do out[7 + i] = math.floor((taus[i] - (tats[i] - now)) * 1000 / ivs[i]) end
   return out
 end
 if op == 'drain' then
@@ -80,31 +84,29 @@ if op == 'drain' then
     if tats[i] < now + taus[i] then tats[i] = now + taus[i] end
     store(i)
   end
-  return answer(1, 0, 0)
+  return answer(1, 0, 0, 0, 0)
 end
 local wait = slot - now
 local fair = KEYS[n + 2]
 local margin, hint, cands = fair_candidates(3 + 2 * n)
+local live, refused = fair_split(cands, wait)
+if #live == 0 then return answer(0, wait, 0, refused, 0) end
 local st = fair_load(fair)
-local j, s, min_start = fair_pick(st, cands, now, now + hint + margin)
+local j, s, min_start = fair_pick(st, live, now, now + hint + margin)
 if not j then
+  local estimate = fair_estimate(st, live, now, wait, ivs[1])
   fair_save(fair, st, now, tats[1] - now)
-  return answer(2, hint, 0)
+  return answer(2, hint, 0, refused, estimate)
 end
-local c = cands[j]
-if wait > c.max_wait then
-  fair_refuse(st, c)
-  fair_save(fair, st, now, tats[1] - now)
-  return answer(0, wait, j)
-end
+local c = live[j]
 for i = 1, n do
   if tats[i] < slot then tats[i] = slot end
   tats[i] = tats[i] + ivs[i]
   store(i)
 end
-fair_grant(st, c, s, min_start, slot, margin)
+fair_grant(st, c, s, min_start, slot, margin, live)
 fair_save(fair, st, now, tats[1] - now)
-return answer(1, wait, j)
+return answer(1, wait, c.index, refused, 0)
 "#;
 
 /// One bucket of a decision.
@@ -118,16 +120,33 @@ pub(crate) struct Take<'a> {
     pub(crate) burst: u32,
 }
 
-/// What the script decided for the waiters offered to it.
+/// What the script decided for the waiters offered to it (besides the refusals in
+/// [`Reply::refused`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
     /// Candidate `index` has the slot `wait` from now.
     Granted { index: usize, wait: Duration },
-    /// Candidate `index` was next, but its slot (`wait` from now) is past its deadline.
-    Refused { index: usize, wait: Duration },
-    /// No candidate may go yet (another tool is behind on its share, or waits in a higher
-    /// lane): ask again after `retry`.
-    Deferred { retry: Duration },
+    /// No candidate left may go yet (another tool is behind on its share, or waits in a higher
+    /// lane): ask again after `retry`; by the script's estimate they may go in `estimate`.
+    Deferred { retry: Duration, estimate: Duration },
+    /// Every candidate was refused: none could wait for the bucket's next slot.
+    NoneLeft,
+}
+
+/// The candidates refused on the spot: their deadline comes before the bucket's next slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Refused {
+    /// Bit `i` set: candidate `i` (from 0) is refused.
+    pub(crate) mask: u8,
+    /// Time to the bucket's next slot (their retry-after).
+    pub(crate) wait: Duration,
+}
+
+impl Refused {
+    /// Whether candidate `index` (from 0) is refused.
+    pub(crate) fn contains(self, index: usize) -> bool {
+        index < 8 && self.mask & (1 << index) != 0
+    }
 }
 
 /// One answer of the script.
@@ -135,6 +154,8 @@ pub(crate) enum Verdict {
 pub(crate) struct Reply {
     /// The decision (a drain is always `Granted` for index 0).
     pub(crate) verdict: Verdict,
+    /// The candidates refused on the spot.
+    pub(crate) refused: Refused,
     /// Tokens left in the seller's bucket after the decision (negative: slots reserved ahead).
     pub(crate) tokens: f64,
     /// Whether an application-wide bucket set the slot (it was the one without a token).
@@ -316,8 +337,19 @@ impl RedisBackend {
             .run(buckets, "take", fair_key.as_deref(), &fair)
             .await?;
         let verdict = Self::verdict(&reply, candidates.len()).inspect_err(|e| self.failed(e))?;
+        // At most eight candidates fit the mask (`fair::MAX_CANDIDATES` is four).
+        let offered = (1i64 << candidates.len().min(8)) - 1;
+        if reply.refused & !offered != 0 {
+            let e = format!("the limiter script refused candidates {:#b}", reply.refused);
+            self.failed(&e);
+            return Err(e);
+        }
         Ok(Reply {
             verdict,
+            refused: Refused {
+                mask: u8::try_from(reply.refused).unwrap_or(0),
+                wait: reply.slot_wait,
+            },
             tokens: reply.tokens,
             app_bound: reply.app_bound,
             app_tokens: reply.app_tokens,
@@ -338,11 +370,11 @@ impl RedisBackend {
                 index: index(reply.chosen)?,
                 wait: reply.wait,
             }),
-            0 => Ok(Verdict::Refused {
-                index: index(reply.chosen)?,
-                wait: reply.wait,
+            0 => Ok(Verdict::NoneLeft),
+            2 => Ok(Verdict::Deferred {
+                retry: reply.wait,
+                estimate: reply.estimate.max(reply.wait),
             }),
-            2 => Ok(Verdict::Deferred { retry: reply.wait }),
             other => Err(format!("the limiter script answered status {other}")),
         }
     }
@@ -355,6 +387,7 @@ impl RedisBackend {
                 index: 0,
                 wait: Duration::ZERO,
             },
+            refused: Refused::default(),
             tokens: raw.tokens,
             app_bound: false,
             app_tokens: raw.app_tokens,
@@ -406,17 +439,21 @@ impl RedisBackend {
         }
         let call = invocation.invoke_async::<Vec<i64>>(&mut conn);
         let v = match tokio::time::timeout(self.settings.timeout, call).await {
-            Ok(Ok(v)) if v.len() == 4 + buckets.len() => v,
+            Ok(Ok(v)) if v.len() == 7 + buckets.len() => v,
             Ok(Ok(v)) => return Err(format!("the limiter script answered {} values", v.len())),
             Ok(Err(e)) => return Err(crate::store::redis::describe(&e)),
             Err(_) => return Err(format!("no answer within {:?}", self.settings.timeout)),
         };
-        let tokens = |i: usize| v.get(4 + i).map_or(0.0, |m| *m as f64 / 1000.0);
+        let us = |x: i64| Duration::from_micros(u64::try_from(x).unwrap_or(0));
+        let tokens = |i: usize| v.get(7 + i).map_or(0.0, |m| *m as f64 / 1000.0);
         Ok(Raw {
             status: v[0],
-            wait: Duration::from_micros(u64::try_from(v[1]).unwrap_or(0)),
+            wait: us(v[1]),
             app_bound: v[2] > 1,
             chosen: v[3],
+            refused: v[4],
+            slot_wait: us(v[5]),
+            estimate: us(v[6]),
             tokens: tokens(0),
             app_tokens: [tokens(1), tokens(2)],
         })
@@ -429,6 +466,9 @@ struct Raw {
     wait: Duration,
     app_bound: bool,
     chosen: i64,
+    refused: i64,
+    slot_wait: Duration,
+    estimate: Duration,
     tokens: f64,
     app_tokens: [f64; 2],
 }

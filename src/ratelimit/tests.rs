@@ -692,6 +692,45 @@ async fn an_absolute_plan_limits_the_tool_even_when_amazons_bucket_is_full() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn an_absolute_plan_limits_the_tool_on_an_operation_without_amazons_plan_answered_or_not() {
+    let free = Catalog::builtin()
+        .operations()
+        .iter()
+        .find(|o| o.usage_plan.is_none())
+        .expect("some operation has no plan");
+    let limiter = limiter_with(
+        &format!(
+            "[ratelimit.plans.printer]\noperations.\"{}\" = {{ rate_per_second = 0.2, burst = 2 }}\n",
+            free.key
+        ),
+        Duration::from_secs(10),
+    );
+    // Through Amazon (acquire) and answered without it (acquire_plan): one bucket of the tool.
+    let first = limiter.acquire(ask(free, "printer", Some("printer"))).await;
+    assert_eq!(first.map(|a| a.decision), Ok(Decision::Immediate));
+    let second = (limiter.acquire_plan(ask(free, "printer", Some("printer")))).await;
+    assert_eq!(second.map(|a| a.decision), Ok(Decision::Immediate));
+    let hurried = Acquire {
+        max_wait: Some(Duration::from_secs(1)),
+        ..ask(free, "printer", Some("printer"))
+    };
+    let refused = Err(RateLimitError::Throttled {
+        retry_after: Duration::from_secs(5),
+        rate_per_second: 0.2,
+    });
+    assert_eq!(limiter.acquire_plan(hurried).await, refused);
+    assert_eq!(limiter.acquire(hurried).await, refused);
+    let waited = limiter
+        .acquire_plan(ask(free, "printer", Some("printer")))
+        .await;
+    assert_eq!(waited.map(|a| a.waited), Ok(Duration::from_secs(5)));
+    // Amazon's side has no bucket: another tool passes at once, and none is listed.
+    assert!(limiter.acquire(now_only(free, "other")).await.is_ok());
+    assert!(limiter.status(None, None).is_empty());
+    assert_eq!(limiter.metrics().rejected_throttled, 2);
+}
+
 // === observations ===
 
 #[tokio::test(start_paused = true)]

@@ -33,26 +33,38 @@ async fn pair(a_redis: &str) -> Pair {
 
 /// [`pair`], with B reaching Redis at `b_redis` for `[ratelimit.redis]`.
 async fn pair_on(a_redis: &str, b_redis: &str) -> Pair {
+    pair_with(a_redis, b_redis, true, "").await
+}
+
+/// [`pair_on`], with B caching [`GET_ITEM`] or nothing (`b_caches`), and `b_upstream` in its
+/// `[upstream]`.
+async fn pair_with(a_redis: &str, b_redis: &str, b_caches: bool, b_upstream: &str) -> Pair {
     let store = redis_store_toml();
     let prefix = store
         .lines()
         .find_map(|l| l.strip_prefix("key_prefix = "))
         .unwrap()
         .to_string();
-    let extra = |redis: &str| {
+    let extra = |redis: &str, caches: bool| {
+        let ttl = if caches {
+            format!("[shared_calls.ttl_seconds]\n\"{GET_ITEM}\" = 300\n")
+        } else {
+            String::new()
+        };
         format!(
-            "[ratelimit.redis]\nurl = \"redis://{redis}\"\nkey_prefix = {prefix}\n[shared_calls]\nsettle_seconds = 0\n[shared_calls.ttl_seconds]\n\"{GET_ITEM}\" = 300\n"
+            "[ratelimit.redis]\nurl = \"redis://{redis}\"\nkey_prefix = {prefix}\n[shared_calls]\nsettle_seconds = 0\n{ttl}"
         )
     };
     let a = start_gateway(Options {
         store_toml: Some(store.clone()),
-        extra_toml: extra(a_redis),
+        extra_toml: extra(a_redis, true),
         ..Options::default()
     })
     .await;
     let b = start_gateway(Options {
         store_toml: Some(store.clone()),
-        extra_toml: extra(b_redis),
+        extra_toml: extra(b_redis, b_caches),
+        upstream_toml: b_upstream.to_string(),
         shared_sandbox: Some((a.sandbox.clone(), a.sandbox_url.clone())),
         master_key: Some(a.master_key_b64.clone()),
         ..Options::default()
@@ -197,27 +209,47 @@ async fn while_the_subscription_is_cut_no_cached_answer_is_served() {
 async fn a_write_redis_did_not_take_is_announced_when_it_is_back() {
     let proxy = CutProxy::start("127.0.0.1:6379".parse().unwrap()).await;
     let Pair { a, b, store } = pair_on("127.0.0.1:6379", &proxy.addr.to_string()).await;
+    let a_calls = a.gateway.shared_calls();
+    channel_until(&a, true).await;
+    // A has heard B's heartbeat (B is a peer whose silence closes A's cache).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(cache_header(&a.get_for(SELLER, ITEM).await), Some("miss"));
     assert_eq!(cache_header(&a.get_for(SELLER, ITEM).await), Some("hit"));
-    // B cannot reach Redis: its write goes to Amazon all the same, and is kept to announce.
+    // B cannot reach Redis: its write goes to Amazon all the same, is kept to announce, and
+    // its answer waits until A, no longer hearing B, has closed its cache.
     proxy.cut();
-    channel_until(&b, false).await;
     assert_eq!(patch(&b).await.status, StatusCode::OK);
     let b_calls = b.gateway.shared_calls();
     assert!(b_calls.channel_counted(SharedChannelEvent::PublishFailed) >= 1);
+    assert_eq!(b_calls.channel_counted(SharedChannelEvent::Held), 1);
+    // The tool reads through A right after the write's answer: no pre-write answer.
+    let after = a.get_for(SELLER, ITEM).await;
+    assert_eq!(after.status, StatusCode::OK);
+    assert_eq!(
+        cache_header(&after),
+        Some("miss"),
+        "no stale hit after the write"
+    );
+    assert_eq!(a.sandbox.received(GET_ITEM).len(), 2);
+    assert!(a_calls.channel_counted(SharedChannelEvent::PeerSilent) >= 1);
     let mut metrics = String::new();
     b_calls.render_metrics(&mut metrics);
-    assert!(
-        metrics.contains("spgate_shared_calls_invalidation_total{event=\"publish_failed\"}"),
-        "{metrics}"
-    );
-    // Back: B sends it, A drops its answer.
+    for event in ["publish_failed", "held", "heartbeat_withheld"] {
+        assert!(
+            metrics.contains(&format!(
+                "spgate_shared_calls_invalidation_total{{event=\"{event}\"}}"
+            )),
+            "{metrics}"
+        );
+    }
+    // Back: B sends it, its heartbeat comes back, A opens again from nothing.
     proxy.restore();
     until(|| b_calls.channel_counted(SharedChannelEvent::Republished) >= 1).await;
-    let a_calls = a.gateway.shared_calls();
     until(|| a_calls.channel_counted(SharedChannelEvent::Received) >= 1).await;
+    channel_until(&a, true).await;
     assert_eq!(cache_header(&a.get_for(SELLER, ITEM).await), Some("miss"));
-    assert_eq!(a.sandbox.received(GET_ITEM).len(), 2);
+    assert_eq!(cache_header(&a.get_for(SELLER, ITEM).await), Some("hit"));
+    assert_eq!(a.sandbox.received(GET_ITEM).len(), 3);
     drop((a, b));
     clean_redis(&store).await;
 }
@@ -297,6 +329,62 @@ async fn a_subscription_that_stops_answering_closes_the_cache_without_a_connecti
     assert_eq!(a.sandbox.received(GET_ITEM).len(), 2);
     proxy.flowing.send_replace(true);
     channel_until(&a, true).await;
+    drop((a, b));
+    clean_redis(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_caches_nothing_still_announces_its_writes() {
+    let Pair { a, b, store } = pair_with("127.0.0.1:6379", "127.0.0.1:6379", false, "").await;
+    let b_calls = b.gateway.shared_calls();
+    assert_eq!(b_calls.channel_live(), None, "B subscribes to nothing");
+    assert_eq!(cache_header(&a.get_for(SELLER, ITEM).await), Some("miss"));
+    assert_eq!(cache_header(&a.get_for(SELLER, ITEM).await), Some("hit"));
+    assert_eq!(patch(&b).await.status, StatusCode::OK);
+    assert!(b_calls.channel_counted(SharedChannelEvent::Published) >= 1);
+    assert_eq!(
+        cache_header(&a.get_for(SELLER, ITEM).await),
+        Some("miss"),
+        "B's write reached A"
+    );
+    assert_eq!(a.sandbox.received(GET_ITEM).len(), 2);
+    drop((a, b));
+    clean_redis(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_ends_in_an_error_is_announced_before_the_error_goes_back() {
+    let proxy = CutProxy::start("127.0.0.1:6379".parse().unwrap()).await;
+    let b_redis = proxy.addr.to_string();
+    let upstream = "header_timeout_ms = 500\ntotal_timeout_ms = 600";
+    let Pair { a, b, store } = pair_with("127.0.0.1:6379", &b_redis, true, upstream).await;
+    // Amazon takes the write but does not answer in B's time.
+    a.sandbox.script(
+        PATCH,
+        Script {
+            header_delay: Duration::from_secs(2),
+            ..Script::json(StatusCode::OK, serde_json::json!({"status": "ACCEPTED"}))
+        },
+    );
+    channel_until(&a, true).await;
+    // A has heard B's heartbeat.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(cache_header(&a.get_for(SELLER, ITEM).await), Some("miss"));
+    assert_eq!(cache_header(&a.get_for(SELLER, ITEM).await), Some("hit"));
+    // B cannot announce it: its error waits, as an answer would, until A has closed.
+    proxy.cut();
+    let write = patch(&b).await;
+    assert!(write.status.is_server_error(), "{:?}", write.status);
+    let b_calls = b.gateway.shared_calls();
+    assert!(b_calls.channel_counted(SharedChannelEvent::PublishFailed) >= 1);
+    assert_eq!(b_calls.channel_counted(SharedChannelEvent::Held), 1);
+    let after = a.get_for(SELLER, ITEM).await;
+    assert_eq!(after.status, StatusCode::OK);
+    assert_eq!(
+        cache_header(&after),
+        Some("miss"),
+        "no stale hit after the error"
+    );
     drop((a, b));
     clean_redis(&store).await;
 }

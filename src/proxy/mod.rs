@@ -553,7 +553,7 @@ impl Gateway {
             deadline,
             body,
         };
-        let lead = match self.join_shared(asking, &req, ctx).await? {
+        let mut lead = match self.join_shared(asking, &req, ctx).await? {
             shared_calls::Joined::Answered(resp) => return Ok(resp),
             shared_calls::Joined::Lead(lead) => lead,
         };
@@ -565,25 +565,35 @@ impl Gateway {
                      // call) never sits between the limiter's decision and the arrival at Amazon.
         ctx.admission = Some(self.admit(&caller, wire, bucket, &wants).await?); // 6. rate limit
         ctx.token = Some(cred.kind());
-        let upstream_req =
-            self.upstream_request(req, wire, seller, role, &cred, limit_tripped.clone())?;
-        let resp = self.send(upstream_req, &limit_tripped).await?; // 7. upstream
-        self.observe(bucket, wire, &resp);
-        // Retries, only for requests that can be replayed (no body), within the caller's deadline.
-        let resend = send::Resend {
-            replay,
-            op: wire,
-            seller,
-            role,
-            path: &path,
-            within,
-            caller: &caller,
-            bucket,
-            wants,
-            deadline,
-            limit_tripped: &limit_tripped,
+        lead.admitted(); // a write invalidates shared answers once it goes upstream
+        let sent = async {
+            let upstream_req =
+                self.upstream_request(req, wire, seller, role, &cred, limit_tripped.clone())?;
+            let resp = self.send(upstream_req, &limit_tripped).await?; // 7. upstream
+            self.observe(bucket, wire, &resp);
+            // Retries, only for requests that can be replayed (no body), within the caller's deadline.
+            let resend = send::Resend {
+                replay,
+                op: wire,
+                seller,
+                role,
+                path: &path,
+                within,
+                caller: &caller,
+                bucket,
+                wants,
+                deadline,
+                limit_tripped: &limit_tripped,
+            };
+            self.retries(resp, cred, resend, ctx).await
         };
-        let resp = self.retries(resp, cred, resend, ctx).await?;
+        let resp = match sent.await {
+            Ok(resp) => resp,
+            Err(e) => {
+                lead.failed().await; // a write's end announced before its error goes back
+                return Err(e);
+            }
+        };
         let resp = lead.publish(resp, self.pii.max_response_bytes).await?; // to followers and the cache
         ctx.upstream_request_id = resp
             .headers()

@@ -3,26 +3,46 @@
 //! reads its own write back stale through another instance behind a load balancer.
 //!
 //! DESIGN: a write is announced on the Redis pub/sub channel `<prefix>shared-calls:writes`
-//! (`<instance> <family> <seller>`) when it starts (in the background) and when it ends (awaited
-//! before its answer goes back to the tool, so the tool's next read anywhere comes after the
-//! announcement reached Redis, which hands it to every subscriber in that same step). Every
-//! instance subscribes on its own connection and moves the (seller, family) to its next
+//! (`<instance> <family> <seller>`) once admitted (in the background) and when it ends, with an
+//! answer or an error (awaited before either goes back to the tool, so the tool's next read
+//! anywhere comes after the announcement reached Redis, which hands it to every subscriber in
+//! that same step). Every instance with a shared Redis announces its writes; one that caches
+//! answers also subscribes on its own connection and moves the (seller, family) to its next
 //! generation on each announcement (dropping its cached answers of the family, as a local write
 //! does), with no round trip on a cache hit. No generation is kept in Redis: one subscription
-//! delivers every announcement in order while its connection lives, and what can lose one (the
-//! connection drops, Redis stops answering) is seen here and closes the cache instead: while the
-//! subscription is not known to be live (not yet subscribed, the connection lost, no answer to a
-//! ping within [`LIVENESS`]) no cached answer is served and none is stored, every cached answer
-//! is dropped when it goes down and again when it comes back (a new epoch, [`super::writes`]),
-//! and the outage is logged once, counted and shown in `spgate_shared_calls_invalidation_live`.
-//! Coalescing within the instance goes on. An announcement that cannot be sent is counted,
-//! logged once per outage and sent again in the background until it goes through, or until no
-//! answer cached before the write can still be served anywhere (the longest TTL and the settle
-//! window after the write).
+//! delivers every announcement in order while its connection lives, and what can lose one is
+//! seen here and closes the cache instead:
+//!
+//! - **This instance's subscription**: every instance publishes `<instance> alive` every
+//!   [`HEARTBEAT`]; the subscription counts as live while this instance's own heartbeat comes
+//!   back through it within [`LIVENESS`] (a round trip through Redis, not just a ping: a
+//!   subscriber left on an isolated old primary that still answers pings hears no heartbeat)
+//!   and its pings are answered.
+//! - **A peer that cannot announce**: a write whose announcement fails (within
+//!   [`ANNOUNCE_TIMEOUT`]; always tried, even while others wait to be sent again) stops the
+//!   writer's heartbeat until every failed announcement is sent again (every second) or given
+//!   up (past the longest TTL and the settle window after its last write: nothing cached before
+//!   it can still be served anywhere), and its answer (or error) is held for [`LIVENESS`] (at
+//!   most until the request's deadline). Every subscriber remembers the peers it heard; while a
+//!   known peer is silent for [`LIVENESS`], it serves and stores no cached answer (every one is
+//!   dropped when the peer goes silent and again when it is heard back). A peer leaving cleanly
+//!   says `<instance> bye`; one silent past the longest TTL and settle window is forgotten.
+//!
+//! While the cache is closed for either reason (not yet subscribed, the connection lost, no
+//! heartbeat back within [`LIVENESS`], a silent peer) no cached answer is served and none is
+//! stored; every cached answer is dropped when it goes down and again when it comes back (a new
+//! epoch, [`super::writes`]); each event is logged, counted
+//! (`spgate_shared_calls_invalidation_total`) and shown in
+//! `spgate_shared_calls_invalidation_live`. Coalescing within the instance goes on.
 //!
 //! What this does not cover: an instance killed in the middle of a write announces only its
-//! start; and between Redis handing an announcement out and the subscriber task reading it (a
-//! scheduling delay, well under a millisecond on an idle machine) a hit may still be served.
+//! start (its peers close only after [`LIVENESS`]); a peer never heard from (it could not reach
+//! Redis since it started) is not waited for; the stale window is up to [`LIVENESS`] (plus
+//! the write's hold margin) when the path from Redis to a subscriber goes half-dead without an
+//! error, as liveness is judged by what last came through; a held answer is cut short by a
+//! request deadline under [`LIVENESS`]; and between Redis handing an announcement out and the
+//! subscriber task reading it (a scheduling delay, well under a millisecond on an idle
+//! machine) a hit may still be served.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,8 +60,15 @@ use crate::secret::Secret;
 
 use super::SharedCalls;
 
-/// How often the subscription is pinged.
+/// How often the subscription is pinged, and this instance's heartbeat published.
 const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// The longest wait for a write's announcement (the write's answer waits for it).
+const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Added to [`LIVENESS`] when a write's answer is held after its announcement failed (the
+/// peers' clocks of this instance's last heartbeat start when they read it, a little later).
+const HOLD_MARGIN: Duration = Duration::from_millis(500);
 
 /// The longest wait for a ping's answer, a connection or an announcement.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -111,9 +138,19 @@ pub enum ChannelEvent {
     Lost,
     /// A message not understood (another version's family?): every cached answer dropped.
     Unreadable,
+    /// A write's answer held back for [`LIVENESS`] (its announcement failed: the peers close
+    /// their caches when they stop hearing this instance's heartbeat).
+    Held,
+    /// A peer instance went silent (no heartbeat for [`LIVENESS`]): every cached answer here
+    /// dropped, none served until it is heard again.
+    PeerSilent,
+    /// A silent peer forgotten (silent past the longest TTL and settle window).
+    PeerForgotten,
+    /// A heartbeat not published (Redis did not take it, or announcements wait to be sent).
+    HeartbeatWithheld,
 }
 
-const CHANNEL_EVENTS: [(ChannelEvent, &str); 7] = [
+const CHANNEL_EVENTS: [(ChannelEvent, &str); 11] = [
     (ChannelEvent::Published, "published"),
     (ChannelEvent::Received, "received"),
     (ChannelEvent::PublishFailed, "publish_failed"),
@@ -121,6 +158,10 @@ const CHANNEL_EVENTS: [(ChannelEvent, &str); 7] = [
     (ChannelEvent::Abandoned, "abandoned"),
     (ChannelEvent::Lost, "lost"),
     (ChannelEvent::Unreadable, "unreadable"),
+    (ChannelEvent::Held, "held"),
+    (ChannelEvent::PeerSilent, "peer_silent"),
+    (ChannelEvent::PeerForgotten, "peer_forgotten"),
+    (ChannelEvent::HeartbeatWithheld, "heartbeat_withheld"),
 ];
 
 /// One instance's end of the channel.
@@ -131,10 +172,21 @@ pub(super) struct Channel {
     name: String,
     /// This instance's id in its announcements (its own are not applied twice).
     instance: String,
-    /// How long a failed announcement is still worth sending.
+    /// How long a failed announcement is still worth sending (and a silent peer remembered).
     retry_for: Duration,
-    /// Announcements to send again, per (seller, family), since the first write that failed.
+    /// Whether this instance caches answers (and so subscribes to the others' writes).
+    subscribing: bool,
+    /// Announcements to send again, per (seller, family), since the last write that failed.
     pending: std::sync::Mutex<HashMap<(String, &'static str), Instant>>,
+    /// Held by a heartbeat from deciding to publish until published, and by a failed
+    /// announcement while it joins the pending ones: no heartbeat goes out after a failure.
+    beat: tokio::sync::Mutex<()>,
+    /// The peers heard from: when each last sent its heartbeat (ms since `base`).
+    peers: std::sync::Mutex<HashMap<String, u64>>,
+    /// The oldest of those (`u64::MAX`: none), read on every lookup.
+    oldest_peer_ms: AtomicU64,
+    /// A peer is known silent (its drop of every cached answer done).
+    peer_silent: AtomicBool,
     /// The sender of pending announcements runs.
     resending: AtomicBool,
     /// Subscribed (and not yet known lost).
@@ -203,7 +255,11 @@ fn unshared(config: &Config, link: Option<&RedisLink>) -> Option<&'static str> {
 
 impl Channel {
     /// The channel on `link` (nothing connects yet: [`Channel::start`]).
-    pub(super) fn new(link: &RedisLink, retry_for: Duration) -> Result<Channel, InvalidationError> {
+    pub(super) fn new(
+        link: &RedisLink,
+        retry_for: Duration,
+        subscribing: bool,
+    ) -> Result<Channel, InvalidationError> {
         let client =
             link.access
                 .client(link.url.expose())
@@ -222,6 +278,11 @@ impl Channel {
             name: format!("{}shared-calls:writes", link.key_prefix),
             instance,
             retry_for,
+            subscribing,
+            beat: tokio::sync::Mutex::new(()),
+            peers: std::sync::Mutex::new(HashMap::new()),
+            oldest_peer_ms: AtomicU64::new(u64::MAX),
+            peer_silent: AtomicBool::new(false),
             subscribed: watch::Sender::new(false),
             confirmed_ms: AtomicU64::new(0),
             base: Instant::now(),
@@ -232,10 +293,16 @@ impl Channel {
         })
     }
 
-    /// Subscribes in the background, for as long as `calls` lives.
+    /// Publishes this instance's heartbeat and (when it caches) subscribes, in the
+    /// background, for as long as `calls` lives.
     pub(super) fn start(self: &Arc<Self>, calls: Weak<SharedCalls>) {
         match tokio::runtime::Handle::try_current() {
-            Ok(rt) => drop(rt.spawn(self.clone().run(calls))),
+            Ok(rt) => {
+                drop(rt.spawn(self.clone().heartbeat(calls.clone())));
+                if self.subscribing {
+                    drop(rt.spawn(self.clone().run(calls)));
+                }
+            }
             Err(_) => {
                 self.count(ChannelEvent::Lost);
                 tracing::error!(error = %InvalidationError::NoRuntime, "The shared-answer invalidation channel is down: no cached answer is served.");
@@ -243,15 +310,22 @@ impl Channel {
         }
     }
 
-    /// Whether the subscription is known to be live: subscribed, and it answered within
-    /// [`LIVENESS`].
+    /// Whether the subscription is known to be live: subscribed, this instance's own
+    /// heartbeat came back through it within [`LIVENESS`], and every peer heard from is still
+    /// heard (not silent for [`LIVENESS`]: one that cannot reach Redis cannot announce its
+    /// writes either).
     pub(super) fn is_live(&self) -> bool {
-        *self.subscribed.borrow() && {
-            let since = self
-                .ms_now()
-                .saturating_sub(self.confirmed_ms.load(Ordering::Acquire));
-            since < LIVENESS.as_millis() as u64
-        }
+        let now = self.ms_now();
+        let liveness = LIVENESS.as_millis() as u64;
+        self.subscribing
+            && *self.subscribed.borrow()
+            && now.saturating_sub(self.confirmed_ms.load(Ordering::Acquire)) < liveness
+            && now.saturating_sub(self.oldest_peer_ms.load(Ordering::Acquire)) < liveness
+    }
+
+    /// Whether this instance subscribes to the others' writes (it caches answers).
+    pub(super) fn subscribing(&self) -> bool {
+        self.subscribing
     }
 
     /// Waits until the subscription is live, at most `within`; whether it is.
@@ -261,22 +335,55 @@ impl Channel {
         self.is_live()
     }
 
-    /// Announces a write to the (seller, family) to the other instances. One that fails, or
-    /// comes while others wait to be sent again (Redis is not taking them: a write is not held
-    /// up for it), joins the pending ones, sent again in the background.
-    pub(super) async fn announce(self: &Arc<Self>, seller: &str, family: &'static str) {
-        if self.failing() {
-            self.count(ChannelEvent::PublishFailed);
-            self.pend(seller, family);
-            return;
-        }
-        match self.publish(&self.message(seller, family)).await {
-            Ok(()) => self.count(ChannelEvent::Published),
+    /// Announces a write to the (seller, family) to the other instances (always tried, within
+    /// [`ANNOUNCE_TIMEOUT`], even while others wait to be sent again); whether it went. One
+    /// that fails joins the pending ones, sent again in the background, and this instance's
+    /// heartbeat stops until they are all sent: the peers close their caches.
+    pub(super) async fn announce(self: &Arc<Self>, seller: &str, family: &'static str) -> bool {
+        match self
+            .publish(&self.message(seller, family), ANNOUNCE_TIMEOUT)
+            .await
+        {
+            Ok(()) => {
+                self.count(ChannelEvent::Published);
+                true
+            }
             Err(e) => {
                 self.count(ChannelEvent::PublishFailed);
-                tracing::error!(error = %e, section = self.section, "A write could not be announced to the other instances: their cached answers of its family may be stale until it is (sent again every second).");
+                tracing::error!(error = %e, section = self.section, "A write could not be announced to the other instances: this instance stops its heartbeat (they close their caches) until it is sent (again every second).");
+                let _beat = self.beat.lock().await;
                 self.pend(seller, family);
+                false
             }
+        }
+    }
+
+    /// Holds a write's answer whose announcement failed until the peers, no longer hearing
+    /// this instance's heartbeat, have closed their caches ([`LIVENESS`]), or the request's
+    /// `deadline`.
+    pub(super) async fn hold(&self, deadline: Instant) {
+        self.count(ChannelEvent::Held);
+        let until = (Instant::now() + LIVENESS + HOLD_MARGIN).min(deadline);
+        tokio::time::sleep_until(until).await;
+    }
+
+    /// Publishes `<instance> alive` every [`HEARTBEAT`] while no announcement waits to be
+    /// sent, for as long as `calls` lives; then `<instance> bye`, if nothing waits.
+    async fn heartbeat(self: Arc<Self>, calls: Weak<SharedCalls>) {
+        let alive = format!("{} alive", self.instance);
+        while calls.strong_count() > 0 {
+            {
+                let _beat = self.beat.lock().await;
+                if self.failing() || self.publish(&alive, ANNOUNCE_TIMEOUT).await.is_err() {
+                    self.count(ChannelEvent::HeartbeatWithheld);
+                }
+            }
+            tokio::time::sleep(HEARTBEAT).await;
+        }
+        let _beat = self.beat.lock().await;
+        if !self.failing() {
+            let bye = format!("{} bye", self.instance);
+            let _ = self.publish(&bye, ANNOUNCE_TIMEOUT).await;
         }
     }
 
@@ -294,11 +401,11 @@ impl Channel {
     }
 
     /// Keeps an announcement to send again (one per (seller, family): it stands for every
-    /// write to it since the first that failed), and starts the sender if it is not running.
+    /// write to it that failed, and is worth sending for `retry_for` after the last), and
+    /// starts the sender if it is not running.
     fn pend(self: &Arc<Self>, seller: &str, family: &'static str) {
         self.pending()
-            .entry((seller.to_string(), family))
-            .or_insert_with(Instant::now);
+            .insert((seller.to_string(), family), Instant::now());
         if !self.resending.swap(true, Ordering::AcqRel) {
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 drop(rt.spawn(self.clone().resend()));
@@ -307,7 +414,7 @@ impl Channel {
     }
 
     /// Sends the pending announcements again every [`RETRY`] until each goes through or is no
-    /// longer needed (past `retry_for` since its first write, no answer cached before it can
+    /// longer needed (past `retry_for` since its last write, no answer cached before it can
     /// still be served anywhere).
     async fn resend(self: Arc<Self>) {
         loop {
@@ -323,10 +430,16 @@ impl Channel {
                     self.count(ChannelEvent::Abandoned);
                     continue;
                 }
-                if self.publish(&self.message(&seller, family)).await.is_err() {
+                let message = self.message(&seller, family);
+                if self.publish(&message, ANSWER_TIMEOUT).await.is_err() {
                     break; // Redis still does not take them: the next round.
                 }
-                self.pending().remove(&(seller, family));
+                // Unless a write failed again meanwhile (its own round is next).
+                let mut pending = self.pending();
+                if pending.get(&(seller.clone(), family)) == Some(&since) {
+                    pending.remove(&(seller, family));
+                }
+                drop(pending);
                 self.count(ChannelEvent::Republished);
             }
             let pending = self.pending();
@@ -343,7 +456,7 @@ impl Channel {
         }
     }
 
-    async fn publish(&self, message: &str) -> Result<(), InvalidationError> {
+    async fn publish(&self, message: &str, within: Duration) -> Result<(), InvalidationError> {
         let send = async {
             let conn = self
                 .publisher
@@ -365,7 +478,7 @@ impl Channel {
                 .await
                 .map_err(redis_failed("PUBLISH"))
         };
-        tokio::time::timeout(ANSWER_TIMEOUT, send)
+        tokio::time::timeout(within, send)
             .await
             .map_err(|_| InvalidationError::Timeout { op: "PUBLISH" })?
             .map(drop)
@@ -480,8 +593,8 @@ impl Channel {
                 }
                 beat = beat_rx.recv() => match beat {
                     Some(Ok(())) => {
-                        calls.upgrade()?;
-                        self.confirm();
+                        let calls = calls.upgrade()?;
+                        self.check_peers(&calls);
                     }
                     Some(Err(e)) => return Some(e),
                     None => return Some(InvalidationError::Timeout { op: "PING" }),
@@ -490,10 +603,26 @@ impl Channel {
         }
     }
 
-    /// Applies one announcement: another instance's write moves its (seller, family) here; a
-    /// message not understood drops everything.
+    /// Applies one message: another instance's write moves its (seller, family) here; a
+    /// heartbeat confirms the subscription (this instance's own) or the peer; a goodbye
+    /// forgets the peer; a message not understood drops everything.
     fn apply(&self, calls: &SharedCalls, payload: &[u8]) {
-        let parsed = std::str::from_utf8(payload).ok().and_then(|m| {
+        let text = std::str::from_utf8(payload).ok();
+        let control = text.and_then(|m| {
+            let (instance, word) = m.split_once(' ')?;
+            matches!(word, "alive" | "bye").then_some((instance, word))
+        });
+        match control {
+            Some((instance, "alive")) if instance == self.instance => return self.confirm(),
+            Some((instance, _)) if instance == self.instance => return,
+            Some((peer, "alive")) => return self.heard(calls, peer),
+            Some((peer, _)) => {
+                self.peers().remove(peer);
+                return self.check_peers(calls);
+            }
+            None => {}
+        }
+        let parsed = text.and_then(|m| {
             let mut parts = m.splitn(3, ' ');
             let (instance, family, seller) = (parts.next()?, parts.next()?, parts.next()?);
             Some((instance, family_named(family)?, seller))
@@ -512,6 +641,61 @@ impl Channel {
         }
     }
 
+    fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A peer's heartbeat: one back from silence finds every cached answer dropped (what it
+    /// wrote meanwhile may not have been announced) before the cache opens again.
+    fn heard(&self, calls: &SharedCalls, peer: &str) {
+        let now = self.ms_now();
+        let liveness = LIVENESS.as_millis() as u64;
+        let mut peers = self.peers();
+        if peers
+            .get(peer)
+            .is_some_and(|at| now.saturating_sub(*at) >= liveness)
+        {
+            calls.reset();
+        }
+        match peers.get_mut(peer) {
+            Some(at) => *at = now,
+            None => drop(peers.insert(peer.to_string(), now)),
+        }
+        self.oldest_peer_ms.store(
+            peers.values().copied().min().unwrap_or(u64::MAX),
+            Ordering::Release,
+        );
+        drop(peers);
+        self.check_peers(calls);
+    }
+
+    /// Forgets the peers silent past `retry_for` (nothing they could have invalidated is
+    /// still cached), and drops every cached answer when one goes silent.
+    fn check_peers(&self, calls: &SharedCalls) {
+        let now = self.ms_now();
+        let liveness = LIVENESS.as_millis() as u64;
+        let forget = self.retry_for.as_millis() as u64;
+        let mut peers = self.peers();
+        let before = peers.len();
+        peers.retain(|_, at| now.saturating_sub(*at) <= forget.max(liveness));
+        let forgotten = before - peers.len();
+        let oldest = peers.values().copied().min().unwrap_or(u64::MAX);
+        self.oldest_peer_ms.store(oldest, Ordering::Release);
+        let silent = now.saturating_sub(oldest) >= liveness;
+        if silent && !self.peer_silent.swap(true, Ordering::AcqRel) {
+            calls.reset();
+            self.count(ChannelEvent::PeerSilent);
+            tracing::error!(section = self.section, "Another instance sharing Redis went silent (no heartbeat): it may be unable to announce its writes, so no cached answer is served until it is heard again.");
+        } else if !silent && self.peer_silent.swap(false, Ordering::AcqRel) {
+            tracing::info!(
+                section = self.section,
+                "Every other instance sharing Redis is heard again."
+            );
+        }
+        drop(peers);
+        self.count_n(ChannelEvent::PeerForgotten, forgotten as u64);
+    }
+
     fn confirm(&self) {
         self.confirmed_ms.store(self.ms_now(), Ordering::Release);
     }
@@ -521,7 +705,11 @@ impl Channel {
     }
 
     fn count(&self, event: ChannelEvent) {
-        self.counts[event as usize].fetch_add(1, Ordering::Relaxed);
+        self.count_n(event, 1);
+    }
+
+    fn count_n(&self, event: ChannelEvent, n: u64) {
+        self.counts[event as usize].fetch_add(n, Ordering::Relaxed);
     }
 
     /// How many times `event` happened.
@@ -537,7 +725,9 @@ impl Channel {
         for (event, label) in CHANNEL_EVENTS {
             let _ = writeln!(out, "{name}{{event=\"{label}\"}} {}", self.counted(event));
         }
-        render_live(out, self.is_live());
+        if self.subscribing {
+            render_live(out, self.is_live());
+        }
     }
 }
 
@@ -617,6 +807,30 @@ mod tests {
         check(&format!("{store}{TTL}"), (Some("[store]"), None));
         check(several, (None, None));
         check(TTL, (None, None));
+    }
+
+    #[test]
+    fn a_failed_announcement_is_worth_sending_counting_from_the_last_write_that_failed() {
+        let link = RedisLink {
+            url: Secret::new("redis://127.0.0.1:6379".to_string()),
+            access: RedisAccess::default(),
+            key_prefix: "spgate-test-m2:".into(),
+            section: "[ratelimit.redis]",
+        };
+        let channel = Arc::new(
+            Channel::new(&link, Duration::from_secs(10), true).unwrap_or_else(|e| panic!("{e}")),
+        );
+        // No runtime here: nothing is sent again, the pending set is what is looked at.
+        channel.pend("A1SELLER", "listings");
+        let first = channel.pending()[&("A1SELLER".to_string(), "listings")];
+        std::thread::sleep(Duration::from_millis(20));
+        channel.pend("A1SELLER", "listings");
+        let last = channel.pending()[&("A1SELLER".to_string(), "listings")];
+        assert!(
+            last > first,
+            "the second failed write moves the time the announcement is given up from"
+        );
+        assert_eq!(channel.pending().len(), 1, "one per (seller, family)");
     }
 
     #[test]

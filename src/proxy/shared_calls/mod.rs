@@ -229,29 +229,44 @@ pub(super) enum Lead {
         request_id: String,
         calls: Arc<SharedCalls>,
     },
-    /// A write: the seller's cached answers of its families (the operation's, and the one
-    /// sent's when translated) are dropped again when it ends, here and on the other instances.
+    /// A write: once admitted ([`Lead::admitted`]), the seller's cached answers of its
+    /// families (the operation's, and the one sent's when translated) are dropped, and again
+    /// when it ends, here and on the other instances.
     Writer {
         seller: String,
         families: Vec<&'static str>,
         calls: Arc<SharedCalls>,
-        /// Its end was announced to the other instances (else its drop does it).
-        announced: bool,
+        /// The request's deadline (an answer held for the peers to close waits no longer).
+        deadline: Instant,
+        /// Where it stands.
+        stage: WriteStage,
     },
+}
+
+/// Where a write stands for invalidation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum WriteStage {
+    /// Not admitted yet (refused before going upstream, it invalidates nothing).
+    Waiting,
+    /// Admitted: invalidated and announced at its start; its end is still to announce.
+    Started,
+    /// Its end announced (or handed to the background).
+    Ended,
 }
 
 // === impl SharedCalls ===
 
 impl SharedCalls {
-    /// Shared answers as configured; with a shared Redis and anything to cache, subscribed to
-    /// the other instances' writes (in the background: [`SharedCalls::wait_live`]).
+    /// Shared answers as configured; with a shared Redis, announcing its writes to the other
+    /// instances and, when it caches anything, subscribed to theirs (in the background:
+    /// [`SharedCalls::wait_live`]).
     pub fn new(config: SharedCallsConfig) -> Arc<SharedCalls> {
         let answers = Answers::new(config.max_entries, config.max_bytes);
         // Past the longest TTL and the settle window, no answer cached before a write can be
         // served anywhere: a failed announcement is not worth sending after that.
         let retry_for = config.ttls.values().max().copied().unwrap_or_default() + config.settle;
         let reach = match &config.redis {
-            Some(link) if !config.ttls.is_empty() => match Channel::new(link, retry_for) {
+            Some(link) => match Channel::new(link, retry_for, !config.ttls.is_empty()) {
                 Ok(channel) => Reach::Shared(Arc::new(channel)),
                 Err(e) => {
                     tracing::error!(error = %e, "The shared-answer invalidation channel cannot be set up: no cached answer is served.");
@@ -292,15 +307,17 @@ impl SharedCalls {
     /// cache is open (always, without other instances).
     pub async fn wait_live(&self, within: Duration) -> bool {
         match &self.reach {
-            Reach::Shared(channel) => channel.wait_live(within).await,
+            Reach::Shared(channel) if channel.subscribing() => channel.wait_live(within).await,
             _ => self.cache_open(),
         }
     }
 
-    /// Whether the invalidation channel is live (`None`: there is none, nothing to share it with).
+    /// Whether the invalidation channel is live (`None`: there is none, nothing to share it
+    /// with, or nothing cached to subscribe for).
     pub fn channel_live(&self) -> Option<bool> {
         match &self.reach {
             Reach::Alone => None,
+            Reach::Shared(channel) if !channel.subscribing() => None,
             Reach::Shared(channel) => Some(channel.is_live()),
             Reach::Broken => Some(false),
         }
@@ -324,11 +341,24 @@ impl SharedCalls {
         self.count_n(Event::Reset, dropped);
     }
 
-    /// Announces a write to the (seller, families) to the other instances, if any.
-    async fn announce(&self, seller: &str, families: &[&'static str]) {
+    /// Announces a write to the (seller, families) to the other instances, if any; whether
+    /// every announcement went.
+    async fn announce(&self, seller: &str, families: &[&'static str]) -> bool {
+        let mut went = true;
         if let Reach::Shared(channel) = &self.reach {
             for family in families {
-                channel.announce(seller, family).await;
+                went &= channel.announce(seller, family).await;
+            }
+        }
+        went
+    }
+
+    /// [`SharedCalls::announce`] of a write's end, awaited before its answer (or error) goes
+    /// back; one that failed holds it until the peers have closed their caches (or `deadline`).
+    async fn announce_end(&self, seller: &str, families: &[&'static str], deadline: Instant) {
+        if !self.announce(seller, families).await {
+            if let Reach::Shared(channel) = &self.reach {
+                channel.hold(deadline).await;
             }
         }
     }
@@ -340,7 +370,9 @@ impl SharedCalls {
         }
         let (calls, seller, families) = (self.clone(), seller.to_string(), families.to_vec());
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            drop(rt.spawn(async move { calls.announce(&seller, &families).await }));
+            drop(rt.spawn(async move {
+                calls.announce(&seller, &families).await;
+            }));
         }
     }
 
@@ -378,9 +410,11 @@ impl SharedCalls {
         (st.answers.len(), st.answers.bytes())
     }
 
-    /// Whether anything is shared at all.
+    /// Whether anything is shared at all, or writes are announced to other instances.
     fn enabled(&self) -> bool {
-        self.config.coalesce || !self.config.ttls.is_empty()
+        self.config.coalesce
+            || !self.config.ttls.is_empty()
+            || matches!(self.reach, Reach::Shared(_))
     }
 
     /// A write to the (seller, family), here or on another instance: moves it to its next
@@ -483,17 +517,14 @@ impl Gateway {
         let seller_id = seller.selling_partner_id.as_str();
         let op = a.op;
         match part(op, a.wire) {
+            // Invalidated and announced once admitted ([`Lead::admitted`]).
             Part::Write(families) => {
-                for f in &families {
-                    calls.invalidate(seller_id, f);
-                }
-                // Its start, in the background; its end is awaited ([`Lead::publish`]).
-                calls.announce_later(seller_id, &families);
                 return Ok(Joined::Lead(Lead::Writer {
                     seller: seller_id.to_string(),
                     families,
                     calls: calls.clone(),
-                    announced: false,
+                    deadline: a.deadline,
+                    stage: WriteStage::Waiting,
                 }));
             }
             Part::Alone(event) => {
@@ -621,6 +652,44 @@ impl Gateway {
 // === impl Lead ===
 
 impl Lead {
+    /// The request was admitted and goes upstream: a write drops its families' cached
+    /// answers and announces its start (in the background; its end is awaited).
+    pub(super) fn admitted(&mut self) {
+        if let Lead::Writer {
+            seller,
+            families,
+            calls,
+            stage,
+            ..
+        } = self
+        {
+            if *stage == WriteStage::Waiting {
+                for f in families.iter() {
+                    calls.invalidate(seller, f);
+                }
+                calls.announce_later(seller, families);
+                *stage = WriteStage::Started;
+            }
+        }
+    }
+
+    /// The request failed after it was admitted (an upstream timeout, a 5xx, a lost
+    /// connection: Amazon may have applied a write): a write's end is announced before the
+    /// error goes back, as for an answer.
+    pub(super) async fn failed(mut self) {
+        if let Lead::Writer {
+            seller,
+            families,
+            calls,
+            deadline,
+            stage: stage @ WriteStage::Started,
+        } = &mut self
+        {
+            calls.announce_end(seller, families, *deadline).await;
+            *stage = WriteStage::Ended;
+        }
+    }
+
     /// The leader's upstream answer: shared with its followers (and cached: a 200 with a TTL,
     /// no write meanwhile) when it is JSON within `max` bytes, and returned for the leader's own
     /// caller. A write drops its families' cached answers again, and its end is announced to
@@ -639,10 +708,13 @@ impl Lead {
                 seller,
                 families,
                 calls,
-                announced,
+                deadline,
+                stage,
             } => {
-                calls.announce(seller, families).await;
-                *announced = true;
+                if *stage == WriteStage::Started {
+                    calls.announce_end(seller, families, *deadline).await;
+                    *stage = WriteStage::Ended;
+                }
                 Ok(resp)
             }
             Lead::Reader {
@@ -733,12 +805,16 @@ impl Drop for Lead {
                 seller,
                 families,
                 calls,
-                announced,
+                stage,
+                ..
             } => {
+                if *stage == WriteStage::Waiting {
+                    return; // Refused before going upstream: nothing written.
+                }
                 for f in families.iter() {
                     calls.invalidate(seller, f);
                 }
-                if !*announced {
+                if *stage == WriteStage::Started {
                     calls.announce_later(seller, families);
                 }
             }

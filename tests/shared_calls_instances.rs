@@ -221,7 +221,6 @@ async fn a_write_redis_did_not_take_is_announced_when_it_is_back() {
     assert_eq!(patch(&b).await.status, StatusCode::OK);
     let b_calls = b.gateway.shared_calls();
     assert!(b_calls.channel_counted(SharedChannelEvent::PublishFailed) >= 1);
-    assert_eq!(b_calls.channel_counted(SharedChannelEvent::Held), 1);
     // The tool reads through A right after the write's answer: no pre-write answer.
     let after = a.get_for(SELLER, ITEM).await;
     assert_eq!(after.status, StatusCode::OK);
@@ -230,6 +229,7 @@ async fn a_write_redis_did_not_take_is_announced_when_it_is_back() {
         Some("miss"),
         "no stale hit after the write"
     );
+    assert_eq!(b_calls.channel_counted(SharedChannelEvent::Held), 1);
     assert_eq!(a.sandbox.received(GET_ITEM).len(), 2);
     assert!(a_calls.channel_counted(SharedChannelEvent::PeerSilent) >= 1);
     let mut metrics = String::new();
@@ -341,12 +341,12 @@ async fn an_instance_that_caches_nothing_still_announces_its_writes() {
     assert_eq!(cache_header(&a.get_for(SELLER, ITEM).await), Some("miss"));
     assert_eq!(cache_header(&a.get_for(SELLER, ITEM).await), Some("hit"));
     assert_eq!(patch(&b).await.status, StatusCode::OK);
-    assert!(b_calls.channel_counted(SharedChannelEvent::Published) >= 1);
     assert_eq!(
         cache_header(&a.get_for(SELLER, ITEM).await),
         Some("miss"),
         "B's write reached A"
     );
+    assert!(b_calls.channel_counted(SharedChannelEvent::Published) >= 1);
     assert_eq!(a.sandbox.received(GET_ITEM).len(), 2);
     drop((a, b));
     clean_redis(&store).await;
@@ -377,7 +377,6 @@ async fn a_write_that_ends_in_an_error_is_announced_before_the_error_goes_back()
     assert!(write.status.is_server_error(), "{:?}", write.status);
     let b_calls = b.gateway.shared_calls();
     assert!(b_calls.channel_counted(SharedChannelEvent::PublishFailed) >= 1);
-    assert_eq!(b_calls.channel_counted(SharedChannelEvent::Held), 1);
     let after = a.get_for(SELLER, ITEM).await;
     assert_eq!(after.status, StatusCode::OK);
     assert_eq!(
@@ -385,6 +384,7 @@ async fn a_write_that_ends_in_an_error_is_announced_before_the_error_goes_back()
         Some("miss"),
         "no stale hit after the error"
     );
+    assert_eq!(b_calls.channel_counted(SharedChannelEvent::Held), 1);
     drop((a, b));
     clean_redis(&store).await;
 }

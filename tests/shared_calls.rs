@@ -647,3 +647,30 @@ async fn the_settle_window_defaults_to_five_seconds_and_is_bounded() {
         "{issues:?}"
     );
 }
+
+#[tokio::test]
+async fn a_write_refused_before_going_upstream_drops_no_cached_answer() {
+    const PATCH: &str = "listingsItems_2021-08-01.patchListingsItem";
+    let audit = tempfile::tempdir().unwrap();
+    let plan = format!(
+        "[ratelimit.plans.one]\nmax_wait_ms = 0\noperations.\"{PATCH}\" = {{ rate_per_second = 0.001, burst = 1 }}\n[tools.test-tool]\nplan = \"one\"\n"
+    );
+    let ttl = format!("settle_seconds = 0\n[shared_calls.ttl_seconds]\n\"{GET_ITEM}\" = 300");
+    let gw = gateway(audit.path(), &ttl, &plan).await;
+    gw.sandbox.script(GET_ITEM, item());
+    gw.sandbox.script(
+        PATCH,
+        Script::json(StatusCode::OK, serde_json::json!({"status": "ACCEPTED"})),
+    );
+    let path = item_path("B07N4M94X4");
+    // The plan's one token goes to a first write.
+    assert_eq!(gw.call(patch_listing(&gw)).await.status, StatusCode::OK);
+    assert_eq!(cache_header(&gw.get_for(SELLER, &path).await), Some("miss"));
+    assert_eq!(cache_header(&gw.get_for(SELLER, &path).await), Some("hit"));
+    // A second write is refused by the tool's plan: nothing was written, nothing goes.
+    let refused = gw.call(patch_listing(&gw)).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(gw.sandbox.received(PATCH).len(), 1);
+    assert_eq!(cache_header(&gw.get_for(SELLER, &path).await), Some("hit"));
+    assert_eq!(gw.sandbox.received(GET_ITEM).len(), 1);
+}

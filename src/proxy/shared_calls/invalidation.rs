@@ -721,7 +721,7 @@ impl Channel {
     pub(super) fn render_metrics(&self, out: &mut String) {
         use std::fmt::Write as _;
         let name = "spgate_shared_calls_invalidation_total";
-        let _ = writeln!(out, "# HELP {name} Writes announced to the other instances sharing Redis (published), other instances' writes applied here (received), announcements that failed (publish_failed; sent again: republished, given up once no longer needed: abandoned), subscription losses (lost), messages not understood (unreadable).\n# TYPE {name} counter");
+        let _ = writeln!(out, "# HELP {name} Writes announced to the other instances sharing Redis (published), other instances' writes applied here (received), announcements that failed (publish_failed; sent again: republished, given up once no longer needed: abandoned), subscription losses (lost), messages not understood (unreadable), write answers held for the peers to close after a failed announcement (held), peers gone silent (peer_silent) or forgotten (peer_forgotten), heartbeats not published (heartbeat_withheld).\n# TYPE {name} counter");
         for (event, label) in CHANNEL_EVENTS {
             let _ = writeln!(out, "{name}{{event=\"{label}\"}} {}", self.counted(event));
         }

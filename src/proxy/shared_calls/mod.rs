@@ -19,7 +19,8 @@
 //!   (a write: every method but GET, except the few POSTs that only read, [`rules::READ_ONLY_POSTS`])
 //!   drops the seller's cached answers of the same family of operations ([`family`]: the
 //!   listings, catalog, pricing, fees, restrictions and feeds APIs are one family, as a listing
-//!   change shows in all of them; any other API is its own), once when it starts and again
+//!   change shows in all of them; any other API is its own), once when it is admitted (a write
+//!   refused before going upstream, a 429 or a credentials failure, drops nothing) and again
 //!   when it ends (however it ends: an error, a timeout, the client gone). Each drop moves the
 //!   (seller, family) to a new *generation*: a leader remembers the generation it started in,
 //!   a request arriving in a later one never joins it (it goes up itself: a leader that started
@@ -29,9 +30,11 @@
 //!   read of the family that starts within that long after a write (its start or its end) is
 //!   answered but not cached: it may carry Amazon's not-yet-propagated state ([`writes`]).
 //! - **Across instances**: with a shared Redis (`[ratelimit.redis]`, else a Redis `[store]`),
-//!   every write is announced to the other instances, which drop their cached answers of its
-//!   family as for a local write; while that channel is not known to be live, no cached answer
-//!   is served or stored ([`invalidation`]).
+//!   every write is announced to the other instances (by every instance, caching or not), which
+//!   drop their cached answers of its family as for a local write; while that channel is not
+//!   known to be live, or another instance is silent on it (it may be unable to announce), no
+//!   cached answer is served or stored; a write whose announcement failed holds its answer
+//!   until the others have closed ([`invalidation`]).
 //! - **Compat**: a request the Orders v0 translation rewrites is never shared (the key would
 //!   name the v0 call while the 2026 call goes up, and the answer is rebuilt per tool); a
 //!   translated write drops both operations' families.
@@ -536,15 +539,15 @@ impl Gateway {
             Part::Read => {}
         }
         let ttl = calls.config.ttls.get(op.key).copied();
+        if !calls.config.coalesce && ttl.is_none() {
+            return Ok(Joined::Lead(Lead::Alone));
+        }
         // A GET is shared bodiless; a read-only POST by its whole body (kept for replay).
         let body = match (op.method == http::Method::GET, a.body) {
             (true, _) if http_body::Body::is_end_stream(req.body()) => None,
             (false, Some(body)) => Some(crate::crypto::sha256_hex(body)),
             _ => return Ok(Joined::Lead(Lead::Alone)),
         };
-        if !calls.config.coalesce && ttl.is_none() {
-            return Ok(Joined::Lead(Lead::Alone));
-        }
         // Fail closed: while other instances' writes may not reach this cache, it is neither
         // read nor filled (coalescing within the instance goes on).
         let cache_open = calls.cache_open();

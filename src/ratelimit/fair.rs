@@ -195,7 +195,8 @@ local function fair_pick(st, cands, now, until_)
 end
 -- When the deferred candidates may expect to go (us from now), the earliest of them: the
 -- bucket's next slot plus one interval for each waiting tool that goes first (a higher lane's,
--- or one a grant or more behind it): each of those is granted at least once before it.
+-- or one a grant or more behind it): each of those is granted at least once before it. `iv`:
+-- the interval of the bucket that set the slot (an application bucket's, when it binds).
 local function fair_estimate(st, cands, now, wait, iv)
   local best
   for _, c in ipairs(cands) do

@@ -289,6 +289,37 @@ async fn a_tool_an_application_bucket_keeps_from_ever_being_served_holds_no_one_
 }
 
 #[tokio::test]
+async fn a_deferral_estimate_counts_in_the_interval_of_the_application_bucket_that_binds() {
+    // The seller's bucket is roomy; the application bucket gives a token every 100 ms.
+    let s = Script::roomy().await;
+    let app_key = s.backend.app_key("ordersV0.getOrderAddress", None);
+    let app = Take {
+        key: &app_key,
+        interval: Duration::from_millis(100),
+        burst: 1,
+    };
+    let (a, b) = (waiting("a", 1, 0.5), waiting("b", 1, 0.5));
+    assert_eq!(granted(s.reply_with(&[app], &[a]).await.verdict), Some(0));
+    assert_eq!(granted(s.reply_with(&[app], &[b]).await.verdict), Some(0));
+    assert_eq!(granted(s.reply_with(&[app], &[b]).await.verdict), Some(0));
+    // b is a grant ahead of a: deferred. The next slot is ~300 ms away (three reserved), and a
+    // goes first: one more application interval, not one of the seller's (1 us).
+    let reply = s.reply_with(&[app], &[b]).await;
+    assert!(reply.app_bound, "{reply:?}");
+    match reply.verdict {
+        Verdict::Deferred { estimate, .. } => {
+            let slot = reply.refused.wait;
+            assert!(slot > Duration::from_millis(250), "{reply:?}");
+            assert!(
+                estimate >= slot + Duration::from_millis(99),
+                "estimate {estimate:?}, slot in {slot:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn a_tool_refused_at_the_sellers_bucket_still_waits_and_gets_its_turn_when_it_refills() {
     // The seller's bucket alone, one token every 100 ms. y may wait long and asks at each slot
     // (reserving the next); x may wait 20 ms, so each of its requests, asking in between, finds

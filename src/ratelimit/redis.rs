@@ -97,7 +97,7 @@ local j, s, min_start = fair_pick(st, waiting, now, now + hint + margin)
 if not j then
   fair_save(fair, st, now, tats[1] - now)
   if #live == 0 then return answer(0, wait, 0, refused, 0) end
-  local estimate = fair_estimate(st, live, now, wait, ivs[1])
+  local estimate = fair_estimate(st, live, now, wait, ivs[bound])
   return answer(2, hint, 0, refused, estimate)
 end
 local c = waiting[j]

@@ -645,3 +645,47 @@ async fn a_tool_that_may_wait_less_than_an_interval_still_gets_its_share_of_a_se
     );
     assert!(total >= 20.0, "only {total} grants");
 }
+
+#[tokio::test]
+async fn a_refused_tool_s_queued_waiters_that_cannot_wait_for_the_slot_are_refused_in_one_decision(
+) {
+    let limiter = Limiter::redis(LimiterConfig::default(), settings())
+        .await
+        .unwrap();
+    let redis = limiter.inner.redis.as_ref().unwrap();
+    let operation = custom_op(2.0, 1);
+    let ask = |tool, max_wait| Acquire {
+        seller: "A1FAIR",
+        operation,
+        tool,
+        plan: None,
+        priority: Priority::Normal,
+        max_wait: Some(max_wait),
+    };
+    // y takes the burst token, then reserves the next slot (~0.5 s away): the bucket is busy
+    // until then, so x's requests queue.
+    limiter.acquire(ask("y", Duration::from_secs(5))).await.unwrap();
+    let y = tokio::spawn({
+        let limiter = limiter.clone();
+        async move { limiter.acquire(ask("y", Duration::from_secs(5))).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = redis.calls();
+    // Ten requests of x that may wait 550 ms: when the dispatcher asks (at y's slot), the next
+    // slot is an interval away, past all their deadlines.
+    let xs: Vec<_> = (0..10)
+        .map(|_| {
+            let limiter = limiter.clone();
+            tokio::spawn(async move { limiter.acquire(ask("x", Duration::from_millis(550))).await })
+        })
+        .collect();
+    for x in xs {
+        match x.await.unwrap() {
+            Err(RateLimitError::Throttled { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    y.await.unwrap().unwrap();
+    let calls = redis.calls() - before;
+    assert!(calls <= 2, "{calls} decisions to refuse x's ten requests");
+}

@@ -176,6 +176,8 @@ pub(crate) struct RedisBackend {
     /// Outages so far (each failure that found Redis reachable starts one): a bucket empties
     /// its fallback once per outage.
     outages: std::sync::atomic::AtomicU64,
+    /// Script calls so far (decisions and drains, answered or not).
+    calls: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -209,6 +211,7 @@ impl RedisBackend {
             settings,
             down_until: Mutex::new(None),
             outages: std::sync::atomic::AtomicU64::new(0),
+            calls: std::sync::atomic::AtomicU64::new(0),
         };
         let mut conn = backend.conn.clone();
         match tokio::time::timeout(
@@ -253,6 +256,12 @@ impl RedisBackend {
     /// How many outages have begun (see [`RedisBackend::failed`]).
     pub(crate) fn outages(&self) -> u64 {
         self.outages.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many times the script was called (see [`RedisBackend::calls`]).
+    #[cfg(test)]
+    pub(crate) fn calls(&self) -> u64 {
+        self.calls.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn recovered(&self) {
@@ -423,6 +432,8 @@ impl RedisBackend {
         fair_key: Option<&str>,
         fair: &[String],
     ) -> Result<Raw, String> {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut conn = self.conn.clone();
         let mut invocation = self.script.prepare_invoke();
         invocation.arg(op).arg(buckets.len());

@@ -706,9 +706,7 @@ impl State {
         rate: f64,
     ) {
         let late: Vec<Key> = (self.queue.iter())
-            .filter(|(_, w)| {
-                w.deadline < until && tools.contains(&&*w.tool) && w.apps.same(apps)
-            })
+            .filter(|(_, w)| w.deadline < until && tools.contains(&&*w.tool) && w.apps.same(apps))
             .map(|(k, _)| *k)
             .collect();
         for key in late {

@@ -647,8 +647,8 @@ async fn a_tool_that_may_wait_less_than_an_interval_still_gets_its_share_of_a_se
 }
 
 #[tokio::test]
-async fn a_refused_tool_s_queued_waiters_that_cannot_wait_for_the_slot_are_refused_in_one_decision(
-) {
+async fn a_refused_tool_s_queued_waiters_that_cannot_wait_for_the_slot_are_refused_in_one_decision()
+{
     let limiter = Limiter::redis(LimiterConfig::default(), settings())
         .await
         .unwrap();
@@ -664,7 +664,10 @@ async fn a_refused_tool_s_queued_waiters_that_cannot_wait_for_the_slot_are_refus
     };
     // y takes the burst token, then reserves the next slot (~0.5 s away): the bucket is busy
     // until then, so x's requests queue.
-    limiter.acquire(ask("y", Duration::from_secs(5))).await.unwrap();
+    limiter
+        .acquire(ask("y", Duration::from_secs(5)))
+        .await
+        .unwrap();
     let y = tokio::spawn({
         let limiter = limiter.clone();
         async move { limiter.acquire(ask("y", Duration::from_secs(5))).await }

@@ -694,6 +694,31 @@ impl State {
         (offered, head)
     }
 
+    /// Refuses every waiter of `tools` taking the buckets `apps` whose deadline comes before
+    /// `until`, the bucket's next slot (Redis refused those tools' first waiters on the spot: no
+    /// grant comes before that slot).
+    fn refuse_late(
+        &mut self,
+        tools: &[&str],
+        apps: &Apps,
+        until: Instant,
+        retry_after: Duration,
+        rate: f64,
+    ) {
+        let late: Vec<Key> = (self.queue.iter())
+            .filter(|(_, w)| w.deadline < until && tools.contains(&&*w.tool) && w.apps.same(apps))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in late {
+            if let Some(w) = self.leave(key) {
+                let _ = w.tx.send(Err(RateLimitError::Throttled {
+                    retry_after,
+                    rate_per_second: rate,
+                }));
+            }
+        }
+    }
+
     /// Refuses the waiters whose deadline comes before `until` (the next Redis decision): other
     /// tools went first (`fair.rs`) until their deadline; `retry_after` is the script's estimate
     /// of when this instance's waiters may go.
@@ -918,16 +943,16 @@ async fn redis_round(
     let r = reply?;
     st.redis_view = Some((r.tokens, now_after));
     note_apps(inner, &round.apps, &r, now_after);
-    // Those that could not wait for the bucket's next slot, whatever was decided for the rest.
-    for (i, o) in round.offered.iter().enumerate() {
-        if r.refused.contains(i) {
-            if let Some(w) = st.leave(o.key) {
-                let _ = w.tx.send(Err(RateLimitError::Throttled {
-                    retry_after: r.refused.wait,
-                    rate_per_second: round.rate,
-                }));
-            }
-        }
+    // Those that could not wait for the bucket's next slot, whatever was decided for the rest;
+    // and every waiter of their tools behind them that cannot wait for it either (one decision,
+    // not one round trip each).
+    let refused: Vec<&str> = (round.offered.iter().enumerate())
+        .filter(|(i, _)| r.refused.contains(*i))
+        .map(|(_, o)| &*o.tool)
+        .collect();
+    if !refused.is_empty() {
+        let until = now_after + r.refused.wait;
+        st.refuse_late(&refused, &round.apps, until, r.refused.wait, round.rate);
     }
     match r.verdict {
         Verdict::Granted { index, wait } => {

@@ -22,10 +22,18 @@
 //! increment, how long it may still wait, and whether more of that tool wait behind it
 //! (`backlogged`). In the same script as the bucket's GCRA (one round trip), the candidates whose
 //! deadline comes before the bucket's next slot are refused on the spot (429, the slot as
-//! retry-after) and take no part in what follows: a tool whose requests can never be served
-//! (a short deadline, an application bucket saturated by other sellers) never counts as waiting,
-//! so its small tag holds no one back. Every other candidate is marked active (it is waiting),
-//! then the first *eligible* one is taken:
+//! retry-after) and are never chosen. Whether a refused tool still counts as waiting depends on
+//! which bucket set that slot:
+//! - an application bucket (saturated by other sellers): the tool's requests may never be
+//!   served, so it does not count, and its small tag holds no one back;
+//! - the seller's bucket: it counts (when more of it wait behind the refused one). Otherwise a
+//!   tool with a long wait would starve it: asking at each slot, it reserves the next one, so a
+//!   request of a tool that may wait less than one interval, asking in between, always finds
+//!   the slot too far. Counted, it holds the other back; the bucket refills, and its next
+//!   request goes at once.
+//!
+//! Every other candidate is marked active (it is waiting), then the first *eligible* one is
+//! taken:
 //! - not eligible while a tool active in a higher lane exists (high before normal before low,
 //!   whichever instance each waits on);
 //! - not eligible while its start tag is one of its own requests (or more) ahead of the smallest
@@ -134,22 +142,30 @@ local function start_tag(st, id, lane)
   return math.max(st.f[id] or 0, st.v[lane + 1])
 end
 -- Splits the candidates at the bucket's next slot (`wait` from now): those that cannot wait
--- that long are refused on the spot (bit j-1 of the mask for candidate j) and take no part in
--- the decision; the others, in order, are returned.
-local function fair_split(cands, wait)
-  local live, refused = {}, 0
+-- that long are refused on the spot (bit j-1 of the mask for candidate j) and cannot be
+-- chosen. Returns the others (`live`, in order), the candidates that count as waiting (the live
+-- ones and, when `keep`, the refused ones with a backlog, in order) and the mask. `keep`: the
+-- seller's bucket set the slot, so it refills and the refused tool's next request may be
+-- served; it goes on holding others back, as any waiting tool. An application bucket's slot
+-- (other sellers saturate it) may never come within its deadline: it counts as nothing.
+local function fair_split(cands, wait, keep)
+  local live, waiting, refused = {}, {}, 0
   for j, c in ipairs(cands) do
+    c.index = j
     if wait > c.max_wait then
       refused = refused + 2 ^ (j - 1)
+      c.refused = true
+      if keep and c.backlogged then waiting[#waiting + 1] = c end
     else
-      c.index = j
       live[#live + 1] = c
+      waiting[#waiting + 1] = c
     end
   end
-  return live, refused
+  return live, waiting, refused
 end
 -- Marks the candidates waiting until `until_`, then returns the first eligible one's index,
 -- its start tag and the smallest start tag of its lane's active tools; nil: none is eligible.
+-- A refused candidate is marked, never chosen.
 local function fair_pick(st, cands, now, until_)
   for _, c in ipairs(cands) do
     c.old_a = st.a[c.id] or 0
@@ -170,7 +186,7 @@ local function fair_pick(st, cands, now, until_)
     for l = 0, c.lane - 1 do
       if busy[l] then higher = true end
     end
-    if not higher then
+    if not higher and not c.refused then
       local s = start_tag(st, c.id, c.lane)
       if s < min_start[c.lane] + c.inc then return j, s, min_start[c.lane] end
     end
@@ -179,7 +195,8 @@ local function fair_pick(st, cands, now, until_)
 end
 -- When the deferred candidates may expect to go (us from now), the earliest of them: the
 -- bucket's next slot plus one interval for each waiting tool that goes first (a higher lane's,
--- or one a grant or more behind it): each of those is granted at least once before it.
+-- or one a grant or more behind it): each of those is granted at least once before it. `iv`:
+-- the interval of the bucket that set the slot (an application bucket's, when it binds).
 local function fair_estimate(st, cands, now, wait, iv)
   local best
   for _, c in ipairs(cands) do

@@ -63,12 +63,18 @@ impl Script {
 
     /// The whole answer: the verdict and the candidates refused on the spot.
     async fn reply(&self, candidates: &[Candidate<'_>]) -> Reply {
-        let take = Take {
+        self.reply_with(&[], candidates).await
+    }
+
+    /// The whole answer of a decision taking these application buckets too.
+    async fn reply_with(&self, apps: &[Take<'_>], candidates: &[Candidate<'_>]) -> Reply {
+        let mut takes = vec![Take {
             key: &self.key,
             interval: self.interval,
             burst: self.burst,
-        };
-        self.backend.take(&[take], candidates).await.unwrap()
+        }];
+        takes.extend_from_slice(apps);
+        self.backend.take(&takes, candidates).await.unwrap()
     }
 
     async fn redis(&self) -> ::redis::aio::MultiplexedConnection {
@@ -248,30 +254,102 @@ async fn a_slot_past_the_chosen_candidates_deadline_is_refused_with_the_slot_as_
 }
 
 #[tokio::test]
-async fn a_tool_that_can_never_be_served_is_refused_on_the_spot_and_holds_no_one_back() {
-    // One token every 50 ms, the first taken by b; r (say, on another instance, an application
-    // bucket saturated) can wait 1 ms: never enough. r was never granted, so its tag is the
-    // smallest; it must not keep b waiting for a turn it cannot take.
-    let s = Script::new(Duration::from_millis(50), 1).await;
+async fn a_tool_an_application_bucket_keeps_from_ever_being_served_holds_no_one_back() {
+    // The application bucket (every seller's) gives one token every 50 ms, and sets every slot
+    // (the seller's bucket is roomy). r can wait 1 ms: never enough. r was never granted, so its
+    // tag is the smallest; it must not keep b waiting for a turn it cannot take.
+    let s = Script::roomy().await;
+    let app_key = s.backend.app_key("ordersV0.getOrderAddress", None);
+    let app = Take {
+        key: &app_key,
+        interval: Duration::from_millis(50),
+        burst: 1,
+    };
     let b = waiting("b", 1, 0.5);
     let r = Candidate {
         max_wait: Duration::from_millis(1),
         ..waiting("r", 1, 0.5)
     };
-    assert_eq!(granted(s.ask(&[b]).await), Some(0));
+    assert_eq!(granted(s.reply_with(&[app], &[b]).await.verdict), Some(0));
     for _ in 0..5 {
-        let reply = s.reply(&[r]).await;
+        let reply = s.reply_with(&[app], &[r]).await;
         assert_eq!(reply.verdict, Verdict::NoneLeft, "{reply:?}");
+        assert!(reply.app_bound, "{reply:?}");
         assert!(reply.refused.contains(0) && reply.refused.wait > Duration::ZERO);
-        assert_eq!(granted(s.ask(&[b]).await), Some(0), "r holds b back");
+        let v = s.reply_with(&[app], &[b]).await.verdict;
+        assert_eq!(granted(v), Some(0), "r holds b back: {v:?}");
     }
     // Offered together by one instance: r refused and b granted, in one decision.
-    let reply = s.reply(&[r, b]).await;
+    let reply = s.reply_with(&[app], &[r, b]).await;
     assert!(
         reply.refused.contains(0) && !reply.refused.contains(1),
         "{reply:?}"
     );
     assert_eq!(granted(reply.verdict), Some(1));
+}
+
+#[tokio::test]
+async fn a_deferral_estimate_counts_in_the_interval_of_the_application_bucket_that_binds() {
+    // The seller's bucket is roomy; the application bucket gives a token every 100 ms.
+    let s = Script::roomy().await;
+    let app_key = s.backend.app_key("ordersV0.getOrderAddress", None);
+    let app = Take {
+        key: &app_key,
+        interval: Duration::from_millis(100),
+        burst: 1,
+    };
+    let (a, b) = (waiting("a", 1, 0.5), waiting("b", 1, 0.5));
+    assert_eq!(granted(s.reply_with(&[app], &[a]).await.verdict), Some(0));
+    assert_eq!(granted(s.reply_with(&[app], &[b]).await.verdict), Some(0));
+    assert_eq!(granted(s.reply_with(&[app], &[b]).await.verdict), Some(0));
+    // b is a grant ahead of a: deferred. The next slot is ~300 ms away (three reserved), and a
+    // goes first: one more application interval, not one of the seller's (1 us).
+    let reply = s.reply_with(&[app], &[b]).await;
+    assert!(reply.app_bound, "{reply:?}");
+    match reply.verdict {
+        Verdict::Deferred { estimate, .. } => {
+            let slot = reply.refused.wait;
+            assert!(slot > Duration::from_millis(250), "{reply:?}");
+            assert!(
+                estimate >= slot + Duration::from_millis(99),
+                "estimate {estimate:?}, slot in {slot:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_tool_refused_at_the_sellers_bucket_still_waits_and_gets_its_turn_when_it_refills() {
+    // The seller's bucket alone, one token every 100 ms. y may wait long and asks at each slot
+    // (reserving the next); x may wait 20 ms, so each of its requests, asking in between, finds
+    // the next slot too far and is refused. Counted as waiting all the same (more of it wait),
+    // x holds y back, the bucket refills, and x's next request goes.
+    let s = Script::new(Duration::from_millis(100), 1).await;
+    let y = waiting("y", 1, 0.5);
+    let x = Candidate {
+        max_wait: Duration::from_millis(20),
+        ..waiting("x", 1, 0.5)
+    };
+    assert_eq!(granted(s.ask(&[y]).await), Some(0), "the burst token");
+    let reply = s.reply(&[x, y]).await;
+    assert!(reply.refused.contains(0), "{reply:?}");
+    assert!(!reply.app_bound);
+    assert!(deferred(reply.verdict), "x waits, y is ahead: {reply:?}");
+    let v = s.ask(&[y]).await;
+    assert!(deferred(v), "x still waits: {v:?}");
+    tokio::time::sleep(Duration::from_millis(110)).await;
+    assert_eq!(granted(s.ask(&[x, y]).await), Some(0), "x's turn");
+    // Not backlogged (nothing more of it waits), a refused tool counts for nothing.
+    let s = Script::new(Duration::from_millis(100), 1).await;
+    let last = Candidate {
+        backlogged: false,
+        ..x
+    };
+    assert_eq!(granted(s.ask(&[y]).await), Some(0));
+    let reply = s.reply(&[last, y]).await;
+    assert!(reply.refused.contains(0), "{reply:?}");
+    assert_eq!(granted(reply.verdict), Some(1), "{reply:?}");
 }
 
 #[tokio::test]
@@ -408,18 +486,31 @@ async fn instances(plans_toml: &str) -> Vec<Limiter> {
     out
 }
 
-/// Closed-loop workers (instance, tool, priority, count) for `run`; the grants each got, in
-/// order, with the instant of each.
+/// Closed-loop workers (instance, tool, priority, count), each request waiting up to 3 s, for
+/// `run`; the grants each got, in order, with the instant of each.
 async fn contend(
     limiters: &[Limiter],
     operation: &'static Operation,
     workers: &[(usize, &'static str, Priority, usize)],
     run: Duration,
 ) -> Vec<(&'static str, std::time::Instant)> {
+    let workers: Vec<_> = (workers.iter())
+        .map(|&(i, tool, priority, n)| (i, tool, priority, n, Duration::from_secs(3)))
+        .collect();
+    contend_waiting(limiters, operation, &workers, run).await
+}
+
+/// [`contend`] with each worker's own max wait (instance, tool, priority, count, max wait).
+async fn contend_waiting(
+    limiters: &[Limiter],
+    operation: &'static Operation,
+    workers: &[(usize, &'static str, Priority, usize, Duration)],
+    run: Duration,
+) -> Vec<(&'static str, std::time::Instant)> {
     let granted: Arc<Mutex<Vec<(&'static str, std::time::Instant)>>> = Arc::default();
     let start = std::time::Instant::now();
     let mut tasks = Vec::new();
-    for &(i, tool, priority, n) in workers {
+    for &(i, tool, priority, n, max_wait) in workers {
         for _ in 0..n {
             let (limiter, granted) = (limiters[i].clone(), Arc::clone(&granted));
             tasks.push(tokio::spawn(async move {
@@ -430,7 +521,7 @@ async fn contend(
                         tool,
                         plan: Some("p"),
                         priority,
-                        max_wait: Some(Duration::from_secs(3)),
+                        max_wait: Some(max_wait),
                     };
                     match limiter.acquire(req).await {
                         Ok(_) => granted
@@ -526,4 +617,78 @@ async fn a_high_priority_tool_on_one_instance_goes_before_a_low_one_on_two_other
         "low got {low_between} grants while high waited ({} high grants)",
         highs.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_that_may_wait_less_than_an_interval_still_gets_its_share_of_a_sellers_bucket() {
+    // One instance, the seller's bucket alone (~10/s, burst 1). y's requests may wait 3 s, x's
+    // 50 ms (half an interval): y, asking at each slot, always reserves the next one, and x's
+    // requests find it too far. Both have half the bucket.
+    let limiters = instances("[ratelimit.plans.p]\ndefault = { share = 0.5 }\n").await;
+    let operation = custom_op(10.0, 1);
+    let normal = Priority::Normal;
+    let grants = contend_waiting(
+        &limiters[..1],
+        operation,
+        &[
+            (0, "x", normal, 4, Duration::from_millis(50)),
+            (0, "y", normal, 4, Duration::from_secs(3)),
+        ],
+        Duration::from_secs(4),
+    )
+    .await;
+    let x = grants.iter().filter(|(t, _)| *t == "x").count() as f64;
+    let total = grants.len() as f64;
+    assert!(
+        (x / total - 0.5).abs() <= 0.1,
+        "x got {x} of {total} grants"
+    );
+    assert!(total >= 20.0, "only {total} grants");
+}
+
+#[tokio::test]
+async fn a_refused_tool_s_queued_waiters_that_cannot_wait_for_the_slot_are_refused_in_one_decision()
+{
+    let limiter = Limiter::redis(LimiterConfig::default(), settings())
+        .await
+        .unwrap();
+    let redis = limiter.inner.redis.as_ref().unwrap();
+    let operation = custom_op(2.0, 1);
+    let ask = |tool, max_wait| Acquire {
+        seller: "A1FAIR",
+        operation,
+        tool,
+        plan: None,
+        priority: Priority::Normal,
+        max_wait: Some(max_wait),
+    };
+    // y takes the burst token, then reserves the next slot (~0.5 s away): the bucket is busy
+    // until then, so x's requests queue.
+    limiter
+        .acquire(ask("y", Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let y = tokio::spawn({
+        let limiter = limiter.clone();
+        async move { limiter.acquire(ask("y", Duration::from_secs(5))).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = redis.calls();
+    // Ten requests of x that may wait 550 ms: when the dispatcher asks (at y's slot), the next
+    // slot is an interval away, past all their deadlines.
+    let xs: Vec<_> = (0..10)
+        .map(|_| {
+            let limiter = limiter.clone();
+            tokio::spawn(async move { limiter.acquire(ask("x", Duration::from_millis(550))).await })
+        })
+        .collect();
+    for x in xs {
+        match x.await.unwrap() {
+            Err(RateLimitError::Throttled { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    y.await.unwrap().unwrap();
+    let calls = redis.calls() - before;
+    assert!(calls <= 2, "{calls} decisions to refuse x's ten requests");
 }

@@ -102,6 +102,12 @@ impl Gcra {
         (free.as_secs_f64() / self.interval.as_secs_f64()).clamp(0.0, f64::from(self.burst))
     }
 
+    /// Whether the bucket is full: nothing taken or reserved still counts (it is then what
+    /// [`Gcra::new`] would give).
+    pub(crate) fn is_full(&self, now: Instant) -> bool {
+        self.tat <= now
+    }
+
     /// Empties the bucket: the next token comes one interval from now (later if reserved).
     pub(crate) fn drain(&mut self, now: Instant) {
         self.tat = self.tat.max(now + self.capacity());

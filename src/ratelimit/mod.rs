@@ -312,13 +312,45 @@ type AppMap = HashMap<(&'static str, Option<CallKind>), Option<Arc<AppBucket>>>;
 /// operation, tool): no Amazon bucket is there to hold them.
 type UnplannedMap = HashMap<(Box<str>, &'static str, Box<str>), Option<gcra::Gcra>>;
 
+/// The map of [`UnplannedMap`] is swept at this size at the earliest.
+const UNPLANNED_SWEEP_MIN: usize = 1024;
+
+/// [`UnplannedMap`], bounded: when it has doubled since its last sweep (and holds more than
+/// [`UNPLANNED_SWEEP_MIN`]), the buckets full again are dropped. A full bucket is what a new one
+/// is, so no decision changes; the map holds about the buckets used within their refill time,
+/// at an amortised constant cost per request.
+#[derive(Debug, Default)]
+struct Unplanned {
+    map: UnplannedMap,
+    /// The size past which the next sweep runs.
+    sweep_at: usize,
+}
+
+impl Unplanned {
+    /// Reserves a token of the tool's bucket (see [`bucket::reserve_tool`]), then sweeps if due.
+    fn reserve(
+        &mut self,
+        key: (Box<str>, &'static str, Box<str>),
+        limit: (f64, u32),
+        now: Instant,
+        deadline: Instant,
+    ) -> Result<Instant, RateLimitError> {
+        let result = bucket::reserve_tool(self.map.entry(key).or_default(), limit, now, deadline);
+        if self.map.len() > self.sweep_at.max(UNPLANNED_SWEEP_MIN) {
+            (self.map).retain(|_, g| g.as_ref().is_some_and(|g| !g.is_full(now)));
+            self.sweep_at = 2 * self.map.len();
+        }
+        result
+    }
+}
+
 /// State shared by the limiter and its dispatcher tasks.
 pub(crate) struct Inner {
     pub(crate) config: LimiterConfig,
     plans: RwLock<Arc<Plans>>,
     buckets: RwLock<BucketMap>,
     apps: RwLock<AppMap>,
-    unplanned: std::sync::Mutex<UnplannedMap>,
+    unplanned: std::sync::Mutex<Unplanned>,
     /// The instant every bucket new to this process is taken to have been emptied at (the last
     /// moment a previous run of this instance may have spent it); see [`Limiter::guard_restarts`].
     spent_at: RwLock<Option<Instant>>,
@@ -502,11 +534,9 @@ impl Inner {
             return Ok(now);
         };
         let slot = {
-            let mut map = self.unplanned.lock().unwrap_or_else(|e| e.into_inner());
-            let own = map
-                .entry((seller.into(), operation.key, tool.into()))
-                .or_default();
-            bucket::reserve_tool(own, limit, now, deadline)?
+            let mut unplanned = self.unplanned.lock().unwrap_or_else(|e| e.into_inner());
+            let key = (seller.into(), operation.key, tool.into());
+            unplanned.reserve(key, limit, now, deadline)?
         };
         Ok(bucket::sleep_to(slot, now).await)
     }
@@ -552,7 +582,7 @@ impl Limiter {
                 plans: RwLock::new(Arc::new(plans)),
                 buckets: RwLock::new(HashMap::new()),
                 apps: RwLock::new(HashMap::new()),
-                unplanned: std::sync::Mutex::new(HashMap::new()),
+                unplanned: std::sync::Mutex::new(Unplanned::default()),
                 spent_at: RwLock::new(None),
                 lease: std::sync::OnceLock::new(),
                 metrics: Metrics::default(),

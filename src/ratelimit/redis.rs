@@ -37,8 +37,9 @@ use crate::catalog::CallKind;
 /// hash; ARGV: "take"|"drain", the number of buckets, interval_us and burst per bucket, then
 /// (take) the candidates (see `fair_candidates`). Every bucket is taken at one slot, the latest
 /// of their next slots, or none is. Candidates whose deadline comes before that slot are refused
-/// on the spot and take no part in the fairness decision (a tool that can never be served holds
-/// no one back). Returns {status (1 granted, 2 deferred: no candidate left may go yet, 0 none
+/// on the spot and never chosen; they count as waiting (`fair_split`) only when the seller's
+/// bucket set the slot and more of them wait (a tool an application bucket keeps from ever being
+/// served holds no one back). Returns {status (1 granted, 2 deferred: no candidate left may go yet, 0 none
 /// left: every candidate was refused), wait_us (to the slot, or the retry hint when deferred),
 /// index of the bucket that set the slot (1 = the seller's), index of the chosen candidate (0
 /// when none), the refused candidates (bit j-1 for candidate j), wait_us to the slot (their
@@ -89,22 +90,23 @@ end
 local wait = slot - now
 local fair = KEYS[n + 2]
 local margin, hint, cands = fair_candidates(3 + 2 * n)
-local live, refused = fair_split(cands, wait)
-if #live == 0 then return answer(0, wait, 0, refused, 0) end
+local live, waiting, refused = fair_split(cands, wait, bound == 1)
+if #waiting == 0 then return answer(0, wait, 0, refused, 0) end
 local st = fair_load(fair)
-local j, s, min_start = fair_pick(st, live, now, now + hint + margin)
+local j, s, min_start = fair_pick(st, waiting, now, now + hint + margin)
 if not j then
-  local estimate = fair_estimate(st, live, now, wait, ivs[1])
   fair_save(fair, st, now, tats[1] - now)
+  if #live == 0 then return answer(0, wait, 0, refused, 0) end
+  local estimate = fair_estimate(st, live, now, wait, ivs[bound])
   return answer(2, hint, 0, refused, estimate)
 end
-local c = live[j]
+local c = waiting[j]
 for i = 1, n do
   if tats[i] < slot then tats[i] = slot end
   tats[i] = tats[i] + ivs[i]
   store(i)
 end
-fair_grant(st, c, s, min_start, slot, margin, live)
+fair_grant(st, c, s, min_start, slot, margin, waiting)
 fair_save(fair, st, now, tats[1] - now)
 return answer(1, wait, c.index, refused, 0)
 "#;
@@ -174,6 +176,8 @@ pub(crate) struct RedisBackend {
     /// Outages so far (each failure that found Redis reachable starts one): a bucket empties
     /// its fallback once per outage.
     outages: std::sync::atomic::AtomicU64,
+    /// Script calls so far (decisions and drains, answered or not).
+    calls: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -207,6 +211,7 @@ impl RedisBackend {
             settings,
             down_until: Mutex::new(None),
             outages: std::sync::atomic::AtomicU64::new(0),
+            calls: std::sync::atomic::AtomicU64::new(0),
         };
         let mut conn = backend.conn.clone();
         match tokio::time::timeout(
@@ -251,6 +256,12 @@ impl RedisBackend {
     /// How many outages have begun (see [`RedisBackend::failed`]).
     pub(crate) fn outages(&self) -> u64 {
         self.outages.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many times the script was called (see [`RedisBackend::calls`]).
+    #[cfg(test)]
+    pub(crate) fn calls(&self) -> u64 {
+        self.calls.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn recovered(&self) {
@@ -421,6 +432,8 @@ impl RedisBackend {
         fair_key: Option<&str>,
         fair: &[String],
     ) -> Result<Raw, String> {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut conn = self.conn.clone();
         let mut invocation = self.script.prepare_invoke();
         invocation.arg(op).arg(buckets.len());

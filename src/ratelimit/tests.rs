@@ -731,6 +731,53 @@ async fn an_absolute_plan_limits_the_tool_on_an_operation_without_amazons_plan_a
     assert_eq!(limiter.metrics().rejected_throttled, 2);
 }
 
+#[tokio::test(start_paused = true)]
+async fn the_tools_own_buckets_on_operations_without_amazons_plan_are_dropped_once_full_again() {
+    let free = Catalog::builtin()
+        .operations()
+        .iter()
+        .find(|o| o.usage_plan.is_none())
+        .expect("some operation has no plan");
+    let limiter = limiter_with(
+        &format!(
+            "[ratelimit.plans.printer]\noperations.\"{}\" = {{ rate_per_second = 1, burst = 2 }}\n",
+            free.key
+        ),
+        Duration::from_secs(10),
+    );
+    let sellers: Vec<String> = (0..4000).map(|i| format!("A{i}")).collect();
+    let run = |sellers: &'static [String]| {
+        let limiter = limiter.clone();
+        async move {
+            for seller in sellers {
+                let req = Acquire {
+                    seller,
+                    ..ask(free, "printer", Some("printer"))
+                };
+                assert!(limiter.acquire(req).await.is_ok());
+            }
+        }
+    };
+    let sellers: &'static [String] = sellers.leak();
+    // 2,000 sellers, each bucket a token short for a second: all kept.
+    run(&sellers[..2000]).await;
+    let size = || limiter.inner.unplanned.lock().unwrap().map.len();
+    assert_eq!(size(), 2000);
+    // Full again, they go as 2,000 others come.
+    tokio::time::advance(Duration::from_secs(2)).await;
+    run(&sellers[2000..]).await;
+    assert!(size() <= 2000, "{} buckets kept", size());
+    // A dropped bucket comes back full: the first seller has its burst again.
+    for _ in 0..2 {
+        let req = Acquire {
+            seller: &sellers[0],
+            ..ask(free, "printer", Some("printer"))
+        };
+        let admitted = limiter.acquire(req).await;
+        assert_eq!(admitted.map(|a| a.decision), Ok(Decision::Immediate));
+    }
+}
+
 // === observations ===
 
 #[tokio::test(start_paused = true)]

@@ -1288,16 +1288,12 @@ impl Writer {
         self.append(&Record::new(Kind::AuditStopped));
         self.end_batch();
         if self.gap.is_none() {
-            if let Err(e) = self.chain.sync() {
-                self.failed(&e);
-            }
+            self.final_sync();
             // The final sync found records it could not vouch for: their gap, synced too.
             self.collect_unrepaired();
             if self.gap.is_some() {
                 self.end_batch();
-                if let Err(e) = self.chain.sync() {
-                    self.failed(&e);
-                }
+                self.final_sync();
             }
         }
         let complete = self.complete();
@@ -1310,6 +1306,17 @@ impl Writer {
         }
         for done in shutdowns.into_iter().flatten() {
             let _ = done.send(());
+        }
+    }
+
+    /// The shutdown's fsync. If it fails, the records written since the last good one are not
+    /// known to be on disk: they count as unrecorded (the process exits non-zero).
+    fn final_sync(&mut self) {
+        if let Err(e) = self.chain.sync() {
+            self.failed(&e);
+            self.counters
+                .unrecorded
+                .fetch_add(self.chain.unsynced_records(), Ordering::Relaxed);
         }
     }
 
@@ -1344,38 +1351,83 @@ impl Writer {
     fn append_at(&mut self, r: &Record, now: OffsetDateTime) -> bool {
         // A pending gap is reported in the batch that reports anything after it.
         self.append_gap();
+        if self.chain.rolls_over(now) && self.sync_retry_at.is_some_and(|at| Instant::now() < at) {
+            // The previous day's file must be synced before the next one begins, and fsyncs
+            // are backing off: the record is lost (one fsync per record would spin).
+            self.lose(1, None);
+            return false;
+        }
         match self.chain.append_record(now, r) {
             Ok(_) => true,
             Err(e @ ChainError::NotAnObject) => {
-                self.lose(1, &e);
+                self.lose(1, Some(&e));
                 false
             }
             Err(e) => {
-                // The batch so far could not be written to the previous day's file.
-                self.gap_in_batch = false;
-                let rolled = self.chain.roll_back_count();
-                self.lose(rolled + 1, &e);
-                self.settled();
+                self.rollover_failed(1, &e);
                 false
             }
         }
     }
 
+    /// A new day's file could not be begun (the batch so far not written to the previous
+    /// day's file, that file not synced, or the new one not opened): what the rollover wrote
+    /// is counted as written (unsynced; the gap record with it is reported), what it rolled
+    /// back and `more` records are lost, and a failed fsync is handled as one.
+    fn rollover_failed(&mut self, more: u64, e: &ChainError) {
+        let wrote = self.chain.take_rollover_written();
+        if wrote > 0 {
+            self.counters.written.fetch_add(wrote, Ordering::Relaxed);
+            self.unsynced = true;
+            if std::mem::take(&mut self.gap_in_batch) {
+                self.gap_written();
+            }
+        }
+        self.gap_in_batch = false;
+        if self.chain.rollover_sync_failed() {
+            self.sync_failed(e);
+        }
+        let rolled = self.chain.roll_back_count();
+        self.lose(rolled + more, Some(e));
+        self.settled();
+    }
+
+    /// The pending gap's record is written through.
+    fn gap_written(&mut self) {
+        if let Some(gap) = self.gap.take() {
+            self.counters.gaps.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .unrecorded
+                .fetch_sub(gap.count, Ordering::Relaxed);
+            tracing::warn!(
+                lost = gap.count,
+                "The audit log writes again; a gap record reports the records lost."
+            );
+        }
+    }
+
     /// Counts records as lost (reported by the next `gap` record) and fails the waiting
     /// durable callers.
-    fn lose(&mut self, lost: u64, e: &ChainError) {
-        let now = self.clock.now();
-        let gap = self.gap.get_or_insert(PendingGap {
-            reason: "write_failed",
-            count: 0,
-            from: now,
-            to: now,
-        });
-        gap.count += lost;
-        gap.to = now;
-        self.counters.count_lost(lost);
+    fn lose(&mut self, lost: u64, e: Option<&ChainError>) {
+        if lost > 0 {
+            let now = self.clock.now();
+            let gap = self.gap.get_or_insert(PendingGap {
+                reason: "write_failed",
+                count: 0,
+                from: now,
+                to: now,
+            });
+            gap.count += lost;
+            gap.to = now;
+            self.counters.count_lost(lost);
+        }
         // Unavailable before a durable caller hears of it (it may look at readiness next).
-        self.failed(e);
+        match e {
+            Some(e) => self.failed(e),
+            None => {
+                self.counters.failing.store(true, Ordering::Relaxed);
+            }
+        }
         for ack in self.acks.drain(..) {
             let _ = ack.send(false);
         }
@@ -1410,8 +1462,18 @@ impl Writer {
         if self.gap_in_batch {
             return;
         }
-        if let Some(g) = self.gap_record() {
-            self.gap_in_batch = self.chain.append_record(self.clock.now(), &g).is_ok();
+        let Some(g) = self.gap_record() else {
+            return;
+        };
+        let now = self.clock.now();
+        if self.chain.rolls_over(now) && self.sync_retry_at.is_some_and(|at| Instant::now() < at) {
+            return;
+        }
+        match self.chain.append_record(now, &g) {
+            Ok(_) => self.gap_in_batch = true,
+            Err(ChainError::NotAnObject) => {}
+            // A failed rollover: the gap stays pending (the log unavailable).
+            Err(e) => self.rollover_failed(0, &e),
         }
     }
 
@@ -1447,19 +1509,16 @@ impl Writer {
         let batch_bytes = self.chain.unwritten_bytes();
         match self.chain.write_through() {
             Ok(n) => {
+                // A day rollover in this batch wrote the records before it (and synced them).
+                let n = n + self.chain.take_rollover_written();
                 self.since_head += batch_bytes;
                 self.counters.written.fetch_add(n, Ordering::Relaxed);
-                if let Some(gap) = self.gap.take() {
-                    self.counters.gaps.fetch_add(1, Ordering::Relaxed);
-                    self.counters
-                        .unrecorded
-                        .fetch_sub(gap.count, Ordering::Relaxed);
-                    tracing::warn!(
-                        lost = gap.count,
-                        "The audit log writes again; a gap record reports the records lost."
-                    );
+                // The gap is reported only by a gap record really written; until then the log
+                // stays unavailable.
+                if had_gap {
+                    self.gap_written();
                 }
-                if self.counters.failing.swap(false, Ordering::Relaxed) {
+                if self.gap.is_none() && self.counters.failing.swap(false, Ordering::Relaxed) {
                     tracing::info!("The audit log is writable again.");
                 }
                 self.unsynced |= n > 0;
@@ -1467,7 +1526,7 @@ impl Writer {
             }
             Err(e) => {
                 let rolled = self.chain.roll_back_count();
-                self.lose(rolled.saturating_sub(u64::from(had_gap)), &e);
+                self.lose(rolled.saturating_sub(u64::from(had_gap)), Some(&e));
                 self.settled();
                 return;
             }

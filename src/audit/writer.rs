@@ -158,22 +158,47 @@ pub const ALERT_RULES: [&str; 4] = [
     "new_pii_category",
 ];
 
+/// The writer's answer about a durable record (or a flush: `Written` when everything before it
+/// is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// Handed to the kernel (synced, with `fsync = "always"`).
+    Written,
+    /// In the chain, but not known to be durable (fsyncs fail): its caller answers as if not
+    /// written, and a note in the chain says so.
+    InChain,
+    /// Not in the chain (its write failed and was rolled back, or it was never written): the
+    /// gap record reports it.
+    NotInChain,
+}
+
+impl Answer {
+    /// A flush's answer: everything before it written, or not.
+    fn all(written: bool) -> Answer {
+        if written {
+            Answer::Written
+        } else {
+            Answer::NotInChain
+        }
+    }
+}
+
 /// Told to a durable caller: whether its record was handed to the kernel. The id finds the
 /// record in the queue again if its caller stops waiting (see [`Auditor::record_durable`]).
 struct Ack {
-    tx: tokio::sync::oneshot::Sender<bool>,
+    tx: tokio::sync::oneshot::Sender<Answer>,
     id: u64,
 }
 
 impl Ack {
     /// A flush's (or a shutdown's) answer, never looked for in the queue.
-    fn control(tx: tokio::sync::oneshot::Sender<bool>) -> Ack {
+    fn control(tx: tokio::sync::oneshot::Sender<Answer>) -> Ack {
         Ack { tx, id: 0 }
     }
 
     /// Tells the caller (who may have stopped listening).
-    fn send(self, written: bool) -> Result<(), bool> {
-        self.tx.send(written)
+    fn send(self, answer: Answer) -> Result<(), Answer> {
+        self.tx.send(answer)
     }
 }
 
@@ -182,8 +207,10 @@ impl Ack {
 enum Told {
     /// Handed to the kernel (synced, with `fsync = "always"`).
     Written,
-    /// The writer says it is not written: its write failed, or fsyncs fail.
+    /// The writer says it is not written: its write failed (it is not in the chain).
     NotWritten,
+    /// The writer says it is in the chain but not known durable (fsyncs fail).
+    InChain,
     /// Dropped unanswered (the writer died, or the shutdown gave up on it).
     Dropped,
     /// The writer stalled before it answered.
@@ -563,14 +590,13 @@ impl Auditor {
         let told = self.told(done).await;
         let note = awaiting.note.take();
         // Possibly in the chain (or still queued) though its caller answers 503: a stalled
-        // writer, or a write that went through while fsyncs fail. A record whose write failed
-        // (rolled back; the writer is failing when it says so) or that was dropped unwritten
-        // is not in the chain: its gap reports it.
+        // writer, or a write that went through while fsyncs fail (the writer says which). A
+        // record whose write failed (rolled back) or that was dropped unwritten is not in the
+        // chain: its gap reports it.
         let maybe_written = match told {
             Told::Written => return Ok(()),
-            Told::Stalled => true,
-            Told::NotWritten => !self.inner.counters.failing.load(Ordering::Relaxed),
-            Told::Dropped => false,
+            Told::Stalled | Told::InChain => true,
+            Told::NotWritten | Told::Dropped => false,
         };
         if let (true, Some(note)) = (maybe_written, note) {
             self.withhold(id, note, Record::withhold);
@@ -609,15 +635,15 @@ impl Auditor {
     /// Waits for the writer's answer to a durable record or a flush, unless the writer is
     /// found stalled first: then the record is not known to be written (it may be later: it
     /// is not counted lost), and the caller must not answer as if it were.
-    async fn answer(&self, done: tokio::sync::oneshot::Receiver<bool>) -> Result<(), Unrecorded> {
+    async fn answer(&self, done: tokio::sync::oneshot::Receiver<Answer>) -> Result<(), Unrecorded> {
         match self.told(done).await {
             Told::Written => Ok(()),
-            Told::NotWritten | Told::Dropped | Told::Stalled => Err(Unrecorded),
+            Told::NotWritten | Told::InChain | Told::Dropped | Told::Stalled => Err(Unrecorded),
         }
     }
 
     /// [`Auditor::answer`], saying why a record is not known to be written.
-    async fn told(&self, done: tokio::sync::oneshot::Receiver<bool>) -> Told {
+    async fn told(&self, done: tokio::sync::oneshot::Receiver<Answer>) -> Told {
         let health = &self.inner.counters.health;
         let stalled = health.stall_notified();
         tokio::pin!(stalled);
@@ -631,8 +657,9 @@ impl Auditor {
             }
         };
         match outcome {
-            Some(Ok(true)) => Told::Written,
-            Some(Ok(false)) => Told::NotWritten,
+            Some(Ok(Answer::Written)) => Told::Written,
+            Some(Ok(Answer::InChain)) => Told::InChain,
+            Some(Ok(Answer::NotInChain)) => Told::NotWritten,
             Some(Err(_)) => Told::Dropped,
             None => {
                 health.durable_timeouts.fetch_add(1, Ordering::Relaxed);
@@ -1170,7 +1197,7 @@ impl Writer {
             self.counters.health.idle();
             let complete = self.complete();
             for w in waiting {
-                let _ = w.send(complete);
+                let _ = w.send(Answer::all(complete));
             }
             flowing = (records > 0).then(Instant::now);
         }
@@ -1302,7 +1329,7 @@ impl Writer {
         h.idle();
         h.finished.store(true, Ordering::Relaxed);
         for w in waiting {
-            let _ = w.send(complete);
+            let _ = w.send(Answer::all(complete));
         }
         for done in shutdowns.into_iter().flatten() {
             let _ = done.send(());
@@ -1351,16 +1378,10 @@ impl Writer {
     fn append_at(&mut self, r: &Record, now: OffsetDateTime) -> bool {
         // A pending gap is reported in the batch that reports anything after it.
         self.append_gap();
-        if self.chain.rolls_over(now) && self.sync_retry_at.is_some_and(|at| Instant::now() < at) {
-            // The previous day's file must be synced before the next one begins, and fsyncs
-            // are backing off: the record is lost (one fsync per record would spin).
-            self.lose(1, None);
-            return false;
-        }
         match self.chain.append_record(now, r) {
             Ok(_) => true,
             Err(e @ ChainError::NotAnObject) => {
-                self.lose(1, Some(&e));
+                self.lose(1, &e);
                 false
             }
             Err(e) => {
@@ -1388,7 +1409,13 @@ impl Writer {
             self.sync_failed(e);
         }
         let rolled = self.chain.roll_back_count();
-        self.lose(rolled + more, Some(e));
+        self.lose(rolled + more, e);
+        if rolled > 0 {
+            self.rolled_back_acks();
+        } else {
+            // Written through (and synced, unless that failed) before the rollover failed.
+            self.answer_acks();
+        }
         self.settled();
     }
 
@@ -1406,9 +1433,10 @@ impl Writer {
         }
     }
 
-    /// Counts records as lost (reported by the next `gap` record) and fails the waiting
-    /// durable callers.
-    fn lose(&mut self, lost: u64, e: Option<&ChainError>) {
+    /// Counts records as lost (reported by the next `gap` record) and marks the log
+    /// unavailable. The durable callers are answered by the caller, which knows whether their
+    /// records were rolled back.
+    fn lose(&mut self, lost: u64, e: &ChainError) {
         if lost > 0 {
             let now = self.clock.now();
             let gap = self.gap.get_or_insert(PendingGap {
@@ -1422,14 +1450,13 @@ impl Writer {
             self.counters.count_lost(lost);
         }
         // Unavailable before a durable caller hears of it (it may look at readiness next).
-        match e {
-            Some(e) => self.failed(e),
-            None => {
-                self.counters.failing.store(true, Ordering::Relaxed);
-            }
-        }
+        self.failed(e);
+    }
+
+    /// Tells the batch's durable callers their records are not in the chain (rolled back).
+    fn rolled_back_acks(&mut self) {
         for ack in self.acks.drain(..) {
-            let _ = ack.send(false);
+            let _ = ack.send(Answer::NotInChain);
         }
     }
 
@@ -1442,7 +1469,7 @@ impl Writer {
         match ack {
             Some(ack) if appended => self.acks.push(ack),
             Some(ack) => {
-                let _ = ack.send(false);
+                let _ = ack.send(Answer::NotInChain);
             }
             None => {}
         }
@@ -1467,6 +1494,8 @@ impl Writer {
         };
         let now = self.clock.now();
         if self.chain.rolls_over(now) && self.sync_retry_at.is_some_and(|at| Instant::now() < at) {
+            // The previous day's file must be synced before the next one begins and fsyncs
+            // are backing off: the idle probe waits (a record retries the rollover at once).
             return;
         }
         match self.chain.append_record(now, &g) {
@@ -1526,7 +1555,8 @@ impl Writer {
             }
             Err(e) => {
                 let rolled = self.chain.roll_back_count();
-                self.lose(rolled.saturating_sub(u64::from(had_gap)), Some(&e));
+                self.lose(rolled.saturating_sub(u64::from(had_gap)), &e);
+                self.rolled_back_acks();
                 self.settled();
                 return;
             }
@@ -1566,9 +1596,13 @@ impl Writer {
     /// Tells the batch's durable callers whether their records are written: not while fsyncs
     /// fail (what was written since the last good sync has unknown durability).
     fn answer_acks(&mut self) {
-        let ok = !self.counters.health.sync_failing.load(Ordering::Relaxed);
+        let answer = if self.counters.health.sync_failing.load(Ordering::Relaxed) {
+            Answer::InChain
+        } else {
+            Answer::Written
+        };
         for ack in self.acks.drain(..) {
-            let _ = ack.send(ok);
+            let _ = ack.send(answer);
         }
     }
 

@@ -658,3 +658,45 @@ async fn a_rollover_that_cannot_open_the_new_file_keeps_its_gap_and_the_log_unav
     )
     .await;
 }
+
+/// Review M-a: a durable record written through by a day rollover whose fsync then fails is in
+/// the chain, not known durable: its caller answers 503 and the note saying so follows it
+/// (before, the failed rollover told it "not written" and the writer's failing flag made the
+/// caller skip the note, so the chain showed the answer as delivered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_record_written_by_a_failed_rollover_gets_its_withheld_note() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(datetime!(2026-01-01 10:00 UTC));
+    let mut cfg = config(dir.path());
+    cfg.queue_capacity = 64;
+    let auditor = Auditor::start_with_clock(&cfg, Arc::new(clock.clone())).unwrap();
+    // The day changes as the writer takes "trigger": after "durable", in the same batch.
+    let day_two = clock.clone();
+    assert!(auditor.set_tap(Arc::new(move |r: &Record| {
+        if r.request_id.as_ref().map(|i| i.as_str()) == Some("trigger") {
+            day_two.advance(time::Duration::days(1));
+        }
+    })));
+    let hold = held_with_full_queue(&auditor).await;
+    let durable = {
+        let a = auditor.clone();
+        tokio::spawn(async move { a.record_durable(Record::request("durable")).await })
+    };
+    let queue = auditor.inner.queue.clone().unwrap();
+    until("queued", || queue.len() == 5).await;
+    auditor.record_urgent(Record::request("trigger"));
+    crate::audit::chain::fault::fail_syncs(dir.path(), 1);
+    drop(hold);
+    assert_eq!(durable.await.unwrap(), Err(Unrecorded));
+    until("the gap is written", || auditor.metrics().gaps == 1).await;
+    auditor.shutdown().await;
+    let text = std::fs::read_to_string(dir.path().join("audit-gw1-2026-01-01.jsonl")).unwrap()
+        + &std::fs::read_to_string(dir.path().join("audit-gw1-2026-01-02.jsonl")).unwrap();
+    let of: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| l["request_id"] == "durable")
+        .collect();
+    assert_eq!(of.len(), 2, "the record, then its note: {of:?}");
+    assert_eq!(of[1]["reason"], "answer_withheld", "{of:?}");
+}

@@ -37,7 +37,11 @@
 //! sync). What was written since the last good fsync is written again before the next fsync
 //! is trusted (a failed fsync may have lost it: see [`ChainWriter::sync_records`]); records
 //! that could not be (more than 8 MiB) become a `gap` record (`sync_failed`) once a sync
-//! succeeds. **When a write fails** (disk full, read-only) the
+//! succeeds; a failed fsync at shutdown counts what it could not vouch for as unrecorded. A
+//! durable caller hears written, in the chain but not durable (it then records the
+//! `answer_withheld` note), or rolled back. A day rollover that fails (the previous file's
+//! fsync, handled as a failed fsync, or the new file's open) keeps its gap pending and the
+//! auditor unavailable until a gap record is written. **When a write fails** (disk full, read-only) the
 //! batch is rolled back, its durable callers are told (their responses become 503), the
 //! auditor turns unavailable (readiness 503, `spgate_audit_unavailable` 1, an error log and a
 //! webhook alert), and the lost records are counted. The writer retries every 100 ms; the first

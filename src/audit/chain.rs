@@ -144,6 +144,11 @@ pub struct ChainWriter {
     /// The last head written: (seq).
     head_seq: u64,
     rolled_back: u64,
+    /// Records the last day rollovers wrote through to the previous day's file (see
+    /// [`ChainWriter::take_rollover_written`]).
+    rollover_written: u64,
+    /// The last failed rollover failed at its fsync of the previous day's file.
+    rollover_sync_failed: bool,
     recovered: u64,
     /// The time of the last record of a previous process that did not stop cleanly.
     abrupt: Option<String>,
@@ -157,6 +162,9 @@ pub struct ChainWriter {
     /// Records written since the last successful fsync whose bytes are no longer kept (over
     /// `keep_max`): first and last seq, the last one's time.
     unkept: Option<(u64, u64, OffsetDateTime)>,
+    /// Of those, the last one written before a failed fsync (seq and time): the ones after it
+    /// are made durable by the next successful fsync.
+    suspect: Option<(u64, OffsetDateTime)>,
     /// An fsync failed and none succeeded since.
     sync_failed: bool,
     /// Records a successful fsync after a failed one could not vouch for (see
@@ -574,6 +582,8 @@ impl ChainWriter {
             committed: (seq, String::new(), 0),
             head_seq: seq,
             rolled_back: 0,
+            rollover_written: 0,
+            rollover_sync_failed: false,
             recovered: 0,
             abrupt: None,
             kept: Vec::new(),
@@ -581,6 +591,7 @@ impl ChainWriter {
             keep_max: KEEP_UNSYNCED,
             synced: (0, seq, OffsetDateTime::UNIX_EPOCH),
             unkept: None,
+            suspect: None,
             sync_failed: false,
             unrepaired: None,
             _lock: lock,
@@ -752,14 +763,19 @@ impl ChainWriter {
         let day = at.to_offset(time::UtcOffset::UTC).date();
         let day = self.day.map_or(day, |d| d.max(day));
         if self.out.is_none() || Some(day) != self.day {
-            // What a failure here rolls back (none when the sync fails).
+            // What a failure here rolls back (none when the sync fails), and what it wrote.
             self.rolled_back = 0;
-            self.write_through()?;
+            self.rollover_sync_failed = false;
+            self.rollover_written += self.write_through()?;
             // The head moves onto the old day's last record (made durable first) before the new
             // day's file is opened: recovery reads only the newest file, so records past the
             // head left in the old one by a crash would otherwise be skipped and the chain
             // forked. Once a day; a no-op when the head is already there.
-            self.sync_written()?;
+            if let Err(e) = self.sync_records() {
+                self.rollover_sync_failed = true;
+                return Err(e);
+            }
+            self.move_head(true)?;
             let path = self.dir.join(file_name(&self.instance, day));
             let file = private_file()
                 .create(true)
@@ -775,6 +791,11 @@ impl ChainWriter {
                 self.kept.clear();
                 self.kept_from = len;
                 self.synced = (len, self.seq, self.last_at);
+            } else if len != self.kept_from + self.kept.len() as u64 {
+                // Reopened after a roll-back that could not cut the file: the kept bytes no
+                // longer end where the next write begins, so they cannot be written again in
+                // place. Their records are remembered for a gap instead (if a sync fails).
+                self.let_go_kept(len);
             }
             self.path = path;
             self.committed = (self.seq, self.prev.clone(), len);
@@ -927,11 +948,42 @@ impl ChainWriter {
         self.kept.extend_from_slice(&self.pending);
         self.pending.clear();
         if self.kept.len() > self.keep_max {
+            self.let_go_kept(self.kept_from + self.kept.len() as u64);
+        }
+    }
+
+    /// Stops keeping the bytes written since the last good fsync (their records are
+    /// remembered for a gap); what is written next begins at `next`.
+    fn let_go_kept(&mut self, next: u64) {
+        if self.committed.0 > self.synced.1 {
             let first = self.unkept.map_or(self.synced.1 + 1, |u| u.0);
             self.unkept = Some((first, self.committed.0, self.last_at));
-            self.kept_from += self.kept.len() as u64;
-            self.kept.clear();
         }
+        self.kept_from = next;
+        self.kept.clear();
+    }
+
+    /// Records written through since the last successful fsync (not known to be durable).
+    pub fn unsynced_records(&self) -> u64 {
+        self.committed.0.saturating_sub(self.synced.1)
+    }
+
+    /// Whether a record stamped `at` begins a new day's file (or reopens the file).
+    pub fn rolls_over(&self, at: OffsetDateTime) -> bool {
+        let day = at.max(self.last_at).to_offset(time::UtcOffset::UTC).date();
+        self.out.is_none() || self.day.is_some_and(|d| day > d)
+    }
+
+    /// How many records day rollovers wrote through to the previous day's file since the last
+    /// call (they are written, whether or not the rollover then failed).
+    pub fn take_rollover_written(&mut self) -> u64 {
+        std::mem::take(&mut self.rollover_written)
+    }
+
+    /// Whether the last failed append failed at the rollover's fsync of the previous day's
+    /// file (a sync failure: the records written are in the chain, not known durable).
+    pub fn rollover_sync_failed(&self) -> bool {
+        self.rollover_sync_failed
     }
 
     /// Makes what was written through durable (fsync), without moving the head.
@@ -945,18 +997,44 @@ impl ChainWriter {
     /// successful fsync reports them through [`ChainWriter::take_unrepaired`] (a gap record).
     pub fn sync_records(&mut self) -> Result<(), ChainError> {
         if self.out.is_none() {
-            return Ok(());
+            if !self.sync_failed && self.committed.2 == self.synced.0 {
+                return Ok(());
+            }
+            // Closed by a roll-back that could not cut it, with bytes written since the last
+            // good fsync (or after a failed one): reopened to sync them, never taken as synced.
+            let reopened = OpenOptions::new().append(true).open(&self.path);
+            let file = match reopened.and_then(|f| f.metadata().map(|m| (f, m.len()))) {
+                Ok((file, len)) => {
+                    if len != self.kept_from + self.kept.len() as u64 {
+                        self.let_go_kept(len);
+                    }
+                    // Writes go on after whatever the failed write left (as at a reopen).
+                    self.committed.2 = len;
+                    file
+                }
+                Err(e) => {
+                    self.sync_failed = true;
+                    return Err(io(&self.path)(e));
+                }
+            };
+            self.out = Some(file);
         }
         if self.sync_failed {
             self.rewrite_kept()?;
         }
         if let Err(e) = self.sync_file() {
             self.sync_failed = true;
+            // Only what was written before a failed fsync is suspect: pages written after it
+            // are flushed by the next one.
+            if let Some((_, last, to)) = self.unkept {
+                self.suspect = Some((last, to));
+            }
             return Err(io(&self.path)(e));
         }
         let unkept = self.unkept.take();
+        let suspect = self.suspect.take();
         if std::mem::take(&mut self.sync_failed) {
-            if let Some((first, last, to)) = unkept {
+            if let (Some((first, _, _)), Some((last, to))) = (unkept, suspect) {
                 let u = self.unrepaired.get_or_insert(Unrepaired {
                     count: 0,
                     from: self.synced.2,

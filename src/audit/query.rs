@@ -377,7 +377,17 @@ pub fn query(
     Ok(n)
 }
 
-/// Per-tool summary of the records in `[since, until)` (order does not matter: no merge).
+/// Whether `v` is a withheld-answer note (see [`super::Record::is_withheld_note`]): a
+/// request record that says `answer_withheld` without a latency.
+fn is_note(v: &View<'_>) -> bool {
+    v.kind == "request"
+        && v.reason.as_deref() == Some(Reason::ANSWER_WITHHELD.as_str())
+        && v.latency_us.is_none()
+}
+
+/// Per-tool summary of the records in `[since, until)` (order does not matter: no merge). A
+/// withheld-answer note is applied to the record with its request id (503, no PII delivered)
+/// and not counted as a request.
 pub fn report(
     dir: &Path,
     since: Option<String>,
@@ -390,23 +400,50 @@ pub fn report(
     };
     let mut out: BTreeMap<String, ToolSummary> = BTreeMap::new();
     for files in list_chains(dir)?.into_values() {
-        let mut stream = Stream {
-            files: files
-                .into_iter()
-                .filter(|f| filters.day_in_range(f.day))
-                .collect::<Vec<_>>()
-                .into_iter(),
+        let files: Vec<ChainFile> = files
+            .into_iter()
+            .filter(|f| filters.day_in_range(f.day))
+            .collect();
+        let stream = |files: Vec<ChainFile>| Stream {
+            files: files.into_iter(),
             reader: None,
             line: String::new(),
         };
-        while let Some(line) = stream.next_match(&filters, &[])? {
+        // First pass: the requests whose answer was withheld after their record was written
+        // (a follow-up note with their id): answered 503, no PII delivered.
+        let mut withheld = std::collections::HashSet::new();
+        let mut notes = stream(files.clone());
+        while let Some(line) = notes.next_match(&filters, &[])? {
             let Ok(v) = serde_json::from_str::<View<'_>>(&line) else {
+                continue;
+            };
+            if is_note(&v) {
+                if let Some(id) = v.request_id {
+                    withheld.insert(id.into_owned());
+                }
+            }
+        }
+        let mut stream = stream(files);
+        while let Some(line) = stream.next_match(&filters, &[])? {
+            let Ok(mut v) = serde_json::from_str::<View<'_>>(&line) else {
                 continue;
             };
             let kind = v.kind.as_ref();
             if kind != "request" && kind != "reveal" {
                 continue;
             }
+            if is_note(&v) {
+                // Not a request of its own: applied to the record it follows.
+                continue;
+            }
+            if v.request_id
+                .as_deref()
+                .is_some_and(|id| withheld.contains(id))
+            {
+                v.status = Some(503);
+                v.pii.clear();
+            }
+            let kind = v.kind.as_ref();
             let tool = v.tool.as_deref().unwrap_or("-");
             let s = out.entry(tool.to_string()).or_default();
             if kind == "reveal" {

@@ -739,16 +739,47 @@ fn records_no_longer_kept_at_a_failed_fsync_are_reported_unrepaired() {
     append_written(&mut w, 3, 3);
     fault::fail_syncs(dir.path(), 1);
     assert!(w.sync_records().is_err());
+    // Written after the failed fsync: the next one makes it durable (not reported).
     append_written(&mut w, 6, 1);
     w.sync_records().unwrap();
     let t0 = datetime!(2026-11-20 10:00 UTC);
     assert_eq!(
         w.take_unrepaired(),
         Some(Unrepaired {
-            count: 4,
+            count: 3,
             from: t0 + time::Duration::seconds(2),
-            to: t0 + time::Duration::seconds(6),
+            to: t0 + time::Duration::seconds(5),
         })
     );
     assert_eq!(w.take_unrepaired(), None, "reported once");
+}
+
+/// Review M-b: `audit report` applies a withheld-answer note to the record it follows (503, no
+/// PII delivered) and does not count it as a request.
+#[test]
+fn report_applies_a_withheld_note_to_its_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = ChainWriter::open(dir.path(), "gw1", KEY).unwrap();
+    let t0 = datetime!(2026-11-20 10:00 UTC);
+    let answered = |id: &str| {
+        let mut r = crate::audit::Record::request(id)
+            .with_status(200)
+            .with_tool("t1");
+        r.latency_us = Some(5);
+        r.pii = vec![crate::audit::PiiUse {
+            category: crate::pii::Category::Name,
+            action: crate::pii::Action::Pass,
+        }];
+        r
+    };
+    w.append_record(t0, &answered("kept")).unwrap();
+    let withheld = answered("withheld");
+    w.append_record(t0, &withheld).unwrap();
+    w.append_record(t0, &withheld.withheld_note()).unwrap();
+    w.sync().unwrap();
+    drop(w);
+    let report = crate::audit::query::report(dir.path(), None, None).unwrap();
+    let t1 = &report["t1"];
+    assert_eq!(t1.requests, 2, "{t1:?}");
+    assert_eq!(t1.pii.get("name"), Some(&1), "{t1:?}");
 }

@@ -37,7 +37,11 @@
 //! sync). What was written since the last good fsync is written again before the next fsync
 //! is trusted (a failed fsync may have lost it: see [`ChainWriter::sync_records`]); records
 //! that could not be (more than 8 MiB) become a `gap` record (`sync_failed`) once a sync
-//! succeeds. **When a write fails** (disk full, read-only) the
+//! succeeds; a failed fsync at shutdown counts what it could not vouch for as unrecorded. A
+//! durable caller hears written, in the chain but not durable (it then records the
+//! `answer_withheld` note), or rolled back. A day rollover that fails (the previous file's
+//! fsync, handled as a failed fsync, or the new file's open) keeps its gap pending and the
+//! auditor unavailable until a gap record is written. **When a write fails** (disk full, read-only) the
 //! batch is rolled back, its durable callers are told (their responses become 503), the
 //! auditor turns unavailable (readiness 503, `spgate_audit_unavailable` 1, an error log and a
 //! webhook alert), and the lost records are counted. The writer retries every 100 ms; the first
@@ -158,22 +162,47 @@ pub const ALERT_RULES: [&str; 4] = [
     "new_pii_category",
 ];
 
+/// The writer's answer about a durable record (or a flush: `Written` when everything before it
+/// is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// Handed to the kernel (synced, with `fsync = "always"`).
+    Written,
+    /// In the chain, but not known to be durable (fsyncs fail): its caller answers as if not
+    /// written, and a note in the chain says so.
+    InChain,
+    /// Not in the chain (its write failed and was rolled back, or it was never written): the
+    /// gap record reports it.
+    NotInChain,
+}
+
+impl Answer {
+    /// A flush's answer: everything before it written, or not.
+    fn all(written: bool) -> Answer {
+        if written {
+            Answer::Written
+        } else {
+            Answer::NotInChain
+        }
+    }
+}
+
 /// Told to a durable caller: whether its record was handed to the kernel. The id finds the
 /// record in the queue again if its caller stops waiting (see [`Auditor::record_durable`]).
 struct Ack {
-    tx: tokio::sync::oneshot::Sender<bool>,
+    tx: tokio::sync::oneshot::Sender<Answer>,
     id: u64,
 }
 
 impl Ack {
     /// A flush's (or a shutdown's) answer, never looked for in the queue.
-    fn control(tx: tokio::sync::oneshot::Sender<bool>) -> Ack {
+    fn control(tx: tokio::sync::oneshot::Sender<Answer>) -> Ack {
         Ack { tx, id: 0 }
     }
 
     /// Tells the caller (who may have stopped listening).
-    fn send(self, written: bool) -> Result<(), bool> {
-        self.tx.send(written)
+    fn send(self, answer: Answer) -> Result<(), Answer> {
+        self.tx.send(answer)
     }
 }
 
@@ -182,8 +211,10 @@ impl Ack {
 enum Told {
     /// Handed to the kernel (synced, with `fsync = "always"`).
     Written,
-    /// The writer says it is not written: its write failed, or fsyncs fail.
+    /// The writer says it is not written: its write failed (it is not in the chain).
     NotWritten,
+    /// The writer says it is in the chain but not known durable (fsyncs fail).
+    InChain,
     /// Dropped unanswered (the writer died, or the shutdown gave up on it).
     Dropped,
     /// The writer stalled before it answered.
@@ -563,14 +594,13 @@ impl Auditor {
         let told = self.told(done).await;
         let note = awaiting.note.take();
         // Possibly in the chain (or still queued) though its caller answers 503: a stalled
-        // writer, or a write that went through while fsyncs fail. A record whose write failed
-        // (rolled back; the writer is failing when it says so) or that was dropped unwritten
-        // is not in the chain: its gap reports it.
+        // writer, or a write that went through while fsyncs fail (the writer says which). A
+        // record whose write failed (rolled back) or that was dropped unwritten is not in the
+        // chain: its gap reports it.
         let maybe_written = match told {
             Told::Written => return Ok(()),
-            Told::Stalled => true,
-            Told::NotWritten => !self.inner.counters.failing.load(Ordering::Relaxed),
-            Told::Dropped => false,
+            Told::Stalled | Told::InChain => true,
+            Told::NotWritten | Told::Dropped => false,
         };
         if let (true, Some(note)) = (maybe_written, note) {
             self.withhold(id, note, Record::withhold);
@@ -609,15 +639,15 @@ impl Auditor {
     /// Waits for the writer's answer to a durable record or a flush, unless the writer is
     /// found stalled first: then the record is not known to be written (it may be later: it
     /// is not counted lost), and the caller must not answer as if it were.
-    async fn answer(&self, done: tokio::sync::oneshot::Receiver<bool>) -> Result<(), Unrecorded> {
+    async fn answer(&self, done: tokio::sync::oneshot::Receiver<Answer>) -> Result<(), Unrecorded> {
         match self.told(done).await {
             Told::Written => Ok(()),
-            Told::NotWritten | Told::Dropped | Told::Stalled => Err(Unrecorded),
+            Told::NotWritten | Told::InChain | Told::Dropped | Told::Stalled => Err(Unrecorded),
         }
     }
 
     /// [`Auditor::answer`], saying why a record is not known to be written.
-    async fn told(&self, done: tokio::sync::oneshot::Receiver<bool>) -> Told {
+    async fn told(&self, done: tokio::sync::oneshot::Receiver<Answer>) -> Told {
         let health = &self.inner.counters.health;
         let stalled = health.stall_notified();
         tokio::pin!(stalled);
@@ -631,8 +661,9 @@ impl Auditor {
             }
         };
         match outcome {
-            Some(Ok(true)) => Told::Written,
-            Some(Ok(false)) => Told::NotWritten,
+            Some(Ok(Answer::Written)) => Told::Written,
+            Some(Ok(Answer::InChain)) => Told::InChain,
+            Some(Ok(Answer::NotInChain)) => Told::NotWritten,
             Some(Err(_)) => Told::Dropped,
             None => {
                 health.durable_timeouts.fetch_add(1, Ordering::Relaxed);
@@ -1170,7 +1201,7 @@ impl Writer {
             self.counters.health.idle();
             let complete = self.complete();
             for w in waiting {
-                let _ = w.send(complete);
+                let _ = w.send(Answer::all(complete));
             }
             flowing = (records > 0).then(Instant::now);
         }
@@ -1288,16 +1319,12 @@ impl Writer {
         self.append(&Record::new(Kind::AuditStopped));
         self.end_batch();
         if self.gap.is_none() {
-            if let Err(e) = self.chain.sync() {
-                self.failed(&e);
-            }
+            self.final_sync();
             // The final sync found records it could not vouch for: their gap, synced too.
             self.collect_unrepaired();
             if self.gap.is_some() {
                 self.end_batch();
-                if let Err(e) = self.chain.sync() {
-                    self.failed(&e);
-                }
+                self.final_sync();
             }
         }
         let complete = self.complete();
@@ -1306,10 +1333,21 @@ impl Writer {
         h.idle();
         h.finished.store(true, Ordering::Relaxed);
         for w in waiting {
-            let _ = w.send(complete);
+            let _ = w.send(Answer::all(complete));
         }
         for done in shutdowns.into_iter().flatten() {
             let _ = done.send(());
+        }
+    }
+
+    /// The shutdown's fsync. If it fails, the records written since the last good one are not
+    /// known to be on disk: they count as unrecorded (the process exits non-zero).
+    fn final_sync(&mut self) {
+        if let Err(e) = self.chain.sync() {
+            self.failed(&e);
+            self.counters
+                .unrecorded
+                .fetch_add(self.chain.unsynced_records(), Ordering::Relaxed);
         }
     }
 
@@ -1351,33 +1389,78 @@ impl Writer {
                 false
             }
             Err(e) => {
-                // The batch so far could not be written to the previous day's file.
-                self.gap_in_batch = false;
-                let rolled = self.chain.roll_back_count();
-                self.lose(rolled + 1, &e);
-                self.settled();
+                self.rollover_failed(1, &e);
                 false
             }
         }
     }
 
-    /// Counts records as lost (reported by the next `gap` record) and fails the waiting
-    /// durable callers.
+    /// A new day's file could not be begun (the batch so far not written to the previous
+    /// day's file, that file not synced, or the new one not opened): what the rollover wrote
+    /// is counted as written (unsynced; the gap record with it is reported), what it rolled
+    /// back and `more` records are lost, and a failed fsync is handled as one.
+    fn rollover_failed(&mut self, more: u64, e: &ChainError) {
+        let wrote = self.chain.take_rollover_written();
+        if wrote > 0 {
+            self.counters.written.fetch_add(wrote, Ordering::Relaxed);
+            self.unsynced = true;
+            if std::mem::take(&mut self.gap_in_batch) {
+                self.gap_written();
+            }
+        }
+        self.gap_in_batch = false;
+        if self.chain.rollover_sync_failed() {
+            self.sync_failed(e);
+        }
+        let rolled = self.chain.roll_back_count();
+        self.lose(rolled + more, e);
+        if rolled > 0 {
+            self.rolled_back_acks();
+        } else {
+            // Written through (and synced, unless that failed) before the rollover failed.
+            self.answer_acks();
+        }
+        self.settled();
+    }
+
+    /// The pending gap's record is written through.
+    fn gap_written(&mut self) {
+        if let Some(gap) = self.gap.take() {
+            self.counters.gaps.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .unrecorded
+                .fetch_sub(gap.count, Ordering::Relaxed);
+            tracing::warn!(
+                lost = gap.count,
+                "The audit log writes again; a gap record reports the records lost."
+            );
+        }
+    }
+
+    /// Counts records as lost (reported by the next `gap` record) and marks the log
+    /// unavailable. The durable callers are answered by the caller, which knows whether their
+    /// records were rolled back.
     fn lose(&mut self, lost: u64, e: &ChainError) {
-        let now = self.clock.now();
-        let gap = self.gap.get_or_insert(PendingGap {
-            reason: "write_failed",
-            count: 0,
-            from: now,
-            to: now,
-        });
-        gap.count += lost;
-        gap.to = now;
-        self.counters.count_lost(lost);
+        if lost > 0 {
+            let now = self.clock.now();
+            let gap = self.gap.get_or_insert(PendingGap {
+                reason: "write_failed",
+                count: 0,
+                from: now,
+                to: now,
+            });
+            gap.count += lost;
+            gap.to = now;
+            self.counters.count_lost(lost);
+        }
         // Unavailable before a durable caller hears of it (it may look at readiness next).
         self.failed(e);
+    }
+
+    /// Tells the batch's durable callers their records are not in the chain (rolled back).
+    fn rolled_back_acks(&mut self) {
         for ack in self.acks.drain(..) {
-            let _ = ack.send(false);
+            let _ = ack.send(Answer::NotInChain);
         }
     }
 
@@ -1390,7 +1473,7 @@ impl Writer {
         match ack {
             Some(ack) if appended => self.acks.push(ack),
             Some(ack) => {
-                let _ = ack.send(false);
+                let _ = ack.send(Answer::NotInChain);
             }
             None => {}
         }
@@ -1410,8 +1493,20 @@ impl Writer {
         if self.gap_in_batch {
             return;
         }
-        if let Some(g) = self.gap_record() {
-            self.gap_in_batch = self.chain.append_record(self.clock.now(), &g).is_ok();
+        let Some(g) = self.gap_record() else {
+            return;
+        };
+        let now = self.clock.now();
+        if self.chain.rolls_over(now) && self.sync_retry_at.is_some_and(|at| Instant::now() < at) {
+            // The previous day's file must be synced before the next one begins and fsyncs
+            // are backing off: the idle probe waits (a record retries the rollover at once).
+            return;
+        }
+        match self.chain.append_record(now, &g) {
+            Ok(_) => self.gap_in_batch = true,
+            Err(ChainError::NotAnObject) => {}
+            // A failed rollover: the gap stays pending (the log unavailable).
+            Err(e) => self.rollover_failed(0, &e),
         }
     }
 
@@ -1447,19 +1542,16 @@ impl Writer {
         let batch_bytes = self.chain.unwritten_bytes();
         match self.chain.write_through() {
             Ok(n) => {
+                // A day rollover in this batch wrote the records before it (and synced them).
+                let n = n + self.chain.take_rollover_written();
                 self.since_head += batch_bytes;
                 self.counters.written.fetch_add(n, Ordering::Relaxed);
-                if let Some(gap) = self.gap.take() {
-                    self.counters.gaps.fetch_add(1, Ordering::Relaxed);
-                    self.counters
-                        .unrecorded
-                        .fetch_sub(gap.count, Ordering::Relaxed);
-                    tracing::warn!(
-                        lost = gap.count,
-                        "The audit log writes again; a gap record reports the records lost."
-                    );
+                // The gap is reported only by a gap record really written; until then the log
+                // stays unavailable.
+                if had_gap {
+                    self.gap_written();
                 }
-                if self.counters.failing.swap(false, Ordering::Relaxed) {
+                if self.gap.is_none() && self.counters.failing.swap(false, Ordering::Relaxed) {
                     tracing::info!("The audit log is writable again.");
                 }
                 self.unsynced |= n > 0;
@@ -1468,6 +1560,7 @@ impl Writer {
             Err(e) => {
                 let rolled = self.chain.roll_back_count();
                 self.lose(rolled.saturating_sub(u64::from(had_gap)), &e);
+                self.rolled_back_acks();
                 self.settled();
                 return;
             }
@@ -1507,9 +1600,13 @@ impl Writer {
     /// Tells the batch's durable callers whether their records are written: not while fsyncs
     /// fail (what was written since the last good sync has unknown durability).
     fn answer_acks(&mut self) {
-        let ok = !self.counters.health.sync_failing.load(Ordering::Relaxed);
+        let answer = if self.counters.health.sync_failing.load(Ordering::Relaxed) {
+            Answer::InChain
+        } else {
+            Answer::Written
+        };
         for ack in self.acks.drain(..) {
-            let _ = ack.send(ok);
+            let _ = ack.send(answer);
         }
     }
 

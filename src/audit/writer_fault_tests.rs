@@ -135,12 +135,11 @@ async fn a_stalled_writer_blocks_no_caller_and_the_refused_records_become_a_gap(
     until("the log is available again", || auditor.available()).await;
     let m = auditor.metrics();
     assert!(!m.stalled && !m.unavailable, "{m:?}");
-    assert_eq!(
-        auditor.shutdown().await,
-        0,
-        "the gap record reported the loss"
-    );
+    let unrecorded = auditor.shutdown().await;
     let lines = lines.join().unwrap();
+    // The gap record reported the loss; a FIFO cannot be fsynced, so the shutdown's sync fails
+    // and every record written to it is not known to be on disk (review M-c).
+    assert_eq!(unrecorded, lines.len() as u64, "{lines:?}");
     let ids: Vec<&str> = lines
         .iter()
         .filter_map(|l| l["request_id"].as_str())
@@ -589,4 +588,115 @@ async fn records_no_longer_kept_at_a_failed_fsync_become_a_sync_failed_gap() {
 fn without_leading_zeros(line: &[u8]) -> &[u8] {
     let start = line.iter().position(|b| *b != 0).unwrap_or(line.len());
     &line[start..]
+}
+
+/// A day's records, a failed rollover into day two (`fail`, `heal` undo it), then records of day
+/// two: while the rollover fails no gap is counted as written and the log stays unavailable;
+/// once it heals the gap record is written and the shutdown exits clean.
+async fn rollover_fails(dir: &Path, fail: impl Fn(), heal: impl Fn()) -> Auditor {
+    let clock = ManualClock::new(datetime!(2026-01-01 10:00 UTC));
+    let mut cfg = config(dir);
+    cfg.queue_capacity = 64;
+    let auditor = Auditor::start_with_clock(&cfg, Arc::new(clock.clone())).unwrap();
+    auditor.record(Record::request("day-one"));
+    auditor.flushed().await.unwrap();
+    fail();
+    clock.advance(time::Duration::days(1));
+    for i in 0..5 {
+        auditor.record(Record::request(&format!("day-two-{i}")));
+        assert_eq!(auditor.flushed().await, Err(Unrecorded));
+        let m = auditor.metrics();
+        assert!(
+            !auditor.available(),
+            "round {i}: available with a gap unwritten"
+        );
+        assert_eq!(m.gaps, 0, "round {i}: a gap counted that was never written");
+        assert!(m.lost > 0, "round {i}: {m:?}");
+    }
+    heal();
+    until("the gap is written", || auditor.metrics().gaps == 1).await;
+    until("available again", || auditor.available()).await;
+    auditor.record(Record::request("after"));
+    assert_eq!(auditor.shutdown().await, 0);
+    let report = crate::audit::chain::verify(dir, KEY).unwrap();
+    assert_eq!(report[0].first_bad, None, "{report:?}");
+    let text = std::fs::read_to_string(dir.join("audit-gw1-2026-01-02.jsonl")).unwrap();
+    let gap: serde_json::Value = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|l| l["kind"] == "gap")
+        .expect("a gap record in day two");
+    assert_eq!(gap["count"].as_u64(), Some(auditor.metrics().lost));
+    assert!(text.contains("\"request_id\":\"after\""));
+    auditor
+}
+
+/// Review H1: the fsync of the previous day's file fails at the rollover. It is a sync failure
+/// (counted, backed off); the gap stays pending until a rollover succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollover_whose_fsync_fails_keeps_its_gap_and_the_log_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let auditor = rollover_fails(
+        dir.path(),
+        || crate::audit::chain::fault::fail_syncs(&d, u32::MAX),
+        || crate::audit::chain::fault::fail_syncs(&d, 0),
+    )
+    .await;
+    assert!(auditor.metrics().sync_failures > 0);
+}
+
+/// Review H1: the new day's file cannot be opened (here: a directory stands in its place).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollover_that_cannot_open_the_new_file_keeps_its_gap_and_the_log_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let day_two = dir.path().join("audit-gw1-2026-01-02.jsonl");
+    rollover_fails(
+        dir.path(),
+        || std::fs::create_dir(&day_two).unwrap(),
+        || std::fs::remove_dir(&day_two).unwrap(),
+    )
+    .await;
+}
+
+/// Review M-a: a durable record written through by a day rollover whose fsync then fails is in
+/// the chain, not known durable: its caller answers 503 and the note saying so follows it
+/// (before, the failed rollover told it "not written" and the writer's failing flag made the
+/// caller skip the note, so the chain showed the answer as delivered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_record_written_by_a_failed_rollover_gets_its_withheld_note() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(datetime!(2026-01-01 10:00 UTC));
+    let mut cfg = config(dir.path());
+    cfg.queue_capacity = 64;
+    let auditor = Auditor::start_with_clock(&cfg, Arc::new(clock.clone())).unwrap();
+    // The day changes as the writer takes "trigger": after "durable", in the same batch.
+    let day_two = clock.clone();
+    assert!(auditor.set_tap(Arc::new(move |r: &Record| {
+        if r.request_id.as_ref().map(|i| i.as_str()) == Some("trigger") {
+            day_two.advance(time::Duration::days(1));
+        }
+    })));
+    let hold = held_with_full_queue(&auditor).await;
+    let durable = {
+        let a = auditor.clone();
+        tokio::spawn(async move { a.record_durable(Record::request("durable")).await })
+    };
+    let queue = auditor.inner.queue.clone().unwrap();
+    until("queued", || queue.len() == 5).await;
+    auditor.record_urgent(Record::request("trigger"));
+    crate::audit::chain::fault::fail_syncs(dir.path(), 1);
+    drop(hold);
+    assert_eq!(durable.await.unwrap(), Err(Unrecorded));
+    until("the gap is written", || auditor.metrics().gaps == 1).await;
+    auditor.shutdown().await;
+    let text = std::fs::read_to_string(dir.path().join("audit-gw1-2026-01-01.jsonl")).unwrap()
+        + &std::fs::read_to_string(dir.path().join("audit-gw1-2026-01-02.jsonl")).unwrap();
+    let of: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| l["request_id"] == "durable")
+        .collect();
+    assert_eq!(of.len(), 2, "the record, then its note: {of:?}");
+    assert_eq!(of[1]["reason"], "answer_withheld", "{of:?}");
 }

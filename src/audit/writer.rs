@@ -686,14 +686,9 @@ impl Auditor {
         let Some(queue) = &self.inner.queue else {
             return true;
         };
-        // Dropped with its ack when refused: a durable caller hears it was not written.
-        let msg = match queue.push(Msg::Record(Box::new(record), ack), urgency) {
-            Ok(()) => return true,
-            Err(Refused::Closed(_)) => {
-                self.lost_closed();
-                return false;
-            }
-            Err(Refused::Full(msg)) => msg,
+        let msg = match self.push_now(queue, record, ack, urgency) {
+            Ok(queued) => return queued,
+            Err(msg) => msg,
         };
         let until = self.found_full();
         let Some(until) = until.filter(|_| tokio::runtime::Handle::try_current().is_err()) else {
@@ -701,17 +696,7 @@ impl Auditor {
             return false;
         };
         self.inner.counters.blocked.fetch_add(1, Ordering::Relaxed);
-        match queue.push_blocking(msg, urgency, until.into_std()) {
-            Ok(_) => true,
-            Err(Refused::Closed(_)) => {
-                self.lost_closed();
-                false
-            }
-            Err(Refused::Full(_)) => {
-                self.refused();
-                false
-            }
-        }
+        self.settled(queue.push_blocking(msg, urgency, until.into_std()))
     }
 
     /// Queues, awaiting room in a full queue until the episode's deadline (the auditor is
@@ -721,13 +706,9 @@ impl Auditor {
         let Some(queue) = &self.inner.queue else {
             return true;
         };
-        let msg = match queue.push(Msg::Record(Box::new(record), ack), urgency) {
-            Ok(()) => return true,
-            Err(Refused::Closed(_)) => {
-                self.lost_closed();
-                return false;
-            }
-            Err(Refused::Full(msg)) => msg,
+        let msg = match self.push_now(queue, record, ack, urgency) {
+            Ok(queued) => return queued,
+            Err(msg) => msg,
         };
         let Some(until) = self.found_full() else {
             // This episode's wait is over: refused at once until the writer catches up.
@@ -743,13 +724,38 @@ impl Auditor {
         let pushed = queue.push_within(&mut pending.slot, urgency, until).await;
         // Settled here: nothing left for the guard.
         pending.slot = None;
+        self.settled(pushed)
+    }
+
+    /// One try without waiting: `Ok(queued)` when settled (false: the writer stopped,
+    /// counted), the message back when the queue is full. Dropped with its ack when refused:
+    /// a durable caller hears it was not written.
+    fn push_now(
+        &self,
+        queue: &Queue<Msg>,
+        record: Record,
+        ack: Option<Ack>,
+        urgency: Urgency,
+    ) -> Result<bool, Msg> {
+        match queue.push(Msg::Record(Box::new(record), ack), urgency) {
+            Ok(()) => Ok(true),
+            Err(Refused::Closed(_)) => {
+                self.lost_closed();
+                Ok(false)
+            }
+            Err(Refused::Full(msg)) => Err(msg),
+        }
+    }
+
+    /// The end of a wait for room: queued, or lost (counted as the refusal says).
+    fn settled<T, U>(&self, pushed: Result<T, Refused<U>>) -> bool {
         match pushed {
             Ok(_) => true,
-            Err(Refused::Closed(())) => {
+            Err(Refused::Closed(_)) => {
                 self.lost_closed();
                 false
             }
-            Err(Refused::Full(())) => {
+            Err(Refused::Full(_)) => {
                 self.refused();
                 false
             }
